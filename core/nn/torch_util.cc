@@ -1,0 +1,109 @@
+#include "core/nn/torch_util.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/abs.h>
+#include <unistd.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_format.h"
+
+namespace internvl {
+
+namespace internal {
+absl::Status StatusFromException(const std::exception& e, absl::string_view what) {
+  std::string msg = e.what();
+  // c10::Error messages carry a long backtrace after the first line.
+  if (auto nl = msg.find("\nException raised from"); nl != std::string::npos) msg.resize(nl);
+  return absl::InternalError(absl::StrCat(what, ": ", msg));
+}
+}  // namespace internal
+
+void SetTorchThreads(int n) {
+  if (n <= 0) n = static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
+  if (n < 1) n = 1;
+  at::set_num_threads(n);
+}
+
+int TorchThreads() { return at::get_num_threads(); }
+
+absl::StatusOr<at::ScalarType> ToScalarType(DType dtype) {
+  switch (dtype) {
+    case DType::kF64: return at::kDouble;
+    case DType::kF32: return at::kFloat;
+    case DType::kF16: return at::kHalf;
+    case DType::kBF16: return at::kBFloat16;
+    case DType::kI64: return at::kLong;
+    case DType::kI32: return at::kInt;
+    case DType::kI16: return at::kShort;
+    case DType::kI8: return at::kChar;
+    case DType::kU8: return at::kByte;
+    case DType::kBool: return at::kBool;
+  }
+  return absl::InvalidArgumentError("unknown dtype");
+}
+
+absl::StatusOr<DType> FromScalarType(at::ScalarType type) {
+  switch (type) {
+    case at::kDouble: return DType::kF64;
+    case at::kFloat: return DType::kF32;
+    case at::kHalf: return DType::kF16;
+    case at::kBFloat16: return DType::kBF16;
+    case at::kLong: return DType::kI64;
+    case at::kInt: return DType::kI32;
+    case at::kShort: return DType::kI16;
+    case at::kChar: return DType::kI8;
+    case at::kByte: return DType::kU8;
+    case at::kBool: return DType::kBool;
+    default: return absl::InvalidArgumentError(absl::StrCat("no safetensors dtype for ", c10::toString(type)));
+  }
+}
+
+absl::StatusOr<at::ScalarType> ParseComputeDType(absl::string_view name) {
+  std::string n = absl::AsciiStrToLower(name);
+  if (n == "fp32" || n == "float32" || n == "float") return at::kFloat;
+  if (n == "bf16" || n == "bfloat16") return at::kBFloat16;
+  return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", name, "' (expected fp32 or bf16)"));
+}
+
+at::Tensor TensorAlias(const TensorView& view) {
+  auto type = ToScalarType(view.dtype);
+  return at::from_blob(const_cast<uint8_t*>(view.data), view.shape, at::TensorOptions().dtype(*type));
+}
+
+at::Tensor TensorFromView(const TensorView& view, at::ScalarType dtype) {
+  at::Tensor alias = TensorAlias(view);
+  if (alias.scalar_type() == dtype) return alias.clone();
+  return alias.to(dtype);
+}
+
+void SafetensorsWriter::Add(const std::string& name, const at::Tensor& tensor) {
+  tensors_.emplace_back(name, tensor.detach().to(at::kCPU).contiguous());
+}
+
+absl::Status SafetensorsWriter::Write(const std::string& path, const std::map<std::string, std::string>& metadata) const {
+  std::vector<TensorRef> refs;
+  for (const auto& [name, t] : tensors_) {
+    auto dtype = FromScalarType(t.scalar_type());
+    if (!dtype.ok()) return dtype.status();
+    refs.push_back(TensorRef{name, *dtype, t.sizes().vec(),
+                             absl::Span<const uint8_t>(static_cast<const uint8_t*>(t.data_ptr()), t.nbytes())});
+  }
+  return WriteSafetensors(path, refs, metadata);
+}
+
+std::string Diff::ToString() const {
+  return absl::StrFormat("max_abs=%.3g mean_abs=%.3g ref_max_abs=%.3g rel=%.3g", max_abs, mean_abs, ref_max_abs,
+                         ref_max_abs > 0 ? max_abs / ref_max_abs : max_abs);
+}
+
+Diff CompareTensors(const at::Tensor& actual, const at::Tensor& expected) {
+  at::Tensor a = actual.to(at::kDouble), e = expected.to(at::kDouble);
+  at::Tensor d = at::abs(a - e);
+  Diff out;
+  out.max_abs = d.max().item<double>();
+  out.mean_abs = d.mean().item<double>();
+  out.ref_max_abs = at::abs(e).max().item<double>();
+  return out;
+}
+
+}  // namespace internvl

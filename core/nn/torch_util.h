@@ -1,0 +1,79 @@
+// The libtorch boundary: c10::Error never crosses it (STYLE.md rule 3).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <exception>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "core/safetensors.h"
+
+namespace internvl {
+
+namespace internal {
+absl::Status StatusFromException(const std::exception& e, absl::string_view what);
+}  // namespace internal
+
+// Runs `fn` and turns any libtorch exception into an INTERNAL status naming
+// `what`. `fn` returns void, absl::Status or absl::StatusOr<T>.
+template <typename Fn>
+auto TorchGuard(absl::string_view what, Fn&& fn) {
+  using R = std::invoke_result_t<Fn>;
+  try {
+    if constexpr (std::is_void_v<R>) {
+      fn();
+      return absl::OkStatus();
+    } else {
+      return R(fn());
+    }
+  } catch (const std::exception& e) {
+    if constexpr (std::is_void_v<R>) {
+      return internal::StatusFromException(e, what);
+    } else {
+      return R(internal::StatusFromException(e, what));
+    }
+  }
+}
+
+// Sets libtorch's intra-op thread count (it starts at 1 on these machines).
+// n <= 0 picks the number of online cores.
+void SetTorchThreads(int n);
+int TorchThreads();
+
+// dtype conversions between safetensors and ATen.
+absl::StatusOr<at::ScalarType> ToScalarType(DType dtype);
+absl::StatusOr<DType> FromScalarType(at::ScalarType type);
+// "fp32"/"float32" -> kFloat, "bf16"/"bfloat16" -> kBFloat16.
+absl::StatusOr<at::ScalarType> ParseComputeDType(absl::string_view name);
+
+// Copies a mapped tensor into a new contiguous tensor of `dtype`.
+at::Tensor TensorFromView(const TensorView& view, at::ScalarType dtype);
+// Wraps a mapped tensor without copying (read-only use; lifetime of the file).
+at::Tensor TensorAlias(const TensorView& view);
+
+// Owned host tensors for writing: keeps each contiguous tensor alive until
+// written.
+class SafetensorsWriter {
+ public:
+  void Add(const std::string& name, const at::Tensor& tensor);
+  absl::Status Write(const std::string& path, const std::map<std::string, std::string>& metadata = {}) const;
+
+ private:
+  std::vector<std::pair<std::string, at::Tensor>> tensors_;
+};
+
+// Max abs difference and max abs of the reference, for parity reporting.
+struct Diff {
+  double max_abs = 0;
+  double mean_abs = 0;
+  double ref_max_abs = 0;
+  std::string ToString() const;
+};
+Diff CompareTensors(const at::Tensor& actual, const at::Tensor& expected);
+
+}  // namespace internvl

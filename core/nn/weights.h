@@ -1,0 +1,31 @@
+// Loading checkpoint tensors into torch::nn::Module trees by HF key name:
+// modules register submodules under the checkpoint's names (STYLE.md rule 1),
+// so loading is a name lookup, not a mapping table.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/safetensors.h"
+
+namespace torch::nn {
+class Module;
+}
+
+namespace internvl {
+
+// Copies every parameter and buffer of `module` from `store[prefix + name]`,
+// converted to `dtype`. Missing keys, shape mismatches and checkpoint keys
+// under `prefix` that the module does not have are all errors, listed by name.
+// `ignore_unexpected` lists checkpoint keys (without prefix) to tolerate.
+absl::Status LoadModuleWeights(torch::nn::Module& module, const TensorStore& store, const std::string& prefix,
+                               at::ScalarType dtype, const std::vector<std::string>& ignore_unexpected = {});
+
+// sha256-free fingerprint of the tensors under `prefix` (names, shapes,
+// dtypes and a 64-bit hash of their bytes), for cache keys.
+std::string WeightsFingerprint(const TensorStore& store, const std::string& prefix);
+
+}  // namespace internvl
