@@ -19,23 +19,34 @@ namespace internal {
 absl::Status StatusFromException(const std::exception& e, absl::string_view what);
 }  // namespace internal
 
+template <typename T>
+struct IsStatusOr : std::false_type {};
+template <typename T>
+struct IsStatusOr<absl::StatusOr<T>> : std::true_type {};
+
 // Runs `fn` and turns any libtorch exception into an INTERNAL status naming
-// `what`. `fn` returns void, absl::Status or absl::StatusOr<T>.
+// `what`. `fn` returns void or absl::Status (-> absl::Status), absl::StatusOr<T>
+// (-> the same), or a plain T (-> absl::StatusOr<T>).
 template <typename Fn>
 auto TorchGuard(absl::string_view what, Fn&& fn) {
   using R = std::invoke_result_t<Fn>;
-  try {
-    if constexpr (std::is_void_v<R>) {
-      fn();
-      return absl::OkStatus();
-    } else {
-      return R(fn());
-    }
-  } catch (const std::exception& e) {
-    if constexpr (std::is_void_v<R>) {
+  if constexpr (std::is_void_v<R> || std::is_same_v<R, absl::Status>) {
+    try {
+      if constexpr (std::is_void_v<R>) {
+        fn();
+        return absl::OkStatus();
+      } else {
+        return fn();
+      }
+    } catch (const std::exception& e) {
       return internal::StatusFromException(e, what);
-    } else {
-      return R(internal::StatusFromException(e, what));
+    }
+  } else {
+    using Out = std::conditional_t<IsStatusOr<R>::value, R, absl::StatusOr<R>>;
+    try {
+      return Out(fn());
+    } catch (const std::exception& e) {
+      return Out(internal::StatusFromException(e, what));
     }
   }
 }

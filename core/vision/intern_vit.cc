@@ -1,0 +1,131 @@
+#include "core/vision/intern_vit.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/functional/activation.h>
+
+namespace internvl {
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight = register_parameter("weight", at::ones({dim}));
+}
+
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
+  // as InternRMSNorm: variance in fp32, result cast back before the weight.
+  at::Tensor h = x.to(at::kFloat);
+  at::Tensor var = h.pow(2).mean(-1, /*keepdim=*/true);
+  h = h * at::rsqrt(var + eps_);
+  return weight * h.to(x.scalar_type());
+}
+
+VitNormImpl::VitNormImpl(const VisionConfig& config)
+    : layer_norm_(config.norm_type == VisionConfig::Norm::kLayerNorm), eps_(config.layer_norm_eps) {
+  weight = register_parameter("weight", at::ones({config.hidden_size}));
+  if (layer_norm_) bias = register_parameter("bias", at::zeros({config.hidden_size}));
+}
+
+at::Tensor VitNormImpl::forward(const at::Tensor& x) {
+  if (layer_norm_) return at::layer_norm(x, {x.size(-1)}, weight, bias, eps_);
+  at::Tensor h = x.to(at::kFloat);
+  h = h * at::rsqrt(h.pow(2).mean(-1, true) + eps_);
+  return weight * h.to(x.scalar_type());
+}
+
+VisionEmbeddingsImpl::VisionEmbeddingsImpl(const VisionConfig& c) : grid_(c.image_size / c.patch_size) {
+  class_embedding = register_parameter("class_embedding", at::zeros({1, 1, c.hidden_size}));
+  patch_embedding = register_module(
+      "patch_embedding",
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(c.num_channels, c.hidden_size, c.patch_size).stride(c.patch_size)));
+  position_embedding = register_parameter("position_embedding", at::zeros({1, grid_ * grid_ + 1, c.hidden_size}));
+}
+
+at::Tensor VisionEmbeddingsImpl::forward(const at::Tensor& pixel_values) {
+  const auto dtype = patch_embedding->weight.scalar_type();
+  at::Tensor patches = patch_embedding->forward(pixel_values.to(dtype));  // [B,C,h,w]
+  const int64_t B = patches.size(0), C = patches.size(1), h = patches.size(2), w = patches.size(3);
+  patches = patches.flatten(2).transpose(1, 2);  // [B,hw,C]
+  at::Tensor cls = class_embedding.expand({B, 1, C}).to(dtype);
+  at::Tensor x = at::cat({cls, patches}, 1);
+  at::Tensor pos = position_embedding;
+  if (h != grid_ || w != grid_) {
+    // as _get_pos_embed: bicubic interpolation in fp32, align_corners=False.
+    at::Tensor grid = position_embedding.slice(1, 1).reshape({1, grid_, grid_, C}).permute({0, 3, 1, 2}).to(at::kFloat);
+    grid = at::upsample_bicubic2d(grid, {h, w}, /*align_corners=*/false);
+    grid = grid.reshape({1, C, h * w}).permute({0, 2, 1}).to(dtype);
+    pos = at::cat({position_embedding.slice(1, 0, 1), grid}, 1);
+  }
+  return x + pos.to(dtype);
+}
+
+VisionAttentionImpl::VisionAttentionImpl(const VisionConfig& c)
+    : heads_(c.num_attention_heads), head_dim_(c.hidden_size / c.num_attention_heads) {
+  scale_ = 1.0 / std::sqrt(static_cast<double>(head_dim_));
+  qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(c.hidden_size, 3 * c.hidden_size).bias(c.qkv_bias)));
+  proj = register_module("proj", torch::nn::Linear(c.hidden_size, c.hidden_size));
+  if (c.qk_normalization) {
+    // The reference uses InternRMSNorm for q/k whatever norm_type says.
+    q_norm = register_module("q_norm", RMSNorm(c.hidden_size, c.layer_norm_eps));
+    k_norm = register_module("k_norm", RMSNorm(c.hidden_size, c.layer_norm_eps));
+  }
+}
+
+at::Tensor VisionAttentionImpl::forward(const at::Tensor& x) {
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
+  at::Tensor qkv_out = qkv->forward(x).reshape({B, N, 3, heads_, head_dim_});
+  at::Tensor q, k, v;
+  if (q_norm) {
+    // qk-normalisation over the full width, before splitting into heads.
+    q = q_norm->forward(qkv_out.select(2, 0).reshape({B, N, C})).view({B, N, heads_, head_dim_});
+    k = k_norm->forward(qkv_out.select(2, 1).reshape({B, N, C})).view({B, N, heads_, head_dim_});
+  } else {
+    q = qkv_out.select(2, 0);
+    k = qkv_out.select(2, 1);
+  }
+  v = qkv_out.select(2, 2);
+  q = q.transpose(1, 2);  // [B,H,N,D]
+  k = k.transpose(1, 2);
+  v = v.transpose(1, 2);
+  at::Tensor attn = at::matmul(q * scale_, k.transpose(-2, -1));
+  attn = attn.softmax(-1);
+  at::Tensor out = at::matmul(attn, v).transpose(1, 2).reshape({B, N, C});
+  return proj->forward(out);
+}
+
+VisionMlpImpl::VisionMlpImpl(const VisionConfig& c) {
+  fc1 = register_module("fc1", torch::nn::Linear(c.hidden_size, c.intermediate_size));
+  fc2 = register_module("fc2", torch::nn::Linear(c.intermediate_size, c.hidden_size));
+}
+
+at::Tensor VisionMlpImpl::forward(const at::Tensor& x) { return fc2->forward(at::gelu(fc1->forward(x))); }
+
+VisionLayerImpl::VisionLayerImpl(const VisionConfig& c) {
+  attn = register_module("attn", VisionAttention(c));
+  mlp = register_module("mlp", VisionMlp(c));
+  norm1 = register_module("norm1", VitNorm(c));
+  norm2 = register_module("norm2", VitNorm(c));
+  ls1 = register_parameter("ls1", at::ones({c.hidden_size}));
+  ls2 = register_parameter("ls2", at::ones({c.hidden_size}));
+}
+
+at::Tensor VisionLayerImpl::forward(const at::Tensor& x) {
+  at::Tensor h = x + attn->forward(norm1->forward(x).to(x.scalar_type())) * ls1;
+  return h + mlp->forward(norm2->forward(h).to(h.scalar_type())) * ls2;
+}
+
+VisionEncoderImpl::VisionEncoderImpl(const VisionConfig& c) {
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int i = 0; i < c.num_hidden_layers; ++i) layers->push_back(VisionLayer(c));
+}
+
+InternVisionModelImpl::InternVisionModelImpl(const VisionConfig& c) : num_hidden_layers_(c.num_hidden_layers) {
+  embeddings = register_module("embeddings", VisionEmbeddings(c));
+  encoder = register_module("encoder", VisionEncoder(c));
+}
+
+at::Tensor InternVisionModelImpl::forward(const at::Tensor& pixel_values, int64_t num_layers) {
+  if (num_layers < 0) num_layers = num_hidden_layers_;
+  at::Tensor x = embeddings->forward(pixel_values);
+  for (int64_t i = 0; i < num_layers; ++i) x = encoder->layers->ptr<VisionLayerImpl>(i)->forward(x);
+  return x;
+}
+
+}  // namespace internvl

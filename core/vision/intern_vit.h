@@ -1,0 +1,117 @@
+// InternViT (modeling_intern_vit.py): the vision encoder of InternVL, in both
+// variants read from VisionConfig:
+//  - 300M style: LayerNorm (eps 1e-6), qkv bias, no qk-normalisation;
+//  - 6B style: RMSNorm, no qkv bias, q/k RMS-normalised over the full width
+//    before the split into heads.
+// Modules are registered under the checkpoint's key names (relative to
+// "vision_model."), so weights load by name.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include "core/config.h"
+
+namespace internvl {
+
+// InternRMSNorm: x * rsqrt(mean(x^2) + eps) computed in fp32, times weight.
+// [..., C] -> [..., C]
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight;
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(RMSNorm);
+
+// The vision block norm: LayerNorm or RMSNorm per config.norm_type.
+class VitNormImpl : public torch::nn::Module {
+ public:
+  VitNormImpl(const VisionConfig& config);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight, bias;  // bias undefined for RMSNorm
+
+ private:
+  bool layer_norm_;
+  double eps_;
+};
+TORCH_MODULE(VitNorm);
+
+// InternVisionEmbeddings: Conv2d patchify + CLS token + position embedding
+// (bicubically resized when the input is not image_size). [B,3,H,W] -> [B,1+HW/p^2,C]
+class VisionEmbeddingsImpl : public torch::nn::Module {
+ public:
+  explicit VisionEmbeddingsImpl(const VisionConfig& config);
+  at::Tensor forward(const at::Tensor& pixel_values);
+  at::Tensor class_embedding, position_embedding;
+  torch::nn::Conv2d patch_embedding{nullptr};
+
+ private:
+  int64_t grid_;  // patches per side at image_size
+};
+TORCH_MODULE(VisionEmbeddings);
+
+// InternAttention (naive path): fused qkv (3, heads, head_dim). [B,N,C] -> [B,N,C]
+class VisionAttentionImpl : public torch::nn::Module {
+ public:
+  explicit VisionAttentionImpl(const VisionConfig& config);
+  at::Tensor forward(const at::Tensor& x);
+  torch::nn::Linear qkv{nullptr}, proj{nullptr};
+  RMSNorm q_norm{nullptr}, k_norm{nullptr};
+
+ private:
+  int64_t heads_, head_dim_;
+  double scale_;
+};
+TORCH_MODULE(VisionAttention);
+
+// InternMLP: fc1 -> GELU (exact erf) -> fc2. [B,N,C] -> [B,N,C]
+class VisionMlpImpl : public torch::nn::Module {
+ public:
+  explicit VisionMlpImpl(const VisionConfig& config);
+  at::Tensor forward(const at::Tensor& x);
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+};
+TORCH_MODULE(VisionMlp);
+
+// InternVisionEncoderLayer: x += ls1 * attn(norm1(x)); x += ls2 * mlp(norm2(x)).
+class VisionLayerImpl : public torch::nn::Module {
+ public:
+  explicit VisionLayerImpl(const VisionConfig& config);
+  at::Tensor forward(const at::Tensor& x);
+  VisionAttention attn{nullptr};
+  VisionMlp mlp{nullptr};
+  VitNorm norm1{nullptr}, norm2{nullptr};
+  at::Tensor ls1, ls2;
+};
+TORCH_MODULE(VisionLayer);
+
+class VisionEncoderImpl : public torch::nn::Module {
+ public:
+  explicit VisionEncoderImpl(const VisionConfig& config);
+  torch::nn::ModuleList layers{nullptr};
+};
+TORCH_MODULE(VisionEncoder);
+
+// InternVisionModel. forward returns the hidden state after `num_layers_run`
+// layers (all by default); no final norm, as the reference.
+class InternVisionModelImpl : public torch::nn::Module {
+ public:
+  explicit InternVisionModelImpl(const VisionConfig& config);
+  // [B,3,H,W] -> [B,1+N,C]. `num_layers` < 0 runs every layer.
+  at::Tensor forward(const at::Tensor& pixel_values, int64_t num_layers = -1);
+  VisionEmbeddings embeddings{nullptr};
+  VisionEncoder encoder{nullptr};
+
+ private:
+  int64_t num_hidden_layers_;
+};
+TORCH_MODULE(InternVisionModel);
+
+}  // namespace internvl
