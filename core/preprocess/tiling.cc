@@ -1,0 +1,229 @@
+#include "core/preprocess/tiling.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "core/preprocess/resize.h"
+#include "core/status.h"
+
+namespace internvl::preprocess {
+namespace {
+
+// --- CPython set iteration order (for the stable sort's tie order) ---------
+// The official code builds the candidates as a Python `set` of (i, j) tuples
+// and sorts by i * j; sorted() is stable, so equal products keep the set's
+// iteration order, i.e. slot order in CPython's open-addressing table. Small
+// int tuples hash deterministically (no hash randomisation for ints/tuples),
+// so the order is a pure function of the insertions; we replay them.
+
+// Objects/tupleobject.c tuplehash (CPython >= 3.8, 64-bit: xxHash-style).
+uint64_t PyTupleHash2(int64_t a, int64_t b) {
+  constexpr uint64_t kPrime1 = 11400714785074694791ULL;
+  constexpr uint64_t kPrime2 = 14029467366897019727ULL;
+  constexpr uint64_t kPrime5 = 2870177450012600261ULL;
+  uint64_t acc = kPrime5;
+  for (int64_t item : {a, b}) {
+    const uint64_t lane = static_cast<uint64_t>(item);  // hash(small int) == int
+    acc += lane * kPrime2;
+    acc = (acc << 31) | (acc >> 33);
+    acc *= kPrime1;
+  }
+  acc += 2 ^ (kPrime5 ^ 3527539UL);
+  if (acc == static_cast<uint64_t>(-1)) return 1546275796;
+  return acc;
+}
+
+// Objects/setobject.c: table of PySet_MINSIZE (8) slots, LINEAR_PROBES (9)
+// linear probes then perturbed probing (PERTURB_SHIFT 5), resize to the
+// smallest power of two > used * 4 once fill * 5 >= mask * 3.
+class PySetEmulation {
+ public:
+  void Add(TileGrid key) {
+    const uint64_t hash = PyTupleHash2(key.cols, key.rows);
+    size_t mask = slots_.size() - 1;
+    size_t i = hash & mask;
+    uint64_t perturb = hash;
+    while (true) {
+      const size_t probes = (i + kLinearProbes <= mask) ? kLinearProbes : 0;
+      for (size_t p = 0; p <= probes; ++p) {
+        Slot& s = slots_[i + p];
+        if (!s.used) {
+          s = {true, hash, key};
+          ++used_;
+          if (used_ * 5 >= mask * 3) Resize(used_ * 4);
+          return;
+        }
+        if (s.hash == hash && s.key == key) return;  // already present
+      }
+      perturb >>= kPerturbShift;
+      i = (i * 5 + 1 + perturb) & mask;
+    }
+  }
+  std::vector<TileGrid> InIterationOrder() const {
+    std::vector<TileGrid> out;
+    for (const Slot& s : slots_)
+      if (s.used) out.push_back(s.key);
+    return out;
+  }
+
+ private:
+  static constexpr size_t kMinSize = 8;
+  static constexpr size_t kLinearProbes = 9;
+  static constexpr int kPerturbShift = 5;
+  struct Slot {
+    bool used = false;
+    uint64_t hash = 0;
+    TileGrid key;
+  };
+  // set_table_resize + set_insert_clean (no dummies: we never delete).
+  void Resize(size_t min_used) {
+    size_t new_size = kMinSize;
+    while (new_size <= min_used) new_size <<= 1;
+    std::vector<Slot> old;
+    old.swap(slots_);
+    slots_.assign(new_size, Slot());
+    const size_t mask = new_size - 1;
+    for (const Slot& s : old) {
+      if (!s.used) continue;
+      size_t i = s.hash & mask;
+      uint64_t perturb = s.hash;
+      while (true) {
+        size_t target = SIZE_MAX;
+        if (!slots_[i].used) {
+          target = i;
+        } else if (i + kLinearProbes <= mask) {
+          for (size_t j = 1; j <= kLinearProbes; ++j)
+            if (!slots_[i + j].used) {
+              target = i + j;
+              break;
+            }
+        }
+        if (target != SIZE_MAX) {
+          slots_[target] = s;
+          break;
+        }
+        perturb >>= kPerturbShift;
+        i = (i * 5 + 1 + perturb) & mask;
+      }
+    }
+  }
+  std::vector<Slot> slots_ = std::vector<Slot>(kMinSize);
+  size_t used_ = 0;
+};
+
+}  // namespace
+
+std::vector<TileGrid> CandidateGrids(int min_num, int max_num) {
+  PySetEmulation set;
+  for (int n = min_num; n <= max_num; ++n)
+    for (int i = 1; i <= n; ++i)
+      for (int j = 1; j <= n; ++j)
+        if (i * j <= max_num && i * j >= min_num) set.Add({i, j});
+  std::vector<TileGrid> grids = set.InIterationOrder();
+  std::stable_sort(grids.begin(), grids.end(),
+                   [](const TileGrid& a, const TileGrid& b) { return a.count() < b.count(); });
+  return grids;
+}
+
+TileGrid FindClosestAspectRatio(int width, int height, const std::vector<TileGrid>& candidates,
+                                int image_size) {
+  // Python floats are doubles; the same expressions give the same values.
+  const double aspect_ratio = static_cast<double>(width) / height;
+  const double area = static_cast<double>(width) * height;
+  double best_diff = std::numeric_limits<double>::infinity();
+  TileGrid best{1, 1};
+  for (const TileGrid& g : candidates) {
+    const double target = static_cast<double>(g.cols) / g.rows;
+    const double diff = std::abs(aspect_ratio - target);
+    if (diff < best_diff) {
+      best_diff = diff;
+      best = g;
+    } else if (diff == best_diff) {
+      // The tie rule: a larger grid wins only if the image has enough pixels
+      // to fill more than half of it.
+      if (area > 0.5 * image_size * image_size * g.cols * g.rows) best = g;
+    }
+  }
+  return best;
+}
+
+absl::Status ValidateTilingOptions(const TilingOptions& options) {
+  if (options.min_num < 1 || options.max_num < options.min_num)
+    return absl::InvalidArgumentError(absl::StrCat("tiling needs 1 <= min_num <= max_num, got min_num ",
+                                                   options.min_num, ", max_num ", options.max_num));
+  if (options.image_size <= 0)
+    return absl::InvalidArgumentError(absl::StrCat("tile size must be positive, got ", options.image_size));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tiles> DynamicPreprocess(const RgbImage& image, const TilingOptions& options) {
+  INTERNVL_RETURN_IF_ERROR(ValidateTilingOptions(options));
+  if (image.width <= 0 || image.height <= 0 ||
+      image.data.size() != static_cast<size_t>(image.width) * image.height * kRgbChannels)
+    return absl::InvalidArgumentError(absl::StrCat("cannot tile an empty or malformed ", image.width, "x",
+                                                   image.height, " image"));
+  const int s = options.image_size;
+  Tiles tiles;
+  tiles.size = s;
+  tiles.grid = FindClosestAspectRatio(image.width, image.height,
+                                      CandidateGrids(options.min_num, options.max_num), s);
+  const int blocks = tiles.grid.count();
+  tiles.has_thumbnail = options.use_thumbnail && blocks != 1;
+  tiles.count = blocks + (tiles.has_thumbnail ? 1 : 0);
+  tiles.data.resize(tiles.count * tiles.tile_bytes());
+
+  const RgbImage resized = ResizeBicubicPil(image, s * tiles.grid.cols, s * tiles.grid.rows);
+  // Crop row-major: tile k = (row k / cols, col k % cols).
+  const size_t tile_row_bytes = static_cast<size_t>(s) * kRgbChannels;
+  for (int k = 0; k < blocks; ++k) {
+    const int x0 = (k % tiles.grid.cols) * s;
+    const int y0 = (k / tiles.grid.cols) * s;
+    uint8_t* dst = tiles.data.data() + k * tiles.tile_bytes();
+    for (int y = 0; y < s; ++y)
+      std::memcpy(dst + y * tile_row_bytes, resized.row(y0 + y) + static_cast<size_t>(x0) * kRgbChannels,
+                  tile_row_bytes);
+  }
+  if (tiles.has_thumbnail) {
+    const RgbImage thumb = ResizeBicubicPil(image, s, s);
+    std::memcpy(tiles.data.data() + blocks * tiles.tile_bytes(), thumb.data.data(), tiles.tile_bytes());
+  }
+  return tiles;
+}
+
+absl::StatusOr<Tiles> LoadImageTiles(absl::string_view bytes, const TilingOptions& options,
+                                     const DecodeLimits& limits) {
+  INTERNVL_RETURN_IF_ERROR(ValidateTilingOptions(options));
+  INTERNVL_ASSIGN_OR_RETURN(RgbImage image, DecodeImage(bytes, limits));
+  return DynamicPreprocess(image, options);
+}
+
+void NormalizeTilesU8(const uint8_t* tiles_hwc, int count, int size, float* out) {
+  // ToTensor: float(u8) / 255; Normalize: (x - mean) / std, each op rounded to
+  // float32 as torch does. Only 256 inputs per channel exist, so a table of
+  // the exact results is both bit-identical and the fastest formulation.
+  float lut[kRgbChannels][256];
+  for (int c = 0; c < kRgbChannels; ++c)
+    for (int v = 0; v < 256; ++v) {
+      const float x = static_cast<float>(v) / 255.0f;
+      lut[c][v] = (x - kImageNetMean[c]) / kImageNetStd[c];
+    }
+  const size_t plane = static_cast<size_t>(size) * size;
+  for (int n = 0; n < count; ++n) {
+    const uint8_t* src = tiles_hwc + n * plane * kRgbChannels;
+    float* r = out + n * plane * kRgbChannels;
+    float* g = r + plane;
+    float* b = g + plane;
+    for (size_t i = 0; i < plane; ++i) {
+      r[i] = lut[0][src[3 * i + 0]];
+      g[i] = lut[1][src[3 * i + 1]];
+      b[i] = lut[2][src[3 * i + 2]];
+    }
+  }
+}
+
+void NormalizeTiles(const Tiles& tiles, float* out) {
+  NormalizeTilesU8(tiles.data.data(), tiles.count, tiles.size, out);
+}
+
+}  // namespace internvl::preprocess
