@@ -199,6 +199,49 @@ bool JpegHasEndOfImage(absl::string_view bytes) {
   return false;
 }
 
+// libavcodec decodes a GIF whose LZW data stops early into a partial frame;
+// Pillow raises "image file is truncated". Walk the block structure (GIF89a
+// spec: extensions and the first image's sub-blocks) and require the first
+// image's data to end with its block terminator.
+bool GifFirstImageIsComplete(absl::string_view bytes) {
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
+  const size_t n = bytes.size();
+  constexpr size_t kScreenDescriptorEnd = 13;
+  constexpr uint8_t kColorTableFlag = 0x80;
+  auto table_bytes = [](uint8_t packed) { return size_t{3} << ((packed & 0x07) + 1); };
+  size_t pos = kScreenDescriptorEnd;
+  if (n < pos) return false;
+  if (p[10] & kColorTableFlag) pos += table_bytes(p[10]);
+  // Skips a chain of data sub-blocks; false when it runs off the end.
+  auto skip_sub_blocks = [&]() {
+    while (pos < n) {
+      const uint8_t len = p[pos++];
+      if (len == 0) return true;
+      pos += len;
+    }
+    return false;
+  };
+  while (pos < n) {
+    const uint8_t block = p[pos++];
+    if (block == 0x21) {  // extension: label, then sub-blocks
+      if (pos >= n) return false;
+      ++pos;
+      if (!skip_sub_blocks()) return false;
+    } else if (block == 0x2C) {  // image descriptor (9 bytes), local table, LZW size
+      constexpr size_t kDescriptorBytes = 9;
+      if (pos + kDescriptorBytes > n) return false;
+      const uint8_t packed = p[pos + kDescriptorBytes - 1];
+      pos += kDescriptorBytes;
+      if (packed & kColorTableFlag) pos += table_bytes(packed);
+      ++pos;  // LZW minimum code size
+      return pos <= n && skip_sub_blocks();
+    } else {
+      return false;  // trailer or garbage before any image
+    }
+  }
+  return false;
+}
+
 // OpenCV: BGR (colour conversion, palette expansion, alpha stripping done by
 // the codec as Pillow does), native depth kept so 16-bit samples can be
 // reduced the documented way, EXIF orientation ignored.
@@ -308,6 +351,8 @@ absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes, const DecodeLimits
     return absl::ResourceExhaustedError("encoded image is larger than 2 GiB");
   switch (header.format) {
     case ImageFormat::kGif:
+      if (!GifFirstImageIsComplete(bytes))
+        return absl::InvalidArgumentError("GIF data is truncated or has no image");
       return DecodeGif(bytes, header, limits);
     case ImageFormat::kJpeg:
       if (!JpegHasEndOfImage(bytes)) return absl::InvalidArgumentError("JPEG data is truncated (no EOI marker)");

@@ -28,7 +28,9 @@
 // Safety: the width/height are parsed from the container header BEFORE any
 // decoder allocates pixels (decompression bombs are refused at the header),
 // truncated JPEGs (no EOI marker, which libjpeg would silently pad with grey)
-// are refused, and decoder failures become statuses. Bad media is
+// and GIFs whose first image's data is cut short (libavcodec would return a
+// partial frame) are refused, as Pillow refuses truncated files, and decoder
+// failures become statuses. Bad media is
 // INVALID_ARGUMENT; an image over DecodeLimits is RESOURCE_EXHAUSTED.
 #pragma once
 
