@@ -147,5 +147,155 @@ INSTANTIATE_TEST_SUITE_P(
       return name.substr(0, name.find('.'));
     });
 
+
+// chat_templates.json: the prompt before and after <image> expansion, and its
+// ids for every tokenizer listed, plus the stop and IMG_CONTEXT ids.
+TEST(ChatTemplateParity, EveryPromptAndItsIdsMatchReference) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  INTERNVL_REQUIRE_TOKENIZERS(tokenizers);
+  const json fixture = ReadJson(fixtures + "/tokenization/chat_templates.json");
+  std::map<std::string, std::unique_ptr<Tokenizer>> loaded;
+  int prompts = 0, tokenized = 0;
+  for (const json& c : fixture["prompts"]) {
+    ++prompts;
+    const std::string where = absl::StrCat(c["template"].get<std::string>(), "/", c["scenario"].get<std::string>());
+    auto chat_template = GetTemplate(c["template"].get<std::string>());
+    ASSERT_TRUE(chat_template.ok()) << chat_template.status();
+    EXPECT_EQ((*chat_template)->system_message, c["system_message"].get<std::string>()) << where;
+    EXPECT_EQ((*chat_template)->sep, c["sep"].get<std::string>()) << where;
+    const auto num_patches = c["num_patches_list"].get<std::vector<int>>();
+    ChatHistory history;
+    if (!c["history"].is_null()) history = c["history"].get<ChatHistory>();
+    const std::string question =
+        BuildChatQuestion(c["question"].get<std::string>(), !num_patches.empty(), !c["history"].is_null());
+    const std::string prompt =
+        RenderPrompt(**chat_template, SystemMessageFor(**chat_template, std::nullopt), history, question);
+    EXPECT_EQ(prompt, c["prompt_before_image_expansion"].get<std::string>()) << where;
+    auto expanded = ExpandImageTokens(prompt, num_patches, c["num_image_token"].get<int>());
+    ASSERT_TRUE(expanded.ok()) << expanded.status();
+    EXPECT_EQ(*expanded, c["prompt"].get<std::string>()) << where;
+
+    for (const auto& [name, t] : c["tokenized"].items()) {
+      const std::string folder = t["tokenizer_folder"].get<std::string>();
+      if (!loaded.count(folder)) {
+        auto tok = Tokenizer::Load(tokenizers + "/" + folder);
+        ASSERT_TRUE(tok.ok()) << tok.status();
+        loaded[folder] = std::move(*tok);
+      }
+      const Tokenizer& tok = *loaded[folder];
+      ++tokenized;
+      auto ids = tok.Encode(*expanded);
+      ASSERT_TRUE(ids.ok()) << ids.status();
+      EXPECT_EQ(*ids, t["ids"].get<std::vector<int>>()) << where << " " << name;
+      const int img_context = t["img_context_token_id"].get<int>();
+      EXPECT_EQ(tok.TokenToId(kImgContextToken), img_context) << where << " " << name;
+      EXPECT_EQ(std::count(ids->begin(), ids->end(), img_context), t["num_img_context_ids"].get<int>())
+          << where << " " << name;
+      auto stop = StopTokenIds(**chat_template, tok, GenerationConfig{});
+      ASSERT_TRUE(stop.ok()) << stop.status();
+      EXPECT_EQ(stop->front(), t["eos_token_id_used_by_chat"].get<int>()) << where << " " << name;
+    }
+  }
+  EXPECT_EQ(prompts, 24);
+  std::cout << "chat_templates.json: " << prompts << " prompts, " << tokenized << " tokenizations checked\n";
+}
+
+// "<IMG_CONTEXT*256>" in expected.json stands for 256 copies of the token.
+std::string ExpandCollapsed(const std::string& collapsed) {
+  const std::string marker = "<IMG_CONTEXT*256>";
+  std::string out;
+  size_t pos = 0;
+  for (size_t at; (at = collapsed.find(marker, pos)) != std::string::npos; pos = at + marker.size()) {
+    out += collapsed.substr(pos, at - pos);
+    for (int i = 0; i < 256; ++i) out += kImgContextToken;
+  }
+  return out + collapsed.substr(pos);
+}
+
+// Row `row` of an int64 [rows, n] tensor, keeping only positions whose mask
+// is 1 (left padding of batch_chat).
+std::vector<int> IdsRow(const TensorView& ids, const TensorView* mask, int64_t row) {
+  const int64_t n = ids.shape.back();
+  const auto* data = reinterpret_cast<const int64_t*>(ids.data) + row * n;
+  const auto* m = mask ? reinterpret_cast<const int64_t*>(mask->data) + row * n : nullptr;
+  std::vector<int> out;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!m || m[i] == 1) out.push_back(static_cast<int>(data[i]));
+  }
+  return out;
+}
+
+class TinyModelPrompts : public ::testing::TestWithParam<const char*> {};
+
+// The tiny fixture models' own tokenizers load, the queries chat() built
+// tokenize to exactly the input ids the reference fed the model, and our
+// template code rebuilds the single-image and video queries.
+TEST_P(TinyModelPrompts, QueriesTokenizeToReferenceInputIds) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  const std::string dir = fixtures + "/" + GetParam();
+  auto tok_or = Tokenizer::Load(dir);
+  ASSERT_TRUE(tok_or.ok()) << tok_or.status();
+  const Tokenizer& tok = **tok_or;
+  const json expected = ReadJson(dir + "/expected.json");
+  auto st = SafetensorsFile::Open(dir + "/expected.safetensors");
+  ASSERT_TRUE(st.ok()) << st.status();
+  const json& cases = expected["cases"];
+
+  struct Query {
+    std::string name, tensor, text;
+    int64_t row;
+  };
+  std::vector<Query> queries = {
+      {"A", "A_input_ids", cases["A_single_image_chat"]["query_collapsed"], 0},
+      {"B", "B_input_ids", cases["B_multi_turn"]["query_collapsed"], 0},
+      {"D", "D_input_ids", cases["D_pure_text"]["query"], 0},
+      {"E", "E_input_ids", cases["E_video"]["query_collapsed"], 0}};
+  const auto batch = cases["C_batch_chat"]["queries_collapsed"].get<std::vector<std::string>>();
+  for (size_t i = 0; i < batch.size(); ++i) queries.push_back({absl::StrCat("C", i), "C_input_ids", batch[i], int64_t(i)});
+  for (const Query& q : queries) {
+    const TensorView* ids = (*st)->Find(q.tensor);
+    ASSERT_NE(ids, nullptr) << q.tensor;
+    const TensorView* mask = q.tensor == "C_input_ids" ? (*st)->Find("C_attention_mask") : nullptr;
+    auto got = tok.Encode(ExpandCollapsed(q.text));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, IdsRow(*ids, mask, q.row)) << GetParam() << " case " << q.name;
+  }
+
+  // Rebuild A (single image, auto "<image>\n" already in question_as_sent)
+  // and E (video) from the model's config.
+  auto config = LoadInternVLConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto chat_template = GetTemplate(config->template_name);
+  ASSERT_TRUE(chat_template.ok()) << chat_template.status();
+  EXPECT_EQ(expected["template"].get<std::string>(), config->template_name);
+  const std::string system = SystemMessageFor(**chat_template, config->system_message);
+  EXPECT_EQ(system, expected["system_message"].get<std::string>());
+  const json& a = cases["A_single_image_chat"];
+  auto prompt_a = ExpandImageTokens(
+      RenderPrompt(**chat_template, system, {}, a["question_as_sent"].get<std::string>()),
+      {a["n_tiles"].get<int>()}, config->num_image_token());
+  ASSERT_TRUE(prompt_a.ok()) << prompt_a.status();
+  EXPECT_EQ(*prompt_a, ExpandCollapsed(a["query_collapsed"].get<std::string>()));
+  const json& e = cases["E_video"];
+  const auto frames = e["num_patches_list"].get<std::vector<int>>();
+  auto prompt_e = ExpandImageTokens(
+      RenderPrompt(**chat_template, system, {},
+                   BuildVideoQuestion(static_cast<int>(frames.size()), "What is happening in the video?")),
+      frames, config->num_image_token());
+  ASSERT_TRUE(prompt_e.ok()) << prompt_e.status();
+  EXPECT_EQ(*prompt_e, ExpandCollapsed(e["query_collapsed"].get<std::string>()));
+  auto stop = StopTokenIds(**chat_template, tok, GenerationConfig{});
+  ASSERT_TRUE(stop.ok()) << stop.status();
+  EXPECT_EQ(stop->front(), expected["eos_token_id_used"].get<int>());
+  EXPECT_EQ(tok.TokenToId(kImgContextToken), expected["img_context_token_id"].get<int>());
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTinyModels, TinyModelPrompts,
+                         ::testing::Values("tiny-qwen2", "tiny-internlm2", "tiny-llama"),
+                         [](const auto& info) {
+                           std::string name = info.param;
+                           return name.substr(5);
+                         });
+
 }  // namespace
 }  // namespace internvl::tokenizer
