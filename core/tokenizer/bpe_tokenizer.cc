@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -43,6 +44,11 @@ std::array<uint32_t, 256> BytesToUnicode() {
 
 uint64_t PairKey(int a, int b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+}
+
+uint64_t NextSerial() {
+  static std::atomic<uint64_t> serial{0};
+  return ++serial;
 }
 
 struct Merge {
@@ -180,7 +186,7 @@ class Qwen2BpeTokenizer final : public HfTokenizer {
         while (offset < text.size() && (static_cast<unsigned char>(text[offset]) & 0xC0) == 0x80) ++offset;
         continue;
       }
-      Bpe(text.substr(start, end - start), ids);
+      CachedBpe(text.substr(start, end - start), ids);
       offset = end;
     }
     pcre2_match_data_free(match);
@@ -250,6 +256,30 @@ class Qwen2BpeTokenizer final : public HfTokenizer {
     return out;
   }
 
+  // Qwen2Tokenizer keeps a cache of bpe() results; so do we, per thread and
+  // per tokenizer instance (a unique serial, not the address, which could be
+  // reused by a later tokenizer), bounded so a long stream cannot grow it.
+  void CachedBpe(absl::string_view word, std::vector<int>* out) const {
+    constexpr size_t kMaxCachedWordBytes = 32;
+    constexpr size_t kMaxCacheEntries = 1 << 16;
+    if (word.size() == 1 || word.size() > kMaxCachedWordBytes) {
+      Bpe(word, out);
+      return;
+    }
+    struct Cache {
+      uint64_t owner = 0;
+      absl::flat_hash_map<std::string, std::vector<int>> words;
+    };
+    thread_local Cache cache;
+    if (cache.owner != serial_ || cache.words.size() >= kMaxCacheEntries) {
+      cache.owner = serial_;
+      cache.words.clear();
+    }
+    auto [it, inserted] = cache.words.try_emplace(word);
+    if (inserted) Bpe(word, &it->second);
+    out->insert(out->end(), it->second.begin(), it->second.end());
+  }
+
   // Qwen2Tokenizer.bpe on one pre-token: repeatedly merge the lowest-ranked
   // adjacent pair, all its occurrences left to right. A heap ordered by
   // (rank, position) visits merges in exactly that order (a merge's result
@@ -309,6 +339,7 @@ class Qwen2BpeTokenizer final : public HfTokenizer {
   absl::flat_hash_map<uint32_t, unsigned char> unicode_to_byte_;
   std::array<int, 256> byte_token_{};
   pcre2_code* regex_ = nullptr;
+  const uint64_t serial_ = NextSerial();
 };
 
 }  // namespace
