@@ -1,0 +1,278 @@
+#include "core/llm/causal_lm.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/nn/torch_util.h"
+#include "core/nn/weights.h"
+#include "core/status.h"
+
+namespace internvl::llm {
+namespace {
+
+std::string Shape(const at::Tensor& t) { return absl::StrCat("[", absl::StrJoin(t.sizes(), ","), "]"); }
+
+absl::Status CheckConfig(const LlmConfig& c) {
+  if (c.hidden_size <= 0 || c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 || c.num_hidden_layers <= 0 ||
+      c.vocab_size <= 0 || c.intermediate_size <= 0) {
+    return absl::InvalidArgumentError("LLM config: sizes must be positive");
+  }
+  if (c.hidden_size % c.num_attention_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("LLM config: hidden_size ", c.hidden_size,
+                                                   " not divisible by num_attention_heads ", c.num_attention_heads));
+  }
+  if (c.num_attention_heads % c.num_key_value_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("LLM config: num_attention_heads ", c.num_attention_heads,
+                                                   " not divisible by num_key_value_heads ", c.num_key_value_heads));
+  }
+  if (c.head_dim() % 2 != 0) return absl::InvalidArgumentError("LLM config: head_dim must be even for RoPE");
+  if (c.rope_scaling && c.rope_scaling->type != "linear" && c.rope_scaling->type != "dynamic") {
+    return absl::InvalidArgumentError(absl::StrCat("LLM config: unsupported rope_scaling '", c.rope_scaling->type, "'"));
+  }
+  if (c.rope_scaling && c.rope_scaling->type == "dynamic" && c.max_position_embeddings <= 0) {
+    return absl::InvalidArgumentError("LLM config: dynamic rope scaling needs max_position_embeddings");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckDType(at::ScalarType dtype) {
+  if (dtype != at::kFloat && dtype != at::kBFloat16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LLM compute dtype must be float32 or bfloat16, got ", c10::toString(dtype)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// ---- RotaryEmbedding ----
+
+RotaryEmbedding::RotaryEmbedding(const LlmConfig& c)
+    : dim_(c.head_dim()),
+      max_pos_(c.max_position_embeddings),
+      theta_(c.rope_theta),
+      cached_len_(c.max_position_embeddings),
+      base_(c.rope_theta) {
+  if (c.rope_scaling) {
+    scaling_type_ = c.rope_scaling->type;
+    factor_ = c.rope_scaling->factor;
+  }
+  if (dim_ > 0) inv_freq_ = InvFreq(base_);
+}
+
+at::Tensor RotaryEmbedding::InvFreq(double base) const {
+  // 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)); Python's
+  // `1.0 / t` is t.reciprocal() * 1.0.
+  at::InferenceMode guard;
+  at::Tensor exponents = at::arange(0, dim_, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / dim_;
+  return at::pow(at::Scalar(base), exponents).reciprocal();
+}
+
+void RotaryEmbedding::Observe(int64_t kv_len) {
+  if (kv_len <= cached_len_) return;
+  cached_len_ = kv_len;
+  if (scaling_type_ == "dynamic" && kv_len > max_pos_) {
+    // InternLM2DynamicNTKScalingRotaryEmbedding._set_cos_sin_cache.
+    const double d = static_cast<double>(dim_);
+    base_ = theta_ * std::pow(factor_ * static_cast<double>(kv_len) / static_cast<double>(max_pos_) - (factor_ - 1),
+                              d / (d - 2));
+    inv_freq_ = InvFreq(base_);
+  }
+}
+
+std::pair<at::Tensor, at::Tensor> RotaryEmbedding::Tables(const at::Tensor& positions, at::ScalarType dtype) const {
+  at::Tensor t = positions.to(at::kFloat);
+  if (scaling_type_ == "linear") t = t / factor_;
+  at::Tensor freqs = t.unsqueeze(-1) * inv_freq_;  // [B, T, d/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(2);  // [B, T, 1, d]
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+// ---- CausalLM ----
+
+CausalLM::CausalLM(const LlmConfig& config, at::ScalarType dtype)
+    : config_(config), dtype_(dtype), module_(LanguageModel(config, dtype)), rope_(config) {}
+
+absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const LlmConfig& config, const TensorStore& store,
+                                                         at::ScalarType dtype, const std::string& prefix) {
+  INTERNVL_RETURN_IF_ERROR(CheckConfig(config));
+  INTERNVL_RETURN_IF_ERROR(CheckDType(dtype));
+  std::unique_ptr<CausalLM> lm;
+  INTERNVL_RETURN_IF_ERROR(TorchGuard("building LLM", [&] { lm.reset(new CausalLM(config, dtype)); }));
+  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*lm->module_, store, prefix, dtype));
+  INTERNVL_RETURN_IF_ERROR(TorchGuard("fusing LLM weights", [&] {
+    for (auto& layer : lm->module_->model->typed_layers) layer->Fuse();
+  }));
+  return lm;
+}
+
+absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::CreateRandom(const LlmConfig& config, at::ScalarType dtype,
+                                                                 uint64_t seed, double stddev) {
+  INTERNVL_RETURN_IF_ERROR(CheckConfig(config));
+  INTERNVL_RETURN_IF_ERROR(CheckDType(dtype));
+  std::unique_ptr<CausalLM> lm;
+  INTERNVL_RETURN_IF_ERROR(TorchGuard("building random LLM", [&] {
+    lm.reset(new CausalLM(config, dtype));
+    at::NoGradGuard no_grad;
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    for (auto& item : lm->module_->named_parameters(/*recurse=*/true)) {
+      const std::string& name = item.key();
+      at::Tensor& p = item.value();
+      if (absl::EndsWith(name, "norm.weight")) {
+        p.fill_(1.0);
+      } else if (absl::EndsWith(name, ".bias")) {
+        p.zero_();
+      } else {
+        p.normal_(0.0, stddev, gen);
+      }
+    }
+    for (auto& layer : lm->module_->model->typed_layers) layer->Fuse();
+  }));
+  return lm;
+}
+
+int64_t CausalLM::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : module_->parameters()) n += p.numel();
+  return n;
+}
+
+int64_t CausalLM::parameter_bytes() const {
+  int64_t n = 0;
+  for (const auto& p : module_->parameters()) n += p.numel() * p.element_size();
+  return n;
+}
+
+absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
+  if (!ids.defined() || ids.scalar_type() != at::kLong) {
+    return absl::InvalidArgumentError("Embed: ids must be an int64 tensor");
+  }
+  return TorchGuard("embedding tokens", [&] { return module_->model->embed->forward(ids); });
+}
+
+absl::StatusOr<std::unique_ptr<KVCache>> CausalLM::NewCache(int64_t batch, int64_t max_len) const {
+  return KVCache::Create(config_, batch, max_len, dtype_);
+}
+
+absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, KVCache* cache,
+                                             const ForwardOptions& options) {
+  if (!inputs_embeds.defined() || inputs_embeds.dim() != 3 || inputs_embeds.size(2) != config_.hidden_size ||
+      inputs_embeds.size(1) == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LLM forward: inputs_embeds must be [B, T>0, ", config_.hidden_size, "], got ",
+                     inputs_embeds.defined() ? Shape(inputs_embeds) : "undefined"));
+  }
+  const int64_t b = inputs_embeds.size(0), t = inputs_embeds.size(1);
+  const at::Tensor& mask = options.attention_mask;
+  if (mask.defined() && (mask.dim() != 2 || mask.size(0) != b || mask.size(1) != t)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LLM forward: attention_mask must be [", b, ", ", t, "], got ", Shape(mask)));
+  }
+  if (cache != nullptr) {
+    if (cache->batch() != b) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("LLM forward: cache has ", cache->batch(), " rows, inputs ", b));
+    }
+    if (cache->num_layers() != config_.num_hidden_layers || cache->dtype() != dtype_) {
+      return absl::InvalidArgumentError("LLM forward: cache was made for another model or dtype");
+    }
+    if (cache->remaining() < t) {
+      return absl::ResourceExhaustedError(absl::StrCat("LLM forward: KV cache full (", cache->length(), " of ",
+                                                       cache->max_len(), " slots used, ", t, " more needed)"));
+    }
+  }
+  return TorchGuard("LLM forward", [&]() -> at::Tensor {
+    const int64_t past = cache != nullptr ? cache->length() : 0;
+    const int64_t len = past + t;
+    const auto long_opts = at::TensorOptions().dtype(at::kLong);
+    // Real tokens before this pass, per row ([B, 1]).
+    at::Tensor before = cache != nullptr ? at::tensor(cache->real_tokens(), long_opts).unsqueeze(1)
+                                         : at::zeros({b, 1}, long_opts);
+    // Position ids as HF generate builds them for batch_chat: cumsum(mask) - 1,
+    // pads set to 1 (prepare_inputs_for_generation).
+    at::Tensor positions, new_valid;
+    bool new_padding = false;
+    if (mask.defined()) {
+      new_valid = mask.ne(0);
+      new_padding = !new_valid.all().item<bool>();
+      positions = (new_valid.to(at::kLong).cumsum(1) - 1 + before).masked_fill(new_valid.logical_not(), 1);
+    } else {
+      positions = at::arange(t, long_opts).unsqueeze(0) + before;
+    }
+    at::Tensor cos, sin;
+    {
+      std::lock_guard<std::mutex> lock(rope_mu_);
+      rope_.Observe(len);
+      std::tie(cos, sin) = rope_.Tables(positions, dtype_);
+    }
+    if (cache != nullptr) cache->Advance(t, mask);
+
+    LayerContext ctx;
+    ctx.cos = cos;
+    ctx.sin = sin;
+    ctx.cache = cache;
+    ctx.past = past;
+    const bool padded_keys = cache != nullptr ? cache->has_padding() : new_padding;
+    if (t > 1 || padded_keys) {
+      // masked[b, i, j] = key j is in query i's future, or key j is padding.
+      at::Tensor key_pos = at::arange(len, long_opts).view({1, 1, len});
+      at::Tensor query_pos = (at::arange(t, long_opts) + past).view({1, t, 1});
+      at::Tensor masked = key_pos > query_pos;  // [1, T, L]
+      if (padded_keys) {
+        at::Tensor key_valid = cache != nullptr ? cache->slot_valid().narrow(1, 0, len) : new_valid;
+        masked = masked.logical_or(key_valid.logical_not().unsqueeze(1));  // [B, T, L]
+      }
+      ctx.masked = masked.unsqueeze(1).unsqueeze(1);  // [B|1, 1, 1, T, L]
+    }
+    at::Tensor hidden = module_->model->forward(inputs_embeds.to(dtype_), ctx);
+    switch (options.logits) {
+      case LogitsMode::kLast:
+        return module_->head(hidden.select(1, t - 1)).to(at::kFloat);
+      case LogitsMode::kAll:
+        return module_->head(hidden).to(at::kFloat);
+      case LogitsMode::kNone:
+        break;
+    }
+    return hidden;
+  });
+}
+
+absl::StatusOr<at::Tensor> ScatterImageEmbeddings(const at::Tensor& text_embeds, const at::Tensor& input_ids,
+                                                  int64_t img_context_id, const at::Tensor& vit_embeds) {
+  if (!text_embeds.defined() || text_embeds.dim() != 3 || !input_ids.defined() || input_ids.dim() != 2 ||
+      input_ids.size(0) != text_embeds.size(0) || input_ids.size(1) != text_embeds.size(1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ScatterImageEmbeddings: need text_embeds [B,T,H] and input_ids [B,T], got ",
+        text_embeds.defined() ? Shape(text_embeds) : "undefined", " and ",
+        input_ids.defined() ? Shape(input_ids) : "undefined"));
+  }
+  const int64_t hidden = text_embeds.size(2);
+  return TorchGuard("scattering image embeddings", [&]() -> absl::StatusOr<at::Tensor> {
+    at::Tensor selected = input_ids.eq(img_context_id);
+    const int64_t n_slots = selected.sum().item<int64_t>();
+    const int64_t n_rows = vit_embeds.defined() && vit_embeds.dim() >= 1 && vit_embeds.size(-1) == hidden
+                               ? vit_embeds.numel() / hidden
+                               : -1;
+    if (n_slots == 0 && (!vit_embeds.defined() || vit_embeds.numel() == 0)) return text_embeds;
+    if (!vit_embeds.defined() || vit_embeds.size(-1) != hidden) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("ScatterImageEmbeddings: image embeddings ",
+                       vit_embeds.defined() ? Shape(vit_embeds) : "undefined", " do not match hidden size ", hidden));
+    }
+    if (n_rows != n_slots) {
+      return absl::InvalidArgumentError(absl::StrCat("ScatterImageEmbeddings: ", n_slots,
+                                                     " <IMG_CONTEXT> tokens (id ", img_context_id, ") but ", n_rows,
+                                                     " image embedding rows ", Shape(vit_embeds)));
+    }
+    // index_put with a boolean mask fills the selected rows in row-major
+    // order of the flattened batch, as `input_embeds[selected] = ...`.
+    return text_embeds.index_put({selected}, vit_embeds.reshape({-1, hidden}).to(text_embeds.scalar_type()));
+  });
+}
+
+}  // namespace internvl::llm

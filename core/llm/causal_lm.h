@@ -1,0 +1,147 @@
+// The InternVL2 language model half: a decoder-only LLM (Qwen2, InternLM2,
+// LLaMA/Yi) built from LlmConfig, loaded from the checkpoint's
+// `language_model.*` tensors, run in fp32 or bf16 on CPU with libtorch.
+//
+// Typical use (chat):
+//   INTERNVL_ASSIGN_OR_RETURN(auto lm, CausalLM::Load(cfg.llm, *store, at::kBFloat16));
+//   at::InferenceMode guard;
+//   INTERNVL_ASSIGN_OR_RETURN(at::Tensor emb, lm->Embed(input_ids));           // [B,T,H]
+//   INTERNVL_ASSIGN_OR_RETURN(emb, ScatterImageEmbeddings(emb, input_ids, img_context_id, vit_embeds));
+//   INTERNVL_ASSIGN_OR_RETURN(GenerateResult r, Generate(*lm, emb, options));  // generate.h
+//
+// Every public entry point returns absl::Status(Or); libtorch exceptions are
+// caught here (TorchGuard). Forward is differentiable under grad mode (the
+// trainer's path); inference callers hold at::InferenceMode.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/config.h"
+#include "core/llm/kv_cache.h"
+#include "core/llm/modules.h"
+#include "core/safetensors.h"
+
+namespace internvl::llm {
+
+// Rotary position embedding as the reference implements it (HF rotate_half
+// convention: cos/sin over the concatenated halves [freqs, freqs]):
+// inv_freq = 1 / base^(arange(0, d, 2) / d) in fp32, angle = position * inv_freq
+// in fp32 (linear scaling divides the position by the factor first).
+//
+// Dynamic NTK scaling (InternLM2DynamicNTKScalingRotaryEmbedding,
+// LlamaDynamicNTKScalingRotaryEmbedding in transformers 4.37) is STATEFUL in
+// the reference: the module caches tables for max_seq_len_cached positions
+// (initially max_position_embeddings); a forward whose kv length exceeds it
+// rebuilds them, and when that length is past max_position_embeddings it
+// enlarges the base to base * (f*len/max - (f-1))^(d/(d-2)) and keeps the new
+// inv_freq for every later call, short ones included, until a yet longer one
+// rebuilds it again. Keys already cached keep their old rotation. This class
+// reproduces that, including the persistence across sequences.
+class RotaryEmbedding {
+ public:
+  explicit RotaryEmbedding(const LlmConfig& c);
+  // Notes that a forward pass attends over `kv_len` positions (the reference
+  // calls rotary_emb(seq_len=kv_len) in every layer; all layers agree).
+  void Observe(int64_t kv_len);
+  // cos, sin [B, T, 1, head_dim] in `dtype` for int64 positions [B, T].
+  std::pair<at::Tensor, at::Tensor> Tables(const at::Tensor& positions, at::ScalarType dtype) const;
+  // Current inverse frequencies (fp32 [head_dim/2]) and effective base.
+  const at::Tensor& inv_freq() const { return inv_freq_; }
+  double base() const { return base_; }
+
+ private:
+  at::Tensor InvFreq(double base) const;
+  int64_t dim_;
+  int64_t max_pos_;
+  double theta_;
+  std::string scaling_type_;  // "", "linear" or "dynamic"
+  double factor_ = 1.0;
+  int64_t cached_len_;
+  double base_;
+  at::Tensor inv_freq_;
+};
+
+enum class LogitsMode {
+  kLast,  // logits of the last position only, [B, V] (the lm_head runs on B rows)
+  kAll,   // [B, T, V]
+  kNone,  // no head: final-normed hidden states [B, T, H]
+};
+
+struct ForwardOptions {
+  // [B, T] 0/1 (any integer or bool dtype) for the NEW tokens; 0 = padding
+  // (batch_chat pads on the LEFT). Undefined = all real. Position ids follow
+  // HF generate: cumsum(mask over all tokens so far) - 1, pads set to 1.
+  at::Tensor attention_mask;
+  LogitsMode logits = LogitsMode::kLast;
+};
+
+class CausalLM {
+ public:
+  // Builds the model of `config` and loads `prefix`+HF names from `store`,
+  // converted to `dtype` (kFloat or kBFloat16). Missing, unexpected or
+  // mis-shaped tensors are INVALID_ARGUMENT listing the keys.
+  static absl::StatusOr<std::unique_ptr<CausalLM>> Load(const LlmConfig& config, const TensorStore& store,
+                                                        at::ScalarType dtype,
+                                                        const std::string& prefix = "language_model.");
+  // Random N(0, std) weights (norm weights 1, biases 0), for benchmarks and
+  // tests that need a model of a given shape without a checkpoint.
+  static absl::StatusOr<std::unique_ptr<CausalLM>> CreateRandom(const LlmConfig& config, at::ScalarType dtype,
+                                                                uint64_t seed, double stddev = 0.02);
+
+  const LlmConfig& config() const { return config_; }
+  at::ScalarType dtype() const { return dtype_; }
+  // Parameter count and bytes (each stored once; fused views not double counted).
+  int64_t num_parameters() const;
+  int64_t parameter_bytes() const;
+
+  // Token embeddings: int64 ids [B, T] -> [B, T, H] in the compute dtype.
+  // OUT_OF_RANGE-like INTERNAL error for ids outside the vocabulary.
+  absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids) const;
+
+  // A cache for `batch` rows and up to `max_len` positions, in this model's
+  // dtype and shapes.
+  absl::StatusOr<std::unique_ptr<KVCache>> NewCache(int64_t batch, int64_t max_len) const;
+
+  // Runs the decoder on `inputs_embeds` [B, T, H] (any float dtype; cast to the
+  // compute dtype). With a cache, attends over the cached slots plus these
+  // tokens and appends their K/V (prefill: T = prompt length; decode: T = 1);
+  // RESOURCE_EXHAUSTED when the cache lacks room, INVALID_ARGUMENT on shape
+  // mismatches. Without a cache it is a plain full forward (use_cache=False).
+  // Returns fp32 logits (see LogitsMode; HF casts logits to float) or hidden
+  // states. Not thread-safe (the dynamic-NTK rope state; see RotaryEmbedding).
+  absl::StatusOr<at::Tensor> Forward(const at::Tensor& inputs_embeds, KVCache* cache,
+                                     const ForwardOptions& options = {});
+
+  // The torch module tree (parameters under HF names without the
+  // "language_model." prefix), for training and checkpoint writing.
+  LanguageModel& module() { return module_; }
+  const RotaryEmbedding& rotary() const { return rope_; }
+
+ private:
+  CausalLM(const LlmConfig& config, at::ScalarType dtype);
+  absl::Status Validate() const;
+
+  LlmConfig config_;
+  at::ScalarType dtype_;
+  LanguageModel module_{nullptr};
+  RotaryEmbedding rope_;
+  std::mutex rope_mu_;
+};
+
+// Replaces, in order, the rows of `text_embeds` [B, T, H] whose `input_ids`
+// [B, T] equal `img_context_id` by the rows of `vit_embeds` [N, P, H]
+// (flattened to [N*P, H], cast to text_embeds' dtype) — InternVLChatModel's
+// `input_embeds[selected] = vit_embeds.reshape(-1, C)` over the flattened
+// batch. A count mismatch (N*P != number of <IMG_CONTEXT> tokens) or a hidden
+// size mismatch is INVALID_ARGUMENT, never a silent truncation. Out of place
+// and differentiable (the trainer back-propagates into mlp1).
+absl::StatusOr<at::Tensor> ScatterImageEmbeddings(const at::Tensor& text_embeds, const at::Tensor& input_ids,
+                                                  int64_t img_context_id, const at::Tensor& vit_embeds);
+
+}  // namespace internvl::llm

@@ -1,0 +1,304 @@
+#include "core/llm/modules.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+
+#include <cmath>
+#include <limits>
+
+#include "core/llm/kv_cache.h"
+
+namespace internvl::llm {
+namespace {
+
+bool Inference() { return !at::GradMode::is_enabled(); }
+
+// The most negative finite value of `dtype`: masked scores get it (not -inf)
+// so that a fully masked row (a left-pad query) stays finite — a NaN there
+// would reach real rows through 0 * NaN in probs @ V.
+double Lowest(at::ScalarType dtype) {
+  if (dtype == at::kBFloat16) return static_cast<float>(std::numeric_limits<c10::BFloat16>::lowest());
+  if (dtype == at::kHalf) return -65504.0;
+  return std::numeric_limits<float>::lowest();
+}
+
+// HF rotate_half: cat(-x2, x1) over the last dim.
+at::Tensor RotateHalf(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)}, -1);
+}
+
+// apply_rotary_pos_emb: x * cos + rotate_half(x) * sin. x [B,T,h,d],
+// cos/sin [B,T,1,d].
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  at::Tensor out = x * cos;
+  if (Inference()) return out.add_(RotateHalf(x).mul_(sin));
+  return out + RotateHalf(x) * sin;
+}
+
+// Scaled dot-product attention with GQA, the KV cache and masking, as the
+// reference's eager attention: softmax(q k^T / sqrt(d) + mask) in fp32, cast
+// back, times v. Query head j*G+g attends with kv head j (repeat_kv), which we
+// get without copying K/V by viewing q as [B, kv_heads, G*T, d].
+// q [B,T,H,d], k/v [B,T,KV,d] -> [B,T,H*d].
+at::Tensor Attend(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const LayerContext& ctx,
+                  int layer, int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  const int64_t b = q_in.size(0), t = q_in.size(1);
+  const int64_t groups = heads / kv_heads;
+  at::Tensor q = ApplyRope(q_in, ctx.cos, ctx.sin);
+  at::Tensor k = ApplyRope(k_in, ctx.cos, ctx.sin);
+  at::Tensor keys, values;  // [B, KV, L, d]
+  if (ctx.cache != nullptr) {
+    at::Tensor& kc = ctx.cache->key(layer);
+    at::Tensor& vc = ctx.cache->value(layer);
+    kc.narrow(2, ctx.past, t).copy_(k.transpose(1, 2));
+    vc.narrow(2, ctx.past, t).copy_(v_in.transpose(1, 2));
+    keys = kc.narrow(2, 0, ctx.past + t);
+    values = vc.narrow(2, 0, ctx.past + t);
+  } else {
+    keys = k.transpose(1, 2);
+    values = v_in.transpose(1, 2);
+  }
+  const int64_t len = keys.size(2);
+  at::Tensor qg = q.transpose(1, 2).reshape({b, kv_heads, groups * t, head_dim});
+  at::Tensor scores = at::matmul(qg, keys.transpose(-1, -2));  // [B, KV, G*T, L]
+  const double scale = std::sqrt(static_cast<double>(head_dim));
+  const bool inference = Inference();
+  if (inference) {
+    scores.div_(scale);
+  } else {
+    scores = scores / scale;
+  }
+  if (ctx.masked.defined()) {
+    const double lowest = Lowest(scores.scalar_type());
+    if (inference) {
+      scores.view({b, kv_heads, groups, t, len}).masked_fill_(ctx.masked, lowest);
+    } else {
+      scores = scores.view({b, kv_heads, groups, t, len}).masked_fill(ctx.masked, lowest).view(
+          {b, kv_heads, groups * t, len});
+    }
+  }
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor out = at::matmul(probs, values);  // [B, KV, G*T, d]
+  return out.view({b, heads, t, head_dim}).transpose(1, 2).reshape({b, t, heads * head_dim});
+}
+
+at::Tensor SwiGlu(const at::Tensor& gate, const at::Tensor& up) {
+  if (Inference()) return at::silu(gate).mul_(up);
+  return at::silu(gate) * up;
+}
+
+}  // namespace
+
+DenseImpl::DenseImpl(int64_t in, int64_t out, bool has_bias, at::ScalarType dtype) {
+  weight = register_parameter("weight", at::empty({out, in}, at::TensorOptions().dtype(dtype)));
+  if (has_bias) bias = register_parameter("bias", at::zeros({out}, at::TensorOptions().dtype(dtype)));
+}
+
+at::Tensor DenseImpl::forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+
+EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t hidden, at::ScalarType dtype) {
+  weight = register_parameter("weight", at::empty({vocab, hidden}, at::TensorOptions().dtype(dtype)));
+}
+
+at::Tensor EmbeddingImpl::forward(const at::Tensor& ids) const { return at::embedding(weight, ids); }
+
+RMSNormImpl::RMSNormImpl(int64_t hidden, double eps_in, at::ScalarType dtype) : eps(eps_in) {
+  weight = register_parameter("weight", at::ones({hidden}, at::TensorOptions().dtype(dtype)));
+}
+
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
+  at::Tensor h = x.to(at::kFloat);
+  at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
+  h = h * at::rsqrt(variance + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+at::Tensor FuseRows(const std::vector<at::Tensor*>& parts) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> data;
+  for (const at::Tensor* p : parts) data.push_back(p->detach());
+  at::Tensor fused = at::cat(data, 0);
+  int64_t offset = 0;
+  for (at::Tensor* p : parts) {
+    const int64_t rows = p->size(0);
+    p->set_data(fused.narrow(0, offset, rows));
+    offset += rows;
+  }
+  return fused;
+}
+
+bool StillFused(const at::Tensor& fused, const std::vector<const at::Tensor*>& parts) {
+  if (!fused.defined()) return false;
+  const auto* base = static_cast<const char*>(fused.data_ptr());
+  const int64_t row_bytes = fused.stride(0) * fused.element_size();
+  int64_t offset = 0;
+  for (const at::Tensor* p : parts) {
+    if (static_cast<const char*>(p->data_ptr()) != base + offset * row_bytes) return false;
+    offset += p->size(0);
+  }
+  return offset == fused.size(0);
+}
+
+// ---- Qwen2 / LLaMA ----
+
+LlamaAttentionImpl::LlamaAttentionImpl(const LlmConfig& c, at::ScalarType dtype)
+    : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim()) {
+  const int64_t h = c.hidden_size;
+  // Qwen2Attention: q/k/v bias=True, o_proj bias=False; LlamaAttention: all
+  // four follow attention_bias.
+  const bool o_bias = c.arch == LlmArch::kLlama && c.attention_bias;
+  q_proj = register_module("q_proj", Dense(h, heads_ * head_dim_, c.attention_bias, dtype));
+  k_proj = register_module("k_proj", Dense(h, kv_heads_ * head_dim_, c.attention_bias, dtype));
+  v_proj = register_module("v_proj", Dense(h, kv_heads_ * head_dim_, c.attention_bias, dtype));
+  o_proj = register_module("o_proj", Dense(heads_ * head_dim_, h, o_bias, dtype));
+}
+
+void LlamaAttentionImpl::Fuse() {
+  qkv_w_ = FuseRows({&q_proj->weight, &k_proj->weight, &v_proj->weight});
+  if (q_proj->bias.defined()) qkv_b_ = FuseRows({&q_proj->bias, &k_proj->bias, &v_proj->bias});
+}
+
+at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const LayerContext& ctx, int layer) {
+  const int64_t b = x.size(0), t = x.size(1);
+  const int64_t qn = heads_ * head_dim_, kvn = kv_heads_ * head_dim_;
+  at::Tensor q, k, v;
+  const bool fused = Inference() && StillFused(qkv_w_, {&q_proj->weight, &k_proj->weight, &v_proj->weight}) &&
+                     (!q_proj->bias.defined() ||
+                      StillFused(qkv_b_, {&q_proj->bias, &k_proj->bias, &v_proj->bias}));
+  if (fused) {
+    at::Tensor qkv = at::linear(x, qkv_w_, qkv_b_);
+    q = qkv.narrow(-1, 0, qn);
+    k = qkv.narrow(-1, qn, kvn);
+    v = qkv.narrow(-1, qn + kvn, kvn);
+  } else {
+    q = q_proj(x);
+    k = k_proj(x);
+    v = v_proj(x);
+  }
+  at::Tensor out = Attend(q.view({b, t, heads_, head_dim_}), k.view({b, t, kv_heads_, head_dim_}),
+                          v.view({b, t, kv_heads_, head_dim_}), ctx, layer, heads_, kv_heads_, head_dim_);
+  return o_proj(out);
+}
+
+LlamaMLPImpl::LlamaMLPImpl(const LlmConfig& c, at::ScalarType dtype) {
+  gate_proj = register_module("gate_proj", Dense(c.hidden_size, c.intermediate_size, false, dtype));
+  up_proj = register_module("up_proj", Dense(c.hidden_size, c.intermediate_size, false, dtype));
+  down_proj = register_module("down_proj", Dense(c.intermediate_size, c.hidden_size, false, dtype));
+}
+
+void LlamaMLPImpl::Fuse() { gate_up_w_ = FuseRows({&gate_proj->weight, &up_proj->weight}); }
+
+at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
+  if (Inference() && StillFused(gate_up_w_, {&gate_proj->weight, &up_proj->weight})) {
+    at::Tensor gu = at::linear(x, gate_up_w_);
+    const int64_t n = gate_proj->weight.size(0);
+    return down_proj(SwiGlu(gu.narrow(-1, 0, n), gu.narrow(-1, n, n)));
+  }
+  return down_proj(SwiGlu(gate_proj(x), up_proj(x)));
+}
+
+LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlmConfig& c, at::ScalarType dtype) {
+  self_attn = register_module("self_attn", LlamaAttention(c, dtype));
+  mlp = register_module("mlp", LlamaMLP(c, dtype));
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
+}
+
+void LlamaDecoderLayerImpl::Fuse() {
+  self_attn->Fuse();
+  mlp->Fuse();
+}
+
+at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& x, const LayerContext& ctx) {
+  at::Tensor h = x + self_attn->forward(input_layernorm(x), ctx, layer_index);
+  at::Tensor m = mlp(post_attention_layernorm(h));
+  return Inference() ? h.add_(m) : h + m;
+}
+
+// ---- InternLM2 ----
+
+InternLM2AttentionImpl::InternLM2AttentionImpl(const LlmConfig& c, at::ScalarType dtype)
+    : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.head_dim()) {
+  wqkv = register_module("wqkv", Dense(c.hidden_size, (heads_ + 2 * kv_heads_) * head_dim_, c.attention_bias, dtype));
+  wo = register_module("wo", Dense(heads_ * head_dim_, c.hidden_size, c.attention_bias, dtype));
+}
+
+at::Tensor InternLM2AttentionImpl::forward(const at::Tensor& x, const LayerContext& ctx, int layer) {
+  const int64_t b = x.size(0), t = x.size(1);
+  const int64_t groups = heads_ / kv_heads_;
+  // rearrange(qkv, 'b q (h gs d) -> b q h gs d', gs=2+G): per kv head, G query
+  // heads, then its key head, then its value head.
+  at::Tensor qkv = wqkv(x).view({b, t, kv_heads_, groups + 2, head_dim_});
+  at::Tensor q = qkv.narrow(3, 0, groups).reshape({b, t, heads_, head_dim_});
+  at::Tensor k = qkv.select(3, groups);
+  at::Tensor v = qkv.select(3, groups + 1);
+  return wo(Attend(q, k, v, ctx, layer, heads_, kv_heads_, head_dim_));
+}
+
+InternLM2MLPImpl::InternLM2MLPImpl(const LlmConfig& c, at::ScalarType dtype) {
+  w1 = register_module("w1", Dense(c.hidden_size, c.intermediate_size, false, dtype));
+  w3 = register_module("w3", Dense(c.hidden_size, c.intermediate_size, false, dtype));
+  w2 = register_module("w2", Dense(c.intermediate_size, c.hidden_size, false, dtype));
+}
+
+void InternLM2MLPImpl::Fuse() { w13_ = FuseRows({&w1->weight, &w3->weight}); }
+
+at::Tensor InternLM2MLPImpl::forward(const at::Tensor& x) {
+  if (Inference() && StillFused(w13_, {&w1->weight, &w3->weight})) {
+    at::Tensor gu = at::linear(x, w13_);
+    const int64_t n = w1->weight.size(0);
+    return w2(SwiGlu(gu.narrow(-1, 0, n), gu.narrow(-1, n, n)));
+  }
+  return w2(SwiGlu(w1(x), w3(x)));
+}
+
+InternLM2DecoderLayerImpl::InternLM2DecoderLayerImpl(const LlmConfig& c, at::ScalarType dtype) {
+  attention = register_module("attention", InternLM2Attention(c, dtype));
+  feed_forward = register_module("feed_forward", InternLM2MLP(c, dtype));
+  attention_norm = register_module("attention_norm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
+  ffn_norm = register_module("ffn_norm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
+}
+
+void InternLM2DecoderLayerImpl::Fuse() { feed_forward->Fuse(); }
+
+at::Tensor InternLM2DecoderLayerImpl::forward(const at::Tensor& x, const LayerContext& ctx) {
+  at::Tensor h = x + attention->forward(attention_norm(x), ctx, layer_index);
+  at::Tensor m = feed_forward(ffn_norm(h));
+  return Inference() ? h.add_(m) : h + m;
+}
+
+// ---- Whole model ----
+
+DecoderModelImpl::DecoderModelImpl(const LlmConfig& c, at::ScalarType dtype) {
+  const bool internlm2 = c.arch == LlmArch::kInternLM2;
+  embed = register_module(internlm2 ? "tok_embeddings" : "embed_tokens", Embedding(c.vocab_size, c.hidden_size, dtype));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int i = 0; i < c.num_hidden_layers; ++i) {
+    std::shared_ptr<DecoderLayerImpl> layer;
+    if (internlm2) {
+      layer = std::make_shared<InternLM2DecoderLayerImpl>(c, dtype);
+    } else {
+      layer = std::make_shared<LlamaDecoderLayerImpl>(c, dtype);
+    }
+    layer->layer_index = i;
+    layers->push_back(layer);
+    typed_layers.push_back(layer);
+  }
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
+}
+
+at::Tensor DecoderModelImpl::forward(const at::Tensor& inputs_embeds, const LayerContext& ctx) {
+  at::Tensor h = inputs_embeds;
+  for (auto& layer : typed_layers) h = layer->forward(h, ctx);
+  return norm(h);
+}
+
+LanguageModelImpl::LanguageModelImpl(const LlmConfig& c, at::ScalarType dtype) {
+  model = register_module("model", DecoderModel(c, dtype));
+  head = register_module(c.arch == LlmArch::kInternLM2 ? "output" : "lm_head",
+                         Dense(c.hidden_size, c.vocab_size, false, dtype));
+}
+
+}  // namespace internvl::llm

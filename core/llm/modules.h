@@ -1,0 +1,204 @@
+// torch::nn modules of the decoder-only LLMs InternVL2 uses, one module per
+// reference class, with submodules registered under the checkpoint's key names
+// so that LoadModuleWeights(module, store, "language_model.", dtype) is a name
+// lookup (STYLE.md rule 1):
+//
+//   Qwen2ForCausalLM / LlamaForCausalLM (transformers 4.37 modeling_qwen2.py /
+//   modeling_llama.py):  model.embed_tokens, model.layers.N.self_attn.{q,k,v,o}_proj,
+//   model.layers.N.mlp.{gate,up,down}_proj, model.layers.N.{input,post_attention}_layernorm,
+//   model.norm, lm_head.
+//   InternLM2ForCausalLM (InternVL internvl_chat/internvl/model/internlm2/modeling_internlm2.py):
+//   model.tok_embeddings, model.layers.N.attention.{wqkv,wo}, model.layers.N.feed_forward.{w1,w2,w3},
+//   model.layers.N.{attention_norm,ffn_norm}, model.norm, output.
+//
+// Forward passes stay differentiable when grad mode is on (the trainer runs
+// them under autograd). With grad mode off (at::InferenceMode / NoGradGuard)
+// they take inference-only shortcuts: fused q|k|v and gate|up matmuls through
+// weights that share storage with the per-key parameters, in-place scaling and
+// masking. Most users want CausalLM (causal_lm.h), not these modules.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <vector>
+
+#include "core/config.h"
+
+namespace internvl::llm {
+
+class KVCache;
+
+// What every layer of one forward pass shares (built once per pass by
+// LanguageModelImpl::forward's caller, CausalLM::Forward).
+struct LayerContext {
+  // Rotary tables for the new tokens, [B, T, 1, head_dim] in the compute
+  // dtype (HF casts cos/sin to the activations' dtype).
+  at::Tensor cos, sin;
+  // bool [B, 1, 1, T, L], true = masked (causal future or padding key);
+  // undefined when nothing is masked (a single decode token, no padding).
+  at::Tensor masked;
+  // Cache to append this pass's K/V to (slots [past, past+T)); null = attend
+  // only within the given tokens (training, full-sequence forward).
+  KVCache* cache = nullptr;
+  int64_t past = 0;
+};
+
+// y = x W^T + b with W [out, in]. Unlike torch::nn::Linear its parameters are
+// created empty in the target dtype (no fp32 random init of billions of
+// weights that loading overwrites anyway).
+class DenseImpl : public torch::nn::Module {
+ public:
+  DenseImpl(int64_t in, int64_t out, bool bias, at::ScalarType dtype);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight, bias;  // bias undefined when absent
+};
+TORCH_MODULE(Dense);
+
+// nn.Embedding without init: weight [vocab, hidden].
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t vocab, int64_t hidden, at::ScalarType dtype);
+  at::Tensor forward(const at::Tensor& ids) const;  // [B,T] int64 -> [B,T,H]
+  at::Tensor weight;
+};
+TORCH_MODULE(Embedding);
+
+// LlamaRMSNorm / Qwen2RMSNorm / InternLM2RMSNorm: the statistic is computed in
+// fp32, the normalised value cast back to the input dtype before scaling by
+// `weight`. [..., H] -> [..., H].
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t hidden, double eps, at::ScalarType dtype);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// Rows [offsets[i], offsets[i]+rows[i]) of one fused weight become the data of
+// each parameter (they share storage), so a single matmul computes several
+// projections while the per-key parameters still load, save and train. Returns
+// the fused tensor. `parts` must have equal trailing shapes.
+at::Tensor FuseRows(const std::vector<at::Tensor*>& parts);
+// True when `parts` are still consecutive row blocks of `fused` (a reload or
+// an optimizer that replaced .data breaks the sharing: callers then fall back
+// to the separate projections).
+bool StillFused(const at::Tensor& fused, const std::vector<const at::Tensor*>& parts);
+
+// Shared decoder-layer interface: [B,T,H] -> [B,T,H].
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  virtual at::Tensor forward(const at::Tensor& x, const LayerContext& ctx) = 0;
+  // Builds the inference-only fused weights (call after loading weights).
+  virtual void Fuse() = 0;
+  int layer_index = 0;
+};
+
+// Qwen2Attention / LlamaAttention: q/k/v/o projections (Qwen2: q/k/v biases,
+// no o bias; LLaMA: attention_bias on all four), GQA, HF rotate_half RoPE.
+class LlamaAttentionImpl : public torch::nn::Module {
+ public:
+  explicit LlamaAttentionImpl(const LlmConfig& c, at::ScalarType dtype);
+  at::Tensor forward(const at::Tensor& x, const LayerContext& ctx, int layer);
+  void Fuse();
+  Dense q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+  at::Tensor qkv_w_, qkv_b_;  // fused views (inference)
+};
+TORCH_MODULE(LlamaAttention);
+
+// LlamaMLP / Qwen2MLP: down(silu(gate(x)) * up(x)).
+class LlamaMLPImpl : public torch::nn::Module {
+ public:
+  explicit LlamaMLPImpl(const LlmConfig& c, at::ScalarType dtype);
+  at::Tensor forward(const at::Tensor& x);
+  void Fuse();
+  Dense gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+
+ private:
+  at::Tensor gate_up_w_;
+};
+TORCH_MODULE(LlamaMLP);
+
+// LlamaDecoderLayer / Qwen2DecoderLayer (pre-norm residual blocks).
+class LlamaDecoderLayerImpl : public DecoderLayerImpl {
+ public:
+  LlamaDecoderLayerImpl(const LlmConfig& c, at::ScalarType dtype);
+  at::Tensor forward(const at::Tensor& x, const LayerContext& ctx) override;
+  void Fuse() override;
+  LlamaAttention self_attn{nullptr};
+  LlamaMLP mlp{nullptr};
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+};
+
+// InternLM2Attention: one `wqkv` whose output rows are grouped per kv head:
+// for kv head j, its G = heads/kv_heads query heads, then its key head, then
+// its value head ('b q (h gs d)' with gs = G + 2 in the reference's rearrange),
+// NOT [all q | all k | all v]. Query head j*G+g uses kv head j, which is what
+// repeat_kv pairs it with.
+class InternLM2AttentionImpl : public torch::nn::Module {
+ public:
+  explicit InternLM2AttentionImpl(const LlmConfig& c, at::ScalarType dtype);
+  at::Tensor forward(const at::Tensor& x, const LayerContext& ctx, int layer);
+  Dense wqkv{nullptr}, wo{nullptr};
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+};
+TORCH_MODULE(InternLM2Attention);
+
+// InternLM2MLP: w2(silu(w1(x)) * w3(x)).
+class InternLM2MLPImpl : public torch::nn::Module {
+ public:
+  explicit InternLM2MLPImpl(const LlmConfig& c, at::ScalarType dtype);
+  at::Tensor forward(const at::Tensor& x);
+  void Fuse();
+  Dense w1{nullptr}, w3{nullptr}, w2{nullptr};
+
+ private:
+  at::Tensor w13_;
+};
+TORCH_MODULE(InternLM2MLP);
+
+// InternLM2DecoderLayer.
+class InternLM2DecoderLayerImpl : public DecoderLayerImpl {
+ public:
+  InternLM2DecoderLayerImpl(const LlmConfig& c, at::ScalarType dtype);
+  at::Tensor forward(const at::Tensor& x, const LayerContext& ctx) override;
+  void Fuse() override;
+  InternLM2Attention attention{nullptr};
+  InternLM2MLP feed_forward{nullptr};
+  RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};
+};
+
+// Qwen2Model / LlamaModel / InternLM2Model: embedding, layers, final norm.
+class DecoderModelImpl : public torch::nn::Module {
+ public:
+  DecoderModelImpl(const LlmConfig& c, at::ScalarType dtype);
+  // [B,T,H] input embeddings -> [B,T,H] final-normed hidden states.
+  at::Tensor forward(const at::Tensor& inputs_embeds, const LayerContext& ctx);
+  Embedding embed{nullptr};  // "embed_tokens" or "tok_embeddings"
+  torch::nn::ModuleList layers{nullptr};
+  std::vector<std::shared_ptr<DecoderLayerImpl>> typed_layers;
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(DecoderModel);
+
+// Qwen2ForCausalLM / LlamaForCausalLM / InternLM2ForCausalLM: `model` plus the
+// untied vocabulary head ("lm_head" or "output"; InternVL forces
+// tie_word_embeddings = False).
+class LanguageModelImpl : public torch::nn::Module {
+ public:
+  LanguageModelImpl(const LlmConfig& c, at::ScalarType dtype);
+  DecoderModel model{nullptr};
+  Dense head{nullptr};
+};
+TORCH_MODULE(LanguageModel);
+
+}  // namespace internvl::llm

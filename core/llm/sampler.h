@@ -1,0 +1,65 @@
+// Next-token selection with Hugging Face generate() semantics (transformers
+// 4.37 generation/logits_process.py), in HF's order:
+//   1. RepetitionPenaltyLogitsProcessor (greedy and sampling): for every token
+//      id already in the row's context, score < 0 ? score * p : score / p.
+//   2. (sampling only) TemperatureLogitsWarper: scores / temperature.
+//   3. TopKLogitsWarper: scores below the k-th largest -> -inf (ties kept).
+//   4. TopPLogitsWarper: sort ascending, cumulative softmax; ids whose
+//      cumulative probability <= 1 - top_p -> -inf, the most likely always kept.
+//   then softmax and one multinomial draw per row; greedy = argmax.
+// Warpers that are no-ops in HF (temperature 1, top_k 0, top_p 1) are skipped.
+//
+// The context for the repetition penalty is what HF's `input_ids` holds: for
+// InternVL's chat() (generate(inputs_embeds=...)) that is only the generated
+// tokens, so Generate passes the generated ids unless told otherwise.
+#pragma once
+
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace internvl::llm {
+
+// Defaults equal HF GenerationConfig's (note top_k = 50 applies whenever
+// do_sample is set and top_k is not overridden, as in HF).
+struct SamplingParams {
+  bool do_sample = false;  // false: greedy
+  double temperature = 1.0;
+  int64_t top_k = 50;  // 0 disables
+  double top_p = 1.0;
+  double repetition_penalty = 1.0;  // 1 disables
+  uint64_t seed = 0;
+
+  // INVALID_ARGUMENT for values HF rejects (temperature <= 0 when sampling,
+  // top_p outside (0, 1], negative top_k, penalty <= 0).
+  absl::Status Validate() const;
+};
+
+class Sampler {
+ public:
+  // `params` must be valid (see Validate; Create checks it).
+  static absl::StatusOr<Sampler> Create(const SamplingParams& params);
+
+  // Applies the processors/warpers above to fp32 logits [B, V], out of place.
+  // `context[b]` holds row b's ids for the repetition penalty (may be empty).
+  at::Tensor Process(const at::Tensor& logits, const std::vector<std::vector<int64_t>>& context) const;
+
+  // Picks one id per row from logits [B, V]. Deterministic for a given seed
+  // and call sequence.
+  absl::StatusOr<std::vector<int64_t>> Next(const at::Tensor& logits,
+                                            const std::vector<std::vector<int64_t>>& context);
+
+  const SamplingParams& params() const { return params_; }
+
+ private:
+  explicit Sampler(const SamplingParams& params);
+  SamplingParams params_;
+  at::Generator gen_;
+};
+
+}  // namespace internvl::llm
