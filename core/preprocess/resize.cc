@@ -57,40 +57,62 @@ __attribute__((target_clones("avx2", "default"))) void ResampleVertical(const Rg
   }
 }
 
-// Swaps rows and columns of an RGB image (pixels stay 3-byte units).
-RgbImage Transpose(const RgbImage& in, int row_begin, int rows) {
-  RgbImage out;
-  out.width = rows;
-  out.height = in.width;
-  out.data.resize(static_cast<size_t>(out.width) * out.height * kRgbChannels);
-  // Blocked so that both sides stay in cache.
-  constexpr int kBlock = 32;
-  for (int y0 = 0; y0 < rows; y0 += kBlock)
-    for (int x0 = 0; x0 < in.width; x0 += kBlock)
-      for (int y = y0; y < std::min(y0 + kBlock, rows); ++y) {
-        const uint8_t* src = in.row(row_begin + y);
-        for (int x = x0; x < std::min(x0 + kBlock, in.width); ++x) {
-          uint8_t* d = out.row(x) + static_cast<size_t>(y) * kRgbChannels;
-          d[0] = src[3 * x];
-          d[1] = src[3 * x + 1];
-          d[2] = src[3 * x + 2];
-        }
-      }
-  return out;
+// ImagingResampleHorizontal_8bpc over rows [row_begin, row_begin + rows) of
+// `in`, 3 interleaved channels. Taps beyond count[] have zero coefficients,
+// so a fixed tap count K (compile-time, unrolled) gives the same sums; the
+// source row is copied into a zero-padded buffer so those taps stay in bounds.
+template <int K>
+void HorizontalRow(const uint8_t* src, const ResampleAxis& axis, uint8_t* dst) {
+  for (int xx = 0; xx < axis.out_size; ++xx) {
+    const int32_t* k = &axis.coeffs[static_cast<size_t>(xx) * axis.ksize];
+    const uint8_t* s = src + static_cast<size_t>(axis.first[xx]) * kRgbChannels;
+    int32_t acc0 = kRoundingTerm, acc1 = kRoundingTerm, acc2 = kRoundingTerm;
+    for (int t = 0; t < K; ++t) {
+      acc0 += s[3 * t + 0] * k[t];
+      acc1 += s[3 * t + 1] * k[t];
+      acc2 += s[3 * t + 2] * k[t];
+    }
+    dst[3 * xx + 0] = Clip8(acc0);
+    dst[3 * xx + 1] = Clip8(acc1);
+    dst[3 * xx + 2] = Clip8(acc2);
+  }
 }
 
-// ImagingResampleHorizontal_8bpc over rows [row_begin, row_begin + rows) of
-// `in`. The sums are the same integers whichever way they are formed, so the
-// pass runs as a vertical pass on the transposed image (vectorised across
-// rows instead of a short per-pixel tap loop), then transposes back.
+void HorizontalRowAnyK(const uint8_t* src, const ResampleAxis& axis, uint8_t* dst) {
+  for (int xx = 0; xx < axis.out_size; ++xx) {
+    const int32_t* k = &axis.coeffs[static_cast<size_t>(xx) * axis.ksize];
+    const uint8_t* s = src + static_cast<size_t>(axis.first[xx]) * kRgbChannels;
+    int32_t acc0 = kRoundingTerm, acc1 = kRoundingTerm, acc2 = kRoundingTerm;
+    for (int t = 0; t < axis.count[xx]; ++t) {
+      acc0 += s[3 * t + 0] * k[t];
+      acc1 += s[3 * t + 1] * k[t];
+      acc2 += s[3 * t + 2] * k[t];
+    }
+    dst[3 * xx + 0] = Clip8(acc0);
+    dst[3 * xx + 1] = Clip8(acc1);
+    dst[3 * xx + 2] = Clip8(acc2);
+  }
+}
+
 RgbImage ResampleHorizontal(const RgbImage& in, int row_begin, int rows, const ResampleAxis& axis) {
-  const RgbImage t = Transpose(in, row_begin, rows);
-  RgbImage t_out;
-  t_out.width = t.width;
-  t_out.height = axis.out_size;
-  t_out.data.resize(static_cast<size_t>(t_out.width) * t_out.height * kRgbChannels);
-  ResampleVertical(t, 0, axis, &t_out);
-  return Transpose(t_out, 0, t_out.height);
+  RgbImage out;
+  out.width = axis.out_size;
+  out.height = rows;
+  out.data.resize(static_cast<size_t>(out.width) * rows * kRgbChannels);
+  const size_t row_bytes = static_cast<size_t>(in.width) * kRgbChannels;
+  std::vector<uint8_t> padded(row_bytes + static_cast<size_t>(axis.ksize) * kRgbChannels, 0);
+  for (int y = 0; y < rows; ++y) {
+    std::memcpy(padded.data(), in.row(row_begin + y), row_bytes);
+    uint8_t* dst = out.row(y);
+    switch (axis.ksize) {
+      case 5: HorizontalRow<5>(padded.data(), axis, dst); break;
+      case 7: HorizontalRow<7>(padded.data(), axis, dst); break;
+      case 9: HorizontalRow<9>(padded.data(), axis, dst); break;
+      case 11: HorizontalRow<11>(padded.data(), axis, dst); break;
+      default: HorizontalRowAnyK(padded.data(), axis, dst); break;
+    }
+  }
+  return out;
 }
 
 }  // namespace
