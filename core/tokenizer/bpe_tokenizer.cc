@@ -23,11 +23,19 @@
 namespace internvl::tokenizer {
 namespace {
 
-// Qwen2Tokenizer's PRETOKENIZE_REGEX (tokenization_qwen2.py), evaluated there
-// with the `regex` module; PCRE2 with UTF + UCP gives the same classes
-// (\p{L}, \p{N}, Unicode \s).
+// Qwen2Tokenizer's PRETOKENIZE_REGEX (tokenization_qwen2.py):
+//   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|
+//   \s*[\r\n]+|\s+(?!\S)|\s+
+// evaluated there with the `regex` module. PCRE2 (UTF + UCP) has the same
+// \p{L} / \p{N}, but its \s also matches U+180E, which `regex`'s \s (the
+// Unicode White_Space property) does not; \s and \S are therefore spelled
+// out as that property.
+#define INTERNVL_WS "\\t\\n\\x0B\\f\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
 constexpr char kPretokenizeRegex[] =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^" INTERNVL_WS
+    "\\p{L}\\p{N}]+[\\r\\n]*|[" INTERNVL_WS "]*[\\r\\n]+|[" INTERNVL_WS "]+(?![^" INTERNVL_WS
+    "])|[" INTERNVL_WS "]+";
+#undef INTERNVL_WS
 
 // GPT-2's bytes_to_unicode(): printable bytes map to themselves, the others
 // to U+0100.. in byte order.
