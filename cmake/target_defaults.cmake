@@ -16,3 +16,19 @@ function(internvl_test)
     ENVIRONMENT "INTERNVL_SOURCE_DIR=${PROJECT_SOURCE_DIR}"
     LABELS "${T_LABELS}")
 endfunction()
+
+# INTERNVL_SKIP: names of areas to leave out of this build tree (e.g.
+# "tokenizer;llm" while work on them is in progress in a shared checkout).
+# Matches core/<name>/, tests/<name>.cmake, bench/<name>.cmake and
+# cli/cmd_<name>*.cmake.
+set(INTERNVL_SKIP "" CACHE STRING "areas to leave out of the build")
+function(internvl_skipped path out)
+  get_filename_component(stem ${path} NAME_WE)
+  string(REGEX REPLACE "^cmd_" "" stem ${stem})
+  set(${out} FALSE PARENT_SCOPE)
+  foreach(s ${INTERNVL_SKIP})
+    if(stem MATCHES "^${s}")
+      set(${out} TRUE PARENT_SCOPE)
+    endif()
+  endforeach()
+endfunction()

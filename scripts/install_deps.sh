@@ -12,7 +12,7 @@ PACKAGES=(
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
   libavformat-dev libavcodec-dev libswscale-dev libavutil-dev
   libhiredis-dev redis-server
-  libsentencepiece-dev libpcre2-dev nlohmann-json3-dev
+  libsentencepiece-dev libpcre2-dev libicu-dev nlohmann-json3-dev
   libcurl4-openssl-dev libssl-dev
 )
 
