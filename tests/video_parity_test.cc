@@ -65,8 +65,7 @@ std::vector<float> TensorOrDie(const SafetensorsFile& file, const char* name) {
 
 class VideoParity : public ::testing::Test {
  protected:
-  // Loads inputs.json's "video" entry; false (with a skip or failure
-  // recorded by the caller's macro) when fixtures are absent.
+  // inputs.json's "video" entry (empty, with a failure recorded, if unreadable).
   static nlohmann::json VideoEntry(const std::string& dir) {
     auto json_text = ReadFile(dir + "inputs.json");
     EXPECT_TRUE(json_text.ok()) << json_text.status();
@@ -87,6 +86,8 @@ TEST_F(VideoParity, FpsFrameCountAndFrameIndicesMatch) {
   const VideoInfo& info = (*reader)->info();
   EXPECT_EQ(info.fps, video["avg_fps"].get<double>());
   EXPECT_EQ(info.frame_count, video["n_frames"].get<int64_t>());
+  // The MP4 sample count agrees with the demux pass on this file.
+  EXPECT_EQ(info.container_frame_count, info.frame_count);
   EXPECT_EQ(info.width, video["frame_size_wh"][0].get<int>());
   EXPECT_EQ(info.height, video["frame_size_wh"][1].get<int>());
   for (const int segments : {8, 4}) {
@@ -95,6 +96,36 @@ TEST_F(VideoParity, FpsFrameCountAndFrameIndicesMatch) {
     EXPECT_EQ(*indices, video[absl::StrCat("frame_indices_num_segments_", segments)].get<std::vector<int64_t>>())
         << "num_segments " << segments;
   }
+}
+
+// len(vr) in the reference is the number of frames the ffmpeg CLI decoded:
+// every frame we count must decode, and none past the end exists.
+TEST_F(VideoParity, EveryCountedFrameDecodes) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  const std::string dir = fixtures + "/inputs/";
+  const auto video = VideoEntry(dir);
+  ASSERT_FALSE(video.empty());
+  auto bytes = ReadFile(dir + video["file"].get<std::string>());
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  auto reader = VideoReader::OpenBytes(*bytes);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  const int64_t n = (*reader)->info().frame_count;
+  std::vector<int64_t> all(n);
+  for (int64_t i = 0; i < n; ++i) all[i] = i;
+  auto frames = (*reader)->DecodeFrames(all);
+  ASSERT_TRUE(frames.ok()) << frames.status();
+  EXPECT_EQ(static_cast<int64_t>(frames->size()), n);
+  // Seeking (fresh reader, out of order) gives the same pixels as decoding
+  // straight through.
+  auto seeker = VideoReader::OpenBytes(*bytes);
+  ASSERT_TRUE(seeker.ok()) << seeker.status();
+  const std::vector<int64_t> picks = {n - 1, 7, 69, 0, 50};
+  auto picked = (*seeker)->DecodeFrames(picks);
+  ASSERT_TRUE(picked.ok()) << picked.status();
+  for (size_t k = 0; k < picks.size(); ++k)
+    EXPECT_EQ((*picked)[k].data, (*frames)[picks[k]].data) << "frame " << picks[k];
+  auto past_end = (*reader)->DecodeFrames({n});
+  EXPECT_EQ(past_end.status().code(), absl::StatusCode::kInvalidArgument) << past_end.status();
 }
 
 TEST_F(VideoParity, DecodedFramesAndTilesMatchTheReference) {

@@ -52,6 +52,18 @@ class Source {
   virtual int64_t Seek(int64_t offset, int whence) = 0;
   virtual int64_t size() const = 0;
 
+  // Reads exactly `n` bytes at `offset`; false if the data ends first.
+  bool ReadAt(int64_t offset, uint8_t* buf, int n) {
+    if (Seek(offset, SEEK_SET) != offset) return false;
+    while (n > 0) {
+      const int got = Read(buf, n);
+      if (got <= 0) return false;
+      buf += got;
+      n -= got;
+    }
+    return true;
+  }
+
   static int ReadPacket(void* opaque, uint8_t* buf, int size) {
     return static_cast<Source*>(opaque)->Read(buf, size);
   }
@@ -141,6 +153,95 @@ int DenyIoOpen(AVFormatContext* /*s*/, AVIOContext** /*pb*/, const char* url, in
   return AVERROR(EPERM);
 }
 
+// MP4/MOV (ISO BMFF) files are a sequence of top-level boxes, each with its
+// size up front. The mov demuxer tolerates a last box that is cut short (a
+// truncated moov or mdat can still yield frames), so a file whose boxes do not
+// add up to its size is refused here: it was truncated. Other containers
+// report truncation while demuxing. Leaves `source` at offset 0.
+absl::Status CheckIsoBmffBoxes(Source& source) {
+  constexpr int kBoxHeader = 8, kLargeSize = 8;
+  uint8_t head[kBoxHeader + kLargeSize];
+  auto be32 = [](const uint8_t* p) {
+    return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
+  };
+  if (!source.ReadAt(0, head, kBoxHeader) || std::memcmp(head + 4, "ftyp", 4) != 0) {
+    source.Seek(0, SEEK_SET);
+    return absl::OkStatus();  // not ISO BMFF (or too short to tell: FFmpeg decides)
+  }
+  const int64_t size = source.size();
+  int64_t offset = 0;
+  while (offset < size) {
+    if (size - offset < kBoxHeader || !source.ReadAt(offset, head, kBoxHeader))
+      return absl::InvalidArgumentError("truncated MP4: a box header is cut short");
+    int64_t box = be32(head);
+    if (box == 1) {  // 64-bit size follows the type
+      if (!source.ReadAt(offset + kBoxHeader, head + kBoxHeader, kLargeSize))
+        return absl::InvalidArgumentError("truncated MP4: a box header is cut short");
+      const uint64_t large = (uint64_t{be32(head + 8)} << 32) | be32(head + 12);
+      if (large > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        return absl::InvalidArgumentError("corrupt MP4: box size out of range");
+      box = static_cast<int64_t>(large);
+    } else if (box == 0) {  // the last box, to the end of the file
+      box = size - offset;
+    }
+    if (box < kBoxHeader) return absl::InvalidArgumentError("corrupt MP4: a box is smaller than its header");
+    if (box > size - offset)
+      return absl::InvalidArgumentError(absl::StrCat("truncated MP4: box '", std::string(reinterpret_cast<char*>(head + 4), 4),
+                                                     "' needs ", box, " bytes, ", size - offset, " remain"));
+    offset += box;
+  }
+  source.Seek(0, SEEK_SET);
+  return absl::OkStatus();
+}
+
+// Matroska/WebM: the EBML header is followed by one Segment element whose
+// size is stated up front (unless written live, "unknown size"). The matroska
+// demuxer returns the frames present and stops at the cut, so a Segment that
+// runs past the end of the data is refused here. Leaves `source` at offset 0.
+absl::Status CheckMatroskaSegment(Source& source) {
+  constexpr uint32_t kEbmlId = 0x1A45DFA3, kSegmentId = 0x18538067;
+  constexpr int kMaxVint = 8;
+  // Reads an EBML variable-length integer at `offset`: its value (marker bit
+  // removed when `strip`) and length; false at the end of data or if invalid.
+  auto read_vint = [&source](int64_t offset, bool strip, uint64_t* value, int* length, bool* unknown) {
+    uint8_t b[kMaxVint];
+    if (!source.ReadAt(offset, b, 1) || b[0] == 0) return false;
+    int n = 1;
+    while (!(b[0] & (0x80 >> (n - 1)))) ++n;
+    if (n > 1 && !source.ReadAt(offset + 1, b + 1, n - 1)) return false;
+    uint64_t v = strip ? (b[0] & ((0x80 >> (n - 1)) - 1)) : b[0];
+    bool all_ones = v == static_cast<uint64_t>((0x80 >> (n - 1)) - 1);
+    for (int i = 1; i < n; ++i) {
+      v = (v << 8) | b[i];
+      all_ones = all_ones && b[i] == 0xFF;
+    }
+    *value = v;
+    *length = n;
+    if (unknown != nullptr) *unknown = all_ones;
+    return true;
+  };
+  uint64_t id = 0, len = 0;
+  int id_len = 0, len_len = 0;
+  bool unknown = false;
+  const bool is_ebml = read_vint(0, false, &id, &id_len, nullptr) && id == kEbmlId;
+  if (!is_ebml) {
+    source.Seek(0, SEEK_SET);
+    return absl::OkStatus();  // not Matroska: FFmpeg decides
+  }
+  const int64_t size = source.size();
+  const absl::Status truncated = absl::InvalidArgumentError("truncated Matroska/WebM: the Segment is cut short");
+  if (!read_vint(id_len, true, &len, &len_len, &unknown) || unknown) return truncated;
+  const uint64_t header_end = static_cast<uint64_t>(id_len + len_len) + len;
+  if (header_end > static_cast<uint64_t>(size)) return truncated;
+  const auto segment = static_cast<int64_t>(header_end);
+  if (!read_vint(segment, false, &id, &id_len, nullptr) || id != kSegmentId ||
+      !read_vint(segment + id_len, true, &len, &len_len, &unknown))
+    return truncated;
+  if (!unknown && len > static_cast<uint64_t>(size - segment - id_len - len_len)) return truncated;
+  source.Seek(0, SEEK_SET);
+  return absl::OkStatus();
+}
+
 // A frame's presentation timestamp as the decoder reports it.
 int64_t FrameTimestamp(const AVFrame* frame) {
   return frame->best_effort_timestamp != AV_NOPTS_VALUE ? frame->best_effort_timestamp : frame->pts;
@@ -170,7 +271,11 @@ struct VideoReader::State {
   // Presentation timestamps of the frames in presentation order: frame i
   // has pts frame_pts[i] (stream time base).
   std::vector<int64_t> frame_pts;
-  // For each frame index, the index of the last keyframe at or before it.
+  // Decode timestamps of the frames' packets (pts where a demuxer gives no
+  // dts): demuxers seek by dts, so seeking to a keyframe's dts lands on it.
+  std::vector<int64_t> frame_dts;
+  // For each frame index, the index of the last keyframe at or before it
+  // (-1: none, decode from the start of the stream).
   std::vector<int64_t> keyframe_before;
   // Index of the last frame the decoder returned since the last seek; -1
   // right after a seek, and after the decoder was drained (needs a seek).
@@ -206,14 +311,16 @@ struct VideoReader::State {
     avcodec_flush_buffers(codec);
     last_index = -1;
     drained = false;
-    // AVSEEK_FLAG_BACKWARD: the demuxer positions at the last keyframe at or
-    // before the timestamp. Some demuxers index by dts, which may land on an
-    // earlier keyframe; DecodeFrame copes with either.
-    int err = av_seek_frame(fmt, stream_index, frame_pts[keyframe_index], AVSEEK_FLAG_BACKWARD);
+    // AVSEEK_FLAG_BACKWARD: the demuxer positions at the last keyframe whose
+    // (decode) timestamp is at or before the target, i.e. on this keyframe or
+    // an earlier one; DecodeFrame copes with landing too late as well.
+    int err = keyframe_index >= 0
+                  ? av_seek_frame(fmt, stream_index, frame_dts[keyframe_index], AVSEEK_FLAG_BACKWARD)
+                  : -1;
     if (err < 0) {
-      // Fall back to the very start of the stream.
-      err = avformat_seek_file(fmt, stream_index, std::numeric_limits<int64_t>::min(), frame_pts[0],
-                               frame_pts[0], 0);
+      // The very start of the stream.
+      const int64_t first = *std::min_element(frame_dts.begin(), frame_dts.end());
+      err = avformat_seek_file(fmt, stream_index, std::numeric_limits<int64_t>::min(), first, first, 0);
     }
     if (err < 0) return absl::InvalidArgumentError(absl::StrCat("cannot seek in the video: ", AvError(err)));
     return absl::OkStatus();
@@ -325,10 +432,11 @@ struct VideoReader::State {
         return rgb;
       }
       // Overshot: the frame is not decodable from this seek point (or the
-      // demuxer landed after it). Start from an earlier keyframe.
-      if (attempt >= kMaxSeekRetries || seek_from == 0)
+      // demuxer landed after it). Start from an earlier keyframe, finally
+      // from the start of the stream (seek_from -1).
+      if (seek_from < 0)
         return absl::InvalidArgumentError(absl::StrCat("video frame ", target, " could not be decoded"));
-      seek_from = seek_from > 0 ? keyframe_before[seek_from - 1] : 0;
+      seek_from = (seek_from > 0 && attempt < kMaxSeekRetries) ? keyframe_before[seek_from - 1] : -1;
       INTERNVL_RETURN_IF_ERROR(SeekTo(seek_from));
     }
   }
@@ -368,6 +476,8 @@ absl::StatusOr<std::unique_ptr<VideoReader::State>> OpenState(std::unique_ptr<So
     return absl::ResourceExhaustedError(
         absl::StrCat("video of ", source->size(), " bytes exceeds the limit of ", limits.max_bytes, " bytes"));
 
+  INTERNVL_RETURN_IF_ERROR(CheckIsoBmffBoxes(*source));
+  INTERNVL_RETURN_IF_ERROR(CheckMatroskaSegment(*source));
   auto state = std::make_unique<VideoReader::State>();
   state->max_frame_pixels = limits.max_frame_pixels;
   state->source = std::move(source);
@@ -430,6 +540,7 @@ absl::StatusOr<std::unique_ptr<VideoReader::State>> OpenState(std::unique_ptr<So
   info->width = par->width;
   info->height = par->height;
   info->container = fmt->iformat->name;
+  info->container_frame_count = std::max<int64_t>(stream->nb_frames, 0);
   info->codec = decoder->name;
   if (fmt->duration != AV_NOPTS_VALUE && fmt->duration > 0 &&
       static_cast<double>(fmt->duration) / AV_TIME_BASE > limits.max_duration_seconds)
@@ -453,6 +564,7 @@ absl::StatusOr<std::unique_ptr<VideoReader::State>> OpenState(std::unique_ptr<So
   // stream that is not marked for discarding (edit lists) is one frame.
   struct PacketInfo {
     int64_t pts;
+    int64_t dts;
     bool key;
   };
   std::vector<PacketInfo> packets;
@@ -466,6 +578,7 @@ absl::StatusOr<std::unique_ptr<VideoReader::State>> OpenState(std::unique_ptr<So
       continue;
     }
     const int64_t ts = pkt->pts != AV_NOPTS_VALUE ? pkt->pts : pkt->dts;
+    const int64_t pkt_dts = pkt->dts;
     const bool key = pkt->flags & AV_PKT_FLAG_KEY;
     const bool corrupt = pkt->flags & AV_PKT_FLAG_CORRUPT;
     // A packet that the index places past the end of the data means the
@@ -476,7 +589,7 @@ absl::StatusOr<std::unique_ptr<VideoReader::State>> OpenState(std::unique_ptr<So
       return absl::InvalidArgumentError(absl::StrCat("truncated or corrupt video: frame data ", packets.size(),
                                                      " is incomplete"));
     if (ts == AV_NOPTS_VALUE) return absl::InvalidArgumentError("the video's packets carry no timestamps");
-    packets.push_back({ts, key});
+    packets.push_back({ts, pkt_dts != AV_NOPTS_VALUE ? pkt_dts : ts, key});
     if (static_cast<int64_t>(packets.size()) > limits.max_frames)
       return absl::ResourceExhaustedError(
           absl::StrCat("video has more than the limit of ", limits.max_frames, " frames"));
@@ -490,10 +603,12 @@ absl::StatusOr<std::unique_ptr<VideoReader::State>> OpenState(std::unique_ptr<So
   std::stable_sort(packets.begin(), packets.end(),
                    [](const PacketInfo& a, const PacketInfo& b) { return a.pts < b.pts; });
   state->frame_pts.resize(packets.size());
+  state->frame_dts.resize(packets.size());
   state->keyframe_before.resize(packets.size());
-  int64_t last_key = 0;  // frames before the first keyframe: seek to the start
+  int64_t last_key = -1;  // frames before the first keyframe: seek to the start
   for (size_t i = 0; i < packets.size(); ++i) {
     state->frame_pts[i] = packets[i].pts;
+    state->frame_dts[i] = packets[i].dts;
     if (packets[i].key) last_key = static_cast<int64_t>(i);
     state->keyframe_before[i] = last_key;
   }

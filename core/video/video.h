@@ -88,6 +88,10 @@ struct VideoOptions {
 struct VideoInfo {
   double fps = 0.0;             // avg_frame_rate as a double
   int64_t frame_count = 0;      // number of presentable frames (decord's len(vr))
+  // The container's own frame count (AVStream::nb_frames, e.g. the MP4
+  // sample count); 0 when the container does not store one (MPEG-TS,
+  // Matroska). Informational: frame_count is what the demux pass found.
+  int64_t container_frame_count = 0;
   int width = 0;
   int height = 0;
   std::string container;        // demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
