@@ -1,0 +1,79 @@
+#include "services/common/server.h"
+
+#include <csignal>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+
+namespace internvl::services {
+
+absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcServerOptions& options,
+                                                              const std::vector<grpc::Service*>& services,
+                                                              std::vector<std::string> health_names) {
+  // Both are process-wide switches read when a server is built.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_send_message_bytes);
+  // gRPC sets SO_REUSEPORT by default, which would let a second server (or a
+  // stale replica) silently share the port: a busy port must be an error.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen));
+  }
+  return std::unique_ptr<GrpcServer>(new GrpcServer(std::move(server), port, std::move(health_names)));
+}
+
+GrpcServer::GrpcServer(std::unique_ptr<grpc::Server> server, int port, std::vector<std::string> health_names)
+    : server_(std::move(server)), port_(port), health_names_(std::move(health_names)) {
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus(true);
+  for (const std::string& name : health_names_) health->SetServingStatus(name, true);
+}
+
+GrpcServer::~GrpcServer() {
+  if (!shut_down_) Shutdown(absl::ZeroDuration());
+}
+
+bool GrpcServer::serving() const { return serving_.load(); }
+
+void GrpcServer::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  serving_ = false;
+  // Sets every status NOT_SERVING and freezes them.
+  server_->GetHealthCheckService()->Shutdown();
+  // Stops accepting at once; in-flight calls get until the deadline, then are
+  // cancelled. Returns when every callback handler has completed.
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  server_->Wait();
+}
+
+void BlockTerminationSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+int WaitForTerminationSignal() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  int sig = 0;
+  while (sigwait(&set, &sig) != 0) {
+  }
+  return sig;
+}
+
+}  // namespace internvl::services

@@ -1,0 +1,72 @@
+// Bootstrap shared by every service binary: a gRPC server with message size
+// limits, grpc.health.v1 (gRPC's default health service, with a status per
+// service name), server reflection, and orderly shutdown on SIGTERM/SIGINT.
+//
+// main() of a service:
+//   BlockTerminationSignals();               // first, before any thread
+//   ... build the service objects ...
+//   auto server = GrpcServer::Start(options, {&service}, {"internvl.v1.Foo"});
+//   WaitForTerminationSignal();
+//   (*server)->Shutdown(grace);              // stop accepting, drain, cancel
+//   return 0;
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "grpcpp/impl/codegen/service_type.h"
+
+namespace internvl::services {
+
+struct GrpcServerOptions {
+  // host:port to listen on; port 0 picks a free port (see GrpcServer::port).
+  std::string listen = "0.0.0.0:50051";
+  // Largest message received / sent. Tensors are chunked well below it; this
+  // bounds encoded images and video slices in requests.
+  int max_receive_message_bytes = 64 << 20;
+  int max_send_message_bytes = 64 << 20;
+};
+
+class GrpcServer {
+ public:
+  // Builds and starts the server. `health_names` are the fully qualified
+  // service names reported SERVING by grpc.health.v1 (the overall "" status
+  // is SERVING too). UNAVAILABLE when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const GrpcServerOptions& options,
+                                                           const std::vector<grpc::Service*>& services,
+                                                           std::vector<std::string> health_names);
+  ~GrpcServer();  // Shutdown(0) if not done yet
+
+  // The bound port (useful with port 0).
+  int port() const { return port_; }
+  // Whether health checks say SERVING (false once shutdown began).
+  bool serving() const;
+  grpc::Server* server() { return server_.get(); }
+
+  // Reports NOT_SERVING (so load balancers stop routing here), stops
+  // accepting new calls, lets in-flight calls finish for up to `grace`, then
+  // cancels the rest, and waits until every handler has returned.
+  void Shutdown(absl::Duration grace);
+
+ private:
+  GrpcServer(std::unique_ptr<grpc::Server> server, int port, std::vector<std::string> health_names);
+
+  std::unique_ptr<grpc::Server> server_;
+  int port_;
+  std::vector<std::string> health_names_;
+  std::atomic<bool> serving_{true};
+  bool shut_down_ = false;
+};
+
+// Blocks SIGTERM and SIGINT in the calling thread and (by inheritance) in
+// every thread it starts later; call first thing in main().
+void BlockTerminationSignals();
+// Waits for SIGTERM or SIGINT (blocked by BlockTerminationSignals) and
+// returns its number.
+int WaitForTerminationSignal();
+
+}  // namespace internvl::services
