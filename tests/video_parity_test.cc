@@ -226,9 +226,28 @@ TEST_F(VideoParity, PixelValuesMatchTheCheckFiles) {
       EXPECT_NEAR(total, sums[n], kMeanAbsTolerance * static_cast<double>(plane)) << "tile " << n << " sum";
       worst_sum = std::max(worst_sum, std::abs(total - sums[n]));
     }
-    std::printf("video seg%d pixel_values: max abs %.3g, mean abs %.3g, worst tile-sum diff %.3g\n", segments,
-                max_abs, mean_abs, worst_sum);
+    std::printf("video seg%d pixel_values: max abs %.3g, mean abs %.3g, worst tile-sum diff %.3g\n", segments, max_abs,
+                mean_abs, worst_sum);
   }
+}
+
+// Damaged copies of the fixture and non-video inputs are clear errors.
+TEST_F(VideoParity, DamagedCopiesAndImagesAreRefused) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  const std::string dir = fixtures + "/inputs/";
+  const auto video = VideoEntry(dir);
+  ASSERT_FALSE(video.empty());
+  auto bytes = ReadFile(dir + video["file"].get<std::string>());
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  for (const double keep : {0.0, 0.001, 0.25, 0.5, 0.75, 0.999}) {
+    const std::string cut = bytes->substr(0, static_cast<size_t>(bytes->size() * keep));
+    EXPECT_EQ(LoadVideoFrames(cut).status().code(), absl::StatusCode::kInvalidArgument) << "cut to " << keep;
+  }
+  // A PNG decodes in FFmpeg (png_pipe) but is not a video.
+  auto png = ReadFile(dir + "video_frame0007_decoded.png");
+  ASSERT_TRUE(png.ok()) << png.status();
+  const auto status = LoadVideoFrames(*png).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
 }
 
 }  // namespace

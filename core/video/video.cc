@@ -64,9 +64,7 @@ class Source {
     return true;
   }
 
-  static int ReadPacket(void* opaque, uint8_t* buf, int size) {
-    return static_cast<Source*>(opaque)->Read(buf, size);
-  }
+  static int ReadPacket(void* opaque, uint8_t* buf, int size) { return static_cast<Source*>(opaque)->Read(buf, size); }
   static int64_t SeekPacket(void* opaque, int64_t offset, int whence) {
     auto* self = static_cast<Source*>(opaque);
     if (whence & AVSEEK_SIZE) return self->size();
@@ -78,10 +76,17 @@ class Source {
   int64_t Resolve(int64_t pos, int64_t offset, int whence) const {
     int64_t base;
     switch (whence) {
-      case SEEK_SET: base = 0; break;
-      case SEEK_CUR: base = pos; break;
-      case SEEK_END: base = size(); break;
-      default: return AVERROR(EINVAL);
+      case SEEK_SET:
+        base = 0;
+        break;
+      case SEEK_CUR:
+        base = pos;
+        break;
+      case SEEK_END:
+        base = size();
+        break;
+      default:
+        return AVERROR(EINVAL);
     }
     if ((offset > 0 && base > std::numeric_limits<int64_t>::max() - offset)) return AVERROR(EINVAL);
     const int64_t target = base + offset;
@@ -186,8 +191,9 @@ absl::Status CheckIsoBmffBoxes(Source& source) {
     }
     if (box < kBoxHeader) return absl::InvalidArgumentError("corrupt MP4: a box is smaller than its header");
     if (box > size - offset)
-      return absl::InvalidArgumentError(absl::StrCat("truncated MP4: box '", std::string(reinterpret_cast<char*>(head + 4), 4),
-                                                     "' needs ", box, " bytes, ", size - offset, " remain"));
+      return absl::InvalidArgumentError(absl::StrCat("truncated MP4: box '",
+                                                     std::string(reinterpret_cast<char*>(head + 4), 4), "' needs ", box,
+                                                     " bytes, ", size - offset, " remain"));
     offset += box;
   }
   source.Seek(0, SEEK_SET);
@@ -314,9 +320,8 @@ struct VideoReader::State {
     // AVSEEK_FLAG_BACKWARD: the demuxer positions at the last keyframe whose
     // (decode) timestamp is at or before the target, i.e. on this keyframe or
     // an earlier one; DecodeFrame copes with landing too late as well.
-    int err = keyframe_index >= 0
-                  ? av_seek_frame(fmt, stream_index, frame_dts[keyframe_index], AVSEEK_FLAG_BACKWARD)
-                  : -1;
+    int err =
+        keyframe_index >= 0 ? av_seek_frame(fmt, stream_index, frame_dts[keyframe_index], AVSEEK_FLAG_BACKWARD) : -1;
     if (err < 0) {
       // The very start of the stream.
       const int64_t first = *std::min_element(frame_dts.begin(), frame_dts.end());
@@ -349,8 +354,7 @@ struct VideoReader::State {
         return absl::InvalidArgumentError(
             absl::StrCat("video frame ", target, " could not be decoded (truncated or corrupt data)"));
       }
-      if (err != AVERROR(EAGAIN))
-        return absl::InvalidArgumentError(absl::StrCat("corrupt video data: ", AvError(err)));
+      if (err != AVERROR(EAGAIN)) return absl::InvalidArgumentError(absl::StrCat("corrupt video data: ", AvError(err)));
       // The decoder wants input: the next packet of our stream, or the drain
       // signal at the end of the file.
       while (true) {
@@ -388,16 +392,18 @@ struct VideoReader::State {
     const auto format = static_cast<AVPixelFormat>(frame->format);
     SwsContext* next = sws_getCachedContext(sws, frame->width, frame->height, format, frame->width, frame->height,
                                             AV_PIX_FMT_RGB24, SWS_BICUBIC, nullptr, nullptr, nullptr);
+    // sws_getCachedContext frees the old context when it makes a new one.
+    const bool changed = next != sws;
+    sws = next;
     if (next == nullptr) {
       const char* name = av_get_pix_fmt_name(format);
       return absl::InvalidArgumentError(
           absl::StrCat("unsupported video pixel format ", name != nullptr ? name : "(unknown)"));
     }
-    if (next != sws || frame->colorspace != sws_colorspace || frame->color_range != sws_range) {
-      sws = next;
+    if (changed || frame->colorspace != sws_colorspace || frame->color_range != sws_range) {
       int *inv_table, *table, in_full, out_full, brightness, contrast, saturation;
-      if (sws_getColorspaceDetails(sws, &inv_table, &in_full, &table, &out_full, &brightness, &contrast,
-                                   &saturation) >= 0) {
+      if (sws_getColorspaceDetails(sws, &inv_table, &in_full, &table, &out_full, &brightness, &contrast, &saturation) >=
+          0) {
         if (frame->color_range != AVCOL_RANGE_UNSPECIFIED) in_full = frame->color_range == AVCOL_RANGE_JPEG;
         sws_setColorspaceDetails(sws, YuvCoefficients(frame->colorspace), in_full, table, out_full, brightness,
                                  contrast, saturation);
@@ -444,7 +450,8 @@ struct VideoReader::State {
 
 absl::StatusOr<std::vector<int64_t>> GetFrameIndices(const std::optional<TimeBound>& bound, double fps,
                                                      int64_t max_frame, int64_t first_idx, int num_segments) {
-  if (num_segments < 1) return absl::InvalidArgumentError(absl::StrCat("num_segments must be >= 1, got ", num_segments));
+  if (num_segments < 1)
+    return absl::InvalidArgumentError(absl::StrCat("num_segments must be >= 1, got ", num_segments));
   if (!std::isfinite(fps) || fps <= 0.0) return absl::InvalidArgumentError(absl::StrCat("invalid fps ", fps));
   double start = -kUnboundedSeconds, end = kUnboundedSeconds;
   if (bound.has_value()) {
@@ -498,9 +505,10 @@ absl::StatusOr<std::unique_ptr<VideoReader::State>> OpenState(std::unique_ptr<So
   fmt->protocol_whitelist = av_strdup("none");
   // On failure avformat_open_input frees `fmt` (not our custom AVIOContext).
   if (int err = avformat_open_input(&fmt, nullptr, nullptr, nullptr); err < 0)
-    return absl::InvalidArgumentError(absl::StrCat("not a readable video (supported containers: MP4/MOV, "
-                                                   "Matroska/WebM, AVI, FLV, MPEG-TS/PS, Ogg, ASF): ",
-                                                   AvError(err)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("not a readable video (supported containers: MP4/MOV, "
+                     "Matroska/WebM, AVI, FLV, MPEG-TS/PS, Ogg, ASF): ",
+                     AvError(err)));
   state->fmt = fmt;
   if (int err = avformat_find_stream_info(fmt, nullptr); err < 0)
     return absl::InvalidArgumentError(absl::StrCat("cannot read the video's stream info: ", AvError(err)));
@@ -526,8 +534,7 @@ absl::StatusOr<std::unique_ptr<VideoReader::State>> OpenState(std::unique_ptr<So
         absl::StrCat("unsupported video codec ", avcodec_get_name(stream->codecpar->codec_id)));
 
   const AVCodecParameters* par = stream->codecpar;
-  if (par->width <= 0 || par->height <= 0)
-    return absl::InvalidArgumentError("the video stream has no frame size");
+  if (par->width <= 0 || par->height <= 0) return absl::InvalidArgumentError("the video stream has no frame size");
   if (int64_t{par->width} * par->height > limits.max_frame_pixels)
     return absl::ResourceExhaustedError(absl::StrCat("video frames of ", par->width, "x", par->height,
                                                      " exceed the limit of ", limits.max_frame_pixels, " pixels"));
@@ -586,8 +593,8 @@ absl::StatusOr<std::unique_ptr<VideoReader::State>> OpenState(std::unique_ptr<So
     const bool past_end = pkt->pos >= 0 && pkt->pos + pkt->size > state->source->size();
     av_packet_unref(pkt);
     if (corrupt || past_end)
-      return absl::InvalidArgumentError(absl::StrCat("truncated or corrupt video: frame data ", packets.size(),
-                                                     " is incomplete"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("truncated or corrupt video: frame data ", packets.size(), " is incomplete"));
     if (ts == AV_NOPTS_VALUE) return absl::InvalidArgumentError("the video's packets carry no timestamps");
     packets.push_back({ts, pkt_dts != AV_NOPTS_VALUE ? pkt_dts : ts, key});
     if (static_cast<int64_t>(packets.size()) > limits.max_frames)
@@ -672,8 +679,8 @@ absl::StatusOr<VideoFrames> LoadFrames(VideoReader& reader, const VideoOptions& 
                                             /*first_idx=*/0, options.num_segments));
   for (const int64_t i : result.frame_indices)
     if (i < 0 || i >= result.info.frame_count)
-      return absl::InvalidArgumentError(absl::StrCat("the bound selects frame ", i, ", outside the video's ",
-                                                     result.info.frame_count, " frames"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the bound selects frame ", i, ", outside the video's ", result.info.frame_count, " frames"));
   INTERNVL_ASSIGN_OR_RETURN(std::vector<RgbImage> images, reader.DecodeFrames(result.frame_indices));
   preprocess::TilingOptions tiling;
   tiling.max_num = options.max_num;
@@ -702,9 +709,9 @@ absl::Status ValidateOptions(const VideoOptions& options) {
   tiling.image_size = options.image_size;
   INTERNVL_RETURN_IF_ERROR(preprocess::ValidateTilingOptions(tiling));
   if (int64_t{options.num_segments} * options.max_num > options.limits.max_tiles)
-    return absl::ResourceExhaustedError(absl::StrCat("num_segments * max_num = ",
-                                                     int64_t{options.num_segments} * options.max_num,
-                                                     " exceeds the limit of ", options.limits.max_tiles, " tiles"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("num_segments * max_num = ", int64_t{options.num_segments} * options.max_num,
+                     " exceeds the limit of ", options.limits.max_tiles, " tiles"));
   return absl::OkStatus();
 }
 

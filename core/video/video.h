@@ -27,6 +27,10 @@
 // demuxers is allowed (no image/playlist/concat demuxers: a PNG, an HLS
 // playlist or random bytes are refused), nested I/O (external references) is
 // denied, and sizes are bounded by VideoLimits before pixels are allocated.
+// Truncation: MP4/MOV whose top-level boxes, or Matroska/WebM whose Segment,
+// run past the end of the data are refused (FFmpeg would quietly return the
+// frames present); packets the demuxer flags corrupt are refused; streaming
+// formats without a stated length (MPEG-TS) read as a shorter stream.
 // Bad media (unreadable, not a video, no frames, truncated, corrupt) is
 // INVALID_ARGUMENT; media over VideoLimits is RESOURCE_EXHAUSTED. Nothing here
 // crashes on bad input.
@@ -86,16 +90,16 @@ struct VideoOptions {
 
 // What the container and a demux pass say about the video stream.
 struct VideoInfo {
-  double fps = 0.0;             // avg_frame_rate as a double
-  int64_t frame_count = 0;      // number of presentable frames (decord's len(vr))
+  double fps = 0.0;         // avg_frame_rate as a double
+  int64_t frame_count = 0;  // number of presentable frames (decord's len(vr))
   // The container's own frame count (AVStream::nb_frames, e.g. the MP4
   // sample count); 0 when the container does not store one (MPEG-TS,
   // Matroska). Informational: frame_count is what the demux pass found.
   int64_t container_frame_count = 0;
   int width = 0;
   int height = 0;
-  std::string container;        // demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
-  std::string codec;            // decoder name, e.g. "h264"
+  std::string container;  // demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+  std::string codec;      // decoder name, e.g. "h264"
 };
 
 // The frames load_video would feed to the model.
@@ -106,7 +110,7 @@ struct VideoFrames {
   // S, S, 3] uint8); `tiles.grid`/`has_thumbnail` describe the last frame
   // (identical for every frame since all frames have one size).
   preprocess::Tiles tiles;
-  std::vector<int> num_patches_list;   // tiles per frame, as load_video returns
+  std::vector<int> num_patches_list;  // tiles per frame, as load_video returns
 };
 
 // The official `get_index(bound, fps, max_frame, first_idx, num_segments)`:

@@ -65,8 +65,7 @@ TEST(GetFrameIndices, RejectsBadArguments) {
   EXPECT_EQ(GetFrameIndices(std::nullopt, 25, 124, 0, 0).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(GetFrameIndices(std::nullopt, 0, 124, 0, 8).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(GetFrameIndices(std::nullopt, NAN, 124, 0, 8).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(GetFrameIndices(TimeBound{0, INFINITY}, 25, 124, 0, 8).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GetFrameIndices(TimeBound{0, INFINITY}, 25, 124, 0, 8).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 // ------------------------------------------------------ generated test videos
