@@ -7,6 +7,8 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "services/common/log.h"
+#include "services/common/metrics_http.h"
 
 namespace internvl::services {
 
@@ -55,6 +57,29 @@ void GrpcServer::Shutdown(absl::Duration grace) {
   // cancelled. Returns when every callback handler has completed.
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   server_->Wait();
+}
+
+int RunServer(const std::string& name, const RunOptions& options, const std::vector<grpc::Service*>& services,
+              const std::vector<std::string>& health_names, const MetricsRegistry* registry) {
+  auto server = GrpcServer::Start(options.grpc, services, health_names);
+  if (!server.ok()) {
+    LogError(absl::StrCat(name, ": ", server.status().message()));
+    return 1;
+  }
+  GrpcServer* grpc_server = server->get();
+  auto metrics = MetricsHttpServer::Start(options.metrics_host, options.metrics_port, registry,
+                                          [grpc_server] { return grpc_server->serving(); });
+  if (!metrics.ok()) {
+    LogError(absl::StrCat(name, ": ", metrics.status().message()));
+    return 1;
+  }
+  LogInfo(absl::StrCat("serving ", name, " on port ", grpc_server->port(), ", metrics on port ",
+                       (*metrics)->port()));
+  const int sig = WaitForTerminationSignal();
+  LogInfo(absl::StrCat("signal ", sig, ": shutting down (grace ", absl::FormatDuration(options.grace), ")"));
+  grpc_server->Shutdown(options.grace);
+  LogInfo("shut down cleanly");
+  return 0;
 }
 
 void BlockTerminationSignals() {

@@ -62,6 +62,25 @@ class GrpcServer {
   bool shut_down_ = false;
 };
 
+struct RunOptions {
+  GrpcServerOptions grpc;
+  // Prometheus / liveness HTTP endpoint (MetricsHttpServer); port 0 = any.
+  std::string metrics_host = "0.0.0.0";
+  int metrics_port = 9090;
+  // How long in-flight calls may run on after SIGTERM before being cancelled
+  // (keep it under Kubernetes' terminationGracePeriodSeconds).
+  absl::Duration grace = absl::Seconds(20);
+};
+
+// The whole life of a service binary after its objects are built: starts the
+// metrics endpoint and the gRPC server, logs the bound ports ("serving <name>
+// on port N, metrics on port M"), waits for SIGTERM/SIGINT, shuts down with
+// the grace period and returns the process exit code (0; 1 when a port cannot
+// be bound). BlockTerminationSignals() must have been called first.
+class MetricsRegistry;
+int RunServer(const std::string& name, const RunOptions& options, const std::vector<grpc::Service*>& services,
+              const std::vector<std::string>& health_names, const MetricsRegistry* registry);
+
 // Blocks SIGTERM and SIGINT in the calling thread and (by inheritance) in
 // every thread it starts later; call first thing in main().
 void BlockTerminationSignals();
