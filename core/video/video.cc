@@ -510,6 +510,14 @@ absl::StatusOr<std::unique_ptr<VideoReader::State>> OpenState(std::unique_ptr<So
                      "Matroska/WebM, AVI, FLV, MPEG-TS/PS, Ogg, ASF): ",
                      AvError(err)));
   state->fmt = fmt;
+  // avformat_find_stream_info decodes a few frames with decoders we do not
+  // configure: refuse oversized frames the container header already states.
+  for (unsigned i = 0; i < fmt->nb_streams; ++i) {
+    const AVCodecParameters* p = fmt->streams[i]->codecpar;
+    if (p->codec_type == AVMEDIA_TYPE_VIDEO && int64_t{p->width} * p->height > limits.max_frame_pixels)
+      return absl::ResourceExhaustedError(absl::StrCat("video frames of ", p->width, "x", p->height,
+                                                       " exceed the limit of ", limits.max_frame_pixels, " pixels"));
+  }
   if (int err = avformat_find_stream_info(fmt, nullptr); err < 0)
     return absl::InvalidArgumentError(absl::StrCat("cannot read the video's stream info: ", AvError(err)));
 
