@@ -1,0 +1,3 @@
+# `internvl make-model` (core/modelgen).
+target_sources(internvl PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/cmd_make_model.cc)
+target_link_libraries(internvl PRIVATE internvl_modelgen)
