@@ -18,6 +18,8 @@ ABSL_FLAG(int, max_queued, 64, "requests waiting for a worker before RESOURCE_EX
 ABSL_FLAG(int, max_images, 16, "images per request");
 ABSL_FLAG(int64_t, max_image_bytes, int64_t{32} << 20, "encoded bytes per image");
 ABSL_FLAG(int64_t, max_pixels, internvl::preprocess::kDefaultMaxImagePixels, "decoded width*height per image");
+ABSL_FLAG(int64_t, max_video_bytes, int64_t{256} << 20, "PreprocessVideo: bytes per uploaded video");
+ABSL_FLAG(int, max_segments, 64, "PreprocessVideo: frames (num_segments) per video");
 ABSL_FLAG(int, max_tiles, 40, "largest max_num a request may ask for");
 ABSL_FLAG(int, default_max_num, 12, "max_num when a request leaves it 0");
 ABSL_FLAG(int, image_size, internvl::kDefaultImageSize, "tile side in pixels (the model's force_image_size)");
@@ -40,6 +42,8 @@ int main(int argc, char** argv) {
   options.limits.default_max_num = absl::GetFlag(FLAGS_default_max_num);
   options.limits.image_size = absl::GetFlag(FLAGS_image_size);
   options.max_chunk_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_chunk_bytes));
+  options.max_video_bytes = absl::GetFlag(FLAGS_max_video_bytes);
+  options.max_segments = absl::GetFlag(FLAGS_max_segments);
   options.threads = absl::GetFlag(FLAGS_threads);
   options.max_queued = absl::GetFlag(FLAGS_max_queued);
 

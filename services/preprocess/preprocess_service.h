@@ -1,4 +1,5 @@
-// internvl.v1.Preprocess over core/preprocess: encoded images -> uint8 tiles.
+// internvl.v1.Preprocess over core/preprocess and core/video: encoded images
+// or a video -> uint8 tiles.
 // Handlers validate on the gRPC thread (cheap checks only), then decode and
 // tile on the service's WorkQueue; replies are streamed as TensorChunks.
 #pragma once
@@ -19,6 +20,9 @@ struct PreprocessServiceOptions {
   // Decode/tile workers and the most requests waiting for one.
   int threads = 2;
   int max_queued = 64;
+  // PreprocessVideo: upload size and frames per request.
+  int64_t max_video_bytes = int64_t{256} << 20;
+  int max_segments = 64;
 };
 
 class PreprocessService final : public v1::Preprocess::CallbackService {
@@ -29,18 +33,19 @@ class PreprocessService final : public v1::Preprocess::CallbackService {
   grpc::ServerWriteReactor<v1::PreprocessImagesResponse>* PreprocessImages(
       grpc::CallbackServerContext* context, const v1::PreprocessImagesRequest* request) override;
 
-  // PreprocessVideo is not overridden: the generated base answers
-  // UNIMPLEMENTED until core/video (LoadVideoFrames) exists. Wiring it: a
-  // ReadAllThenReplyReactor that appends PreprocessVideoRequest.data up to
-  // --max-video-bytes, then on the WorkQueue decodes num_segments frames and
-  // replies one ImageTiles + tile chunks per frame, VideoInfo on the first.
+  grpc::ServerBidiReactor<v1::PreprocessVideoRequest, v1::PreprocessImagesResponse>* PreprocessVideo(
+      grpc::CallbackServerContext* context) override;
 
  private:
+  class VideoReactor;
+
   const PreprocessServiceOptions options_;
   RpcMetrics rpc_metrics_;
   Counter* images_total_;
   Counter* tiles_total_;
   Histogram* image_seconds_;
+  Counter* videos_total_;
+  Histogram* video_seconds_;
   std::unique_ptr<WorkQueue> queue_;
 };
 
