@@ -24,8 +24,11 @@ using namespace internvl::services;
 
 int main(int argc, char** argv) {
   const auto fixtures = internvl::testing::FixturesDir();
-  const std::string model = argc > 1 ? argv[1] : fixtures.value_or(".") + "/tiny-qwen2";
-  const std::string image_path = argc > 2 ? argv[2] : fixtures.value_or(".") + "/inputs/img_800x600.png";
+  // An empty argument takes the default.
+  const std::string model =
+      argc > 1 && argv[1][0] ? std::string(argv[1]) : fixtures.value_or(".") + "/tiny-qwen2";
+  const std::string image_path =
+      argc > 2 && argv[2][0] ? std::string(argv[2]) : fixtures.value_or(".") + "/inputs/img_800x600.png";
   int max_num = 6;
   if (argc > 3 && !absl::SimpleAtoi(argv[3], &max_num)) return 2;
   const std::string dtype = argc > 4 ? argv[4] : "fp32";
@@ -77,7 +80,7 @@ int main(int argc, char** argv) {
     (void)(*redis)->Command({"FLUSHALL"});
     call(v1::EMBEDDING_SOURCE_ENCODED);
   });
-  call(v1::EMBEDDING_SOURCE_ENCODED);  // after the last flush: stores the entry
+  // The last miss run stored the entry: from here on every call is a hit.
   const double hit = bench::BestOf(reps * 4, [&] { call(v1::EMBEDDING_SOURCE_CACHE); });
   // The flush itself is in the miss time: measure it to report it.
   const double flush = bench::BestOf(reps, [&] { (void)(*redis)->Command({"FLUSHALL"}); });
