@@ -25,8 +25,7 @@ using namespace internvl::services;
 int main(int argc, char** argv) {
   const auto fixtures = internvl::testing::FixturesDir();
   // An empty argument takes the default.
-  const std::string model =
-      argc > 1 && argv[1][0] ? std::string(argv[1]) : fixtures.value_or(".") + "/tiny-qwen2";
+  const std::string model = argc > 1 && argv[1][0] ? std::string(argv[1]) : fixtures.value_or(".") + "/tiny-qwen2";
   const std::string image_path =
       argc > 2 && argv[2][0] ? std::string(argv[2]) : fixtures.value_or(".") + "/inputs/img_800x600.png";
   int max_num = 6;
@@ -87,8 +86,7 @@ int main(int argc, char** argv) {
   if (failed) return 1;
   std::printf("bench_cache: model %s (%s), image %s, %d tiles\n", model.c_str(), dtype.c_str(), image_path.c_str(),
               tiles);
-  std::printf("  cache miss (decode+tile+encode+store): %8.2f ms (incl. %.2f ms FLUSHALL)\n", miss * 1e3,
-              flush * 1e3);
+  std::printf("  cache miss (decode+tile+encode+store): %8.2f ms (incl. %.2f ms FLUSHALL)\n", miss * 1e3, flush * 1e3);
   std::printf("  cache hit  (lookup+reply):             %8.2f ms\n", hit * 1e3);
   std::printf("  miss / hit: %.1fx\n", (miss - flush) / hit);
   (*encoder)->Signal(SIGTERM);

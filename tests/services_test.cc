@@ -62,16 +62,16 @@ class ServicesTest : public ::testing::Test {
     auto redis = testing::RedisServer::Start(dir);
     ASSERT_TRUE(redis.ok()) << redis.status();
     redis_ = redis->release();
-    preprocess_ = new Service(Spawn(INTERNVL_PREPROCESS_BIN, {"--max-images", std::to_string(kMaxImages),
-                                                              "--max-tiles", "12", "--threads", "2"},
+    preprocess_ = new Service(Spawn(INTERNVL_PREPROCESS_BIN,
+                                    {"--max-images", std::to_string(kMaxImages), "--max-tiles", "12", "--threads", "2"},
                                     dir + "/preprocess.log"));
-    encoder_ = new Service(Spawn(INTERNVL_VISION_ENCODER_BIN,
-                                 {"--model", *fixtures_ + "/tiny-qwen2", "--dtype", "fp32", "--redis",
-                                  redis_->address(), "--cache-ttl-seconds", "600", "--max-images",
-                                  std::to_string(kMaxImages), "--max-tiles", "12", "--threads", "2"},
-                                 dir + "/vision_encoder.log"));
-    ASSERT_TRUE(testing::WaitForServing(preprocess_->target(), "internvl.v1.Preprocess",
-                                        preprocess_->process.get(), kStartTimeout)
+    encoder_ = new Service(Spawn(
+        INTERNVL_VISION_ENCODER_BIN,
+        {"--model", *fixtures_ + "/tiny-qwen2", "--dtype", "fp32", "--redis", redis_->address(), "--cache-ttl-seconds",
+         "600", "--max-images", std::to_string(kMaxImages), "--max-tiles", "12", "--threads", "2"},
+        dir + "/vision_encoder.log"));
+    ASSERT_TRUE(testing::WaitForServing(preprocess_->target(), "internvl.v1.Preprocess", preprocess_->process.get(),
+                                        kStartTimeout)
                     .ok());
     const absl::Status ready = testing::WaitForServing(encoder_->target(), "internvl.v1.VisionEncoder",
                                                        encoder_->process.get(), kStartTimeout);
@@ -92,8 +92,8 @@ class ServicesTest : public ::testing::Test {
     Service s;
     s.port = testing::PickFreePort().value();
     s.metrics_port = testing::PickFreePort().value();
-    args.insert(args.end(), {"--listen", s.target(), "--metrics-port", std::to_string(s.metrics_port),
-                             "--grace-seconds", "5"});
+    args.insert(args.end(),
+                {"--listen", s.target(), "--metrics-port", std::to_string(s.metrics_port), "--grace-seconds", "5"});
     auto p = testing::Subprocess::Spawn(binary, args, log);
     EXPECT_TRUE(p.ok()) << p.status();
     if (p.ok()) s.process = std::move(*p);
@@ -105,10 +105,10 @@ class ServicesTest : public ::testing::Test {
       INTERNVL_REQUIRE_FIXTURES(fixtures);
     }
     ASSERT_NE(model_, nullptr) << "suite setup failed";
-    preprocess_stub_ = v1::Preprocess::NewStub(
-        grpc::CreateChannel(preprocess_->target(), grpc::InsecureChannelCredentials()));
-    encoder_stub_ = v1::VisionEncoder::NewStub(
-        grpc::CreateChannel(encoder_->target(), grpc::InsecureChannelCredentials()));
+    preprocess_stub_ =
+        v1::Preprocess::NewStub(grpc::CreateChannel(preprocess_->target(), grpc::InsecureChannelCredentials()));
+    encoder_stub_ =
+        v1::VisionEncoder::NewStub(grpc::CreateChannel(encoder_->target(), grpc::InsecureChannelCredentials()));
   }
 
   std::string Image(const std::string& name) const { return ReadFile(*fixtures_ + "/inputs/" + name); }
@@ -300,8 +300,9 @@ TEST_F(ServicesTest, BadRequestsGetClearErrorsAndServicesStayServing) {
   ExpectBothServing();
   auto metrics = HttpGet(preprocess_->metrics_port, "/metrics");
   ASSERT_TRUE(metrics.ok());
-  EXPECT_GE(MetricValue(*metrics, "internvl_requests_total{code=\"INVALID_ARGUMENT\",method=\"PreprocessImages\","
-                                  "service=\"preprocess\"}")
+  EXPECT_GE(MetricValue(*metrics,
+                        "internvl_requests_total{code=\"INVALID_ARGUMENT\",method=\"PreprocessImages\","
+                        "service=\"preprocess\"}")
                 .value_or(0),
             1);
   EXPECT_TRUE(MetricValue(*metrics, "internvl_queue_depth{service=\"preprocess\"}").has_value());

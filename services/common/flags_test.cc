@@ -7,8 +7,9 @@ namespace internvl::services {
 namespace {
 
 TEST(NormalizedArgs, RewritesDashesInFlagNamesOnly) {
-  const char* raw[] = {"bin", "--metrics-port=9090", "--max-image-bytes", "10", "--model", "/a-b/c-d",
-                       "-cache-ttl-seconds=5", "--", "--not-a-flag"};
+  const char* raw[] = {
+      "bin", "--metrics-port=9090", "--max-image-bytes", "10", "--model", "/a-b/c-d", "-cache-ttl-seconds=5",
+      "--",  "--not-a-flag"};
   NormalizedArgs args(9, const_cast<char**>(raw));
   ASSERT_EQ(args.argc(), 9);
   std::vector<std::string> out(args.argv(), args.argv() + args.argc());

@@ -18,9 +18,9 @@ std::mutex& LogMutex() {
 }
 
 void Write(char level, absl::string_view message) {
-  const std::string line = absl::StrCat(std::string(1, level), " ",
-                                        absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()),
-                                        " ", message, "\n");
+  const std::string line =
+      absl::StrCat(std::string(1, level), " ",
+                   absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone()), " ", message, "\n");
   std::lock_guard<std::mutex> lock(LogMutex());
   std::fwrite(line.data(), 1, line.size(), stderr);
   std::fflush(stderr);

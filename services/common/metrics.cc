@@ -41,10 +41,14 @@ std::string EscapeLabelValue(const std::string& v) {
   std::string out;
   out.reserve(v.size());
   for (char c : v) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '"') out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out += c;
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '"')
+      out += "\\\"";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
   }
   return out;
 }
@@ -53,9 +57,12 @@ std::string EscapeLabelValue(const std::string& v) {
 std::string EscapeHelp(const std::string& v) {
   std::string out;
   for (char c : v) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '\n') out += "\\n";
-    else out += c;
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
   }
   return out;
 }
@@ -89,9 +96,9 @@ void Counter::Increment(double delta) {
 void Gauge::Add(double delta) { AtomicAdd(value_, delta); }
 
 Histogram::Histogram(std::vector<double> upper_bounds)
-    : upper_bounds_(std::move(upper_bounds)),
-      counts_(new std::atomic<uint64_t>[upper_bounds_.size() + 1]) {
-  for (size_t i = 0; i + 1 < upper_bounds_.size(); ++i) if (!(upper_bounds_[i] < upper_bounds_[i + 1])) FatalError("histogram bounds must ascend");
+    : upper_bounds_(std::move(upper_bounds)), counts_(new std::atomic<uint64_t>[upper_bounds_.size() + 1]) {
+  for (size_t i = 0; i + 1 < upper_bounds_.size(); ++i)
+    if (!(upper_bounds_[i] < upper_bounds_[i + 1])) FatalError("histogram bounds must ascend");
   for (size_t i = 0; i <= upper_bounds_.size(); ++i) counts_[i].store(0);
 }
 
@@ -191,11 +198,13 @@ RpcMetrics::RpcMetrics(MetricsRegistry* registry, std::string service)
                                     {{"service", service_}})) {}
 
 void RpcMetrics::Record(const std::string& method, const std::string& code, double seconds) {
-  registry_->GetCounter("internvl_requests_total", "Finished RPCs by method and status code",
-                        {{"service", service_}, {"method", method}, {"code", code}})
+  registry_
+      ->GetCounter("internvl_requests_total", "Finished RPCs by method and status code",
+                   {{"service", service_}, {"method", method}, {"code", code}})
       ->Increment();
-  registry_->GetHistogram("internvl_request_latency_seconds", "RPC latency from start to finish",
-                          DefaultLatencyBuckets(), {{"service", service_}, {"method", method}})
+  registry_
+      ->GetHistogram("internvl_request_latency_seconds", "RPC latency from start to finish", DefaultLatencyBuckets(),
+                     {{"service", service_}, {"method", method}})
       ->Observe(seconds);
 }
 

@@ -39,8 +39,8 @@ std::string Response(int code, const char* reason, const char* content_type, con
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(const std::string& host, int port,
-                                                                           const MetricsRegistry* registry,
-                                                                           std::function<bool()> healthy) {
+                                                                            const MetricsRegistry* registry,
+                                                                            std::function<bool()> healthy) {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
@@ -63,8 +63,8 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(cons
     ::close(fd);
     return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
   }
-  return std::unique_ptr<MetricsHttpServer>(new MetricsHttpServer(fd, pipe_fds[0], pipe_fds[1], ntohs(addr.sin_port),
-                                                                  registry, std::move(healthy)));
+  return std::unique_ptr<MetricsHttpServer>(
+      new MetricsHttpServer(fd, pipe_fds[0], pipe_fds[1], ntohs(addr.sin_port), registry, std::move(healthy)));
 }
 
 MetricsHttpServer::MetricsHttpServer(int listen_fd, int wake_read, int wake_write, int port,

@@ -37,7 +37,7 @@ class MetricsHttpServer {
   void HandleConnection(int fd);
 
   const int listen_fd_;
-  const int wake_read_;   // a pipe: the destructor writes to wake poll()
+  const int wake_read_;  // a pipe: the destructor writes to wake poll()
   const int wake_write_;
   const int port_;
   const MetricsRegistry* registry_;

@@ -73,8 +73,7 @@ int RunServer(const std::string& name, const RunOptions& options, const std::vec
     LogError(absl::StrCat(name, ": ", metrics.status().message()));
     return 1;
   }
-  LogInfo(absl::StrCat("serving ", name, " on port ", grpc_server->port(), ", metrics on port ",
-                       (*metrics)->port()));
+  LogInfo(absl::StrCat("serving ", name, " on port ", grpc_server->port(), ", metrics on port ", (*metrics)->port()));
   const int sig = WaitForTerminationSignal();
   LogInfo(absl::StrCat("signal ", sig, ": shutting down (grace ", absl::FormatDuration(options.grace), ")"));
   grpc_server->Shutdown(options.grace);

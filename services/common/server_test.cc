@@ -23,8 +23,7 @@ TEST(GrpcServer, ReportsServingPerServiceAndStopsOnShutdown) {
 TEST(GrpcServer, BusyAddressIsUnavailable) {
   auto first = GrpcServer::Start(GrpcServerOptions{.listen = "127.0.0.1:0"}, {}, {});
   ASSERT_TRUE(first.ok());
-  auto second = GrpcServer::Start(
-      GrpcServerOptions{.listen = "127.0.0.1:" + std::to_string((*first)->port())}, {}, {});
+  auto second = GrpcServer::Start(GrpcServerOptions{.listen = "127.0.0.1:" + std::to_string((*first)->port())}, {}, {});
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
 }
 

@@ -99,8 +99,8 @@ absl::StatusOr<VideoReply> CallPreprocessVideo(v1::Preprocess::StubInterface* st
 }
 
 absl::StatusOr<EmbeddingReply> CallEncode(v1::VisionEncoder::StubInterface* stub, grpc::ClientContext* context,
-                                          const v1::EncodeHeader& header, const HostTensor& tiles,
-                                          size_t chunk_bytes, uint64_t max_tensor_bytes) {
+                                          const v1::EncodeHeader& header, const HostTensor& tiles, size_t chunk_bytes,
+                                          uint64_t max_tensor_bytes) {
   INTERNVL_ASSIGN_OR_RETURN(std::vector<v1::TensorChunk> chunks, ChunkTensor(tiles, chunk_bytes));
   auto stream = stub->Encode(context);
   for (size_t i = 0; i < chunks.size(); ++i) {

@@ -50,8 +50,9 @@ absl::StatusOr<EmbeddingReply> CallEncode(v1::VisionEncoder::StubInterface* stub
                                           size_t chunk_bytes = kDefaultMaxChunkBytes,
                                           uint64_t max_tensor_bytes = kDefaultMaxReplyTensorBytes);
 
-absl::StatusOr<std::vector<EmbeddingReply>> CallEncodeImages(
-    v1::VisionEncoder::StubInterface* stub, grpc::ClientContext* context, const v1::PreprocessImagesRequest& request,
-    uint64_t max_tensor_bytes = kDefaultMaxReplyTensorBytes);
+absl::StatusOr<std::vector<EmbeddingReply>> CallEncodeImages(v1::VisionEncoder::StubInterface* stub,
+                                                             grpc::ClientContext* context,
+                                                             const v1::PreprocessImagesRequest& request,
+                                                             uint64_t max_tensor_bytes = kDefaultMaxReplyTensorBytes);
 
 }  // namespace internvl::services

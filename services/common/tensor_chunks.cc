@@ -13,28 +13,44 @@ namespace internvl::services {
 
 absl::StatusOr<v1::DataType> ToProtoDataType(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return v1::DATA_TYPE_F32;
-    case DType::kF16: return v1::DATA_TYPE_F16;
-    case DType::kBF16: return v1::DATA_TYPE_BF16;
-    case DType::kU8: return v1::DATA_TYPE_U8;
-    case DType::kI32: return v1::DATA_TYPE_I32;
-    case DType::kI64: return v1::DATA_TYPE_I64;
-    case DType::kF64: return v1::DATA_TYPE_F64;
-    default: break;
+    case DType::kF32:
+      return v1::DATA_TYPE_F32;
+    case DType::kF16:
+      return v1::DATA_TYPE_F16;
+    case DType::kBF16:
+      return v1::DATA_TYPE_BF16;
+    case DType::kU8:
+      return v1::DATA_TYPE_U8;
+    case DType::kI32:
+      return v1::DATA_TYPE_I32;
+    case DType::kI64:
+      return v1::DATA_TYPE_I64;
+    case DType::kF64:
+      return v1::DATA_TYPE_F64;
+    default:
+      break;
   }
   return absl::InvalidArgumentError(absl::StrCat("dtype ", DTypeName(dtype), " has no wire encoding"));
 }
 
 absl::StatusOr<DType> FromProtoDataType(v1::DataType dtype) {
   switch (dtype) {
-    case v1::DATA_TYPE_F32: return DType::kF32;
-    case v1::DATA_TYPE_F16: return DType::kF16;
-    case v1::DATA_TYPE_BF16: return DType::kBF16;
-    case v1::DATA_TYPE_U8: return DType::kU8;
-    case v1::DATA_TYPE_I32: return DType::kI32;
-    case v1::DATA_TYPE_I64: return DType::kI64;
-    case v1::DATA_TYPE_F64: return DType::kF64;
-    default: break;
+    case v1::DATA_TYPE_F32:
+      return DType::kF32;
+    case v1::DATA_TYPE_F16:
+      return DType::kF16;
+    case v1::DATA_TYPE_BF16:
+      return DType::kBF16;
+    case v1::DATA_TYPE_U8:
+      return DType::kU8;
+    case v1::DATA_TYPE_I32:
+      return DType::kI32;
+    case v1::DATA_TYPE_I64:
+      return DType::kI64;
+    case v1::DATA_TYPE_F64:
+      return DType::kF64;
+    default:
+      break;
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown tensor dtype ", static_cast<int>(dtype)));
 }
@@ -71,16 +87,18 @@ absl::Status TensorAssembler::Start(const v1::TensorHeader& header) {
   // product overflows cannot match any sane total_bytes).
   uint64_t expected = DTypeSize(dtype);
   for (int64_t d : header.shape()) {
-    if (d < 0) return absl::InvalidArgumentError(absl::StrCat("tensor shape has a negative dimension: [", absl::StrJoin(header.shape(), ","), "]"));
+    if (d < 0)
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor shape has a negative dimension: [", absl::StrJoin(header.shape(), ","), "]"));
     if (d != 0 && expected > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d)) {
       return absl::InvalidArgumentError("tensor shape overflows");
     }
     expected *= static_cast<uint64_t>(d);
   }
   if (expected != header.total_bytes()) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor header declares ", header.total_bytes(), " bytes but shape [",
-                                                   absl::StrJoin(header.shape(), ","), "] of ", DTypeName(dtype),
-                                                   " needs ", expected));
+    return absl::InvalidArgumentError(absl::StrCat("tensor header declares ", header.total_bytes(),
+                                                   " bytes but shape [", absl::StrJoin(header.shape(), ","), "] of ",
+                                                   DTypeName(dtype), " needs ", expected));
   }
   if (expected > max_total_bytes_) {
     return absl::ResourceExhaustedError(
@@ -97,8 +115,8 @@ absl::Status TensorAssembler::Add(const v1::TensorChunk& chunk) {
     if (!chunk.has_header()) return absl::InvalidArgumentError("first tensor chunk has no header");
     INTERNVL_RETURN_IF_ERROR(Start(chunk.header()));
   } else if (chunk.has_header()) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor header repeated at offset ", chunk.offset(),
-                                                   " before the previous tensor completed"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor header repeated at offset ", chunk.offset(), " before the previous tensor completed"));
   }
   if (chunk.offset() != received_) {
     return absl::InvalidArgumentError(

@@ -16,11 +16,13 @@ TEST(WorkQueue, RefusesWhenFullAndReportsDepth) {
   std::atomic<int> ran{0};
   {
     WorkQueue queue(1, 2, depth);
-    ASSERT_TRUE(queue.Submit([&] {
-      started.Notify();
-      release.WaitForNotification();
-      ++ran;
-    }).ok());
+    ASSERT_TRUE(queue
+                    .Submit([&] {
+                      started.Notify();
+                      release.WaitForNotification();
+                      ++ran;
+                    })
+                    .ok());
     started.WaitForNotification();  // the worker is busy; the next two wait
     ASSERT_TRUE(queue.Submit([&] { ++ran; }).ok());
     ASSERT_TRUE(queue.Submit([&] { ++ran; }).ok());

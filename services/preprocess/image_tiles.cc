@@ -6,8 +6,7 @@
 
 namespace internvl::services {
 
-absl::StatusOr<preprocess::TilingOptions> ResolveTiling(const v1::TilingSettings& settings,
-                                                        const ImageLimits& limits) {
+absl::StatusOr<preprocess::TilingOptions> ResolveTiling(const v1::TilingSettings& settings, const ImageLimits& limits) {
   if (settings.max_num() < 0 || settings.min_num() < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_num and min_num must be >= 0, got ", settings.max_num(), " and ", settings.min_num()));
@@ -35,8 +34,8 @@ absl::Status ValidateImages(const v1::PreprocessImagesRequest& request, const Im
     const std::string& image = request.images(i);
     if (image.empty()) return absl::InvalidArgumentError(absl::StrCat("image ", i, " is empty"));
     if (static_cast<int64_t>(image.size()) > limits.max_image_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat("image ", i, " is ", image.size(),
-                                                       " bytes; the limit is ", limits.max_image_bytes));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("image ", i, " is ", image.size(), " bytes; the limit is ", limits.max_image_bytes));
     }
   }
   return absl::OkStatus();

@@ -34,8 +34,7 @@ struct ImageLimits {
 // TilingSettings -> TilingOptions with defaults applied. INVALID_ARGUMENT for
 // negative values or min_num > max_num; RESOURCE_EXHAUSTED for max_num >
 // limits.max_tiles.
-absl::StatusOr<preprocess::TilingOptions> ResolveTiling(const v1::TilingSettings& settings,
-                                                        const ImageLimits& limits);
+absl::StatusOr<preprocess::TilingOptions> ResolveTiling(const v1::TilingSettings& settings, const ImageLimits& limits);
 
 // Checks the request's image count and sizes. INVALID_ARGUMENT for no images
 // or an empty one; RESOURCE_EXHAUSTED for too many or too large. Messages

@@ -74,12 +74,12 @@ class PreprocessService::VideoReactor final
     options.limits.max_bytes = o.max_video_bytes;
     options.limits.max_frame_pixels = o.limits.max_pixels;
     if (options.num_segments > o.max_segments) {
-      return Fail(absl::ResourceExhaustedError(absl::StrCat("num_segments ", options.num_segments,
-                                                            " exceeds this server's limit of ", o.max_segments)));
+      return Fail(absl::ResourceExhaustedError(
+          absl::StrCat("num_segments ", options.num_segments, " exceeds this server's limit of ", o.max_segments)));
     }
     if (options.max_num > o.limits.max_tiles) {
-      return Fail(absl::ResourceExhaustedError(absl::StrCat("max_num ", options.max_num,
-                                                            " exceeds this server's limit of ", o.limits.max_tiles)));
+      return Fail(absl::ResourceExhaustedError(
+          absl::StrCat("max_num ", options.max_num, " exceeds this server's limit of ", o.limits.max_tiles)));
     }
     absl::Status submitted = service_->queue_->Submit([this, options] { Run(options); });
     if (!submitted.ok()) Fail(submitted);
@@ -90,8 +90,7 @@ class PreprocessService::VideoReactor final
     const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<video::VideoFrames> frames = video::LoadVideoFrames(bytes_, options);
     if (!frames.ok()) return Fail(Annotate(frames.status(), "video"));
-    service_->video_seconds_->Observe(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    service_->video_seconds_->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     service_->videos_total_->Increment();
     const preprocess::Tiles& tiles = frames->tiles;
     service_->tiles_total_->Increment(tiles.count);

@@ -81,7 +81,7 @@ TEST(InMemoryEmbeddingCache, EvictsLeastRecentlyUsedByBytes) {
   ASSERT_TRUE(cache.Put("a", Embeddings(1, 1)).ok());
   ASSERT_TRUE(cache.Put("b", Embeddings(1, 2)).ok());
   ASSERT_TRUE(cache.Put("c", Embeddings(1, 3)).ok());
-  ASSERT_TRUE(cache.Get("a").value().has_value());  // a is now the most recent
+  ASSERT_TRUE(cache.Get("a").value().has_value());     // a is now the most recent
   ASSERT_TRUE(cache.Put("d", Embeddings(1, 4)).ok());  // evicts b
   EXPECT_FALSE(cache.Get("b").value().has_value());
   EXPECT_EQ(cache.Get("a").value()->bytes, Embeddings(1, 1).bytes);
@@ -203,7 +203,8 @@ TEST(Embedder, ConcurrentSameKeyEncodesOnceAndTileErrorsPropagate) {
   EXPECT_EQ(ok.load(), 4);
   EXPECT_EQ(encoder.calls.load(), 1);
 
-  auto bad = embedder.Embed("bad", [] { return absl::StatusOr<HostTensor>(absl::InvalidArgumentError("image 0: corrupt")); });
+  auto bad =
+      embedder.Embed("bad", [] { return absl::StatusOr<HostTensor>(absl::InvalidArgumentError("image 0: corrupt")); });
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(cache.Get("bad").value().has_value());
 }

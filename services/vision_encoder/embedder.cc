@@ -27,8 +27,8 @@ Embedder::Embedder(TileEncoder encoder, EmbeddingCache* cache, MetricsRegistry* 
                                        {{"op", "get"}})),
       put_errors_(registry->GetCounter("internvl_cache_errors_total", "Embedding cache failures (treated as misses)",
                                        {{"op", "put"}})),
-      encode_seconds_(registry->GetHistogram("internvl_encode_seconds", "Vision model time per image",
-                                             DefaultLatencyBuckets())),
+      encode_seconds_(
+          registry->GetHistogram("internvl_encode_seconds", "Vision model time per image", DefaultLatencyBuckets())),
       cache_get_seconds_(registry->GetHistogram("internvl_cache_get_seconds", "Embedding cache lookup time",
                                                 DefaultLatencyBuckets())) {}
 
@@ -57,15 +57,14 @@ absl::StatusOr<Embedder::Result> Embedder::LookupOrEncode(const std::string& key
   misses_->Increment();
   if (!cached.ok()) {
     get_errors_->Increment();
-    cache_log_.Warning(absl::StrCat("embedding cache (", cache_->name(), ") get failed, treating as a miss: ",
-                                    cached.status().ToString()));
+    cache_log_.Warning(absl::StrCat("embedding cache (", cache_->name(),
+                                    ") get failed, treating as a miss: ", cached.status().ToString()));
   }
   INTERNVL_ASSIGN_OR_RETURN(HostTensor encoded, Encode(tiles));
   auto shared = std::make_shared<const HostTensor>(std::move(encoded));
   if (absl::Status put = cache_->Put(key, *shared); !put.ok()) {
     put_errors_->Increment();
-    cache_log_.Warning(
-        absl::StrCat("embedding cache (", cache_->name(), ") put failed, not cached: ", put.ToString()));
+    cache_log_.Warning(absl::StrCat("embedding cache (", cache_->name(), ") put failed, not cached: ", put.ToString()));
   }
   return Result{std::move(shared), v1::EMBEDDING_SOURCE_ENCODED};
 }

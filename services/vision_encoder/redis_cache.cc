@@ -11,7 +11,6 @@
 namespace internvl::services {
 namespace {
 
-
 // A failed command: timeouts are DEADLINE_EXCEEDED, the rest UNAVAILABLE.
 absl::Status CommandError(redisContext* c, absl::string_view op) {
   const std::string what = absl::StrCat("redis ", op, ": ", c->errstr[0] ? c->errstr : "no reply");
@@ -47,11 +46,12 @@ absl::StatusOr<redisContext*> RedisEmbeddingCache::Acquire() {
       return c;
     }
     if (absl::Now() < retry_after_) {
-      return absl::UnavailableError(absl::StrCat("redis ", options_.host, ":", options_.port,
-                                                 " unreachable (retrying after backoff)"));
+      return absl::UnavailableError(
+          absl::StrCat("redis ", options_.host, ":", options_.port, " unreachable (retrying after backoff)"));
     }
   }
-  redisContext* c = redisConnectWithTimeout(options_.host.c_str(), options_.port, absl::ToTimeval(options_.connect_timeout));
+  redisContext* c =
+      redisConnectWithTimeout(options_.host.c_str(), options_.port, absl::ToTimeval(options_.connect_timeout));
   if (c == nullptr || c->err) {
     const std::string err = c != nullptr ? c->errstr : "out of memory";
     if (c != nullptr) redisFree(c);
@@ -112,10 +112,9 @@ absl::Status RedisEmbeddingCache::Put(const std::string& key, const HostTensor& 
   const std::string blob = EncodeCacheValue(value);
   const int64_t ttl_seconds = absl::ToInt64Seconds(options_.ttl);
   auto* reply = static_cast<redisReply*>(
-      ttl_seconds > 0
-          ? redisCommand(c, "SET %b %b EX %lld", key.data(), key.size(), blob.data(), blob.size(),
-                         static_cast<long long>(ttl_seconds))
-          : redisCommand(c, "SET %b %b", key.data(), key.size(), blob.data(), blob.size()));
+      ttl_seconds > 0 ? redisCommand(c, "SET %b %b EX %lld", key.data(), key.size(), blob.data(), blob.size(),
+                                     static_cast<long long>(ttl_seconds))
+                      : redisCommand(c, "SET %b %b", key.data(), key.size(), blob.data(), blob.size()));
   if (reply == nullptr) {
     absl::Status err = CommandError(c, "SET");
     Release(c, false);

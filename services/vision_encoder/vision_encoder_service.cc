@@ -24,7 +24,8 @@ uint64_t MaxTileBytes(const ImageLimits& limits) {
 }  // namespace
 
 // Reads the tile tensor of one Encode call, then embeds it on the queue.
-class VisionEncoderService::EncodeReactor final : public ReadAllThenReplyReactor<v1::EncodeRequest, v1::EncodeResponse> {
+class VisionEncoderService::EncodeReactor final
+    : public ReadAllThenReplyReactor<v1::EncodeRequest, v1::EncodeResponse> {
  public:
   EncodeReactor(grpc::CallbackServerContext* context, VisionEncoderService* service)
       : ReadAllThenReplyReactor(context, &service->rpc_metrics_, "Encode"),
@@ -76,7 +77,8 @@ class VisionEncoderService::EncodeReactor final : public ReadAllThenReplyReactor
     info.set_num_patches(static_cast<int>(tiles_->shape[0]));
     std::vector<v1::EncodeResponse> out;
     const HostTensor* tiles = &*tiles_;
-    absl::Status status = service_->AppendEmbedding(*key, [tiles] { return *tiles; }, info, &out);
+    absl::Status status = service_->AppendEmbedding(
+        *key, [tiles] { return *tiles; }, info, &out);
     if (!status.ok()) {
       Fail(status);
       return;

@@ -35,8 +35,7 @@ class VisionEncoderService final : public v1::VisionEncoder::CallbackService {
   VisionEncoderService(const VisionEncoderServiceOptions& options, Embedder* embedder, MetricsRegistry* registry);
   ~VisionEncoderService() override;
 
-  grpc::ServerBidiReactor<v1::EncodeRequest, v1::EncodeResponse>* Encode(
-      grpc::CallbackServerContext* context) override;
+  grpc::ServerBidiReactor<v1::EncodeRequest, v1::EncodeResponse>* Encode(grpc::CallbackServerContext* context) override;
   grpc::ServerWriteReactor<v1::EncodeResponse>* EncodeImages(grpc::CallbackServerContext* context,
                                                              const v1::PreprocessImagesRequest* request) override;
 

@@ -121,15 +121,15 @@ absl::StatusOr<int> Subprocess::Wait(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   while (Running()) {
     if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(absl::StrCat("process ", pid_, " still running after ", absl::FormatDuration(timeout)));
+      return absl::DeadlineExceededError(
+          absl::StrCat("process ", pid_, " still running after ", absl::FormatDuration(timeout)));
     }
     absl::SleepFor(absl::Milliseconds(10));
   }
   return *exit_code_;
 }
 
-absl::StatusOr<std::string> HealthCheck(const std::string& target, const std::string& service,
-                                        absl::Duration timeout) {
+absl::StatusOr<std::string> HealthCheck(const std::string& target, const std::string& service, absl::Duration timeout) {
   auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext context;
@@ -158,7 +158,8 @@ absl::Status WaitForServing(const std::string& target, const std::string& servic
     last = status.ok() ? *status : status.status().ToString();
     absl::SleepFor(absl::Milliseconds(50));
   }
-  return absl::DeadlineExceededError(absl::StrCat(target, " not SERVING after ", absl::FormatDuration(timeout), " (last: ", last, ")",
+  return absl::DeadlineExceededError(absl::StrCat(target, " not SERVING after ", absl::FormatDuration(timeout),
+                                                  " (last: ", last, ")",
                                                   process ? absl::StrCat("; log:\n", process->ReadLog()) : ""));
 }
 

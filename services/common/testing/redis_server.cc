@@ -66,11 +66,21 @@ absl::StatusOr<std::string> RedisServer::Command(const std::vector<std::string>&
   if (reply != nullptr) {
     switch (reply->type) {
       case REDIS_REPLY_STRING:
-      case REDIS_REPLY_STATUS: out = std::string(reply->str, reply->len); break;
-      case REDIS_REPLY_INTEGER: out = std::to_string(reply->integer); break;
-      case REDIS_REPLY_NIL: out = std::string("(nil)"); break;
-      case REDIS_REPLY_ERROR: out = absl::InternalError(std::string(reply->str, reply->len)); break;
-      default: out = absl::StrCat("(reply type ", reply->type, ")"); break;
+      case REDIS_REPLY_STATUS:
+        out = std::string(reply->str, reply->len);
+        break;
+      case REDIS_REPLY_INTEGER:
+        out = std::to_string(reply->integer);
+        break;
+      case REDIS_REPLY_NIL:
+        out = std::string("(nil)");
+        break;
+      case REDIS_REPLY_ERROR:
+        out = absl::InternalError(std::string(reply->str, reply->len));
+        break;
+      default:
+        out = absl::StrCat("(reply type ", reply->type, ")");
+        break;
     }
     freeReplyObject(reply);
   }
