@@ -336,15 +336,35 @@ TEST_F(ServicesTest, RedisStoppedMidTestRequestsStillSucceed) {
   ExpectBothServing();
 }
 
-// Last: stops the suite's servers.
-TEST_F(ServicesTest, SigtermStopsServingAndExitsZero) {
-  for (Service* s : {preprocess_, encoder_}) {
+// Last: stops the suite's servers. The encoder gets SIGTERM while a call is
+// encoding: that call still completes within the grace period.
+TEST_F(ServicesTest, SigtermFinishesInFlightCallsAndExitsZero) {
+  v1::PreprocessImagesRequest request;
+  request.add_images(Image("img_1920x200.png"));
+  request.mutable_tiling()->set_max_num(12);
+  request.mutable_tiling()->set_min_num(12);  // 12 tiles + thumbnail: a long encode
+  absl::StatusOr<std::vector<EmbeddingReply>> in_flight = absl::UnknownError("not run");
+  std::thread call([&] { in_flight = CallEncodeImages(encoder_stub_.get(), Context().get(), request); });
+  // Wait until the encoder is busy with it.
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (EncoderMetric("internvl_busy_workers{service=\"vision_encoder\"}") < 1 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  for (Service* s : {encoder_, preprocess_}) {
     s->process->Signal(SIGTERM);
+  }
+  call.join();
+  ASSERT_TRUE(in_flight.ok()) << in_flight.status();
+  EXPECT_EQ((*in_flight)[0].info.num_patches(), 13);
+  for (Service* s : {encoder_, preprocess_}) {
     auto code = s->process->Wait(absl::Seconds(15));
     ASSERT_TRUE(code.ok()) << code.status();
     EXPECT_EQ(*code, 0) << s->process->ReadLog();
     EXPECT_THAT(s->process->ReadLog(), HasSubstr("shut down cleanly"));
   }
+  // New calls are refused once the server is gone.
+  EXPECT_EQ(CallEncodeImages(encoder_stub_.get(), Context(absl::Seconds(5)).get(), request).status().code(),
+            absl::StatusCode::kUnavailable);
 }
 
 }  // namespace
