@@ -1,0 +1,100 @@
+// internvl make-model (core/modelgen): shrunk checkpoints of each LLM
+// architecture load in VisionModel and CausalLM, which reject missing,
+// unexpected and mis-shaped keys under their prefixes. Kept apart from
+// make_model_test.cc because a binary linking both libtorch and
+// sentencepiece crashes at start-up on Debian 12 (libsentencepiece0 exports
+// its bundled protobuf-lite symbols, which interpose on torch's libprotobuf).
+#include <ATen/ATen.h>
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/llm/causal_lm.h"
+#include "core/modelgen/checkpoint_layout.h"
+#include "core/modelgen/make_model.h"
+#include "core/safetensors.h"
+#include "core/testing/fixtures.h"
+#include "core/vision/vision_model.h"
+#include "gtest/gtest.h"
+
+namespace internvl::modelgen {
+namespace {
+
+constexpr int kTestLayers = 1;
+constexpr int kTestVocab = 1024;
+
+MakeModelOptions SmallOptions(const std::string& like, const std::string& out) {
+  MakeModelOptions o;
+  o.like = like;
+  o.out_dir = out;
+  o.seed = 7;
+  o.layers = kTestLayers;
+  o.vocab_size = kTestVocab;
+  return o;
+}
+
+std::set<std::string> ExpectedNames(const InternVLConfig& config) {
+  std::set<std::string> names;
+  for (const TensorSpec& t : CheckpointTensors(config)) names.insert(t.name);
+  return names;
+}
+
+std::set<std::string> StoreNames(const TensorStore& store) {
+  const std::vector<std::string> v = store.Names();
+  return {v.begin(), v.end()};
+}
+
+TEST(MakeModel, Qwen2CheckpointLoadsInTheVisionModelAndTheLlmWithExactlyTheExpectedKeys) {
+  const std::string dir = testing::TempDir() + "/internvl2-1b";
+  auto summary = MakeModel(SmallOptions("InternVL2-1B", dir));
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  auto config = LoadInternVLConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->llm.arch, LlmArch::kQwen2);
+  EXPECT_EQ(config->llm.hidden_size, 896);
+  EXPECT_EQ(config->llm.num_hidden_layers, kTestLayers);
+  EXPECT_EQ(config->vision.num_hidden_layers, kTestLayers);
+  EXPECT_EQ(config->template_name, "Hermes-2");
+
+  auto store = TensorStore::OpenDir(dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ(StoreNames(**store), ExpectedNames(*config));
+  int64_t params = 0;
+  for (const std::string& n : (*store)->Names()) params += (*store)->Find(n)->numel();
+  EXPECT_EQ(params, summary->params);
+
+  // Both loaders reject missing, unexpected and mis-shaped keys under their
+  // prefixes, so loading proves the key sets.
+  auto vision = VisionModel::Load(dir, VisionOptions{.dtype = "fp32"});
+  ASSERT_TRUE(vision.ok()) << vision.status();
+  EXPECT_EQ(vision->get()->output_hidden_size(), 896);
+  auto lm = llm::CausalLM::Load(config->llm, **store, at::kFloat);
+  ASSERT_TRUE(lm.ok()) << lm.status();
+}
+
+TEST(MakeModel, InternLM2CheckpointLoadsWithFusedWqkv) {
+  const std::string dir = testing::TempDir() + "/internvl2-2b";
+  auto summary = MakeModel(SmallOptions("InternVL2-2B", dir));
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  auto config = LoadInternVLConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->llm.arch, LlmArch::kInternLM2);
+  ASSERT_TRUE(config->llm.rope_scaling.has_value());
+  EXPECT_EQ(config->llm.rope_scaling->type, "dynamic");
+  EXPECT_EQ(config->template_name, "internlm2-chat");
+  auto store = TensorStore::OpenDir(dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const TensorView* wqkv = (*store)->Find("language_model.model.layers.0.attention.wqkv.weight");
+  ASSERT_NE(wqkv, nullptr);
+  // (16 heads + 2 * 8 kv heads) * head_dim 128 rows over hidden 2048.
+  EXPECT_EQ(wqkv->shape, (std::vector<int64_t>{(16 + 2 * 8) * 128, 2048}));
+  auto lm = llm::CausalLM::Load(config->llm, **store, at::kFloat);
+  ASSERT_TRUE(lm.ok()) << lm.status();
+  auto vision = VisionModel::Load(*config, **store, VisionOptions{.dtype = "fp32"});
+  ASSERT_TRUE(vision.ok()) << vision.status();
+}
+
+}  // namespace
+}  // namespace internvl::modelgen
