@@ -162,6 +162,15 @@ TEST(MakeModel, WritesTheConfigGenerationConfigAndTokenizerThatBelongTogether) {
   EXPECT_EQ(generation->eos_token_ids.at(0), tok->get()->TokenToId("<|im_end|>"));
   EXPECT_EQ(config->llm.eos_token_ids, std::vector<int>{*tok->get()->TokenToId("<|im_end|>")});
   EXPECT_LE(tok->get()->size(), config->llm.vocab_size);
+  // LM head rows the tokenizer cannot spell are zero; the others are random.
+  auto head = ToFloatVector(*(*store)->Find("language_model.lm_head.weight"));
+  ASSERT_TRUE(head.ok());
+  const int64_t hidden = config->llm.hidden_size;
+  const int64_t live = tok->get()->size() * hidden;
+  int nonzero_live = 0;
+  for (int64_t k = 0; k < live; ++k) nonzero_live += (*head)[k] != 0.0f;
+  EXPECT_GT(nonzero_live, live * 9 / 10);
+  for (size_t k = live; k < head->size(); ++k) ASSERT_EQ((*head)[k], 0.0f) << k;
 }
 
 TEST(MakeModel, ShardsRoundTripThroughTheIndexAndAreReproducible) {

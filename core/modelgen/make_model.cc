@@ -1,5 +1,6 @@
 #include "core/modelgen/make_model.h"
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <thread>
@@ -101,6 +102,7 @@ absl::StatusOr<MakeModelSummary> MakeModel(const MakeModelOptions& options) {
 
   // Tokenizer, and the special ids that go with it.
   json generation = json::object();
+  std::optional<ByteBpeInfo> bpe_info;
   if (options.tokenizer_dir) {
     INTERNVL_ASSIGN_OR_RETURN(std::vector<std::string> copied, CopyTokenizer(*options.tokenizer_dir, options.out_dir));
     summary.files.insert(summary.files.end(), copied.begin(), copied.end());
@@ -109,7 +111,8 @@ absl::StatusOr<MakeModelSummary> MakeModel(const MakeModelOptions& options) {
     if (spec.generation_bos_id) generation["bos_token_id"] = *spec.generation_bos_id;
     if (spec.generation_pad_id) generation["pad_token_id"] = *spec.generation_pad_id;
   } else {
-    INTERNVL_ASSIGN_OR_RETURN(ByteBpeInfo bpe, WriteByteBpeTokenizer(options.out_dir));
+    INTERNVL_ASSIGN_OR_RETURN(bpe_info, WriteByteBpeTokenizer(options.out_dir));
+    const ByteBpeInfo& bpe = *bpe_info;
     if (bpe.total_tokens > config.llm.vocab_size)
       return absl::InvalidArgumentError(absl::StrCat("the byte-level BPE tokenizer has ", bpe.total_tokens,
                                                      " tokens, more than the model's vocab_size ",
@@ -127,6 +130,18 @@ absl::StatusOr<MakeModelSummary> MakeModel(const MakeModelOptions& options) {
 
   // Weights.
   const std::vector<TensorSpec> specs = CheckpointTensors(config);
+  // With the small built-in tokenizer, the LM head's rows past its last id are
+  // written as zeros: random logits over the other ~150k rows would make
+  // greedy decoding pick ids the tokenizer cannot spell, and the demo would
+  // print nothing. Shapes and compute cost stay the real model's.
+  int64_t head_live_elements = -1;  // elements of the head to randomise; -1 = all
+  if (!options.tokenizer_dir) {
+    const ByteBpeInfo& bpe = *bpe_info;
+    head_live_elements = static_cast<int64_t>(bpe.total_tokens) * config.llm.hidden_size;
+  }
+  auto is_head = [](const std::string& name) {
+    return name == "language_model.lm_head.weight" || name == "language_model.output.weight";
+  };
   std::vector<PlannedTensor> planned;
   planned.reserve(specs.size());
   for (const TensorSpec& s : specs) {
@@ -141,8 +156,13 @@ absl::StatusOr<MakeModelSummary> MakeModel(const MakeModelOptions& options) {
   for (const TensorSpec& s : specs) keys.push_back(random.StreamKey(s.name));
   const FillFn fill = [&](size_t i, int64_t first, int64_t count, uint8_t* out) -> absl::Status {
     switch (specs[i].init) {
-      case Init::kNormal:
-        return random.Normal(keys[i], kInitStd, options.dtype, first, count, out, threads);
+      case Init::kNormal: {
+        int64_t live = count;
+        if (head_live_elements >= 0 && is_head(specs[i].name))
+          live = std::clamp<int64_t>(head_live_elements - first, 0, count);
+        INTERNVL_RETURN_IF_ERROR(random.Normal(keys[i], kInitStd, options.dtype, first, live, out, threads));
+        return RandomFill::Constant(0.0f, options.dtype, count - live, out + live * DTypeSize(options.dtype));
+      }
       case Init::kOnes:
         return RandomFill::Constant(1.0f, options.dtype, count, out);
       case Init::kZeros:
