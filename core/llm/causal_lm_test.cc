@@ -1,0 +1,161 @@
+#include "core/llm/causal_lm.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "core/llm/generate.h"
+#include "gtest/gtest.h"
+
+namespace internvl::llm {
+namespace {
+
+LlmConfig TinyConfig(LlmArch arch) {
+  LlmConfig c;
+  c.arch = arch;
+  c.vocab_size = 50;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 64;
+  c.rope_theta = 10000;
+  c.attention_bias = arch == LlmArch::kQwen2;
+  return c;
+}
+
+TEST(InternLM2, FusedWqkvIsGroupedPerKvHead) {
+  at::InferenceMode guard;
+  auto internlm = CausalLM::CreateRandom(TinyConfig(LlmArch::kInternLM2), at::kFloat, 1, 0.2);
+  auto llama = CausalLM::CreateRandom(TinyConfig(LlmArch::kLlama), at::kFloat, 2, 0.2);
+  ASSERT_TRUE(internlm.ok() && llama.ok());
+  // Copy InternLM2's weights into the LLaMA model, splitting wqkv with the
+  // grouped layout [kv head j: q(j*G..j*G+G-1), k_j, v_j].
+  auto& src = (*internlm)->module()->model;
+  auto& dst = (*llama)->module()->model;
+  const int64_t d = 8, groups = 2, kv = 2;
+  dst->embed->weight.copy_(src->embed->weight);
+  dst->norm->weight.copy_(src->norm->weight);
+  (*llama)->module()->head->weight.copy_((*internlm)->module()->head->weight);
+  for (size_t l = 0; l < src->typed_layers.size(); ++l) {
+    auto* s = static_cast<InternLM2DecoderLayerImpl*>(src->typed_layers[l].get());
+    auto* t = static_cast<LlamaDecoderLayerImpl*>(dst->typed_layers[l].get());
+    at::Tensor w = s->attention->wqkv->weight.view({kv, groups + 2, d, 32});
+    t->self_attn->q_proj->weight.copy_(w.narrow(1, 0, groups).reshape({kv * groups * d, 32}));
+    t->self_attn->k_proj->weight.copy_(w.select(1, groups).reshape({kv * d, 32}));
+    t->self_attn->v_proj->weight.copy_(w.select(1, groups + 1).reshape({kv * d, 32}));
+    t->self_attn->o_proj->weight.copy_(s->attention->wo->weight);
+    t->mlp->gate_proj->weight.copy_(s->feed_forward->w1->weight);
+    t->mlp->up_proj->weight.copy_(s->feed_forward->w3->weight);
+    t->mlp->down_proj->weight.copy_(s->feed_forward->w2->weight);
+    t->input_layernorm->weight.copy_(s->attention_norm->weight);
+    t->post_attention_layernorm->weight.copy_(s->ffn_norm->weight);
+  }
+  const at::Tensor x = at::randn({1, 7, 32});
+  auto a = (*internlm)->Forward(x, nullptr);
+  auto b = (*llama)->Forward(x, nullptr);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_LT((*a - *b).abs().max().item<float>(), 1e-5);
+}
+
+TEST(CausalLM, CachedDecodeMatchesFullForward) {
+  at::InferenceMode guard;
+  auto lm = CausalLM::CreateRandom(TinyConfig(LlmArch::kQwen2), at::kFloat, 3, 0.2);
+  ASSERT_TRUE(lm.ok());
+  const at::Tensor x = at::randn({1, 9, 32});
+  ForwardOptions all;
+  all.logits = LogitsMode::kAll;
+  auto full = (*lm)->Forward(x, nullptr, all);
+  ASSERT_TRUE(full.ok());
+  auto cache = (*lm)->NewCache(1, 9);
+  ASSERT_TRUE(cache.ok());
+  auto prefill = (*lm)->Forward(x.narrow(1, 0, 5), cache->get());
+  ASSERT_TRUE(prefill.ok());
+  EXPECT_LT((*prefill - full->select(1, 4)).abs().max().item<float>(), 1e-5);
+  for (int t = 5; t < 9; ++t) {
+    auto step = (*lm)->Forward(x.narrow(1, t, 1), cache->get());
+    ASSERT_TRUE(step.ok());
+    EXPECT_LT((*step - full->select(1, t)).abs().max().item<float>(), 1e-5) << "position " << t;
+  }
+  // The cache is full now: no silent growth.
+  EXPECT_EQ((*lm)->Forward(x.narrow(1, 0, 1), cache->get()).status().code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(CausalLM, FallsBackToSeparateProjectionsWhenFusedStorageIsReplaced) {
+  // Built outside inference mode so that grad-mode forwards can use it.
+  auto lm = CausalLM::CreateRandom(TinyConfig(LlmArch::kQwen2), at::kFloat, 4, 0.2);
+  ASSERT_TRUE(lm.ok());
+  auto* layer = static_cast<LlamaDecoderLayerImpl*>((*lm)->module()->model->typed_layers[0].get());
+  const at::Tensor x = at::randn({1, 3, 32});
+  // A reload replaces .data: the new values must be used.
+  layer->self_attn->k_proj->weight.set_data(layer->self_attn->k_proj->weight.clone() * 2);
+  layer->mlp->up_proj->weight.set_data(layer->mlp->up_proj->weight.clone() * 2);
+  at::Tensor fast;
+  {
+    at::InferenceMode guard;
+    auto r = (*lm)->Forward(x, nullptr);
+    ASSERT_TRUE(r.ok()) << r.status();
+    fast = r->clone();
+  }
+  // Grad mode always uses the per-key parameters, and is differentiable.
+  auto slow = (*lm)->Forward(x, nullptr);
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  slow->sum().backward();
+  EXPECT_TRUE(layer->self_attn->q_proj->weight.grad().defined());
+  EXPECT_LT((fast - slow->detach()).abs().max().item<float>(), 1e-5);
+}
+
+TEST(RotaryEmbedding, DynamicNtkEnlargesBaseOnlyPastMaxAndKeepsIt) {
+  LlmConfig c = TinyConfig(LlmArch::kInternLM2);
+  c.rope_scaling = RopeScaling{"dynamic", 2.0};
+  RotaryEmbedding rope(c);
+  rope.Observe(64);
+  EXPECT_DOUBLE_EQ(rope.base(), 10000);
+  rope.Observe(128);
+  const double expected = 10000 * std::pow(2.0 * 128 / 64 - 1, 8.0 / 6.0);
+  EXPECT_DOUBLE_EQ(rope.base(), expected);
+  rope.Observe(10);  // a later short sequence keeps the enlarged base
+  EXPECT_DOUBLE_EQ(rope.base(), expected);
+}
+
+TEST(ScatterImageEmbeddings, ReplacesContextRowsInOrderAndRejectsCountMismatch) {
+  at::InferenceMode guard;
+  const at::Tensor text = at::zeros({1, 5, 4});
+  const at::Tensor ids = at::tensor({1L, 9L, 9L, 2L, 9L}).view({1, 5});
+  const at::Tensor vit = at::arange(12, at::kFloat).view({1, 3, 4});
+  auto out = ScatterImageEmbeddings(text, ids, 9, vit);
+  ASSERT_TRUE(out.ok());
+  EXPECT_TRUE(at::equal(out->select(1, 4), vit[0][2].view({1, 4})));
+  EXPECT_TRUE(at::equal(out->select(1, 0), at::zeros({1, 4})));
+  EXPECT_EQ(ScatterImageEmbeddings(text, ids, 9, vit.narrow(1, 0, 2)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Generate, StopsAtStopIdKeepsItAndHonoursCancel) {
+  auto lm = CausalLM::CreateRandom(TinyConfig(LlmArch::kLlama), at::kFloat, 5, 0.2);
+  ASSERT_TRUE(lm.ok());
+  const at::Tensor x = at::randn({1, 4, 32});
+  GenerationOptions o;
+  o.max_new_tokens = 6;
+  auto free_run = Generate(**lm, x, o);
+  ASSERT_TRUE(free_run.ok());
+  ASSERT_EQ(free_run->tokens[0].size(), 6u);
+  EXPECT_EQ(free_run->finish[0], FinishReason::kLength);
+  o.stop_ids = {free_run->tokens[0][2]};
+  auto stopped = Generate(**lm, x, o);
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_EQ(stopped->finish[0], FinishReason::kStop);
+  EXPECT_EQ(stopped->tokens[0].back(), free_run->tokens[0][2]);
+  EXPECT_LE(stopped->tokens[0].size(), 3u);
+  o.stop_ids.clear();
+  int seen = 0;
+  o.on_token = [&](int) { return ++seen < 2; };
+  auto cancelled = Generate(**lm, x, o);
+  ASSERT_TRUE(cancelled.ok());
+  EXPECT_EQ(cancelled->finish[0], FinishReason::kCancelled);
+  EXPECT_EQ(cancelled->tokens[0].size(), 2u);
+}
+
+}  // namespace
+}  // namespace internvl::llm
