@@ -4,6 +4,9 @@
 #include <ATen/ops/abs.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <mutex>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 
@@ -17,6 +20,25 @@ absl::Status StatusFromException(const std::exception& e, absl::string_view what
   return absl::InternalError(absl::StrCat(what, ": ", msg));
 }
 }  // namespace internal
+
+bool CpuHasNativeBf16Matmul() {
+  static const bool native = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq");
+  }();
+  return native;
+}
+
+at::ScalarType EffectiveComputeDType(at::ScalarType requested) {
+  if (requested != at::kBFloat16 || CpuHasNativeBf16Matmul()) return requested;
+  static std::once_flag logged;
+  std::call_once(logged, [] {
+    std::fprintf(stderr,
+                 "internvl: this CPU has no native bf16 matmul (AVX-512 BW/VL/DQ); computing bf16 weights in fp32\n");
+  });
+  return at::kFloat;
+}
 
 void SetTorchThreads(int n) {
   if (n <= 0) n = static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));

@@ -56,6 +56,16 @@ auto TorchGuard(absl::string_view what, Fn&& fn) {
 void SetTorchThreads(int n);
 int TorchThreads();
 
+// Whether libtorch runs bf16 matmuls natively here (oneDNN needs AVX-512
+// BW/VL/DQ; with AMX-BF16 it reaches ~1 TFLOP/s on 2 cores). Without it
+// libtorch falls back to a scalar bf16 GEMM (~4 GFLOP/s measured on an AVX2
+// EPYC), so bf16 checkpoints are then computed in fp32 from bf16 weights.
+bool CpuHasNativeBf16Matmul();
+
+// The dtype to compute in for a requested dtype: bf16 degrades to fp32 where
+// the CPU has no native bf16 matmul (logged once).
+at::ScalarType EffectiveComputeDType(at::ScalarType requested);
+
 // dtype conversions between safetensors and ATen.
 absl::StatusOr<at::ScalarType> ToScalarType(DType dtype);
 absl::StatusOr<DType> FromScalarType(at::ScalarType type);

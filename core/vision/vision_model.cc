@@ -61,7 +61,8 @@ absl::StatusOr<std::unique_ptr<VisionModel>> VisionModel::Load(const InternVLCon
   impl->config = config;
   impl->options = options;
   if (impl->options.tile_batch < 1) impl->options.tile_batch = 1;
-  INTERNVL_ASSIGN_OR_RETURN(impl->dtype, ParseComputeDType(options.dtype));
+  INTERNVL_ASSIGN_OR_RETURN(at::ScalarType requested, ParseComputeDType(options.dtype));
+  impl->dtype = EffectiveComputeDType(requested);
   // select_layer indexes the reference's hidden_states tuple (embeddings
   // output first, then each layer): -1 is the last layer's output.
   const int L = config.vision.num_hidden_layers;
@@ -70,8 +71,16 @@ absl::StatusOr<std::unique_ptr<VisionModel>> VisionModel::Load(const InternVLCon
     impl->vision_model = InternVisionModel(config.vision);
     impl->mlp1 = MakeProjector(config);
   }));
-  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*impl->vision_model, store, "vision_model.", impl->dtype));
-  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*impl->mlp1, store, "mlp1.", impl->dtype));
+  // Weights are rounded to the requested dtype even when computed in fp32, so
+  // "bf16" means bf16 weights everywhere.
+  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*impl->vision_model, store, "vision_model.", requested));
+  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*impl->mlp1, store, "mlp1.", requested));
+  if (requested != impl->dtype) {
+    INTERNVL_RETURN_IF_ERROR(TorchGuard("converting the vision weights", [&] {
+      impl->vision_model->to(impl->dtype);
+      impl->mlp1->to(impl->dtype);
+    }));
+  }
   INTERNVL_RETURN_IF_ERROR(TorchGuard("preparing the vision model", [&] {
     impl->vision_model->eval();
     impl->mlp1->eval();

@@ -1,0 +1,3 @@
+add_executable(bench_vision ${CMAKE_CURRENT_LIST_DIR}/bench_vision.cc)
+internvl_target_defaults(bench_vision)
+target_link_libraries(bench_vision PRIVATE internvl_vision)
