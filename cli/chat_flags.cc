@@ -1,0 +1,94 @@
+#include "cli/chat_flags.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/files.h"
+#include "core/status.h"
+#include "nlohmann/json.hpp"
+
+namespace internvl::cli {
+
+std::vector<FlagSpec> ChatRequestFlags() {
+  return {
+      {"text", "the question", true, false, ""},
+      {"image", "an image file; repeat for several images", true, true, ""},
+      {"max-num", "maximum tiles per image (thumbnail not counted)", true, false, "12"},
+      {"video", "a video file (instead of images)", true, false, ""},
+      {"num-segments", "video frames to sample", true, false, "8"},
+      {"history", "JSON file: a list of [question, answer] pairs (chat()'s history)", true, false, ""},
+      {"max-new-tokens", "maximum tokens to generate", true, false, "1024"},
+      {"temperature", "sampling temperature; > 0 enables sampling (default greedy)", true, false, "0"},
+      {"top-p", "nucleus sampling mass", true, false, "1.0"},
+      {"top-k", "top-k sampling (0 disables)", true, false, "50"},
+      {"repetition-penalty", "HF repetition penalty (1 disables)", true, false, "1.0"},
+      {"seed", "sampling seed", true, false, "0"},
+      {"json", "print the result as one JSON line at the end", false, false, ""},
+  };
+}
+
+absl::StatusOr<ChatRequest> ChatRequestFromArgs(const Args& args) {
+  ChatRequest r;
+  INTERNVL_ASSIGN_OR_RETURN(r.question, args.Require("text"));
+  for (const std::string& path : args.GetAll("image")) {
+    INTERNVL_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+    r.images.push_back(std::move(bytes));
+  }
+  if (auto v = args.Get("video")) {
+    if (!r.images.empty()) return absl::InvalidArgumentError("--video and --image are exclusive");
+    INTERNVL_ASSIGN_OR_RETURN(std::string bytes, ReadFile(*v));
+    r.video = std::move(bytes);
+  }
+  INTERNVL_ASSIGN_OR_RETURN(r.max_num, args.GetInt("max-num", 12));
+  INTERNVL_ASSIGN_OR_RETURN(r.num_segments, args.GetInt("num-segments", 8));
+  if (auto h = args.Get("history")) {
+    INTERNVL_ASSIGN_OR_RETURN(std::string text, ReadFile(*h, 64 << 20));
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+      return absl::InvalidArgumentError(absl::StrCat(*h, " is not valid JSON: ", e.what()));
+    }
+    if (!j.is_array()) return absl::InvalidArgumentError(absl::StrCat(*h, ": history must be a list of [question, answer]"));
+    for (const auto& turn : j) {
+      if (!turn.is_array() || turn.size() != 2 || !turn[0].is_string() || !turn[1].is_string())
+        return absl::InvalidArgumentError(absl::StrCat(*h, ": each history turn must be [question, answer] strings"));
+      r.history.emplace_back(turn[0].get<std::string>(), turn[1].get<std::string>());
+    }
+    r.history_given = true;
+  }
+  auto& g = r.generation;
+  INTERNVL_ASSIGN_OR_RETURN(g.max_new_tokens, args.GetInt("max-new-tokens", 1024));
+  INTERNVL_ASSIGN_OR_RETURN(double temperature, args.GetDouble("temperature", 0.0));
+  if (temperature < 0) return absl::InvalidArgumentError("--temperature must be >= 0");
+  g.do_sample = temperature > 0;
+  g.temperature = temperature > 0 ? temperature : 1.0;
+  INTERNVL_ASSIGN_OR_RETURN(g.top_p, args.GetDouble("top-p", 1.0));
+  INTERNVL_ASSIGN_OR_RETURN(g.top_k, args.GetInt("top-k", 50));
+  INTERNVL_ASSIGN_OR_RETURN(g.repetition_penalty, args.GetDouble("repetition-penalty", 1.0));
+  INTERNVL_ASSIGN_OR_RETURN(int seed, args.GetInt("seed", 0));
+  g.seed = static_cast<uint64_t>(seed);
+  if (g.top_p <= 0 || g.top_p > 1) return absl::InvalidArgumentError("--top-p must be in (0, 1]");
+  if (g.top_k < 0) return absl::InvalidArgumentError("--top-k must be >= 0");
+  if (g.repetition_penalty <= 0) return absl::InvalidArgumentError("--repetition-penalty must be > 0");
+  return r;
+}
+
+std::string ChatResultJson(const ChatResult& r) {
+  nlohmann::ordered_json j = {
+      {"response", r.response},
+      {"token_ids", r.token_ids},
+      {"prompt_tokens", r.prompt_tokens},
+      {"completion_tokens", r.token_ids.size()},
+      {"finish_reason", r.finish_reason},
+      {"num_patches_list", r.num_patches_list},
+      {"timings",
+       {{"preprocess_ms", r.timings.preprocess_ms},
+        {"vision_ms", r.timings.vision_ms},
+        {"prefill_ms", r.timings.prefill_ms},
+        {"decode_ms", r.timings.decode_ms},
+        {"total_ms", r.timings.total_ms}}},
+  };
+  if (!r.frame_indices.empty()) j["frame_indices"] = r.frame_indices;
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace internvl::cli

@@ -1,0 +1,26 @@
+// Flags shared by `internvl chat` and `internvl client chat`: the request
+// (images, video, history, generation settings) and its JSON result line.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "cli/args.h"
+#include "core/chat/chat_pipeline.h"
+
+namespace internvl::cli {
+
+// --image (repeatable), --max-num, --video, --num-segments, --text,
+// --history, --max-new-tokens, --temperature, --top-p, --top-k,
+// --repetition-penalty, --seed, --json.
+std::vector<FlagSpec> ChatRequestFlags();
+
+// Reads the files named by the flags and fills a request. Greedy unless
+// --temperature > 0 is given (the demo's do_sample=False).
+absl::StatusOr<ChatRequest> ChatRequestFromArgs(const Args& args);
+
+// {"response":..., "token_ids":[...], "prompt_tokens":N, "timings":{...}}
+std::string ChatResultJson(const ChatResult& result);
+
+}  // namespace internvl::cli

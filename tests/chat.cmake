@@ -1,0 +1,3 @@
+internvl_test(NAME chat_parity_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/chat_parity_test.cc
+              LIBS internvl_chat internvl_nn LABELS parity)
+target_compile_definitions(chat_parity_test PRIVATE $<$<TARGET_EXISTS:internvl_video>:INTERNVL_HAVE_VIDEO=1>)
