@@ -5,6 +5,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -395,7 +396,8 @@ absl::Status LinkIntoSnapshot(const fs::path& blob, const fs::path& pointer) {
   fs::create_directories(pointer.parent_path(), ec);
   if (ec) return absl::InternalError(absl::StrCat("creating ", pointer.parent_path().string(), ": ", ec.message()));
   const fs::path target = blob.lexically_relative(pointer.parent_path());
-  const fs::path tmp = pointer.string() + absl::StrCat(".tmp", ::getpid());
+  static std::atomic<int> counter{0};
+  const fs::path tmp = pointer.string() + absl::StrCat(".tmp.", ::getpid(), ".", counter++);
   fs::remove(tmp, ec);
   fs::create_symlink(target, tmp, ec);
   if (ec) return absl::InternalError(absl::StrCat("symlinking ", pointer.string(), ": ", ec.message()));
@@ -435,6 +437,23 @@ absl::Status EnsureFile(const Context& ctx, const std::string& commit, const std
   INTERNVL_ASSIGN_OR_RETURN(BlobLock lock, BlobLock::Acquire(ctx.locks_dir / (etag + ".lock")));
   if (!fs::exists(blob, ec)) INTERNVL_RETURN_IF_ERROR(DownloadBlob(ctx, location, blob, etag, size, filename));
   return LinkIntoSnapshot(blob, pointer);
+}
+
+// refs/<revision> <- the bare commit hash (no newline, as huggingface_hub
+// writes it), replaced atomically through a temp name unique to this writer:
+// concurrent loads of one model race here.
+absl::Status WriteRef(const fs::path& ref, const std::string& commit) {
+  static std::atomic<int> counter{0};
+  std::error_code ec;
+  fs::create_directories(ref.parent_path(), ec);
+  const fs::path tmp = absl::StrCat(ref.string(), ".tmp.", ::getpid(), ".", counter++);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(errno, absl::StrCat("creating ", tmp.string()));
+  absl::Status st = WriteAll(fd, commit.data(), commit.size(), tmp);
+  ::close(fd);
+  if (st.ok() && ::rename(tmp.c_str(), ref.c_str()) != 0) st = ErrnoStatus(errno, absl::StrCat("renaming to ", ref.string()));
+  if (!st.ok()) fs::remove(tmp, ec);
+  return st;
 }
 
 absl::StatusOr<std::string> OfflineSnapshot(const Context& ctx) {
@@ -571,12 +590,8 @@ absl::StatusOr<std::string> EnsureModelDownloaded(absl::string_view repo_id, abs
       INTERNVL_RETURN_IF_ERROR(EnsureFile(ctx, commit, s));
     }
   }
-  if (ctx.id.revision != commit) {  // huggingface_hub writes the bare hash, no newline
-    std::error_code ec;
-    const fs::path ref = ctx.repo_dir / "refs" / ctx.id.revision;
-    fs::create_directories(ref.parent_path(), ec);
-    INTERNVL_RETURN_IF_ERROR(WriteFileAtomic(ref.string(), commit));
-  }
+  if (ctx.id.revision != commit)
+    INTERNVL_RETURN_IF_ERROR(WriteRef(ctx.repo_dir / "refs" / ctx.id.revision, commit));
   return snapshot.string();
 }
 
