@@ -74,8 +74,7 @@ absl::StatusOr<std::string> CachedCommit(const HfModelId& id, absl::string_view 
     return absl::NotFoundError(absl::StrCat("model '", id.repo_id, "' (revision ", id.revision,
                                             ") is not in the Hugging Face cache: ", ref.string(), " is missing"));
   std::string sha(absl::StripAsciiWhitespace(*content));
-  if (!IsCommitHash(sha))
-    return absl::DataLossError(absl::StrCat(ref.string(), " does not hold a commit hash"));
+  if (!IsCommitHash(sha)) return absl::DataLossError(absl::StrCat(ref.string(), " does not hold a commit hash"));
   return sha;
 }
 
@@ -87,11 +86,12 @@ absl::StatusOr<std::string> ResolveModelPath(absl::string_view model) {
   if (!id.ok()) return absl::NotFoundError(id.status().message());
   auto sha = CachedCommit(*id);
   if (!sha.ok())
-    return absl::NotFoundError(absl::StrCat(sha.status().message(),
-                                            " (download it with `internvl download --model ", model, "`)"));
+    return absl::NotFoundError(
+        absl::StrCat(sha.status().message(), " (download it with `internvl download --model ", model, "`)"));
   const fs::path snapshot = fs::path(HfRepoCacheDir(id->repo_id)) / "snapshots" / *sha;
   if (!fs::exists(snapshot / "config.json", ec))
-    return absl::NotFoundError(absl::StrCat("model '", id->repo_id, "': snapshot ", snapshot.string(), " has no config.json"));
+    return absl::NotFoundError(
+        absl::StrCat("model '", id->repo_id, "': snapshot ", snapshot.string(), " has no config.json"));
   return snapshot.string();
 }
 

@@ -47,5 +47,55 @@ TEST(ResolveModelPath, RejectsNonIds) {
   EXPECT_EQ(ResolveModelPath("../x").status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(ParseHfModelId, SplitsIdAndRevision) {
+  auto plain = ParseHfModelId("OpenGVLab/InternVL2-1B");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->repo_id, "OpenGVLab/InternVL2-1B");
+  EXPECT_EQ(plain->revision, "main");
+  auto pinned = ParseHfModelId("OpenGVLab/InternVL2-1B@v1.0");
+  ASSERT_TRUE(pinned.ok());
+  EXPECT_EQ(pinned->revision, "v1.0");
+  auto pr = ParseHfModelId("OpenGVLab/InternVL2-1B@refs/pr/3");
+  ASSERT_TRUE(pr.ok());
+  EXPECT_EQ(pr->revision, "refs/pr/3");
+  for (const char* bad : {"InternVL2-1B", "a/b/c", "/x", "a/", "../x", "a/b@", "a/b@../../x", "a b/c"})
+    EXPECT_EQ(ParseHfModelId(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+}
+
+TEST(HfCache, RepoFolderAndCommitHashes) {
+  EXPECT_EQ(HfRepoCacheDir("OpenGVLab/InternVL2-1B", "/c"), "/c/models--OpenGVLab--InternVL2-1B");
+  EXPECT_TRUE(IsCommitHash("0123456789abcdef0123456789abcdef01234567"));
+  EXPECT_FALSE(IsCommitHash("main"));
+  EXPECT_FALSE(IsCommitHash("0123456789abcdef0123456789abcdef0123456z"));
+}
+
+TEST(HfCache, CacheDirAndOfflineComeFromTheEnvironment) {
+  setenv("HF_HOME", "/h", 1);
+  unsetenv("HF_HUB_CACHE");
+  EXPECT_EQ(HfHubCacheDir(), "/h/hub");
+  setenv("HF_HUB_CACHE", "/c", 1);
+  EXPECT_EQ(HfHubCacheDir(), "/c");
+  unsetenv("HF_HUB_CACHE");
+  unsetenv("HF_HOME");
+  for (const char* on : {"1", "ON", "yes", "true"}) {
+    setenv("HF_HUB_OFFLINE", on, 1);
+    EXPECT_TRUE(HfHubOffline()) << on;
+  }
+  setenv("HF_HUB_OFFLINE", "0", 1);
+  EXPECT_FALSE(HfHubOffline());
+  unsetenv("HF_HUB_OFFLINE");
+  EXPECT_FALSE(HfHubOffline());
+}
+
+TEST(HfCache, MissingRefSuggestsDownloading) {
+  std::string home = testing::TempDir();
+  setenv("HF_HUB_CACHE", home.c_str(), 1);
+  auto missing = ResolveModelPath("OpenGVLab/InternVL2-1B");
+  unsetenv("HF_HUB_CACHE");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("internvl download --model OpenGVLab/InternVL2-1B"), std::string::npos)
+      << missing.status();
+}
+
 }  // namespace
 }  // namespace internvl

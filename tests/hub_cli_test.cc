@@ -26,14 +26,11 @@ struct Result {
   std::string out, err;
 };
 
-// Runs `env <env> internvl download <args>`; stdout and stderr apart.
-Result Download(const std::string& env, const std::string& args) {
-  const char* bin = std::getenv("INTERNVL_CLI_BIN");
+// Runs a shell command; stdout and stderr apart.
+Result Shell(const std::string& command) {
   Result r;
-  if (bin == nullptr) return r;
   const std::string err_file = internvl::testing::TempDir() + "/stderr";
-  const std::string cmd = absl::StrCat("env -u http_proxy -u HTTP_PROXY -u HF_TOKEN ", env, " ", bin,
-                                       " download ", args, " 2>", err_file);
+  const std::string cmd = absl::StrCat(command, " 2>", err_file);
   FILE* p = ::popen(cmd.c_str(), "r");
   char buf[4096];
   size_t n;
@@ -43,6 +40,14 @@ Result Download(const std::string& env, const std::string& args) {
   r.err = ReadFile(err_file).value_or("");
   return r;
 }
+
+// `env <env> internvl download <args>` without proxies or a token from outside.
+std::string DownloadCommandLine(const std::string& env, const std::string& args) {
+  return absl::StrCat("env -u http_proxy -u HTTP_PROXY -u HF_TOKEN ", env, " ", std::getenv("INTERNVL_CLI_BIN"),
+                      " download ", args);
+}
+
+Result Download(const std::string& env, const std::string& args) { return Shell(DownloadCommandLine(env, args)); }
 
 class DownloadCommand : public ::testing::Test {
  protected:
@@ -74,6 +79,18 @@ TEST_F(DownloadCommand, PrintsTheSnapshotPathThenWorksOffline) {
   ASSERT_EQ(offline.exit_code, 0) << offline.err;
   EXPECT_EQ(absl::StripTrailingAsciiWhitespace(offline.out), snapshot);
   EXPECT_TRUE(server_->requests().empty());
+}
+
+TEST_F(DownloadCommand, ShowsAProgressBarOnATerminal) {
+  if (std::system("command -v script >/dev/null 2>&1") != 0) GTEST_SKIP() << "no `script` to make a terminal";
+  // util-linux `script` runs the command on a pseudo-terminal: isatty(stderr).
+  // `script` copies what the terminal showed (stdout and stderr) to its stdout.
+  Result r =
+      Shell(absl::StrCat("script -qec '", DownloadCommandLine(env_, "--model OpenGVLab/InternVL2-1B"), "' /dev/null"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "model.safetensors")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "MiB")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "[##############################]")) << r.out;
 }
 
 TEST_F(DownloadCommand, ErrorsSayWhatToDo) {

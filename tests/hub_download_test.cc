@@ -1,6 +1,8 @@
 // Loading models by name against a hub on loopback that speaks the real hub's
 // URL scheme and headers (core/hub/fake_hub_server.h): the cache layout the
 // Python huggingface_hub writes, offline use, resume, checksums and errors.
+#include "core/hub/hub_download.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,7 +16,6 @@
 #include "core/files.h"
 #include "core/hub/digest.h"
 #include "core/hub/fake_hub_server.h"
-#include "core/hub/hub_download.h"
 #include "core/model_path.h"
 #include "core/testing/fixtures.h"
 #include "gtest/gtest.h"
@@ -351,8 +352,7 @@ TEST_F(HubDownload, ConcurrentLoadsShareOneDownload) {
   server_->slow_body_ms = 5;
   std::vector<std::thread> threads;
   std::vector<absl::Status> results(3);
-  for (int i = 0; i < 3; ++i)
-    threads.emplace_back([&, i] { results[i] = Load().status(); });
+  for (int i = 0; i < 3; ++i) threads.emplace_back([&, i] { results[i] = Load().status(); });
   for (auto& t : threads) t.join();
   for (const auto& s : results) EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(CountRequests("GET", "/lfs/"), 1) << "the blob lock serializes downloads of one blob";
@@ -364,8 +364,8 @@ TEST(HubFiles, SelectsWhatAModelNeedsAndNothingElse) {
   auto files = SelectModelFiles({"README.md", "config.json", "model.safetensors", "pytorch_model.bin", "vocab.json",
                                  "merges.txt", "tokenizer.json", "examples/image1.jpg", "generation_config.json"});
   ASSERT_TRUE(files.ok());
-  EXPECT_EQ(*files, (std::vector<std::string>{"config.json", "generation_config.json", "tokenizer.json",
-                                              "vocab.json", "merges.txt", "model.safetensors"}));
+  EXPECT_EQ(*files, (std::vector<std::string>{"config.json", "generation_config.json", "tokenizer.json", "vocab.json",
+                                              "merges.txt", "model.safetensors"}));
   auto sharded = SelectModelFiles({"config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors"});
   ASSERT_TRUE(sharded.ok());
   EXPECT_EQ(sharded->back(), "model.safetensors.index.json");

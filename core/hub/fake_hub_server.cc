@@ -33,14 +33,22 @@ bool SendAll(int fd, absl::string_view data) {
 
 const char* Reason(int status) {
   switch (status) {
-    case 200: return "OK";
-    case 206: return "Partial Content";
-    case 302: return "Found";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 416: return "Range Not Satisfiable";
-    default: return "Error";
+    case 200:
+      return "OK";
+    case 206:
+      return "Partial Content";
+    case 302:
+      return "Found";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 416:
+      return "Range Not Satisfiable";
+    default:
+      return "Error";
   }
 }
 
@@ -165,8 +173,7 @@ void FakeHubServer::Respond(int fd, const Request& req) {
     SendAll(fd, out);
   };
   auto error = [&](int status, const std::string& code, const std::string& commit = "") {
-    std::vector<std::pair<std::string, std::string>> h = {{"X-Error-Code", code},
-                                                          {"Content-Type", "application/json"}};
+    std::vector<std::pair<std::string, std::string>> h = {{"X-Error-Code", code}, {"Content-Type", "application/json"}};
     if (!commit.empty()) h.push_back({"X-Repo-Commit", commit});
     reply(status, h, nlohmann::json{{"error", code}}.dump());
   };

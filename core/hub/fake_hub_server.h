@@ -50,13 +50,13 @@ class FakeHubServer {
   void ClearRequests();
 
   // Switches (any thread, any time):
-  std::atomic<int> force_status{0};        // answer every request with this status (404, 401, 500)
-  std::atomic<bool> gated{false};          // 401 without "Authorization: Bearer <token>", 403 with another
-  std::string token = "hf_test_token";     // set before requests are made
-  std::atomic<int64_t> cut_body_after{-1}; // LFS bodies: send this many bytes, then drop the connection
-  std::atomic<bool> corrupt_body{false};   // LFS bodies: flip a byte
-  std::atomic<int> slow_body_ms{0};        // LFS bodies: pause this long between 16 KiB chunks
-  std::atomic<bool> ignore_range{false};   // answer Range requests with a full 200
+  std::atomic<int> force_status{0};         // answer every request with this status (404, 401, 500)
+  std::atomic<bool> gated{false};           // 401 without "Authorization: Bearer <token>", 403 with another
+  std::string token = "hf_test_token";      // set before requests are made
+  std::atomic<int64_t> cut_body_after{-1};  // LFS bodies: send this many bytes, then drop the connection
+  std::atomic<bool> corrupt_body{false};    // LFS bodies: flip a byte
+  std::atomic<int> slow_body_ms{0};         // LFS bodies: pause this long between 16 KiB chunks
+  std::atomic<bool> ignore_range{false};    // answer Range requests with a full 200
 
  private:
   FakeHubServer() = default;
@@ -69,7 +69,7 @@ class FakeHubServer {
     bool lfs = false;
   };
   std::map<std::string, Repo> repos_;
-  std::map<std::string, Blob> blobs_;  // by "repo\nfile"
+  std::map<std::string, Blob> blobs_;              // by "repo\nfile"
   std::map<std::string, std::string> lfs_by_sha_;  // sha256 -> content
   int listen_fd_ = -1;
   int port_ = 0;

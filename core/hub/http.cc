@@ -121,8 +121,8 @@ absl::StatusOr<HttpResponse> PerformHttp(const HttpRequest& request) {
   curl_slist_free_all(headers);
   if (!t.sink_status.ok()) return t.sink_status;
   if (rc != CURLE_OK)
-    return absl::UnavailableError(absl::StrCat(request.method, " ", request.url, " failed: ",
-                                               error[0] ? error : curl_easy_strerror(rc)));
+    return absl::UnavailableError(
+        absl::StrCat(request.method, " ", request.url, " failed: ", error[0] ? error : curl_easy_strerror(rc)));
   return std::move(t.response);
 }
 

@@ -80,8 +80,8 @@ std::string Errno(int err) { return std::strerror(err); }
 
 absl::Status ErrnoStatus(int err, absl::string_view what) {
   if (err == ENOSPC || err == EDQUOT)
-    return absl::ResourceExhaustedError(absl::StrCat(what, ": disk full (", Errno(err),
-                                                     "); free space or point HF_HOME/HF_HUB_CACHE elsewhere"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat(what, ": disk full (", Errno(err), "); free space or point HF_HOME/HF_HUB_CACHE elsewhere"));
   return absl::InternalError(absl::StrCat(what, ": ", Errno(err)));
 }
 
@@ -116,10 +116,10 @@ absl::Status HttpError(const Context& ctx, const HttpResponse& r, absl::string_v
   const std::string where = absl::StrCat(repo, "@", ctx.id.revision, " at ", ctx.options->endpoint);
   if (r.status == 401 || r.status == 403) {
     if (code == "GatedRepo")
-      return absl::PermissionDeniedError(absl::StrCat(
-          "model ", repo, " is gated (HTTP ", r.status, "): accept its terms at ", ctx.options->endpoint, "/", repo,
-          " and set HF_TOKEN to a token of that account",
-          ctx.options->token.empty() ? " (HF_TOKEN is not set)" : " (the HF_TOKEN given has no access)"));
+      return absl::PermissionDeniedError(
+          absl::StrCat("model ", repo, " is gated (HTTP ", r.status, "): accept its terms at ", ctx.options->endpoint,
+                       "/", repo, " and set HF_TOKEN to a token of that account",
+                       ctx.options->token.empty() ? " (HF_TOKEN is not set)" : " (the HF_TOKEN given has no access)"));
     return absl::PermissionDeniedError(absl::StrCat(
         "access to model ", where, " denied (HTTP ", r.status, "): the repo is private or gated, or does not exist; ",
         ctx.options->token.empty() ? "set HF_TOKEN to a token that can read it (or run `huggingface-cli login`)"
@@ -127,8 +127,8 @@ absl::Status HttpError(const Context& ctx, const HttpResponse& r, absl::string_v
   }
   if (r.status == 404) {
     if (code == "RevisionNotFound")
-      return absl::NotFoundError(absl::StrCat("model ", repo, " has no revision '", ctx.id.revision, "' at ",
-                                              ctx.options->endpoint));
+      return absl::NotFoundError(
+          absl::StrCat("model ", repo, " has no revision '", ctx.id.revision, "' at ", ctx.options->endpoint));
     if (code == "EntryNotFound" || !file.empty())
       return absl::NotFoundError(absl::StrCat("file ", file, " not found in ", where));
     return absl::NotFoundError(absl::StrCat("model ", repo, " not found at ", ctx.options->endpoint,
@@ -137,8 +137,8 @@ absl::Status HttpError(const Context& ctx, const HttpResponse& r, absl::string_v
   if (r.status == 429 || r.status >= 500)
     return absl::UnavailableError(absl::StrCat("the hub at ", ctx.options->endpoint, " answered HTTP ", r.status,
                                                file.empty() ? "" : absl::StrCat(" for ", file), "; retry later"));
-  return absl::InternalError(absl::StrCat("unexpected HTTP ", r.status, " from ", ctx.options->endpoint,
-                                          " for ", where, file.empty() ? "" : absl::StrCat(" file ", file)));
+  return absl::InternalError(absl::StrCat("unexpected HTTP ", r.status, " from ", ctx.options->endpoint, " for ", where,
+                                          file.empty() ? "" : absl::StrCat(" file ", file)));
 }
 
 // Shards listed by an index's weight_map, sorted and unique.
@@ -204,7 +204,10 @@ class BlobLock {
 class ProgressBar {
  public:
   ProgressBar(bool enabled, std::string name, int64_t base, int64_t total)
-      : enabled_(enabled), name_(std::move(name)), base_(base), total_(total),
+      : enabled_(enabled),
+        name_(std::move(name)),
+        base_(base),
+        total_(total),
         start_(std::chrono::steady_clock::now()) {}
   void Update(int64_t received, bool force = false) {
     if (!enabled_) return;
@@ -339,8 +342,8 @@ absl::Status DownloadBlob(const Context& ctx, const std::string& url, const fs::
           }
           if (from != have)
             return absl::UnavailableError(absl::StrCat("resuming ", filename, ": asked for bytes from ", have,
-                                                       ", the server sent ", it == headers.end() ? "no Content-Range"
-                                                                                                 : it->second));
+                                                       ", the server sent ",
+                                                       it == headers.end() ? "no Content-Range" : it->second));
         }
       }
       INTERNVL_RETURN_IF_ERROR(WriteAll(fd, data, size, incomplete));
@@ -353,10 +356,9 @@ absl::Status DownloadBlob(const Context& ctx, const std::string& url, const fs::
     bar.Update(received, /*force=*/true);
     if (!resp.ok()) {
       if (resp.status().code() != absl::StatusCode::kUnavailable) return resp.status();
-      return absl::UnavailableError(absl::StrCat("downloading ", filename, " of ", ctx.id.repo_id,
-                                                 " was interrupted after ", have + received, " bytes (kept in ",
-                                                 incomplete.string(), "; run again to resume): ",
-                                                 resp.status().message()));
+      return absl::UnavailableError(
+          absl::StrCat("downloading ", filename, " of ", ctx.id.repo_id, " was interrupted after ", have + received,
+                       " bytes (kept in ", incomplete.string(), "; run again to resume): ", resp.status().message()));
     }
     if (resp->status < 200 || resp->status >= 300) {
       if (resp->status == 416) {  // our partial file is not a prefix the server knows: start over next time
@@ -369,8 +371,8 @@ absl::Status DownloadBlob(const Context& ctx, const std::string& url, const fs::
   }
   const int64_t total = have + received;
   if (expected_size >= 0 && total != expected_size)
-    return absl::UnavailableError(absl::StrCat("downloading ", filename, " of ", ctx.id.repo_id, " stopped at ",
-                                               total, " of ", expected_size, " bytes (kept in ", incomplete.string(),
+    return absl::UnavailableError(absl::StrCat("downloading ", filename, " of ", ctx.id.repo_id, " stopped at ", total,
+                                               " of ", expected_size, " bytes (kept in ", incomplete.string(),
                                                "; run again to resume)"));
   if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS)
     return ErrnoStatus(errno, absl::StrCat("syncing ", incomplete.string()));
@@ -421,15 +423,17 @@ absl::Status EnsureFile(const Context& ctx, const std::string& commit, const std
   std::string etag = NormalizeEtag(meta.Header("x-linked-etag"));
   if (etag.empty()) etag = NormalizeEtag(meta.Header("etag"));
   if (etag.empty() || absl::StrContains(etag, "/") || etag == "." || etag == "..")
-    return absl::UnavailableError(absl::StrCat("the hub sent no usable ETag for ", filename, " (", url,
-                                               "); is HF_ENDPOINT a Hugging Face hub?"));
+    return absl::UnavailableError(
+        absl::StrCat("the hub sent no usable ETag for ", filename, " (", url, "); is HF_ENDPOINT a Hugging Face hub?"));
   int64_t size = -1;
   std::string size_text = meta.Header("x-linked-size");
   if (size_text.empty()) size_text = meta.Header("content-length");
   if (!size_text.empty() && !absl::SimpleAtoi(size_text, &size)) size = -1;
   std::string location = meta.Header("location");
-  if (location.empty()) location = url;
-  else if (absl::StartsWith(location, "/")) location = Origin(ctx.options->endpoint) + location;
+  if (location.empty())
+    location = url;
+  else if (absl::StartsWith(location, "/"))
+    location = Origin(ctx.options->endpoint) + location;
 
   const fs::path blob = ctx.repo_dir / "blobs" / etag;
   fs::create_directories(blob.parent_path(), ec);
@@ -451,7 +455,8 @@ absl::Status WriteRef(const fs::path& ref, const std::string& commit) {
   if (fd < 0) return ErrnoStatus(errno, absl::StrCat("creating ", tmp.string()));
   absl::Status st = WriteAll(fd, commit.data(), commit.size(), tmp);
   ::close(fd);
-  if (st.ok() && ::rename(tmp.c_str(), ref.c_str()) != 0) st = ErrnoStatus(errno, absl::StrCat("renaming to ", ref.string()));
+  if (st.ok() && ::rename(tmp.c_str(), ref.c_str()) != 0)
+    st = ErrnoStatus(errno, absl::StrCat("renaming to ", ref.string()));
   if (!st.ok()) fs::remove(tmp, ec);
   return st;
 }
@@ -459,16 +464,15 @@ absl::Status WriteRef(const fs::path& ref, const std::string& commit) {
 absl::StatusOr<std::string> OfflineSnapshot(const Context& ctx) {
   auto commit = CachedCommit(ctx.id, ctx.cache_dir);
   if (!commit.ok())
-    return absl::FailedPreconditionError(absl::StrCat(
-        "HF_HUB_OFFLINE is set and model ", ctx.id.repo_id, "@", ctx.id.revision,
-        " is not in the cache (", commit.status().message(), "); unset HF_HUB_OFFLINE to download it"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("HF_HUB_OFFLINE is set and model ", ctx.id.repo_id, "@", ctx.id.revision, " is not in the cache (",
+                     commit.status().message(), "); unset HF_HUB_OFFLINE to download it"));
   const fs::path snapshot = ctx.repo_dir / "snapshots" / *commit;
   INTERNVL_ASSIGN_OR_RETURN(std::string missing, FirstMissing(snapshot));
   if (!missing.empty())
-    return absl::FailedPreconditionError(absl::StrCat("HF_HUB_OFFLINE is set and ", missing, " of model ",
-                                                      ctx.id.repo_id, "@", ctx.id.revision,
-                                                      " is not in the cache (", (snapshot / missing).string(),
-                                                      "); unset HF_HUB_OFFLINE to download it"));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "HF_HUB_OFFLINE is set and ", missing, " of model ", ctx.id.repo_id, "@", ctx.id.revision,
+        " is not in the cache (", (snapshot / missing).string(), "); unset HF_HUB_OFFLINE to download it"));
   return snapshot.string();
 }
 
@@ -504,17 +508,15 @@ HubOptions HubOptions::FromEnv() {
 
 const std::vector<std::string>& TokenizerFiles() {
   static const auto* files = new std::vector<std::string>{
-      "tokenizer_config.json", "tokenizer.json",           "vocab.json",
-      "merges.txt",            "tokenizer.model",          "added_tokens.json",
-      "special_tokens_map.json",
+      "tokenizer_config.json", "tokenizer.json",          "vocab.json", "merges.txt", "tokenizer.model",
+      "added_tokens.json",     "special_tokens_map.json",
   };
   return *files;
 }
 
 absl::StatusOr<std::vector<std::string>> SelectModelFiles(const std::vector<std::string>& repo_files) {
   const std::set<std::string> have(repo_files.begin(), repo_files.end());
-  if (!have.count(kConfig))
-    return absl::NotFoundError("the repo has no config.json: it is not a transformers model");
+  if (!have.count(kConfig)) return absl::NotFoundError("the repo has no config.json: it is not a transformers model");
   std::vector<std::string> out = {kConfig};
   if (have.count(kGenerationConfig)) out.push_back(kGenerationConfig);
   for (const auto& f : TokenizerFiles())
@@ -548,8 +550,8 @@ absl::StatusOr<std::string> EnsureModelDownloaded(absl::string_view repo_id, abs
   }
 
   // Which commit the revision names now, and the repo's files.
-  const std::string api = absl::StrCat(options.endpoint, "/api/models/", ctx.id.repo_id, "/revision/",
-                                       EscapePathSegment(ctx.id.revision));
+  const std::string api =
+      absl::StrCat(options.endpoint, "/api/models/", ctx.id.repo_id, "/revision/", EscapePathSegment(ctx.id.revision));
   auto info = PerformHttp(ctx.Request("GET", api));
   if (!info.ok()) {
     if (info.status().code() == absl::StatusCode::kUnavailable) {
@@ -572,7 +574,8 @@ absl::StatusOr<std::string> EnsureModelDownloaded(absl::string_view repo_id, abs
   std::vector<std::string> repo_files;
   if (j.contains("siblings") && j["siblings"].is_array())
     for (const auto& s : j["siblings"])
-      if (s.contains("rfilename") && s["rfilename"].is_string()) repo_files.push_back(s["rfilename"].get<std::string>());
+      if (s.contains("rfilename") && s["rfilename"].is_string())
+        repo_files.push_back(s["rfilename"].get<std::string>());
   auto files = SelectModelFiles(repo_files);
   if (!files.ok())
     return absl::Status(files.status().code(),
@@ -590,8 +593,7 @@ absl::StatusOr<std::string> EnsureModelDownloaded(absl::string_view repo_id, abs
       INTERNVL_RETURN_IF_ERROR(EnsureFile(ctx, commit, s));
     }
   }
-  if (ctx.id.revision != commit)
-    INTERNVL_RETURN_IF_ERROR(WriteRef(ctx.repo_dir / "refs" / ctx.id.revision, commit));
+  if (ctx.id.revision != commit) INTERNVL_RETURN_IF_ERROR(WriteRef(ctx.repo_dir / "refs" / ctx.id.revision, commit));
   return snapshot.string();
 }
 
