@@ -348,6 +348,15 @@ TEST_F(HubDownload, ShardedCheckpointFetchesTheIndexAndEveryShard) {
   EXPECT_TRUE(server_->requests().empty());
 }
 
+TEST_F(HubDownload, RenamedRepoFollowsTheHubsRelativeRedirects) {
+  server_->renamed["OpenGVLab/OldName"] = kRepo;
+  auto snapshot = EnsureModelDownloaded("OpenGVLab/OldName", "main", options_);
+  ASSERT_TRUE(snapshot.ok()) << snapshot.status();
+  // Cached under the name asked for, as huggingface_hub does.
+  EXPECT_EQ(*snapshot, (fs::path(cache_) / "models--OpenGVLab--OldName" / "snapshots" / kCommit).string());
+  EXPECT_EQ(*ReadFile((fs::path(*snapshot) / "model.safetensors").string()), FileContent(files_, "model.safetensors"));
+}
+
 TEST_F(HubDownload, ConcurrentLoadsShareOneDownload) {
   server_->slow_body_ms = 5;
   std::vector<std::thread> threads;

@@ -222,6 +222,12 @@ void FakeHubServer::Respond(int fd, const Request& req) {
     return;
   }
 
+  for (const auto& [from, to] : renamed) {
+    for (const std::string prefix : {"/api/models/", "/"}) {
+      if (absl::StartsWith(req.path, absl::StrCat(prefix, from, "/")))
+        return reply(307, {{"Location", absl::StrCat(prefix, to, req.path.substr(prefix.size() + from.size()))}}, "");
+    }
+  }
   if (absl::StartsWith(req.path, "/api/models/")) {  // /api/models/ORG/NAME/revision/REV
     std::vector<std::string> p = absl::StrSplit(req.path.substr(12), '/');
     if (p.size() != 4 || p[2] != "revision") return error(404, "RepoNotFound");

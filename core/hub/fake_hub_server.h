@@ -56,7 +56,9 @@ class FakeHubServer {
   std::atomic<int64_t> cut_body_after{-1};  // LFS bodies: send this many bytes, then drop the connection
   std::atomic<bool> corrupt_body{false};    // LFS bodies: flip a byte
   std::atomic<int> slow_body_ms{0};         // LFS bodies: pause this long between 16 KiB chunks
-  std::atomic<bool> ignore_range{false};    // answer Range requests with a full 200
+  std::atomic<bool> ignore_range{false};
+  // Old repo id -> new one: 307 with a relative Location, as the hub answers for renamed repos.
+  std::map<std::string, std::string> renamed;  // set before requests    // answer Range requests with a full 200
 
  private:
   FakeHubServer() = default;

@@ -41,6 +41,7 @@ constexpr char kWeightsIndex[] = "model.safetensors.index.json";
 constexpr char kUserAgent[] = "User-Agent: internvl-hub/1.0 (libcurl)";
 constexpr int64_t kCopyChunk = int64_t{1} << 20;
 constexpr double kMiB = 1024.0 * 1024.0;
+constexpr int kMaxRelativeRedirects = 5;
 
 bool EnvTrue(const char* name) {
   const char* v = std::getenv(name);
@@ -419,6 +420,15 @@ absl::Status EnsureFile(const Context& ctx, const std::string& commit, const std
   HttpRequest head = ctx.Request("HEAD", url);
   head.headers.push_back("Accept-Encoding: identity");  // sizes of the file, not of a compressed body
   INTERNVL_ASSIGN_OR_RETURN(HttpResponse meta, PerformHttp(head));
+  // Relative redirects (a renamed repo) are followed, absolute ones (the CDN
+  // of an LFS file) are not: their headers are what we need, as
+  // huggingface_hub's _request_wrapper(follow_relative_redirects=True).
+  for (int hops = 0; hops < kMaxRelativeRedirects && meta.status >= 300 && meta.status < 400 &&
+                     absl::StartsWith(meta.Header("location"), "/");
+       ++hops) {
+    head.url = Origin(ctx.options->endpoint) + meta.Header("location");
+    INTERNVL_ASSIGN_OR_RETURN(meta, PerformHttp(head));
+  }
   if (meta.status < 200 || meta.status >= 400) return HttpError(ctx, meta, filename);
   std::string etag = NormalizeEtag(meta.Header("x-linked-etag"));
   if (etag.empty()) etag = NormalizeEtag(meta.Header("etag"));
@@ -552,7 +562,9 @@ absl::StatusOr<std::string> EnsureModelDownloaded(absl::string_view repo_id, abs
   // Which commit the revision names now, and the repo's files.
   const std::string api =
       absl::StrCat(options.endpoint, "/api/models/", ctx.id.repo_id, "/revision/", EscapePathSegment(ctx.id.revision));
-  auto info = PerformHttp(ctx.Request("GET", api));
+  HttpRequest api_request = ctx.Request("GET", api);
+  api_request.follow_redirects = true;  // a renamed repo redirects to its new name on the same host
+  auto info = PerformHttp(api_request);
   if (!info.ok()) {
     if (info.status().code() == absl::StatusCode::kUnavailable) {
       if (auto cached = OfflineSnapshot(ctx); cached.ok()) {
