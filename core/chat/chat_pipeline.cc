@@ -6,9 +6,11 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/chat/prompt_builder.h"
 #include "core/host_tensor.h"
 #include "core/llm/causal_lm.h"
 #include "core/llm/generate.h"
+#include "core/hub/hub_download.h"
 #include "core/model_path.h"
 #include "core/nn/torch_util.h"
 #include "core/preprocess/tiling.h"
@@ -34,11 +36,7 @@ struct ChatPipeline::Impl {
   std::string model_dir;
   PipelineOptions options;
   InternVLConfig config;
-  std::unique_ptr<tokenizer::Tokenizer> tok;
-  const tokenizer::ChatTemplate* chat_template = nullptr;
-  std::string system_message;
-  std::vector<int64_t> stop_ids;
-  int64_t img_context_id = -1;
+  std::unique_ptr<PromptBuilder> prompt;  // tokenizer, template, stop ids, <IMG_CONTEXT>
   std::unique_ptr<VisionModel> vision;
   std::unique_ptr<llm::CausalLM> lm;
 
@@ -51,33 +49,22 @@ struct ChatPipeline::Impl {
   absl::StatusOr<Pixels> Preprocess(const ChatRequest& request) const;
   absl::StatusOr<at::Tensor> Embeddings(const std::vector<int64_t>& flat_ids, int64_t batch, int64_t len,
                                         const Pixels& pixels, ChatTimings& timings) const;
-  absl::StatusOr<std::string> Question(const ChatRequest& request, size_t num_images, bool batch) const;
   llm::SamplingParams Sampling(const GenerationSettings& g) const;
 };
 
 ChatPipeline::ChatPipeline(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ChatPipeline::~ChatPipeline() = default;
 const InternVLConfig& ChatPipeline::config() const { return impl_->config; }
-const tokenizer::Tokenizer& ChatPipeline::tokenizer() const { return *impl_->tok; }
+const tokenizer::Tokenizer& ChatPipeline::tokenizer() const { return impl_->prompt->tokenizer(); }
 const std::string& ChatPipeline::model_dir() const { return impl_->model_dir; }
 
 absl::StatusOr<std::unique_ptr<ChatPipeline>> ChatPipeline::Load(const std::string& model,
                                                                  const PipelineOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  INTERNVL_ASSIGN_OR_RETURN(impl->model_dir, ResolveModelPath(model));
+  INTERNVL_ASSIGN_OR_RETURN(impl->model_dir, hub::ResolveOrDownloadModel(model));
   INTERNVL_ASSIGN_OR_RETURN(impl->config, LoadInternVLConfig(impl->model_dir));
-  INTERNVL_ASSIGN_OR_RETURN(impl->tok, tokenizer::Tokenizer::Load(impl->model_dir));
-  if (impl->config.template_name.empty())
-    return absl::InvalidArgumentError(absl::StrCat(impl->model_dir, "/config.json names no chat template"));
-  INTERNVL_ASSIGN_OR_RETURN(impl->chat_template, tokenizer::GetTemplate(impl->config.template_name));
-  impl->system_message = tokenizer::SystemMessageFor(*impl->chat_template, impl->config.system_message);
-  INTERNVL_ASSIGN_OR_RETURN(GenerationConfig gen_config, LoadGenerationConfig(impl->model_dir));
-  INTERNVL_ASSIGN_OR_RETURN(std::vector<int> stops, tokenizer::StopTokenIds(*impl->chat_template, *impl->tok, gen_config));
-  impl->stop_ids.assign(stops.begin(), stops.end());
-  auto ctx = impl->tok->TokenToId(tokenizer::kImgContextToken);
-  if (!ctx) return absl::InvalidArgumentError(absl::StrCat("the tokenizer in ", impl->model_dir, " has no <IMG_CONTEXT> token"));
-  impl->img_context_id = *ctx;
+  INTERNVL_ASSIGN_OR_RETURN(impl->prompt, PromptBuilder::Load(impl->model_dir));
   SetTorchThreads(options.threads);
   INTERNVL_ASSIGN_OR_RETURN(at::ScalarType requested, ParseComputeDType(options.dtype));
   INTERNVL_ASSIGN_OR_RETURN(auto store, TensorStore::OpenDir(impl->model_dir));
@@ -143,30 +130,9 @@ absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const 
   return out;
 }
 
-absl::StatusOr<std::string> ChatPipeline::Impl::Question(const ChatRequest& request, size_t num_media,
-                                                         bool batch) const {
-  const bool has_images = num_media > 0;
-  if (request.video) return tokenizer::BuildVideoQuestion(static_cast<int>(num_media), request.question);
-  if (batch) {
-    // batch_chat prepends "<image>\n" whenever pixel_values is given.
-    if (has_images && !absl::StrContains(request.question, tokenizer::kImagePlaceholder))
-      return absl::StrCat(tokenizer::kImagePlaceholder, "\n", request.question);
-    return request.question;
-  }
-  if (num_media > 1 && !request.history_given && !absl::StrContains(request.question, tokenizer::kImagePlaceholder)) {
-    // The model card's multi-image convention.
-    std::string q;
-    for (size_t i = 0; i < num_media; ++i) absl::StrAppend(&q, "Image-", i + 1, ": ", tokenizer::kImagePlaceholder, "\n");
-    return absl::StrCat(q, request.question);
-  }
-  return tokenizer::BuildChatQuestion(request.question, has_images, request.history_given);
-}
-
 absl::StatusOr<std::string> ChatPipeline::BuildQuery(const ChatRequest& request,
                                                      const std::vector<int>& num_patches_list) const {
-  INTERNVL_ASSIGN_OR_RETURN(std::string question, impl_->Question(request, num_patches_list.size(), false));
-  std::string prompt = tokenizer::RenderPrompt(*impl_->chat_template, impl_->system_message, request.history, question);
-  return tokenizer::ExpandImageTokens(prompt, num_patches_list, impl_->config.num_image_token());
+  return impl_->prompt->BuildQuery(request, num_patches_list);
 }
 
 llm::SamplingParams ChatPipeline::Impl::Sampling(const GenerationSettings& g) const {
@@ -190,7 +156,7 @@ absl::StatusOr<at::Tensor> ChatPipeline::Impl::Embeddings(const std::vector<int6
   INTERNVL_ASSIGN_OR_RETURN(at::Tensor vit, ExtractFeature(*vision, HostToTensor(pixels.values)));
   timings.vision_ms = Ms(t0, Clock::now());
   INTERNVL_ASSIGN_OR_RETURN(vit, TorchGuard("casting image embeddings", [&] { return vit.to(lm->dtype()); }));
-  return llm::ScatterImageEmbeddings(embeds, ids, img_context_id, vit);
+  return llm::ScatterImageEmbeddings(embeds, ids, prompt->img_context_id(), vit);
 }
 
 namespace {
@@ -221,16 +187,16 @@ absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const 
   result.frame_indices = pixels.frame_indices;
   result.num_tiles = static_cast<int>(pixels.values.numel() ? pixels.values.shape[0] : 0);
   INTERNVL_ASSIGN_OR_RETURN(std::string query, BuildQuery(request, pixels.num_patches_list));
-  INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids32, im.tok->Encode(query));
+  INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids32, im.prompt->tokenizer().Encode(query));
   std::vector<int64_t> ids(ids32.begin(), ids32.end());
   result.prompt_tokens = static_cast<int>(ids.size());
   at::InferenceMode guard;
   INTERNVL_ASSIGN_OR_RETURN(at::Tensor embeds,
                             im.Embeddings(ids, 1, static_cast<int64_t>(ids.size()), pixels, result.timings));
-  tokenizer::StreamingDetokenizer detok(im.tok.get(), /*skip_special_tokens=*/true);
+  tokenizer::StreamingDetokenizer detok(&im.prompt->tokenizer(), /*skip_special_tokens=*/true);
   llm::GenerationOptions gen;
   gen.max_new_tokens = request.generation.max_new_tokens;
-  gen.stop_ids = im.stop_ids;
+  gen.stop_ids = im.prompt->stop_ids();
   gen.sampling = im.Sampling(request.generation);
   gen.penalty_context = {ids};
   if (on_text) {
@@ -246,8 +212,7 @@ absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const 
   }
   result.token_ids.assign(gr.tokens[0].begin(), gr.tokens[0].end());
   result.finish_reason = FinishName(gr.finish[0]);
-  result.response =
-      tokenizer::ExtractResponse(*im.chat_template, im.tok->Decode(result.token_ids, /*skip_special_tokens=*/true));
+  result.response = im.prompt->Response(result.token_ids);
   result.timings.prefill_ms = gr.prefill_seconds * 1e3;
   result.timings.decode_ms = gr.decode_seconds * 1e3;
   result.timings.total_ms = Ms(t_start, Clock::now());
@@ -272,11 +237,11 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
   for (const auto& r : requests) {
     ChatRequest one = r;
     INTERNVL_ASSIGN_OR_RETURN(Impl::Pixels p, im.Preprocess(one));
-    INTERNVL_ASSIGN_OR_RETURN(std::string question, im.Question(r, p.num_patches_list.size(), /*batch=*/true));
-    std::string prompt = tokenizer::RenderPrompt(*im.chat_template, im.system_message, {}, question);
+    INTERNVL_ASSIGN_OR_RETURN(std::string question, im.prompt->Question(r, p.num_patches_list.size(), /*batch=*/true));
+    std::string prompt = tokenizer::RenderPrompt(im.prompt->chat_template(), im.prompt->system_message(), {}, question);
     INTERNVL_ASSIGN_OR_RETURN(std::string query,
                               tokenizer::ExpandImageTokens(prompt, p.num_patches_list, im.config.num_image_token()));
-    INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids, im.tok->Encode(query));
+    INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids, im.prompt->tokenizer().Encode(query));
     rows.emplace_back(ids.begin(), ids.end());
     patches_per_row.push_back(p.num_patches_list);
     // Concatenate pixel values in row order (batch_chat's torch.cat).
@@ -294,7 +259,7 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
   // Left padding (tokenizer.padding_side = 'left').
   size_t len = 0;
   for (const auto& r : rows) len = std::max(len, r.size());
-  const int64_t pad = im.tok->pad_token_id().value_or(im.tok->eos_token_id().value_or(0));
+  const int64_t pad = im.prompt->tokenizer().pad_token_id().value_or(im.prompt->tokenizer().eos_token_id().value_or(0));
   const int64_t B = static_cast<int64_t>(rows.size());
   std::vector<int64_t> flat(B * len, pad), mask(B * len, 0);
   for (int64_t b = 0; b < B; ++b) {
@@ -310,7 +275,7 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
   at::Tensor attention_mask = at::from_blob(mask.data(), {B, static_cast<int64_t>(len)}, at::kLong).clone();
   llm::GenerationOptions gen;
   gen.max_new_tokens = requests[0].generation.max_new_tokens;
-  gen.stop_ids = im.stop_ids;
+  gen.stop_ids = im.prompt->stop_ids();
   gen.sampling = im.Sampling(requests[0].generation);
   gen.penalty_context = rows;
   INTERNVL_ASSIGN_OR_RETURN(llm::GenerateResult gr, llm::Generate(*im.lm, embeds, gen, attention_mask));
@@ -319,7 +284,7 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
     ChatResult& r = out[b];
     r.token_ids.assign(gr.tokens[b].begin(), gr.tokens[b].end());
     r.finish_reason = FinishName(gr.finish[b]);
-    r.response = tokenizer::ExtractResponse(*im.chat_template, im.tok->Decode(r.token_ids, true));
+    r.response = im.prompt->Response(r.token_ids);
     r.prompt_tokens = static_cast<int>(rows[b].size());
     r.num_patches_list = patches_per_row[b];
     r.timings = timings;

@@ -1,0 +1,128 @@
+// `internvl serve --all-in-one`: the public InternVL API (gateway.proto) with
+// every stage in this process (EmbeddedStages): no gRPC hops between stages,
+// an in-memory embedding cache unless --redis is given. The embedded default
+// for a single machine; the same API as internvl-gateway.
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cli/args.h"
+#include "cli/command.h"
+#include "core/chat/llm_engine.h"
+#include "core/chat/prompt_builder.h"
+#include "core/model_path.h"
+#include "core/vision/vision_model.h"
+#include "gateway/chat_service.h"
+#include "gateway/embedded_stages.h"
+#include "services/common/metrics.h"
+#include "services/common/server.h"
+#include "services/vision_encoder/embedder.h"
+#include "services/vision_encoder/in_memory_cache.h"
+#include "services/vision_encoder/redis_cache.h"
+#include "services/vision_encoder/vision_model_encoder.h"
+
+namespace internvl::cli {
+namespace {
+
+constexpr char kName[] = "serve";
+constexpr char kSummary[] = "serve the public gRPC API: --all-in-one runs every stage in this process";
+
+std::vector<FlagSpec> Specs() {
+  return {
+      {"all-in-one", "every stage in this process (required: the split deployment uses the service binaries)", false,
+       false, ""},
+      {"model", "model directory or Hugging Face id in the local cache", true, false, ""},
+      {"listen", "gRPC address host:port", true, false, "0.0.0.0:50050"},
+      {"metrics-port", "HTTP port for /metrics and /healthz (0 = any)", true, false, "9089"},
+      {"redis", "Redis HOST:PORT for the embedding cache (default: in-memory)", true, false, ""},
+      {"memory-cache-mb", "in-memory embedding cache size (0 = none)", true, false, "512"},
+      {"dtype", "compute dtype: fp32 or bf16", true, false, "bf16"},
+      {"threads", "intra-op threads (0 = all cores)", true, false, "0"},
+      {"max-images", "images per request", true, false, "16"},
+      {"max-tiles", "largest max_num", true, false, "40"},
+      {"max-segments", "video frames per request", true, false, "64"},
+      {"max-new-tokens-limit", "largest max_new_tokens", true, false, "4096"},
+      {"grace-seconds", "after SIGTERM, how long in-flight calls may finish", true, false, "20"},
+      {"help", "show this help", false, false, ""},
+  };
+}
+
+int Run(const std::vector<std::string>& argv) {
+  using namespace internvl::services;
+  BlockTerminationSignals();
+  const auto specs = Specs();
+  auto args = Args::Parse(argv, specs);
+  if (args.ok() && args->Has("help")) {
+    std::cout << Args::Usage(kName, kSummary, specs);
+    return 0;
+  }
+  if (!args.ok()) {
+    ReportError(kName, args.status());
+    return 2;
+  }
+  if (!args->Has("all-in-one")) {
+    ReportError(kName, absl::InvalidArgumentError("only --all-in-one is served by this command; run internvl-gateway "
+                                                  "and the stage services for the split deployment"));
+    return 2;
+  }
+  auto model = args->Require("model");
+  if (!model.ok()) return ReportError(kName, model.status());
+  auto dir = ResolveModelPath(*model);
+  if (!dir.ok()) return ReportError(kName, dir.status());
+  const std::string dtype = args->GetOr("dtype", "bf16");
+  auto threads = args->GetInt("threads", 0);
+  auto metrics_port = args->GetInt("metrics-port", 9089);
+  auto max_images = args->GetInt("max-images", 16);
+  auto max_tiles = args->GetInt("max-tiles", 40);
+  auto max_segments = args->GetInt("max-segments", 64);
+  auto max_new = args->GetInt("max-new-tokens-limit", 4096);
+  auto cache_mb = args->GetInt("memory-cache-mb", 512);
+  auto grace = args->GetDouble("grace-seconds", 20);
+  for (const absl::Status& s : {threads.status(), metrics_port.status(), max_images.status(), max_tiles.status(),
+                                max_segments.status(), max_new.status(), cache_mb.status(), grace.status()})
+    if (!s.ok()) return ReportError(kName, s);
+
+  auto prompt = PromptBuilder::Load(*dir);
+  if (!prompt.ok()) return ReportError(kName, prompt.status());
+  auto vision = VisionModel::Load(*dir, VisionOptions{.dtype = dtype, .tile_batch = 4});
+  if (!vision.ok()) return ReportError(kName, vision.status());
+  auto engine = LlmEngine::Load(*dir, (*prompt)->config(), LlmEngineOptions{.dtype = dtype, .threads = *threads});
+  if (!engine.ok()) return ReportError(kName, engine.status());
+
+  std::unique_ptr<EmbeddingCache> cache;
+  if (auto redis_addr = args->Get("redis")) {
+    RedisCacheOptions redis;
+    if (absl::Status s = ParseRedisAddress(*redis_addr, &redis); !s.ok()) return ReportError(kName, s);
+    cache = std::make_unique<RedisEmbeddingCache>(redis);
+  } else if (*cache_mb > 0) {
+    cache = std::make_unique<InMemoryEmbeddingCache>(static_cast<size_t>(*cache_mb) << 20);
+  }
+  MetricsRegistry registry;
+  Embedder embedder(MakeVisionModelEncoder(vision->get()), cache.get(), &registry);
+  gateway::EmbeddedStagesOptions stage_options;
+  stage_options.limits.max_images = *max_images;
+  stage_options.limits.max_tiles = *max_tiles;
+  stage_options.limits.image_size = ModelImageSize(**vision);
+  stage_options.model_fingerprint = absl::StrCat((*vision)->fingerprint(), ":", dtype);
+  gateway::EmbeddedStages stages(stage_options, &embedder, engine->get(), prompt->get());
+
+  gateway::ChatServiceOptions options;
+  options.max_images = *max_images;
+  options.max_tiles = *max_tiles;
+  options.max_segments = *max_segments;
+  options.max_new_tokens_limit = *max_new;
+  options.threads = 4;  // the model serialises generation; media work may overlap
+  gateway::ChatService service(options, prompt->get(), &stages, &registry);
+
+  RunOptions run;
+  run.grpc.listen = args->GetOr("listen", "0.0.0.0:50050");
+  run.metrics_port = *metrics_port;
+  run.grace = absl::Seconds(*grace);
+  return RunServer("internvl.v1.InternVL (all-in-one)", run, {&service}, {"internvl.v1.InternVL"}, &registry);
+}
+
+static const bool kRegistered = RegisterCommand({kName, kSummary, &Run});
+
+}  // namespace
+}  // namespace internvl::cli

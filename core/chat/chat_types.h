@@ -1,0 +1,64 @@
+// Request / result types of one chat() call, shared by the in-process
+// pipeline (chat_pipeline.h), its reusable pieces (prompt_builder.h,
+// llm_engine.h) and the serving layer. Torch-free.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace internvl {
+
+// Generation settings, with HF generate()'s meaning. Greedy unless do_sample.
+struct GenerationSettings {
+  int max_new_tokens = 1024;
+  bool do_sample = false;
+  double temperature = 1.0;
+  double top_p = 1.0;
+  int top_k = 50;  // 0 disables
+  double repetition_penalty = 1.0;
+  uint64_t seed = 0;
+};
+
+struct ChatRequest {
+  std::string question;
+  // Encoded images (JPEG/PNG/...), filling the `<image>` placeholders in
+  // order. With several images and no placeholder (and no history), the
+  // model card's "Image-1: <image>\nImage-2: <image>\n..." prefix is added.
+  std::vector<std::string> images;
+  // An encoded video; exclusive with images. Frames are sampled as
+  // load_video(num_segments) and prefixed "Frame1: <image>\n...".
+  std::optional<std::string> video;
+  int max_num = 12;       // max tiles per image (thumbnail not counted)
+  int num_segments = 8;   // video frames
+  int video_max_num = 1;  // tiles per video frame
+  // Earlier (question, answer) turns, as chat()'s history. `history_given`
+  // distinguishes chat(history=[]) from history=None: only with None (and an
+  // image, and no `<image>` in the question) is "<image>\n" prepended.
+  std::vector<std::pair<std::string, std::string>> history;
+  bool history_given = false;
+  GenerationSettings generation;
+};
+
+struct ChatTimings {
+  double preprocess_ms = 0;
+  double vision_ms = 0;
+  double prefill_ms = 0;  // includes the first token
+  double decode_ms = 0;   // every token after the first
+  double total_ms = 0;
+};
+
+struct ChatResult {
+  std::string response;         // decoded (skip special), cut at the separator, stripped
+  std::vector<int> token_ids;   // generated ids (the stop id included when produced)
+  std::string finish_reason;    // "stop", "length" or "cancelled"
+  int prompt_tokens = 0;
+  int num_tiles = 0;
+  std::vector<int> num_patches_list;
+  std::vector<int> frame_indices;  // video only
+  ChatTimings timings;
+};
+
+}  // namespace internvl

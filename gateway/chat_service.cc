@@ -1,0 +1,306 @@
+#include "gateway/chat_service.h"
+
+#include <chrono>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/status.h"
+#include "core/tokenizer/streaming_detokenizer.h"
+#include "services/common/generation.h"
+#include "services/common/log.h"
+#include "services/common/streaming_reactor.h"
+
+namespace internvl::gateway {
+
+using Clock = std::chrono::steady_clock;
+using services::CallCancellation;
+
+namespace {
+
+double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+absl::Time Deadline(grpc::CallbackServerContext* context, absl::Duration fallback) {
+  const auto d = context->deadline();
+  if (d == std::chrono::system_clock::time_point::max()) return absl::Now() + fallback;
+  return std::min(absl::FromChrono(d), absl::Now() + fallback);
+}
+
+std::string NewRequestId() {
+  std::random_device rd;
+  return absl::StrFormat("%08x%08x", rd(), rd());
+}
+
+v1::FinishReason ToProtoFinish(const std::string& name) {
+  if (name == "stop") return v1::FINISH_REASON_STOP;
+  if (name == "length") return v1::FINISH_REASON_LENGTH;
+  return v1::FINISH_REASON_CANCELLED;
+}
+
+// Chat: server streaming.
+class ChatCall : public services::StreamingWriteReactor<v1::ChatResponse> {
+ public:
+  ChatCall(ChatService* service, grpc::CallbackServerContext* context, const v1::ChatRequest* request)
+      : services::StreamingWriteReactor<v1::ChatResponse>(context, service->metrics(), "Chat"), service_(service), request_(request) {
+    const CallState call{this, Deadline(context, service->options().default_deadline)};
+    const absl::Status queued = service->queue()->Submit([this, call] {
+      const absl::Status s =
+          service_->Run(*request_, nullptr, v1::VideoSettings(), call, [this](v1::ChatResponse r) { return Write(std::move(r)); });
+      Close(s);
+    });
+    if (!queued.ok()) Close(queued);
+  }
+
+ private:
+  ChatService* const service_;
+  const v1::ChatRequest* const request_;
+};
+
+// ChatVideo: the upload, then the same stream as Chat.
+class ChatVideoCall : public services::ReadAllThenStreamReactor<v1::ChatVideoRequest, v1::ChatResponse> {
+ public:
+  ChatVideoCall(ChatService* service, grpc::CallbackServerContext* context)
+      : ReadAllThenStreamReactor(context, service->metrics(), "ChatVideo"), service_(service) {
+    StartReading();
+  }
+
+ protected:
+  absl::Status OnMessage(const v1::ChatVideoRequest& message) override {
+    if (first_) {
+      first_ = false;
+      if (!message.has_request()) return absl::InvalidArgumentError("the first ChatVideoRequest carries no request");
+      request_ = message.request();
+      settings_ = message.video();
+      if (settings_.num_segments() < 0 || settings_.max_num() < 0)
+        return absl::InvalidArgumentError("video.num_segments and video.max_num must be >= 0");
+      if (settings_.num_segments() > service_->options().max_segments)
+        return absl::ResourceExhaustedError(absl::StrCat("video.num_segments ", settings_.num_segments(),
+                                                         " is over the limit of ", service_->options().max_segments));
+    } else if (message.has_request()) {
+      return absl::InvalidArgumentError("only the first ChatVideoRequest may carry a request");
+    }
+    if (static_cast<int64_t>(video_.size() + message.video_data().size()) > service_->options().max_video_bytes)
+      return absl::ResourceExhaustedError(
+          absl::StrCat("the video is over the limit of ", service_->options().max_video_bytes, " bytes"));
+    video_.append(message.video_data());
+    return absl::OkStatus();
+  }
+
+  void OnAllReceived() override {
+    if (first_) {
+      Close(absl::InvalidArgumentError("no ChatVideoRequest was sent"));
+      return;
+    }
+    if (video_.empty()) {
+      Close(absl::InvalidArgumentError("the video is empty (no video_data)"));
+      return;
+    }
+    const CallState call{this, Deadline(context(), service_->options().default_deadline)};
+    const absl::Status queued = service_->queue()->Submit([this, call] {
+      const absl::Status s =
+          service_->Run(request_, &video_, settings_, call, [this](v1::ChatResponse r) { return Write(std::move(r)); });
+      Close(s);
+    });
+    if (!queued.ok()) Close(queued);
+  }
+
+ private:
+  ChatService* const service_;
+  bool first_ = true;
+  v1::ChatRequest request_;
+  v1::VideoSettings settings_;
+  std::string video_;
+};
+
+// ChatUnary: the final message only.
+class ChatUnaryCall : public grpc::ServerUnaryReactor, public CallCancellation {
+ public:
+  ChatUnaryCall(ChatService* service, grpc::CallbackServerContext* context, const v1::ChatRequest* request,
+                v1::ChatResponse* response)
+      : service_(service), context_(context), start_(Clock::now()) {
+    service_->metrics()->in_flight()->Add(1);
+    const CallState call{this, Deadline(context, service->options().default_deadline)};
+    const absl::Status queued = service->queue()->Submit([this, call, request, response] {
+      const absl::Status s = service_->Run(*request, nullptr, v1::VideoSettings(), call, [response](v1::ChatResponse r) {
+        if (r.has_final()) *response = std::move(r);
+        return true;
+      });
+      Done(s);
+    });
+    if (!queued.ok()) Done(queued);
+  }
+
+  bool cancelled() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cancelled_ || context_->IsCancelled();
+  }
+  void SetCancelHook(std::function<void()> hook) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    hook_ = std::move(hook);
+    if (hook_ && cancelled_) hook_();
+  }
+  void OnCancel() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+    if (hook_) hook_();
+  }
+  void OnDone() override {
+    service_->metrics()->Record("ChatUnary", services::GrpcCodeName(code_),
+                                std::chrono::duration<double>(Clock::now() - start_).count());
+    service_->metrics()->in_flight()->Add(-1);
+    delete this;
+  }
+
+ private:
+  void Done(const absl::Status& s) {
+    const grpc::Status g = services::ToGrpcStatus(s);
+    code_ = g.error_code();
+    Finish(g);
+  }
+  ChatService* const service_;
+  grpc::CallbackServerContext* const context_;
+  const Clock::time_point start_;
+  mutable std::mutex mu_;
+  bool cancelled_ = false;
+  std::function<void()> hook_;
+  grpc::StatusCode code_ = grpc::StatusCode::UNKNOWN;
+};
+
+}  // namespace
+
+ChatService::ChatService(const ChatServiceOptions& options, const PromptBuilder* prompt, ChatStages* stages,
+                         services::MetricsRegistry* registry)
+    : options_(options),
+      prompt_(prompt),
+      stages_(stages),
+      metrics_(registry, "internvl.v1.InternVL"),
+      tokens_(registry->GetCounter("internvl_gateway_tokens_total", "tokens streamed to clients")),
+      ttft_(registry->GetHistogram("internvl_gateway_time_to_first_token_seconds", "request start to the first token",
+                                   services::DefaultLatencyBuckets())),
+      queue_(std::make_unique<services::WorkQueue>(
+          options.threads, options.max_queued,
+          registry->GetGauge("internvl_queue_depth", "Requests waiting for a worker", {{"service", "gateway"}}),
+          registry->GetGauge("internvl_busy_workers", "Workers running a request", {{"service", "gateway"}}))) {}
+
+ChatService::~ChatService() = default;
+
+grpc::ServerWriteReactor<v1::ChatResponse>* ChatService::Chat(grpc::CallbackServerContext* context,
+                                                              const v1::ChatRequest* request) {
+  return new ChatCall(this, context, request);
+}
+grpc::ServerBidiReactor<v1::ChatVideoRequest, v1::ChatResponse>* ChatService::ChatVideo(
+    grpc::CallbackServerContext* context) {
+  return new ChatVideoCall(this, context);
+}
+grpc::ServerUnaryReactor* ChatService::ChatUnary(grpc::CallbackServerContext* context, const v1::ChatRequest* request,
+                                                 v1::ChatResponse* response) {
+  return new ChatUnaryCall(this, context, request, response);
+}
+
+absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string* video,
+                              const v1::VideoSettings& video_settings, const CallState& call,
+                              const std::function<bool(v1::ChatResponse)>& emit) {
+  const auto t_start = Clock::now();
+  // Validation: cheap checks before any stage is called.
+  if (request.text().empty()) return absl::InvalidArgumentError("text is empty");
+  if (video != nullptr && request.images_size() > 0)
+    return absl::InvalidArgumentError("a video request carries no images");
+  if (request.images_size() > options_.max_images)
+    return absl::ResourceExhaustedError(
+        absl::StrCat(request.images_size(), " images, over the limit of ", options_.max_images));
+  for (int i = 0; i < request.images_size(); ++i) {
+    if (request.images(i).empty()) return absl::InvalidArgumentError(absl::StrCat("image ", i, " is empty"));
+    if (static_cast<int64_t>(request.images(i).size()) > options_.max_image_bytes)
+      return absl::ResourceExhaustedError(absl::StrCat("image ", i, " is ", request.images(i).size(),
+                                                       " bytes, over the limit of ", options_.max_image_bytes));
+  }
+  if (request.max_num() < 0) return absl::InvalidArgumentError("max_num must be >= 0");
+  if (request.max_num() > options_.max_tiles)
+    return absl::ResourceExhaustedError(
+        absl::StrCat("max_num ", request.max_num(), " is over the limit of ", options_.max_tiles));
+  if (request.generation().stop_size() > 0)
+    return absl::InvalidArgumentError("generation.stop (stop strings) is not supported yet");
+  INTERNVL_ASSIGN_OR_RETURN(GenerationSettings settings,
+                            services::FromProto(request.generation(), options_.max_new_tokens_limit));
+  const std::string request_id = request.request_id().empty() ? NewRequestId() : request.request_id();
+
+  // Media -> embeddings.
+  MediaEmbeddings media;
+  if (video != nullptr) {
+    INTERNVL_ASSIGN_OR_RETURN(media, stages_->EncodeVideo(*video, video_settings, call));
+  } else if (request.images_size() > 0) {
+    v1::PreprocessImagesRequest pre;
+    *pre.mutable_images() = request.images();
+    pre.mutable_tiling()->set_max_num(request.max_num() > 0 ? request.max_num()
+                                                            : prompt_->config().max_dynamic_patch);
+    pre.mutable_tiling()->set_use_thumbnail(prompt_->config().use_thumbnail);
+    INTERNVL_ASSIGN_OR_RETURN(media, stages_->EncodeImages(pre, call));
+  }
+
+  // The prompt, exactly as chat() builds it.
+  ChatRequest chat;
+  chat.question = request.text();
+  for (const auto& turn : request.history()) chat.history.emplace_back(turn.question(), turn.answer());
+  chat.history_given = request.history_size() > 0;
+  if (video != nullptr) chat.video = std::string();  // selects the "FrameN:" question rule
+  INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids, prompt_->PromptIds(chat, media.num_patches));
+
+  // Generation, streamed.
+  tokenizer::StreamingDetokenizer detok(&prompt_->tokenizer(), /*skip_special_tokens=*/true);
+  double ttft_ms = 0;
+  bool first = true;
+  bool client_gone = false;
+  GenerateInput input{request_id, ids, settings, &media.embeddings};
+  auto sink = [&](const std::vector<int>& new_ids) {
+    if (first) {
+      ttft_ms = MsSince(t_start);
+      ttft_->Observe(ttft_ms / 1e3);
+      first = false;
+    }
+    tokens_->Increment(static_cast<double>(new_ids.size()));
+    std::string delta = detok.Put(absl::MakeConstSpan(new_ids));
+    if (!delta.empty()) {
+      v1::ChatResponse r;
+      r.set_delta(std::move(delta));
+      if (!emit(std::move(r))) client_gone = true;
+    }
+    return !client_gone && !(call.cancellation && call.cancellation->cancelled());
+  };
+  INTERNVL_ASSIGN_OR_RETURN(GenerateOutcome out, stages_->Generate(input, sink, call));
+  if (std::string tail = detok.Flush(); !tail.empty()) {
+    v1::ChatResponse r;
+    r.set_delta(std::move(tail));
+    emit(std::move(r));
+  }
+
+  v1::ChatResponse last;
+  v1::ChatFinal* f = last.mutable_final();
+  std::vector<int> with_stop = out.token_ids;
+  if (out.stop_token_id) with_stop.push_back(*out.stop_token_id);
+  f->set_response(prompt_->Response(with_stop));
+  for (int id : out.token_ids) f->add_token_ids(id);
+  if (out.stop_token_id) f->set_stop_token_id(*out.stop_token_id);
+  f->set_prompt_tokens(static_cast<int>(ids.size()));
+  f->set_completion_tokens(static_cast<int>(out.token_ids.size()));
+  f->set_finish_reason(ToProtoFinish(out.finish_reason));
+  for (int n : media.num_patches) f->add_num_patches(n);
+  for (int i : media.frame_indices) f->add_frame_indices(i);
+  f->set_cached_images(media.cached_images);
+  f->set_request_id(request_id);
+  f->set_seed(settings.seed);
+  v1::Timings* t = f->mutable_timings();
+  t->set_preprocess_ms(media.preprocess_ms);
+  t->set_vision_ms(media.vision_ms);
+  t->set_prefill_ms(out.prefill_ms);
+  t->set_decode_ms(out.decode_ms);
+  t->set_time_to_first_token_ms(ttft_ms);
+  t->set_total_ms(MsSince(t_start));
+  if (with_stop.size() >= 2 && out.decode_ms > 0)
+    t->set_decode_tokens_per_second((with_stop.size() - 1) / (out.decode_ms / 1e3));
+  emit(std::move(last));
+  return absl::OkStatus();
+}
+
+}  // namespace internvl::gateway

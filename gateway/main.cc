@@ -1,0 +1,87 @@
+// internvl-gateway: the public InternVL API over the remote stages
+// (preprocess, vision encoder, LLM decoder). Loads the model's config and
+// tokenizer only (no weights). Flags live here only.
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "core/chat/prompt_builder.h"
+#include "core/model_path.h"
+#include "gateway/chat_service.h"
+#include "gateway/remote_stages.h"
+#include "services/common/flags.h"
+#include "services/common/log.h"
+#include "services/common/metrics.h"
+#include "services/common/server.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50050", "gRPC address host:port (port 0 = any free port)");
+ABSL_FLAG(int, metrics_port, 9089, "HTTP port for /metrics and /healthz (0 = any free port)");
+ABSL_FLAG(std::string, model, "", "model folder or HF id (config + tokenizer only); required");
+ABSL_FLAG(std::string, preprocess_addr, "127.0.0.1:50051", "Preprocess service host:port");
+ABSL_FLAG(std::string, vision_addr, "127.0.0.1:50052", "VisionEncoder service host:port");
+ABSL_FLAG(std::string, decoder_addr, "127.0.0.1:50053", "LlmDecoder service host:port");
+ABSL_FLAG(int, deadline_ms, 300000, "deadline of each stage call (capped by the client's deadline)");
+ABSL_FLAG(int, retries, 2, "extra attempts of a stage call that fails UNAVAILABLE");
+ABSL_FLAG(int, retry_backoff_ms, 100, "first retry delay (doubles after each)");
+ABSL_FLAG(int, threads, 16, "requests in flight through the stages");
+ABSL_FLAG(int, max_queued, 64, "requests waiting before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_images, 16, "images per request");
+ABSL_FLAG(int64_t, max_image_bytes, int64_t{32} << 20, "encoded bytes per image");
+ABSL_FLAG(int64_t, max_video_bytes, int64_t{256} << 20, "bytes per uploaded video");
+ABSL_FLAG(int, max_segments, 64, "video frames per request");
+ABSL_FLAG(int, max_tiles, 40, "largest max_num");
+ABSL_FLAG(int, max_new_tokens_limit, 4096, "largest max_new_tokens");
+ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received");
+ABSL_FLAG(double, grace_seconds, 20, "after SIGTERM, how long in-flight calls may finish");
+
+int main(int argc, char** argv) {
+  using namespace internvl;
+  using namespace internvl::gateway;
+  services::BlockTerminationSignals();
+  absl::SetProgramUsageMessage("The InternVL gateway: the public chat API over the preprocess, vision and decoder services.");
+  services::NormalizedArgs args(argc, argv);
+  absl::ParseCommandLine(args.argc(), args.argv());
+  if (absl::GetFlag(FLAGS_model).empty()) {
+    services::LogError("--model is required");
+    return 2;
+  }
+  auto dir = ResolveModelPath(absl::GetFlag(FLAGS_model));
+  if (!dir.ok()) {
+    services::LogError(dir.status().ToString());
+    return 1;
+  }
+  auto prompt = PromptBuilder::Load(*dir);
+  if (!prompt.ok()) {
+    services::LogError(absl::StrCat("loading the tokenizer: ", prompt.status().ToString()));
+    return 1;
+  }
+  RemoteStagesOptions remote;
+  remote.preprocess_addr = absl::GetFlag(FLAGS_preprocess_addr);
+  remote.vision_addr = absl::GetFlag(FLAGS_vision_addr);
+  remote.decoder_addr = absl::GetFlag(FLAGS_decoder_addr);
+  remote.stage_deadline = absl::Milliseconds(absl::GetFlag(FLAGS_deadline_ms));
+  remote.retries = absl::GetFlag(FLAGS_retries);
+  remote.backoff = absl::Milliseconds(absl::GetFlag(FLAGS_retry_backoff_ms));
+  RemoteStages stages(remote);
+
+  ChatServiceOptions options;
+  options.max_images = absl::GetFlag(FLAGS_max_images);
+  options.max_image_bytes = absl::GetFlag(FLAGS_max_image_bytes);
+  options.max_video_bytes = absl::GetFlag(FLAGS_max_video_bytes);
+  options.max_segments = absl::GetFlag(FLAGS_max_segments);
+  options.max_tiles = absl::GetFlag(FLAGS_max_tiles);
+  options.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.max_queued = absl::GetFlag(FLAGS_max_queued);
+  services::MetricsRegistry registry;
+  ChatService service(options, prompt->get(), &stages, &registry);
+
+  services::RunOptions run;
+  run.grpc.listen = absl::GetFlag(FLAGS_listen);
+  run.grpc.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  run.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  run.grace = absl::Seconds(absl::GetFlag(FLAGS_grace_seconds));
+  return services::RunServer("internvl.v1.InternVL", run, {&service}, {"internvl.v1.InternVL"}, &registry);
+}

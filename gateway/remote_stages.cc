@@ -1,0 +1,217 @@
+#include "gateway/remote_stages.h"
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "grpcpp/create_channel.h"
+#include "services/common/generation.h"
+#include "services/common/stage_clients.h"
+#include "services/common/status_map.h"
+#include "services/common/tensor_chunks.h"
+
+namespace internvl::gateway {
+
+using services::FromGrpcStatus;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+std::shared_ptr<grpc::Channel> Channel(const std::string& addr) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  // A restarted stage is found again within a second, not after the default
+  // exponential reconnect backoff (up to 120 s).
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+  return grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+}
+
+absl::Status Named(const absl::Status& s, const std::string& stage, const std::string& addr) {
+  if (s.ok()) return s;
+  return absl::Status(s.code(), absl::StrCat(stage, " (", addr, "): ", s.message()));
+}
+
+// Runs `fn(ClientContext*)` with the stage deadline and the client's
+// cancellation wired in, retrying UNAVAILABLE. `retryable()` says whether a
+// failed attempt may be repeated (Generate: only before its first token).
+template <typename Fn, typename Retryable>
+auto CallWithRetries(const RemoteStagesOptions& o, const CallState& call, const std::string& stage,
+                     const std::string& addr, Fn fn, Retryable retryable) -> decltype(fn(nullptr)) {
+  absl::Duration backoff = o.backoff;
+  for (int attempt = 0;; ++attempt) {
+    if (call.cancellation && call.cancellation->cancelled()) return absl::CancelledError("the client cancelled");
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(std::min(call.deadline, absl::Now() + o.stage_deadline)));
+    if (call.cancellation) call.cancellation->SetCancelHook([&ctx] { ctx.TryCancel(); });
+    auto result = fn(&ctx);
+    if (call.cancellation) call.cancellation->SetCancelHook(nullptr);
+    absl::Status status;
+    if constexpr (std::is_same_v<decltype(result), absl::Status>) {
+      status = result;
+    } else {
+      status = result.status();
+    }
+    if (status.ok()) return result;
+    const bool again = status.code() == absl::StatusCode::kUnavailable && attempt < o.retries && retryable() &&
+                       absl::Now() + backoff < call.deadline &&
+                       !(call.cancellation && call.cancellation->cancelled());
+    if (!again) return Named(status, stage, addr);
+    absl::SleepFor(backoff);
+    backoff *= 2;
+  }
+}
+
+}  // namespace
+
+RemoteStages::RemoteStages(const RemoteStagesOptions& options)
+    : options_(options),
+      preprocess_(v1::Preprocess::NewStub(Channel(options.preprocess_addr))),
+      vision_(v1::VisionEncoder::NewStub(Channel(options.vision_addr))),
+      decoder_(v1::LlmDecoder::NewStub(Channel(options.decoder_addr))) {}
+
+absl::Status RemoteStages::EncodeTiles(const v1::EncodeHeader& header, const HostTensor& tiles, const CallState& call,
+                                       MediaEmbeddings* out) {
+  const auto t0 = Clock::now();
+  auto reply = CallWithRetries(
+      options_, call, "vision encoder", options_.vision_addr,
+      [&](grpc::ClientContext* ctx) {
+        return services::CallEncode(vision_.get(), ctx, header, tiles, options_.max_chunk_bytes);
+      },
+      [] { return true; });
+  out->vision_ms += MsSince(t0);
+  if (!reply.ok()) return reply.status();
+  if (reply->info.source() == v1::EMBEDDING_SOURCE_CACHE) ++out->cached_images;
+  const HostTensor& e = reply->embeddings;
+  if (out->embeddings.shape.empty()) {
+    out->embeddings = HostTensor(e.dtype, {0, e.shape.empty() ? 0 : e.shape.back()});
+  }
+  if (e.dtype != out->embeddings.dtype || e.shape.empty() || e.shape.back() != out->embeddings.shape[1])
+    return absl::InternalError("vision encoder replies disagree on dtype or hidden size");
+  out->embeddings.bytes.insert(out->embeddings.bytes.end(), e.bytes.begin(), e.bytes.end());
+  out->embeddings.shape[0] += e.numel() / e.shape.back();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MediaEmbeddings> RemoteStages::EncodeImages(const v1::PreprocessImagesRequest& request,
+                                                           const CallState& call) {
+  MediaEmbeddings out;
+  const auto t0 = Clock::now();
+  INTERNVL_ASSIGN_OR_RETURN(
+      std::vector<services::TiledImageReply> images,
+      CallWithRetries(
+          options_, call, "preprocess", options_.preprocess_addr,
+          [&](grpc::ClientContext* ctx) { return services::CallPreprocessImages(preprocess_.get(), ctx, request); },
+          [] { return true; }));
+  out.preprocess_ms = MsSince(t0);
+  for (const auto& image : images) {
+    v1::EncodeHeader header;
+    header.set_media_sha256(image.info.media_sha256());
+    *header.mutable_tiling() = request.tiling();
+    INTERNVL_RETURN_IF_ERROR(EncodeTiles(header, image.tiles, call, &out));
+    out.num_patches.push_back(image.info.num_patches());
+  }
+  return out;
+}
+
+absl::StatusOr<MediaEmbeddings> RemoteStages::EncodeVideo(const std::string& video, const v1::VideoSettings& settings,
+                                                          const CallState& call) {
+  MediaEmbeddings out;
+  const auto t0 = Clock::now();
+  INTERNVL_ASSIGN_OR_RETURN(
+      services::VideoReply reply,
+      CallWithRetries(
+          options_, call, "preprocess", options_.preprocess_addr,
+          [&](grpc::ClientContext* ctx) {
+            return services::CallPreprocessVideo(preprocess_.get(), ctx, settings, video, options_.max_chunk_bytes);
+          },
+          [] { return true; }));
+  out.preprocess_ms = MsSince(t0);
+  out.frame_indices.assign(reply.video.frame_indices().begin(), reply.video.frame_indices().end());
+  if (reply.frames.empty()) return absl::InvalidArgumentError("the video gave no frames");
+  // All frames in one Encode call, keyed by the whole file + the sampling.
+  const HostTensor& first = reply.frames[0].tiles;
+  HostTensor tiles(DType::kU8, first.shape);
+  tiles.shape[0] = 0;
+  tiles.bytes.clear();
+  for (const auto& f : reply.frames) {
+    tiles.bytes.insert(tiles.bytes.end(), f.tiles.bytes.begin(), f.tiles.bytes.end());
+    tiles.shape[0] += f.tiles.shape[0];
+    out.num_patches.push_back(f.info.num_patches());
+  }
+  v1::EncodeHeader header;
+  header.set_media_sha256(reply.frames[0].info.media_sha256());
+  header.mutable_tiling()->set_max_num(settings.max_num() > 0 ? settings.max_num() : 1);
+  header.mutable_tiling()->set_use_thumbnail(false);
+  header.set_num_segments(settings.num_segments() > 0 ? settings.num_segments() : 8);
+  INTERNVL_RETURN_IF_ERROR(EncodeTiles(header, tiles, call, &out));
+  // One Encode call: count the video once if it was a cache hit.
+  return out;
+}
+
+absl::StatusOr<GenerateOutcome> RemoteStages::Generate(const GenerateInput& input, const TokenSink& sink,
+                                                       const CallState& call) {
+  bool streamed = false;
+  v1::GenerateRequest start;
+  v1::GenerateStart* s = start.mutable_start();
+  s->set_request_id(input.request_id);
+  for (int id : input.prompt_ids) s->add_prompt_token_ids(id);
+  *s->mutable_settings() = services::ToProto(input.settings);
+  std::vector<v1::TensorChunk> chunks;
+  if (input.embeddings != nullptr && input.embeddings->numel() > 0) {
+    s->set_image_embedding_rows(input.embeddings->shape[0]);
+    INTERNVL_ASSIGN_OR_RETURN(chunks, services::ChunkTensor(*input.embeddings, options_.max_chunk_bytes));
+  }
+  return CallWithRetries(
+      options_, call, "decoder", options_.decoder_addr,
+      [&](grpc::ClientContext* ctx) -> absl::StatusOr<GenerateOutcome> {
+        auto stream = decoder_->Generate(ctx);
+        bool ok = stream->Write(start);
+        for (size_t i = 0; ok && i < chunks.size(); ++i) {
+          v1::GenerateRequest r;
+          *r.mutable_image_embeddings() = chunks[i];
+          ok = stream->Write(r);
+        }
+        if (ok) stream->WritesDone();
+        GenerateOutcome out;
+        v1::GenerateResponse r;
+        bool final_seen = false;
+        bool stopped = false;
+        while (stream->Read(&r)) {
+          if (r.token_ids_size() > 0 && !stopped) {
+            streamed = true;
+            if (!sink(std::vector<int>(r.token_ids().begin(), r.token_ids().end()))) {
+              stopped = true;
+              ctx->TryCancel();
+            }
+          }
+          if (r.has_final()) {
+            final_seen = true;
+            const auto& f = r.final();
+            out.token_ids.assign(f.token_ids().begin(), f.token_ids().end());
+            if (f.has_stop_token_id()) out.stop_token_id = f.stop_token_id();
+            switch (f.finish_reason()) {
+              case v1::FINISH_REASON_STOP: out.finish_reason = "stop"; break;
+              case v1::FINISH_REASON_LENGTH: out.finish_reason = "length"; break;
+              default: out.finish_reason = "cancelled"; break;
+            }
+            out.prefill_ms = f.timings().prefill_ms();
+            out.decode_ms = f.timings().decode_ms();
+          }
+        }
+        const grpc::Status status = stream->Finish();
+        if (stopped) return absl::CancelledError("the client cancelled");
+        if (!status.ok()) return FromGrpcStatus(status);
+        if (!final_seen) return absl::InternalError("the decoder ended without a final message");
+        return out;
+      },
+      [&] { return !streamed; });
+}
+
+}  // namespace internvl::gateway

@@ -1,0 +1,234 @@
+#include "services/llm_decoder/llm_decoder_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/tokenizer/streaming_detokenizer.h"
+#include "services/common/generation.h"
+#include "services/common/log.h"
+#include "services/common/streaming_reactor.h"
+#include "services/common/tensor_chunks.h"
+
+namespace internvl::services {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+double Ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
+
+v1::FinishReason ToProtoFinish(const std::string& name) {
+  if (name == "stop") return v1::FINISH_REASON_STOP;
+  if (name == "length") return v1::FINISH_REASON_LENGTH;
+  if (name == "cancelled") return v1::FINISH_REASON_CANCELLED;
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+}  // namespace
+
+class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequest, v1::GenerateResponse> {
+ public:
+  Call(LlmDecoderService* service, grpc::CallbackServerContext* context)
+      : ReadAllThenStreamReactor(context, &service->metrics_, "Generate"),
+        service_(service),
+        start_(Clock::now()),
+        assembler_(0) {
+    StartReading();
+  }
+
+ protected:
+  absl::Status OnMessage(const v1::GenerateRequest& request) override {
+    switch (request.message_case()) {
+      case v1::GenerateRequest::kStart: return OnStart(request.start());
+      case v1::GenerateRequest::kImageEmbeddings: return OnChunk(request.image_embeddings());
+      case v1::GenerateRequest::kCancel:
+        cancel_requested_ = true;
+        return absl::OkStatus();
+      default: return absl::InvalidArgumentError("empty GenerateRequest message");
+    }
+  }
+
+  void OnAllReceived() override {
+    if (!started_) {
+      Close(absl::InvalidArgumentError("the stream ended before a start message"));
+      return;
+    }
+    if (cancel_requested_) {
+      v1::GenerateResponse last;
+      last.mutable_final()->set_finish_reason(v1::FINISH_REASON_CANCELLED);
+      last.mutable_final()->set_prompt_tokens(static_cast<int>(prompt_ids_.size()));
+      Write(std::move(last));
+      Close(absl::OkStatus());
+      return;
+    }
+    if (assembler_.started()) {
+      Close(absl::InvalidArgumentError("the last image embedding tensor is incomplete"));
+      return;
+    }
+    if (rows_received_ != expected_rows_) {
+      Close(absl::InvalidArgumentError(absl::StrCat("received ", rows_received_, " image embedding rows, the start message declared ",
+                                                    expected_rows_)));
+      return;
+    }
+    const absl::Status queued = service_->queue_->Submit([this] { Run(); });
+    if (!queued.ok()) Close(queued);
+  }
+
+ private:
+  absl::Status OnStart(const v1::GenerateStart& start) {
+    if (started_) return absl::InvalidArgumentError("a second start message");
+    started_ = true;
+    request_id_ = start.request_id();
+    stream_text_ = start.stream_text();
+    const auto& opts = service_->options_;
+    if (start.prompt_token_ids_size() == 0) return absl::InvalidArgumentError("prompt_token_ids is empty");
+    if (start.prompt_token_ids_size() > opts.max_prompt_tokens)
+      return absl::ResourceExhaustedError(absl::StrCat("the prompt has ", start.prompt_token_ids_size(),
+                                                       " tokens, over the limit of ", opts.max_prompt_tokens));
+    auto settings = FromProto(start.settings(), opts.max_new_tokens_limit);
+    if (!settings.ok()) return settings.status();
+    settings_ = *settings;
+    prompt_ids_.assign(start.prompt_token_ids().begin(), start.prompt_token_ids().end());
+    const int64_t ctx = service_->prompt_->img_context_id();
+    int64_t slots = 0;
+    const int64_t vocab = service_->engine_->vocab_size();
+    for (int64_t id : prompt_ids_) {
+      if (id < 0 || id >= vocab)
+        return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary [0, ", vocab, ")"));
+      slots += id == ctx;
+    }
+    expected_rows_ = start.image_embedding_rows();
+    if (expected_rows_ != slots)
+      return absl::InvalidArgumentError(absl::StrCat("image_embedding_rows is ", expected_rows_, " but the prompt has ",
+                                                     slots, " <IMG_CONTEXT> tokens"));
+    // Each row is at most hidden * 4 bytes (F32).
+    hidden_ = service_->engine_->hidden_size();
+    assembler_ = TensorAssembler(static_cast<uint64_t>(expected_rows_) * hidden_ * 4);
+    return absl::OkStatus();
+  }
+
+  absl::Status OnChunk(const v1::TensorChunk& chunk) {
+    if (!started_) return absl::InvalidArgumentError("image embeddings before the start message");
+    if (absl::Status s = assembler_.Add(chunk); !s.ok()) return s;
+    if (!assembler_.complete()) return absl::OkStatus();
+    HostTensor t = assembler_.Take();
+    if (t.dtype != DType::kF32 && t.dtype != DType::kBF16 && t.dtype != DType::kF16)
+      return absl::InvalidArgumentError("image embeddings must be F32, BF16 or F16");
+    if (t.shape.empty() || t.shape.back() != hidden_)
+      return absl::InvalidArgumentError(absl::StrCat("image embeddings have hidden size ",
+                                                     t.shape.empty() ? 0 : t.shape.back(), ", the model has ", hidden_));
+    const int64_t rows = t.numel() / hidden_;
+    if (rows_received_ + rows > expected_rows_)
+      return absl::InvalidArgumentError(absl::StrCat("more image embedding rows than the declared ", expected_rows_));
+    if (rows_received_ == 0) {
+      embeddings_ = HostTensor(t.dtype, {0, hidden_});
+    } else if (t.dtype != embeddings_.dtype) {
+      return absl::InvalidArgumentError("image embedding tensors of one call must share a dtype");
+    }
+    embeddings_.bytes.insert(embeddings_.bytes.end(), t.bytes.begin(), t.bytes.end());
+    embeddings_.shape[0] += rows;
+    rows_received_ += rows;
+    // The next tensor (if any) gets the remaining budget.
+    assembler_ = TensorAssembler(static_cast<uint64_t>(expected_rows_ - rows_received_) * hidden_ * 4);
+    return absl::OkStatus();
+  }
+
+  void Run() {
+    if (cancelled()) {
+      service_->cancelled_->Increment();
+      Close(absl::CancelledError("client cancelled before generation started"));
+      return;
+    }
+    const PromptBuilder& prompt = *service_->prompt_;
+    tokenizer::StreamingDetokenizer detok(&prompt.tokenizer(), /*skip_special_tokens=*/true);
+    const auto& stops = prompt.stop_ids();
+    double ttft_ms = 0;
+    bool first = true;
+    auto on_token = [&](int id) {
+      if (first) {
+        ttft_ms = Ms(start_, Clock::now());
+        service_->ttft_->Observe(ttft_ms / 1e3);
+        first = false;
+      }
+      service_->tokens_->Increment();
+      if (std::find(stops.begin(), stops.end(), id) != stops.end()) return true;  // not streamed
+      v1::GenerateResponse r;
+      r.add_token_ids(id);
+      if (stream_text_) r.set_text_delta(detok.Put(id));
+      Write(std::move(r));
+      return !cancelled();
+    };
+    auto result = service_->engine_->Generate(prompt_ids_, embeddings_, prompt.img_context_id(), stops, settings_, on_token);
+    if (!result.ok()) {
+      LogError(absl::StrCat("Generate ", request_id_, ": ", result.status().ToString()));
+      Close(result.status());
+      return;
+    }
+    if (result->finish_reason == "cancelled") service_->cancelled_->Increment();
+    v1::GenerateResponse last;
+    if (stream_text_) {
+      std::string tail = detok.Flush();
+      if (!tail.empty()) last.set_text_delta(tail);
+    }
+    v1::GenerateFinal* f = last.mutable_final();
+    f->set_finish_reason(ToProtoFinish(result->finish_reason));
+    std::vector<int> ids = result->token_ids;
+    if (result->finish_reason == "stop" && !ids.empty() &&
+        std::find(stops.begin(), stops.end(), ids.back()) != stops.end()) {
+      f->set_stop_token_id(ids.back());
+      ids.pop_back();
+    }
+    for (int id : ids) f->add_token_ids(id);
+    f->set_prompt_tokens(static_cast<int>(prompt_ids_.size()));
+    f->set_completion_tokens(static_cast<int>(ids.size()));
+    f->set_seed(settings_.seed);
+    v1::Timings* t = f->mutable_timings();
+    t->set_prefill_ms(result->prefill_ms);
+    t->set_decode_ms(result->decode_ms);
+    t->set_time_to_first_token_ms(ttft_ms);
+    t->set_total_ms(Ms(start_, Clock::now()));
+    if (result->token_ids.size() >= 2 && result->decode_ms > 0)
+      t->set_decode_tokens_per_second((result->token_ids.size() - 1) / (result->decode_ms / 1e3));
+    Write(std::move(last));
+    Close(absl::OkStatus());
+  }
+
+  LlmDecoderService* const service_;
+  const Clock::time_point start_;
+  bool started_ = false;
+  bool cancel_requested_ = false;
+  bool stream_text_ = false;
+  std::string request_id_;
+  GenerationSettings settings_;
+  std::vector<int64_t> prompt_ids_;
+  int64_t expected_rows_ = 0;
+  int64_t rows_received_ = 0;
+  int64_t hidden_ = 0;
+  TensorAssembler assembler_;
+  HostTensor embeddings_;
+};
+
+LlmDecoderService::LlmDecoderService(const LlmDecoderServiceOptions& options, LlmEngine* engine,
+                                     const PromptBuilder* prompt, MetricsRegistry* registry)
+    : options_(options),
+      engine_(engine),
+      prompt_(prompt),
+      metrics_(registry, "internvl.v1.LlmDecoder"),
+      tokens_(registry->GetCounter("internvl_decoder_tokens_total", "tokens generated")),
+      cancelled_(registry->GetCounter("internvl_decoder_cancelled_total", "generations stopped by the client")),
+      ttft_(registry->GetHistogram("internvl_decoder_time_to_first_token_seconds",
+                                   "call start to the first sampled token", DefaultLatencyBuckets())),
+      queue_(std::make_unique<WorkQueue>(
+          options.threads, options.max_queued,
+          registry->GetGauge("internvl_queue_depth", "Requests waiting for a worker", {{"service", "llm_decoder"}}),
+          registry->GetGauge("internvl_busy_workers", "Workers running a request", {{"service", "llm_decoder"}}))) {}
+
+LlmDecoderService::~LlmDecoderService() = default;
+
+grpc::ServerBidiReactor<v1::GenerateRequest, v1::GenerateResponse>* LlmDecoderService::Generate(
+    grpc::CallbackServerContext* context) {
+  return new Call(this, context);
+}
+
+}  // namespace internvl::services

@@ -1,0 +1,17 @@
+# End-to-end integration test of the public API: redis-server, the three
+# stage services and the gateway as real processes on loopback, plus
+# `internvl serve --all-in-one`; results are compared with the in-process
+# ChatPipeline (exact token ids).
+if(TARGET internvl-gateway AND TARGET internvl-llm-decoder AND TARGET internvl-preprocess
+   AND TARGET internvl-vision-encoder AND TARGET internvl_gateway_embedded)
+  internvl_test(NAME gateway_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/gateway_test.cc
+                LIBS internvl_gateway internvl_chat internvl_service_testing LABELS "services;integration")
+  target_compile_definitions(gateway_test PRIVATE
+    INTERNVL_PREPROCESS_BIN="$<TARGET_FILE:internvl-preprocess>"
+    INTERNVL_VISION_ENCODER_BIN="$<TARGET_FILE:internvl-vision-encoder>"
+    INTERNVL_LLM_DECODER_BIN="$<TARGET_FILE:internvl-llm-decoder>"
+    INTERNVL_GATEWAY_BIN="$<TARGET_FILE:internvl-gateway>"
+    INTERNVL_CLI_BIN="$<TARGET_FILE:internvl>")
+  add_dependencies(gateway_test internvl-preprocess internvl-vision-encoder internvl-llm-decoder internvl-gateway internvl)
+  set_tests_properties(gateway_test PROPERTIES TIMEOUT 300)
+endif()

@@ -1,0 +1,324 @@
+// The public API end to end, everything real on loopback: redis-server, the
+// preprocess, vision encoder and LLM decoder services and the gateway, plus
+// `internvl serve --all-in-one`. Chat and ChatVideo must give exactly the
+// token ids of the in-process ChatPipeline (fp32 everywhere); bad requests
+// get INVALID_ARGUMENT / RESOURCE_EXHAUSTED with a clear message and leave
+// every service SERVING; a client that cancels stops the decoder; a stage
+// that is down gives UNAVAILABLE, not a hang.
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "core/chat/chat_pipeline.h"
+#include "core/testing/fixtures.h"
+#include "gateway/client.h"
+#include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "gtest/gtest.h"
+#include "services/common/testing/harness.h"
+#include "services/common/testing/redis_server.h"
+
+namespace internvl::gateway {
+namespace {
+
+using ::testing::HasSubstr;
+namespace st = ::internvl::services::testing;
+
+const absl::Duration kStartTimeout = absl::Seconds(90);
+constexpr int kMaxImages = 3;
+constexpr int64_t kMaxVideoBytes = 64 << 10;  // the fixture video is 26 KB
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct Proc {
+  std::unique_ptr<st::Subprocess> process;
+  int port = 0;
+  int metrics_port = 0;
+  std::string target() const { return "127.0.0.1:" + std::to_string(port); }
+};
+
+Proc Spawn(const std::string& binary, std::vector<std::string> args, const std::string& log, bool cli = false) {
+  Proc p;
+  p.port = st::PickFreePort().value();
+  p.metrics_port = st::PickFreePort().value();
+  args.insert(args.end(), {"--listen", p.target(), "--metrics-port", std::to_string(p.metrics_port)});
+  if (!cli) args.insert(args.end(), {"--grace-seconds", "2"});
+  auto s = st::Subprocess::Spawn(binary, args, log);
+  EXPECT_TRUE(s.ok()) << s.status();
+  if (s.ok()) p.process = std::move(*s);
+  return p;
+}
+
+class GatewayTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const auto fixtures = ::internvl::testing::FixturesDir();
+    if (!fixtures) return;
+    fixtures_ = new std::string(*fixtures);
+    const std::string model = *fixtures_ + "/tiny-qwen2";
+    const std::string dir = ::internvl::testing::TempDir();
+    auto redis = st::RedisServer::Start(dir);
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = redis->release();
+    const std::string limits_images = std::to_string(kMaxImages);
+    preprocess_ = new Proc(Spawn(INTERNVL_PREPROCESS_BIN, {"--max-images", limits_images, "--threads", "1"},
+                                 dir + "/gw_preprocess.log"));
+    encoder_ = new Proc(Spawn(INTERNVL_VISION_ENCODER_BIN,
+                              {"--model", model, "--dtype", "fp32", "--redis", redis_->address(), "--max-images",
+                               limits_images, "--threads", "1"},
+                              dir + "/gw_vision.log"));
+    decoder_ = new Proc(Spawn(INTERNVL_LLM_DECODER_BIN,
+                              {"--model", model, "--dtype", "fp32", "--threads", "1", "--max-new-tokens-limit", "4096"},
+                              dir + "/gw_decoder.log"));
+    gateway_ = new Proc(Spawn(INTERNVL_GATEWAY_BIN,
+                              {"--model", model, "--preprocess-addr", preprocess_->target(), "--vision-addr",
+                               encoder_->target(), "--decoder-addr", decoder_->target(), "--deadline-ms", "60000",
+                               "--retries", "1", "--max-images", limits_images, "--max-video-bytes",
+                               std::to_string(kMaxVideoBytes), "--max-segments", "16"},
+                              dir + "/gw_gateway.log"));
+    all_in_one_ = new Proc(Spawn(INTERNVL_CLI_BIN,
+                                 {"serve", "--all-in-one", "--model", model, "--dtype", "fp32", "--threads", "1",
+                                  "--max-images", limits_images},
+                                 dir + "/gw_all_in_one.log", /*cli=*/true));
+    for (auto [p, name] : {std::pair{preprocess_, "internvl.v1.Preprocess"}, {encoder_, "internvl.v1.VisionEncoder"},
+                           {decoder_, "internvl.v1.LlmDecoder"}, {gateway_, "internvl.v1.InternVL"},
+                           {all_in_one_, "internvl.v1.InternVL"}}) {
+      const absl::Status ready = st::WaitForServing(p->target(), name, p->process.get(), kStartTimeout);
+      ASSERT_TRUE(ready.ok()) << name << ": " << ready;
+    }
+    auto pipeline = ChatPipeline::Load(model, PipelineOptions{.dtype = "fp32", .threads = 1});
+    ASSERT_TRUE(pipeline.ok()) << pipeline.status();
+    pipeline_ = pipeline->release();
+  }
+  static void TearDownTestSuite() {
+    for (Proc* p : {gateway_, all_in_one_, decoder_, encoder_, preprocess_}) delete p;
+    delete redis_;
+    delete pipeline_;
+    delete fixtures_;
+  }
+
+  void SetUp() override {
+    if (fixtures_ == nullptr) {
+      INTERNVL_REQUIRE_FIXTURES(fixtures);
+    }
+    ASSERT_NE(pipeline_, nullptr) << "suite setup failed";
+  }
+
+  std::string Input(const std::string& name) const { return ReadFile(*fixtures_ + "/inputs/" + name); }
+
+  static double Metric(const Proc* p, const std::string& series) {
+    auto text = st::HttpGet(p->metrics_port, "/metrics");
+    EXPECT_TRUE(text.ok()) << text.status();
+    return st::MetricValue(text.value_or(""), series).value_or(-1);
+  }
+
+  void ExpectAllServing() const {
+    EXPECT_EQ(st::HealthCheck(preprocess_->target(), "internvl.v1.Preprocess").value_or("?"), "SERVING");
+    EXPECT_EQ(st::HealthCheck(encoder_->target(), "internvl.v1.VisionEncoder").value_or("?"), "SERVING");
+    EXPECT_EQ(st::HealthCheck(decoder_->target(), "internvl.v1.LlmDecoder").value_or("?"), "SERVING");
+    EXPECT_EQ(st::HealthCheck(gateway_->target(), "internvl.v1.InternVL").value_or("?"), "SERVING");
+    EXPECT_EQ(st::HealthCheck(all_in_one_->target(), "internvl.v1.InternVL").value_or("?"), "SERVING");
+  }
+
+  // The same request in-process, through the services and through the
+  // all-in-one server: identical ids, response, prompt and streamed text.
+  void ExpectSameEverywhere(const ChatRequest& request) {
+    std::string local_text;
+    auto local = pipeline_->Chat(request, [&](absl::string_view d) {
+      local_text.append(d.data(), d.size());
+      return true;
+    });
+    ASSERT_TRUE(local.ok()) << local.status();
+    for (Proc* server : {gateway_, all_in_one_}) {
+      SCOPED_TRACE(server == gateway_ ? "services" : "all-in-one");
+      ChatClient client(server->target());
+      std::string streamed;
+      auto remote = client.Chat(request, [&](absl::string_view d) {
+        streamed.append(d.data(), d.size());
+        return true;
+      });
+      ASSERT_TRUE(remote.ok()) << remote.status();
+      EXPECT_EQ(remote->token_ids, local->token_ids);
+      EXPECT_EQ(remote->response, local->response);
+      EXPECT_EQ(remote->finish_reason, local->finish_reason);
+      EXPECT_EQ(remote->prompt_tokens, local->prompt_tokens);
+      EXPECT_EQ(remote->num_patches_list, local->num_patches_list);
+      EXPECT_EQ(remote->frame_indices, local->frame_indices);
+      EXPECT_EQ(streamed, local_text);
+    }
+  }
+
+  static inline std::string* fixtures_ = nullptr;
+  static inline st::RedisServer* redis_ = nullptr;
+  static inline Proc* preprocess_ = nullptr;
+  static inline Proc* encoder_ = nullptr;
+  static inline Proc* decoder_ = nullptr;
+  static inline Proc* gateway_ = nullptr;
+  static inline Proc* all_in_one_ = nullptr;
+  static inline ChatPipeline* pipeline_ = nullptr;
+};
+
+TEST_F(GatewayTest, ImageChatGivesTheInProcessTokenIds) {
+  ChatRequest r;
+  r.question = "Please describe the image shortly.";
+  r.images = {Input("img_300x1200.png")};
+  r.max_num = 3;
+  r.generation.max_new_tokens = 16;
+  ExpectSameEverywhere(r);
+  // The second request's image embedding came from Redis.
+  ChatClient client(gateway_->target());
+  auto again = client.Chat(r);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_GE(Metric(encoder_, "internvl_cache_hits_total"), 1);
+  EXPECT_GE(Metric(gateway_, "internvl_requests_total{code=\"OK\",method=\"Chat\",service=\"internvl.v1.InternVL\"}"), 2);
+}
+
+TEST_F(GatewayTest, MultiImageChatWithHistoryGivesTheInProcessTokenIds) {
+  ChatRequest r;
+  r.question = "What differs between <image> and <image>?";
+  r.images = {Input("img_37x53.png"), Input("img_800x600.png")};
+  r.max_num = 2;
+  r.history = {{"Hello", "Hi, how can I help?"}};
+  r.history_given = true;
+  r.generation.max_new_tokens = 8;
+  ExpectSameEverywhere(r);
+}
+
+TEST_F(GatewayTest, VideoChatGivesTheInProcessTokenIds) {
+  ChatRequest r;
+  r.question = "What happens in the video?";
+  r.video = Input("video.mp4");
+  r.num_segments = 4;
+  r.generation.max_new_tokens = 8;
+  ExpectSameEverywhere(r);
+}
+
+TEST_F(GatewayTest, BadRequestsAreRefusedClearlyAndServicesStayHealthy) {
+  ChatClient client(gateway_->target());
+  ChatRequest ok;
+  ok.question = "Describe.";
+  ok.images = {Input("img_448x448.png")};
+  ok.max_num = 1;
+  ok.generation.max_new_tokens = 2;
+  struct Case {
+    std::string name;
+    ChatRequest request;
+    absl::StatusCode code;
+    std::string message;
+  };
+  std::vector<Case> cases;
+  {
+    Case c{"no text", ok, absl::StatusCode::kInvalidArgument, "text is empty"};
+    c.request.question.clear();
+    cases.push_back(c);
+  }
+  {
+    Case c{"corrupt image", ok, absl::StatusCode::kInvalidArgument, "image 0"};
+    c.request.images = {std::string("\x89PNG\r\n\x1a\nthis is not a png", 25)};
+    cases.push_back(c);
+  }
+  {
+    Case c{"too many images", ok, absl::StatusCode::kResourceExhausted, "over the limit"};
+    c.request.images.assign(kMaxImages + 1, ok.images[0]);
+    cases.push_back(c);
+  }
+  {
+    Case c{"negative temperature", ok, absl::StatusCode::kInvalidArgument, "temperature"};
+    c.request.generation.temperature = -0.5;
+    cases.push_back(c);
+  }
+  {
+    Case c{"top_p above 1", ok, absl::StatusCode::kInvalidArgument, "top_p"};
+    c.request.generation.top_p = 1.5;
+    cases.push_back(c);
+  }
+  {
+    Case c{"max_new_tokens 0", ok, absl::StatusCode::kInvalidArgument, "max_new_tokens"};
+    c.request.generation.max_new_tokens = 0;
+    cases.push_back(c);
+  }
+  {
+    Case c{"oversized video", ok, absl::StatusCode::kResourceExhausted, "video"};
+    c.request.images.clear();
+    c.request.video = std::string(kMaxVideoBytes + 1, 'v');
+    cases.push_back(c);
+  }
+  {
+    Case c{"too many frames", ok, absl::StatusCode::kResourceExhausted, "num_segments"};
+    c.request.images.clear();
+    c.request.video = Input("video.mp4");
+    c.request.num_segments = 17;
+    cases.push_back(c);
+  }
+  {
+    Case c{"undecodable video", ok, absl::StatusCode::kInvalidArgument, "video"};
+    c.request.images.clear();
+    c.request.video = std::string(1000, 'x');
+    cases.push_back(c);
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const auto start = absl::Now();
+    auto result = client.Chat(c.request, nullptr, absl::Seconds(30));
+    ASSERT_FALSE(result.ok());
+    EXPECT_EQ(result.status().code(), c.code) << result.status();
+    EXPECT_THAT(result.status().message(), HasSubstr(c.message));
+    EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  }
+  ExpectAllServing();
+  auto fine = client.Chat(ok);
+  EXPECT_TRUE(fine.ok()) << fine.status();
+}
+
+TEST_F(GatewayTest, ClientCancellationStopsTheDecoder) {
+  const double before = Metric(decoder_, "internvl_decoder_cancelled_total");
+  const double tokens_before = Metric(decoder_, "internvl_decoder_tokens_total");
+  ChatRequest r;
+  r.question = "Tell a very long story.";
+  r.generation.max_new_tokens = 4000;
+  r.generation.do_sample = true;  // a sampled tiny model rarely hits an end token early
+  r.generation.seed = 7;
+  ChatClient client(gateway_->target());
+  int deltas = 0;
+  auto result = client.Chat(r, [&](absl::string_view) { return ++deltas < 3; });
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled) << result.status();
+  // The decoder notices within a token or two and counts the cancellation.
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  while (Metric(decoder_, "internvl_decoder_cancelled_total") < before + 1 && absl::Now() < until)
+    absl::SleepFor(absl::Milliseconds(50));
+  EXPECT_GE(Metric(decoder_, "internvl_decoder_cancelled_total"), before + 1);
+  EXPECT_LT(Metric(decoder_, "internvl_decoder_tokens_total") - tokens_before, 2000) << "generation did not stop";
+  ExpectAllServing();
+}
+
+TEST_F(GatewayTest, AStageThatIsDownGivesUnavailableNotAHang) {
+  const std::string dir = ::internvl::testing::TempDir();
+  const std::string dead = "127.0.0.1:" + std::to_string(st::PickFreePort().value());
+  Proc gw = Spawn(INTERNVL_GATEWAY_BIN,
+                  {"--model", *fixtures_ + "/tiny-qwen2", "--preprocess-addr", preprocess_->target(), "--vision-addr",
+                   encoder_->target(), "--decoder-addr", dead, "--deadline-ms", "5000", "--retries", "2"},
+                  dir + "/gw_dead_decoder.log");
+  ASSERT_TRUE(st::WaitForServing(gw.target(), "internvl.v1.InternVL", gw.process.get(), kStartTimeout).ok());
+  ChatRequest r;
+  r.question = "Hello";
+  r.generation.max_new_tokens = 2;
+  ChatClient client(gw.target());
+  const auto start = absl::Now();
+  auto result = client.Chat(r, nullptr, absl::Seconds(30));
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+  EXPECT_THAT(result.status().message(), HasSubstr("decoder"));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  gw.process->Signal(SIGTERM);
+  EXPECT_EQ(gw.process->Wait(absl::Seconds(10)).value_or(-1), 0);
+}
+
+}  // namespace
+}  // namespace internvl::gateway
