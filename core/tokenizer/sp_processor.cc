@@ -1,52 +1,72 @@
-// The only translation unit that includes sentencepiece_processor.h (see
-// sp_processor.h): no Abseil header may be included here.
+// Opens the sentencepiece plugin (see sp_processor.h for why it is one).
 #include "core/tokenizer/sp_processor.h"
 
-#include <sentencepiece_processor.h>
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
 
 namespace internvl::tokenizer {
+namespace {
 
-struct SpProcessor::Impl {
-  sentencepiece::SentencePieceProcessor sp;
+constexpr char kPluginName[] = "libinternvl_sp.so";
+
+struct Plugin {
+  SpCreateFn create = nullptr;
+  std::string error;
 };
 
-SpProcessor::SpProcessor() : impl_(std::make_unique<Impl>()) {}
-SpProcessor::~SpProcessor() = default;
-
-std::unique_ptr<SpProcessor> SpProcessor::Load(const std::string& path, std::string* error) {
-  std::unique_ptr<SpProcessor> p(new SpProcessor());
-  const auto status = p->impl_->sp.Load(path);
-  if (!status.ok()) {
-    *error = status.ToString();
-    return nullptr;
+// Candidates: $INTERNVL_SP_PLUGIN, the build tree's copy, then next to the
+// executable and in ../lib (installed layouts, container images).
+std::vector<std::string> Candidates() {
+  std::vector<std::string> out;
+  if (const char* env = std::getenv("INTERNVL_SP_PLUGIN"); env != nullptr && *env) out.push_back(env);
+#ifdef INTERNVL_SP_PLUGIN_PATH
+  out.push_back(INTERNVL_SP_PLUGIN_PATH);
+#endif
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    out.push_back((exe.parent_path() / kPluginName).string());
+    out.push_back((exe.parent_path() / ".." / "lib" / kPluginName).string());
   }
-  return p;
-}
-
-bool SpProcessor::EncodeAsPieces(const std::string& text, std::vector<std::string>* pieces,
-                                 std::string* error) const {
-  pieces->clear();
-  const auto status = impl_->sp.Encode(text, pieces);
-  if (!status.ok()) {
-    *error = status.ToString();
-    return false;
-  }
-  return true;
-}
-
-std::string SpProcessor::DecodePieces(const std::vector<std::string>& pieces) const {
-  std::string out;
-  // Decoding pieces cannot fail for a loaded model; an error leaves `out` empty.
-  (void)impl_->sp.Decode(pieces, &out);
+  out.push_back(kPluginName);  // the loader's search path
   return out;
 }
 
-int SpProcessor::PieceToId(const std::string& piece) const { return impl_->sp.PieceToId(piece); }
-std::string SpProcessor::IdToPiece(int id) const { return impl_->sp.IdToPiece(id); }
-int SpProcessor::piece_size() const { return impl_->sp.GetPieceSize(); }
-int SpProcessor::unk_id() const { return impl_->sp.unk_id(); }
-bool SpProcessor::IsByte(int id) const { return impl_->sp.IsByte(id); }
-bool SpProcessor::IsControl(int id) const { return impl_->sp.IsControl(id); }
-bool SpProcessor::IsUnknown(int id) const { return impl_->sp.IsUnknown(id); }
+const Plugin& GetPlugin() {
+  static Plugin* plugin = [] {
+    auto* p = new Plugin();
+    std::string tried;
+    for (const std::string& path : Candidates()) {
+      if (path.find('/') != std::string::npos && !std::filesystem::exists(path)) continue;
+      void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      if (handle == nullptr) {
+        tried += std::string(" ") + path + " (" + ::dlerror() + ")";
+        continue;
+      }
+      p->create = reinterpret_cast<SpCreateFn>(::dlsym(handle, kSpCreateSymbol));
+      if (p->create != nullptr) return p;
+      tried += std::string(" ") + path + " (no " + kSpCreateSymbol + ")";
+    }
+    p->error = std::string("cannot load the sentencepiece plugin ") + kPluginName +
+               " (set INTERNVL_SP_PLUGIN); tried:" + (tried.empty() ? " nothing found" : tried);
+    return p;
+  }();
+  return *plugin;
+}
+
+}  // namespace
+
+std::unique_ptr<SpProcessor> SpProcessor::Load(const std::string& path, std::string* error) {
+  const Plugin& plugin = GetPlugin();
+  if (plugin.create == nullptr) {
+    *error = plugin.error;
+    return nullptr;
+  }
+  return std::unique_ptr<SpProcessor>(plugin.create(path.c_str(), error));
+}
 
 }  // namespace internvl::tokenizer
