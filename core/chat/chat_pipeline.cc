@@ -151,7 +151,7 @@ absl::StatusOr<at::Tensor> ChatPipeline::Impl::Embeddings(const std::vector<int6
                                                           ChatTimings& timings) const {
   at::Tensor ids = at::from_blob(const_cast<int64_t*>(flat_ids.data()), {batch, len}, at::kLong).clone();
   INTERNVL_ASSIGN_OR_RETURN(at::Tensor embeds, lm->Embed(ids));
-  if (pixels.values.numel() == 0) return embeds;
+  if (pixels.values.shape.empty() || pixels.values.numel() == 0) return embeds;
   const auto t0 = Clock::now();
   INTERNVL_ASSIGN_OR_RETURN(at::Tensor vit, ExtractFeature(*vision, HostToTensor(pixels.values)));
   timings.vision_ms = Ms(t0, Clock::now());
@@ -246,7 +246,7 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
     patches_per_row.push_back(p.num_patches_list);
     // Concatenate pixel values in row order (batch_chat's torch.cat).
     if (p.values.numel() > 0) {
-      if (pixels.values.numel() == 0) {
+      if (pixels.values.shape.empty()) {  // nothing accumulated yet
         pixels.values = std::move(p.values);
       } else {
         pixels.values.shape[0] += p.values.shape[0];
