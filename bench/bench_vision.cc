@@ -133,7 +133,7 @@ int Main(int argc, char** argv) {
     const double achieved = flops / per_tile;
     std::printf("%s (computed in %s): %.0f ms/tile (%d tiles) | %.0f GFLOP/s achieved vs %s matmul peak %.0f GFLOP/s"
                 " (2048^3, same run) = %.0f%% of peak; bound at peak %.0f ms/tile\n",
-                dtype, c10::toString(compute), per_tile * 1e3, n, c10::toString(compute), achieved / 1e9, peak / 1e9, 100 * achieved / peak, flops / peak * 1e3);
+                dtype, c10::toString(compute), per_tile * 1e3, n, achieved / 1e9, c10::toString(compute), peak / 1e9, 100 * achieved / peak, flops / peak * 1e3);
   }
   std::printf("peak RSS %.0f MiB\n", bench::PeakRssMiB());
   std::filesystem::remove_all(dir);

@@ -51,6 +51,10 @@ auto TorchGuard(absl::string_view what, Fn&& fn) {
   }
 }
 
+// Tunes glibc malloc for model inference (see the .cc); idempotent. Called
+// by SetTorchThreads.
+void TuneAllocator();
+
 // Sets libtorch's intra-op thread count (it starts at 1 on these machines).
 // n <= 0 picks the number of online cores.
 void SetTorchThreads(int n);

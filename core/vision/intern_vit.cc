@@ -84,9 +84,22 @@ at::Tensor VisionAttentionImpl::forward(const at::Tensor& x) {
   q = q.transpose(1, 2);  // [B,H,N,D]
   k = k.transpose(1, 2);
   v = v.transpose(1, 2);
-  at::Tensor attn = at::matmul(q * scale_, k.transpose(-2, -1));
-  attn = attn.softmax(-1);
-  at::Tensor out = at::matmul(attn, v).transpose(1, 2).reshape({B, N, C});
+  // Scores for a group of heads at a time: [B,g,N,N] stays under glibc's
+  // 32 MB mmap threshold (a 448px tile has N=1025: all 16 heads would be a
+  // 67 MB buffer, mapped and zeroed by the kernel on every layer).
+  constexpr int64_t kScoreBytes = 16 << 20;
+  const int64_t per_head = B * N * N * static_cast<int64_t>(at::elementSize(x.scalar_type()));
+  const int64_t group = std::max<int64_t>(1, std::min<int64_t>(heads_, kScoreBytes / std::max<int64_t>(per_head, 1)));
+  at::Tensor out = at::empty({B, heads_, N, head_dim_}, x.options());
+  for (int64_t h0 = 0; h0 < heads_; h0 += group) {
+    const int64_t h1 = std::min(heads_, h0 + group);
+    at::Tensor qs = q.slice(1, h0, h1), ks = k.slice(1, h0, h1), vs = v.slice(1, h0, h1);
+    // as _naive_attn: (q * scale) @ k^T, softmax, @ v.
+    at::Tensor attn = at::matmul(qs * scale_, ks.transpose(-2, -1));
+    attn = attn.softmax(-1);
+    out.slice(1, h0, h1).copy_(at::matmul(attn, vs));
+  }
+  out = out.transpose(1, 2).reshape({B, N, C});
   return proj->forward(out);
 }
 

@@ -16,9 +16,10 @@ namespace internvl {
 
 struct VisionOptions {
   std::string dtype = "bf16";  // "fp32" or "bf16" (bf16 uses AMX through oneDNN)
-  // Tiles per forward pass: bounds the attention buffers ([B, heads, 1025,
-  // 1025] scores) while keeping matmuls large enough to run at peak.
-  int tile_batch = 4;
+  // Tiles per forward pass. One 448px tile already gives matmuls of 1025
+  // rows (near peak); more tiles per pass only grow the temporaries past
+  // glibc's mmap threshold (fresh, kernel-zeroed pages every layer).
+  int tile_batch = 1;
 };
 
 class VisionModel {
