@@ -72,11 +72,11 @@ absl::StatusOr<LlmGeneration> LlmEngine::Generate(const std::vector<int64_t>& pr
   }
   const int64_t hidden = hidden_size();
   int64_t rows = 0;
-  if (image_embeddings.numel() > 0) {
-    if (image_embeddings.shape.empty() || image_embeddings.shape.back() != hidden)
-      return absl::InvalidArgumentError(
-          absl::StrCat("image embeddings have hidden size ",
-                       image_embeddings.shape.empty() ? 0 : image_embeddings.shape.back(), ", the model has ", hidden));
+  // A default HostTensor (empty shape) means no images.
+  if (!image_embeddings.shape.empty() && image_embeddings.numel() > 0) {
+    if (image_embeddings.shape.back() != hidden)
+      return absl::InvalidArgumentError(absl::StrCat("image embeddings have hidden size ",
+                                                     image_embeddings.shape.back(), ", the model has ", hidden));
     rows = image_embeddings.numel() / hidden;
   }
   if (rows != image_tokens)
