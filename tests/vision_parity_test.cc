@@ -9,6 +9,8 @@
 #include <opencv2/imgproc.hpp>
 
 #include "core/config.h"
+#include "core/files.h"
+#include "core/preprocess/tiling.h"
 #include "core/nn/torch_util.h"
 #include "core/safetensors.h"
 #include "core/testing/fixtures.h"
@@ -80,6 +82,36 @@ TEST_P(VisionParity, ThumbnailTileMatchesReferenceAndBatchingDoesNotChangeIt) {
   at::Tensor expected = Expected(**expected_file, "A_vit_embeds").select(0, 3).unsqueeze(0);
   Diff d = CompareTensors(*out, expected);
   EXPECT_LE(d.max_abs, 1e-4 * d.ref_max_abs) << GetParam() << ": " << d.ToString();
+}
+
+TEST_P(VisionParity, CaseAFromOurPreprocessingMatchesVitEmbedsAndHiddenState) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  const std::string dir = fixtures + "/" + GetParam();
+  auto model = VisionModel::Load(dir, VisionOptions{.dtype = "fp32"});
+  ASSERT_TRUE(model.ok()) << model.status();
+  // Case A: load_image('img_300x1200.png', max_num=3) -> grid 1x3 + thumbnail.
+  preprocess::TilingOptions tiling;
+  tiling.max_num = 3;
+  auto tiles = preprocess::LoadImageTiles(*ReadFile(fixtures + "/inputs/img_300x1200.png"), tiling);
+  ASSERT_TRUE(tiles.ok()) << tiles.status();
+  ASSERT_EQ(tiles->count, 4);
+  at::Tensor px = at::empty({tiles->count, 3, tiles->size, tiles->size});
+  preprocess::NormalizeTiles(*tiles, px.data_ptr<float>());
+  auto expected_file = SafetensorsFile::Open(dir + "/expected.safetensors");
+  ASSERT_TRUE(expected_file.ok());
+  // Our pixel values against the reference's per-tile sums.
+  Diff sums = CompareTensors(px.to(at::kDouble).sum({1, 2, 3}), Expected(**expected_file, "A_pixel_values_tile_sum"));
+  EXPECT_LE(sums.max_abs, 1e-2) << sums.ToString();
+  auto hidden = VisionHiddenState(**model, px.slice(0, 0, 1));
+  ASSERT_TRUE(hidden.ok()) << hidden.status();
+  Diff dh = CompareTensors(*hidden, Expected(**expected_file, "A_vision_last_hidden_state_first_tile"));
+  EXPECT_LE(dh.max_abs, 1e-4 * dh.ref_max_abs) << GetParam() << ": " << dh.ToString();
+  auto out = ExtractFeature(**model, px);
+  ASSERT_TRUE(out.ok()) << out.status();
+  Diff d = CompareTensors(*out, Expected(**expected_file, "A_vit_embeds"));
+  EXPECT_LE(d.max_abs, 1e-4 * d.ref_max_abs) << GetParam() << ": " << d.ToString();
+  std::printf("%s A_vit_embeds (4 tiles, our preprocessing) fp32: %s; first-tile hidden state: %s\n", GetParam(),
+              d.ToString().c_str(), dh.ToString().c_str());
 }
 
 TEST_P(VisionParity, Bf16StaysCloseToFp32) {
