@@ -69,13 +69,16 @@ int main(int argc, char** argv) {
   Proc vis = Spawn(INTERNVL_VISION_ENCODER_BIN, {"--model", model, "--dtype", dtype}, dir + "/bench_gw_vis.log");
   Proc dec = Spawn(INTERNVL_LLM_DECODER_BIN, {"--model", model, "--dtype", dtype}, dir + "/bench_gw_dec.log");
   Proc gw = Spawn(INTERNVL_GATEWAY_BIN,
-                  {"--model", model, "--preprocess-addr", pre.target(), "--vision-addr", vis.target(),
-                   "--decoder-addr", dec.target()},
+                  {"--model", model, "--preprocess-addr", pre.target(), "--vision-addr", vis.target(), "--decoder-addr",
+                   dec.target()},
                   dir + "/bench_gw_gateway.log");
-  Proc aio = Spawn(INTERNVL_CLI_BIN, {"serve", "--all-in-one", "--model", model, "--dtype", dtype},
-                   dir + "/bench_gw_aio.log");
-  for (auto [p, name] : {std::pair{&pre, "internvl.v1.Preprocess"}, {&vis, "internvl.v1.VisionEncoder"},
-                         {&dec, "internvl.v1.LlmDecoder"}, {&gw, "internvl.v1.InternVL"}, {&aio, "internvl.v1.InternVL"}}) {
+  Proc aio =
+      Spawn(INTERNVL_CLI_BIN, {"serve", "--all-in-one", "--model", model, "--dtype", dtype}, dir + "/bench_gw_aio.log");
+  for (auto [p, name] : {std::pair{&pre, "internvl.v1.Preprocess"},
+                         {&vis, "internvl.v1.VisionEncoder"},
+                         {&dec, "internvl.v1.LlmDecoder"},
+                         {&gw, "internvl.v1.InternVL"},
+                         {&aio, "internvl.v1.InternVL"}}) {
     if (absl::Status s = st::WaitForServing(p->target(), name, p->process.get(), absl::Seconds(300)); !s.ok()) {
       std::fprintf(stderr, "%s: %s\n", name, s.ToString().c_str());
       return 1;

@@ -28,7 +28,8 @@ std::vector<FlagSpec> Specs() {
 int Run(const std::vector<std::string>& argv) {
   const auto specs = Specs();
   if (argv.empty() || argv[0] != "chat") {
-    std::cerr << "usage: internvl client chat --addr HOST:PORT [flags]\n" << Args::Usage("client chat", kSummary, specs);
+    std::cerr << "usage: internvl client chat --addr HOST:PORT [flags]\n"
+              << Args::Usage("client chat", kSummary, specs);
     return (!argv.empty() && (argv[0] == "--help" || argv[0] == "-h")) ? 0 : 2;
   }
   auto args = Args::Parse(std::vector<std::string>(argv.begin() + 1, argv.end()), specs);
@@ -36,7 +37,8 @@ int Run(const std::vector<std::string>& argv) {
     std::cout << Args::Usage("client chat", kSummary, specs);
     return 0;
   }
-  absl::StatusOr<ChatRequest> request = args.ok() ? ChatRequestFromArgs(*args) : absl::StatusOr<ChatRequest>(args.status());
+  absl::StatusOr<ChatRequest> request =
+      args.ok() ? ChatRequestFromArgs(*args) : absl::StatusOr<ChatRequest>(args.status());
   if (!request.ok()) {
     ReportError("client chat", request.status());
     std::cerr << Args::Usage("client chat", kSummary, specs);

@@ -43,11 +43,13 @@ v1::FinishReason ToProtoFinish(const std::string& name) {
 class ChatCall : public services::StreamingWriteReactor<v1::ChatResponse> {
  public:
   ChatCall(ChatService* service, grpc::CallbackServerContext* context, const v1::ChatRequest* request)
-      : services::StreamingWriteReactor<v1::ChatResponse>(context, service->metrics(), "Chat"), service_(service), request_(request) {
+      : services::StreamingWriteReactor<v1::ChatResponse>(context, service->metrics(), "Chat"),
+        service_(service),
+        request_(request) {
     const CallState call{this, Deadline(context, service->options().default_deadline)};
     const absl::Status queued = service->queue()->Submit([this, call] {
-      const absl::Status s =
-          service_->Run(*request_, nullptr, v1::VideoSettings(), call, [this](v1::ChatResponse r) { return Write(std::move(r)); });
+      const absl::Status s = service_->Run(*request_, nullptr, v1::VideoSettings(), call,
+                                           [this](v1::ChatResponse r) { return Write(std::move(r)); });
       Close(s);
     });
     if (!queued.ok()) Close(queued);
@@ -123,10 +125,11 @@ class ChatUnaryCall : public grpc::ServerUnaryReactor, public CallCancellation {
     service_->metrics()->in_flight()->Add(1);
     const CallState call{this, Deadline(context, service->options().default_deadline)};
     const absl::Status queued = service->queue()->Submit([this, call, request, response] {
-      const absl::Status s = service_->Run(*request, nullptr, v1::VideoSettings(), call, [response](v1::ChatResponse r) {
-        if (r.has_final()) *response = std::move(r);
-        return true;
-      });
+      const absl::Status s =
+          service_->Run(*request, nullptr, v1::VideoSettings(), call, [response](v1::ChatResponse r) {
+            if (r.has_final()) *response = std::move(r);
+            return true;
+          });
       Done(s);
     });
     if (!queued.ok()) Done(queued);
@@ -233,8 +236,7 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
   } else if (request.images_size() > 0) {
     v1::PreprocessImagesRequest pre;
     *pre.mutable_images() = request.images();
-    pre.mutable_tiling()->set_max_num(request.max_num() > 0 ? request.max_num()
-                                                            : prompt_->config().max_dynamic_patch);
+    pre.mutable_tiling()->set_max_num(request.max_num() > 0 ? request.max_num() : prompt_->config().max_dynamic_patch);
     pre.mutable_tiling()->set_use_thumbnail(prompt_->config().use_thumbnail);
     INTERNVL_ASSIGN_OR_RETURN(media, stages_->EncodeImages(pre, call));
   }

@@ -20,13 +20,13 @@
 namespace internvl::gateway {
 
 struct ChatServiceOptions {
-  int max_images = 16;                         // images per request (RESOURCE_EXHAUSTED above)
+  int max_images = 16;                          // images per request (RESOURCE_EXHAUSTED above)
   int64_t max_image_bytes = int64_t{32} << 20;  // encoded bytes per image
   int64_t max_video_bytes = int64_t{256} << 20;
-  int max_segments = 64;          // video frames per request
-  int max_tiles = 40;             // largest max_num
+  int max_segments = 64;  // video frames per request
+  int max_tiles = 40;     // largest max_num
   int max_new_tokens_limit = 4096;
-  int threads = 16;               // concurrent requests in flight through the stages
+  int threads = 16;  // concurrent requests in flight through the stages
   int max_queued = 64;
   // Used when the client sets no deadline.
   absl::Duration default_deadline = absl::Seconds(600);
@@ -40,7 +40,7 @@ class ChatService : public v1::InternVL::CallbackService {
   ~ChatService() override;
 
   grpc::ServerWriteReactor<v1::ChatResponse>* Chat(grpc::CallbackServerContext* context,
-                                                    const v1::ChatRequest* request) override;
+                                                   const v1::ChatRequest* request) override;
   grpc::ServerBidiReactor<v1::ChatVideoRequest, v1::ChatResponse>* ChatVideo(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* ChatUnary(grpc::CallbackServerContext* context, const v1::ChatRequest* request,

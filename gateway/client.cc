@@ -31,9 +31,15 @@ ChatResult FromProtoFinal(const v1::ChatFinal& f) {
   r.token_ids.assign(f.token_ids().begin(), f.token_ids().end());
   if (f.has_stop_token_id()) r.token_ids.push_back(f.stop_token_id());
   switch (f.finish_reason()) {
-    case v1::FINISH_REASON_STOP: r.finish_reason = "stop"; break;
-    case v1::FINISH_REASON_LENGTH: r.finish_reason = "length"; break;
-    default: r.finish_reason = "cancelled"; break;
+    case v1::FINISH_REASON_STOP:
+      r.finish_reason = "stop";
+      break;
+    case v1::FINISH_REASON_LENGTH:
+      r.finish_reason = "length";
+      break;
+    default:
+      r.finish_reason = "cancelled";
+      break;
   }
   r.prompt_tokens = f.prompt_tokens();
   r.num_patches_list.assign(f.num_patches().begin(), f.num_patches().end());

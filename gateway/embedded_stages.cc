@@ -35,7 +35,8 @@ absl::StatusOr<MediaEmbeddings> EmbeddedStages::EncodeImages(const v1::Preproces
                                                              const CallState& call) {
   MediaEmbeddings out;
   INTERNVL_RETURN_IF_ERROR(services::ValidateImages(request, options_.limits));
-  INTERNVL_ASSIGN_OR_RETURN(preprocess::TilingOptions tiling, services::ResolveTiling(request.tiling(), options_.limits));
+  INTERNVL_ASSIGN_OR_RETURN(preprocess::TilingOptions tiling,
+                            services::ResolveTiling(request.tiling(), options_.limits));
   const auto t0 = Clock::now();
   for (int i = 0; i < request.images_size(); ++i) {
     if (call.cancellation && call.cancellation->cancelled()) return absl::CancelledError("the client cancelled");
@@ -108,12 +109,11 @@ absl::StatusOr<GenerateOutcome> EmbeddedStages::Generate(const GenerateInput& in
   std::vector<int64_t> ids(input.prompt_ids.begin(), input.prompt_ids.end());
   static const HostTensor kNone;
   INTERNVL_ASSIGN_OR_RETURN(
-      LlmGeneration g,
-      engine_->Generate(ids, input.embeddings ? *input.embeddings : kNone, prompt_->img_context_id(), stops,
-                        input.settings, [&](int id) {
-                          if (std::find(stops.begin(), stops.end(), id) != stops.end()) return true;
-                          return sink({id});
-                        }));
+      LlmGeneration g, engine_->Generate(ids, input.embeddings ? *input.embeddings : kNone, prompt_->img_context_id(),
+                                         stops, input.settings, [&](int id) {
+                                           if (std::find(stops.begin(), stops.end(), id) != stops.end()) return true;
+                                           return sink({id});
+                                         }));
   GenerateOutcome out;
   out.token_ids = g.token_ids;
   if (g.finish_reason == "stop" && !out.token_ids.empty() &&

@@ -40,7 +40,8 @@ int main(int argc, char** argv) {
   using namespace internvl;
   using namespace internvl::gateway;
   services::BlockTerminationSignals();
-  absl::SetProgramUsageMessage("The InternVL gateway: the public chat API over the preprocess, vision and decoder services.");
+  absl::SetProgramUsageMessage(
+      "The InternVL gateway: the public chat API over the preprocess, vision and decoder services.");
   services::NormalizedArgs args(argc, argv);
   absl::ParseCommandLine(args.argc(), args.argv());
   if (absl::GetFlag(FLAGS_model).empty()) {

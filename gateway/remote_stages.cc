@@ -60,8 +60,7 @@ auto CallWithRetries(const RemoteStagesOptions& o, const CallState& call, const 
     }
     if (status.ok()) return result;
     const bool again = status.code() == absl::StatusCode::kUnavailable && attempt < o.retries && retryable() &&
-                       absl::Now() + backoff < call.deadline &&
-                       !(call.cancellation && call.cancellation->cancelled());
+                       absl::Now() + backoff < call.deadline && !(call.cancellation && call.cancellation->cancelled());
     if (!again) return Named(status, stage, addr);
     absl::SleepFor(backoff);
     backoff *= 2;
@@ -124,14 +123,14 @@ absl::StatusOr<MediaEmbeddings> RemoteStages::EncodeVideo(const std::string& vid
                                                           const CallState& call) {
   MediaEmbeddings out;
   const auto t0 = Clock::now();
-  INTERNVL_ASSIGN_OR_RETURN(
-      services::VideoReply reply,
-      CallWithRetries(
-          options_, call, "preprocess", options_.preprocess_addr,
-          [&](grpc::ClientContext* ctx) {
-            return services::CallPreprocessVideo(preprocess_.get(), ctx, settings, video, options_.max_chunk_bytes);
-          },
-          [] { return true; }));
+  INTERNVL_ASSIGN_OR_RETURN(services::VideoReply reply, CallWithRetries(
+                                                            options_, call, "preprocess", options_.preprocess_addr,
+                                                            [&](grpc::ClientContext* ctx) {
+                                                              return services::CallPreprocessVideo(
+                                                                  preprocess_.get(), ctx, settings, video,
+                                                                  options_.max_chunk_bytes);
+                                                            },
+                                                            [] { return true; }));
   out.preprocess_ms = MsSince(t0);
   out.frame_indices.assign(reply.video.frame_indices().begin(), reply.video.frame_indices().end());
   if (reply.frames.empty()) return absl::InvalidArgumentError("the video gave no frames");
@@ -197,9 +196,15 @@ absl::StatusOr<GenerateOutcome> RemoteStages::Generate(const GenerateInput& inpu
             out.token_ids.assign(f.token_ids().begin(), f.token_ids().end());
             if (f.has_stop_token_id()) out.stop_token_id = f.stop_token_id();
             switch (f.finish_reason()) {
-              case v1::FINISH_REASON_STOP: out.finish_reason = "stop"; break;
-              case v1::FINISH_REASON_LENGTH: out.finish_reason = "length"; break;
-              default: out.finish_reason = "cancelled"; break;
+              case v1::FINISH_REASON_STOP:
+                out.finish_reason = "stop";
+                break;
+              case v1::FINISH_REASON_LENGTH:
+                out.finish_reason = "length";
+                break;
+              default:
+                out.finish_reason = "cancelled";
+                break;
             }
             out.prefill_ms = f.timings().prefill_ms();
             out.decode_ms = f.timings().decode_ms();

@@ -67,8 +67,8 @@ class GatewayTest : public ::testing::Test {
     ASSERT_TRUE(redis.ok()) << redis.status();
     redis_ = redis->release();
     const std::string limits_images = std::to_string(kMaxImages);
-    preprocess_ = new Proc(Spawn(INTERNVL_PREPROCESS_BIN, {"--max-images", limits_images, "--threads", "1"},
-                                 dir + "/gw_preprocess.log"));
+    preprocess_ = new Proc(
+        Spawn(INTERNVL_PREPROCESS_BIN, {"--max-images", limits_images, "--threads", "1"}, dir + "/gw_preprocess.log"));
     encoder_ = new Proc(Spawn(INTERNVL_VISION_ENCODER_BIN,
                               {"--model", model, "--dtype", "fp32", "--redis", redis_->address(), "--max-images",
                                limits_images, "--threads", "1"},
@@ -76,18 +76,20 @@ class GatewayTest : public ::testing::Test {
     decoder_ = new Proc(Spawn(INTERNVL_LLM_DECODER_BIN,
                               {"--model", model, "--dtype", "fp32", "--threads", "1", "--max-new-tokens-limit", "4096"},
                               dir + "/gw_decoder.log"));
-    gateway_ = new Proc(Spawn(INTERNVL_GATEWAY_BIN,
-                              {"--model", model, "--preprocess-addr", preprocess_->target(), "--vision-addr",
-                               encoder_->target(), "--decoder-addr", decoder_->target(), "--deadline-ms", "60000",
-                               "--retries", "1", "--max-images", limits_images, "--max-video-bytes",
-                               std::to_string(kMaxVideoBytes), "--max-segments", "16"},
-                              dir + "/gw_gateway.log"));
-    all_in_one_ = new Proc(Spawn(INTERNVL_CLI_BIN,
-                                 {"serve", "--all-in-one", "--model", model, "--dtype", "fp32", "--threads", "1",
-                                  "--max-images", limits_images},
-                                 dir + "/gw_all_in_one.log", /*cli=*/true));
-    for (auto [p, name] : {std::pair{preprocess_, "internvl.v1.Preprocess"}, {encoder_, "internvl.v1.VisionEncoder"},
-                           {decoder_, "internvl.v1.LlmDecoder"}, {gateway_, "internvl.v1.InternVL"},
+    gateway_ = new Proc(
+        Spawn(INTERNVL_GATEWAY_BIN,
+              {"--model", model, "--preprocess-addr", preprocess_->target(), "--vision-addr", encoder_->target(),
+               "--decoder-addr", decoder_->target(), "--deadline-ms", "60000", "--retries", "1", "--max-images",
+               limits_images, "--max-video-bytes", std::to_string(kMaxVideoBytes), "--max-segments", "16"},
+              dir + "/gw_gateway.log"));
+    all_in_one_ = new Proc(Spawn(
+        INTERNVL_CLI_BIN,
+        {"serve", "--all-in-one", "--model", model, "--dtype", "fp32", "--threads", "1", "--max-images", limits_images},
+        dir + "/gw_all_in_one.log", /*cli=*/true));
+    for (auto [p, name] : {std::pair{preprocess_, "internvl.v1.Preprocess"},
+                           {encoder_, "internvl.v1.VisionEncoder"},
+                           {decoder_, "internvl.v1.LlmDecoder"},
+                           {gateway_, "internvl.v1.InternVL"},
                            {all_in_one_, "internvl.v1.InternVL"}}) {
       const absl::Status ready = st::WaitForServing(p->target(), name, p->process.get(), kStartTimeout);
       ASSERT_TRUE(ready.ok()) << name << ": " << ready;
@@ -176,7 +178,8 @@ TEST_F(GatewayTest, ImageChatGivesTheInProcessTokenIds) {
   auto again = client.Chat(r);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_GE(Metric(encoder_, "internvl_cache_hits_total"), 1);
-  EXPECT_GE(Metric(gateway_, "internvl_requests_total{code=\"OK\",method=\"Chat\",service=\"internvl.v1.InternVL\"}"), 2);
+  EXPECT_GE(Metric(gateway_, "internvl_requests_total{code=\"OK\",method=\"Chat\",service=\"internvl.v1.InternVL\"}"),
+            2);
 }
 
 TEST_F(GatewayTest, MultiImageChatWithHistoryGivesTheInProcessTokenIds) {

@@ -51,9 +51,9 @@ struct ChatTimings {
 };
 
 struct ChatResult {
-  std::string response;         // decoded (skip special), cut at the separator, stripped
-  std::vector<int> token_ids;   // generated ids (the stop id included when produced)
-  std::string finish_reason;    // "stop", "length" or "cancelled"
+  std::string response;        // decoded (skip special), cut at the separator, stripped
+  std::vector<int> token_ids;  // generated ids (the stop id included when produced)
+  std::string finish_reason;   // "stop", "length" or "cancelled"
   int prompt_tokens = 0;
   int num_tiles = 0;
   std::vector<int> num_patches_list;

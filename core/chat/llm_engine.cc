@@ -23,8 +23,10 @@ LlmEngine::~LlmEngine() = default;
 
 absl::Status ValidateGenerationSettings(const GenerationSettings& g) {
   if (g.max_new_tokens < 1) return absl::InvalidArgumentError("max_new_tokens must be at least 1");
-  if (!(g.temperature > 0)) return absl::InvalidArgumentError(absl::StrCat("temperature must be > 0, got ", g.temperature));
-  if (!(g.top_p > 0 && g.top_p <= 1)) return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", g.top_p));
+  if (!(g.temperature > 0))
+    return absl::InvalidArgumentError(absl::StrCat("temperature must be > 0, got ", g.temperature));
+  if (!(g.top_p > 0 && g.top_p <= 1))
+    return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", g.top_p));
   if (g.top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", g.top_k));
   if (!(g.repetition_penalty > 0))
     return absl::InvalidArgumentError(absl::StrCat("repetition_penalty must be > 0, got ", g.repetition_penalty));
@@ -48,9 +50,12 @@ std::string LlmEngine::dtype_name() const { return impl_->lm->dtype() == at::kBF
 namespace {
 const char* FinishName(llm::FinishReason r) {
   switch (r) {
-    case llm::FinishReason::kStop: return "stop";
-    case llm::FinishReason::kLength: return "length";
-    case llm::FinishReason::kCancelled: return "cancelled";
+    case llm::FinishReason::kStop:
+      return "stop";
+    case llm::FinishReason::kLength:
+      return "length";
+    case llm::FinishReason::kCancelled:
+      return "cancelled";
   }
   return "?";
 }
@@ -90,10 +95,9 @@ absl::StatusOr<LlmGeneration> LlmEngine::Generate(const std::vector<int64_t>& pr
   at::Tensor ids = at::from_blob(const_cast<int64_t*>(prompt_ids.data()), {1, len}, at::kLong).clone();
   INTERNVL_ASSIGN_OR_RETURN(at::Tensor embeds, lm.Embed(ids));
   if (rows > 0) {
-    INTERNVL_ASSIGN_OR_RETURN(
-        at::Tensor vit, TorchGuard("casting image embeddings", [&] {
-          return HostToTensor(image_embeddings).reshape({rows, hidden}).to(lm.dtype());
-        }));
+    INTERNVL_ASSIGN_OR_RETURN(at::Tensor vit, TorchGuard("casting image embeddings", [&] {
+                                return HostToTensor(image_embeddings).reshape({rows, hidden}).to(lm.dtype());
+                              }));
     INTERNVL_ASSIGN_OR_RETURN(embeds, llm::ScatterImageEmbeddings(embeds, ids, img_context_id, vit));
   }
   llm::GenerationOptions gen;

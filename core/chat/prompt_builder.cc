@@ -18,7 +18,8 @@ absl::StatusOr<std::unique_ptr<PromptBuilder>> PromptBuilder::Load(const std::st
   INTERNVL_ASSIGN_OR_RETURN(std::vector<int> stops, tokenizer::StopTokenIds(*b->chat_template_, *b->tok_, gen_config));
   b->stop_ids_.assign(stops.begin(), stops.end());
   auto ctx = b->tok_->TokenToId(tokenizer::kImgContextToken);
-  if (!ctx) return absl::InvalidArgumentError(absl::StrCat("the tokenizer in ", model_dir, " has no <IMG_CONTEXT> token"));
+  if (!ctx)
+    return absl::InvalidArgumentError(absl::StrCat("the tokenizer in ", model_dir, " has no <IMG_CONTEXT> token"));
   b->img_context_id_ = *ctx;
   return b;
 }
@@ -35,7 +36,8 @@ absl::StatusOr<std::string> PromptBuilder::Question(const ChatRequest& request, 
   if (num_media > 1 && !request.history_given && !absl::StrContains(request.question, tokenizer::kImagePlaceholder)) {
     // The model card's multi-image convention.
     std::string q;
-    for (size_t i = 0; i < num_media; ++i) absl::StrAppend(&q, "Image-", i + 1, ": ", tokenizer::kImagePlaceholder, "\n");
+    for (size_t i = 0; i < num_media; ++i)
+      absl::StrAppend(&q, "Image-", i + 1, ": ", tokenizer::kImagePlaceholder, "\n");
     return absl::StrCat(q, request.question);
   }
   return tokenizer::BuildChatQuestion(request.question, has_images, request.history_given);

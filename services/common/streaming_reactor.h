@@ -143,8 +143,8 @@ class StreamingReactor : public Base, public CallCancellation {
       std::lock_guard<std::mutex> lock(mu_);
       if (finished_) return;
       finished_ = true;
-      status = broken_ && final_status_.ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "client went away")
-                                             : final_status_;
+      status =
+          broken_ && final_status_.ok() ? grpc::Status(grpc::StatusCode::CANCELLED, "client went away") : final_status_;
       final_code_ = status.error_code();
     }
     this->Finish(status);

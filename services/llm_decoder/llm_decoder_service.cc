@@ -40,12 +40,15 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
  protected:
   absl::Status OnMessage(const v1::GenerateRequest& request) override {
     switch (request.message_case()) {
-      case v1::GenerateRequest::kStart: return OnStart(request.start());
-      case v1::GenerateRequest::kImageEmbeddings: return OnChunk(request.image_embeddings());
+      case v1::GenerateRequest::kStart:
+        return OnStart(request.start());
+      case v1::GenerateRequest::kImageEmbeddings:
+        return OnChunk(request.image_embeddings());
       case v1::GenerateRequest::kCancel:
         cancel_requested_ = true;
         return absl::OkStatus();
-      default: return absl::InvalidArgumentError("empty GenerateRequest message");
+      default:
+        return absl::InvalidArgumentError("empty GenerateRequest message");
     }
   }
 
@@ -67,8 +70,8 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
       return;
     }
     if (rows_received_ != expected_rows_) {
-      Close(absl::InvalidArgumentError(absl::StrCat("received ", rows_received_, " image embedding rows, the start message declared ",
-                                                    expected_rows_)));
+      Close(absl::InvalidArgumentError(absl::StrCat(
+          "received ", rows_received_, " image embedding rows, the start message declared ", expected_rows_)));
       return;
     }
     const absl::Status queued = service_->queue_->Submit([this] { Run(); });
@@ -116,8 +119,8 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
     if (t.dtype != DType::kF32 && t.dtype != DType::kBF16 && t.dtype != DType::kF16)
       return absl::InvalidArgumentError("image embeddings must be F32, BF16 or F16");
     if (t.shape.empty() || t.shape.back() != hidden_)
-      return absl::InvalidArgumentError(absl::StrCat("image embeddings have hidden size ",
-                                                     t.shape.empty() ? 0 : t.shape.back(), ", the model has ", hidden_));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "image embeddings have hidden size ", t.shape.empty() ? 0 : t.shape.back(), ", the model has ", hidden_));
     const int64_t rows = t.numel() / hidden_;
     if (rows_received_ + rows > expected_rows_)
       return absl::InvalidArgumentError(absl::StrCat("more image embedding rows than the declared ", expected_rows_));
@@ -159,7 +162,8 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
       Write(std::move(r));
       return !cancelled();
     };
-    auto result = service_->engine_->Generate(prompt_ids_, embeddings_, prompt.img_context_id(), stops, settings_, on_token);
+    auto result =
+        service_->engine_->Generate(prompt_ids_, embeddings_, prompt.img_context_id(), stops, settings_, on_token);
     if (!result.ok()) {
       LogError(absl::StrCat("Generate ", request_id_, ": ", result.status().ToString()));
       Close(result.status());

@@ -18,10 +18,10 @@
 namespace internvl::services {
 
 struct LlmDecoderServiceOptions {
-  int threads = 1;                   // generation workers (calls are serialised on the model)
-  int max_queued = 16;               // waiting generations before RESOURCE_EXHAUSTED
-  int max_new_tokens_limit = 4096;   // GenerationSettings.max_new_tokens cap
-  int max_prompt_tokens = 32768;     // prompt length cap (RESOURCE_EXHAUSTED)
+  int threads = 1;                  // generation workers (calls are serialised on the model)
+  int max_queued = 16;              // waiting generations before RESOURCE_EXHAUSTED
+  int max_new_tokens_limit = 4096;  // GenerationSettings.max_new_tokens cap
+  int max_prompt_tokens = 32768;    // prompt length cap (RESOURCE_EXHAUSTED)
 };
 
 class LlmDecoderService : public v1::LlmDecoder::CallbackService {
