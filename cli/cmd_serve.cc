@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/hub/hub_download.h"
 #include "absl/strings/str_cat.h"
 #include "cli/args.h"
 #include "cli/command.h"
@@ -68,7 +69,7 @@ int Run(const std::vector<std::string>& argv) {
   }
   auto model = args->Require("model");
   if (!model.ok()) return ReportError(kName, model.status());
-  auto dir = ResolveModelPath(*model);
+  auto dir = ::internvl::hub::ResolveOrDownloadModel(*model);
   if (!dir.ok()) return ReportError(kName, dir.status());
   const std::string dtype = args->GetOr("dtype", "bf16");
   auto threads = args->GetInt("threads", 0);

@@ -3,6 +3,7 @@
 // tokenizer only (no weights). Flags live here only.
 #include <string>
 
+#include "core/hub/hub_download.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -48,7 +49,7 @@ int main(int argc, char** argv) {
     services::LogError("--model is required");
     return 2;
   }
-  auto dir = ResolveModelPath(absl::GetFlag(FLAGS_model));
+  auto dir = ::internvl::hub::ResolveOrDownloadModel(absl::GetFlag(FLAGS_model));
   if (!dir.ok()) {
     services::LogError(dir.status().ToString());
     return 1;

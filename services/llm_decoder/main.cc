@@ -2,6 +2,7 @@
 // embeddings -> streamed token ids). Flags live here only.
 #include <string>
 
+#include "core/hub/hub_download.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -38,7 +39,7 @@ int main(int argc, char** argv) {
     LogError("--model is required");
     return 2;
   }
-  auto dir = ResolveModelPath(absl::GetFlag(FLAGS_model));
+  auto dir = ::internvl::hub::ResolveOrDownloadModel(absl::GetFlag(FLAGS_model));
   if (!dir.ok()) {
     LogError(dir.status().ToString());
     return 1;

@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "core/hub/hub_download.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -57,7 +58,12 @@ int main(int argc, char** argv) {
   VisionOptions vision_options;
   vision_options.dtype = absl::GetFlag(FLAGS_dtype);
   vision_options.tile_batch = absl::GetFlag(FLAGS_tile_batch);
-  auto model = VisionModel::Load(absl::GetFlag(FLAGS_model), vision_options);
+  auto model_dir = ::internvl::hub::ResolveOrDownloadModel(absl::GetFlag(FLAGS_model));
+  if (!model_dir.ok()) {
+    services::LogError(model_dir.status().ToString());
+    return 1;
+  }
+  auto model = VisionModel::Load(*model_dir, vision_options);
   if (!model.ok()) {
     LogError(absl::StrCat("loading the vision model: ", model.status().ToString()));
     return 1;
