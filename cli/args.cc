@@ -91,6 +91,24 @@ std::string Args::Usage(const std::string& command, const std::string& summary, 
   return out;
 }
 
+std::optional<Args> ParseCommandLine(const std::string& command, const std::string& summary,
+                                     const std::vector<FlagSpec>& specs, const std::vector<std::string>& argv,
+                                     int* exit_code) {
+  auto args = Args::Parse(argv, specs);
+  if (args.ok() && args->Has("help")) {
+    std::cout << Args::Usage(command, summary, specs);
+    *exit_code = 0;
+    return std::nullopt;
+  }
+  if (!args.ok()) {
+    ReportError(command, args.status());
+    std::cerr << Args::Usage(command, summary, specs);
+    *exit_code = 2;
+    return std::nullopt;
+  }
+  return std::move(*args);
+}
+
 int ReportError(const std::string& command, const absl::Status& status) {
   std::cerr << "internvl " << command << ": error: " << status.message() << " ["
             << absl::StatusCodeToString(status.code()) << "]\n";

@@ -40,6 +40,14 @@ class Args {
   std::map<std::string, std::vector<std::string>> values_;
 };
 
+// The start of every subcommand: parses `argv` against `specs`. Returns the
+// flags, or nullopt with *exit_code set when the command is already done:
+// 0 after printing the usage for --help, 2 after reporting a bad flag and the
+// usage on stderr.
+std::optional<Args> ParseCommandLine(const std::string& command, const std::string& summary,
+                                     const std::vector<FlagSpec>& specs, const std::vector<std::string>& argv,
+                                     int* exit_code);
+
 // Prints `status` as "internvl <command>: error: ..." to stderr and returns 1
 // (2 for INVALID_ARGUMENT from flag parsing).
 int ReportError(const std::string& command, const absl::Status& status);

@@ -2,6 +2,7 @@
 // implementation). Streams the answer to stdout; --json ends with one JSON
 // line {"response", "token_ids", "prompt_tokens", "timings", ...}.
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,13 +31,11 @@ std::vector<FlagSpec> Specs() {
 
 int Run(const std::vector<std::string>& argv) {
   const auto specs = Specs();
-  auto args = Args::Parse(argv, specs);
-  if (args.ok() && args->Has("help")) {
-    std::cout << Args::Usage(kName, kSummary, specs);
-    return 0;
-  }
-  absl::StatusOr<ChatRequest> request = args.ok() ? ChatRequestFromArgs(*args) : absl::StatusOr<ChatRequest>(args.status());
-  absl::StatusOr<std::string> model = args.ok() ? args->Require("model") : absl::StatusOr<std::string>(args.status());
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandLine(kName, kSummary, specs, argv, &exit_code);
+  if (!args) return exit_code;
+  absl::StatusOr<ChatRequest> request = ChatRequestFromArgs(*args);
+  absl::StatusOr<std::string> model = args->Require("model");
   if (!request.ok() || !model.ok()) {
     ReportError(kName, !model.ok() ? model.status() : request.status());
     std::cerr << Args::Usage(kName, kSummary, specs);

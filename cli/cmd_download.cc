@@ -5,6 +5,7 @@
 // with HF_HUB_OFFLINE=1. Environment: HF_HOME / HF_HUB_CACHE, HF_ENDPOINT,
 // HF_TOKEN, HF_HUB_OFFLINE (see core/hub/hub_download.h).
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,16 +32,9 @@ const std::vector<FlagSpec>& Specs() {
 }
 
 int Run(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, Specs());
-  if (args.ok() && args->Has("help")) {
-    std::cout << Args::Usage(kName, kSummary, Specs());
-    return 0;
-  }
-  if (!args.ok()) {
-    ReportError(kName, args.status());
-    std::cerr << Args::Usage(kName, kSummary, Specs());
-    return 2;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandLine(kName, kSummary, Specs(), argv, &exit_code);
+  if (!args) return exit_code;
   auto model = args->Require("model");
   if (!model.ok()) return ReportError(kName, model.status());
   hub::HubOptions options = hub::HubOptions::FromEnv();

@@ -4,6 +4,7 @@
 // summary on stdout.
 #include <chrono>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -81,16 +82,9 @@ absl::StatusOr<std::string> Encode(const Args& args) {
 }
 
 int Run(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, Specs());
-  if (args.ok() && args->Has("help")) {
-    std::cout << Args::Usage(kName, kSummary, Specs());
-    return 0;
-  }
-  if (!args.ok()) {
-    ReportError(kName, args.status());
-    std::cerr << Args::Usage(kName, kSummary, Specs());
-    return 2;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandLine(kName, kSummary, Specs(), argv, &exit_code);
+  if (!args) return exit_code;
   auto summary = Encode(*args);
   if (!summary.ok()) return ReportError(kName, summary.status());
   std::cout << *summary << "\n";

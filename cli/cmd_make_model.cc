@@ -4,6 +4,7 @@
 // one-line JSON summary.
 #include <iostream>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,16 +71,9 @@ absl::StatusOr<modelgen::MakeModelOptions> ParseOptions(const Args& args) {
 }
 
 int Run(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, Specs());
-  if (args.ok() && args->Has("help")) {
-    std::cout << Args::Usage(kName, kSummary, Specs());
-    return 0;
-  }
-  if (!args.ok()) {
-    ReportError(kName, args.status());
-    std::cerr << Args::Usage(kName, kSummary, Specs());
-    return 2;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandLine(kName, kSummary, Specs(), argv, &exit_code);
+  if (!args) return exit_code;
   auto options = ParseOptions(*args);
   if (!options.ok()) return ReportError(kName, options.status());
   auto summary = modelgen::MakeModel(*options);

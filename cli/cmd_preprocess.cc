@@ -4,6 +4,7 @@
 // JSON summary on stdout.
 #include <cstdint>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -89,12 +90,10 @@ absl::StatusOr<std::string> Preprocess(const Request& r) {
 }
 
 int Run(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, Specs());
-  if (args.ok() && args->Has("help")) {
-    std::cout << Args::Usage(kName, kSummary, Specs());
-    return 0;
-  }
-  absl::StatusOr<Request> request = args.ok() ? ParseRequest(*args) : absl::StatusOr<Request>(args.status());
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandLine(kName, kSummary, Specs(), argv, &exit_code);
+  if (!args) return exit_code;
+  absl::StatusOr<Request> request = ParseRequest(*args);
   if (!request.ok()) {
     ReportError(kName, request.status());
     std::cerr << Args::Usage(kName, kSummary, Specs());

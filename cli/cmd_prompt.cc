@@ -123,16 +123,9 @@ absl::StatusOr<std::string> RunPrompt(const Args& args) {
 }
 
 int Run(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, Specs());
-  if (args.ok() && args->Has("help")) {
-    std::cout << Args::Usage(kName, kSummary, Specs());
-    return 0;
-  }
-  if (!args.ok()) {
-    ReportError(kName, args.status());
-    std::cerr << Args::Usage(kName, kSummary, Specs());
-    return 2;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandLine(kName, kSummary, Specs(), argv, &exit_code);
+  if (!args) return exit_code;
   auto out = RunPrompt(*args);
   if (!out.ok()) return ReportError(kName, out.status());
   // The prompt ends with the assistant role's "\n"; print it as is.

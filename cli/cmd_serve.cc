@@ -3,6 +3,7 @@
 // an in-memory embedding cache unless --redis is given. The embedded default
 // for a single machine; the same API as internvl-gateway.
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -53,15 +54,9 @@ int Run(const std::vector<std::string>& argv) {
   using namespace internvl::services;
   BlockTerminationSignals();
   const auto specs = Specs();
-  auto args = Args::Parse(argv, specs);
-  if (args.ok() && args->Has("help")) {
-    std::cout << Args::Usage(kName, kSummary, specs);
-    return 0;
-  }
-  if (!args.ok()) {
-    ReportError(kName, args.status());
-    return 2;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandLine(kName, kSummary, specs, argv, &exit_code);
+  if (!args) return exit_code;
   if (!args->Has("all-in-one")) {
     ReportError(kName, absl::InvalidArgumentError("only --all-in-one is served by this command; run internvl-gateway "
                                                   "and the stage services for the split deployment"));

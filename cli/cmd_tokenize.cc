@@ -3,6 +3,7 @@
 // {"ids": [...], "tokens": [...]}; --decode instead turns a JSON id list back
 // into text (tok.decode).
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -61,16 +62,9 @@ absl::StatusOr<std::string> RunTokenize(const Args& args) {
 }
 
 int Run(const std::vector<std::string>& argv) {
-  auto args = Args::Parse(argv, Specs());
-  if (args.ok() && args->Has("help")) {
-    std::cout << Args::Usage(kName, kSummary, Specs());
-    return 0;
-  }
-  if (!args.ok()) {
-    ReportError(kName, args.status());
-    std::cerr << Args::Usage(kName, kSummary, Specs());
-    return 2;
-  }
+  int exit_code = 0;
+  std::optional<Args> args = ParseCommandLine(kName, kSummary, Specs(), argv, &exit_code);
+  if (!args) return exit_code;
   auto out = RunTokenize(*args);
   if (!out.ok()) return ReportError(kName, out.status());
   std::cout << *out << "\n";
