@@ -1,5 +1,5 @@
 # Preprocessing parity against the official Python pipeline's fixtures.
 internvl_test(NAME preprocess_parity_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/preprocess_parity_test.cc
-  LIBS internvl_preprocess nlohmann_json::nlohmann_json
+  LIBS internvl_preprocess nlohmann_json::nlohmann_json internvl_pixel_parity
   LABELS parity)

@@ -1,5 +1,5 @@
 # Video decoding + load_video parity against the official pipeline's fixtures.
 internvl_test(NAME video_parity_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/video_parity_test.cc
-  LIBS internvl_video nlohmann_json::nlohmann_json
+  LIBS internvl_video nlohmann_json::nlohmann_json internvl_pixel_parity
   LABELS parity)

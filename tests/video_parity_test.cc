@@ -17,51 +17,24 @@
 #include "core/testing/fixtures.h"
 #include "core/video/video.h"
 #include "gtest/gtest.h"
+#include "tests/pixel_parity.h"
 #include "nlohmann/json.hpp"
 
 namespace internvl::video {
 namespace {
 
+using ::internvl::testing::CompareU8;
+using ::internvl::testing::kMaxAbsTolerance;
+using ::internvl::testing::kMeanAbsTolerance;
+using ::internvl::testing::LoadPng;
+using ::internvl::testing::TensorOrDie;
+using ::internvl::testing::U8Diff;
+
 using preprocess::kRgbChannels;
 using preprocess::RgbImage;
 
-// Thresholds from the issue: pixel values within 0.02 max / 0.002 mean abs.
-constexpr double kMaxAbsTolerance = 0.02;
-constexpr double kMeanAbsTolerance = 0.002;
 // pixel_values_sub16 = pixel_values[:, :, ::16, ::16].
 constexpr int kSubsampleStride = 16;
-
-RgbImage LoadPng(const std::string& path) {
-  auto bytes = ReadFile(path);
-  EXPECT_TRUE(bytes.ok()) << bytes.status();
-  if (!bytes.ok()) return {};
-  auto image = preprocess::DecodeImage(*bytes);
-  EXPECT_TRUE(image.ok()) << path << ": " << image.status();
-  return image.ok() ? *std::move(image) : RgbImage{};
-}
-
-struct U8Diff {
-  int max = 0;
-  size_t differing = 0;
-};
-U8Diff CompareU8(const uint8_t* a, const uint8_t* b, size_t n) {
-  U8Diff d;
-  for (size_t i = 0; i < n; ++i) {
-    const int e = std::abs(int{a[i]} - int{b[i]});
-    if (e > 0) ++d.differing;
-    d.max = std::max(d.max, e);
-  }
-  return d;
-}
-
-std::vector<float> TensorOrDie(const SafetensorsFile& file, const char* name) {
-  const TensorView* view = file.Find(name);
-  EXPECT_NE(view, nullptr) << name << " missing in " << file.path();
-  if (view == nullptr) return {};
-  auto v = ToFloatVector(*view);
-  EXPECT_TRUE(v.ok()) << v.status();
-  return v.ok() ? *std::move(v) : std::vector<float>{};
-}
 
 class VideoParity : public ::testing::Test {
  protected:
