@@ -18,6 +18,11 @@ struct HostTensor {
   HostTensor() = default;
   HostTensor(DType d, std::vector<int64_t> s) : dtype(d), shape(std::move(s)), bytes(numel() * DTypeSize(d)) {}
 
+  // True for a default-constructed tensor (no shape: "no tensor") and for
+  // one with a zero dimension. numel() of the former is 1 (an empty
+  // product), so test presence with this, not numel().
+  bool empty() const { return shape.empty() || numel() == 0; }
+
   int64_t numel() const {
     int64_t n = 1;
     for (int64_t v : shape) n *= v;

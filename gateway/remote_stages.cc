@@ -163,7 +163,7 @@ absl::StatusOr<GenerateOutcome> RemoteStages::Generate(const GenerateInput& inpu
   for (int id : input.prompt_ids) s->add_prompt_token_ids(id);
   *s->mutable_settings() = services::ToProto(input.settings);
   std::vector<v1::TensorChunk> chunks;
-  if (input.embeddings != nullptr && !input.embeddings->shape.empty() && input.embeddings->numel() > 0) {
+  if (input.embeddings != nullptr && !input.embeddings->empty()) {
     s->set_image_embedding_rows(input.embeddings->shape[0]);
     INTERNVL_ASSIGN_OR_RETURN(chunks, services::ChunkTensor(*input.embeddings, options_.max_chunk_bytes));
   }

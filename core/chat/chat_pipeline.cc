@@ -151,7 +151,7 @@ absl::StatusOr<at::Tensor> ChatPipeline::Impl::Embeddings(const std::vector<int6
                                                           ChatTimings& timings) const {
   at::Tensor ids = at::from_blob(const_cast<int64_t*>(flat_ids.data()), {batch, len}, at::kLong).clone();
   INTERNVL_ASSIGN_OR_RETURN(at::Tensor embeds, lm->Embed(ids));
-  if (pixels.values.shape.empty() || pixels.values.numel() == 0) return embeds;
+  if (pixels.values.empty()) return embeds;
   const auto t0 = Clock::now();
   INTERNVL_ASSIGN_OR_RETURN(at::Tensor vit, ExtractFeature(*vision, HostToTensor(pixels.values)));
   timings.vision_ms = Ms(t0, Clock::now());
@@ -185,7 +185,7 @@ absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const 
   result.timings.preprocess_ms = Ms(t_start, Clock::now());
   result.num_patches_list = pixels.num_patches_list;
   result.frame_indices = pixels.frame_indices;
-  result.num_tiles = static_cast<int>(pixels.values.numel() ? pixels.values.shape[0] : 0);
+  result.num_tiles = static_cast<int>(pixels.values.empty() ? 0 : pixels.values.shape[0]);
   INTERNVL_ASSIGN_OR_RETURN(std::string query, BuildQuery(request, pixels.num_patches_list));
   INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids32, im.prompt->tokenizer().Encode(query));
   std::vector<int64_t> ids(ids32.begin(), ids32.end());
@@ -245,8 +245,8 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
     rows.emplace_back(ids.begin(), ids.end());
     patches_per_row.push_back(p.num_patches_list);
     // Concatenate pixel values in row order (batch_chat's torch.cat).
-    if (p.values.numel() > 0) {
-      if (pixels.values.shape.empty()) {  // nothing accumulated yet
+    if (!p.values.empty()) {
+      if (pixels.values.empty()) {  // nothing accumulated yet
         pixels.values = std::move(p.values);
       } else {
         pixels.values.shape[0] += p.values.shape[0];

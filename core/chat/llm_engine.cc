@@ -77,8 +77,7 @@ absl::StatusOr<LlmGeneration> LlmEngine::Generate(const std::vector<int64_t>& pr
   }
   const int64_t hidden = hidden_size();
   int64_t rows = 0;
-  // A default HostTensor (empty shape) means no images.
-  if (!image_embeddings.shape.empty() && image_embeddings.numel() > 0) {
+  if (!image_embeddings.empty()) {
     if (image_embeddings.shape.back() != hidden)
       return absl::InvalidArgumentError(absl::StrCat("image embeddings have hidden size ",
                                                      image_embeddings.shape.back(), ", the model has ", hidden));
