@@ -6,6 +6,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "core/chat/llm_engine.h"
 #include "core/chat/prompt_builder.h"
 #include "core/host_tensor.h"
 #include "core/llm/causal_lm.h"
@@ -169,17 +170,13 @@ const char* FinishName(llm::FinishReason r) {
   return "?";
 }
 
-absl::Status ValidateSettings(const GenerationSettings& g) {
-  if (g.max_new_tokens < 1) return absl::InvalidArgumentError("max_new_tokens must be at least 1");
-  return absl::OkStatus();
-}
 }  // namespace
 
 absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const TextCallback& on_text) {
   auto& im = *impl_;
   const auto t_start = Clock::now();
   if (request.question.empty()) return absl::InvalidArgumentError("the question is empty");
-  INTERNVL_RETURN_IF_ERROR(ValidateSettings(request.generation));
+  INTERNVL_RETURN_IF_ERROR(ValidateGenerationSettings(request.generation));
   ChatResult result;
   INTERNVL_ASSIGN_OR_RETURN(Impl::Pixels pixels, im.Preprocess(request));
   result.timings.preprocess_ms = Ms(t_start, Clock::now());
@@ -232,7 +229,7 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
     if (r.video) return absl::InvalidArgumentError("batch chat takes images, not videos");
     if (r.images.size() > 1) return absl::InvalidArgumentError("batch chat takes at most one image per question");
     if (!r.history.empty()) return absl::InvalidArgumentError("batch chat takes no history");
-    INTERNVL_RETURN_IF_ERROR(ValidateSettings(r.generation));
+    INTERNVL_RETURN_IF_ERROR(ValidateGenerationSettings(r.generation));
   }
   for (const auto& r : requests) {
     ChatRequest one = r;
