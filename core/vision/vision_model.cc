@@ -114,6 +114,52 @@ absl::StatusOr<at::Tensor> VisionHiddenState(const VisionModel& model, const at:
   });
 }
 
+namespace {
+
+// Drop CLS, fold the patch grid, pixel shuffle, flatten: [N,1+P,C] -> [N,T,C*r^2].
+at::Tensor ShuffleHidden(const InternVLConfig& config, const at::Tensor& hidden) {
+  at::Tensor x = hidden.slice(1, 1);  // drop CLS
+  const auto side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(x.size(1)))));
+  x = x.reshape({x.size(0), side, side, -1});
+  x = PixelShuffle(x, config.downsample_ratio, config.ps_version == "v2");
+  return x.reshape({x.size(0), -1, x.size(-1)});
+}
+
+}  // namespace
+
+absl::StatusOr<at::Tensor> ExtractFeatureForTraining(const VisionModel& model, const at::Tensor& pixel_values,
+                                                     bool backbone_grad) {
+  auto& impl = model.impl();
+  if (pixel_values.dim() != 4 || pixel_values.size(0) == 0)
+    return absl::InvalidArgumentError(
+        absl::StrCat("pixel_values must be a non-empty [N,3,S,S] tensor, got ", ShapeStr(pixel_values.sizes().vec())));
+  at::Tensor hidden;
+  if (backbone_grad) {
+    INTERNVL_ASSIGN_OR_RETURN(hidden, TorchGuard("running the vision model", [&] {
+      return impl.vision_model->forward(pixel_values.to(impl.dtype), impl.layers_to_run);
+    }));
+  } else {
+    INTERNVL_ASSIGN_OR_RETURN(at::Tensor frozen, VisionHiddenState(model, pixel_values));
+    // An inference tensor cannot be saved for backward: a normal copy can.
+    INTERNVL_ASSIGN_OR_RETURN(hidden, TorchGuard("copying vision features", [&] { return frozen.clone(); }));
+  }
+  return TorchGuard("projecting vision features",
+                    [&] { return impl.mlp1->forward(ShuffleHidden(impl.config, hidden)); });
+}
+
+std::vector<std::pair<std::string, at::Tensor>> NamedVisionParameters(const VisionModel& model) {
+  auto& impl = model.impl();
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : impl.vision_model->named_parameters()) out.emplace_back("vision_model." + p.key(), p.value());
+  for (const auto& p : impl.mlp1->named_parameters()) out.emplace_back("mlp1." + p.key(), p.value());
+  return out;
+}
+
+void SetVisionTraining(const VisionModel& model, bool train) {
+  model.impl().vision_model->train(train);
+  model.impl().mlp1->train(train);
+}
+
 absl::StatusOr<at::Tensor> ExtractFeature(const VisionModel& model, const at::Tensor& pixel_values) {
   auto& impl = model.impl();
   if (pixel_values.dim() != 4 || pixel_values.size(0) == 0)
@@ -127,12 +173,7 @@ absl::StatusOr<at::Tensor> ExtractFeature(const VisionModel& model, const at::Te
     INTERNVL_ASSIGN_OR_RETURN(
         at::Tensor out, TorchGuard("projecting vision features", [&]() -> absl::StatusOr<at::Tensor> {
           at::InferenceMode guard;
-          at::Tensor x = hidden.slice(1, 1);  // drop CLS
-          const auto side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(x.size(1)))));
-          x = x.reshape({x.size(0), side, side, -1});
-          x = PixelShuffle(x, impl.config.downsample_ratio, impl.config.ps_version == "v2");
-          x = x.reshape({x.size(0), -1, x.size(-1)});
-          return impl.mlp1->forward(x);
+          return impl.mlp1->forward(ShuffleHidden(impl.config, hidden));
         }));
     chunks.push_back(out);
   }
