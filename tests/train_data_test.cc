@@ -658,6 +658,37 @@ INSTANTIATE_TEST_SUITE_P(
       return name;
     });
 
+// internvl2_5 over a BOS-adding tokenizer (InternVL2_5-2B/8B pair the
+// template with InternLM2's): the official `add_bos_token` branch puts one
+// BOS in front of the first message and drops every message's own BOS. No
+// reference run covers this pairing; the structure is checked.
+TEST(TrainingDataBos, InternVL25WithInternLM2TokenizerHasOneLeadingBos) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  auto tok = tokenizer::Tokenizer::Load(fixtures + "/tiny-internlm2");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  DataOptions o;
+  o.conv_style = "internvl2_5";
+  o.max_dynamic_patch = 4;
+  auto ds = SftDataset::Open(fixtures + "/training/dataset/meta_internvl2_5.json", **tok, o);
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  const int bos = *(*tok)->bos_token_id();
+  const int im_start = *(*tok)->TokenToId("<|im_start|>");
+  const int im_end = *(*tok)->TokenToId("<|im_end|>");
+  for (size_t i = 0; i < (*ds)->size(); ++i) {
+    SCOPED_TRACE(i);
+    absl::StatusOr<Sample> s = (*ds)->Get(i);
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_GE(s->input_ids.size(), 2u);
+    EXPECT_EQ(s->input_ids[0], bos);
+    EXPECT_EQ(s->input_ids[1], im_start);
+    EXPECT_EQ(std::count(s->input_ids.begin(), s->input_ids.end(), bos), 1);
+    EXPECT_EQ(s->labels[0], kIgnoreIndex);
+    EXPECT_EQ(s->labels.back(), kIgnoreIndex);  // the trailing "\n"
+    ASSERT_GE(s->labels.size(), 2u);
+    EXPECT_EQ(s->labels[s->labels.size() - 2], im_end);
+  }
+}
+
 // A video record: frames decoded by core/video (get_index, one tile each),
 // "Frame-i: <image>" lines replacing "<video>\n" in the first message.
 TEST(TrainingDataVideo, FramesBecomeOneTileEachWithFrameLines) {
