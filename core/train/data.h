@@ -57,10 +57,14 @@ struct DataOptions {
   // samples randomly between min_num_frame and max_num_frame through its
   // storage loader; a fixed, reproducible choice is used here instead.
   int num_video_frames = 8;
-  // repeat_time subsampling: the lines kept are drawn with a Fisher-Yates
-  // partial shuffle driven by std::mt19937_64 seeded from (seed, dataset
-  // index in the meta file), then put back in file order. Deterministic
-  // across runs and machines (the official code uses Python's random.sample).
+  // repeat_time: the integer part repeats every line, the fractional part
+  // adds int(lines * fraction) distinct lines (so 0.5 keeps half, 1.5 is all
+  // plus half). Those lines are drawn by a Fisher-Yates partial shuffle
+  // driven by std::mt19937_64 seeded from (seed, dataset index in the meta
+  // file), then put back in file order: deterministic across runs and
+  // machines. (The official LazySupervisedDataset of the fixtures' era takes
+  // the FIRST int(n * r) lines and asserts an integer repeat_time above 1;
+  // later versions draw with random.sample and int() the repeat count.)
   uint64_t seed = 42;
 };
 
