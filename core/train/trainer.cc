@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -118,6 +119,15 @@ struct Param {
   at::Tensor tensor;
   bool trainable = false;
   bool decay = false;
+  bool adapter = false;  // a LoRA matrix: saved in lora.safetensors, not in the model
+};
+
+// A LoRA adapter on one projection: weight = base + scale * B A while training.
+struct LoraAdapter {
+  std::string name;  // checkpoint name of the projection, e.g. language_model.model.layers.0.self_attn.q_proj
+  std::shared_ptr<llm::DenseImpl> dense;
+  at::Tensor base;  // the registered (frozen) weight
+  at::Tensor a, b;  // [r, in], [out, r]
 };
 
 struct TrainModel {
@@ -128,8 +138,55 @@ struct TrainModel {
   std::unique_ptr<llm::CausalLM> lm;
   int64_t img_context_id = -1;
   int64_t embed_padding_idx = -1;  // nn.Embedding(padding_idx=pad_token_id): no gradient for that row
-  std::vector<Param> params;       // vision_model.*, language_model.*, mlp1.* (the official order)
+  std::vector<Param> params;       // vision_model.*, language_model.*, mlp1.* (the official order), adapters
+  std::vector<LoraAdapter> lora;
+  double lora_scale = 0;
+
+  // Puts the merged LoRA weights in place for a forward/backward (no-op
+  // without LoRA); Unmerge restores the frozen base weights.
+  void MergeLora() {
+    for (LoraAdapter& l : lora) l.dense->weight = l.base + lora_scale * l.b.mm(l.a);
+  }
+  void UnmergeLora() {
+    for (LoraAdapter& l : lora) l.dense->weight = l.base;
+  }
 };
+
+// PEFT's target_modules in the official wrap_llm_lora.
+bool IsLoraTarget(LlmArch arch, absl::string_view module_name) {
+  static const char* const kInternLM2[] = {"attention.wqkv", "attention.wo", "feed_forward.w1", "feed_forward.w2",
+                                           "feed_forward.w3"};
+  static const char* const kOthers[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                        "self_attn.o_proj", "mlp.gate_proj",    "mlp.down_proj",
+                                        "mlp.up_proj"};
+  if (arch == LlmArch::kInternLM2) {
+    for (const char* t : kInternLM2)
+      if (absl::EndsWith(module_name, absl::StrCat(".", t))) return true;
+    return false;
+  }
+  for (const char* t : kOthers)
+    if (absl::EndsWith(module_name, absl::StrCat(".", t))) return true;
+  return false;
+}
+
+constexpr char kLoraFile[] = "lora.safetensors";
+
+// Copies the values of `params` whose names `store` holds and `pick` selects.
+absl::Status OverwriteFrom(const TensorStore& store, std::vector<Param>& params,
+                           const std::function<bool(const Param&)>& pick) {
+  return TorchGuard("loading checkpoint tensors", [&]() -> absl::Status {
+    at::NoGradGuard no_grad;
+    for (Param& p : params) {
+      if (!pick(p)) continue;
+      INTERNVL_ASSIGN_OR_RETURN(const TensorView* v, store.Get(p.name));
+      at::Tensor t = TensorFromView(*v, at::kFloat);
+      if (t.sizes() != p.tensor.sizes())
+        return absl::InvalidArgumentError(absl::StrCat(store.description(), ": shape mismatch for ", p.name));
+      p.tensor.copy_(t);
+    }
+    return absl::OkStatus();
+  });
+}
 
 bool IsLayerNormParam(const InternVLConfig& c, absl::string_view name) {
   if (absl::StartsWith(name, "mlp1.0.")) return true;  // nn.LayerNorm
@@ -142,7 +199,7 @@ bool IsLayerNormParam(const InternVLConfig& c, absl::string_view name) {
   return false;
 }
 
-absl::StatusOr<std::unique_ptr<TrainModel>> LoadTrainModel(const TrainOptions& o, const std::string& weights_dir) {
+absl::StatusOr<std::unique_ptr<TrainModel>> LoadTrainModel(const TrainOptions& o, const std::string& resume_dir) {
   auto m = std::make_unique<TrainModel>();
   INTERNVL_ASSIGN_OR_RETURN(m->source_dir, hub::ResolveOrDownloadModel(o.model));
   INTERNVL_ASSIGN_OR_RETURN(m->config, LoadInternVLConfig(m->source_dir));
@@ -154,7 +211,11 @@ absl::StatusOr<std::unique_ptr<TrainModel>> LoadTrainModel(const TrainOptions& o
   }
   m->img_context_id = *ctx;
   if (m->config.llm.pad_token_id) m->embed_padding_idx = *m->config.llm.pad_token_id;
-  const std::string dir = weights_dir.empty() ? m->source_dir : weights_dir;
+  // Resuming loads the checkpoint's weights, except with LoRA: its model is
+  // merged, so the frozen base comes from the source and the adapters and
+  // the rest from the checkpoint.
+  const bool lora = o.lora_rank > 0;
+  const std::string dir = resume_dir.empty() || lora ? m->source_dir : resume_dir;
   INTERNVL_ASSIGN_OR_RETURN(auto store, TensorStore::OpenDir(dir));
   // Training runs on an fp32 master copy of every weight (HF loads the
   // model in fp32 for fp32 and for --bf16 autocast training alike).
@@ -183,8 +244,39 @@ absl::StatusOr<std::unique_ptr<TrainModel>> LoadTrainModel(const TrainOptions& o
     } else {
       p.trainable = !o.freeze_llm || (head && o.unfreeze_lm_head);
     }
+    if (lora && absl::StartsWith(p.name, "language_model.")) p.trainable = false;  // PEFT freezes the base
     p.decay = UsesWeightDecay(m->config, p.name);
     p.tensor.requires_grad_(p.trainable);
+  }
+  if (lora) {
+    m->lora_scale = 2.0;  // alpha / r with alpha = 2r
+    INTERNVL_RETURN_IF_ERROR(TorchGuard("adding LoRA adapters", [&] {
+      at::NoGradGuard no_grad;
+      at::manual_seed(o.seed);
+      for (const auto& item : m->lm->module()->named_modules()) {
+        auto dense = std::dynamic_pointer_cast<llm::DenseImpl>(item.value());
+        const std::string name = absl::StrCat("language_model.", item.key());
+        if (dense == nullptr || !IsLoraTarget(m->config.llm.arch, name)) continue;
+        const int64_t out = dense->weight.size(0), in = dense->weight.size(1);
+        LoraAdapter l{name, dense, dense->weight, {}, {}};
+        // kaiming_uniform_(a=sqrt(5)) on [r, in]: bound 1/sqrt(in).
+        const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+        l.a = at::empty({o.lora_rank, in}, at::kFloat).uniform_(-bound, bound).requires_grad_(true);
+        l.b = at::zeros({out, o.lora_rank}, at::kFloat).requires_grad_(true);
+        m->params.push_back(Param{name + ".lora_A.weight", l.a, true, true, true});
+        m->params.push_back(Param{name + ".lora_B.weight", l.b, true, true, true});
+        m->lora.push_back(std::move(l));
+      }
+    }));
+  }
+  if (!resume_dir.empty() && lora) {
+    INTERNVL_ASSIGN_OR_RETURN(auto ck, TensorStore::OpenDir(resume_dir));
+    INTERNVL_RETURN_IF_ERROR(OverwriteFrom(*ck, m->params, [](const Param& p) {
+      return !p.adapter && !absl::StartsWith(p.name, "language_model.");
+    }));
+    INTERNVL_ASSIGN_OR_RETURN(auto adapters,
+                              TensorStore::OpenFiles({(fs::path(resume_dir) / kLoraFile).string()}));
+    INTERNVL_RETURN_IF_ERROR(OverwriteFrom(*adapters, m->params, [](const Param& p) { return p.adapter; }));
   }
   return m;
 }
@@ -424,8 +516,17 @@ absl::Status SaveModel(const TrainModel& m, const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+  std::map<std::string, at::Tensor> merged;  // LoRA: base weight name -> W + scale B A
+  INTERNVL_RETURN_IF_ERROR(TorchGuard("merging LoRA adapters", [&] {
+    at::NoGradGuard no_grad;
+    for (const LoraAdapter& l : m.lora) merged[l.name + ".weight"] = l.base + m.lora_scale * l.b.mm(l.a);
+  }));
   std::vector<std::pair<std::string, at::Tensor>> tensors;
-  for (const Param& p : m.params) tensors.emplace_back(p.name, p.tensor);
+  for (const Param& p : m.params) {
+    if (p.adapter) continue;
+    auto it = merged.find(p.name);
+    tensors.emplace_back(p.name, it != merged.end() ? it->second : p.tensor);
+  }
   INTERNVL_RETURN_IF_ERROR(WriteTensors((fs::path(dir) / kModelFile).string(), tensors, {{"format", "pt"}}));
   for (const auto& entry : fs::directory_iterator(m.source_dir, ec)) {
     const std::string name = entry.path().filename().string();
@@ -467,6 +568,7 @@ json OptionsJson(const TrainOptions& o) {
               {"freeze_llm", o.freeze_llm},
               {"freeze_mlp", o.freeze_mlp},
               {"unfreeze_lm_head", o.unfreeze_lm_head},
+              {"lora_rank", o.lora_rank},
               {"world_size", o.world_size}};
 }
 
@@ -501,6 +603,12 @@ absl::Status SaveTrainerState(const TrainModel& m, const TrainOptions& o, const 
   }
   INTERNVL_RETURN_IF_ERROR(
       WriteTensors((fs::path(dir) / kOptimizerFile).string(), tensors, {{"adam_steps", steps.dump()}}));
+  if (!m.lora.empty()) {
+    std::vector<std::pair<std::string, at::Tensor>> adapters;
+    for (const Param& q : m.params)
+      if (q.adapter) adapters.emplace_back(q.name, q.tensor);
+    INTERNVL_RETURN_IF_ERROR(WriteTensors((fs::path(dir) / kLoraFile).string(), adapters));
+  }
   return WriteFileAtomic((fs::path(dir) / kTrainerState).string(),
                          TrainerStateJson(m, o, p, total_steps, epoch).dump(1));
 }
@@ -606,13 +714,11 @@ absl::Status ValidateTrainOptions(const TrainOptions& o) {
   if (!o.conv_style.empty() && !tokenizer::GetTemplate(o.conv_style).ok())
     return tokenizer::GetTemplate(o.conv_style).status();
   if (o.lora_rank < 0) return bad("lora_rank must be >= 0");
-  if (o.lora_rank > 0)
-    return absl::UnimplementedError("LoRA (lora_rank > 0) is not implemented yet; train the full LLM or freeze it");
   if (o.save_steps < 0 || o.save_total_limit < 0) return bad("save_steps and save_total_limit must be >= 0");
   if (o.world_size < 1 || o.rank < 0 || o.rank >= o.world_size) return bad("need 0 <= rank < world_size");
   if (o.world_size > 1 && (o.master_port < 1 || o.master_port > 65535)) return bad("master_port must be 1-65535");
   if (o.logging_steps < 1) return bad("logging_steps must be >= 1");
-  if (o.freeze_backbone && o.freeze_llm && o.freeze_mlp && !o.unfreeze_lm_head)
+  if (o.freeze_backbone && o.freeze_llm && o.freeze_mlp && !o.unfreeze_lm_head && o.lora_rank == 0)
     return bad("everything is frozen: nothing to train");
   return absl::OkStatus();
 }
@@ -701,15 +807,33 @@ absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& 
     emit(e);
   }
 
+  for (const std::string& notice : dataset->notices()) {
+    TrainEvent e;
+    e.kind = TrainEvent::Kind::kWarning;
+    e.total_steps = total_steps;
+    e.message = notice;
+    emit(e);
+  }
   SampleStream stream(n, o.shuffle, o.seed);
-  std::set<size_t> warned_bad;
+  std::set<size_t> warned_bad, warned_masked;
   // Sample g of the stream; a bad record's slot is filled by the next
   // readable record (the official code substitutes a random one silently).
   auto load_sample = [&](int64_t g) -> absl::StatusOr<Sample> {
     size_t rec = stream.Record(g);
     for (size_t tries = 0; tries < n; ++tries) {
       absl::StatusOr<Sample> s = dataset->Get(rec);
-      if (s.ok()) return s;
+      if (s.ok()) {
+        if (s->fully_masked && warned_masked.insert(rec).second) {
+          TrainEvent e;
+          e.kind = TrainEvent::Kind::kWarning;
+          e.step = progress.step;
+          e.total_steps = total_steps;
+          e.message = absl::StrCat(dataset->SourceOf(rec), ": ",
+                                   s->warning.empty() ? "tokenization mismatch, sample fully masked" : s->warning);
+          emit(e);
+        }
+        return s;
+      }
       if (warned_bad.insert(rec).second) {
         progress.skipped_records++;
         TrainEvent e;
@@ -766,6 +890,7 @@ absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& 
 
     for (Param& p : m.params) p.tensor.mutable_grad() = at::Tensor();  // zero_grad(set_to_none=True)
     double loss_sum = 0;
+    INTERNVL_RETURN_IF_ERROR(TorchGuard("merging LoRA adapters", [&] { m.MergeLora(); }));
     for (const Batch& b : micro) {
       if (cancel != nullptr && cancel->load() && W == 1) return absl::CancelledError("training cancelled");
       std::string warning;
@@ -782,6 +907,7 @@ absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& 
         loss_sum += sum.item<double>();
       }));
     }
+    m.UnmergeLora();
     // Gradients (already divided by the global weight) summed over ranks.
     std::vector<at::Tensor> grads;
     for (Param& p : m.params) {

@@ -37,7 +37,7 @@ struct TrainOptions {
 
   // Optimisation (the official scripts' defaults where they set one).
   double lr = 4e-5;
-  double weight_decay = 0.05;
+  double weight_decay = 0.01;  // the 1B/2B scripts (8B+: 0.05)
   double warmup_ratio = 0.03;
   double max_grad_norm = 1.0;
   double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_eps = 1e-8;
@@ -56,7 +56,13 @@ struct TrainOptions {
   bool freeze_llm = false;
   bool freeze_mlp = false;
   bool unfreeze_lm_head = false;  // with freeze_llm: keep the vocabulary head trainable
-  int lora_rank = 0;              // use_llm_lora: 0 = off; alpha = 2 * rank; merged on save
+  // use_llm_lora: 0 = off. Rank-r adapters (alpha 2r, PEFT's init: A
+  // kaiming-uniform, B zero) on every attention and MLP projection of the
+  // LLM; as with PEFT the base LLM is then frozen whatever freeze_llm says.
+  // Saved models hold the merged weights W + (alpha/r) B A (loadable as is);
+  // checkpoints also keep the adapters (lora.safetensors) for --resume.
+  // No lora_dropout (the official 0.05): the adapters train deterministically.
+  int lora_rank = 0;
 
   // Checkpoints.
   int64_t save_steps = 0;       // 0: only the final model
