@@ -99,7 +99,10 @@ TEST_F(TrainCli, FineTunedTinyModelAnswersWithTheTrainedReplies) {
                                      " --max-num 1 --dtype fp32 --max-new-tokens 16 --json --text '", rec.question,
                                      "'"));
     ASSERT_EQ(chat.exit_code, 0) << chat.err;
-    const std::string last_line = chat.out.substr(chat.out.rfind('{'));
+    // --json prints the JSON object as the last line.
+    std::string text = chat.out;
+    while (!text.empty() && text.back() == '\n') text.pop_back();
+    const std::string last_line = text.substr(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
     const json answer = json::parse(last_line, nullptr, false);
     ASSERT_TRUE(answer.is_object()) << chat.out;
     EXPECT_EQ(answer["response"], rec.answer) << "question: " << rec.question;
