@@ -1,7 +1,5 @@
 // `internvl download` as a user (or a Kubernetes init container) runs it:
 // the real binary, environment variables only, against the loopback hub.
-#include <sys/wait.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -21,25 +19,8 @@ using testing::FakeHubServer;
 
 constexpr char kCommit[] = "0123456789abcdef0123456789abcdef01234567";
 
-struct Result {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-// Runs a shell command; stdout and stderr apart.
-Result Shell(const std::string& command) {
-  Result r;
-  const std::string err_file = internvl::testing::TempDir() + "/stderr";
-  const std::string cmd = absl::StrCat(command, " 2>", err_file);
-  FILE* p = ::popen(cmd.c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  const int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.err = ReadFile(err_file).value_or("");
-  return r;
-}
+using Result = ::internvl::testing::ShellResult;
+Result Shell(const std::string& command) { return ::internvl::testing::RunShell(command); }
 
 // `env <env> internvl download <args>` without proxies or a token from outside.
 std::string DownloadCommandLine(const std::string& env, const std::string& args) {

@@ -6,8 +6,6 @@
 //    process with batch 2b;
 //  - --resume from checkpoint-N continues exactly (same final parameters as
 //    an uninterrupted run).
-#include <sys/wait.h>
-
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -29,23 +27,8 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-struct Result {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-Result Shell(const std::string& command) {
-  Result r;
-  const std::string err_file = testing::TempDir() + "/stderr.txt";
-  FILE* p = ::popen(absl::StrCat(command, " 2>", err_file).c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  const int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.err = ReadFile(err_file).value_or("");
-  return r;
-}
+using Result = ::internvl::testing::ShellResult;
+Result Shell(const std::string& command) { return ::internvl::testing::RunShell(command); }
 
 std::string Cli() { return std::getenv("INTERNVL_CLI_BIN"); }
 

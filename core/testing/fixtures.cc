@@ -1,11 +1,14 @@
 #include "core/testing/fixtures.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <vector>
+
+#include "core/files.h"
 
 namespace internvl::testing {
 namespace fs = std::filesystem;
@@ -54,6 +57,20 @@ std::string TempDir() {
   }();
   dirs->push_back(base);
   return base.string();
+}
+
+ShellResult RunShell(const std::string& command) {
+  ShellResult r;
+  const std::string err_file = TempDir() + "/shell-stderr-" + std::to_string(::getpid()) + ".txt";
+  FILE* p = ::popen((command + " 2>" + err_file).c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.err = ReadFile(err_file).value_or("");
+  return r;
 }
 
 }  // namespace internvl::testing

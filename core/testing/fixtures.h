@@ -20,6 +20,14 @@ std::string SourceDir();
 std::string TempDir();
 bool InCI();
 
+// Runs `command` with /bin/sh; its exit code (-1 when killed by a signal),
+// stdout and stderr kept apart. For tests that drive the real binaries.
+struct ShellResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+ShellResult RunShell(const std::string& command);
+
 }  // namespace internvl::testing
 
 // Skips the test (or fails it under CI) when the fixtures are missing;
