@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
-# One image with every InternVL2 binary: internvl (CLI: download, serve, ...),
-# internvl-gateway, internvl-preprocess, internvl-vision-encoder,
-# internvl-llm-decoder, and the sentencepiece tokenizer plugin.
+# One image with every InternVL2 binary: internvl (CLI: download, serve, train,
+# ...), internvl-gateway, internvl-preprocess, internvl-vision-encoder,
+# internvl-llm-decoder, internvl-trainer, and the sentencepiece tokenizer
+# plugin.
 #
 #   docker build -t internvl:latest .
 #
@@ -17,12 +18,13 @@ RUN ./scripts/install_deps.sh && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DINTERNVL_BUILD_TESTS=OFF \
  && ninja -C /build internvl internvl-gateway internvl-preprocess internvl-vision-encoder \
-      internvl-llm-decoder internvl_sp \
+      internvl-llm-decoder internvl-trainer internvl_sp \
  && mkdir -p /out/bin /out/lib \
  && cp /build/cli/internvl /build/gateway/internvl-gateway \
       /build/services/preprocess/internvl-preprocess \
       /build/services/vision_encoder/internvl-vision-encoder \
-      /build/services/llm_decoder/internvl-llm-decoder /out/bin/ \
+      /build/services/llm_decoder/internvl-llm-decoder \
+      /build/services/trainer/internvl-trainer /out/bin/ \
  && cp /build/lib/libinternvl_sp.so /out/lib/ \
  && strip --strip-unneeded /out/bin/* /out/lib/*
 
@@ -58,8 +60,8 @@ RUN groupadd --system --gid 10001 internvl \
  && ldd /usr/local/bin/* /usr/local/lib/libinternvl_sp.so | (! grep "not found")
 USER 10001:10001
 WORKDIR /home/internvl
-# gRPC: gateway 50050, preprocess 50051, vision-encoder 50052, llm-decoder 50053.
-# /metrics + /healthz: 9089, 9090, 9091, 9092 respectively.
-EXPOSE 50050 50051 50052 50053 9089 9090 9091 9092
+# gRPC: gateway 50050, preprocess 50051, vision-encoder 50052, llm-decoder 50053,
+# trainer 50054. /metrics + /healthz: 9089, 9090, 9091, 9092, 9093 respectively.
+EXPOSE 50050 50051 50052 50053 50054 9089 9090 9091 9092 9093
 ENTRYPOINT ["/usr/local/bin/internvl"]
 CMD ["--help"]

@@ -31,8 +31,8 @@ ABSL_FLAG(std::string, state_dir, "/models/trainer/state",
 ABSL_FLAG(std::string, output_root, "/models/trainer/out",
           "jobs write their output_dir (relative) under this folder (created if missing)");
 ABSL_FLAG(std::string, model_root, "",
-          "JobSpec.model may name a folder under this one; empty = Hugging Face ids only (resolved through the HF "
-          "cache, $HF_HOME)");
+          "JobSpec.model may name a folder under this one (created if missing); empty = Hugging Face ids only "
+          "(resolved through the HF cache, $HF_HOME)");
 ABSL_FLAG(std::string, data_root, "/data",
           "JobSpec.meta (relative) and the datasets it lists must lie under this folder");
 ABSL_FLAG(std::string, train_binary, "",
@@ -124,13 +124,13 @@ int main(int argc, char** argv) {
   if (!state_dir.ok()) return fail(state_dir.status());
   auto output_root = EnsureDir(absl::GetFlag(FLAGS_output_root), "output-root");
   if (!output_root.ok()) return fail(output_root.status());
-  auto data_root = trainer::CanonicalDir(absl::GetFlag(FLAGS_data_root), "data-root");
+  auto data_root = EnsureDir(absl::GetFlag(FLAGS_data_root), "data-root");
   if (!data_root.ok()) return fail(data_root.status());
   options.roots.output_root = *output_root;
   options.roots.data_root = *data_root;
   options.roots.state_dir = *state_dir;
   if (!absl::GetFlag(FLAGS_model_root).empty()) {
-    auto model_root = trainer::CanonicalDir(absl::GetFlag(FLAGS_model_root), "model-root");
+    auto model_root = EnsureDir(absl::GetFlag(FLAGS_model_root), "model-root");
     if (!model_root.ok()) return fail(model_root.status());
     options.roots.model_root = *model_root;
   }

@@ -150,6 +150,7 @@ const BIN = {
   'internvl-preprocess': 'services/preprocess/internvl-preprocess',
   'internvl-vision-encoder': 'services/vision_encoder/internvl-vision-encoder',
   'internvl-llm-decoder': 'services/llm_decoder/internvl-llm-decoder',
+  'internvl-trainer': 'services/trainer/internvl-trainer',
 };
 const helpCache = new Map();
 function help(bin, sub) {
