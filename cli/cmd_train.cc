@@ -370,7 +370,8 @@ class Progress {
         break;
       case TrainEvent::Kind::kFinished:
         Line(absl::StrCat("finished: ", e.step, " steps in ", FormatDuration(Seconds(start_)), ", final loss ",
-                          absl::StrFormat("%.4f", last_loss_), "; model in ", e.checkpoint_path));
+                          absl::StrFormat("%.4f", last_loss_), "; model in ", e.checkpoint_path),
+             /*keep_bar=*/false);
         break;
     }
   }
@@ -419,10 +420,12 @@ class Progress {
     std::fprintf(stderr, "%s\n", text.c_str());
   }
 
-  // A message line; on a terminal it goes above the live bar.
-  void Line(const std::string& text) {
+  // A message line; on a terminal it goes above the live bar (or replaces
+  // it for good: !keep_bar).
+  void Line(const std::string& text, bool keep_bar = true) {
     if (tty_ && bar_shown_) {
-      std::fprintf(stderr, "\r\033[K%s\n%s", text.c_str(), last_bar_.c_str());
+      std::fprintf(stderr, "\r\033[K%s\n%s", text.c_str(), keep_bar ? last_bar_.c_str() : "");
+      bar_shown_ = keep_bar;
     } else {
       std::fprintf(stderr, "%s\n", text.c_str());
     }

@@ -364,7 +364,7 @@ absl::Status JobManager::Watch(const std::string& id, int64_t from_sequence, std
   if (IsTerminal(job->info.state())) {
     sink->End();
   } else {
-    job->sinks.push_back(std::move(sink));
+    job->sinks.push_back({std::move(sink), from_sequence});
   }
   return absl::OkStatus();
 }
@@ -374,7 +374,7 @@ void JobManager::Unwatch(const std::string& id, const EventSink* sink) {
   Job* job = FindLocked(id);
   if (job == nullptr) return;
   job->sinks.erase(std::remove_if(job->sinks.begin(), job->sinks.end(),
-                                  [sink](const std::shared_ptr<EventSink>& s) { return s.get() == sink; }),
+                                  [sink](const Job::Watcher& w) { return w.sink.get() == sink; }),
                    job->sinks.end());
 }
 
@@ -541,7 +541,7 @@ void JobManager::SetStateLocked(Job* job, v1::JobState state, const std::string&
   PersistLocked(job);
   UpdateGaugesLocked();
   if (IsTerminal(state)) {
-    for (auto& sink : job->sinks) sink->End();
+    for (auto& w : job->sinks) w.sink->End();
     job->sinks.clear();
   }
 }
@@ -550,7 +550,10 @@ void JobManager::AppendEventLocked(Job* job, v1::JobEvent event) {
   event.set_job_id(job->info.job_id());
   event.set_sequence(static_cast<int64_t>(job->events.size()));
   job->events.push_back(std::move(event));
-  for (auto& sink : job->sinks) sink->Send(job->events.back());
+  const v1::JobEvent& added = job->events.back();
+  for (auto& w : job->sinks) {
+    if (added.sequence() >= w.from_sequence) w.sink->Send(added);
+  }
 }
 
 void JobManager::PersistLocked(Job* job) {

@@ -99,7 +99,11 @@ class JobManager {
     std::string dir;
     std::vector<std::string> argv;  // after the binary
     std::vector<v1::JobEvent> events;
-    std::vector<std::shared_ptr<EventSink>> sinks;
+    struct Watcher {
+      std::shared_ptr<EventSink> sink;
+      int64_t from_sequence;  // events before it are not sent
+    };
+    std::vector<Watcher> sinks;
     // While running.
     pid_t pid = -1;
     off_t events_offset = 0;
