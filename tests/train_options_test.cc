@@ -208,6 +208,25 @@ TEST_F(TrainOptionsTest, CancelStopsWithoutAFinalModel) {
   EXPECT_FALSE(fs::exists(o.output_dir + "/model.safetensors"));
 }
 
+TEST_F(TrainOptionsTest, InputsAreCheckedWithoutTraining) {
+  EXPECT_TRUE(ValidateTrainInputs(Options("ok")).ok()) << ValidateTrainInputs(Options("ok"));
+  TrainOptions o = Options("x");
+  o.meta = dir_ + "/no-such-meta.json";
+  EXPECT_FALSE(ValidateTrainInputs(o).ok());
+  o = Options("x");
+  o.model = dir_;  // a folder without config.json
+  EXPECT_EQ(ValidateTrainInputs(o).code(), absl::StatusCode::kInvalidArgument) << ValidateTrainInputs(o);
+  o = Options("x");
+  o.model = "not a model";
+  EXPECT_EQ(ValidateTrainInputs(o).code(), absl::StatusCode::kInvalidArgument) << ValidateTrainInputs(o);
+  o = Options("x");
+  o.model = "OpenGVLab/InternVL2-1B";  // not cached: downloaded when training starts
+  EXPECT_TRUE(ValidateTrainInputs(o).ok()) << ValidateTrainInputs(o);
+  o = Options("x");
+  o.conv_style = "vicuna";
+  EXPECT_EQ(ValidateTrainInputs(o).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(TrainOptionsValidation, BadOptionsAreInvalidArgument) {
   TrainOptions o;
   o.model = "m";

@@ -28,6 +28,7 @@
 #include "core/files.h"
 #include "core/hub/hub_download.h"
 #include "core/llm/causal_lm.h"
+#include "core/model_path.h"
 #include "core/nn/torch_util.h"
 #include "core/safetensors.h"
 #include "core/status.h"
@@ -721,6 +722,22 @@ absl::Status ValidateTrainOptions(const TrainOptions& o) {
   if (o.freeze_backbone && o.freeze_llm && o.freeze_mlp && !o.unfreeze_lm_head && o.lora_rank == 0)
     return bad("everything is frozen: nothing to train");
   return absl::OkStatus();
+}
+
+absl::Status ValidateTrainInputs(const TrainOptions& o) {
+  INTERNVL_RETURN_IF_ERROR(ValidateTrainOptions(o));
+  absl::StatusOr<std::string> dir = ResolveModelPath(o.model);
+  if (dir.ok()) {
+    absl::StatusOr<InternVLConfig> config = LoadInternVLConfig(*dir);
+    if (!config.ok())
+      return absl::InvalidArgumentError(absl::StrCat("model ", o.model, ": ", config.status().message()));
+    const std::string style = o.conv_style.empty() ? config->template_name : o.conv_style;
+    INTERNVL_RETURN_IF_ERROR(tokenizer::GetTemplate(style).status());
+  } else if (!ParseHfModelId(o.model).ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", o.model, " is neither a model folder nor a Hugging Face id: ", dir.status().message()));
+  }
+  return LoadMeta(o.meta).status();
 }
 
 absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& on_event,

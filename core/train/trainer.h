@@ -99,6 +99,13 @@ struct TrainEvent {
 };
 using TrainEventCallback = std::function<void(const TrainEvent&)>;
 
+// ValidateTrainOptions plus the inputs a job needs, without loading weights
+// or downloading: the model's config.json and template when the model is a
+// local folder or already in the HF cache (an HF id not cached yet passes:
+// it is downloaded when training starts), and the meta file with every
+// annotation it names (data.h LoadMeta). For submit-time checks.
+absl::Status ValidateTrainInputs(const TrainOptions& options);
+
 // HF Trainer 4.37's weight-decay grouping for a parameter of the whole model
 // (checkpoint name): no decay for names containing "bias" and for the
 // parameters of ALL_LAYERNORM_LAYERS = [nn.LayerNorm, LlamaRMSNorm] modules
@@ -108,8 +115,9 @@ bool UsesWeightDecay(const InternVLConfig& config, absl::string_view name);
 
 // Runs one training job (this process's rank). Events are delivered on the
 // calling thread, on rank 0 only. `cancel` (optional) is polled between
-// micro-batches: CANCELLED is returned after it is set, without writing a final
-// model (checkpoints already written stay).
+// micro-batches (with several ranks: at step boundaries, all ranks agreeing):
+// CANCELLED is returned only when it was set, without writing a final model
+// (checkpoints already written stay).
 absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& on_event,
                          const std::atomic<bool>* cancel = nullptr);
 

@@ -143,7 +143,9 @@ int main(int argc, char** argv) {
   options.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
   options.max_nproc = absl::GetFlag(FLAGS_max_nproc);
   options.cancel_grace = absl::Seconds(absl::GetFlag(FLAGS_cancel_grace_seconds));
-  options.validate = internvl::train::ValidateTrainOptions;
+  // Options, model config + template and the meta file are checked at
+  // submit time (INVALID_ARGUMENT there rather than a FAILED job).
+  options.validate = internvl::train::ValidateTrainInputs;
 
   MetricsRegistry registry;
   auto manager = trainer::JobManager::Create(options, &registry);
