@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/llm/gemv.h"
 #include "core/llm/kv_cache.h"
 
 namespace internvl::llm {
@@ -95,7 +96,7 @@ DenseImpl::DenseImpl(int64_t in, int64_t out, bool has_bias, at::ScalarType dtyp
   if (has_bias) bias = register_parameter("bias", at::zeros({out}, at::TensorOptions().dtype(dtype)));
 }
 
-at::Tensor DenseImpl::forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+at::Tensor DenseImpl::forward(const at::Tensor& x) { return Linear(x, weight, bias); }
 
 EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t hidden, at::ScalarType dtype) {
   weight = register_parameter("weight", at::empty({vocab, hidden}, at::TensorOptions().dtype(dtype)));
@@ -167,7 +168,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const LayerContext& 
                      (!q_proj->bias.defined() ||
                       StillFused(qkv_b_, {&q_proj->bias, &k_proj->bias, &v_proj->bias}));
   if (fused) {
-    at::Tensor qkv = at::linear(x, qkv_w_, qkv_b_);
+    at::Tensor qkv = Linear(x, qkv_w_, qkv_b_);
     q = qkv.narrow(-1, 0, qn);
     k = qkv.narrow(-1, qn, kvn);
     v = qkv.narrow(-1, qn + kvn, kvn);
@@ -191,7 +192,7 @@ void LlamaMLPImpl::Fuse() { gate_up_w_ = FuseRows({&gate_proj->weight, &up_proj-
 
 at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
   if (Inference() && StillFused(gate_up_w_, {&gate_proj->weight, &up_proj->weight})) {
-    at::Tensor gu = at::linear(x, gate_up_w_);
+    at::Tensor gu = Linear(x, gate_up_w_);
     const int64_t n = gate_proj->weight.size(0);
     return down_proj(SwiGlu(gu.narrow(-1, 0, n), gu.narrow(-1, n, n)));
   }
@@ -247,7 +248,7 @@ void InternLM2MLPImpl::Fuse() { w13_ = FuseRows({&w1->weight, &w3->weight}); }
 
 at::Tensor InternLM2MLPImpl::forward(const at::Tensor& x) {
   if (Inference() && StillFused(w13_, {&w1->weight, &w3->weight})) {
-    at::Tensor gu = at::linear(x, w13_);
+    at::Tensor gu = Linear(x, w13_);
     const int64_t n = w1->weight.size(0);
     return w2(SwiGlu(gu.narrow(-1, 0, n), gu.narrow(-1, n, n)));
   }

@@ -15,7 +15,7 @@
 // them under autograd). With grad mode off (at::InferenceMode / NoGradGuard)
 // they take inference-only shortcuts: fused q|k|v and gate|up matmuls through
 // weights that share storage with the per-key parameters, in-place scaling and
-// masking. Most users want CausalLM (causal_lm.h), not these modules.
+// masking, and FastLinear (gemv.h) for the few-row products of decoding. Most users want CausalLM (causal_lm.h), not these modules.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -49,7 +49,8 @@ struct LayerContext {
 
 // y = x W^T + b with W [out, in]. Unlike torch::nn::Linear its parameters are
 // created empty in the target dtype (no fp32 random init of billions of
-// weights that loading overwrites anyway).
+// weights that loading overwrites anyway). forward is Linear (gemv.h): plain
+// at::linear under grad mode, the matrix-vector kernels when decoding.
 class DenseImpl : public torch::nn::Module {
  public:
   DenseImpl(int64_t in, int64_t out, bool bias, at::ScalarType dtype);

@@ -1,0 +1,134 @@
+#include "core/llm/chunk_pool.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace internvl::llm {
+namespace {
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+thread_local bool t_is_helper = false;
+
+class ChunkPool {
+ public:
+  // Leaked: helpers block forever once the program stops using them, and a
+  // static destructor would have to join threads at exit.
+  static ChunkPool& Get() {
+    static ChunkPool* pool = new ChunkPool;
+    return *pool;
+  }
+
+  void Run(int64_t chunks, int threads, absl::FunctionRef<void(int64_t)> fn) {
+    std::unique_lock<std::mutex> job(run_mu_, std::try_to_lock);
+    if (!job.owns_lock()) {
+      for (int64_t i = 0; i < chunks; ++i) fn(i);
+      return;
+    }
+    EnsureHelpers(threads - 1);
+    allowed_.store(threads - 1, std::memory_order_relaxed);
+    fn_.store(&fn, std::memory_order_relaxed);
+    total_.store(chunks, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    generation_ = generation_ == 0xffffffffu ? 1 : generation_ + 1;  // 32 bits, never 0 (the initial one)
+    const uint64_t gen = generation_;
+    ticket_.store(gen << 32, std::memory_order_seq_cst);  // publishes fn_, total_, done_
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lock(sleep_mu_);
+      wake_.notify_all();
+    }
+    Claim(gen);
+    // Only chunks a helper has claimed can be outstanding now.
+    while (done_.load(std::memory_order_acquire) < chunks) CpuRelax();
+    fn_.store(nullptr, std::memory_order_relaxed);
+  }
+
+ private:
+  ChunkPool() = default;
+
+  // Claims and runs chunks of job `gen` until none is left.
+  void Claim(uint64_t gen) {
+    uint64_t t = ticket_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((t >> 32) != gen) return;
+      const int64_t index = static_cast<int64_t>(t & 0xffffffffu);
+      if (index >= total_.load(std::memory_order_acquire)) return;
+      if (ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
+        // The job cannot finish (nor fn_ change) before this chunk is done.
+        (*fn_.load(std::memory_order_relaxed))(index);
+        done_.fetch_add(1, std::memory_order_acq_rel);
+        t = ticket_.load(std::memory_order_acquire);
+      }
+    }
+  }
+
+  void EnsureHelpers(int n) {
+    while (static_cast<int>(helpers_.size()) < n) {
+      const int index = static_cast<int>(helpers_.size());
+      helpers_.emplace_back([this, index] { HelperLoop(index); });
+      helpers_.back().detach();
+    }
+  }
+
+  void HelperLoop(int index) {
+    t_is_helper = true;
+    uint64_t seen = 0;
+    for (;;) {
+      uint64_t gen = ticket_.load(std::memory_order_acquire) >> 32;
+      if (gen == seen) {
+        // Spin a little: the next product of a decode step is usually
+        // < 200 us away; then sleep.
+        const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+        int polls = 0;
+        while ((gen = ticket_.load(std::memory_order_acquire) >> 32) == seen) {
+          CpuRelax();
+          if (++polls % 64 == 0 && std::chrono::steady_clock::now() > spin_until) break;
+        }
+        if (gen == seen) {
+          std::unique_lock<std::mutex> lock(sleep_mu_);
+          sleepers_.fetch_add(1, std::memory_order_seq_cst);
+          wake_.wait(lock, [&] { return (ticket_.load(std::memory_order_seq_cst) >> 32) != seen; });
+          sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+          continue;
+        }
+      }
+      seen = gen;
+      if (index < allowed_.load(std::memory_order_relaxed)) Claim(gen);
+    }
+  }
+
+  std::mutex run_mu_;  // one job at a time
+  uint64_t generation_ = 0;  // of the last job (guarded by run_mu_)
+  // (job generation << 32) | next unclaimed chunk.
+  std::atomic<uint64_t> ticket_{0};
+  std::atomic<int64_t> total_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<int> allowed_{0};  // helpers [0, allowed_) take part
+  std::atomic<const absl::FunctionRef<void(int64_t)>*> fn_{nullptr};
+  std::vector<std::thread> helpers_;
+  std::mutex sleep_mu_;
+  std::condition_variable wake_;
+  std::atomic<int> sleepers_{0};
+};
+
+}  // namespace
+
+void ParallelChunks(int64_t chunks, int threads, absl::FunctionRef<void(int64_t)> fn) {
+  if (threads <= 1 || chunks <= 1 || chunks >= (int64_t{1} << 31) || t_is_helper) {
+    for (int64_t i = 0; i < chunks; ++i) fn(i);
+    return;
+  }
+  ChunkPool::Get().Run(chunks, threads, fn);
+}
+
+}  // namespace internvl::llm

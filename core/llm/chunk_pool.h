@@ -1,0 +1,31 @@
+// Helper threads for the decode path's matrix-vector products (gemv.h).
+//
+// Why not at::parallel_for: libtorch 1.13 here runs it on OpenMP (GOMP),
+// which splits the range statically, one piece per thread, and ends with a
+// barrier. On a shared 2-core machine a third runnable process regularly
+// deschedules one of the two threads, and every one of the ~100 products of a
+// decode step then waits a scheduler time slice for it: measured 800 ms per
+// token instead of 50. Here the calling thread never waits for a helper that
+// has not started: chunks are claimed one at a time from a shared counter,
+// the caller claims too, and it waits only for chunks a helper has already
+// claimed (and is running). A helper that was not scheduled in time simply
+// gets no chunks.
+//
+// Helpers spin briefly after each job (products of one decode step come every
+// 0.1-1 ms), then sleep on a condition variable.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/functional/function_ref.h"
+
+namespace internvl::llm {
+
+// Runs fn(i) for every i in [0, chunks) on the calling thread and up to
+// threads - 1 helper threads (created on first use, then reused), returning
+// when all calls have returned. Runs everything on the calling thread when
+// threads <= 1, chunks <= 1, from a helper thread, or while another
+// ParallelChunks is in flight (one job at a time).
+void ParallelChunks(int64_t chunks, int threads, absl::FunctionRef<void(int64_t)> fn);
+
+}  // namespace internvl::llm

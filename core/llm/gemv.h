@@ -1,0 +1,47 @@
+// Linear layers of the LLM decoders, with a hand-written matrix-vector path
+// for batch-1 (and small-batch) decoding.
+//
+// Decoding one token reads every weight once, so its speed is set by memory
+// bandwidth. libtorch 1.13 runs y = x W^T for one row through a generic GEMM
+// (fp32) or a scalar fallback (bf16 on CPUs without AVX-512: ~4 GFLOP/s),
+// far from that bound. FastLinear streams W instead (AVX2 + FMA kernels in
+// gemv_avx2.cc, a portable fallback elsewhere), parallel over output rows on
+// libtorch's intra-op threads, accumulating in fp32 whatever the storage
+// dtype of W (fp32 or bf16) and of x.
+//
+// Linear is what the modules call: under grad mode it is exactly at::linear
+// (the trainer's differentiable path; weights stored in another dtype than x
+// are cast, differentiably), and with grad mode off it takes FastLinear for
+// up to kMaxFastLinearRows rows, else at::linear in fp32 when the weights are
+// stored narrower than x or the CPU lacks native bf16 matmuls.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace internvl::llm {
+
+// Rows up to which FastLinear runs (decode of up to 16 sequences, short
+// prompts): beyond, libtorch's cache-blocked GEMMs are faster.
+inline constexpr int64_t kMaxFastLinearRows = 16;
+
+// y = x W^T + b for x [..., in] with at most kMaxFastLinearRows rows, W
+// [out, in] contiguous, b [out] or undefined; x, W and b each fp32 or bf16.
+// The result has x's dtype (rounded once from the fp32 accumulator) and shape
+// [..., out]. Returns an undefined tensor when grad mode is on or the
+// arguments do not fit (callers then use at::linear).
+at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+
+// The modules' linear layer (see the file comment). b may be undefined.
+at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+
+// Turns FastLinear off (it then returns undefined) or back on, process-wide:
+// for benchmarks that compare against libtorch. On by default.
+void SetFastLinearEnabled(bool enabled);
+bool FastLinearEnabled();
+
+// "avx2" or "portable": which kernel FastLinear runs on this CPU.
+const char* FastLinearKernel();
+
+}  // namespace internvl::llm

@@ -1,0 +1,39 @@
+// Matrix-vector kernels for batch-1 decoding (no libtorch here: the AVX2
+// implementation is compiled with -mavx2 -mfma -mf16c, and torch's inline
+// header code must not be compiled with other target flags than the rest of
+// the program).
+//
+// Every kernel computes, for output rows r in [row_begin, row_end) and input
+// rows m in [0, M):
+//   y[m * out + r] = sum_k w[r * in + k] * x[m * in + k]  (+ bias[r])
+// with fp32 accumulation. w is [out, in] row-major, fp32 or bf16 (bf16 ->
+// fp32 is exact: the bf16 bits are the high half of the fp32 bits). x, y and
+// bias are fp32; bias may be null. Any M >= 1 (the weights are read from
+// memory once; the input rows should fit in L2).
+#pragma once
+
+#include <cstdint>
+
+namespace internvl::llm::gemv {
+
+struct Problem {
+  const float* x = nullptr;  // [M, in]
+  int64_t m = 1;
+  int64_t in = 0;
+  int64_t out = 0;
+  const void* w = nullptr;  // [out, in], fp32 or bf16 (uint16_t bits)
+  bool w_bf16 = false;
+  const float* bias = nullptr;  // [out] or null
+  float* y = nullptr;           // [M, out]
+};
+
+// Portable reference implementation (any CPU).
+void RowsPortable(const Problem& p, int64_t row_begin, int64_t row_end);
+
+// AVX2 + FMA implementation; only call when CpuHasAvx2Fma().
+void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end);
+
+// Whether this CPU (and OS) runs AVX2 and FMA code.
+bool CpuHasAvx2Fma();
+
+}  // namespace internvl::llm::gemv

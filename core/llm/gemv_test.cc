@@ -1,0 +1,157 @@
+#include "core/llm/gemv.h"
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "core/llm/gemv_kernels.h"
+#include "gtest/gtest.h"
+
+namespace internvl::llm {
+namespace {
+
+// fp64 reference of y = x W^T + b from the values actually stored, and the
+// fp32 accumulation error bound it is compared with: n * eps * sum |w x|.
+std::pair<at::Tensor, at::Tensor> Reference(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  const at::Tensor xd = x.to(at::kDouble), wd = w.to(at::kDouble);
+  at::Tensor y = at::matmul(xd, wd.t());
+  if (b.defined()) y = y + b.to(at::kDouble);
+  const at::Tensor magnitude = at::matmul(xd.abs(), wd.abs().t());
+  const at::Tensor bound = magnitude * (w.size(1) * 1.2e-7) + 1e-6;
+  return {y, bound};
+}
+
+void ExpectWithin(const at::Tensor& actual, const at::Tensor& expected, const at::Tensor& bound,
+                  const std::string& what) {
+  ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
+  const at::Tensor excess = (actual.to(at::kDouble) - expected).abs() - bound;
+  EXPECT_LE(excess.max().item<double>(), 0.0) << what << ": max error "
+                                             << (actual.to(at::kDouble) - expected).abs().max().item<double>();
+}
+
+class FastLinearShapes : public ::testing::TestWithParam<std::tuple<int64_t, int64_t>> {};
+
+// Every row count up to the limit, fp32 and bf16 weights, inputs and biases,
+// sizes that are and are not multiples of the 8-wide vectors and 4-row blocks.
+TEST_P(FastLinearShapes, MatchesFp64Reference) {
+  at::InferenceMode guard;
+  const auto [out, in] = GetParam();
+  at::manual_seed(out * 1000 + in);
+  for (at::ScalarType wt : {at::kFloat, at::kBFloat16}) {
+    for (at::ScalarType xt : {at::kFloat, at::kBFloat16}) {
+      for (bool with_bias : {false, true}) {
+        for (int64_t rows : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{5}, int64_t{8}, int64_t{13},
+                             kMaxFastLinearRows}) {
+          const std::string what = absl::StrCat(out, "x", in, " w ", c10::toString(wt), " x ", c10::toString(xt),
+                                                " bias ", with_bias, " rows ", rows);
+          const at::Tensor w = at::randn({out, in}).to(wt);
+          const at::Tensor x = at::randn({1, rows, in}).to(xt);
+          const at::Tensor b = with_bias ? at::randn({out}).to(xt) : at::Tensor();
+          const at::Tensor y = FastLinear(x, w, b);
+          ASSERT_TRUE(y.defined()) << what;
+          EXPECT_EQ(y.scalar_type(), xt) << what;
+          auto [expected, bound] = Reference(x, w, b);
+          // A bf16 result is the fp32 one rounded once: half a bf16 ulp more.
+          if (xt == at::kBFloat16) bound = bound + expected.abs() * (1.0 / 256);
+          ExpectWithin(y, expected, bound, what);
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, FastLinearShapes,
+                         ::testing::Values(std::make_tuple(1, 1), std::make_tuple(7, 13), std::make_tuple(33, 64),
+                                           std::make_tuple(130, 896), std::make_tuple(4099, 40),
+                                           std::make_tuple(64, 4864)));
+
+// The AVX2 kernel (where the CPU has it) and the portable one compute the
+// same sums, for every row range a thread may get.
+TEST(GemvKernels, PortableAndVectorAgreeOnAnyRowRange) {
+  at::InferenceMode guard;
+  at::manual_seed(7);
+  for (bool bf16 : {false, true}) {
+    const at::Tensor w = at::randn({37, 45}).to(bf16 ? at::kBFloat16 : at::kFloat);
+    const at::Tensor x = at::randn({7, 45});
+    const at::Tensor bias = at::randn({37});
+    at::Tensor y1 = at::full({7, 37}, -1.0f), y2 = at::full({7, 37}, -1.0f);
+    gemv::Problem p;
+    p.x = x.data_ptr<float>();
+    p.m = 7;
+    p.in = 45;
+    p.out = 37;
+    p.w = w.data_ptr();
+    p.w_bf16 = bf16;
+    p.bias = bias.data_ptr<float>();
+    p.y = y1.data_ptr<float>();
+    gemv::RowsPortable(p, 0, 37);
+    p.y = y2.data_ptr<float>();
+    gemv::RowsAvx2(p, 0, 5);  // falls back to the portable kernel without AVX2
+    gemv::RowsAvx2(p, 5, 6);
+    gemv::RowsAvx2(p, 6, 37);
+    auto [expected, bound] = Reference(x, w, bias);
+    ExpectWithin(y1, expected, bound, "portable");
+    ExpectWithin(y2, expected, bound, "avx2");
+    EXPECT_LT((y1 - y2).abs().max().item<float>(), 1e-4);
+  }
+}
+
+TEST(FastLinear, DeclinesWhatItDoesNotHandle) {
+  const at::Tensor w = at::randn({8, 16});
+  {
+    at::InferenceMode guard;
+    EXPECT_FALSE(FastLinear(at::randn({kMaxFastLinearRows + 1, 16}), w, {}).defined()) << "too many rows";
+    EXPECT_FALSE(FastLinear(at::randn({1, 8}), w.t(), {}).defined()) << "non-contiguous weight";
+    EXPECT_FALSE(FastLinear(at::randn({1, 16}).to(at::kDouble), w, {}).defined()) << "fp64";
+    EXPECT_FALSE(FastLinear(at::randn({1, 15}), w, {}).defined()) << "size mismatch";
+    SetFastLinearEnabled(false);
+    EXPECT_FALSE(FastLinear(at::randn({1, 16}), w, {}).defined()) << "disabled";
+    SetFastLinearEnabled(true);
+    EXPECT_TRUE(FastLinear(at::randn({1, 16}), w, {}).defined());
+    // A strided input (the last position of a sequence) is fine.
+    const at::Tensor seq = at::randn({2, 3, 16});
+    const at::Tensor last = seq.select(1, 2);
+    EXPECT_LT((FastLinear(last, w, {}) - at::linear(last, w)).abs().max().item<float>(), 1e-5);
+  }
+  // Grad mode: never (the trainer's path stays at::linear).
+  EXPECT_FALSE(FastLinear(at::randn({1, 16}), w, {}).defined());
+}
+
+TEST(Linear, GradModeIsPlainDifferentiableLinear) {
+  const at::Tensor w = at::randn({6, 10}).requires_grad_();
+  const at::Tensor b = at::randn({6}).requires_grad_();
+  const at::Tensor x = at::randn({1, 1, 10});
+  at::Tensor y = Linear(x, w, b);
+  EXPECT_TRUE(y.requires_grad());
+  EXPECT_TRUE(at::equal(y, at::linear(x, w, b)));
+  y.sum().backward();
+  ASSERT_TRUE(w.grad().defined());
+  EXPECT_TRUE(at::allclose(w.grad(), x.view({1, 10}).expand({6, 10})));
+  // Weights stored in bf16 under an fp32 input: cast differentiably.
+  const at::Tensor wb = at::randn({6, 10}).to(at::kBFloat16).requires_grad_();
+  at::Tensor yb = Linear(x, wb, {});
+  EXPECT_EQ(yb.scalar_type(), at::kFloat);
+  yb.sum().backward();
+  EXPECT_TRUE(wb.grad().defined());
+}
+
+TEST(Linear, ManyRowsWithNarrowerWeightsComputeInFp32) {
+  at::InferenceMode guard;
+  const at::Tensor w = at::randn({24, 40}).to(at::kBFloat16);
+  const at::Tensor b = at::randn({24});
+  const at::Tensor x = at::randn({2, 9, 40});
+  const at::Tensor y = Linear(x, w, b);
+  EXPECT_EQ(y.scalar_type(), at::kFloat);
+  EXPECT_LT((y - at::linear(x, w.to(at::kFloat), b)).abs().max().item<float>(), 1e-5);
+  // bf16 activations and weights: fp32 accumulation, rounded once.
+  const at::Tensor xb = x.to(at::kBFloat16);
+  const at::Tensor yb = Linear(xb, w, b.to(at::kBFloat16));
+  EXPECT_EQ(yb.scalar_type(), at::kBFloat16);
+  const at::Tensor ref = at::linear(xb.to(at::kFloat), w.to(at::kFloat), b.to(at::kBFloat16).to(at::kFloat));
+  EXPECT_LE((yb.to(at::kFloat) - ref).abs().max().item<float>(), ref.abs().max().item<float>() / 128);
+}
+
+}  // namespace
+}  // namespace internvl::llm
