@@ -95,29 +95,60 @@ std::pair<at::Tensor, at::Tensor> RotaryEmbedding::Tables(const at::Tensor& posi
 
 // ---- CausalLM ----
 
-CausalLM::CausalLM(const LlmConfig& config, at::ScalarType dtype)
-    : config_(config), dtype_(dtype), module_(LanguageModel(config, dtype)), rope_(config) {}
+Precision Precision::ForRequested(at::ScalarType requested) {
+  return {EffectiveComputeDType(requested), requested};
+}
+
+CausalLM::CausalLM(const LlmConfig& config, const Precision& precision)
+    : config_(config),
+      dtype_(precision.compute),
+      weight_dtype_(precision.weights),
+      module_(LanguageModel(config, precision.weights)),
+      rope_(config) {}
+
+void CausalLM::Finish() {
+  at::NoGradGuard no_grad;
+  if (weight_dtype_ != dtype_) {
+    // Only the matrices keep the storage dtype.
+    for (auto& p : module_->parameters(/*recurse=*/true)) {
+      if (p.dim() < 2) p.set_data(p.detach().to(dtype_));
+    }
+  }
+  for (auto& layer : module_->model->typed_layers) layer->Fuse();
+}
 
 absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const LlmConfig& config, const TensorStore& store,
                                                          at::ScalarType dtype, const std::string& prefix) {
+  return Load(config, store, Precision::Uniform(dtype), prefix);
+}
+
+absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const LlmConfig& config, const TensorStore& store,
+                                                         const Precision& precision, const std::string& prefix) {
   INTERNVL_RETURN_IF_ERROR(CheckConfig(config));
-  INTERNVL_RETURN_IF_ERROR(CheckDType(dtype));
+  INTERNVL_RETURN_IF_ERROR(CheckDType(precision.compute));
+  INTERNVL_RETURN_IF_ERROR(CheckDType(precision.weights));
   std::unique_ptr<CausalLM> lm;
-  INTERNVL_RETURN_IF_ERROR(TorchGuard("building LLM", [&] { lm.reset(new CausalLM(config, dtype)); }));
-  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*lm->module_, store, prefix, dtype));
-  INTERNVL_RETURN_IF_ERROR(TorchGuard("fusing LLM weights", [&] {
-    for (auto& layer : lm->module_->model->typed_layers) layer->Fuse();
-  }));
+  INTERNVL_RETURN_IF_ERROR(TorchGuard("building LLM", [&] { lm.reset(new CausalLM(config, precision)); }));
+  // Everything is loaded (rounded) in the storage dtype; norms and biases are
+  // then widened to the compute dtype, as a bf16 model computed in fp32.
+  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*lm->module_, store, prefix, precision.weights));
+  INTERNVL_RETURN_IF_ERROR(TorchGuard("fusing LLM weights", [&] { lm->Finish(); }));
   return lm;
 }
 
 absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::CreateRandom(const LlmConfig& config, at::ScalarType dtype,
                                                                  uint64_t seed, double stddev) {
+  return CreateRandom(config, Precision::Uniform(dtype), seed, stddev);
+}
+
+absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::CreateRandom(const LlmConfig& config, const Precision& precision,
+                                                                 uint64_t seed, double stddev) {
   INTERNVL_RETURN_IF_ERROR(CheckConfig(config));
-  INTERNVL_RETURN_IF_ERROR(CheckDType(dtype));
+  INTERNVL_RETURN_IF_ERROR(CheckDType(precision.compute));
+  INTERNVL_RETURN_IF_ERROR(CheckDType(precision.weights));
   std::unique_ptr<CausalLM> lm;
   INTERNVL_RETURN_IF_ERROR(TorchGuard("building random LLM", [&] {
-    lm.reset(new CausalLM(config, dtype));
+    lm.reset(new CausalLM(config, precision));
     at::NoGradGuard no_grad;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     for (auto& item : lm->module_->named_parameters(/*recurse=*/true)) {
@@ -127,11 +158,15 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::CreateRandom(const LlmConfig
         p.fill_(1.0);
       } else if (absl::EndsWith(name, ".bias")) {
         p.zero_();
-      } else {
+      } else if (p.scalar_type() == at::kFloat) {
         p.normal_(0.0, stddev, gen);
+      } else {
+        // libtorch's bf16 normal_ is scalar (sincos per element): draw in
+        // fp32 and round.
+        p.copy_(at::empty(p.sizes(), p.options().dtype(at::kFloat)).normal_(0.0, stddev, gen));
       }
     }
-    for (auto& layer : lm->module_->model->typed_layers) layer->Fuse();
+    lm->Finish();
   }));
   return lm;
 }
@@ -148,11 +183,16 @@ int64_t CausalLM::parameter_bytes() const {
   return n;
 }
 
+int64_t CausalLM::decode_weight_bytes() const {
+  const at::Tensor& emb = module_->model->embed->weight;
+  return parameter_bytes() - emb.numel() * emb.element_size();
+}
+
 absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
   if (!ids.defined() || ids.scalar_type() != at::kLong) {
     return absl::InvalidArgumentError("Embed: ids must be an int64 tensor");
   }
-  return TorchGuard("embedding tokens", [&] { return module_->model->embed->forward(ids); });
+  return TorchGuard("embedding tokens", [&] { return module_->model->embed->forward(ids).to(dtype_); });
 }
 
 absl::StatusOr<std::unique_ptr<KVCache>> CausalLM::NewCache(int64_t batch, int64_t max_len) const {

@@ -81,6 +81,24 @@ struct ForwardOptions {
   LogitsMode logits = LogitsMode::kLast;
 };
 
+// Storage and compute dtypes of a CausalLM. `weights` is the dtype of the
+// matrices (projections, embedding table, vocabulary head): what decoding
+// reads per token. `compute` is that of everything else: activations, KV
+// cache, norms and biases. Weights narrower than the compute dtype (bf16 in
+// fp32) are widened exactly as they are used.
+struct Precision {
+  at::ScalarType compute = at::kFloat;
+  at::ScalarType weights = at::kFloat;
+
+  // One dtype for both (what Load(config, store, dtype) uses).
+  static Precision Uniform(at::ScalarType dtype) { return {dtype, dtype}; }
+  // What a request for `requested` ("--dtype bf16") runs as on this CPU:
+  // weights rounded to `requested`, computed in EffectiveComputeDType
+  // (torch_util.h): bf16 weights computed in fp32 without native bf16
+  // matmuls, like the vision model.
+  static Precision ForRequested(at::ScalarType requested);
+};
+
 class CausalLM {
  public:
   // Builds the model of `config` and loads `prefix`+HF names from `store`,
@@ -89,16 +107,31 @@ class CausalLM {
   static absl::StatusOr<std::unique_ptr<CausalLM>> Load(const LlmConfig& config, const TensorStore& store,
                                                         at::ScalarType dtype,
                                                         const std::string& prefix = "language_model.");
+  // The same with weights stored in `precision.weights` and computed in
+  // `precision.compute` (both kFloat or kBFloat16).
+  static absl::StatusOr<std::unique_ptr<CausalLM>> Load(const LlmConfig& config, const TensorStore& store,
+                                                        const Precision& precision,
+                                                        const std::string& prefix = "language_model.");
   // Random N(0, std) weights (norm weights 1, biases 0), for benchmarks and
   // tests that need a model of a given shape without a checkpoint.
   static absl::StatusOr<std::unique_ptr<CausalLM>> CreateRandom(const LlmConfig& config, at::ScalarType dtype,
                                                                 uint64_t seed, double stddev = 0.02);
+  static absl::StatusOr<std::unique_ptr<CausalLM>> CreateRandom(const LlmConfig& config, const Precision& precision,
+                                                                uint64_t seed, double stddev = 0.02);
 
   const LlmConfig& config() const { return config_; }
+  // The compute dtype (activations, KV cache, logits before the fp32 cast).
   at::ScalarType dtype() const { return dtype_; }
+  // The storage dtype of the weight matrices (== dtype() unless loaded with
+  // a mixed Precision).
+  at::ScalarType weight_dtype() const { return weight_dtype_; }
   // Parameter count and bytes (each stored once; fused views not double counted).
   int64_t num_parameters() const;
   int64_t parameter_bytes() const;
+  // Bytes of weights one decode step reads: every parameter except the
+  // embedding table (one row of it is gathered), i.e. the memory traffic that
+  // bounds batch-1 decoding besides the KV cache.
+  int64_t decode_weight_bytes() const;
 
   // Token embeddings: int64 ids [B, T] -> [B, T, H] in the compute dtype.
   // OUT_OF_RANGE-like INTERNAL error for ids outside the vocabulary.
@@ -124,11 +157,14 @@ class CausalLM {
   const RotaryEmbedding& rotary() const { return rope_; }
 
  private:
-  CausalLM(const LlmConfig& config, at::ScalarType dtype);
+  CausalLM(const LlmConfig& config, const Precision& precision);
   absl::Status Validate() const;
+  // Casts norms and biases to the compute dtype, then fuses (after loading).
+  void Finish();
 
   LlmConfig config_;
   at::ScalarType dtype_;
+  at::ScalarType weight_dtype_;
   LanguageModel module_{nullptr};
   RotaryEmbedding rope_;
   std::mutex rope_mu_;

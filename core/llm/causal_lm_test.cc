@@ -106,6 +106,50 @@ TEST(CausalLM, FallsBackToSeparateProjectionsWhenFusedStorageIsReplaced) {
   EXPECT_LT((fast - slow->detach()).abs().max().item<float>(), 1e-5);
 }
 
+// bf16-stored weights computed in fp32 (what "--dtype bf16" runs as on CPUs
+// without native bf16 matmuls) equal an fp32 model holding the same,
+// bf16-rounded values, on the prefill (at::linear) and decode (FastLinear)
+// paths, and read half the bytes per token.
+TEST(CausalLM, Bf16WeightsComputedInFp32MatchFp32ModelOfTheSameValues) {
+  for (LlmArch arch : {LlmArch::kQwen2, LlmArch::kInternLM2}) {
+    auto mixed = CausalLM::CreateRandom(TinyConfig(arch), Precision{at::kFloat, at::kBFloat16}, 6, 0.2);
+    auto full = CausalLM::CreateRandom(TinyConfig(arch), at::kFloat, 7, 0.2);
+    ASSERT_TRUE(mixed.ok() && full.ok());
+    EXPECT_EQ((*mixed)->dtype(), at::kFloat);
+    EXPECT_EQ((*mixed)->weight_dtype(), at::kBFloat16);
+    {
+      at::NoGradGuard no_grad;
+      auto src = (*mixed)->module()->named_parameters();
+      for (auto& item : (*full)->module()->named_parameters()) {
+        const at::Tensor& from = src[item.key()];
+        EXPECT_EQ(from.scalar_type(), from.dim() < 2 ? at::kFloat : at::kBFloat16) << item.key();
+        item.value().copy_(from);
+      }
+    }
+    EXPECT_EQ(2 * (*mixed)->decode_weight_bytes() - (*full)->decode_weight_bytes(),
+              [&] {  // norms and biases stay fp32 in both
+                int64_t n = 0;
+                for (const auto& p : (*full)->module()->parameters()) n += p.dim() < 2 ? p.numel() * 4 : 0;
+                return n;
+              }());
+    at::InferenceMode guard;
+    const at::Tensor ids = at::tensor({3L, 1L, 4L, 1L, 5L, 9L}).view({1, 6});
+    auto emb = (*mixed)->Embed(ids);
+    ASSERT_TRUE(emb.ok());
+    EXPECT_EQ(emb->scalar_type(), at::kFloat);
+    auto cache_m = (*mixed)->NewCache(1, 9);
+    auto cache_f = (*full)->NewCache(1, 9);
+    ASSERT_TRUE(cache_m.ok() && cache_f.ok());
+    const at::Tensor x = at::randn({1, 9, 32});
+    for (auto [begin, len] : {std::pair{0, 6}, {6, 1}, {7, 1}, {8, 1}}) {
+      auto a = (*mixed)->Forward(x.narrow(1, begin, len), cache_m->get());
+      auto b = (*full)->Forward(x.narrow(1, begin, len), cache_f->get());
+      ASSERT_TRUE(a.ok() && b.ok());
+      EXPECT_LT((*a - *b).abs().max().item<float>(), 1e-5) << "position " << begin;
+    }
+  }
+}
+
 TEST(RotaryEmbedding, DynamicNtkEnlargesBaseOnlyPastMaxAndKeepsIt) {
   LlmConfig c = TinyConfig(LlmArch::kInternLM2);
   c.rope_scaling = RopeScaling{"dynamic", 2.0};
