@@ -72,7 +72,8 @@ absl::StatusOr<std::unique_ptr<ChatPipeline>> ChatPipeline::Load(const std::stri
   INTERNVL_ASSIGN_OR_RETURN(impl->vision,
                             VisionModel::Load(impl->config, *store,
                                               VisionOptions{.dtype = options.dtype, .tile_batch = options.vision_tile_batch}));
-  INTERNVL_ASSIGN_OR_RETURN(impl->lm, llm::CausalLM::Load(impl->config.llm, *store, EffectiveComputeDType(requested)));
+  INTERNVL_ASSIGN_OR_RETURN(impl->lm,
+                            llm::CausalLM::Load(impl->config.llm, *store, llm::Precision::ForRequested(requested)));
   return std::unique_ptr<ChatPipeline>(new ChatPipeline(std::move(impl)));
 }
 

@@ -39,7 +39,7 @@ absl::StatusOr<std::unique_ptr<LlmEngine>> LlmEngine::Load(const std::string& mo
   SetTorchThreads(options.threads);
   INTERNVL_ASSIGN_OR_RETURN(at::ScalarType requested, ParseComputeDType(options.dtype));
   INTERNVL_ASSIGN_OR_RETURN(auto store, TensorStore::OpenDir(model_dir));
-  INTERNVL_ASSIGN_OR_RETURN(impl->lm, llm::CausalLM::Load(config.llm, *store, EffectiveComputeDType(requested)));
+  INTERNVL_ASSIGN_OR_RETURN(impl->lm, llm::CausalLM::Load(config.llm, *store, llm::Precision::ForRequested(requested)));
   return std::unique_ptr<LlmEngine>(new LlmEngine(std::move(impl)));
 }
 
