@@ -107,6 +107,26 @@ TEST_F(TrainOptionsTest, GradientCheckpointingGivesTheSameTraining) {
   EXPECT_LT(worst, 1e-4);
 }
 
+// The recomputing forward must see the merged LoRA weights, not the base.
+TEST_F(TrainOptionsTest, GradientCheckpointingWithLoraGivesTheSameTraining) {
+  TrainOptions a = Options("lora_plain");
+  a.lora_rank = 4;
+  a.freeze_mlp = true;
+  TrainRun plain = Train(a);
+  ASSERT_TRUE(plain.status.ok()) << plain.status;
+  TrainOptions b = Options("lora_checkpointed");
+  b.lora_rank = 4;
+  b.freeze_mlp = true;
+  b.gradient_checkpointing = true;
+  TrainRun ckpt = Train(b);
+  ASSERT_TRUE(ckpt.status.ok()) << ckpt.status;
+  ASSERT_EQ(plain.steps.size(), ckpt.steps.size());
+  for (size_t k = 0; k < plain.steps.size(); ++k) {
+    EXPECT_NEAR(ckpt.steps[k].loss, plain.steps[k].loss, 1e-5 * plain.steps[k].loss) << "step " << k + 1;
+    EXPECT_NEAR(ckpt.steps[k].grad_norm, plain.steps[k].grad_norm, 1e-4 * plain.steps[k].grad_norm);
+  }
+}
+
 TEST_F(TrainOptionsTest, LoraTrainsAdaptersAndSavesMergedWeights) {
   TrainOptions o = Options("lora");
   o.lora_rank = 4;
