@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/llm/gemv.h"
 #include "core/nn/torch_util.h"
 #include "core/nn/weights.h"
 #include "core/status.h"
@@ -115,6 +116,12 @@ void CausalLM::Finish() {
     }
   }
   for (auto& layer : module_->model->typed_layers) layer->Fuse();
+  // The matrices decoding streams (not the embedding table: one row a token).
+  std::vector<at::Tensor> streamed;
+  for (auto& p : module_->parameters(/*recurse=*/true)) {
+    if (p.dim() == 2 && !p.is_same(module_->model->embed->weight)) streamed.push_back(p);
+  }
+  MoveToHugePages(streamed);
 }
 
 absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const LlmConfig& config, const TensorStore& store,

@@ -2,10 +2,20 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/StorageImpl.h>
+#include <malloc.h>
+#include <sys/mman.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <set>
+#include <string>
 #include <vector>
 
 #include "core/llm/chunk_pool.h"
@@ -41,7 +51,33 @@ void RowsPortable(const Problem& p, int64_t row_begin, int64_t row_end) {
   }
 }
 
+void AttendHeadPortable(const float* q, const float* k, const float* v, int64_t len, int64_t dim, float scale,
+                        float* scores, float* out) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t l = 0; l < len; ++l) {
+    float s = 0;
+    for (int64_t d = 0; d < dim; ++d) s += q[d] * k[l * dim + d];
+    scores[l] = s / scale;
+    mx = std::max(mx, scores[l]);
+  }
+  float sum = 0;
+  for (int64_t l = 0; l < len; ++l) {
+    scores[l] = std::exp(scores[l] - mx);
+    sum += scores[l];
+  }
+  for (int64_t d = 0; d < dim; ++d) out[d] = 0;
+  for (int64_t l = 0; l < len; ++l) {
+    const float p = scores[l] / sum;
+    for (int64_t d = 0; d < dim; ++d) out[d] += p * v[l * dim + d];
+  }
+}
+
 #ifndef INTERNVL_HAVE_AVX2_GEMV
+void AttendHeadAvx2(const float* q, const float* k, const float* v, int64_t len, int64_t dim, float scale,
+                    float* scores, float* out) {
+  AttendHeadPortable(q, k, v, len, dim, scale, scores, out);
+}
+void PrepareAvx2(Problem& p, float* scratch) {}
 void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end) { RowsPortable(p, row_begin, row_end); }
 bool CpuHasAvx2Fma() { return false; }
 #else
@@ -95,6 +131,11 @@ at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   p.bias = bf.defined() ? bf.data_ptr<float>() : nullptr;
   p.y = y.data_ptr<float>();
   const bool avx2 = gemv::CpuHasAvx2Fma();
+  at::Tensor scratch;
+  if (avx2) {
+    scratch = at::empty({rows, in}, xf.options());
+    gemv::PrepareAvx2(p, scratch.data_ptr<float>());
+  }
   // Chunks of whole 4-row blocks, each at least ~64K weights (claiming one
   // costs ~0.1 us, 64K bf16 weights take ~5 us to stream), at most ~32 per
   // thread.
@@ -133,6 +174,100 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   // native bf16 GEMM; the result rounded once to x's dtype).
   y = at::linear(x.to(at::kFloat), w.to(at::kFloat), b.defined() ? b.to(at::kFloat) : b);
   return dtype == at::kFloat ? y : y.to(dtype);
+}
+
+at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values) {
+  if (!g_fast_linear.load(std::memory_order_relaxed) || at::GradMode::is_enabled()) return {};
+  if (!q.defined() || !keys.defined() || !values.defined() || q.dim() != 4 || keys.dim() != 4 || values.dim() != 4) {
+    return {};
+  }
+  for (const at::Tensor* t : {&q, &keys, &values}) {
+    if (t->scalar_type() != at::kFloat || !t->device().is_cpu()) return {};
+  }
+  const int64_t batch = q.size(0), heads = q.size(2), dim = q.size(3);
+  const int64_t kv_heads = keys.size(1), len = keys.size(2);
+  if (q.size(1) != 1 || kv_heads == 0 || heads % kv_heads != 0 || len == 0 || keys.size(0) != batch ||
+      keys.size(3) != dim || values.sizes() != keys.sizes()) {
+    return {};
+  }
+  // Rows of `dim` contiguous floats, one after the other, per (batch, kv head).
+  for (const at::Tensor* t : {&keys, &values}) {
+    if (t->stride(3) != 1 || t->stride(2) != dim) return {};
+  }
+  const int64_t groups = heads / kv_heads;
+  const at::Tensor qc = q.contiguous();
+  const bool avx2 = gemv::CpuHasAvx2Fma() && dim % 8 == 0;
+  const float scale = static_cast<float>(std::sqrt(static_cast<double>(dim)));
+  const int threads = at::get_num_threads();
+  const float* qp = qc.data_ptr<float>();
+  const float* kp = keys.data_ptr<float>();
+  const float* vp = values.data_ptr<float>();
+  // One chunk per (row, query head): scores, softmax, weighted values. A
+  // kv head's keys and values are shared by its group's query heads
+  // (repeat_kv) and stay in cache between them. No libtorch op in between:
+  // a parallel one (softmax over B*H*L > 32K elements) wakes libtorch's
+  // OpenMP threads, whose spinning then competes with these for the cores.
+  at::Tensor scores = at::empty({batch, heads, len}, qc.options());
+  at::Tensor out = at::empty({batch, 1, heads * dim}, qc.options());
+  float* sp = scores.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  ParallelChunks(batch * heads, threads, [&](int64_t c) {
+    const int64_t b = c / heads, h = c % heads, j = h / groups;
+    const float* k = kp + b * keys.stride(0) + j * keys.stride(1);
+    const float* v = vp + b * values.stride(0) + j * values.stride(1);
+    if (avx2) {
+      gemv::AttendHeadAvx2(qp + c * dim, k, v, len, dim, scale, sp + c * len, op + c * dim);
+    } else {
+      gemv::AttendHeadPortable(qp + c * dim, k, v, len, dim, scale, sp + c * len, op + c * dim);
+    }
+  });
+  return out;
+}
+
+namespace {
+
+bool TransparentHugePagesEnabled() {
+  static const bool enabled = [] {
+    std::ifstream f("/sys/kernel/mm/transparent_hugepage/enabled");
+    const std::string mode((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    return !mode.empty() && mode.find("[never]") == std::string::npos;
+  }();
+  return enabled;
+}
+
+void FreeHuge(void* p) { std::free(p); }
+
+}  // namespace
+
+int64_t MoveToHugePages(const std::vector<at::Tensor>& tensors) {
+#ifdef MADV_HUGEPAGE
+  if (!TransparentHugePagesEnabled()) return 0;
+  constexpr size_t kHuge = size_t{2} << 20;
+  std::set<c10::StorageImpl*> done;
+  int64_t moved = 0;
+  for (const at::Tensor& t : tensors) {
+    if (!t.defined() || !t.device().is_cpu() || !t.has_storage()) continue;
+    c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
+    const size_t bytes = storage->nbytes();
+    if (bytes < kHuge || !done.insert(storage).second) continue;
+    const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* mem = nullptr;
+    if (posix_memalign(&mem, kHuge, rounded) != 0) continue;
+    madvise(mem, rounded, MADV_HUGEPAGE);
+    std::memcpy(mem, storage->data(), bytes);
+    // Swaps the memory under every tensor sharing this storage; the old
+    // buffer is freed with the returned DataPtr.
+    storage->set_data_ptr(c10::DataPtr(mem, mem, &FreeHuge, c10::Device(c10::kCPU)));
+    moved += static_cast<int64_t>(bytes);
+    // The old buffer came from the heap (TuneAllocator serves up to 32 MB
+    // there and keeps freed memory): give it back now, or the peak RSS holds
+    // every matrix twice.
+    malloc_trim(0);
+  }
+  return moved;
+#else
+  return 0;
+#endif
 }
 
 }  // namespace internvl::llm

@@ -1,10 +1,16 @@
 // AVX2 + FMA matrix-vector kernels (this file alone is compiled with -mavx2
 // -mfma -mf16c; see CMakeLists.txt). Batch-1 decoding reads every weight once
 // per token, so these kernels are memory-bound: they stream the weights with
-// plain 256-bit loads (bf16 widened to fp32 by a 16-bit shift), keep the
-// input rows in L1/L2, and accumulate 4 output rows x up to 4 input rows at a
-// time (more input rows reuse the 4 weight rows from L1: weights are read
-// from memory once whatever M).
+// plain 256-bit loads, keep the input rows in L1/L2, and accumulate 4 output
+// rows x a few input rows at a time (more input rows reuse the 4 weight rows
+// from L1: the weights are read from memory once whatever M).
+//
+// bf16 weights: 16 at a time in one 32-byte load; as 32-bit lanes, the high
+// half (odd element) masked is its fp32 value and the low half (even element)
+// shifted up by 16 is its own. Multiplying those by the input's odd and even
+// elements (x permuted once per product, Prepare) needs no lane-crossing
+// widening: 5 instructions per 16 weights instead of 8, which matters on a
+// core shared with other processes.
 #include <immintrin.h>
 
 #include "core/llm/gemv_kernels.h"
@@ -23,64 +29,32 @@ inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(sums);
 }
 
-template <bool kBf16>
-inline __m256 Load8(const void* w, int64_t index) {
-  if constexpr (kBf16) {
-    const auto* p = static_cast<const uint16_t*>(w) + index;
-    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-  } else {
-    return _mm256_loadu_ps(static_cast<const float*>(w) + index);
-  }
+inline float Bf16ToFloat(uint16_t v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof(f));
+  return f;
 }
 
-template <bool kBf16>
-inline float Load1(const void* w, int64_t index) {
-  if constexpr (kBf16) {
-    const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(w)[index]) << 16;
-    float f;
-    __builtin_memcpy(&f, &bits, sizeof(f));
-    return f;
-  } else {
-    return static_cast<const float*>(w)[index];
-  }
-}
-
-// kRows consecutive output rows starting at `row`, input rows [m0, m0 + M).
-// Only the first group of input rows prefetches: the next groups find the
-// block's weights in L1.
-template <int kRows, int M, bool kBf16>
-inline void Block(const Problem& p, int64_t row, int64_t m0) {
-  constexpr int64_t kElem = kBf16 ? 2 : 4;
-  // Measured on an AVX2 EPYC: bf16 rows streamed 15 -> 19 GB/s with the
-  // prefetch one block ahead; fp32 rows were slower with it.
-  const bool prefetch = kBf16 && m0 == 0;
-  constexpr int64_t kPrefetchRows = kRows;
+// fp32 weights: rows [row, row + kRows) x input rows [m0, m0 + M).
+template <int kRows, int M>
+inline void BlockF32(const Problem& p, int64_t row, int64_t m0) {
   const int64_t in = p.in;
   const int64_t vec_end = in & ~int64_t{7};
+  const float* w = static_cast<const float*>(p.w) + row * in;
   __m256 acc[kRows][M];
 #pragma GCC unroll 4
   for (int i = 0; i < kRows; ++i) {
 #pragma GCC unroll 4
     for (int m = 0; m < M; ++m) acc[i][m] = _mm256_setzero_ps();
   }
-  const int64_t base = row * in;
-  // The weights of the next block, one cache line per 64 bytes read: bf16
-  // rows are short (1-10 KB), too short for the hardware prefetchers to ramp
-  // up on each of the kRows streams.
-  const char* ahead = static_cast<const char*>(p.w) + (base + kPrefetchRows * in) * kElem;
-  const char* limit = static_cast<const char*>(p.w) + p.out * in * kElem;
   for (int64_t k = 0; k < vec_end; k += 8) {
-    if (prefetch) {
-      const char* a = ahead + k * kRows * kElem;
-      if (a < limit) _mm_prefetch(a, _MM_HINT_T0);
-    }
     __m256 xv[M];
 #pragma GCC unroll 4
     for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(p.x + (m0 + m) * in + k);
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
-      const __m256 wv = Load8<kBf16>(p.w, base + i * in + k);
+      const __m256 wv = _mm256_loadu_ps(w + i * in + k);
 #pragma GCC unroll 4
       for (int m = 0; m < M; ++m) acc[i][m] = _mm256_fmadd_ps(wv, xv[m], acc[i][m]);
     }
@@ -88,41 +62,209 @@ inline void Block(const Problem& p, int64_t row, int64_t m0) {
   for (int i = 0; i < kRows; ++i) {
     for (int m = 0; m < M; ++m) {
       float s = HorizontalSum(acc[i][m]);
-      for (int64_t k = vec_end; k < in; ++k) s += Load1<kBf16>(p.w, base + i * in + k) * p.x[(m0 + m) * in + k];
+      for (int64_t k = vec_end; k < in; ++k) s += w[i * in + k] * p.x[(m0 + m) * in + k];
       if (p.bias != nullptr) s += p.bias[row + i];
       p.y[(m0 + m) * p.out + row + i] = s;
     }
   }
 }
 
-// Input rows in groups of up to 4 (4 x 4 accumulators + 4 inputs fill the 16
-// vector registers).
-template <int kRows, bool kBf16>
-inline void AllInputs(const Problem& p, int64_t row) {
+// bf16 weights: rows [row, row + kRows) x input rows [m0, m0 + M), x from
+// p.x_perm (per 16 elements: the 8 even, then the 8 odd ones). Only the first
+// group of input rows prefetches (the next ones find the rows in L1): one
+// block ahead, 2 cache lines per 16 x 4 weights, since rows of 1-10 KB are
+// too short for the hardware prefetchers to ramp up on each of the 4 streams
+// (measured 15 -> 19 GB/s).
+template <int kRows, int M>
+inline void BlockBf16(const Problem& p, int64_t row, int64_t m0) {
+  const int64_t in = p.in;
+  const int64_t vec_end = in & ~int64_t{15};
+  const auto* w = static_cast<const uint16_t*>(p.w) + row * in;
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  const bool prefetch = m0 == 0;
+  const char* ahead = reinterpret_cast<const char*>(w + kRows * in);
+  const char* limit = reinterpret_cast<const char*>(static_cast<const uint16_t*>(p.w) + p.out * in);
+  __m256 acc[kRows][M];
+#pragma GCC unroll 4
+  for (int i = 0; i < kRows; ++i) {
+#pragma GCC unroll 4
+    for (int m = 0; m < M; ++m) acc[i][m] = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < vec_end; k += 16) {
+    if (prefetch) {
+      const char* a = ahead + k * kRows * 2;
+      if (a + 64 < limit) {
+        _mm_prefetch(a, _MM_HINT_T0);
+        _mm_prefetch(a + 64, _MM_HINT_T0);
+      }
+    }
+    __m256 xe[M], xo[M];
+#pragma GCC unroll 4
+    for (int m = 0; m < M; ++m) {
+      xe[m] = _mm256_loadu_ps(p.x_perm + (m0 + m) * in + k);
+      xo[m] = _mm256_loadu_ps(p.x_perm + (m0 + m) * in + k + 8);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i * in + k));
+      const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+      const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, high));
+#pragma GCC unroll 4
+      for (int m = 0; m < M; ++m) {
+        acc[i][m] = _mm256_fmadd_ps(we, xe[m], acc[i][m]);
+        acc[i][m] = _mm256_fmadd_ps(wo, xo[m], acc[i][m]);
+      }
+    }
+  }
+  for (int i = 0; i < kRows; ++i) {
+    for (int m = 0; m < M; ++m) {
+      float s = HorizontalSum(acc[i][m]);
+      for (int64_t k = vec_end; k < in; ++k) s += Bf16ToFloat(w[i * in + k]) * p.x[(m0 + m) * in + k];
+      if (p.bias != nullptr) s += p.bias[row + i];
+      p.y[(m0 + m) * p.out + row + i] = s;
+    }
+  }
+}
+
+// All input rows, in groups of 4 (fp32: 16 accumulators; the inputs come as
+// FMA memory operands from L1) or 2 (bf16: 8 accumulators + 4 inputs + 2
+// weights in the 16 vector registers).
+template <int kRows>
+inline void AllInputsF32(const Problem& p, int64_t row) {
   int64_t m0 = 0;
-  for (; m0 + 4 <= p.m; m0 += 4) Block<kRows, 4, kBf16>(p, row, m0);
+  for (; m0 + 4 <= p.m; m0 += 4) BlockF32<kRows, 4>(p, row, m0);
   switch (p.m - m0) {
-    case 1: return Block<kRows, 1, kBf16>(p, row, m0);
-    case 2: return Block<kRows, 2, kBf16>(p, row, m0);
-    case 3: return Block<kRows, 3, kBf16>(p, row, m0);
+    case 1: return BlockF32<kRows, 1>(p, row, m0);
+    case 2: return BlockF32<kRows, 2>(p, row, m0);
+    case 3: return BlockF32<kRows, 3>(p, row, m0);
     default: return;
   }
 }
 
-template <bool kBf16>
-void Rows(const Problem& p, int64_t begin, int64_t end) {
-  int64_t r = begin;
-  for (; r + 4 <= end; r += 4) AllInputs<4, kBf16>(p, r);
-  for (; r < end; ++r) AllInputs<1, kBf16>(p, r);
+template <int kRows>
+inline void AllInputsBf16(const Problem& p, int64_t row) {
+  int64_t m0 = 0;
+  for (; m0 + 2 <= p.m; m0 += 2) BlockBf16<kRows, 2>(p, row, m0);
+  if (m0 < p.m) BlockBf16<kRows, 1>(p, row, m0);
 }
 
 }  // namespace
 
+void PrepareAvx2(Problem& p, float* scratch) {
+  if (!p.w_bf16) return;
+  const int64_t vec_end = p.in & ~int64_t{15};
+  for (int64_t m = 0; m < p.m; ++m) {
+    const float* x = p.x + m * p.in;
+    float* dst = scratch + m * p.in;
+    for (int64_t k = 0; k < vec_end; k += 16) {
+      for (int j = 0; j < 8; ++j) {
+        dst[k + j] = x[k + 2 * j];
+        dst[k + 8 + j] = x[k + 2 * j + 1];
+      }
+    }
+    for (int64_t k = vec_end; k < p.in; ++k) dst[k] = x[k];
+  }
+  p.x_perm = scratch;
+}
+
 void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end) {
+  int64_t r = row_begin;
   if (p.w_bf16) {
-    Rows<true>(p, row_begin, row_end);
+    for (; r + 4 <= row_end; r += 4) AllInputsBf16<4>(p, r);
+    for (; r < row_end; ++r) AllInputsBf16<1>(p, r);
   } else {
-    Rows<false>(p, row_begin, row_end);
+    for (; r + 4 <= row_end; r += 4) AllInputsF32<4>(p, r);
+    for (; r < row_end; ++r) AllInputsF32<1>(p, r);
+  }
+}
+
+namespace {
+
+// e^x for x <= 0 (softmax after the max is subtracted), Cephes' expf
+// polynomial as in avx_mathfun: within 2 ulp of expf; inputs below -87.3
+// give ~1e-38 instead of 0 (negligible beside the sum's 1 from the max).
+inline __m256 ExpNonPositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+  fx = _mm256_floor_ps(fx);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  const __m256 z = _mm256_mul_ps(x, x);
+  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+  y = _mm256_fmadd_ps(y, z, x);
+  y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+}  // namespace
+
+void AttendHeadAvx2(const float* q, const float* k, const float* v, int64_t len, int64_t dim, float scale,
+                    float* scores, float* out) {
+  // Scores, four keys at a time (independent accumulators).
+  int64_t l = 0;
+  for (; l + 4 <= len; l += 4) {
+    const float* k0 = k + l * dim;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + d);
+      a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d), a0);
+      a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + dim + d), a1);
+      a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 2 * dim + d), a2);
+      a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 3 * dim + d), a3);
+    }
+    scores[l] = HorizontalSum(a0) / scale;
+    scores[l + 1] = HorizontalSum(a1) / scale;
+    scores[l + 2] = HorizontalSum(a2) / scale;
+    scores[l + 3] = HorizontalSum(a3) / scale;
+  }
+  for (; l < len; ++l) {
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + l * dim + d), a);
+    scores[l] = HorizontalSum(a) / scale;
+  }
+  // Softmax in place.
+  float mx = scores[0];
+  for (int64_t i = 1; i < len; ++i) mx = scores[i] > mx ? scores[i] : mx;
+  const __m256 mv = _mm256_set1_ps(mx);
+  __m256 sv = _mm256_setzero_ps();
+  l = 0;
+  for (; l + 8 <= len; l += 8) {
+    const __m256 e = ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(scores + l), mv));
+    _mm256_storeu_ps(scores + l, e);
+    sv = _mm256_add_ps(sv, e);
+  }
+  float sum = HorizontalSum(sv);
+  for (; l < len; ++l) {
+    float tail[8] = {scores[l] - mx, 0, 0, 0, 0, 0, 0, 0};
+    float e[8];
+    _mm256_storeu_ps(e, ExpNonPositive(_mm256_loadu_ps(tail)));
+    scores[l] = e[0];
+    sum += e[0];
+  }
+  const float inv = 1.0f / sum;
+  for (l = 0; l < len; ++l) scores[l] *= inv;
+  // Weighted sum of the values, 64 outputs (8 registers) at a time.
+  for (int64_t d0 = 0; d0 < dim; d0 += 64) {
+    const int64_t n = (dim - d0 < 64 ? dim - d0 : 64) / 8;
+    __m256 acc[8];
+    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+    for (int64_t r = 0; r < len; ++r) {
+      const __m256 p = _mm256_broadcast_ss(scores + r);
+      const float* row = v + r * dim + d0;
+      if (n == 8) {
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(row + 8 * j), acc[j]);
+      } else {
+        for (int64_t j = 0; j < n; ++j) acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(row + 8 * j), acc[j]);
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) _mm256_storeu_ps(out + d0 + 8 * j, acc[j]);
   }
 }
 

@@ -25,15 +25,28 @@ struct Problem {
   bool w_bf16 = false;
   const float* bias = nullptr;  // [out] or null
   float* y = nullptr;           // [M, out]
+  // x in the layout the AVX2 bf16 kernel reads (set by PrepareAvx2).
+  const float* x_perm = nullptr;
 };
 
 // Portable reference implementation (any CPU).
 void RowsPortable(const Problem& p, int64_t row_begin, int64_t row_end);
 
-// AVX2 + FMA implementation; only call when CpuHasAvx2Fma().
+// AVX2 + FMA implementation; only call when CpuHasAvx2Fma(), after
+// PrepareAvx2(p, scratch) with scratch of M * in floats (once per product).
+void PrepareAvx2(Problem& p, float* scratch);
 void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end);
 
 // Whether this CPU (and OS) runs AVX2 and FMA code.
 bool CpuHasAvx2Fma();
+
+// Decode attention of one query head over `len` cached keys/values (rows of
+// `dim` floats; the AVX2 version needs dim % 8 == 0):
+//   scores[l] = dot(q, k[l]) / scale, probs = softmax(scores) (fp32, in
+//   `scores`), out[:] = sum_l probs[l] * v[l, :].
+void AttendHeadPortable(const float* q, const float* k, const float* v, int64_t len, int64_t dim, float scale,
+                        float* scores, float* out);
+void AttendHeadAvx2(const float* q, const float* k, const float* v, int64_t len, int64_t dim, float scale,
+                    float* scores, float* out);
 
 }  // namespace internvl::llm::gemv

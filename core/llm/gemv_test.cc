@@ -2,8 +2,10 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/llm/gemv_kernels.h"
@@ -88,6 +90,8 @@ TEST(GemvKernels, PortableAndVectorAgreeOnAnyRowRange) {
     p.y = y1.data_ptr<float>();
     gemv::RowsPortable(p, 0, 37);
     p.y = y2.data_ptr<float>();
+    std::vector<float> scratch(7 * 45);
+    gemv::PrepareAvx2(p, scratch.data());
     gemv::RowsAvx2(p, 0, 5);  // falls back to the portable kernel without AVX2
     gemv::RowsAvx2(p, 5, 6);
     gemv::RowsAvx2(p, 6, 37);
@@ -151,6 +155,55 @@ TEST(Linear, ManyRowsWithNarrowerWeightsComputeInFp32) {
   EXPECT_EQ(yb.scalar_type(), at::kBFloat16);
   const at::Tensor ref = at::linear(xb.to(at::kFloat), w.to(at::kFloat), b.to(at::kBFloat16).to(at::kFloat));
   EXPECT_LE((yb.to(at::kFloat) - ref).abs().max().item<float>(), ref.abs().max().item<float>() / 128);
+}
+
+// Against the eager formula in fp64, on a narrowed cache view (rows of d
+// floats, batch and kv-head strides of the full cache), GQA, and head sizes
+// with and without the 8-float vectors.
+TEST(DecodeAttention, MatchesEagerAttentionOnCacheViews) {
+  at::InferenceMode guard;
+  at::manual_seed(11);
+  // (A large query scale makes the softmax peaked: exps far below 1e-38.)
+  for (auto [dim, q_scale] : {std::pair<int64_t, double>{64, 1.0}, {64, 40.0}, {12, 1.0}}) {
+    const int64_t batch = 2, heads = 6, kv = 2, max_len = 40, len = 33;
+    const at::Tensor cache_k = at::randn({batch, kv, max_len, dim});
+    const at::Tensor cache_v = at::randn({batch, kv, max_len, dim});
+    const at::Tensor keys = cache_k.narrow(2, 0, len), values = cache_v.narrow(2, 0, len);
+    const at::Tensor q = at::randn({batch, 1, heads, dim}) * q_scale;
+    const at::Tensor out = DecodeAttention(q, keys, values);
+    ASSERT_TRUE(out.defined());
+    ASSERT_EQ(out.sizes(), (std::vector<int64_t>{batch, 1, heads * dim}));
+    // repeat_kv, then softmax(q k^T / sqrt(d)) v.
+    const at::Tensor k = keys.to(at::kDouble).repeat_interleave(heads / kv, 1);  // [B, H, L, d]
+    const at::Tensor v = values.to(at::kDouble).repeat_interleave(heads / kv, 1);
+    const at::Tensor qd = q.to(at::kDouble).transpose(1, 2);  // [B, H, 1, d]
+    const at::Tensor probs = at::softmax(at::matmul(qd, k.transpose(-1, -2)) / std::sqrt(double(dim)), -1);
+    const at::Tensor expected = at::matmul(probs, v).transpose(1, 2).reshape({batch, 1, heads * dim});
+    EXPECT_LT((out.to(at::kDouble) - expected).abs().max().item<double>(), 1e-5) << "dim " << dim << " q x" << q_scale;
+  }
+  // Not for it: several queries, a transposed cache, fp64.
+  const at::Tensor k = at::randn({1, 2, 5, 8});
+  EXPECT_FALSE(DecodeAttention(at::randn({1, 2, 4, 8}), k, k).defined());
+  EXPECT_FALSE(DecodeAttention(at::randn({1, 1, 4, 8}), k.transpose(2, 3), k.transpose(2, 3)).defined());
+  EXPECT_FALSE(DecodeAttention(at::randn({1, 1, 4, 8}, at::kDouble), k, k).defined());
+}
+
+TEST(MoveToHugePages, KeepsValuesAndSharingAcrossViews) {
+  at::InferenceMode guard;
+  const at::Tensor fused = at::randn({1024, 1024});  // 4 MiB
+  const at::Tensor part = fused.narrow(0, 512, 256);
+  const at::Tensor small = at::randn({16, 16});
+  const at::Tensor before = fused.clone(), small_before = small.clone();
+  const int64_t moved = MoveToHugePages({part, fused, small});
+  EXPECT_TRUE(moved == 0 || moved == 4 << 20) << moved;  // once per storage; small ones stay
+  EXPECT_TRUE(at::equal(fused, before));
+  EXPECT_TRUE(at::equal(small, small_before));
+  EXPECT_EQ(part.data_ptr<float>(), fused.data_ptr<float>() + 512 * 1024);
+  if (moved > 0) {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(fused.data_ptr()) % (2 << 20), 0u);
+  }
+  part.fill_(2);
+  EXPECT_EQ(fused[600][3].item<float>(), 2);
 }
 
 }  // namespace

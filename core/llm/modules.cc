@@ -60,6 +60,11 @@ at::Tensor Attend(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tens
     keys = k.transpose(1, 2);
     values = v_in.transpose(1, 2);
   }
+  if (t == 1 && !ctx.masked.defined() && Inference()) {
+    // Decoding: one query per row, nothing masked.
+    at::Tensor out = DecodeAttention(q, keys, values);
+    if (out.defined()) return out;
+  }
   const int64_t len = keys.size(2);
   at::Tensor qg = q.transpose(1, 2).reshape({b, kv_heads, groups * t, head_dim});
   at::Tensor scores = at::matmul(qg, keys.transpose(-1, -2));  // [B, KV, G*T, L]

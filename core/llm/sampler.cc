@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -70,6 +71,25 @@ at::Tensor Sampler::Process(const at::Tensor& logits, const std::vector<std::vec
 absl::StatusOr<std::vector<int64_t>> Sampler::Next(const at::Tensor& logits,
                                                    const std::vector<std::vector<int64_t>>& context) {
   if (!logits.defined() || logits.dim() != 2) return absl::InvalidArgumentError("Sampler: logits must be [B, V]");
+  if (!params_.do_sample && params_.repetition_penalty == 1.0 && logits.scalar_type() == at::kFloat &&
+      logits.device().is_cpu() && logits.is_contiguous() && logits.size(1) > 0) {
+    // Plain greedy: argmax of the logits as they are, in one pass on this
+    // thread (no copy, and no libtorch parallel reduction, whose OpenMP
+    // threads would then spin against the decode threads; gemv.h). The first
+    // maximum wins and NaN counts as the maximum, as torch.argmax.
+    const int64_t rows = logits.size(0), vocab = logits.size(1);
+    std::vector<int64_t> ids(rows, 0);
+    const float* data = logits.data_ptr<float>();
+    for (int64_t b = 0; b < rows; ++b) {
+      const float* row = data + b * vocab;
+      int64_t best = 0;
+      for (int64_t i = 1; i < vocab && !std::isnan(row[best]); ++i) {
+        if (row[i] > row[best] || std::isnan(row[i])) best = i;
+      }
+      ids[b] = best;
+    }
+    return ids;
+  }
   return TorchGuard("sampling", [&]() -> std::vector<int64_t> {
     at::Tensor scores = Process(logits, context);
     at::Tensor ids;

@@ -22,6 +22,25 @@ TEST(Sampler, GreedyPicksArgmax) {
   EXPECT_EQ(*ids, (std::vector<int64_t>{1, 2}));
 }
 
+// Greedy without a penalty scans the logits in place: same ids as
+// torch.argmax, ties (first wins) and NaN (wins) included.
+TEST(Sampler, GreedyMatchesTorchArgmaxIncludingTiesAndNaN) {
+  auto s = Sampler::Create(SamplingParams{});
+  ASSERT_TRUE(s.ok());
+  const float nan = std::nanf("");
+  at::Tensor logits = at::randn({3, 1000});
+  logits[1][10] = 50.0f;
+  logits[1][700] = 50.0f;
+  logits[2][5] = nan;
+  logits[2][900] = 99.0f;
+  auto ids = s->Next(logits, {{}, {}, {}});
+  ASSERT_TRUE(ids.ok());
+  const at::Tensor expected = logits.argmax(-1);
+  for (int b = 0; b < 3; ++b) EXPECT_EQ((*ids)[b], expected[b].item<int64_t>()) << "row " << b;
+  EXPECT_EQ((*ids)[1], 10);
+  EXPECT_EQ((*ids)[2], 5);
+}
+
 TEST(Sampler, RepetitionPenaltyDividesPositiveAndMultipliesNegativeScores) {
   SamplingParams p;
   p.repetition_penalty = 2.0;
