@@ -150,6 +150,21 @@ TEST(CausalLM, Bf16WeightsComputedInFp32MatchFp32ModelOfTheSameValues) {
   }
 }
 
+// Decoding's one-pass RMSNorm (few rows, inference) equals the op chain the
+// trainer differentiates.
+TEST(RMSNorm, InferenceLoopMatchesOps) {
+  RMSNorm norm(96, 1e-6, at::kFloat);
+  {
+    at::NoGradGuard no_grad;
+    norm->weight.uniform_(0.5, 1.5);
+  }
+  const at::Tensor x = at::randn({2, 3, 96}) * 3;
+  const at::Tensor ops = norm(x).detach();  // grad mode: the op chain
+  at::InferenceMode guard;
+  const at::Tensor loop = norm(x);
+  EXPECT_LT((loop - ops).abs().max().item<float>(), 1e-6 * ops.abs().max().item<float>());
+}
+
 TEST(RotaryEmbedding, DynamicNtkEnlargesBaseOnlyPastMaxAndKeepsIt) {
   LlmConfig c = TinyConfig(LlmArch::kInternLM2);
   c.rope_scaling = RopeScaling{"dynamic", 2.0};
