@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -51,31 +52,39 @@ void RowsPortable(const Problem& p, int64_t row_begin, int64_t row_end) {
   }
 }
 
-void AttendHeadPortable(const float* q, const float* k, const float* v, int64_t len, int64_t dim, float scale,
-                        float* scores, float* out) {
-  float mx = -std::numeric_limits<float>::infinity();
+void SegmentScoresPortable(const float* q, const float* k, int64_t len, int64_t dim, float scale, float* scores) {
   for (int64_t l = 0; l < len; ++l) {
     float s = 0;
     for (int64_t d = 0; d < dim; ++d) s += q[d] * k[l * dim + d];
     scores[l] = s / scale;
-    mx = std::max(mx, scores[l]);
   }
-  float sum = 0;
+}
+
+Segment SegmentSoftmaxPortable(float* scores, int64_t len) {
+  Segment seg;
+  seg.max = -std::numeric_limits<float>::infinity();
+  for (int64_t l = 0; l < len; ++l) seg.max = std::max(seg.max, scores[l]);
   for (int64_t l = 0; l < len; ++l) {
-    scores[l] = std::exp(scores[l] - mx);
-    sum += scores[l];
+    scores[l] = std::exp(scores[l] - seg.max);
+    seg.sum += scores[l];
   }
+  return seg;
+}
+
+void SegmentValuesPortable(const float* probs, const float* v, int64_t len, int64_t dim, float* out) {
   for (int64_t d = 0; d < dim; ++d) out[d] = 0;
   for (int64_t l = 0; l < len; ++l) {
-    const float p = scores[l] / sum;
-    for (int64_t d = 0; d < dim; ++d) out[d] += p * v[l * dim + d];
+    for (int64_t d = 0; d < dim; ++d) out[d] += probs[l] * v[l * dim + d];
   }
 }
 
 #ifndef INTERNVL_HAVE_AVX2_GEMV
-void AttendHeadAvx2(const float* q, const float* k, const float* v, int64_t len, int64_t dim, float scale,
-                    float* scores, float* out) {
-  AttendHeadPortable(q, k, v, len, dim, scale, scores, out);
+void SegmentScoresAvx2(const float* q, const float* k, int64_t len, int64_t dim, float scale, float* scores) {
+  SegmentScoresPortable(q, k, len, dim, scale, scores);
+}
+Segment SegmentSoftmaxAvx2(float* scores, int64_t len) { return SegmentSoftmaxPortable(scores, len); }
+void SegmentValuesAvx2(const float* probs, const float* v, int64_t len, int64_t dim, float* out) {
+  SegmentValuesPortable(probs, v, len, dim, out);
 }
 void PrepareAvx2(Problem& p, float* scratch) {}
 void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end) { RowsPortable(p, row_begin, row_end); }
@@ -202,25 +211,67 @@ at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& keys, const at
   const float* qp = qc.data_ptr<float>();
   const float* kp = keys.data_ptr<float>();
   const float* vp = values.data_ptr<float>();
-  // One chunk per (row, query head): scores, softmax, weighted values. A
-  // kv head's keys and values are shared by its group's query heads
-  // (repeat_kv) and stay in cache between them. No libtorch op in between:
-  // a parallel one (softmax over B*H*L > 32K elements) wakes libtorch's
-  // OpenMP threads, whose spinning then competes with these for the cores.
-  at::Tensor scores = at::empty({batch, heads, len}, qc.options());
-  at::Tensor out = at::empty({batch, 1, heads * dim}, qc.options());
-  float* sp = scores.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  ParallelChunks(batch * heads, threads, [&](int64_t c) {
-    const int64_t b = c / heads, h = c % heads, j = h / groups;
-    const float* k = kp + b * keys.stride(0) + j * keys.stride(1);
-    const float* v = vp + b * values.stride(0) + j * values.stride(1);
-    if (avx2) {
-      gemv::AttendHeadAvx2(qp + c * dim, k, v, len, dim, scale, sp + c * len, op + c * dim);
-    } else {
-      gemv::AttendHeadPortable(qp + c * dim, k, v, len, dim, scale, sp + c * len, op + c * dim);
+  // Split-softmax ("flash decoding"): one chunk per (row, kv head, segment
+  // of keys) runs the group's query heads over its segment: all their scores
+  // (the segment's 32 KB of keys stay in L1/L2), softmax pieces, then all
+  // their weighted values (the values likewise). The cache is read from
+  // memory once, and long contexts give every thread work. Segments are then
+  // combined with their maxima. No libtorch op in between: a parallel one
+  // wakes libtorch's OpenMP threads, whose spinning then competes with these
+  // for the cores.
+  // 32 KB of keys per segment (128 keys at d = 64): measured 5.0 ms per token
+  // for 24 layers x 2500 keys, against 5.4 (16 KB), 6.8 (8 KB), 5.6 (64 KB).
+  const int64_t segment = std::max<int64_t>(16, (int64_t{32} << 10) / (4 * dim) / 8 * 8);
+  const int64_t segments = (len + segment - 1) / segment;
+  std::unique_ptr<float[]> scratch(new float[batch * kv_heads * segments * groups * segment]);
+  std::vector<gemv::Segment> parts(static_cast<size_t>(batch * heads * segments));
+  std::unique_ptr<float[]> partial(new float[batch * heads * segments * dim]);
+  ParallelChunks(batch * kv_heads * segments, threads, [&](int64_t c) {
+    const int64_t s = c % segments, j = (c / segments) % kv_heads, b = c / (segments * kv_heads);
+    const int64_t l0 = s * segment, n = std::min(segment, len - l0);
+    const float* k = kp + b * keys.stride(0) + j * keys.stride(1) + l0 * dim;
+    const float* v = vp + b * values.stride(0) + j * values.stride(1) + l0 * dim;
+    float* sc = scratch.get() + c * groups * segment;
+    const int64_t h0 = b * heads + j * groups;  // the group's first head
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* qh = qp + (h0 + g) * dim;
+      if (avx2) {
+        gemv::SegmentScoresAvx2(qh, k, n, dim, scale, sc + g * segment);
+      } else {
+        gemv::SegmentScoresPortable(qh, k, n, dim, scale, sc + g * segment);
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      parts[(h0 + g) * segments + s] = avx2 ? gemv::SegmentSoftmaxAvx2(sc + g * segment, n)
+                                            : gemv::SegmentSoftmaxPortable(sc + g * segment, n);
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      float* o = partial.get() + ((h0 + g) * segments + s) * dim;
+      if (avx2) {
+        gemv::SegmentValuesAvx2(sc + g * segment, v, n, dim, o);
+      } else {
+        gemv::SegmentValuesPortable(sc + g * segment, v, n, dim, o);
+      }
     }
   });
+  at::Tensor out = at::empty({batch, 1, heads * dim}, qc.options());
+  float* op = out.data_ptr<float>();
+  for (int64_t bh = 0; bh < batch * heads; ++bh) {
+    const gemv::Segment* seg = parts.data() + bh * segments;
+    float m = seg[0].max;
+    for (int64_t s = 1; s < segments; ++s) m = std::max(m, seg[s].max);
+    float denominator = 0;
+    float* o = op + bh * dim;
+    std::fill(o, o + dim, 0.0f);
+    for (int64_t s = 0; s < segments; ++s) {
+      const float w = segments == 1 ? 1.0f : std::exp(seg[s].max - m);
+      denominator += w * seg[s].sum;
+      const float* po = partial.get() + (bh * segments + s) * dim;
+      for (int64_t d = 0; d < dim; ++d) o[d] += w * po[d];
+    }
+    const float inv = 1.0f / denominator;
+    for (int64_t d = 0; d < dim; ++d) o[d] *= inv;
+  }
   return out;
 }
 

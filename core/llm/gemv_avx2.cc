@@ -204,67 +204,92 @@ inline __m256 ExpNonPositive(__m256 x) {
 
 }  // namespace
 
-void AttendHeadAvx2(const float* q, const float* k, const float* v, int64_t len, int64_t dim, float scale,
-                    float* scores, float* out) {
-  // Scores, four keys at a time (independent accumulators).
+// out[0, 8 * kVectors) = sum_r p[r] * v[r * dim + (0, 8 * kVectors)], the
+// accumulators in registers (a compile-time count, or GCC keeps them in
+// memory).
+template <int kVectors>
+inline void WeightedRows(const float* p, const float* v, int64_t len, int64_t dim, float* out) {
+  __m256 acc[kVectors];
+#pragma GCC unroll 8
+  for (int j = 0; j < kVectors; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t r = 0; r < len; ++r) {
+    const __m256 pv = _mm256_broadcast_ss(p + r);
+    const float* row = v + r * dim;
+#pragma GCC unroll 8
+    for (int j = 0; j < kVectors; ++j) acc[j] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row + 8 * j), acc[j]);
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < kVectors; ++j) _mm256_storeu_ps(out + 8 * j, acc[j]);
+}
+
+// Sums of 8 accumulators at once: [sum(a0), ..., sum(a7)].
+inline __m256 HorizontalSums8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
+                              __m256 a7) {
+  const __m256 t0 = _mm256_hadd_ps(a0, a1), t1 = _mm256_hadd_ps(a2, a3);
+  const __m256 t2 = _mm256_hadd_ps(a4, a5), t3 = _mm256_hadd_ps(a6, a7);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+void SegmentScoresAvx2(const float* q, const float* k, int64_t len, int64_t dim, float scale, float* scores) {
+  // Eight keys at a time (independent accumulators, summed together).
+  const __m256 scale_v = _mm256_set1_ps(scale);
   int64_t l = 0;
-  for (; l + 4 <= len; l += 4) {
+  for (; l + 8 <= len; l += 8) {
     const float* k0 = k + l * dim;
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    __m256 a[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) a[i] = _mm256_setzero_ps();
     for (int64_t d = 0; d < dim; d += 8) {
       const __m256 qv = _mm256_loadu_ps(q + d);
-      a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d), a0);
-      a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + dim + d), a1);
-      a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 2 * dim + d), a2);
-      a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 3 * dim + d), a3);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) a[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i * dim + d), a[i]);
     }
-    scores[l] = HorizontalSum(a0) / scale;
-    scores[l + 1] = HorizontalSum(a1) / scale;
-    scores[l + 2] = HorizontalSum(a2) / scale;
-    scores[l + 3] = HorizontalSum(a3) / scale;
+    _mm256_storeu_ps(scores + l, _mm256_div_ps(HorizontalSums8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]), scale_v));
   }
   for (; l < len; ++l) {
     __m256 a = _mm256_setzero_ps();
     for (int64_t d = 0; d < dim; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + l * dim + d), a);
     scores[l] = HorizontalSum(a) / scale;
   }
-  // Softmax in place.
-  float mx = scores[0];
-  for (int64_t i = 1; i < len; ++i) mx = scores[i] > mx ? scores[i] : mx;
-  const __m256 mv = _mm256_set1_ps(mx);
+}
+
+Segment SegmentSoftmaxAvx2(float* scores, int64_t len) {
+  Segment seg;
+  seg.max = scores[0];
+  for (int64_t i = 1; i < len; ++i) seg.max = scores[i] > seg.max ? scores[i] : seg.max;
+  const __m256 mv = _mm256_set1_ps(seg.max);
   __m256 sv = _mm256_setzero_ps();
-  l = 0;
+  int64_t l = 0;
   for (; l + 8 <= len; l += 8) {
     const __m256 e = ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(scores + l), mv));
     _mm256_storeu_ps(scores + l, e);
     sv = _mm256_add_ps(sv, e);
   }
-  float sum = HorizontalSum(sv);
+  seg.sum = HorizontalSum(sv);
   for (; l < len; ++l) {
-    float tail[8] = {scores[l] - mx, 0, 0, 0, 0, 0, 0, 0};
+    float tail[8] = {scores[l] - seg.max, 0, 0, 0, 0, 0, 0, 0};
     float e[8];
     _mm256_storeu_ps(e, ExpNonPositive(_mm256_loadu_ps(tail)));
     scores[l] = e[0];
-    sum += e[0];
+    seg.sum += e[0];
   }
-  const float inv = 1.0f / sum;
-  for (l = 0; l < len; ++l) scores[l] *= inv;
-  // Weighted sum of the values, 64 outputs (8 registers) at a time.
+  return seg;
+}
+
+void SegmentValuesAvx2(const float* probs, const float* v, int64_t len, int64_t dim, float* out) {
+  // 64 outputs (8 registers) at a time.
   for (int64_t d0 = 0; d0 < dim; d0 += 64) {
-    const int64_t n = (dim - d0 < 64 ? dim - d0 : 64) / 8;
-    __m256 acc[8];
-    for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
-    for (int64_t r = 0; r < len; ++r) {
-      const __m256 p = _mm256_broadcast_ss(scores + r);
-      const float* row = v + r * dim + d0;
-      if (n == 8) {
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(row + 8 * j), acc[j]);
-      } else {
-        for (int64_t j = 0; j < n; ++j) acc[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(row + 8 * j), acc[j]);
-      }
+    switch ((dim - d0 < 64 ? dim - d0 : 64) / 8) {
+      case 8: WeightedRows<8>(probs, v + d0, len, dim, out + d0); break;
+      case 7: WeightedRows<7>(probs, v + d0, len, dim, out + d0); break;
+      case 6: WeightedRows<6>(probs, v + d0, len, dim, out + d0); break;
+      case 5: WeightedRows<5>(probs, v + d0, len, dim, out + d0); break;
+      case 4: WeightedRows<4>(probs, v + d0, len, dim, out + d0); break;
+      case 3: WeightedRows<3>(probs, v + d0, len, dim, out + d0); break;
+      case 2: WeightedRows<2>(probs, v + d0, len, dim, out + d0); break;
+      default: WeightedRows<1>(probs, v + d0, len, dim, out + d0); break;
     }
-    for (int64_t j = 0; j < n; ++j) _mm256_storeu_ps(out + d0 + 8 * j, acc[j]);
   }
 }
 

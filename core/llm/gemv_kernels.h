@@ -40,13 +40,22 @@ void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end);
 // Whether this CPU (and OS) runs AVX2 and FMA code.
 bool CpuHasAvx2Fma();
 
-// Decode attention of one query head over `len` cached keys/values (rows of
-// `dim` floats; the AVX2 version needs dim % 8 == 0):
-//   scores[l] = dot(q, k[l]) / scale, probs = softmax(scores) (fp32, in
-//   `scores`), out[:] = sum_l probs[l] * v[l, :].
-void AttendHeadPortable(const float* q, const float* k, const float* v, int64_t len, int64_t dim, float scale,
-                        float* scores, float* out);
-void AttendHeadAvx2(const float* q, const float* k, const float* v, int64_t len, int64_t dim, float scale,
-                    float* scores, float* out);
+// Decode attention of one query head over one segment of `len` cached keys
+// and values (rows of `dim` floats; the AVX2 versions need dim % 8 == 0), the
+// pieces of a softmax split over segments (combined by the caller):
+//   SegmentScores:  scores[l] = dot(q, k[l]) / scale
+//   SegmentSoftmax: max = max_l scores[l]; scores[l] = exp(scores[l] - max);
+//                   sum = sum_l scores[l]
+//   SegmentValues:  out[:] = sum_l scores[l] * v[l, :]   (not divided by sum)
+struct Segment {
+  float max = 0;
+  float sum = 0;
+};
+void SegmentScoresPortable(const float* q, const float* k, int64_t len, int64_t dim, float scale, float* scores);
+Segment SegmentSoftmaxPortable(float* scores, int64_t len);
+void SegmentValuesPortable(const float* probs, const float* v, int64_t len, int64_t dim, float* out);
+void SegmentScoresAvx2(const float* q, const float* k, int64_t len, int64_t dim, float scale, float* scores);
+Segment SegmentSoftmaxAvx2(float* scores, int64_t len);
+void SegmentValuesAvx2(const float* probs, const float* v, int64_t len, int64_t dim, float* out);
 
 }  // namespace internvl::llm::gemv

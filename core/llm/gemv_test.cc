@@ -163,9 +163,12 @@ TEST(Linear, ManyRowsWithNarrowerWeightsComputeInFp32) {
 TEST(DecodeAttention, MatchesEagerAttentionOnCacheViews) {
   at::InferenceMode guard;
   at::manual_seed(11);
-  // (A large query scale makes the softmax peaked: exps far below 1e-38.)
-  for (auto [dim, q_scale] : {std::pair<int64_t, double>{64, 1.0}, {64, 40.0}, {12, 1.0}}) {
-    const int64_t batch = 2, heads = 6, kv = 2, max_len = 40, len = 33;
+  // (A large query scale makes the softmax peaked: exps far below 1e-38.
+  // Over 256 keys the softmax is split in segments and recombined.)
+  for (auto [dim, q_scale, len] :
+       {std::tuple<int64_t, double, int64_t>{64, 1.0, 33}, {64, 40.0, 33}, {12, 1.0, 33}, {64, 1.0, 600},
+        {64, 40.0, 777}, {12, 1.0, 513}}) {
+    const int64_t batch = 2, heads = 6, kv = 2, max_len = len + 7;
     const at::Tensor cache_k = at::randn({batch, kv, max_len, dim});
     const at::Tensor cache_v = at::randn({batch, kv, max_len, dim});
     const at::Tensor keys = cache_k.narrow(2, 0, len), values = cache_v.narrow(2, 0, len);
@@ -179,7 +182,7 @@ TEST(DecodeAttention, MatchesEagerAttentionOnCacheViews) {
     const at::Tensor qd = q.to(at::kDouble).transpose(1, 2);  // [B, H, 1, d]
     const at::Tensor probs = at::softmax(at::matmul(qd, k.transpose(-1, -2)) / std::sqrt(double(dim)), -1);
     const at::Tensor expected = at::matmul(probs, v).transpose(1, 2).reshape({batch, 1, heads * dim});
-    EXPECT_LT((out.to(at::kDouble) - expected).abs().max().item<double>(), 1e-5) << "dim " << dim << " q x" << q_scale;
+    EXPECT_LT((out.to(at::kDouble) - expected).abs().max().item<double>(), 1e-5) << "dim " << dim << " q x" << q_scale << " len " << len;
   }
   // Not for it: several queries, a transposed cache, fp64.
   const at::Tensor k = at::randn({1, 2, 5, 8});
