@@ -2,10 +2,15 @@
 // with random weights built in memory, batch 1:
 //   - prefill of ~1300 tokens (5 tiles x 256 image tokens + text),
 //   - decode ms/token and tokens/s,
-//   - the same run's memory read bandwidth, and decode speed as a fraction of
-//     the bandwidth bound (bytes of weights + KV read per token / bandwidth),
+//   - the same run's memory read bandwidth (bench_bandwidth.h, probed between
+//     decode steps), and decode speed as a fraction of the bandwidth bound
+//     (bytes of weights + KV read per token / bandwidth),
 //   - peak RSS.
-// Usage: bench_decode [--threads=N] [--dtypes=bf16,fp32] [--decode=N] [--prompt=N]
+// Precisions: "fp32"; "bf16" = what `--dtype bf16` runs as on this CPU
+// (llm::Precision::ForRequested: bf16 weights, computed in fp32 without
+// native bf16 matmuls); "bf16-compute" = bf16 weights and activations.
+// --libtorch turns FastLinear (core/llm/gemv.h) off, for comparison.
+// Usage: bench_decode [--threads=N] [--dtypes=bf16,fp32] [--decode=N] [--prompt=N] [--libtorch]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
@@ -21,8 +26,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "bench/bench_bandwidth.h"
 #include "core/config.h"
 #include "core/llm/causal_lm.h"
+#include "core/llm/gemv.h"
+#include "core/llm/sampler.h"
 #include "core/nn/torch_util.h"
 
 namespace internvl::llm {
@@ -54,23 +62,44 @@ LlmConfig InternVL2_1BConfig() {
   return c;
 }
 
-// Read bandwidth (GB/s) as the decode step sees it: libtorch reductions over
-// a 1 GiB buffer with the same thread count, best of 5.
-double MeasureBandwidthGBs() {
-  constexpr int64_t kBytes = int64_t{1} << 30;
-  at::Tensor buf = at::ones({kBytes / 4}, at::kFloat);
-  double best = 1e30;
-  for (int i = 0; i < 6; ++i) {
+// Per-token cost of everything but the weight traffic: the same 24-layer
+// Qwen2 structure with tiny matrices (hidden 64), so each step is op
+// dispatch, allocation and threading overhead.
+double OverheadMsPerToken(const Precision& precision) {
+  LlmConfig c = InternVL2_1BConfig();
+  c.vocab_size = 512;
+  c.hidden_size = 64;
+  c.intermediate_size = 128;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 1;
+  auto lm = CausalLM::CreateRandom(c, precision, /*seed=*/1);
+  if (!lm.ok()) return -1;
+  auto cache = (*lm)->NewCache(1, 256);
+  if (!cache.ok()) return -1;
+  if (!(*lm)->Forward(at::randn({1, 8, c.hidden_size}), cache->get()).ok()) return -1;
+  std::vector<double> steps;
+  at::Tensor next = at::zeros({1, 1}, at::kLong);
+  for (int i = 0; i < 200; ++i) {
     const double t0 = Now();
-    at::Tensor s = buf.sum();
-    (void)s.item<float>();
-    if (i > 0) best = std::min(best, Now() - t0);
+    auto e = (*lm)->Embed(next);
+    auto l = (*lm)->Forward(*e, cache->get());
+    if (!l.ok()) return -1;
+    next.fill_(l->argmax(-1).item<int64_t>());
+    steps.push_back(Now() - t0);
   }
-  return kBytes / best / 1e9;
+  return bench::Median(steps) * 1e3;
+}
+
+absl::StatusOr<Precision> ParsePrecision(const std::string& name) {
+  if (name == "bf16-compute") return Precision::Uniform(at::kBFloat16);
+  auto dtype = ParseComputeDType(name);
+  if (!dtype.ok()) return dtype.status();
+  return Precision::ForRequested(*dtype);
 }
 
 int Run(int argc, char** argv) {
   int threads = 2, decode_tokens = 32, prompt = 5 * 256 + 40;
+  bool libtorch = false;
   std::vector<std::string> dtypes = {"bf16", "fp32"};
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
@@ -85,36 +114,45 @@ int Run(int argc, char** argv) {
       (void)absl::SimpleAtoi(value("--prompt="), &prompt);
     } else if (absl::StartsWith(a, "--dtypes=")) {
       dtypes = absl::StrSplit(value("--dtypes="), ',');
+    } else if (a == "--libtorch") {
+      libtorch = true;
     } else {
-      std::fprintf(stderr, "usage: %s [--threads=N] [--dtypes=bf16,fp32] [--decode=N] [--prompt=N]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--threads=N] [--dtypes=bf16,fp32,bf16-compute] [--decode=N] [--prompt=N] "
+                   "[--libtorch]\n",
+                   argv[0]);
       return 2;
     }
   }
+  if (decode_tokens < 1 || prompt < 1) return 2;
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress visible through pipes
   SetTorchThreads(threads);
+  SetFastLinearEnabled(!libtorch);
   at::InferenceMode inference;
   const LlmConfig config = InternVL2_1BConfig();
-  const double bandwidth = MeasureBandwidthGBs();
-  std::printf("threads %d, memory read bandwidth %.1f GB/s (1 GiB sum)\n", TorchThreads(), bandwidth);
+  bench::BandwidthProbe probe;
+  std::printf("threads %d, linear layers: %s, memory read bandwidth %.1f GB/s (best of 5 probes)\n", TorchThreads(),
+              libtorch ? "libtorch" : FastLinearKernel(), probe.Best(5));
 
   for (const std::string& name : dtypes) {
-    auto dtype = ParseComputeDType(name);
-    if (!dtype.ok()) {
-      std::fprintf(stderr, "%s\n", dtype.status().ToString().c_str());
+    auto precision = ParsePrecision(name);
+    if (!precision.ok()) {
+      std::fprintf(stderr, "%s\n", precision.status().ToString().c_str());
       return 2;
     }
     double t0 = Now();
-    auto lm = CausalLM::CreateRandom(config, *dtype, /*seed=*/1);
+    auto lm = CausalLM::CreateRandom(config, *precision, /*seed=*/1);
     if (!lm.ok()) {
       std::fprintf(stderr, "%s\n", lm.status().ToString().c_str());
       return 1;
     }
-    std::printf("\n[%s] %.1fM parameters, %.0f MB, built in %.1f s\n", name.c_str(),
+    std::printf("\n[%s] weights %s, compute %s: %.1fM parameters, %.0f MB, built in %.1f s\n", name.c_str(),
+                c10::toString(precision->weights), c10::toString(precision->compute),
                 (*lm)->num_parameters() / 1e6, (*lm)->parameter_bytes() / 1e6, Now() - t0);
     auto cache = (*lm)->NewCache(1, prompt + decode_tokens + 1);
     if (!cache.ok()) return 1;
     const at::Tensor embeds = at::randn({1, prompt, config.hidden_size}).mul_(0.02);
-    const at::Tensor warm = embeds.narrow(1, 0, 32);
+    const at::Tensor warm = embeds.narrow(1, 0, std::min(prompt, 32));
 
     // Warm-up (oneDNN primitive creation, allocator), then one timed prefill.
     if (auto s = (*lm)->Forward(warm, cache->get()); !s.ok()) return 1;
@@ -129,31 +167,48 @@ int Run(int argc, char** argv) {
     std::printf("[%s] prefill %d tokens: %.0f ms (%.0f tokens/s)\n", name.c_str(), prompt, prefill_s * 1e3,
                 prompt / prefill_s);
 
-    // Decode: greedy feed-back, timing each step (embedding + forward + argmax).
-    std::vector<double> steps;
-    at::Tensor next = logits->argmax(-1).view({1, 1});
+    // Decode: greedy feed-back as Generate does it, timing each step
+    // (embedding + forward + sampler), with a bandwidth probe after each so
+    // that both see the same neighbours.
+    auto sampler = Sampler::Create(SamplingParams{});
+    if (!sampler.ok()) return 1;
+    std::vector<double> steps, bandwidths;
+    at::Tensor next = at::empty({1, 1}, at::kLong);
+    auto first = sampler->Next(*logits, {{}});
+    if (!first.ok()) return 1;
+    next.fill_((*first)[0]);
     for (int i = 0; i < decode_tokens; ++i) {
       t0 = Now();
       auto e = (*lm)->Embed(next);
       auto l = (*lm)->Forward(*e, cache->get());
       if (!l.ok()) return 1;
-      next = l->argmax(-1).view({1, 1});
+      auto id = sampler->Next(*l, {{}});
+      if (!id.ok()) return 1;
+      next.fill_((*id)[0]);
       steps.push_back(Now() - t0);
+      bandwidths.push_back(probe.Measure());
     }
-    std::sort(steps.begin(), steps.end());
-    const double median = steps[steps.size() / 2];
+    const double median = bench::Median(steps);
+    const double best = *std::min_element(steps.begin(), steps.end());
+    const double bandwidth = bench::Median(bandwidths);
+    const double best_bandwidth = *std::max_element(bandwidths.begin(), bandwidths.end());
     // Bytes read per token: every weight except the embedding table (one row
     // is gathered) plus the K/V of the context.
-    const auto& emb = (*lm)->module()->model->embed->weight;
-    const double weight_bytes = (*lm)->parameter_bytes() - emb.numel() * emb.element_size();
+    const double weight_bytes = static_cast<double>((*lm)->decode_weight_bytes());
     const double kv_bytes = static_cast<double>((*cache)->nbytes()) * (prompt + decode_tokens / 2) /
                             (*cache)->max_len();
-    const double bound_s = (weight_bytes + kv_bytes) / (bandwidth * 1e9);
+    const double bytes = weight_bytes + kv_bytes;
     std::printf("[%s] decode: %.1f ms/token median (min %.1f, max %.1f) = %.1f tokens/s\n", name.c_str(),
-                median * 1e3, steps.front() * 1e3, steps.back() * 1e3, 1.0 / median);
-    std::printf("[%s] bytes/token %.0f MB -> bound %.1f ms/token at %.1f GB/s: decode at %.0f%% of the bandwidth "
-                "bound\n",
-                name.c_str(), (weight_bytes + kv_bytes) / 1e6, bound_s * 1e3, bandwidth, 100.0 * bound_s / median);
+                median * 1e3, best * 1e3, *std::max_element(steps.begin(), steps.end()) * 1e3, 1.0 / median);
+    std::printf("[%s] bytes/token %.0f MB (weights %.0f + KV %.0f); bandwidth between steps %.1f GB/s median "
+                "(best %.1f)\n",
+                name.c_str(), bytes / 1e6, weight_bytes / 1e6, kv_bytes / 1e6, bandwidth, best_bandwidth);
+    std::printf("[%s] bound %.1f ms/token: decode at %.0f%% of the bandwidth bound (medians; best step vs best "
+                "probe: %.0f%%)\n",
+                name.c_str(), bytes / (bandwidth * 1e9) * 1e3, 100.0 * bytes / (bandwidth * 1e9) / median,
+                100.0 * bytes / (best_bandwidth * 1e9) / best);
+    std::printf("[%s] of which per-op overhead (same layers, tiny matrices): %.1f ms/token\n", name.c_str(),
+                OverheadMsPerToken(*precision));
     std::printf("[%s] peak RSS so far %.0f MiB\n", name.c_str(), PeakRssMiB());
   }
   return 0;
