@@ -12,7 +12,7 @@
 //     before and after the chat) and "decode at X% of the bandwidth bound",
 //     bytes per token = the LLM weights one decode step reads (all but the
 //     embedding table, in their storage dtype) + the KV cache.
-// Usage: bench_ttft [--max-num=12] [--decode=32] [--threads=2] [--dtype=bf16]
+// Usage: bench_ttft [--max-num=12] [--decode=64] [--threads=2] [--dtype=bf16]
 //                   [--model=DIR (skip make-model)] [--tokenizer=DIR] [--keep]
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -123,7 +123,7 @@ absl::StatusOr<double> DecodeWeightBytes(const std::string& dir, const llm::Prec
 }
 
 int Run(int argc, char** argv) {
-  int max_num = 12, decode = 32, threads = 2;
+  int max_num = 12, decode = 64, threads = 2;
   std::string dtype = "bf16", model_dir, tokenizer_dir;
   bool keep = false;
   for (int i = 1; i < argc; ++i) {
@@ -149,7 +149,7 @@ int Run(int argc, char** argv) {
     }
     if (!ok || max_num < 1 || decode < 2) {
       std::fprintf(stderr,
-                   "usage: %s [--max-num=12] [--decode=32] [--threads=2] [--dtype=bf16|fp32] [--model=DIR] "
+                   "usage: %s [--max-num=12] [--decode=64] [--threads=2] [--dtype=bf16|fp32] [--model=DIR] "
                    "[--tokenizer=DIR] [--keep]\n",
                    argv[0]);
       return 2;
@@ -217,7 +217,7 @@ int Run(int argc, char** argv) {
   bench::BandwidthProbe probe;
   std::vector<double> bandwidths;
   probe.Measure();
-  for (int i = 0; i < 3; ++i) bandwidths.push_back(probe.Measure());
+  for (int i = 0; i < 5; ++i) bandwidths.push_back(probe.Measure());
 
   ChatRequest request;
   request.images = {MakeImage()};
@@ -225,7 +225,7 @@ int Run(int argc, char** argv) {
   request.max_num = max_num;
   request.generation.max_new_tokens = decode;
   auto result = (*pipeline)->Chat(request);
-  for (int i = 0; i < 3; ++i) bandwidths.push_back(probe.Measure());
+  for (int i = 0; i < 5; ++i) bandwidths.push_back(probe.Measure());
   if (!result.ok()) {
     std::fprintf(stderr, "%s\n", result.status().ToString().c_str());
     cleanup();
