@@ -25,6 +25,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "bench/bench_util.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_bandwidth.h"
 #include "core/config.h"
@@ -35,14 +36,6 @@
 
 namespace internvl::llm {
 namespace {
-
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-double PeakRssMiB() {
-  struct rusage ru {};
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / 1024.0;
-}
 
 // Qwen2-0.5B-Instruct as used by InternVL2-1B (vocab extended to 151655).
 LlmConfig InternVL2_1BConfig() {
@@ -80,12 +73,12 @@ double OverheadMsPerToken(const Precision& precision) {
   std::vector<double> steps;
   at::Tensor next = at::zeros({1, 1}, at::kLong);
   for (int i = 0; i < 200; ++i) {
-    const double t0 = Now();
+    const double t0 = bench::NowSeconds();
     auto e = (*lm)->Embed(next);
     auto l = (*lm)->Forward(*e, cache->get());
     if (!l.ok()) return -1;
     next.fill_(l->argmax(-1).item<int64_t>());
-    steps.push_back(Now() - t0);
+    steps.push_back(bench::NowSeconds() - t0);
   }
   return bench::Median(steps) * 1e3;
 }
@@ -140,7 +133,7 @@ int Run(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", precision.status().ToString().c_str());
       return 2;
     }
-    double t0 = Now();
+    double t0 = bench::NowSeconds();
     auto lm = CausalLM::CreateRandom(config, *precision, /*seed=*/1);
     if (!lm.ok()) {
       std::fprintf(stderr, "%s\n", lm.status().ToString().c_str());
@@ -148,7 +141,7 @@ int Run(int argc, char** argv) {
     }
     std::printf("\n[%s] weights %s, compute %s: %.1fM parameters, %.0f MB, built in %.1f s\n", name.c_str(),
                 c10::toString(precision->weights), c10::toString(precision->compute),
-                (*lm)->num_parameters() / 1e6, (*lm)->parameter_bytes() / 1e6, Now() - t0);
+                (*lm)->num_parameters() / 1e6, (*lm)->parameter_bytes() / 1e6, bench::NowSeconds() - t0);
     auto cache = (*lm)->NewCache(1, prompt + decode_tokens + 1);
     if (!cache.ok()) return 1;
     const at::Tensor embeds = at::randn({1, prompt, config.hidden_size}).mul_(0.02);
@@ -157,9 +150,9 @@ int Run(int argc, char** argv) {
     // Warm-up (oneDNN primitive creation, allocator), then one timed prefill.
     if (auto s = (*lm)->Forward(warm, cache->get()); !s.ok()) return 1;
     (*cache)->Reset();
-    t0 = Now();
+    t0 = bench::NowSeconds();
     auto logits = (*lm)->Forward(embeds, cache->get());
-    const double prefill_s = Now() - t0;
+    const double prefill_s = bench::NowSeconds() - t0;
     if (!logits.ok()) {
       std::fprintf(stderr, "%s\n", logits.status().ToString().c_str());
       return 1;
@@ -178,14 +171,14 @@ int Run(int argc, char** argv) {
     if (!first.ok()) return 1;
     next.fill_((*first)[0]);
     for (int i = 0; i < decode_tokens; ++i) {
-      t0 = Now();
+      t0 = bench::NowSeconds();
       auto e = (*lm)->Embed(next);
       auto l = (*lm)->Forward(*e, cache->get());
       if (!l.ok()) return 1;
       auto id = sampler->Next(*l, {{}});
       if (!id.ok()) return 1;
       next.fill_((*id)[0]);
-      steps.push_back(Now() - t0);
+      steps.push_back(bench::NowSeconds() - t0);
       bandwidths.push_back(probe.Measure());
     }
     const double median = bench::Median(steps);
@@ -209,7 +202,7 @@ int Run(int argc, char** argv) {
                 100.0 * bytes / (best_bandwidth * 1e9) / best);
     std::printf("[%s] of which per-op overhead (same layers, tiny matrices): %.1f ms/token\n", name.c_str(),
                 OverheadMsPerToken(*precision));
-    std::printf("[%s] peak RSS so far %.0f MiB\n", name.c_str(), PeakRssMiB());
+    std::printf("[%s] peak RSS so far %.0f MiB\n", name.c_str(), bench::PeakRssMiB());
   }
   return 0;
 }

@@ -31,6 +31,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "bench/bench_util.h"
 #include "bench/bench_bandwidth.h"
 #include "core/chat/chat_pipeline.h"
 #include "core/config.h"
@@ -42,14 +43,6 @@
 
 namespace internvl {
 namespace {
-
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-double PeakRssMiB() {
-  struct rusage ru {};
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / 1024.0;
-}
 
 // Resident set now (VmRSS), MiB.
 double CurrentRssMiB() {
@@ -184,14 +177,14 @@ int Run(int argc, char** argv) {
     if (made && keep) std::printf("model kept in %s\n", model_dir.c_str());
   };
 
-  double t0 = Now();
+  double t0 = bench::NowSeconds();
   auto pipeline = ChatPipeline::Load(model_dir, PipelineOptions{.dtype = dtype, .threads = threads});
   if (!pipeline.ok()) {
     std::fprintf(stderr, "%s\n", pipeline.status().ToString().c_str());
     cleanup();
     return 1;
   }
-  const double load_s = Now() - t0;
+  const double load_s = bench::NowSeconds() - t0;
   auto requested = ParseComputeDType(dtype);
   const llm::Precision precision = llm::Precision::ForRequested(*requested);
   auto weight_bytes = DecodeWeightBytes(model_dir, precision);
@@ -262,7 +255,7 @@ int Run(int argc, char** argv) {
                 bytes / 1e6, *weight_bytes / 1e6, kv_bytes / 1e6, bandwidth, bandwidths.size(), bound_ms,
                 100.0 * bound_ms / ms_per_token);
   }
-  std::printf("peak RSS %.0f MiB (loading included); RSS after the chat %.0f MiB\n", PeakRssMiB(), CurrentRssMiB());
+  std::printf("peak RSS %.0f MiB (loading included); RSS after the chat %.0f MiB\n", bench::PeakRssMiB(), CurrentRssMiB());
   cleanup();
   return 0;
 }

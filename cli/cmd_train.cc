@@ -40,6 +40,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/net.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -476,23 +477,6 @@ int RunOne(const TrainCommand& command) {
 
 // ------------------------------------------------------------ --nproc N
 
-absl::StatusOr<int> FreeLoopbackPort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return absl::InternalError(absl::StrCat("bind: ", std::strerror(err)));
-  }
-  ::close(fd);
-  return static_cast<int>(ntohs(addr.sin_port));
-}
-
 // Forks and execs `argv`, in its own process group (so a terminal's SIGINT
 // reaches only the launcher, which forwards it exactly once), killed when the
 // launcher dies.
@@ -541,7 +525,7 @@ int RunLauncher(const TrainCommand& command, const std::vector<std::string>& arg
     base.push_back(a);
   }
   if (!port_given) {
-    auto p = FreeLoopbackPort();
+    auto p = PickFreeLoopbackPort();
     if (!p.ok()) return ReportError(kName, p.status());
     port = *p;
   }
