@@ -306,7 +306,12 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     ctx->saved_data["autocast"] = at::autocast::is_cpu_enabled();
     ctx->save_for_backward({x, cos, sin, masked});
     auto* layer = reinterpret_cast<llm::DecoderLayerImpl*>(static_cast<intptr_t>(layer_address));
-    return layer->forward(x, MakeContext(cos, sin, masked));
+    // The same (grad-mode) arithmetic as the recomputation in backward and
+    // as an uncheckpointed layer: with grad off the modules take inference
+    // shortcuts (fused projections, decode kernels) that round differently.
+    // The layer's graph is dropped as soon as this returns.
+    at::AutoGradMode same_path(true);
+    return layer->forward(x.detach(), MakeContext(cos, sin, masked)).detach();
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
