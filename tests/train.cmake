@@ -6,7 +6,7 @@ if(TARGET internvl_train)
   target_link_libraries(internvl_train_testing PUBLIC internvl_base PRIVATE internvl_opencv nlohmann_json::nlohmann_json)
 
   internvl_test(NAME train_parity_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/train_parity_test.cc
-                LIBS internvl_train nlohmann_json::nlohmann_json LABELS parity)
+                LIBS internvl_train internvl_nn nlohmann_json::nlohmann_json LABELS parity)
   internvl_test(NAME train_options_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/train_options_test.cc
                 LIBS internvl_train internvl_train_testing LABELS train)
 endif()
