@@ -286,10 +286,6 @@ absl::StatusOr<std::unique_ptr<TrainModel>> LoadTrainModel(const TrainOptions& o
 // Gradient checkpointing: a decoder layer whose activations are not kept;
 // backward recomputes the layer's forward from its saved input (PyTorch's
 // reentrant torch.utils.checkpoint).
-struct LayerRef {
-  llm::DecoderLayerImpl* layer;
-};
-
 llm::LayerContext MakeContext(const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& masked) {
   llm::LayerContext ctx;
   ctx.cos = cos;
@@ -536,7 +532,7 @@ absl::Status SaveModel(const TrainModel& m, const std::string& dir) {
   INTERNVL_RETURN_IF_ERROR(WriteTensors((fs::path(dir) / kModelFile).string(), tensors, {{"format", "pt"}}));
   for (const auto& entry : fs::directory_iterator(m.source_dir, ec)) {
     const std::string name = entry.path().filename().string();
-    if (!entry.is_regular_file() || IsWeightFile(name) || name == kOptimizerFile) continue;
+    if (!entry.is_regular_file() || IsWeightFile(name)) continue;
     fs::copy_file(entry.path(), fs::path(dir) / name, fs::copy_options::overwrite_existing, ec);
     if (ec) return absl::InternalError(absl::StrCat("cannot copy ", entry.path().string(), ": ", ec.message()));
   }
