@@ -11,6 +11,25 @@
 
 namespace internvl {
 
+// Why a generation ended.
+enum class FinishReason {
+  kStop,       // an end token (template separator or eos) was produced
+  kLength,     // max_new_tokens reached
+  kCancelled,  // the caller cancelled (or went away)
+};
+// "stop", "length", "cancelled" (the names of the JSON outputs).
+inline const char* FinishReasonName(FinishReason r) {
+  switch (r) {
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
 // Generation settings, with HF generate()'s meaning. Greedy unless do_sample.
 struct GenerationSettings {
   int max_new_tokens = 1024;
@@ -45,8 +64,10 @@ struct ChatRequest {
 struct ChatTimings {
   double preprocess_ms = 0;
   double vision_ms = 0;
-  double prefill_ms = 0;  // includes the first token
+  double queue_ms = 0;    // waiting for the engine to admit the sequence
+  double prefill_ms = 0;  // admission to the first token (prompt chunks, interleaved with other streams)
   double decode_ms = 0;   // every token after the first
+  double time_to_first_token_ms = 0;  // request start to the first token
   double total_ms = 0;
 };
 

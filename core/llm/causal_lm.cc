@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/llm/gemv.h"
+#include "core/llm/paged_attention.h"
 #include "core/nn/torch_util.h"
 #include "core/nn/weights.h"
 #include "core/status.h"
@@ -286,6 +287,84 @@ absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, KV
         break;
     }
     return hidden;
+  });
+}
+
+absl::StatusOr<std::unique_ptr<PagedKVPool>> CausalLM::NewPagedPool(int64_t num_blocks, int block_size) const {
+  return PagedKVPool::Create(config_, num_blocks, block_size, dtype_);
+}
+
+absl::StatusOr<at::Tensor> CausalLM::ForwardPaged(const at::Tensor& inputs_embeds, const std::vector<PagedSeq>& seqs,
+                                                  const std::vector<const RotaryEmbedding*>& ropes,
+                                                  PagedKVPool& pool) {
+  if (!inputs_embeds.defined() || inputs_embeds.dim() != 2 || inputs_embeds.size(1) != config_.hidden_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LLM paged forward: inputs_embeds must be [N, ", config_.hidden_size, "], got ",
+                     inputs_embeds.defined() ? Shape(inputs_embeds) : "undefined"));
+  }
+  if (seqs.empty() || ropes.size() != seqs.size()) {
+    return absl::InvalidArgumentError("LLM paged forward: needs sequences, each with its rotary state");
+  }
+  if (pool.num_layers() != config_.num_hidden_layers || pool.dtype() != dtype_ ||
+      pool.key(0).size(1) != config_.num_key_value_heads || pool.key(0).size(3) != config_.head_dim()) {
+    return absl::InvalidArgumentError("LLM paged forward: the KV pool was made for another model or dtype");
+  }
+  int64_t rows = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const PagedSeq& s = seqs[i];
+    if (s.num_new < 1 || s.start < 0 || ropes[i] == nullptr ||
+        static_cast<int64_t>(s.blocks.size()) * pool.block_size() < s.start + s.num_new) {
+      return absl::InvalidArgumentError(absl::StrCat("LLM paged forward: sequence ", i, " feeds ", s.num_new,
+                                                     " tokens at ", s.start, " with ", s.blocks.size(),
+                                                     " blocks of ", pool.block_size()));
+    }
+    for (int32_t b : s.blocks) {
+      if (b < 0 || b >= pool.num_blocks())
+        return absl::InvalidArgumentError(absl::StrCat("LLM paged forward: block ", b, " outside the pool"));
+    }
+    rows += s.num_new;
+  }
+  if (rows != inputs_embeds.size(0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LLM paged forward: ", inputs_embeds.size(0), " embedding rows for ", rows, " fed tokens"));
+  }
+  return TorchGuard("LLM paged forward", [&]() -> at::Tensor {
+    const auto long_opts = at::TensorOptions().dtype(at::kLong);
+    // Rotary tables per token: one call when every sequence has the same
+    // base (no dynamic-NTK growth anywhere), else per sequence.
+    bool same_base = true;
+    for (const RotaryEmbedding* r : ropes) same_base = same_base && r->base() == ropes[0]->base();
+    at::Tensor cos, sin;
+    if (same_base) {
+      std::vector<int64_t> positions;
+      positions.reserve(rows);
+      for (const PagedSeq& s : seqs)
+        for (int64_t p = s.start; p < s.start + s.num_new; ++p) positions.push_back(p);
+      std::tie(cos, sin) = ropes[0]->Tables(at::tensor(positions, long_opts).view({1, rows}), dtype_);
+    } else {
+      std::vector<at::Tensor> coss, sins;
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        at::Tensor pos = (at::arange(seqs[i].num_new, long_opts) + seqs[i].start).view({1, seqs[i].num_new});
+        auto [c, s] = ropes[i]->Tables(pos, dtype_);
+        coss.push_back(c);
+        sins.push_back(s);
+      }
+      cos = at::cat(coss, 1);
+      sin = at::cat(sins, 1);
+    }
+    PagedContext paged = MakePagedContext(pool, seqs);
+    LayerContext ctx;
+    ctx.cos = cos;
+    ctx.sin = sin;
+    ctx.paged = &paged;
+    at::Tensor hidden = module_->model->forward(inputs_embeds.to(dtype_).unsqueeze(0), ctx)[0];  // [N, H]
+    std::vector<int64_t> last;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (seqs[i].logits) last.push_back(paged.row_begin[i] + seqs[i].num_new - 1);
+    }
+    if (last.empty()) return at::empty({0, config_.vocab_size}, at::TensorOptions().dtype(at::kFloat));
+    at::Tensor h = static_cast<int64_t>(last.size()) == rows ? hidden : hidden.index_select(0, at::tensor(last, long_opts));
+    return module_->head(h).to(at::kFloat);
   });
 }
 

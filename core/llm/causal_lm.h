@@ -25,6 +25,7 @@
 #include "core/config.h"
 #include "core/llm/kv_cache.h"
 #include "core/llm/modules.h"
+#include "core/llm/paged_kv.h"
 #include "core/safetensors.h"
 
 namespace internvl::llm {
@@ -150,6 +151,26 @@ class CausalLM {
   // states. Not thread-safe (the dynamic-NTK rope state; see RotaryEmbedding).
   absl::StatusOr<at::Tensor> Forward(const at::Tensor& inputs_embeds, KVCache* cache,
                                      const ForwardOptions& options = {});
+
+  // A fresh rotary state for one sequence: the serving engine keeps one per
+  // sequence, so dynamic-NTK scaling is per sequence, as in a fresh process.
+  RotaryEmbedding NewRotary() const { return RotaryEmbedding(config_); }
+
+  // A paged KV pool of `num_blocks` blocks in this model's shapes and compute
+  // dtype.
+  absl::StatusOr<std::unique_ptr<PagedKVPool>> NewPagedPool(int64_t num_blocks, int block_size) const;
+
+  // One batched step of the serving engine. `inputs_embeds` [N, H] holds the
+  // fed tokens of every sequence of `seqs`, concatenated in order (their
+  // num_new sum to N); `ropes[i]` is sequence i's rotary state, already
+  // Observe()d for its length. Writes their K/V into `pool`, attends each
+  // sequence causally over its own blocks (tokens of one sequence never see
+  // another's), and returns fp32 logits [S, V] of the last fed token of each
+  // sequence with `logits` set, in order ([0, V] when none).
+  // INVALID_ARGUMENT for inconsistent shapes, block tables or pools.
+  // Inference only (call under at::InferenceMode).
+  absl::StatusOr<at::Tensor> ForwardPaged(const at::Tensor& inputs_embeds, const std::vector<PagedSeq>& seqs,
+                                          const std::vector<const RotaryEmbedding*>& ropes, PagedKVPool& pool);
 
   // The torch module tree (parameters under HF names without the
   // "language_model." prefix), for training and checkpoint writing.

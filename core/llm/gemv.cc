@@ -275,6 +275,119 @@ at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& keys, const at
   return out;
 }
 
+at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool, const at::Tensor& value_pool,
+                                const std::vector<const std::vector<int32_t>*>& tables,
+                                const std::vector<int64_t>& lens) {
+  if (!g_fast_linear.load(std::memory_order_relaxed) || at::GradMode::is_enabled()) return {};
+  if (!q.defined() || !key_pool.defined() || !value_pool.defined() || q.dim() != 3 || key_pool.dim() != 4 ||
+      value_pool.sizes() != key_pool.sizes()) {
+    return {};
+  }
+  for (const at::Tensor* t : {&q, &key_pool, &value_pool}) {
+    if (t->scalar_type() != at::kFloat || !t->device().is_cpu()) return {};
+  }
+  if (!key_pool.is_contiguous() || !value_pool.is_contiguous()) return {};
+  const int64_t seqs = q.size(0), heads = q.size(1), dim = q.size(2);
+  const int64_t kv_heads = key_pool.size(1), bs = key_pool.size(2), num_blocks = key_pool.size(0);
+  if (key_pool.size(3) != dim || kv_heads == 0 || heads % kv_heads != 0 ||
+      static_cast<int64_t>(tables.size()) != seqs || static_cast<int64_t>(lens.size()) != seqs) {
+    return {};
+  }
+  for (int64_t s = 0; s < seqs; ++s) {
+    if (lens[s] < 1 || static_cast<int64_t>(tables[s]->size()) * bs < lens[s]) return {};
+  }
+  const int64_t groups = heads / kv_heads;
+  const at::Tensor qc = q.contiguous();
+  const bool avx2 = gemv::CpuHasAvx2Fma() && dim % 8 == 0;
+  const float scale = static_cast<float>(std::sqrt(static_cast<double>(dim)));
+  // Segments of whole blocks, ~32 KB of keys each (as DecodeAttention).
+  const int64_t seg_blocks = std::max<int64_t>(1, std::max<int64_t>(16, (int64_t{32} << 10) / (4 * dim)) / bs);
+  const int64_t segment = seg_blocks * bs;
+  std::vector<int64_t> segs(seqs), seg_first(seqs + 1, 0);
+  struct Chunk {
+    int64_t s, j, seg;
+  };
+  std::vector<Chunk> chunks;
+  for (int64_t s = 0; s < seqs; ++s) {
+    segs[s] = (lens[s] + segment - 1) / segment;
+    seg_first[s + 1] = seg_first[s] + segs[s];
+    for (int64_t j = 0; j < kv_heads; ++j)
+      for (int64_t g = 0; g < segs[s]; ++g) chunks.push_back({s, j, g});
+  }
+  // Per (sequence, head, segment): softmax pieces and unnormalised outputs.
+  auto part_index = [&](int64_t s, int64_t h, int64_t g) { return seg_first[s] * heads + h * segs[s] + g; };
+  std::vector<gemv::Segment> parts(static_cast<size_t>(seg_first[seqs] * heads));
+  std::unique_ptr<float[]> partial(new float[seg_first[seqs] * heads * dim]);
+  std::unique_ptr<float[]> scratch(new float[chunks.size() * groups * segment + chunks.size() * dim]);
+  const float* qp = qc.data_ptr<float>();
+  const float* kp = key_pool.data_ptr<float>();
+  const float* vp = value_pool.data_ptr<float>();
+  ParallelChunks(static_cast<int64_t>(chunks.size()), at::get_num_threads(), [&](int64_t c) {
+    const Chunk& ch = chunks[c];
+    const std::vector<int32_t>& table = *tables[ch.s];
+    const int64_t l0 = ch.seg * segment, n = std::min(segment, lens[ch.s] - l0);
+    float* sc = scratch.get() + c * groups * segment;
+    float* tmp = scratch.get() + chunks.size() * groups * segment + c * dim;
+    auto block_rows = [&](const float* pool, int64_t b) {
+      const int64_t blk = table[l0 / bs + b];
+      return pool + ((std::clamp<int64_t>(blk, 0, num_blocks - 1) * kv_heads + ch.j) * bs) * dim;
+    };
+    const int64_t h0 = ch.j * groups;
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* qh = qp + (ch.s * heads + h0 + g) * dim;
+      for (int64_t b = 0; b * bs < n; ++b) {
+        const int64_t nk = std::min(bs, n - b * bs);
+        float* dst = sc + g * segment + b * bs;
+        if (avx2) {
+          gemv::SegmentScoresAvx2(qh, block_rows(kp, b), nk, dim, scale, dst);
+        } else {
+          gemv::SegmentScoresPortable(qh, block_rows(kp, b), nk, dim, scale, dst);
+        }
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      parts[part_index(ch.s, h0 + g, ch.seg)] = avx2 ? gemv::SegmentSoftmaxAvx2(sc + g * segment, n)
+                                                     : gemv::SegmentSoftmaxPortable(sc + g * segment, n);
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      float* o = partial.get() + part_index(ch.s, h0 + g, ch.seg) * dim;
+      for (int64_t b = 0; b * bs < n; ++b) {
+        const int64_t nk = std::min(bs, n - b * bs);
+        float* dst = b == 0 ? o : tmp;
+        const float* probs = sc + g * segment + b * bs;
+        if (avx2) {
+          gemv::SegmentValuesAvx2(probs, block_rows(vp, b), nk, dim, dst);
+        } else {
+          gemv::SegmentValuesPortable(probs, block_rows(vp, b), nk, dim, dst);
+        }
+        if (b > 0)
+          for (int64_t d = 0; d < dim; ++d) o[d] += tmp[d];
+      }
+    }
+  });
+  at::Tensor out = at::empty({seqs, heads * dim}, qc.options());
+  float* op = out.data_ptr<float>();
+  for (int64_t s = 0; s < seqs; ++s) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const gemv::Segment* seg = parts.data() + part_index(s, h, 0);
+      float m = seg[0].max;
+      for (int64_t g = 1; g < segs[s]; ++g) m = std::max(m, seg[g].max);
+      float denominator = 0;
+      float* o = op + (s * heads + h) * dim;
+      std::fill(o, o + dim, 0.0f);
+      for (int64_t g = 0; g < segs[s]; ++g) {
+        const float w = segs[s] == 1 ? 1.0f : std::exp(seg[g].max - m);
+        denominator += w * seg[g].sum;
+        const float* po = partial.get() + (part_index(s, h, g)) * dim;
+        for (int64_t d = 0; d < dim; ++d) o[d] += w * po[d];
+      }
+      const float inv = 1.0f / denominator;
+      for (int64_t d = 0; d < dim; ++d) o[d] *= inv;
+    }
+  }
+  return out;
+}
+
 namespace {
 
 bool TransparentHugePagesEnabled() {

@@ -46,6 +46,17 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b 
 // other layouts): callers then use the generic path.
 at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values);
 
+// DecodeAttention over a paged KV pool (paged_kv.h): one query row per
+// sequence, q [S, H, d]; key/value pools [blocks, KV, block_size, d]; row s
+// attends over positions [0, lens[s]) held in blocks (*tables[s])[p /
+// block_size]. Same arithmetic as DecodeAttention (split softmax over
+// segments of whole blocks). Returns [S, H * d], or undefined when grad mode
+// is on, FastLinear is disabled, or the arguments do not fit (non-fp32,
+// non-CPU): callers then use the general path.
+at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool, const at::Tensor& value_pool,
+                                const std::vector<const std::vector<int32_t>*>& tables,
+                                const std::vector<int64_t>& lens);
+
 // Turns FastLinear (and DecodeAttention) off (it then returns undefined) or back on, process-wide:
 // for benchmarks that compare against libtorch. On by default.
 void SetFastLinearEnabled(bool enabled);

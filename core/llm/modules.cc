@@ -8,6 +8,7 @@
 
 #include "core/llm/gemv.h"
 #include "core/llm/kv_cache.h"
+#include "core/llm/paged_attention.h"
 
 namespace internvl::llm {
 namespace {
@@ -83,6 +84,7 @@ at::Tensor Attend(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tens
   const int64_t groups = heads / kv_heads;
   at::Tensor q = ApplyRope(q_in, ctx.cos, ctx.sin);
   at::Tensor k = ApplyRope(k_in, ctx.cos, ctx.sin);
+  if (ctx.paged != nullptr) return PagedAttend(q, k, v_in, *ctx.paged, layer, heads, kv_heads, head_dim);
   at::Tensor keys, values;  // [B, KV, L, d]
   if (ctx.cache != nullptr) {
     at::Tensor& kc = ctx.cache->key(layer);

@@ -31,6 +31,7 @@
 namespace internvl::llm {
 
 class KVCache;
+struct PagedContext;
 
 // What every layer of one forward pass shares (built once per pass by
 // LanguageModelImpl::forward's caller, CausalLM::Forward).
@@ -45,6 +46,9 @@ struct LayerContext {
   // only within the given tokens (training, full-sequence forward).
   KVCache* cache = nullptr;
   int64_t past = 0;
+  // Batched serving step over the paged KV pool (paged_attention.h): the
+  // [1, N] tokens of several sequences; replaces cache/past/masked.
+  const PagedContext* paged = nullptr;
 };
 
 // y = x W^T + b with W [out, in]. Unlike torch::nn::Linear its parameters are

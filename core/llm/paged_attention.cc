@@ -1,0 +1,133 @@
+#include "core/llm/paged_attention.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/llm/gemv.h"
+
+namespace internvl::llm {
+namespace {
+
+// Scores of one query tile stay under this many elements (8 MB in fp32):
+// well below glibc's mmap threshold, so no fresh zeroed pages per tile.
+constexpr int64_t kTileScoreElements = int64_t{2} << 20;
+
+// Keys or values [0, len) of one sequence, gathered from its blocks:
+// [KV, len, d] contiguous.
+at::Tensor Gather(const at::Tensor& pool, const std::vector<int32_t>& blocks, int64_t len) {
+  const int64_t bs = pool.size(2);
+  const int64_t nb = (len + bs - 1) / bs;
+  at::Tensor idx = at::from_blob(const_cast<int32_t*>(blocks.data()), {nb}, at::kInt).to(pool.device(), at::kLong);
+  at::Tensor g = pool.index_select(0, idx);  // [nb, KV, bs, d]
+  return g.permute({1, 0, 2, 3}).reshape({pool.size(1), nb * bs, pool.size(3)}).narrow(1, 0, len);
+}
+
+// The reference's eager attention for `n` queries at positions [start,
+// start + n) over keys/values [KV, start + n, d], in query tiles; writes
+// [n, H*d] into `out`.
+void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t start,
+                      int64_t heads, int64_t kv_heads, int64_t head_dim, at::Tensor out) {
+  const int64_t n = q.size(0);
+  const int64_t groups = heads / kv_heads;
+  const int64_t total = start + n;
+  const int64_t tile = std::clamp<int64_t>(kTileScoreElements / std::max<int64_t>(1, heads * total), 1, n);
+  const double scale = std::sqrt(static_cast<double>(head_dim));
+  const auto long_opts = at::TensorOptions().dtype(at::kLong).device(q.device());
+  for (int64_t i0 = 0; i0 < n; i0 += tile) {
+    const int64_t t = std::min(tile, n - i0);
+    const int64_t len = start + i0 + t;  // keys the tile's last query sees
+    at::Tensor qt = q.narrow(0, i0, t).view({t, kv_heads, groups, head_dim}).permute({1, 2, 0, 3}).reshape(
+        {kv_heads, groups * t, head_dim});
+    at::Tensor scores = at::matmul(qt, keys.narrow(1, 0, len).transpose(1, 2));  // [KV, G*t, len]
+    scores.div_(scale);
+    if (t > 1 || len > start + i0 + 1) {
+      // Query r (position start+i0+r) sees keys j <= start+i0+r.
+      at::Tensor key_pos = at::arange(len, long_opts).view({1, len});
+      at::Tensor query_pos = (at::arange(t, long_opts) + (start + i0)).view({t, 1});
+      at::Tensor masked = key_pos > query_pos;  // [t, len]
+      scores.view({kv_heads, groups, t, len}).masked_fill_(masked, -std::numeric_limits<double>::infinity());
+    }
+    at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+    at::Tensor o = at::matmul(probs, values.narrow(1, 0, len));  // [KV, G*t, d]
+    out.narrow(0, i0, t).copy_(o.view({kv_heads, groups, t, head_dim}).permute({2, 0, 1, 3}).reshape(
+        {t, heads * head_dim}));
+  }
+}
+
+}  // namespace
+
+PagedContext MakePagedContext(PagedKVPool& pool, const std::vector<PagedSeq>& seqs) {
+  PagedContext ctx;
+  ctx.pool = &pool;
+  ctx.seqs = &seqs;
+  int64_t rows = 0;
+  for (const PagedSeq& s : seqs) rows += s.num_new;
+  std::vector<int64_t> block(rows), offset(rows);
+  const int bs = pool.block_size();
+  int64_t r = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const PagedSeq& s = seqs[i];
+    ctx.row_begin.push_back(r);
+    (s.num_new == 1 ? ctx.decode_seqs : ctx.prefill_seqs).push_back(static_cast<int64_t>(i));
+    for (int64_t p = s.start; p < s.start + s.num_new; ++p, ++r) {
+      block[r] = s.blocks[p / bs];
+      offset[r] = p % bs;
+    }
+  }
+  const auto device = pool.key(0).device();
+  ctx.slot_block = at::tensor(block, at::TensorOptions().dtype(at::kLong)).to(device);
+  ctx.slot_offset = at::tensor(offset, at::TensorOptions().dtype(at::kLong)).to(device);
+  return ctx;
+}
+
+at::Tensor PagedAttend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const PagedContext& ctx,
+                       int layer, int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  at::Tensor& kc = ctx.pool->key(layer);
+  at::Tensor& vc = ctx.pool->value(layer);
+  // [blocks, bs, KV, d] views: the (block, slot) pairs index one token's
+  // rows of every kv head.
+  kc.permute({0, 2, 1, 3}).index_put_({ctx.slot_block, ctx.slot_offset}, k[0].to(kc.scalar_type()));
+  vc.permute({0, 2, 1, 3}).index_put_({ctx.slot_block, ctx.slot_offset}, v[0].to(vc.scalar_type()));
+
+  const std::vector<PagedSeq>& seqs = *ctx.seqs;
+  const int64_t n = q.size(1);
+  at::Tensor qr = q[0];  // [N, H, d]
+  at::Tensor out = at::empty({n, heads * head_dim}, q.options());
+  std::vector<int64_t> general = ctx.prefill_seqs;
+  if (!ctx.decode_seqs.empty()) {
+    std::vector<const std::vector<int32_t>*> tables;
+    std::vector<int64_t> lens;
+    std::vector<int64_t> rows;
+    for (int64_t i : ctx.decode_seqs) {
+      tables.push_back(&seqs[i].blocks);
+      lens.push_back(seqs[i].start + 1);
+      rows.push_back(ctx.row_begin[i]);
+    }
+    at::Tensor index = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(q.device());
+    at::Tensor dq = ctx.decode_seqs.size() == static_cast<size_t>(n) ? qr : qr.index_select(0, index);
+    at::Tensor d = PagedDecodeAttention(dq, kc, vc, tables, lens);  // [S, H*d] or undefined
+    if (d.defined()) {
+      if (ctx.decode_seqs.size() == static_cast<size_t>(n)) {
+        out = d;
+      } else {
+        out.index_copy_(0, index, d);
+      }
+    } else {
+      general.insert(general.end(), ctx.decode_seqs.begin(), ctx.decode_seqs.end());
+    }
+  }
+  for (int64_t i : general) {
+    const PagedSeq& s = seqs[i];
+    const int64_t len = s.start + s.num_new;
+    at::Tensor keys = Gather(kc, s.blocks, len);
+    at::Tensor values = Gather(vc, s.blocks, len);
+    PrefillAttention(qr.narrow(0, ctx.row_begin[i], s.num_new), keys, values, s.start, heads, kv_heads, head_dim,
+                     out.narrow(0, ctx.row_begin[i], s.num_new));
+  }
+  return out.unsqueeze(0);
+}
+
+}  // namespace internvl::llm

@@ -1,0 +1,44 @@
+// Attention of a batched forward over the paged KV pool (paged_kv.h): the
+// tokens of every scheduled sequence, concatenated into one [1, N, ...]
+// batch, each attending causally over its own blocks. Used by the modules'
+// attention when LayerContext::paged is set (CausalLM::ForwardPaged).
+//
+//  - Every fed token's key and value are written to its sequence's slot.
+//  - Decoding sequences (one new token) run the split-softmax decode kernel
+//    over their blocks on CPU in fp32 (PagedDecodeAttention in gemv.h);
+//    elsewhere the general path.
+//  - Prefill chunks (several new tokens) gather their sequence's keys once
+//    per layer and run the reference's eager attention (scores, fp32
+//    softmax, values) in tiles of queries: a tile sees only the keys up to
+//    its last query (causal blocks skipped) and its scores stay a few MB, so
+//    memory is bounded by chunk x context, never context^2.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "core/llm/paged_kv.h"
+
+namespace internvl::llm {
+
+// What every layer of one ForwardPaged pass shares.
+struct PagedContext {
+  PagedKVPool* pool = nullptr;
+  const std::vector<PagedSeq>* seqs = nullptr;
+  std::vector<int64_t> row_begin;  // first token row of each sequence in the batch
+  at::Tensor slot_block;           // int64 [N]: block of each fed token
+  at::Tensor slot_offset;          // int64 [N]: its slot in the block
+  std::vector<int64_t> decode_seqs;   // indices of sequences feeding one token
+  std::vector<int64_t> prefill_seqs;  // the others
+};
+
+// Builds the shared part for `seqs` over `pool` (validated by the caller).
+PagedContext MakePagedContext(PagedKVPool& pool, const std::vector<PagedSeq>& seqs);
+
+// q [1, N, H, d] (rotated), k and v [1, N, KV, d] (k rotated) -> [1, N, H*d].
+at::Tensor PagedAttend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const PagedContext& ctx,
+                       int layer, int64_t heads, int64_t kv_heads, int64_t head_dim);
+
+}  // namespace internvl::llm

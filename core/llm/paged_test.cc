@@ -1,0 +1,196 @@
+// CausalLM::ForwardPaged against the plain full forward: sequences fed in
+// chunks and decode steps, batched together, their blocks scattered through
+// the pool, shared prefix blocks, and the general (non-kernel) path.
+#include <ATen/ATen.h>
+
+#include <numeric>
+
+#include "core/llm/causal_lm.h"
+#include "core/llm/gemv.h"
+#include "gtest/gtest.h"
+
+namespace internvl::llm {
+namespace {
+
+LlmConfig Config(LlmArch arch, int64_t max_pos = 256) {
+  LlmConfig c;
+  c.arch = arch;
+  c.vocab_size = 50;
+  c.hidden_size = 64;
+  c.intermediate_size = 96;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = max_pos;
+  c.rope_theta = 10000;
+  c.attention_bias = arch == LlmArch::kQwen2;
+  return c;
+}
+
+float MaxDiff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<float>(); }
+
+// Feeds each sequence of `xs` ([T_i, H] embeddings) through ForwardPaged in
+// the given chunk schedule (per step, tokens per sequence; 0 = idle), all
+// sequences of a step batched; returns each sequence's logits per fed
+// position [T_i, V].
+std::vector<at::Tensor> RunPaged(CausalLM& lm, PagedKVPool& pool, const std::vector<at::Tensor>& xs,
+                                 const std::vector<std::vector<int64_t>>& schedule,
+                                 const std::vector<std::vector<int32_t>>& tables) {
+  const size_t n = xs.size();
+  std::vector<int64_t> done(n, 0);
+  std::vector<std::vector<at::Tensor>> logits(n);
+  std::vector<RotaryEmbedding> ropes;
+  for (size_t i = 0; i < n; ++i) ropes.push_back(lm.NewRotary());
+  for (const auto& step : schedule) {
+    std::vector<PagedSeq> seqs;
+    std::vector<const RotaryEmbedding*> rope_ptrs;
+    std::vector<at::Tensor> rows;
+    std::vector<size_t> who;
+    for (size_t i = 0; i < n; ++i) {
+      if (step[i] == 0) continue;
+      PagedSeq s;
+      s.start = done[i];
+      s.num_new = step[i];
+      s.blocks = tables[i];
+      s.logits = true;
+      ropes[i].Observe(xs[i].size(0));
+      rows.push_back(xs[i].narrow(0, done[i], step[i]));
+      seqs.push_back(s);
+      rope_ptrs.push_back(&ropes[i]);
+      who.push_back(i);
+    }
+    // Per chunk, only the last position's logits come back; feed the chunk's
+    // positions one at a time when a test wants them all.
+    auto out = lm.ForwardPaged(at::cat(rows, 0), seqs, rope_ptrs, pool);
+    EXPECT_TRUE(out.ok()) << out.status();
+    if (!out.ok()) return {};
+    for (size_t k = 0; k < who.size(); ++k) {
+      logits[who[k]].push_back(out->select(0, static_cast<int64_t>(k)).unsqueeze(0));
+      done[who[k]] += step[who[k]];
+    }
+  }
+  std::vector<at::Tensor> result;
+  for (auto& l : logits) result.push_back(at::cat(l, 0));
+  return result;
+}
+
+class PagedForward : public ::testing::TestWithParam<LlmArch> {};
+
+TEST_P(PagedForward, ChunkedBatchedSequencesMatchTheFullForward) {
+  at::InferenceMode guard;
+  auto lm = CausalLM::CreateRandom(Config(GetParam()), at::kFloat, 11, 0.2);
+  ASSERT_TRUE(lm.ok());
+  const int bs = 4;
+  auto pool = (*lm)->NewPagedPool(32, bs);
+  ASSERT_TRUE(pool.ok());
+  // Two sequences of 23 and 13 tokens; blocks interleaved and out of order.
+  std::vector<at::Tensor> xs = {at::randn({23, 64}), at::randn({13, 64})};
+  std::vector<std::vector<int32_t>> tables = {{9, 3, 17, 1, 30, 22}, {2, 31, 8, 5}};
+  // A: chunks 7, 9, then decode steps; B joins later, prefill 13 at once.
+  std::vector<std::vector<int64_t>> schedule = {{7, 0}, {9, 13}, {1, 0}, {1, 0}, {1, 0},
+                                                {1, 0}, {1, 0}, {1, 0}, {1, 0}};
+  auto got = RunPaged(**lm, **pool, xs, schedule, tables);
+  ASSERT_EQ(got.size(), 2u);
+  // Expected: logits at the last position of each step's chunk.
+  ForwardOptions all;
+  all.logits = LogitsMode::kAll;
+  for (size_t i = 0; i < 2; ++i) {
+    auto full = (*lm)->Forward(xs[i].unsqueeze(0), nullptr, all);
+    ASSERT_TRUE(full.ok());
+    std::vector<int64_t> ends;
+    int64_t pos = 0;
+    for (const auto& step : schedule) {
+      if (step[i] == 0) continue;
+      pos += step[i];
+      ends.push_back(pos - 1);
+    }
+    at::Tensor expected = (*full)[0].index_select(0, at::tensor(ends, at::kLong));
+    EXPECT_LT(MaxDiff(got[i], expected), 2e-5) << "sequence " << i;
+  }
+}
+
+TEST_P(PagedForward, GeneralPathMatchesTheDecodeKernel) {
+  at::InferenceMode guard;
+  auto lm = CausalLM::CreateRandom(Config(GetParam()), at::kFloat, 12, 0.2);
+  ASSERT_TRUE(lm.ok());
+  auto pool = (*lm)->NewPagedPool(16, 4);
+  ASSERT_TRUE(pool.ok());
+  std::vector<at::Tensor> xs = {at::randn({21, 64})};
+  std::vector<std::vector<int64_t>> schedule = {{17}, {1}, {1}, {1}, {1}};
+  std::vector<std::vector<int32_t>> tables = {{4, 0, 7, 1, 12, 3}};
+  auto fast = RunPaged(**lm, **pool, xs, schedule, tables);
+  SetFastLinearEnabled(false);
+  auto slow = RunPaged(**lm, **pool, xs, schedule, tables);
+  SetFastLinearEnabled(true);
+  ASSERT_EQ(fast.size(), 1u);
+  ASSERT_EQ(slow.size(), 1u);
+  EXPECT_LT(MaxDiff(fast[0], slow[0]), 2e-5);
+}
+
+TEST_P(PagedForward, SharedPrefixBlocksAreReadNotRewritten) {
+  at::InferenceMode guard;
+  auto lm = CausalLM::CreateRandom(Config(GetParam()), at::kFloat, 13, 0.2);
+  ASSERT_TRUE(lm.ok());
+  auto pool = (*lm)->NewPagedPool(16, 4);
+  ASSERT_TRUE(pool.ok());
+  // Sequence A computes 8 tokens into blocks {5, 6}; B has the same first 8
+  // tokens, starts at 8 over A's blocks, then its own.
+  at::Tensor prefix = at::randn({8, 64});
+  at::Tensor a = at::cat({prefix, at::randn({3, 64})}, 0);
+  at::Tensor b = at::cat({prefix, at::randn({5, 64})}, 0);
+  std::vector<RotaryEmbedding> ropes = {(*lm)->NewRotary(), (*lm)->NewRotary()};
+  PagedSeq sa{0, 11, {5, 6, 7}, true};
+  ASSERT_TRUE((*lm)->ForwardPaged(a, {sa}, {&ropes[0]}, **pool).ok());
+  PagedSeq sb{8, 5, {5, 6, 9, 10}, true};
+  auto got = (*lm)->ForwardPaged(b.narrow(0, 8, 5), {sb}, {&ropes[1]}, **pool);
+  ASSERT_TRUE(got.ok()) << got.status();
+  auto full = (*lm)->Forward(b.unsqueeze(0), nullptr);
+  ASSERT_TRUE(full.ok());
+  EXPECT_LT(MaxDiff(*got, *full), 2e-5);
+}
+
+TEST_P(PagedForward, DynamicNtkIsPerSequence) {
+  at::InferenceMode guard;
+  // max_position_embeddings 8: a 12-token sequence enlarges its base, a
+  // 5-token one batched with it must not.
+  LlmConfig c = Config(GetParam(), 8);
+  c.rope_scaling = RopeScaling{"dynamic", 2.0};
+  auto lm = CausalLM::CreateRandom(c, at::kFloat, 14, 0.2);
+  ASSERT_TRUE(lm.ok());
+  auto pool = (*lm)->NewPagedPool(16, 4);
+  ASSERT_TRUE(pool.ok());
+  std::vector<at::Tensor> xs = {at::randn({12, 64}), at::randn({5, 64})};
+  auto got = RunPaged(**lm, **pool, xs, {{12, 5}}, {{0, 1, 2}, {3, 4}});
+  ASSERT_EQ(got.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    // A fresh model per sequence: the reference's state in a new process.
+    auto fresh = CausalLM::CreateRandom(c, at::kFloat, 14, 0.2);
+    ASSERT_TRUE(fresh.ok());
+    auto full = (*fresh)->Forward(xs[i].unsqueeze(0), nullptr);
+    ASSERT_TRUE(full.ok());
+    EXPECT_LT(MaxDiff(got[i], *full), 2e-5) << "sequence " << i;
+  }
+}
+
+TEST_P(PagedForward, RejectsInconsistentInputs) {
+  at::InferenceMode guard;
+  auto lm = CausalLM::CreateRandom(Config(GetParam()), at::kFloat, 15, 0.2);
+  ASSERT_TRUE(lm.ok());
+  auto pool = (*lm)->NewPagedPool(4, 4);
+  ASSERT_TRUE(pool.ok());
+  RotaryEmbedding rope = (*lm)->NewRotary();
+  PagedSeq too_few_blocks{0, 9, {0, 1}, true};
+  EXPECT_EQ((*lm)->ForwardPaged(at::randn({9, 64}), {too_few_blocks}, {&rope}, **pool).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  PagedSeq outside{0, 3, {7}, true};
+  EXPECT_EQ((*lm)->ForwardPaged(at::randn({3, 64}), {outside}, {&rope}, **pool).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  PagedSeq ok{0, 3, {1}, true};
+  EXPECT_EQ((*lm)->ForwardPaged(at::randn({4, 64}), {ok}, {&rope}, **pool).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(Archs, PagedForward, ::testing::Values(LlmArch::kQwen2, LlmArch::kInternLM2, LlmArch::kLlama));
+
+}  // namespace
+}  // namespace internvl::llm
