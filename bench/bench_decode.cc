@@ -10,7 +10,12 @@
 // (llm::Precision::ForRequested: bf16 weights, computed in fp32 without
 // native bf16 matmuls); "bf16-compute" = bf16 weights and activations.
 // --libtorch turns FastLinear (core/llm/gemv.h) off, for comparison.
-// Usage: bench_decode [--threads=N] [--dtypes=bf16,fp32] [--decode=N] [--prompt=N] [--libtorch]
+// --batch=N also decodes N sequences together (one batched step per token,
+// the engine's continuous batching): ms/step and aggregate tokens/s against
+// batch 1.
+// The steps run CausalLM::ForwardPaged over a paged KV pool, as the engine
+// does, without its scheduler and threads.
+// Usage: bench_decode [--threads=N] [--dtypes=bf16,fp32] [--decode=N] [--prompt=N] [--batch=N] [--libtorch]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
@@ -25,13 +30,12 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
-#include "bench/bench_util.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_bandwidth.h"
+#include "bench/bench_util.h"
 #include "core/config.h"
 #include "core/llm/causal_lm.h"
 #include "core/llm/gemv.h"
-#include "core/llm/sampler.h"
 #include "core/nn/torch_util.h"
 
 namespace internvl::llm {
@@ -55,6 +59,78 @@ LlmConfig InternVL2_1BConfig() {
   return c;
 }
 
+// `batch` sequences over one paged pool, each with room for `capacity`
+// positions: prefilled one by one, then decoded together (greedy feed-back,
+// one ForwardPaged per step for all of them).
+class Sequences {
+ public:
+  static constexpr int kBlock = 16;
+  Sequences(CausalLM& lm, int batch, int64_t capacity) : lm_(lm), batch_(batch) {
+    const int64_t per_seq = (capacity + kBlock - 1) / kBlock;
+    auto pool = lm.NewPagedPool(per_seq * batch, kBlock);
+    if (!pool.ok()) return;
+    pool_ = std::move(*pool);
+    for (int b = 0; b < batch; ++b) {
+      PagedSeq s;
+      for (int64_t i = 0; i < per_seq; ++i) s.blocks.push_back(static_cast<int32_t>(b * per_seq + i));
+      s.logits = true;
+      seqs_.push_back(s);
+      ropes_.push_back(lm.NewRotary());
+    }
+    next_.assign(batch, 0);
+  }
+  bool ok() const { return pool_ != nullptr; }
+  int64_t pool_bytes_per_position() const {
+    return PagedKVPool::BytesPerBlock(lm_.config(), kBlock, lm_.dtype()) / kBlock;
+  }
+
+  // Prefills every sequence with `embeds` [T, H]; the first tokens are sampled.
+  absl::Status Prefill(const at::Tensor& embeds) {
+    for (int b = 0; b < batch_; ++b) {
+      PagedSeq s = seqs_[b];
+      s.start = 0;
+      s.num_new = embeds.size(0);
+      ropes_[b].Observe(s.num_new);
+      auto logits = lm_.ForwardPaged(embeds, {s}, {&ropes_[b]}, *pool_);
+      if (!logits.ok()) return logits.status();
+      next_[b] = logits->argmax(-1).item<int64_t>();
+      seqs_[b].start = s.num_new;
+    }
+    return absl::OkStatus();
+  }
+
+  // One decode step of every sequence (embedding + batched forward + greedy).
+  absl::Status Step() {
+    std::vector<PagedSeq> step;
+    std::vector<const RotaryEmbedding*> ropes;
+    for (int b = 0; b < batch_; ++b) {
+      PagedSeq s = seqs_[b];
+      s.num_new = 1;
+      ropes_[b].Observe(s.start + 1);
+      step.push_back(std::move(s));
+      ropes.push_back(&ropes_[b]);
+    }
+    auto e = lm_.Embed(at::tensor(next_, at::kLong).view({1, batch_}));
+    if (!e.ok()) return e.status();
+    auto logits = lm_.ForwardPaged((*e)[0], step, ropes, *pool_);
+    if (!logits.ok()) return logits.status();
+    const at::Tensor ids = logits->argmax(-1);
+    for (int b = 0; b < batch_; ++b) {
+      next_[b] = ids[b].item<int64_t>();
+      ++seqs_[b].start;
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  CausalLM& lm_;
+  const int batch_;
+  std::unique_ptr<PagedKVPool> pool_;
+  std::vector<PagedSeq> seqs_;
+  std::vector<RotaryEmbedding> ropes_;
+  std::vector<int64_t> next_;
+};
+
 // Per-token cost of everything but the weight traffic: the same 24-layer
 // Qwen2 structure with tiny matrices (hidden 64), so each step is op
 // dispatch, allocation and threading overhead.
@@ -67,17 +143,12 @@ double OverheadMsPerToken(const Precision& precision) {
   c.num_key_value_heads = 1;
   auto lm = CausalLM::CreateRandom(c, precision, /*seed=*/1);
   if (!lm.ok()) return -1;
-  auto cache = (*lm)->NewCache(1, 256);
-  if (!cache.ok()) return -1;
-  if (!(*lm)->Forward(at::randn({1, 8, c.hidden_size}), cache->get()).ok()) return -1;
+  Sequences seqs(**lm, 1, 256);
+  if (!seqs.ok() || !seqs.Prefill(at::randn({8, c.hidden_size})).ok()) return -1;
   std::vector<double> steps;
-  at::Tensor next = at::zeros({1, 1}, at::kLong);
   for (int i = 0; i < 200; ++i) {
     const double t0 = bench::NowSeconds();
-    auto e = (*lm)->Embed(next);
-    auto l = (*lm)->Forward(*e, cache->get());
-    if (!l.ok()) return -1;
-    next.fill_(l->argmax(-1).item<int64_t>());
+    if (!seqs.Step().ok()) return -1;
     steps.push_back(bench::NowSeconds() - t0);
   }
   return bench::Median(steps) * 1e3;
@@ -91,20 +162,20 @@ absl::StatusOr<Precision> ParsePrecision(const std::string& name) {
 }
 
 int Run(int argc, char** argv) {
-  int threads = 2, decode_tokens = 32, prompt = 5 * 256 + 40;
+  int threads = 2, decode_tokens = 32, prompt = 5 * 256 + 40, batch = 1;
   bool libtorch = false;
   std::vector<std::string> dtypes = {"bf16", "fp32"};
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
-    auto value = [&](absl::string_view flag) -> std::string {
-      return std::string(a.substr(flag.size()));
-    };
+    auto value = [&](absl::string_view flag) -> std::string { return std::string(a.substr(flag.size())); };
     if (absl::StartsWith(a, "--threads=")) {
       (void)absl::SimpleAtoi(value("--threads="), &threads);
     } else if (absl::StartsWith(a, "--decode=")) {
       (void)absl::SimpleAtoi(value("--decode="), &decode_tokens);
     } else if (absl::StartsWith(a, "--prompt=")) {
       (void)absl::SimpleAtoi(value("--prompt="), &prompt);
+    } else if (absl::StartsWith(a, "--batch=")) {
+      (void)absl::SimpleAtoi(value("--batch="), &batch);
     } else if (absl::StartsWith(a, "--dtypes=")) {
       dtypes = absl::StrSplit(value("--dtypes="), ',');
     } else if (a == "--libtorch") {
@@ -112,12 +183,12 @@ int Run(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--threads=N] [--dtypes=bf16,fp32,bf16-compute] [--decode=N] [--prompt=N] "
-                   "[--libtorch]\n",
+                   "[--batch=N] [--libtorch]\n",
                    argv[0]);
       return 2;
     }
   }
-  if (decode_tokens < 1 || prompt < 1) return 2;
+  if (decode_tokens < 1 || prompt < 1 || batch < 1) return 2;
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress visible through pipes
   SetTorchThreads(threads);
   SetFastLinearEnabled(!libtorch);
@@ -140,44 +211,33 @@ int Run(int argc, char** argv) {
       return 1;
     }
     std::printf("\n[%s] weights %s, compute %s: %.1fM parameters, %.0f MB, built in %.1f s\n", name.c_str(),
-                c10::toString(precision->weights), c10::toString(precision->compute),
-                (*lm)->num_parameters() / 1e6, (*lm)->parameter_bytes() / 1e6, bench::NowSeconds() - t0);
-    auto cache = (*lm)->NewCache(1, prompt + decode_tokens + 1);
-    if (!cache.ok()) return 1;
-    const at::Tensor embeds = at::randn({1, prompt, config.hidden_size}).mul_(0.02);
-    const at::Tensor warm = embeds.narrow(1, 0, std::min(prompt, 32));
+                c10::toString(precision->weights), c10::toString(precision->compute), (*lm)->num_parameters() / 1e6,
+                (*lm)->parameter_bytes() / 1e6, bench::NowSeconds() - t0);
+    Sequences seqs(**lm, 1, prompt + decode_tokens + 1);
+    if (!seqs.ok()) return 1;
+    const at::Tensor embeds = at::randn({prompt, config.hidden_size}).mul_(0.02);
 
     // Warm-up (oneDNN primitive creation, allocator), then one timed prefill.
-    if (auto s = (*lm)->Forward(warm, cache->get()); !s.ok()) return 1;
-    (*cache)->Reset();
+    {
+      Sequences warm(**lm, 1, 64);
+      if (!warm.ok() || !warm.Prefill(embeds.narrow(0, 0, std::min(prompt, 32))).ok()) return 1;
+    }
     t0 = bench::NowSeconds();
-    auto logits = (*lm)->Forward(embeds, cache->get());
-    const double prefill_s = bench::NowSeconds() - t0;
-    if (!logits.ok()) {
-      std::fprintf(stderr, "%s\n", logits.status().ToString().c_str());
+    if (absl::Status s = seqs.Prefill(embeds); !s.ok()) {
+      std::fprintf(stderr, "%s\n", s.ToString().c_str());
       return 1;
     }
+    const double prefill_s = bench::NowSeconds() - t0;
     std::printf("[%s] prefill %d tokens: %.0f ms (%.0f tokens/s)\n", name.c_str(), prompt, prefill_s * 1e3,
                 prompt / prefill_s);
 
-    // Decode: greedy feed-back as Generate does it, timing each step
-    // (embedding + forward + sampler), with a bandwidth probe after each so
-    // that both see the same neighbours.
-    auto sampler = Sampler::Create(SamplingParams{});
-    if (!sampler.ok()) return 1;
+    // Decode: greedy feed-back, timing each step (embedding + forward +
+    // argmax), with a bandwidth probe after each so that both see the same
+    // neighbours.
     std::vector<double> steps, bandwidths;
-    at::Tensor next = at::empty({1, 1}, at::kLong);
-    auto first = sampler->Next(*logits, {{}});
-    if (!first.ok()) return 1;
-    next.fill_((*first)[0]);
     for (int i = 0; i < decode_tokens; ++i) {
       t0 = bench::NowSeconds();
-      auto e = (*lm)->Embed(next);
-      auto l = (*lm)->Forward(*e, cache->get());
-      if (!l.ok()) return 1;
-      auto id = sampler->Next(*l, {{}});
-      if (!id.ok()) return 1;
-      next.fill_((*id)[0]);
+      if (!seqs.Step().ok()) return 1;
       steps.push_back(bench::NowSeconds() - t0);
       bandwidths.push_back(probe.Measure());
     }
@@ -188,20 +248,35 @@ int Run(int argc, char** argv) {
     // Bytes read per token: every weight except the embedding table (one row
     // is gathered) plus the K/V of the context.
     const double weight_bytes = static_cast<double>((*lm)->decode_weight_bytes());
-    const double kv_bytes = static_cast<double>((*cache)->nbytes()) * (prompt + decode_tokens / 2) /
-                            (*cache)->max_len();
+    const double kv_bytes = static_cast<double>(seqs.pool_bytes_per_position()) * (prompt + decode_tokens / 2);
     const double bytes = weight_bytes + kv_bytes;
-    std::printf("[%s] decode: %.1f ms/token median (min %.1f, max %.1f) = %.1f tokens/s\n", name.c_str(),
-                median * 1e3, best * 1e3, *std::max_element(steps.begin(), steps.end()) * 1e3, 1.0 / median);
-    std::printf("[%s] bytes/token %.0f MB (weights %.0f + KV %.0f); bandwidth between steps %.1f GB/s median "
-                "(best %.1f)\n",
-                name.c_str(), bytes / 1e6, weight_bytes / 1e6, kv_bytes / 1e6, bandwidth, best_bandwidth);
-    std::printf("[%s] bound %.1f ms/token: decode at %.0f%% of the bandwidth bound (medians; best step vs best "
-                "probe: %.0f%%)\n",
-                name.c_str(), bytes / (bandwidth * 1e9) * 1e3, 100.0 * bytes / (bandwidth * 1e9) / median,
-                100.0 * bytes / (best_bandwidth * 1e9) / best);
+    std::printf("[%s] decode: %.1f ms/token median (min %.1f, max %.1f) = %.1f tokens/s\n", name.c_str(), median * 1e3,
+                best * 1e3, *std::max_element(steps.begin(), steps.end()) * 1e3, 1.0 / median);
+    std::printf(
+        "[%s] bytes/token %.0f MB (weights %.0f + KV %.0f); bandwidth between steps %.1f GB/s median "
+        "(best %.1f)\n",
+        name.c_str(), bytes / 1e6, weight_bytes / 1e6, kv_bytes / 1e6, bandwidth, best_bandwidth);
+    std::printf(
+        "[%s] bound %.1f ms/token: decode at %.0f%% of the bandwidth bound (medians; best step vs best "
+        "probe: %.0f%%)\n",
+        name.c_str(), bytes / (bandwidth * 1e9) * 1e3, 100.0 * bytes / (bandwidth * 1e9) / median,
+        100.0 * bytes / (best_bandwidth * 1e9) / best);
     std::printf("[%s] of which per-op overhead (same layers, tiny matrices): %.1f ms/token\n", name.c_str(),
                 OverheadMsPerToken(*precision));
+    if (batch > 1) {
+      // The same prompt length, `batch` sequences decoding together.
+      Sequences many(**lm, batch, prompt + decode_tokens + 1);
+      if (!many.ok() || !many.Prefill(embeds).ok()) return 1;
+      std::vector<double> batched;
+      for (int i = 0; i < decode_tokens; ++i) {
+        t0 = bench::NowSeconds();
+        if (!many.Step().ok()) return 1;
+        batched.push_back(bench::NowSeconds() - t0);
+      }
+      const double step = bench::Median(batched);
+      std::printf("[%s] batch %d: %.1f ms/step = %.1f tokens/s aggregate = %.2fx batch 1 (%.1f ms/token)\n",
+                  name.c_str(), batch, step * 1e3, batch / step, (batch / step) / (1.0 / median), median * 1e3);
+    }
     std::printf("[%s] peak RSS so far %.0f MiB\n", name.c_str(), bench::PeakRssMiB());
   }
   return 0;

@@ -178,7 +178,7 @@ int Run(int argc, char** argv) {
   };
 
   double t0 = bench::NowSeconds();
-  auto pipeline = ChatPipeline::Load(model_dir, PipelineOptions{.dtype = dtype, .threads = threads});
+  auto pipeline = ChatPipeline::Load(model_dir, PipelineOptions::Of(dtype, threads));
   if (!pipeline.ok()) {
     std::fprintf(stderr, "%s\n", pipeline.status().ToString().c_str());
     cleanup();
@@ -249,7 +249,7 @@ int Run(int argc, char** argv) {
     const double bytes = *weight_bytes + kv_bytes;
     const double bound_ms = bytes / (bandwidth * 1e9) * 1e3;
     std::printf("decode at batch 1: %d tokens (%s), %.1f ms/token = %.2f tokens/s\n", tokens,
-                result->finish_reason.c_str(), ms_per_token, 1e3 / ms_per_token);
+                FinishReasonName(result->finish_reason), ms_per_token, 1e3 / ms_per_token);
     std::printf("bytes/token %.0f MB (LLM weights %.0f + KV %.0f); memory read bandwidth %.1f GB/s (median of %zu "
                 "probes around the chat) -> bound %.1f ms/token: decode at %.0f%% of the bandwidth bound\n",
                 bytes / 1e6, *weight_bytes / 1e6, kv_bytes / 1e6, bandwidth, bandwidths.size(), bound_ms,

@@ -78,17 +78,57 @@ std::string ChatResultJson(const ChatResult& r) {
       {"token_ids", r.token_ids},
       {"prompt_tokens", r.prompt_tokens},
       {"completion_tokens", r.token_ids.size()},
-      {"finish_reason", r.finish_reason},
+      {"finish_reason", FinishReasonName(r.finish_reason)},
+      {"cached_prompt_tokens", r.cached_prompt_tokens},
       {"num_patches_list", r.num_patches_list},
       {"timings",
        {{"preprocess_ms", r.timings.preprocess_ms},
         {"vision_ms", r.timings.vision_ms},
+        {"queue_ms", r.timings.queue_ms},
         {"prefill_ms", r.timings.prefill_ms},
         {"decode_ms", r.timings.decode_ms},
+        {"time_to_first_token_ms", r.timings.time_to_first_token_ms},
         {"total_ms", r.timings.total_ms}}},
   };
   if (!r.frame_indices.empty()) j["frame_indices"] = r.frame_indices;
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::vector<FlagSpec> EngineFlags() {
+  return {
+      {"kv-cache-bytes", "KV cache budget in bytes (0 = --kv-cache-fraction of the memory limit)", true, false, "0"},
+      {"kv-cache-fraction", "KV cache budget as a fraction of physical (or cgroup) memory", true, false, "0.25"},
+      {"block-size", "positions per KV cache block (prefix-reuse granularity)", true, false, "16"},
+      {"max-num-seqs", "sequences decoding together at most", true, false, "32"},
+      {"max-batched-tokens", "tokens per engine step (decodes first, then prompt chunks)", true, false, "512"},
+      {"max-queued", "requests waiting for KV blocks or a batch slot before RESOURCE_EXHAUSTED", true, false, "64"},
+      {"no-prefix-caching", "do not reuse the KV blocks of identical prompt prefixes", false, false, ""},
+      {"vision-batch-tiles", "tiles of concurrent requests encoded in one vision forward", true, false, "16"},
+      {"vision-batch-wait-ms", "how long a vision encode waits for others to join its batch", true, false, "2"},
+  };
+}
+
+absl::Status EngineOptionsFromArgs(const Args& args, EngineOptions* o) {
+  o->dtype = args.GetOr("dtype", o->dtype);
+  INTERNVL_ASSIGN_OR_RETURN(o->threads, args.GetInt("threads", o->threads));
+  LlmEngineOptions& l = o->llm;
+  INTERNVL_ASSIGN_OR_RETURN(double bytes, args.GetDouble("kv-cache-bytes", static_cast<double>(l.kv_cache_bytes)));
+  if (bytes < 0 || bytes > 9e18) return absl::InvalidArgumentError("--kv-cache-bytes must be >= 0");
+  l.kv_cache_bytes = static_cast<int64_t>(bytes);
+  INTERNVL_ASSIGN_OR_RETURN(l.kv_cache_fraction, args.GetDouble("kv-cache-fraction", l.kv_cache_fraction));
+  INTERNVL_ASSIGN_OR_RETURN(l.block_size, args.GetInt("block-size", l.block_size));
+  INTERNVL_ASSIGN_OR_RETURN(l.max_num_seqs, args.GetInt("max-num-seqs", l.max_num_seqs));
+  INTERNVL_ASSIGN_OR_RETURN(int tokens, args.GetInt("max-batched-tokens", static_cast<int>(l.max_batched_tokens)));
+  l.max_batched_tokens = tokens;
+  INTERNVL_ASSIGN_OR_RETURN(int queued, args.GetInt("max-queued", static_cast<int>(l.max_waiting)));
+  l.max_waiting = queued;
+  l.prefix_caching = !args.Has("no-prefix-caching");
+  INTERNVL_ASSIGN_OR_RETURN(o->vision_batching.max_batch_tiles,
+                            args.GetInt("vision-batch-tiles", o->vision_batching.max_batch_tiles));
+  INTERNVL_ASSIGN_OR_RETURN(int wait_ms, args.GetInt("vision-batch-wait-ms", 2));
+  o->vision_batching.max_wait = absl::Milliseconds(wait_ms);
+  INTERNVL_RETURN_IF_ERROR(o->vision_batching.Validate());
+  return l.Validate();
 }
 
 }  // namespace internvl::cli

@@ -23,4 +23,13 @@ absl::StatusOr<ChatRequest> ChatRequestFromArgs(const Args& args);
 // {"response":..., "token_ids":[...], "prompt_tokens":N, "timings":{...}}
 std::string ChatResultJson(const ChatResult& result);
 
+// The inference engine's flags shared by `internvl chat` and `internvl serve`:
+// --kv-cache-bytes, --kv-cache-fraction, --block-size, --max-num-seqs,
+// --max-batched-tokens, --max-queued, --no-prefix-caching,
+// --vision-batch-tiles, --vision-batch-wait-ms (--dtype and --threads are
+// each command's own).
+std::vector<FlagSpec> EngineFlags();
+// Reads them (and --dtype, --threads) into `options`.
+absl::Status EngineOptionsFromArgs(const Args& args, EngineOptions* options);
+
 }  // namespace internvl::cli

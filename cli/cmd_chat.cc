@@ -26,6 +26,7 @@ std::vector<FlagSpec> Specs() {
       {"help", "show this help", false, false, ""},
   };
   for (auto& f : ChatRequestFlags()) specs.push_back(f);
+  for (auto& f : EngineFlags()) specs.push_back(f);
   return specs;
 }
 
@@ -41,11 +42,13 @@ int Run(const std::vector<std::string>& argv) {
     std::cerr << Args::Usage(kName, kSummary, specs);
     return 2;
   }
+  EngineOptions engine;
+  if (absl::Status s = EngineOptionsFromArgs(*args, &engine); !s.ok()) return ReportError(kName, s);
   PipelineOptions options;
-  options.dtype = args->GetOr("dtype", "bf16");
-  auto threads = args->GetInt("threads", 0);
-  if (!threads.ok()) return ReportError(kName, threads.status());
-  options.threads = *threads;
+  options.dtype = engine.dtype;
+  options.threads = engine.threads;
+  options.llm = engine.llm;
+  options.vision_batching = engine.vision_batching;
   auto pipeline = ChatPipeline::Load(*model, options);
   if (!pipeline.ok()) return ReportError(kName, pipeline.status());
   auto result = (*pipeline)->Chat(*request, [](absl::string_view delta) {

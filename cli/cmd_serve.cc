@@ -1,7 +1,10 @@
 // `internvl serve --all-in-one`: the public InternVL API (gateway.proto) with
-// every stage in this process (EmbeddedStages): no gRPC hops between stages,
-// an in-memory embedding cache unless --redis is given. The embedded default
-// for a single machine; the same API as internvl-gateway.
+// every stage in this process (EmbeddedStages) on one inference engine:
+// concurrent requests decode together (continuous batching, paged KV cache,
+// prefix reuse) and their tiles are encoded in shared vision forwards; no
+// gRPC hops between stages, an in-memory embedding cache unless --redis is
+// given. The embedded default for a single machine; the same API as
+// internvl-gateway.
 #include <iostream>
 #include <optional>
 #include <string>
@@ -10,13 +13,14 @@
 #include "core/hub/hub_download.h"
 #include "absl/strings/str_cat.h"
 #include "cli/args.h"
+#include "cli/chat_flags.h"
 #include "cli/command.h"
-#include "core/chat/llm_engine.h"
 #include "core/chat/prompt_builder.h"
+#include "core/engine/engine.h"
 #include "core/model_path.h"
-#include "core/vision/vision_model.h"
 #include "gateway/chat_service.h"
 #include "gateway/embedded_stages.h"
+#include "services/common/engine_metrics.h"
 #include "services/common/metrics.h"
 #include "services/common/server.h"
 #include "services/vision_encoder/embedder.h"
@@ -31,7 +35,7 @@ constexpr char kName[] = "serve";
 constexpr char kSummary[] = "serve the public gRPC API: --all-in-one runs every stage in this process";
 
 std::vector<FlagSpec> Specs() {
-  return {
+  std::vector<FlagSpec> specs = {
       {"all-in-one", "every stage in this process (required: the split deployment uses the service binaries)", false,
        false, ""},
       {"model", "model directory or Hugging Face id in the local cache", true, false, ""},
@@ -48,6 +52,8 @@ std::vector<FlagSpec> Specs() {
       {"grace-seconds", "after SIGTERM, how long in-flight calls may finish", true, false, "20"},
       {"help", "show this help", false, false, ""},
   };
+  for (auto& f : EngineFlags()) specs.push_back(f);
+  return specs;
 }
 
 int Run(const std::vector<std::string>& argv) {
@@ -66,8 +72,10 @@ int Run(const std::vector<std::string>& argv) {
   if (!model.ok()) return ReportError(kName, model.status());
   auto dir = ::internvl::hub::ResolveOrDownloadModel(*model);
   if (!dir.ok()) return ReportError(kName, dir.status());
-  const std::string dtype = args->GetOr("dtype", "bf16");
-  auto threads = args->GetInt("threads", 0);
+  EngineOptions engine_options;
+  if (absl::Status s = EngineOptionsFromArgs(*args, &engine_options); !s.ok()) return ReportError(kName, s);
+  engine_options.vision_tile_batch = 4;
+  const std::string& dtype = engine_options.dtype;
   auto metrics_port = args->GetInt("metrics-port", 9089);
   auto max_images = args->GetInt("max-images", 16);
   auto max_tiles = args->GetInt("max-tiles", 40);
@@ -75,16 +83,15 @@ int Run(const std::vector<std::string>& argv) {
   auto max_new = args->GetInt("max-new-tokens-limit", 4096);
   auto cache_mb = args->GetInt("memory-cache-mb", 512);
   auto grace = args->GetDouble("grace-seconds", 20);
-  for (const absl::Status& s : {threads.status(), metrics_port.status(), max_images.status(), max_tiles.status(),
+  for (const absl::Status& s : {metrics_port.status(), max_images.status(), max_tiles.status(),
                                 max_segments.status(), max_new.status(), cache_mb.status(), grace.status()})
     if (!s.ok()) return ReportError(kName, s);
 
   auto prompt = PromptBuilder::Load(*dir);
   if (!prompt.ok()) return ReportError(kName, prompt.status());
-  auto vision = VisionModel::Load(*dir, VisionOptions{.dtype = dtype, .tile_batch = 4});
-  if (!vision.ok()) return ReportError(kName, vision.status());
-  auto engine = LlmEngine::Load(*dir, (*prompt)->config(), LlmEngineOptions{.dtype = dtype, .threads = *threads});
+  auto engine = InferenceEngine::Load(*dir, engine_options);
   if (!engine.ok()) return ReportError(kName, engine.status());
+  const VisionModel& vision = *(*engine)->vision_model();
 
   std::unique_ptr<EmbeddingCache> cache;
   if (auto redis_addr = args->Get("redis")) {
@@ -95,27 +102,35 @@ int Run(const std::vector<std::string>& argv) {
     cache = std::make_unique<InMemoryEmbeddingCache>(static_cast<size_t>(*cache_mb) << 20);
   }
   MetricsRegistry registry;
-  Embedder embedder(MakeVisionModelEncoder(vision->get()), cache.get(), &registry);
+  EngineMetrics engine_metrics(&registry, "all_in_one");
+  (*engine)->llm()->SetObserver(&engine_metrics);
+  Embedder embedder(MakeVisionEncoder((*engine)->vision()), cache.get(), &registry);
   gateway::EmbeddedStagesOptions stage_options;
   stage_options.limits.max_images = *max_images;
   stage_options.limits.max_tiles = *max_tiles;
-  stage_options.limits.image_size = ModelImageSize(**vision);
-  stage_options.model_fingerprint = absl::StrCat((*vision)->fingerprint(), ":", dtype);
-  gateway::EmbeddedStages stages(stage_options, &embedder, engine->get(), prompt->get());
+  stage_options.limits.image_size = ModelImageSize(vision);
+  stage_options.model_fingerprint = absl::StrCat(vision.fingerprint(), ":", dtype);
+  gateway::EmbeddedStages stages(stage_options, &embedder, (*engine)->llm(), prompt->get());
 
   gateway::ChatServiceOptions options;
   options.max_images = *max_images;
   options.max_tiles = *max_tiles;
   options.max_segments = *max_segments;
   options.max_new_tokens_limit = *max_new;
-  options.threads = 4;  // the model serialises generation; media work may overlap
+  // Requests in flight through the stages: enough for a full batch to decode
+  // while the next ones are preprocessed and encoded.
+  options.threads = engine_options.llm.max_num_seqs + 8;
+  options.max_queued = static_cast<int>(engine_options.llm.max_waiting);
   gateway::ChatService service(options, prompt->get(), &stages, &registry);
 
   RunOptions run;
   run.grpc.listen = args->GetOr("listen", "0.0.0.0:50050");
   run.metrics_port = *metrics_port;
   run.grace = absl::Seconds(*grace);
-  return RunServer("internvl.v1.InternVL (all-in-one)", run, {&service}, {"internvl.v1.InternVL"}, &registry);
+  const int rc =
+      RunServer("internvl.v1.InternVL (all-in-one)", run, {&service}, {"internvl.v1.InternVL"}, &registry);
+  (*engine)->llm()->SetObserver(nullptr);
+  return rc;
 }
 
 static const bool kRegistered = RegisterCommand({kName, kSummary, &Run});

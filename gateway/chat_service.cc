@@ -33,12 +33,6 @@ std::string NewRequestId() {
   return absl::StrFormat("%08x%08x", rd(), rd());
 }
 
-v1::FinishReason ToProtoFinish(const std::string& name) {
-  if (name == "stop") return v1::FINISH_REASON_STOP;
-  if (name == "length") return v1::FINISH_REASON_LENGTH;
-  return v1::FINISH_REASON_CANCELLED;
-}
-
 // Chat: server streaming.
 class ChatCall : public services::StreamingWriteReactor<v1::ChatResponse> {
  public:
@@ -286,7 +280,8 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
   if (out.stop_token_id) f->set_stop_token_id(*out.stop_token_id);
   f->set_prompt_tokens(static_cast<int>(ids.size()));
   f->set_completion_tokens(static_cast<int>(out.token_ids.size()));
-  f->set_finish_reason(ToProtoFinish(out.finish_reason));
+  f->set_finish_reason(services::ToProto(out.finish_reason));
+  f->set_cached_prompt_tokens(out.cached_prompt_tokens);
   for (int n : media.num_patches) f->add_num_patches(n);
   for (int i : media.frame_indices) f->add_frame_indices(i);
   f->set_cached_images(media.cached_images);
@@ -295,6 +290,7 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
   v1::Timings* t = f->mutable_timings();
   t->set_preprocess_ms(media.preprocess_ms);
   t->set_vision_ms(media.vision_ms);
+  t->set_queue_ms(out.queue_ms);
   t->set_prefill_ms(out.prefill_ms);
   t->set_decode_ms(out.decode_ms);
   t->set_time_to_first_token_ms(ttft_ms);

@@ -30,25 +30,18 @@ ChatResult FromProtoFinal(const v1::ChatFinal& f) {
   r.response = f.response();
   r.token_ids.assign(f.token_ids().begin(), f.token_ids().end());
   if (f.has_stop_token_id()) r.token_ids.push_back(f.stop_token_id());
-  switch (f.finish_reason()) {
-    case v1::FINISH_REASON_STOP:
-      r.finish_reason = "stop";
-      break;
-    case v1::FINISH_REASON_LENGTH:
-      r.finish_reason = "length";
-      break;
-    default:
-      r.finish_reason = "cancelled";
-      break;
-  }
+  r.finish_reason = services::FromProto(f.finish_reason());
   r.prompt_tokens = f.prompt_tokens();
   r.num_patches_list.assign(f.num_patches().begin(), f.num_patches().end());
   for (int n : r.num_patches_list) r.num_tiles += n;
   r.frame_indices.assign(f.frame_indices().begin(), f.frame_indices().end());
   r.timings.preprocess_ms = f.timings().preprocess_ms();
   r.timings.vision_ms = f.timings().vision_ms();
+  r.cached_prompt_tokens = f.cached_prompt_tokens();
+  r.timings.queue_ms = f.timings().queue_ms();
   r.timings.prefill_ms = f.timings().prefill_ms();
   r.timings.decode_ms = f.timings().decode_ms();
+  r.timings.time_to_first_token_ms = f.timings().time_to_first_token_ms();
   r.timings.total_ms = f.timings().total_ms();
   return r;
 }

@@ -106,26 +106,37 @@ absl::StatusOr<MediaEmbeddings> EmbeddedStages::EncodeVideo(const std::string& v
 absl::StatusOr<GenerateOutcome> EmbeddedStages::Generate(const GenerateInput& input, const TokenSink& sink,
                                                          const CallState& call) {
   const auto& stops = prompt_->stop_ids();
-  std::vector<int64_t> ids(input.prompt_ids.begin(), input.prompt_ids.end());
-  static const HostTensor kNone;
-  INTERNVL_ASSIGN_OR_RETURN(
-      LlmGeneration g, engine_->Generate(ids, input.embeddings ? *input.embeddings : kNone, prompt_->img_context_id(),
-                                         stops, input.settings, [&](int id) {
-                                           if (std::find(stops.begin(), stops.end(), id) != stops.end()) return true;
-                                           return sink({id});
-                                         }));
+  EngineRequest request;
+  request.request_id = input.request_id;
+  request.prompt_ids.assign(input.prompt_ids.begin(), input.prompt_ids.end());
+  if (input.embeddings != nullptr) request.image_embeddings = *input.embeddings;
+  request.img_context_id = prompt_->img_context_id();
+  request.stop_ids = stops;
+  request.settings = input.settings;
+  request.deadline = call.deadline;
+  // On the engine's step thread, while this worker waits below.
+  request.on_token = [&](int id) {
+    if (std::find(stops.begin(), stops.end(), id) != stops.end()) return true;
+    return sink({id});
+  };
+  INTERNVL_ASSIGN_OR_RETURN(std::shared_ptr<GenerationHandle> handle, engine_->Submit(std::move(request)));
+  if (call.cancellation != nullptr) call.cancellation->SetCancelHook([handle] { handle->Cancel(); });
+  absl::StatusOr<EngineResult> g = handle->Wait();
+  if (call.cancellation != nullptr) call.cancellation->SetCancelHook(nullptr);
+  if (!g.ok()) return g.status();
   GenerateOutcome out;
-  out.token_ids = g.token_ids;
-  if (g.finish_reason == "stop" && !out.token_ids.empty() &&
+  out.token_ids = g->token_ids;
+  if (g->finish_reason == FinishReason::kStop && !out.token_ids.empty() &&
       std::find(stops.begin(), stops.end(), out.token_ids.back()) != stops.end()) {
     out.stop_token_id = out.token_ids.back();
     out.token_ids.pop_back();
   }
-  out.finish_reason = g.finish_reason;
-  out.prefill_ms = g.prefill_ms;
-  out.decode_ms = g.decode_ms;
-  if (out.finish_reason == "cancelled") return absl::CancelledError("the client cancelled");
-  (void)call;
+  out.finish_reason = g->finish_reason;
+  out.cached_prompt_tokens = g->cached_prompt_tokens;
+  out.queue_ms = g->queue_ms;
+  out.prefill_ms = g->prefill_ms;
+  out.decode_ms = g->decode_ms;
+  if (out.finish_reason == FinishReason::kCancelled) return absl::CancelledError("the client cancelled");
   return out;
 }
 

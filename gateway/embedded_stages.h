@@ -1,13 +1,14 @@
 // ChatStages in this process, for `internvl serve --all-in-one`: core
 // preprocessing, the vision encoder's Embedder (with its cache: in-memory, or
-// Redis when given) and LlmEngine. Same results as the remote stages, minus
-// the gRPC hops.
+// Redis when given; encodes batched by the engine's VisionBatcher) and the
+// engine's LlmEngine (concurrent requests decode together). Same results as
+// the remote stages, minus the gRPC hops.
 #pragma once
 
 #include <string>
 
-#include "core/chat/llm_engine.h"
 #include "core/chat/prompt_builder.h"
+#include "core/engine/llm_engine.h"
 #include "gateway/stages.h"
 #include "services/preprocess/image_tiles.h"
 #include "services/vision_encoder/embedder.h"

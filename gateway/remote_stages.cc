@@ -195,17 +195,9 @@ absl::StatusOr<GenerateOutcome> RemoteStages::Generate(const GenerateInput& inpu
             const auto& f = r.final();
             out.token_ids.assign(f.token_ids().begin(), f.token_ids().end());
             if (f.has_stop_token_id()) out.stop_token_id = f.stop_token_id();
-            switch (f.finish_reason()) {
-              case v1::FINISH_REASON_STOP:
-                out.finish_reason = "stop";
-                break;
-              case v1::FINISH_REASON_LENGTH:
-                out.finish_reason = "length";
-                break;
-              default:
-                out.finish_reason = "cancelled";
-                break;
-            }
+            out.finish_reason = services::FromProto(f.finish_reason());
+            out.cached_prompt_tokens = f.cached_prompt_tokens();
+            out.queue_ms = f.timings().queue_ms();
             out.prefill_ms = f.timings().prefill_ms();
             out.decode_ms = f.timings().decode_ms();
           }

@@ -41,7 +41,9 @@ struct GenerateInput {
 struct GenerateOutcome {
   std::vector<int> token_ids;  // stop token excluded
   std::optional<int> stop_token_id;
-  std::string finish_reason;  // "stop", "length", "cancelled"
+  FinishReason finish_reason = FinishReason::kLength;
+  int cached_prompt_tokens = 0;  // served from the decoder's prefix cache
+  double queue_ms = 0;
   double prefill_ms = 0;
   double decode_ms = 0;
 };

@@ -34,7 +34,7 @@ class ChatParity : public ::testing::TestWithParam<const char*> {
     auto file = SafetensorsFile::Open(dir_ + "/expected.safetensors");
     ASSERT_TRUE(file.ok()) << file.status();
     tensors_ = std::move(*file);
-    auto p = ChatPipeline::Load(dir_, PipelineOptions{.dtype = "fp32", .threads = 2});
+    auto p = ChatPipeline::Load(dir_, PipelineOptions::Of("fp32", 2));
     ASSERT_TRUE(p.ok()) << p.status();
     pipeline_ = std::move(*p);
   }

@@ -94,7 +94,7 @@ class GatewayTest : public ::testing::Test {
       const absl::Status ready = st::WaitForServing(p->target(), name, p->process.get(), kStartTimeout);
       ASSERT_TRUE(ready.ok()) << name << ": " << ready;
     }
-    auto pipeline = ChatPipeline::Load(model, PipelineOptions{.dtype = "fp32", .threads = 1});
+    auto pipeline = ChatPipeline::Load(model, PipelineOptions::Of("fp32", 1));
     ASSERT_TRUE(pipeline.ok()) << pipeline.status();
     pipeline_ = pipeline->release();
   }

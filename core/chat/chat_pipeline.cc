@@ -1,26 +1,19 @@
 #include "core/chat/chat_pipeline.h"
 
-#include <ATen/ATen.h>
-
 #include <chrono>
+#include <cstring>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "core/chat/llm_engine.h"
 #include "core/chat/prompt_builder.h"
 #include "core/host_tensor.h"
-#include "core/llm/causal_lm.h"
-#include "core/llm/generate.h"
 #include "core/hub/hub_download.h"
 #include "core/model_path.h"
-#include "core/nn/torch_util.h"
 #include "core/preprocess/tiling.h"
 #include "core/status.h"
 #include "core/tokenizer/chat_template.h"
 #include "core/tokenizer/streaming_detokenizer.h"
 #include "core/tokenizer/tokenizer.h"
-#include "core/vision/vision_model.h"
-#include "core/vision/vision_model_torch.h"
 #ifdef INTERNVL_HAVE_VIDEO
 #include "core/video/video.h"
 #endif
@@ -36,10 +29,8 @@ static double Ms(Clock::time_point a, Clock::time_point b) {
 struct ChatPipeline::Impl {
   std::string model_dir;
   PipelineOptions options;
-  InternVLConfig config;
   std::unique_ptr<PromptBuilder> prompt;  // tokenizer, template, stop ids, <IMG_CONTEXT>
-  std::unique_ptr<VisionModel> vision;
-  std::unique_ptr<llm::CausalLM> lm;
+  std::unique_ptr<InferenceEngine> engine;
 
   // Media -> normalised pixel values [N,3,S,S] + tiles per image.
   struct Pixels {
@@ -48,38 +39,36 @@ struct ChatPipeline::Impl {
     std::vector<int> frame_indices;
   };
   absl::StatusOr<Pixels> Preprocess(const ChatRequest& request) const;
-  absl::StatusOr<at::Tensor> Embeddings(const std::vector<int64_t>& flat_ids, int64_t batch, int64_t len,
-                                        const Pixels& pixels, ChatTimings& timings) const;
-  llm::SamplingParams Sampling(const GenerationSettings& g) const;
+  EngineRequest Request(std::vector<int> ids, HostTensor embeddings, const GenerationSettings& g) const;
+  void Fill(const EngineResult& r, ChatResult* out) const;
 };
 
 ChatPipeline::ChatPipeline(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ChatPipeline::~ChatPipeline() = default;
-const InternVLConfig& ChatPipeline::config() const { return impl_->config; }
+const InternVLConfig& ChatPipeline::config() const { return impl_->engine->config(); }
 const tokenizer::Tokenizer& ChatPipeline::tokenizer() const { return impl_->prompt->tokenizer(); }
 const std::string& ChatPipeline::model_dir() const { return impl_->model_dir; }
+InferenceEngine& ChatPipeline::engine() { return *impl_->engine; }
 
 absl::StatusOr<std::unique_ptr<ChatPipeline>> ChatPipeline::Load(const std::string& model,
                                                                  const PipelineOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   INTERNVL_ASSIGN_OR_RETURN(impl->model_dir, hub::ResolveOrDownloadModel(model));
-  INTERNVL_ASSIGN_OR_RETURN(impl->config, LoadInternVLConfig(impl->model_dir));
   INTERNVL_ASSIGN_OR_RETURN(impl->prompt, PromptBuilder::Load(impl->model_dir));
-  SetTorchThreads(options.threads);
-  INTERNVL_ASSIGN_OR_RETURN(at::ScalarType requested, ParseComputeDType(options.dtype));
-  INTERNVL_ASSIGN_OR_RETURN(auto store, TensorStore::OpenDir(impl->model_dir));
-  INTERNVL_ASSIGN_OR_RETURN(impl->vision,
-                            VisionModel::Load(impl->config, *store,
-                                              VisionOptions{.dtype = options.dtype, .tile_batch = options.vision_tile_batch}));
-  INTERNVL_ASSIGN_OR_RETURN(impl->lm,
-                            llm::CausalLM::Load(impl->config.llm, *store, llm::Precision::ForRequested(requested)));
+  EngineOptions eo;
+  eo.dtype = options.dtype;
+  eo.threads = options.threads;
+  eo.vision_tile_batch = options.vision_tile_batch;
+  eo.vision_batching = options.vision_batching;
+  eo.llm = options.llm;
+  INTERNVL_ASSIGN_OR_RETURN(impl->engine, InferenceEngine::Load(impl->model_dir, eo));
   return std::unique_ptr<ChatPipeline>(new ChatPipeline(std::move(impl)));
 }
 
 absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const ChatRequest& request) const {
   Pixels out;
-  const int S = config.image_size();
+  const int S = engine->config().image_size();
   std::vector<preprocess::Tiles> all;
   if (request.video) {
 #ifdef INTERNVL_HAVE_VIDEO
@@ -108,13 +97,13 @@ absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const 
     preprocess::TilingOptions tiling;
     tiling.max_num = request.max_num;
     tiling.image_size = S;
-    tiling.use_thumbnail = config.use_thumbnail;
+    tiling.use_thumbnail = engine->config().use_thumbnail;
     INTERNVL_RETURN_IF_ERROR(preprocess::ValidateTilingOptions(tiling));
     for (size_t i = 0; i < request.images.size(); ++i) {
       const std::string& bytes = request.images[i];
       if (static_cast<int64_t>(bytes.size()) > options.max_image_bytes)
-        return absl::ResourceExhaustedError(absl::StrCat("image ", i + 1, " is ", bytes.size(),
-                                                         " bytes, over the limit of ", options.max_image_bytes));
+        return absl::ResourceExhaustedError(
+            absl::StrCat("image ", i + 1, " is ", bytes.size(), " bytes, over the limit of ", options.max_image_bytes));
       auto tiles = preprocess::LoadImageTiles(bytes, tiling);
       if (!tiles.ok()) return Annotate(tiles.status(), absl::StrCat("image ", i + 1));
       all.push_back(std::move(*tiles));
@@ -122,6 +111,7 @@ absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const 
   }
   int64_t n = 0;
   for (const auto& t : all) n += t.count;
+  if (n == 0) return out;
   out.values = HostTensor(DType::kF32, {n, 3, S, S});
   float* dst = out.values.data<float>();
   for (const auto& t : all) {
@@ -137,41 +127,26 @@ absl::StatusOr<std::string> ChatPipeline::BuildQuery(const ChatRequest& request,
   return impl_->prompt->BuildQuery(request, num_patches_list);
 }
 
-llm::SamplingParams ChatPipeline::Impl::Sampling(const GenerationSettings& g) const {
-  llm::SamplingParams p;
-  p.do_sample = g.do_sample;
-  p.temperature = g.temperature;
-  p.top_p = g.top_p;
-  p.top_k = g.top_k;
-  p.repetition_penalty = g.repetition_penalty;
-  p.seed = g.seed;
-  return p;
+EngineRequest ChatPipeline::Impl::Request(std::vector<int> ids, HostTensor embeddings,
+                                          const GenerationSettings& g) const {
+  EngineRequest r;
+  r.prompt_ids.assign(ids.begin(), ids.end());
+  r.image_embeddings = std::move(embeddings);
+  r.img_context_id = prompt->img_context_id();
+  r.stop_ids = prompt->stop_ids();
+  r.settings = g;
+  return r;
 }
 
-absl::StatusOr<at::Tensor> ChatPipeline::Impl::Embeddings(const std::vector<int64_t>& flat_ids, int64_t batch,
-                                                          int64_t len, const Pixels& pixels,
-                                                          ChatTimings& timings) const {
-  at::Tensor ids = at::from_blob(const_cast<int64_t*>(flat_ids.data()), {batch, len}, at::kLong).clone();
-  INTERNVL_ASSIGN_OR_RETURN(at::Tensor embeds, lm->Embed(ids));
-  if (pixels.values.empty()) return embeds;
-  const auto t0 = Clock::now();
-  INTERNVL_ASSIGN_OR_RETURN(at::Tensor vit, ExtractFeature(*vision, HostToTensor(pixels.values)));
-  timings.vision_ms = Ms(t0, Clock::now());
-  INTERNVL_ASSIGN_OR_RETURN(vit, TorchGuard("casting image embeddings", [&] { return vit.to(lm->dtype()); }));
-  return llm::ScatterImageEmbeddings(embeds, ids, prompt->img_context_id(), vit);
+void ChatPipeline::Impl::Fill(const EngineResult& g, ChatResult* r) const {
+  r->token_ids = g.token_ids;
+  r->finish_reason = g.finish_reason;
+  r->response = prompt->Response(r->token_ids);
+  r->cached_prompt_tokens = g.cached_prompt_tokens;
+  r->timings.queue_ms = g.queue_ms;
+  r->timings.prefill_ms = g.prefill_ms;
+  r->timings.decode_ms = g.decode_ms;
 }
-
-namespace {
-const char* FinishName(llm::FinishReason r) {
-  switch (r) {
-    case llm::FinishReason::kStop: return "stop";
-    case llm::FinishReason::kLength: return "length";
-    case llm::FinishReason::kCancelled: return "cancelled";
-  }
-  return "?";
-}
-
-}  // namespace
 
 absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const TextCallback& on_text) {
   auto& im = *impl_;
@@ -184,35 +159,31 @@ absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const 
   result.num_patches_list = pixels.num_patches_list;
   result.frame_indices = pixels.frame_indices;
   result.num_tiles = static_cast<int>(pixels.values.empty() ? 0 : pixels.values.shape[0]);
-  INTERNVL_ASSIGN_OR_RETURN(std::string query, BuildQuery(request, pixels.num_patches_list));
-  INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids32, im.prompt->tokenizer().Encode(query));
-  std::vector<int64_t> ids(ids32.begin(), ids32.end());
+  INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids, im.prompt->PromptIds(request, pixels.num_patches_list));
   result.prompt_tokens = static_cast<int>(ids.size());
-  at::InferenceMode guard;
-  INTERNVL_ASSIGN_OR_RETURN(at::Tensor embeds,
-                            im.Embeddings(ids, 1, static_cast<int64_t>(ids.size()), pixels, result.timings));
+  HostTensor embeddings;
+  if (!pixels.values.empty()) {
+    const auto t0 = Clock::now();
+    INTERNVL_ASSIGN_OR_RETURN(embeddings, im.engine->vision()->ExtractFeature(pixels.values));
+    result.timings.vision_ms = Ms(t0, Clock::now());
+  }
+  EngineRequest er = im.Request(std::move(ids), std::move(embeddings), request.generation);
   tokenizer::StreamingDetokenizer detok(&im.prompt->tokenizer(), /*skip_special_tokens=*/true);
-  llm::GenerationOptions gen;
-  gen.max_new_tokens = request.generation.max_new_tokens;
-  gen.stop_ids = im.prompt->stop_ids();
-  gen.sampling = im.Sampling(request.generation);
-  gen.penalty_context = {ids};
   if (on_text) {
-    gen.on_token = [&](int id) {
+    // Runs on the engine's step thread while this one waits.
+    er.on_token = [&](int id) {
       std::string delta = detok.Put(id);
       return delta.empty() ? true : on_text(delta);
     };
   }
-  INTERNVL_ASSIGN_OR_RETURN(llm::GenerateResult gr, llm::Generate(*im.lm, embeds, gen));
+  const auto t_llm = Clock::now();
+  INTERNVL_ASSIGN_OR_RETURN(EngineResult g, im.engine->llm()->Generate(std::move(er)));
   if (on_text) {
     std::string tail = detok.Flush();
     if (!tail.empty()) on_text(tail);
   }
-  result.token_ids.assign(gr.tokens[0].begin(), gr.tokens[0].end());
-  result.finish_reason = FinishName(gr.finish[0]);
-  result.response = im.prompt->Response(result.token_ids);
-  result.timings.prefill_ms = gr.prefill_seconds * 1e3;
-  result.timings.decode_ms = gr.decode_seconds * 1e3;
+  im.Fill(g, &result);
+  result.timings.time_to_first_token_ms = Ms(t_start, t_llm) + g.time_to_first_token_ms;
   result.timings.total_ms = Ms(t_start, Clock::now());
   return result;
 }
@@ -221,10 +192,6 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
   auto& im = *impl_;
   if (requests.empty()) return std::vector<ChatResult>{};
   const auto t_start = Clock::now();
-  std::vector<std::vector<int64_t>> rows;
-  ChatRequest media;  // all images, in question order
-  std::vector<std::vector<int>> patches_per_row;
-  Impl::Pixels pixels;
   for (const auto& r : requests) {
     if (r.question.empty()) return absl::InvalidArgumentError("a question is empty");
     if (r.video) return absl::InvalidArgumentError("batch chat takes images, not videos");
@@ -232,63 +199,45 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
     if (!r.history.empty()) return absl::InvalidArgumentError("batch chat takes no history");
     INTERNVL_RETURN_IF_ERROR(ValidateGenerationSettings(r.generation));
   }
-  for (const auto& r : requests) {
-    ChatRequest one = r;
-    INTERNVL_ASSIGN_OR_RETURN(Impl::Pixels p, im.Preprocess(one));
+  std::vector<ChatResult> out(requests.size());
+  std::vector<std::vector<int>> rows;
+  std::vector<Impl::Pixels> pixels;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const ChatRequest& r = requests[i];
+    INTERNVL_ASSIGN_OR_RETURN(Impl::Pixels p, im.Preprocess(r));
     INTERNVL_ASSIGN_OR_RETURN(std::string question, im.prompt->Question(r, p.num_patches_list.size(), /*batch=*/true));
     std::string prompt = tokenizer::RenderPrompt(im.prompt->chat_template(), im.prompt->system_message(), {}, question);
-    INTERNVL_ASSIGN_OR_RETURN(std::string query,
-                              tokenizer::ExpandImageTokens(prompt, p.num_patches_list, im.config.num_image_token()));
+    INTERNVL_ASSIGN_OR_RETURN(std::string query, tokenizer::ExpandImageTokens(prompt, p.num_patches_list,
+                                                                              im.engine->config().num_image_token()));
     INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids, im.prompt->tokenizer().Encode(query));
-    rows.emplace_back(ids.begin(), ids.end());
-    patches_per_row.push_back(p.num_patches_list);
-    // Concatenate pixel values in row order (batch_chat's torch.cat).
-    if (!p.values.empty()) {
-      if (pixels.values.empty()) {  // nothing accumulated yet
-        pixels.values = std::move(p.values);
-      } else {
-        pixels.values.shape[0] += p.values.shape[0];
-        pixels.values.bytes.insert(pixels.values.bytes.end(), p.values.bytes.begin(), p.values.bytes.end());
-      }
-      for (int n : p.num_patches_list) pixels.num_patches_list.push_back(n);
-    }
+    out[i].prompt_tokens = static_cast<int>(ids.size());
+    out[i].num_patches_list = p.num_patches_list;
+    out[i].num_tiles = static_cast<int>(p.values.empty() ? 0 : p.values.shape[0]);
+    rows.push_back(std::move(ids));
+    pixels.push_back(std::move(p));
   }
   const double preprocess_ms = Ms(t_start, Clock::now());
-  // Left padding (tokenizer.padding_side = 'left').
-  size_t len = 0;
-  for (const auto& r : rows) len = std::max(len, r.size());
-  const int64_t pad = im.prompt->tokenizer().pad_token_id().value_or(im.prompt->tokenizer().eos_token_id().value_or(0));
-  const int64_t B = static_cast<int64_t>(rows.size());
-  std::vector<int64_t> flat(B * len, pad), mask(B * len, 0);
-  for (int64_t b = 0; b < B; ++b) {
-    const size_t off = len - rows[b].size();
-    for (size_t j = 0; j < rows[b].size(); ++j) {
-      flat[b * len + off + j] = rows[b][j];
-      mask[b * len + off + j] = 1;
+  // The vision encoder batches the rows' tiles (they arrive together).
+  std::vector<std::shared_ptr<GenerationHandle>> handles;
+  double vision_ms = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    HostTensor embeddings;
+    if (!pixels[i].values.empty()) {
+      const auto t0 = Clock::now();
+      INTERNVL_ASSIGN_OR_RETURN(embeddings, im.engine->vision()->ExtractFeature(pixels[i].values));
+      vision_ms += Ms(t0, Clock::now());
     }
+    INTERNVL_ASSIGN_OR_RETURN(auto h, im.engine->llm()->Submit(im.Request(std::move(rows[i]), std::move(embeddings),
+                                                                          requests[i].generation)));
+    handles.push_back(std::move(h));
   }
-  at::InferenceMode guard;
-  ChatTimings timings;
-  INTERNVL_ASSIGN_OR_RETURN(at::Tensor embeds, im.Embeddings(flat, B, static_cast<int64_t>(len), pixels, timings));
-  at::Tensor attention_mask = at::from_blob(mask.data(), {B, static_cast<int64_t>(len)}, at::kLong).clone();
-  llm::GenerationOptions gen;
-  gen.max_new_tokens = requests[0].generation.max_new_tokens;
-  gen.stop_ids = im.prompt->stop_ids();
-  gen.sampling = im.Sampling(requests[0].generation);
-  gen.penalty_context = rows;
-  INTERNVL_ASSIGN_OR_RETURN(llm::GenerateResult gr, llm::Generate(*im.lm, embeds, gen, attention_mask));
-  std::vector<ChatResult> out(B);
-  for (int64_t b = 0; b < B; ++b) {
-    ChatResult& r = out[b];
-    r.token_ids.assign(gr.tokens[b].begin(), gr.tokens[b].end());
-    r.finish_reason = FinishName(gr.finish[b]);
-    r.response = im.prompt->Response(r.token_ids);
-    r.prompt_tokens = static_cast<int>(rows[b].size());
-    r.num_patches_list = patches_per_row[b];
-    r.timings = timings;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    INTERNVL_ASSIGN_OR_RETURN(EngineResult g, handles[i]->Wait());
+    ChatResult& r = out[i];
+    im.Fill(g, &r);
     r.timings.preprocess_ms = preprocess_ms;
-    r.timings.prefill_ms = gr.prefill_seconds * 1e3;
-    r.timings.decode_ms = gr.decode_seconds * 1e3;
+    r.timings.vision_ms = vision_ms;
+    r.timings.time_to_first_token_ms = preprocess_ms + vision_ms + g.time_to_first_token_ms;
     r.timings.total_ms = Ms(t_start, Clock::now());
   }
   return out;

@@ -1,7 +1,10 @@
 // The whole InternVL model in one process: the official chat(),
-// batch_chat() and the video chat of the model card. Preprocess (decode,
-// dynamic tiling) -> vision encoder (extract_feature) -> template and
-// tokenizer -> LLM (prefill, KV cache, streamed decode) -> response.
+// batch_chat() and the video chat of the model card, as a thin client of the
+// inference engine (core/engine/engine.h). Preprocess (decode, dynamic
+// tiling) -> vision encoder (batched with concurrent calls) -> template and
+// tokenizer -> the LLM engine (continuous batching, paged KV cache, prefix
+// reuse) -> response. Chat() may be called from several threads at once:
+// their generations decode together in the engine.
 // Torch-free header (pimpl), so the CLI and services include it cheaply.
 #pragma once
 
@@ -15,6 +18,7 @@
 #include "absl/strings/string_view.h"
 #include "core/chat/chat_types.h"
 #include "core/config.h"
+#include "core/engine/engine.h"
 
 namespace internvl {
 
@@ -29,6 +33,16 @@ struct PipelineOptions {
   int64_t max_image_bytes = 64ll << 20;
   int max_images = 16;
   int64_t max_video_bytes = 512ll << 20;
+  // The LLM engine: KV budget, batching (its dtype/threads come from above).
+  LlmEngineOptions llm;
+  VisionBatcherOptions vision_batching;
+
+  static PipelineOptions Of(std::string dtype, int threads) {
+    PipelineOptions o;
+    o.dtype = std::move(dtype);
+    o.threads = threads;
+    return o;
+  }
 };
 
 // Receives streamed text deltas; return false to cancel generation.
@@ -45,7 +59,9 @@ class ChatPipeline {
   // are generated.
   absl::StatusOr<ChatResult> Chat(const ChatRequest& request, const TextCallback& on_text = nullptr);
 
-  // batch_chat(): one image (or none) per question, left-padded batch.
+  // batch_chat(): one image (or none) per question. The questions decode
+  // together in the engine, each as its own sequence (what the reference's
+  // left-padded batch computes: positions cumsum(mask) - 1, pads masked).
   absl::StatusOr<std::vector<ChatResult>> BatchChat(const std::vector<ChatRequest>& requests);
 
   // The rendered, image-expanded prompt chat() would tokenize.
@@ -54,6 +70,7 @@ class ChatPipeline {
   const InternVLConfig& config() const;
   const tokenizer::Tokenizer& tokenizer() const;
   const std::string& model_dir() const;
+  InferenceEngine& engine();
 
   struct Impl;
 

@@ -74,8 +74,9 @@ struct ChatTimings {
 struct ChatResult {
   std::string response;        // decoded (skip special), cut at the separator, stripped
   std::vector<int> token_ids;  // generated ids (the stop id included when produced)
-  std::string finish_reason;   // "stop", "length" or "cancelled"
+  FinishReason finish_reason = FinishReason::kLength;
   int prompt_tokens = 0;
+  int cached_prompt_tokens = 0;  // prompt tokens whose K/V came from the prefix cache
   int num_tiles = 0;
   std::vector<int> num_patches_list;
   std::vector<int> frame_indices;  // video only

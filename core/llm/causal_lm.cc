@@ -203,12 +203,7 @@ absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
   return TorchGuard("embedding tokens", [&] { return module_->model->embed->forward(ids).to(dtype_); });
 }
 
-absl::StatusOr<std::unique_ptr<KVCache>> CausalLM::NewCache(int64_t batch, int64_t max_len) const {
-  return KVCache::Create(config_, batch, max_len, dtype_);
-}
-
-absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, KVCache* cache,
-                                             const ForwardOptions& options) {
+absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, const ForwardOptions& options) {
   if (!inputs_embeds.defined() || inputs_embeds.dim() != 3 || inputs_embeds.size(2) != config_.hidden_size ||
       inputs_embeds.size(1) == 0) {
     return absl::InvalidArgumentError(
@@ -221,61 +216,35 @@ absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, KV
     return absl::InvalidArgumentError(
         absl::StrCat("LLM forward: attention_mask must be [", b, ", ", t, "], got ", Shape(mask)));
   }
-  if (cache != nullptr) {
-    if (cache->batch() != b) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("LLM forward: cache has ", cache->batch(), " rows, inputs ", b));
-    }
-    if (cache->num_layers() != config_.num_hidden_layers || cache->dtype() != dtype_) {
-      return absl::InvalidArgumentError("LLM forward: cache was made for another model or dtype");
-    }
-    if (cache->remaining() < t) {
-      return absl::ResourceExhaustedError(absl::StrCat("LLM forward: KV cache full (", cache->length(), " of ",
-                                                       cache->max_len(), " slots used, ", t, " more needed)"));
-    }
-  }
   return TorchGuard("LLM forward", [&]() -> at::Tensor {
-    const int64_t past = cache != nullptr ? cache->length() : 0;
-    const int64_t len = past + t;
     const auto long_opts = at::TensorOptions().dtype(at::kLong);
-    // Real tokens before this pass, per row ([B, 1]).
-    at::Tensor before = cache != nullptr ? at::tensor(cache->real_tokens(), long_opts).unsqueeze(1)
-                                         : at::zeros({b, 1}, long_opts);
     // Position ids as HF generate builds them for batch_chat: cumsum(mask) - 1,
     // pads set to 1 (prepare_inputs_for_generation).
-    at::Tensor positions, new_valid;
-    bool new_padding = false;
+    at::Tensor positions, valid;
+    bool padding = false;
     if (mask.defined()) {
-      new_valid = mask.ne(0);
-      new_padding = !new_valid.all().item<bool>();
-      positions = (new_valid.to(at::kLong).cumsum(1) - 1 + before).masked_fill(new_valid.logical_not(), 1);
+      valid = mask.ne(0);
+      padding = !valid.all().item<bool>();
+      positions = (valid.to(at::kLong).cumsum(1) - 1).masked_fill(valid.logical_not(), 1);
     } else {
-      positions = at::arange(t, long_opts).unsqueeze(0) + before;
+      positions = at::arange(t, long_opts).unsqueeze(0).expand({b, t});
     }
     at::Tensor cos, sin;
     {
       std::lock_guard<std::mutex> lock(rope_mu_);
-      rope_.Observe(len);
+      rope_.Observe(t);
       std::tie(cos, sin) = rope_.Tables(positions, dtype_);
     }
-    if (cache != nullptr) cache->Advance(t, mask);
-
     LayerContext ctx;
     ctx.cos = cos;
     ctx.sin = sin;
-    ctx.cache = cache;
-    ctx.past = past;
-    const bool padded_keys = cache != nullptr ? cache->has_padding() : new_padding;
-    if (t > 1 || padded_keys) {
+    if (t > 1 || padding) {
       // masked[b, i, j] = key j is in query i's future, or key j is padding.
-      at::Tensor key_pos = at::arange(len, long_opts).view({1, 1, len});
-      at::Tensor query_pos = (at::arange(t, long_opts) + past).view({1, t, 1});
-      at::Tensor masked = key_pos > query_pos;  // [1, T, L]
-      if (padded_keys) {
-        at::Tensor key_valid = cache != nullptr ? cache->slot_valid().narrow(1, 0, len) : new_valid;
-        masked = masked.logical_or(key_valid.logical_not().unsqueeze(1));  // [B, T, L]
-      }
-      ctx.masked = masked.unsqueeze(1).unsqueeze(1);  // [B|1, 1, 1, T, L]
+      at::Tensor key_pos = at::arange(t, long_opts).view({1, 1, t});
+      at::Tensor query_pos = at::arange(t, long_opts).view({1, t, 1});
+      at::Tensor masked = key_pos > query_pos;  // [1, T, T]
+      if (padding) masked = masked.logical_or(valid.logical_not().unsqueeze(1));  // [B, T, T]
+      ctx.masked = masked.unsqueeze(1).unsqueeze(1);  // [B|1, 1, 1, T, T]
     }
     at::Tensor hidden = module_->model->forward(inputs_embeds.to(dtype_), ctx);
     switch (options.logits) {

@@ -2,12 +2,10 @@
 // LLaMA/Yi) built from LlmConfig, loaded from the checkpoint's
 // `language_model.*` tensors, run in fp32 or bf16 on CPU with libtorch.
 //
-// Typical use (chat):
-//   INTERNVL_ASSIGN_OR_RETURN(auto lm, CausalLM::Load(cfg.llm, *store, at::kBFloat16));
-//   at::InferenceMode guard;
-//   INTERNVL_ASSIGN_OR_RETURN(at::Tensor emb, lm->Embed(input_ids));           // [B,T,H]
-//   INTERNVL_ASSIGN_OR_RETURN(emb, ScatterImageEmbeddings(emb, input_ids, img_context_id, vit_embeds));
-//   INTERNVL_ASSIGN_OR_RETURN(GenerateResult r, Generate(*lm, emb, options));  // generate.h
+// Two ways to run it: Forward, a full pass over given tokens (training,
+// reference logits; differentiable), and ForwardPaged, one batched step of
+// the serving engine over the paged KV pool (core/engine/llm_engine.h runs
+// the generation loop on it).
 //
 // Every public entry point returns absl::Status(Or); libtorch exceptions are
 // caught here (TorchGuard). Forward is differentiable under grad mode (the
@@ -23,7 +21,6 @@
 
 #include "absl/status/statusor.h"
 #include "core/config.h"
-#include "core/llm/kv_cache.h"
 #include "core/llm/modules.h"
 #include "core/llm/paged_kv.h"
 #include "core/safetensors.h"
@@ -138,19 +135,13 @@ class CausalLM {
   // OUT_OF_RANGE-like INTERNAL error for ids outside the vocabulary.
   absl::StatusOr<at::Tensor> Embed(const at::Tensor& ids) const;
 
-  // A cache for `batch` rows and up to `max_len` positions, in this model's
-  // dtype and shapes.
-  absl::StatusOr<std::unique_ptr<KVCache>> NewCache(int64_t batch, int64_t max_len) const;
-
-  // Runs the decoder on `inputs_embeds` [B, T, H] (any float dtype; cast to the
-  // compute dtype). With a cache, attends over the cached slots plus these
-  // tokens and appends their K/V (prefill: T = prompt length; decode: T = 1);
-  // RESOURCE_EXHAUSTED when the cache lacks room, INVALID_ARGUMENT on shape
-  // mismatches. Without a cache it is a plain full forward (use_cache=False).
-  // Returns fp32 logits (see LogitsMode; HF casts logits to float) or hidden
-  // states. Not thread-safe (the dynamic-NTK rope state; see RotaryEmbedding).
-  absl::StatusOr<at::Tensor> Forward(const at::Tensor& inputs_embeds, KVCache* cache,
-                                     const ForwardOptions& options = {});
+  // Runs the decoder on `inputs_embeds` [B, T, H] (any float dtype; cast to
+  // the compute dtype): a full forward (use_cache=False), causal, with
+  // options.attention_mask's left padding. Returns fp32 logits (see
+  // LogitsMode; HF casts logits to float) or hidden states. INVALID_ARGUMENT
+  // on shape mismatches. Not thread-safe (the model's own dynamic-NTK rope
+  // state, which persists across calls as in the reference process).
+  absl::StatusOr<at::Tensor> Forward(const at::Tensor& inputs_embeds, const ForwardOptions& options = {});
 
   // A fresh rotary state for one sequence: the serving engine keeps one per
   // sequence, so dynamic-NTK scaling is per sequence, as in a fresh process.

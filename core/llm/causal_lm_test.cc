@@ -4,7 +4,6 @@
 
 #include <cmath>
 
-#include "core/llm/generate.h"
 #include "gtest/gtest.h"
 
 namespace internvl::llm {
@@ -53,33 +52,10 @@ TEST(InternLM2, FusedWqkvIsGroupedPerKvHead) {
     t->post_attention_layernorm->weight.copy_(s->ffn_norm->weight);
   }
   const at::Tensor x = at::randn({1, 7, 32});
-  auto a = (*internlm)->Forward(x, nullptr);
-  auto b = (*llama)->Forward(x, nullptr);
+  auto a = (*internlm)->Forward(x);
+  auto b = (*llama)->Forward(x);
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_LT((*a - *b).abs().max().item<float>(), 1e-5);
-}
-
-TEST(CausalLM, CachedDecodeMatchesFullForward) {
-  at::InferenceMode guard;
-  auto lm = CausalLM::CreateRandom(TinyConfig(LlmArch::kQwen2), at::kFloat, 3, 0.2);
-  ASSERT_TRUE(lm.ok());
-  const at::Tensor x = at::randn({1, 9, 32});
-  ForwardOptions all;
-  all.logits = LogitsMode::kAll;
-  auto full = (*lm)->Forward(x, nullptr, all);
-  ASSERT_TRUE(full.ok());
-  auto cache = (*lm)->NewCache(1, 9);
-  ASSERT_TRUE(cache.ok());
-  auto prefill = (*lm)->Forward(x.narrow(1, 0, 5), cache->get());
-  ASSERT_TRUE(prefill.ok());
-  EXPECT_LT((*prefill - full->select(1, 4)).abs().max().item<float>(), 1e-5);
-  for (int t = 5; t < 9; ++t) {
-    auto step = (*lm)->Forward(x.narrow(1, t, 1), cache->get());
-    ASSERT_TRUE(step.ok());
-    EXPECT_LT((*step - full->select(1, t)).abs().max().item<float>(), 1e-5) << "position " << t;
-  }
-  // The cache is full now: no silent growth.
-  EXPECT_EQ((*lm)->Forward(x.narrow(1, 0, 1), cache->get()).status().code(), absl::StatusCode::kResourceExhausted);
 }
 
 TEST(CausalLM, FallsBackToSeparateProjectionsWhenFusedStorageIsReplaced) {
@@ -94,12 +70,12 @@ TEST(CausalLM, FallsBackToSeparateProjectionsWhenFusedStorageIsReplaced) {
   at::Tensor fast;
   {
     at::InferenceMode guard;
-    auto r = (*lm)->Forward(x, nullptr);
+    auto r = (*lm)->Forward(x);
     ASSERT_TRUE(r.ok()) << r.status();
     fast = r->clone();
   }
   // Grad mode always uses the per-key parameters, and is differentiable.
-  auto slow = (*lm)->Forward(x, nullptr);
+  auto slow = (*lm)->Forward(x);
   ASSERT_TRUE(slow.ok()) << slow.status();
   slow->sum().backward();
   EXPECT_TRUE(layer->self_attn->q_proj->weight.grad().defined());
@@ -137,21 +113,22 @@ TEST(CausalLM, Bf16WeightsComputedInFp32MatchFp32ModelOfTheSameValues) {
     auto emb = (*mixed)->Embed(ids);
     ASSERT_TRUE(emb.ok());
     EXPECT_EQ(emb->scalar_type(), at::kFloat);
-    auto cache_m = (*mixed)->NewCache(1, 9);
-    auto cache_f = (*full)->NewCache(1, 9);
-    ASSERT_TRUE(cache_m.ok() && cache_f.ok());
-    const at::Tensor x = at::randn({1, 9, 32});
+    auto pool_m = (*mixed)->NewPagedPool(4, 4);
+    auto pool_f = (*full)->NewPagedPool(4, 4);
+    ASSERT_TRUE(pool_m.ok() && pool_f.ok());
+    RotaryEmbedding rope_m = (*mixed)->NewRotary(), rope_f = (*full)->NewRotary();
+    const at::Tensor x = at::randn({9, 32});
+    // A 6-token prefill (at::linear), then 1-token decode steps (FastLinear).
     for (auto [begin, len] : {std::pair{0, 6}, {6, 1}, {7, 1}, {8, 1}}) {
-      auto a = (*mixed)->Forward(x.narrow(1, begin, len), cache_m->get());
-      auto b = (*full)->Forward(x.narrow(1, begin, len), cache_f->get());
+      const PagedSeq seq{begin, len, {0, 1, 2}, true};
+      auto a = (*mixed)->ForwardPaged(x.narrow(0, begin, len), {seq}, {&rope_m}, **pool_m);
+      auto b = (*full)->ForwardPaged(x.narrow(0, begin, len), {seq}, {&rope_f}, **pool_f);
       ASSERT_TRUE(a.ok() && b.ok());
       EXPECT_LT((*a - *b).abs().max().item<float>(), 1e-5) << "position " << begin;
     }
   }
 }
 
-// Decoding's one-pass RMSNorm (few rows, inference) equals the op chain the
-// trainer differentiates.
 TEST(RMSNorm, InferenceLoopMatchesOps) {
   RMSNorm norm(96, 1e-6, at::kFloat);
   {
@@ -189,31 +166,6 @@ TEST(ScatterImageEmbeddings, ReplacesContextRowsInOrderAndRejectsCountMismatch) 
   EXPECT_TRUE(at::equal(out->select(1, 0), at::zeros({1, 4})));
   EXPECT_EQ(ScatterImageEmbeddings(text, ids, 9, vit.narrow(1, 0, 2)).status().code(),
             absl::StatusCode::kInvalidArgument);
-}
-
-TEST(Generate, StopsAtStopIdKeepsItAndHonoursCancel) {
-  auto lm = CausalLM::CreateRandom(TinyConfig(LlmArch::kLlama), at::kFloat, 5, 0.2);
-  ASSERT_TRUE(lm.ok());
-  const at::Tensor x = at::randn({1, 4, 32});
-  GenerationOptions o;
-  o.max_new_tokens = 6;
-  auto free_run = Generate(**lm, x, o);
-  ASSERT_TRUE(free_run.ok());
-  ASSERT_EQ(free_run->tokens[0].size(), 6u);
-  EXPECT_EQ(free_run->finish[0], FinishReason::kLength);
-  o.stop_ids = {free_run->tokens[0][2]};
-  auto stopped = Generate(**lm, x, o);
-  ASSERT_TRUE(stopped.ok());
-  EXPECT_EQ(stopped->finish[0], FinishReason::kStop);
-  EXPECT_EQ(stopped->tokens[0].back(), free_run->tokens[0][2]);
-  EXPECT_LE(stopped->tokens[0].size(), 3u);
-  o.stop_ids.clear();
-  int seen = 0;
-  o.on_token = [&](int) { return ++seen < 2; };
-  auto cancelled = Generate(**lm, x, o);
-  ASSERT_TRUE(cancelled.ok());
-  EXPECT_EQ(cancelled->finish[0], FinishReason::kCancelled);
-  EXPECT_EQ(cancelled->tokens[0].size(), 2u);
 }
 
 }  // namespace

@@ -185,96 +185,6 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   return dtype == at::kFloat ? y : y.to(dtype);
 }
 
-at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values) {
-  if (!g_fast_linear.load(std::memory_order_relaxed) || at::GradMode::is_enabled()) return {};
-  if (!q.defined() || !keys.defined() || !values.defined() || q.dim() != 4 || keys.dim() != 4 || values.dim() != 4) {
-    return {};
-  }
-  for (const at::Tensor* t : {&q, &keys, &values}) {
-    if (t->scalar_type() != at::kFloat || !t->device().is_cpu()) return {};
-  }
-  const int64_t batch = q.size(0), heads = q.size(2), dim = q.size(3);
-  const int64_t kv_heads = keys.size(1), len = keys.size(2);
-  if (q.size(1) != 1 || kv_heads == 0 || heads % kv_heads != 0 || len == 0 || keys.size(0) != batch ||
-      keys.size(3) != dim || values.sizes() != keys.sizes()) {
-    return {};
-  }
-  // Rows of `dim` contiguous floats, one after the other, per (batch, kv head).
-  for (const at::Tensor* t : {&keys, &values}) {
-    if (t->stride(3) != 1 || t->stride(2) != dim) return {};
-  }
-  const int64_t groups = heads / kv_heads;
-  const at::Tensor qc = q.contiguous();
-  const bool avx2 = gemv::CpuHasAvx2Fma() && dim % 8 == 0;
-  const float scale = static_cast<float>(std::sqrt(static_cast<double>(dim)));
-  const int threads = at::get_num_threads();
-  const float* qp = qc.data_ptr<float>();
-  const float* kp = keys.data_ptr<float>();
-  const float* vp = values.data_ptr<float>();
-  // Split-softmax ("flash decoding"): one chunk per (row, kv head, segment
-  // of keys) runs the group's query heads over its segment: all their scores
-  // (the segment's 32 KB of keys stay in L1/L2), softmax pieces, then all
-  // their weighted values (the values likewise). The cache is read from
-  // memory once, and long contexts give every thread work. Segments are then
-  // combined with their maxima. No libtorch op in between: a parallel one
-  // wakes libtorch's OpenMP threads, whose spinning then competes with these
-  // for the cores.
-  // 32 KB of keys per segment (128 keys at d = 64): measured 5.0 ms per token
-  // for 24 layers x 2500 keys, against 5.4 (16 KB), 6.8 (8 KB), 5.6 (64 KB).
-  const int64_t segment = std::max<int64_t>(16, (int64_t{32} << 10) / (4 * dim) / 8 * 8);
-  const int64_t segments = (len + segment - 1) / segment;
-  std::unique_ptr<float[]> scratch(new float[batch * kv_heads * segments * groups * segment]);
-  std::vector<gemv::Segment> parts(static_cast<size_t>(batch * heads * segments));
-  std::unique_ptr<float[]> partial(new float[batch * heads * segments * dim]);
-  ParallelChunks(batch * kv_heads * segments, threads, [&](int64_t c) {
-    const int64_t s = c % segments, j = (c / segments) % kv_heads, b = c / (segments * kv_heads);
-    const int64_t l0 = s * segment, n = std::min(segment, len - l0);
-    const float* k = kp + b * keys.stride(0) + j * keys.stride(1) + l0 * dim;
-    const float* v = vp + b * values.stride(0) + j * values.stride(1) + l0 * dim;
-    float* sc = scratch.get() + c * groups * segment;
-    const int64_t h0 = b * heads + j * groups;  // the group's first head
-    for (int64_t g = 0; g < groups; ++g) {
-      const float* qh = qp + (h0 + g) * dim;
-      if (avx2) {
-        gemv::SegmentScoresAvx2(qh, k, n, dim, scale, sc + g * segment);
-      } else {
-        gemv::SegmentScoresPortable(qh, k, n, dim, scale, sc + g * segment);
-      }
-    }
-    for (int64_t g = 0; g < groups; ++g) {
-      parts[(h0 + g) * segments + s] = avx2 ? gemv::SegmentSoftmaxAvx2(sc + g * segment, n)
-                                            : gemv::SegmentSoftmaxPortable(sc + g * segment, n);
-    }
-    for (int64_t g = 0; g < groups; ++g) {
-      float* o = partial.get() + ((h0 + g) * segments + s) * dim;
-      if (avx2) {
-        gemv::SegmentValuesAvx2(sc + g * segment, v, n, dim, o);
-      } else {
-        gemv::SegmentValuesPortable(sc + g * segment, v, n, dim, o);
-      }
-    }
-  });
-  at::Tensor out = at::empty({batch, 1, heads * dim}, qc.options());
-  float* op = out.data_ptr<float>();
-  for (int64_t bh = 0; bh < batch * heads; ++bh) {
-    const gemv::Segment* seg = parts.data() + bh * segments;
-    float m = seg[0].max;
-    for (int64_t s = 1; s < segments; ++s) m = std::max(m, seg[s].max);
-    float denominator = 0;
-    float* o = op + bh * dim;
-    std::fill(o, o + dim, 0.0f);
-    for (int64_t s = 0; s < segments; ++s) {
-      const float w = segments == 1 ? 1.0f : std::exp(seg[s].max - m);
-      denominator += w * seg[s].sum;
-      const float* po = partial.get() + (bh * segments + s) * dim;
-      for (int64_t d = 0; d < dim; ++d) o[d] += w * po[d];
-    }
-    const float inv = 1.0f / denominator;
-    for (int64_t d = 0; d < dim; ++d) o[d] *= inv;
-  }
-  return out;
-}
-
 at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool, const at::Tensor& value_pool,
                                 const std::vector<const std::vector<int32_t>*>& tables,
                                 const std::vector<int64_t>& lens) {
@@ -300,7 +210,16 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   const at::Tensor qc = q.contiguous();
   const bool avx2 = gemv::CpuHasAvx2Fma() && dim % 8 == 0;
   const float scale = static_cast<float>(std::sqrt(static_cast<double>(dim)));
-  // Segments of whole blocks, ~32 KB of keys each (as DecodeAttention).
+  // Split softmax ("flash decoding"): one chunk per (sequence, kv head,
+  // segment of keys) runs the group's query heads over its segment: all their
+  // scores (the segment's 32 KB of keys stay in L1/L2), softmax pieces, then
+  // all their weighted values (the values likewise). The cache is read from
+  // memory once, and long contexts give every thread work. Segments are then
+  // combined with their maxima. No libtorch op in between: a parallel one
+  // wakes libtorch's OpenMP threads, whose spinning then competes with these
+  // for the cores. 32 KB of keys per segment (128 keys at d = 64): measured
+  // 5.0 ms per token for 24 layers x 2500 keys, against 5.4 (16 KB), 6.8
+  // (8 KB), 5.6 (64 KB). Segments are whole blocks.
   const int64_t seg_blocks = std::max<int64_t>(1, std::max<int64_t>(16, (int64_t{32} << 10) / (4 * dim)) / bs);
   const int64_t segment = seg_blocks * bs;
   std::vector<int64_t> segs(seqs), seg_first(seqs + 1, 0);

@@ -37,27 +37,19 @@ at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 // The modules' linear layer (see the file comment). b may be undefined.
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
 
-// Attention of one new token per row over a KV cache (decoding), as the
-// reference's eager attention in fp32: softmax(q k^T / sqrt(d)) v with GQA
-// (query head h uses kv head h / (H / KV)), no mask. q [B, 1, H, d]; keys and
-// values [B, KV, L, d] with rows of d contiguous floats (a narrow() of the
-// cache over L). Returns [B, 1, H * d], or an undefined tensor when grad mode
-// is on, FastLinear is disabled, or the arguments do not fit (non-fp32,
-// other layouts): callers then use the generic path.
-at::Tensor DecodeAttention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values);
-
-// DecodeAttention over a paged KV pool (paged_kv.h): one query row per
-// sequence, q [S, H, d]; key/value pools [blocks, KV, block_size, d]; row s
-// attends over positions [0, lens[s]) held in blocks (*tables[s])[p /
-// block_size]. Same arithmetic as DecodeAttention (split softmax over
-// segments of whole blocks). Returns [S, H * d], or undefined when grad mode
-// is on, FastLinear is disabled, or the arguments do not fit (non-fp32,
-// non-CPU): callers then use the general path.
+// Attention of one new token per sequence over a paged KV pool (decoding;
+// paged_kv.h), as the reference's eager attention in fp32: softmax(q k^T /
+// sqrt(d)) v with GQA (query head h uses kv head h / (H / KV)), no mask.
+// q [S, H, d]; key/value pools [blocks, KV, block_size, d]; row s attends over
+// positions [0, lens[s]) held in blocks (*tables[s])[p / block_size].
+// Returns [S, H * d], or undefined when grad mode is on, FastLinear is
+// disabled, or the arguments do not fit (non-fp32, non-CPU): callers then use
+// the general path.
 at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool, const at::Tensor& value_pool,
                                 const std::vector<const std::vector<int32_t>*>& tables,
                                 const std::vector<int64_t>& lens);
 
-// Turns FastLinear (and DecodeAttention) off (it then returns undefined) or back on, process-wide:
+// Turns FastLinear (and PagedDecodeAttention) off (it then returns undefined) or back on, process-wide:
 // for benchmarks that compare against libtorch. On by default.
 void SetFastLinearEnabled(bool enabled);
 bool FastLinearEnabled();

@@ -29,8 +29,8 @@ void ExpectWithin(const at::Tensor& actual, const at::Tensor& expected, const at
                   const std::string& what) {
   ASSERT_EQ(actual.sizes(), expected.sizes()) << what;
   const at::Tensor excess = (actual.to(at::kDouble) - expected).abs() - bound;
-  EXPECT_LE(excess.max().item<double>(), 0.0) << what << ": max error "
-                                             << (actual.to(at::kDouble) - expected).abs().max().item<double>();
+  EXPECT_LE(excess.max().item<double>(), 0.0)
+      << what << ": max error " << (actual.to(at::kDouble) - expected).abs().max().item<double>();
 }
 
 class FastLinearShapes : public ::testing::TestWithParam<std::tuple<int64_t, int64_t>> {};
@@ -157,38 +157,59 @@ TEST(Linear, ManyRowsWithNarrowerWeightsComputeInFp32) {
   EXPECT_LE((yb.to(at::kFloat) - ref).abs().max().item<float>(), ref.abs().max().item<float>() / 128);
 }
 
-// Against the eager formula in fp64, on a narrowed cache view (rows of d
-// floats, batch and kv-head strides of the full cache), GQA, and head sizes
-// with and without the 8-float vectors.
-TEST(DecodeAttention, MatchesEagerAttentionOnCacheViews) {
+// Against the eager formula in fp64, over block tables scattered through a
+// pool (partial last blocks, segments of several blocks), GQA, head sizes
+// with and without the 8-float vectors, sequences of different lengths.
+TEST(PagedDecodeAttention, MatchesEagerAttentionOverScatteredBlocks) {
   at::InferenceMode guard;
   at::manual_seed(11);
   // (A large query scale makes the softmax peaked: exps far below 1e-38.
-  // Over 256 keys the softmax is split in segments and recombined.)
-  for (auto [dim, q_scale, len] :
-       {std::tuple<int64_t, double, int64_t>{64, 1.0, 33}, {64, 40.0, 33}, {12, 1.0, 33}, {64, 1.0, 600},
-        {64, 40.0, 777}, {12, 1.0, 513}}) {
-    const int64_t batch = 2, heads = 6, kv = 2, max_len = len + 7;
-    const at::Tensor cache_k = at::randn({batch, kv, max_len, dim});
-    const at::Tensor cache_v = at::randn({batch, kv, max_len, dim});
-    const at::Tensor keys = cache_k.narrow(2, 0, len), values = cache_v.narrow(2, 0, len);
-    const at::Tensor q = at::randn({batch, 1, heads, dim}) * q_scale;
-    const at::Tensor out = DecodeAttention(q, keys, values);
+  // Long contexts split the softmax in segments and recombine them.)
+  for (auto [dim, q_scale, len, bs] : {std::tuple<int64_t, double, int64_t, int64_t>{64, 1.0, 33, 16},
+                                       {64, 40.0, 33, 4},
+                                       {12, 1.0, 33, 16},
+                                       {64, 1.0, 600, 16},
+                                       {64, 40.0, 777, 32},
+                                       {12, 1.0, 513, 8}}) {
+    const int64_t seqs = 2, heads = 6, kv = 2;
+    const int64_t lens[2] = {len, len / 2 + 1};
+    const int64_t per_seq = (len + bs - 1) / bs;
+    const int64_t blocks = 2 * per_seq + 3;
+    const at::Tensor pool_k = at::randn({blocks, kv, bs, dim});
+    const at::Tensor pool_v = at::randn({blocks, kv, bs, dim});
+    const at::Tensor perm = at::randperm(blocks);
+    std::vector<std::vector<int32_t>> tables(seqs);
+    for (int64_t s = 0; s < seqs; ++s)
+      for (int64_t b = 0; b < per_seq; ++b)
+        tables[s].push_back(static_cast<int32_t>(perm[s * per_seq + b].item<int64_t>()));
+    const at::Tensor q = at::randn({seqs, heads, dim}) * q_scale;
+    const at::Tensor out = PagedDecodeAttention(q, pool_k, pool_v, {&tables[0], &tables[1]}, {lens[0], lens[1]});
     ASSERT_TRUE(out.defined());
-    ASSERT_EQ(out.sizes(), (std::vector<int64_t>{batch, 1, heads * dim}));
-    // repeat_kv, then softmax(q k^T / sqrt(d)) v.
-    const at::Tensor k = keys.to(at::kDouble).repeat_interleave(heads / kv, 1);  // [B, H, L, d]
-    const at::Tensor v = values.to(at::kDouble).repeat_interleave(heads / kv, 1);
-    const at::Tensor qd = q.to(at::kDouble).transpose(1, 2);  // [B, H, 1, d]
-    const at::Tensor probs = at::softmax(at::matmul(qd, k.transpose(-1, -2)) / std::sqrt(double(dim)), -1);
-    const at::Tensor expected = at::matmul(probs, v).transpose(1, 2).reshape({batch, 1, heads * dim});
-    EXPECT_LT((out.to(at::kDouble) - expected).abs().max().item<double>(), 1e-5) << "dim " << dim << " q x" << q_scale << " len " << len;
+    ASSERT_EQ(out.sizes(), (std::vector<int64_t>{seqs, heads * dim}));
+    for (int64_t s = 0; s < seqs; ++s) {
+      std::vector<int64_t> idx(tables[s].begin(), tables[s].end());
+      const at::Tensor table = at::tensor(idx, at::kLong);
+      auto gather = [&](const at::Tensor& pool) {  // [kv, len, d]
+        return pool.index_select(0, table).permute({1, 0, 2, 3}).reshape({kv, per_seq * bs, dim}).narrow(1, 0, lens[s]);
+      };
+      // repeat_kv, then softmax(q k^T / sqrt(d)) v.
+      const at::Tensor k = gather(pool_k).to(at::kDouble).repeat_interleave(heads / kv, 0);  // [H, L, d]
+      const at::Tensor v = gather(pool_v).to(at::kDouble).repeat_interleave(heads / kv, 0);
+      const at::Tensor qd = q[s].to(at::kDouble).unsqueeze(1);  // [H, 1, d]
+      const at::Tensor probs = at::softmax(at::matmul(qd, k.transpose(-1, -2)) / std::sqrt(double(dim)), -1);
+      const at::Tensor expected = at::matmul(probs, v).reshape({heads * dim});
+      EXPECT_LT((out[s].to(at::kDouble) - expected).abs().max().item<double>(), 1e-5)
+          << "dim " << dim << " q x" << q_scale << " len " << lens[s] << " block " << bs;
+    }
   }
-  // Not for it: several queries, a transposed cache, fp64.
-  const at::Tensor k = at::randn({1, 2, 5, 8});
-  EXPECT_FALSE(DecodeAttention(at::randn({1, 2, 4, 8}), k, k).defined());
-  EXPECT_FALSE(DecodeAttention(at::randn({1, 1, 4, 8}), k.transpose(2, 3), k.transpose(2, 3)).defined());
-  EXPECT_FALSE(DecodeAttention(at::randn({1, 1, 4, 8}, at::kDouble), k, k).defined());
+  // Not for it: fp64, a table too short for the length.
+  const at::Tensor k = at::randn({4, 2, 4, 8});
+  std::vector<int32_t> table = {0, 1};
+  EXPECT_FALSE(
+      PagedDecodeAttention(at::randn({1, 4, 8}, at::kDouble), k.to(at::kDouble), k.to(at::kDouble), {&table}, {5})
+          .defined());
+  EXPECT_FALSE(PagedDecodeAttention(at::randn({1, 4, 8}), k, k, {&table}, {9}).defined());
+  EXPECT_TRUE(PagedDecodeAttention(at::randn({1, 4, 8}), k, k, {&table}, {8}).defined());
 }
 
 TEST(MoveToHugePages, KeepsValuesAndSharingAcrossViews) {

@@ -7,7 +7,6 @@
 #include <limits>
 
 #include "core/llm/gemv.h"
-#include "core/llm/kv_cache.h"
 #include "core/llm/paged_attention.h"
 
 namespace internvl::llm {
@@ -73,7 +72,8 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   return out + RotateHalf(x) * sin;
 }
 
-// Scaled dot-product attention with GQA, the KV cache and masking, as the
+// Scaled dot-product attention with GQA and masking (or, for the serving
+// engine's batched steps, over the paged KV pool: paged_attention.h), as the
 // reference's eager attention: softmax(q k^T / sqrt(d) + mask) in fp32, cast
 // back, times v. Query head j*G+g attends with kv head j (repeat_kv), which we
 // get without copying K/V by viewing q as [B, kv_heads, G*T, d].
@@ -85,23 +85,8 @@ at::Tensor Attend(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tens
   at::Tensor q = ApplyRope(q_in, ctx.cos, ctx.sin);
   at::Tensor k = ApplyRope(k_in, ctx.cos, ctx.sin);
   if (ctx.paged != nullptr) return PagedAttend(q, k, v_in, *ctx.paged, layer, heads, kv_heads, head_dim);
-  at::Tensor keys, values;  // [B, KV, L, d]
-  if (ctx.cache != nullptr) {
-    at::Tensor& kc = ctx.cache->key(layer);
-    at::Tensor& vc = ctx.cache->value(layer);
-    kc.narrow(2, ctx.past, t).copy_(k.transpose(1, 2));
-    vc.narrow(2, ctx.past, t).copy_(v_in.transpose(1, 2));
-    keys = kc.narrow(2, 0, ctx.past + t);
-    values = vc.narrow(2, 0, ctx.past + t);
-  } else {
-    keys = k.transpose(1, 2);
-    values = v_in.transpose(1, 2);
-  }
-  if (t == 1 && !ctx.masked.defined() && Inference()) {
-    // Decoding: one query per row, nothing masked.
-    at::Tensor out = DecodeAttention(q, keys, values);
-    if (out.defined()) return out;
-  }
+  at::Tensor keys = k.transpose(1, 2);  // [B, KV, T, d]
+  at::Tensor values = v_in.transpose(1, 2);
   const int64_t len = keys.size(2);
   at::Tensor qg = q.transpose(1, 2).reshape({b, kv_heads, groups * t, head_dim});
   at::Tensor scores = at::matmul(qg, keys.transpose(-1, -2));  // [B, KV, G*T, L]

@@ -30,7 +30,6 @@
 
 namespace internvl::llm {
 
-class KVCache;
 struct PagedContext;
 
 // What every layer of one forward pass shares (built once per pass by
@@ -42,12 +41,10 @@ struct LayerContext {
   // bool [B, 1, 1, T, L], true = masked (causal future or padding key);
   // undefined when nothing is masked (a single decode token, no padding).
   at::Tensor masked;
-  // Cache to append this pass's K/V to (slots [past, past+T)); null = attend
-  // only within the given tokens (training, full-sequence forward).
-  KVCache* cache = nullptr;
-  int64_t past = 0;
   // Batched serving step over the paged KV pool (paged_attention.h): the
-  // [1, N] tokens of several sequences; replaces cache/past/masked.
+  // [1, N] tokens of several sequences, each attending over its own cached
+  // K/V; `masked` is then unused. Null: a full forward over the given tokens
+  // (training, reference logits).
   const PagedContext* paged = nullptr;
 };
 

@@ -39,8 +39,10 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
   for (int64_t i0 = 0; i0 < n; i0 += tile) {
     const int64_t t = std::min(tile, n - i0);
     const int64_t len = start + i0 + t;  // keys the tile's last query sees
-    at::Tensor qt = q.narrow(0, i0, t).view({t, kv_heads, groups, head_dim}).permute({1, 2, 0, 3}).reshape(
-        {kv_heads, groups * t, head_dim});
+    at::Tensor qt = q.narrow(0, i0, t)
+                        .view({t, kv_heads, groups, head_dim})
+                        .permute({1, 2, 0, 3})
+                        .reshape({kv_heads, groups * t, head_dim});
     at::Tensor scores = at::matmul(qt, keys.narrow(1, 0, len).transpose(1, 2));  // [KV, G*t, len]
     scores.div_(scale);
     if (t > 1 || len > start + i0 + 1) {
@@ -52,8 +54,8 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
     }
     at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
     at::Tensor o = at::matmul(probs, values.narrow(1, 0, len));  // [KV, G*t, d]
-    out.narrow(0, i0, t).copy_(o.view({kv_heads, groups, t, head_dim}).permute({2, 0, 1, 3}).reshape(
-        {t, heads * head_dim}));
+    out.narrow(0, i0, t).copy_(
+        o.view({kv_heads, groups, t, head_dim}).permute({2, 0, 1, 3}).reshape({t, heads * head_dim}));
   }
 }
 

@@ -95,7 +95,7 @@ TEST_P(PagedForward, ChunkedBatchedSequencesMatchTheFullForward) {
   ForwardOptions all;
   all.logits = LogitsMode::kAll;
   for (size_t i = 0; i < 2; ++i) {
-    auto full = (*lm)->Forward(xs[i].unsqueeze(0), nullptr, all);
+    auto full = (*lm)->Forward(xs[i].unsqueeze(0), all);
     ASSERT_TRUE(full.ok());
     std::vector<int64_t> ends;
     int64_t pos = 0;
@@ -144,7 +144,7 @@ TEST_P(PagedForward, SharedPrefixBlocksAreReadNotRewritten) {
   PagedSeq sb{8, 5, {5, 6, 9, 10}, true};
   auto got = (*lm)->ForwardPaged(b.narrow(0, 8, 5), {sb}, {&ropes[1]}, **pool);
   ASSERT_TRUE(got.ok()) << got.status();
-  auto full = (*lm)->Forward(b.unsqueeze(0), nullptr);
+  auto full = (*lm)->Forward(b.unsqueeze(0));
   ASSERT_TRUE(full.ok());
   EXPECT_LT(MaxDiff(*got, *full), 2e-5);
 }
@@ -166,7 +166,7 @@ TEST_P(PagedForward, DynamicNtkIsPerSequence) {
     // A fresh model per sequence: the reference's state in a new process.
     auto fresh = CausalLM::CreateRandom(c, at::kFloat, 14, 0.2);
     ASSERT_TRUE(fresh.ok());
-    auto full = (*fresh)->Forward(xs[i].unsqueeze(0), nullptr);
+    auto full = (*fresh)->Forward(xs[i].unsqueeze(0));
     ASSERT_TRUE(full.ok());
     EXPECT_LT(MaxDiff(got[i], *full), 2e-5) << "sequence " << i;
   }

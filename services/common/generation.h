@@ -22,4 +22,8 @@ absl::StatusOr<GenerationSettings> FromProto(const v1::GenerationSettings& proto
 // The reverse (every field set), for the client and the gateway's upstream call.
 v1::GenerationSettings ToProto(const GenerationSettings& settings);
 
+// FinishReason <-> its proto enum (UNSPECIFIED reads as cancelled).
+v1::FinishReason ToProto(FinishReason reason);
+FinishReason FromProto(v1::FinishReason reason);
+
 }  // namespace internvl::services

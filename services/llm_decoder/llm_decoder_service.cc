@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -19,12 +21,26 @@ using Clock = std::chrono::steady_clock;
 namespace {
 double Ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
 
-v1::FinishReason ToProtoFinish(const std::string& name) {
-  if (name == "stop") return v1::FINISH_REASON_STOP;
-  if (name == "length") return v1::FINISH_REASON_LENGTH;
-  if (name == "cancelled") return v1::FINISH_REASON_CANCELLED;
-  return v1::FINISH_REASON_UNSPECIFIED;
-}
+// Cancels a generation from a gRPC thread whether the cancellation comes
+// before or after its handle exists.
+class CancelLatch {
+ public:
+  void Cancel() {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+    if (handle_) handle_->Cancel();
+  }
+  void Set(std::shared_ptr<GenerationHandle> handle) {
+    std::lock_guard<std::mutex> lock(mu_);
+    handle_ = std::move(handle);
+    if (cancelled_) handle_->Cancel();
+  }
+
+ private:
+  std::mutex mu_;
+  bool cancelled_ = false;
+  std::shared_ptr<GenerationHandle> handle_;
+};
 }  // namespace
 
 class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequest, v1::GenerateResponse> {
@@ -33,7 +49,8 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
       : ReadAllThenStreamReactor(context, &service->metrics_, "Generate"),
         service_(service),
         start_(Clock::now()),
-        assembler_(0) {
+        assembler_(0),
+        detok_(&service->prompt_->tokenizer(), /*skip_special_tokens=*/true) {
     StartReading();
   }
 
@@ -74,8 +91,30 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
           "received ", rows_received_, " image embedding rows, the start message declared ", expected_rows_)));
       return;
     }
-    const absl::Status queued = service_->queue_->Submit([this] { Run(); });
-    if (!queued.ok()) Close(queued);
+    const PromptBuilder& prompt = *service_->prompt_;
+    EngineRequest request;
+    request.request_id = request_id_;
+    request.prompt_ids = std::move(prompt_ids_);
+    request.image_embeddings = std::move(embeddings_);
+    request.img_context_id = prompt.img_context_id();
+    request.stop_ids = prompt.stop_ids();
+    request.settings = settings_;
+    const auto deadline = context()->deadline();
+    if (deadline != std::chrono::system_clock::time_point::max()) request.deadline = absl::FromChrono(deadline);
+    prompt_tokens_ = static_cast<int>(request.prompt_ids.size());
+    // Both callbacks run on the engine's step thread; the reactor lives until
+    // Close(), which only the done callback (or a failed Submit) calls. So
+    // once Submit succeeded `this` may be gone: the hook is installed before.
+    auto latch = std::make_shared<CancelLatch>();
+    SetCancelHook([latch] { latch->Cancel(); });
+    request.on_token = [this](int id) { return OnToken(id); };
+    auto handle = service_->engine_->Submit(std::move(request),
+                                            [this](const absl::StatusOr<EngineResult>& r) { OnDone(r); });
+    if (!handle.ok()) {
+      Close(handle.status());
+      return;
+    }
+    latch->Set(*std::move(handle));
   }
 
  private:
@@ -137,60 +176,53 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
     return absl::OkStatus();
   }
 
-  void Run() {
-    if (cancelled()) {
-      service_->cancelled_->Increment();
-      Close(absl::CancelledError("client cancelled before generation started"));
-      return;
+  bool OnToken(int id) {
+    if (first_) {
+      ttft_ms_ = Ms(start_, Clock::now());
+      service_->ttft_->Observe(ttft_ms_ / 1e3);
+      first_ = false;
     }
-    const PromptBuilder& prompt = *service_->prompt_;
-    tokenizer::StreamingDetokenizer detok(&prompt.tokenizer(), /*skip_special_tokens=*/true);
-    const auto& stops = prompt.stop_ids();
-    double ttft_ms = 0;
-    bool first = true;
-    auto on_token = [&](int id) {
-      if (first) {
-        ttft_ms = Ms(start_, Clock::now());
-        service_->ttft_->Observe(ttft_ms / 1e3);
-        first = false;
-      }
-      service_->tokens_->Increment();
-      if (std::find(stops.begin(), stops.end(), id) != stops.end()) return true;  // not streamed
-      v1::GenerateResponse r;
-      r.add_token_ids(id);
-      if (stream_text_) r.set_text_delta(detok.Put(id));
-      Write(std::move(r));
-      return !cancelled();
-    };
-    auto result =
-        service_->engine_->Generate(prompt_ids_, embeddings_, prompt.img_context_id(), stops, settings_, on_token);
+    service_->tokens_->Increment();
+    const auto& stops = service_->prompt_->stop_ids();
+    if (std::find(stops.begin(), stops.end(), id) != stops.end()) return true;  // not streamed
+    v1::GenerateResponse r;
+    r.add_token_ids(id);
+    if (stream_text_) r.set_text_delta(detok_.Put(id));
+    Write(std::move(r));
+    return !cancelled();
+  }
+
+  void OnDone(const absl::StatusOr<EngineResult>& result) {
     if (!result.ok()) {
       LogError(absl::StrCat("Generate ", request_id_, ": ", result.status().ToString()));
       Close(result.status());
       return;
     }
-    if (result->finish_reason == "cancelled") service_->cancelled_->Increment();
+    if (result->finish_reason == FinishReason::kCancelled) service_->cancelled_->Increment();
+    const auto& stops = service_->prompt_->stop_ids();
     v1::GenerateResponse last;
     if (stream_text_) {
-      std::string tail = detok.Flush();
+      std::string tail = detok_.Flush();
       if (!tail.empty()) last.set_text_delta(tail);
     }
     v1::GenerateFinal* f = last.mutable_final();
-    f->set_finish_reason(ToProtoFinish(result->finish_reason));
+    f->set_finish_reason(ToProto(result->finish_reason));
     std::vector<int> ids = result->token_ids;
-    if (result->finish_reason == "stop" && !ids.empty() &&
+    if (result->finish_reason == FinishReason::kStop && !ids.empty() &&
         std::find(stops.begin(), stops.end(), ids.back()) != stops.end()) {
       f->set_stop_token_id(ids.back());
       ids.pop_back();
     }
     for (int id : ids) f->add_token_ids(id);
-    f->set_prompt_tokens(static_cast<int>(prompt_ids_.size()));
+    f->set_prompt_tokens(prompt_tokens_);
     f->set_completion_tokens(static_cast<int>(ids.size()));
+    f->set_cached_prompt_tokens(result->cached_prompt_tokens);
     f->set_seed(settings_.seed);
     v1::Timings* t = f->mutable_timings();
+    t->set_queue_ms(result->queue_ms);
     t->set_prefill_ms(result->prefill_ms);
     t->set_decode_ms(result->decode_ms);
-    t->set_time_to_first_token_ms(ttft_ms);
+    t->set_time_to_first_token_ms(ttft_ms_);
     t->set_total_ms(Ms(start_, Clock::now()));
     if (result->token_ids.size() >= 2 && result->decode_ms > 0)
       t->set_decode_tokens_per_second((result->token_ids.size() - 1) / (result->decode_ms / 1e3));
@@ -206,11 +238,15 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
   std::string request_id_;
   GenerationSettings settings_;
   std::vector<int64_t> prompt_ids_;
+  int prompt_tokens_ = 0;
   int64_t expected_rows_ = 0;
   int64_t rows_received_ = 0;
   int64_t hidden_ = 0;
   TensorAssembler assembler_;
   HostTensor embeddings_;
+  tokenizer::StreamingDetokenizer detok_;
+  bool first_ = true;
+  double ttft_ms_ = 0;
 };
 
 LlmDecoderService::LlmDecoderService(const LlmDecoderServiceOptions& options, LlmEngine* engine,
@@ -222,11 +258,7 @@ LlmDecoderService::LlmDecoderService(const LlmDecoderServiceOptions& options, Ll
       tokens_(registry->GetCounter("internvl_decoder_tokens_total", "tokens generated")),
       cancelled_(registry->GetCounter("internvl_decoder_cancelled_total", "generations stopped by the client")),
       ttft_(registry->GetHistogram("internvl_decoder_time_to_first_token_seconds",
-                                   "call start to the first sampled token", DefaultLatencyBuckets())),
-      queue_(std::make_unique<WorkQueue>(
-          options.threads, options.max_queued,
-          registry->GetGauge("internvl_queue_depth", "Requests waiting for a worker", {{"service", "llm_decoder"}}),
-          registry->GetGauge("internvl_busy_workers", "Workers running a request", {{"service", "llm_decoder"}}))) {}
+                                   "call start to the first sampled token", DefaultLatencyBuckets())) {}
 
 LlmDecoderService::~LlmDecoderService() = default;
 

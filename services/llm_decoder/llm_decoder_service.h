@@ -1,25 +1,23 @@
 // The LlmDecoder gRPC service (llm_decoder.proto): prompt ids + image
 // embeddings in, token ids streamed out as they are sampled. Handlers only
-// validate and assemble the request on gRPC threads; generation runs on the
-// service's WorkQueue through LlmEngine (core/chat/llm_engine.h), which
-// serialises calls to the model. A client that cancels (or whose deadline
-// passes) stops generation at the next token.
+// validate and assemble the request on gRPC threads, then Submit it to the
+// engine (core/engine/llm_engine.h), which decodes every active call
+// together (continuous batching) and calls back with each token on its step
+// thread; no thread blocks on a generation. A client that cancels (or whose
+// deadline passes) leaves the batch at the next step and frees its KV blocks.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 
-#include "core/chat/llm_engine.h"
 #include "core/chat/prompt_builder.h"
+#include "core/engine/llm_engine.h"
 #include "internvl/v1/llm_decoder.grpc.pb.h"
 #include "services/common/metrics.h"
-#include "services/common/work_queue.h"
 
 namespace internvl::services {
 
 struct LlmDecoderServiceOptions {
-  int threads = 1;                  // generation workers (calls are serialised on the model)
-  int max_queued = 16;              // waiting generations before RESOURCE_EXHAUSTED
   int max_new_tokens_limit = 4096;  // GenerationSettings.max_new_tokens cap
   int max_prompt_tokens = 32768;    // prompt length cap (RESOURCE_EXHAUSTED)
 };
@@ -46,7 +44,6 @@ class LlmDecoderService : public v1::LlmDecoder::CallbackService {
   Counter* tokens_;
   Counter* cancelled_;
   Histogram* ttft_;
-  std::unique_ptr<WorkQueue> queue_;
 };
 
 }  // namespace internvl::services

@@ -7,9 +7,10 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "core/chat/llm_engine.h"
 #include "core/chat/prompt_builder.h"
+#include "core/engine/engine.h"
 #include "core/model_path.h"
+#include "services/common/engine_metrics.h"
 #include "services/common/flags.h"
 #include "services/common/log.h"
 #include "services/common/metrics.h"
@@ -21,8 +22,13 @@ ABSL_FLAG(int, metrics_port, 9092, "HTTP port for /metrics and /healthz (0 = any
 ABSL_FLAG(std::string, model, "", "model folder or HF id in the local cache; required");
 ABSL_FLAG(std::string, dtype, "bf16", "compute dtype: fp32 or bf16");
 ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = all cores)");
-ABSL_FLAG(int, workers, 1, "generation worker threads (the model runs one generation at a time)");
-ABSL_FLAG(int, max_queued, 16, "generations waiting for a worker before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, kv_cache_bytes, 0, "KV cache budget in bytes (0 = --kv-cache-fraction of physical memory)");
+ABSL_FLAG(double, kv_cache_fraction, 0.25, "KV cache budget as a fraction of physical memory, when no bytes given");
+ABSL_FLAG(int, block_size, 16, "positions per KV cache block (the prefix-reuse granularity)");
+ABSL_FLAG(int, max_num_seqs, 32, "sequences decoding together at most (the batch)");
+ABSL_FLAG(int64_t, max_batched_tokens, 512, "tokens per engine step: decodes first, then prompt chunks");
+ABSL_FLAG(int64_t, max_queued, 64, "generations waiting for KV blocks or a batch slot before RESOURCE_EXHAUSTED");
+ABSL_FLAG(bool, prefix_caching, true, "reuse the KV blocks of identical prompt prefixes (history, images)");
 ABSL_FLAG(int, max_new_tokens_limit, 4096, "largest max_new_tokens a request may ask for");
 ABSL_FLAG(int, max_prompt_tokens, 32768, "largest prompt (tokens, image tokens included)");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received");
@@ -49,26 +55,41 @@ int main(int argc, char** argv) {
     LogError(absl::StrCat("loading the tokenizer: ", prompt.status().ToString()));
     return 1;
   }
-  LlmEngineOptions engine_options{.dtype = absl::GetFlag(FLAGS_dtype), .threads = absl::GetFlag(FLAGS_threads)};
-  auto engine = LlmEngine::Load(*dir, (*prompt)->config(), engine_options);
+  EngineOptions engine_options;
+  engine_options.dtype = absl::GetFlag(FLAGS_dtype);
+  engine_options.threads = absl::GetFlag(FLAGS_threads);
+  engine_options.load_vision = false;
+  engine_options.llm.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
+  engine_options.llm.kv_cache_fraction = absl::GetFlag(FLAGS_kv_cache_fraction);
+  engine_options.llm.block_size = absl::GetFlag(FLAGS_block_size);
+  engine_options.llm.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  engine_options.llm.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
+  engine_options.llm.max_waiting = absl::GetFlag(FLAGS_max_queued);
+  engine_options.llm.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
+  auto engine = InferenceEngine::Load(*dir, engine_options);
   if (!engine.ok()) {
     LogError(absl::StrCat("loading the language model: ", engine.status().ToString()));
     return 1;
   }
-  LogInfo(absl::StrCat("loaded language model from ", *dir, " (", (*engine)->dtype_name(), ")"));
+  LlmEngine* llm = (*engine)->llm();
+  const EngineStats kv = llm->stats();
+  LogInfo(absl::StrCat("loaded language model from ", *dir, " (", llm->dtype_name(), "); KV cache ",
+                       kv.kv_blocks_total, " blocks = ", kv.kv_capacity_tokens, " positions"));
 
   MetricsRegistry registry;
+  EngineMetrics engine_metrics(&registry, "llm_decoder");
+  llm->SetObserver(&engine_metrics);
   LlmDecoderServiceOptions options;
-  options.threads = absl::GetFlag(FLAGS_workers);
-  options.max_queued = absl::GetFlag(FLAGS_max_queued);
   options.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
   options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
-  LlmDecoderService service(options, engine->get(), prompt->get(), &registry);
+  LlmDecoderService service(options, llm, prompt->get(), &registry);
 
   RunOptions run;
   run.grpc.listen = absl::GetFlag(FLAGS_listen);
   run.grpc.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   run.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   run.grace = absl::Seconds(absl::GetFlag(FLAGS_grace_seconds));
-  return RunServer("internvl.v1.LlmDecoder", run, {&service}, {"internvl.v1.LlmDecoder"}, &registry);
+  const int rc = RunServer("internvl.v1.LlmDecoder", run, {&service}, {"internvl.v1.LlmDecoder"}, &registry);
+  llm->SetObserver(nullptr);
+  return rc;
 }

@@ -10,7 +10,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "core/vision/vision_model.h"
+#include "core/engine/engine.h"
 #include "services/common/flags.h"
 #include "services/common/log.h"
 #include "services/common/metrics.h"
@@ -25,8 +25,11 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50052", "gRPC address host:port (port 0 
 ABSL_FLAG(int, metrics_port, 9091, "HTTP port for /metrics and /healthz (0 = any free port)");
 ABSL_FLAG(std::string, model, "", "model folder (config.json + safetensors); required");
 ABSL_FLAG(std::string, dtype, "bf16", "compute dtype: fp32 or bf16");
-ABSL_FLAG(int, tile_batch, 4, "tiles per vision forward pass");
-ABSL_FLAG(int, threads, 1, "encode worker threads (each runs the model; torch adds intra-op threads)");
+ABSL_FLAG(int, tile_batch, 4, "tiles per InternViT forward inside one encode");
+ABSL_FLAG(int, threads, 4, "request worker threads (cache lookups, decoding; their encodes are batched together)");
+ABSL_FLAG(int, torch_threads, 0, "torch intra-op threads (0 = all cores)");
+ABSL_FLAG(int, batch_tiles, 16, "tiles of concurrent requests encoded in one forward at most");
+ABSL_FLAG(int, batch_wait_ms, 2, "how long an encode waits for concurrent ones to join its batch");
 ABSL_FLAG(int, max_queued, 64, "requests waiting for a worker before RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, redis, "", "Redis HOST:PORT for the shared embedding cache (empty = in-memory cache)");
 ABSL_FLAG(int64_t, cache_ttl_seconds, 86400, "Redis entry lifetime (0 = no expiry)");
@@ -55,21 +58,26 @@ int main(int argc, char** argv) {
     LogError("--model is required");
     return 2;
   }
-  VisionOptions vision_options;
-  vision_options.dtype = absl::GetFlag(FLAGS_dtype);
-  vision_options.tile_batch = absl::GetFlag(FLAGS_tile_batch);
+  EngineOptions engine_options;
+  engine_options.dtype = absl::GetFlag(FLAGS_dtype);
+  engine_options.threads = absl::GetFlag(FLAGS_torch_threads);
+  engine_options.load_llm = false;
+  engine_options.vision_tile_batch = absl::GetFlag(FLAGS_tile_batch);
+  engine_options.vision_batching.max_batch_tiles = absl::GetFlag(FLAGS_batch_tiles);
+  engine_options.vision_batching.max_wait = absl::Milliseconds(absl::GetFlag(FLAGS_batch_wait_ms));
   auto model_dir = ::internvl::hub::ResolveOrDownloadModel(absl::GetFlag(FLAGS_model));
   if (!model_dir.ok()) {
     services::LogError(model_dir.status().ToString());
     return 1;
   }
-  auto model = VisionModel::Load(*model_dir, vision_options);
-  if (!model.ok()) {
-    LogError(absl::StrCat("loading the vision model: ", model.status().ToString()));
+  auto engine = InferenceEngine::Load(*model_dir, engine_options);
+  if (!engine.ok()) {
+    LogError(absl::StrCat("loading the vision model: ", engine.status().ToString()));
     return 1;
   }
-  LogInfo(absl::StrCat("loaded vision model from ", absl::GetFlag(FLAGS_model), " (", vision_options.dtype,
-                       ", fingerprint ", (*model)->fingerprint(), ")"));
+  const VisionModel* model = (*engine)->vision_model();
+  LogInfo(absl::StrCat("loaded vision model from ", absl::GetFlag(FLAGS_model), " (", engine_options.dtype,
+                       ", fingerprint ", model->fingerprint(), ")"));
 
   std::unique_ptr<EmbeddingCache> cache;
   if (!absl::GetFlag(FLAGS_redis).empty()) {
@@ -88,19 +96,19 @@ int main(int argc, char** argv) {
   }
 
   MetricsRegistry registry;
-  Embedder embedder(MakeVisionModelEncoder(model->get()), cache.get(), &registry);
+  Embedder embedder(MakeVisionEncoder((*engine)->vision()), cache.get(), &registry);
   VisionEncoderServiceOptions options;
   options.limits.max_images = absl::GetFlag(FLAGS_max_images);
   options.limits.max_image_bytes = absl::GetFlag(FLAGS_max_image_bytes);
   options.limits.max_pixels = absl::GetFlag(FLAGS_max_pixels);
   options.limits.max_tiles = absl::GetFlag(FLAGS_max_tiles);
   options.limits.default_max_num = absl::GetFlag(FLAGS_default_max_num);
-  options.limits.image_size = ModelImageSize(**model);
+  options.limits.image_size = ModelImageSize(*model);
   options.max_chunk_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_chunk_bytes));
   options.threads = absl::GetFlag(FLAGS_threads);
   options.max_queued = absl::GetFlag(FLAGS_max_queued);
-  options.model_fingerprint = absl::StrCat((*model)->fingerprint(), ":", vision_options.dtype);
-  options.tokens_per_tile = (*model)->num_image_token();
+  options.model_fingerprint = absl::StrCat(model->fingerprint(), ":", engine_options.dtype);
+  options.tokens_per_tile = model->num_image_token();
   VisionEncoderService service(options, &embedder, &registry);
 
   RunOptions run;

@@ -24,14 +24,8 @@ absl::Status ValidateTiles(const HostTensor& tiles, int image_size, int max_tile
 
 int ModelImageSize(const VisionModel& model) { return model.config().image_size(); }
 
-TileEncoder MakeVisionModelEncoder(const VisionModel* model) {
-  return [model](const HostTensor& tiles) -> absl::StatusOr<HostTensor> {
-    const int n = static_cast<int>(tiles.shape[0]);
-    const int size = static_cast<int>(tiles.shape[1]);
-    HostTensor pixels(DType::kF32, {n, preprocess::kRgbChannels, size, size});
-    preprocess::NormalizeTilesU8(tiles.data<uint8_t>(), n, size, pixels.data<float>());
-    return model->ExtractFeature(pixels);
-  };
+TileEncoder MakeVisionEncoder(VisionBatcher* batcher) {
+  return [batcher](const HostTensor& tiles) { return batcher->EncodeTiles(tiles); };
 }
 
 }  // namespace internvl::services

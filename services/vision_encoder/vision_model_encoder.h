@@ -1,13 +1,14 @@
-// TileEncoder over core's VisionModel: ImageNet-normalise uint8 tiles into
-// float32 [N, 3, S, S] (NormalizeTilesU8), then ExtractFeature. The only
-// services file that touches the vision model (torch stays behind
-// core/vision/vision_model.h).
+// TileEncoder over the engine's VisionBatcher: ImageNet-normalise uint8
+// tiles into float32 [N, 3, S, S], then one encoder forward shared with
+// concurrent requests. The only services file that touches the vision model
+// (torch stays behind core/).
 #pragma once
 
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "core/engine/vision_batcher.h"
 #include "core/vision/vision_model.h"
 #include "services/vision_encoder/embedder.h"
 
@@ -17,8 +18,8 @@ namespace internvl::services {
 // max_tiles. INVALID_ARGUMENT / RESOURCE_EXHAUSTED with the offending shape.
 absl::Status ValidateTiles(const HostTensor& tiles, int image_size, int max_tiles);
 
-// `model` must outlive the returned function.
-TileEncoder MakeVisionModelEncoder(const VisionModel* model);
+// `batcher` must outlive the returned function.
+TileEncoder MakeVisionEncoder(VisionBatcher* batcher);
 
 // The model's tile side (force_image_size, else vision image_size).
 int ModelImageSize(const VisionModel& model);
