@@ -47,7 +47,8 @@ absl::StatusOr<ChatRequest> ChatRequestFromArgs(const Args& args) {
     } catch (const nlohmann::json::exception& e) {
       return absl::InvalidArgumentError(absl::StrCat(*h, " is not valid JSON: ", e.what()));
     }
-    if (!j.is_array()) return absl::InvalidArgumentError(absl::StrCat(*h, ": history must be a list of [question, answer]"));
+    if (!j.is_array())
+      return absl::InvalidArgumentError(absl::StrCat(*h, ": history must be a list of [question, answer]"));
     for (const auto& turn : j) {
       if (!turn.is_array() || turn.size() != 2 || !turn[0].is_string() || !turn[1].is_string())
         return absl::InvalidArgumentError(absl::StrCat(*h, ": each history turn must be [question, answer] strings"));

@@ -10,13 +10,13 @@
 #include <string>
 #include <vector>
 
-#include "core/hub/hub_download.h"
 #include "absl/strings/str_cat.h"
 #include "cli/args.h"
 #include "cli/chat_flags.h"
 #include "cli/command.h"
 #include "core/chat/prompt_builder.h"
 #include "core/engine/engine.h"
+#include "core/hub/hub_download.h"
 #include "core/model_path.h"
 #include "gateway/chat_service.h"
 #include "gateway/embedded_stages.h"
@@ -83,8 +83,8 @@ int Run(const std::vector<std::string>& argv) {
   auto max_new = args->GetInt("max-new-tokens-limit", 4096);
   auto cache_mb = args->GetInt("memory-cache-mb", 512);
   auto grace = args->GetDouble("grace-seconds", 20);
-  for (const absl::Status& s : {metrics_port.status(), max_images.status(), max_tiles.status(),
-                                max_segments.status(), max_new.status(), cache_mb.status(), grace.status()})
+  for (const absl::Status& s : {metrics_port.status(), max_images.status(), max_tiles.status(), max_segments.status(),
+                                max_new.status(), cache_mb.status(), grace.status()})
     if (!s.ok()) return ReportError(kName, s);
 
   auto prompt = PromptBuilder::Load(*dir);
@@ -127,8 +127,7 @@ int Run(const std::vector<std::string>& argv) {
   run.grpc.listen = args->GetOr("listen", "0.0.0.0:50050");
   run.metrics_port = *metrics_port;
   run.grace = absl::Seconds(*grace);
-  const int rc =
-      RunServer("internvl.v1.InternVL (all-in-one)", run, {&service}, {"internvl.v1.InternVL"}, &registry);
+  const int rc = RunServer("internvl.v1.InternVL (all-in-one)", run, {&service}, {"internvl.v1.InternVL"}, &registry);
   (*engine)->llm()->SetObserver(nullptr);
   return rc;
 }

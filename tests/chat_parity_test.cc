@@ -5,6 +5,7 @@
 
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "core/chat/chat_pipeline.h"
 #include "core/files.h"
@@ -34,7 +35,12 @@ class ChatParity : public ::testing::TestWithParam<const char*> {
     auto file = SafetensorsFile::Open(dir_ + "/expected.safetensors");
     ASSERT_TRUE(file.ok()) << file.status();
     tensors_ = std::move(*file);
-    auto p = ChatPipeline::Load(dir_, PipelineOptions::Of("fp32", 2));
+    PipelineOptions options = PipelineOptions::Of("fp32", 2);
+    // A small step budget: the ~1200-2300-token prompts are prefilled in
+    // chunks, interleaved with other sequences' decodes.
+    options.llm.max_batched_tokens = 256;
+    options.llm.kv_cache_bytes = int64_t{64} << 20;
+    auto p = ChatPipeline::Load(dir_, options);
     ASSERT_TRUE(p.ok()) << p.status();
     pipeline_ = std::move(*p);
   }
@@ -64,6 +70,50 @@ class ChatParity : public ::testing::TestWithParam<const char*> {
     return g;
   }
 
+  // The reference's calls, case by case.
+  ChatRequest CaseA() {
+    const json& c = expected_["cases"]["A_single_image_chat"];
+    ChatRequest r;
+    r.question = "Please describe the image shortly.";
+    r.images = {Image(c["image"])};
+    r.max_num = c["max_num"];
+    r.generation = Greedy16();
+    return r;
+  }
+  ChatRequest CaseB() {
+    const json& c = expected_["cases"]["B_multi_turn"];
+    ChatRequest r = CaseA();
+    r.question = "What color is the circle?";
+    r.history = {{c["history_in"][0][0].get<std::string>(), c["history_in"][0][1].get<std::string>()}};
+    r.history_given = true;
+    return r;
+  }
+  std::vector<ChatRequest> CaseC() {
+    ChatRequest r0, r1;
+    r0.question = "<image>\nDescribe the image in detail.";
+    r0.images = {Image("img_448x448")};
+    r0.max_num = 1;
+    r1.question = "What is written in the image?";
+    r1.images = {Image("img_800x600")};
+    r1.max_num = 2;
+    r0.generation = r1.generation = Greedy16();
+    return {r0, r1};
+  }
+  ChatRequest CaseD() {
+    ChatRequest r;
+    r.question = "Hello, who are you?";
+    r.generation = Greedy16();
+    return r;
+  }
+  ChatRequest CaseE() {
+    ChatRequest r;
+    r.question = "What is happening in the video?";
+    r.video = *ReadFile(fixtures_ + "/inputs/video.mp4");
+    r.num_segments = 8;
+    r.generation = Greedy16();
+    return r;
+  }
+
   std::string fixtures_, dir_;
   json expected_;
   std::unique_ptr<SafetensorsFile> tensors_;
@@ -72,11 +122,7 @@ class ChatParity : public ::testing::TestWithParam<const char*> {
 
 TEST_P(ChatParity, SingleImageChat) {
   const json& c = expected_["cases"]["A_single_image_chat"];
-  ChatRequest r;
-  r.question = "Please describe the image shortly.";
-  r.images = {Image(c["image"])};
-  r.max_num = c["max_num"];
-  r.generation = Greedy16();
+  ChatRequest r = CaseA();
   std::string streamed;
   auto result = pipeline_->Chat(r, [&](absl::string_view d) {
     streamed += std::string(d);
@@ -92,16 +138,8 @@ TEST_P(ChatParity, SingleImageChat) {
 }
 
 TEST_P(ChatParity, MultiTurnWithHistory) {
-  const json& a = expected_["cases"]["A_single_image_chat"];
   const json& c = expected_["cases"]["B_multi_turn"];
-  ChatRequest r;
-  r.question = "What color is the circle?";
-  r.images = {Image(a["image"])};
-  r.max_num = a["max_num"];
-  r.history = {{c["history_in"][0][0].get<std::string>(), c["history_in"][0][1].get<std::string>()}};
-  r.history_given = true;
-  r.generation = Greedy16();
-  auto result = pipeline_->Chat(r);
+  auto result = pipeline_->Chat(CaseB());
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->prompt_tokens, c["input_ids_len"].get<int>());
   EXPECT_EQ(result->token_ids, ExpectedIds("B_generated_ids"));
@@ -110,15 +148,7 @@ TEST_P(ChatParity, MultiTurnWithHistory) {
 
 TEST_P(ChatParity, BatchChatWithLeftPadding) {
   const json& c = expected_["cases"]["C_batch_chat"];
-  ChatRequest r0, r1;
-  r0.question = "<image>\nDescribe the image in detail.";
-  r0.images = {Image("img_448x448")};
-  r0.max_num = 1;
-  r1.question = "What is written in the image?";
-  r1.images = {Image("img_800x600")};
-  r1.max_num = 2;
-  r0.generation = r1.generation = Greedy16();
-  auto results = pipeline_->BatchChat({r0, r1});
+  auto results = pipeline_->BatchChat(CaseC());
   ASSERT_TRUE(results.ok()) << results.status();
   ASSERT_EQ(results->size(), 2u);
   for (int row = 0; row < 2; ++row) {
@@ -129,10 +159,7 @@ TEST_P(ChatParity, BatchChatWithLeftPadding) {
 
 TEST_P(ChatParity, PureTextChat) {
   const json& c = expected_["cases"]["D_pure_text"];
-  ChatRequest r;
-  r.question = "Hello, who are you?";
-  r.generation = Greedy16();
-  auto result = pipeline_->Chat(r);
+  auto result = pipeline_->Chat(CaseD());
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->prompt_tokens, static_cast<int>(c["input_ids"].size()));
   EXPECT_EQ(result->token_ids, ExpectedIds("D_generated_ids"));
@@ -142,12 +169,7 @@ TEST_P(ChatParity, PureTextChat) {
 #ifdef INTERNVL_HAVE_VIDEO
 TEST_P(ChatParity, VideoChat) {
   const json& c = expected_["cases"]["E_video"];
-  ChatRequest r;
-  r.question = "What is happening in the video?";
-  r.video = *ReadFile(fixtures_ + "/inputs/video.mp4");
-  r.num_segments = 8;
-  r.generation = Greedy16();
-  auto result = pipeline_->Chat(r);
+  auto result = pipeline_->Chat(CaseE());
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->frame_indices, c["frame_indices"].get<std::vector<int>>());
   EXPECT_EQ(result->prompt_tokens, c["input_ids_len"].get<int>());
@@ -155,6 +177,54 @@ TEST_P(ChatParity, VideoChat) {
   EXPECT_EQ(result->response, c["response"].get<std::string>());
 }
 #endif
+
+// All cases at once on one engine (each from its own thread, batch chat's two
+// rows included): they decode together, prompts chunked between the decodes,
+// and every sequence still gets exactly the reference's ids.
+TEST_P(ChatParity, ConcurrentCasesGiveTheReferenceIds) {
+  struct Run {
+    std::string name;
+    std::vector<ChatRequest> requests;  // one chat, or batch chat's rows
+    std::vector<std::vector<int>> expected;
+    std::vector<std::vector<int>> got;
+    absl::Status status;
+  };
+  std::vector<Run> runs = {
+      {"A", {CaseA()}, {ExpectedIds("A_generated_ids")}, {}, {}},
+      {"B", {CaseB()}, {ExpectedIds("B_generated_ids")}, {}, {}},
+      {"C", CaseC(), {ExpectedIds("C_generated_ids", 0), ExpectedIds("C_generated_ids", 1)}, {}, {}},
+      {"D", {CaseD()}, {ExpectedIds("D_generated_ids")}, {}, {}},
+  };
+#ifdef INTERNVL_HAVE_VIDEO
+  runs.push_back({"E", {CaseE()}, {ExpectedIds("E_generated_ids")}, {}, {}});
+#endif
+  // Twice each, so that sequences also meet their own prefixes.
+  const size_t n = runs.size();
+  for (size_t i = 0; i < n; ++i) runs.push_back(runs[i]);
+  std::vector<std::thread> threads;
+  for (Run& run : runs) {
+    threads.emplace_back([&run, this] {
+      if (run.requests.size() > 1) {
+        auto r = pipeline_->BatchChat(run.requests);
+        run.status = r.status();
+        if (r.ok())
+          for (const auto& x : *r) run.got.push_back(x.token_ids);
+        return;
+      }
+      auto r = pipeline_->Chat(run.requests[0]);
+      run.status = r.status();
+      if (r.ok()) run.got.push_back(r->token_ids);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const Run& run : runs) {
+    ASSERT_TRUE(run.status.ok()) << run.name << ": " << run.status;
+    EXPECT_EQ(run.got, run.expected) << "case " << run.name;
+  }
+  const EngineStats stats = pipeline_->engine().llm()->stats();
+  EXPECT_EQ(stats.kv_blocks_used, 0);
+  EXPECT_GT(stats.prefix_hit_tokens, 0);
+}
 
 TEST_P(ChatParity, BadRequestsAreClearErrors) {
   ChatRequest empty;

@@ -15,3 +15,20 @@ if(TARGET internvl-gateway AND TARGET internvl-llm-decoder AND TARGET internvl-p
   add_dependencies(gateway_test internvl-preprocess internvl-vision-encoder internvl-llm-decoder internvl-gateway internvl)
   set_tests_properties(gateway_test PROPERTIES TIMEOUT 300)
 endif()
+
+# Many users at once: every fixture case of the three tiny models sent
+# concurrently through the four-service path and the all-in-one server
+# (exact reference ids), prefix reuse on a second turn, engine metrics.
+if(TARGET internvl-gateway AND TARGET internvl-llm-decoder AND TARGET internvl-preprocess
+   AND TARGET internvl-vision-encoder AND TARGET internvl_gateway_embedded)
+  internvl_test(NAME serving_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/serving_test.cc
+                LIBS internvl_gateway internvl_service_testing LABELS "services;integration")
+  target_compile_definitions(serving_test PRIVATE
+    INTERNVL_PREPROCESS_BIN="$<TARGET_FILE:internvl-preprocess>"
+    INTERNVL_VISION_ENCODER_BIN="$<TARGET_FILE:internvl-vision-encoder>"
+    INTERNVL_LLM_DECODER_BIN="$<TARGET_FILE:internvl-llm-decoder>"
+    INTERNVL_GATEWAY_BIN="$<TARGET_FILE:internvl-gateway>"
+    INTERNVL_CLI_BIN="$<TARGET_FILE:internvl>")
+  add_dependencies(serving_test internvl-preprocess internvl-vision-encoder internvl-llm-decoder internvl-gateway internvl)
+  set_tests_properties(serving_test PROPERTIES TIMEOUT 600)
+endif()

@@ -4,9 +4,7 @@ namespace internvl::services {
 namespace {
 
 // 1 ms .. 10 s: inter-token gaps and step times of a CPU or GPU decoder.
-std::vector<double> StepBuckets() {
-  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
-}
+std::vector<double> StepBuckets() { return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}; }
 
 }  // namespace
 
@@ -25,6 +23,8 @@ EngineMetrics::EngineMetrics(MetricsRegistry* r, const std::string& service)
                                 "Prompt tokens whose K/V came from the prefix cache")),
       preemptions_(r->GetCounter("internvl_engine_preemptions_total", "Sequences preempted for KV blocks")),
       steps_(r->GetCounter("internvl_engine_steps_total", "Batched engine steps")),
+      step_sequences_(r->GetCounter("internvl_engine_step_sequences_total",
+                                    "Sequences over all steps (mean batch = this / steps)")),
       ttft_(r->GetHistogram("internvl_engine_time_to_first_token_seconds", "Submit to the first sampled token",
                             DefaultLatencyBuckets())),
       itl_(r->GetHistogram("internvl_engine_inter_token_latency_seconds", "Gap between a sequence's tokens",
@@ -44,6 +44,7 @@ void EngineMetrics::OnStep(const EngineStepReport& report) {
   if (report.prefix_hit_tokens > 0) prefix_hit_->Increment(static_cast<double>(report.prefix_hit_tokens));
   if (report.preemptions > 0) preemptions_->Increment(static_cast<double>(report.preemptions));
   steps_->Increment();
+  step_sequences_->Increment(static_cast<double>(report.batch_sequences));
   for (double s : report.time_to_first_token_s) ttft_->Observe(s);
   for (double s : report.inter_token_s) itl_->Observe(s);
   step_->Observe(report.step_seconds);

@@ -6,7 +6,8 @@
 //   last step), internvl_engine_kv_blocks{state="used"|"free"|"total"},
 //   internvl_engine_prefix_query_tokens_total / _prefix_hit_tokens_total (hit
 //   rate = hits / queries), internvl_engine_preemptions_total,
-//   internvl_engine_steps_total, and the histograms
+//   internvl_engine_steps_total, internvl_engine_step_sequences_total (mean
+//   batch = step_sequences / steps), and the histograms
 //   internvl_engine_time_to_first_token_seconds,
 //   internvl_engine_inter_token_latency_seconds, internvl_engine_step_seconds.
 #pragma once
@@ -37,6 +38,7 @@ class EngineMetrics : public EngineObserver {
   Counter* prefix_hit_;
   Counter* preemptions_;
   Counter* steps_;
+  Counter* step_sequences_;
   Histogram* ttft_;
   Histogram* itl_;
   Histogram* step_;

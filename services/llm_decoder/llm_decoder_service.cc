@@ -108,8 +108,8 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
     auto latch = std::make_shared<CancelLatch>();
     SetCancelHook([latch] { latch->Cancel(); });
     request.on_token = [this](int id) { return OnToken(id); };
-    auto handle = service_->engine_->Submit(std::move(request),
-                                            [this](const absl::StatusOr<EngineResult>& r) { OnDone(r); });
+    auto handle =
+        service_->engine_->Submit(std::move(request), [this](const absl::StatusOr<EngineResult>& r) { OnDone(r); });
     if (!handle.ok()) {
       Close(handle.status());
       return;
