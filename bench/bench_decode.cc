@@ -32,6 +32,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_bandwidth.h"
+#include "bench/bench_matmul.h"
 #include "bench/bench_util.h"
 #include "core/config.h"
 #include "core/llm/causal_lm.h"
@@ -276,6 +277,19 @@ int Run(int argc, char** argv) {
       const double step = bench::Median(batched);
       std::printf("[%s] batch %d: %.1f ms/step = %.1f tokens/s aggregate = %.2fx batch 1 (%.1f ms/token)\n",
                   name.c_str(), batch, step * 1e3, batch / step, (batch / step) / (1.0 / median), median * 1e3);
+      // What this machine allows: a step reads the weights once (the
+      // bandwidth bound) and multiplies them by `batch` rows (the matmul
+      // peak of the compute dtype, measured now).
+      const double peak = bench::MatmulPeak(precision->compute);
+      const double flops = 2.0 * batch * static_cast<double>((*lm)->decode_weight_bytes()) /
+                           (precision->weights == at::kBFloat16 ? 2 : 4);
+      const double floor_s = std::max(bytes / (bandwidth * 1e9), flops / peak);
+      std::printf("[%s] batch %d floor %.1f ms/step (weights %.1f ms at the bandwidth, %.1f GFLOP at the %s matmul "
+                  "peak %.0f GFLOP/s = %.1f ms): at most %.2fx batch 1's measured rate; achieved %.0f%% of the "
+                  "floor\n",
+                  name.c_str(), batch, floor_s * 1e3, bytes / (bandwidth * 1e9) * 1e3, flops / 1e9,
+                  c10::toString(precision->compute), peak / 1e9, flops / peak * 1e3, batch * median / floor_s,
+                  100.0 * floor_s / step);
     }
     std::printf("[%s] peak RSS so far %.0f MiB\n", name.c_str(), bench::PeakRssMiB());
   }

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <string>
 
+#include "bench/bench_matmul.h"
 #include "bench/bench_util.h"
 #include "core/config.h"
 #include "core/nn/torch_util.h"
@@ -89,12 +90,6 @@ double FlopsPerTile(const InternVLConfig& c) {
   return per_layer * c.vision.num_hidden_layers + patch + proj;
 }
 
-double MatmulPeak(at::ScalarType dtype, int64_t n) {
-  at::Tensor a = at::randn({n, n}).to(dtype), b = at::randn({n, n}).to(dtype);
-  double t = bench::BestOf(3, [&] { at::matmul(a, b); });
-  return 2.0 * n * n * n / t;
-}
-
 int Main(int argc, char** argv) {
   int threads = 0, tiles = 4, fp32_tiles = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -123,7 +118,7 @@ int Main(int argc, char** argv) {
     // The peak of the dtype actually computed in (bf16 degrades to fp32 on
     // CPUs without native bf16 matmul).
     const at::ScalarType compute = EffectiveComputeDType(bf16 ? at::kBFloat16 : at::kFloat);
-    const double peak = MatmulPeak(compute, 2048);
+    const double peak = bench::MatmulPeak(compute, 2048);
     at::Tensor px = at::randn({n, 3, 448, 448});
     double t = bench::BestOf(1, [&] {
       auto out = ExtractFeature(**model, px);

@@ -18,6 +18,13 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
 // Writes `data` to `path` atomically (temp file + rename).
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view data);
 
+// Drops the whole pages inside [data, data + size) of a read-only file
+// mapping from this process's resident set (the kernel's page cache keeps
+// them; a later read faults them back in). Loaders call it once a tensor is
+// copied out, so that loading a checkpoint does not hold the file's pages
+// and the copies at once (the peak RSS of loading stays near the weights').
+void ReleaseMappedPages(const void* data, size_t size);
+
 // A read-only private mapping of a whole file. Pages are loaded lazily, so
 // opening a multi-GB checkpoint costs nothing until tensors are touched.
 class MappedFile {

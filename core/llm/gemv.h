@@ -19,9 +19,23 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace internvl::llm {
+
+// The matrix-vector kernel families, chosen at run time from the CPU's flags:
+// AVX-512-BF16 dot products (bf16 weights x bf16 inputs; other dtype pairs
+// fall back to avx2), AVX2/FMA (fp32 accumulation, bf16 widened), portable C++.
+enum class GemvKernel { kPortable, kAvx2, kAvx512Bf16 };
+const char* GemvKernelName(GemvKernel kernel);  // "portable", "avx2", "avx512bf16"
+bool GemvKernelSupported(GemvKernel kernel);
+// The best this CPU supports, or what INTERNVL_GEMV_KERNEL names (among the
+// supported ones), or what ForceGemvKernel set.
+GemvKernel ActiveGemvKernel();
+// Forces a kernel process-wide (tests, benchmarks); nullopt restores the
+// default. False (and nothing changes) when this CPU does not run it.
+bool ForceGemvKernel(std::optional<GemvKernel> kernel);
 
 // Rows up to which FastLinear runs (decode of up to 16 sequences, short
 // prompts): beyond, libtorch's cache-blocked GEMMs are faster.
@@ -43,8 +57,9 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b 
 // q [S, H, d]; key/value pools [blocks, KV, block_size, d]; row s attends over
 // positions [0, lens[s]) held in blocks (*tables[s])[p / block_size].
 // Returns [S, H * d], or undefined when grad mode is on, FastLinear is
-// disabled, or the arguments do not fit (non-fp32, non-CPU): callers then use
-// the general path.
+// disabled, or the arguments do not fit (other dtypes, non-CPU): callers then
+// use the general path. Pools and q may be fp32 or bf16 (bf16 is widened as
+// read; scores, softmax and sums in fp32); the result has q's dtype.
 at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool, const at::Tensor& value_pool,
                                 const std::vector<const std::vector<int32_t>*>& tables,
                                 const std::vector<int64_t>& lens);
@@ -54,7 +69,11 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
 void SetFastLinearEnabled(bool enabled);
 bool FastLinearEnabled();
 
-// "avx2" or "portable": which kernel FastLinear runs on this CPU.
+// Rows up to which FastLinear runs for these input and weight dtypes on this
+// CPU (kMaxFastLinearRows, or fewer where libtorch's GEMM is faster).
+int64_t FastLinearMaxRows(at::ScalarType x, at::ScalarType w);
+
+// GemvKernelName(ActiveGemvKernel()): which kernel FastLinear runs.
 const char* FastLinearKernel();
 
 // Moves the storage of each tensor of at least 2 MiB into memory advised for

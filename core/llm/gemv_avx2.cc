@@ -204,24 +204,6 @@ inline __m256 ExpNonPositive(__m256 x) {
 
 }  // namespace
 
-// out[0, 8 * kVectors) = sum_r p[r] * v[r * dim + (0, 8 * kVectors)], the
-// accumulators in registers (a compile-time count, or GCC keeps them in
-// memory).
-template <int kVectors>
-inline void WeightedRows(const float* p, const float* v, int64_t len, int64_t dim, float* out) {
-  __m256 acc[kVectors];
-#pragma GCC unroll 8
-  for (int j = 0; j < kVectors; ++j) acc[j] = _mm256_setzero_ps();
-  for (int64_t r = 0; r < len; ++r) {
-    const __m256 pv = _mm256_broadcast_ss(p + r);
-    const float* row = v + r * dim;
-#pragma GCC unroll 8
-    for (int j = 0; j < kVectors; ++j) acc[j] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(row + 8 * j), acc[j]);
-  }
-#pragma GCC unroll 8
-  for (int j = 0; j < kVectors; ++j) _mm256_storeu_ps(out + 8 * j, acc[j]);
-}
-
 // Sums of 8 accumulators at once: [sum(a0), ..., sum(a7)].
 inline __m256 HorizontalSums8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
                               __m256 a7) {
@@ -231,27 +213,77 @@ inline __m256 HorizontalSums8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-void SegmentScoresAvx2(const float* q, const float* k, int64_t len, int64_t dim, float scale, float* scores) {
+// Eight consecutive fp32 or bf16 values as fp32 (bf16 widened exactly).
+inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 Load8(const uint16_t* p) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+}
+
+template <typename T>
+inline void ScoresImpl(const float* q, const T* k, int64_t len, int64_t dim, float scale, float* scores) {
   // Eight keys at a time (independent accumulators, summed together).
   const __m256 scale_v = _mm256_set1_ps(scale);
   int64_t l = 0;
   for (; l + 8 <= len; l += 8) {
-    const float* k0 = k + l * dim;
+    const T* k0 = k + l * dim;
     __m256 a[8];
 #pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) a[i] = _mm256_setzero_ps();
     for (int64_t d = 0; d < dim; d += 8) {
       const __m256 qv = _mm256_loadu_ps(q + d);
 #pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) a[i] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i * dim + d), a[i]);
+      for (int i = 0; i < 8; ++i) a[i] = _mm256_fmadd_ps(qv, Load8(k0 + i * dim + d), a[i]);
     }
     _mm256_storeu_ps(scores + l, _mm256_div_ps(HorizontalSums8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]), scale_v));
   }
   for (; l < len; ++l) {
     __m256 a = _mm256_setzero_ps();
-    for (int64_t d = 0; d < dim; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + l * dim + d), a);
+    for (int64_t d = 0; d < dim; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), Load8(k + l * dim + d), a);
     scores[l] = HorizontalSum(a) / scale;
   }
+}
+
+// out[0, 8 * kVectors) = sum_r p[r] * v[r * dim + (0, 8 * kVectors)], the
+// accumulators in registers (a compile-time count, or GCC keeps them in
+// memory).
+template <int kVectors, typename T>
+inline void WeightedRowsT(const float* p, const T* v, int64_t len, int64_t dim, float* out) {
+  __m256 acc[kVectors];
+#pragma GCC unroll 8
+  for (int j = 0; j < kVectors; ++j) acc[j] = _mm256_setzero_ps();
+  for (int64_t r = 0; r < len; ++r) {
+    const __m256 pv = _mm256_broadcast_ss(p + r);
+    const T* row = v + r * dim;
+#pragma GCC unroll 8
+    for (int j = 0; j < kVectors; ++j) acc[j] = _mm256_fmadd_ps(pv, Load8(row + 8 * j), acc[j]);
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < kVectors; ++j) _mm256_storeu_ps(out + 8 * j, acc[j]);
+}
+
+template <typename T>
+inline void ValuesImpl(const float* probs, const T* v, int64_t len, int64_t dim, float* out) {
+  // 64 outputs (8 registers) at a time.
+  for (int64_t d0 = 0; d0 < dim; d0 += 64) {
+    switch ((dim - d0 < 64 ? dim - d0 : 64) / 8) {
+      case 8: WeightedRowsT<8>(probs, v + d0, len, dim, out + d0); break;
+      case 7: WeightedRowsT<7>(probs, v + d0, len, dim, out + d0); break;
+      case 6: WeightedRowsT<6>(probs, v + d0, len, dim, out + d0); break;
+      case 5: WeightedRowsT<5>(probs, v + d0, len, dim, out + d0); break;
+      case 4: WeightedRowsT<4>(probs, v + d0, len, dim, out + d0); break;
+      case 3: WeightedRowsT<3>(probs, v + d0, len, dim, out + d0); break;
+      case 2: WeightedRowsT<2>(probs, v + d0, len, dim, out + d0); break;
+      default: WeightedRowsT<1>(probs, v + d0, len, dim, out + d0); break;
+    }
+  }
+}
+
+void SegmentScoresAvx2(const float* q, const float* k, int64_t len, int64_t dim, float scale, float* scores) {
+  ScoresImpl(q, k, len, dim, scale, scores);
+}
+void SegmentScoresBf16Avx2(const float* q, const uint16_t* k, int64_t len, int64_t dim, float scale, float* scores) {
+  ScoresImpl(q, k, len, dim, scale, scores);
 }
 
 Segment SegmentSoftmaxAvx2(float* scores, int64_t len) {
@@ -278,19 +310,10 @@ Segment SegmentSoftmaxAvx2(float* scores, int64_t len) {
 }
 
 void SegmentValuesAvx2(const float* probs, const float* v, int64_t len, int64_t dim, float* out) {
-  // 64 outputs (8 registers) at a time.
-  for (int64_t d0 = 0; d0 < dim; d0 += 64) {
-    switch ((dim - d0 < 64 ? dim - d0 : 64) / 8) {
-      case 8: WeightedRows<8>(probs, v + d0, len, dim, out + d0); break;
-      case 7: WeightedRows<7>(probs, v + d0, len, dim, out + d0); break;
-      case 6: WeightedRows<6>(probs, v + d0, len, dim, out + d0); break;
-      case 5: WeightedRows<5>(probs, v + d0, len, dim, out + d0); break;
-      case 4: WeightedRows<4>(probs, v + d0, len, dim, out + d0); break;
-      case 3: WeightedRows<3>(probs, v + d0, len, dim, out + d0); break;
-      case 2: WeightedRows<2>(probs, v + d0, len, dim, out + d0); break;
-      default: WeightedRows<1>(probs, v + d0, len, dim, out + d0); break;
-    }
-  }
+  ValuesImpl(probs, v, len, dim, out);
+}
+void SegmentValuesBf16Avx2(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out) {
+  ValuesImpl(probs, v, len, dim, out);
 }
 
 }  // namespace internvl::llm::gemv

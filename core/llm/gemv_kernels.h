@@ -27,6 +27,9 @@ struct Problem {
   float* y = nullptr;           // [M, out]
   // x in the layout the AVX2 bf16 kernel reads (set by PrepareAvx2).
   const float* x_perm = nullptr;
+  // x rounded to bf16 [M, in] (uint16_t bits), for the AVX-512-BF16 kernel:
+  // set when the inputs are bf16 already (exact).
+  const uint16_t* x_bf16 = nullptr;
 };
 
 // Portable reference implementation (any CPU).
@@ -39,6 +42,11 @@ void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end);
 
 // Whether this CPU (and OS) runs AVX2 and FMA code.
 bool CpuHasAvx2Fma();
+
+// AVX-512-BF16 implementation for bf16 weights and bf16 inputs (p.x_bf16
+// set); only call when CpuHasAvx512Bf16().
+void RowsAvx512Bf16(const Problem& p, int64_t row_begin, int64_t row_end);
+bool CpuHasAvx512Bf16();
 
 // Decode attention of one query head over one segment of `len` cached keys
 // and values (rows of `dim` floats; the AVX2 versions need dim % 8 == 0), the
@@ -57,5 +65,11 @@ void SegmentValuesPortable(const float* probs, const float* v, int64_t len, int6
 void SegmentScoresAvx2(const float* q, const float* k, int64_t len, int64_t dim, float scale, float* scores);
 Segment SegmentSoftmaxAvx2(float* scores, int64_t len);
 void SegmentValuesAvx2(const float* probs, const float* v, int64_t len, int64_t dim, float* out);
+// The same over bf16 keys / values (uint16_t bits; widened exactly to fp32).
+void SegmentScoresBf16Portable(const float* q, const uint16_t* k, int64_t len, int64_t dim, float scale,
+                               float* scores);
+void SegmentValuesBf16Portable(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
+void SegmentScoresBf16Avx2(const float* q, const uint16_t* k, int64_t len, int64_t dim, float scale, float* scores);
+void SegmentValuesBf16Avx2(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
 
 }  // namespace internvl::llm::gemv

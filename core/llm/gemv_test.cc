@@ -36,32 +36,41 @@ void ExpectWithin(const at::Tensor& actual, const at::Tensor& expected, const at
 class FastLinearShapes : public ::testing::TestWithParam<std::tuple<int64_t, int64_t>> {};
 
 // Every row count up to the limit, fp32 and bf16 weights, inputs and biases,
-// sizes that are and are not multiples of the 8-wide vectors and 4-row blocks.
+// sizes that are and are not multiples of the 8/32-wide vectors and 4-row
+// blocks, with every kernel this CPU runs.
 TEST_P(FastLinearShapes, MatchesFp64Reference) {
   at::InferenceMode guard;
   const auto [out, in] = GetParam();
   at::manual_seed(out * 1000 + in);
-  for (at::ScalarType wt : {at::kFloat, at::kBFloat16}) {
-    for (at::ScalarType xt : {at::kFloat, at::kBFloat16}) {
-      for (bool with_bias : {false, true}) {
-        for (int64_t rows : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{5}, int64_t{8}, int64_t{13},
-                             kMaxFastLinearRows}) {
-          const std::string what = absl::StrCat(out, "x", in, " w ", c10::toString(wt), " x ", c10::toString(xt),
-                                                " bias ", with_bias, " rows ", rows);
-          const at::Tensor w = at::randn({out, in}).to(wt);
-          const at::Tensor x = at::randn({1, rows, in}).to(xt);
-          const at::Tensor b = with_bias ? at::randn({out}).to(xt) : at::Tensor();
-          const at::Tensor y = FastLinear(x, w, b);
-          ASSERT_TRUE(y.defined()) << what;
-          EXPECT_EQ(y.scalar_type(), xt) << what;
-          auto [expected, bound] = Reference(x, w, b);
-          // A bf16 result is the fp32 one rounded once: half a bf16 ulp more.
-          if (xt == at::kBFloat16) bound = bound + expected.abs() * (1.0 / 256);
-          ExpectWithin(y, expected, bound, what);
+  for (GemvKernel kernel : {GemvKernel::kPortable, GemvKernel::kAvx2, GemvKernel::kAvx512Bf16}) {
+    if (!ForceGemvKernel(kernel)) continue;
+    for (at::ScalarType wt : {at::kFloat, at::kBFloat16}) {
+      for (at::ScalarType xt : {at::kFloat, at::kBFloat16}) {
+        for (bool with_bias : {false, true}) {
+          for (int64_t rows : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{5}, int64_t{8}, int64_t{13},
+                               kMaxFastLinearRows}) {
+            const std::string what = absl::StrCat(GemvKernelName(kernel), " ", out, "x", in, " w ", c10::toString(wt),
+                                                  " x ", c10::toString(xt), " bias ", with_bias, " rows ", rows);
+            const at::Tensor w = at::randn({out, in}).to(wt);
+            const at::Tensor x = at::randn({1, rows, in}).to(xt);
+            const at::Tensor b = with_bias ? at::randn({out}).to(xt) : at::Tensor();
+            const at::Tensor y = FastLinear(x, w, b);
+            if (rows > FastLinearMaxRows(xt, wt)) {  // libtorch's GEMM is faster there
+              EXPECT_FALSE(y.defined()) << what;
+              continue;
+            }
+            ASSERT_TRUE(y.defined()) << what;
+            EXPECT_EQ(y.scalar_type(), xt) << what;
+            auto [expected, bound] = Reference(x, w, b);
+            // A bf16 result is the fp32 one rounded once: half a bf16 ulp more.
+            if (xt == at::kBFloat16) bound = bound + expected.abs() * (1.0 / 256);
+            ExpectWithin(y, expected, bound, what);
+          }
         }
       }
     }
   }
+  ForceGemvKernel(std::nullopt);
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, FastLinearShapes,
@@ -165,18 +174,18 @@ TEST(PagedDecodeAttention, MatchesEagerAttentionOverScatteredBlocks) {
   at::manual_seed(11);
   // (A large query scale makes the softmax peaked: exps far below 1e-38.
   // Long contexts split the softmax in segments and recombine them.)
-  for (auto [dim, q_scale, len, bs] : {std::tuple<int64_t, double, int64_t, int64_t>{64, 1.0, 33, 16},
-                                       {64, 40.0, 33, 4},
-                                       {12, 1.0, 33, 16},
-                                       {64, 1.0, 600, 16},
-                                       {64, 40.0, 777, 32},
-                                       {12, 1.0, 513, 8}}) {
+  using Case = std::tuple<int64_t, double, int64_t, int64_t, at::ScalarType>;
+  const std::vector<Case> cases = {
+      {64, 1.0, 33, 16, at::kFloat},     {64, 40.0, 33, 4, at::kFloat},    {12, 1.0, 33, 16, at::kFloat},
+      {64, 1.0, 600, 16, at::kFloat},    {64, 40.0, 777, 32, at::kFloat},  {12, 1.0, 513, 8, at::kFloat},
+      {64, 1.0, 600, 16, at::kBFloat16}, {64, 40.0, 77, 4, at::kBFloat16}, {12, 1.0, 513, 8, at::kBFloat16}};
+  for (auto [dim, q_scale, len, bs, dtype] : cases) {
     const int64_t seqs = 2, heads = 6, kv = 2;
     const int64_t lens[2] = {len, len / 2 + 1};
     const int64_t per_seq = (len + bs - 1) / bs;
     const int64_t blocks = 2 * per_seq + 3;
-    const at::Tensor pool_k = at::randn({blocks, kv, bs, dim});
-    const at::Tensor pool_v = at::randn({blocks, kv, bs, dim});
+    const at::Tensor pool_k = at::randn({blocks, kv, bs, dim}).to(dtype);
+    const at::Tensor pool_v = at::randn({blocks, kv, bs, dim}).to(dtype);
     const at::Tensor perm = at::randperm(blocks);
     std::vector<std::vector<int32_t>> tables(seqs);
     for (int64_t s = 0; s < seqs; ++s)
@@ -199,7 +208,7 @@ TEST(PagedDecodeAttention, MatchesEagerAttentionOverScatteredBlocks) {
       const at::Tensor probs = at::softmax(at::matmul(qd, k.transpose(-1, -2)) / std::sqrt(double(dim)), -1);
       const at::Tensor expected = at::matmul(probs, v).reshape({heads * dim});
       EXPECT_LT((out[s].to(at::kDouble) - expected).abs().max().item<double>(), 1e-5)
-          << "dim " << dim << " q x" << q_scale << " len " << lens[s] << " block " << bs;
+          << "dim " << dim << " q x" << q_scale << " len " << lens[s] << " block " << bs << " " << c10::toString(dtype);
     }
   }
   // Not for it: fp64, a table too short for the length.

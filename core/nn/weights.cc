@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/files.h"
 #include "core/nn/torch_util.h"
 
 namespace internvl {
@@ -44,6 +45,9 @@ absl::Status LoadModuleWeights(torch::nn::Module& module, const TensorStore& sto
         return;
       }
       at::Tensor value = TensorFromView(*view, dtype);
+      // Copied: the checkpoint's mapped pages need not stay resident beside
+      // the weights (they would double the peak RSS of loading).
+      ReleaseMappedPages(view->data, view->nbytes);
       if (is_param) {
         target.set_data(value);
       } else {
