@@ -213,11 +213,16 @@ const char* FastLinearKernel() { return GemvKernelName(ActiveGemvKernel()); }
 
 int64_t FastLinearMaxRows(at::ScalarType x, at::ScalarType w) {
   // Where libtorch's oneDNN multiplies bf16 natively, its GEMM overtakes the
-  // matrix-vector kernels beyond 4 rows (measured on a 2-core AVX-512-BF16
-  // Zen 5, 9728x896 bf16, avx2 kernel: 0.57 vs 0.67 ms at 4 rows, 0.97 vs
-  // 0.83 at 8, 1.99 vs 1.09 at 16; a 24-layer decode step of 8 sequences with
-  // the avx512bf16 kernel: 91-140 ms against 70-93 through oneDNN).
-  if (x == at::kBFloat16 && w == at::kBFloat16 && CpuHasNativeBf16Matmul()) return 4;
+  // widening avx2 kernel beyond 4 rows (measured on a 2-core AVX-512-BF16 Zen
+  // 5, 9728x896 bf16: 0.57 vs 0.67 ms at 4 rows, 0.97 vs 0.83 at 8, 1.99 vs
+  // 1.09 at 16). The avx512bf16 kernel runs up to 16: in a server, oneDNN's
+  // OpenMP threads spin between layers against the helper pool of the
+  // attention kernels (8 streams of InternVL2-1B: 50 ms per step against 115
+  // through oneDNN).
+  if (x == at::kBFloat16 && w == at::kBFloat16 && CpuHasNativeBf16Matmul() &&
+      ActiveGemvKernel() != GemvKernel::kAvx512Bf16) {
+    return 4;
+  }
   return kMaxFastLinearRows;
 }
 
