@@ -23,22 +23,14 @@ using namespace internvl;
 namespace st = internvl::services::testing;
 
 namespace {
-struct Proc {
-  std::unique_ptr<st::Subprocess> process;
-  int port = 0;
-  std::string target() const { return "127.0.0.1:" + std::to_string(port); }
-};
+using Proc = st::ServerProcess;
 Proc Spawn(const std::string& bin, std::vector<std::string> args, const std::string& log) {
-  Proc p;
-  p.port = st::PickFreePort().value();
-  args.insert(args.end(), {"--listen", p.target(), "--metrics-port", std::to_string(st::PickFreePort().value())});
-  auto s = st::Subprocess::Spawn(bin, args, log);
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
+  auto p = st::SpawnServer(bin, std::move(args), log);
+  if (!p.ok()) {
+    std::fprintf(stderr, "%s\n", p.status().ToString().c_str());
     std::exit(1);
   }
-  p.process = std::move(*s);
-  return p;
+  return std::move(*p);
 }
 }  // namespace
 

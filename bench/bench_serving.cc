@@ -70,12 +70,9 @@ struct Options {
   bool keep = false;
 };
 
-struct Proc {
-  std::unique_ptr<st::Subprocess> process;
+struct Proc : st::ServerProcess {
   std::string name;
-  int port = 0;
   double loaded_rss_mib = 0;
-  std::string target() const { return "127.0.0.1:" + std::to_string(port); }
 };
 
 // VmRSS or VmHWM of a process, MiB.
@@ -93,16 +90,14 @@ double ProcMiB(pid_t pid, const char* field) {
 }
 
 Proc Spawn(const std::string& name, const std::string& bin, std::vector<std::string> args, const std::string& log) {
-  Proc p;
-  p.name = name;
-  p.port = st::PickFreePort().value();
-  args.insert(args.end(), {"--listen", p.target(), "--metrics-port", std::to_string(st::PickFreePort().value())});
-  auto s = st::Subprocess::Spawn(bin, args, log);
+  auto s = st::SpawnServer(bin, std::move(args), log);
   if (!s.ok()) {
     std::fprintf(stderr, "%s: %s\n", name.c_str(), s.status().ToString().c_str());
     std::exit(1);
   }
-  p.process = std::move(*s);
+  Proc p;
+  static_cast<st::ServerProcess&>(p) = std::move(*s);
+  p.name = name;
   return p;
 }
 

@@ -31,23 +31,14 @@ using json = nlohmann::json;
 const absl::Duration kStartTimeout = absl::Seconds(120);
 const char* kModels[] = {"tiny-qwen2", "tiny-internlm2", "tiny-llama"};
 
-struct Proc {
-  std::unique_ptr<st::Subprocess> process;
-  int port = 0;
-  int metrics_port = 0;
-  std::string target() const { return "127.0.0.1:" + std::to_string(port); }
-};
+using Proc = st::ServerProcess;
 
+// A stage binary (`cli`: the internvl CLI, which has no --grace-seconds).
 Proc Spawn(const std::string& binary, std::vector<std::string> args, const std::string& log, bool cli = false) {
-  Proc p;
-  p.port = st::PickFreePort().value();
-  p.metrics_port = st::PickFreePort().value();
-  args.insert(args.end(), {"--listen", p.target(), "--metrics-port", std::to_string(p.metrics_port)});
   if (!cli) args.insert(args.end(), {"--grace-seconds", "2"});
-  auto s = st::Subprocess::Spawn(binary, args, log);
-  EXPECT_TRUE(s.ok()) << s.status();
-  if (s.ok()) p.process = std::move(*s);
-  return p;
+  auto p = st::SpawnServer(binary, std::move(args), log);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return p.ok() ? std::move(*p) : Proc();
 }
 
 // One model's cases and expected ids.

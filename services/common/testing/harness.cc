@@ -15,6 +15,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -184,6 +185,16 @@ std::optional<double> MetricValue(const std::string& text, const std::string& se
     }
   }
   return std::nullopt;
+}
+
+absl::StatusOr<ServerProcess> SpawnServer(const std::string& binary, std::vector<std::string> args,
+                                          const std::string& log_path) {
+  ServerProcess p;
+  INTERNVL_ASSIGN_OR_RETURN(p.port, PickFreePort());
+  INTERNVL_ASSIGN_OR_RETURN(p.metrics_port, PickFreePort());
+  args.insert(args.end(), {"--listen", p.target(), "--metrics-port", std::to_string(p.metrics_port)});
+  INTERNVL_ASSIGN_OR_RETURN(p.process, Subprocess::Spawn(binary, args, log_path));
+  return p;
 }
 
 }  // namespace internvl::services::testing

@@ -49,6 +49,18 @@ class Subprocess {
   std::optional<int> exit_code_;
 };
 
+// A server binary started on free loopback ports.
+struct ServerProcess {
+  std::unique_ptr<Subprocess> process;
+  int port = 0;
+  int metrics_port = 0;
+  std::string target() const { return "127.0.0.1:" + std::to_string(port); }
+};
+// Spawns `binary args... --listen 127.0.0.1:P --metrics-port M` on ports
+// that were free a moment ago, output appended to `log_path`.
+absl::StatusOr<ServerProcess> SpawnServer(const std::string& binary, std::vector<std::string> args,
+                                          const std::string& log_path);
+
 // grpc.health.v1 Check for `service` ("" = whole server) at `target`
 // (host:port). Returns the ServingStatus name ("SERVING", "NOT_SERVING",
 // ...) or the call's error status.
