@@ -49,6 +49,9 @@ std::vector<FlagSpec> Specs() {
       {"max-tiles", "largest max_num", true, false, "40"},
       {"max-segments", "video frames per request", true, false, "64"},
       {"max-new-tokens-limit", "largest max_new_tokens", true, false, "4096"},
+      {"max-prompt-tokens", "largest prompt (text + image tokens), estimated before the vision encoder", true, false,
+       "32768"},
+      {"max-text-bytes", "question + history bytes per request", true, false, "1048576"},
       {"grace-seconds", "after SIGTERM, how long in-flight calls may finish", true, false, "20"},
       {"help", "show this help", false, false, ""},
   };
@@ -81,10 +84,12 @@ int Run(const std::vector<std::string>& argv) {
   auto max_tiles = args->GetInt("max-tiles", 40);
   auto max_segments = args->GetInt("max-segments", 64);
   auto max_new = args->GetInt("max-new-tokens-limit", 4096);
+  auto max_prompt = args->GetInt("max-prompt-tokens", 32768);
+  auto max_text = args->GetInt("max-text-bytes", 1 << 20);
   auto cache_mb = args->GetInt("memory-cache-mb", 512);
   auto grace = args->GetDouble("grace-seconds", 20);
   for (const absl::Status& s : {metrics_port.status(), max_images.status(), max_tiles.status(), max_segments.status(),
-                                max_new.status(), cache_mb.status(), grace.status()})
+                                max_new.status(), cache_mb.status(), grace.status(), max_prompt.status(), max_text.status()})
     if (!s.ok()) return ReportError(kName, s);
 
   auto prompt = PromptBuilder::Load(*dir);
@@ -117,6 +122,8 @@ int Run(const std::vector<std::string>& argv) {
   options.max_tiles = *max_tiles;
   options.max_segments = *max_segments;
   options.max_new_tokens_limit = *max_new;
+  options.max_prompt_tokens = *max_prompt;
+  options.max_text_bytes = *max_text;
   // Requests in flight through the stages: enough for a full batch to decode
   // while the next ones are preprocessed and encoded.
   options.threads = engine_options.llm.max_num_seqs + 8;

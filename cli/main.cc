@@ -1,5 +1,7 @@
 // `internvl`: the command line. Subcommands live in cmd_*.cc.
+#include <exception>
 #include <iostream>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -33,7 +35,18 @@ int main(int argc, char** argv) {
   }
   const std::string name = argv[1];
   for (const auto& c : Commands()) {
-    if (name == c.name) return c.run(std::vector<std::string>(argv + 2, argv + argc));
+    if (name != c.name) continue;
+    // The last line of defence: a request the limits missed must still end
+    // with a message and an exit code, not an abort.
+    try {
+      return c.run(std::vector<std::string>(argv + 2, argv + argc));
+    } catch (const std::bad_alloc&) {
+      std::cerr << "internvl " << name << ": error: RESOURCE_EXHAUSTED: out of memory\n";
+      return 1;
+    } catch (const std::exception& e) {
+      std::cerr << "internvl " << name << ": error: INTERNAL: " << e.what() << "\n";
+      return 1;
+    }
   }
   std::cerr << "internvl: unknown command '" << name << "'\n";
   usage();

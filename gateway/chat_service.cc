@@ -40,7 +40,7 @@ class ChatCall : public services::StreamingWriteReactor<v1::ChatResponse> {
       : services::StreamingWriteReactor<v1::ChatResponse>(context, service->metrics(), "Chat"),
         service_(service),
         request_(request) {
-    const CallState call{this, Deadline(context, service->options().default_deadline)};
+    const CallState call{this, Deadline(context, service->options().default_deadline), {}};
     const absl::Status queued = service->queue()->Submit([this, call] {
       const absl::Status s = service_->Run(*request_, nullptr, v1::VideoSettings(), call,
                                            [this](v1::ChatResponse r) { return Write(std::move(r)); });
@@ -59,7 +59,15 @@ class ChatVideoCall : public services::ReadAllThenStreamReactor<v1::ChatVideoReq
  public:
   ChatVideoCall(ChatService* service, grpc::CallbackServerContext* context)
       : ReadAllThenStreamReactor(context, service->metrics(), "ChatVideo"), service_(service) {
+    if (absl::Status slot = service->upload_slots()->Acquire(); !slot.ok()) {
+      Close(slot);
+      return;
+    }
+    holds_slot_ = true;
     StartReading();
+  }
+  ~ChatVideoCall() override {
+    if (holds_slot_) service_->upload_slots()->Release();
   }
 
  protected:
@@ -93,7 +101,7 @@ class ChatVideoCall : public services::ReadAllThenStreamReactor<v1::ChatVideoReq
       Close(absl::InvalidArgumentError("the video is empty (no video_data)"));
       return;
     }
-    const CallState call{this, Deadline(context(), service_->options().default_deadline)};
+    const CallState call{this, Deadline(context(), service_->options().default_deadline), {}};
     const absl::Status queued = service_->queue()->Submit([this, call] {
       const absl::Status s =
           service_->Run(request_, &video_, settings_, call, [this](v1::ChatResponse r) { return Write(std::move(r)); });
@@ -108,6 +116,7 @@ class ChatVideoCall : public services::ReadAllThenStreamReactor<v1::ChatVideoReq
   v1::ChatRequest request_;
   v1::VideoSettings settings_;
   std::string video_;
+  bool holds_slot_ = false;
 };
 
 // ChatUnary: the final message only.
@@ -117,7 +126,7 @@ class ChatUnaryCall : public grpc::ServerUnaryReactor, public CallCancellation {
                 v1::ChatResponse* response)
       : service_(service), context_(context), start_(Clock::now()) {
     service_->metrics()->in_flight()->Add(1);
-    const CallState call{this, Deadline(context, service->options().default_deadline)};
+    const CallState call{this, Deadline(context, service->options().default_deadline), {}};
     const absl::Status queued = service->queue()->Submit([this, call, request, response] {
       const absl::Status s =
           service_->Run(*request, nullptr, v1::VideoSettings(), call, [response](v1::ChatResponse r) {
@@ -179,7 +188,8 @@ ChatService::ChatService(const ChatServiceOptions& options, const PromptBuilder*
       queue_(std::make_unique<services::WorkQueue>(
           options.threads, options.max_queued,
           registry->GetGauge("internvl_queue_depth", "Requests waiting for a worker", {{"service", "gateway"}}),
-          registry->GetGauge("internvl_busy_workers", "Workers running a request", {{"service", "gateway"}}))) {}
+          registry->GetGauge("internvl_busy_workers", "Workers running a request", {{"service", "gateway"}}))),
+      upload_slots_(options.max_concurrent_uploads, "--max-concurrent-uploads") {}
 
 ChatService::~ChatService() = default;
 
@@ -219,29 +229,59 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
         absl::StrCat("max_num ", request.max_num(), " is over the limit of ", options_.max_tiles));
   if (request.generation().stop_size() > 0)
     return absl::InvalidArgumentError("generation.stop (stop strings) is not supported yet");
+  int64_t text_bytes = static_cast<int64_t>(request.text().size());
+  for (const auto& turn : request.history()) text_bytes += turn.question().size() + turn.answer().size();
+  if (text_bytes > options_.max_text_bytes)
+    return absl::ResourceExhaustedError(absl::StrCat("the question and history are ", text_bytes,
+                                                     " bytes, over the limit of ", options_.max_text_bytes,
+                                                     " (--max-text-bytes)"));
   INTERNVL_ASSIGN_OR_RETURN(GenerationSettings settings,
                             services::FromProto(request.generation(), options_.max_new_tokens_limit));
   const std::string request_id = request.request_id().empty() ? NewRequestId() : request.request_id();
 
-  // Media -> embeddings.
-  MediaEmbeddings media;
-  if (video != nullptr) {
-    INTERNVL_ASSIGN_OR_RETURN(media, stages_->EncodeVideo(*video, video_settings, call));
-  } else if (request.images_size() > 0) {
-    v1::PreprocessImagesRequest pre;
-    *pre.mutable_images() = request.images();
-    pre.mutable_tiling()->set_max_num(request.max_num() > 0 ? request.max_num() : prompt_->config().max_dynamic_patch);
-    pre.mutable_tiling()->set_use_thumbnail(prompt_->config().use_thumbnail);
-    INTERNVL_ASSIGN_OR_RETURN(media, stages_->EncodeImages(pre, call));
-  }
-
-  // The prompt, exactly as chat() builds it.
+  // The prompt's text tokens, before any media work: rendered with one tile
+  // per image, less those tiles' <IMG_CONTEXT> tokens.
   ChatRequest chat;
   chat.question = request.text();
   for (const auto& turn : request.history()) chat.history.emplace_back(turn.question(), turn.answer());
   chat.history_given = request.history_size() > 0;
   if (video != nullptr) chat.video = std::string();  // selects the "FrameN:" question rule
+  const int media_count = video != nullptr
+                              ? (video_settings.num_segments() > 0 ? video_settings.num_segments() : 8)
+                              : request.images_size();
+  INTERNVL_ASSIGN_OR_RETURN(std::vector<int> one_tile_ids,
+                            prompt_->PromptIds(chat, std::vector<int>(media_count, 1)));
+  const int64_t per_tile = prompt_->config().num_image_token();
+  const int64_t text_tokens = static_cast<int64_t>(one_tile_ids.size()) - media_count * per_tile;
+  auto over_limit = [&](int64_t tiles) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the prompt would be ", text_tokens + tiles * per_tile, " tokens (", text_tokens, " text + ", tiles,
+        " tiles x ", per_tile, "), over the limit of ", options_.max_prompt_tokens,
+        " (--max-prompt-tokens): send fewer or smaller images, a lower max_num, or a shorter history"));
+  };
+  if (text_tokens > options_.max_prompt_tokens) return over_limit(0);
+  CallState checked = call;
+  checked.check_tiles = [&](int64_t tiles) {
+    return text_tokens + tiles * per_tile > options_.max_prompt_tokens ? over_limit(tiles) : absl::OkStatus();
+  };
+
+  // Media -> embeddings.
+  MediaEmbeddings media;
+  if (video != nullptr) {
+    INTERNVL_ASSIGN_OR_RETURN(media, stages_->EncodeVideo(*video, video_settings, checked));
+  } else if (request.images_size() > 0) {
+    v1::PreprocessImagesRequest pre;
+    *pre.mutable_images() = request.images();
+    pre.mutable_tiling()->set_max_num(request.max_num() > 0 ? request.max_num() : prompt_->config().max_dynamic_patch);
+    pre.mutable_tiling()->set_use_thumbnail(prompt_->config().use_thumbnail);
+    INTERNVL_ASSIGN_OR_RETURN(media, stages_->EncodeImages(pre, checked));
+  }
+
+  // The prompt, exactly as chat() builds it.
   INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids, prompt_->PromptIds(chat, media.num_patches));
+  if (static_cast<int64_t>(ids.size()) > options_.max_prompt_tokens)
+    return absl::ResourceExhaustedError(absl::StrCat("the prompt is ", ids.size(), " tokens, over the limit of ",
+                                                     options_.max_prompt_tokens, " (--max-prompt-tokens)"));
 
   // Generation, streamed.
   tokenizer::StreamingDetokenizer detok(&prompt_->tokenizer(), /*skip_special_tokens=*/true);

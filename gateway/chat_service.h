@@ -15,6 +15,7 @@
 #include "gateway/stages.h"
 #include "internvl/v1/gateway.grpc.pb.h"
 #include "services/common/metrics.h"
+#include "services/common/stream_slots.h"
 #include "services/common/work_queue.h"
 
 namespace internvl::gateway {
@@ -26,6 +27,14 @@ struct ChatServiceOptions {
   int max_segments = 64;  // video frames per request
   int max_tiles = 40;     // largest max_num
   int max_new_tokens_limit = 4096;
+  // Text + image tokens of the rendered prompt. Estimated before the vision
+  // encoder runs (text tokens + tiles x tokens per tile), so an oversized
+  // request costs a tokenisation, not a vision forward.
+  int max_prompt_tokens = 32768;
+  int64_t max_text_bytes = int64_t{1} << 20;  // question + history
+  // ChatVideo calls open at once (each buffers its upload, up to
+  // max_video_bytes): past it RESOURCE_EXHAUSTED at the call's start.
+  int max_concurrent_uploads = 16;
   int threads = 16;  // concurrent requests in flight through the stages
   int max_queued = 64;
   // Used when the client sets no deadline.
@@ -55,6 +64,7 @@ class ChatService : public v1::InternVL::CallbackService {
   const ChatServiceOptions& options() const { return options_; }
   services::WorkQueue* queue() { return queue_.get(); }
   services::RpcMetrics* metrics() { return &metrics_; }
+  services::StreamSlots* upload_slots() { return &upload_slots_; }
 
  private:
   const ChatServiceOptions options_;
@@ -64,6 +74,7 @@ class ChatService : public v1::InternVL::CallbackService {
   services::Counter* tokens_;
   services::Histogram* ttft_;
   std::unique_ptr<services::WorkQueue> queue_;
+  services::StreamSlots upload_slots_;
 };
 
 }  // namespace internvl::gateway

@@ -38,6 +38,7 @@ absl::StatusOr<MediaEmbeddings> EmbeddedStages::EncodeImages(const v1::Preproces
   INTERNVL_ASSIGN_OR_RETURN(preprocess::TilingOptions tiling,
                             services::ResolveTiling(request.tiling(), options_.limits));
   const auto t0 = Clock::now();
+  int64_t tiles_so_far = 0;
   for (int i = 0; i < request.images_size(); ++i) {
     if (call.cancellation && call.cancellation->cancelled()) return absl::CancelledError("the client cancelled");
     const std::string& bytes = request.images(i);
@@ -49,9 +50,13 @@ absl::StatusOr<MediaEmbeddings> EmbeddedStages::EncodeImages(const v1::Preproces
                               embedder_->Embed(services::EmbeddingCacheKey(parts), [&]() -> absl::StatusOr<HostTensor> {
                                 INTERNVL_ASSIGN_OR_RETURN(services::TiledImage t,
                                                           services::TileImage(bytes, i, tiling, options_.limits));
+                                // Before the encoder: would the prompt fit?
+                                INTERNVL_RETURN_IF_ERROR(call.CheckTiles(tiles_so_far + t.tiles.shape[0]));
                                 return std::move(t.tiles);
                               }));
     if (r.source == v1::EMBEDDING_SOURCE_CACHE) ++out.cached_images;
+    tiles_so_far += r.embeddings->shape[0];
+    INTERNVL_RETURN_IF_ERROR(call.CheckTiles(tiles_so_far));
     out.num_patches.push_back(static_cast<int>(r.embeddings->shape[0]));
     INTERNVL_RETURN_IF_ERROR(Append(*r.embeddings, &out));
   }
@@ -86,6 +91,7 @@ absl::StatusOr<MediaEmbeddings> EmbeddedStages::EncodeVideo(const std::string& v
   parts.num_segments = vo.num_segments;
   parts.model_fingerprint = options_.model_fingerprint;
   const preprocess::Tiles& tiles = frames->tiles;
+  INTERNVL_RETURN_IF_ERROR(call.CheckTiles(tiles.count));
   const auto t1 = Clock::now();
   INTERNVL_ASSIGN_OR_RETURN(services::Embedder::Result r,
                             embedder_->Embed(services::EmbeddingCacheKey(parts), [&]() -> absl::StatusOr<HostTensor> {
@@ -96,7 +102,6 @@ absl::StatusOr<MediaEmbeddings> EmbeddedStages::EncodeVideo(const std::string& v
   out.vision_ms = MsSince(t1);
   if (r.source == v1::EMBEDDING_SOURCE_CACHE) out.cached_images = 1;
   INTERNVL_RETURN_IF_ERROR(Append(*r.embeddings, &out));
-  (void)call;
   return out;
 #else
   return absl::UnimplementedError("this build has no video support");

@@ -32,7 +32,10 @@ ABSL_FLAG(int, max_images, 16, "images per request");
 ABSL_FLAG(int64_t, max_image_bytes, int64_t{32} << 20, "encoded bytes per image");
 ABSL_FLAG(int64_t, max_video_bytes, int64_t{256} << 20, "bytes per uploaded video");
 ABSL_FLAG(int, max_segments, 64, "video frames per request");
-ABSL_FLAG(int, max_tiles, 40, "largest max_num");
+ABSL_FLAG(int, max_concurrent_uploads, 16, "ChatVideo calls open at once (each buffers its upload)");
+ABSL_FLAG(int, max_tiles, 40, "largest max_num (the vision encoders' --max_tiles)");
+ABSL_FLAG(int, max_prompt_tokens, 32768, "largest prompt (text + image tokens), estimated before the vision encoder");
+ABSL_FLAG(int64_t, max_text_bytes, int64_t{1} << 20, "question + history bytes per request");
 ABSL_FLAG(int, max_new_tokens_limit, 4096, "largest max_new_tokens");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received");
 ABSL_FLAG(double, grace_seconds, 20, "after SIGTERM, how long in-flight calls may finish");
@@ -66,6 +69,7 @@ int main(int argc, char** argv) {
   remote.stage_deadline = absl::Milliseconds(absl::GetFlag(FLAGS_deadline_ms));
   remote.retries = absl::GetFlag(FLAGS_retries);
   remote.backoff = absl::Milliseconds(absl::GetFlag(FLAGS_retry_backoff_ms));
+  remote.max_tiles_per_encode = absl::GetFlag(FLAGS_max_tiles) + 1;
   RemoteStages stages(remote);
 
   ChatServiceOptions options;
@@ -73,8 +77,11 @@ int main(int argc, char** argv) {
   options.max_image_bytes = absl::GetFlag(FLAGS_max_image_bytes);
   options.max_video_bytes = absl::GetFlag(FLAGS_max_video_bytes);
   options.max_segments = absl::GetFlag(FLAGS_max_segments);
+  options.max_concurrent_uploads = absl::GetFlag(FLAGS_max_concurrent_uploads);
   options.max_tiles = absl::GetFlag(FLAGS_max_tiles);
   options.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
+  options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
+  options.max_text_bytes = absl::GetFlag(FLAGS_max_text_bytes);
   options.threads = absl::GetFlag(FLAGS_threads);
   options.max_queued = absl::GetFlag(FLAGS_max_queued);
   services::MetricsRegistry registry;

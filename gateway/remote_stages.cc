@@ -109,6 +109,9 @@ absl::StatusOr<MediaEmbeddings> RemoteStages::EncodeImages(const v1::PreprocessI
           [&](grpc::ClientContext* ctx) { return services::CallPreprocessImages(preprocess_.get(), ctx, request); },
           [] { return true; }));
   out.preprocess_ms = MsSince(t0);
+  int64_t tiles = 0;
+  for (const auto& image : images) tiles += image.info.num_patches();
+  INTERNVL_RETURN_IF_ERROR(call.CheckTiles(tiles));
   for (const auto& image : images) {
     v1::EncodeHeader header;
     header.set_media_sha256(image.info.media_sha256());
@@ -134,23 +137,35 @@ absl::StatusOr<MediaEmbeddings> RemoteStages::EncodeVideo(const std::string& vid
   out.preprocess_ms = MsSince(t0);
   out.frame_indices.assign(reply.video.frame_indices().begin(), reply.video.frame_indices().end());
   if (reply.frames.empty()) return absl::InvalidArgumentError("the video gave no frames");
-  // All frames in one Encode call, keyed by the whole file + the sampling.
-  const HostTensor& first = reply.frames[0].tiles;
-  HostTensor tiles(DType::kU8, first.shape);
-  tiles.shape[0] = 0;
-  tiles.bytes.clear();
-  for (const auto& f : reply.frames) {
-    tiles.bytes.insert(tiles.bytes.end(), f.tiles.bytes.begin(), f.tiles.bytes.end());
-    tiles.shape[0] += f.tiles.shape[0];
-    out.num_patches.push_back(f.info.num_patches());
-  }
+  int64_t total = 0;
+  for (const auto& f : reply.frames) total += f.info.num_patches();
+  INTERNVL_RETURN_IF_ERROR(call.CheckTiles(total));
   v1::EncodeHeader header;
   header.set_media_sha256(reply.frames[0].info.media_sha256());
   header.mutable_tiling()->set_max_num(settings.max_num() > 0 ? settings.max_num() : 1);
   header.mutable_tiling()->set_use_thumbnail(false);
   header.set_num_segments(settings.num_segments() > 0 ? settings.num_segments() : 8);
-  INTERNVL_RETURN_IF_ERROR(EncodeTiles(header, tiles, call, &out));
-  // One Encode call: count the video once if it was a cache hit.
+  // Frames in Encode calls of at most max_tiles_per_encode tiles (what one
+  // encoder call accepts): 64 segments are as valid as 8.
+  const int64_t cap = std::max(1, options_.max_tiles_per_encode);
+  for (size_t f0 = 0; f0 < reply.frames.size();) {
+    const HostTensor& first = reply.frames[f0].tiles;
+    HostTensor tiles(DType::kU8, first.shape);
+    tiles.shape[0] = 0;
+    tiles.bytes.clear();
+    size_t f = f0;
+    for (; f < reply.frames.size(); ++f) {
+      const HostTensor& t = reply.frames[f].tiles;
+      if (tiles.shape[0] > 0 && tiles.shape[0] + t.shape[0] > cap) break;
+      tiles.bytes.insert(tiles.bytes.end(), t.bytes.begin(), t.bytes.end());
+      tiles.shape[0] += t.shape[0];
+      out.num_patches.push_back(reply.frames[f].info.num_patches());
+    }
+    INTERNVL_RETURN_IF_ERROR(EncodeTiles(header, tiles, call, &out));
+    f0 = f;
+  }
+  // The whole video counts once as cached when every call hit.
+  out.cached_images = out.cached_images > 0 ? 1 : 0;
   return out;
 }
 

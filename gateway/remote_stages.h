@@ -26,6 +26,9 @@ struct RemoteStagesOptions {
   int retries = 2;                                     // extra attempts on UNAVAILABLE
   absl::Duration backoff = absl::Milliseconds(100);    // first retry delay, doubled after
   size_t max_chunk_bytes = size_t{1} << 20;
+  // Tiles one VisionEncoder.Encode call takes (the encoder's --max_tiles + 1):
+  // a video's frames are split over calls of at most this many.
+  int max_tiles_per_encode = 41;
 };
 
 class RemoteStages : public ChatStages {

@@ -55,6 +55,11 @@ using TokenSink = std::function<bool(const std::vector<int>& ids)>;
 struct CallState {
   services::CallCancellation* cancellation = nullptr;
   absl::Time deadline = absl::InfiniteFuture();
+  // Called with the request's total tile count once it is known (after
+  // tiling, before the vision encoder runs): an error (the prompt would be
+  // over the token limit) stops the request there. May be empty.
+  std::function<absl::Status(int64_t tiles)> check_tiles;
+  absl::Status CheckTiles(int64_t tiles) const { return check_tiles ? check_tiles(tiles) : absl::OkStatus(); }
 };
 
 class ChatStages {

@@ -189,6 +189,33 @@ TEST_F(ServicesTest, PreprocessThenEncodeMatchesInProcessAndSecondRequestIsACach
   EXPECT_GE(EncoderMetric("internvl_cache_hits_total"), 1);
 }
 
+// The cache key comes from the tiles the server received: tiles sent under
+// another image's media_sha256 get their own embeddings, never that image's
+// (and cannot plant theirs under its digest).
+TEST_F(ServicesTest, ForgedMediaDigestCannotPoisonTheCache) {
+  v1::PreprocessImagesRequest request;
+  request.add_images(Image("img_448x448.png"));
+  request.add_images(Image("img_37x53.png"));
+  request.mutable_tiling()->set_max_num(1);
+  auto tiled = CallPreprocessImages(preprocess_stub_.get(), Context().get(), request);
+  ASSERT_TRUE(tiled.ok()) << tiled.status();
+  ASSERT_EQ(tiled->size(), 2u);
+  const TiledImageReply& victim = (*tiled)[0];
+  const TiledImageReply& attacker = (*tiled)[1];
+  v1::EncodeHeader forged;
+  forged.set_media_sha256(victim.info.media_sha256());  // claims to be the victim's image
+  *forged.mutable_tiling() = request.tiling();
+  auto planted = CallEncode(encoder_stub_.get(), Context().get(), forged, attacker.tiles);
+  ASSERT_TRUE(planted.ok()) << planted.status();
+  EXPECT_TRUE(planted->embeddings.bytes == Reference(attacker.tiles).bytes);
+  // The victim's own request gets the victim's embeddings.
+  v1::EncodeHeader honest = forged;
+  auto victims = CallEncode(encoder_stub_.get(), Context().get(), honest, victim.tiles);
+  ASSERT_TRUE(victims.ok()) << victims.status();
+  EXPECT_NE(victims->info.cache_key(), planted->info.cache_key());
+  EXPECT_TRUE(victims->embeddings.bytes == Reference(victim.tiles).bytes) << "the cache served another image's rows";
+}
+
 TEST_F(ServicesTest, EncodeImagesEncodesEachImageWithItsOwnMaxNumAndCaches) {
   v1::PreprocessImagesRequest request;
   request.add_images(Image("img_37x53.png"));

@@ -94,6 +94,9 @@ absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const 
     if (static_cast<int>(request.images.size()) > options.max_images)
       return absl::ResourceExhaustedError(
           absl::StrCat(request.images.size(), " images, over the limit of ", options.max_images));
+    if (request.max_num > options.max_tiles)
+      return absl::ResourceExhaustedError(
+          absl::StrCat("max_num ", request.max_num, " is over the limit of ", options.max_tiles, " tiles per image"));
     preprocess::TilingOptions tiling;
     tiling.max_num = request.max_num;
     tiling.image_size = S;
@@ -161,6 +164,9 @@ absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const 
   result.num_tiles = static_cast<int>(pixels.values.empty() ? 0 : pixels.values.shape[0]);
   INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids, im.prompt->PromptIds(request, pixels.num_patches_list));
   result.prompt_tokens = static_cast<int>(ids.size());
+  if (result.prompt_tokens > im.options.max_prompt_tokens)  // before the vision encoder runs
+    return absl::ResourceExhaustedError(absl::StrCat("the prompt is ", ids.size(), " tokens, over the limit of ",
+                                                     im.options.max_prompt_tokens, " (max_prompt_tokens)"));
   HostTensor embeddings;
   if (!pixels.values.empty()) {
     const auto t0 = Clock::now();
@@ -211,6 +217,9 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
                                                                               im.engine->config().num_image_token()));
     INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids, im.prompt->tokenizer().Encode(query));
     out[i].prompt_tokens = static_cast<int>(ids.size());
+    if (out[i].prompt_tokens > im.options.max_prompt_tokens)
+      return absl::ResourceExhaustedError(absl::StrCat("prompt ", i + 1, " is ", ids.size(),
+                                                       " tokens, over the limit of ", im.options.max_prompt_tokens));
     out[i].num_patches_list = p.num_patches_list;
     out[i].num_tiles = static_cast<int>(p.values.empty() ? 0 : p.values.shape[0]);
     rows.push_back(std::move(ids));

@@ -33,6 +33,8 @@ struct PipelineOptions {
   int64_t max_image_bytes = 64ll << 20;
   int max_images = 16;
   int64_t max_video_bytes = 512ll << 20;
+  int max_tiles = 40;                // largest max_num (RESOURCE_EXHAUSTED above)
+  int max_prompt_tokens = 32768;     // text + image tokens, checked before the vision encoder
   // The LLM engine: KV budget, batching (its dtype/threads come from above).
   LlmEngineOptions llm;
   VisionBatcherOptions vision_batching;

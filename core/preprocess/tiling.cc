@@ -152,8 +152,16 @@ absl::Status ValidateTilingOptions(const TilingOptions& options) {
   if (options.min_num < 1 || options.max_num < options.min_num)
     return absl::InvalidArgumentError(absl::StrCat("tiling needs 1 <= min_num <= max_num, got min_num ",
                                                    options.min_num, ", max_num ", options.max_num));
-  if (options.image_size <= 0)
-    return absl::InvalidArgumentError(absl::StrCat("tile size must be positive, got ", options.image_size));
+  if (options.image_size <= 0 || options.image_size > kMaxTileSize)
+    return absl::InvalidArgumentError(
+        absl::StrCat("tile size must be in [1, ", kMaxTileSize, "], got ", options.image_size));
+  // The tiles' bytes (grid + thumbnail) are allocated at once: bound them.
+  const int64_t side = options.image_size;
+  const int64_t bytes = (static_cast<int64_t>(options.max_num) + 1) * side * side * kRgbChannels;
+  if (bytes > kMaxTileBytes)
+    return absl::ResourceExhaustedError(absl::StrCat("max_num ", options.max_num, " tiles of ", side, "x", side,
+                                                     " would take ", bytes, " bytes, over the limit of ",
+                                                     kMaxTileBytes));
   return absl::OkStatus();
 }
 

@@ -35,6 +35,12 @@ struct TileGrid {
   bool operator==(const TileGrid& other) const { return cols == other.cols && rows == other.rows; }
 };
 
+// Bounds every tiling request is checked against (ValidateTilingOptions):
+// InternVL tiles are 448 px; a tile side past this or a grid whose bytes
+// exceed the cap is refused before anything is allocated.
+inline constexpr int kMaxTileSize = 4096;
+inline constexpr int64_t kMaxTileBytes = int64_t{1} << 31;
+
 // The official defaults (`dynamic_preprocess(image, min_num=1, max_num=12,
 // image_size=448, use_thumbnail=True)` as load_image calls it).
 struct TilingOptions {

@@ -104,7 +104,12 @@ absl::Status TensorAssembler::Start(const v1::TensorHeader& header) {
     return absl::ResourceExhaustedError(
         absl::StrCat("tensor of ", expected, " bytes exceeds the limit of ", max_total_bytes_, " bytes"));
   }
-  tensor_ = HostTensor(dtype, std::vector<int64_t>(header.shape().begin(), header.shape().end()));
+  // The bytes grow as chunks arrive: a header alone commits no memory (a
+  // peer that declares a large tensor and stalls holds nothing).
+  tensor_ = HostTensor();
+  tensor_.dtype = dtype;
+  tensor_.shape.assign(header.shape().begin(), header.shape().end());
+  total_ = expected;
   started_ = true;
   received_ = 0;
   return absl::OkStatus();
@@ -123,11 +128,11 @@ absl::Status TensorAssembler::Add(const v1::TensorChunk& chunk) {
         absl::StrCat("tensor chunk at offset ", chunk.offset(), ", expected offset ", received_));
   }
   const uint64_t n = chunk.data().size();
-  if (n > tensor_.bytes.size() - received_) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor chunk runs past the declared ", tensor_.bytes.size(),
-                                                   " bytes (offset ", chunk.offset(), ", ", n, " bytes)"));
+  if (n > total_ - received_) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor chunk runs past the declared ", total_, " bytes (offset ",
+                                                   chunk.offset(), ", ", n, " bytes)"));
   }
-  if (n > 0) std::memcpy(tensor_.bytes.data() + received_, chunk.data().data(), n);
+  tensor_.bytes.insert(tensor_.bytes.end(), chunk.data().begin(), chunk.data().end());
   received_ += n;
   return absl::OkStatus();
 }
@@ -137,6 +142,7 @@ HostTensor TensorAssembler::Take() {
   tensor_ = HostTensor();
   started_ = false;
   received_ = 0;
+  total_ = 0;
   return out;
 }
 

@@ -3,9 +3,9 @@
 // Senders split a tensor into chunks of at most `max_chunk_bytes` data bytes
 // (kept under the channel's message cap). Receivers feed chunks to a
 // TensorAssembler, which validates the declared header against the shape and
-// a byte limit BEFORE allocating, and the chunk order as it goes, so a
-// malicious or buggy peer cannot make us allocate more than the limit or
-// return a tensor with holes.
+// a byte limit, and the chunk order as it goes, and allocates only as data
+// arrives: a malicious or buggy peer cannot make us allocate more than the
+// limit, hold memory it has not sent, or return a tensor with holes.
 #pragma once
 
 #include <cstddef>
@@ -52,7 +52,9 @@ class TensorAssembler {
 
   bool started() const { return started_; }
   // All declared bytes received.
-  bool complete() const { return started_ && received_ == tensor_.bytes.size(); }
+  bool complete() const { return started_ && received_ == total_; }
+  // Bytes held so far (what the peer has sent).
+  uint64_t bytes_held() const { return tensor_.bytes.size(); }
   // The assembled tensor; only when complete(). Resets the assembler so it
   // can receive the next tensor of the stream.
   HostTensor Take();
@@ -63,6 +65,7 @@ class TensorAssembler {
   uint64_t max_total_bytes_;
   bool started_ = false;
   uint64_t received_ = 0;
+  uint64_t total_ = 0;
   HostTensor tensor_;
 };
 

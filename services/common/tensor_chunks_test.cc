@@ -70,6 +70,26 @@ TEST(TensorChunks, RefusesDeclaredSizeOverLimitBeforeAllocating) {
   EXPECT_THAT(s.message(), HasSubstr("exceeds the limit"));
 }
 
+// A header within the limit but no data commits nothing: memory follows the
+// bytes the peer actually sent (a stalled stream that declared a large
+// tensor used to hold all of it).
+TEST(TensorChunks, AllocatesOnlyAsDataArrives) {
+  const HostTensor t = Iota(DType::kU8, {1 << 16});
+  auto chunks = *ChunkTensor(t, 4096);
+  v1::TensorChunk header_only = chunks[0];
+  header_only.clear_data();
+  TensorAssembler assembler(uint64_t{1} << 30);
+  ASSERT_TRUE(assembler.Add(header_only).ok());
+  EXPECT_TRUE(assembler.started());
+  EXPECT_EQ(assembler.bytes_held(), 0u);
+  TensorAssembler real(uint64_t{1} << 30);
+  for (size_t i = 0; i < 3; ++i) ASSERT_TRUE(real.Add(chunks[i]).ok());
+  EXPECT_EQ(real.bytes_held(), 3u * 4096);
+  for (size_t i = 3; i < chunks.size(); ++i) ASSERT_TRUE(real.Add(chunks[i]).ok());
+  ASSERT_TRUE(real.complete());
+  EXPECT_EQ(real.Take().bytes, t.bytes);
+}
+
 TEST(TensorChunks, RefusesMalformedStreams) {
   auto chunks = *ChunkTensor(Iota(DType::kU8, {2, 8}), 4);
   {  // no header first

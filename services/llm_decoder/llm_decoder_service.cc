@@ -51,7 +51,15 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
         start_(Clock::now()),
         assembler_(0),
         detok_(&service->prompt_->tokenizer(), /*skip_special_tokens=*/true) {
+    if (absl::Status slot = service->slots_.Acquire(); !slot.ok()) {
+      Close(slot);
+      return;
+    }
+    holds_slot_ = true;
     StartReading();
+  }
+  ~Call() override {
+    if (holds_slot_) service_->slots_.Release();
   }
 
  protected:
@@ -247,6 +255,7 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
   tokenizer::StreamingDetokenizer detok_;
   bool first_ = true;
   double ttft_ms_ = 0;
+  bool holds_slot_ = false;
 };
 
 LlmDecoderService::LlmDecoderService(const LlmDecoderServiceOptions& options, LlmEngine* engine,
@@ -258,7 +267,8 @@ LlmDecoderService::LlmDecoderService(const LlmDecoderServiceOptions& options, Ll
       tokens_(registry->GetCounter("internvl_decoder_tokens_total", "tokens generated")),
       cancelled_(registry->GetCounter("internvl_decoder_cancelled_total", "generations stopped by the client")),
       ttft_(registry->GetHistogram("internvl_decoder_time_to_first_token_seconds",
-                                   "call start to the first sampled token", DefaultLatencyBuckets())) {}
+                                   "call start to the first sampled token", DefaultLatencyBuckets())),
+      slots_(options.max_concurrent_streams, "--max_concurrent_streams") {}
 
 LlmDecoderService::~LlmDecoderService() = default;
 

@@ -14,12 +14,14 @@
 #include "core/engine/llm_engine.h"
 #include "internvl/v1/llm_decoder.grpc.pb.h"
 #include "services/common/metrics.h"
+#include "services/common/stream_slots.h"
 
 namespace internvl::services {
 
 struct LlmDecoderServiceOptions {
   int max_new_tokens_limit = 4096;  // GenerationSettings.max_new_tokens cap
   int max_prompt_tokens = 32768;    // prompt length cap (RESOURCE_EXHAUSTED)
+  int max_concurrent_streams = 256;  // Generate calls open at once (uploading or generating)
 };
 
 class LlmDecoderService : public v1::LlmDecoder::CallbackService {
@@ -44,6 +46,7 @@ class LlmDecoderService : public v1::LlmDecoder::CallbackService {
   Counter* tokens_;
   Counter* cancelled_;
   Histogram* ttft_;
+  StreamSlots slots_;
 };
 
 }  // namespace internvl::services

@@ -31,6 +31,7 @@ ABSL_FLAG(int64_t, max_queued, 64, "generations waiting for KV blocks or a batch
 ABSL_FLAG(bool, prefix_caching, true, "reuse the KV blocks of identical prompt prefixes (history, images)");
 ABSL_FLAG(int, max_new_tokens_limit, 4096, "largest max_new_tokens a request may ask for");
 ABSL_FLAG(int, max_prompt_tokens, 32768, "largest prompt (tokens, image tokens included)");
+ABSL_FLAG(int, max_concurrent_streams, 256, "Generate calls open at once (each buffers its embeddings)");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received");
 ABSL_FLAG(double, grace_seconds, 20, "after SIGTERM, how long in-flight calls may finish");
 
@@ -82,6 +83,7 @@ int main(int argc, char** argv) {
   LlmDecoderServiceOptions options;
   options.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
   options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
+  options.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   LlmDecoderService service(options, llm, prompt->get(), &registry);
 
   RunOptions run;

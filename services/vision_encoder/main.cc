@@ -43,6 +43,7 @@ ABSL_FLAG(int64_t, max_image_bytes, int64_t{32} << 20, "EncodeImages: encoded by
 ABSL_FLAG(int64_t, max_pixels, internvl::preprocess::kDefaultMaxImagePixels, "EncodeImages: width*height per image");
 ABSL_FLAG(int, default_max_num, 12, "max_num when a request leaves it 0");
 ABSL_FLAG(int64_t, max_chunk_bytes, int64_t{1} << 20, "data bytes per streamed tensor chunk");
+ABSL_FLAG(int, max_concurrent_streams, 256, "Encode calls open at once (each buffers its tiles)");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received (bounds request size)");
 ABSL_FLAG(double, grace_seconds, 20, "after SIGTERM, how long in-flight calls may finish");
 
@@ -109,6 +110,7 @@ int main(int argc, char** argv) {
   options.max_queued = absl::GetFlag(FLAGS_max_queued);
   options.model_fingerprint = absl::StrCat(model->fingerprint(), ":", engine_options.dtype);
   options.tokens_per_tile = model->num_image_token();
+  options.max_concurrent_streams = absl::GetFlag(FLAGS_max_concurrent_streams);
   VisionEncoderService service(options, &embedder, &registry);
 
   RunOptions run;

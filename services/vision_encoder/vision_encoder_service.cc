@@ -31,7 +31,15 @@ class VisionEncoderService::EncodeReactor final
       : ReadAllThenReplyReactor(context, &service->rpc_metrics_, "Encode"),
         service_(service),
         assembler_(MaxTileBytes(service->options_.limits)) {
+    if (absl::Status slot = service->slots_.Acquire(); !slot.ok()) {
+      Fail(slot);
+      return;
+    }
+    holds_slot_ = true;
     StartReading();
+  }
+  ~EncodeReactor() override {
+    if (holds_slot_) service_->slots_.Release();
   }
 
  private:
@@ -91,6 +99,7 @@ class VisionEncoderService::EncodeReactor final
   v1::EncodeHeader header_;
   int messages_ = 0;
   std::optional<HostTensor> tiles_;
+  bool holds_slot_ = false;
 };
 
 VisionEncoderService::VisionEncoderService(const VisionEncoderServiceOptions& options, Embedder* embedder,
@@ -101,7 +110,8 @@ VisionEncoderService::VisionEncoderService(const VisionEncoderServiceOptions& op
       queue_(std::make_unique<WorkQueue>(
           options.threads, options.max_queued,
           registry->GetGauge("internvl_queue_depth", "Requests waiting for a worker", {{"service", kService}}),
-          registry->GetGauge("internvl_busy_workers", "Workers running a request", {{"service", kService}}))) {}
+          registry->GetGauge("internvl_busy_workers", "Workers running a request", {{"service", kService}}))),
+      slots_(options.max_concurrent_streams, "--max_concurrent_streams") {}
 
 VisionEncoderService::~VisionEncoderService() = default;
 
@@ -109,15 +119,14 @@ absl::StatusOr<std::string> VisionEncoderService::KeyForTiles(const v1::EncodeHe
                                                               const HostTensor& tiles) const {
   if (header.bypass_cache()) return std::string();
   EmbeddingKeyParts parts;
-  if (header.media_sha256().empty()) {
-    // No media digest: the tiles themselves identify the input.
-    parts.media_sha256 = Sha256().UpdateField("tiles").Update(tiles.bytes.data(), tiles.bytes.size()).Final();
-  } else if (header.media_sha256().size() != parts.media_sha256.size()) {
+  if (!header.media_sha256().empty() && header.media_sha256().size() != parts.media_sha256.size()) {
     return absl::InvalidArgumentError(
         absl::StrCat("media_sha256 must be 32 bytes, got ", header.media_sha256().size()));
-  } else {
-    std::copy(header.media_sha256().begin(), header.media_sha256().end(), parts.media_sha256.begin());
   }
+  // The key comes from the bytes this server received, never from the
+  // client's media_sha256: a caller could otherwise store its own
+  // embeddings under the digest of someone else's image (cache poisoning).
+  parts.media_sha256 = Sha256().UpdateField("tiles").Update(tiles.bytes.data(), tiles.bytes.size()).Final();
   // The same defaults as tiling itself, so "0" and "12" share entries.
   INTERNVL_ASSIGN_OR_RETURN(parts.tiling, ResolveTiling(header.tiling(), options_.limits));
   if (header.num_segments() < 0) return absl::InvalidArgumentError("num_segments must be >= 0");

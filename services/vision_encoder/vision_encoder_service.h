@@ -9,6 +9,7 @@
 
 #include "internvl/v1/vision_encoder.grpc.pb.h"
 #include "services/common/metrics.h"
+#include "services/common/stream_slots.h"
 #include "services/common/work_queue.h"
 #include "services/preprocess/image_tiles.h"
 #include "services/vision_encoder/embedder.h"
@@ -27,6 +28,8 @@ struct VisionEncoderServiceOptions {
   std::string model_fingerprint;
   // Image tokens per tile (EmbeddingInfo.tokens_per_tile).
   int tokens_per_tile = 256;
+  // Encode calls open at once (each buffers up to max_tiles + 1 tiles).
+  int max_concurrent_streams = 256;
 };
 
 class VisionEncoderService final : public v1::VisionEncoder::CallbackService {
@@ -51,6 +54,7 @@ class VisionEncoderService final : public v1::VisionEncoder::CallbackService {
   Embedder* embedder_;
   RpcMetrics rpc_metrics_;
   std::unique_ptr<WorkQueue> queue_;
+  StreamSlots slots_;
 };
 
 }  // namespace internvl::services
