@@ -12,8 +12,9 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
-#include <string_view>
 #include <vector>
+
+#include "absl/strings/string_view.h"
 
 namespace internvl::fuzz {
 
@@ -24,11 +25,11 @@ inline constexpr size_t kMaxInputBytes = size_t{1} << 20;
 // Splits `data` at every occurrence of `sep` (the seed corpora use it to pack
 // several files into one input). At most `max_parts` parts; the last one
 // keeps the rest.
-inline std::vector<std::string_view> SplitParts(std::string_view data, std::string_view sep, size_t max_parts) {
-  std::vector<std::string_view> parts;
+inline std::vector<absl::string_view> SplitParts(absl::string_view data, absl::string_view sep, size_t max_parts) {
+  std::vector<absl::string_view> parts;
   while (parts.size() + 1 < max_parts) {
     const size_t at = data.find(sep);
-    if (at == std::string_view::npos) break;
+    if (at == absl::string_view::npos) break;
     parts.push_back(data.substr(0, at));
     data.remove_prefix(at + sep.size());
   }
@@ -37,7 +38,7 @@ inline std::vector<std::string_view> SplitParts(std::string_view data, std::stri
 }
 
 // The separator between packed files in multi-file inputs.
-inline constexpr std::string_view kPartSeparator = "\n@@@@\n";
+inline constexpr absl::string_view kPartSeparator = "\n@@@@\n";
 
 // A folder under $TMPDIR (or /tmp) private to this process, created on first
 // use and removed with its contents at normal exit. libFuzzer's crash paths
@@ -58,7 +59,7 @@ inline const std::string& ScratchDir() {
 }
 
 // Writes `bytes` to ScratchDir()/name (replacing it) and returns the path.
-inline std::string WriteScratchFile(const std::string& name, std::string_view bytes) {
+inline std::string WriteScratchFile(const std::string& name, absl::string_view bytes) {
   const std::string path = ScratchDir() + "/" + name;
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
@@ -81,7 +82,7 @@ inline std::string SharedDir(const char* env, const char* sibling) {
 }
 
 // Little-endian readers over the input (short reads give zeros).
-inline uint32_t ReadU32(std::string_view s, size_t at) {
+inline uint32_t ReadU32(absl::string_view s, size_t at) {
   uint32_t v = 0;
   for (size_t i = 0; i < 4 && at + i < s.size(); ++i) v |= uint32_t{static_cast<unsigned char>(s[at + i])} << (8 * i);
   return v;

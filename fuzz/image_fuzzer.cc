@@ -7,9 +7,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <string_view>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "core/preprocess/image.h"
 #include "core/preprocess/tiling.h"
 #include "fuzz/fuzz_util.h"
@@ -31,7 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   namespace pp = internvl::preprocess;
   if (size < 1 || size > kMaxInputBytes) return 0;
   const uint8_t opts = data[0];
-  const std::string_view bytes(reinterpret_cast<const char*>(data) + 1, size - 1);
+  const absl::string_view bytes(reinterpret_cast<const char*>(data) + 1, size - 1);
 
   pp::TilingOptions tiling;
   tiling.max_num = 1 + (opts & 0x03);

@@ -15,9 +15,9 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
-#include <string_view>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/train/data.h"
 #include "fuzz/fuzz_util.h"
@@ -75,7 +75,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   namespace train = internvl::train;
   if (size < 2 || size > kMaxInputBytes) return 0;
   const train::DataOptions options = Options(data[0], data[1]);
-  const std::string_view input(reinterpret_cast<const char*>(data) + 2, size - 2);
+  const absl::string_view input(reinterpret_cast<const char*>(data) + 2, size - 2);
   const auto parts = SplitParts(input, kPartSeparator, kNumFiles);
   for (size_t i = 0; i < kNumFiles; ++i) {
     if (i < parts.size()) {

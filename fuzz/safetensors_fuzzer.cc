@@ -13,10 +13,11 @@
 //                  generation_config.json.
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
-#include <string_view>
 
+#include "absl/strings/string_view.h"
 #include "core/config.h"
 #include "core/safetensors.h"
 #include "fuzz/fuzz_util.h"
@@ -36,7 +37,7 @@ void Exercise(const TensorStore& store) {
   }
 }
 
-void FuzzSafetensors(std::string_view payload) {
+void FuzzSafetensors(absl::string_view payload) {
   const std::string path = WriteScratchFile("model.safetensors", payload);
   auto file = SafetensorsFile::Open(path);
   if (!file.ok()) return;
@@ -50,7 +51,7 @@ void FuzzSafetensors(std::string_view payload) {
   if (store.ok()) Exercise(**store);
 }
 
-void FuzzConfig(std::string_view payload) {
+void FuzzConfig(absl::string_view payload) {
   auto config = ParseInternVLConfig(payload, "config.json");
   if (!config.ok()) return;
   (void)config->num_image_token();
@@ -69,7 +70,7 @@ void FuzzConfig(std::string_view payload) {
     std::abort();
 }
 
-void FuzzFolder(std::string_view payload) {
+void FuzzFolder(absl::string_view payload) {
   static const char* const kNames[] = {"model.safetensors.index.json", "a.safetensors", "b.safetensors",
                                        "config.json", "generation_config.json"};
   constexpr size_t kParts = sizeof(kNames) / sizeof(kNames[0]);
@@ -95,7 +96,7 @@ void FuzzFolder(std::string_view payload) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace internvl::fuzz;
   if (size < 1 || size > kMaxInputBytes) return 0;
-  const std::string_view payload(reinterpret_cast<const char*>(data) + 1, size - 1);
+  const absl::string_view payload(reinterpret_cast<const char*>(data) + 1, size - 1);
   switch (data[0] % 3) {
     case 0:
       FuzzSafetensors(payload);

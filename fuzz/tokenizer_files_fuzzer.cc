@@ -12,9 +12,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-#include <string_view>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/tokenizer/utf8.h"
 #include "fuzz/fuzz_util.h"
@@ -27,7 +27,7 @@ constexpr const char* kFiles[] = {"vocab.json",         "merges.txt",        "to
 constexpr size_t kNumFiles = sizeof(kFiles) / sizeof(kFiles[0]);
 
 // Texts run through a tokenizer that loaded.
-constexpr std::string_view kProbes[] = {
+constexpr absl::string_view kProbes[] = {
     "Hello, world! 123",
     "<|im_start|>user\n<image>\n<img><IMG_CONTEXT></img>what?<|im_end|>\n<|im_start|>assistant\n",
     "  tabs\tand\nnewlines\r\n  ",
@@ -41,7 +41,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace internvl::fuzz;
   using internvl::tokenizer::Tokenizer;
   if (size > kMaxInputBytes) return 0;
-  const std::string_view input(reinterpret_cast<const char*>(data), size);
+  const absl::string_view input(reinterpret_cast<const char*>(data), size);
   const auto parts = SplitParts(input, kPartSeparator, kNumFiles);
   for (size_t i = 0; i < kNumFiles; ++i) {
     if (i < parts.size()) {
@@ -57,11 +57,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)t.eos_token_id();
   (void)t.pad_token_id();
   (void)t.unk_token_id();
-  std::vector<std::string_view> texts(std::begin(kProbes), std::end(kProbes));
+  std::vector<absl::string_view> texts(std::begin(kProbes), std::end(kProbes));
   for (const auto& part : parts)
     if (internvl::tokenizer::FindInvalidUtf8(part) == internvl::tokenizer::kUtf8Valid && part.size() < 4096)
       texts.push_back(part);
-  for (std::string_view text : texts) {
+  for (absl::string_view text : texts) {
     for (bool special : {false, true}) {
       internvl::tokenizer::EncodeOptions options;
       options.add_special_tokens = special;

@@ -14,9 +14,9 @@
 #include <filesystem>
 #include <memory>
 #include <string>
-#include <string_view>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "core/tokenizer/streaming_detokenizer.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/tokenizer/utf8.h"
@@ -83,7 +83,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const Tokenizer& tok = *all[(selector & 0x0F) % all.size()];
   const bool add_special = selector & 0x10;
   const bool skip_special = selector & 0x20;
-  std::string_view payload(reinterpret_cast<const char*>(data) + 1, size - 1);
+  absl::string_view payload(reinterpret_cast<const char*>(data) + 1, size - 1);
   if (payload.size() > kMaxTextBytes) payload = payload.substr(0, kMaxTextBytes);
 
   // The payload as text.

@@ -8,9 +8,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <optional>
-#include <string_view>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "core/video/video.h"
 #include "fuzz/fuzz_util.h"
 
@@ -55,7 +55,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   namespace video = internvl::video;
   if (size < 2 || size > kMaxInputBytes) return 0;
   const video::VideoOptions options = Options(data[0], data[1]);
-  const std::string_view bytes(reinterpret_cast<const char*>(data) + 2, size - 2);
+  const absl::string_view bytes(reinterpret_cast<const char*>(data) + 2, size - 2);
 
   auto frames = video::LoadVideoFrames(bytes, options);
   if (frames.ok()) {

@@ -81,6 +81,9 @@ MetricsHttpServer::~MetricsHttpServer() {
   const char byte = 0;
   (void)!::write(wake_write_, &byte, 1);
   thread_.join();
+  // Connection threads finish within their timeouts.
+  std::unique_lock<std::mutex> lock(mu_);
+  idle_.wait(lock, [&] { return active_ == 0; });
   ::close(listen_fd_);
   ::close(wake_read_);
   ::close(wake_write_);
@@ -95,14 +98,28 @@ void MetricsHttpServer::Serve() {
     if (!(fds[0].revents & POLLIN)) continue;
     const int conn = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (conn < 0) continue;
-    HandleConnection(conn);
-    ::close(conn);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (active_ >= kMaxConnections) {
+        WriteAll(conn, Response(503, "Service Unavailable", "text/plain", "busy\n"));
+        ::close(conn);
+        continue;
+      }
+      ++active_;
+    }
+    std::thread([this, conn] {
+      HandleConnection(conn);
+      ::close(conn);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--active_ == 0) idle_.notify_all();
+    }).detach();
   }
 }
 
 void MetricsHttpServer::HandleConnection(int fd) {
   timeval tv{kReadTimeoutMs / 1000, (kReadTimeoutMs % 1000) * 1000};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   std::string request;
   char buf[1024];
   // Only the request line matters; read until the end of the headers.

@@ -3,12 +3,15 @@
 //   GET /metrics  -> 200, text/plain; version=0.0.4, MetricsRegistry::Render()
 //   GET /healthz  -> 200 "ok" while the health callback says so, else 503
 //   anything else -> 404 (405 for non-GET)
-// One background thread serves connections one at a time (scrapes are rare
-// and small); each connection has a short read timeout so a stuck client
-// cannot block the next scrape for long.
+// One background thread accepts; each connection is served on a thread of
+// its own, at most kMaxConnections at once (more are answered 503 and
+// closed), with short read and write timeouts: a slow or stuck client
+// never stalls the next scrape or a probe.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <functional>
 #include <memory>
 #include <string>
@@ -30,6 +33,8 @@ class MetricsHttpServer {
 
   int port() const { return port_; }
 
+  static constexpr int kMaxConnections = 8;
+
  private:
   MetricsHttpServer(int listen_fd, int wake_read, int wake_write, int port, const MetricsRegistry* registry,
                     std::function<bool()> healthy);
@@ -42,6 +47,9 @@ class MetricsHttpServer {
   const int port_;
   const MetricsRegistry* registry_;
   std::function<bool()> healthy_;
+  std::mutex mu_;
+  std::condition_variable idle_;
+  int active_ = 0;  // connection threads running (guarded by mu_)
   std::thread thread_;
 };
 

@@ -1,11 +1,17 @@
 #include "services/common/metrics.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <thread>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "services/common/metrics_http.h"
+#include "services/common/server.h"
 #include "services/common/testing/harness.h"
 
 namespace internvl::services {
@@ -79,6 +85,45 @@ TEST(MetricsHttpServer, ServesMetricsHealthzAnd404) {
   healthy = false;
   EXPECT_THAT(testing::HttpGet((*server)->port(), "/healthz").status().message(), HasSubstr("503"));
   EXPECT_THAT(testing::HttpGet((*server)->port(), "/nope").status().message(), HasSubstr("404"));
+}
+
+// A client that connects and sends nothing (or half a request) used to hold
+// the only serving thread for its read timeout: scrapes and probes waited.
+TEST(MetricsHttpServer, SlowClientsDoNotStallScrapes) {
+  MetricsRegistry registry;
+  registry.GetCounter("served_total", "h")->Increment(1);
+  auto server = MetricsHttpServer::Start("127.0.0.1", 0, &registry);
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::vector<int> stuck;
+  for (int i = 0; i < 3; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>((*server)->port()));
+    ::inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    ::send(fd, "GET /met", 8, 0);  // and nothing more
+    stuck.push_back(fd);
+  }
+  const absl::Time start = absl::Now();
+  auto body = testing::HttpGet((*server)->port(), "/metrics");
+  ASSERT_TRUE(body.ok()) << body.status();
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(500));
+  for (int fd : stuck) ::close(fd);
+}
+
+TEST(RunServer, MetricsFollowTheListenHost) {
+  RunOptions o;
+  o.grpc.listen = "127.0.0.1:0";
+  EXPECT_EQ(MetricsHost(o), "127.0.0.1");
+  o.grpc.listen = "localhost:50050";
+  EXPECT_EQ(MetricsHost(o), "127.0.0.1");
+  o.grpc.listen = "0.0.0.0:50050";
+  EXPECT_EQ(MetricsHost(o), "0.0.0.0");
+  o.grpc.listen = "[::]:50050";
+  EXPECT_EQ(MetricsHost(o), "0.0.0.0");
+  o.metrics_host = "10.1.2.3";
+  EXPECT_EQ(MetricsHost(o), "10.1.2.3");
 }
 
 }  // namespace

@@ -59,6 +59,17 @@ void GrpcServer::Shutdown(absl::Duration grace) {
   server_->Wait();
 }
 
+std::string MetricsHost(const RunOptions& options) {
+  if (!options.metrics_host.empty()) return options.metrics_host;
+  const std::string& listen = options.grpc.listen;
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host == "localhost" || host == "[::1]") return "127.0.0.1";
+  // IPv6 wildcards and names: every interface, as the gRPC server.
+  if (host.empty() || host.front() == '[' || host.find_first_not_of("0123456789.") != std::string::npos)
+    return "0.0.0.0";
+  return host;
+}
+
 int RunServer(const std::string& name, const RunOptions& options, const std::vector<grpc::Service*>& services,
               const std::vector<std::string>& health_names, const MetricsRegistry* registry) {
   auto server = GrpcServer::Start(options.grpc, services, health_names);
@@ -67,7 +78,7 @@ int RunServer(const std::string& name, const RunOptions& options, const std::vec
     return 1;
   }
   GrpcServer* grpc_server = server->get();
-  auto metrics = MetricsHttpServer::Start(options.metrics_host, options.metrics_port, registry,
+  auto metrics = MetricsHttpServer::Start(MetricsHost(options), options.metrics_port, registry,
                                           [grpc_server] { return grpc_server->serving(); });
   if (!metrics.ok()) {
     LogError(absl::StrCat(name, ": ", metrics.status().message()));

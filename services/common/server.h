@@ -65,7 +65,9 @@ class GrpcServer {
 struct RunOptions {
   GrpcServerOptions grpc;
   // Prometheus / liveness HTTP endpoint (MetricsHttpServer); port 0 = any.
-  std::string metrics_host = "0.0.0.0";
+  // Empty host: the gRPC listen address's host (a server told to listen on
+  // loopback does not open its metrics to the network).
+  std::string metrics_host;
   int metrics_port = 9090;
   // How long in-flight calls may run on after SIGTERM before being cancelled
   // (keep it under Kubernetes' terminationGracePeriodSeconds).
@@ -78,6 +80,10 @@ struct RunOptions {
 // the grace period and returns the process exit code (0; 1 when a port cannot
 // be bound). BlockTerminationSignals() must have been called first.
 class MetricsRegistry;
+// The metrics endpoint's host: RunOptions.metrics_host, else the gRPC listen
+// address's IPv4 host (loopback names map to 127.0.0.1; names and IPv6 to
+// every interface, as the gRPC server binds them).
+std::string MetricsHost(const RunOptions& options);
 int RunServer(const std::string& name, const RunOptions& options, const std::vector<grpc::Service*>& services,
               const std::vector<std::string>& health_names, const MetricsRegistry* registry);
 

@@ -265,6 +265,33 @@ TEST_F(RedisCacheTest, RedisKilledMidRunGivesFastErrorsThenMissesInEmbedder) {
   EXPECT_EQ(encoder.calls.load(), 6);
 }
 
+// A hung Redis (SIGSTOP: connections stay open, nothing answers) costs the
+// first requests one command timeout each, then the breaker skips it: the
+// other requests pay nothing, and once Redis is back one trial reopens it.
+TEST_F(RedisCacheTest, HungRedisIsSkippedByTheCircuitBreakerThenUsedAgain) {
+  options_.command_timeout = absl::Milliseconds(200);
+  options_.breaker_failures = 2;
+  options_.breaker_open_for = absl::Milliseconds(500);
+  RedisEmbeddingCache cache(options_);
+  ASSERT_TRUE(cache.Put("internvl:emb:v1:k", Embeddings(1, 8)).ok());
+  ASSERT_TRUE(cache.Get("internvl:emb:v1:k").ok());
+  redis_->Pause();
+  std::vector<absl::Duration> costs;
+  for (int i = 0; i < 20; ++i) {
+    const absl::Time t = absl::Now();
+    EXPECT_FALSE(cache.Get("internvl:emb:v1:k").ok());
+    costs.push_back(absl::Now() - t);
+  }
+  EXPECT_EQ(cache.breaker_trips(), 1);
+  // Two timeouts, then immediate refusals.
+  for (size_t i = 2; i < costs.size(); ++i) EXPECT_LT(costs[i], absl::Milliseconds(5)) << "request " << i;
+  redis_->Resume();
+  absl::SleepFor(absl::Milliseconds(600));
+  auto back = cache.Get("internvl:emb:v1:k");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->has_value());
+}
+
 TEST(RedisAddress, ParsesHostPortAndRejectsGarbage) {
   RedisCacheOptions o;
   ASSERT_TRUE(ParseRedisAddress("redis.default.svc:6380", &o).ok());

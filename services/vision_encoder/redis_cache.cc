@@ -74,7 +74,39 @@ void RedisEmbeddingCache::Release(redisContext* c, bool healthy) {
   redisFree(c);
 }
 
+namespace {
+absl::Status StatusOf(const absl::Status& s) { return s; }
+template <typename T>
+absl::Status StatusOf(const absl::StatusOr<T>& s) {
+  return s.status();
+}
+}  // namespace
+
+template <typename T>
+T RedisEmbeddingCache::Guarded(const char* op, const std::function<T()>& call) {
+  if (!breaker_.Allow()) {
+    return absl::UnavailableError(absl::StrCat("redis ", options_.host, ":", options_.port, " ", op,
+                                               " skipped: circuit open after failed or slow commands"));
+  }
+  const absl::Time start = absl::Now();
+  T result = call();
+  // A corrupt value is Redis answering: not a failure of the dependency.
+  const absl::Status status = StatusOf(result);
+  const bool ok =
+      (status.ok() || status.code() == absl::StatusCode::kDataLoss) && absl::Now() - start <= options_.slow_command;
+  breaker_.Record(ok);
+  return result;
+}
+
 absl::StatusOr<std::optional<HostTensor>> RedisEmbeddingCache::Get(const std::string& key) {
+  return Guarded<absl::StatusOr<std::optional<HostTensor>>>("GET", [&] { return GetUnguarded(key); });
+}
+
+absl::Status RedisEmbeddingCache::Put(const std::string& key, const HostTensor& value) {
+  return Guarded<absl::Status>("SET", [&] { return PutUnguarded(key, value); });
+}
+
+absl::StatusOr<std::optional<HostTensor>> RedisEmbeddingCache::GetUnguarded(const std::string& key) {
   absl::StatusOr<redisContext*> conn = Acquire();
   if (!conn.ok()) return conn.status();
   redisContext* c = *conn;
@@ -105,7 +137,7 @@ absl::StatusOr<std::optional<HostTensor>> RedisEmbeddingCache::Get(const std::st
   return out;
 }
 
-absl::Status RedisEmbeddingCache::Put(const std::string& key, const HostTensor& value) {
+absl::Status RedisEmbeddingCache::PutUnguarded(const std::string& key, const HostTensor& value) {
   absl::StatusOr<redisContext*> conn = Acquire();
   if (!conn.ok()) return conn.status();
   redisContext* c = *conn;

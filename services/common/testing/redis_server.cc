@@ -46,6 +46,14 @@ void RedisServer::Stop() {
   }
 }
 
+void RedisServer::Pause() {
+  if (process_ != nullptr) process_->Signal(SIGSTOP);
+}
+
+void RedisServer::Resume() {
+  if (process_ != nullptr) process_->Signal(SIGCONT);
+}
+
 absl::StatusOr<std::string> RedisServer::Command(const std::vector<std::string>& argv) const {
   timeval tv{1, 0};
   redisContext* c = redisConnectWithTimeout("127.0.0.1", port_, tv);

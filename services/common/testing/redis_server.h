@@ -21,6 +21,9 @@ class RedisServer {
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   // Kills the server (SIGKILL: no graceful close of client connections).
   void Stop();
+  // SIGSTOP / SIGCONT: a hung Redis (connections accepted, nothing answered).
+  void Pause();
+  void Resume();
   // Runs one command (argv form) and returns the reply as text: the string
   // for bulk/status replies, the number for integers, "(nil)" for nil, an
   // error for error replies or a dead server.
