@@ -81,6 +81,7 @@ const std::vector<FlagSpec>& Specs() {
          false, ""},
         {"output", "output folder: the final model is written here, checkpoints to OUTPUT/checkpoint-N", true, false,
          ""},
+        {"data-root", "refuse annotations, images and videos that resolve outside this folder", true, false, ""},
         {"conv-style", "conversation template (Hermes-2, internlm2-chat, internvl2_5, phi3-chat)", true, false,
          "the model config's template"},
         {"max-seq-length", "truncate samples to this many tokens", true, false, absl::StrCat(d.max_seq_length)},
@@ -204,6 +205,7 @@ absl::StatusOr<TrainCommand> ParseTrainCommand(const Args& args) {
   INTERNVL_ASSIGN_OR_RETURN(o.model, args.Require("model"));
   INTERNVL_ASSIGN_OR_RETURN(o.meta, args.Require("meta"));
   INTERNVL_ASSIGN_OR_RETURN(o.output_dir, args.Require("output"));
+  o.data_root = args.GetOr("data-root", "");
   o.conv_style = args.GetOr("conv-style", o.conv_style);
   INTERNVL_ASSIGN_OR_RETURN(o.max_seq_length, args.GetInt("max-seq-length", o.max_seq_length));
   INTERNVL_ASSIGN_OR_RETURN(o.max_dynamic_patch, args.GetInt("max-dynamic-patch", o.max_dynamic_patch));

@@ -287,6 +287,54 @@ TEST_F(GeneratedData, MultiImageSplitsTheTileBudgetAndNeedsEveryPlaceholder) {
   EXPECT_THAT(text, HasSubstr("A: <img><IMG_CONTEXT><IMG_CONTEXT><IMG_CONTEXT><IMG_CONTEXT></img>\nB: <img>"));
 }
 
+// With a data root (the trainer service's), media that resolve outside it are
+// refused: absolute paths, ../ escapes and symlinks alike.
+TEST_F(GeneratedData, DataRootConfinesMediaPaths) {
+  const std::string outside = testing::TempDir();
+  WriteBmp(outside + "/secret.bmp", 32, 32, [](int x, int y) { return Rgb{x, y, 0}; });
+  fs::create_symlink(outside + "/secret.bmp", dir_ + "/media/link.bmp");
+  auto conv = Conv({{"human", "<image>\nWhat?"}, {"gpt", "This."}});
+  const std::string meta = WriteMeta({{"d",
+                                       {Record({{"image", outside + "/secret.bmp"}, {"conversations", conv}}),
+                                        Record({{"image", "../../" + fs::path(outside).filename().string() +
+                                                              "/secret.bmp"},
+                                                {"conversations", conv}}),
+                                        Record({{"image", "link.bmp"}, {"conversations", conv}}),
+                                        Record({{"image", "square.bmp"}, {"conversations", conv}})},
+                                       json::object()}});
+  DataOptions confined = Options("internvl2_5");
+  confined.data_root = dir_;
+  auto ds = OpenOrDie(meta, confined);
+  ASSERT_NE(ds, nullptr);
+  for (size_t i = 0; i < 3; ++i) {
+    absl::StatusOr<Sample> s = ds->Get(i);
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << "record " << i;
+    EXPECT_THAT(s.status().message(), HasSubstr("outside the data root")) << "record " << i;
+  }
+  EXPECT_TRUE(ds->Get(3).ok());
+  // Without one, the official os.path.join semantics (absolute paths allowed).
+  auto open = OpenOrDie(meta, Options("internvl2_5"));
+  ASSERT_NE(open, nullptr);
+  EXPECT_TRUE(open->Get(0).ok());
+}
+
+// A record listing thousands of images is refused before any is read (each
+// image needs at least one tile of tokens).
+TEST_F(GeneratedData, ThousandsOfImagesAreRefusedBeforeLoading) {
+  json images = json::array();
+  for (int i = 0; i < 5000; ++i) images.push_back("missing_" + std::to_string(i) + ".bmp");
+  const std::string meta =
+      WriteMeta({{"many", {Record({{"image", images}, {"conversations", Conv({{"human", "Hi"}, {"gpt", "Hello."}})}})},
+                  json::object()}});
+  auto ds = OpenOrDie(meta, Options("internvl2_5"));
+  ASSERT_NE(ds, nullptr);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<Sample> s = ds->Get(0);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.status().message(), HasSubstr("max_seq_length"));  // not "missing_0.bmp: not found"
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+}
+
 TEST_F(GeneratedData, PureTextGetsOneWhiteDummyTileWithFlagZero) {
   const std::string meta =
       WriteMeta({{"text",

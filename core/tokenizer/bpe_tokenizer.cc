@@ -119,10 +119,17 @@ class Qwen2BpeTokenizer final : public HfTokenizer {
 
     int max_id = -1;
     for (const auto& [token, id] : vocab.items()) {
-      if (!id.is_number_integer() || id.get<int>() < 0) {
+      if (!id.is_number_integer()) {
         return absl::InvalidArgumentError(absl::StrCat("vocabulary id of \"", token, "\" is not an integer"));
       }
-      max_id = std::max(max_id, id.get<int>());
+      // Checked as int64 (get<int> would wrap 2^32 + 5 to 5): id_to_token_
+      // is sized by the largest id.
+      const int64_t value = id.get<int64_t>();
+      if (value < 0 || value > kMaxTokenId) {
+        return absl::InvalidArgumentError(absl::StrCat("vocabulary id ", value, " of \"", token,
+                                                       "\" is outside [0, ", kMaxTokenId, "]"));
+      }
+      max_id = std::max(max_id, static_cast<int>(value));
     }
     id_to_token_.assign(max_id + 1, "");
     for (const auto& [token, id] : vocab.items()) {

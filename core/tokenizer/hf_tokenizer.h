@@ -23,6 +23,12 @@
 
 namespace internvl::tokenizer {
 
+// Largest token id a tokenizer folder may use (vocab.json, added tokens).
+// Tables are indexed by id, so an id is what they cost: real vocabularies
+// stay under 2^18 (Qwen2: 151,646 with added tokens); a larger id is a
+// corrupt or hostile file, refused before anything is sized by it.
+inline constexpr int kMaxTokenId = (1 << 22) - 1;
+
 // tokenizers.AddedToken as serialised in added_tokens_decoder.
 struct AddedToken {
   std::string content;

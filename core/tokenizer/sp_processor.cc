@@ -13,6 +13,22 @@ namespace {
 
 constexpr char kPluginName[] = "libinternvl_sp.so";
 
+// AddressSanitizer aborts any dlopen with RTLD_DEEPBIND (it would bypass its
+// interceptors: google/sanitizers#611), so ASan builds (fuzz/, scripts/fuzz.sh)
+// load the plugin without it. They link no libprotobuf (no torch, no gRPC
+// next to a tokenizer), so the plugin still resolves its own protobuf copy.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr int kDeepBind = 0;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr int kDeepBind = 0;
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
+
 struct Plugin {
   SpCreateFn create = nullptr;
   std::string error;
@@ -42,7 +58,7 @@ const Plugin& GetPlugin() {
     std::string tried;
     for (const std::string& path : Candidates()) {
       if (path.find('/') != std::string::npos && !std::filesystem::exists(path)) continue;
-      void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | kDeepBind);
       if (handle == nullptr) {
         tried += std::string(" ") + path + " (" + ::dlerror() + ")";
         continue;

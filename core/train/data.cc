@@ -40,6 +40,28 @@ std::string ResolveAgainst(const fs::path& base, const std::string& p) {
   return path.lexically_normal().string();
 }
 
+// OK when `path` (symlinks resolved) lies inside `root` (or `root` is
+// empty).
+absl::Status CheckWithin(const std::string& path, const std::string& root, absl::string_view what) {
+  if (root.empty()) return absl::OkStatus();
+  std::error_code ec1, ec2;
+  const fs::path p = fs::weakly_canonical(path, ec1);
+  const fs::path r = fs::weakly_canonical(root, ec2);
+  if (!ec1 && !ec2) {
+    auto pi = p.begin();
+    bool inside = true;
+    for (auto ri = r.begin(); ri != r.end(); ++ri, ++pi) {
+      if (ri->empty()) continue;  // a trailing separator
+      if (pi == p.end() || *pi != *ri) {
+        inside = false;
+        break;
+      }
+    }
+    if (inside) return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(what, " '", path, "' lies outside the data root ", root));
+}
+
 // os.path.join(root, path): an absolute `path` wins.
 std::string JoinMediaPath(const std::string& root, const std::string& path) {
   return ResolveAgainst(fs::path(root), path);
@@ -126,9 +148,12 @@ class SftDatasetImpl : public SftDataset {
 
 absl::Status SftDatasetImpl::Load(const std::string& meta_path) {
   INTERNVL_ASSIGN_OR_RETURN(std::vector<DatasetSpec> specs, LoadMeta(meta_path));
+  // Built in place, never moved: `lines` point into `text`, and a moved
+  // std::string keeps a short text inline, which would leave them dangling.
+  // The reserve keeps the vector from moving its elements.
   annotations_.reserve(specs.size());
   for (size_t d = 0; d < specs.size(); ++d) {
-    Annotation ann;
+    Annotation& ann = annotations_.emplace_back();
     ann.spec = std::move(specs[d]);
     ann.max_dynamic_patch = ann.spec.max_dynamic_patch.value_or(options_.max_dynamic_patch);
     if (ann.spec.data_augment) {
@@ -139,6 +164,7 @@ absl::Status SftDatasetImpl::Load(const std::string& meta_path) {
       std::cerr << "warning: " << notice << "\n";
       notices_.push_back(std::move(notice));
     }
+    INTERNVL_RETURN_IF_ERROR(CheckWithin(ann.spec.annotation, options_.data_root, "annotation"));
     INTERNVL_ASSIGN_OR_RETURN(ann.text, ReadFile(ann.spec.annotation));
     // f.readlines(): a final line without '\n' still counts, a file ending in
     // '\n' has no empty last line.
@@ -166,7 +192,6 @@ absl::Status SftDatasetImpl::Load(const std::string& meta_path) {
     if (extra > 0) {
       for (uint32_t i : SampleLines(n, extra, rng)) add(i);
     }
-    annotations_.push_back(std::move(ann));
   }
   return absl::OkStatus();
 }
@@ -210,6 +235,7 @@ absl::StatusOr<preprocess::Tiles> SftDatasetImpl::LoadImage(const Annotation& an
     return absl::InvalidArgumentError(absl::StrCat("image ", rel_path, ": s3:// paths are not supported"));
   }
   const std::string path = JoinMediaPath(ann.spec.root, rel_path);
+  INTERNVL_RETURN_IF_ERROR(CheckWithin(path, options_.data_root, "image"));
   absl::StatusOr<std::string> bytes = ReadFile(path);
   if (!bytes.ok()) return Annotate(bytes.status(), absl::StrCat("image ", path));
   preprocess::TilingOptions tiling;
@@ -310,6 +336,12 @@ absl::StatusOr<Sample> SftDatasetImpl::Build(const Annotation& ann, absl::string
     }
     case Kind::kMultiImage: {  // multi_modal_multi_image_get_item
       const ordered_json& list = item["image"];
+      // Each image takes at least one tile of tokens: a record that cannot
+      // fit max_seq_length is refused before any image is read (the official
+      // code would load them all, then fail its tokens assertion).
+      if (static_cast<int64_t>(list.size()) * per_tile > options_.max_seq_length)
+        return absl::InvalidArgumentError(absl::StrCat(list.size(), " images need at least ", list.size() * per_tile,
+                                                       " tokens, over max_seq_length ", options_.max_seq_length));
       const int num_image = static_cast<int>(list.size());
       const int max_num = std::max(1, ann.max_dynamic_patch / num_image);
       std::vector<preprocess::Tiles> tiles;
@@ -337,6 +369,7 @@ absl::StatusOr<Sample> SftDatasetImpl::Build(const Annotation& ann, absl::string
         messages[0].value = absl::StrCat(kVideoPlaceholder, "\n", messages[0].value);
       }
       const std::string path = JoinMediaPath(ann.spec.root, item["video"].get<std::string>());
+      INTERNVL_RETURN_IF_ERROR(CheckWithin(path, options_.data_root, "video"));
       video::VideoOptions vopts;
       vopts.num_segments = options_.num_video_frames;
       vopts.max_num = 1;  // transform(frame): one Resize((S, S)) tile per frame

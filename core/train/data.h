@@ -66,6 +66,14 @@ struct DataOptions {
   // the FIRST int(n * r) lines and asserts an integer repeat_time above 1;
   // later versions draw with random.sample and int() the repeat count.)
   uint64_t seed = 42;
+  // When set, every data file the dataset opens (annotations, images,
+  // videos; the meta file is the caller's) must resolve, symlinks followed,
+  // inside this folder:
+  // otherwise INVALID_ARGUMENT naming the record. Checked when each file is
+  // opened, so a file swapped after a check is caught too. The trainer
+  // service sets it to its --data-root; the CLI leaves it empty (the official
+  // os.path.join, absolute paths allowed).
+  std::string data_root;
 };
 
 // One tokenised training sample (what LazySupervisedDataset.__getitem__

@@ -776,6 +776,7 @@ absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& 
   data.use_thumbnail = o.use_thumbnail;
   data.max_seq_length = o.max_seq_length;
   data.seed = o.seed;
+  data.data_root = o.data_root;
   INTERNVL_ASSIGN_OR_RETURN(auto dataset, SftDataset::Open(o.meta, *m.tokenizer, data));
   const size_t n = dataset->size();
   if (n == 0) return absl::InvalidArgumentError(absl::StrCat(o.meta, ": the datasets hold no records"));

@@ -27,6 +27,7 @@ struct TrainOptions {
   // Data / model.
   std::string model;       // folder or HF id (resolved like inference)
   std::string meta;        // meta JSON (data.h)
+  std::string data_root;   // DataOptions::data_root (confines every data file); empty = none
   std::string output_dir;  // final model here, checkpoint-N below it
   std::string conv_style;  // empty: the model config's template
   int max_seq_length = 4096;

@@ -86,14 +86,20 @@ absl::Status TensorAssembler::Start(const v1::TensorHeader& header) {
   // numel * size, refusing negative dimensions and overflow (a shape whose
   // product overflows cannot match any sane total_bytes).
   uint64_t expected = DTypeSize(dtype);
+  // The non-zero dimensions' product must fit HostTensor::numel()'s int64
+  // too: a zero dimension zeroes `expected` but not that product
+  // ([2^62, 4, 0] declares 0 bytes).
+  int64_t nonzero_numel = 1;
   for (int64_t d : header.shape()) {
     if (d < 0)
       return absl::InvalidArgumentError(
           absl::StrCat("tensor shape has a negative dimension: [", absl::StrJoin(header.shape(), ","), "]"));
-    if (d != 0 && expected > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d)) {
+    if (d != 0 && (expected > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d) ||
+                   nonzero_numel > std::numeric_limits<int64_t>::max() / d)) {
       return absl::InvalidArgumentError("tensor shape overflows");
     }
     expected *= static_cast<uint64_t>(d);
+    if (d != 0) nonzero_numel *= d;
   }
   if (expected != header.total_bytes()) {
     return absl::InvalidArgumentError(absl::StrCat("tensor header declares ", header.total_bytes(),

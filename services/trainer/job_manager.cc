@@ -300,6 +300,10 @@ absl::StatusOr<std::string> JobManager::Submit(const v1::JobSpec& spec) {
   job->info.set_state(v1::JOB_STATE_QUEUED);
   job->info.set_created_time(NowSeconds());
   job->info.set_output_path(resolved.options.output_dir);
+  // The job trains from the meta as it was checked (a later swap of the
+  // file under --data-root cannot point it elsewhere).
+  resolved.options.meta = absl::StrCat(job->dir, "/meta.json");
+  if (absl::Status s = WriteFileAtomic(resolved.options.meta, resolved.meta_snapshot); !s.ok()) return s;
   job->argv = TrainCommandArgs(resolved, absl::StrCat(job->dir, "/", kEventsFile));
   Job* raw = job.get();
   jobs_[id] = std::move(job);

@@ -55,7 +55,9 @@ absl::Status ResolveModel(const v1::JobSpec& spec, const Roots& roots, ResolvedS
 
 // The meta file's datasets (`root`, `annotation`; relative ones against the
 // meta file's folder, as core/train does) must lie under the data root too.
-absl::Status CheckMeta(const std::string& meta_path, const Roots& roots) {
+// Returns the meta as checked, its paths made absolute: the job trains from
+// this snapshot, so swapping the file after the check changes nothing.
+absl::StatusOr<std::string> CheckMeta(const std::string& meta_path, const Roots& roots) {
   INTERNVL_ASSIGN_OR_RETURN(std::string text, ReadFile(meta_path, size_t{16} << 20));
   nlohmann::json meta = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (meta.is_discarded() || !meta.is_object())
@@ -74,9 +76,10 @@ absl::Status CheckMeta(const std::string& meta_path, const Roots& roots) {
       if (ec || !IsWithin(resolved.string(), roots.data_root))
         return absl::InvalidArgumentError(
             absl::StrCat("meta: ", name, ".", key, " '", p.string(), "' lies outside the server's --data-root"));
+      meta[name][key] = resolved.string();
     }
   }
-  return absl::OkStatus();
+  return meta.dump(1);
 }
 
 // The shortest of %.15g / %.17g that reads back as the same double.
@@ -100,7 +103,8 @@ absl::StatusOr<ResolvedSpec> ResolveJobSpec(const v1::JobSpec& spec, const Roots
   INTERNVL_ASSIGN_OR_RETURN(o.meta,
                             ConfinePath(roots.data_root, spec.meta(), "meta", "--data-root", Existence::kMustExist));
   if (!IsFile(o.meta)) return absl::InvalidArgumentError(absl::StrCat("meta '", spec.meta(), "' is not a file"));
-  INTERNVL_RETURN_IF_ERROR(CheckMeta(o.meta, roots));
+  INTERNVL_ASSIGN_OR_RETURN(r.meta_snapshot, CheckMeta(o.meta, roots));
+  o.data_root = roots.data_root;
   INTERNVL_ASSIGN_OR_RETURN(o.output_dir, ConfinePath(roots.output_root, spec.output_dir(), "output_dir",
                                                       "--output-root", Existence::kMayBeMissing));
   if (IsWithin(o.output_dir, roots.state_dir) || IsWithin(roots.state_dir, o.output_dir))
@@ -156,6 +160,7 @@ std::vector<std::string> TrainCommandArgs(const ResolvedSpec& spec, const std::s
   std::vector<std::string> a = {
       "--model=" + o.model,
       "--meta=" + o.meta,
+      "--data-root=" + o.data_root,
       "--output=" + o.output_dir,
       "--max-seq-length=" + absl::StrCat(o.max_seq_length),
       "--max-dynamic-patch=" + absl::StrCat(o.max_dynamic_patch),

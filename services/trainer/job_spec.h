@@ -29,6 +29,9 @@ using OptionsValidator = std::function<absl::Status(const train::TrainOptions&)>
 struct ResolvedSpec {
   train::TrainOptions options;  // absolute paths; world_size = nproc
   int nproc = 1;
+  // The meta JSON as checked at submit (dataset paths absolute): the job
+  // manager stores it in the job's folder and trains from it.
+  std::string meta_snapshot;
   bool model_is_hub_id = false;
 };
 

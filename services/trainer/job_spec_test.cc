@@ -9,6 +9,7 @@
 #include "core/testing/fixtures.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "services/trainer/paths.h"
 
 namespace internvl::services::trainer {
@@ -164,6 +165,23 @@ TEST_F(JobSpecTest, MetaAndItsDatasetsStayUnderTheDataRoot) {
   Meta("metas/m.json", R"({"ds": {"root": "../set", "annotation": "../set/data.jsonl"}})");
   spec_.set_meta("metas/m.json");
   EXPECT_TRUE(Resolve().ok()) << Resolve().status();
+}
+
+// The job trains from the meta as checked at submit: swapping the file
+// afterwards (to datasets outside the data root) changes nothing, and the
+// trainer is told the data root, so annotations and media it opens later
+// (a symlink swapped in, a record's absolute image path) are checked again.
+TEST_F(JobSpecTest, TheCheckedMetaIsSnapshottedAndTheDataRootPassedOn) {
+  auto r = Resolve();
+  ASSERT_TRUE(r.ok()) << r.status();
+  Meta("meta.json", R"({"ds": {"root": "/etc", "annotation": "/etc/passwd.jsonl"}})");  // the swap
+  const nlohmann::json snapshot = nlohmann::json::parse(r->meta_snapshot);
+  EXPECT_EQ(snapshot["ds"]["root"], roots_.data_root + "/set");
+  EXPECT_EQ(snapshot["ds"]["annotation"], roots_.data_root + "/set/data.jsonl");
+  EXPECT_EQ(snapshot["ds"]["repeat_time"], 1);
+  EXPECT_EQ(r->options.data_root, roots_.data_root);
+  const std::vector<std::string> argv = TrainCommandArgs(*r, "/tmp/events.jsonl");
+  EXPECT_NE(std::find(argv.begin(), argv.end(), "--data-root=" + roots_.data_root), argv.end());
 }
 
 TEST_F(JobSpecTest, ResumeFromIsAutoOrAFolderInsideTheOutput) {
