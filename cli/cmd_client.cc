@@ -7,6 +7,7 @@
 #include "cli/args.h"
 #include "cli/chat_flags.h"
 #include "cli/command.h"
+#include "services/common/security.h"
 #include "gateway/client.h"
 
 namespace internvl::cli {
@@ -19,6 +20,11 @@ std::vector<FlagSpec> Specs() {
   std::vector<FlagSpec> specs = {
       {"addr", "gateway (or all-in-one server) host:port", true, false, "127.0.0.1:50050"},
       {"timeout-ms", "deadline of the call", true, false, "600000"},
+      {"tls-ca", "PEM CA of the gateway's certificate: connect over TLS", true, false, ""},
+      {"tls-cert", "PEM client certificate (servers requiring mTLS)", true, false, ""},
+      {"tls-key", "PEM key of --tls-cert", true, false, ""},
+      {"tls-server-name", "name to check in the server's certificate (default: the host)", true, false, ""},
+      {"token-file", "file holding the bearer token (default: $INTERNVL_TOKEN)", true, false, ""},
       {"help", "show this help", false, false, ""},
   };
   for (auto& f : ChatRequestFlags()) specs.push_back(f);
@@ -46,8 +52,15 @@ int Run(const std::vector<std::string>& argv) {
   }
   auto timeout = args->GetInt("timeout-ms", 600000);
   if (!timeout.ok()) return ReportError("client chat", timeout.status());
-  gateway::ChatClient client(args->GetOr("addr", "127.0.0.1:50050"));
-  auto result = client.Chat(
+  gateway::ClientSecurity security;
+  security.tls = {args->GetOr("tls-ca", ""), args->GetOr("tls-cert", ""), args->GetOr("tls-key", ""),
+                  args->GetOr("tls-server-name", "")};
+  auto token = services::ReadSecret(args->GetOr("token-file", ""), "INTERNVL_TOKEN");
+  if (!token.ok()) return ReportError("client chat", token.status());
+  security.token = *token;
+  auto client = gateway::ChatClient::Create(args->GetOr("addr", "127.0.0.1:50050"), security);
+  if (!client.ok()) return ReportError("client chat", client.status());
+  auto result = (*client)->Chat(
       *request,
       [](absl::string_view delta) {
         std::cout << delta << std::flush;

@@ -20,6 +20,7 @@
 #include "core/model_path.h"
 #include "gateway/chat_service.h"
 #include "gateway/embedded_stages.h"
+#include "services/common/security.h"
 #include "services/common/engine_metrics.h"
 #include "services/common/metrics.h"
 #include "services/common/server.h"
@@ -53,6 +54,12 @@ std::vector<FlagSpec> Specs() {
        "32768"},
       {"max-text-bytes", "question + history bytes per request", true, false, "1048576"},
       {"grace-seconds", "after SIGTERM, how long in-flight calls may finish", true, false, "20"},
+      {"tls-cert", "PEM server certificate: serve TLS", true, false, ""},
+      {"tls-key", "PEM key of --tls-cert", true, false, ""},
+      {"tls-client-ca", "PEM CA: require client certificates it signed (mTLS)", true, false, ""},
+      {"auth-tokens-file", "bearer tokens (one per line) clients must send (default: $INTERNVL_AUTH_TOKENS)", true,
+       false, ""},
+      {"redis-password-file", "Redis AUTH password (default: $INTERNVL_REDIS_PASSWORD)", true, false, ""},
       {"help", "show this help", false, false, ""},
   };
   for (auto& f : EngineFlags()) specs.push_back(f);
@@ -102,6 +109,9 @@ int Run(const std::vector<std::string>& argv) {
   if (auto redis_addr = args->Get("redis")) {
     RedisCacheOptions redis;
     if (absl::Status s = ParseRedisAddress(*redis_addr, &redis); !s.ok()) return ReportError(kName, s);
+    auto password = ReadSecret(args->GetOr("redis-password-file", ""), "INTERNVL_REDIS_PASSWORD");
+    if (!password.ok()) return ReportError(kName, password.status());
+    redis.password = *password;
     cache = std::make_unique<RedisEmbeddingCache>(redis);
   } else if (*cache_mb > 0) {
     cache = std::make_unique<InMemoryEmbeddingCache>(static_cast<size_t>(*cache_mb) << 20);
@@ -124,6 +134,9 @@ int Run(const std::vector<std::string>& argv) {
   options.max_new_tokens_limit = *max_new;
   options.max_prompt_tokens = *max_prompt;
   options.max_text_bytes = *max_text;
+  auto auth = BearerAuth::Load(args->GetOr("auth-tokens-file", ""), "INTERNVL_AUTH_TOKENS");
+  if (!auth.ok()) return ReportError(kName, auth.status());
+  options.auth = *std::move(auth);
   // Requests in flight through the stages: enough for a full batch to decode
   // while the next ones are preprocessed and encoded.
   options.threads = engine_options.llm.max_num_seqs + 8;
@@ -132,6 +145,7 @@ int Run(const std::vector<std::string>& argv) {
 
   RunOptions run;
   run.grpc.listen = args->GetOr("listen", "0.0.0.0:50050");
+  run.grpc.tls = {args->GetOr("tls-cert", ""), args->GetOr("tls-key", ""), args->GetOr("tls-client-ca", "")};
   run.metrics_port = *metrics_port;
   run.grace = absl::Seconds(*grace);
   const int rc = RunServer("internvl.v1.InternVL (all-in-one)", run, {&service}, {"internvl.v1.InternVL"}, &registry);

@@ -40,6 +40,10 @@ class ChatCall : public services::StreamingWriteReactor<v1::ChatResponse> {
       : services::StreamingWriteReactor<v1::ChatResponse>(context, service->metrics(), "Chat"),
         service_(service),
         request_(request) {
+    if (absl::Status denied = service->options().auth.Check(*context); !denied.ok()) {
+      Close(denied);
+      return;
+    }
     const CallState call{this, Deadline(context, service->options().default_deadline), {}};
     const absl::Status queued = service->queue()->Submit([this, call] {
       const absl::Status s = service_->Run(*request_, nullptr, v1::VideoSettings(), call,
@@ -59,6 +63,10 @@ class ChatVideoCall : public services::ReadAllThenStreamReactor<v1::ChatVideoReq
  public:
   ChatVideoCall(ChatService* service, grpc::CallbackServerContext* context)
       : ReadAllThenStreamReactor(context, service->metrics(), "ChatVideo"), service_(service) {
+    if (absl::Status denied = service->options().auth.Check(*context); !denied.ok()) {
+      Close(denied);
+      return;
+    }
     if (absl::Status slot = service->upload_slots()->Acquire(); !slot.ok()) {
       Close(slot);
       return;
@@ -126,6 +134,10 @@ class ChatUnaryCall : public grpc::ServerUnaryReactor, public CallCancellation {
                 v1::ChatResponse* response)
       : service_(service), context_(context), start_(Clock::now()) {
     service_->metrics()->in_flight()->Add(1);
+    if (absl::Status denied = service->options().auth.Check(*context); !denied.ok()) {
+      Done(denied);
+      return;
+    }
     const CallState call{this, Deadline(context, service->options().default_deadline), {}};
     const absl::Status queued = service->queue()->Submit([this, call, request, response] {
       const absl::Status s =

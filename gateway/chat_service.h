@@ -15,6 +15,7 @@
 #include "gateway/stages.h"
 #include "internvl/v1/gateway.grpc.pb.h"
 #include "services/common/metrics.h"
+#include "services/common/security.h"
 #include "services/common/stream_slots.h"
 #include "services/common/work_queue.h"
 
@@ -35,6 +36,9 @@ struct ChatServiceOptions {
   // ChatVideo calls open at once (each buffers its upload, up to
   // max_video_bytes): past it RESOURCE_EXHAUSTED at the call's start.
   int max_concurrent_uploads = 16;
+  // Bearer tokens the calls must carry (none: open). Health and reflection
+  // stay open for probes.
+  services::BearerAuth auth;
   int threads = 16;  // concurrent requests in flight through the stages
   int max_queued = 64;
   // Used when the client sets no deadline.

@@ -46,11 +46,24 @@ ChatResult FromProtoFinal(const v1::ChatFinal& f) {
   return r;
 }
 
-ChatClient::ChatClient(const std::string& address) {
+ChatClient::ChatClient(const std::string& address)
+    : ChatClient(address, grpc::InsecureChannelCredentials(), ClientSecurity()) {}
+
+ChatClient::ChatClient(const std::string& address, const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+                       const ClientSecurity& security)
+    : token_(security.token) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
-  stub_ = v1::InternVL::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  services::AddTlsChannelArgs(security.tls, &args);
+  stub_ = v1::InternVL::NewStub(grpc::CreateCustomChannel(address, credentials, args));
+}
+
+absl::StatusOr<std::unique_ptr<ChatClient>> ChatClient::Create(const std::string& address,
+                                                               const ClientSecurity& security) {
+  auto credentials = services::MakeChannelCredentials(security.tls);
+  if (!credentials.ok()) return credentials.status();
+  return std::unique_ptr<ChatClient>(new ChatClient(address, *credentials, security));
 }
 
 absl::StatusOr<ChatResult> ChatClient::Chat(const ChatRequest& request,
@@ -58,6 +71,7 @@ absl::StatusOr<ChatResult> ChatClient::Chat(const ChatRequest& request,
                                             absl::Duration timeout) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  services::AddBearerToken(token_, &ctx);
   v1::ChatRequest proto = ToProtoRequest(request);
   std::optional<v1::ChatFinal> final;
   bool stopped = false;

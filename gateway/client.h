@@ -13,6 +13,7 @@
 #include "absl/time/time.h"
 #include "core/chat/chat_types.h"
 #include "internvl/v1/gateway.grpc.pb.h"
+#include "services/common/security.h"
 
 namespace internvl::gateway {
 
@@ -22,9 +23,20 @@ v1::ChatRequest ToProtoRequest(const ChatRequest& request);
 // the in-process pipeline reports it.
 ChatResult FromProtoFinal(const v1::ChatFinal& final);
 
+// How a client reaches a secured gateway: TLS (the CA that signed the
+// server's certificate; a client certificate for mTLS) and a bearer token.
+struct ClientSecurity {
+  services::ClientTlsOptions tls;
+  std::string token;
+};
+
 class ChatClient {
  public:
+  // Plaintext, no token.
   explicit ChatClient(const std::string& address);
+  // INVALID_ARGUMENT / NOT_FOUND for unusable TLS files.
+  static absl::StatusOr<std::unique_ptr<ChatClient>> Create(const std::string& address,
+                                                           const ClientSecurity& security);
 
   // Calls Chat (or ChatVideo when request.video is set). `on_text` (optional)
   // gets each delta; returning false cancels the call. Errors are the RPC's
@@ -36,7 +48,10 @@ class ChatClient {
   v1::InternVL::Stub* stub() { return stub_.get(); }
 
  private:
+  ChatClient(const std::string& address, const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+             const ClientSecurity& security);
   std::unique_ptr<v1::InternVL::Stub> stub_;
+  std::string token_;
 };
 
 }  // namespace internvl::gateway

@@ -38,6 +38,15 @@ ABSL_FLAG(int, max_prompt_tokens, 32768, "largest prompt (text + image tokens), 
 ABSL_FLAG(int64_t, max_text_bytes, int64_t{1} << 20, "question + history bytes per request");
 ABSL_FLAG(int, max_new_tokens_limit, 4096, "largest max_new_tokens");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "file of bearer tokens (one per line) clients must send; else $INTERNVL_AUTH_TOKENS (comma-separated)");
+ABSL_FLAG(std::string, stage_tls_ca_file, "", "PEM CA of the stage services' certificates: call them over TLS");
+ABSL_FLAG(std::string, stage_tls_cert_file, "", "PEM client certificate for the stage services (mTLS)");
+ABSL_FLAG(std::string, stage_tls_key_file, "", "PEM key of --stage_tls_cert_file");
+ABSL_FLAG(std::string, stage_tls_server_name, "", "name to check in the stages' certificates (default: the host)");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate: serve TLS (empty = plaintext)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA: require client certificates it signed (mTLS)");
 ABSL_FLAG(double, grace_seconds, 20, "after SIGTERM, how long in-flight calls may finish");
 
 int main(int argc, char** argv) {
@@ -70,7 +79,18 @@ int main(int argc, char** argv) {
   remote.retries = absl::GetFlag(FLAGS_retries);
   remote.backoff = absl::Milliseconds(absl::GetFlag(FLAGS_retry_backoff_ms));
   remote.max_tiles_per_encode = absl::GetFlag(FLAGS_max_tiles) + 1;
-  RemoteStages stages(remote);
+  remote.tls = {absl::GetFlag(FLAGS_stage_tls_ca_file), absl::GetFlag(FLAGS_stage_tls_cert_file),
+                absl::GetFlag(FLAGS_stage_tls_key_file), absl::GetFlag(FLAGS_stage_tls_server_name)};
+  auto stages = RemoteStages::Create(remote);
+  if (!stages.ok()) {
+    services::LogError(stages.status().ToString());
+    return 2;
+  }
+  auto auth = services::BearerAuth::Load(absl::GetFlag(FLAGS_auth_tokens_file), "INTERNVL_AUTH_TOKENS");
+  if (!auth.ok()) {
+    services::LogError(auth.status().ToString());
+    return 2;
+  }
 
   ChatServiceOptions options;
   options.max_images = absl::GetFlag(FLAGS_max_images);
@@ -83,12 +103,15 @@ int main(int argc, char** argv) {
   options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
   options.max_text_bytes = absl::GetFlag(FLAGS_max_text_bytes);
   options.threads = absl::GetFlag(FLAGS_threads);
+  options.auth = *std::move(auth);
   options.max_queued = absl::GetFlag(FLAGS_max_queued);
   services::MetricsRegistry registry;
-  ChatService service(options, prompt->get(), &stages, &registry);
+  ChatService service(options, prompt->get(), stages->get(), &registry);
 
   services::RunOptions run;
   run.grpc.listen = absl::GetFlag(FLAGS_listen);
+  run.grpc.tls = {absl::GetFlag(FLAGS_tls_cert_file), absl::GetFlag(FLAGS_tls_key_file),
+                  absl::GetFlag(FLAGS_tls_client_ca_file)};
   run.grpc.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   run.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   run.grace = absl::Seconds(absl::GetFlag(FLAGS_grace_seconds));

@@ -21,8 +21,11 @@ namespace {
 
 double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
-std::shared_ptr<grpc::Channel> Channel(const std::string& addr) {
+std::shared_ptr<grpc::Channel> Channel(const std::string& addr,
+                                      const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+                                      const services::ClientTlsOptions& tls) {
   grpc::ChannelArguments args;
+  services::AddTlsChannelArgs(tls, &args);
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
   // A restarted stage is found again within a second, not after the default
@@ -30,7 +33,7 @@ std::shared_ptr<grpc::Channel> Channel(const std::string& addr) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
-  return grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(addr, credentials, args);
 }
 
 absl::Status Named(const absl::Status& s, const std::string& stage, const std::string& addr) {
@@ -69,11 +72,17 @@ auto CallWithRetries(const RemoteStagesOptions& o, const CallState& call, const 
 
 }  // namespace
 
-RemoteStages::RemoteStages(const RemoteStagesOptions& options)
+absl::StatusOr<std::unique_ptr<RemoteStages>> RemoteStages::Create(const RemoteStagesOptions& options) {
+  INTERNVL_ASSIGN_OR_RETURN(auto credentials, services::MakeChannelCredentials(options.tls));
+  return std::unique_ptr<RemoteStages>(new RemoteStages(options, credentials));
+}
+
+RemoteStages::RemoteStages(const RemoteStagesOptions& options,
+                           const std::shared_ptr<grpc::ChannelCredentials>& credentials)
     : options_(options),
-      preprocess_(v1::Preprocess::NewStub(Channel(options.preprocess_addr))),
-      vision_(v1::VisionEncoder::NewStub(Channel(options.vision_addr))),
-      decoder_(v1::LlmDecoder::NewStub(Channel(options.decoder_addr))) {}
+      preprocess_(v1::Preprocess::NewStub(Channel(options.preprocess_addr, credentials, options.tls))),
+      vision_(v1::VisionEncoder::NewStub(Channel(options.vision_addr, credentials, options.tls))),
+      decoder_(v1::LlmDecoder::NewStub(Channel(options.decoder_addr, credentials, options.tls))) {}
 
 absl::Status RemoteStages::EncodeTiles(const v1::EncodeHeader& header, const HostTensor& tiles, const CallState& call,
                                        MediaEmbeddings* out) {

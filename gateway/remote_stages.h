@@ -12,6 +12,7 @@
 #include <string>
 
 #include "gateway/stages.h"
+#include "services/common/security.h"
 #include "internvl/v1/llm_decoder.grpc.pb.h"
 #include "internvl/v1/preprocess.grpc.pb.h"
 #include "internvl/v1/vision_encoder.grpc.pb.h"
@@ -29,11 +30,14 @@ struct RemoteStagesOptions {
   // Tiles one VisionEncoder.Encode call takes (the encoder's --max_tiles + 1):
   // a video's frames are split over calls of at most this many.
   int max_tiles_per_encode = 41;
+  // TLS to the stage services (mTLS when a client certificate is given).
+  services::ClientTlsOptions tls;
 };
 
 class RemoteStages : public ChatStages {
  public:
-  explicit RemoteStages(const RemoteStagesOptions& options);
+  // INVALID_ARGUMENT / NOT_FOUND for unusable TLS files.
+  static absl::StatusOr<std::unique_ptr<RemoteStages>> Create(const RemoteStagesOptions& options);
 
   absl::StatusOr<MediaEmbeddings> EncodeImages(const v1::PreprocessImagesRequest& request,
                                                const CallState& call) override;
@@ -43,6 +47,7 @@ class RemoteStages : public ChatStages {
                                            const CallState& call) override;
 
  private:
+  RemoteStages(const RemoteStagesOptions& options, const std::shared_ptr<grpc::ChannelCredentials>& credentials);
   // Encodes the tiles of each reply (images in order) and concatenates.
   absl::Status EncodeTiles(const v1::EncodeHeader& header, const HostTensor& tiles, const CallState& call,
                            MediaEmbeddings* out);

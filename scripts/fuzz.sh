@@ -85,10 +85,10 @@ for t in "${TARGETS[@]}"; do
     -print_final_stats=1 -artifact_prefix="$PWD/$artifacts/" ${FUZZ_ARGS:-} "$run/corpus" >"$run/log" 2>&1 || rc=$?
   elapsed=$((SECONDS - start))
   rm -rf "$run/tmp"
-  stat() { sed -n "s/^stat::$1: *//p" "$run/log" | tail -1; }
-  execs=$(stat number_of_executed_units)
+  final_stat() { sed -n "s/^stat::$1: *//p" "$run/log" | tail -1; }
+  execs=$(final_stat number_of_executed_units)
   line=$(printf '%-24s %10s execs in %4d s  %6s exec/s  %5s new units  peak %5s MB' "$t" "${execs:-?}" "$elapsed" \
-    "$(stat average_exec_per_sec)" "$(stat new_units_added)" "$(stat peak_rss_mb)")
+    "$(final_stat average_exec_per_sec)" "$(final_stat new_units_added)" "$(final_stat peak_rss_mb)")
   if ((rc != 0)); then
     failed+=("$t")
     line="$line  FAILED (exit $rc, see $run/log)"

@@ -32,3 +32,17 @@ if(TARGET internvl-gateway AND TARGET internvl-llm-decoder AND TARGET internvl-p
   add_dependencies(serving_test internvl-preprocess internvl-vision-encoder internvl-llm-decoder internvl-gateway internvl)
   set_tests_properties(serving_test PROPERTIES TIMEOUT 600)
 endif()
+
+# TLS, mTLS and bearer tokens end to end (openssl-made CA, real binaries).
+if(TARGET internvl-gateway AND TARGET internvl-llm-decoder AND TARGET internvl-preprocess
+   AND TARGET internvl-vision-encoder)
+  internvl_test(NAME security_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/security_test.cc
+                LIBS internvl_gateway internvl_service_testing LABELS "services;integration")
+  target_compile_definitions(security_test PRIVATE
+    INTERNVL_PREPROCESS_BIN="$<TARGET_FILE:internvl-preprocess>"
+    INTERNVL_VISION_ENCODER_BIN="$<TARGET_FILE:internvl-vision-encoder>"
+    INTERNVL_LLM_DECODER_BIN="$<TARGET_FILE:internvl-llm-decoder>"
+    INTERNVL_GATEWAY_BIN="$<TARGET_FILE:internvl-gateway>")
+  add_dependencies(security_test internvl-preprocess internvl-vision-encoder internvl-llm-decoder internvl-gateway)
+  set_tests_properties(security_test PROPERTIES TIMEOUT 300)
+endif()

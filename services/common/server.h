@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "services/common/security.h"
 #include "absl/time/time.h"
 #include "grpcpp/impl/codegen/service_type.h"
 #include "grpcpp/server.h"
@@ -29,7 +30,16 @@ struct GrpcServerOptions {
   // bounds encoded images and video slices in requests.
   int max_receive_message_bytes = 64 << 20;
   int max_send_message_bytes = 64 << 20;
+  // TLS (and mTLS with a client CA); plaintext when no certificate.
+  ServerTlsOptions tls;
 };
+
+// Plaintext options listening on `listen` (tests, tools).
+inline GrpcServerOptions ListenOn(std::string listen) {
+  GrpcServerOptions o;
+  o.listen = std::move(listen);
+  return o;
+}
 
 class GrpcServer {
  public:

@@ -8,7 +8,7 @@ namespace internvl::services {
 namespace {
 
 TEST(GrpcServer, ReportsServingPerServiceAndStopsOnShutdown) {
-  auto server = GrpcServer::Start(GrpcServerOptions{.listen = "127.0.0.1:0"}, {}, {"internvl.v1.Test"});
+  auto server = GrpcServer::Start(ListenOn("127.0.0.1:0"), {}, {"internvl.v1.Test"});
   ASSERT_TRUE(server.ok()) << server.status();
   const std::string target = "127.0.0.1:" + std::to_string((*server)->port());
   EXPECT_EQ(testing::HealthCheck(target, "").value_or("error"), "SERVING");
@@ -21,9 +21,9 @@ TEST(GrpcServer, ReportsServingPerServiceAndStopsOnShutdown) {
 }
 
 TEST(GrpcServer, BusyAddressIsUnavailable) {
-  auto first = GrpcServer::Start(GrpcServerOptions{.listen = "127.0.0.1:0"}, {}, {});
+  auto first = GrpcServer::Start(ListenOn("127.0.0.1:0"), {}, {});
   ASSERT_TRUE(first.ok());
-  auto second = GrpcServer::Start(GrpcServerOptions{.listen = "127.0.0.1:" + std::to_string((*first)->port())}, {}, {});
+  auto second = GrpcServer::Start(ListenOn("127.0.0.1:" + std::to_string((*first)->port())), {}, {});
   EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
 }
 

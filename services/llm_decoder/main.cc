@@ -33,6 +33,9 @@ ABSL_FLAG(int, max_new_tokens_limit, 4096, "largest max_new_tokens a request may
 ABSL_FLAG(int, max_prompt_tokens, 32768, "largest prompt (tokens, image tokens included)");
 ABSL_FLAG(int, max_concurrent_streams, 256, "Generate calls open at once (each buffers its embeddings)");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate: serve TLS (empty = plaintext)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA: require client certificates it signed (mTLS)");
 ABSL_FLAG(double, grace_seconds, 20, "after SIGTERM, how long in-flight calls may finish");
 
 int main(int argc, char** argv) {
@@ -88,6 +91,8 @@ int main(int argc, char** argv) {
 
   RunOptions run;
   run.grpc.listen = absl::GetFlag(FLAGS_listen);
+  run.grpc.tls = {absl::GetFlag(FLAGS_tls_cert_file), absl::GetFlag(FLAGS_tls_key_file),
+                  absl::GetFlag(FLAGS_tls_client_ca_file)};
   run.grpc.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   run.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   run.grace = absl::Seconds(absl::GetFlag(FLAGS_grace_seconds));

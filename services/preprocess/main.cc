@@ -25,6 +25,9 @@ ABSL_FLAG(int, default_max_num, 12, "max_num when a request leaves it 0");
 ABSL_FLAG(int, image_size, internvl::kDefaultImageSize, "tile side in pixels (the model's force_image_size)");
 ABSL_FLAG(int64_t, max_chunk_bytes, int64_t{1} << 20, "data bytes per streamed tensor chunk");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received (bounds request size)");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate: serve TLS (empty = plaintext)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA: require client certificates it signed (mTLS)");
 ABSL_FLAG(double, grace_seconds, 20, "after SIGTERM, how long in-flight calls may finish");
 
 int main(int argc, char** argv) {
@@ -49,6 +52,8 @@ int main(int argc, char** argv) {
 
   RunOptions run;
   run.grpc.listen = absl::GetFlag(FLAGS_listen);
+  run.grpc.tls = {absl::GetFlag(FLAGS_tls_cert_file), absl::GetFlag(FLAGS_tls_key_file),
+                  absl::GetFlag(FLAGS_tls_client_ca_file)};
   run.grpc.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   run.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   run.grace = absl::Seconds(absl::GetFlag(FLAGS_grace_seconds));

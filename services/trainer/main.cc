@@ -42,6 +42,11 @@ ABSL_FLAG(int, max_concurrent_jobs, 1, "jobs running at once");
 ABSL_FLAG(int, max_queued_jobs, 16, "jobs waiting for a slot before RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, max_nproc, 1, "largest JobSpec.nproc (data-parallel processes per job)");
 ABSL_FLAG(double, cancel_grace_seconds, 30, "after SIGTERM to a job (cancel, shutdown), how long before SIGKILL");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "file of bearer tokens (one per line) every call must carry; else $INTERNVL_AUTH_TOKENS (comma-separated)");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate: serve TLS (empty = plaintext)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA: require client certificates it signed (mTLS)");
 ABSL_FLAG(double, grace_seconds, 20, "after SIGTERM, how long in-flight calls may finish");
 
 namespace {
@@ -150,14 +155,20 @@ int main(int argc, char** argv) {
   MetricsRegistry registry;
   auto manager = trainer::JobManager::Create(options, &registry);
   if (!manager.ok()) return fail(manager.status());
-  trainer::TrainerService service(manager->get(), &registry);
+  auto auth = BearerAuth::Load(absl::GetFlag(FLAGS_auth_tokens_file), "INTERNVL_AUTH_TOKENS");
+  if (!auth.ok()) return fail(auth.status());
+  trainer::TrainerService service(manager->get(), &registry, *std::move(auth));
 
   GrpcServerOptions grpc_options;
   grpc_options.listen = absl::GetFlag(FLAGS_listen);
+  grpc_options.tls = {absl::GetFlag(FLAGS_tls_cert_file), absl::GetFlag(FLAGS_tls_key_file),
+                      absl::GetFlag(FLAGS_tls_client_ca_file)};
   auto server = GrpcServer::Start(grpc_options, {&service}, {"internvl.v1.Trainer"});
   if (!server.ok()) return fail(server.status());
   GrpcServer* grpc_server = server->get();
-  auto metrics = MetricsHttpServer::Start("0.0.0.0", absl::GetFlag(FLAGS_metrics_port), &registry,
+  RunOptions run;
+  run.grpc = grpc_options;
+  auto metrics = MetricsHttpServer::Start(MetricsHost(run), absl::GetFlag(FLAGS_metrics_port), &registry,
                                           [grpc_server] { return grpc_server->serving(); });
   if (!metrics.ok()) return fail(metrics.status());
   LogInfo(absl::StrCat("serving internvl.v1.Trainer on port ", grpc_server->port(), ", metrics on port ",

@@ -42,6 +42,7 @@ class WatchCall : public StreamingWriteReactor<v1::JobEvent> {
   WatchCall(grpc::CallbackServerContext* context, RpcMetrics* metrics, JobManager* manager,
             const v1::WatchJobRequest& request)
       : StreamingWriteReactor<v1::JobEvent>(context, metrics, "WatchJob") {
+    if (manager == nullptr) return;  // refused: Deny() follows
     auto sink = std::make_shared<WatchSink>(this);
     const std::string id = request.job_id();
     SetCancelHook([manager, id, sink] {
@@ -52,18 +53,20 @@ class WatchCall : public StreamingWriteReactor<v1::JobEvent> {
     if (!status.ok()) sink->Close(status);
     // Nothing after this point: the call may already be finished and gone.
   }
+  void Deny(const absl::Status& status) { Close(status); }
 };
 
 }  // namespace
 
-TrainerService::TrainerService(JobManager* manager, MetricsRegistry* registry)
-    : manager_(manager), metrics_(registry, "trainer") {}
+TrainerService::TrainerService(JobManager* manager, MetricsRegistry* registry, BearerAuth auth)
+    : manager_(manager), metrics_(registry, "trainer"), auth_(std::move(auth)) {}
 
 template <typename Fn>
 grpc::ServerUnaryReactor* TrainerService::Unary(grpc::CallbackServerContext* context, const char* method, Fn&& fn) {
   const auto start = std::chrono::steady_clock::now();
   metrics_.in_flight()->Add(1);
-  const grpc::Status status = ToGrpcStatus(fn());
+  absl::Status checked = auth_.Check(*context);
+  const grpc::Status status = ToGrpcStatus(checked.ok() ? fn() : checked);
   metrics_.in_flight()->Add(-1);
   metrics_.Record(method, GrpcCodeName(status.error_code()),
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -84,6 +87,11 @@ grpc::ServerUnaryReactor* TrainerService::SubmitJob(grpc::CallbackServerContext*
 
 grpc::ServerWriteReactor<v1::JobEvent>* TrainerService::WatchJob(grpc::CallbackServerContext* context,
                                                                  const v1::WatchJobRequest* request) {
+  if (absl::Status denied = auth_.Check(*context); !denied.ok()) {
+    auto* call = new WatchCall(context, &metrics_, nullptr, *request);
+    call->Deny(denied);
+    return call;
+  }
   return new WatchCall(context, &metrics_, manager_, *request);
 }
 

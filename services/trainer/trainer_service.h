@@ -6,14 +6,17 @@
 
 #include "internvl/v1/trainer.grpc.pb.h"
 #include "services/common/metrics.h"
+#include "services/common/security.h"
 #include "services/trainer/job_manager.h"
 
 namespace internvl::services::trainer {
 
 class TrainerService : public v1::Trainer::CallbackService {
  public:
-  // `manager` must outlive the service.
-  TrainerService(JobManager* manager, MetricsRegistry* registry);
+  // `manager` must outlive the service. With tokens in `auth`, every call
+  // needs one (UNAUTHENTICATED otherwise): whoever reaches the trainer can
+  // start jobs.
+  TrainerService(JobManager* manager, MetricsRegistry* registry, BearerAuth auth = {});
 
   grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* context, const v1::JobSpec* request,
                                       v1::JobId* response) override;
@@ -32,6 +35,7 @@ class TrainerService : public v1::Trainer::CallbackService {
 
   JobManager* const manager_;
   RpcMetrics metrics_;
+  const BearerAuth auth_;
 };
 
 }  // namespace internvl::services::trainer

@@ -11,6 +11,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "core/engine/engine.h"
+#include "services/common/security.h"
 #include "services/common/flags.h"
 #include "services/common/log.h"
 #include "services/common/metrics.h"
@@ -32,6 +33,7 @@ ABSL_FLAG(int, batch_tiles, 16, "tiles of concurrent requests encoded in one for
 ABSL_FLAG(int, batch_wait_ms, 2, "how long an encode waits for concurrent ones to join its batch");
 ABSL_FLAG(int, max_queued, 64, "requests waiting for a worker before RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, redis, "", "Redis HOST:PORT for the shared embedding cache (empty = in-memory cache)");
+ABSL_FLAG(std::string, redis_password_file, "", "Redis AUTH password file (default: $INTERNVL_REDIS_PASSWORD)");
 ABSL_FLAG(int64_t, cache_ttl_seconds, 86400, "Redis entry lifetime (0 = no expiry)");
 ABSL_FLAG(int, redis_timeout_ms, 200, "Redis command timeout");
 ABSL_FLAG(int, redis_connect_timeout_ms, 200, "Redis connect timeout");
@@ -45,6 +47,9 @@ ABSL_FLAG(int, default_max_num, 12, "max_num when a request leaves it 0");
 ABSL_FLAG(int64_t, max_chunk_bytes, int64_t{1} << 20, "data bytes per streamed tensor chunk");
 ABSL_FLAG(int, max_concurrent_streams, 256, "Encode calls open at once (each buffers its tiles)");
 ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received (bounds request size)");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate: serve TLS (empty = plaintext)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA: require client certificates it signed (mTLS)");
 ABSL_FLAG(double, grace_seconds, 20, "after SIGTERM, how long in-flight calls may finish");
 
 int main(int argc, char** argv) {
@@ -88,6 +93,12 @@ int main(int argc, char** argv) {
       return 2;
     }
     redis.ttl = absl::Seconds(absl::GetFlag(FLAGS_cache_ttl_seconds));
+    auto password = ReadSecret(absl::GetFlag(FLAGS_redis_password_file), "INTERNVL_REDIS_PASSWORD");
+    if (!password.ok()) {
+      LogError(password.status().ToString());
+      return 2;
+    }
+    redis.password = *password;
     redis.command_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_redis_timeout_ms));
     redis.connect_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_redis_connect_timeout_ms));
     redis.reconnect_backoff = absl::Milliseconds(absl::GetFlag(FLAGS_redis_backoff_ms));
@@ -115,6 +126,8 @@ int main(int argc, char** argv) {
 
   RunOptions run;
   run.grpc.listen = absl::GetFlag(FLAGS_listen);
+  run.grpc.tls = {absl::GetFlag(FLAGS_tls_cert_file), absl::GetFlag(FLAGS_tls_key_file),
+                  absl::GetFlag(FLAGS_tls_client_ca_file)};
   run.grpc.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   run.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   run.grace = absl::Seconds(absl::GetFlag(FLAGS_grace_seconds));

@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 
@@ -20,7 +21,12 @@ absl::Status CommandError(redisContext* c, absl::string_view op) {
 
 }  // namespace
 
-absl::Status ParseRedisAddress(const std::string& address, RedisCacheOptions* options) {
+absl::Status ParseRedisAddress(const std::string& given, RedisCacheOptions* options) {
+  if (absl::StartsWith(given, "rediss://"))
+    return absl::UnimplementedError(
+        "rediss:// (Redis over TLS) needs hiredis >= 1.0; Debian 12 ships 0.14 without TLS: terminate TLS in a "
+        "sidecar (e.g. stunnel, see deploy/README.md) and point --redis at its local port");
+  const std::string address = absl::StartsWith(given, "redis://") ? given.substr(8) : given;
   const size_t colon = address.rfind(':');
   int port = 0;
   if (colon == std::string::npos || colon == 0 || !absl::SimpleAtoi(address.substr(colon + 1), &port) || port <= 0 ||
@@ -60,6 +66,18 @@ absl::StatusOr<redisContext*> RedisEmbeddingCache::Acquire() {
     return absl::UnavailableError(absl::StrCat("redis connect ", options_.host, ":", options_.port, ": ", err));
   }
   redisSetTimeout(c, absl::ToTimeval(options_.command_timeout));
+  if (!options_.password.empty()) {
+    auto* reply = static_cast<redisReply*>(redisCommand(c, "AUTH %b", options_.password.data(), options_.password.size()));
+    const bool ok = reply != nullptr && reply->type != REDIS_REPLY_ERROR;
+    const std::string err = reply == nullptr ? std::string(c->errstr)
+                            : reply->type == REDIS_REPLY_ERROR ? std::string(reply->str, reply->len)
+                                                               : std::string();
+    if (reply != nullptr) freeReplyObject(reply);
+    if (!ok) {
+      redisFree(c);
+      return absl::UnavailableError(absl::StrCat("redis AUTH ", options_.host, ":", options_.port, ": ", err));
+    }
+  }
   return c;
 }
 

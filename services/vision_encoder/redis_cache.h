@@ -36,11 +36,15 @@ struct RedisCacheOptions {
   absl::Duration slow_command = absl::Milliseconds(100);
   int breaker_failures = 2;
   absl::Duration breaker_open_for = absl::Seconds(5);
+  // Sent with AUTH on every new connection when non-empty (from a file or
+  // the environment: services never take secrets as flag values).
+  std::string password;
   // Idle connections kept for reuse (one per concurrent caller at most).
   int max_idle_connections = 4;
 };
 
-// Parses "host:port" into options.host / options.port.
+// Parses "host:port" or "redis://host:port" into options.host / options.port
+// (UNIMPLEMENTED for rediss://: no TLS in Debian 12's hiredis).
 absl::Status ParseRedisAddress(const std::string& address, RedisCacheOptions* options);
 
 class RedisEmbeddingCache final : public EmbeddingCache {
