@@ -43,18 +43,22 @@ function merge(base, patch) {
     const out = {...base};
     for (const [k, v] of Object.entries(patch)) {
       if (k.startsWith('$')) throw new Error(`unsupported patch directive ${k}`);
-      out[k] = k in base ? merge(base[k], v) : v;
+      if (v === null) delete out[k];  // strategic merge: null deletes the key
+      else out[k] = k in base ? merge(base[k], v) : v;
     }
     return out;
   }
   if (Array.isArray(base) && Array.isArray(patch) &&
       [...base, ...patch].every((e) => isObj(e) && typeof e.name === 'string')) {
+    // Elements new to the list come first, in the patch's order (as
+    // kustomize's strategic merge places them).
     const out = base.map((e) => ({...e}));
+    const added = [];
     for (const p of patch) {
       const i = out.findIndex((e) => e.name === p.name);
-      if (i >= 0) out[i] = merge(out[i], p); else out.push(p);
+      if (i >= 0) out[i] = merge(out[i], p); else added.push(p);
     }
-    return out;
+    return [...added, ...out];
   }
   return patch;
 }
@@ -219,12 +223,21 @@ for (const [t, o] of all) {
         if (!envNames.has(v[1]) && !(fromCm && cm && v[1] in cm[1].data)) fail(where, `$(${v[1]}) is not set in the container's environment`);
       }
     }
-    // Probes: gRPC probes on the port --listen serves, declared in ports.
+    // Probes: gRPC probes on the port --listen serves, declared in ports; a
+    // TLS server (kubelet's gRPC probes are plaintext) is probed with GET
+    // /healthz on its metrics port instead.
     const listen = given.get('listen') ?? flags.get('listen');
     const listenPort = listen ? Number(listen.split(':').pop()) : null;
+    const tls = given.has('tls_cert_file');
     for (const pr of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
       const probe = c[pr];
       if (!probe) continue;
+      if (tls) {
+        const h = probe.httpGet;
+        if (!h || h.path !== '/healthz' || String(h.port) !== given.get('metrics_port') || probe.grpc)
+          fail(where, `${pr}: a TLS server is probed with httpGet /healthz on its metrics port`);
+        continue;
+      }
       if (!probe.grpc) { fail(where, `${pr} is not a native gRPC probe`); continue; }
       if (listenPort == null) fail(where, `${pr}: ${bin} has no --listen`);
       else if (probe.grpc.port !== listenPort) fail(where, `${pr} port ${probe.grpc.port} != --listen port ${listenPort}`);
