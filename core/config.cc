@@ -13,6 +13,11 @@ namespace {
 
 using json = nlohmann::json;
 
+// Most patches per side of a tile: bounds the patch grid so that the counts
+// derived from it (num_image_token, position embeddings) fit an int. Real
+// models use 448 / 14 = 32.
+constexpr int kMaxPatchesPerSide = 4096;
+
 // Reads optional typed fields with clear errors naming the key.
 class Reader {
  public:
@@ -262,6 +267,10 @@ absl::StatusOr<InternVLConfig> ParseInternVLConfig(absl::string_view json_text, 
   if (!(c.downsample_ratio > 0 && c.downsample_ratio <= 1))
     return absl::InvalidArgumentError(absl::StrCat(where, ": downsample_ratio must be in (0, 1]"));
   const int side = c.image_size() / c.patch_size();
+  if (c.image_size() <= 0 || side > kMaxPatchesPerSide)
+    return absl::InvalidArgumentError(absl::StrCat(where, ": image_size ", c.image_size(), " with patch_size ",
+                                                   c.patch_size(), " is outside [1, ", kMaxPatchesPerSide,
+                                                   " patches per side]"));
   const double scaled = side * c.downsample_ratio;
   if (c.image_size() % c.patch_size() != 0 || std::abs(scaled - std::round(scaled)) > 1e-9)
     return absl::InvalidArgumentError(absl::StrCat(where, ": image_size ", c.image_size(), ", patch_size ",

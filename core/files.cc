@@ -39,8 +39,7 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes) 
   }
   if (static_cast<size_t>(st.st_size) > max_bytes) {
     ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, " is ", st.st_size, " bytes, over the limit of ", max_bytes));
+    return absl::InvalidArgumentError(absl::StrCat(path, " is ", st.st_size, " bytes, over the limit of ", max_bytes));
   }
   std::string out;
   out.resize(static_cast<size_t>(st.st_size));
@@ -59,25 +58,47 @@ absl::StatusOr<std::string> ReadFile(const std::string& path, size_t max_bytes) 
   return out;
 }
 
+absl::Status SyncDir(const std::string& dir) {
+  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "cannot open", dir);
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  return rc == 0 ? absl::OkStatus() : ErrnoStatus(err, "cannot fsync", dir);
+}
+
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view data) {
   std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) return ErrnoStatus(errno, "cannot create", tmp);
-    f.write(data.data(), static_cast<std::streamsize>(data.size()));
-    f.flush();
-    if (!f) {
-      int err = errno;
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(errno, "cannot create", tmp);
+  size_t off = 0;
+  while (off < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::close(fd);
       std::remove(tmp.c_str());
       return ErrnoStatus(err, "cannot write", tmp);
     }
+    off += static_cast<size_t>(n);
   }
+  // On disk before the rename makes it visible: a crash leaves the old file
+  // or the whole new one.
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    std::remove(tmp.c_str());
+    return ErrnoStatus(err, "cannot fsync", tmp);
+  }
+  ::close(fd);
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
     int err = errno;
     std::remove(tmp.c_str());
     return ErrnoStatus(err, "cannot rename to", path);
   }
-  return absl::OkStatus();
+  const size_t slash = path.rfind('/');
+  return SyncDir(slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash));
 }
 
 absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {

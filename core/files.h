@@ -15,8 +15,11 @@ namespace internvl {
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      size_t max_bytes = size_t{1} << 32);
 
-// Writes `data` to `path` atomically (temp file + rename).
+// Writes `data` to `path` atomically: temp file, fsync, rename, fsync of the
+// folder. A crash at any moment leaves the old content or the new.
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view data);
+// fsync of a directory (its entries: after a rename into it).
+absl::Status SyncDir(const std::string& dir);
 
 // Drops the whole pages inside [data, data + size) of a read-only file
 // mapping from this process's resident set (the kernel's page cache keeps

@@ -114,12 +114,18 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     view.name = name;
     view.dtype = *dtype;
     // numel computed with overflow checks: a hostile shape must not wrap.
+    // The non-zero dimensions' product must also fit TensorView::numel()'s
+    // int64: a zero dimension zeroes `numel` but not that product.
     uint64_t numel = 1;
+    uint64_t nonzero_numel = 1;
     for (const json& d : entry["shape"]) {
       if (!d.is_number_integer() || d.get<int64_t>() < 0) return bad("shape has a non-integer or negative dimension");
       uint64_t dim = d.get<uint64_t>();
-      if (dim != 0 && numel > std::numeric_limits<uint64_t>::max() / dim) return bad("shape overflows");
+      if (dim != 0 && (numel > std::numeric_limits<uint64_t>::max() / dim ||
+                       nonzero_numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / dim))
+        return bad("shape overflows");
       numel *= dim;
+      if (dim != 0) nonzero_numel *= dim;
       view.shape.push_back(static_cast<int64_t>(dim));
     }
     for (const json& o : entry["data_offsets"])

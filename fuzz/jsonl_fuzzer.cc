@@ -38,8 +38,8 @@ const tokenizer::Tokenizer& Tok() {
     const std::string dir = SharedDir("INTERNVL_FIXTURES", "fixtures") + "/tiny-qwen2";
     auto t = tokenizer::Tokenizer::Load(dir);
     if (!t.ok()) {
-      std::fprintf(stderr, "jsonl_fuzzer: cannot load the tokenizer of %s: %s (set INTERNVL_FIXTURES)\n",
-                   dir.c_str(), t.status().ToString().c_str());
+      std::fprintf(stderr, "jsonl_fuzzer: cannot load the tokenizer of %s: %s (set INTERNVL_FIXTURES)\n", dir.c_str(),
+                   t.status().ToString().c_str());
       std::abort();
     }
     return t->release();

@@ -71,8 +71,8 @@ void FuzzConfig(absl::string_view payload) {
 }
 
 void FuzzFolder(absl::string_view payload) {
-  static const char* const kNames[] = {"model.safetensors.index.json", "a.safetensors", "b.safetensors",
-                                       "config.json", "generation_config.json"};
+  static const char* const kNames[] = {"model.safetensors.index.json", "a.safetensors", "b.safetensors", "config.json",
+                                       "generation_config.json"};
   constexpr size_t kParts = sizeof(kNames) / sizeof(kNames[0]);
   const auto parts = SplitParts(payload, kPartSeparator, kParts);
   for (size_t i = 0; i < kParts; ++i) {

@@ -22,11 +22,12 @@
 #include <vector>
 
 #include "core/host_tensor.h"
+#include "fuzz/fuzz_util.h"
+#include "google/protobuf/stubs/logging.h"
 #include "internvl/v1/generation.pb.h"
 #include "internvl/v1/tensor.pb.h"
 #include "services/common/generation.h"
 #include "services/common/tensor_chunks.h"
-#include "fuzz/fuzz_util.h"
 
 namespace internvl::fuzz {
 namespace {
@@ -84,8 +85,8 @@ int64_t Dim(FuzzedDataProvider& in) {
       return in.ConsumeIntegralInRange<int64_t>(0, 1 << 12);
     case 2:
       return in.PickValueInArray<int64_t>({0, -1, std::numeric_limits<int64_t>::max(),
-                                           std::numeric_limits<int64_t>::min(), int64_t{1} << 32,
-                                           int64_t{1} << 62, (int64_t{1} << 61) + 1});
+                                           std::numeric_limits<int64_t>::min(), int64_t{1} << 32, int64_t{1} << 62,
+                                           (int64_t{1} << 61) + 1});
     default:
       return in.ConsumeIntegral<int64_t>();
   }
@@ -116,7 +117,8 @@ void FuzzBuiltChunks(FuzzedDataProvider& in, uint64_t limit) {
       next_offset = 0;
     }
     chunk.set_offset((flags & 0x04) ? in.ConsumeIntegral<uint64_t>() : next_offset);
-    const size_t n = (flags & 0x08) ? in.ConsumeIntegralInRange<size_t>(0, 4096) : in.ConsumeIntegralInRange<size_t>(0, 64);
+    const size_t n =
+        (flags & 0x08) ? in.ConsumeIntegralInRange<size_t>(0, 4096) : in.ConsumeIntegralInRange<size_t>(0, 64);
     chunk.set_data(in.ConsumeBytesAsString(n));
     next_offset = chunk.offset() + chunk.data().size();
     Feed(a, chunk, limit);
@@ -129,11 +131,10 @@ void FuzzGeneration(FuzzedDataProvider& in, int limit) {
   if (structured) {
     const uint8_t has = in.ConsumeIntegral<uint8_t>();
     auto f = [&]() {
-      return in.PickValueInArray<float>({0.0f, -0.0f, 1.0f, 0.5f, 1e-30f, -1.0f, 1.0000001f, 2.0f,
-                                         std::numeric_limits<float>::infinity(),
-                                         std::numeric_limits<float>::quiet_NaN(),
-                                         std::numeric_limits<float>::denorm_min(),
-                                         std::numeric_limits<float>::max(), in.ConsumeFloatingPoint<float>()});
+      return in.PickValueInArray<float>(
+          {0.0f, -0.0f, 1.0f, 0.5f, 1e-30f, -1.0f, 1.0000001f, 2.0f, std::numeric_limits<float>::infinity(),
+           std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::denorm_min(),
+           std::numeric_limits<float>::max(), in.ConsumeFloatingPoint<float>()});
     };
     if (has & 0x01) proto.set_max_new_tokens(in.ConsumeIntegral<int32_t>());
     if (has & 0x02) proto.set_do_sample(in.ConsumeBool());
@@ -167,6 +168,12 @@ void FuzzGeneration(FuzzedDataProvider& in, int limit) {
 
 }  // namespace
 }  // namespace internvl::fuzz
+
+extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
+  // Parsing logs every string field with ill-formed UTF-8 (expected here).
+  google::protobuf::SetLogHandler(nullptr);
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace internvl::fuzz;

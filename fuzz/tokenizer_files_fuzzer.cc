@@ -22,8 +22,9 @@
 namespace internvl::fuzz {
 namespace {
 
-constexpr const char* kFiles[] = {"vocab.json",         "merges.txt",        "tokenizer_config.json",
-                                  "special_tokens_map.json", "added_tokens.json", "tokenizer.json"};
+constexpr const char* kFiles[] = {
+    "vocab.json",        "merges.txt",    "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "tokenizer.json"};
 constexpr size_t kNumFiles = sizeof(kFiles) / sizeof(kFiles[0]);
 
 // Texts run through a tokenizer that loaded.

@@ -24,7 +24,7 @@ namespace {
 constexpr int kTileSides[] = {448, 28, 14, 33};
 // Bounds picked from the second options byte (seconds; the last ones are
 // hostile: huge, negative, reversed).
-constexpr video::TimeBound kBounds[] = {{0.0, 1.0}, {0.5, 0.6}, {-5.0, 1e9}, {1e12, 1e13},
+constexpr video::TimeBound kBounds[] = {{0.0, 1.0}, {0.5, 0.6},      {-5.0, 1e9}, {1e12, 1e13},
                                         {3.0, 1.0}, {-1e300, 1e300}, {0.0, 0.0}};
 
 video::VideoOptions Options(uint8_t a, uint8_t b) {

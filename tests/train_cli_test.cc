@@ -133,5 +133,43 @@ TEST_F(TrainCli, ResumeContinuesExactly) {
   EXPECT_NE(bad.err.find("global batch"), std::string::npos) << bad.err;
 }
 
+// SIGKILL at arbitrary moments while checkpoints are being written: every
+// checkpoint-N left behind is complete and loadable (written under a
+// temporary name, fsynced, renamed), and --resume auto finishes the run to
+// the same weights as an uninterrupted one.
+TEST_F(TrainCli, KilledAnywhereLeavesOnlyCompleteCheckpointsAndResumes) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  const std::string dir = testing::TempDir() + "/kill";
+  const std::string args = "--max-steps 6 --batch-size 1 --save-steps 1";
+  Result full = TrainFixture(fixtures, dir + "/full", args);
+  ASSERT_EQ(full.exit_code, 0) << full.err;
+  const std::string out = dir + "/killed";
+  int kills = 0;
+  for (const char* after : {"1.5", "2.5", "3.2", "4.1"}) {
+    Shell(absl::StrCat("timeout -s KILL ", after, " ", Cli(), " train --model ", fixtures, "/tiny-qwen2 --meta ",
+                       fixtures, "/training/dataset/meta_common.json --output ", out,
+                       " --lr 1e-3 --warmup-ratio 0 --max-dynamic-patch 2 --threads 1 --resume auto ", args));
+    ++kills;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(out, ec)) {
+      const std::string name = e.path().filename().string();
+      if (!e.is_directory() || name.rfind("checkpoint-", 0) != 0 || name.find('.') != std::string::npos) continue;
+      SCOPED_TRACE(absl::StrCat("after a kill at ", after, " s: ", name));
+      EXPECT_TRUE(SafetensorsFile::Open(e.path().string() + "/model.safetensors").ok());
+      EXPECT_TRUE(SafetensorsFile::Open(e.path().string() + "/optimizer.safetensors").ok());
+      auto state = ReadFile(e.path().string() + "/trainer_state.json");
+      ASSERT_TRUE(state.ok()) << state.status();
+      EXPECT_FALSE(nlohmann::json::parse(*state, nullptr, false).is_discarded());
+    }
+  }
+  Result resumed = TrainFixture(fixtures, out, args + " --resume auto");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  const double diff = MaxParamDiff(dir + "/full", out);
+  std::cout << kills << " kills survived; max |uninterrupted - killed and resumed| = " << diff << "\n";
+  EXPECT_LT(diff, 1e-6);
+  for (const auto& e : fs::directory_iterator(out))
+    EXPECT_EQ(e.path().filename().string().find(".partial"), std::string::npos) << e.path();
+}
+
 }  // namespace
 }  // namespace internvl

@@ -83,7 +83,7 @@ absl::StatusOr<HfTokenizerFiles> ReadHfTokenizerFiles(const std::string& dir) {
       }
       for (const auto& [key, value] : decoder.items()) {
         int id;
-        if (!absl::SimpleAtoi(key, &id) || id < 0 || !value.is_object() ||
+        if (!absl::SimpleAtoi(key, &id) || id < 0 || id > kMaxTokenId || !value.is_object() ||
             !value.contains("content") || !value["content"].is_string()) {
           return absl::InvalidArgumentError(
               absl::StrCat(config_path, ": bad added_tokens_decoder entry \"", key, "\""));
@@ -129,8 +129,9 @@ absl::StatusOr<HfTokenizerFiles> ReadHfTokenizerFiles(const std::string& dir) {
       return absl::InvalidArgumentError(dir + "/added_tokens.json: expected an object");
     }
     for (const auto& [content, value] : added_json->items()) {
-      if (!value.is_number_integer()) {
-        return absl::InvalidArgumentError(dir + "/added_tokens.json: ids must be integers");
+      if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > kMaxTokenId) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(dir, "/added_tokens.json: ids must be integers in [0, ", kMaxTokenId, "]"));
       }
       const int id = value.get<int>();
       if (!files.added_tokens.count(id)) files.added_tokens[id] = AddedToken{content};

@@ -33,6 +33,11 @@ using nlohmann::ordered_json;
 // pure_text_get_item's blank image: Image.new('RGB', (224, 224), (255, 255, 255)).
 constexpr int kDummyImageSide = 224;
 constexpr uint8_t kDummyImageValue = 255;
+// Most records (annotation lines x repeat_time, all datasets) one dataset may
+// index: 8 bytes each, so 512 MiB. The largest public SFT mixtures have
+// ~16M samples; a meta past this (e.g. repeat_time 1e6 on a big file) is
+// refused instead of filling memory before the first step.
+constexpr uint64_t kMaxRecords = uint64_t{1} << 26;
 
 std::string ResolveAgainst(const fs::path& base, const std::string& p) {
   fs::path path(p);
@@ -183,12 +188,17 @@ absl::Status SftDatasetImpl::Load(const std::string& meta_path) {
     std::mt19937_64 rng(SplitMix64(options_.seed ^ SplitMix64(d + 1)));
     auto add = [&](uint32_t line) { records_.push_back({static_cast<uint32_t>(d), line}); };
     const double whole = std::floor(r);
+    const uint32_t extra = static_cast<uint32_t>(std::floor(static_cast<double>(n) * (r - whole)));
+    if (static_cast<double>(records_.size()) + whole * n + extra > static_cast<double>(kMaxRecords)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          ann.spec.annotation, ": ", n, " lines x repeat_time ", r, " would make the dataset more than ", kMaxRecords,
+          " records"));
+    }
     for (int64_t rep = 0; rep < static_cast<int64_t>(whole); ++rep) {
       for (uint32_t i = 0; i < n; ++i) add(i);
     }
     // int(len * fraction) more lines drawn without replacement (all of the
     // subsample when repeat_time < 1).
-    const uint32_t extra = static_cast<uint32_t>(std::floor(static_cast<double>(n) * (r - whole)));
     if (extra > 0) {
       for (uint32_t i : SampleLines(n, extra, rng)) add(i);
     }

@@ -4,8 +4,6 @@
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -19,6 +17,8 @@
 #include <random>
 #include <set>
 #include <string>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -65,8 +65,8 @@ class Distributed {
       auto store = c10::make_intrusive<c10d::TCPStore>(o.master_addr, so);
       auto opts = c10d::ProcessGroupGloo::Options::create();
       opts->timeout = std::chrono::minutes(30);
-      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
-          o.master_addr == "localhost" ? "127.0.0.1" : o.master_addr));
+      opts->devices.push_back(
+          c10d::ProcessGroupGloo::createDeviceForHostname(o.master_addr == "localhost" ? "127.0.0.1" : o.master_addr));
       d->pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store, o.rank, o.world_size, opts);
     }));
     return d;
@@ -157,9 +157,8 @@ struct TrainModel {
 bool IsLoraTarget(LlmArch arch, absl::string_view module_name) {
   static const char* const kInternLM2[] = {"attention.wqkv", "attention.wo", "feed_forward.w1", "feed_forward.w2",
                                            "feed_forward.w3"};
-  static const char* const kOthers[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                        "self_attn.o_proj", "mlp.gate_proj",    "mlp.down_proj",
-                                        "mlp.up_proj"};
+  static const char* const kOthers[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                        "mlp.gate_proj",    "mlp.down_proj",    "mlp.up_proj"};
   if (arch == LlmArch::kInternLM2) {
     for (const char* t : kInternLM2)
       if (absl::EndsWith(module_name, absl::StrCat(".", t))) return true;
@@ -272,11 +271,9 @@ absl::StatusOr<std::unique_ptr<TrainModel>> LoadTrainModel(const TrainOptions& o
   }
   if (!resume_dir.empty() && lora) {
     INTERNVL_ASSIGN_OR_RETURN(auto ck, TensorStore::OpenDir(resume_dir));
-    INTERNVL_RETURN_IF_ERROR(OverwriteFrom(*ck, m->params, [](const Param& p) {
-      return !p.adapter && !absl::StartsWith(p.name, "language_model.");
-    }));
-    INTERNVL_ASSIGN_OR_RETURN(auto adapters,
-                              TensorStore::OpenFiles({(fs::path(resume_dir) / kLoraFile).string()}));
+    INTERNVL_RETURN_IF_ERROR(OverwriteFrom(
+        *ck, m->params, [](const Param& p) { return !p.adapter && !absl::StartsWith(p.name, "language_model."); }));
+    INTERNVL_ASSIGN_OR_RETURN(auto adapters, TensorStore::OpenFiles({(fs::path(resume_dir) / kLoraFile).string()}));
     INTERNVL_RETURN_IF_ERROR(OverwriteFrom(*adapters, m->params, [](const Param& p) { return p.adapter; }));
   }
   return m;
@@ -400,7 +397,8 @@ absl::StatusOr<at::Tensor> MicroBatchLossSum(TrainModel& m, const Batch& b, cons
     if (o.gradient_checkpointing && !x.requires_grad()) x = x.detach().requires_grad_(true);
     for (auto& layer : lm->model->typed_layers) {
       if (o.gradient_checkpointing) {
-        x = CheckpointedLayer::apply(x, cos, sin, masked, static_cast<int64_t>(reinterpret_cast<intptr_t>(layer.get())));
+        x = CheckpointedLayer::apply(x, cos, sin, masked,
+                                     static_cast<int64_t>(reinterpret_cast<intptr_t>(layer.get())));
       } else {
         x = layer->forward(x, MakeContext(cos, sin, masked));
       }
@@ -414,8 +412,8 @@ absl::StatusOr<at::Tensor> MicroBatchLossSum(TrainModel& m, const Batch& b, cons
     at::Tensor shift_logits = logits.narrow(1, 0, L - 1).reshape({-1, V});
     at::Tensor shift_labels = labels.narrow(1, 1, L - 1);
     at::Tensor weights = TokenWeights(shift_labels, o.loss_reduction).reshape(-1);
-    at::Tensor ce = at::cross_entropy_loss(shift_logits, shift_labels.reshape(-1), {}, at::Reduction::None,
-                                           kIgnoreIndex);
+    at::Tensor ce =
+        at::cross_entropy_loss(shift_logits, shift_labels.reshape(-1), {}, at::Reduction::None, kIgnoreIndex);
     return (ce * weights).sum();
   });
 }
@@ -457,8 +455,7 @@ void AdamWStep(const TrainOptions& o, double lr, std::vector<Param>& params, std
 // get_cosine_schedule_with_warmup (num_cycles 0.5) at 0-based step k.
 double LearningRate(const TrainOptions& o, int64_t k, int64_t warmup, int64_t total) {
   if (k < warmup) return o.lr * static_cast<double>(k) / static_cast<double>(std::max<int64_t>(1, warmup));
-  const double progress =
-      static_cast<double>(k - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup));
+  const double progress = static_cast<double>(k - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup));
   return o.lr * std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * 2.0 * 0.5 * progress)));
 }
 
@@ -533,8 +530,9 @@ absl::Status SaveModel(const TrainModel& m, const std::string& dir) {
   for (const auto& entry : fs::directory_iterator(m.source_dir, ec)) {
     const std::string name = entry.path().filename().string();
     if (!entry.is_regular_file() || IsWeightFile(name)) continue;
-    fs::copy_file(entry.path(), fs::path(dir) / name, fs::copy_options::overwrite_existing, ec);
-    if (ec) return absl::InternalError(absl::StrCat("cannot copy ", entry.path().string(), ": ", ec.message()));
+    // Read and written whole (fsynced), as the weights: a checkpoint is durable once renamed.
+    INTERNVL_ASSIGN_OR_RETURN(std::string bytes, ReadFile(entry.path().string()));
+    INTERNVL_RETURN_IF_ERROR(WriteFileAtomic((fs::path(dir) / name).string(), bytes));
   }
   if (ec) return absl::InternalError(absl::StrCat("cannot list ", m.source_dir, ": ", ec.message()));
   return absl::OkStatus();
@@ -641,7 +639,11 @@ absl::Status LoadOptimizerState(const std::string& dir, const TrainModel& m, std
   });
 }
 
-// checkpoint-N folders of `output_dir`, by N.
+// A checkpoint being written (renamed to checkpoint-N once complete).
+constexpr char kPartialSuffix[] = ".partial";
+
+// checkpoint-N folders of `output_dir`, by N (complete ones only: a
+// checkpoint-N.partial does not parse as N).
 std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& output_dir) {
   std::vector<std::pair<int64_t, std::string>> out;
   std::error_code ec;
@@ -712,7 +714,8 @@ absl::Status ValidateTrainOptions(const TrainOptions& o) {
     return bad("need 1 <= min_dynamic_patch <= max_dynamic_patch");
   if (o.loss_reduction != "token" && o.loss_reduction != "sample" && o.loss_reduction != "square")
     return bad(absl::StrCat("loss_reduction must be token, sample or square, got '", o.loss_reduction, "'"));
-  if (o.dtype != "fp32" && o.dtype != "bf16") return bad(absl::StrCat("dtype must be fp32 or bf16, got '", o.dtype, "'"));
+  if (o.dtype != "fp32" && o.dtype != "bf16")
+    return bad(absl::StrCat("dtype must be fp32 or bf16, got '", o.dtype, "'"));
   if (!o.conv_style.empty() && !tokenizer::GetTemplate(o.conv_style).ok())
     return tokenizer::GetTemplate(o.conv_style).status();
   if (o.lora_rank < 0) return bad("lora_rank must be >= 0");
@@ -762,6 +765,15 @@ absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& 
     if (!fs::exists(fs::path(resume_dir) / kTrainerState))
       return absl::NotFoundError(absl::StrCat("--resume ", resume_dir, ": no ", kTrainerState, " there"));
   }
+  if (lead) {  // what a killed run left half-written
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(o.output_dir, ec)) {
+      if (e.is_directory() && absl::EndsWith(e.path().filename().string(), kPartialSuffix)) {
+        std::error_code rm;
+        fs::remove_all(e.path(), rm);
+      }
+    }
+  }
   INTERNVL_ASSIGN_OR_RETURN(auto model, LoadTrainModel(o, resume_dir));
   TrainModel& m = *model;
   if (o.conv_style.empty()) o.conv_style = m.config.template_name;
@@ -784,9 +796,10 @@ absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& 
   const int64_t B = o.batch_size, A = o.grad_accum, W = dist->world();
   const int64_t per_step = B * A * W;
   const int64_t total_steps =
-      o.max_steps > 0 ? o.max_steps
-                      : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(o.epochs * static_cast<double>(n) /
-                                                                            static_cast<double>(per_step))));
+      o.max_steps > 0
+          ? o.max_steps
+          : std::max<int64_t>(
+                1, static_cast<int64_t>(std::ceil(o.epochs * static_cast<double>(n) / static_cast<double>(per_step))));
   const int64_t warmup = static_cast<int64_t>(std::ceil(static_cast<double>(total_steps) * o.warmup_ratio));
 
   Progress progress;
@@ -799,8 +812,9 @@ absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& 
     const json& so = st["options"];
     if (so.value("batch_size", -1) * so.value("grad_accum", -1) * so.value("world_size", -1) != per_step) {
       return absl::FailedPreconditionError(absl::StrCat(
-          "cannot resume ", resume_dir, " with a different global batch (batch_size x grad_accum x world_size = ",
-          per_step, ", the checkpoint used ", so.value("batch_size", -1) * so.value("grad_accum", -1) * so.value("world_size", -1),
+          "cannot resume ", resume_dir,
+          " with a different global batch (batch_size x grad_accum x world_size = ", per_step, ", the checkpoint used ",
+          so.value("batch_size", -1) * so.value("grad_accum", -1) * so.value("world_size", -1),
           "): the sample order would change"));
     }
     progress.step = st["global_step"].get<int64_t>();
@@ -886,11 +900,12 @@ absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& 
       }
       micro.push_back(Collate(samples, 0));
       INTERNVL_ASSIGN_OR_RETURN(at::Tensor w, TorchGuard("counting labels", [&] {
-        const Batch& b = micro.back();
-        return TokenWeights(I64Tensor(b.labels, {b.batch_size, b.seq_len}).narrow(1, 1, b.seq_len - 1),
-                            o.loss_reduction)
-            .sum();
-      }));
+                                  const Batch& b = micro.back();
+                                  return TokenWeights(
+                                             I64Tensor(b.labels, {b.batch_size, b.seq_len}).narrow(1, 1, b.seq_len - 1),
+                                             o.loss_reduction)
+                                      .sum();
+                                }));
       local_weight += w.item<double>();
     }
     const bool cancelled_here = cancel != nullptr && cancel->load();
@@ -938,16 +953,15 @@ absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& 
     const double loss = weight > 0 ? loss_t.item<double>() / weight : 0.0;
 
     const double lr = LearningRate(o, step, warmup, total_steps);
-    INTERNVL_ASSIGN_OR_RETURN(double grad_norm, TorchGuard("clipping gradients", [&] {
-      return ClipGradNorm(m.params, o.max_grad_norm);
-    }));
+    INTERNVL_ASSIGN_OR_RETURN(
+        double grad_norm, TorchGuard("clipping gradients", [&] { return ClipGradNorm(m.params, o.max_grad_norm); }));
     INTERNVL_RETURN_IF_ERROR(TorchGuard("optimizer step", [&] { AdamWStep(o, lr, m.params, adam); }));
     progress.step = step + 1;
 
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double epoch = static_cast<double>(progress.step * per_step) / static_cast<double>(n);
-    progress.log_history.push_back(
-        json{{"step", progress.step}, {"loss", loss}, {"learning_rate", lr}, {"grad_norm", grad_norm}, {"epoch", epoch}});
+    progress.log_history.push_back(json{
+        {"step", progress.step}, {"loss", loss}, {"learning_rate", lr}, {"grad_norm", grad_norm}, {"epoch", epoch}});
     if (progress.step % o.logging_steps == 0 || progress.step == total_steps) {
       TrainEvent e;
       e.kind = TrainEvent::Kind::kStep;
@@ -966,8 +980,18 @@ absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& 
     if (o.save_steps > 0 && progress.step % o.save_steps == 0 && !final_step) {
       const std::string dir = (fs::path(o.output_dir) / absl::StrCat("checkpoint-", progress.step)).string();
       if (lead) {
-        INTERNVL_RETURN_IF_ERROR(SaveModel(m, dir));
-        INTERNVL_RETURN_IF_ERROR(SaveTrainerState(m, o, progress, total_steps, epoch, adam, dir));
+        // Written whole under a temporary name, then renamed: a kill at any
+        // moment leaves the previous checkpoints and maybe a .partial folder
+        // (ignored, removed at the next start), never a broken checkpoint-N.
+        const std::string partial = dir + kPartialSuffix;
+        std::error_code ec;
+        fs::remove_all(partial, ec);
+        INTERNVL_RETURN_IF_ERROR(SaveModel(m, partial));
+        INTERNVL_RETURN_IF_ERROR(SaveTrainerState(m, o, progress, total_steps, epoch, adam, partial));
+        fs::remove_all(dir, ec);
+        fs::rename(partial, dir, ec);
+        if (ec) return absl::InternalError(absl::StrCat("cannot rename ", partial, " to ", dir, ": ", ec.message()));
+        INTERNVL_RETURN_IF_ERROR(SyncDir(o.output_dir));
         if (o.save_total_limit > 0) {
           auto cks = ListCheckpoints(o.output_dir);
           for (size_t i = 0; i + o.save_total_limit < cks.size(); ++i) {
@@ -1002,8 +1026,8 @@ absl::Status RunTraining(const TrainOptions& options, const TrainEventCallback& 
   e.epoch = epoch;
   e.skipped_records = progress.skipped_records;
   e.checkpoint_path = o.output_dir;
-  e.message = absl::StrCat(
-      "finished in ", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s");
+  e.message = absl::StrCat("finished in ",
+                           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), " s");
   emit(e);
   return absl::OkStatus();
 }
