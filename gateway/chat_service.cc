@@ -236,9 +236,10 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
                                                        " bytes, over the limit of ", options_.max_image_bytes));
   }
   if (request.max_num() < 0) return absl::InvalidArgumentError("max_num must be >= 0");
-  if (request.max_num() > options_.max_tiles)
+  // max_num tiles the images (a video's frames have their own max_num).
+  if (request.images_size() > 0 && request.max_num() > options_.max_tiles)
     return absl::ResourceExhaustedError(
-        absl::StrCat("max_num ", request.max_num(), " is over the limit of ", options_.max_tiles));
+        absl::StrCat("max_num ", request.max_num(), " is over the limit of ", options_.max_tiles, " (--max-tiles)"));
   if (request.generation().stop_size() > 0)
     return absl::InvalidArgumentError("generation.stop (stop strings) is not supported yet");
   int64_t text_bytes = static_cast<int64_t>(request.text().size());

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <random>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -22,8 +23,8 @@ namespace {
 double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
 std::shared_ptr<grpc::Channel> Channel(const std::string& addr,
-                                      const std::shared_ptr<grpc::ChannelCredentials>& credentials,
-                                      const services::ClientTlsOptions& tls) {
+                                       const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+                                       const services::ClientTlsOptions& tls) {
   grpc::ChannelArguments args;
   services::AddTlsChannelArgs(tls, &args);
   args.SetMaxReceiveMessageSize(64 << 20);
@@ -39,6 +40,13 @@ std::shared_ptr<grpc::Channel> Channel(const std::string& addr,
 absl::Status Named(const absl::Status& s, const std::string& stage, const std::string& addr) {
   if (s.ok()) return s;
   return absl::Status(s.code(), absl::StrCat(stage, " (", addr, "): ", s.message()));
+}
+
+// A delay in [d / 2, d]: clients that failed together (a replica restarting
+// under load) do not all come back at the same instant.
+absl::Duration Jittered(absl::Duration d) {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  return d / 2 + d / 2 * std::uniform_real_distribution<double>(0.0, 1.0)(rng);
 }
 
 // Runs `fn(ClientContext*)` with the stage deadline and the client's
@@ -65,7 +73,7 @@ auto CallWithRetries(const RemoteStagesOptions& o, const CallState& call, const 
     const bool again = status.code() == absl::StatusCode::kUnavailable && attempt < o.retries && retryable() &&
                        absl::Now() + backoff < call.deadline && !(call.cancellation && call.cancellation->cancelled());
     if (!again) return Named(status, stage, addr);
-    absl::SleepFor(backoff);
+    absl::SleepFor(Jittered(backoff));
     backoff *= 2;
   }
 }

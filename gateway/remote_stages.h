@@ -3,7 +3,7 @@
 // then LlmDecoder.Generate (bidirectional stream). Every stage call gets the
 // request's deadline capped by --deadline-ms, is retried on UNAVAILABLE (a
 // replica restarting, a connection refused) up to `retries` times with
-// exponential backoff, and is cancelled (ClientContext::TryCancel) the moment
+// exponential backoff and jitter (each delay drawn in [d/2, d]), and is cancelled (ClientContext::TryCancel) the moment
 // the gateway's own client goes away, so the decoder stops generating. A
 // Generate call is only retried before its first token.
 #pragma once
@@ -12,10 +12,10 @@
 #include <string>
 
 #include "gateway/stages.h"
-#include "services/common/security.h"
 #include "internvl/v1/llm_decoder.grpc.pb.h"
 #include "internvl/v1/preprocess.grpc.pb.h"
 #include "internvl/v1/vision_encoder.grpc.pb.h"
+#include "services/common/security.h"
 
 namespace internvl::gateway {
 
@@ -25,7 +25,7 @@ struct RemoteStagesOptions {
   std::string decoder_addr;
   absl::Duration stage_deadline = absl::Seconds(300);  // per stage call
   int retries = 2;                                     // extra attempts on UNAVAILABLE
-  absl::Duration backoff = absl::Milliseconds(100);    // first retry delay, doubled after
+  absl::Duration backoff = absl::Milliseconds(100);    // first retry delay (jittered), doubled after
   size_t max_chunk_bytes = size_t{1} << 20;
   // Tiles one VisionEncoder.Encode call takes (the encoder's --max_tiles + 1):
   // a video's frames are split over calls of at most this many.

@@ -9,13 +9,18 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "core/chat/chat_pipeline.h"
 #include "core/testing/fixtures.h"
 #include "gateway/client.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
+#include "internvl/v1/llm_decoder.grpc.pb.h"
+#include "nlohmann/json.hpp"
 #include "services/common/testing/harness.h"
 #include "services/common/testing/redis_server.h"
 
@@ -28,6 +33,8 @@ namespace st = ::internvl::services::testing;
 const absl::Duration kStartTimeout = absl::Seconds(90);
 constexpr int kMaxImages = 3;
 constexpr int64_t kMaxVideoBytes = 64 << 10;  // the fixture video is 26 KB
+// Two 1920x200 images at max_num 40 (2 x 41 tiles x 256 tokens) are over it.
+constexpr const char* kMaxPromptTokens = "16384";
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -67,16 +74,32 @@ class GatewayTest : public ::testing::Test {
     decoder_ = new Proc(Spawn(INTERNVL_LLM_DECODER_BIN,
                               {"--model", model, "--dtype", "fp32", "--threads", "1", "--max-new-tokens-limit", "4096"},
                               dir + "/gw_decoder.log"));
-    gateway_ = new Proc(
-        Spawn(INTERNVL_GATEWAY_BIN,
-              {"--model", model, "--preprocess-addr", preprocess_->target(), "--vision-addr", encoder_->target(),
-               "--decoder-addr", decoder_->target(), "--deadline-ms", "60000", "--retries", "1", "--max-images",
-               limits_images, "--max-video-bytes", std::to_string(kMaxVideoBytes), "--max-segments", "16"},
-              dir + "/gw_gateway.log"));
-    all_in_one_ = new Proc(Spawn(
-        INTERNVL_CLI_BIN,
-        {"serve", "--all-in-one", "--model", model, "--dtype", "fp32", "--threads", "1", "--max-images", limits_images},
-        dir + "/gw_all_in_one.log", /*cli=*/true));
+    gateway_ = new Proc(Spawn(INTERNVL_GATEWAY_BIN,
+                              {"--model",
+                               model,
+                               "--preprocess-addr",
+                               preprocess_->target(),
+                               "--vision-addr",
+                               encoder_->target(),
+                               "--decoder-addr",
+                               decoder_->target(),
+                               "--deadline-ms",
+                               "60000",
+                               "--retries",
+                               "1",
+                               "--max-images",
+                               limits_images,
+                               "--max-video-bytes",
+                               std::to_string(kMaxVideoBytes),
+                               "--max-segments",
+                               "16",
+                               "--max-prompt-tokens",
+                               kMaxPromptTokens},
+                              dir + "/gw_gateway.log"));
+    all_in_one_ = new Proc(Spawn(INTERNVL_CLI_BIN,
+                                 {"serve", "--all-in-one", "--model", model, "--dtype", "fp32", "--threads", "1",
+                                  "--max-images", limits_images, "--max-prompt-tokens", kMaxPromptTokens},
+                                 dir + "/gw_all_in_one.log", /*cli=*/true));
     for (auto [p, name] : {std::pair{preprocess_, "internvl.v1.Preprocess"},
                            {encoder_, "internvl.v1.VisionEncoder"},
                            {decoder_, "internvl.v1.LlmDecoder"},
@@ -109,6 +132,21 @@ class GatewayTest : public ::testing::Test {
     auto text = st::HttpGet(p->metrics_port, "/metrics");
     EXPECT_TRUE(text.ok()) << text.status();
     return st::MetricValue(text.value_or(""), series).value_or(-1);
+  }
+
+  // VisionEncoder.Encode calls finished so far (every status code) by
+  // `encoder` (default: the suite's).
+  static double EncodeCalls(const Proc* encoder = nullptr) {
+    auto text = st::HttpGet((encoder != nullptr ? encoder : encoder_)->metrics_port, "/metrics");
+    EXPECT_TRUE(text.ok()) << text.status();
+    double n = 0;
+    for (absl::string_view line : absl::StrSplit(text.value_or(""), '\n')) {
+      if (!absl::StartsWith(line, "internvl_requests_total{") || !absl::StrContains(line, "method=\"Encode\""))
+        continue;
+      double v = 0;
+      if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) n += v;
+    }
+    return n;
   }
 
   void ExpectAllServing() const {
@@ -265,6 +303,41 @@ TEST_F(GatewayTest, BadRequestsAreRefusedClearlyAndServicesStayHealthy) {
     EXPECT_THAT(result.status().message(), HasSubstr(c.message));
     EXPECT_LT(absl::Now() - start, absl::Seconds(10));
   }
+  // Prompts over the limits (text bytes, estimated prompt tokens with the
+  // image tiles counted after tiling) are refused before the vision encoder
+  // runs, on both paths, naming the limit's flag.
+  std::vector<Case> oversized;
+  {
+    Case c{"5 MB question", ok, absl::StatusCode::kResourceExhausted, "--max-text-bytes"};
+    c.request.question = std::string(5 << 20, 'a');
+    oversized.push_back(c);
+  }
+  {
+    Case c{"long history", ok, absl::StatusCode::kResourceExhausted, "--max-prompt-tokens"};
+    c.request.history.assign(400, {std::string(300, 'q') + " ?", "an answer of some length, repeated many times"});
+    c.request.history_given = true;
+    c.request.images.clear();
+    oversized.push_back(c);
+  }
+  {
+    Case c{"wide images at max_num 40", ok, absl::StatusCode::kResourceExhausted, "--max-prompt-tokens"};
+    c.request.images = {Input("img_1920x200.png"), Input("img_1920x200.png")};
+    c.request.question = "<image>\n<image>\nCompare.";
+    c.request.max_num = 40;
+    oversized.push_back(c);
+  }
+  const double encodes_before = EncodeCalls();
+  for (Proc* server : {gateway_, all_in_one_}) {
+    ChatClient to(server->target());
+    for (const Case& c : oversized) {
+      SCOPED_TRACE(absl::StrCat(c.name, server == gateway_ ? " (services)" : " (all-in-one)"));
+      auto result = to.Chat(c.request, nullptr, absl::Seconds(30));
+      ASSERT_FALSE(result.ok());
+      EXPECT_EQ(result.status().code(), c.code) << result.status();
+      EXPECT_THAT(result.status().message(), HasSubstr(c.message));
+    }
+  }
+  EXPECT_EQ(EncodeCalls(), encodes_before) << "an oversized prompt reached the vision encoder";
   ExpectAllServing();
   auto fine = client.Chat(ok);
   EXPECT_TRUE(fine.ok()) << fine.status();
@@ -312,6 +385,107 @@ TEST_F(GatewayTest, AStageThatIsDownGivesUnavailableNotAHang) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
   gw.process->Signal(SIGTERM);
   EXPECT_EQ(gw.process->Wait(absl::Seconds(10)).value_or(-1), 0);
+}
+
+// A video of more frames than one Encode call takes (the encoders' --max-tiles
+// + 1) is split over several calls and answers as in-process.
+TEST_F(GatewayTest, VideoFramesAreSplitOverEncodeCallsOfTheEncodersSize) {
+  const std::string dir = ::internvl::testing::TempDir();
+  const std::string model = *fixtures_ + "/tiny-qwen2";
+  Proc vision =
+      Spawn(INTERNVL_VISION_ENCODER_BIN, {"--model", model, "--dtype", "fp32", "--threads", "1", "--max-tiles", "3"},
+            dir + "/gw_small_vision.log");
+  ASSERT_TRUE(
+      st::WaitForServing(vision.target(), "internvl.v1.VisionEncoder", vision.process.get(), kStartTimeout).ok());
+  Proc gw = Spawn(INTERNVL_GATEWAY_BIN,
+                  {"--model", model, "--preprocess-addr", preprocess_->target(), "--vision-addr", vision.target(),
+                   "--decoder-addr", decoder_->target(), "--max-tiles", "3", "--max-segments", "16"},
+                  dir + "/gw_small_gateway.log");
+  ASSERT_TRUE(st::WaitForServing(gw.target(), "internvl.v1.InternVL", gw.process.get(), kStartTimeout).ok());
+  ChatRequest r;
+  r.question = "What is happening in the video?";
+  r.video = Input("video.mp4");
+  r.num_segments = 10;  // 10 frames x 1 tile: calls of 4, 4 and 2
+  r.generation.max_new_tokens = 8;
+  auto local = pipeline_->Chat(r);
+  ASSERT_TRUE(local.ok()) << local.status();
+  auto remote = ChatClient(gw.target()).Chat(r, nullptr, absl::Seconds(60));
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  EXPECT_EQ(remote->token_ids, local->token_ids);
+  EXPECT_EQ(remote->frame_indices, local->frame_indices);
+  EXPECT_EQ(EncodeCalls(&vision), 3);
+}
+
+// Idle Generate streams that declare tens of thousands of image rows hold no
+// buffer until the rows arrive, and no more than --max-concurrent-streams are
+// open at once: the next is RESOURCE_EXHAUSTED naming the flag, and a slot
+// freed is usable again.
+TEST_F(GatewayTest, DecoderCapsOpenStreamsAndBuffersOnlyWhatArrived) {
+  const std::string dir = ::internvl::testing::TempDir();
+  const std::string model = *fixtures_ + "/tiny-qwen2";
+  constexpr int kCap = 3;
+  Proc decoder =
+      Spawn(INTERNVL_LLM_DECODER_BIN,
+            {"--model", model, "--dtype", "fp32", "--threads", "1", "--max-concurrent-streams", std::to_string(kCap)},
+            dir + "/gw_capped_decoder.log");
+  ASSERT_TRUE(
+      st::WaitForServing(decoder.target(), "internvl.v1.LlmDecoder", decoder.process.get(), kStartTimeout).ok());
+  const int img_context = nlohmann::json::parse(ReadFile(model + "/expected.json"))["img_context_token_id"].get<int>();
+  constexpr int kRows = 30000;  // x hidden 64 x 4 bytes: 7.3 MiB per stream if allocated up front
+  auto stub = v1::LlmDecoder::NewStub(grpc::CreateChannel(decoder.target(), grpc::InsecureChannelCredentials()));
+  struct Open {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::GenerateRequest, v1::GenerateResponse>> stream;
+  };
+  auto open = [&] {
+    auto o = std::make_unique<Open>();
+    o->ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    o->stream = stub->Generate(&o->ctx);
+    v1::GenerateRequest start;
+    start.mutable_start()->set_request_id("idle");
+    for (int i = 0; i < kRows; ++i) start.mutable_start()->add_prompt_token_ids(img_context);
+    start.mutable_start()->set_image_embedding_rows(kRows);
+    start.mutable_start()->mutable_settings()->set_max_new_tokens(1);
+    v1::GenerateRequest header;
+    v1::TensorHeader* h = header.mutable_image_embeddings()->mutable_header();
+    h->set_dtype(v1::DATA_TYPE_F32);
+    h->add_shape(kRows);
+    h->add_shape(64);
+    h->set_total_bytes(uint64_t{kRows} * 64 * 4);
+    EXPECT_TRUE(o->stream->Write(start));
+    EXPECT_TRUE(o->stream->Write(header));
+    return o;
+  };
+  const int64_t rss_before = st::ResidentBytes(decoder.process->pid()).value_or(0);
+  std::vector<std::unique_ptr<Open>> idle;
+  for (int i = 0; i < kCap; ++i) idle.push_back(open());
+  absl::SleepFor(absl::Milliseconds(500));
+  const int64_t rss_idle = st::ResidentBytes(decoder.process->pid()).value_or(0);
+  EXPECT_LT(rss_idle - rss_before, int64_t{kCap} * kRows * 64 * 4 / 2)
+      << "idle streams allocated their declared embeddings";
+  auto refused = open();
+  refused->stream->WritesDone();
+  grpc::Status status = refused->stream->Finish();
+  const std::string refused_message = status.error_message();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("max_concurrent_streams"));
+  // One idle stream goes away: its slot serves a new call.
+  idle[0]->ctx.TryCancel();
+  (void)idle[0]->stream->Finish();
+  idle.erase(idle.begin());
+  absl::SleepFor(absl::Milliseconds(200));
+  auto again = open();
+  absl::SleepFor(absl::Milliseconds(300));
+  again->ctx.TryCancel();
+  status = again->stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  for (auto& o : idle) {
+    o->ctx.TryCancel();
+    (void)o->stream->Finish();
+  }
+  EXPECT_EQ(st::HealthCheck(decoder.target(), "internvl.v1.LlmDecoder").value_or("?"), "SERVING");
+  std::cout << kCap << " idle streams declaring " << kRows << " rows each: decoder RSS +"
+            << (rss_idle - rss_before) / 1024 << " KiB; the next call: " << refused_message << "\n";
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/abs.h>
+#include <c10/util/Exception.h>
 #include <malloc.h>
 #include <unistd.h>
 
@@ -15,9 +16,13 @@ namespace internvl {
 
 namespace internal {
 absl::Status StatusFromException(const std::exception& e, absl::string_view what) {
-  std::string msg = e.what();
-  // c10::Error messages carry a long backtrace after the first line.
-  if (auto nl = msg.find("\nException raised from"); nl != std::string::npos) msg.resize(nl);
+  // c10::Error messages carry a long backtrace ("Exception raised from ..."
+  // or "frame #0: ..." lines) that means nothing to a client: cut it.
+  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
+  std::string msg = c10_error != nullptr ? c10_error->what_without_backtrace() : e.what();
+  for (const char* tail : {"\nException raised from", "\nframe #"}) {
+    if (auto nl = msg.find(tail); nl != std::string::npos) msg.resize(nl);
+  }
   return absl::InternalError(absl::StrCat(what, ": ", msg));
 }
 }  // namespace internal
@@ -66,33 +71,54 @@ int TorchThreads() { return at::get_num_threads(); }
 
 absl::StatusOr<at::ScalarType> ToScalarType(DType dtype) {
   switch (dtype) {
-    case DType::kF64: return at::kDouble;
-    case DType::kF32: return at::kFloat;
-    case DType::kF16: return at::kHalf;
-    case DType::kBF16: return at::kBFloat16;
-    case DType::kI64: return at::kLong;
-    case DType::kI32: return at::kInt;
-    case DType::kI16: return at::kShort;
-    case DType::kI8: return at::kChar;
-    case DType::kU8: return at::kByte;
-    case DType::kBool: return at::kBool;
+    case DType::kF64:
+      return at::kDouble;
+    case DType::kF32:
+      return at::kFloat;
+    case DType::kF16:
+      return at::kHalf;
+    case DType::kBF16:
+      return at::kBFloat16;
+    case DType::kI64:
+      return at::kLong;
+    case DType::kI32:
+      return at::kInt;
+    case DType::kI16:
+      return at::kShort;
+    case DType::kI8:
+      return at::kChar;
+    case DType::kU8:
+      return at::kByte;
+    case DType::kBool:
+      return at::kBool;
   }
   return absl::InvalidArgumentError("unknown dtype");
 }
 
 absl::StatusOr<DType> FromScalarType(at::ScalarType type) {
   switch (type) {
-    case at::kDouble: return DType::kF64;
-    case at::kFloat: return DType::kF32;
-    case at::kHalf: return DType::kF16;
-    case at::kBFloat16: return DType::kBF16;
-    case at::kLong: return DType::kI64;
-    case at::kInt: return DType::kI32;
-    case at::kShort: return DType::kI16;
-    case at::kChar: return DType::kI8;
-    case at::kByte: return DType::kU8;
-    case at::kBool: return DType::kBool;
-    default: return absl::InvalidArgumentError(absl::StrCat("no safetensors dtype for ", c10::toString(type)));
+    case at::kDouble:
+      return DType::kF64;
+    case at::kFloat:
+      return DType::kF32;
+    case at::kHalf:
+      return DType::kF16;
+    case at::kBFloat16:
+      return DType::kBF16;
+    case at::kLong:
+      return DType::kI64;
+    case at::kInt:
+      return DType::kI32;
+    case at::kShort:
+      return DType::kI16;
+    case at::kChar:
+      return DType::kI8;
+    case at::kByte:
+      return DType::kU8;
+    case at::kBool:
+      return DType::kBool;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("no safetensors dtype for ", c10::toString(type)));
   }
 }
 
@@ -118,7 +144,8 @@ void SafetensorsWriter::Add(const std::string& name, const at::Tensor& tensor) {
   tensors_.emplace_back(name, tensor.detach().to(at::kCPU).contiguous());
 }
 
-absl::Status SafetensorsWriter::Write(const std::string& path, const std::map<std::string, std::string>& metadata) const {
+absl::Status SafetensorsWriter::Write(const std::string& path,
+                                      const std::map<std::string, std::string>& metadata) const {
   std::vector<TensorRef> refs;
   for (const auto& [name, t] : tensors_) {
     auto dtype = FromScalarType(t.scalar_type());

@@ -69,8 +69,11 @@ TEST(TokenizerLoad, BpeFilesWithoutConfigLoadAsQwen2) {
   int id = 0;
   auto add = [&](const std::string& token) {
     if (id) vocab += ",";
-    vocab += "\"" + (token == "\"" ? std::string("\\\"") : token == "\\" ? std::string("\\\\") : token) + "\":" +
-             std::to_string(id++);
+    vocab += "\"" +
+             (token == "\""   ? std::string("\\\"")
+              : token == "\\" ? std::string("\\\\")
+                              : token) +
+             "\":" + std::to_string(id++);
   };
   uint32_t n = 0;  // bytes_to_unicode's counter for non-printable bytes
   for (int b = 0; b < 256; ++b) {
@@ -78,7 +81,8 @@ TEST(TokenizerLoad, BpeFilesWithoutConfigLoadAsQwen2) {
     const bool direct = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
     if (!direct) cp = 256 + n++;
     std::string s;
-    if (cp < 0x80) s.push_back(static_cast<char>(cp));
+    if (cp < 0x80)
+      s.push_back(static_cast<char>(cp));
     else {
       s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
       s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
@@ -96,6 +100,37 @@ TEST(TokenizerLoad, BpeFilesWithoutConfigLoadAsQwen2) {
   ASSERT_TRUE(ids.ok());
   EXPECT_EQ(*ids, (std::vector<int>{256, 256}));
   EXPECT_EQ((*tok)->Decode(*ids), "hehe");
+}
+
+// Token ids near 2^31 in any of the files (a vocab.json entry, added_tokens.json,
+// tokenizer_config.json's added_tokens_decoder) are refused at load, naming
+// the file, instead of sizing tables by the largest id (tens of GB).
+TEST(TokenizerLoad, HugeTokenIdsAreRefusedNotAllocated) {
+  const std::string merges = "#version: 0.2\nh e\n";
+  struct Case {
+    const char* name;
+    std::string vocab, added, config, file;
+  };
+  const std::vector<Case> cases = {
+      {"vocab.json", R"({"h": 0, "e": 1, "he": 2147483000})", "", "", "vocabulary id 2147483000"},
+      {"added_tokens.json", R"({"h": 0, "e": 1, "he": 2})", R"({"<x>": 2147483600})", "", "added_tokens.json"},
+      {"added_tokens_decoder", R"({"h": 0, "e": 1, "he": 2})", "",
+       R"({"tokenizer_class": "Qwen2Tokenizer", "added_tokens_decoder": {"2147483647": {"content": "<x>"}}})",
+       "tokenizer_config.json"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string dir = testing::TempDir() + "/huge_" + std::to_string(&c - cases.data());
+    std::filesystem::create_directories(dir);
+    Write(dir + "/vocab.json", c.vocab);
+    Write(dir + "/merges.txt", merges);
+    if (!c.added.empty()) Write(dir + "/added_tokens.json", c.added);
+    if (!c.config.empty()) Write(dir + "/tokenizer_config.json", c.config);
+    auto tok = Tokenizer::Load(dir);
+    ASSERT_FALSE(tok.ok());
+    EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << tok.status();
+    EXPECT_THAT(tok.status().message(), HasSubstr(c.file));
+  }
 }
 
 class RealTokenizers : public ::testing::TestWithParam<const char*> {};

@@ -15,12 +15,15 @@
 #include <fstream>
 #include <sstream>
 
-#include "core/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "core/net.h"
+#include "core/status.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -192,9 +195,32 @@ absl::StatusOr<ServerProcess> SpawnServer(const std::string& binary, std::vector
   ServerProcess p;
   INTERNVL_ASSIGN_OR_RETURN(p.port, PickFreePort());
   INTERNVL_ASSIGN_OR_RETURN(p.metrics_port, PickFreePort());
-  args.insert(args.end(), {"--listen", p.target(), "--metrics-port", std::to_string(p.metrics_port)});
-  INTERNVL_ASSIGN_OR_RETURN(p.process, Subprocess::Spawn(binary, args, log_path));
+  INTERNVL_RETURN_IF_ERROR(RespawnServer(&p, binary, std::move(args), log_path));
   return p;
+}
+
+absl::Status RespawnServer(ServerProcess* p, const std::string& binary, std::vector<std::string> args,
+                           const std::string& log_path) {
+  if (p->process != nullptr && p->process->Running()) {
+    p->process->Signal(SIGKILL);
+    (void)p->process->Wait(absl::Seconds(10));
+  }
+  args.insert(args.end(), {"--listen", p->target(), "--metrics-port", std::to_string(p->metrics_port)});
+  INTERNVL_ASSIGN_OR_RETURN(p->process, Subprocess::Spawn(binary, args, log_path));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> ResidentBytes(pid_t pid) {
+  const std::string path = absl::StrCat("/proc/", pid, "/status");
+  std::ifstream f(path);
+  std::string line;
+  while (std::getline(f, line)) {
+    int64_t kib = 0;
+    if (absl::StartsWith(line, "VmRSS:") &&
+        absl::SimpleAtoi(absl::StripAsciiWhitespace(absl::StripSuffix(absl::StripPrefix(line, "VmRSS:"), "kB")), &kib))
+      return kib * 1024;
+  }
+  return absl::NotFoundError(absl::StrCat("no VmRSS in ", path));
 }
 
 }  // namespace internvl::services::testing

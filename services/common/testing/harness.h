@@ -60,6 +60,13 @@ struct ServerProcess {
 // that were free a moment ago, output appended to `log_path`.
 absl::StatusOr<ServerProcess> SpawnServer(const std::string& binary, std::vector<std::string> args,
                                           const std::string& log_path);
+// Kills `p`'s process if it runs (SIGKILL) and starts `binary args...` on
+// the same ports: a replica coming back where clients expect it.
+absl::Status RespawnServer(ServerProcess* p, const std::string& binary, std::vector<std::string> args,
+                           const std::string& log_path);
+
+// The resident set size of process `pid` (VmRSS of /proc/pid/status).
+absl::StatusOr<int64_t> ResidentBytes(pid_t pid);
 
 // grpc.health.v1 Check for `service` ("" = whole server) at `target`
 // (host:port). Returns the ServingStatus name ("SERVING", "NOT_SERVING",

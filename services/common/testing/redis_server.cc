@@ -8,33 +8,49 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "core/status.h"
 
 namespace internvl::services::testing {
 
-absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(const std::string& log_dir) {
+namespace {
+
+std::string RedisBinary() {
   const char* env = std::getenv("INTERNVL_REDIS_SERVER");
-  const std::string binary = env != nullptr ? env : "/usr/bin/redis-server";
+  return env != nullptr ? env : "/usr/bin/redis-server";
+}
+
+}  // namespace
+
+absl::Status RedisServer::SpawnAndWait() {
+  const std::string log = absl::StrCat(log_dir_, "/redis-", port_, ".log");
+  INTERNVL_ASSIGN_OR_RETURN(process_, Subprocess::Spawn(RedisBinary(),
+                                                        {"--port", std::to_string(port_), "--bind", "127.0.0.1",
+                                                         "--save", "", "--appendonly", "no", "--protected-mode", "no"},
+                                                        log));
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (absl::Now() < deadline && process_->Running()) {
+    auto pong = Command({"PING"});
+    if (pong.ok() && *pong == "PONG") return absl::OkStatus();
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return absl::UnavailableError(absl::StrCat("redis-server did not start; log:\n", process_->ReadLog()));
+}
+
+absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(const std::string& log_dir) {
   absl::Status last = absl::UnknownError("not started");
   // A port picked free can be taken before redis binds it: retry a few times.
   for (int attempt = 0; attempt < 3; ++attempt) {
-    auto port = PickFreePort();
-    if (!port.ok()) return port.status();
-    const std::string log = absl::StrCat(log_dir, "/redis-", *port, ".log");
-    auto process = Subprocess::Spawn(binary,
-                                     {"--port", std::to_string(*port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--protected-mode", "no"},
-                                     log);
-    if (!process.ok()) return process.status();
-    std::unique_ptr<RedisServer> server(new RedisServer(*port, std::move(*process)));
-    const absl::Time deadline = absl::Now() + absl::Seconds(10);
-    while (absl::Now() < deadline && server->process_->Running()) {
-      auto pong = server->Command({"PING"});
-      if (pong.ok() && *pong == "PONG") return server;
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    last = absl::UnavailableError(absl::StrCat("redis-server did not start; log:\n", server->process_->ReadLog()));
+    INTERNVL_ASSIGN_OR_RETURN(const int port, PickFreePort());
+    std::unique_ptr<RedisServer> server(new RedisServer(port, log_dir));
+    last = server->SpawnAndWait();
+    if (last.ok()) return server;
   }
   return last;
+}
+
+absl::Status RedisServer::Restart() {
+  Stop();
+  return SpawnAndWait();
 }
 
 RedisServer::~RedisServer() { Stop(); }

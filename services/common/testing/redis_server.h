@@ -24,14 +24,20 @@ class RedisServer {
   // SIGSTOP / SIGCONT: a hung Redis (connections accepted, nothing answered).
   void Pause();
   void Resume();
+  // Stop(), then a fresh (empty) server on the same port: clients that
+  // reconnect find it where the old one was.
+  absl::Status Restart();
   // Runs one command (argv form) and returns the reply as text: the string
   // for bulk/status replies, the number for integers, "(nil)" for nil, an
   // error for error replies or a dead server.
   absl::StatusOr<std::string> Command(const std::vector<std::string>& argv) const;
 
  private:
-  RedisServer(int port, std::unique_ptr<Subprocess> process) : port_(port), process_(std::move(process)) {}
+  RedisServer(int port, std::string log_dir) : port_(port), log_dir_(std::move(log_dir)) {}
+  // Starts redis-server on port_ and waits for PING.
+  absl::Status SpawnAndWait();
   int port_;
+  std::string log_dir_;
   std::unique_ptr<Subprocess> process_;
 };
 

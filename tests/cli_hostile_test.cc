@@ -1,0 +1,98 @@
+// The `internvl` CLI as a user runs it on hostile input: every case ends with
+// exit code 1 and one clear error line, never an abort (134), a crash or an
+// allocation of gigabytes (each run is capped at 4 GiB of address space by
+// `ulimit -v`, so an up-front allocation of what the input declares fails the
+// test instead of passing by luck on a big machine).
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "core/testing/fixtures.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace internvl {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+class CliHostile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (std::getenv("INTERNVL_CLI_BIN") == nullptr) GTEST_SKIP() << "INTERNVL_CLI_BIN not set (run under ctest)";
+    dir_ = ::internvl::testing::TempDir();
+  }
+  ::internvl::testing::ShellResult Run(const std::string& args) {
+    return ::internvl::testing::RunShell(
+        absl::StrCat("ulimit -v 4194304; ", std::getenv("INTERNVL_CLI_BIN"), " ", args));
+  }
+  void Write(const std::string& path, const std::string& text) {
+    fs::create_directories(fs::path(path).parent_path());
+    std::ofstream(path, std::ios::binary) << text;
+  }
+  std::string dir_;
+};
+
+TEST_F(CliHostile, PreprocessWithAHugeTileSizeIsAnError) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  auto r = Run(absl::StrCat("preprocess --image ", fixtures, "/inputs/img_448x448.png --out ", dir_,
+                            "/t.safetensors --image-size 100000"));
+  EXPECT_EQ(r.exit_code, 2) << r.err;  // a usage error
+  EXPECT_THAT(r.err, HasSubstr("tile size must be in"));
+}
+
+TEST_F(CliHostile, TokenizeWithAHugeIdInTheVocabularyIsAnError) {
+  const std::string tok = dir_ + "/hostile_tokenizer";
+  Write(tok + "/vocab.json", R"({"h": 0, "e": 1, "he": 2147483000})");
+  Write(tok + "/merges.txt", "#version: 0.2\nh e\n");
+  auto r = Run(absl::StrCat("tokenize --model ", tok, " --text hehe"));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("vocabulary id 2147483000"));
+  Write(tok + "/vocab.json", R"({"h": 0, "e": 1, "he": 2})");
+  Write(tok + "/added_tokens.json", R"({"<x>": 2147483600})");
+  r = Run(absl::StrCat("tokenize --model ", tok, " --text hehe"));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("added_tokens.json"));
+}
+
+TEST_F(CliHostile, ChatRefusesATileCountPastTheLimitBeforeAnyWork) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  auto r = Run(absl::StrCat("chat --model ", fixtures,
+                            "/tiny-qwen2 --dtype fp32 --threads 1 --kv-cache-bytes 16777216 --image ", fixtures,
+                            "/inputs/img_800x600.png --max-num 100000 --text hi --max-new-tokens 2"));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("max_num"));
+}
+
+TEST_F(CliHostile, CorruptImageAndVideoAreErrors) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  Write(dir_ + "/bad.png", std::string("\x89PNG\r\n\x1a\nnot really", 18));
+  Write(dir_ + "/bad.mp4", std::string(4096, 'v'));
+  auto r = Run(absl::StrCat("chat --model ", fixtures,
+                            "/tiny-qwen2 --dtype fp32 --threads 1 --kv-cache-bytes 16777216 --image ", dir_,
+                            "/bad.png --text hi --max-new-tokens 2"));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("image"));
+  r = Run(absl::StrCat("chat --model ", fixtures,
+                       "/tiny-qwen2 --dtype fp32 --threads 1 --kv-cache-bytes 16777216 --video ", dir_,
+                       "/bad.mp4 --text hi --max-new-tokens 2"));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("video"));
+}
+
+// A KV cache larger than the process may map: RESOURCE_EXHAUSTED naming the
+// pool, with libtorch's message but none of its stack frames.
+TEST_F(CliHostile, AKvCacheThatCannotBeAllocatedIsAClearError) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  auto r = Run(absl::StrCat("chat --model ", fixtures,
+                            "/tiny-qwen2 --dtype fp32 --threads 1 --kv-cache-bytes 8589934592 --text hi"));
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("could not allocate the KV pool"));
+  EXPECT_THAT(r.err, ::testing::Not(HasSubstr("frame #")));
+  EXPECT_THAT(r.err, ::testing::Not(HasSubstr("Exception raised from")));
+}
+
+}  // namespace
+}  // namespace internvl
