@@ -20,10 +20,11 @@
 #include "core/model_path.h"
 #include "gateway/chat_service.h"
 #include "gateway/embedded_stages.h"
-#include "services/common/security.h"
 #include "services/common/engine_metrics.h"
 #include "services/common/metrics.h"
+#include "services/common/security.h"
 #include "services/common/server.h"
+#include "services/common/serving_limits.h"
 #include "services/vision_encoder/embedder.h"
 #include "services/vision_encoder/in_memory_cache.h"
 #include "services/vision_encoder/redis_cache.h"
@@ -87,16 +88,17 @@ int Run(const std::vector<std::string>& argv) {
   engine_options.vision_tile_batch = 4;
   const std::string& dtype = engine_options.dtype;
   auto metrics_port = args->GetInt("metrics-port", 9089);
-  auto max_images = args->GetInt("max-images", 16);
-  auto max_tiles = args->GetInt("max-tiles", 40);
-  auto max_segments = args->GetInt("max-segments", 64);
-  auto max_new = args->GetInt("max-new-tokens-limit", 4096);
-  auto max_prompt = args->GetInt("max-prompt-tokens", 32768);
-  auto max_text = args->GetInt("max-text-bytes", 1 << 20);
+  auto max_images = args->GetInt("max-images", services::kDefaultLimits.max_images);
+  auto max_tiles = args->GetInt("max-tiles", services::kDefaultLimits.max_tiles);
+  auto max_segments = args->GetInt("max-segments", services::kDefaultLimits.max_segments);
+  auto max_new = args->GetInt("max-new-tokens-limit", services::kDefaultLimits.max_new_tokens_limit);
+  auto max_prompt = args->GetInt("max-prompt-tokens", services::kDefaultLimits.max_prompt_tokens);
+  auto max_text = args->GetInt("max-text-bytes", static_cast<int>(services::kDefaultLimits.max_text_bytes));
   auto cache_mb = args->GetInt("memory-cache-mb", 512);
   auto grace = args->GetDouble("grace-seconds", 20);
-  for (const absl::Status& s : {metrics_port.status(), max_images.status(), max_tiles.status(), max_segments.status(),
-                                max_new.status(), cache_mb.status(), grace.status(), max_prompt.status(), max_text.status()})
+  for (const absl::Status& s :
+       {metrics_port.status(), max_images.status(), max_tiles.status(), max_segments.status(), max_new.status(),
+        cache_mb.status(), grace.status(), max_prompt.status(), max_text.status()})
     if (!s.ok()) return ReportError(kName, s);
 
   auto prompt = PromptBuilder::Load(*dir);

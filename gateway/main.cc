@@ -3,12 +3,12 @@
 // tokenizer only (no weights). Flags live here only.
 #include <string>
 
-#include "core/hub/hub_download.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "core/chat/prompt_builder.h"
+#include "core/hub/hub_download.h"
 #include "core/model_path.h"
 #include "gateway/chat_service.h"
 #include "gateway/remote_stages.h"
@@ -16,6 +16,7 @@
 #include "services/common/log.h"
 #include "services/common/metrics.h"
 #include "services/common/server.h"
+#include "services/common/serving_limits.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50050", "gRPC address host:port (port 0 = any free port)");
 ABSL_FLAG(int, metrics_port, 9089, "HTTP port for /metrics and /healthz (0 = any free port)");
@@ -27,17 +28,22 @@ ABSL_FLAG(int, deadline_ms, 300000, "deadline of each stage call (capped by the 
 ABSL_FLAG(int, retries, 2, "extra attempts of a stage call that fails UNAVAILABLE");
 ABSL_FLAG(int, retry_backoff_ms, 100, "first retry delay (doubles after each)");
 ABSL_FLAG(int, threads, 16, "requests in flight through the stages");
-ABSL_FLAG(int, max_queued, 64, "requests waiting before RESOURCE_EXHAUSTED");
-ABSL_FLAG(int, max_images, 16, "images per request");
-ABSL_FLAG(int64_t, max_image_bytes, int64_t{32} << 20, "encoded bytes per image");
-ABSL_FLAG(int64_t, max_video_bytes, int64_t{256} << 20, "bytes per uploaded video");
-ABSL_FLAG(int, max_segments, 64, "video frames per request");
-ABSL_FLAG(int, max_concurrent_uploads, 16, "ChatVideo calls open at once (each buffers its upload)");
-ABSL_FLAG(int, max_tiles, 40, "largest max_num (the vision encoders' --max_tiles)");
-ABSL_FLAG(int, max_prompt_tokens, 32768, "largest prompt (text + image tokens), estimated before the vision encoder");
-ABSL_FLAG(int64_t, max_text_bytes, int64_t{1} << 20, "question + history bytes per request");
-ABSL_FLAG(int, max_new_tokens_limit, 4096, "largest max_new_tokens");
-ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received");
+ABSL_FLAG(int, max_queued, internvl::services::kDefaultLimits.max_queued, "requests waiting before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_images, internvl::services::kDefaultLimits.max_images, "images per request");
+ABSL_FLAG(int64_t, max_image_bytes, internvl::services::kDefaultLimits.max_image_bytes, "encoded bytes per image");
+ABSL_FLAG(int64_t, max_video_bytes, internvl::services::kDefaultLimits.max_video_bytes, "bytes per uploaded video");
+ABSL_FLAG(int, max_segments, internvl::services::kDefaultLimits.max_segments, "video frames per request");
+ABSL_FLAG(int, max_concurrent_uploads, internvl::services::kDefaultLimits.max_concurrent_uploads,
+          "ChatVideo calls open at once (each buffers its upload)");
+ABSL_FLAG(int, max_tiles, internvl::services::kDefaultLimits.max_tiles,
+          "largest max_num (the vision encoders' --max_tiles)");
+ABSL_FLAG(int, max_prompt_tokens, internvl::services::kDefaultLimits.max_prompt_tokens,
+          "largest prompt (text + image tokens), estimated before the vision encoder");
+ABSL_FLAG(int64_t, max_text_bytes, internvl::services::kDefaultLimits.max_text_bytes,
+          "question + history bytes per request");
+ABSL_FLAG(int, max_new_tokens_limit, internvl::services::kDefaultLimits.max_new_tokens_limit, "largest max_new_tokens");
+ABSL_FLAG(int, max_message_bytes, internvl::services::kDefaultLimits.max_message_bytes,
+          "largest gRPC message received");
 ABSL_FLAG(std::string, auth_tokens_file, "",
           "file of bearer tokens (one per line) clients must send; else $INTERNVL_AUTH_TOKENS (comma-separated)");
 ABSL_FLAG(std::string, stage_tls_ca_file, "", "PEM CA of the stage services' certificates: call them over TLS");

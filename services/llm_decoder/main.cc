@@ -2,19 +2,20 @@
 // embeddings -> streamed token ids). Flags live here only.
 #include <string>
 
-#include "core/hub/hub_download.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "core/chat/prompt_builder.h"
 #include "core/engine/engine.h"
+#include "core/hub/hub_download.h"
 #include "core/model_path.h"
 #include "services/common/engine_metrics.h"
 #include "services/common/flags.h"
 #include "services/common/log.h"
 #include "services/common/metrics.h"
 #include "services/common/server.h"
+#include "services/common/serving_limits.h"
 #include "services/llm_decoder/llm_decoder_service.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50053", "gRPC address host:port (port 0 = any free port)");
@@ -27,12 +28,17 @@ ABSL_FLAG(double, kv_cache_fraction, 0.25, "KV cache budget as a fraction of phy
 ABSL_FLAG(int, block_size, 16, "positions per KV cache block (the prefix-reuse granularity)");
 ABSL_FLAG(int, max_num_seqs, 32, "sequences decoding together at most (the batch)");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "tokens per engine step: decodes first, then prompt chunks");
-ABSL_FLAG(int64_t, max_queued, 64, "generations waiting for KV blocks or a batch slot before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_queued, internvl::services::kDefaultLimits.max_queued,
+          "generations waiting for KV blocks or a batch slot before RESOURCE_EXHAUSTED");
 ABSL_FLAG(bool, prefix_caching, true, "reuse the KV blocks of identical prompt prefixes (history, images)");
-ABSL_FLAG(int, max_new_tokens_limit, 4096, "largest max_new_tokens a request may ask for");
-ABSL_FLAG(int, max_prompt_tokens, 32768, "largest prompt (tokens, image tokens included)");
-ABSL_FLAG(int, max_concurrent_streams, 256, "Generate calls open at once (each buffers its embeddings)");
-ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received");
+ABSL_FLAG(int, max_new_tokens_limit, internvl::services::kDefaultLimits.max_new_tokens_limit,
+          "largest max_new_tokens a request may ask for");
+ABSL_FLAG(int, max_prompt_tokens, internvl::services::kDefaultLimits.max_prompt_tokens,
+          "largest prompt (tokens, image tokens included)");
+ABSL_FLAG(int, max_concurrent_streams, internvl::services::kDefaultLimits.max_concurrent_streams,
+          "Generate calls open at once (each buffers its embeddings)");
+ABSL_FLAG(int, max_message_bytes, internvl::services::kDefaultLimits.max_message_bytes,
+          "largest gRPC message received");
 ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate: serve TLS (empty = plaintext)");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM key of --tls_cert_file");
 ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA: require client certificates it signed (mTLS)");
@@ -77,8 +83,8 @@ int main(int argc, char** argv) {
   }
   LlmEngine* llm = (*engine)->llm();
   const EngineStats kv = llm->stats();
-  LogInfo(absl::StrCat("loaded language model from ", *dir, " (", llm->dtype_name(), "); KV cache ",
-                       kv.kv_blocks_total, " blocks = ", kv.kv_capacity_tokens, " positions"));
+  LogInfo(absl::StrCat("loaded language model from ", *dir, " (", llm->dtype_name(), "); KV cache ", kv.kv_blocks_total,
+                       " blocks = ", kv.kv_capacity_tokens, " positions"));
 
   MetricsRegistry registry;
   EngineMetrics engine_metrics(&registry, "llm_decoder");

@@ -11,22 +11,24 @@
 #include "core/preprocess/image.h"
 #include "core/preprocess/tiling.h"
 #include "internvl/v1/preprocess.pb.h"
+#include "services/common/serving_limits.h"
 #include "services/common/tensor_chunks.h"
 
 namespace internvl::services {
 
+// The media part of ServingLimits, as the preprocess and vision services use it.
 struct ImageLimits {
   // Images per request.
-  int max_images = 16;
+  int max_images = kDefaultLimits.max_images;
   // Encoded size of one image.
-  int64_t max_image_bytes = int64_t{32} << 20;
+  int64_t max_image_bytes = kDefaultLimits.max_image_bytes;
   // Decoded width * height of one image (checked at the header, before
   // decoding).
-  int64_t max_pixels = preprocess::kDefaultMaxImagePixels;
+  int64_t max_pixels = kDefaultLimits.max_pixels;
   // Largest max_num a request may ask for.
-  int max_tiles = 40;
+  int max_tiles = kDefaultLimits.max_tiles;
   // max_num when the request leaves it 0 (the official load_image default).
-  int default_max_num = 12;
+  int default_max_num = kDefaultLimits.default_max_num;
   // Tile side (448 for every InternVL2 / 2.5 model).
   int image_size = kDefaultImageSize;
 };

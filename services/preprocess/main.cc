@@ -9,22 +9,29 @@
 #include "services/common/flags.h"
 #include "services/common/metrics.h"
 #include "services/common/server.h"
+#include "services/common/serving_limits.h"
 #include "services/preprocess/preprocess_service.h"
 
 ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC address host:port (port 0 = any free port)");
 ABSL_FLAG(int, metrics_port, 9090, "HTTP port for /metrics and /healthz (0 = any free port)");
 ABSL_FLAG(int, threads, 2, "decode/tiling worker threads");
-ABSL_FLAG(int, max_queued, 64, "requests waiting for a worker before RESOURCE_EXHAUSTED");
-ABSL_FLAG(int, max_images, 16, "images per request");
-ABSL_FLAG(int64_t, max_image_bytes, int64_t{32} << 20, "encoded bytes per image");
-ABSL_FLAG(int64_t, max_pixels, internvl::preprocess::kDefaultMaxImagePixels, "decoded width*height per image");
-ABSL_FLAG(int64_t, max_video_bytes, int64_t{256} << 20, "PreprocessVideo: bytes per uploaded video");
-ABSL_FLAG(int, max_segments, 64, "PreprocessVideo: frames (num_segments) per video");
-ABSL_FLAG(int, max_tiles, 40, "largest max_num a request may ask for");
-ABSL_FLAG(int, default_max_num, 12, "max_num when a request leaves it 0");
+ABSL_FLAG(int, max_queued, internvl::services::kDefaultLimits.max_queued,
+          "requests waiting for a worker before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_images, internvl::services::kDefaultLimits.max_images, "images per request");
+ABSL_FLAG(int64_t, max_image_bytes, internvl::services::kDefaultLimits.max_image_bytes, "encoded bytes per image");
+ABSL_FLAG(int64_t, max_pixels, internvl::services::kDefaultLimits.max_pixels, "decoded width*height per image");
+ABSL_FLAG(int64_t, max_video_bytes, internvl::services::kDefaultLimits.max_video_bytes,
+          "PreprocessVideo: bytes per uploaded video");
+ABSL_FLAG(int, max_segments, internvl::services::kDefaultLimits.max_segments,
+          "PreprocessVideo: frames (num_segments) per video");
+ABSL_FLAG(int, max_tiles, internvl::services::kDefaultLimits.max_tiles, "largest max_num a request may ask for");
+ABSL_FLAG(int, default_max_num, internvl::services::kDefaultLimits.default_max_num,
+          "max_num when a request leaves it 0");
 ABSL_FLAG(int, image_size, internvl::kDefaultImageSize, "tile side in pixels (the model's force_image_size)");
-ABSL_FLAG(int64_t, max_chunk_bytes, int64_t{1} << 20, "data bytes per streamed tensor chunk");
-ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received (bounds request size)");
+ABSL_FLAG(int64_t, max_chunk_bytes, internvl::services::kDefaultLimits.max_chunk_bytes,
+          "data bytes per streamed tensor chunk");
+ABSL_FLAG(int, max_message_bytes, internvl::services::kDefaultLimits.max_message_bytes,
+          "largest gRPC message received (bounds request size)");
 ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate: serve TLS (empty = plaintext)");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM key of --tls_cert_file");
 ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA: require client certificates it signed (mTLS)");

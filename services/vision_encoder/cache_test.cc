@@ -237,6 +237,34 @@ TEST_F(RedisCacheTest, StoresWithTtlAndReadsBack) {
   EXPECT_LE(std::stoi(*ttl), 120);
 }
 
+// A Redis with requirepass (as deployed): only a cache with the password
+// reads and writes; without it or with a wrong one every call is an error
+// (a miss for the Embedder), never a hang.
+TEST_F(RedisCacheTest, AuthWithThePasswordOnly) {
+  ASSERT_TRUE(redis_->Command({"CONFIG", "SET", "requirepass", "s3cret-for-tests"}).ok());
+  {
+    RedisEmbeddingCache anonymous(options_);
+    auto got = anonymous.Get("internvl:emb:v1:a");
+    EXPECT_FALSE(got.ok());
+    EXPECT_FALSE(anonymous.Put("internvl:emb:v1:a", Embeddings(1, 4)).ok());
+  }
+  {
+    RedisCacheOptions wrong = options_;
+    wrong.password = "not-the-password";
+    RedisEmbeddingCache cache(wrong);
+    auto got = cache.Get("internvl:emb:v1:a");
+    ASSERT_FALSE(got.ok());
+    EXPECT_THAT(std::string(got.status().message()), ::testing::HasSubstr("AUTH"));
+  }
+  RedisCacheOptions right = options_;
+  right.password = "s3cret-for-tests";
+  RedisEmbeddingCache cache(right);
+  ASSERT_TRUE(cache.Put("internvl:emb:v1:a", Embeddings(1, 4)).ok());
+  auto got = cache.Get("internvl:emb:v1:a");
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status();
+  EXPECT_EQ((*got)->bytes, Embeddings(1, 4).bytes);
+}
+
 TEST_F(RedisCacheTest, CorruptValueIsDataLossAndGetsDeleted) {
   RedisEmbeddingCache cache(options_);
   ASSERT_TRUE(redis_->Command({"SET", "k", "not an embedding"}).ok());

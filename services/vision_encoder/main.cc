@@ -5,17 +5,18 @@
 #include <memory>
 #include <string>
 
-#include "core/hub/hub_download.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "core/engine/engine.h"
-#include "services/common/security.h"
+#include "core/hub/hub_download.h"
 #include "services/common/flags.h"
 #include "services/common/log.h"
 #include "services/common/metrics.h"
+#include "services/common/security.h"
 #include "services/common/server.h"
+#include "services/common/serving_limits.h"
 #include "services/vision_encoder/embedder.h"
 #include "services/vision_encoder/in_memory_cache.h"
 #include "services/vision_encoder/redis_cache.h"
@@ -31,7 +32,8 @@ ABSL_FLAG(int, threads, 4, "request worker threads (cache lookups, decoding; the
 ABSL_FLAG(int, torch_threads, 0, "torch intra-op threads (0 = all cores)");
 ABSL_FLAG(int, batch_tiles, 16, "tiles of concurrent requests encoded in one forward at most");
 ABSL_FLAG(int, batch_wait_ms, 2, "how long an encode waits for concurrent ones to join its batch");
-ABSL_FLAG(int, max_queued, 64, "requests waiting for a worker before RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, max_queued, internvl::services::kDefaultLimits.max_queued,
+          "requests waiting for a worker before RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, redis, "", "Redis HOST:PORT for the shared embedding cache (empty = in-memory cache)");
 ABSL_FLAG(std::string, redis_password_file, "", "Redis AUTH password file (default: $INTERNVL_REDIS_PASSWORD)");
 ABSL_FLAG(int64_t, cache_ttl_seconds, 86400, "Redis entry lifetime (0 = no expiry)");
@@ -39,14 +41,20 @@ ABSL_FLAG(int, redis_timeout_ms, 200, "Redis command timeout");
 ABSL_FLAG(int, redis_connect_timeout_ms, 200, "Redis connect timeout");
 ABSL_FLAG(int, redis_backoff_ms, 1000, "after a failed connect, treat Redis as down for this long");
 ABSL_FLAG(int64_t, memory_cache_mb, 512, "in-memory cache size when --redis is empty (0 = no cache)");
-ABSL_FLAG(int, max_tiles, 40, "largest max_num a request may ask for (Encode: max_tiles + 1 tiles)");
-ABSL_FLAG(int, max_images, 16, "EncodeImages: images per request");
-ABSL_FLAG(int64_t, max_image_bytes, int64_t{32} << 20, "EncodeImages: encoded bytes per image");
-ABSL_FLAG(int64_t, max_pixels, internvl::preprocess::kDefaultMaxImagePixels, "EncodeImages: width*height per image");
-ABSL_FLAG(int, default_max_num, 12, "max_num when a request leaves it 0");
-ABSL_FLAG(int64_t, max_chunk_bytes, int64_t{1} << 20, "data bytes per streamed tensor chunk");
-ABSL_FLAG(int, max_concurrent_streams, 256, "Encode calls open at once (each buffers its tiles)");
-ABSL_FLAG(int, max_message_bytes, 64 << 20, "largest gRPC message received (bounds request size)");
+ABSL_FLAG(int, max_tiles, internvl::services::kDefaultLimits.max_tiles,
+          "largest max_num a request may ask for (Encode: max_tiles + 1 tiles)");
+ABSL_FLAG(int, max_images, internvl::services::kDefaultLimits.max_images, "EncodeImages: images per request");
+ABSL_FLAG(int64_t, max_image_bytes, internvl::services::kDefaultLimits.max_image_bytes,
+          "EncodeImages: encoded bytes per image");
+ABSL_FLAG(int64_t, max_pixels, internvl::services::kDefaultLimits.max_pixels, "EncodeImages: width*height per image");
+ABSL_FLAG(int, default_max_num, internvl::services::kDefaultLimits.default_max_num,
+          "max_num when a request leaves it 0");
+ABSL_FLAG(int64_t, max_chunk_bytes, internvl::services::kDefaultLimits.max_chunk_bytes,
+          "data bytes per streamed tensor chunk");
+ABSL_FLAG(int, max_concurrent_streams, internvl::services::kDefaultLimits.max_concurrent_streams,
+          "Encode calls open at once (each buffers its tiles)");
+ABSL_FLAG(int, max_message_bytes, internvl::services::kDefaultLimits.max_message_bytes,
+          "largest gRPC message received (bounds request size)");
 ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate: serve TLS (empty = plaintext)");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM key of --tls_cert_file");
 ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA: require client certificates it signed (mTLS)");
