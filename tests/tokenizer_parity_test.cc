@@ -4,6 +4,7 @@
 // tokenizer folder in shared/tokenizers; the chat-template prompts and their
 // ids; and the tiny fixture models' prompts against their X_input_ids.
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -72,17 +73,16 @@ TEST_P(TokenizerParity, EveryCaseEveryFieldMatchesReference) {
 
     auto got = tok.Encode(text);
     report.Check(got.ok() && *got == ids, "ids",
-                 absl::StrCat(where, " got ", got.ok() ? Show(*got) : got.status().ToString(),
-                              " want ", Show(ids)));
+                 absl::StrCat(where, " got ", got.ok() ? Show(*got) : got.status().ToString(), " want ", Show(ids)));
     got = tok.Encode(text, {.add_special_tokens = false, .split_special_tokens = std::nullopt});
-    report.Check(got.ok() && *got == ids_no_special, "ids_no_special",
-                 absl::StrCat(where, " got ", got.ok() ? Show(*got) : got.status().ToString(),
-                              " want ", Show(ids_no_special)));
+    report.Check(
+        got.ok() && *got == ids_no_special, "ids_no_special",
+        absl::StrCat(where, " got ", got.ok() ? Show(*got) : got.status().ToString(), " want ", Show(ids_no_special)));
     const auto want_split = c["ids_split_special_tokens"].get<std::vector<int>>();
     got = tok.Encode(text, {.add_special_tokens = false, .split_special_tokens = true});
-    report.Check(got.ok() && *got == want_split, "ids_split_special_tokens",
-                 absl::StrCat(where, " got ", got.ok() ? Show(*got) : got.status().ToString(),
-                              " want ", Show(want_split)));
+    report.Check(
+        got.ok() && *got == want_split, "ids_split_special_tokens",
+        absl::StrCat(where, " got ", got.ok() ? Show(*got) : got.status().ToString(), " want ", Show(want_split)));
 
     std::vector<std::string> tokens;
     for (int id : ids) tokens.push_back(tok.IdToToken(id).value_or("<none>"));
@@ -100,9 +100,9 @@ TEST_P(TokenizerParity, EveryCaseEveryFieldMatchesReference) {
     const auto prefixes = c["stream_prefix_decodes"].get<std::vector<std::string>>();
     for (size_t k = 1; k <= prefixes.size(); ++k) {
       const std::string prefix = tok.Decode(absl::MakeConstSpan(ids).subspan(0, k), true);
-      if (!report.Check(prefix == prefixes[k - 1], "stream_prefix_decodes",
-                        absl::StrCat(where, " k=", k, " got ", json(prefix).dump(), " want ",
-                                     json(prefixes[k - 1]).dump()))) {
+      if (!report.Check(
+              prefix == prefixes[k - 1], "stream_prefix_decodes",
+              absl::StrCat(where, " k=", k, " got ", json(prefix).dump(), " want ", json(prefixes[k - 1]).dump()))) {
         break;
       }
     }
@@ -117,9 +117,9 @@ TEST_P(TokenizerParity, EveryCaseEveryFieldMatchesReference) {
       streamed += stream.Put(ids[k]);
       if (k < prefixes.size() && prefixes[k].find("\xEF\xBF\xBD") == std::string::npos &&
           text.find("\xEF\xBF\xBD") == std::string::npos && streamed != prefixes[k]) {
-        stream_ok = report.Check(false, "streaming_prefix",
-                                 absl::StrCat(where, " k=", k + 1, " streamed ", json(streamed).dump(),
-                                              " want ", json(prefixes[k]).dump()));
+        stream_ok = report.Check(
+            false, "streaming_prefix",
+            absl::StrCat(where, " k=", k + 1, " streamed ", json(streamed).dump(), " want ", json(prefixes[k]).dump()));
         break;
       }
     }
@@ -146,7 +146,6 @@ INSTANTIATE_TEST_SUITE_P(
       std::string name = info.param.fixture;
       return name.substr(0, name.find('.'));
     });
-
 
 // chat_templates.json: the prompt before and after <image> expansion, and its
 // ids for every tokenizer listed, plus the stop and IMG_CONTEXT ids.
@@ -216,11 +215,15 @@ std::string ExpandCollapsed(const std::string& collapsed) {
 // is 1 (left padding of batch_chat).
 std::vector<int> IdsRow(const TensorView& ids, const TensorView* mask, int64_t row) {
   const int64_t n = ids.shape.back();
-  const auto* data = reinterpret_cast<const int64_t*>(ids.data) + row * n;
-  const auto* m = mask ? reinterpret_cast<const int64_t*>(mask->data) + row * n : nullptr;
+  // Tensor data in a safetensors file need not be 8-byte aligned: memcpy.
+  auto at = [&](const TensorView& t, int64_t i) {
+    int64_t v;
+    std::memcpy(&v, t.data + 8 * (row * n + i), 8);
+    return v;
+  };
   std::vector<int> out;
   for (int64_t i = 0; i < n; ++i) {
-    if (!m || m[i] == 1) out.push_back(static_cast<int>(data[i]));
+    if (!mask || at(*mask, i) == 1) out.push_back(static_cast<int>(at(ids, i)));
   }
   return out;
 }
@@ -245,13 +248,13 @@ TEST_P(TinyModelPrompts, QueriesTokenizeToReferenceInputIds) {
     std::string name, tensor, text;
     int64_t row;
   };
-  std::vector<Query> queries = {
-      {"A", "A_input_ids", cases["A_single_image_chat"]["query_collapsed"], 0},
-      {"B", "B_input_ids", cases["B_multi_turn"]["query_collapsed"], 0},
-      {"D", "D_input_ids", cases["D_pure_text"]["query"], 0},
-      {"E", "E_input_ids", cases["E_video"]["query_collapsed"], 0}};
+  std::vector<Query> queries = {{"A", "A_input_ids", cases["A_single_image_chat"]["query_collapsed"], 0},
+                                {"B", "B_input_ids", cases["B_multi_turn"]["query_collapsed"], 0},
+                                {"D", "D_input_ids", cases["D_pure_text"]["query"], 0},
+                                {"E", "E_input_ids", cases["E_video"]["query_collapsed"], 0}};
   const auto batch = cases["C_batch_chat"]["queries_collapsed"].get<std::vector<std::string>>();
-  for (size_t i = 0; i < batch.size(); ++i) queries.push_back({absl::StrCat("C", i), "C_input_ids", batch[i], int64_t(i)});
+  for (size_t i = 0; i < batch.size(); ++i)
+    queries.push_back({absl::StrCat("C", i), "C_input_ids", batch[i], int64_t(i)});
   for (const Query& q : queries) {
     const TensorView* ids = (*st)->Find(q.tensor);
     ASSERT_NE(ids, nullptr) << q.tensor;
@@ -271,9 +274,8 @@ TEST_P(TinyModelPrompts, QueriesTokenizeToReferenceInputIds) {
   const std::string system = SystemMessageFor(**chat_template, config->system_message);
   EXPECT_EQ(system, expected["system_message"].get<std::string>());
   const json& a = cases["A_single_image_chat"];
-  auto prompt_a = ExpandImageTokens(
-      RenderPrompt(**chat_template, system, {}, a["question_as_sent"].get<std::string>()),
-      {a["n_tiles"].get<int>()}, config->num_image_token());
+  auto prompt_a = ExpandImageTokens(RenderPrompt(**chat_template, system, {}, a["question_as_sent"].get<std::string>()),
+                                    {a["n_tiles"].get<int>()}, config->num_image_token());
   ASSERT_TRUE(prompt_a.ok()) << prompt_a.status();
   EXPECT_EQ(*prompt_a, ExpandCollapsed(a["query_collapsed"].get<std::string>()));
   const json& e = cases["E_video"];
@@ -291,8 +293,7 @@ TEST_P(TinyModelPrompts, QueriesTokenizeToReferenceInputIds) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTinyModels, TinyModelPrompts,
-                         ::testing::Values("tiny-qwen2", "tiny-internlm2", "tiny-llama"),
-                         [](const auto& info) {
+                         ::testing::Values("tiny-qwen2", "tiny-internlm2", "tiny-llama"), [](const auto& info) {
                            std::string name = info.param;
                            return name.substr(5);
                          });

@@ -7,8 +7,9 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
-#include <iostream>
+#include <cstring>
 #include <filesystem>
+#include <iostream>
 #include <map>
 #include <string>
 #include <vector>
@@ -181,7 +182,8 @@ TEST(TrainLossReduction, SquareWeighsEachSampleByInverseSqrtOfItsTokens) {
   const TensorView* labels_view = (*ref)->Find("step1/batch_labels");
   ASSERT_NE(labels_view, nullptr);
   const int64_t B = labels_view->shape[0], L = labels_view->shape[1];
-  const auto* labels = reinterpret_cast<const int64_t*>(labels_view->data);
+  std::vector<int64_t> labels(B * L);  // copied: safetensors data need not be 8-byte aligned
+  std::memcpy(labels.data(), labels_view->data, labels.size() * sizeof(int64_t));
   std::vector<float> ce = Floats(**ref, "step1/per_token_loss");  // [B, L-1]
   double num = 0, den = 0;
   for (int64_t b = 0; b < B; ++b) {
