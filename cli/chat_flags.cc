@@ -15,6 +15,7 @@ std::vector<FlagSpec> ChatRequestFlags() {
       {"video", "a video file (instead of images)", true, false, ""},
       {"num-segments", "video frames to sample", true, false, "8"},
       {"history", "JSON file: a list of [question, answer] pairs (chat()'s history)", true, false, ""},
+      {"system", "replace the model's system message (model.system_message)", true, false, ""},
       {"max-new-tokens", "maximum tokens to generate", true, false, "1024"},
       {"temperature", "sampling temperature; > 0 enables sampling (default greedy)", true, false, "0"},
       {"top-p", "nucleus sampling mass", true, false, "1.0"},
@@ -39,6 +40,7 @@ absl::StatusOr<ChatRequest> ChatRequestFromArgs(const Args& args) {
   }
   INTERNVL_ASSIGN_OR_RETURN(r.max_num, args.GetInt("max-num", 12));
   INTERNVL_ASSIGN_OR_RETURN(r.num_segments, args.GetInt("num-segments", 8));
+  if (auto s = args.Get("system")) r.system_message = *s;
   if (auto h = args.Get("history")) {
     INTERNVL_ASSIGN_OR_RETURN(std::string text, ReadFile(*h, 64 << 20));
     nlohmann::json j;

@@ -244,6 +244,7 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
     return absl::InvalidArgumentError("generation.stop (stop strings) is not supported yet");
   int64_t text_bytes = static_cast<int64_t>(request.text().size());
   for (const auto& turn : request.history()) text_bytes += turn.question().size() + turn.answer().size();
+  text_bytes += static_cast<int64_t>(request.system_message().size());
   if (text_bytes > options_.max_text_bytes)
     return absl::ResourceExhaustedError(absl::StrCat("the question and history are ", text_bytes,
                                                      " bytes, over the limit of ", options_.max_text_bytes,
@@ -258,19 +259,18 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
   chat.question = request.text();
   for (const auto& turn : request.history()) chat.history.emplace_back(turn.question(), turn.answer());
   chat.history_given = request.history_size() > 0;
+  if (request.has_system_message()) chat.system_message = request.system_message();
   if (video != nullptr) chat.video = std::string();  // selects the "FrameN:" question rule
-  const int media_count = video != nullptr
-                              ? (video_settings.num_segments() > 0 ? video_settings.num_segments() : 8)
-                              : request.images_size();
-  INTERNVL_ASSIGN_OR_RETURN(std::vector<int> one_tile_ids,
-                            prompt_->PromptIds(chat, std::vector<int>(media_count, 1)));
+  const int media_count = video != nullptr ? (video_settings.num_segments() > 0 ? video_settings.num_segments() : 8)
+                                           : request.images_size();
+  INTERNVL_ASSIGN_OR_RETURN(std::vector<int> one_tile_ids, prompt_->PromptIds(chat, std::vector<int>(media_count, 1)));
   const int64_t per_tile = prompt_->config().num_image_token();
   const int64_t text_tokens = static_cast<int64_t>(one_tile_ids.size()) - media_count * per_tile;
   auto over_limit = [&](int64_t tiles) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the prompt would be ", text_tokens + tiles * per_tile, " tokens (", text_tokens, " text + ", tiles,
-        " tiles x ", per_tile, "), over the limit of ", options_.max_prompt_tokens,
-        " (--max-prompt-tokens): send fewer or smaller images, a lower max_num, or a shorter history"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the prompt would be ", text_tokens + tiles * per_tile, " tokens (", text_tokens, " text + ",
+                     tiles, " tiles x ", per_tile, "), over the limit of ", options_.max_prompt_tokens,
+                     " (--max-prompt-tokens): send fewer or smaller images, a lower max_num, or a shorter history"));
   };
   if (text_tokens > options_.max_prompt_tokens) return over_limit(0);
   CallState checked = call;

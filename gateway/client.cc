@@ -21,6 +21,7 @@ v1::ChatRequest ToProtoRequest(const ChatRequest& r) {
   }
   for (const auto& image : r.images) p.add_images(image);
   p.set_max_num(r.max_num);
+  if (r.system_message) p.set_system_message(*r.system_message);
   *p.mutable_generation() = services::ToProto(r.generation);
   return p;
 }

@@ -40,7 +40,7 @@ ABSL_FLAG(int, max_tiles, internvl::services::kDefaultLimits.max_tiles,
 ABSL_FLAG(int, max_prompt_tokens, internvl::services::kDefaultLimits.max_prompt_tokens,
           "largest prompt (text + image tokens), estimated before the vision encoder");
 ABSL_FLAG(int64_t, max_text_bytes, internvl::services::kDefaultLimits.max_text_bytes,
-          "question + history bytes per request");
+          "question + history + system message bytes per request");
 ABSL_FLAG(int, max_new_tokens_limit, internvl::services::kDefaultLimits.max_new_tokens_limit, "largest max_new_tokens");
 ABSL_FLAG(int, max_message_bytes, internvl::services::kDefaultLimits.max_message_bytes,
           "largest gRPC message received");

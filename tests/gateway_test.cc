@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/chat/chat_pipeline.h"
+#include "core/chat/prompt_builder.h"
 #include "core/testing/fixtures.h"
 #include "gateway/client.h"
 #include "gmock/gmock.h"
@@ -229,6 +230,27 @@ TEST_F(GatewayTest, VideoChatGivesTheInProcessTokenIds) {
   r.num_segments = 4;
   r.generation.max_new_tokens = 8;
   ExpectSameEverywhere(r);
+}
+
+// A request's system message replaces the model's (model.system_message =
+// ...) in process, through the services and in the all-in-one server alike,
+// and the prompt is not the default one.
+TEST_F(GatewayTest, SystemMessageReplacesTheDefaultOnEveryPath) {
+  ChatRequest r;
+  r.question = "Describe the image.";
+  r.images = {Input("img_448x448.png")};
+  r.max_num = 1;
+  r.generation.max_new_tokens = 8;
+  auto plain = pipeline_->Chat(r);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  r.system_message = "You are a terse assistant that answers in one short sentence, always.";
+  ExpectSameEverywhere(r);
+  auto custom = pipeline_->Chat(r);
+  ASSERT_TRUE(custom.ok()) << custom.status();
+  EXPECT_NE(custom->prompt_tokens, plain->prompt_tokens);
+  auto query = PromptBuilder::Load(*fixtures_ + "/tiny-qwen2").value()->BuildQuery(r, {1});
+  ASSERT_TRUE(query.ok()) << query.status();
+  EXPECT_THAT(*query, HasSubstr("system\nYou are a terse assistant"));
 }
 
 TEST_F(GatewayTest, BadRequestsAreRefusedClearlyAndServicesStayHealthy) {

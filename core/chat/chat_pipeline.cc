@@ -212,7 +212,8 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
     const ChatRequest& r = requests[i];
     INTERNVL_ASSIGN_OR_RETURN(Impl::Pixels p, im.Preprocess(r));
     INTERNVL_ASSIGN_OR_RETURN(std::string question, im.prompt->Question(r, p.num_patches_list.size(), /*batch=*/true));
-    std::string prompt = tokenizer::RenderPrompt(im.prompt->chat_template(), im.prompt->system_message(), {}, question);
+    std::string prompt = tokenizer::RenderPrompt(im.prompt->chat_template(),
+                                                 r.system_message.value_or(im.prompt->system_message()), {}, question);
     INTERNVL_ASSIGN_OR_RETURN(std::string query, tokenizer::ExpandImageTokens(prompt, p.num_patches_list,
                                                                               im.engine->config().num_image_token()));
     INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids, im.prompt->tokenizer().Encode(query));

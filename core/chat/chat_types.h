@@ -58,6 +58,9 @@ struct ChatRequest {
   // image, and no `<image>` in the question) is "<image>\n" prepended.
   std::vector<std::pair<std::string, std::string>> history;
   bool history_given = false;
+  // Replaces the model's default system message (the official
+  // `model.system_message = ...`); unset = the config's or the template's.
+  std::optional<std::string> system_message;
   GenerationSettings generation;
 };
 

@@ -46,7 +46,8 @@ absl::StatusOr<std::string> PromptBuilder::Question(const ChatRequest& request, 
 absl::StatusOr<std::string> PromptBuilder::BuildQuery(const ChatRequest& request,
                                                       const std::vector<int>& num_patches_list) const {
   INTERNVL_ASSIGN_OR_RETURN(std::string question, Question(request, num_patches_list.size()));
-  std::string prompt = tokenizer::RenderPrompt(*chat_template_, system_message_, request.history, question);
+  std::string prompt = tokenizer::RenderPrompt(*chat_template_, request.system_message.value_or(system_message_),
+                                               request.history, question);
   return tokenizer::ExpandImageTokens(prompt, num_patches_list, config_.num_image_token());
 }
 
