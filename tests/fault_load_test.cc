@@ -42,6 +42,13 @@ const absl::Duration kRequestTimeout = absl::Seconds(30);
 constexpr int kWorkers = 4;
 constexpr int kSteadyRequests = 1000;
 constexpr int kRssSampleAt = 200;
+// Under AddressSanitizer freed memory sits in its quarantine (256 MiB), so
+// RSS is printed but not checked there.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kCheckRss = false;
+#else
+constexpr bool kCheckRss = true;
+#endif
 
 // One finished request.
 struct Outcome {
@@ -223,7 +230,9 @@ TEST_F(FaultLoadTest, LoadFaultsAndDrain) {
       std::cout << "  RSS " << name << ": " << before / 1024 / 1024 << " MiB at request " << kRssSampleAt << ", "
                 << after / 1024 / 1024 << " MiB at " << outcomes.size() << "\n";
       // Flat: allocator noise only, no per-request growth (800 requests).
-      EXPECT_LT(after - before, std::max<int64_t>(int64_t{24} << 20, before / 10)) << name;
+      if (kCheckRss) {
+        EXPECT_LT(after - before, std::max<int64_t>(int64_t{24} << 20, before / 10)) << name;
+      }
     }
   }
 
@@ -274,7 +283,10 @@ TEST_F(FaultLoadTest, LoadFaultsAndDrain) {
       served_after += o.code == absl::StatusCode::kOk && o.start > f.at;
       if (o.start >= f.down && o.start < f.at) {
         ++during;
-        failed_during += o.code != absl::StatusCode::kOk;
+        if (o.code != absl::StatusCode::kOk) {
+          ++failed_during;
+          if (failed_during <= 3) std::cout << "    " << f.what << " down: " << o.message << "\n";
+        }
       }
     }
     EXPECT_GT(served_after, 0) << "nothing served after the " << f.what << " came back";
