@@ -7,6 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/preprocess/image.h"
+#include "core/preprocess/tiling.h"
 #include "core/status.h"
 #include "core/tokenizer/streaming_detokenizer.h"
 #include "services/common/generation.h"
@@ -277,6 +279,29 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
   checked.check_tiles = [&](int64_t tiles) {
     return text_tokens + tiles * per_tile > options_.max_prompt_tokens ? over_limit(tiles) : absl::OkStatus();
   };
+
+  // The images' tile grids follow from their headers alone: a prompt over the
+  // limit is refused before any pixel is decoded (the exact count after
+  // tiling is checked again). A header that does not parse is left to the
+  // preprocess stage to report.
+  if (video == nullptr && request.images_size() > 0) {
+    const int max_num = request.max_num() > 0 ? request.max_num() : prompt_->config().max_dynamic_patch;
+    const std::vector<preprocess::TileGrid> grids = preprocess::CandidateGrids(1, max_num);
+    int64_t tiles = 0;
+    bool known = true;
+    for (const std::string& image : request.images()) {
+      auto header = preprocess::ProbeImage(image);
+      if (!header.ok()) {
+        known = false;
+        break;
+      }
+      const preprocess::TileGrid g =
+          preprocess::FindClosestAspectRatio(header->width, header->height, grids, prompt_->config().image_size());
+      const int64_t n = static_cast<int64_t>(g.cols) * g.rows;
+      tiles += n + (prompt_->config().use_thumbnail && n != 1 ? 1 : 0);
+    }
+    if (known) INTERNVL_RETURN_IF_ERROR(checked.check_tiles(tiles));
+  }
 
   // Media -> embeddings.
   MediaEmbeddings media;

@@ -138,11 +138,16 @@ class GatewayTest : public ::testing::Test {
   // VisionEncoder.Encode calls finished so far (every status code) by
   // `encoder` (default: the suite's).
   static double EncodeCalls(const Proc* encoder = nullptr) {
-    auto text = st::HttpGet((encoder != nullptr ? encoder : encoder_)->metrics_port, "/metrics");
+    return Calls(encoder != nullptr ? encoder : encoder_, "Encode");
+  }
+  // `method` calls finished so far by `server` (every status code).
+  static double Calls(const Proc* server, const std::string& method) {
+    auto text = st::HttpGet(server->metrics_port, "/metrics");
     EXPECT_TRUE(text.ok()) << text.status();
     double n = 0;
     for (absl::string_view line : absl::StrSplit(text.value_or(""), '\n')) {
-      if (!absl::StartsWith(line, "internvl_requests_total{") || !absl::StrContains(line, "method=\"Encode\""))
+      if (!absl::StartsWith(line, "internvl_requests_total{") ||
+          !absl::StrContains(line, absl::StrCat("method=\"", method, "\"")))
         continue;
       double v = 0;
       if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) n += v;
@@ -349,6 +354,8 @@ TEST_F(GatewayTest, BadRequestsAreRefusedClearlyAndServicesStayHealthy) {
     oversized.push_back(c);
   }
   const double encodes_before = EncodeCalls();
+  const double preprocessed_before = Calls(preprocess_, "PreprocessImages");
+  EXPECT_GT(preprocessed_before, 0) << "the metric is not counted";
   for (Proc* server : {gateway_, all_in_one_}) {
     ChatClient to(server->target());
     for (const Case& c : oversized) {
@@ -360,6 +367,8 @@ TEST_F(GatewayTest, BadRequestsAreRefusedClearlyAndServicesStayHealthy) {
     }
   }
   EXPECT_EQ(EncodeCalls(), encodes_before) << "an oversized prompt reached the vision encoder";
+  // The tile grids come from the image headers: nothing was decoded either.
+  EXPECT_EQ(Calls(preprocess_, "PreprocessImages"), preprocessed_before) << "an oversized prompt was preprocessed";
   ExpectAllServing();
   auto fine = client.Chat(ok);
   EXPECT_TRUE(fine.ok()) << fine.status();
