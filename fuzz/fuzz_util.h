@@ -74,6 +74,22 @@ inline void RemoveScratchFile(const std::string& name) {
   std::filesystem::remove(ScratchDir() + "/" + name, ec);
 }
 
+// Splits `input` at `sep` into the files `names[0..n)` of ScratchDir(): part
+// i becomes names[i]; names past the last part are removed (absent files).
+// Returns the parts.
+inline std::vector<absl::string_view> WriteScratchFiles(absl::string_view input, absl::string_view sep,
+                                                        const char* const* names, size_t n) {
+  const auto parts = SplitParts(input, sep, n);
+  for (size_t i = 0; i < n; ++i) {
+    if (i < parts.size()) {
+      WriteScratchFile(names[i], parts[i]);
+    } else {
+      RemoveScratchFile(names[i]);
+    }
+  }
+  return parts;
+}
+
 // $env if set, else <repo>/../shared/<sibling> (as the tests find fixtures).
 // INTERNVL_FUZZ_SOURCE_DIR is the repository root, set by fuzz/CMakeLists.txt.
 inline std::string SharedDir(const char* env, const char* sibling) {

@@ -76,14 +76,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 2 || size > kMaxInputBytes) return 0;
   const train::DataOptions options = Options(data[0], data[1]);
   const absl::string_view input(reinterpret_cast<const char*>(data) + 2, size - 2);
-  const auto parts = SplitParts(input, kPartSeparator, kNumFiles);
-  for (size_t i = 0; i < kNumFiles; ++i) {
-    if (i < parts.size()) {
-      WriteScratchFile(kFiles[i], parts[i]);
-    } else {
-      RemoveScratchFile(kFiles[i]);
-    }
-  }
+  WriteScratchFiles(input, kPartSeparator, kFiles, kNumFiles);
   const std::string meta = ScratchDir() + "/meta.json";
   (void)train::LoadMeta(meta);
   auto dataset = train::SftDataset::Open(meta, Tok(), options);

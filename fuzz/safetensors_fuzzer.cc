@@ -74,14 +74,7 @@ void FuzzFolder(absl::string_view payload) {
   static const char* const kNames[] = {"model.safetensors.index.json", "a.safetensors", "b.safetensors", "config.json",
                                        "generation_config.json"};
   constexpr size_t kParts = sizeof(kNames) / sizeof(kNames[0]);
-  const auto parts = SplitParts(payload, kPartSeparator, kParts);
-  for (size_t i = 0; i < kParts; ++i) {
-    if (i < parts.size()) {
-      WriteScratchFile(kNames[i], parts[i]);
-    } else {
-      RemoveScratchFile(kNames[i]);
-    }
-  }
+  WriteScratchFiles(payload, kPartSeparator, kNames, kParts);
   RemoveScratchFile("model.safetensors");
   auto store = TensorStore::OpenDir(ScratchDir());
   if (store.ok()) Exercise(**store);

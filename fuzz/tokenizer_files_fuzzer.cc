@@ -43,14 +43,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using internvl::tokenizer::Tokenizer;
   if (size > kMaxInputBytes) return 0;
   const absl::string_view input(reinterpret_cast<const char*>(data), size);
-  const auto parts = SplitParts(input, kPartSeparator, kNumFiles);
-  for (size_t i = 0; i < kNumFiles; ++i) {
-    if (i < parts.size()) {
-      WriteScratchFile(kFiles[i], parts[i]);
-    } else {
-      RemoveScratchFile(kFiles[i]);
-    }
-  }
+  const auto parts = WriteScratchFiles(input, kPartSeparator, kFiles, kNumFiles);
   auto tok = Tokenizer::Load(ScratchDir());
   if (!tok.ok()) return 0;
   const Tokenizer& t = **tok;
