@@ -32,8 +32,7 @@ constexpr int64_t kMaxResizeWork = int64_t{1} << 24;
 
 int64_t ResizeWork(const internvl::preprocess::ImageHeader& h, const internvl::preprocess::TilingOptions& o) {
   namespace pp = internvl::preprocess;
-  const pp::TileGrid g =
-      pp::FindClosestAspectRatio(h.width, h.height, pp::CandidateGrids(o.min_num, o.max_num), o.image_size);
+  const pp::TileGrid g = pp::PlanTiles(h.width, h.height, o).grid;
   const int64_t w = h.width, ht = h.height, s = o.image_size;
   return ht * s * g.cols + w * s * g.rows + (o.use_thumbnail ? (ht + w) * s : 0);
 }

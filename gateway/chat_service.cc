@@ -285,8 +285,10 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
   // tiling is checked again). A header that does not parse is left to the
   // preprocess stage to report.
   if (video == nullptr && request.images_size() > 0) {
-    const int max_num = request.max_num() > 0 ? request.max_num() : prompt_->config().max_dynamic_patch;
-    const std::vector<preprocess::TileGrid> grids = preprocess::CandidateGrids(1, max_num);
+    preprocess::TilingOptions tiling;
+    tiling.max_num = request.max_num() > 0 ? request.max_num() : prompt_->config().max_dynamic_patch;
+    tiling.image_size = prompt_->config().image_size();
+    tiling.use_thumbnail = prompt_->config().use_thumbnail;
     int64_t tiles = 0;
     bool known = true;
     for (const std::string& image : request.images()) {
@@ -295,10 +297,7 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
         known = false;
         break;
       }
-      const preprocess::TileGrid g =
-          preprocess::FindClosestAspectRatio(header->width, header->height, grids, prompt_->config().image_size());
-      const int64_t n = static_cast<int64_t>(g.cols) * g.rows;
-      tiles += n + (prompt_->config().use_thumbnail && n != 1 ? 1 : 0);
+      tiles += preprocess::PlanTiles(header->width, header->height, tiling).count;
     }
     if (known) INTERNVL_RETURN_IF_ERROR(checked.check_tiles(tiles));
   }

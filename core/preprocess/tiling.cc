@@ -126,8 +126,7 @@ std::vector<TileGrid> CandidateGrids(int min_num, int max_num) {
   return grids;
 }
 
-TileGrid FindClosestAspectRatio(int width, int height, const std::vector<TileGrid>& candidates,
-                                int image_size) {
+TileGrid FindClosestAspectRatio(int width, int height, const std::vector<TileGrid>& candidates, int image_size) {
   // Python floats are doubles; the same expressions give the same values.
   const double aspect_ratio = static_cast<double>(width) / height;
   const double area = static_cast<double>(width) * height;
@@ -165,20 +164,29 @@ absl::Status ValidateTilingOptions(const TilingOptions& options) {
   return absl::OkStatus();
 }
 
+TilePlan PlanTiles(int width, int height, const TilingOptions& options) {
+  TilePlan plan;
+  plan.grid =
+      FindClosestAspectRatio(width, height, CandidateGrids(options.min_num, options.max_num), options.image_size);
+  plan.has_thumbnail = options.use_thumbnail && plan.grid.count() != 1;
+  plan.count = plan.grid.count() + (plan.has_thumbnail ? 1 : 0);
+  return plan;
+}
+
 absl::StatusOr<Tiles> DynamicPreprocess(const RgbImage& image, const TilingOptions& options) {
   INTERNVL_RETURN_IF_ERROR(ValidateTilingOptions(options));
   if (image.width <= 0 || image.height <= 0 ||
       image.data.size() != static_cast<size_t>(image.width) * image.height * kRgbChannels)
-    return absl::InvalidArgumentError(absl::StrCat("cannot tile an empty or malformed ", image.width, "x",
-                                                   image.height, " image"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot tile an empty or malformed ", image.width, "x", image.height, " image"));
   const int s = options.image_size;
   Tiles tiles;
   tiles.size = s;
-  tiles.grid = FindClosestAspectRatio(image.width, image.height,
-                                      CandidateGrids(options.min_num, options.max_num), s);
+  const TilePlan plan = PlanTiles(image.width, image.height, options);
+  tiles.grid = plan.grid;
+  tiles.has_thumbnail = plan.has_thumbnail;
+  tiles.count = plan.count;
   const int blocks = tiles.grid.count();
-  tiles.has_thumbnail = options.use_thumbnail && blocks != 1;
-  tiles.count = blocks + (tiles.has_thumbnail ? 1 : 0);
   tiles.data.resize(tiles.count * tiles.tile_bytes());
 
   const RgbImage resized = ResizeBicubicPil(image, s * tiles.grid.cols, s * tiles.grid.rows);

@@ -61,8 +61,7 @@ std::vector<TileGrid> CandidateGrids(int min_num, int max_num);
 // As `find_closest_aspect_ratio(aspect_ratio, target_ratios, width, height,
 // image_size)`; `candidates` in CandidateGrids order. Returns (1, 1) when no
 // candidate is given (the official default).
-TileGrid FindClosestAspectRatio(int width, int height, const std::vector<TileGrid>& candidates,
-                                int image_size);
+TileGrid FindClosestAspectRatio(int width, int height, const std::vector<TileGrid>& candidates, int image_size);
 
 // Tiles of one image: `count` square tiles of side `size`, uint8 RGB HWC,
 // contiguous: data is [count, size, size, 3]. The first grid.count() are the
@@ -82,14 +81,22 @@ struct Tiles {
 // Validates options: 1 <= min_num <= max_num, image_size > 0.
 absl::Status ValidateTilingOptions(const TilingOptions& options);
 
+// The grid and tile count dynamic_preprocess gives a width x height image
+// (the thumbnail counted when added): what the tiling costs is known from an
+// image header alone, before decoding.
+struct TilePlan {
+  TileGrid grid;
+  bool has_thumbnail = false;
+  int count = 1;
+};
+TilePlan PlanTiles(int width, int height, const TilingOptions& options);
+
 // As the official dynamic_preprocess (see the file comment). INVALID_ARGUMENT
 // for an empty image or bad options.
-absl::StatusOr<Tiles> DynamicPreprocess(const RgbImage& image,
-                                        const TilingOptions& options = TilingOptions());
+absl::StatusOr<Tiles> DynamicPreprocess(const RgbImage& image, const TilingOptions& options = TilingOptions());
 
 // DecodeImage + DynamicPreprocess: bytes in, uint8 tiles out.
-absl::StatusOr<Tiles> LoadImageTiles(absl::string_view bytes,
-                                     const TilingOptions& options = TilingOptions(),
+absl::StatusOr<Tiles> LoadImageTiles(absl::string_view bytes, const TilingOptions& options = TilingOptions(),
                                      const DecodeLimits& limits = DecodeLimits());
 
 // build_transform's ToTensor + Normalize(kImageNetMean, kImageNetStd) over all
