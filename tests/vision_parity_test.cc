@@ -5,13 +5,15 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "core/config.h"
 #include "core/files.h"
-#include "core/preprocess/tiling.h"
 #include "core/nn/torch_util.h"
+#include "core/preprocess/tiling.h"
 #include "core/safetensors.h"
 #include "core/testing/fixtures.h"
 #include "core/vision/vision_model.h"
@@ -22,6 +24,10 @@ namespace internvl {
 namespace {
 
 const char* kModels[] = {"tiny-qwen2", "tiny-internlm2", "tiny-llama"};
+constexpr double kFp32RelTol = 1e-4;  // max abs err / max abs of reference
+// bf16 compute may be off the fp32 reference by this many times the official
+// implementation's own bf16 error (fixtures/bf16/official_bf16.json).
+constexpr double kOfficialBf16ErrorFactor = 2.0;
 const int kVideoFrames[] = {7, 23, 38, 53, 69, 85, 100, 115};
 
 // A reference tile PNG -> normalised float32 [3,S,S] as ToTensor + Normalize.
@@ -114,21 +120,44 @@ TEST_P(VisionParity, CaseAFromOurPreprocessingMatchesVitEmbedsAndHiddenState) {
               d.ToString().c_str(), dh.ToString().c_str());
 }
 
-TEST_P(VisionParity, Bf16StaysCloseToFp32) {
+// bf16 vision against the official implementation's own bf16 run
+// (fixtures/bf16/official_bf16.json: vit_embeds_rel_err, case A's 4 tiles):
+// max|ours - fp32 reference| / max|fp32 reference| within
+// kOfficialBf16ErrorFactor x its error. "bf16" computes in bf16 where the CPU
+// multiplies bf16 natively, else in fp32 with bf16-rounded weights; the
+// checkpoints are bf16, so that and "fp32" (bf16 weights, fp32 compute) are the
+// reference's own arithmetic and must match it at fp32 tolerance.
+TEST_P(VisionParity, Bf16WithinTwiceOfficialError) {
   INTERNVL_REQUIRE_FIXTURES(fixtures);
   const std::string dir = fixtures + "/" + GetParam();
-  auto fp32 = VisionModel::Load(dir, VisionOptions{.dtype = "fp32"});
-  auto bf16 = VisionModel::Load(dir, VisionOptions{.dtype = "bf16"});
-  ASSERT_TRUE(fp32.ok() && bf16.ok());
-  at::Tensor px = LoadTile(fixtures + "/inputs/video_frame0053_tile.png").unsqueeze(0);
-  auto a = ExtractFeature(**fp32, px);
-  auto b = ExtractFeature(**bf16, px);
-  ASSERT_TRUE(a.ok() && b.ok());
-  EXPECT_EQ(b->scalar_type(), CpuHasNativeBf16Matmul() ? at::kBFloat16 : at::kFloat);
-  Diff d = CompareTensors(*b, *a);
-  // bf16 keeps 8 mantissa bits; through a few layers the error stays a few %.
-  EXPECT_LE(d.max_abs, 0.1 * d.ref_max_abs) << d.ToString();
-  EXPECT_LE(d.mean_abs, 0.02 * d.ref_max_abs) << d.ToString();
+  auto text = ReadFile(fixtures + "/bf16/official_bf16.json");
+  ASSERT_TRUE(text.ok()) << text.status();
+  const double official =
+      nlohmann::json::parse(*text).at("models").at(GetParam()).at("A").at("vit_embeds_rel_err").get<double>();
+  ASSERT_GT(official, 0);
+  preprocess::TilingOptions tiling;
+  tiling.max_num = 3;
+  auto tiles = preprocess::LoadImageTiles(*ReadFile(fixtures + "/inputs/img_300x1200.png"), tiling);
+  ASSERT_TRUE(tiles.ok()) << tiles.status();
+  at::Tensor px = at::empty({tiles->count, 3, tiles->size, tiles->size});
+  preprocess::NormalizeTiles(*tiles, px.data_ptr<float>());
+  auto expected_file = SafetensorsFile::Open(dir + "/expected.safetensors");
+  ASSERT_TRUE(expected_file.ok());
+  const at::Tensor expected = Expected(**expected_file, "A_vit_embeds");
+  for (const char* dtype : {"fp32", "bf16"}) {
+    SCOPED_TRACE(absl::StrCat(GetParam(), " --dtype ", dtype));
+    auto model = VisionModel::Load(dir, VisionOptions{.dtype = dtype});
+    ASSERT_TRUE(model.ok()) << model.status();
+    auto out = ExtractFeature(**model, px);
+    ASSERT_TRUE(out.ok()) << out.status();
+    const bool bf16_compute = out->scalar_type() == at::kBFloat16;
+    EXPECT_EQ(bf16_compute, std::string(dtype) == "bf16" && CpuHasNativeBf16Matmul());
+    const Diff d = CompareTensors(*out, expected);
+    const double tol = bf16_compute ? kOfficialBf16ErrorFactor * official : kFp32RelTol;
+    EXPECT_LE(d.max_abs, tol * d.ref_max_abs) << d.ToString();
+    std::printf("[parity] %s A_vit_embeds --dtype %s (%s compute): rel=%.2e (official bf16 %.4f, allowed %.2e)\n",
+                GetParam(), dtype, bf16_compute ? "bf16" : "fp32", d.max_abs / d.ref_max_abs, official, tol);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyModels, VisionParity, ::testing::ValuesIn(kModels));

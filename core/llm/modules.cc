@@ -8,6 +8,7 @@
 
 #include "core/llm/gemv.h"
 #include "core/llm/paged_attention.h"
+#include "core/nn/torch_util.h"
 
 namespace internvl::llm {
 namespace {
@@ -89,7 +90,7 @@ at::Tensor Attend(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tens
   at::Tensor values = v_in.transpose(1, 2);
   const int64_t len = keys.size(2);
   at::Tensor qg = q.transpose(1, 2).reshape({b, kv_heads, groups * t, head_dim});
-  at::Tensor scores = at::matmul(qg, keys.transpose(-1, -2));  // [B, KV, G*T, L]
+  at::Tensor scores = MatmulFp32Accumulate(qg, keys.transpose(-1, -2));  // [B, KV, G*T, L]
   const double scale = std::sqrt(static_cast<double>(head_dim));
   const bool inference = Inference();
   if (inference) {
@@ -107,7 +108,7 @@ at::Tensor Attend(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tens
     }
   }
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-  at::Tensor out = at::matmul(probs, values);  // [B, KV, G*T, d]
+  at::Tensor out = MatmulFp32Accumulate(probs, values);  // [B, KV, G*T, d]
   return out.view({b, heads, t, head_dim}).transpose(1, 2).reshape({b, t, heads * head_dim});
 }
 

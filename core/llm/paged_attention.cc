@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "core/llm/gemv.h"
+#include "core/nn/torch_util.h"
 
 namespace internvl::llm {
 namespace {
@@ -43,7 +44,7 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
                         .view({t, kv_heads, groups, head_dim})
                         .permute({1, 2, 0, 3})
                         .reshape({kv_heads, groups * t, head_dim});
-    at::Tensor scores = at::matmul(qt, keys.narrow(1, 0, len).transpose(1, 2));  // [KV, G*t, len]
+    at::Tensor scores = MatmulFp32Accumulate(qt, keys.narrow(1, 0, len).transpose(1, 2));  // [KV, G*t, len]
     scores.div_(scale);
     if (t > 1 || len > start + i0 + 1) {
       // Query r (position start+i0+r) sees keys j <= start+i0+r.
@@ -53,7 +54,7 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
       scores.view({kv_heads, groups, t, len}).masked_fill_(masked, -std::numeric_limits<double>::infinity());
     }
     at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-    at::Tensor o = at::matmul(probs, values.narrow(1, 0, len));  // [KV, G*t, d]
+    at::Tensor o = MatmulFp32Accumulate(probs, values.narrow(1, 0, len));  // [KV, G*t, d]
     out.narrow(0, i0, t).copy_(
         o.view({kv_heads, groups, t, head_dim}).permute({2, 0, 1, 3}).reshape({t, heads * head_dim}));
   }

@@ -1,7 +1,9 @@
 #include "core/nn/torch_util.h"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/abs.h>
+#include <ATen/ops/matmul.h>
 #include <c10/util/Exception.h>
 #include <malloc.h>
 #include <unistd.h>
@@ -169,6 +171,12 @@ Diff CompareTensors(const at::Tensor& actual, const at::Tensor& expected) {
   out.mean_abs = d.mean().item<double>();
   out.ref_max_abs = at::abs(e).max().item<double>();
   return out;
+}
+
+at::Tensor MatmulFp32Accumulate(const at::Tensor& a, const at::Tensor& b) {
+  const bool native = CpuHasNativeBf16Matmul() && at::globalContext().userEnabledMkldnn();
+  if (a.scalar_type() != at::kBFloat16 || native) return at::matmul(a, b);
+  return at::matmul(a.to(at::kFloat), b.to(at::kFloat)).to(a.scalar_type());
 }
 
 }  // namespace internvl

@@ -66,6 +66,14 @@ int TorchThreads();
 // EPYC), so bf16 checkpoints are then computed in fp32 from bf16 weights.
 bool CpuHasNativeBf16Matmul();
 
+// a @ b (at::matmul) with bf16 inputs multiplied as oneDNN does: products
+// accumulated in fp32, rounded once. Where libtorch does not use oneDNN
+// (CPUs without AVX-512 BW/VL/DQ, or oneDNN disabled) its 1.13 fallback GEMM
+// adds every product into the bf16 output itself, so a sum over 1-2k keys
+// (probs @ V on a long image prompt) drifts by 10-30% of the logit scale;
+// there the product runs on fp32 copies. Other dtypes: at::matmul.
+at::Tensor MatmulFp32Accumulate(const at::Tensor& a, const at::Tensor& b);
+
 // The dtype to compute in for a requested dtype: bf16 degrades to fp32 where
 // the CPU has no native bf16 matmul (logged once).
 at::ScalarType EffectiveComputeDType(at::ScalarType requested);

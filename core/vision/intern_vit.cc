@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/nn/functional/activation.h>
 
+#include "core/nn/torch_util.h"
+
 namespace internvl {
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
@@ -59,7 +61,8 @@ at::Tensor VisionEmbeddingsImpl::forward(const at::Tensor& pixel_values) {
 VisionAttentionImpl::VisionAttentionImpl(const VisionConfig& c)
     : heads_(c.num_attention_heads), head_dim_(c.hidden_size / c.num_attention_heads) {
   scale_ = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(c.hidden_size, 3 * c.hidden_size).bias(c.qkv_bias)));
+  qkv = register_module("qkv",
+                        torch::nn::Linear(torch::nn::LinearOptions(c.hidden_size, 3 * c.hidden_size).bias(c.qkv_bias)));
   proj = register_module("proj", torch::nn::Linear(c.hidden_size, c.hidden_size));
   if (c.qk_normalization) {
     // The reference uses InternRMSNorm for q/k whatever norm_type says.
@@ -95,9 +98,9 @@ at::Tensor VisionAttentionImpl::forward(const at::Tensor& x) {
     const int64_t h1 = std::min(heads_, h0 + group);
     at::Tensor qs = q.slice(1, h0, h1), ks = k.slice(1, h0, h1), vs = v.slice(1, h0, h1);
     // as _naive_attn: (q * scale) @ k^T, softmax, @ v.
-    at::Tensor attn = at::matmul(qs * scale_, ks.transpose(-2, -1));
+    at::Tensor attn = MatmulFp32Accumulate(qs * scale_, ks.transpose(-2, -1));
     attn = attn.softmax(-1);
-    out.slice(1, h0, h1).copy_(at::matmul(attn, vs));
+    out.slice(1, h0, h1).copy_(MatmulFp32Accumulate(attn, vs));
   }
   out = out.transpose(1, 2).reshape({B, N, C});
   return proj->forward(out);
