@@ -9,6 +9,7 @@
 #include "core/host_tensor.h"
 #include "core/hub/hub_download.h"
 #include "core/model_path.h"
+#include "core/preprocess/runtime.h"
 #include "core/preprocess/tiling.h"
 #include "core/status.h"
 #include "core/tokenizer/chat_template.h"
@@ -63,6 +64,8 @@ absl::StatusOr<std::unique_ptr<ChatPipeline>> ChatPipeline::Load(const std::stri
   eo.vision_batching = options.vision_batching;
   eo.llm = options.llm;
   INTERNVL_ASSIGN_OR_RETURN(impl->engine, InferenceEngine::Load(impl->model_dir, eo));
+  // The first image then does not pay for the decoders' and the pool's start.
+  preprocess::WarmUpPreprocess();
   return std::unique_ptr<ChatPipeline>(new ChatPipeline(std::move(impl)));
 }
 

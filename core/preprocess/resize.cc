@@ -4,63 +4,17 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/preprocess/resize_kernels.h"
+#include "core/preprocess/runtime.h"
+
 namespace internvl::preprocess {
+namespace internal {
 namespace {
 
-// Pillow's PRECISION_BITS: 8 bits of result, 2 bits of headroom for filters
-// whose partial sums leave [0, 1], in an int32.
-constexpr int kPrecisionBits = 32 - 8 - 2;
-constexpr int32_t kRoundingTerm = int32_t{1} << (kPrecisionBits - 1);
-// Pillow's BICUBIC filter: Keys' cubic convolution with a = -0.5, support 2.
-constexpr double kBicubicA = -0.5;
-constexpr double kBicubicSupport = 2.0;
-
-// As Resample.c's bicubic_filter (same operation order, so the same doubles).
-double BicubicFilter(double x) {
-  if (x < 0.0) x = -x;
-  if (x < 1.0) return ((kBicubicA + 2.0) * x - (kBicubicA + 3.0)) * x * x + 1;
-  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * kBicubicA;
-  return 0.0;
-}
-
-// As Resample.c's clip8: the accumulator carries kPrecisionBits fraction bits;
-// Pillow's lookup table clamps the integer part to [0, 255].
-inline uint8_t Clip8(int32_t acc) {
-  const int32_t v = acc >> kPrecisionBits;
-  return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
-}
-
-// ImagingResampleVertical_8bpc; `row_offset` is subtracted from the axis'
-// first rows (Pillow shifts bounds_vert by ybox_first after cropping the
-// horizontal pass to the rows the vertical one needs). Integer sums are
-// order-independent, so accumulating a whole row per tap (vectorisable) gives
-// Pillow's result exactly.
-// Built for AVX2 as well as the baseline (picked at load time): the int32
-// multiply-add of a whole row is where the time goes.
-__attribute__((target_clones("avx2", "default"))) void ResampleVertical(const RgbImage& in, int row_offset,
-                                                                         const ResampleAxis& axis,
-                                                                         RgbImage* out) {
-  const size_t row_len = static_cast<size_t>(in.width) * kRgbChannels;
-  std::vector<int32_t> acc(row_len);
-  for (int yy = 0; yy < out->height; ++yy) {
-    std::fill(acc.begin(), acc.end(), kRoundingTerm);
-    const int32_t* k = &axis.coeffs[static_cast<size_t>(yy) * axis.ksize];
-    const int first = axis.first[yy] - row_offset;
-    for (int t = 0; t < axis.count[yy]; ++t) {
-      const uint8_t* s = in.row(first + t);
-      const int32_t w = k[t];
-      int32_t* a = acc.data();
-      for (size_t i = 0; i < row_len; ++i) a[i] += s[i] * w;
-    }
-    uint8_t* dst = out->row(yy);
-    for (size_t i = 0; i < row_len; ++i) dst[i] = Clip8(acc[i]);
-  }
-}
-
-// ImagingResampleHorizontal_8bpc over rows [row_begin, row_begin + rows) of
-// `in`, 3 interleaved channels. Taps beyond count[] have zero coefficients,
-// so a fixed tap count K (compile-time, unrolled) gives the same sums; the
-// source row is copied into a zero-padded buffer so those taps stay in bounds.
+// ImagingResampleHorizontal_8bpc for one row, 3 interleaved channels. Taps
+// beyond count[] have zero coefficients, so a fixed tap count K (compile-time,
+// unrolled) gives the same sums; the source row is zero-padded so those taps
+// stay in bounds.
 template <int K>
 void HorizontalRow(const uint8_t* src, const ResampleAxis& axis, uint8_t* dst) {
   for (int xx = 0; xx < axis.out_size; ++xx) {
@@ -94,27 +48,86 @@ void HorizontalRowAnyK(const uint8_t* src, const ResampleAxis& axis, uint8_t* ds
   }
 }
 
-RgbImage ResampleHorizontal(const RgbImage& in, int row_begin, int rows, const ResampleAxis& axis) {
-  RgbImage out;
-  out.width = axis.out_size;
-  out.height = rows;
-  out.data.resize(static_cast<size_t>(out.width) * rows * kRgbChannels);
-  const size_t row_bytes = static_cast<size_t>(in.width) * kRgbChannels;
-  std::vector<uint8_t> padded(row_bytes + static_cast<size_t>(axis.ksize) * kRgbChannels, 0);
-  for (int y = 0; y < rows; ++y) {
-    std::memcpy(padded.data(), in.row(row_begin + y), row_bytes);
-    uint8_t* dst = out.row(y);
-    switch (axis.ksize) {
-      case 5: HorizontalRow<5>(padded.data(), axis, dst); break;
-      case 7: HorizontalRow<7>(padded.data(), axis, dst); break;
-      case 9: HorizontalRow<9>(padded.data(), axis, dst); break;
-      case 11: HorizontalRow<11>(padded.data(), axis, dst); break;
-      default: HorizontalRowAnyK(padded.data(), axis, dst); break;
-    }
+}  // namespace
+
+void HorizontalRowPortable(const uint8_t* src, const ResampleAxis& axis, uint8_t* dst) {
+  switch (axis.ksize) {
+    case 5:
+      HorizontalRow<5>(src, axis, dst);
+      break;
+    case 7:
+      HorizontalRow<7>(src, axis, dst);
+      break;
+    case 9:
+      HorizontalRow<9>(src, axis, dst);
+      break;
+    case 11:
+      HorizontalRow<11>(src, axis, dst);
+      break;
+    default:
+      HorizontalRowAnyK(src, axis, dst);
+      break;
   }
-  return out;
 }
 
+// ImagingResampleVertical_8bpc over a span of one output row. Integer sums
+// are order-independent, so accumulating a block of columns per tap
+// (vectorisable) gives Pillow's result exactly. Built for AVX2 as well as the
+// baseline (picked at load time): the int32 multiply-add is where time goes.
+__attribute__((target_clones("avx2", "default"))) void VerticalSpanPortable(const uint8_t* src, size_t src_stride,
+                                                                            int count, const int32_t* k, size_t len,
+                                                                            uint8_t* dst) {
+  constexpr size_t kBlock = 512;
+  int32_t acc[kBlock];
+  for (size_t i0 = 0; i0 < len; i0 += kBlock) {
+    const size_t n = std::min(kBlock, len - i0);
+    std::fill(acc, acc + n, kRoundingTerm);
+    for (int t = 0; t < count; ++t) {
+      const uint8_t* s = src + t * src_stride + i0;
+      const int32_t w = k[t];
+      for (size_t i = 0; i < n; ++i) acc[i] += s[i] * w;
+    }
+    for (size_t i = 0; i < n; ++i) dst[i0 + i] = Clip8(acc[i]);
+  }
+}
+
+std::vector<int16_t> PackAvx2HorizontalTaps(const ResampleAxis& axis) {
+  const int groups = Avx2Groups(axis);
+  std::vector<int16_t> packed(static_cast<size_t>(axis.out_size) * groups * kAvx2GroupInt16s, 0);
+  constexpr int kLaneInt16s = 8;  // one 128-bit lane: [k0 k1 k0 k1 k0 k1 0 0]
+  for (int xx = 0; xx < axis.out_size; ++xx) {
+    const int32_t* k = &axis.coeffs[static_cast<size_t>(xx) * axis.ksize];
+    for (int t = 0; t < axis.ksize; ++t) {
+      // k = hi * 2^16 + lo with lo in int16 range (the low 16 bits, signed).
+      const int16_t lo = static_cast<int16_t>(static_cast<uint16_t>(k[t] & 0xFFFF));
+      const int16_t hi = static_cast<int16_t>((k[t] - lo) >> 16);
+      const int g = t / kAvx2TapsPerGroup, r = t % kAvx2TapsPerGroup;
+      int16_t* group = &packed[(static_cast<size_t>(xx) * groups + g) * kAvx2GroupInt16s];
+      const int lane = r / 2, pair = r % 2;
+      for (int c = 0; c < kRgbChannels; ++c) {
+        group[lane * kLaneInt16s + 2 * c + pair] = lo;
+        group[2 * kLaneInt16s + lane * kLaneInt16s + 2 * c + pair] = hi;
+      }
+    }
+  }
+  return packed;
+}
+
+}  // namespace internal
+
+namespace {
+using internal::kPrecisionBits;
+// Pillow's BICUBIC filter: Keys' cubic convolution with a = -0.5, support 2.
+constexpr double kBicubicA = -0.5;
+constexpr double kBicubicSupport = 2.0;
+
+// As Resample.c's bicubic_filter (same operation order, so the same doubles).
+double BicubicFilter(double x) {
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return ((kBicubicA + 2.0) * x - (kBicubicA + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * kBicubicA;
+  return 0.0;
+}
 }  // namespace
 
 ResampleAxis ComputeBicubicAxis(int in_size, int out_size) {
@@ -163,37 +176,91 @@ ResampleAxis ComputeBicubicAxis(int in_size, int out_size) {
   return axis;
 }
 
-RgbImage ResizeBicubicPil(const RgbImage& image, int width, int height) {
+PilBicubicResize::PilBicubicResize(int in_width, int in_height, int out_width, int out_height)
+    : in_width_(in_width),
+      in_height_(in_height),
+      out_width_(out_width),
+      out_height_(out_height),
+      need_horizontal_(out_width != in_width),
+      need_vertical_(out_height != in_height) {
   // As ImagingResampleInner with the default box (0, 0, W, H).
-  const bool need_horizontal = width != image.width;
-  const bool need_vertical = height != image.height;
-  if (!need_horizontal && !need_vertical) return image;  // Image.resize returns a copy
-
-  const ResampleAxis vert = ComputeBicubicAxis(image.height, height);
-  // The source rows the vertical pass reads: the horizontal pass only
-  // produces these.
-  const int ybox_first = vert.first[0];
-  const int ybox_last = vert.first[height - 1] + vert.count[height - 1];
-
-  RgbImage temp;
-  const RgbImage* src = &image;
-  int row_offset = 0;
-  if (need_horizontal) {
-    const ResampleAxis horiz = ComputeBicubicAxis(image.width, width);
-    // Without a vertical pass Pillow still crops to [ybox_first, ybox_last),
-    // which is then the whole image (identity axis).
-    const int row_begin = need_vertical ? ybox_first : 0;
-    const int rows = need_vertical ? ybox_last - ybox_first : image.height;
-    temp = ResampleHorizontal(image, row_begin, rows, horiz);
-    if (!need_vertical) return temp;
-    src = &temp;
-    row_offset = ybox_first;
+  if (need_vertical_) {
+    vert_ = ComputeBicubicAxis(in_height, out_height);
+    // The source rows the vertical pass reads: the horizontal pass only
+    // produces these (Pillow shifts the vertical bounds by ybox_first).
+    row_offset_ = vert_.first[0];
+    intermediate_rows_ = vert_.first[out_height - 1] + vert_.count[out_height - 1] - row_offset_;
+  } else {
+    intermediate_rows_ = in_height;
   }
+  avx2_ = UseAvx2Kernels();
+  if (need_horizontal_) {
+    horiz_ = ComputeBicubicAxis(in_width, out_width);
+    if (avx2_) avx2_taps_ = internal::PackAvx2HorizontalTaps(horiz_);
+  }
+}
+
+void PilBicubicResize::Horizontal(const RgbImage& in, int begin, int end, uint8_t* intermediate) const {
+  const size_t in_row_bytes = static_cast<size_t>(in_width_) * kRgbChannels;
+  const size_t out_row_bytes = static_cast<size_t>(out_width_) * kRgbChannels;
+  std::vector<uint8_t> padded(in_row_bytes + internal::HorizontalRowPadding(horiz_), 0);
+  for (int r = begin; r < end; ++r) {
+    std::memcpy(padded.data(), in.row(row_offset_ + r), in_row_bytes);
+    uint8_t* dst = intermediate + r * out_row_bytes;
+    if (avx2_) {
+#if defined(INTERNVL_PREPROCESS_HAVE_AVX2)
+      internal::HorizontalRowAvx2(padded.data(), horiz_, avx2_taps_.data(), dst);
+#endif
+    } else {
+      internal::HorizontalRowPortable(padded.data(), horiz_, dst);
+    }
+  }
+}
+
+void PilBicubicResize::Vertical(const RgbImage& in, const uint8_t* intermediate, int x0, int x1, int y0, int y1,
+                                uint8_t* dst, size_t dst_stride) const {
+  // Without a horizontal pass the vertical one reads the input itself.
+  const uint8_t* src = need_horizontal_ ? intermediate : in.row(row_offset_);
+  const size_t src_stride = static_cast<size_t>(out_width_) * kRgbChannels;
+  const size_t col = static_cast<size_t>(x0) * kRgbChannels;
+  const size_t len = static_cast<size_t>(x1 - x0) * kRgbChannels;
+  for (int y = y0; y < y1; ++y, dst += dst_stride) {
+    if (!need_vertical_) {
+      std::memcpy(dst, src + y * src_stride + col, len);
+      continue;
+    }
+    const uint8_t* rows = src + (vert_.first[y] - row_offset_) * src_stride + col;
+    const int32_t* k = &vert_.coeffs[static_cast<size_t>(y) * vert_.ksize];
+#if defined(INTERNVL_PREPROCESS_HAVE_AVX2)
+    if (avx2_) {
+      internal::VerticalSpanAvx2(rows, src_stride, vert_.count[y], k, len, dst);
+      continue;
+    }
+#endif
+    internal::VerticalSpanPortable(rows, src_stride, vert_.count[y], k, len, dst);
+  }
+}
+
+RgbImage ResizeBicubicPil(const RgbImage& image, int width, int height) {
+  if (width == image.width && height == image.height) return image;  // Image.resize returns a copy
+  const PilBicubicResize resize(image.width, image.height, width, height);
+  const ScratchBuffer intermediate(resize.intermediate_bytes());
   RgbImage out;
   out.width = width;
   out.height = height;
   out.data.resize(static_cast<size_t>(width) * height * kRgbChannels);
-  ResampleVertical(*src, row_offset, vert, &out);
+  // Row blocks: big enough to amortise a task, small enough to balance.
+  constexpr int kRowsPerTask = 32;
+  const int h_rows = resize.intermediate_rows();
+  ParallelFor((h_rows + kRowsPerTask - 1) / kRowsPerTask, [&](int i) {
+    resize.Horizontal(image, i * kRowsPerTask, std::min(h_rows, (i + 1) * kRowsPerTask), intermediate.data());
+  });
+  const size_t stride = static_cast<size_t>(width) * kRgbChannels;
+  ParallelFor((height + kRowsPerTask - 1) / kRowsPerTask, [&](int i) {
+    const int y0 = i * kRowsPerTask;
+    resize.Vertical(image, intermediate.data(), 0, width, y0, std::min(height, y0 + kRowsPerTask),
+                    out.data.data() + y0 * stride, stride);
+  });
   return out;
 }
 

@@ -2,13 +2,21 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "core/preprocess/resize.h"
+#include "core/preprocess/runtime.h"
 #include "core/status.h"
 
 namespace internvl::preprocess {
 namespace {
+
+// Rows per parallel task (resize passes, normalisation): enough work to
+// amortise handing it out, small enough to balance 448-row tiles over threads.
+constexpr int kRowsPerTask = 64;
+
+int CeilDiv(int a, int b) { return (a + b - 1) / b; }
 
 // --- CPython set iteration order (for the stable sort's tie order) ---------
 // The official code builds the candidates as a Python `set` of (i, j) tuples
@@ -189,21 +197,42 @@ absl::StatusOr<Tiles> DynamicPreprocess(const RgbImage& image, const TilingOptio
   const int blocks = tiles.grid.count();
   tiles.data.resize(tiles.count * tiles.tile_bytes());
 
-  const RgbImage resized = ResizeBicubicPil(image, s * tiles.grid.cols, s * tiles.grid.rows);
-  // Crop row-major: tile k = (row k / cols, col k % cols).
-  const size_t tile_row_bytes = static_cast<size_t>(s) * kRgbChannels;
-  for (int k = 0; k < blocks; ++k) {
-    const int x0 = (k % tiles.grid.cols) * s;
-    const int y0 = (k / tiles.grid.cols) * s;
-    uint8_t* dst = tiles.data.data() + k * tiles.tile_bytes();
-    for (int y = 0; y < s; ++y)
-      std::memcpy(dst + y * tile_row_bytes, resized.row(y0 + y) + static_cast<size_t>(x0) * kRgbChannels,
-                  tile_row_bytes);
-  }
-  if (tiles.has_thumbnail) {
-    const RgbImage thumb = ResizeBicubicPil(image, s, s);
-    std::memcpy(tiles.data.data() + blocks * tiles.tile_bytes(), thumb.data.data(), tiles.tile_bytes());
-  }
+  // Both resizes (grid and thumbnail) read the same image: run their
+  // horizontal passes as one parallel phase, then their vertical passes as a
+  // second one that writes straight into the tiles (no resized image, no crop
+  // copies). The tile bytes equal cropping Pillow's resized image.
+  const PilBicubicResize grid_resize(image.width, image.height, s * tiles.grid.cols, s * tiles.grid.rows);
+  std::optional<PilBicubicResize> thumb_resize;
+  if (tiles.has_thumbnail) thumb_resize.emplace(image.width, image.height, s, s);
+  const ScratchBuffer grid_rows(grid_resize.intermediate_bytes());
+  const ScratchBuffer thumb_rows(thumb_resize ? thumb_resize->intermediate_bytes() : 0);
+
+  const int grid_tasks = CeilDiv(grid_resize.intermediate_rows(), kRowsPerTask);
+  const int thumb_tasks = thumb_resize ? CeilDiv(thumb_resize->intermediate_rows(), kRowsPerTask) : 0;
+  ParallelFor(grid_tasks + thumb_tasks, [&](int i) {
+    const bool grid = i < grid_tasks;
+    const PilBicubicResize& resize = grid ? grid_resize : *thumb_resize;
+    const int begin = (grid ? i : i - grid_tasks) * kRowsPerTask;
+    resize.Horizontal(image, begin, std::min(resize.intermediate_rows(), begin + kRowsPerTask),
+                      grid ? grid_rows.data() : thumb_rows.data());
+  });
+
+  // Tile k = (row k / cols, col k % cols), row-major; the thumbnail last.
+  const size_t tile_stride = static_cast<size_t>(s) * kRgbChannels;
+  const int slices = CeilDiv(s, kRowsPerTask);
+  ParallelFor(tiles.count * slices, [&](int i) {
+    const int k = i / slices;
+    const int y_begin = (i % slices) * kRowsPerTask;
+    const int y_end = std::min(s, y_begin + kRowsPerTask);
+    uint8_t* dst = tiles.data.data() + k * tiles.tile_bytes() + y_begin * tile_stride;
+    if (k < blocks) {
+      const int x0 = (k % tiles.grid.cols) * s;
+      const int y0 = (k / tiles.grid.cols) * s;
+      grid_resize.Vertical(image, grid_rows.data(), x0, x0 + s, y0 + y_begin, y0 + y_end, dst, tile_stride);
+    } else {
+      thumb_resize->Vertical(image, thumb_rows.data(), 0, s, y_begin, y_end, dst, tile_stride);
+    }
+  });
   return tiles;
 }
 
@@ -225,17 +254,21 @@ void NormalizeTilesU8(const uint8_t* tiles_hwc, int count, int size, float* out)
       lut[c][v] = (x - kImageNetMean[c]) / kImageNetStd[c];
     }
   const size_t plane = static_cast<size_t>(size) * size;
-  for (int n = 0; n < count; ++n) {
+  const int slices = CeilDiv(size, kRowsPerTask);
+  ParallelFor(count * slices, [&](int task) {
+    const int n = task / slices;
+    const size_t begin = static_cast<size_t>(task % slices) * kRowsPerTask * size;
+    const size_t end = std::min(plane, begin + static_cast<size_t>(kRowsPerTask) * size);
     const uint8_t* src = tiles_hwc + n * plane * kRgbChannels;
     float* r = out + n * plane * kRgbChannels;
     float* g = r + plane;
     float* b = g + plane;
-    for (size_t i = 0; i < plane; ++i) {
+    for (size_t i = begin; i < end; ++i) {
       r[i] = lut[0][src[3 * i + 0]];
       g[i] = lut[1][src[3 * i + 1]];
       b[i] = lut[2][src[3 * i + 2]];
     }
-  }
+  });
 }
 
 void NormalizeTiles(const Tiles& tiles, float* out) {

@@ -92,7 +92,8 @@ struct TilePlan {
 TilePlan PlanTiles(int width, int height, const TilingOptions& options);
 
 // As the official dynamic_preprocess (see the file comment). INVALID_ARGUMENT
-// for an empty image or bad options.
+// for an empty image or bad options. Runs on up to GetPreprocessRuntime().threads
+// threads (runtime.h); the bytes do not depend on it.
 absl::StatusOr<Tiles> DynamicPreprocess(const RgbImage& image, const TilingOptions& options = TilingOptions());
 
 // DecodeImage + DynamicPreprocess: bytes in, uint8 tiles out.
@@ -103,6 +104,7 @@ absl::StatusOr<Tiles> LoadImageTiles(absl::string_view bytes, const TilingOption
 // tiles: out[n, c, y, x] = (float(u8) / 255 - mean[c]) / std[c], computed in
 // float32 with true division like torch (bit-identical to the official
 // pixel_values). `out` holds count * 3 * size * size floats ([N, 3, S, S]).
+// Runs on up to GetPreprocessRuntime().threads threads.
 void NormalizeTiles(const Tiles& tiles, float* out);
 // The same for raw uint8 HWC tiles (`count` tiles of side `size`), for callers
 // that received tiles as bytes (e.g. over gRPC).

@@ -6,6 +6,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "core/preprocess/runtime.h"
 #include "services/common/flags.h"
 #include "services/common/metrics.h"
 #include "services/common/server.h"
@@ -67,5 +68,6 @@ int main(int argc, char** argv) {
 
   MetricsRegistry registry;
   PreprocessService service(options, &registry);
+  internvl::preprocess::WarmUpPreprocess();  // decoders and threads started before the first request
   return RunServer("internvl.v1.Preprocess", run, {&service}, {"internvl.v1.Preprocess"}, &registry);
 }

@@ -1,0 +1,73 @@
+// How the preprocessing executes: how many threads one call uses and whether
+// the CPU-specific (AVX2) kernels run. None of this changes a result: every
+// setting gives the same bytes (the kernels are bit-exact with Pillow), which
+// runtime_test.cc / resize_test.cc check.
+//
+// Process-wide, initialised on first use from the environment:
+//   INTERNVL_PREPROCESS_THREADS  threads per call, caller included (default:
+//                                min(hardware threads, kDefaultMaxPreprocessThreads));
+//   INTERNVL_PREPROCESS_SIMD     "portable" forces the portable kernels.
+// Services override them with SetPreprocessRuntime (from their option structs).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+
+namespace internvl::preprocess {
+
+// One image's preprocessing has little parallelism beyond a few threads (the
+// JPEG decode is serial); more threads help concurrent requests instead.
+inline constexpr int kDefaultMaxPreprocessThreads = 4;
+
+struct PreprocessRuntime {
+  // Threads one call (DynamicPreprocess, ResizeBicubicPil, NormalizeTiles)
+  // uses, the calling thread included; 1 runs everything on the caller.
+  int threads = 1;
+  // Use the AVX2 kernels when the CPU has AVX2 (checked at run time).
+  bool allow_simd = true;
+};
+
+PreprocessRuntime GetPreprocessRuntime();
+// Thread-safe; takes effect for calls that start afterwards.
+void SetPreprocessRuntime(const PreprocessRuntime& runtime);
+
+// The resize kernels calls take now: "avx2" or "portable".
+const char* ResizeKernelName();
+// True when the AVX2 kernels run (allowed and supported by this CPU).
+bool UseAvx2Kernels();
+
+// Runs fn(i) for every i in [0, n) on up to GetPreprocessRuntime().threads
+// threads (the caller works too) and returns when all have finished. Work
+// items are claimed dynamically, so uneven items balance. Safe to call from
+// several threads at once (they share one pool); not reentrant from fn.
+void ParallelFor(int n, const std::function<void(int)>& fn);
+
+// Scratch memory for one call's intermediates (the resizes' horizontal
+// passes: megabytes per image), taken from a small process-wide cache and
+// given back on destruction. Fresh memory costs a page fault per 4 KiB page on
+// first touch (the kernel zeroes it; on a VM each fault is tens of
+// microseconds), which made a first request several times slower than the
+// steady state; cached buffers are already faulted in. New buffers ask for
+// transparent huge pages (512x fewer faults where THP is in madvise mode).
+// Contents are uninitialised.
+class ScratchBuffer {
+ public:
+  explicit ScratchBuffer(size_t bytes);
+  ~ScratchBuffer();
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+
+  uint8_t* data() const { return data_; }
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+// Starts the worker threads and initialises the decoders (OpenCV's codec
+// table, libjpeg) so that the first request does not pay for them. Optional:
+// everything also initialises on first use.
+void WarmUpPreprocess();
+
+}  // namespace internvl::preprocess
