@@ -30,6 +30,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "bench/bench_bandwidth.h"
 #include "bench/bench_matmul.h"
@@ -155,11 +156,25 @@ double OverheadMsPerToken(const Precision& precision) {
   return bench::Median(steps) * 1e3;
 }
 
+// "bf16", "fp32", "bf16-compute", each optionally "+int8" / "+int4"
+// (quantized at load time, as --quantize).
 absl::StatusOr<Precision> ParsePrecision(const std::string& name) {
-  if (name == "bf16-compute") return Precision::Uniform(at::kBFloat16);
-  auto dtype = ParseComputeDType(name);
-  if (!dtype.ok()) return dtype.status();
-  return Precision::ForRequested(*dtype);
+  const std::vector<std::string> parts = absl::StrSplit(name, '+');
+  Precision p;
+  if (parts[0] == "bf16-compute") {
+    p = Precision::Uniform(at::kBFloat16);
+  } else {
+    auto dtype = ParseComputeDType(parts[0]);
+    if (!dtype.ok()) return dtype.status();
+    p = Precision::ForRequested(*dtype);
+  }
+  if (parts.size() > 2) return absl::InvalidArgumentError(absl::StrCat("bad precision ", name));
+  if (parts.size() == 2) {
+    auto q = ParseQuantization(parts[1]);
+    if (!q.ok()) return q.status();
+    p.quantize = *q;
+  }
+  return p;
 }
 
 int Run(int argc, char** argv) {
@@ -182,10 +197,11 @@ int Run(int argc, char** argv) {
     } else if (a == "--libtorch") {
       libtorch = true;
     } else {
-      std::fprintf(stderr,
-                   "usage: %s [--threads=N] [--dtypes=bf16,fp32,bf16-compute] [--decode=N] [--prompt=N] "
-                   "[--batch=N] [--libtorch]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--threads=N] [--dtypes=bf16,fp32,bf16-compute,bf16+int8,bf16+int4] [--decode=N] [--prompt=N] "
+          "[--batch=N] [--libtorch]\n",
+          argv[0]);
       return 2;
     }
   }
@@ -196,8 +212,9 @@ int Run(int argc, char** argv) {
   at::InferenceMode inference;
   const LlmConfig config = InternVL2_1BConfig();
   bench::BandwidthProbe probe;
-  std::printf("threads %d, linear layers: %s, memory read bandwidth %.1f GB/s (best of 5 probes)\n", TorchThreads(),
-              libtorch ? "libtorch" : FastLinearKernel(), probe.Best(5));
+  std::printf(
+      "threads %d, linear layers: %s, quantized layers: %s, memory read bandwidth %.1f GB/s (best of 5 probes)\n",
+      TorchThreads(), libtorch ? "libtorch" : FastLinearKernel(), QuantKernelName(ActiveQuantKernel()), probe.Best(5));
 
   for (const std::string& name : dtypes) {
     auto precision = ParsePrecision(name);
@@ -211,9 +228,9 @@ int Run(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", lm.status().ToString().c_str());
       return 1;
     }
-    std::printf("\n[%s] weights %s, compute %s: %.1fM parameters, %.0f MB, built in %.1f s\n", name.c_str(),
-                c10::toString(precision->weights), c10::toString(precision->compute), (*lm)->num_parameters() / 1e6,
-                (*lm)->parameter_bytes() / 1e6, bench::NowSeconds() - t0);
+    std::printf("\n[%s] weights %s, compute %s: %.1fM parameters, %.0f MB read per token, built in %.1f s\n",
+                name.c_str(), (*lm)->weight_format().c_str(), c10::toString(precision->compute),
+                (*lm)->num_parameters() / 1e6, (*lm)->decode_weight_bytes() / 1e6, bench::NowSeconds() - t0);
     Sequences seqs(**lm, 1, prompt + decode_tokens + 1);
     if (!seqs.ok()) return 1;
     const at::Tensor embeds = at::randn({prompt, config.hidden_size}).mul_(0.02);
@@ -229,8 +246,21 @@ int Run(int argc, char** argv) {
       return 1;
     }
     const double prefill_s = bench::NowSeconds() - t0;
-    std::printf("[%s] prefill %d tokens: %.0f ms (%.0f tokens/s)\n", name.c_str(), prompt, prefill_s * 1e3,
-                prompt / prefill_s);
+    // Its arithmetic: 2 flops per weight per token (the head on the last
+    // token only) + causal attention (q k^T and p v: 2 * 2 * T^2 / 2 * width
+    // per layer), against the compute dtype's matmul peak measured now.
+    const double layer_params =
+        static_cast<double>((*lm)->num_parameters() - (*lm)->module()->model->embed->weight.numel() -
+                            static_cast<int64_t>(config.vocab_size) * config.hidden_size);
+    const double prefill_flops = 2.0 * layer_params * prompt + 2.0 * config.vocab_size * config.hidden_size +
+                                 2.0 * static_cast<double>(prompt) * prompt * config.num_attention_heads *
+                                     config.head_dim() * config.num_hidden_layers;
+    const double prefill_peak = bench::MatmulPeak(precision->compute);
+    std::printf(
+        "[%s] prefill %d tokens: %.0f ms (%.0f tokens/s) = %.1f GFLOP at %.0f GFLOP/s = %.0f%% of the %s "
+        "matmul peak (%.0f GFLOP/s, measured now)\n",
+        name.c_str(), prompt, prefill_s * 1e3, prompt / prefill_s, prefill_flops / 1e9, prefill_flops / prefill_s / 1e9,
+        100.0 * prefill_flops / prefill_s / prefill_peak, c10::toString(precision->compute), prefill_peak / 1e9);
 
     // Decode: greedy feed-back, timing each step (embedding + forward +
     // argmax), with a bandwidth probe after each so that both see the same
@@ -281,15 +311,16 @@ int Run(int argc, char** argv) {
       // bandwidth bound) and multiplies them by `batch` rows (the matmul
       // peak of the compute dtype, measured now).
       const double peak = bench::MatmulPeak(precision->compute);
-      const double flops = 2.0 * batch * static_cast<double>((*lm)->decode_weight_bytes()) /
-                           (precision->weights == at::kBFloat16 ? 2 : 4);
+      const double flops =
+          2.0 * batch * static_cast<double>((*lm)->num_parameters() - (*lm)->module()->model->embed->weight.numel());
       const double floor_s = std::max(bytes / (bandwidth * 1e9), flops / peak);
-      std::printf("[%s] batch %d floor %.1f ms/step (weights %.1f ms at the bandwidth, %.1f GFLOP at the %s matmul "
-                  "peak %.0f GFLOP/s = %.1f ms): at most %.2fx batch 1's measured rate; achieved %.0f%% of the "
-                  "floor\n",
-                  name.c_str(), batch, floor_s * 1e3, bytes / (bandwidth * 1e9) * 1e3, flops / 1e9,
-                  c10::toString(precision->compute), peak / 1e9, flops / peak * 1e3, batch * median / floor_s,
-                  100.0 * floor_s / step);
+      std::printf(
+          "[%s] batch %d floor %.1f ms/step (weights %.1f ms at the bandwidth, %.1f GFLOP at the %s matmul "
+          "peak %.0f GFLOP/s = %.1f ms): at most %.2fx batch 1's measured rate; achieved %.0f%% of the "
+          "floor\n",
+          name.c_str(), batch, floor_s * 1e3, bytes / (bandwidth * 1e9) * 1e3, flops / 1e9,
+          c10::toString(precision->compute), peak / 1e9, flops / peak * 1e3, batch * median / floor_s,
+          100.0 * floor_s / step);
     }
     std::printf("[%s] peak RSS so far %.0f MiB\n", name.c_str(), bench::PeakRssMiB());
   }

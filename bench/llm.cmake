@@ -10,3 +10,9 @@ if(TARGET internvl_chat AND TARGET internvl_modelgen)
   internvl_target_defaults(bench_ttft)
   target_link_libraries(bench_ttft PRIVATE internvl_chat internvl_modelgen internvl_llm internvl_opencv)
 endif()
+
+# The decode matrix-vector kernels alone (bf16, int8, int4), GB/s against the
+# probed bandwidth.
+add_executable(bench_gemv ${CMAKE_CURRENT_LIST_DIR}/bench_gemv.cc)
+internvl_target_defaults(bench_gemv)
+target_link_libraries(bench_gemv PRIVATE internvl_llm)

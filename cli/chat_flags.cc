@@ -106,6 +106,8 @@ std::vector<FlagSpec> EngineFlags() {
       {"max-batched-tokens", "tokens per engine step (decodes first, then prompt chunks)", true, false, "512"},
       {"max-queued", "requests waiting for KV blocks or a batch slot before RESOURCE_EXHAUSTED", true, false, "64"},
       {"no-prefix-caching", "do not reuse the KV blocks of identical prompt prefixes", false, false, ""},
+      {"quantize", "LLM weights quantized at load time: none, int8 or int4 (AWQ checkpoints are 4-bit as published)",
+       true, false, "none"},
       {"vision-batch-tiles", "tiles of concurrent requests encoded in one vision forward", true, false, "16"},
       {"vision-batch-wait-ms", "how long a vision encode waits for others to join its batch", true, false, "2"},
   };
@@ -126,6 +128,7 @@ absl::Status EngineOptionsFromArgs(const Args& args, EngineOptions* o) {
   INTERNVL_ASSIGN_OR_RETURN(int queued, args.GetInt("max-queued", static_cast<int>(l.max_waiting)));
   l.max_waiting = queued;
   l.prefix_caching = !args.Has("no-prefix-caching");
+  l.quantize = args.GetOr("quantize", l.quantize);
   INTERNVL_ASSIGN_OR_RETURN(o->vision_batching.max_batch_tiles,
                             args.GetInt("vision-batch-tiles", o->vision_batching.max_batch_tiles));
   INTERNVL_ASSIGN_OR_RETURN(int wait_ms, args.GetInt("vision-batch-wait-ms", 2));

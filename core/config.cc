@@ -1,5 +1,6 @@
 #include "core/config.h"
 
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 
@@ -107,8 +108,8 @@ absl::Status ParseVision(const json& j, const std::string& where, VisionConfig& 
   } else if (norm == "layer_norm") {
     v.norm_type = VisionConfig::Norm::kLayerNorm;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": unknown norm_type '", norm,
-                                                   "' (expected rms_norm or layer_norm)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": unknown norm_type '", norm, "' (expected rms_norm or layer_norm)"));
   }
   if (v.hidden_act != "gelu")
     return absl::InvalidArgumentError(absl::StrCat(where, ": unsupported hidden_act '", v.hidden_act, "'"));
@@ -117,10 +118,11 @@ absl::Status ParseVision(const json& j, const std::string& where, VisionConfig& 
                                                    " is not a positive multiple of num_attention_heads ",
                                                    v.num_attention_heads));
   if (v.patch_size <= 0 || v.image_size <= 0 || v.image_size % v.patch_size != 0)
-    return absl::InvalidArgumentError(absl::StrCat(where, ": image_size ", v.image_size,
-                                                   " is not a multiple of patch_size ", v.patch_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": image_size ", v.image_size, " is not a multiple of patch_size ", v.patch_size));
   if (v.num_hidden_layers <= 0 || v.intermediate_size <= 0)
-    return absl::InvalidArgumentError(absl::StrCat(where, ": num_hidden_layers and intermediate_size must be positive"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": num_hidden_layers and intermediate_size must be positive"));
   return absl::OkStatus();
 }
 
@@ -168,9 +170,9 @@ absl::Status ParseLlm(const json& j, const std::string& where, LlmConfig& c) {
     c.attention_bias = false;
     INTERNVL_RETURN_IF_ERROR(r.Get("attention_bias", c.attention_bias));
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": unsupported LLM architecture '", arch.empty() ? model_type : arch,
-        "' (supported: Qwen2ForCausalLM, InternLM2ForCausalLM, LlamaForCausalLM)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": unsupported LLM architecture '", arch.empty() ? model_type : arch,
+                     "' (supported: Qwen2ForCausalLM, InternLM2ForCausalLM, LlamaForCausalLM)"));
   }
   INTERNVL_RETURN_IF_ERROR(r.Get("vocab_size", c.vocab_size));
   INTERNVL_RETURN_IF_ERROR(r.Get("hidden_size", c.hidden_size));
@@ -194,8 +196,8 @@ absl::Status ParseLlm(const json& j, const std::string& where, LlmConfig& c) {
     if (s.type.empty()) INTERNVL_RETURN_IF_ERROR(rr.Get("rope_type", s.type));
     INTERNVL_RETURN_IF_ERROR(rr.Get("factor", s.factor));
     if (s.type != "dynamic" && s.type != "linear" && s.type != "default")
-      return absl::InvalidArgumentError(absl::StrCat(where, ": unsupported rope_scaling type '", s.type,
-                                                     "' (supported: dynamic, linear)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": unsupported rope_scaling type '", s.type, "' (supported: dynamic, linear)"));
     if (s.type != "default") c.rope_scaling = s;
   }
   INTERNVL_RETURN_IF_ERROR(r.GetOptional("bos_token_id", c.bos_token_id));
@@ -206,9 +208,8 @@ absl::Status ParseLlm(const json& j, const std::string& where, LlmConfig& c) {
   if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.num_hidden_layers <= 0 || c.intermediate_size <= 0)
     return absl::InvalidArgumentError(absl::StrCat(where, ": sizes must be positive"));
   if (c.num_attention_heads <= 0 || c.hidden_size % c.num_attention_heads != 0)
-    return absl::InvalidArgumentError(absl::StrCat(where, ": hidden_size ", c.hidden_size,
-                                                   " is not a multiple of num_attention_heads ",
-                                                   c.num_attention_heads));
+    return absl::InvalidArgumentError(absl::StrCat(
+        where, ": hidden_size ", c.hidden_size, " is not a multiple of num_attention_heads ", c.num_attention_heads));
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     return absl::InvalidArgumentError(absl::StrCat(where, ": num_attention_heads ", c.num_attention_heads,
                                                    " is not a multiple of num_key_value_heads ",
@@ -233,6 +234,29 @@ const char* LlmArchName(LlmArch arch) {
 int InternVLConfig::num_image_token() const {
   const int side = image_size() / patch_size();
   return static_cast<int>(std::lround(side * side * downsample_ratio * downsample_ratio));
+}
+
+static absl::StatusOr<AwqConfig> ParseAwqConfig(const json& q, const std::string& where) {
+  if (!q.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, " is not a JSON object"));
+  Reader r(q, where);
+  std::string method;
+  INTERNVL_RETURN_IF_ERROR(r.Get("quant_method", method));
+  if (method != "awq") {
+    return absl::UnimplementedError(
+        absl::StrCat(where, ": quant_method '", method, "' is not supported (4-bit AWQ checkpoints are)"));
+  }
+  AwqConfig a;
+  INTERNVL_RETURN_IF_ERROR(r.Get("bits", a.bits));
+  INTERNVL_RETURN_IF_ERROR(r.Get("group_size", a.group_size));
+  INTERNVL_RETURN_IF_ERROR(r.Get("zero_point", a.zero_point));
+  INTERNVL_RETURN_IF_ERROR(r.Get("version", a.version));
+  for (char& ch : a.version) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (a.bits != 4 || !a.zero_point || a.version != "gemm" || a.group_size <= 0) {
+    return absl::UnimplementedError(absl::StrCat(where, ": AWQ with bits ", a.bits, ", zero_point ", a.zero_point,
+                                                 ", version '", a.version, "', group_size ", a.group_size,
+                                                 " is not supported (4 bits, zero_point, gemm)"));
+  }
+  return a;
 }
 
 absl::StatusOr<InternVLConfig> ParseInternVLConfig(absl::string_view json_text, absl::string_view where_sv) {
@@ -262,6 +286,14 @@ absl::StatusOr<InternVLConfig> ParseInternVLConfig(absl::string_view json_text, 
   INTERNVL_RETURN_IF_ERROR(r.Get("min_dynamic_patch", c.min_dynamic_patch));
   INTERNVL_RETURN_IF_ERROR(r.Get("max_dynamic_patch", c.max_dynamic_patch));
   INTERNVL_RETURN_IF_ERROR(r.GetOptional("system_message", c.system_message));
+  // LMDeploy writes quantization_config at the top level; a bare LLM keeps it
+  // in its own config.
+  for (const json* holder : {&j, &j["llm_config"]}) {
+    if (!holder->contains("quantization_config") || (*holder)["quantization_config"].is_null()) continue;
+    INTERNVL_ASSIGN_OR_RETURN(c.llm.awq,
+                              ParseAwqConfig((*holder)["quantization_config"], where + ".quantization_config"));
+    break;
+  }
   if (c.ps_version != "v1" && c.ps_version != "v2")
     return absl::InvalidArgumentError(absl::StrCat(where, ": unknown ps_version '", c.ps_version, "' (v1 or v2)"));
   if (!(c.downsample_ratio > 0 && c.downsample_ratio <= 1))
@@ -352,11 +384,14 @@ std::string InternVLConfigToJson(const InternVLConfig& c) {
   };
   if (c.llm.arch == LlmArch::kInternLM2) l["bias"] = c.llm.attention_bias;
   if (c.llm.arch == LlmArch::kLlama) l["attention_bias"] = c.llm.attention_bias;
-  if (c.llm.rope_scaling) l["rope_scaling"] = {{"type", c.llm.rope_scaling->type}, {"factor", c.llm.rope_scaling->factor}};
+  if (c.llm.rope_scaling)
+    l["rope_scaling"] = {{"type", c.llm.rope_scaling->type}, {"factor", c.llm.rope_scaling->factor}};
   if (c.llm.bos_token_id) l["bos_token_id"] = *c.llm.bos_token_id;
   if (c.llm.pad_token_id) l["pad_token_id"] = *c.llm.pad_token_id;
-  if (c.llm.eos_token_ids.size() == 1) l["eos_token_id"] = c.llm.eos_token_ids[0];
-  else if (!c.llm.eos_token_ids.empty()) l["eos_token_id"] = c.llm.eos_token_ids;
+  if (c.llm.eos_token_ids.size() == 1)
+    l["eos_token_id"] = c.llm.eos_token_ids[0];
+  else if (!c.llm.eos_token_ids.empty())
+    l["eos_token_id"] = c.llm.eos_token_ids;
   json j = {
       {"architectures", {"InternVLChatModel"}},
       {"model_type", "internvl_chat"},
@@ -373,6 +408,13 @@ std::string InternVLConfigToJson(const InternVLConfig& c) {
   };
   if (c.force_image_size) j["force_image_size"] = *c.force_image_size;
   if (c.system_message) j["system_message"] = *c.system_message;
+  if (c.llm.awq) {
+    j["quantization_config"] = {{"quant_method", "awq"},
+                                {"bits", c.llm.awq->bits},
+                                {"group_size", c.llm.awq->group_size},
+                                {"zero_point", c.llm.awq->zero_point},
+                                {"version", c.llm.awq->version}};
+  }
   return j.dump(1);
 }
 

@@ -44,6 +44,16 @@ struct RopeScaling {
   double factor = 1.0;
 };
 
+// `quantization_config` of a 4-bit AWQ checkpoint (AutoAWQ / LMDeploy, as
+// OpenGVLab's InternVL2-*-AWQ publish it): the layers stored as qweight /
+// qzeros / scales instead of weight.
+struct AwqConfig {
+  int bits = 4;
+  int group_size = 128;
+  bool zero_point = true;
+  std::string version = "gemm";
+};
+
 // The decoder's config (Qwen2Config / InternLM2Config / LlamaConfig), with the
 // per-architecture defaults applied.
 struct LlmConfig {
@@ -66,6 +76,8 @@ struct LlmConfig {
   std::optional<int> bos_token_id;
   std::vector<int> eos_token_ids;
   std::optional<int> pad_token_id;
+  // Set for AWQ checkpoints (read from config.json's quantization_config).
+  std::optional<AwqConfig> awq;
 
   int head_dim() const { return hidden_size / num_attention_heads; }
 };

@@ -86,6 +86,7 @@ class Generation : public GenerationHandle {
 }  // namespace
 
 absl::Status LlmEngineOptions::Validate() const {
+  INTERNVL_RETURN_IF_ERROR(llm::ParseQuantization(quantize).status());
   if (kv_cache_bytes < 0) return absl::InvalidArgumentError("kv_cache_bytes must be >= 0");
   if (kv_cache_bytes == 0 && !(kv_cache_fraction > 0 && kv_cache_fraction <= 0.9))
     return absl::InvalidArgumentError(absl::StrCat("kv_cache_fraction must be in (0, 0.9], got ", kv_cache_fraction));
@@ -151,7 +152,9 @@ absl::StatusOr<std::unique_ptr<LlmEngine>> LlmEngine::Load(const std::string& mo
   SetTorchThreads(options.threads);
   INTERNVL_ASSIGN_OR_RETURN(at::ScalarType requested, ParseComputeDType(options.dtype));
   INTERNVL_ASSIGN_OR_RETURN(auto store, TensorStore::OpenDir(model_dir));
-  INTERNVL_ASSIGN_OR_RETURN(auto lm, llm::CausalLM::Load(config.llm, *store, llm::Precision::ForRequested(requested)));
+  llm::Precision precision = llm::Precision::ForRequested(requested);
+  INTERNVL_ASSIGN_OR_RETURN(precision.quantize, llm::ParseQuantization(options.quantize));
+  INTERNVL_ASSIGN_OR_RETURN(auto lm, llm::CausalLM::Load(config.llm, *store, precision));
   return CreateLlmEngine(std::move(lm), options);
 }
 

@@ -45,15 +45,18 @@ class CausalLM;
 
 struct LlmEngineOptions {
   std::string dtype = "bf16";  // "fp32" or "bf16" (EffectiveComputeDType applies)
-  int threads = 0;             // intra-op threads; 0 = all cores
+  // "none", "int8" or "int4": the LLM matrices quantized at load time
+  // (llm/quant.h); an AWQ checkpoint's layers are 4-bit regardless.
+  std::string quantize = "none";
+  int threads = 0;  // intra-op threads; 0 = all cores
   // KV pool budget in bytes; 0 = kv_cache_fraction of the memory limit
   // (physical memory, or the container's cgroup limit when lower).
   int64_t kv_cache_bytes = 0;
   double kv_cache_fraction = 0.25;
-  int block_size = 16;                // positions per KV block (the prefix-reuse granularity)
-  int max_num_seqs = 32;              // sequences decoding together at most
-  int64_t max_batched_tokens = 512;   // tokens per step: decodes + prefill chunks
-  int64_t max_waiting = 64;           // queued requests before RESOURCE_EXHAUSTED
+  int block_size = 16;               // positions per KV block (the prefix-reuse granularity)
+  int max_num_seqs = 32;             // sequences decoding together at most
+  int64_t max_batched_tokens = 512;  // tokens per step: decodes + prefill chunks
+  int64_t max_waiting = 64;          // queued requests before RESOURCE_EXHAUSTED
   bool prefix_caching = true;
 
   // INVALID_ARGUMENT naming the field for values that cannot work.
@@ -89,9 +92,9 @@ struct EngineResult {
   int prompt_tokens = 0;
   int cached_prompt_tokens = 0;  // whose K/V came from the prefix cache
   int preemptions = 0;
-  double queue_ms = 0;    // submit -> first scheduled
-  double prefill_ms = 0;  // first scheduled -> first token
-  double decode_ms = 0;   // first token -> last token
+  double queue_ms = 0;                // submit -> first scheduled
+  double prefill_ms = 0;              // first scheduled -> first token
+  double decode_ms = 0;               // first token -> last token
   double time_to_first_token_ms = 0;  // submit -> first token
 };
 
@@ -116,11 +119,11 @@ struct EngineStepReport {
   int64_t batch_sequences = 0;  // sequences in this step
   int64_t batch_tokens = 0;     // tokens fed in this step
   int64_t kv_blocks_used = 0;
-  int64_t kv_blocks_free = 0;   // free + cached-unreferenced (allocatable)
+  int64_t kv_blocks_free = 0;  // free + cached-unreferenced (allocatable)
   int64_t kv_blocks_total = 0;
-  int64_t preemptions = 0;      // in this step
-  int64_t prefix_query_tokens = 0;  // admitted this step: tokens to prefill
-  int64_t prefix_hit_tokens = 0;    // of those, served from the prefix cache
+  int64_t preemptions = 0;                    // in this step
+  int64_t prefix_query_tokens = 0;            // admitted this step: tokens to prefill
+  int64_t prefix_hit_tokens = 0;              // of those, served from the prefix cache
   std::vector<double> time_to_first_token_s;  // sequences that got their first token
   std::vector<double> inter_token_s;          // gaps before the other new tokens
   double step_seconds = 0;
@@ -158,8 +161,7 @@ class LlmEngine {
   // <IMG_CONTEXT> count and hidden size (INVALID_ARGUMENT), fits the KV pool
   // and the queue has room (RESOURCE_EXHAUSTED). `on_done` (optional) runs
   // once when it ends.
-  absl::StatusOr<std::shared_ptr<GenerationHandle>> Submit(EngineRequest request,
-                                                           EngineDoneCallback on_done = nullptr);
+  absl::StatusOr<std::shared_ptr<GenerationHandle>> Submit(EngineRequest request, EngineDoneCallback on_done = nullptr);
   // Submit + Wait.
   absl::StatusOr<EngineResult> Generate(EngineRequest request);
 

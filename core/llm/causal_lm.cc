@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/files.h"
 #include "core/llm/gemv.h"
 #include "core/llm/paged_attention.h"
 #include "core/nn/torch_util.h"
@@ -18,6 +19,15 @@ namespace internvl::llm {
 namespace {
 
 std::string Shape(const at::Tensor& t) { return absl::StrCat("[", absl::StrJoin(t.sizes(), ","), "]"); }
+
+// Every linear layer of the model (the vocabulary head included).
+std::vector<DenseImpl*> DenseLayers(const LanguageModelImpl& module) {
+  std::vector<DenseImpl*> out;
+  for (const auto& m : module.modules(/*include_self=*/false)) {
+    if (auto* d = dynamic_cast<DenseImpl*>(m.get())) out.push_back(d);
+  }
+  return out;
+}
 
 absl::Status CheckConfig(const LlmConfig& c) {
   if (c.hidden_size <= 0 || c.num_attention_heads <= 0 || c.num_key_value_heads <= 0 || c.num_hidden_layers <= 0 ||
@@ -34,7 +44,8 @@ absl::Status CheckConfig(const LlmConfig& c) {
   }
   if (c.head_dim() % 2 != 0) return absl::InvalidArgumentError("LLM config: head_dim must be even for RoPE");
   if (c.rope_scaling && c.rope_scaling->type != "linear" && c.rope_scaling->type != "dynamic") {
-    return absl::InvalidArgumentError(absl::StrCat("LLM config: unsupported rope_scaling '", c.rope_scaling->type, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("LLM config: unsupported rope_scaling '", c.rope_scaling->type, "'"));
   }
   if (c.rope_scaling && c.rope_scaling->type == "dynamic" && c.max_position_embeddings <= 0) {
     return absl::InvalidArgumentError("LLM config: dynamic rope scaling needs max_position_embeddings");
@@ -90,21 +101,20 @@ void RotaryEmbedding::Observe(int64_t kv_len) {
 std::pair<at::Tensor, at::Tensor> RotaryEmbedding::Tables(const at::Tensor& positions, at::ScalarType dtype) const {
   at::Tensor t = positions.to(at::kFloat);
   if (scaling_type_ == "linear") t = t / factor_;
-  at::Tensor freqs = t.unsqueeze(-1) * inv_freq_;  // [B, T, d/2]
+  at::Tensor freqs = t.unsqueeze(-1) * inv_freq_;             // [B, T, d/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(2);  // [B, T, 1, d]
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }
 
 // ---- CausalLM ----
 
-Precision Precision::ForRequested(at::ScalarType requested) {
-  return {EffectiveComputeDType(requested), requested};
-}
+Precision Precision::ForRequested(at::ScalarType requested) { return {EffectiveComputeDType(requested), requested}; }
 
 CausalLM::CausalLM(const LlmConfig& config, const Precision& precision)
     : config_(config),
       dtype_(precision.compute),
       weight_dtype_(precision.weights),
+      quantize_(precision.quantize),
       module_(LanguageModel(config, precision.weights)),
       rope_(config) {}
 
@@ -117,12 +127,63 @@ void CausalLM::Finish() {
     }
   }
   for (auto& layer : module_->model->typed_layers) layer->Fuse();
+  bool any_quantized = quantize_ != Quantization::kNone;
+  for (DenseImpl* d : DenseLayers(*module_)) any_quantized = any_quantized || d->quant != nullptr;
+  if (any_quantized) {
+    for (auto& layer : module_->model->typed_layers) layer->Quantize(quantize_);
+    QuantizeDense(*module_->head, quantize_);
+    ReleaseQuantizedWeights({module_->head.get()});
+  }
   // The matrices decoding streams (not the embedding table: one row a token).
   std::vector<at::Tensor> streamed;
   for (auto& p : module_->parameters(/*recurse=*/true)) {
     if (p.dim() == 2 && !p.is_same(module_->model->embed->weight)) streamed.push_back(p);
   }
+  for (DenseImpl* d : DenseLayers(*module_)) {
+    if (!d->quant) continue;
+    for (const at::Tensor* t : {&d->quant->data(), &d->quant->scale(), &d->quant->zmin()}) {
+      if (t->defined()) streamed.push_back(*t);
+    }
+  }
   MoveToHugePages(streamed);
+}
+
+absl::StatusOr<std::vector<std::string>> CausalLM::LoadAwq(const TensorStore& store, const std::string& prefix,
+                                                           std::vector<std::string>* awq_keys) {
+  std::vector<std::string> replaced;
+  if (!config_.awq) return replaced;
+  at::NoGradGuard no_grad;
+  for (const auto& item : module_->named_modules("", /*include_self=*/false)) {
+    auto* d = dynamic_cast<DenseImpl*>(item.value().get());
+    if (d == nullptr) continue;
+    const std::string base = prefix + item.key();
+    const TensorView* qweight = store.Find(base + ".qweight");
+    const TensorView* qzeros = store.Find(base + ".qzeros");
+    const TensorView* scales = store.Find(base + ".scales");
+    if (qweight == nullptr && qzeros == nullptr && scales == nullptr) continue;
+    if (qweight == nullptr || qzeros == nullptr || scales == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AWQ checkpoint ", store.description(), ": ", base, " needs qweight, qzeros and scales"));
+    }
+    INTERNVL_ASSIGN_OR_RETURN(
+        auto q, QuantMatrix::FromAwq(TensorFromView(*qweight, at::kInt), TensorFromView(*qzeros, at::kInt),
+                                     TensorFromView(*scales, at::kFloat), config_.awq->group_size));
+    if (q->out() != d->weight.size(0) || q->in() != d->weight.size(1)) {
+      return absl::InvalidArgumentError(absl::StrCat("AWQ checkpoint ", store.description(), ": ", base, " is [",
+                                                     q->out(), ", ", q->in(), "], the model expects [",
+                                                     d->weight.size(0), ", ", d->weight.size(1), "]"));
+    }
+    for (const TensorView* v : {qweight, qzeros, scales}) ReleaseMappedPages(v->data, v->nbytes);
+    d->quant = std::move(q);
+    d->weight.set_data(at::empty({0}, d->weight.options()));
+    replaced.push_back(item.key() + ".weight");
+    for (const char* suffix : {".qweight", ".qzeros", ".scales"}) awq_keys->push_back(item.key() + suffix);
+  }
+  if (replaced.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("checkpoint ", store.description(), " declares AWQ quantization but holds no qweight tensors"));
+  }
+  return replaced;
 }
 
 absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const LlmConfig& config, const TensorStore& store,
@@ -137,9 +198,16 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const LlmConfig& config
   INTERNVL_RETURN_IF_ERROR(CheckDType(precision.weights));
   std::unique_ptr<CausalLM> lm;
   INTERNVL_RETURN_IF_ERROR(TorchGuard("building LLM", [&] { lm.reset(new CausalLM(config, precision)); }));
+  // AWQ layers first: their float weights are not in the checkpoint.
+  std::vector<std::string> awq_keys;
+  absl::StatusOr<std::vector<std::string>> awq;
+  INTERNVL_RETURN_IF_ERROR(TorchGuard("loading AWQ layers", [&]() -> absl::Status {
+    awq = lm->LoadAwq(store, prefix, &awq_keys);
+    return awq.status();
+  }));
   // Everything is loaded (rounded) in the storage dtype; norms and biases are
   // then widened to the compute dtype, as a bf16 model computed in fp32.
-  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*lm->module_, store, prefix, precision.weights));
+  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*lm->module_, store, prefix, precision.weights, awq_keys, *awq));
   INTERNVL_RETURN_IF_ERROR(TorchGuard("fusing LLM weights", [&] { lm->Finish(); }));
   return lm;
 }
@@ -182,6 +250,7 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::CreateRandom(const LlmConfig
 int64_t CausalLM::num_parameters() const {
   int64_t n = 0;
   for (const auto& p : module_->parameters()) n += p.numel();
+  for (DenseImpl* d : DenseLayers(*module_)) n += d->quant ? d->quant->out() * d->quant->in() : 0;
   return n;
 }
 
@@ -193,7 +262,26 @@ int64_t CausalLM::parameter_bytes() const {
 
 int64_t CausalLM::decode_weight_bytes() const {
   const at::Tensor& emb = module_->model->embed->weight;
-  return parameter_bytes() - emb.numel() * emb.element_size();
+  int64_t bytes = parameter_bytes() - emb.numel() * emb.element_size();
+  for (DenseImpl* d : DenseLayers(*module_)) bytes += d->quant ? d->quant->bytes() : 0;
+  return bytes;
+}
+
+std::string CausalLM::weight_format() const {
+  const std::string dense = weight_dtype_ == at::kBFloat16 ? "bf16" : "fp32";
+  std::string layers, head;
+  auto describe = [&](const DenseImpl& d) -> std::string {
+    if (!d.quant) return dense;
+    if (d.quant->kind() == QuantMatrix::Kind::kInt8) return "int8";
+    return absl::StrCat(config_.awq ? "int4 AWQ g" : "int4 g", d.quant->group());
+  };
+  for (DenseImpl* d : DenseLayers(*module_)) {
+    if (d == module_->head.get()) continue;
+    layers = describe(*d);
+    break;
+  }
+  head = describe(*module_->head);
+  return layers == head ? layers : absl::StrCat(layers, " + ", head, " head");
 }
 
 absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
@@ -206,9 +294,9 @@ absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
 absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, const ForwardOptions& options) {
   if (!inputs_embeds.defined() || inputs_embeds.dim() != 3 || inputs_embeds.size(2) != config_.hidden_size ||
       inputs_embeds.size(1) == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("LLM forward: inputs_embeds must be [B, T>0, ", config_.hidden_size, "], got ",
-                     inputs_embeds.defined() ? Shape(inputs_embeds) : "undefined"));
+    return absl::InvalidArgumentError(absl::StrCat("LLM forward: inputs_embeds must be [B, T>0, ", config_.hidden_size,
+                                                   "], got ",
+                                                   inputs_embeds.defined() ? Shape(inputs_embeds) : "undefined"));
   }
   const int64_t b = inputs_embeds.size(0), t = inputs_embeds.size(1);
   const at::Tensor& mask = options.attention_mask;
@@ -242,9 +330,9 @@ absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, co
       // masked[b, i, j] = key j is in query i's future, or key j is padding.
       at::Tensor key_pos = at::arange(t, long_opts).view({1, 1, t});
       at::Tensor query_pos = at::arange(t, long_opts).view({1, t, 1});
-      at::Tensor masked = key_pos > query_pos;  // [1, T, T]
+      at::Tensor masked = key_pos > query_pos;                                    // [1, T, T]
       if (padding) masked = masked.logical_or(valid.logical_not().unsqueeze(1));  // [B, T, T]
-      ctx.masked = masked.unsqueeze(1).unsqueeze(1);  // [B|1, 1, 1, T, T]
+      ctx.masked = masked.unsqueeze(1).unsqueeze(1);                              // [B|1, 1, 1, T, T]
     }
     at::Tensor hidden = module_->model->forward(inputs_embeds.to(dtype_), ctx);
     switch (options.logits) {
@@ -264,12 +352,11 @@ absl::StatusOr<std::unique_ptr<PagedKVPool>> CausalLM::NewPagedPool(int64_t num_
 }
 
 absl::StatusOr<at::Tensor> CausalLM::ForwardPaged(const at::Tensor& inputs_embeds, const std::vector<PagedSeq>& seqs,
-                                                  const std::vector<const RotaryEmbedding*>& ropes,
-                                                  PagedKVPool& pool) {
+                                                  const std::vector<const RotaryEmbedding*>& ropes, PagedKVPool& pool) {
   if (!inputs_embeds.defined() || inputs_embeds.dim() != 2 || inputs_embeds.size(1) != config_.hidden_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("LLM paged forward: inputs_embeds must be [N, ", config_.hidden_size, "], got ",
-                     inputs_embeds.defined() ? Shape(inputs_embeds) : "undefined"));
+    return absl::InvalidArgumentError(absl::StrCat("LLM paged forward: inputs_embeds must be [N, ", config_.hidden_size,
+                                                   "], got ",
+                                                   inputs_embeds.defined() ? Shape(inputs_embeds) : "undefined"));
   }
   if (seqs.empty() || ropes.size() != seqs.size()) {
     return absl::InvalidArgumentError("LLM paged forward: needs sequences, each with its rotary state");
@@ -284,8 +371,8 @@ absl::StatusOr<at::Tensor> CausalLM::ForwardPaged(const at::Tensor& inputs_embed
     if (s.num_new < 1 || s.start < 0 || ropes[i] == nullptr ||
         static_cast<int64_t>(s.blocks.size()) * pool.block_size() < s.start + s.num_new) {
       return absl::InvalidArgumentError(absl::StrCat("LLM paged forward: sequence ", i, " feeds ", s.num_new,
-                                                     " tokens at ", s.start, " with ", s.blocks.size(),
-                                                     " blocks of ", pool.block_size()));
+                                                     " tokens at ", s.start, " with ", s.blocks.size(), " blocks of ",
+                                                     pool.block_size()));
     }
     for (int32_t b : s.blocks) {
       if (b < 0 || b >= pool.num_blocks())
@@ -332,7 +419,8 @@ absl::StatusOr<at::Tensor> CausalLM::ForwardPaged(const at::Tensor& inputs_embed
       if (seqs[i].logits) last.push_back(paged.row_begin[i] + seqs[i].num_new - 1);
     }
     if (last.empty()) return at::empty({0, config_.vocab_size}, at::TensorOptions().dtype(at::kFloat));
-    at::Tensor h = static_cast<int64_t>(last.size()) == rows ? hidden : hidden.index_select(0, at::tensor(last, long_opts));
+    at::Tensor h =
+        static_cast<int64_t>(last.size()) == rows ? hidden : hidden.index_select(0, at::tensor(last, long_opts));
     return module_->head(h).to(at::kFloat);
   });
 }
@@ -341,10 +429,10 @@ absl::StatusOr<at::Tensor> ScatterImageEmbeddings(const at::Tensor& text_embeds,
                                                   int64_t img_context_id, const at::Tensor& vit_embeds) {
   if (!text_embeds.defined() || text_embeds.dim() != 3 || !input_ids.defined() || input_ids.dim() != 2 ||
       input_ids.size(0) != text_embeds.size(0) || input_ids.size(1) != text_embeds.size(1)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ScatterImageEmbeddings: need text_embeds [B,T,H] and input_ids [B,T], got ",
-        text_embeds.defined() ? Shape(text_embeds) : "undefined", " and ",
-        input_ids.defined() ? Shape(input_ids) : "undefined"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ScatterImageEmbeddings: need text_embeds [B,T,H] and input_ids [B,T], got ",
+                     text_embeds.defined() ? Shape(text_embeds) : "undefined", " and ",
+                     input_ids.defined() ? Shape(input_ids) : "undefined"));
   }
   const int64_t hidden = text_embeds.size(2);
   return TorchGuard("scattering image embeddings", [&]() -> absl::StatusOr<at::Tensor> {
@@ -355,14 +443,14 @@ absl::StatusOr<at::Tensor> ScatterImageEmbeddings(const at::Tensor& text_embeds,
                                : -1;
     if (n_slots == 0 && (!vit_embeds.defined() || vit_embeds.numel() == 0)) return text_embeds;
     if (!vit_embeds.defined() || vit_embeds.size(-1) != hidden) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("ScatterImageEmbeddings: image embeddings ",
-                       vit_embeds.defined() ? Shape(vit_embeds) : "undefined", " do not match hidden size ", hidden));
+      return absl::InvalidArgumentError(absl::StrCat("ScatterImageEmbeddings: image embeddings ",
+                                                     vit_embeds.defined() ? Shape(vit_embeds) : "undefined",
+                                                     " do not match hidden size ", hidden));
     }
     if (n_rows != n_slots) {
-      return absl::InvalidArgumentError(absl::StrCat("ScatterImageEmbeddings: ", n_slots,
-                                                     " <IMG_CONTEXT> tokens (id ", img_context_id, ") but ", n_rows,
-                                                     " image embedding rows ", Shape(vit_embeds)));
+      return absl::InvalidArgumentError(absl::StrCat("ScatterImageEmbeddings: ", n_slots, " <IMG_CONTEXT> tokens (id ",
+                                                     img_context_id, ") but ", n_rows, " image embedding rows ",
+                                                     Shape(vit_embeds)));
     }
     // index_put with a boolean mask fills the selected rows in row-major
     // order of the flattened batch, as `input_embeds[selected] = ...`.

@@ -87,6 +87,10 @@ struct ForwardOptions {
 struct Precision {
   at::ScalarType compute = at::kFloat;
   at::ScalarType weights = at::kFloat;
+  // The matrices quantized at load time (quant.h); an AWQ checkpoint's
+  // layers are 4-bit whatever this says, the rest (its vocabulary head)
+  // follows it.
+  Quantization quantize = Quantization::kNone;
 
   // One dtype for both (what Load(config, store, dtype) uses).
   static Precision Uniform(at::ScalarType dtype) { return {dtype, dtype}; }
@@ -128,8 +132,11 @@ class CausalLM {
   int64_t parameter_bytes() const;
   // Bytes of weights one decode step reads: every parameter except the
   // embedding table (one row of it is gathered), i.e. the memory traffic that
-  // bounds batch-1 decoding besides the KV cache.
+  // bounds batch-1 decoding besides the KV cache. Quantized matrices count
+  // their packed bytes.
   int64_t decode_weight_bytes() const;
+  // "bf16", "int8", "int4 (AWQ g128) + bf16 head", ...: how the matrices are stored.
+  std::string weight_format() const;
 
   // Token embeddings: int64 ids [B, T] -> [B, T, H] in the compute dtype.
   // OUT_OF_RANGE-like INTERNAL error for ids outside the vocabulary.
@@ -171,12 +178,18 @@ class CausalLM {
  private:
   CausalLM(const LlmConfig& config, const Precision& precision);
   absl::Status Validate() const;
-  // Casts norms and biases to the compute dtype, then fuses (after loading).
+  // Casts norms and biases to the compute dtype, then fuses and quantizes
+  // (after loading).
   void Finish();
+  // Reads the AWQ layers of `store` into their Dense modules; returns the
+  // names of the parameters they replace (not loaded as floats).
+  absl::StatusOr<std::vector<std::string>> LoadAwq(const TensorStore& store, const std::string& prefix,
+                                                   std::vector<std::string>* awq_keys);
 
   LlmConfig config_;
   at::ScalarType dtype_;
   at::ScalarType weight_dtype_;
+  Quantization quantize_;
   LanguageModel module_{nullptr};
   RotaryEmbedding rope_;
   std::mutex rope_mu_;

@@ -103,8 +103,9 @@ at::Tensor Attend(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tens
     if (inference) {
       scores.view({b, kv_heads, groups, t, len}).masked_fill_(ctx.masked, lowest);
     } else {
-      scores = scores.view({b, kv_heads, groups, t, len}).masked_fill(ctx.masked, lowest).view(
-          {b, kv_heads, groups * t, len});
+      scores = scores.view({b, kv_heads, groups, t, len})
+                   .masked_fill(ctx.masked, lowest)
+                   .view({b, kv_heads, groups * t, len});
     }
   }
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
@@ -124,7 +125,22 @@ DenseImpl::DenseImpl(int64_t in, int64_t out, bool has_bias, at::ScalarType dtyp
   if (has_bias) bias = register_parameter("bias", at::zeros({out}, at::TensorOptions().dtype(dtype)));
 }
 
-at::Tensor DenseImpl::forward(const at::Tensor& x) { return Linear(x, weight, bias); }
+at::Tensor DenseImpl::forward(const at::Tensor& x) {
+  if (quant) return QuantLinear(x, *quant, bias);
+  return Linear(x, weight, bias);
+}
+
+bool QuantizeDense(DenseImpl& d, Quantization mode) {
+  if (!d.quant && mode != Quantization::kNone) d.quant = QuantMatrix::Quantize(d.weight, mode);
+  return d.quant != nullptr;
+}
+
+void ReleaseQuantizedWeights(const std::vector<DenseImpl*>& dense) {
+  at::NoGradGuard no_grad;
+  for (DenseImpl* d : dense) {
+    if (d->quant) d->weight.set_data(at::empty({0}, d->weight.options()));
+  }
+}
 
 EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t hidden, at::ScalarType dtype) {
   weight = register_parameter("weight", at::empty({vocab, hidden}, at::TensorOptions().dtype(dtype)));
@@ -205,15 +221,27 @@ void LlamaAttentionImpl::Fuse() {
   if (q_proj->bias.defined()) qkv_b_ = FuseRows({&q_proj->bias, &k_proj->bias, &v_proj->bias});
 }
 
+void LlamaAttentionImpl::Quantize(Quantization mode) {
+  const bool q = QuantizeDense(*q_proj, mode), k = QuantizeDense(*k_proj, mode), v = QuantizeDense(*v_proj, mode);
+  QuantizeDense(*o_proj, mode);
+  if (q && k && v && q_proj->quant->kind() == k_proj->quant->kind() && k_proj->quant->kind() == v_proj->quant->kind() &&
+      q_proj->quant->group() == k_proj->quant->group() && k_proj->quant->group() == v_proj->quant->group()) {
+    qkv_q_ = QuantMatrix::Fuse({&q_proj->quant, &k_proj->quant, &v_proj->quant});
+    qkv_w_ = at::Tensor();
+  }
+  ReleaseQuantizedWeights({q_proj.get(), k_proj.get(), v_proj.get(), o_proj.get()});
+}
+
 at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const LayerContext& ctx, int layer) {
   const int64_t b = x.size(0), t = x.size(1);
   const int64_t qn = heads_ * head_dim_, kvn = kv_heads_ * head_dim_;
   at::Tensor q, k, v;
-  const bool fused = Inference() && StillFused(qkv_w_, {&q_proj->weight, &k_proj->weight, &v_proj->weight}) &&
-                     (!q_proj->bias.defined() ||
-                      StillFused(qkv_b_, {&q_proj->bias, &k_proj->bias, &v_proj->bias}));
-  if (fused) {
-    at::Tensor qkv = Linear(x, qkv_w_, qkv_b_);
+  const bool quantized = Inference() && qkv_q_ != nullptr;
+  const bool fused = !quantized && Inference() &&
+                     StillFused(qkv_w_, {&q_proj->weight, &k_proj->weight, &v_proj->weight}) &&
+                     (!q_proj->bias.defined() || StillFused(qkv_b_, {&q_proj->bias, &k_proj->bias, &v_proj->bias}));
+  if (quantized || fused) {
+    at::Tensor qkv = quantized ? QuantLinear(x, *qkv_q_, qkv_b_) : Linear(x, qkv_w_, qkv_b_);
     q = qkv.narrow(-1, 0, qn);
     k = qkv.narrow(-1, qn, kvn);
     v = qkv.narrow(-1, qn + kvn, kvn);
@@ -235,7 +263,23 @@ LlamaMLPImpl::LlamaMLPImpl(const LlmConfig& c, at::ScalarType dtype) {
 
 void LlamaMLPImpl::Fuse() { gate_up_w_ = FuseRows({&gate_proj->weight, &up_proj->weight}); }
 
+void LlamaMLPImpl::Quantize(Quantization mode) {
+  const bool g = QuantizeDense(*gate_proj, mode), u = QuantizeDense(*up_proj, mode);
+  QuantizeDense(*down_proj, mode);
+  if (g && u && gate_proj->quant->kind() == up_proj->quant->kind() &&
+      gate_proj->quant->group() == up_proj->quant->group()) {
+    gate_up_q_ = QuantMatrix::Fuse({&gate_proj->quant, &up_proj->quant});
+    gate_up_w_ = at::Tensor();
+  }
+  ReleaseQuantizedWeights({gate_proj.get(), up_proj.get(), down_proj.get()});
+}
+
 at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
+  if (Inference() && gate_up_q_) {
+    at::Tensor gu = QuantLinear(x, *gate_up_q_, {});
+    const int64_t n = gate_proj->quant->out();
+    return down_proj(SwiGlu(gu.narrow(-1, 0, n), gu.narrow(-1, n, n)));
+  }
   if (Inference() && StillFused(gate_up_w_, {&gate_proj->weight, &up_proj->weight})) {
     at::Tensor gu = Linear(x, gate_up_w_);
     const int64_t n = gate_proj->weight.size(0);
@@ -248,13 +292,17 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlmConfig& c, at::ScalarType 
   self_attn = register_module("self_attn", LlamaAttention(c, dtype));
   mlp = register_module("mlp", LlamaMLP(c, dtype));
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
-  post_attention_layernorm =
-      register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps, dtype));
 }
 
 void LlamaDecoderLayerImpl::Fuse() {
   self_attn->Fuse();
   mlp->Fuse();
+}
+
+void LlamaDecoderLayerImpl::Quantize(Quantization mode) {
+  self_attn->Quantize(mode);
+  mlp->Quantize(mode);
 }
 
 at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& x, const LayerContext& ctx) {
@@ -291,7 +339,22 @@ InternLM2MLPImpl::InternLM2MLPImpl(const LlmConfig& c, at::ScalarType dtype) {
 
 void InternLM2MLPImpl::Fuse() { w13_ = FuseRows({&w1->weight, &w3->weight}); }
 
+void InternLM2MLPImpl::Quantize(Quantization mode) {
+  const bool a = QuantizeDense(*w1, mode), c = QuantizeDense(*w3, mode);
+  QuantizeDense(*w2, mode);
+  if (a && c && w1->quant->kind() == w3->quant->kind() && w1->quant->group() == w3->quant->group()) {
+    w13_q_ = QuantMatrix::Fuse({&w1->quant, &w3->quant});
+    w13_ = at::Tensor();
+  }
+  ReleaseQuantizedWeights({w1.get(), w3.get(), w2.get()});
+}
+
 at::Tensor InternLM2MLPImpl::forward(const at::Tensor& x) {
+  if (Inference() && w13_q_) {
+    at::Tensor gu = QuantLinear(x, *w13_q_, {});
+    const int64_t n = w1->quant->out();
+    return w2(SwiGlu(gu.narrow(-1, 0, n), gu.narrow(-1, n, n)));
+  }
   if (Inference() && StillFused(w13_, {&w1->weight, &w3->weight})) {
     at::Tensor gu = Linear(x, w13_);
     const int64_t n = w1->weight.size(0);
@@ -308,6 +371,13 @@ InternLM2DecoderLayerImpl::InternLM2DecoderLayerImpl(const LlmConfig& c, at::Sca
 }
 
 void InternLM2DecoderLayerImpl::Fuse() { feed_forward->Fuse(); }
+
+void InternLM2DecoderLayerImpl::Quantize(Quantization mode) {
+  QuantizeDense(*attention->wqkv, mode);
+  QuantizeDense(*attention->wo, mode);
+  ReleaseQuantizedWeights({attention->wqkv.get(), attention->wo.get()});
+  feed_forward->Quantize(mode);
+}
 
 at::Tensor InternLM2DecoderLayerImpl::forward(const at::Tensor& x, const LayerContext& ctx) {
   at::Tensor h = x + attention->forward(attention_norm(x), ctx, layer_index);

@@ -15,7 +15,8 @@
 // them under autograd). With grad mode off (at::InferenceMode / NoGradGuard)
 // they take inference-only shortcuts: fused q|k|v and gate|up matmuls through
 // weights that share storage with the per-key parameters, in-place scaling and
-// masking, and FastLinear (gemv.h) for the few-row products of decoding. Most users want CausalLM (causal_lm.h), not these modules.
+// masking, and FastLinear (gemv.h) for the few-row products of decoding. Most users want CausalLM (causal_lm.h), not
+// these modules.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/llm/quant.h"
 
 namespace internvl::llm {
 
@@ -57,8 +59,17 @@ class DenseImpl : public torch::nn::Module {
   DenseImpl(int64_t in, int64_t out, bool bias, at::ScalarType dtype);
   at::Tensor forward(const at::Tensor& x);
   at::Tensor weight, bias;  // bias undefined when absent
+  // Set when the weights are quantized (quant.h): forward then multiplies
+  // through it, and `weight` is empty (inference only).
+  std::shared_ptr<QuantMatrix> quant;
 };
 TORCH_MODULE(Dense);
+
+// Quantizes `d` as `mode` asks unless it holds quantized weights already
+// (AWQ). True when `d` ends up quantized.
+bool QuantizeDense(DenseImpl& d, Quantization mode);
+// Frees the float weights of quantized Dense layers (after fusing).
+void ReleaseQuantizedWeights(const std::vector<DenseImpl*>& dense);
 
 // nn.Embedding without init: weight [vocab, hidden].
 class EmbeddingImpl : public torch::nn::Module {
@@ -97,6 +108,10 @@ class DecoderLayerImpl : public torch::nn::Module {
   virtual at::Tensor forward(const at::Tensor& x, const LayerContext& ctx) = 0;
   // Builds the inference-only fused weights (call after loading weights).
   virtual void Fuse() = 0;
+  // Quantizes the layer's matrices as `mode` asks (those already quantized,
+  // from an AWQ checkpoint, stay as they are), fuses the quantized q|k|v and
+  // gate|up products and frees the float weights they replace. Inference only.
+  virtual void Quantize(Quantization mode) = 0;
   int layer_index = 0;
 };
 
@@ -107,11 +122,13 @@ class LlamaAttentionImpl : public torch::nn::Module {
   explicit LlamaAttentionImpl(const LlmConfig& c, at::ScalarType dtype);
   at::Tensor forward(const at::Tensor& x, const LayerContext& ctx, int layer);
   void Fuse();
+  void Quantize(Quantization mode);
   Dense q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
   int64_t heads_, kv_heads_, head_dim_;
   at::Tensor qkv_w_, qkv_b_;  // fused views (inference)
+  std::shared_ptr<QuantMatrix> qkv_q_;
 };
 TORCH_MODULE(LlamaAttention);
 
@@ -121,10 +138,12 @@ class LlamaMLPImpl : public torch::nn::Module {
   explicit LlamaMLPImpl(const LlmConfig& c, at::ScalarType dtype);
   at::Tensor forward(const at::Tensor& x);
   void Fuse();
+  void Quantize(Quantization mode);
   Dense gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 
  private:
   at::Tensor gate_up_w_;
+  std::shared_ptr<QuantMatrix> gate_up_q_;
 };
 TORCH_MODULE(LlamaMLP);
 
@@ -134,6 +153,7 @@ class LlamaDecoderLayerImpl : public DecoderLayerImpl {
   LlamaDecoderLayerImpl(const LlmConfig& c, at::ScalarType dtype);
   at::Tensor forward(const at::Tensor& x, const LayerContext& ctx) override;
   void Fuse() override;
+  void Quantize(Quantization mode) override;
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
@@ -161,10 +181,12 @@ class InternLM2MLPImpl : public torch::nn::Module {
   explicit InternLM2MLPImpl(const LlmConfig& c, at::ScalarType dtype);
   at::Tensor forward(const at::Tensor& x);
   void Fuse();
+  void Quantize(Quantization mode);
   Dense w1{nullptr}, w3{nullptr}, w2{nullptr};
 
  private:
   at::Tensor w13_;
+  std::shared_ptr<QuantMatrix> w13_q_;
 };
 TORCH_MODULE(InternLM2MLP);
 
@@ -174,6 +196,7 @@ class InternLM2DecoderLayerImpl : public DecoderLayerImpl {
   InternLM2DecoderLayerImpl(const LlmConfig& c, at::ScalarType dtype);
   at::Tensor forward(const at::Tensor& x, const LayerContext& ctx) override;
   void Fuse() override;
+  void Quantize(Quantization mode) override;
   InternLM2Attention attention{nullptr};
   InternLM2MLP feed_forward{nullptr};
   RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};

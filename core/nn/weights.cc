@@ -26,7 +26,8 @@ std::string ShapeString(at::IntArrayRef s) { return absl::StrCat("[", absl::StrJ
 }  // namespace
 
 absl::Status LoadModuleWeights(torch::nn::Module& module, const TensorStore& store, const std::string& prefix,
-                               at::ScalarType dtype, const std::vector<std::string>& ignore_unexpected) {
+                               at::ScalarType dtype, const std::vector<std::string>& ignore_unexpected,
+                               const std::vector<std::string>& skip) {
   return TorchGuard("loading weights", [&]() -> absl::Status {
     at::NoGradGuard no_grad;
     std::vector<std::string> missing, mismatched;
@@ -40,8 +41,8 @@ absl::Status LoadModuleWeights(torch::nn::Module& module, const TensorStore& sto
       }
       consumed.insert(key);
       if (at::IntArrayRef(view->shape) != target.sizes()) {
-        mismatched.push_back(absl::StrCat(key, " (checkpoint ", ShapeString(view->shape), ", model ",
-                                          ShapeString(target.sizes()), ")"));
+        mismatched.push_back(
+            absl::StrCat(key, " (checkpoint ", ShapeString(view->shape), ", model ", ShapeString(target.sizes()), ")"));
         return;
       }
       at::Tensor value = TensorFromView(*view, dtype);
@@ -54,7 +55,10 @@ absl::Status LoadModuleWeights(torch::nn::Module& module, const TensorStore& sto
         target.set_data(value);
       }
     };
-    for (auto& item : module.named_parameters(/*recurse=*/true)) load_one(item.key(), item.value(), true);
+    const std::set<std::string> skipped(skip.begin(), skip.end());
+    for (auto& item : module.named_parameters(/*recurse=*/true)) {
+      if (!skipped.count(item.key())) load_one(item.key(), item.value(), true);
+    }
     for (auto& item : module.named_buffers(/*recurse=*/true)) load_one(item.key(), item.value(), false);
     std::vector<std::string> unexpected;
     std::set<std::string> ignored;

@@ -22,6 +22,8 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50053", "gRPC address host:port (port 0 
 ABSL_FLAG(int, metrics_port, 9092, "HTTP port for /metrics and /healthz (0 = any free port)");
 ABSL_FLAG(std::string, model, "", "model folder or HF id in the local cache; required");
 ABSL_FLAG(std::string, dtype, "bf16", "compute dtype: fp32 or bf16");
+ABSL_FLAG(std::string, quantize, "none",
+          "LLM weights quantized at load time: none, int8 or int4 (AWQ checkpoints are 4-bit as published)");
 ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = all cores)");
 ABSL_FLAG(int64_t, kv_cache_bytes, 0, "KV cache budget in bytes (0 = --kv-cache-fraction of physical memory)");
 ABSL_FLAG(double, kv_cache_fraction, 0.25, "KV cache budget as a fraction of physical memory, when no bytes given");
@@ -76,6 +78,7 @@ int main(int argc, char** argv) {
   engine_options.llm.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
   engine_options.llm.max_waiting = absl::GetFlag(FLAGS_max_queued);
   engine_options.llm.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
+  engine_options.llm.quantize = absl::GetFlag(FLAGS_quantize);
   auto engine = InferenceEngine::Load(*dir, engine_options);
   if (!engine.ok()) {
     LogError(absl::StrCat("loading the language model: ", engine.status().ToString()));

@@ -1,0 +1,114 @@
+// The decode matrix-vector kernels alone, on the matrices of one
+// InternVL2-1B decode step (Qwen2-0.5B: fused q|k|v 1152x896, o 896x896,
+// fused gate|up 9728x896, down 896x4864, vocabulary head 151655x896), one
+// input row: GB/s of weights streamed per kernel and format, against the
+// read bandwidth probed between the calls (bench_bandwidth.h), and each
+// format's time per step of those matrices x 24 layers (+ head).
+// Usage: bench_gemv [--threads=N] [--reps=N]
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "bench/bench_bandwidth.h"
+#include "bench/bench_util.h"
+#include "core/llm/gemv.h"
+#include "core/llm/quant.h"
+#include "core/nn/torch_util.h"
+
+namespace internvl::llm {
+namespace {
+
+struct Shape {
+  const char* name;
+  int64_t out, in, per_step;  // matrices of this shape per decode step
+};
+
+const Shape kShapes[] = {{"qkv", 1152, 896, 24},
+                         {"o", 896, 896, 24},
+                         {"gate_up", 9728, 896, 24},
+                         {"down", 896, 4864, 24},
+                         {"head", 151655, 896, 1}};
+
+int Run(int argc, char** argv) {
+  int threads = 2, reps = 30;
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    if (absl::StartsWith(a, "--threads=")) {
+      (void)absl::SimpleAtoi(a.substr(10), &threads);
+    } else if (absl::StartsWith(a, "--reps=")) {
+      (void)absl::SimpleAtoi(a.substr(7), &reps);
+    } else {
+      std::fprintf(stderr, "usage: %s [--threads=N] [--reps=N]\n", argv[0]);
+      return 2;
+    }
+  }
+  SetTorchThreads(threads);
+  at::InferenceMode guard;
+  bench::BandwidthProbe probe;
+  std::printf("threads %d; memory read bandwidth %.1f GB/s (best of 5 probes)\n", TorchThreads(), probe.Best(5));
+  struct Format {
+    std::string name;
+    std::optional<Quantization> quant;  // nullopt: bf16 FastLinear
+  };
+  const std::vector<Format> formats = {
+      {"bf16", std::nullopt}, {"int8", Quantization::kInt8}, {"int4", Quantization::kInt4}};
+  for (const Format& f : formats) {
+    std::vector<std::string> kernels;
+    if (!f.quant) {
+      for (GemvKernel k : {GemvKernel::kAvx2, GemvKernel::kAvx512Bf16})
+        if (GemvKernelSupported(k)) kernels.push_back(GemvKernelName(k));
+    } else {
+      for (QuantKernel k : {QuantKernel::kAvx2, QuantKernel::kAvx512Vnni})
+        if (QuantKernelSupported(k)) kernels.push_back(QuantKernelName(k));
+    }
+    for (const std::string& kernel : kernels) {
+      double step_ms = 0, step_bytes = 0;
+      std::printf("\n[%s/%s]\n", f.name.c_str(), kernel.c_str());
+      for (const Shape& s : kShapes) {
+        const at::Tensor w = at::randn({s.out, s.in}).mul_(0.02).to(at::kBFloat16);
+        std::shared_ptr<QuantMatrix> q;
+        if (f.quant) q = QuantMatrix::Quantize(w, *f.quant);
+        const int64_t bytes = q ? q->bytes() : w.numel() * 2;
+        const at::Tensor x = at::randn({1, s.in}).to(at::kBFloat16);
+        if (f.quant) {
+          for (QuantKernel k : {QuantKernel::kAvx2, QuantKernel::kAvx512Vnni})
+            if (kernel == QuantKernelName(k)) ForceQuantKernel(k);
+        } else {
+          for (GemvKernel k : {GemvKernel::kAvx2, GemvKernel::kAvx512Bf16})
+            if (kernel == GemvKernelName(k)) ForceGemvKernel(k);
+        }
+        auto call = [&] { return q ? QuantLinear(x, *q, {}) : Linear(x, w, {}); };
+        call();
+        std::vector<double> times, bw;
+        for (int r = 0; r < reps; ++r) {
+          // A fresh matrix would not fit the caches anyway except the
+          // smallest; the probe between calls also evicts them.
+          bw.push_back(probe.Measure());
+          const double t0 = bench::NowSeconds();
+          call();
+          times.push_back(bench::NowSeconds() - t0);
+        }
+        const double t = bench::Median(times), b = bench::Median(bw);
+        std::printf("  %-8s %6ldx%-5ld %7.2f MB %7.3f ms = %5.1f GB/s = %3.0f%% of the probe (%.1f GB/s)\n", s.name,
+                    static_cast<long>(s.out), static_cast<long>(s.in), bytes / 1e6, t * 1e3, bytes / t / 1e9,
+                    100.0 * bytes / t / 1e9 / b, b);
+        step_ms += t * 1e3 * s.per_step;
+        step_bytes += static_cast<double>(bytes) * s.per_step;
+      }
+      std::printf("  one decode step's matrices: %.0f MB in %.1f ms\n", step_bytes / 1e6, step_ms);
+    }
+  }
+  ForceQuantKernel(std::nullopt);
+  ForceGemvKernel(std::nullopt);
+  return 0;
+}
+
+}  // namespace
+}  // namespace internvl::llm
+
+int main(int argc, char** argv) { return internvl::llm::Run(argc, argv); }

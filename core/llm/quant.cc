@@ -1,0 +1,355 @@
+#include "core/llm/quant.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "core/llm/chunk_pool.h"
+#include "core/llm/gemv.h"
+#include "core/llm/gemv_kernels.h"
+#include "core/llm/quant_kernels.h"
+#include "core/nn/torch_util.h"
+
+namespace internvl::llm {
+namespace {
+
+// AutoAWQ packs output columns 8j + kAwqOrder[i] into bits 4i of int32 j.
+constexpr int kAwqOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+
+int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+std::atomic<int> g_forced{-1};
+
+QuantKernel BestKernel() {
+  if (quant::CpuHasAvx512Vnni()) return QuantKernel::kAvx512Vnni;
+  if (gemv::CpuHasAvx2Fma()) return QuantKernel::kAvx2;
+  return QuantKernel::kPortable;
+}
+
+QuantKernel EnvKernel() {
+  static const QuantKernel k = [] {
+    const char* env = std::getenv("INTERNVL_QUANT_KERNEL");
+    if (env != nullptr) {
+      for (QuantKernel c : {QuantKernel::kPortable, QuantKernel::kAvx2, QuantKernel::kAvx512Vnni}) {
+        if (std::string(env) == QuantKernelName(c) && QuantKernelSupported(c)) return c;
+      }
+      if (*env != 0) std::fprintf(stderr, "INTERNVL_QUANT_KERNEL=%s is unknown or unsupported here: ignored\n", env);
+    }
+    return BestKernel();
+  }();
+  return k;
+}
+
+// Unpacks AWQ int32 [rows, cols / 8] to uint8 [rows, cols] in column order.
+at::Tensor UnpackAwq(const at::Tensor& packed) {
+  const at::Tensor p = packed.contiguous();
+  const int64_t rows = p.size(0), words = p.size(1);
+  at::Tensor out = at::empty({rows, words * 8}, at::TensorOptions().dtype(at::kByte));
+  const int32_t* src = p.data_ptr<int32_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t j = 0; j < words; ++j) {
+        const uint32_t v = static_cast<uint32_t>(src[r * words + j]);
+        for (int i = 0; i < 8; ++i) dst[r * words * 8 + j * 8 + kAwqOrder[i]] = (v >> (4 * i)) & 0xF;
+      }
+    }
+  });
+  return out;
+}
+
+// Packs uint8 values 0..15 [rows, cols] into AWQ int32 [rows, cols / 8].
+at::Tensor PackAwq(const at::Tensor& values) {
+  const at::Tensor v = values.to(at::kByte).contiguous();
+  const int64_t rows = v.size(0), words = v.size(1) / 8;
+  at::Tensor out = at::zeros({rows, words}, at::TensorOptions().dtype(at::kInt));
+  const uint8_t* src = v.data_ptr<uint8_t>();
+  int32_t* dst = out.data_ptr<int32_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < words; ++j) {
+      uint32_t word = 0;
+      for (int i = 0; i < 8; ++i)
+        word |= static_cast<uint32_t>(src[r * words * 8 + j * 8 + kAwqOrder[i]] & 0xF) << (4 * i);
+      dst[r * words + j] = static_cast<int32_t>(word);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<Quantization> ParseQuantization(absl::string_view name) {
+  if (name.empty() || name == "none") return Quantization::kNone;
+  if (name == "int8") return Quantization::kInt8;
+  if (name == "int4") return Quantization::kInt4;
+  return absl::InvalidArgumentError(absl::StrCat("unknown quantization '", name, "' (none, int8 or int4)"));
+}
+
+const char* QuantizationName(Quantization q) {
+  switch (q) {
+    case Quantization::kNone:
+      return "none";
+    case Quantization::kInt8:
+      return "int8";
+    case Quantization::kInt4:
+      return "int4";
+  }
+  return "?";
+}
+
+std::shared_ptr<QuantMatrix> QuantMatrix::Quantize(const at::Tensor& w, Quantization mode) {
+  const int64_t in = w.size(1), out = w.size(0);
+  const int64_t group = in % 128 == 0 ? 128 : in % 64 == 0 ? 64 : 0;
+  if (mode != Quantization::kInt4 || group == 0 || out % 8 != 0) return Int8(w);
+  // In slices of rows (the AWQ packing holds a few fp32 copies of a slice).
+  const int64_t step = std::max<int64_t>(8, (int64_t{8} << 20) / std::max<int64_t>(1, in * 4)) / 8 * 8;
+  std::vector<std::shared_ptr<QuantMatrix>> parts;
+  for (int64_t r0 = 0; r0 < out; r0 += step) {
+    const int64_t n = std::min(step, out - r0);
+    const AwqTensors t = QuantizeAwq(w.narrow(0, r0, n), group, at::kFloat);
+    parts.push_back(*FromAwq(t.qweight, t.qzeros, t.scales, group));
+  }
+  if (parts.size() == 1) return parts[0];
+  std::vector<std::shared_ptr<QuantMatrix>*> ptrs;
+  for (auto& p : parts) ptrs.push_back(&p);
+  return Fuse(ptrs);
+}
+
+const char* QuantKernelName(QuantKernel k) {
+  switch (k) {
+    case QuantKernel::kPortable:
+      return "portable";
+    case QuantKernel::kAvx2:
+      return "avx2";
+    case QuantKernel::kAvx512Vnni:
+      return "avx512vnni";
+  }
+  return "?";
+}
+
+bool QuantKernelSupported(QuantKernel k) {
+  switch (k) {
+    case QuantKernel::kPortable:
+      return true;
+    case QuantKernel::kAvx2:
+      return gemv::CpuHasAvx2Fma();
+    case QuantKernel::kAvx512Vnni:
+      return quant::CpuHasAvx512Vnni();
+  }
+  return false;
+}
+
+QuantKernel ActiveQuantKernel() {
+  const int forced = g_forced.load(std::memory_order_relaxed);
+  return forced >= 0 ? static_cast<QuantKernel>(forced) : EnvKernel();
+}
+
+bool ForceQuantKernel(std::optional<QuantKernel> kernel) {
+  if (kernel && !QuantKernelSupported(*kernel)) return false;
+  g_forced.store(kernel ? static_cast<int>(*kernel) : -1);
+  return true;
+}
+
+std::shared_ptr<QuantMatrix> QuantMatrix::Int8(const at::Tensor& w) {
+  at::NoGradGuard no_grad;
+  std::shared_ptr<QuantMatrix> q(new QuantMatrix());
+  q->kind_ = Kind::kInt8;
+  q->out_ = w.size(0);
+  q->in_ = w.size(1);
+  q->inp_ = RoundUp(q->in_, quant::kChunk);
+  q->data_ = at::zeros({q->out_, q->inp_}, at::TensorOptions().dtype(at::kChar));
+  q->scale_ = at::empty({q->out_}, at::TensorOptions().dtype(at::kFloat));
+  // In slices of rows: a whole fp32 copy of a vocabulary head is ~0.5 GB.
+  const int64_t step = std::max<int64_t>(1, (int64_t{8} << 20) / std::max<int64_t>(1, q->in_ * 4));
+  for (int64_t r0 = 0; r0 < q->out_; r0 += step) {
+    const int64_t n = std::min(step, q->out_ - r0);
+    const at::Tensor rows = w.narrow(0, r0, n).to(at::kFloat);
+    const at::Tensor amax = rows.abs().amax(1);
+    const at::Tensor scale = amax / 127.0;
+    const at::Tensor inv = at::where(amax > 0, 127.0 / amax, at::zeros_like(amax));
+    const at::Tensor values = (rows * inv.unsqueeze(1)).round().clamp(-127, 127).to(at::kChar);
+    q->data_.narrow(0, r0, n).narrow(1, 0, q->in_).copy_(values);
+    q->scale_.narrow(0, r0, n).copy_(scale);
+  }
+  return q;
+}
+
+absl::StatusOr<std::shared_ptr<QuantMatrix>> QuantMatrix::FromAwq(const at::Tensor& qweight, const at::Tensor& qzeros,
+                                                                  const at::Tensor& scales, int64_t group) {
+  if (qweight.dim() != 2 || qzeros.dim() != 2 || scales.dim() != 2 || qweight.scalar_type() != at::kInt ||
+      qzeros.scalar_type() != at::kInt) {
+    return absl::InvalidArgumentError("AWQ tensors: qweight and qzeros must be 2-D int32, scales 2-D");
+  }
+  const int64_t in = qweight.size(0), out = qweight.size(1) * 8;
+  if (group <= 0 || in % group != 0 || qzeros.size(0) != in / group || qzeros.size(1) * 8 != out ||
+      scales.size(0) != in / group || scales.size(1) != out) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "AWQ tensors: inconsistent shapes for group_size ", group, ": qweight [", in, ",", out / 8, "], qzeros [",
+        qzeros.size(0), ",", qzeros.size(1), "], scales [", scales.size(0), ",", scales.size(1), "]"));
+  }
+  if (group % 64 != 0) {
+    return absl::UnimplementedError(absl::StrCat("AWQ group_size ", group, " is not supported (a multiple of 64 is)"));
+  }
+  at::NoGradGuard no_grad;
+  std::shared_ptr<QuantMatrix> q(new QuantMatrix());
+  q->kind_ = Kind::kInt4;
+  q->out_ = out;
+  q->in_ = in;
+  q->inp_ = RoundUp(in, quant::kChunk4);
+  q->group_ = group;
+  const int64_t groups = in / group, padded_groups = q->inp_ / group;
+  // Padding: zero values, and whole padded groups with zero scales.
+  at::Tensor values = at::zeros({out, q->inp_}, at::TensorOptions().dtype(at::kByte));
+  values.narrow(1, 0, in).copy_(UnpackAwq(qweight).t());          // 0..15
+  const at::Tensor zeros = UnpackAwq(qzeros).t().to(at::kFloat);  // [out, groups]
+  q->scale_ = at::zeros({out, padded_groups}, at::TensorOptions().dtype(at::kFloat));
+  q->scale_.narrow(1, 0, groups).copy_(scales.t());
+  q->zmin_ = at::zeros({out, padded_groups}, at::TensorOptions().dtype(at::kFloat));
+  q->zmin_.narrow(1, 0, groups).copy_(-zeros * q->scale_.narrow(1, 0, groups));
+  // Pack: per 128-input chunk, byte j = value j | value 64 + j << 4.
+  const at::Tensor v = values.view({out, q->inp_ / quant::kChunk4, 2, quant::kChunk4 / 2});
+  q->data_ = (v.select(2, 0) | v.select(2, 1).__lshift__(4)).reshape({out, q->inp_ / 2}).contiguous();
+  return q;
+}
+
+QuantMatrix::AwqTensors QuantMatrix::QuantizeAwq(const at::Tensor& w, int64_t group, at::ScalarType scale_dtype) {
+  at::NoGradGuard no_grad;
+  const int64_t out = w.size(0), in = w.size(1), groups = in / group;
+  const at::Tensor g = w.to(at::kFloat).reshape({out, groups, group});
+  const at::Tensor hi = std::get<0>(g.max(2)), lo = std::get<0>(g.min(2));
+  // Scales are stored in scale_dtype: quantize against the rounded ones.
+  const at::Tensor scales = ((hi - lo).clamp_min(1e-5) / 15.0).to(scale_dtype).to(at::kFloat);  // [out, groups]
+  const at::Tensor zeros = (-(lo / scales).round()).clamp(0, 15);
+  const at::Tensor values = ((g / scales.unsqueeze(2)).round() + zeros.unsqueeze(2)).clamp(0, 15).reshape({out, in});
+  AwqTensors t;
+  t.qweight = PackAwq(values.t().contiguous());
+  t.qzeros = PackAwq(zeros.t().contiguous());
+  t.scales = scales.t().contiguous().to(scale_dtype);
+  return t;
+}
+
+std::shared_ptr<QuantMatrix> QuantMatrix::Fuse(const std::vector<std::shared_ptr<QuantMatrix>*>& parts) {
+  at::NoGradGuard no_grad;
+  std::shared_ptr<QuantMatrix> f(new QuantMatrix());
+  const QuantMatrix& first = **parts[0];
+  f->kind_ = first.kind_;
+  f->in_ = first.in_;
+  f->inp_ = first.inp_;
+  f->group_ = first.group_;
+  std::vector<at::Tensor> data, scale, zmin;
+  for (auto* p : parts) {
+    data.push_back((*p)->data_);
+    scale.push_back((*p)->scale_);
+    if ((*p)->zmin_.defined()) zmin.push_back((*p)->zmin_);
+    f->out_ += (*p)->out_;
+  }
+  f->data_ = at::cat(data, 0);
+  f->scale_ = at::cat(scale, 0);
+  if (!zmin.empty()) f->zmin_ = at::cat(zmin, 0);
+  int64_t offset = 0;
+  for (auto* p : parts) {
+    std::shared_ptr<QuantMatrix> view(new QuantMatrix(**p));
+    view->data_ = f->data_.narrow(0, offset, view->out_);
+    view->scale_ = f->scale_.narrow(0, offset, view->out_);
+    if (f->zmin_.defined()) view->zmin_ = f->zmin_.narrow(0, offset, view->out_);
+    offset += view->out_;
+    *p = view;
+  }
+  return f;
+}
+
+at::Tensor QuantMatrix::Dequantize(int64_t r0, int64_t r1, at::ScalarType dtype) const {
+  const int64_t n = r1 - r0;
+  if (kind_ == Kind::kInt8) {
+    return (data_.narrow(0, r0, n).narrow(1, 0, in_).to(at::kFloat) * scale_.narrow(0, r0, n).unsqueeze(1)).to(dtype);
+  }
+  const int64_t groups = inp_ / group_;
+  const at::Tensor bytes = data_.narrow(0, r0, n).view({n, inp_ / quant::kChunk4, 1, quant::kChunk4 / 2});
+  const at::Tensor values =
+      at::cat({bytes.bitwise_and(0xF), bytes.__rshift__(4)}, 2).view({n, groups, group_}).to(at::kFloat);
+  const at::Tensor w = values * scale_.narrow(0, r0, n).unsqueeze(2) + zmin_.narrow(0, r0, n).unsqueeze(2);
+  return w.view({n, inp_}).narrow(1, 0, in_).to(dtype);
+}
+
+int64_t QuantMatrix::bytes() const {
+  int64_t b = data_.numel() * data_.element_size() + scale_.numel() * scale_.element_size();
+  if (zmin_.defined()) b += zmin_.numel() * zmin_.element_size();
+  return b;
+}
+
+at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b) {
+  const int64_t in = w.in(), out = w.out();
+  TORCH_CHECK(x.size(-1) == in, "quantized linear: input has ", x.size(-1), " features, the weights ", in);
+  const int64_t rows = x.numel() / in;
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out;
+  const at::Tensor x2 = x.reshape({rows, in});
+  if (rows > kMaxFastLinearRows || at::GradMode::is_enabled()) {
+    // Prefill: dequantized tiles of rows through libtorch's GEMM in the
+    // compute dtype (fp32 where bf16 matmuls are not native).
+    const at::ScalarType dtype =
+        x.scalar_type() == at::kBFloat16 && CpuHasNativeBf16Matmul() ? at::kBFloat16 : at::kFloat;
+    const at::Tensor xc = x2.to(dtype);
+    at::Tensor y = at::empty({rows, out}, xc.options());
+    const int64_t tile = std::max<int64_t>(64, (int64_t{4} << 20) / std::max<int64_t>(1, in * 4)) / 4 * 4;
+    for (int64_t r0 = 0; r0 < out; r0 += tile) {
+      const int64_t n = std::min(tile, out - r0);
+      const at::Tensor bt = b.defined() ? b.narrow(0, r0, n).to(dtype) : at::Tensor();
+      y.narrow(1, r0, n).copy_(at::linear(xc, w.Dequantize(r0, r0 + n, dtype), bt));
+    }
+    return y.to(x.scalar_type()).view(shape);
+  }
+  const at::Tensor xf = x2.to(at::kFloat).contiguous();
+  const at::Tensor bf = b.defined() ? b.to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor y = at::empty({rows, out}, xf.options());
+  quant::Activations acts;
+  acts.Prepare(xf.data_ptr<float>(), rows, in, w.padded_in(), w.kind() == QuantMatrix::Kind::kInt4 ? w.group() : 0);
+  const QuantKernel kernel = ActiveQuantKernel();
+  quant::Int8Problem p8;
+  quant::Int4Problem p4;
+  if (w.kind() == QuantMatrix::Kind::kInt8) {
+    p8 = {&acts,
+          w.data().data_ptr<int8_t>(),
+          w.scale().data_ptr<float>(),
+          bf.defined() ? bf.data_ptr<float>() : nullptr,
+          y.data_ptr<float>(),
+          out};
+  } else {
+    p4 = {&acts,
+          w.data().data_ptr<uint8_t>(),
+          w.scale().data_ptr<float>(),
+          w.zmin().data_ptr<float>(),
+          w.group(),
+          bf.defined() ? bf.data_ptr<float>() : nullptr,
+          y.data_ptr<float>(),
+          out};
+  }
+  // Chunks of whole 4-row blocks of at least ~128 KB of packed weights.
+  const int threads = at::get_num_threads();
+  const int64_t row_bytes = std::max<int64_t>(1, w.bytes() / std::max<int64_t>(1, out));
+  int64_t chunk_rows = std::max<int64_t>((int64_t{1} << 17) / row_bytes, (out + 32 * threads - 1) / (32 * threads));
+  chunk_rows = std::max<int64_t>(4, (chunk_rows + 3) / 4 * 4);
+  const int64_t chunks = (out + chunk_rows - 1) / chunk_rows;
+  const bool int8 = w.kind() == QuantMatrix::Kind::kInt8;
+  ParallelChunks(chunks, threads, [&](int64_t chunk) {
+    const int64_t r0 = chunk * chunk_rows, r1 = std::min(out, r0 + chunk_rows);
+    switch (kernel) {
+      case QuantKernel::kAvx512Vnni:
+        return int8 ? quant::Int8RowsAvx512Vnni(p8, r0, r1) : quant::Int4RowsAvx512Vnni(p4, r0, r1);
+      case QuantKernel::kAvx2:
+        return int8 ? quant::Int8RowsAvx2(p8, r0, r1) : quant::Int4RowsAvx2(p4, r0, r1);
+      case QuantKernel::kPortable:
+        return int8 ? quant::Int8RowsPortable(p8, r0, r1) : quant::Int4RowsPortable(p4, r0, r1);
+    }
+  });
+  y = y.view(shape);
+  return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+}
+
+}  // namespace internvl::llm

@@ -1,0 +1,101 @@
+// Quantized weight matrices of the LLM: int8 made at load time from the
+// checkpoint (`--quantize int8`), and 4-bit AWQ checkpoints (AutoAWQ / LMDeploy
+// "gemm" layout) read as published.
+//
+// Decoding (up to kMaxFastLinearRows rows) reads the packed weights directly
+// through the integer kernels of quant_kernels.h, the input rows quantized on
+// the fly to int8 in blocks of 32. Longer inputs (prefill) dequantize the
+// weights in tiles of rows to the compute dtype and multiply with libtorch's
+// GEMM, so prefill keeps the dense path's accuracy and speed.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace internvl::llm {
+
+// What `--quantize` asks of the weights that the checkpoint stores in floating
+// point: kNone keeps them; kInt8 rounds every LLM matrix (projections and the
+// vocabulary head; not the embedding table) to int8 with one scale per output
+// row; kInt4 to 4 bits with a scale and zero point per output row and group of
+// 128 inputs (64 where 128 does not divide the row; int8 where neither does),
+// rounded to nearest as AWQ's quantizer without its activation-aware search.
+// AWQ matrices stay as published either way.
+enum class Quantization { kNone, kInt8, kInt4 };
+absl::StatusOr<Quantization> ParseQuantization(absl::string_view name);  // "none", "int8", "int4"
+const char* QuantizationName(Quantization q);
+
+// The kernel families, chosen at run time from the CPU's flags (the best
+// supported), or forced by INTERNVL_QUANT_KERNEL=portable|avx2|avx512vnni or
+// ForceQuantKernel (tests, benchmarks) among those this CPU runs.
+enum class QuantKernel { kPortable, kAvx2, kAvx512Vnni };
+const char* QuantKernelName(QuantKernel kernel);
+bool QuantKernelSupported(QuantKernel kernel);
+QuantKernel ActiveQuantKernel();
+bool ForceQuantKernel(std::optional<QuantKernel> kernel);
+
+class QuantMatrix {
+ public:
+  enum class Kind { kInt8, kInt4 };
+
+  // Per-output-row symmetric int8 of w [out, in] (any float dtype).
+  static std::shared_ptr<QuantMatrix> Int8(const at::Tensor& w);
+  // w quantized as `mode` asks (see Quantization; not kNone).
+  static std::shared_ptr<QuantMatrix> Quantize(const at::Tensor& w, Quantization mode);
+  // AWQ "gemm" tensors of one linear layer W [out, in]: qweight int32
+  // [in, out / 8] and qzeros int32 [in / group, out / 8], 8 4-bit values per
+  // int32 in the order 0, 2, 4, 6, 1, 3, 5, 7 of their 8 output columns;
+  // scales [in / group, out] (fp16, bf16 or fp32). W[o][i] = (q - zero) *
+  // scale of group i / group. INVALID_ARGUMENT for inconsistent shapes,
+  // UNIMPLEMENTED for a group size that is not a multiple of 64.
+  static absl::StatusOr<std::shared_ptr<QuantMatrix>> FromAwq(const at::Tensor& qweight, const at::Tensor& qzeros,
+                                                              const at::Tensor& scales, int64_t group);
+  // The inverse of FromAwq's unpacking, for writing AWQ checkpoints (tests,
+  // make-model --awq): 4-bit asymmetric min/max quantization of w [out, in]
+  // per group of `group` inputs, as AutoAWQ's pseudo-quantizer rounds (no
+  // activation-aware scaling search: the weights are random anyway).
+  struct AwqTensors {
+    at::Tensor qweight, qzeros, scales;  // int32, int32, `scale_dtype`
+  };
+  static AwqTensors QuantizeAwq(const at::Tensor& w, int64_t group, at::ScalarType scale_dtype);
+
+  // Stacks the rows of matrices of the same kind, input size and group into
+  // one (a fused q|k|v or gate|up product); each part then becomes a row view
+  // of it (no second copy).
+  static std::shared_ptr<QuantMatrix> Fuse(const std::vector<std::shared_ptr<QuantMatrix>*>& parts);
+
+  Kind kind() const { return kind_; }
+  int64_t out() const { return out_; }
+  int64_t in() const { return in_; }
+  int64_t group() const { return group_; }
+  // Rows [r0, r1) as a float matrix [r1 - r0, in] in `dtype`.
+  at::Tensor Dequantize(int64_t r0, int64_t r1, at::ScalarType dtype) const;
+  // Bytes of packed weights, scales and zero terms (what one product reads).
+  int64_t bytes() const;
+
+  // Packed data for the kernels (quant_kernels.h layouts).
+  int64_t padded_in() const { return inp_; }
+  const at::Tensor& data() const { return data_; }
+  const at::Tensor& scale() const { return scale_; }
+  const at::Tensor& zmin() const { return zmin_; }
+
+ private:
+  QuantMatrix() = default;
+  Kind kind_ = Kind::kInt8;
+  int64_t out_ = 0, in_ = 0, inp_ = 0, group_ = 0;
+  at::Tensor data_, scale_, zmin_;
+};
+
+// y = x W^T + b for x [..., in] (fp32 or bf16) through quantized W; the
+// result has x's dtype. b may be undefined.
+at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b);
+
+}  // namespace internvl::llm

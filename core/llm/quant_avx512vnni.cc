@@ -1,0 +1,189 @@
+// AVX-512 VNNI quantized matrix-vector kernels (compiled with -mavx512f
+// -mavx512bw -mavx512vl -mavx512vnni; see quant_kernels.h for the
+// arithmetic). vpdpbusd multiplies 64 unsigned by 64 signed bytes into 16
+// int32 lanes of 4 products each: a 64-byte chunk of inputs spans two
+// activation blocks (lanes 0-7 and 8-15), so each lane is scaled by its
+// block's scale (Activations::lane_d) when converted to fp32.
+// int8 weights are made unsigned by flipping their sign bit (w + 128); the
+// lanes start from -128 * (sum of their inputs) (Activations::corr), which
+// cancels the offset exactly. int4 weights (0..15) are unsigned already.
+// 4 output rows x up to 4 input rows per step: the weights stream from
+// memory once whatever the number of input rows.
+// GCC 12's AVX-512 headers leave lanes undefined on purpose in casts and
+// conversions, which -Wmaybe-uninitialized reports inside the intrinsics.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "core/llm/quant_kernels.h"
+
+namespace internvl::llm::quant {
+namespace {
+
+// Sum of the 16 lanes (not _mm512_reduce_add_ps: GCC 12's header trips
+// -Wmaybe-uninitialized in it).
+inline float ReduceAdd(__m512 v) {
+  alignas(64) float t[16];
+  _mm512_store_ps(t, v);
+  float s[8];
+  for (int i = 0; i < 8; ++i) s[i] = t[i] + t[i + 8];
+  return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+
+template <int kRows, int M>
+void Int8Block(const Int8Problem& p, int64_t row, int64_t m0) {
+  const Activations& a = *p.a;
+  const int64_t inp = a.inp, lanes = inp / 4;
+  const int8_t* w = p.w + row * inp;
+  const bool prefetch = m0 == 0;
+  const char* ahead = reinterpret_cast<const char*>(w + kRows * inp);
+  const char* limit = reinterpret_cast<const char*>(p.w + p.out * inp);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512 acc[kRows][M];
+  for (int i = 0; i < kRows; ++i)
+    for (int m = 0; m < M; ++m) acc[i][m] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < inp; k += kChunk) {
+    if (prefetch) {
+      const char* next = ahead + k * kRows;
+      if (next + 64 * kRows <= limit) {
+#pragma GCC unroll 4
+        for (int i = 0; i < kRows; ++i) _mm_prefetch(next + 64 * i, _MM_HINT_T0);
+      }
+    }
+    __m512i wv[kRows];
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i) wv[i] = _mm512_xor_si512(_mm512_loadu_si512(w + i * inp + k), flip);
+#pragma GCC unroll 4
+    for (int m = 0; m < M; ++m) {
+      const __m512i xv = _mm512_loadu_si512(a.xq.data() + (m0 + m) * inp + k);
+      const __m512i cv = _mm512_loadu_si512(a.corr.data() + (m0 + m) * lanes + k / 4);
+      const __m512 dv = _mm512_loadu_ps(a.lane_d.data() + (m0 + m) * lanes + k / 4);
+#pragma GCC unroll 4
+      for (int i = 0; i < kRows; ++i) {
+        const __m512i t = _mm512_dpbusd_epi32(cv, wv[i], xv);
+        acc[i][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dv, acc[i][m]);
+      }
+    }
+  }
+  for (int i = 0; i < kRows; ++i) {
+    for (int m = 0; m < M; ++m) {
+      float y = p.scale[row + i] * ReduceAdd(acc[i][m]);
+      if (p.bias != nullptr) y += p.bias[row + i];
+      p.y[(m0 + m) * p.out + row + i] = y;
+    }
+  }
+}
+
+template <int kRows, int M>
+void Int4Block(const Int4Problem& p, int64_t row, int64_t m0) {
+  const Activations& a = *p.a;
+  const int64_t inp = a.inp, lanes = inp / 4, row_bytes = inp / 2, groups = inp / p.group;
+  const uint8_t* w = p.w + row * row_bytes;
+  const bool prefetch = m0 == 0;
+  const char* ahead = reinterpret_cast<const char*>(w + kRows * row_bytes);
+  const char* limit = reinterpret_cast<const char*>(p.w + p.out * row_bytes);
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512 acc[kRows][M];
+  for (int i = 0; i < kRows; ++i)
+    for (int m = 0; m < M; ++m) acc[i][m] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < inp; k += kChunk4) {
+    const int64_t kb = k / 2;  // byte offset in the row
+    if (prefetch) {
+      const char* next = ahead + kb * kRows;
+      if (next + 64 * kRows <= limit) {
+#pragma GCC unroll 4
+        for (int i = 0; i < kRows; ++i) _mm_prefetch(next + 64 * i, _MM_HINT_T0);
+      }
+    }
+    // Low nibbles: inputs k .. k + 63; high nibbles: k + 64 .. k + 127.
+    __m512i lo[kRows], hi[kRows];
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i) {
+      const __m512i v = _mm512_loadu_si512(w + i * row_bytes + kb);
+      lo[i] = _mm512_and_si512(v, low);
+      hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    }
+    const int64_t g_lo = k / p.group, g_hi = (k + 64) / p.group;
+#pragma GCC unroll 2
+    for (int m = 0; m < M; ++m) {
+      const int8_t* x = a.xq.data() + (m0 + m) * inp + k;
+      const float* ld = a.lane_d.data() + (m0 + m) * lanes + k / 4;
+      const __m512i x_lo = _mm512_loadu_si512(x), x_hi = _mm512_loadu_si512(x + 64);
+      const __m512 d_lo = _mm512_loadu_ps(ld), d_hi = _mm512_loadu_ps(ld + 16);
+#pragma GCC unroll 4
+      for (int i = 0; i < kRows; ++i) {
+        const float* scale = p.scale + (row + i) * groups;
+        const __m512 t_lo = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[i], x_lo));
+        const __m512 t_hi = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[i], x_hi));
+        acc[i][m] = _mm512_fmadd_ps(_mm512_mul_ps(t_lo, d_lo), _mm512_set1_ps(scale[g_lo]), acc[i][m]);
+        acc[i][m] = _mm512_fmadd_ps(_mm512_mul_ps(t_hi, d_hi), _mm512_set1_ps(scale[g_hi]), acc[i][m]);
+      }
+    }
+  }
+  for (int i = 0; i < kRows; ++i) {
+    const float* zmin = p.zmin + (row + i) * groups;
+    for (int m = 0; m < M; ++m) {
+      float y = ReduceAdd(acc[i][m]);
+      const float* gsum = a.gsum.data() + (m0 + m) * groups;
+      for (int64_t g = 0; g < groups; ++g) y += zmin[g] * gsum[g];
+      if (p.bias != nullptr) y += p.bias[row + i];
+      p.y[(m0 + m) * p.out + row + i] = y;
+    }
+  }
+}
+
+template <int kRows, typename P, void (*B1)(const P&, int64_t, int64_t), void (*B2)(const P&, int64_t, int64_t),
+          void (*B3)(const P&, int64_t, int64_t), void (*B4)(const P&, int64_t, int64_t)>
+void AllInputs(const P& p, int64_t row) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= p.a->m; m0 += 4) B4(p, row, m0);
+  switch (p.a->m - m0) {
+    case 1:
+      return B1(p, row, m0);
+    case 2:
+      return B2(p, row, m0);
+    case 3:
+      return B3(p, row, m0);
+    default:
+      return;
+  }
+}
+
+template <int kRows>
+void Int8All(const Int8Problem& p, int64_t row) {
+  AllInputs<kRows, Int8Problem, Int8Block<kRows, 1>, Int8Block<kRows, 2>, Int8Block<kRows, 3>, Int8Block<kRows, 4>>(
+      p, row);
+}
+
+// Two input rows at a time at most (the 8 unpacked weight vectors and the
+// accumulators fill the 32 registers).
+template <int kRows>
+void Int4All(const Int4Problem& p, int64_t row) {
+  int64_t m0 = 0;
+  for (; m0 + 2 <= p.a->m; m0 += 2) Int4Block<kRows, 2>(p, row, m0);
+  if (m0 < p.a->m) Int4Block<kRows, 1>(p, row, m0);
+}
+
+}  // namespace
+
+void Int8RowsAvx512Vnni(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
+  int64_t r = row_begin;
+  for (; r + 4 <= row_end; r += 4) Int8All<4>(p, r);
+  for (; r < row_end; ++r) Int8All<1>(p, r);
+}
+
+void Int4RowsAvx512Vnni(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
+  int64_t r = row_begin;
+  for (; r + 4 <= row_end; r += 4) Int4All<4>(p, r);
+  for (; r < row_end; ++r) Int4All<1>(p, r);
+}
+
+bool CpuHasAvx512Vnni() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  }();
+  return has;
+}
+
+}  // namespace internvl::llm::quant

@@ -1,0 +1,104 @@
+// Portable quantized kernels and the activation quantizer (quant_kernels.h).
+#include "core/llm/quant_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace internvl::llm::quant {
+
+void Activations::Prepare(const float* x, int64_t rows, int64_t in, int64_t padded, int64_t group_size) {
+  m = rows;
+  inp = padded;
+  group = group_size;
+  const int64_t blocks = inp / kBlock, lanes = inp / 4;
+  xq.assign(static_cast<size_t>(m * inp), 0);
+  d.assign(static_cast<size_t>(m * blocks), 0.0f);
+  corr.assign(static_cast<size_t>(m * lanes), 0);
+  lane_d.assign(static_cast<size_t>(m * lanes), 0.0f);
+  gsum.assign(group > 0 ? static_cast<size_t>(m * (inp / group)) : 0, 0.0f);
+  for (int64_t r = 0; r < m; ++r) {
+    const float* xr = x + r * in;
+    int8_t* q = xq.data() + r * inp;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t k0 = b * kBlock, k1 = std::min(in, k0 + kBlock);
+      float amax = 0;
+      for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xr[k]));
+      const float scale = amax / 127.0f;
+      const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+      int32_t sum = 0;
+      for (int64_t k = k0; k < k1; ++k) {
+        const int v = static_cast<int>(std::nearbyint(xr[k] * inv));
+        q[k] = static_cast<int8_t>(std::clamp(v, -127, 127));
+        sum += q[k];
+      }
+      d[r * blocks + b] = scale;
+      for (int64_t l = k0 / 4; l < (k0 + kBlock) / 4; ++l) {
+        int32_t lane = 0;
+        for (int j = 0; j < 4; ++j) lane += q[4 * l + j];
+        corr[r * lanes + l] = -128 * lane;
+        lane_d[r * lanes + l] = scale;
+      }
+      if (group > 0) gsum[r * (inp / group) + k0 / group] += scale * static_cast<float>(sum);
+    }
+  }
+}
+
+void Int8RowsPortable(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
+  const Activations& a = *p.a;
+  const int64_t blocks = a.inp / kBlock;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int8_t* w = p.w + r * a.inp;
+    for (int64_t m = 0; m < a.m; ++m) {
+      const int8_t* x = a.xq.data() + m * a.inp;
+      float acc = 0;
+      for (int64_t b = 0; b < blocks; ++b) {
+        int32_t dot = 0;
+        for (int64_t k = b * kBlock; k < (b + 1) * kBlock; ++k) dot += int32_t{w[k]} * x[k];
+        acc += a.d[m * blocks + b] * static_cast<float>(dot);
+      }
+      float y = p.scale[r] * acc;
+      if (p.bias != nullptr) y += p.bias[r];
+      p.y[m * p.out + r] = y;
+    }
+  }
+}
+
+void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
+  const Activations& a = *p.a;
+  const int64_t blocks = a.inp / kBlock, groups = a.inp / p.group;
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const uint8_t* w = p.w + r * (a.inp / 2);
+    for (int64_t m = 0; m < a.m; ++m) {
+      const int8_t* x = a.xq.data() + m * a.inp;
+      float acc = 0;
+      for (int64_t g = 0; g < groups; ++g) {
+        float gacc = 0;
+        for (int64_t b = g * p.group / kBlock; b < (g + 1) * p.group / kBlock; ++b) {
+          int32_t dot = 0;
+          for (int64_t k = b * kBlock; k < (b + 1) * kBlock; ++k) {
+            const int64_t c = k / kChunk4, j = k % kChunk4;
+            const uint8_t byte = w[c * (kChunk4 / 2) + (j % 64)];
+            const int32_t q = j < 64 ? (byte & 0xF) : (byte >> 4);
+            dot += q * x[k];
+          }
+          gacc += a.d[m * blocks + b] * static_cast<float>(dot);
+        }
+        acc += p.scale[r * groups + g] * gacc + p.zmin[r * groups + g] * a.gsum[m * groups + g];
+      }
+      if (p.bias != nullptr) acc += p.bias[r];
+      p.y[m * p.out + r] = acc;
+    }
+  }
+}
+
+#ifndef INTERNVL_HAVE_AVX2_GEMV
+void Int8RowsAvx2(const Int8Problem& p, int64_t b, int64_t e) { Int8RowsPortable(p, b, e); }
+void Int4RowsAvx2(const Int4Problem& p, int64_t b, int64_t e) { Int4RowsPortable(p, b, e); }
+#endif
+#ifndef INTERNVL_HAVE_AVX512VNNI_QUANT
+void Int8RowsAvx512Vnni(const Int8Problem& p, int64_t b, int64_t e) { Int8RowsPortable(p, b, e); }
+void Int4RowsAvx512Vnni(const Int4Problem& p, int64_t b, int64_t e) { Int4RowsPortable(p, b, e); }
+bool CpuHasAvx512Vnni() { return false; }
+#endif
+
+}  // namespace internvl::llm::quant

@@ -1,0 +1,79 @@
+// Matrix-vector kernels over quantized weights (no libtorch here: the SIMD
+// versions are compiled with their own target flags, see gemv_kernels.h).
+//
+// Weights: int8 (one scale per output row, symmetric, values in [-127, 127])
+// or int4 (unsigned 0..15 with a scale and a zero point per output row and
+// group of `group` inputs, as AWQ stores them). Inputs: each input row is
+// quantized on the fly to int8 in blocks of 32 values (one fp32 scale per
+// block, as llama.cpp's Q8 activations), so the inner products are integer
+// (VNNI vpdpbusd, or AVX2 vpmaddubsw) and only each block's sum is scaled:
+//   int8: y[m][r] = scale[r] * sum_b d[m][b] * sum_{k in b} w[r][k] xq[m][k]
+//   int4: y[m][r] = sum_g scale[r][g] * (sum_{b in g} d[m][b] * sum_{k in b} q[r][k] xq[m][k])
+//                   + sum_g zmin[r][g] * gsum[m][g]      (zmin = -zero * scale,
+//                                                          gsum = sum_{b in g} d[m][b] * sum_{k in b} xq[m][k])
+// (+ bias[r]). Rows are padded to `inp` inputs (a multiple of 64 for int8,
+// 128 for int4) with zero weights and zero inputs (and zero scales for whole
+// padded groups).
+//
+// Layouts: int8 weights [out][inp] row-major. int4 weights [out][inp / 2]
+// bytes: each 128-input chunk c of a row is 64 bytes, byte j holding input
+// 128c + j in its low nibble and input 128c + 64 + j in its high nibble (one
+// 512-bit load, a shift and two masks give 2 x 64 values in order).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace internvl::llm::quant {
+
+inline constexpr int64_t kBlock = 32;    // inputs per activation scale
+inline constexpr int64_t kChunk = 64;    // int8: inputs per kernel step (and padding unit)
+inline constexpr int64_t kChunk4 = 128;  // int4: inputs per kernel step (and padding unit)
+
+// M input rows quantized for one product.
+struct Activations {
+  int64_t m = 0;
+  int64_t inp = 0;            // padded row length (multiple of the weights' chunk)
+  int64_t group = 0;          // int4 group size (gsum), 0 for int8
+  std::vector<int8_t> xq;     // [m][inp]
+  std::vector<float> d;       // [m][inp / 32] block scales
+  std::vector<int32_t> corr;  // [m][inp / 4]: -128 * sum of each 4-input lane (VNNI int8 kernel)
+  std::vector<float> lane_d;  // [m][inp / 4]: block scale of each lane
+  std::vector<float> gsum;    // [m][inp / group] (int4)
+
+  // Quantizes x [m][in] (fp32, in <= inp).
+  void Prepare(const float* x, int64_t m, int64_t in, int64_t inp, int64_t group);
+};
+
+struct Int8Problem {
+  const Activations* a = nullptr;
+  const int8_t* w = nullptr;     // [out][a->inp]
+  const float* scale = nullptr;  // [out]
+  const float* bias = nullptr;   // [out] or null
+  float* y = nullptr;            // [m][out]
+  int64_t out = 0;
+};
+
+struct Int4Problem {
+  const Activations* a = nullptr;
+  const uint8_t* w = nullptr;    // [out][a->inp / 2]
+  const float* scale = nullptr;  // [out][inp / group]
+  const float* zmin = nullptr;   // [out][inp / group]
+  int64_t group = 0;             // a multiple of 64 dividing inp
+  const float* bias = nullptr;
+  float* y = nullptr;
+  int64_t out = 0;
+};
+
+// Output rows [row_begin, row_end) for every input row.
+void Int8RowsPortable(const Int8Problem& p, int64_t row_begin, int64_t row_end);
+void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end);
+// AVX2 (vpmaddubsw); only when CpuHasAvx2Fma() (gemv_kernels.h).
+void Int8RowsAvx2(const Int8Problem& p, int64_t row_begin, int64_t row_end);
+void Int4RowsAvx2(const Int4Problem& p, int64_t row_begin, int64_t row_end);
+// AVX-512 VNNI (vpdpbusd); only when CpuHasAvx512Vnni().
+void Int8RowsAvx512Vnni(const Int8Problem& p, int64_t row_begin, int64_t row_end);
+void Int4RowsAvx512Vnni(const Int4Problem& p, int64_t row_begin, int64_t row_end);
+bool CpuHasAvx512Vnni();
+
+}  // namespace internvl::llm::quant

@@ -1,0 +1,165 @@
+#include "core/llm/quant.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/llm/gemv.h"
+#include "gtest/gtest.h"
+
+namespace internvl::llm {
+namespace {
+
+const std::vector<QuantKernel> kKernels = {QuantKernel::kPortable, QuantKernel::kAvx2, QuantKernel::kAvx512Vnni};
+
+// max |a - b| / max |b|.
+double RelErr(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() /
+         b.to(at::kDouble).abs().max().item<double>();
+}
+
+class QuantTest : public ::testing::Test {
+ protected:
+  void TearDown() override { ForceQuantKernel(std::nullopt); }
+};
+
+TEST_F(QuantTest, Int8RoundsEachRowToItsScale) {
+  at::manual_seed(1);
+  const at::Tensor w = at::randn({37, 200});
+  auto q = QuantMatrix::Int8(w);
+  EXPECT_EQ(q->padded_in(), 256);
+  const at::Tensor scale = w.abs().amax(1) / 127.0;
+  const at::Tensor err = (q->Dequantize(0, 37, at::kFloat) - w).abs();
+  // Rounding: at most half a step per row.
+  EXPECT_TRUE((err <= scale.unsqueeze(1) * 0.5001).all().item<bool>());
+  // One byte per weight (+ the padding to 64) and one scale per row.
+  EXPECT_EQ(q->bytes(), 37 * 256 + 37 * 4);
+}
+
+// A hand-packed AWQ layer: every 4-bit value and zero at a known column, so
+// the unpacking order (0, 2, 4, 6, 1, 3, 5, 7) is checked against the
+// definition, not against our own packer.
+TEST_F(QuantTest, AwqUnpacksTheAutoAwqOrder) {
+  const int64_t in = 128, out = 16, group = 64;
+  auto value = [](int64_t i, int64_t o) { return (i * 3 + o * 5) % 16; };
+  auto zero = [](int64_t g, int64_t o) { return (g + 2 * o) % 16; };
+  at::Tensor qweight = at::zeros({in, out / 8}, at::kInt);
+  at::Tensor qzeros = at::zeros({in / group, out / 8}, at::kInt);
+  const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+  for (int64_t r = 0; r < in; ++r) {
+    for (int64_t j = 0; j < out / 8; ++j) {
+      uint32_t word = 0;
+      for (int i = 0; i < 8; ++i) word |= static_cast<uint32_t>(value(r, 8 * j + order[i])) << (4 * i);
+      qweight[r][j] = static_cast<int32_t>(word);
+    }
+  }
+  for (int64_t g = 0; g < in / group; ++g) {
+    for (int64_t j = 0; j < out / 8; ++j) {
+      uint32_t word = 0;
+      for (int i = 0; i < 8; ++i) word |= static_cast<uint32_t>(zero(g, 8 * j + order[i])) << (4 * i);
+      qzeros[g][j] = static_cast<int32_t>(word);
+    }
+  }
+  const at::Tensor scales = (at::arange(in / group * out).view({in / group, out}) * 0.01 + 0.5).to(at::kHalf);
+  auto q = QuantMatrix::FromAwq(qweight, qzeros, scales, group);
+  ASSERT_TRUE(q.ok()) << q.status();
+  const at::Tensor w = (*q)->Dequantize(0, out, at::kFloat);
+  ASSERT_EQ(w.sizes(), (std::vector<int64_t>{out, in}));
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t i = 0; i < in; ++i) {
+      const float s = scales[i / group][o].item<float>();
+      ASSERT_FLOAT_EQ(w[o][i].item<float>(), (value(i, o) - zero(i / group, o)) * s) << o << "," << i;
+    }
+  }
+  // Our packer writes what the unpacker reads.
+  const at::Tensor dense = at::randn({out, in});
+  const auto t = QuantMatrix::QuantizeAwq(dense, group, at::kHalf);
+  auto back = QuantMatrix::FromAwq(t.qweight, t.qzeros, t.scales, group);
+  ASSERT_TRUE(back.ok());
+  // 4 bits over each group's range: at most half a step (range / 15 / 2) off.
+  const at::Tensor range = dense.view({out, in / group, group}).amax(2) - dense.view({out, in / group, group}).amin(2);
+  const at::Tensor err = ((*back)->Dequantize(0, out, at::kFloat) - dense).abs().view({out, in / group, group});
+  EXPECT_TRUE((err <= (range / 15.0 * 0.51 + 1e-3).unsqueeze(2)).all().item<bool>());
+}
+
+TEST_F(QuantTest, AwqRejectsInconsistentTensors) {
+  const at::Tensor qw = at::zeros({128, 2}, at::kInt), qz = at::zeros({1, 2}, at::kInt);
+  EXPECT_FALSE(QuantMatrix::FromAwq(qw, qz, at::zeros({2, 16}), 128).ok());
+  EXPECT_FALSE(QuantMatrix::FromAwq(qw.to(at::kFloat), qz, at::zeros({1, 16}), 128).ok());
+  auto small_group = QuantMatrix::FromAwq(at::zeros({32, 2}, at::kInt), qz, at::zeros({1, 16}), 32);
+  EXPECT_EQ(small_group.status().code(), absl::StatusCode::kUnimplemented);
+}
+
+// Decode rows through every kernel this CPU runs against the dequantized
+// weights in fp64: the only error is the inputs' int8 rounding (blocks of 32:
+// ~0.4% of each block's largest value), and the kernels agree with each other
+// to fp32 summation order.
+TEST_F(QuantTest, KernelsMatchTheDequantizedProduct) {
+  at::InferenceMode guard;
+  at::manual_seed(2);
+  for (bool int4 : {false, true}) {
+    // int4: 192 inputs in groups of 64, padded to the 128-input chunks.
+    const int64_t out = int4 ? 40 : 45, in = int4 ? 192 : 200;
+    const at::Tensor dense = at::randn({out, in});
+    std::shared_ptr<QuantMatrix> q;
+    if (int4) {
+      const auto t = QuantMatrix::QuantizeAwq(dense, 64, at::kHalf);
+      q = *QuantMatrix::FromAwq(t.qweight, t.qzeros, t.scales, 64);
+    } else {
+      q = QuantMatrix::Int8(dense);
+    }
+    const at::Tensor w = q->Dequantize(0, out, at::kFloat);
+    const at::Tensor b = at::randn({out});
+    for (int64_t rows : {1, 2, 3, 4, 5, 9, 16}) {
+      const at::Tensor x = at::randn({1, rows, in});
+      const at::Tensor expected = at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble));
+      at::Tensor first;
+      for (QuantKernel k : kKernels) {
+        if (!ForceQuantKernel(k)) continue;
+        const std::string what = absl::StrCat(QuantKernelName(k), int4 ? " int4" : " int8", " rows ", rows);
+        const at::Tensor y = QuantLinear(x, *q, b);
+        ASSERT_EQ(y.sizes(), expected.sizes()) << what;
+        EXPECT_LT(RelErr(y, expected), 0.02) << what;
+        if (!first.defined()) {
+          first = y;
+        } else {
+          EXPECT_LT(RelErr(y, first), 1e-5) << what << " against portable";
+        }
+        // bf16 inputs give a bf16 result of the same product.
+        const at::Tensor yb = QuantLinear(x.to(at::kBFloat16), *q, b);
+        EXPECT_EQ(yb.scalar_type(), at::kBFloat16);
+        EXPECT_LT(RelErr(yb, expected), 0.03) << what << " bf16";
+      }
+    }
+    // Prefill: tiles of dequantized rows through libtorch, no input rounding.
+    const at::Tensor x = at::randn({2, 40, in});
+    const at::Tensor expected = at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble));
+    EXPECT_LT(RelErr(QuantLinear(x, *q, b), expected), 1e-5);
+  }
+}
+
+TEST_F(QuantTest, FusedRowsEqualTheParts) {
+  at::InferenceMode guard;
+  at::manual_seed(3);
+  std::shared_ptr<QuantMatrix> a = QuantMatrix::Int8(at::randn({24, 128})), b = QuantMatrix::Int8(at::randn({8, 128}));
+  const at::Tensor x = at::randn({1, 128});
+  const at::Tensor ya = QuantLinear(x, *a, {}), yb = QuantLinear(x, *b, {});
+  auto fused = QuantMatrix::Fuse({&a, &b});
+  EXPECT_EQ(fused->out(), 32);
+  EXPECT_TRUE(at::equal(QuantLinear(x, *fused, {}), at::cat({ya, yb}, -1)));
+  // The parts are views of the fused rows now, with the same products.
+  EXPECT_EQ(a->data().data_ptr(), fused->data().data_ptr());
+  EXPECT_TRUE(at::equal(QuantLinear(x, *b, {}), yb));
+}
+
+TEST_F(QuantTest, ParsesTheFlag) {
+  EXPECT_EQ(*ParseQuantization("int8"), Quantization::kInt8);
+  EXPECT_EQ(*ParseQuantization("none"), Quantization::kNone);
+  EXPECT_FALSE(ParseQuantization("int3").ok());
+}
+
+}  // namespace
+}  // namespace internvl::llm
