@@ -1,5 +1,6 @@
 #include "core/config.h"
 
+#include "absl/strings/str_cat.h"
 #include "core/testing/fixtures.h"
 #include "gtest/gtest.h"
 
@@ -40,8 +41,7 @@ TEST(Config, ParsesInternLM2AndLlamaCheckpoints) {
 }
 
 TEST(Config, AppliesReferenceDefaults) {
-  auto c = ParseInternVLConfig(
-      R"({"vision_config": {}, "llm_config": {"architectures": ["LlamaForCausalLM"]}})");
+  auto c = ParseInternVLConfig(R"({"vision_config": {}, "llm_config": {"architectures": ["LlamaForCausalLM"]}})");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->ps_version, "v1");
   EXPECT_EQ(c->downsample_ratio, 0.5);
@@ -56,18 +56,42 @@ TEST(Config, RejectsUnknownValues) {
   auto bad_arch = ParseInternVLConfig(R"({"vision_config": {}, "llm_config": {"architectures": ["GPT2"]}})");
   EXPECT_EQ(bad_arch.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad_arch.status().message().find("GPT2"), std::string::npos);
-  auto bad_norm = ParseInternVLConfig(
-      R"({"vision_config": {"norm_type": "batch"}, "llm_config": {"model_type": "qwen2"}})");
+  auto bad_norm =
+      ParseInternVLConfig(R"({"vision_config": {"norm_type": "batch"}, "llm_config": {"model_type": "qwen2"}})");
   EXPECT_NE(bad_norm.status().message().find("norm_type"), std::string::npos);
-  auto bad_ps = ParseInternVLConfig(
-      R"({"ps_version": "v3", "vision_config": {}, "llm_config": {"model_type": "qwen2"}})");
+  auto bad_ps =
+      ParseInternVLConfig(R"({"ps_version": "v3", "vision_config": {}, "llm_config": {"model_type": "qwen2"}})");
   EXPECT_NE(bad_ps.status().message().find("ps_version"), std::string::npos);
-  auto bad_type = ParseInternVLConfig(
-      R"({"vision_config": {"hidden_size": "big"}, "llm_config": {"model_type": "qwen2"}})");
+  auto bad_type =
+      ParseInternVLConfig(R"({"vision_config": {"hidden_size": "big"}, "llm_config": {"model_type": "qwen2"}})");
   EXPECT_NE(bad_type.status().message().find("hidden_size"), std::string::npos);
   auto no_llm = ParseInternVLConfig(R"({"vision_config": {}})");
   EXPECT_NE(no_llm.status().message().find("llm_config"), std::string::npos);
   EXPECT_FALSE(ParseInternVLConfig("[1,2").ok());
+}
+
+TEST(Config, ReadsAwqQuantizationAndRefusesOtherMethods) {
+  const std::string base = R"("vision_config": {}, "llm_config": {"model_type": "qwen2"})";
+  auto awq = ParseInternVLConfig(
+      absl::StrCat("{", base,
+                   R"(, "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 64, "version": "GEMM",
+                                   "zero_point": true}})"));
+  ASSERT_TRUE(awq.ok()) << awq.status();
+  ASSERT_TRUE(awq->llm.awq.has_value());
+  EXPECT_EQ(awq->llm.awq->group_size, 64);
+  auto again = ParseInternVLConfig(InternVLConfigToJson(*awq));
+  ASSERT_TRUE(again.ok() && again->llm.awq.has_value());
+  EXPECT_EQ(again->llm.awq->group_size, 64);
+  auto gptq = ParseInternVLConfig(absl::StrCat("{", base, R"(, "quantization_config": {"quant_method": "gptq"}})"));
+  EXPECT_EQ(gptq.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(gptq.status().message().find("gptq"), std::string::npos);
+  auto three_bits =
+      ParseInternVLConfig(absl::StrCat("{", base, R"(, "quantization_config": {"quant_method": "awq", "bits": 3}})"));
+  EXPECT_EQ(three_bits.status().code(), absl::StatusCode::kUnimplemented);
+  auto gemv = ParseInternVLConfig(
+      absl::StrCat("{", base, R"(, "quantization_config": {"quant_method": "awq", "version": "gemv"}})"));
+  EXPECT_EQ(gemv.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_FALSE(ParseInternVLConfig(absl::StrCat("{", base, R"(, "quantization_config": 4})")).ok());
 }
 
 TEST(Config, MissingDirectoryIsClearError) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/llm/awq_checkpoint.h"
 #include "core/llm/causal_lm.h"
 #include "core/modelgen/checkpoint_layout.h"
 #include "core/modelgen/make_model.h"
@@ -92,6 +93,42 @@ TEST(MakeModel, InternLM2CheckpointLoadsWithFusedWqkv) {
   EXPECT_EQ(wqkv->shape, (std::vector<int64_t>{(16 + 2 * 8) * 128, 2048}));
   auto lm = llm::CausalLM::Load(config->llm, **store, at::kFloat);
   ASSERT_TRUE(lm.ok()) << lm.status();
+  auto vision = VisionModel::Load(*config, **store, VisionOptions{.dtype = "fp32"});
+  ASSERT_TRUE(vision.ok()) << vision.status();
+}
+
+// make-model --awq: the published AWQ layout (qweight / qzeros / scales for
+// the decoder layers, the head and embeddings as they were,
+// quantization_config in config.json) loads as 4-bit and computes what the
+// dequantized weights compute.
+TEST(MakeModel, AwqCheckpointLoadsItsLayersAsFourBit) {
+  const std::string dir = testing::TempDir() + "/internvl2-1b-awq";
+  auto summary = MakeModel(SmallOptions("InternVL2-1B", dir));
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  ASSERT_TRUE(llm::ConvertCheckpointToAwq(dir, 128).ok());
+  EXPECT_EQ(llm::ConvertCheckpointToAwq(dir, 128).code(), absl::StatusCode::kFailedPrecondition);
+  auto config = LoadInternVLConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_TRUE(config->llm.awq.has_value());
+  EXPECT_EQ(config->llm.awq->group_size, 128);
+  auto store = TensorStore::OpenDir(dir);
+  ASSERT_TRUE(store.ok()) << store.status();
+  const TensorView* qweight = (*store)->Find("language_model.model.layers.0.mlp.down_proj.qweight");
+  ASSERT_NE(qweight, nullptr);
+  EXPECT_EQ(qweight->dtype, DType::kI32);
+  EXPECT_EQ(qweight->shape, (std::vector<int64_t>{4864, 896 / 8}));  // [in, out / 8]
+  EXPECT_EQ((*store)->Find("language_model.model.layers.0.mlp.down_proj.scales")->dtype, DType::kF16);
+  EXPECT_EQ((*store)->Find("language_model.model.layers.0.mlp.down_proj.weight"), nullptr);
+  EXPECT_NE((*store)->Find("language_model.lm_head.weight"), nullptr);
+  EXPECT_NE((*store)->Find("language_model.model.layers.0.self_attn.q_proj.bias"), nullptr);
+  auto lm = llm::CausalLM::Load(config->llm, **store, at::kFloat);
+  ASSERT_TRUE(lm.ok()) << lm.status();
+  EXPECT_EQ((*lm)->weight_format(), "int4 AWQ g128 + fp32 head");
+  auto with_int8 =
+      llm::CausalLM::Load(config->llm, **store, llm::Precision{at::kFloat, at::kFloat, llm::Quantization::kInt8});
+  ASSERT_TRUE(with_int8.ok()) << with_int8.status();
+  EXPECT_EQ((*with_int8)->weight_format(), "int4 AWQ g128 + int8 head");
+  // The vision half is untouched.
   auto vision = VisionModel::Load(*config, **store, VisionOptions{.dtype = "fp32"});
   ASSERT_TRUE(vision.ok()) << vision.status();
 }
