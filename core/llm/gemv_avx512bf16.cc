@@ -9,6 +9,9 @@
 // server: 115 against 136 tokens/s at 8 streams.)
 // Arithmetic: products of bf16 values (exact in fp32), summed in fp32, as a
 // native bf16 GEMM does.
+// GCC 12's AVX-512 headers leave lanes undefined on purpose in casts and
+// conversions, which -Wmaybe-uninitialized reports inside the intrinsics.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "core/llm/gemv_kernels.h"
@@ -94,7 +97,86 @@ inline void AllInputs(const Problem& p, int64_t row) {
   }
 }
 
+// Sums of 16 vectors' lanes: lane i of the result = sum of a[i]'s 16 lanes
+// (unpack/add within 128-bit lanes, then across them).
+inline __m512 HorizontalSums16(const __m512* a) {
+  __m512 b[8], c[4];
+  for (int i = 0; i < 8; ++i) {
+    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  }
+  for (int i = 0; i < 4; ++i) {
+    const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+    c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  // c[i]'s 128-bit lane j holds partial sums of keys 4i..4i+3.
+  const __m512 e01 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+  const __m512 e23 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88), _mm512_shuffle_f32x4(c[2], c[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(e01, e23, 0x88), _mm512_shuffle_f32x4(e01, e23, 0xDD));
+}
+
+// Dot product of bf16 q and one bf16 key row (dim % 32 == 0), 16 lanes.
+inline __m512 KeyDot(const uint16_t* q, const uint16_t* k, int64_t dim) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t d = 0; d < dim; d += 32) {
+    acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(k + d), (__m512bh)_mm512_loadu_si512(q + d));
+  }
+  return acc;
+}
+
+inline uint16_t RoundToBf16(float f) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &f, sizeof(bits));
+  bits += 0x7FFF + ((bits >> 16) & 1);  // round to nearest even (finite values)
+  return static_cast<uint16_t>(bits >> 16);
+}
+
 }  // namespace
+
+void SegmentScoresBf16Avx512(const uint16_t* q, const uint16_t* k, int64_t len, int64_t dim, float scale,
+                             float* scores) {
+  const __m512 scale_v = _mm512_set1_ps(scale);
+  int64_t l = 0;
+  for (; l + 16 <= len; l += 16) {
+    __m512 a[16];
+    for (int i = 0; i < 16; ++i) a[i] = KeyDot(q, k + (l + i) * dim, dim);
+    _mm512_storeu_ps(scores + l, _mm512_div_ps(HorizontalSums16(a), scale_v));
+  }
+  for (; l < len; ++l) scores[l] = ReduceAdd(KeyDot(q, k + l * dim, dim)) / scale;
+}
+
+void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out) {
+  // Keys in pairs: unpacking two value rows interleaves their elements, so
+  // each 32-bit lane holds (v[l][d], v[l+1][d]) and one vdpbf16ps against
+  // (p[l], p[l+1]) adds both products into dimension d's lane. Within each
+  // 128-bit lane the unpacks order dimensions 0-3 (lo) and 4-7 (hi) of its 8.
+  for (int64_t d0 = 0; d0 < dim; d0 += 32) {
+    __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+    int64_t l = 0;
+    for (; l + 2 <= len; l += 2) {
+      const uint32_t pair =
+          static_cast<uint32_t>(RoundToBf16(probs[l])) | (static_cast<uint32_t>(RoundToBf16(probs[l + 1])) << 16);
+      const __m512bh pv = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+      const __m512i a = _mm512_loadu_si512(v + l * dim + d0), b = _mm512_loadu_si512(v + (l + 1) * dim + d0);
+      lo = _mm512_dpbf16_ps(lo, (__m512bh)_mm512_unpacklo_epi16(a, b), pv);
+      hi = _mm512_dpbf16_ps(hi, (__m512bh)_mm512_unpackhi_epi16(a, b), pv);
+    }
+    if (l < len) {
+      const __m512bh pv = (__m512bh)_mm512_set1_epi32(static_cast<int>(RoundToBf16(probs[l])));
+      const __m512i a = _mm512_loadu_si512(v + l * dim + d0), z = _mm512_setzero_si512();
+      lo = _mm512_dpbf16_ps(lo, (__m512bh)_mm512_unpacklo_epi16(a, z), pv);
+      hi = _mm512_dpbf16_ps(hi, (__m512bh)_mm512_unpackhi_epi16(a, z), pv);
+    }
+    alignas(64) float tl[16], th[16];
+    _mm512_store_ps(tl, lo);
+    _mm512_store_ps(th, hi);
+    for (int lane = 0; lane < 4; ++lane) {
+      for (int j = 0; j < 4; ++j) {
+        out[d0 + 8 * lane + j] = tl[4 * lane + j];
+        out[d0 + 8 * lane + 4 + j] = th[4 * lane + j];
+      }
+    }
+  }
+}
 
 void RowsAvx512Bf16(const Problem& p, int64_t row_begin, int64_t row_end) {
   int64_t r = row_begin;

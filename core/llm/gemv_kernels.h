@@ -66,10 +66,18 @@ void SegmentScoresAvx2(const float* q, const float* k, int64_t len, int64_t dim,
 Segment SegmentSoftmaxAvx2(float* scores, int64_t len);
 void SegmentValuesAvx2(const float* probs, const float* v, int64_t len, int64_t dim, float* out);
 // The same over bf16 keys / values (uint16_t bits; widened exactly to fp32).
-void SegmentScoresBf16Portable(const float* q, const uint16_t* k, int64_t len, int64_t dim, float scale,
-                               float* scores);
+void SegmentScoresBf16Portable(const float* q, const uint16_t* k, int64_t len, int64_t dim, float scale, float* scores);
 void SegmentValuesBf16Portable(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
 void SegmentScoresBf16Avx2(const float* q, const uint16_t* k, int64_t len, int64_t dim, float scale, float* scores);
 void SegmentValuesBf16Avx2(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
+// bf16 queries (exact: the model computes in bf16) over bf16 keys / values
+// with AVX-512-BF16 dot products (dim % 32 == 0; only when
+// CpuHasAvx512Bf16()): the products are exact and summed in fp32, as the
+// other kernels; the values' weights (probabilities) are rounded to bf16 first,
+// as the reference's bf16 attention does (softmax in fp32, cast to the
+// activations' dtype, then probs @ V).
+void SegmentScoresBf16Avx512(const uint16_t* q, const uint16_t* k, int64_t len, int64_t dim, float scale,
+                             float* scores);
+void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
 
 }  // namespace internvl::llm::gemv
