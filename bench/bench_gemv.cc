@@ -103,6 +103,32 @@ int Run(int argc, char** argv) {
       std::printf("  one decode step's matrices: %.0f MB in %.1f ms\n", step_bytes / 1e6, step_ms);
     }
   }
+  // Decode attention of one token at 2500 positions (InternVL2-1B: 14 query
+  // heads over 2 KV heads of 64, bf16 cache and queries), x 24 layers.
+  {
+    const int64_t len = 2500, bs = 16, blocks = (len + bs - 1) / bs;
+    const at::Tensor k = at::randn({blocks, 2, bs, 64}).to(at::kBFloat16);
+    const at::Tensor v = at::randn({blocks, 2, bs, 64}).to(at::kBFloat16);
+    std::vector<int32_t> table;
+    for (int32_t b = 0; b < blocks; ++b) table.push_back(b);
+    const at::Tensor q = at::randn({1, 14, 64}).to(at::kBFloat16);
+    const double kv_mb = 2.0 * k.numel() * 2 / 1e6;
+    std::printf("\n[attention] 1 token over %ld positions, 14 heads / 2 KV heads of 64, bf16 (%.1f MB of K+V)\n",
+                static_cast<long>(len), kv_mb);
+    for (GemvKernel kernel : {GemvKernel::kAvx2, GemvKernel::kAvx512Bf16}) {
+      if (!ForceGemvKernel(kernel)) continue;
+      PagedDecodeAttention(q, k, v, {&table}, {len});
+      std::vector<double> times;
+      for (int r = 0; r < reps; ++r) {
+        const double t0 = bench::NowSeconds();
+        for (int layer = 0; layer < 24; ++layer) PagedDecodeAttention(q, k, v, {&table}, {len});
+        times.push_back(bench::NowSeconds() - t0);
+      }
+      const double t = bench::Median(times);
+      std::printf("  %-10s %.2f ms per token (24 layers) = %.1f GB/s of K+V\n", GemvKernelName(kernel), t * 1e3,
+                  24 * kv_mb / 1e3 / t);
+    }
+  }
   ForceQuantKernel(std::nullopt);
   ForceGemvKernel(std::nullopt);
   return 0;

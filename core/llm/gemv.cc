@@ -126,6 +126,15 @@ void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end) { RowsPortab
 bool CpuHasAvx2Fma() { return false; }
 #endif
 #ifndef INTERNVL_HAVE_AVX512BF16_GEMV
+void SegmentScoresBf16Avx512(const uint16_t* q, const uint16_t* k, int64_t len, int64_t dim, float scale,
+                             float* scores) {
+  std::vector<float> qf(static_cast<size_t>(dim));
+  for (int64_t d = 0; d < dim; ++d) qf[d] = Bf16Bits(q[d]);
+  SegmentScoresBf16Portable(qf.data(), k, len, dim, scale, scores);
+}
+void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out) {
+  SegmentValuesBf16Portable(probs, v, len, dim, out);
+}
 void RowsAvx512Bf16(const Problem& p, int64_t row_begin, int64_t row_end) { RowsPortable(p, row_begin, row_end); }
 bool CpuHasAvx512Bf16() { return false; }
 #endif
@@ -336,6 +345,13 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   const int64_t groups = heads / kv_heads;
   const at::Tensor qc = q.to(at::kFloat).contiguous();
   const bool avx2 = ActiveGemvKernel() != GemvKernel::kPortable && dim % 8 == 0;
+  // bf16 queries over a bf16 cache (a model computed in bf16): AVX-512-BF16
+  // dot products, 4-5x fewer instructions than widening every key and value
+  // for each of the group's query heads.
+  const bool native_bf16 =
+      bf16 && q.scalar_type() == at::kBFloat16 && ActiveGemvKernel() == GemvKernel::kAvx512Bf16 && dim % 32 == 0;
+  const at::Tensor qb = native_bf16 ? q.contiguous() : at::Tensor();
+  const uint16_t* qbp = native_bf16 ? reinterpret_cast<const uint16_t*>(qb.data_ptr()) : nullptr;
   const float scale = static_cast<float>(std::sqrt(static_cast<double>(dim)));
   // Split softmax ("flash decoding"): one chunk per (sequence, kv head,
   // segment of keys) runs the group's query heads over its segment: all their
@@ -380,7 +396,11 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       return ((std::clamp<int64_t>(blk, 0, num_blocks - 1) * kv_heads + ch.j) * bs) * dim;
     };
     auto scores = [&](const float* qh, int64_t b, int64_t nk, float* dst) {
-      if (bf16) {
+      if (native_bf16) {
+        const int64_t h = (qh - qp) / dim;  // row of q: sequence * heads + head
+        gemv::SegmentScoresBf16Avx512(qbp + h * dim, static_cast<const uint16_t*>(kp) + block_offset(b), nk, dim, scale,
+                                      dst);
+      } else if (bf16) {
         const uint16_t* k = static_cast<const uint16_t*>(kp) + block_offset(b);
         avx2 ? gemv::SegmentScoresBf16Avx2(qh, k, nk, dim, scale, dst)
              : gemv::SegmentScoresBf16Portable(qh, k, nk, dim, scale, dst);
@@ -391,7 +411,9 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       }
     };
     auto values = [&](const float* probs, int64_t b, int64_t nk, float* dst) {
-      if (bf16) {
+      if (native_bf16) {
+        gemv::SegmentValuesBf16Avx512(probs, static_cast<const uint16_t*>(vp) + block_offset(b), nk, dim, dst);
+      } else if (bf16) {
         const uint16_t* v = static_cast<const uint16_t*>(vp) + block_offset(b);
         avx2 ? gemv::SegmentValuesBf16Avx2(probs, v, nk, dim, dst)
              : gemv::SegmentValuesBf16Portable(probs, v, nk, dim, dst);
