@@ -178,7 +178,6 @@ ResampleAxis ComputeBicubicAxis(int in_size, int out_size) {
 
 PilBicubicResize::PilBicubicResize(int in_width, int in_height, int out_width, int out_height)
     : in_width_(in_width),
-      in_height_(in_height),
       out_width_(out_width),
       out_height_(out_height),
       need_horizontal_(out_width != in_width),

@@ -69,7 +69,7 @@ class PilBicubicResize {
                 size_t dst_stride) const;
 
  private:
-  int in_width_, in_height_, out_width_, out_height_;
+  int in_width_, out_width_, out_height_;
   bool need_horizontal_, need_vertical_;
   // Source rows the vertical pass reads: [row_offset_, row_offset_ + intermediate_rows_).
   int row_offset_ = 0;
