@@ -25,12 +25,12 @@ cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc)}
 BUILD_DIR=${BUILD_DIR:-build-asan}
 CI_TESTS="safetensors_test config_test model_path_test hub_digest_test hub_download_test engine_scheduler_test
-  preprocess_decode_test preprocess_resize_test preprocess_tiling_test preprocess_parity_test
+  preprocess_decode_test preprocess_resize_test preprocess_tiling_test preprocess_runtime_test preprocess_parity_test
   tokenizer_utf8_test tokenizer_chat_template_test tokenizer_test tokenizer_parity_test video_test video_parity_test
   services_common_test services_cache_test trainer_service_unit_test train_data_test"
 FULL_TESTS="$CI_TESTS nn_weights_test engine_llm_test llm_sampler_test llm_causal_lm_test llm_gemv_test llm_paged_test
   vision_parity_test llm_parity_test chat_parity_test services_test gateway_test security_test serving_test
-  fault_load_test cli_hostile_test"
+  fault_load_test cli_hostile_test llm_quant_test quant_parity_test"
 case "${SANITIZE_SET:-ci}" in
   ci) DEFAULT_TESTS=$CI_TESTS ;;
   full) DEFAULT_TESTS=$FULL_TESTS ;;

@@ -15,6 +15,7 @@
 #include <immintrin.h>
 
 #include "core/llm/gemv_kernels.h"
+#include "core/llm/simd_avx512.h"
 
 namespace internvl::llm::gemv {
 namespace {
@@ -26,15 +27,7 @@ inline float Bf16ToFloat(uint16_t v) {
   return f;
 }
 
-// Sum of the 16 lanes (not _mm512_reduce_add_ps: GCC 12's header trips
-// -Wmaybe-uninitialized in it).
-inline float ReduceAdd(__m512 v) {
-  alignas(64) float t[16];
-  _mm512_store_ps(t, v);
-  float s[8];
-  for (int i = 0; i < 8; ++i) s[i] = t[i] + t[i + 8];
-  return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-}
+using simd::ReduceAdd;
 
 template <int kRows, int M>
 inline void Block(const Problem& p, int64_t row, int64_t m0) {
