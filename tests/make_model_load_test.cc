@@ -6,6 +6,7 @@
 // its bundled protobuf-lite symbols, which interpose on torch's libprotobuf).
 #include <ATen/ATen.h>
 
+#include <filesystem>
 #include <set>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "core/llm/causal_lm.h"
 #include "core/modelgen/checkpoint_layout.h"
 #include "core/modelgen/make_model.h"
+#include "core/nn/torch_util.h"
 #include "core/safetensors.h"
 #include "core/testing/fixtures.h"
 #include "core/vision/vision_model.h"
@@ -128,6 +130,24 @@ TEST(MakeModel, AwqCheckpointLoadsItsLayersAsFourBit) {
       llm::CausalLM::Load(config->llm, **store, llm::Precision{at::kFloat, at::kFloat, llm::Quantization::kInt8});
   ASSERT_TRUE(with_int8.ok()) << with_int8.status();
   EXPECT_EQ((*with_int8)->weight_format(), "int4 AWQ g128 + int8 head");
+  // A layer whose qweight does not fit the model is refused by name before
+  // anything is unpacked.
+  {
+    SafetensorsWriter w;
+    for (const std::string& name : (*store)->Names()) {
+      at::Tensor t = TensorAlias(*(*store)->Find(name)).clone();
+      if (name == "language_model.model.layers.0.mlp.down_proj.qweight") t = at::zeros({8, 896 / 8}, at::kInt);
+      w.Add(name, t);
+    }
+    const std::string bad = testing::TempDir() + "/internvl2-1b-awq-bad";
+    std::filesystem::create_directories(bad);
+    ASSERT_TRUE(w.Write(bad + "/model.safetensors").ok());
+    auto bad_store = TensorStore::OpenDir(bad);
+    ASSERT_TRUE(bad_store.ok()) << bad_store.status();
+    auto refused = llm::CausalLM::Load(config->llm, **bad_store, at::kFloat);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(refused.status().message().find("down_proj.qweight"), std::string::npos) << refused.status();
+  }
   // The vision half is untouched.
   auto vision = VisionModel::Load(*config, **store, VisionOptions{.dtype = "fp32"});
   ASSERT_TRUE(vision.ok()) << vision.status();

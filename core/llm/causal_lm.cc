@@ -165,6 +165,13 @@ absl::StatusOr<std::vector<std::string>> CausalLM::LoadAwq(const TensorStore& st
       return absl::InvalidArgumentError(
           absl::StrCat("AWQ checkpoint ", store.description(), ": ", base, " needs qweight, qzeros and scales"));
     }
+    // Shapes first: the model's, not the file's, bound what is unpacked.
+    const int64_t out = d->weight.size(0), in = d->weight.size(1);
+    if (qweight->shape != std::vector<int64_t>{in, out / 8} || out % 8 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("AWQ checkpoint ", store.description(), ": ", base,
+                                                     ".qweight is not [", in, ", ", out / 8, "] for a [", out, ", ", in,
+                                                     "] layer"));
+    }
     INTERNVL_ASSIGN_OR_RETURN(
         auto q, QuantMatrix::FromAwq(TensorFromView(*qweight, at::kInt), TensorFromView(*qzeros, at::kInt),
                                      TensorFromView(*scales, at::kFloat), config_.awq->group_size));
