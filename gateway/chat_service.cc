@@ -13,6 +13,7 @@
 #include "core/tokenizer/streaming_detokenizer.h"
 #include "services/common/generation.h"
 #include "services/common/log.h"
+#include "services/common/reactors.h"
 #include "services/common/streaming_reactor.h"
 
 namespace internvl::gateway {
@@ -209,14 +210,19 @@ ChatService::~ChatService() = default;
 
 grpc::ServerWriteReactor<v1::ChatResponse>* ChatService::Chat(grpc::CallbackServerContext* context,
                                                               const v1::ChatRequest* request) {
+  using Reactor = grpc::ServerWriteReactor<v1::ChatResponse>;
+  if (Reactor* refused = services::RefuseIfDraining<Reactor>(metrics(), "Chat")) return refused;
   return new ChatCall(this, context, request);
 }
 grpc::ServerBidiReactor<v1::ChatVideoRequest, v1::ChatResponse>* ChatService::ChatVideo(
     grpc::CallbackServerContext* context) {
+  using Reactor = grpc::ServerBidiReactor<v1::ChatVideoRequest, v1::ChatResponse>;
+  if (Reactor* refused = services::RefuseIfDraining<Reactor>(metrics(), "ChatVideo")) return refused;
   return new ChatVideoCall(this, context);
 }
 grpc::ServerUnaryReactor* ChatService::ChatUnary(grpc::CallbackServerContext* context, const v1::ChatRequest* request,
                                                  v1::ChatResponse* response) {
+  if (auto* refused = services::RefuseIfDraining<grpc::ServerUnaryReactor>(metrics(), "ChatUnary")) return refused;
   return new ChatUnaryCall(this, context, request, response);
 }
 

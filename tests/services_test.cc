@@ -382,6 +382,12 @@ TEST_F(ServicesTest, SigtermFinishesInFlightCallsAndExitsZero) {
   for (Service* s : {encoder_, preprocess_}) {
     s->process->Signal(SIGTERM);
   }
+  // While it drains, a new call is refused (retryable) on the open
+  // connection, and the in-flight one goes on.
+  absl::SleepFor(absl::Milliseconds(200));
+  const auto refused = CallEncodeImages(encoder_stub_.get(), Context(absl::Seconds(5)).get(), request).status();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+  EXPECT_THAT(refused.message(), HasSubstr("shutting down"));
   call.join();
   ASSERT_TRUE(in_flight.ok()) << in_flight.status();
   EXPECT_EQ((*in_flight)[0].info.num_patches(), 13);

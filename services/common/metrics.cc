@@ -191,11 +191,25 @@ std::string MetricsRegistry::Render() const {
   return out;
 }
 
+double MetricsRegistry::GaugeSum(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  const auto it = families_.find(name);
+  if (it == families_.end()) return 0;
+  double sum = 0;
+  for (const auto& [labels, g] : it->second.gauges) sum += g->value();
+  return sum;
+}
+
 RpcMetrics::RpcMetrics(MetricsRegistry* registry, std::string service)
     : registry_(registry),
       service_(std::move(service)),
       in_flight_(registry->GetGauge("internvl_in_flight_requests", "RPCs started and not yet finished",
                                     {{"service", service_}})) {}
+
+absl::Status RpcMetrics::Admit() const {
+  if (registry_->admitting()) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat(service_, " is shutting down; retry on another replica"));
+}
 
 void RpcMetrics::Record(const std::string& method, const std::string& code, double seconds) {
   registry_

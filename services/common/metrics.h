@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 
 namespace internvl::services {
@@ -88,6 +89,14 @@ class MetricsRegistry {
   // # TYPE lines, then its series.
   std::string Render() const;
 
+  // Sum of every series of gauge family `name` (0 when there is none).
+  double GaugeSum(const std::string& name) const;
+
+  // Graceful drain, for RunServer on SIGTERM: after StopAdmitting(),
+  // RpcMetrics::Admit() of every service registered here refuses new calls.
+  void StopAdmitting() { admitting_ = false; }
+  bool admitting() const { return admitting_.load(); }
+
  private:
   enum class Type { kCounter, kGauge, kHistogram };
   struct Family {
@@ -101,6 +110,7 @@ class MetricsRegistry {
 
   mutable absl::Mutex mu_;
   std::map<std::string, Family> families_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> admitting_{true};
 };
 
 // The standard per-RPC metrics every service exports:
@@ -114,6 +124,10 @@ class RpcMetrics {
   void Record(const std::string& method, const std::string& code, double seconds);
   Gauge* in_flight() { return in_flight_; }
   MetricsRegistry* registry() { return registry_; }
+  // OK while the process takes new calls; UNAVAILABLE (retryable, another
+  // replica serves it) once its server began draining. Checked by each RPC
+  // handler before it starts a call.
+  absl::Status Admit() const;
 
  private:
   MetricsRegistry* registry_;

@@ -72,6 +72,22 @@ TEST(MetricsRegistry, ConcurrentIncrementsAreNotLost) {
   EXPECT_EQ(h->snapshot().count, 40000u);
 }
 
+TEST(RpcMetrics, InFlightSumsOverServicesAndAdmitStopsWhenDraining) {
+  MetricsRegistry registry;
+  EXPECT_EQ(registry.GaugeSum("internvl_in_flight_requests"), 0);
+  RpcMetrics a(&registry, "a"), b(&registry, "b");
+  a.in_flight()->Add(2);
+  b.in_flight()->Add(1);
+  registry.GetGauge("other", "h")->Set(5);
+  EXPECT_EQ(registry.GaugeSum("internvl_in_flight_requests"), 3);
+  EXPECT_TRUE(a.Admit().ok());
+  registry.StopAdmitting();
+  for (RpcMetrics* m : {&a, &b}) {
+    EXPECT_EQ(m->Admit().code(), absl::StatusCode::kUnavailable);
+    EXPECT_THAT(m->Admit().message(), HasSubstr("shutting down"));
+  }
+}
+
 TEST(MetricsHttpServer, ServesMetricsHealthzAnd404) {
   MetricsRegistry registry;
   registry.GetCounter("served_total", "h")->Increment(5);

@@ -131,4 +131,34 @@ class ReadAllThenReplyReactor : public ReplyingReactor<grpc::ServerBidiReactor<R
   Request request_;
 };
 
+// A call refused before it starts (the server is draining): finishes at once
+// with the status, counted like any other call. Base = grpc::ServerUnaryReactor,
+// grpc::ServerWriteReactor<R> or grpc::ServerBidiReactor<Q, R>.
+template <typename Base>
+class RefusedCall : public Base {
+ public:
+  RefusedCall(RpcMetrics* metrics, std::string method, const absl::Status& status)
+      : metrics_(metrics), method_(std::move(method)), status_(ToGrpcStatus(status)) {
+    this->Finish(status_);
+  }
+  void OnDone() override {
+    metrics_->Record(method_, GrpcCodeName(status_.error_code()), 0);
+    delete this;
+  }
+
+ private:
+  RpcMetrics* const metrics_;
+  const std::string method_;
+  const grpc::Status status_;
+};
+
+// nullptr when `metrics` admits a new call (RpcMetrics::Admit), else a
+// reactor that refuses it; handlers return it instead of starting the call.
+template <typename Base>
+Base* RefuseIfDraining(RpcMetrics* metrics, const std::string& method) {
+  absl::Status admitted = metrics->Admit();
+  if (admitted.ok()) return nullptr;
+  return new RefusedCall<Base>(metrics, method, admitted);
+}
+
 }  // namespace internvl::services

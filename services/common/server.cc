@@ -1,14 +1,17 @@
 #include "services/common/server.h"
 
+#include <algorithm>
 #include <csignal>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "core/status.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
-#include "core/status.h"
 #include "services/common/log.h"
+#include "services/common/metrics.h"
 #include "services/common/metrics_http.h"
 
 namespace internvl::services {
@@ -49,12 +52,18 @@ GrpcServer::~GrpcServer() {
 
 bool GrpcServer::serving() const { return serving_.load(); }
 
+void GrpcServer::StopServing() {
+  serving_ = false;
+  if (health_shut_down_) return;
+  health_shut_down_ = true;
+  // Sets every status NOT_SERVING and freezes them.
+  server_->GetHealthCheckService()->Shutdown();
+}
+
 void GrpcServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
-  serving_ = false;
-  // Sets every status NOT_SERVING and freezes them.
-  server_->GetHealthCheckService()->Shutdown();
+  StopServing();
   // Stops accepting at once; in-flight calls get until the deadline, then are
   // cancelled. Returns when every callback handler has completed.
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
@@ -73,7 +82,7 @@ std::string MetricsHost(const RunOptions& options) {
 }
 
 int RunServer(const std::string& name, const RunOptions& options, const std::vector<grpc::Service*>& services,
-              const std::vector<std::string>& health_names, const MetricsRegistry* registry) {
+              const std::vector<std::string>& health_names, MetricsRegistry* registry) {
   auto server = GrpcServer::Start(options.grpc, services, health_names);
   if (!server.ok()) {
     LogError(absl::StrCat(name, ": ", server.status().message()));
@@ -89,7 +98,19 @@ int RunServer(const std::string& name, const RunOptions& options, const std::vec
   LogInfo(absl::StrCat("serving ", name, " on port ", grpc_server->port(), ", metrics on port ", (*metrics)->port()));
   const int sig = WaitForTerminationSignal();
   LogInfo(absl::StrCat("signal ", sig, ": shutting down (grace ", absl::FormatDuration(options.grace), ")"));
-  grpc_server->Shutdown(options.grace);
+  const absl::Time deadline = absl::Now() + options.grace;
+  grpc_server->StopServing();
+  if (registry != nullptr) {
+    registry->StopAdmitting();
+    constexpr char kInFlight[] = "internvl_in_flight_requests";
+    while (registry->GaugeSum(kInFlight) > 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+    const double left = registry->GaugeSum(kInFlight);
+    if (left > 0) LogInfo(absl::StrCat(left, " calls still in flight at the end of the grace: cancelling them"));
+    // The last replies are written; let the clients read them before the
+    // connections close.
+    absl::SleepFor(std::min(absl::Milliseconds(500), deadline - absl::Now()));
+  }
+  grpc_server->Shutdown(std::max(absl::ZeroDuration(), deadline - absl::Now()));
   LogInfo("shut down cleanly");
   return 0;
 }

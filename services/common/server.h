@@ -16,10 +16,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "services/common/security.h"
 #include "absl/time/time.h"
 #include "grpcpp/impl/codegen/service_type.h"
 #include "grpcpp/server.h"
+#include "services/common/security.h"
 
 namespace internvl::services {
 
@@ -57,6 +57,9 @@ class GrpcServer {
   bool serving() const;
   grpc::Server* server() { return server_.get(); }
 
+  // Reports NOT_SERVING (so load balancers stop routing here) and keeps
+  // serving: the first step of a drain.
+  void StopServing();
   // Reports NOT_SERVING (so load balancers stop routing here), stops
   // accepting new calls, lets in-flight calls finish for up to `grace`, then
   // cancels the rest, and waits until every handler has returned.
@@ -69,6 +72,7 @@ class GrpcServer {
   int port_;
   std::vector<std::string> health_names_;
   std::atomic<bool> serving_{true};
+  bool health_shut_down_ = false;
   bool shut_down_ = false;
 };
 
@@ -89,13 +93,21 @@ struct RunOptions {
 // on port N, metrics on port M"), waits for SIGTERM/SIGINT, shuts down with
 // the grace period and returns the process exit code (0; 1 when a port cannot
 // be bound). BlockTerminationSignals() must have been called first.
+//
+// The drain, when `registry` is given: health says NOT_SERVING, every
+// service's RpcMetrics::Admit() refuses new calls (UNAVAILABLE), the calls in
+// flight (internvl_in_flight_requests) finish within the grace, connections
+// stay open a moment longer so clients read the last replies, and only then
+// is the gRPC server shut down. gRPC's own Shutdown closes a connection as
+// soon as its last call ends, which can cut off replies still being sent
+// (clients then see UNAVAILABLE "Broken pipe" / "Connection reset by peer").
 class MetricsRegistry;
 // The metrics endpoint's host: RunOptions.metrics_host, else the gRPC listen
 // address's IPv4 host (loopback names map to 127.0.0.1; names and IPv6 to
 // every interface, as the gRPC server binds them).
 std::string MetricsHost(const RunOptions& options);
 int RunServer(const std::string& name, const RunOptions& options, const std::vector<grpc::Service*>& services,
-              const std::vector<std::string>& health_names, const MetricsRegistry* registry);
+              const std::vector<std::string>& health_names, MetricsRegistry* registry);
 
 // Blocks SIGTERM and SIGINT in the calling thread and (by inheritance) in
 // every thread it starts later; call first thing in main().

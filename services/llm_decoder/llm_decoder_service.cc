@@ -11,6 +11,7 @@
 #include "core/tokenizer/streaming_detokenizer.h"
 #include "services/common/generation.h"
 #include "services/common/log.h"
+#include "services/common/reactors.h"
 #include "services/common/streaming_reactor.h"
 #include "services/common/tensor_chunks.h"
 
@@ -274,6 +275,8 @@ LlmDecoderService::~LlmDecoderService() = default;
 
 grpc::ServerBidiReactor<v1::GenerateRequest, v1::GenerateResponse>* LlmDecoderService::Generate(
     grpc::CallbackServerContext* context) {
+  using Reactor = grpc::ServerBidiReactor<v1::GenerateRequest, v1::GenerateResponse>;
+  if (Reactor* refused = RefuseIfDraining<Reactor>(&metrics_, "Generate")) return refused;
   return new Call(this, context);
 }
 

@@ -155,6 +155,8 @@ PreprocessService::~PreprocessService() = default;
 
 grpc::ServerWriteReactor<v1::PreprocessImagesResponse>* PreprocessService::PreprocessImages(
     grpc::CallbackServerContext* context, const v1::PreprocessImagesRequest* request) {
+  using Reactor = grpc::ServerWriteReactor<v1::PreprocessImagesResponse>;
+  if (Reactor* refused = RefuseIfDraining<Reactor>(&rpc_metrics_, "PreprocessImages")) return refused;
   auto* reactor = new WriteReactor<v1::PreprocessImagesResponse>(context, &rpc_metrics_, "PreprocessImages");
   absl::Status valid = ValidateImages(*request, options_.limits);
   absl::StatusOr<preprocess::TilingOptions> tiling = ResolveTiling(request->tiling(), options_.limits);
@@ -182,6 +184,8 @@ grpc::ServerWriteReactor<v1::PreprocessImagesResponse>* PreprocessService::Prepr
 
 grpc::ServerBidiReactor<v1::PreprocessVideoRequest, v1::PreprocessImagesResponse>* PreprocessService::PreprocessVideo(
     grpc::CallbackServerContext* context) {
+  using Reactor = grpc::ServerBidiReactor<v1::PreprocessVideoRequest, v1::PreprocessImagesResponse>;
+  if (Reactor* refused = RefuseIfDraining<Reactor>(&rpc_metrics_, "PreprocessVideo")) return refused;
   return new VideoReactor(context, this);
 }
 

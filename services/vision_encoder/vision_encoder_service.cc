@@ -157,11 +157,15 @@ absl::Status VisionEncoderService::AppendEmbedding(const std::string& key, const
 
 grpc::ServerBidiReactor<v1::EncodeRequest, v1::EncodeResponse>* VisionEncoderService::Encode(
     grpc::CallbackServerContext* context) {
+  using Reactor = grpc::ServerBidiReactor<v1::EncodeRequest, v1::EncodeResponse>;
+  if (Reactor* refused = RefuseIfDraining<Reactor>(&rpc_metrics_, "Encode")) return refused;
   return new EncodeReactor(context, this);
 }
 
 grpc::ServerWriteReactor<v1::EncodeResponse>* VisionEncoderService::EncodeImages(
     grpc::CallbackServerContext* context, const v1::PreprocessImagesRequest* request) {
+  using Reactor = grpc::ServerWriteReactor<v1::EncodeResponse>;
+  if (Reactor* refused = RefuseIfDraining<Reactor>(&rpc_metrics_, "EncodeImages")) return refused;
   auto* reactor = new WriteReactor<v1::EncodeResponse>(context, &rpc_metrics_, "EncodeImages");
   absl::Status valid = ValidateImages(*request, options_.limits);
   absl::StatusOr<preprocess::TilingOptions> tiling = ResolveTiling(request->tiling(), options_.limits);
