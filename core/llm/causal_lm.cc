@@ -344,9 +344,9 @@ absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, co
     at::Tensor hidden = module_->model->forward(inputs_embeds.to(dtype_), ctx);
     switch (options.logits) {
       case LogitsMode::kLast:
-        return module_->head(hidden.select(1, t - 1)).to(at::kFloat);
+        return CastFloatBf16(module_->head(hidden.select(1, t - 1)), at::kFloat);
       case LogitsMode::kAll:
-        return module_->head(hidden).to(at::kFloat);
+        return CastFloatBf16(module_->head(hidden), at::kFloat);
       case LogitsMode::kNone:
         break;
     }
@@ -428,7 +428,7 @@ absl::StatusOr<at::Tensor> CausalLM::ForwardPaged(const at::Tensor& inputs_embed
     if (last.empty()) return at::empty({0, config_.vocab_size}, at::TensorOptions().dtype(at::kFloat));
     at::Tensor h =
         static_cast<int64_t>(last.size()) == rows ? hidden : hidden.index_select(0, at::tensor(last, long_opts));
-    return module_->head(h).to(at::kFloat);
+    return CastFloatBf16(module_->head(h), at::kFloat);
   });
 }
 

@@ -135,6 +135,21 @@ void SegmentScoresBf16Avx512(const uint16_t* q, const uint16_t* k, int64_t len, 
 void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out) {
   SegmentValuesBf16Portable(probs, v, len, dim, out);
 }
+void SegmentValuesGroupBf16Avx512(const float* probs, int64_t probs_stride, int64_t heads,
+                                  const uint16_t* const* blocks, int64_t bs, int64_t len, int64_t dim, float* out,
+                                  int64_t out_stride) {
+  for (int64_t h = 0; h < heads; ++h) {
+    float* o = out + h * out_stride;
+    std::fill(o, o + dim, 0.0f);
+    for (int64_t l = 0; l < len; ++l) {
+      uint32_t bits;
+      std::memcpy(&bits, &probs[h * probs_stride + l], sizeof(bits));
+      const float p = Bf16Bits(static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16));
+      const uint16_t* row = blocks[l / bs] + (l % bs) * dim;
+      for (int64_t d = 0; d < dim; ++d) o[d] += p * Bf16Bits(row[d]);
+    }
+  }
+}
 void RowsAvx512Bf16(const Problem& p, int64_t row_begin, int64_t row_end) { RowsPortable(p, row_begin, row_end); }
 bool CpuHasAvx512Bf16() { return false; }
 #endif
@@ -298,7 +313,39 @@ at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out;
   y = y.view(shape);
-  return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+  return x.scalar_type() == at::kFloat ? y : CastFloatBf16(y, x.scalar_type());
+}
+
+at::Tensor CastFloatBf16(const at::Tensor& t, at::ScalarType dtype) {
+  const at::ScalarType from = t.scalar_type();
+  if (from == dtype) return t;
+  const bool to_bf16 = from == at::kFloat && dtype == at::kBFloat16;
+  const bool to_float = from == at::kBFloat16 && dtype == at::kFloat;
+  if ((!to_bf16 && !to_float) || !t.device().is_cpu() || !t.is_contiguous() || at::GradMode::is_enabled()) {
+    return t.to(dtype);
+  }
+  at::Tensor out = at::empty(t.sizes(), t.options().dtype(dtype));
+  const int64_t n = t.numel();
+  constexpr int64_t kChunk = int64_t{1} << 15;
+  const void* src = t.data_ptr();
+  void* dst = out.data_ptr();
+  ParallelChunks((n + kChunk - 1) / kChunk, at::get_num_threads(), [&](int64_t c) {
+    const int64_t i0 = c * kChunk, i1 = std::min(n, i0 + kChunk);
+    if (to_float) {
+      const uint16_t* s = static_cast<const uint16_t*>(src);
+      uint32_t* d = static_cast<uint32_t*>(dst);
+      for (int64_t i = i0; i < i1; ++i) d[i] = static_cast<uint32_t>(s[i]) << 16;
+    } else {
+      const uint32_t* s = static_cast<const uint32_t*>(src);
+      uint16_t* d = static_cast<uint16_t*>(dst);
+      for (int64_t i = i0; i < i1; ++i) {
+        const uint32_t bits = s[i];
+        const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+        d[i] = static_cast<uint16_t>((bits & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
+      }
+    }
+  });
+  return out;
 }
 
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
@@ -365,6 +412,8 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   // (8 KB), 5.6 (64 KB). Segments are whole blocks.
   const int64_t seg_blocks = std::max<int64_t>(1, std::max<int64_t>(16, (int64_t{32} << 10) / (4 * dim)) / bs);
   const int64_t segment = seg_blocks * bs;
+  constexpr int64_t kMaxSegBlocks = 256;
+  const bool grouped_values = native_bf16 && bs % 2 == 0 && segment <= 256 && seg_blocks <= kMaxSegBlocks;
   std::vector<int64_t> segs(seqs), seg_first(seqs + 1, 0);
   struct Chunk {
     int64_t s, j, seg;
@@ -433,6 +482,14 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     for (int64_t g = 0; g < groups; ++g) {
       parts[part_index(ch.s, h0 + g, ch.seg)] =
           avx2 ? gemv::SegmentSoftmaxAvx2(sc + g * segment, n) : gemv::SegmentSoftmaxPortable(sc + g * segment, n);
+    }
+    if (grouped_values) {
+      // The whole group over the whole segment: each value row read once.
+      const uint16_t* rows[kMaxSegBlocks];
+      for (int64_t b = 0; b * bs < n; ++b) rows[b] = static_cast<const uint16_t*>(vp) + block_offset(b);
+      gemv::SegmentValuesGroupBf16Avx512(sc, segment, groups, rows, bs, n, dim,
+                                         partial.get() + part_index(ch.s, h0, ch.seg) * dim, segs[ch.s] * dim);
+      return;
     }
     for (int64_t g = 0; g < groups; ++g) {
       float* o = partial.get() + part_index(ch.s, h0 + g, ch.seg) * dim;

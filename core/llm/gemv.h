@@ -51,6 +51,13 @@ at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 // The modules' linear layer (see the file comment). b may be undefined.
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
 
+// t.to(dtype) for the fp32 <-> bf16 casts of the decode step (the lm_head's
+// logits), on this library's threads: libtorch's cast of a large tensor runs
+// on its OpenMP threads, which then spin for milliseconds against the GEMV
+// threads of the next layer. Same values as libtorch's (round to nearest
+// even, NaN kept as NaN); other dtypes or layouts go to t.to(dtype).
+at::Tensor CastFloatBf16(const at::Tensor& t, at::ScalarType dtype);
+
 // Attention of one new token per sequence over a paged KV pool (decoding;
 // paged_kv.h), as the reference's eager attention in fp32: softmax(q k^T /
 // sqrt(d)) v with GQA (query head h uses kv head h / (H / KV)), no mask.

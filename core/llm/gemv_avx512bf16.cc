@@ -14,6 +14,8 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "core/llm/gemv_kernels.h"
 #include "core/llm/simd_avx512.h"
 
@@ -167,6 +169,96 @@ void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len,
         out[d0 + 8 * lane + j] = tl[4 * lane + j];
         out[d0 + 8 * lane + 4 + j] = th[4 * lane + j];
       }
+    }
+  }
+}
+
+namespace {
+
+// kMaxKeys probabilities of up to 8 heads, rounded to bf16 (consecutive keys
+// pair up in 32-bit words, zero padded to an even count).
+constexpr int64_t kMaxKeys = 256;
+constexpr int kMaxGroup = 8;
+
+// Rounds probs[0, len) to bf16 bits (to nearest even; probabilities are
+// finite) into dst, zero-padding to a multiple of 16.
+void RoundProbs(const float* probs, int64_t len, uint16_t* dst) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
+  for (int64_t l = 0; l < len; l += 16) {
+    const __mmask16 m = len - l >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (len - l)) - 1);
+    const __m512i bits = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, probs + l));
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
+    const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, bias)), 16);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + l), _mm512_cvtepi32_epi16(r));
+  }
+}
+
+template <int G>
+void ValuesGroup(const uint16_t (*pb)[kMaxKeys + 16], const uint16_t* const* blocks, int64_t bs, int64_t len,
+                 int64_t dim, float* out, int64_t out_stride) {
+  // After the unpacks, 128-bit lane k of `lo` holds dimensions 8k..8k+3 and
+  // of `hi` 8k+4..8k+7 (of the 32 at d0): these indexes put them in order.
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int64_t d0 = 0; d0 < dim; d0 += 32) {
+    __m512 lo[G], hi[G];
+    for (int g = 0; g < G; ++g) lo[g] = hi[g] = _mm512_setzero_ps();
+    for (int64_t l = 0; l < len; l += 2) {
+      const uint16_t* row = blocks[l / bs] + (l % bs) * dim + d0;
+      const __m512i a = _mm512_loadu_si512(row);
+      const __m512i b = l + 1 < len ? _mm512_loadu_si512(row + dim) : _mm512_setzero_si512();
+      const __m512bh ul = (__m512bh)_mm512_unpacklo_epi16(a, b), uh = (__m512bh)_mm512_unpackhi_epi16(a, b);
+      for (int g = 0; g < G; ++g) {
+        int32_t pair;
+        __builtin_memcpy(&pair, pb[g] + l, sizeof(pair));
+        const __m512bh pv = (__m512bh)_mm512_set1_epi32(pair);
+        lo[g] = _mm512_dpbf16_ps(lo[g], ul, pv);
+        hi[g] = _mm512_dpbf16_ps(hi[g], uh, pv);
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      float* o = out + g * out_stride + d0;
+      _mm512_storeu_ps(o, _mm512_permutex2var_ps(lo[g], first, hi[g]));
+      _mm512_storeu_ps(o + 16, _mm512_permutex2var_ps(lo[g], second, hi[g]));
+    }
+  }
+}
+
+}  // namespace
+
+void SegmentValuesGroupBf16Avx512(const float* probs, int64_t probs_stride, int64_t heads,
+                                  const uint16_t* const* blocks, int64_t bs, int64_t len, int64_t dim, float* out,
+                                  int64_t out_stride) {
+  alignas(64) uint16_t pb[kMaxGroup][kMaxKeys + 16];
+  for (int64_t h0 = 0; h0 < heads; h0 += kMaxGroup) {
+    const int g = static_cast<int>(std::min<int64_t>(kMaxGroup, heads - h0));
+    for (int i = 0; i < g; ++i) RoundProbs(probs + (h0 + i) * probs_stride, len, pb[i]);
+    float* o = out + h0 * out_stride;
+    switch (g) {
+      case 1:
+        ValuesGroup<1>(pb, blocks, bs, len, dim, o, out_stride);
+        break;
+      case 2:
+        ValuesGroup<2>(pb, blocks, bs, len, dim, o, out_stride);
+        break;
+      case 3:
+        ValuesGroup<3>(pb, blocks, bs, len, dim, o, out_stride);
+        break;
+      case 4:
+        ValuesGroup<4>(pb, blocks, bs, len, dim, o, out_stride);
+        break;
+      case 5:
+        ValuesGroup<5>(pb, blocks, bs, len, dim, o, out_stride);
+        break;
+      case 6:
+        ValuesGroup<6>(pb, blocks, bs, len, dim, o, out_stride);
+        break;
+      case 7:
+        ValuesGroup<7>(pb, blocks, bs, len, dim, o, out_stride);
+        break;
+      default:
+        ValuesGroup<8>(pb, blocks, bs, len, dim, o, out_stride);
+        break;
     }
   }
 }

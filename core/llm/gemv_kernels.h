@@ -79,5 +79,14 @@ void SegmentValuesBf16Avx2(const float* probs, const uint16_t* v, int64_t len, i
 void SegmentScoresBf16Avx512(const uint16_t* q, const uint16_t* k, int64_t len, int64_t dim, float scale,
                              float* scores);
 void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
+// The values step for all `heads` query heads of a KV head at once, over a
+// segment of `len` <= 256 keys stored in blocks of `bs` (even) rows of `dim`
+// (% 32 == 0): out[h * out_stride + d] = sum_l bf16(probs[h * probs_stride +
+// l]) * v_l[d], where row l is blocks[l / bs] + (l % bs) * dim. Each value row
+// is loaded once for the group (GQA), and each probability is rounded once.
+// Same arithmetic as SegmentValuesBf16Avx512.
+void SegmentValuesGroupBf16Avx512(const float* probs, int64_t probs_stride, int64_t heads,
+                                  const uint16_t* const* blocks, int64_t bs, int64_t len, int64_t dim, float* out,
+                                  int64_t out_stride);
 
 }  // namespace internvl::llm::gemv

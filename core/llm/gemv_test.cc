@@ -231,6 +231,60 @@ TEST(PagedDecodeAttention, MatchesEagerAttentionOverScatteredBlocks) {
   EXPECT_TRUE(PagedDecodeAttention(at::randn({1, 4, 8}), k, k, {&table}, {8}).defined());
 }
 
+TEST(GemvKernels, GroupedBf16ValuesMatchTheirDefinition) {
+  // out[h][d] = sum_l bf16(p[h][l]) * v_l[d], value rows scattered over
+  // blocks; any group size (9 = two passes), odd lengths, dims 32..128.
+  at::manual_seed(5);
+  for (auto [heads, len, dim, bs] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+           {1, 16, 32, 16}, {7, 128, 64, 16}, {9, 77, 128, 4}, {2, 255, 64, 2}, {8, 3, 32, 16}}) {
+    const int64_t nblocks = (len + bs - 1) / bs;
+    const at::Tensor pool = at::randn({nblocks + 2, bs, dim}).to(at::kBFloat16);
+    const at::Tensor probs = at::rand({heads, len + 5});  // rows of stride len + 5
+    std::vector<const uint16_t*> rows;
+    std::vector<int64_t> order;
+    for (int64_t b = 0; b < nblocks; ++b) order.push_back((b * 5 + 1) % (nblocks + 2));
+    for (int64_t b : order) rows.push_back(reinterpret_cast<const uint16_t*>(pool[b].data_ptr()));
+    std::vector<float> out(heads * (dim + 3), -1.0f);
+    gemv::SegmentValuesGroupBf16Avx512(probs.data_ptr<float>(), len + 5, heads, rows.data(), bs, len, dim, out.data(),
+                                       dim + 3);
+    const at::Tensor v = pool.index_select(0, at::tensor(order, at::kLong)).reshape({-1, dim}).narrow(0, 0, len);
+    const at::Tensor p = probs.narrow(1, 0, len).to(at::kBFloat16).to(at::kDouble);
+    const at::Tensor expected = at::matmul(p, v.to(at::kDouble));
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t d = 0; d < dim; ++d) {
+        ASSERT_NEAR(out[h * (dim + 3) + d], expected[h][d].item<double>(), 1e-4 * (1 + len / 16))
+            << "heads " << heads << " len " << len << " dim " << dim << " h " << h << " d " << d;
+      }
+      EXPECT_EQ(out[h * (dim + 3) + dim], -1.0f) << "wrote past the row";
+    }
+  }
+}
+
+TEST(CastFloatBf16, SameBitsAsLibtorchBothWays) {
+  // Large enough for several chunks; ties, NaN, infinities, denormals and
+  // values that round up into the next exponent included.
+  at::Tensor f = at::randn({3, 40000}) * 1e3;
+  float* p = f.data_ptr<float>();
+  const std::vector<float> special = {0.0f,    -0.0f,   INFINITY,    -INFINITY,   NAN,      1e-40f,
+                                      -1e-40f, 3.4e38f, 1.00390625f, 1.01171875f, 65504.0f, 1.9999999f};
+  for (size_t i = 0; i < special.size(); ++i) p[i * 997] = special[i];
+  const at::Tensor ours = CastFloatBf16(f, at::kBFloat16);
+  const at::Tensor theirs = f.to(at::kBFloat16);
+  ASSERT_EQ(ours.scalar_type(), at::kBFloat16);
+  ASSERT_EQ(ours.sizes(), f.sizes());
+  const at::Tensor ours_bits = ours.view(at::kShort), theirs_bits = theirs.view(at::kShort);
+  // NaN payloads aside, the same bits; NaN stays NaN.
+  const at::Tensor nan = f.isnan();
+  EXPECT_TRUE(ours.isnan().equal(nan));
+  EXPECT_TRUE(ours_bits.masked_fill(nan, 0).equal(theirs_bits.masked_fill(nan, 0)));
+  const at::Tensor back = CastFloatBf16(ours, at::kFloat);
+  EXPECT_TRUE(back.masked_fill(nan, 0).equal(ours.to(at::kFloat).masked_fill(nan, 0)));
+  // Not a float <-> bf16 cast, or not contiguous: libtorch's.
+  const at::Tensor g = f.masked_fill(nan, 0).t();
+  EXPECT_TRUE(CastFloatBf16(g, at::kBFloat16).equal(g.to(at::kBFloat16)));
+  EXPECT_EQ(CastFloatBf16(f, at::kDouble).scalar_type(), at::kDouble);
+}
+
 TEST(MoveToHugePages, KeepsValuesAndSharingAcrossViews) {
   at::InferenceMode guard;
   const at::Tensor fused = at::randn({1024, 1024});  // 4 MiB
