@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/files.h"
 #include "core/status.h"
+#include "core/tokenizer/stop_strings.h"
 #include "nlohmann/json.hpp"
 
 namespace internvl::cli {
@@ -22,6 +23,8 @@ std::vector<FlagSpec> ChatRequestFlags() {
       {"top-k", "top-k sampling (0 disables)", true, false, "50"},
       {"repetition-penalty", "HF repetition penalty (1 disables)", true, false, "1.0"},
       {"seed", "sampling seed", true, false, "0"},
+      {"stop", "a stop string (repeat for several): generation ends once the text contains it; it is not printed", true,
+       true, ""},
       {"json", "print the result as one JSON line at the end", false, false, ""},
   };
 }
@@ -69,6 +72,8 @@ absl::StatusOr<ChatRequest> ChatRequestFromArgs(const Args& args) {
   INTERNVL_ASSIGN_OR_RETURN(g.repetition_penalty, args.GetDouble("repetition-penalty", 1.0));
   INTERNVL_ASSIGN_OR_RETURN(int seed, args.GetInt("seed", 0));
   g.seed = static_cast<uint64_t>(seed);
+  g.stop = args.GetAll("stop");
+  INTERNVL_RETURN_IF_ERROR(tokenizer::ValidateStopStrings(g.stop));
   if (g.top_p <= 0 || g.top_p > 1) return absl::InvalidArgumentError("--top-p must be in (0, 1]");
   if (g.top_k < 0) return absl::InvalidArgumentError("--top-k must be >= 0");
   if (g.repetition_penalty <= 0) return absl::InvalidArgumentError("--repetition-penalty must be > 0");

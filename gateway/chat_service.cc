@@ -1,5 +1,6 @@
 #include "gateway/chat_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 #include <string>
@@ -10,6 +11,7 @@
 #include "core/preprocess/image.h"
 #include "core/preprocess/tiling.h"
 #include "core/status.h"
+#include "core/tokenizer/stop_strings.h"
 #include "core/tokenizer/streaming_detokenizer.h"
 #include "services/common/generation.h"
 #include "services/common/log.h"
@@ -248,8 +250,6 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
   if (request.images_size() > 0 && request.max_num() > options_.max_tiles)
     return absl::ResourceExhaustedError(
         absl::StrCat("max_num ", request.max_num(), " is over the limit of ", options_.max_tiles, " (--max-tiles)"));
-  if (request.generation().stop_size() > 0)
-    return absl::InvalidArgumentError("generation.stop (stop strings) is not supported yet");
   int64_t text_bytes = static_cast<int64_t>(request.text().size());
   for (const auto& turn : request.history()) text_bytes += turn.question().size() + turn.answer().size();
   text_bytes += static_cast<int64_t>(request.system_message().size());
@@ -326,11 +326,28 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
     return absl::ResourceExhaustedError(absl::StrCat("the prompt is ", ids.size(), " tokens, over the limit of ",
                                                      options_.max_prompt_tokens, " (--max-prompt-tokens)"));
 
-  // Generation, streamed.
+  // Generation, streamed. With stop strings the text goes through `stops`:
+  // each token's text is checked as it comes (HF stop_strings: a match ends
+  // at this token), and what could still grow into a stop string is held
+  // back until it cannot.
   tokenizer::StreamingDetokenizer detok(&prompt_->tokenizer(), /*skip_special_tokens=*/true);
-  double ttft_ms = 0;
+  tokenizer::StopStrings stops(settings.stop);
+  size_t shown = 0;       // bytes of stops.text() streamed
+  std::vector<int> seen;  // ids streamed, when stop strings are checked
+  double ttft_ms = 0, generate_start_ms = MsSince(t_start);
   bool first = true;
   bool client_gone = false;
+  auto send = [&](std::string delta) {
+    if (delta.empty()) return;
+    v1::ChatResponse r;
+    r.set_delta(std::move(delta));
+    if (!emit(std::move(r))) client_gone = true;
+  };
+  auto show_safe = [&] {
+    const size_t safe = stops.Safe();
+    if (safe > shown) send(stops.text().substr(shown, safe - shown));
+    shown = std::max(shown, safe);
+  };
   GenerateInput input{request_id, ids, settings, &media.embeddings};
   auto sink = [&](const std::vector<int>& new_ids) {
     if (first) {
@@ -339,26 +356,45 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
       first = false;
     }
     tokens_->Increment(static_cast<double>(new_ids.size()));
-    std::string delta = detok.Put(absl::MakeConstSpan(new_ids));
-    if (!delta.empty()) {
-      v1::ChatResponse r;
-      r.set_delta(std::move(delta));
-      if (!emit(std::move(r))) client_gone = true;
+    if (stops.empty()) {
+      send(detok.Put(absl::MakeConstSpan(new_ids)));
+    } else {
+      for (int id : new_ids) {
+        seen.push_back(id);
+        if (stops.Append(detok.Put(absl::MakeConstSpan(&id, 1)))) break;
+      }
+      show_safe();
+      if (stops.matched()) return false;  // ends the stage call; answered below
     }
     return !client_gone && !(call.cancellation && call.cancellation->cancelled());
   };
-  INTERNVL_ASSIGN_OR_RETURN(GenerateOutcome out, stages_->Generate(input, sink, call));
-  if (std::string tail = detok.Flush(); !tail.empty()) {
-    v1::ChatResponse r;
-    r.set_delta(std::move(tail));
-    emit(std::move(r));
+  absl::StatusOr<GenerateOutcome> generated = stages_->Generate(input, sink, call);
+  GenerateOutcome out;
+  if (stops.matched()) {
+    // The stage call was ended on purpose: the answer is what was streamed.
+    out.token_ids = seen;
+    out.finish_reason = FinishReason::kStop;
+    out.prefill_ms = ttft_ms - generate_start_ms;
+    out.decode_ms = MsSince(t_start) - ttft_ms;
+    if (generated.ok()) out.cached_prompt_tokens = generated->cached_prompt_tokens;
+  } else {
+    INTERNVL_ASSIGN_OR_RETURN(out, std::move(generated));
+    std::string tail = detok.Flush();
+    if (stops.empty()) {
+      send(std::move(tail));
+    } else {
+      // A match completed by the last bytes is still a stop string.
+      if (stops.Append(tail) && !out.stop_token_id) out.finish_reason = FinishReason::kStop;
+      show_safe();
+      if (!stops.matched() && shown < stops.text().size()) send(stops.text().substr(shown));
+    }
   }
 
   v1::ChatResponse last;
   v1::ChatFinal* f = last.mutable_final();
   std::vector<int> with_stop = out.token_ids;
   if (out.stop_token_id) with_stop.push_back(*out.stop_token_id);
-  f->set_response(prompt_->Response(with_stop));
+  f->set_response(stops.matched() ? prompt_->ResponseText(stops.text()) : prompt_->Response(with_stop));
   for (int id : out.token_ids) f->add_token_ids(id);
   if (out.stop_token_id) f->set_stop_token_id(*out.stop_token_id);
   f->set_prompt_tokens(static_cast<int>(ids.size()));

@@ -16,6 +16,7 @@
 #include "core/chat/chat_pipeline.h"
 #include "core/chat/prompt_builder.h"
 #include "core/testing/fixtures.h"
+#include "core/tokenizer/stop_strings.h"
 #include "gateway/client.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
@@ -256,6 +257,66 @@ TEST_F(GatewayTest, SystemMessageReplacesTheDefaultOnEveryPath) {
   auto query = PromptBuilder::Load(*fixtures_ + "/tiny-qwen2").value()->BuildQuery(r, {1});
   ASSERT_TRUE(query.ok()) << query.status();
   EXPECT_THAT(*query, HasSubstr("system\nYou are a terse assistant"));
+}
+
+// Stop strings (HF stop_strings, OpenAI `stop`): generation ends at the
+// token whose text completes one, the text from the match on is neither
+// streamed nor returned, and all three paths agree (ids, text, stream).
+TEST_F(GatewayTest, StopStringsEndGenerationAndAreNotReturnedOnEveryPath) {
+  ChatRequest r;
+  r.question = "Hello, who are you? Tell me a long story.";
+  r.generation.max_new_tokens = 32;
+  std::string full;
+  auto baseline = pipeline_->Chat(r, [&](absl::string_view d) {
+    full.append(d.data(), d.size());
+    return true;
+  });
+  ASSERT_TRUE(baseline.ok()) << baseline.status();
+  // A stop string from the middle of the answer (whole UTF-8 characters).
+  auto boundary = [&](size_t i) { return i >= full.size() || (static_cast<unsigned char>(full[i]) & 0xC0) != 0x80; };
+  size_t begin = full.size() / 2;
+  while (begin > 0 && !boundary(begin)) --begin;
+  size_t end = begin + 1;
+  for (int chars = 0; end < full.size() && chars < 1; ++end)
+    if (boundary(end)) ++chars;
+  while (!boundary(end)) ++end;
+  ASSERT_GT(begin, 0u) << "the baseline answer is too short: '" << full << "'";
+  const std::string stop = full.substr(begin, end - begin);
+  const size_t cut = full.find(stop);
+  r.generation.stop = {"a stop string that never comes", stop};
+  ExpectSameEverywhere(r);
+
+  std::string streamed;
+  auto stopped = pipeline_->Chat(r, [&](absl::string_view d) {
+    streamed.append(d.data(), d.size());
+    return true;
+  });
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  EXPECT_EQ(streamed, full.substr(0, cut)) << "stop '" << stop << "'";
+  EXPECT_EQ(stopped->finish_reason, FinishReason::kStop);
+  // The ids end at the token that completed the match.
+  const auto prompt = PromptBuilder::Load(*fixtures_ + "/tiny-qwen2").value();
+  const std::vector<int>& ids = stopped->token_ids;
+  ASSERT_FALSE(ids.empty());
+  ASSERT_LE(ids.size(), baseline->token_ids.size());
+  EXPECT_TRUE(std::equal(ids.begin(), ids.end(), baseline->token_ids.begin()));
+  EXPECT_THAT(prompt->tokenizer().Decode(ids, true), HasSubstr(stop));
+  EXPECT_THAT(prompt->tokenizer().Decode(std::vector<int>(ids.begin(), ids.end() - 1), true),
+              ::testing::Not(HasSubstr(stop)));
+  EXPECT_EQ(stopped->response, prompt->ResponseText(full.substr(0, cut)));
+
+  // Refused: an empty stop string, too many of them.
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{""}, std::vector<std::string>(tokenizer::kMaxStopStrings + 1, "x")}) {
+    ChatRequest b = r;
+    b.generation.stop = bad;
+    for (Proc* server : {gateway_, all_in_one_}) {
+      auto refused = ChatClient(server->target()).Chat(b);
+      EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+      EXPECT_THAT(refused.status().message(), HasSubstr("stop"));
+    }
+  }
+  ExpectAllServing();
 }
 
 TEST_F(GatewayTest, BadRequestsAreRefusedClearlyAndServicesStayHealthy) {

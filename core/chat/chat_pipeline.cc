@@ -1,5 +1,6 @@
 #include "core/chat/chat_pipeline.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -13,6 +14,7 @@
 #include "core/preprocess/tiling.h"
 #include "core/status.h"
 #include "core/tokenizer/chat_template.h"
+#include "core/tokenizer/stop_strings.h"
 #include "core/tokenizer/streaming_detokenizer.h"
 #include "core/tokenizer/tokenizer.h"
 #ifdef INTERNVL_HAVE_VIDEO
@@ -159,6 +161,7 @@ absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const 
   const auto t_start = Clock::now();
   if (request.question.empty()) return absl::InvalidArgumentError("the question is empty");
   INTERNVL_RETURN_IF_ERROR(ValidateGenerationSettings(request.generation));
+  INTERNVL_RETURN_IF_ERROR(tokenizer::ValidateStopStrings(request.generation.stop));
   ChatResult result;
   INTERNVL_ASSIGN_OR_RETURN(Impl::Pixels pixels, im.Preprocess(request));
   result.timings.preprocess_ms = Ms(t_start, Clock::now());
@@ -178,7 +181,24 @@ absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const 
   }
   EngineRequest er = im.Request(std::move(ids), std::move(embeddings), request.generation);
   tokenizer::StreamingDetokenizer detok(&im.prompt->tokenizer(), /*skip_special_tokens=*/true);
-  if (on_text) {
+  // Stop strings: each token's text is checked as it comes; streamed text
+  // holds back what could still become one (core/tokenizer/stop_strings.h).
+  tokenizer::StopStrings stops(request.generation.stop);
+  size_t shown = 0;
+  bool client_gone = false;
+  auto show = [&](size_t upto) {
+    if (on_text && upto > shown && !client_gone) client_gone = !on_text(stops.text().substr(shown, upto - shown));
+    shown = std::max(shown, upto);
+  };
+  const std::vector<int64_t> stop_ids = er.stop_ids;
+  if (!stops.empty()) {
+    er.on_token = [&](int id) {
+      if (std::find(stop_ids.begin(), stop_ids.end(), id) != stop_ids.end()) return true;
+      if (stops.Append(detok.Put(id))) return false;  // ends generation here
+      show(stops.Safe());
+      return !client_gone;
+    };
+  } else if (on_text) {
     // Runs on the engine's step thread while this one waits.
     er.on_token = [&](int id) {
       std::string delta = detok.Put(id);
@@ -187,11 +207,16 @@ absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const 
   }
   const auto t_llm = Clock::now();
   INTERNVL_ASSIGN_OR_RETURN(EngineResult g, im.engine->llm()->Generate(std::move(er)));
-  if (on_text) {
-    std::string tail = detok.Flush();
-    if (!tail.empty()) on_text(tail);
+  std::string tail = detok.Flush();
+  if (!stops.empty()) {
+    if (!stops.matched()) stops.Append(tail);
+    if (stops.matched()) g.finish_reason = FinishReason::kStop;
+    show(stops.text().size());
+  } else if (on_text && !tail.empty()) {
+    on_text(tail);
   }
   im.Fill(g, &result);
+  if (stops.matched()) result.response = im.prompt->ResponseText(stops.text());
   result.timings.time_to_first_token_ms = Ms(t_start, t_llm) + g.time_to_first_token_ms;
   result.timings.total_ms = Ms(t_start, Clock::now());
   return result;

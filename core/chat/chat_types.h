@@ -39,6 +39,9 @@ struct GenerationSettings {
   int top_k = 50;  // 0 disables
   double repetition_penalty = 1.0;
   uint64_t seed = 0;
+  // Stop strings (HF stop_strings; the matched text is not returned): see
+  // core/tokenizer/stop_strings.h.
+  std::vector<std::string> stop;
 };
 
 struct ChatRequest {
@@ -67,9 +70,9 @@ struct ChatRequest {
 struct ChatTimings {
   double preprocess_ms = 0;
   double vision_ms = 0;
-  double queue_ms = 0;    // waiting for the engine to admit the sequence
-  double prefill_ms = 0;  // admission to the first token (prompt chunks, interleaved with other streams)
-  double decode_ms = 0;   // every token after the first
+  double queue_ms = 0;                // waiting for the engine to admit the sequence
+  double prefill_ms = 0;              // admission to the first token (prompt chunks, interleaved with other streams)
+  double decode_ms = 0;               // every token after the first
   double time_to_first_token_ms = 0;  // request start to the first token
   double total_ms = 0;
 };

@@ -58,7 +58,11 @@ absl::StatusOr<std::vector<int>> PromptBuilder::PromptIds(const ChatRequest& req
 }
 
 std::string PromptBuilder::Response(const std::vector<int>& token_ids) const {
-  return tokenizer::ExtractResponse(*chat_template_, tok_->Decode(token_ids, /*skip_special_tokens=*/true));
+  return ResponseText(tok_->Decode(token_ids, /*skip_special_tokens=*/true));
+}
+
+std::string PromptBuilder::ResponseText(absl::string_view decoded) const {
+  return tokenizer::ExtractResponse(*chat_template_, decoded);
 }
 
 }  // namespace internvl

@@ -44,6 +44,8 @@ class PromptBuilder {
                                              const std::vector<int>& num_patches_list) const;
   // chat()'s answer: decode (skip special tokens), cut at the separator, strip.
   std::string Response(const std::vector<int>& token_ids) const;
+  // The same from text already decoded (e.g. cut at a stop string).
+  std::string ResponseText(absl::string_view decoded) const;
 
  private:
   PromptBuilder() = default;

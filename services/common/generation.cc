@@ -4,6 +4,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "core/tokenizer/stop_strings.h"
 
 namespace internvl::services {
 
@@ -15,6 +16,9 @@ absl::StatusOr<GenerationSettings> FromProto(const v1::GenerationSettings& p, in
   if (p.has_top_p()) g.top_p = p.top_p();
   if (p.has_top_k()) g.top_k = p.top_k();
   if (p.has_repetition_penalty()) g.repetition_penalty = p.repetition_penalty();
+  g.stop.assign(p.stop().begin(), p.stop().end());
+  if (absl::Status s = tokenizer::ValidateStopStrings(g.stop); !s.ok())
+    return absl::InvalidArgumentError(absl::StrCat("generation.stop: ", s.message()));
   if (p.has_seed()) {
     g.seed = p.seed();
   } else {
@@ -45,6 +49,7 @@ v1::GenerationSettings ToProto(const GenerationSettings& g) {
   p.set_top_k(g.top_k);
   p.set_repetition_penalty(static_cast<float>(g.repetition_penalty));
   p.set_seed(g.seed);
+  for (const std::string& s : g.stop) p.add_stop(s);
   return p;
 }
 
