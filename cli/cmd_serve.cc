@@ -20,7 +20,9 @@
 #include "core/model_path.h"
 #include "gateway/chat_service.h"
 #include "gateway/embedded_stages.h"
+#include "gateway/openai_server.h"
 #include "services/common/engine_metrics.h"
+#include "services/common/log.h"
 #include "services/common/metrics.h"
 #include "services/common/security.h"
 #include "services/common/server.h"
@@ -55,6 +57,10 @@ std::vector<FlagSpec> Specs() {
        "32768"},
       {"max-text-bytes", "question + history bytes per request", true, false, "1048576"},
       {"grace-seconds", "after SIGTERM, how long in-flight calls may finish", true, false, "20"},
+      {"openai-port", "port of the OpenAI-compatible HTTP API (-1 = off, 0 = any)", true, false, "-1"},
+      {"openai-host", "address of the OpenAI-compatible HTTP API", true, false, "0.0.0.0"},
+      {"served-model-name", "model id of the HTTP API (default: the model folder's name)", true, false, ""},
+      {"openai-file-root", "file:// image URLs are read under this folder only (default: refused)", true, false, ""},
       {"tls-cert", "PEM server certificate: serve TLS", true, false, ""},
       {"tls-key", "PEM key of --tls-cert", true, false, ""},
       {"tls-client-ca", "PEM CA: require client certificates it signed (mTLS)", true, false, ""},
@@ -150,7 +156,24 @@ int Run(const std::vector<std::string>& argv) {
   run.grpc.tls = {args->GetOr("tls-cert", ""), args->GetOr("tls-key", ""), args->GetOr("tls-client-ca", "")};
   run.metrics_port = *metrics_port;
   run.grace = absl::Seconds(*grace);
+  auto openai_port = args->GetInt("openai-port", -1);
+  if (!openai_port.ok()) return ReportError(kName, openai_port.status());
+  std::unique_ptr<gateway::OpenAiServer> http;
+  if (*openai_port >= 0) {
+    gateway::OpenAiServerOptions o =
+        gateway::OpenAiOptionsFor(args->GetOr("model", ""), args->GetOr("served-model-name", ""));
+    o.host = args->GetOr("openai-host", "0.0.0.0");
+    o.port = *openai_port;
+    o.file_root = args->GetOr("openai-file-root", "");
+    o.threads = options.threads + 8;
+    auto started = gateway::OpenAiServer::Start(o, &service);
+    if (!started.ok()) return ReportError(kName, started.status());
+    http = *std::move(started);
+    services::LogInfo(
+        absl::StrCat("OpenAI-compatible HTTP API on port ", http->port(), ", model \"", o.model_id, "\""));
+  }
   const int rc = RunServer("internvl.v1.InternVL (all-in-one)", run, {&service}, {"internvl.v1.InternVL"}, &registry);
+  if (http != nullptr) http->Stop();
   (*engine)->llm()->SetObserver(nullptr);
   return rc;
 }

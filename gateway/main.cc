@@ -11,6 +11,7 @@
 #include "core/hub/hub_download.h"
 #include "core/model_path.h"
 #include "gateway/chat_service.h"
+#include "gateway/openai_server.h"
 #include "gateway/remote_stages.h"
 #include "services/common/flags.h"
 #include "services/common/log.h"
@@ -53,6 +54,11 @@ ABSL_FLAG(std::string, stage_tls_server_name, "", "name to check in the stages' 
 ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate: serve TLS (empty = plaintext)");
 ABSL_FLAG(std::string, tls_key_file, "", "PEM key of --tls_cert_file");
 ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA: require client certificates it signed (mTLS)");
+ABSL_FLAG(int, openai_port, -1,
+          "port of the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, /health); -1 = off, 0 = any");
+ABSL_FLAG(std::string, openai_host, "0.0.0.0", "address the OpenAI-compatible HTTP API listens on");
+ABSL_FLAG(std::string, served_model_name, "", "model id of the HTTP API (default: the model folder's name)");
+ABSL_FLAG(std::string, openai_file_root, "", "file:// image URLs are read under this folder only (empty: refused)");
 ABSL_FLAG(double, grace_seconds, 20, "after SIGTERM, how long in-flight calls may finish");
 
 int main(int argc, char** argv) {
@@ -121,5 +127,24 @@ int main(int argc, char** argv) {
   run.grpc.max_receive_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   run.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   run.grace = absl::Seconds(absl::GetFlag(FLAGS_grace_seconds));
-  return services::RunServer("internvl.v1.InternVL", run, {&service}, {"internvl.v1.InternVL"}, &registry);
+  std::unique_ptr<OpenAiServer> http;
+  if (absl::GetFlag(FLAGS_openai_port) >= 0) {
+    OpenAiServerOptions o = OpenAiOptionsFor(absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_served_model_name));
+    o.host = absl::GetFlag(FLAGS_openai_host);
+    o.port = absl::GetFlag(FLAGS_openai_port);
+    o.file_root = absl::GetFlag(FLAGS_openai_file_root);
+    o.max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+    o.threads = options.threads + 8;
+    auto started = OpenAiServer::Start(o, &service);
+    if (!started.ok()) {
+      services::LogError(started.status().ToString());
+      return 1;
+    }
+    http = *std::move(started);
+    services::LogInfo(
+        absl::StrCat("OpenAI-compatible HTTP API on port ", http->port(), ", model \"", o.model_id, "\""));
+  }
+  const int rc = services::RunServer("internvl.v1.InternVL", run, {&service}, {"internvl.v1.InternVL"}, &registry);
+  if (http != nullptr) http->Stop();
+  return rc;
 }

@@ -46,3 +46,19 @@ if(TARGET internvl-gateway AND TARGET internvl-llm-decoder AND TARGET internvl-p
   add_dependencies(security_test internvl-preprocess internvl-vision-encoder internvl-llm-decoder internvl-gateway)
   set_tests_properties(security_test PROPERTIES TIMEOUT 300)
 endif()
+
+# The OpenAI-compatible HTTP API of the gateway and of serve --all-in-one:
+# answers equal to the gRPC API's, streaming, errors (real processes).
+if(TARGET internvl-gateway AND TARGET internvl-llm-decoder AND TARGET internvl-preprocess
+   AND TARGET internvl-vision-encoder AND TARGET internvl_gateway_embedded)
+  internvl_test(NAME openai_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/openai_test.cc
+                LIBS internvl_gateway internvl_service_testing PkgConfig::CPP_HTTPLIB LABELS "services;integration")
+  target_compile_definitions(openai_test PRIVATE
+    INTERNVL_PREPROCESS_BIN="$<TARGET_FILE:internvl-preprocess>"
+    INTERNVL_VISION_ENCODER_BIN="$<TARGET_FILE:internvl-vision-encoder>"
+    INTERNVL_LLM_DECODER_BIN="$<TARGET_FILE:internvl-llm-decoder>"
+    INTERNVL_GATEWAY_BIN="$<TARGET_FILE:internvl-gateway>"
+    INTERNVL_CLI_BIN="$<TARGET_FILE:internvl>")
+  add_dependencies(openai_test internvl-preprocess internvl-vision-encoder internvl-llm-decoder internvl-gateway internvl)
+  set_tests_properties(openai_test PROPERTIES TIMEOUT 300)
+endif()

@@ -105,11 +105,16 @@ absl::Status BearerAuth::Check(const grpc::ServerContextBase& context) const {
   if (tokens_.empty()) return absl::OkStatus();
   const auto& md = context.client_metadata();
   auto it = md.find("authorization");
-  if (it == md.end()) return absl::UnauthenticatedError("this server needs \"authorization: Bearer <token>\"");
-  const absl::string_view value(it->second.data(), it->second.size());
+  if (it == md.end()) return CheckHeader(std::nullopt);
+  return CheckHeader(absl::string_view(it->second.data(), it->second.size()));
+}
+
+absl::Status BearerAuth::CheckHeader(std::optional<absl::string_view> value) const {
+  if (tokens_.empty()) return absl::OkStatus();
+  if (!value) return absl::UnauthenticatedError("this server needs \"authorization: Bearer <token>\"");
   constexpr absl::string_view kPrefix = "Bearer ";
-  if (!absl::StartsWith(value, kPrefix)) return absl::UnauthenticatedError("authorization is not a Bearer token");
-  const absl::string_view given = value.substr(kPrefix.size());
+  if (!absl::StartsWith(*value, kPrefix)) return absl::UnauthenticatedError("authorization is not a Bearer token");
+  const absl::string_view given = value->substr(kPrefix.size());
   bool ok = false;
   for (const std::string& t : tokens_) {
     // Constant time over the token's bytes (lengths are not secret).

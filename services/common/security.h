@@ -9,10 +9,12 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_context.h"
@@ -66,6 +68,8 @@ class BearerAuth {
   // UNAUTHENTICATED (the WWW-Authenticate of gRPC) when enabled and the call
   // has no valid token.
   absl::Status Check(const grpc::ServerContextBase& context) const;
+  // The same for an HTTP "Authorization" header value (nullopt: absent).
+  absl::Status CheckHeader(std::optional<absl::string_view> value) const;
 
  private:
   std::vector<std::string> tokens_;

@@ -1,0 +1,298 @@
+// The OpenAI-compatible HTTP API (gateway/openai_server.h) end to end: the
+// three stage services + the gateway, and `internvl serve --all-in-one`, as
+// real processes with --openai-port and a bearer token. For each server:
+//   - a text chat, an image chat (data: URL) and a two-turn chat with the
+//     image in the first turn give the gRPC API's answer for the same
+//     conversation (text and token ids; tiny Qwen2, fp32, greedy);
+//   - the streamed text (server-sent events) equals the non-streamed one,
+//     with usage at the end when asked;
+//   - a malformed body, an oversized body, a wrong content type, an unknown
+//     model and a bad bearer token get their HTTP status and an OpenAI-shaped
+//     error, and the server keeps serving.
+#include <httplib.h>
+
+#include <fstream>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "core/files.h"
+#include "core/testing/fixtures.h"
+#include "gateway/client.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "services/common/testing/harness.h"
+#include "services/common/testing/redis_server.h"
+
+namespace internvl::gateway {
+namespace {
+
+namespace st = ::internvl::services::testing;
+using json = nlohmann::json;
+
+constexpr char kToken[] = "openai-test-token";
+const absl::Duration kStartTimeout = absl::Seconds(120);
+
+struct Server {
+  st::ServerProcess proc;
+  int http_port = 0;
+};
+
+class OpenAiTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const auto fixtures = ::internvl::testing::FixturesDir();
+    if (!fixtures) return;
+    fixtures_ = new std::string(*fixtures);
+    model_ = new std::string(*fixtures_ + "/tiny-qwen2");
+    const std::string dir = ::internvl::testing::TempDir();
+    const std::string tokens = dir + "/tokens";
+    std::ofstream(tokens) << kToken << "\n";
+    auto spawn = [&](const std::string& bin, std::vector<std::string> args, const std::string& name) {
+      auto p = st::SpawnServer(bin, std::move(args), dir + "/" + name + ".log");
+      EXPECT_TRUE(p.ok()) << p.status();
+      return p.ok() ? std::move(*p) : st::ServerProcess();
+    };
+    preprocess_ = new st::ServerProcess(spawn(INTERNVL_PREPROCESS_BIN, {"--threads", "1"}, "preprocess"));
+    encoder_ = new st::ServerProcess(
+        spawn(INTERNVL_VISION_ENCODER_BIN, {"--model", *model_, "--dtype", "fp32", "--threads", "1"}, "vision"));
+    decoder_ = new st::ServerProcess(
+        spawn(INTERNVL_LLM_DECODER_BIN, {"--model", *model_, "--dtype", "fp32", "--threads", "1"}, "decoder"));
+    const int gateway_http = st::PickFreePort().value_or(0);
+    gateway_ = new Server{spawn(INTERNVL_GATEWAY_BIN,
+                                {"--model", *model_, "--preprocess-addr", preprocess_->target(), "--vision-addr",
+                                 encoder_->target(), "--decoder-addr", decoder_->target(), "--auth-tokens-file", tokens,
+                                 "--openai-port", std::to_string(gateway_http), "--openai-host", "127.0.0.1",
+                                 "--max-message-bytes", std::to_string(8 << 20)},
+                                "gateway"),
+                          gateway_http};
+    const int aio_http = st::PickFreePort().value_or(0);
+    all_in_one_ = new Server{
+        spawn(INTERNVL_CLI_BIN,
+              {"serve", "--all-in-one", "--model", *model_, "--dtype", "fp32", "--threads", "1", "--auth-tokens-file",
+               tokens, "--openai-port", std::to_string(aio_http), "--openai-host", "127.0.0.1"},
+              "all_in_one"),
+        aio_http};
+    for (auto [p, name] : {std::pair{preprocess_, "internvl.v1.Preprocess"},
+                           {encoder_, "internvl.v1.VisionEncoder"},
+                           {decoder_, "internvl.v1.LlmDecoder"},
+                           {&gateway_->proc, "internvl.v1.InternVL"},
+                           {&all_in_one_->proc, "internvl.v1.InternVL"}}) {
+      const absl::Status ready = st::WaitForServing(p->target(), name, p->process.get(), kStartTimeout);
+      ASSERT_TRUE(ready.ok()) << name << ": " << ready << "\n" << p->process->ReadLog();
+    }
+  }
+  static void TearDownTestSuite() {
+    delete all_in_one_;
+    delete gateway_;
+    delete decoder_;
+    delete encoder_;
+    delete preprocess_;
+  }
+  void SetUp() override {
+    INTERNVL_REQUIRE_FIXTURES(fixtures);
+    ASSERT_NE(gateway_, nullptr);
+  }
+
+  static std::unique_ptr<httplib::Client> Http(const Server* s) {
+    auto c = std::make_unique<httplib::Client>("127.0.0.1", s->http_port);
+    c->set_read_timeout(120, 0);
+    c->set_bearer_token_auth(kToken);
+    return c;
+  }
+  static std::unique_ptr<ChatClient> Grpc(const Server* s) {
+    ClientSecurity security;
+    security.token = kToken;
+    return ChatClient::Create(s->proc.target(), security).value();
+  }
+  static std::string DataUrl(const std::string& file) {
+    return "data:image/png;base64," + absl::Base64Escape(ReadFile(*fixtures_ + "/inputs/" + file).value());
+  }
+
+  // POSTs `body`; returns (status, parsed body).
+  static std::pair<int, json> Post(const Server* s, const json& body) {
+    auto res = Http(s)->Post("/v1/chat/completions", body.dump(), "application/json");
+    if (!res) return {-1, json()};
+    return {res->status, json::parse(res->body, nullptr, false)};
+  }
+
+  // The streamed text of `body` + stream, and the last chunks.
+  static std::string Stream(const Server* s, json body, json* usage, std::vector<int>* ids) {
+    body["stream"] = true;
+    body["stream_options"] = {{"include_usage", true}};
+    auto res = Http(s)->Post("/v1/chat/completions", body.dump(), "application/json");
+    EXPECT_TRUE(res);
+    if (!res) return "";
+    EXPECT_EQ(res->status, 200) << res->body;
+    EXPECT_TRUE(absl::StartsWith(res->get_header_value("Content-Type"), "text/event-stream"));
+    std::string text;
+    bool done = false;
+    for (absl::string_view event : absl::StrSplit(res->body, "\n\n", absl::SkipEmpty())) {
+      EXPECT_TRUE(absl::ConsumePrefix(&event, "data: ")) << event;
+      EXPECT_FALSE(done) << "an event after [DONE]";
+      if (event == "[DONE]") {
+        done = true;
+        continue;
+      }
+      const json chunk = json::parse(event);
+      EXPECT_EQ(chunk["object"], "chat.completion.chunk");
+      if (chunk.contains("usage")) *usage = chunk["usage"];
+      if (chunk["choices"].empty()) continue;
+      const json& choice = chunk["choices"][0];
+      if (choice["delta"].contains("content")) text += choice["delta"]["content"].get<std::string>();
+      if (choice.contains("token_ids")) *ids = choice["token_ids"].get<std::vector<int>>();
+    }
+    EXPECT_TRUE(done) << "no [DONE]";
+    return text;
+  }
+
+  // The conversation over both APIs: same text and ids; streamed == plain.
+  static void ExpectSameAsGrpc(const Server* s, const json& messages, const ChatRequest& grpc_request) {
+    auto expected = Grpc(s)->Chat(grpc_request);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    const json body = {{"model", "tiny-qwen2"}, {"messages", messages}, {"max_tokens", 12}, {"temperature", 0}};
+    auto [status, reply] = Post(s, body);
+    ASSERT_EQ(status, 200) << reply.dump();
+    EXPECT_EQ(reply["object"], "chat.completion");
+    EXPECT_EQ(reply["model"], "tiny-qwen2");
+    const json& choice = reply["choices"][0];
+    EXPECT_EQ(choice["message"]["role"], "assistant");
+    EXPECT_EQ(choice["message"]["content"].get<std::string>(), expected->response);
+    EXPECT_EQ(choice["token_ids"].get<std::vector<int>>(), expected->token_ids);
+    EXPECT_EQ(choice["finish_reason"], expected->finish_reason == FinishReason::kLength ? "length" : "stop");
+    EXPECT_EQ(reply["usage"]["prompt_tokens"].get<int>(), expected->prompt_tokens);
+    json usage;
+    std::vector<int> ids;
+    EXPECT_EQ(Stream(s, body, &usage, &ids), expected->response);
+    EXPECT_EQ(ids, expected->token_ids);
+    EXPECT_EQ(usage, reply["usage"]);
+  }
+
+  static inline std::string* fixtures_ = nullptr;
+  static inline std::string* model_ = nullptr;
+  static inline st::ServerProcess* preprocess_ = nullptr;
+  static inline st::ServerProcess* encoder_ = nullptr;
+  static inline st::ServerProcess* decoder_ = nullptr;
+  static inline Server* gateway_ = nullptr;
+  static inline Server* all_in_one_ = nullptr;
+};
+
+TEST_F(OpenAiTest, ChatsGiveTheGrpcAnswersOnBothServers) {
+  for (const Server* s : {gateway_, all_in_one_}) {
+    SCOPED_TRACE(s == gateway_ ? "gateway" : "all-in-one");
+    ChatRequest text;
+    text.question = "Hello, who are you?";
+    text.generation.max_new_tokens = 12;
+    ExpectSameAsGrpc(s, json::array({{{"role", "user"}, {"content", "Hello, who are you?"}}}), text);
+
+    // One image: chat()'s "<image>\n" + question.
+    ChatRequest image;
+    image.question = "Describe the image.";
+    image.images = {ReadFile(*fixtures_ + "/inputs/img_448x448.png").value()};
+    image.max_num = 6;
+    image.generation.max_new_tokens = 12;
+    ExpectSameAsGrpc(
+        s,
+        json::array(
+            {{{"role", "system"}, {"content", "You are a careful assistant."}},
+             {{"role", "user"},
+              {"content", json::array({{{"type", "image_url"}, {"image_url", {{"url", DataUrl("img_448x448.png")}}}},
+                                       {{"type", "text"}, {"text", "Describe the image."}}})}}}),
+        [&] {
+          ChatRequest r = image;
+          r.system_message = "You are a careful assistant.";
+          return r;
+        }());
+
+    // Two turns, the image in the first: it keeps its place in the history.
+    ChatRequest two;
+    two.question = "And what colour is it?";
+    two.images = image.images;
+    two.max_num = 6;
+    two.history = {{"<image>\nWhat is in the image?", "A picture."}};
+    two.history_given = true;
+    two.generation.max_new_tokens = 12;
+    ExpectSameAsGrpc(
+        s,
+        json::array({{{"role", "user"},
+                      {"content",
+                       json::array({{{"type", "text"}, {"text", "What is in the image?"}},
+                                    {{"type", "image_url"}, {"image_url", {{"url", DataUrl("img_448x448.png")}}}}})}},
+                     {{"role", "assistant"}, {"content", "A picture."}},
+                     {{"role", "user"}, {"content", "And what colour is it?"}}}),
+        two);
+  }
+}
+
+TEST_F(OpenAiTest, BadRequestsGetTheirStatusAndAnOpenAiErrorAndTheServerKeepsServing) {
+  for (const Server* s : {gateway_, all_in_one_}) {
+    SCOPED_TRACE(s == gateway_ ? "gateway" : "all-in-one");
+    auto expect_error = [](const httplib::Result& res, int status, absl::string_view type) {
+      ASSERT_TRUE(res);
+      EXPECT_EQ(res->status, status) << res->body;
+      const json j = json::parse(res->body, nullptr, false);
+      ASSERT_TRUE(j.is_object() && j.contains("error")) << res->body;
+      EXPECT_EQ(j["error"]["type"].get<std::string>(), std::string(type)) << res->body;
+      EXPECT_FALSE(j["error"]["message"].get<std::string>().empty());
+    };
+    const std::string ok_body = json{
+        {"model", "tiny-qwen2"},
+        {"messages", json::array({{{"role", "user"}, {"content", "Hi"}}})},
+        {"max_tokens", 2}}.dump();
+    auto http = Http(s);
+    expect_error(http->Post("/v1/chat/completions", "{\"model\": \"tiny-qwen2\", \"messages\": [", "application/json"),
+                 400, "invalid_request_error");
+    expect_error(http->Post("/v1/chat/completions", ok_body, "text/plain"), 415, "invalid_request_error");
+    expect_error(
+        http->Post("/v1/chat/completions",
+                   json{{"model", "gpt-4o"}, {"messages", json::array({{{"role", "user"}, {"content", "Hi"}}})}}.dump(),
+                   "application/json"),
+        404, "not_found_error");
+    expect_error(
+        http->Post("/v1/chat/completions",
+                   json{{"model", "tiny-qwen2"},
+                        {"messages",
+                         json::array({{{"role", "user"},
+                                       {"content", json::array({{{"type", "image_url"},
+                                                                 {"image_url", {{"url", "https://x/y.png"}}}}})}}})}}
+                       .dump(),
+                   "application/json"),
+        400, "invalid_request_error");
+    expect_error(http->Post("/v1/chat/completions",
+                            json{{"model", "tiny-qwen2"},
+                                 {"messages", json::array({{{"role", "user"},
+                                                            {"content", json::array({{{"type", "image_url"},
+                                                                                      {"image_url",
+                                                                                       {{"url",
+                                                                                         "data:image/png;base64,"
+                                                                                         "AAAAAAAA"}}}}})}}})}}
+                                .dump(),
+                            "application/json"),
+                 400, "invalid_request_error");  // not an image: the preprocess stage's INVALID_ARGUMENT
+    httplib::Client anonymous("127.0.0.1", s->http_port);
+    expect_error(anonymous.Post("/v1/chat/completions", ok_body, "application/json"), 401, "authentication_error");
+    httplib::Client wrong("127.0.0.1", s->http_port);
+    wrong.set_bearer_token_auth("not-the-token");
+    expect_error(wrong.Post("/v1/chat/completions", ok_body, "application/json"), 401, "authentication_error");
+    expect_error(wrong.Get("/v1/models"), 401, "authentication_error");
+    // Over the body limit (the gateway's --max-message-bytes; 64 MiB in the
+    // all-in-one server).
+    const size_t limit = s == gateway_ ? size_t{8} << 20 : size_t{64} << 20;
+    expect_error(http->Post("/v1/chat/completions", std::string(limit + 1024, ' '), "application/json"), 413,
+                 "invalid_request_error");
+    // Still serving.
+    auto models = http->Get("/v1/models");
+    ASSERT_TRUE(models);
+    EXPECT_EQ(models->status, 200);
+    EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "tiny-qwen2");
+    auto health = httplib::Client("127.0.0.1", s->http_port).Get("/health");
+    ASSERT_TRUE(health);
+    EXPECT_EQ(health->status, 200);
+    auto [status, reply] = Post(s, json::parse(ok_body));
+    EXPECT_EQ(status, 200) << reply.dump();
+  }
+}
+
+}  // namespace
+}  // namespace internvl::gateway
