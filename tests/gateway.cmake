@@ -59,6 +59,7 @@ if(TARGET internvl-gateway AND TARGET internvl-llm-decoder AND TARGET internvl-p
     INTERNVL_LLM_DECODER_BIN="$<TARGET_FILE:internvl-llm-decoder>"
     INTERNVL_GATEWAY_BIN="$<TARGET_FILE:internvl-gateway>"
     INTERNVL_CLI_BIN="$<TARGET_FILE:internvl>")
+  target_compile_definitions(openai_test PRIVATE INTERNVL_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   add_dependencies(openai_test internvl-preprocess internvl-vision-encoder internvl-llm-decoder internvl-gateway internvl)
   set_tests_properties(openai_test PROPERTIES TIMEOUT 300)
 endif()

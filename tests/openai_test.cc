@@ -12,6 +12,7 @@
 #include <httplib.h>
 
 #include <fstream>
+#include <iostream>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -291,6 +292,44 @@ TEST_F(OpenAiTest, BadRequestsGetTheirStatusAndAnOpenAiErrorAndTheServerKeepsSer
     EXPECT_EQ(health->status, 200);
     auto [status, reply] = Post(s, json::parse(ok_body));
     EXPECT_EQ(status, 200) << reply.dump();
+  }
+}
+
+// The official `openai` npm client (tests/openai_client, pinned) against both
+// servers: the same conversations as above, compared with the gRPC answers.
+TEST_F(OpenAiTest, TheOfficialOpenAiClientGetsTheGrpcAnswers) {
+  const std::string image = *fixtures_ + "/inputs/img_448x448.png";
+  ChatRequest text;
+  text.question = "Hello, who are you?";
+  text.generation.max_new_tokens = 12;
+  ChatRequest with_image;
+  with_image.question = "Describe the image.";
+  with_image.images = {ReadFile(image).value()};
+  with_image.system_message = "You are a careful assistant.";
+  with_image.generation.max_new_tokens = 12;
+  ChatRequest two;
+  two.question = "And what colour is it?";
+  two.images = with_image.images;
+  two.history = {{"<image>\nWhat is in the image?", "A picture."}};
+  two.history_given = true;
+  two.generation.max_new_tokens = 12;
+  for (const Server* s : {gateway_, all_in_one_}) {
+    SCOPED_TRACE(s == gateway_ ? "gateway" : "all-in-one");
+    json expected;
+    for (auto [name, request] : {std::pair{"text", &text}, {"image", &with_image}, {"two_turns", &two}}) {
+      auto answer = Grpc(s)->Chat(*request);
+      ASSERT_TRUE(answer.ok()) << answer.status();
+      expected[name] = {
+          {"response", answer->response}, {"token_ids", answer->token_ids}, {"prompt_tokens", answer->prompt_tokens}};
+    }
+    const std::string file = ::internvl::testing::TempDir() + "/expected.json";
+    std::ofstream(file) << expected.dump();
+    const auto run = ::internvl::testing::RunShell(
+        absl::StrCat(INTERNVL_SOURCE_DIR, "/tests/openai_client/run.sh http://127.0.0.1:", s->http_port, "/v1 ", kToken,
+                     " ", file, " ", image));
+    if (run.exit_code == 77 && !::internvl::testing::InCI()) GTEST_SKIP() << run.err;
+    EXPECT_EQ(run.exit_code, 0) << run.out << run.err;
+    std::cout << run.out;
   }
 }
 
