@@ -149,10 +149,12 @@ class OpenAiTest : public ::testing::Test {
   }
 
   // The conversation over both APIs: same text and ids; streamed == plain.
-  static void ExpectSameAsGrpc(const Server* s, const json& messages, const ChatRequest& grpc_request) {
+  static void ExpectSameAsGrpc(const Server* s, const json& messages, const ChatRequest& grpc_request,
+                               const json& extra = json::object()) {
     auto expected = Grpc(s)->Chat(grpc_request);
     ASSERT_TRUE(expected.ok()) << expected.status();
-    const json body = {{"model", "tiny-qwen2"}, {"messages", messages}, {"max_tokens", 12}, {"temperature", 0}};
+    json body = {{"model", "tiny-qwen2"}, {"messages", messages}, {"max_tokens", 12}, {"temperature", 0}};
+    body.update(extra);
     auto [status, reply] = Post(s, body);
     ASSERT_EQ(status, 200) << reply.dump();
     EXPECT_EQ(reply["object"], "chat.completion");
@@ -223,6 +225,20 @@ TEST_F(OpenAiTest, ChatsGiveTheGrpcAnswersOnBothServers) {
                      {{"role", "assistant"}, {"content", "A picture."}},
                      {{"role", "user"}, {"content", "And what colour is it?"}}}),
         two);
+
+    // A video (vLLM's video_url part), 4 frames: the gRPC ChatVideo answer.
+    ChatRequest video;
+    video.question = "What happens in the video?";
+    video.video = ReadFile(*fixtures_ + "/inputs/video.mp4").value();
+    video.num_segments = 4;
+    video.generation.max_new_tokens = 12;
+    const std::string video_url = "data:video/mp4;base64," + absl::Base64Escape(*video.video);
+    ExpectSameAsGrpc(
+        s,
+        json::array({{{"role", "user"},
+                      {"content", json::array({{{"type", "video_url"}, {"video_url", {{"url", video_url}}}},
+                                               {{"type", "text"}, {"text", video.question}}})}}}),
+        video, {{"num_segments", 4}});
   }
 }
 
