@@ -241,6 +241,13 @@ const char* FinishReason(v1::FinishReason r) {
   }
 }
 
+// The gRPC client's token_ids: the generated ids with the end token back.
+std::vector<int> TokenIds(const v1::ChatFinal& f) {
+  std::vector<int> ids(f.token_ids().begin(), f.token_ids().end());
+  if (f.has_stop_token_id()) ids.push_back(f.stop_token_id());
+  return ids;
+}
+
 json Usage(const v1::ChatFinal& f) {
   return {{"prompt_tokens", f.prompt_tokens()},
           {"completion_tokens", f.completion_tokens()},
@@ -554,12 +561,10 @@ void OpenAiServer::ChatCompletions(const httplib::Request& req, httplib::Respons
     while (!done) ex->Next(&deltas, &done);
     if (const absl::Status s = ex->status(); !s.ok()) return fail(s);
     const v1::ChatFinal f = ex->final_message();
-    std::vector<int> ids(f.token_ids().begin(), f.token_ids().end());
-    if (f.has_stop_token_id()) ids.push_back(f.stop_token_id());
     json choice = {{"index", 0},
                    {"message", {{"role", "assistant"}, {"content", f.response()}}},
                    {"finish_reason", FinishReason(f.finish_reason())},
-                   {"token_ids", ids}};
+                   {"token_ids", TokenIds(f)}};
     res.set_content(Dump(json{{"id", id},
                               {"object", "chat.completion"},
                               {"created", created},
@@ -606,10 +611,8 @@ void OpenAiServer::ChatCompletions(const httplib::Request& req, httplib::Respons
       send(json::parse(ErrorBody(s)));
     } else {
       const v1::ChatFinal f = ex->final_message();
-      std::vector<int> ids(f.token_ids().begin(), f.token_ids().end());
-      if (f.has_stop_token_id()) ids.push_back(f.stop_token_id());
       json last = chunk(json::object(), FinishReason(f.finish_reason()));
-      last["choices"][0]["token_ids"] = ids;
+      last["choices"][0]["token_ids"] = TokenIds(f);
       send(last);
       if (request->include_usage) {
         json usage = chunk(json::object(), nullptr);

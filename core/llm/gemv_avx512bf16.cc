@@ -234,32 +234,11 @@ void SegmentValuesGroupBf16Avx512(const float* probs, int64_t probs_stride, int6
     const int g = static_cast<int>(std::min<int64_t>(kMaxGroup, heads - h0));
     for (int i = 0; i < g; ++i) RoundProbs(probs + (h0 + i) * probs_stride, len, pb[i]);
     float* o = out + h0 * out_stride;
-    switch (g) {
-      case 1:
-        ValuesGroup<1>(pb, blocks, bs, len, dim, o, out_stride);
-        break;
-      case 2:
-        ValuesGroup<2>(pb, blocks, bs, len, dim, o, out_stride);
-        break;
-      case 3:
-        ValuesGroup<3>(pb, blocks, bs, len, dim, o, out_stride);
-        break;
-      case 4:
-        ValuesGroup<4>(pb, blocks, bs, len, dim, o, out_stride);
-        break;
-      case 5:
-        ValuesGroup<5>(pb, blocks, bs, len, dim, o, out_stride);
-        break;
-      case 6:
-        ValuesGroup<6>(pb, blocks, bs, len, dim, o, out_stride);
-        break;
-      case 7:
-        ValuesGroup<7>(pb, blocks, bs, len, dim, o, out_stride);
-        break;
-      default:
-        ValuesGroup<8>(pb, blocks, bs, len, dim, o, out_stride);
-        break;
-    }
+    using GroupFn =
+        void (*)(const uint16_t(*)[kMaxKeys + 16], const uint16_t* const*, int64_t, int64_t, int64_t, float*, int64_t);
+    static constexpr GroupFn kGroups[kMaxGroup] = {ValuesGroup<1>, ValuesGroup<2>, ValuesGroup<3>, ValuesGroup<4>,
+                                                   ValuesGroup<5>, ValuesGroup<6>, ValuesGroup<7>, ValuesGroup<8>};
+    kGroups[g - 1](pb, blocks, bs, len, dim, o, out_stride);
   }
 }
 
