@@ -13,7 +13,7 @@ PACKAGES=(
   libavformat-dev libavcodec-dev libswscale-dev libavutil-dev
   libhiredis-dev redis-server
   libsentencepiece-dev libpcre2-dev libicu-dev nlohmann-json3-dev
-  libcurl4-openssl-dev libssl-dev libcpp-httplib-dev
+  libcurl4-openssl-dev libssl-dev libcpp-httplib-dev curl
 )
 
 missing=()

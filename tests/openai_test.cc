@@ -349,5 +349,48 @@ TEST_F(OpenAiTest, TheOfficialOpenAiClientGetsTheGrpcAnswers) {
   }
 }
 
+// The same refusals as an operator sees them with curl (status, OpenAI
+// error type), on the gateway.
+TEST_F(OpenAiTest, CurlSeesTheErrorStatuses) {
+  if (::internvl::testing::RunShell("command -v curl").exit_code != 0) {
+    if (::internvl::testing::InCI()) FAIL() << "curl is missing";
+    GTEST_SKIP() << "curl is not installed";
+  }
+  const std::string dir = ::internvl::testing::TempDir();
+  std::ofstream(dir + "/big.json") << std::string((8 << 20) + 1024, ' ');
+  const std::string url = absl::StrCat("http://127.0.0.1:", gateway_->http_port, "/v1/chat/completions");
+  const std::string ok = R"({"model": "tiny-qwen2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})";
+  const std::string bearer = absl::StrCat("-H 'Authorization: Bearer ", kToken, "' ");
+  const std::string json_type = "-H 'Content-Type: application/json' ";
+  struct Case {
+    const char* what;
+    std::string args;
+    int status;
+    const char* type;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"malformed body", bearer + json_type + "-d '{\"model\": '", 400, "invalid_request_error"},
+           {"oversize body", bearer + json_type + "--data-binary @" + dir + "/big.json", 413, "invalid_request_error"},
+           {"wrong content type", bearer + "-H 'Content-Type: text/plain' -d '" + ok + "'", 415,
+            "invalid_request_error"},
+           {"unknown model", bearer + json_type + "-d '{\"model\": \"gpt-4o\", \"messages\": []}'", 404,
+            "not_found_error"},
+           {"bad bearer token", "-H 'Authorization: Bearer nope' " + json_type + "-d '" + ok + "'", 401,
+            "authentication_error"},
+           {"a good request after them", bearer + json_type + "-d '" + ok + "'", 200, ""}}) {
+    const auto r = ::internvl::testing::RunShell(
+        absl::StrCat("curl -s -o ", dir, "/body -w '%{http_code}' ", c.args, " ", url, " && cat ", dir, "/body"));
+    ASSERT_EQ(r.exit_code, 0) << c.what << ": " << r.err;
+    EXPECT_EQ(r.out.substr(0, 3), std::to_string(c.status)) << c.what << ": " << r.out;
+    const json body = json::parse(r.out.substr(3), nullptr, false);
+    if (c.status == 200) {
+      EXPECT_EQ(body["object"], "chat.completion") << r.out;
+    } else {
+      ASSERT_TRUE(body.is_object() && body.contains("error")) << c.what << ": " << r.out;
+      EXPECT_EQ(body["error"]["type"].get<std::string>(), c.type) << c.what;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace internvl::gateway
