@@ -165,6 +165,7 @@ int Run(const std::vector<std::string>& argv) {
     o.host = args->GetOr("openai-host", "0.0.0.0");
     o.port = *openai_port;
     o.file_root = args->GetOr("openai-file-root", "");
+    o.tls = run.grpc.tls;
     o.threads = options.threads + 8;
     auto started = gateway::OpenAiServer::Start(o, &service);
     if (!started.ok()) return ReportError(kName, started.status());

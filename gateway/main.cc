@@ -134,6 +134,7 @@ int main(int argc, char** argv) {
     o.port = absl::GetFlag(FLAGS_openai_port);
     o.file_root = absl::GetFlag(FLAGS_openai_file_root);
     o.max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+    o.tls = run.grpc.tls;
     o.threads = options.threads + 8;
     auto started = OpenAiServer::Start(o, &service);
     if (!started.ok()) {

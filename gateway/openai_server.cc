@@ -450,7 +450,17 @@ absl::StatusOr<std::unique_ptr<OpenAiServer>> OpenAiServer::Start(const OpenAiSe
   s->options_ = options;
   s->service_ = service;
   s->created_ = absl::ToUnixSeconds(absl::Now());
-  s->server_ = std::make_unique<httplib::Server>();
+  if (options.tls.enabled()) {
+    const std::string& ca = options.tls.client_ca_file;
+    auto tls = std::make_unique<httplib::SSLServer>(options.tls.cert_file.c_str(), options.tls.key_file.c_str(),
+                                                    ca.empty() ? nullptr : ca.c_str());
+    if (!tls->is_valid())
+      return absl::InvalidArgumentError(absl::StrCat("HTTP API: cannot use the TLS files ", options.tls.cert_file, ", ",
+                                                     options.tls.key_file, ca.empty() ? "" : ", ", ca));
+    s->server_ = std::move(tls);
+  } else {
+    s->server_ = std::make_unique<httplib::Server>();
+  }
   httplib::Server& http = *s->server_;
   const int threads = std::max(1, options.threads);
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };

@@ -28,6 +28,7 @@
 #include "gateway/chat_service.h"
 #include "internvl/v1/gateway.pb.h"
 #include "nlohmann/json.hpp"
+#include "services/common/security.h"
 
 namespace httplib {
 class Server;
@@ -47,6 +48,8 @@ struct OpenAiServerOptions {
   // file:// image URLs are read only under this directory (empty: refused).
   std::string file_root;
   int threads = 16;  // HTTP connections served at once
+  // HTTPS (and client certificates) with the gRPC server's files.
+  services::ServerTlsOptions tls;
 };
 
 // The id /v1/models reports for a --model value: a folder's name, or the hub

@@ -5,6 +5,8 @@
 // is UNAUTHENTICATED, one with it is served through the mTLS stages; the
 // services refuse clients without a certificate or with one from another
 // CA; a plaintext client cannot talk to the TLS gateway.
+#include "services/common/security.h"
+
 #include <chrono>
 #include <fstream>
 #include <thread>
@@ -14,10 +16,9 @@
 #include "core/files.h"
 #include "core/testing/fixtures.h"
 #include "gateway/client.h"
-#include "grpcpp/create_channel.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
-#include "services/common/security.h"
 #include "services/common/testing/harness.h"
 
 namespace internvl::gateway {
@@ -25,6 +26,12 @@ namespace {
 
 namespace st = ::internvl::services::testing;
 constexpr char kToken[] = "test-token-0123456789abcdef";
+
+// The gateway's OpenAI-compatible HTTP port (picked once).
+int HttpPort() {
+  static const int port = st::PickFreePort().value_or(0);
+  return port;
+}
 
 bool Sh(const std::string& cmd) {
   const auto r = ::internvl::testing::RunShell(cmd);
@@ -39,8 +46,8 @@ void MakeCa(const std::string& dir, const std::string& ca) {
 }
 void MakeCert(const std::string& dir, const std::string& ca, const std::string& name) {
   Sh(absl::StrCat("cd ", dir, " && openssl req -newkey rsa:2048 -nodes -subj /CN=", name, " -keyout ", name,
-                  ".key -out ", name, ".csr 2>/dev/null && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > ",
-                  name, ".ext && openssl x509 -req -in ", name, ".csr -CA ", ca, ".pem -CAkey ", ca,
+                  ".key -out ", name, ".csr 2>/dev/null && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1' > ", name,
+                  ".ext && openssl x509 -req -in ", name, ".csr -CA ", ca, ".pem -CAkey ", ca,
                   ".key -CAcreateserial -days 2 -extfile ", name, ".ext -out ", name, ".pem 2>/dev/null"));
 }
 
@@ -70,8 +77,9 @@ class SecurityTest : public ::testing::Test {
     MakeCert(d, "rogue", "rogue-client");
     std::ofstream(d + "/tokens") << "# one per line\n" << kToken << "\n";
     const std::string model = *fixtures_ + "/tiny-qwen2";
-    const std::vector<std::string> mtls = {"--tls-cert-file", d + "/server.pem", "--tls-key-file", d + "/server.key",
-                                           "--tls-client-ca-file", d + "/ca.pem", "--grace-seconds", "2"};
+    const std::vector<std::string> mtls = {
+        "--tls-cert-file",      d + "/server.pem", "--tls-key-file",  d + "/server.key",
+        "--tls-client-ca-file", d + "/ca.pem",     "--grace-seconds", "2"};
     auto spawn = [&](const std::string& bin, std::vector<std::string> args, const std::string& log) {
       args.insert(args.end(), mtls.begin(), mtls.end());
       auto p = st::SpawnServer(bin, std::move(args), d + "/" + log);
@@ -81,15 +89,34 @@ class SecurityTest : public ::testing::Test {
     preprocess_ = spawn(INTERNVL_PREPROCESS_BIN, {}, "preprocess.log");
     encoder_ = spawn(INTERNVL_VISION_ENCODER_BIN, {"--model", model, "--dtype", "fp32"}, "vision.log");
     decoder_ = spawn(INTERNVL_LLM_DECODER_BIN, {"--model", model, "--dtype", "fp32"}, "decoder.log");
-    auto gw = st::SpawnServer(
-        INTERNVL_GATEWAY_BIN,
-        {"--model", model, "--preprocess-addr", "localhost:" + std::to_string(preprocess_->port), "--vision-addr",
-         "localhost:" + std::to_string(encoder_->port), "--decoder-addr",
-         "localhost:" + std::to_string(decoder_->port), "--stage-tls-ca-file", d + "/ca.pem",
-         "--stage-tls-cert-file", d + "/gateway-client.pem", "--stage-tls-key-file", d + "/gateway-client.key",
-         "--tls-cert-file", d + "/server.pem", "--tls-key-file", d + "/server.key", "--auth-tokens-file",
-         d + "/tokens", "--grace-seconds", "2"},
-        d + "/gateway.log");
+    auto gw = st::SpawnServer(INTERNVL_GATEWAY_BIN,
+                              {"--model",
+                               model,
+                               "--preprocess-addr",
+                               "localhost:" + std::to_string(preprocess_->port),
+                               "--vision-addr",
+                               "localhost:" + std::to_string(encoder_->port),
+                               "--decoder-addr",
+                               "localhost:" + std::to_string(decoder_->port),
+                               "--stage-tls-ca-file",
+                               d + "/ca.pem",
+                               "--stage-tls-cert-file",
+                               d + "/gateway-client.pem",
+                               "--stage-tls-key-file",
+                               d + "/gateway-client.key",
+                               "--tls-cert-file",
+                               d + "/server.pem",
+                               "--tls-key-file",
+                               d + "/server.key",
+                               "--auth-tokens-file",
+                               d + "/tokens",
+                               "--grace-seconds",
+                               "2",
+                               "--openai-port",
+                               std::to_string(HttpPort()),
+                               "--openai-host",
+                               "127.0.0.1"},
+                              d + "/gateway.log");
     ASSERT_TRUE(gw.ok()) << gw.status();
     gateway_ = new st::ServerProcess(std::move(*gw));
     for (st::ServerProcess* p : {preprocess_, encoder_, decoder_, gateway_}) {
@@ -138,8 +165,7 @@ class SecurityTest : public ::testing::Test {
 
   static inline std::string* fixtures_ = nullptr;
   static inline std::string* dir_ = nullptr;
-  static inline st::ServerProcess *preprocess_ = nullptr, *encoder_ = nullptr, *decoder_ = nullptr,
-                                  *gateway_ = nullptr;
+  static inline st::ServerProcess *preprocess_ = nullptr, *encoder_ = nullptr, *decoder_ = nullptr, *gateway_ = nullptr;
 };
 
 TEST_F(SecurityTest, GatewayServesOnlyCallsWithAValidToken) {
@@ -164,6 +190,22 @@ TEST_F(SecurityTest, GatewayServesOnlyCallsWithAValidToken) {
   auto r = plain.Chat(Hello(), nullptr, absl::Seconds(5));
   EXPECT_FALSE(r.ok());
   EXPECT_NE(r.status().code(), absl::StatusCode::kOk);
+}
+
+// The OpenAI-compatible HTTP API takes the gateway's TLS files and tokens:
+// HTTPS only, the bearer token checked.
+TEST_F(SecurityTest, HttpApiIsHttpsWithTheSameTokens) {
+  const std::string base = absl::StrCat("https://localhost:", HttpPort(), "/v1/models");
+  auto curl = [&](const std::string& args) {
+    return ::internvl::testing::RunShell(absl::StrCat("curl -s -o /dev/null -w '%{http_code}' ", args));
+  };
+  const std::string ca = "--cacert " + *dir_ + "/ca.pem ";
+  EXPECT_EQ(curl(ca + "-H 'Authorization: Bearer " + kToken + "' " + base).out, "200");
+  EXPECT_EQ(curl(ca + "-H 'Authorization: Bearer wrong' " + base).out, "401");
+  EXPECT_EQ(curl(ca + base).out, "401");
+  // Not without TLS, and not with a certificate the client does not trust.
+  EXPECT_NE(curl(absl::StrCat("http://127.0.0.1:", HttpPort(), "/v1/models")).out, "200");
+  EXPECT_NE(curl("-H 'Authorization: Bearer " + std::string(kToken) + "' " + base).exit_code, 0);
 }
 
 TEST_F(SecurityTest, ServicesRefuseClientsWithoutAValidCertificate) {
