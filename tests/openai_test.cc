@@ -21,6 +21,7 @@
 #include "core/files.h"
 #include "core/testing/fixtures.h"
 #include "gateway/client.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "services/common/testing/harness.h"
@@ -61,13 +62,14 @@ class OpenAiTest : public ::testing::Test {
     decoder_ = new st::ServerProcess(
         spawn(INTERNVL_LLM_DECODER_BIN, {"--model", *model_, "--dtype", "fp32", "--threads", "1"}, "decoder"));
     const int gateway_http = st::PickFreePort().value_or(0);
-    gateway_ = new Server{spawn(INTERNVL_GATEWAY_BIN,
-                                {"--model", *model_, "--preprocess-addr", preprocess_->target(), "--vision-addr",
-                                 encoder_->target(), "--decoder-addr", decoder_->target(), "--auth-tokens-file", tokens,
-                                 "--openai-port", std::to_string(gateway_http), "--openai-host", "127.0.0.1",
-                                 "--max-message-bytes", std::to_string(8 << 20)},
-                                "gateway"),
-                          gateway_http};
+    gateway_ =
+        new Server{spawn(INTERNVL_GATEWAY_BIN,
+                         {"--model", *model_, "--preprocess-addr", preprocess_->target(), "--vision-addr",
+                          encoder_->target(), "--decoder-addr", decoder_->target(), "--auth-tokens-file", tokens,
+                          "--openai-port", std::to_string(gateway_http), "--openai-host", "127.0.0.1",
+                          "--max-message-bytes", std::to_string(8 << 20), "--openai-file-root", *fixtures_ + "/inputs"},
+                         "gateway"),
+                   gateway_http};
     const int aio_http = st::PickFreePort().value_or(0);
     all_in_one_ = new Server{
         spawn(INTERNVL_CLI_BIN,
@@ -390,6 +392,34 @@ TEST_F(OpenAiTest, CurlSeesTheErrorStatuses) {
       EXPECT_EQ(body["error"]["type"].get<std::string>(), c.type) << c.what;
     }
   }
+}
+
+// file:// image URLs: read under --openai-file-root (the gateway here: the
+// same answer as the data: URL), refused outside it and where none is set.
+TEST_F(OpenAiTest, FileUrlsOnlyUnderTheConfiguredRoot) {
+  auto chat = [&](const Server* s, const std::string& url) {
+    return Post(
+        s, {{"model", "tiny-qwen2"},
+            {"max_tokens", 6},
+            {"messages", json::array({{{"role", "user"},
+                                       {"content", json::array({{{"type", "image_url"}, {"image_url", {{"url", url}}}},
+                                                                {{"type", "text"}, {"text", "Describe."}}})}}})}});
+  };
+  const std::string inside = "file://" + *fixtures_ + "/inputs/img_448x448.png";
+  auto [status, by_file] = chat(gateway_, inside);
+  ASSERT_EQ(status, 200) << by_file.dump();
+  auto [data_status, by_data] = chat(gateway_, DataUrl("img_448x448.png"));
+  ASSERT_EQ(data_status, 200) << by_data.dump();
+  EXPECT_EQ(by_file["choices"][0]["token_ids"], by_data["choices"][0]["token_ids"]);
+  for (const std::string& outside :
+       {std::string("file:///etc/hostname"), "file://" + *fixtures_ + "/inputs/../tiny-qwen2/config.json"}) {
+    auto [code, error] = chat(gateway_, outside);
+    EXPECT_EQ(code, 403) << outside << ": " << error.dump();
+    EXPECT_EQ(error["error"]["type"], "permission_error");
+  }
+  auto [refused, error] = chat(all_in_one_, inside);
+  EXPECT_EQ(refused, 400) << error.dump();
+  EXPECT_THAT(error["error"]["message"].get<std::string>(), ::testing::HasSubstr("file://"));
 }
 
 }  // namespace
