@@ -61,6 +61,8 @@ std::vector<FlagSpec> Specs() {
       {"openai-host", "address of the OpenAI-compatible HTTP API", true, false, "0.0.0.0"},
       {"served-model-name", "model id of the HTTP API (default: the model folder's name)", true, false, ""},
       {"openai-file-root", "file:// image URLs are read under this folder only (default: refused)", true, false, ""},
+      {"openai-allow-remote-urls", "fetch http(s):// media URLs of HTTP API requests (connects wherever clients say)",
+       false, false, ""},
       {"tls-cert", "PEM server certificate: serve TLS", true, false, ""},
       {"tls-key", "PEM key of --tls-cert", true, false, ""},
       {"tls-client-ca", "PEM CA: require client certificates it signed (mTLS)", true, false, ""},
@@ -166,6 +168,7 @@ int Run(const std::vector<std::string>& argv) {
     o.port = *openai_port;
     o.file_root = args->GetOr("openai-file-root", "");
     o.tls = run.grpc.tls;
+    o.allow_remote_urls = args->Has("openai-allow-remote-urls");
     o.threads = options.threads + 8;
     auto started = gateway::OpenAiServer::Start(o, &service);
     if (!started.ok()) return ReportError(kName, started.status());

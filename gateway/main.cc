@@ -59,6 +59,8 @@ ABSL_FLAG(int, openai_port, -1,
 ABSL_FLAG(std::string, openai_host, "0.0.0.0", "address the OpenAI-compatible HTTP API listens on");
 ABSL_FLAG(std::string, served_model_name, "", "model id of the HTTP API (default: the model folder's name)");
 ABSL_FLAG(std::string, openai_file_root, "", "file:// image URLs are read under this folder only (empty: refused)");
+ABSL_FLAG(bool, openai_allow_remote_urls, false,
+          "fetch http(s):// image/video URLs of HTTP API requests (the server then connects wherever clients say)");
 ABSL_FLAG(double, grace_seconds, 20, "after SIGTERM, how long in-flight calls may finish");
 
 int main(int argc, char** argv) {
@@ -135,6 +137,7 @@ int main(int argc, char** argv) {
     o.file_root = absl::GetFlag(FLAGS_openai_file_root);
     o.max_body_bytes = absl::GetFlag(FLAGS_max_message_bytes);
     o.tls = run.grpc.tls;
+    o.allow_remote_urls = absl::GetFlag(FLAGS_openai_allow_remote_urls);
     o.threads = options.threads + 8;
     auto started = OpenAiServer::Start(o, &service);
     if (!started.ok()) {

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
+#include <map>
 #include <mutex>
 
 #include "absl/strings/ascii.h"
@@ -16,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "core/files.h"
+#include "core/hub/http.h"
 #include "core/status.h"
 #include "services/common/log.h"
 #include "services/common/streaming_reactor.h"
@@ -58,9 +60,31 @@ absl::StatusOr<std::string> LoadUrl(const std::string& url, const std::string& p
       return absl::PermissionDeniedError(absl::StrCat(param, ": the file is outside --openai-file-root"));
     return ReadFile(p, max_bytes);
   }
+  if ((absl::StartsWith(url, "http://") || absl::StartsWith(url, "https://")) && options.allow_remote_urls) {
+    hub::HttpRequest get;
+    get.url = url;
+    get.follow_redirects = true;
+    get.stall_timeout_s = 30;
+    std::string bytes;
+    get.on_body = [&](long, const std::map<std::string, std::string>&, const char* data, size_t size) {
+      if (static_cast<int64_t>(bytes.size() + size) > max_bytes)
+        return absl::ResourceExhaustedError(absl::StrCat(param, ": over the limit of ", max_bytes, " bytes"));
+      bytes.append(data, size);
+      return absl::OkStatus();
+    };
+    absl::StatusOr<hub::HttpResponse> got = hub::PerformHttp(get);
+    if (!got.ok()) {
+      if (got.status().code() == absl::StatusCode::kResourceExhausted) return got.status();
+      return Invalid(param, absl::StrCat("cannot fetch ", url, ": ", got.status().message()));
+    }
+    if (got->status < 200 || got->status >= 300)
+      return Invalid(param, absl::StrCat("fetching ", url, " gave HTTP ", got->status));
+    if (bytes.empty()) return Invalid(param, absl::StrCat(url, " is empty"));
+    return bytes;
+  }
   return Invalid(param,
                  "only data: URLs (and file:// under the server's file root) are accepted; this server "
-                 "does not fetch remote URLs");
+                 "does not fetch remote URLs (--openai-allow-remote-urls)");
 }
 
 struct Message {

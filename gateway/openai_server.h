@@ -47,6 +47,10 @@ struct OpenAiServerOptions {
   int64_t max_body_bytes = int64_t{64} << 20;
   // file:// image URLs are read only under this directory (empty: refused).
   std::string file_root;
+  // http(s):// media URLs are fetched (size-capped, 30 s) only when set: the
+  // server then makes requests wherever clients point it (mind the network
+  // it can reach).
+  bool allow_remote_urls = false;
   int threads = 16;  // HTTP connections served at once
   // HTTPS (and client certificates) with the gRPC server's files.
   services::ServerTlsOptions tls;

@@ -13,6 +13,7 @@
 
 #include <fstream>
 #include <iostream>
+#include <thread>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -62,14 +63,14 @@ class OpenAiTest : public ::testing::Test {
     decoder_ = new st::ServerProcess(
         spawn(INTERNVL_LLM_DECODER_BIN, {"--model", *model_, "--dtype", "fp32", "--threads", "1"}, "decoder"));
     const int gateway_http = st::PickFreePort().value_or(0);
-    gateway_ =
-        new Server{spawn(INTERNVL_GATEWAY_BIN,
-                         {"--model", *model_, "--preprocess-addr", preprocess_->target(), "--vision-addr",
-                          encoder_->target(), "--decoder-addr", decoder_->target(), "--auth-tokens-file", tokens,
-                          "--openai-port", std::to_string(gateway_http), "--openai-host", "127.0.0.1",
-                          "--max-message-bytes", std::to_string(8 << 20), "--openai-file-root", *fixtures_ + "/inputs"},
-                         "gateway"),
-                   gateway_http};
+    gateway_ = new Server{
+        spawn(INTERNVL_GATEWAY_BIN,
+              {"--model", *model_, "--preprocess-addr", preprocess_->target(), "--vision-addr", encoder_->target(),
+               "--decoder-addr", decoder_->target(), "--auth-tokens-file", tokens, "--openai-port",
+               std::to_string(gateway_http), "--openai-host", "127.0.0.1", "--max-message-bytes",
+               std::to_string(8 << 20), "--openai-file-root", *fixtures_ + "/inputs", "--openai-allow-remote-urls"},
+              "gateway"),
+        gateway_http};
     const int aio_http = st::PickFreePort().value_or(0);
     all_in_one_ = new Server{
         spawn(INTERNVL_CLI_BIN,
@@ -420,6 +421,39 @@ TEST_F(OpenAiTest, FileUrlsOnlyUnderTheConfiguredRoot) {
   auto [refused, error] = chat(all_in_one_, inside);
   EXPECT_EQ(refused, 400) << error.dump();
   EXPECT_THAT(error["error"]["message"].get<std::string>(), ::testing::HasSubstr("file://"));
+}
+
+// http(s):// image URLs: fetched only where --openai-allow-remote-urls is
+// set (the gateway here), from a web server in this test.
+TEST_F(OpenAiTest, RemoteUrlsAreFetchedOnlyWhenAllowed) {
+  const std::string png = ReadFile(*fixtures_ + "/inputs/img_448x448.png").value();
+  httplib::Server web;
+  web.Get("/img.png", [&](const httplib::Request&, httplib::Response& res) { res.set_content(png, "image/png"); });
+  const int port = web.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(port, 0);
+  std::thread serving([&] { web.listen_after_bind(); });
+  auto chat = [&](const Server* s, const std::string& url) {
+    return Post(
+        s, {{"model", "tiny-qwen2"},
+            {"max_tokens", 6},
+            {"messages", json::array({{{"role", "user"},
+                                       {"content", json::array({{{"type", "image_url"}, {"image_url", {{"url", url}}}},
+                                                                {{"type", "text"}, {"text", "Describe."}}})}}})}});
+  };
+  const std::string base = absl::StrCat("http://127.0.0.1:", port);
+  auto [status, fetched] = chat(gateway_, base + "/img.png");
+  auto [data_status, by_data] = chat(gateway_, DataUrl("img_448x448.png"));
+  auto [missing, missing_error] = chat(gateway_, base + "/nothing.png");
+  auto [refused, refused_error] = chat(all_in_one_, base + "/img.png");
+  web.stop();
+  serving.join();
+  ASSERT_EQ(status, 200) << fetched.dump();
+  ASSERT_EQ(data_status, 200) << by_data.dump();
+  EXPECT_EQ(fetched["choices"][0]["token_ids"], by_data["choices"][0]["token_ids"]);
+  EXPECT_EQ(missing, 400) << missing_error.dump();
+  EXPECT_THAT(missing_error["error"]["message"].get<std::string>(), ::testing::HasSubstr("404"));
+  EXPECT_EQ(refused, 400) << refused_error.dump();
+  EXPECT_THAT(refused_error["error"]["message"].get<std::string>(), ::testing::HasSubstr("--openai-allow-remote-urls"));
 }
 
 }  // namespace
