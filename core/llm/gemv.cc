@@ -86,6 +86,22 @@ inline float Bf16Bits(uint16_t v) {
   std::memcpy(&f, &bits, sizeof(f));
   return f;
 }
+inline float Widen(float v) { return v; }
+inline float Widen(uint16_t v) { return Bf16Bits(v); }
+// SegmentValuesGroup*'s definition, one value at a time.
+template <typename T>
+void ValuesGroupPortable(const float* probs, int64_t probs_stride, int64_t heads, const T* const* blocks, int64_t bs,
+                         int64_t len, int64_t dim, float* out, int64_t out_stride) {
+  for (int64_t h = 0; h < heads; ++h) {
+    float* o = out + h * out_stride;
+    std::fill(o, o + dim, 0.0f);
+    for (int64_t l = 0; l < len; ++l) {
+      const float p = probs[h * probs_stride + l];
+      const T* row = blocks[l / bs] + (l % bs) * dim;
+      for (int64_t d = 0; d < dim; ++d) o[d] += p * Widen(row[d]);
+    }
+  }
+}
 }  // namespace
 
 void SegmentScoresBf16Portable(const float* q, const uint16_t* k, int64_t len, int64_t dim, float scale,
@@ -120,6 +136,14 @@ void SegmentScoresAvx2(const float* q, const float* k, int64_t len, int64_t dim,
 Segment SegmentSoftmaxAvx2(float* scores, int64_t len) { return SegmentSoftmaxPortable(scores, len); }
 void SegmentValuesAvx2(const float* probs, const float* v, int64_t len, int64_t dim, float* out) {
   SegmentValuesPortable(probs, v, len, dim, out);
+}
+void SegmentValuesGroupAvx2(const float* probs, int64_t probs_stride, int64_t heads, const float* const* blocks,
+                            int64_t bs, int64_t len, int64_t dim, float* out, int64_t out_stride) {
+  ValuesGroupPortable(probs, probs_stride, heads, blocks, bs, len, dim, out, out_stride);
+}
+void SegmentValuesGroupBf16Avx2(const float* probs, int64_t probs_stride, int64_t heads, const uint16_t* const* blocks,
+                                int64_t bs, int64_t len, int64_t dim, float* out, int64_t out_stride) {
+  ValuesGroupPortable(probs, probs_stride, heads, blocks, bs, len, dim, out, out_stride);
 }
 void PrepareAvx2(Problem& p, float* scratch) {}
 void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end) { RowsPortable(p, row_begin, row_end); }
@@ -413,7 +437,10 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   const int64_t seg_blocks = std::max<int64_t>(1, std::max<int64_t>(16, (int64_t{32} << 10) / (4 * dim)) / bs);
   const int64_t segment = seg_blocks * bs;
   constexpr int64_t kMaxSegBlocks = 256;
-  const bool grouped_values = native_bf16 && bs % 2 == 0 && segment <= 256 && seg_blocks <= kMaxSegBlocks;
+  // (AVX-512-BF16: pairs of keys in one block, at most 256 keys; AVX2: fp32
+  // or widened bf16 values, any block size.)
+  const bool grouped_values =
+      seg_blocks <= kMaxSegBlocks && ((native_bf16 && bs % 2 == 0 && segment <= 256) || (!native_bf16 && avx2));
   std::vector<int64_t> segs(seqs), seg_first(seqs + 1, 0);
   struct Chunk {
     int64_t s, j, seg;
@@ -485,10 +512,18 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     }
     if (grouped_values) {
       // The whole group over the whole segment: each value row read once.
-      const uint16_t* rows[kMaxSegBlocks];
-      for (int64_t b = 0; b * bs < n; ++b) rows[b] = static_cast<const uint16_t*>(vp) + block_offset(b);
-      gemv::SegmentValuesGroupBf16Avx512(sc, segment, groups, rows, bs, n, dim,
-                                         partial.get() + part_index(ch.s, h0, ch.seg) * dim, segs[ch.s] * dim);
+      float* o = partial.get() + part_index(ch.s, h0, ch.seg) * dim;
+      const int64_t o_stride = segs[ch.s] * dim;
+      if (bf16) {
+        const uint16_t* rows[kMaxSegBlocks];
+        for (int64_t b = 0; b * bs < n; ++b) rows[b] = static_cast<const uint16_t*>(vp) + block_offset(b);
+        native_bf16 ? gemv::SegmentValuesGroupBf16Avx512(sc, segment, groups, rows, bs, n, dim, o, o_stride)
+                    : gemv::SegmentValuesGroupBf16Avx2(sc, segment, groups, rows, bs, n, dim, o, o_stride);
+      } else {
+        const float* rows[kMaxSegBlocks];
+        for (int64_t b = 0; b * bs < n; ++b) rows[b] = static_cast<const float*>(vp) + block_offset(b);
+        gemv::SegmentValuesGroupAvx2(sc, segment, groups, rows, bs, n, dim, o, o_stride);
+      }
       return;
     }
     for (int64_t g = 0; g < groups; ++g) {

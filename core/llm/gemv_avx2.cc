@@ -13,6 +13,8 @@
 // core shared with other processes.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "core/llm/gemv_kernels.h"
 
 namespace internvl::llm::gemv {
@@ -134,10 +136,14 @@ inline void AllInputsF32(const Problem& p, int64_t row) {
   int64_t m0 = 0;
   for (; m0 + 4 <= p.m; m0 += 4) BlockF32<kRows, 4>(p, row, m0);
   switch (p.m - m0) {
-    case 1: return BlockF32<kRows, 1>(p, row, m0);
-    case 2: return BlockF32<kRows, 2>(p, row, m0);
-    case 3: return BlockF32<kRows, 3>(p, row, m0);
-    default: return;
+    case 1:
+      return BlockF32<kRows, 1>(p, row, m0);
+    case 2:
+      return BlockF32<kRows, 2>(p, row, m0);
+    case 3:
+      return BlockF32<kRows, 3>(p, row, m0);
+    default:
+      return;
   }
 }
 
@@ -205,8 +211,7 @@ inline __m256 ExpNonPositive(__m256 x) {
 }  // namespace
 
 // Sums of 8 accumulators at once: [sum(a0), ..., sum(a7)].
-inline __m256 HorizontalSums8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6,
-                              __m256 a7) {
+inline __m256 HorizontalSums8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
   const __m256 t0 = _mm256_hadd_ps(a0, a1), t1 = _mm256_hadd_ps(a2, a3);
   const __m256 t2 = _mm256_hadd_ps(a4, a5), t3 = _mm256_hadd_ps(a6, a7);
   const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
@@ -235,7 +240,8 @@ inline void ScoresImpl(const float* q, const T* k, int64_t len, int64_t dim, flo
 #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i) a[i] = _mm256_fmadd_ps(qv, Load8(k0 + i * dim + d), a[i]);
     }
-    _mm256_storeu_ps(scores + l, _mm256_div_ps(HorizontalSums8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]), scale_v));
+    _mm256_storeu_ps(scores + l,
+                     _mm256_div_ps(HorizontalSums8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]), scale_v));
   }
   for (; l < len; ++l) {
     __m256 a = _mm256_setzero_ps();
@@ -267,14 +273,30 @@ inline void ValuesImpl(const float* probs, const T* v, int64_t len, int64_t dim,
   // 64 outputs (8 registers) at a time.
   for (int64_t d0 = 0; d0 < dim; d0 += 64) {
     switch ((dim - d0 < 64 ? dim - d0 : 64) / 8) {
-      case 8: WeightedRowsT<8>(probs, v + d0, len, dim, out + d0); break;
-      case 7: WeightedRowsT<7>(probs, v + d0, len, dim, out + d0); break;
-      case 6: WeightedRowsT<6>(probs, v + d0, len, dim, out + d0); break;
-      case 5: WeightedRowsT<5>(probs, v + d0, len, dim, out + d0); break;
-      case 4: WeightedRowsT<4>(probs, v + d0, len, dim, out + d0); break;
-      case 3: WeightedRowsT<3>(probs, v + d0, len, dim, out + d0); break;
-      case 2: WeightedRowsT<2>(probs, v + d0, len, dim, out + d0); break;
-      default: WeightedRowsT<1>(probs, v + d0, len, dim, out + d0); break;
+      case 8:
+        WeightedRowsT<8>(probs, v + d0, len, dim, out + d0);
+        break;
+      case 7:
+        WeightedRowsT<7>(probs, v + d0, len, dim, out + d0);
+        break;
+      case 6:
+        WeightedRowsT<6>(probs, v + d0, len, dim, out + d0);
+        break;
+      case 5:
+        WeightedRowsT<5>(probs, v + d0, len, dim, out + d0);
+        break;
+      case 4:
+        WeightedRowsT<4>(probs, v + d0, len, dim, out + d0);
+        break;
+      case 3:
+        WeightedRowsT<3>(probs, v + d0, len, dim, out + d0);
+        break;
+      case 2:
+        WeightedRowsT<2>(probs, v + d0, len, dim, out + d0);
+        break;
+      default:
+        WeightedRowsT<1>(probs, v + d0, len, dim, out + d0);
+        break;
     }
   }
 }
@@ -314,6 +336,54 @@ void SegmentValuesAvx2(const float* probs, const float* v, int64_t len, int64_t 
 }
 void SegmentValuesBf16Avx2(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out) {
   ValuesImpl(probs, v, len, dim, out);
+}
+
+namespace {
+
+template <int G, typename T>
+void ValuesGroupAvx2(const float* probs, int64_t probs_stride, const T* const* blocks, int64_t bs, int64_t len,
+                     int64_t dim, float* out, int64_t out_stride) {
+  for (int64_t d0 = 0; d0 < dim; d0 += 8) {
+    __m256 acc[G];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
+    for (int64_t b = 0; b * bs < len; ++b) {
+      const T* rows = blocks[b] + d0;
+      const int64_t l0 = b * bs, n = std::min(bs, len - l0);
+      for (int64_t r = 0; r < n; ++r) {
+        const __m256 v = Load8(rows + r * dim);
+#pragma GCC unroll 8
+        for (int g = 0; g < G; ++g)
+          acc[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(probs + g * probs_stride + l0 + r), v, acc[g]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) _mm256_storeu_ps(out + g * out_stride + d0, acc[g]);
+  }
+}
+
+template <typename T>
+void ValuesGroupsAvx2(const float* probs, int64_t probs_stride, int64_t heads, const T* const* blocks, int64_t bs,
+                      int64_t len, int64_t dim, float* out, int64_t out_stride) {
+  using Fn = void (*)(const float*, int64_t, const T* const*, int64_t, int64_t, int64_t, float*, int64_t);
+  static constexpr Fn kGroups[8] = {ValuesGroupAvx2<1, T>, ValuesGroupAvx2<2, T>, ValuesGroupAvx2<3, T>,
+                                    ValuesGroupAvx2<4, T>, ValuesGroupAvx2<5, T>, ValuesGroupAvx2<6, T>,
+                                    ValuesGroupAvx2<7, T>, ValuesGroupAvx2<8, T>};
+  for (int64_t h0 = 0; h0 < heads; h0 += 8) {
+    const int64_t g = std::min<int64_t>(8, heads - h0);
+    kGroups[g - 1](probs + h0 * probs_stride, probs_stride, blocks, bs, len, dim, out + h0 * out_stride, out_stride);
+  }
+}
+
+}  // namespace
+
+void SegmentValuesGroupAvx2(const float* probs, int64_t probs_stride, int64_t heads, const float* const* blocks,
+                            int64_t bs, int64_t len, int64_t dim, float* out, int64_t out_stride) {
+  ValuesGroupsAvx2(probs, probs_stride, heads, blocks, bs, len, dim, out, out_stride);
+}
+void SegmentValuesGroupBf16Avx2(const float* probs, int64_t probs_stride, int64_t heads, const uint16_t* const* blocks,
+                                int64_t bs, int64_t len, int64_t dim, float* out, int64_t out_stride) {
+  ValuesGroupsAvx2(probs, probs_stride, heads, blocks, bs, len, dim, out, out_stride);
 }
 
 }  // namespace internvl::llm::gemv

@@ -70,6 +70,15 @@ void SegmentScoresBf16Portable(const float* q, const uint16_t* k, int64_t len, i
 void SegmentValuesBf16Portable(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
 void SegmentScoresBf16Avx2(const float* q, const uint16_t* k, int64_t len, int64_t dim, float scale, float* scores);
 void SegmentValuesBf16Avx2(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
+// The values step for all `heads` query heads of a KV head at once, over a
+// segment of `len` keys in blocks of `bs` rows of `dim` (% 8 == 0):
+// out[h * out_stride + d] = sum_l probs[h * probs_stride + l] * v_l[d], row l
+// at blocks[l / bs] + (l % bs) * dim. Each value row is read (and widened)
+// once for the group; fp32 arithmetic as SegmentValuesAvx2.
+void SegmentValuesGroupAvx2(const float* probs, int64_t probs_stride, int64_t heads, const float* const* blocks,
+                            int64_t bs, int64_t len, int64_t dim, float* out, int64_t out_stride);
+void SegmentValuesGroupBf16Avx2(const float* probs, int64_t probs_stride, int64_t heads, const uint16_t* const* blocks,
+                                int64_t bs, int64_t len, int64_t dim, float* out, int64_t out_stride);
 // bf16 queries (exact: the model computes in bf16) over bf16 keys / values
 // with AVX-512-BF16 dot products (dim % 32 == 0; only when
 // CpuHasAvx512Bf16()): the products are exact and summed in fp32, as the

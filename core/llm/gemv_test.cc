@@ -231,7 +231,7 @@ TEST(PagedDecodeAttention, MatchesEagerAttentionOverScatteredBlocks) {
   EXPECT_TRUE(PagedDecodeAttention(at::randn({1, 4, 8}), k, k, {&table}, {8}).defined());
 }
 
-TEST(GemvKernels, GroupedBf16ValuesMatchTheirDefinition) {
+TEST(GemvKernels, GroupedValueKernelsMatchTheirDefinition) {
   // out[h][d] = sum_l bf16(p[h][l]) * v_l[d], value rows scattered over
   // blocks; any group size (9 = two passes), odd lengths, dims 32..128.
   at::manual_seed(5);
@@ -244,18 +244,34 @@ TEST(GemvKernels, GroupedBf16ValuesMatchTheirDefinition) {
     std::vector<int64_t> order;
     for (int64_t b = 0; b < nblocks; ++b) order.push_back((b * 5 + 1) % (nblocks + 2));
     for (int64_t b : order) rows.push_back(reinterpret_cast<const uint16_t*>(pool[b].data_ptr()));
-    std::vector<float> out(heads * (dim + 3), -1.0f);
-    gemv::SegmentValuesGroupBf16Avx512(probs.data_ptr<float>(), len + 5, heads, rows.data(), bs, len, dim, out.data(),
-                                       dim + 3);
     const at::Tensor v = pool.index_select(0, at::tensor(order, at::kLong)).reshape({-1, dim}).narrow(0, 0, len);
-    const at::Tensor p = probs.narrow(1, 0, len).to(at::kBFloat16).to(at::kDouble);
-    const at::Tensor expected = at::matmul(p, v.to(at::kDouble));
-    for (int64_t h = 0; h < heads; ++h) {
-      for (int64_t d = 0; d < dim; ++d) {
-        ASSERT_NEAR(out[h * (dim + 3) + d], expected[h][d].item<double>(), 1e-4 * (1 + len / 16))
-            << "heads " << heads << " len " << len << " dim " << dim << " h " << h << " d " << d;
+    // The AVX-512 kernel weights with bf16-rounded probabilities, the AVX2
+    // ones (bf16 or fp32 values) with the fp32 ones.
+    const at::Tensor pool_f = pool.to(at::kFloat);
+    std::vector<const float*> rows_f;
+    for (int64_t b : order) rows_f.push_back(pool_f[b].data_ptr<float>());
+    for (int kernel = 0; kernel < 3; ++kernel) {
+      if (kernel > 0 && !gemv::CpuHasAvx2Fma()) continue;
+      std::vector<float> out(heads * (dim + 3), -1.0f);
+      const float* p_in = probs.data_ptr<float>();
+      if (kernel == 0) {
+        gemv::SegmentValuesGroupBf16Avx512(p_in, len + 5, heads, rows.data(), bs, len, dim, out.data(), dim + 3);
+      } else if (kernel == 1) {
+        gemv::SegmentValuesGroupBf16Avx2(p_in, len + 5, heads, rows.data(), bs, len, dim, out.data(), dim + 3);
+      } else {
+        gemv::SegmentValuesGroupAvx2(p_in, len + 5, heads, rows_f.data(), bs, len, dim, out.data(), dim + 3);
       }
-      EXPECT_EQ(out[h * (dim + 3) + dim], -1.0f) << "wrote past the row";
+      const at::Tensor p = kernel == 0 ? probs.narrow(1, 0, len).to(at::kBFloat16).to(at::kDouble)
+                                       : probs.narrow(1, 0, len).to(at::kDouble);
+      const at::Tensor expected = at::matmul(p, v.to(at::kDouble));
+      for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t d = 0; d < dim; ++d) {
+          ASSERT_NEAR(out[h * (dim + 3) + d], expected[h][d].item<double>(), 1e-4 * (1 + len / 16))
+              << "kernel " << kernel << " heads " << heads << " len " << len << " dim " << dim << " h " << h << " d "
+              << d;
+        }
+        EXPECT_EQ(out[h * (dim + 3) + dim], -1.0f) << "wrote past the row";
+      }
     }
   }
 }
