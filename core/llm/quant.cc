@@ -349,7 +349,7 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
     }
   });
   y = y.view(shape);
-  return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+  return x.scalar_type() == at::kFloat ? y : CastFloatBf16(y, x.scalar_type());
 }
 
 }  // namespace internvl::llm
