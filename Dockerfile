@@ -40,7 +40,7 @@ RUN apt-get update \
       ca-certificates \
       libabsl20220623 \
       libavcodec59 libavformat59 libavutil57 libswscale6 \
-      libcurl4 libssl3 \
+      libcurl4 libssl3 libcpp-httplib0.11 \
       libgrpc29 libgrpc++1.51 libprotobuf32 \
       libhiredis0.14 \
       libicu72 libpcre2-8-0 \
@@ -61,7 +61,8 @@ RUN groupadd --system --gid 10001 internvl \
 USER 10001:10001
 WORKDIR /home/internvl
 # gRPC: gateway 50050, preprocess 50051, vision-encoder 50052, llm-decoder 50053,
-# trainer 50054. /metrics + /healthz: 9089, 9090, 9091, 9092, 9093 respectively.
-EXPOSE 50050 50051 50052 50053 50054 9089 9090 9091 9092 9093
+# trainer 50054; the gateway's OpenAI-compatible HTTP API (--openai_port) 8000.
+# /metrics + /healthz: 9089, 9090, 9091, 9092, 9093 respectively.
+EXPOSE 50050 50051 50052 50053 50054 8000 9089 9090 9091 9092 9093
 ENTRYPOINT ["/usr/local/bin/internvl"]
 CMD ["--help"]
