@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -300,7 +301,7 @@ OpenAiServerOptions OpenAiOptionsFor(const std::string& model_flag, const std::s
 }
 
 absl::StatusOr<ChatCompletionRequest> ParseChatCompletion(const json& body, const OpenAiServerOptions& options,
-                                                          int64_t max_media_bytes) {
+                                                          int64_t max_media_bytes, int max_images) {
   if (!body.is_object()) return absl::InvalidArgumentError("the body must be a JSON object");
   ChatCompletionRequest out;
   v1::ChatRequest& chat = out.chat;
@@ -315,6 +316,20 @@ absl::StatusOr<ChatCompletionRequest> ParseChatCompletion(const json& body, cons
   if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty())
     return Invalid("messages", "a non-empty list of messages is required");
   const json& messages = body["messages"];
+  // Media counted before any URL is decoded or fetched.
+  int images = 0, videos = 0;
+  for (const json& m : messages) {
+    if (!m.is_object() || !m.contains("content") || !m["content"].is_array()) continue;
+    for (const json& part : m["content"]) {
+      if (!part.is_object() || !part.contains("type") || !part["type"].is_string()) continue;
+      images += part["type"] == "image_url";
+      videos += part["type"] == "video_url";
+    }
+  }
+  if (images > max_images)
+    return absl::ResourceExhaustedError(
+        absl::StrCat(images, " images, over the limit of ", max_images, " per request"));
+  if (videos > 1) return Invalid("messages", "one video per request");
   std::vector<std::string> system;
   std::vector<std::pair<std::string, Message>> turns;  // role, message
   for (size_t i = 0; i < messages.size(); ++i) {
@@ -550,7 +565,8 @@ void OpenAiServer::ChatCompletions(const httplib::Request& req, httplib::Respons
     return SetError(res, absl::InvalidArgumentError(absl::StrCat("the body is not valid JSON: ", e.what())));
   }
   const ChatServiceOptions& limits = service_->options();
-  auto parsed = ParseChatCompletion(body, options_, std::max(limits.max_image_bytes, limits.max_video_bytes));
+  auto parsed =
+      ParseChatCompletion(body, options_, std::max(limits.max_image_bytes, limits.max_video_bytes), limits.max_images);
   if (!parsed.ok()) return SetError(res, parsed.status());
   auto request = std::make_shared<ChatCompletionRequest>(*std::move(parsed));
   const std::string id = absl::StrCat("chatcmpl-", absl::ToUnixMicros(absl::Now()), "-",

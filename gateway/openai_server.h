@@ -70,9 +70,11 @@ struct ChatCompletionRequest {
 };
 
 // Body -> request. INVALID_ARGUMENT (with the offending field) for anything
-// malformed, NOT_FOUND for a model this server does not serve.
+// malformed, NOT_FOUND for a model this server does not serve,
+// RESOURCE_EXHAUSTED past `max_images` (before any URL is decoded or fetched).
 absl::StatusOr<ChatCompletionRequest> ParseChatCompletion(const nlohmann::json& body,
-                                                          const OpenAiServerOptions& options, int64_t max_media_bytes);
+                                                          const OpenAiServerOptions& options, int64_t max_media_bytes,
+                                                          int max_images);
 
 // OpenAI's error body and the HTTP status for `status`.
 int HttpStatusFor(const absl::Status& status);

@@ -11,6 +11,7 @@
 //     error, and the server keeps serving.
 #include <httplib.h>
 
+#include <atomic>
 #include <fstream>
 #include <iostream>
 #include <thread>
@@ -149,6 +150,16 @@ class OpenAiTest : public ::testing::Test {
     }
     EXPECT_TRUE(done) << "no [DONE]";
     return text;
+  }
+
+  // "Describe." about the images at `urls`, 6 tokens.
+  static std::pair<int, json> ImageChat(const Server* s, const std::vector<std::string>& urls) {
+    json content = json::array();
+    for (const std::string& url : urls) content.push_back({{"type", "image_url"}, {"image_url", {{"url", url}}}});
+    content.push_back({{"type", "text"}, {"text", "Describe."}});
+    return Post(s, {{"model", "tiny-qwen2"},
+                    {"max_tokens", 6},
+                    {"messages", json::array({{{"role", "user"}, {"content", content}}})}});
   }
 
   // The conversation over both APIs: same text and ids; streamed == plain.
@@ -398,14 +409,7 @@ TEST_F(OpenAiTest, CurlSeesTheErrorStatuses) {
 // file:// image URLs: read under --openai-file-root (the gateway here: the
 // same answer as the data: URL), refused outside it and where none is set.
 TEST_F(OpenAiTest, FileUrlsOnlyUnderTheConfiguredRoot) {
-  auto chat = [&](const Server* s, const std::string& url) {
-    return Post(
-        s, {{"model", "tiny-qwen2"},
-            {"max_tokens", 6},
-            {"messages", json::array({{{"role", "user"},
-                                       {"content", json::array({{{"type", "image_url"}, {"image_url", {{"url", url}}}},
-                                                                {{"type", "text"}, {"text", "Describe."}}})}}})}});
-  };
+  auto chat = [](const Server* s, const std::string& url) { return ImageChat(s, {url}); };
   const std::string inside = "file://" + *fixtures_ + "/inputs/img_448x448.png";
   auto [status, by_file] = chat(gateway_, inside);
   ASSERT_EQ(status, 200) << by_file.dump();
@@ -428,19 +432,20 @@ TEST_F(OpenAiTest, FileUrlsOnlyUnderTheConfiguredRoot) {
 TEST_F(OpenAiTest, RemoteUrlsAreFetchedOnlyWhenAllowed) {
   const std::string png = ReadFile(*fixtures_ + "/inputs/img_448x448.png").value();
   httplib::Server web;
-  web.Get("/img.png", [&](const httplib::Request&, httplib::Response& res) { res.set_content(png, "image/png"); });
+  std::atomic<int> fetches{0};
+  web.Get("/img.png", [&](const httplib::Request&, httplib::Response& res) {
+    ++fetches;
+    res.set_content(png, "image/png");
+  });
   const int port = web.bind_to_any_port("127.0.0.1");
   ASSERT_GT(port, 0);
   std::thread serving([&] { web.listen_after_bind(); });
-  auto chat = [&](const Server* s, const std::string& url) {
-    return Post(
-        s, {{"model", "tiny-qwen2"},
-            {"max_tokens", 6},
-            {"messages", json::array({{{"role", "user"},
-                                       {"content", json::array({{{"type", "image_url"}, {"image_url", {{"url", url}}}},
-                                                                {{"type", "text"}, {"text", "Describe."}}})}}})}});
-  };
+  auto chat = [](const Server* s, const std::string& url) { return ImageChat(s, {url}); };
   const std::string base = absl::StrCat("http://127.0.0.1:", port);
+  // More images than the server takes (--max-images, 16): refused before a
+  // single one is fetched.
+  auto [too_many, too_many_error] = ImageChat(gateway_, std::vector<std::string>(17, base + "/img.png"));
+  const int fetches_after_refusal = fetches.load();
   auto [status, fetched] = chat(gateway_, base + "/img.png");
   auto [data_status, by_data] = chat(gateway_, DataUrl("img_448x448.png"));
   auto [missing, missing_error] = chat(gateway_, base + "/nothing.png");
@@ -450,6 +455,8 @@ TEST_F(OpenAiTest, RemoteUrlsAreFetchedOnlyWhenAllowed) {
   ASSERT_EQ(status, 200) << fetched.dump();
   ASSERT_EQ(data_status, 200) << by_data.dump();
   EXPECT_EQ(fetched["choices"][0]["token_ids"], by_data["choices"][0]["token_ids"]);
+  EXPECT_EQ(too_many, 429) << too_many_error.dump();
+  EXPECT_EQ(fetches_after_refusal, 0);
   EXPECT_EQ(missing, 400) << missing_error.dump();
   EXPECT_THAT(missing_error["error"]["message"].get<std::string>(), ::testing::HasSubstr("404"));
   EXPECT_EQ(refused, 400) << refused_error.dump();
