@@ -183,14 +183,24 @@ TilePlan PlanTiles(int width, int height, const TilingOptions& options) {
 
 absl::StatusOr<Tiles> DynamicPreprocess(const RgbImage& image, const TilingOptions& options) {
   INTERNVL_RETURN_IF_ERROR(ValidateTilingOptions(options));
+  if (image.width <= 0 || image.height <= 0)
+    return absl::InvalidArgumentError(absl::StrCat("cannot tile an empty ", image.width, "x", image.height, " image"));
+  return TileWithPlan(image, PlanTiles(image.width, image.height, options), options.image_size);
+}
+
+absl::StatusOr<Tiles> TileWithPlan(const RgbImage& image, const TilePlan& plan, int image_size) {
   if (image.width <= 0 || image.height <= 0 ||
       image.data.size() != static_cast<size_t>(image.width) * image.height * kRgbChannels)
     return absl::InvalidArgumentError(
         absl::StrCat("cannot tile an empty or malformed ", image.width, "x", image.height, " image"));
-  const int s = options.image_size;
+  if (image_size <= 0 || image_size > kMaxTileSize || plan.grid.cols < 1 || plan.grid.rows < 1 ||
+      plan.count != plan.grid.count() + (plan.has_thumbnail ? 1 : 0) ||
+      static_cast<int64_t>(plan.count) * image_size * image_size * kRgbChannels > kMaxTileBytes)
+    return absl::InvalidArgumentError(absl::StrCat("bad tile plan: ", plan.grid.cols, "x", plan.grid.rows, " grid, ",
+                                                   plan.count, " tiles of ", image_size, " px"));
+  const int s = image_size;
   Tiles tiles;
   tiles.size = s;
-  const TilePlan plan = PlanTiles(image.width, image.height, options);
   tiles.grid = plan.grid;
   tiles.has_thumbnail = plan.has_thumbnail;
   tiles.count = plan.count;

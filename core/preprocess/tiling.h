@@ -91,6 +91,12 @@ struct TilePlan {
 };
 TilePlan PlanTiles(int width, int height, const TilingOptions& options);
 
+// Resizes and cuts `image` as `plan` says (its grid tiles row-major, then the
+// thumbnail when plan.has_thumbnail): the tiling half of DynamicPreprocess,
+// for callers that choose the grid themselves (MiniMonkey's second scale).
+// INVALID_ARGUMENT for an empty image or a bad size.
+absl::StatusOr<Tiles> TileWithPlan(const RgbImage& image, const TilePlan& plan, int image_size);
+
 // As the official dynamic_preprocess (see the file comment). INVALID_ARGUMENT
 // for an empty image or bad options. Runs on up to GetPreprocessRuntime().threads
 // threads (runtime.h); the bytes do not depend on it.
