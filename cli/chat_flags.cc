@@ -25,8 +25,32 @@ std::vector<FlagSpec> ChatRequestFlags() {
       {"seed", "sampling seed", true, false, "0"},
       {"stop", "a stop string (repeat for several): generation ends once the text contains it; it is not printed", true,
        true, ""},
+      {"scm", "MiniMonkey: compress the image's visual tokens with SCM (layer-1 attention keeps half a block)", false,
+       false, ""},
+      {"minimonkey-order", "MiniMonkey tile order: demo (B grid, A grid, thumbnail) or eval (A, B, thumbnail)", true,
+       false, "demo"},
+      {"minimonkey-ranges", "MiniMonkey tile ranges A_MIN,A_MAX,B_MIN,B_MAX", true, false, "4,12,3,7"},
+      {"minimonkey-rule", "MiniMonkey scale-B filter: official or paddlemix", true, false, "official"},
       {"json", "print the result as one JSON line at the end", false, false, ""},
   };
+}
+
+absl::Status MiniMonkeyFromArgs(const Args& args, ChatRequest* r) {
+  r->scm = args.Has("scm");
+  if (!args.Get("minimonkey-order") && !args.Get("minimonkey-ranges") && !args.Get("minimonkey-rule"))
+    return absl::OkStatus();
+  preprocess::MiniMonkeyOptions o;
+  if (auto v = args.Get("minimonkey-order")) {
+    INTERNVL_ASSIGN_OR_RETURN(o.order, preprocess::ParseMiniMonkeyOrder(*v));
+  }
+  if (auto v = args.Get("minimonkey-rule")) {
+    INTERNVL_ASSIGN_OR_RETURN(o.rule, preprocess::ParseScaleBRule(*v));
+  }
+  if (auto v = args.Get("minimonkey-ranges")) {
+    INTERNVL_RETURN_IF_ERROR(preprocess::ParseMiniMonkeyRanges(*v, &o));
+  }
+  r->minimonkey = o;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ChatRequest> ChatRequestFromArgs(const Args& args) {
@@ -72,6 +96,7 @@ absl::StatusOr<ChatRequest> ChatRequestFromArgs(const Args& args) {
   INTERNVL_ASSIGN_OR_RETURN(g.repetition_penalty, args.GetDouble("repetition-penalty", 1.0));
   INTERNVL_ASSIGN_OR_RETURN(int seed, args.GetInt("seed", 0));
   g.seed = static_cast<uint64_t>(seed);
+  INTERNVL_RETURN_IF_ERROR(MiniMonkeyFromArgs(args, &r));
   g.stop = args.GetAll("stop");
   INTERNVL_RETURN_IF_ERROR(tokenizer::ValidateStopStrings(g.stop));
   if (g.top_p <= 0 || g.top_p > 1) return absl::InvalidArgumentError("--top-p must be in (0, 1]");
@@ -99,6 +124,11 @@ std::string ChatResultJson(const ChatResult& r) {
         {"total_ms", r.timings.total_ms}}},
   };
   if (!r.frame_indices.empty()) j["frame_indices"] = r.frame_indices;
+  if (r.scm.applied)
+    j["scm"] = {{"first_image_token", r.scm.first_image_token},
+                {"high_tokens", r.scm.high_tokens},
+                {"length_before", r.scm.length_before},
+                {"length_after", r.scm.length_after}};
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

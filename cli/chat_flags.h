@@ -16,6 +16,11 @@ namespace internvl::cli {
 // --repetition-penalty, --seed, --json.
 std::vector<FlagSpec> ChatRequestFlags();
 
+// --scm, --minimonkey-order, --minimonkey-ranges, --minimonkey-rule into
+// the request (its MiniMonkey settings stay unset when none of the last three
+// is given).
+absl::Status MiniMonkeyFromArgs(const Args& args, ChatRequest* request);
+
 // Reads the files named by the flags and fills a request. Greedy unless
 // --temperature > 0 is given (the demo's do_sample=False).
 absl::StatusOr<ChatRequest> ChatRequestFromArgs(const Args& args);

@@ -23,6 +23,7 @@ std::vector<FlagSpec> Specs() {
       {"model", "model directory or Hugging Face id in the local cache", true, false, ""},
       {"dtype", "compute dtype: fp32 or bf16", true, false, "bf16"},
       {"threads", "intra-op threads (0 = all cores)", true, false, "0"},
+      {"minimonkey", "serve the model as MiniMonkey even if its config does not name it", false, false, ""},
       {"help", "show this help", false, false, ""},
   };
   for (auto& f : ChatRequestFlags()) specs.push_back(f);
@@ -49,6 +50,7 @@ int Run(const std::vector<std::string>& argv) {
   options.threads = engine.threads;
   options.llm = engine.llm;
   options.vision_batching = engine.vision_batching;
+  options.minimonkey = args->Has("minimonkey");
   auto pipeline = ChatPipeline::Load(*model, options);
   if (!pipeline.ok()) return ReportError(kName, pipeline.status());
   auto result = (*pipeline)->Chat(*request, [](absl::string_view delta) {

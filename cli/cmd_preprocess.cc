@@ -14,6 +14,7 @@
 #include "core/config.h"
 #include "core/files.h"
 #include "core/preprocess/image.h"
+#include "core/preprocess/minimonkey.h"
 #include "core/preprocess/tiling.h"
 #include "core/safetensors.h"
 #include "core/status.h"
@@ -33,8 +34,11 @@ const std::vector<FlagSpec>& Specs() {
       {"min-num", "minimum number of tiles", true, false, "1"},
       {"image-size", "tile side in pixels", true, false, std::to_string(kDefaultImageSize)},
       {"no-thumbnail", "do not append the whole-image thumbnail", false, false, ""},
-      {"max-pixels", "refuse images with more pixels", true, false,
-       std::to_string(preprocess::kDefaultMaxImagePixels)},
+      {"max-pixels", "refuse images with more pixels", true, false, std::to_string(preprocess::kDefaultMaxImagePixels)},
+      {"minimonkey", "MiniMonkey's two-scale tiling (prints both grids and the tile order)", false, false, ""},
+      {"minimonkey-order", "with --minimonkey: demo or eval", true, false, "demo"},
+      {"minimonkey-ranges", "with --minimonkey: A_MIN,A_MAX,B_MIN,B_MAX", true, false, "4,12,3,7"},
+      {"minimonkey-rule", "with --minimonkey: scale-B filter, official or paddlemix", true, false, "official"},
       {"help", "show this help", false, false, ""},
   };
   return *specs;
@@ -57,10 +61,26 @@ absl::StatusOr<Request> ParseRequest(const Args& args) {
   INTERNVL_ASSIGN_OR_RETURN(r.tiling.min_num, args.GetInt("min-num", defaults.min_num));
   INTERNVL_ASSIGN_OR_RETURN(r.tiling.image_size, args.GetInt("image-size", defaults.image_size));
   r.tiling.use_thumbnail = !args.Has("no-thumbnail");
-  INTERNVL_ASSIGN_OR_RETURN(double max_pixels,
-                            args.GetDouble("max-pixels", static_cast<double>(r.limits.max_pixels)));
+  INTERNVL_ASSIGN_OR_RETURN(double max_pixels, args.GetDouble("max-pixels", static_cast<double>(r.limits.max_pixels)));
   if (max_pixels < 1) return absl::InvalidArgumentError("--max-pixels must be positive");
   r.limits.max_pixels = static_cast<int64_t>(max_pixels);
+  if (args.Has("minimonkey")) {
+    preprocess::MiniMonkeyOptions mm;
+    mm.image_size = r.tiling.image_size;
+    if (auto v = args.Get("minimonkey-order")) {
+      INTERNVL_ASSIGN_OR_RETURN(mm.order, preprocess::ParseMiniMonkeyOrder(*v));
+    }
+    if (auto v = args.Get("minimonkey-rule")) {
+      INTERNVL_ASSIGN_OR_RETURN(mm.rule, preprocess::ParseScaleBRule(*v));
+    }
+    if (auto v = args.Get("minimonkey-ranges")) {
+      INTERNVL_RETURN_IF_ERROR(preprocess::ParseMiniMonkeyRanges(*v, &mm));
+    }
+    r.tiling.minimonkey = mm;
+  } else if (args.Get("minimonkey-order") || args.Get("minimonkey-ranges") || args.Get("minimonkey-rule")) {
+    return absl::InvalidArgumentError(
+        "--minimonkey-order, --minimonkey-ranges and --minimonkey-rule need --minimonkey");
+  }
   INTERNVL_RETURN_IF_ERROR(preprocess::ValidateTilingOptions(r.tiling));
   return r;
 }
@@ -74,18 +94,32 @@ absl::StatusOr<std::string> Preprocess(const Request& r) {
   std::vector<float> pixels(static_cast<size_t>(n * c * s * s));
   preprocess::NormalizeTiles(tiles, pixels.data());
   const std::vector<TensorRef> tensors = {
-      {"pixel_values", DType::kF32, {n, c, s, s},
+      {"pixel_values",
+       DType::kF32,
+       {n, c, s, s},
        absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(pixels.data()), pixels.size() * sizeof(float))},
       {"tiles_u8", DType::kU8, {n, s, s, c}, absl::Span<const uint8_t>(tiles.data)},
   };
   INTERNVL_RETURN_IF_ERROR(WriteSafetensors(r.out, tensors));
-  nlohmann::ordered_json summary = {  // keys in the documented order
+  nlohmann::ordered_json summary = {
+      // keys in the documented order
       {"tiles", n},
       {"grid", {tiles.grid.cols, tiles.grid.rows}},
       {"shape", {n, c, s, s}},
       {"thumbnail", tiles.has_thumbnail},
       {"image", {image.width, image.height}},
   };
+  if (r.tiling.minimonkey) {  // both scales and where each tile came from
+    const preprocess::MiniMonkeyPlan plan = preprocess::PlanMiniMonkey(image.width, image.height, *r.tiling.minimonkey);
+    summary["minimonkey"] = {
+        {"grid_a", {plan.a.grid.cols, plan.a.grid.rows}},
+        {"grid_b", {plan.b.grid.cols, plan.b.grid.rows}},
+        {"order", preprocess::MiniMonkeyOrderName(r.tiling.minimonkey->order)},
+        {"rule", preprocess::ScaleBRuleName(r.tiling.minimonkey->rule)},
+        {"tiles", plan.order},
+        {"target_aspect_ratio", {plan.a.grid.cols, plan.a.grid.rows}},
+    };
+  }
   return summary.dump();
 }
 

@@ -51,6 +51,7 @@ std::vector<FlagSpec> Specs() {
       {"threads", "intra-op threads (0 = all cores)", true, false, "0"},
       {"max-images", "images per request", true, false, "16"},
       {"max-tiles", "largest max_num", true, false, "40"},
+      {"minimonkey", "serve the model as MiniMonkey even if its config does not name it", false, false, ""},
       {"max-segments", "video frames per request", true, false, "64"},
       {"max-new-tokens-limit", "largest max_new_tokens", true, false, "4096"},
       {"max-prompt-tokens", "largest prompt (text + image tokens), estimated before the vision encoder", true, false,
@@ -144,6 +145,7 @@ int Run(const std::vector<std::string>& argv) {
   options.max_new_tokens_limit = *max_new;
   options.max_prompt_tokens = *max_prompt;
   options.max_text_bytes = *max_text;
+  options.minimonkey = args->Has("minimonkey");
   auto auth = BearerAuth::Load(args->GetOr("auth-tokens-file", ""), "INTERNVL_AUTH_TOKENS");
   if (!auth.ok()) return ReportError(kName, auth.status());
   options.auth = *std::move(auth);

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <filesystem>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/files.h"
 #include "core/status.h"
@@ -259,6 +261,26 @@ static absl::StatusOr<AwqConfig> ParseAwqConfig(const json& q, const std::string
   return a;
 }
 
+// MiniMonkey's checkpoint is InternVL2-2B's with its own model class
+// (MiniMonkeyChatModel in modeling_minimonkey_chat.py): look for the name in
+// `architectures` and `auto_map`, case-insensitively.
+static bool NamesMiniMonkey(const json& j) {
+  auto names = [](const json& v) {
+    return v.is_string() && absl::StrContains(absl::AsciiStrToLower(v.get<std::string>()), "minimonkey");
+  };
+  for (const char* key : {"architectures", "auto_map"}) {
+    if (!j.contains(key)) continue;
+    const json& v = j[key];
+    if (v.is_array() || v.is_object()) {
+      for (const json& e : v)
+        if (names(e)) return true;
+    } else if (names(v)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 absl::StatusOr<InternVLConfig> ParseInternVLConfig(absl::string_view json_text, absl::string_view where_sv) {
   const std::string where(where_sv);
   json j;
@@ -286,6 +308,7 @@ absl::StatusOr<InternVLConfig> ParseInternVLConfig(absl::string_view json_text, 
   INTERNVL_RETURN_IF_ERROR(r.Get("min_dynamic_patch", c.min_dynamic_patch));
   INTERNVL_RETURN_IF_ERROR(r.Get("max_dynamic_patch", c.max_dynamic_patch));
   INTERNVL_RETURN_IF_ERROR(r.GetOptional("system_message", c.system_message));
+  c.minimonkey = NamesMiniMonkey(j);
   // LMDeploy writes quantization_config at the top level; a bare LLM keeps it
   // in its own config.
   for (const json* holder : {&j, &j["llm_config"]}) {
@@ -393,7 +416,7 @@ std::string InternVLConfigToJson(const InternVLConfig& c) {
   else if (!c.llm.eos_token_ids.empty())
     l["eos_token_id"] = c.llm.eos_token_ids;
   json j = {
-      {"architectures", {"InternVLChatModel"}},
+      {"architectures", {c.minimonkey ? "MiniMonkeyChatModel" : "InternVLChatModel"}},
       {"model_type", "internvl_chat"},
       {"vision_config", v},
       {"llm_config", l},

@@ -96,6 +96,10 @@ struct InternVLConfig {
   int min_dynamic_patch = 1;
   int max_dynamic_patch = 6;
   std::optional<std::string> system_message;
+  // mx262/MiniMonkey (InternVL2-2B weights; its own multi-scale tiling and
+  // optional token compression, core/preprocess/minimonkey.h): `architectures`
+  // or an `auto_map` entry names MiniMonkey.
+  bool minimonkey = false;
 
   // The tile side the model consumes (force_image_size or vision image_size).
   int image_size() const { return force_image_size.value_or(vision.image_size); }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -9,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "core/preprocess/image.h"
+#include "core/preprocess/minimonkey.h"
 #include "core/preprocess/tiling.h"
 #include "core/status.h"
 #include "core/tokenizer/stop_strings.h"
@@ -17,6 +19,7 @@
 #include "services/common/log.h"
 #include "services/common/reactors.h"
 #include "services/common/streaming_reactor.h"
+#include "services/preprocess/image_tiles.h"
 
 namespace internvl::gateway {
 
@@ -259,6 +262,23 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
                                                      " (--max-text-bytes)"));
   INTERNVL_ASSIGN_OR_RETURN(GenerationSettings settings,
                             services::FromProto(request.generation(), options_.max_new_tokens_limit));
+  // MiniMonkey: its settings only for a MiniMonkey model; SCM on one image.
+  const bool minimonkey = options_.minimonkey || prompt_->config().minimonkey;
+  if (!minimonkey && (request.has_minimonkey() || request.scm()))
+    return absl::InvalidArgumentError(
+        "minimonkey and scm apply to MiniMonkey models only; this gateway's model is not one "
+        "(start it with --minimonkey if it is)");
+  if (request.scm() && (video != nullptr || request.images_size() != 1))
+    return absl::InvalidArgumentError(
+        absl::StrCat("scm (scale compression) needs exactly one image, got ",
+                     video != nullptr ? "a video" : absl::StrCat(request.images_size(), " images")));
+  std::optional<preprocess::MiniMonkeyOptions> msac;
+  if (minimonkey && video == nullptr && request.images_size() > 0) {
+    services::ImageLimits limits;
+    limits.max_tiles = options_.max_tiles;
+    limits.image_size = prompt_->config().image_size();
+    INTERNVL_ASSIGN_OR_RETURN(msac, services::ResolveMiniMonkey(request.minimonkey(), limits));
+  }
   const std::string request_id = request.request_id().empty() ? NewRequestId() : request.request_id();
 
   // The prompt's text tokens, before any media work: rendered with one tile
@@ -295,6 +315,7 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
     tiling.max_num = request.max_num() > 0 ? request.max_num() : prompt_->config().max_dynamic_patch;
     tiling.image_size = prompt_->config().image_size();
     tiling.use_thumbnail = prompt_->config().use_thumbnail;
+    tiling.minimonkey = msac;
     int64_t tiles = 0;
     bool known = true;
     for (const std::string& image : request.images()) {
@@ -317,7 +338,17 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
     *pre.mutable_images() = request.images();
     pre.mutable_tiling()->set_max_num(request.max_num() > 0 ? request.max_num() : prompt_->config().max_dynamic_patch);
     pre.mutable_tiling()->set_use_thumbnail(prompt_->config().use_thumbnail);
+    if (msac) *pre.mutable_tiling()->mutable_minimonkey() = services::MiniMonkeyToProto(*msac);
     INTERNVL_ASSIGN_OR_RETURN(media, stages_->EncodeImages(pre, checked));
+  }
+  // SCM's block: scale A's grid of the image (from its header) x 256.
+  int64_t scm_high_tokens = 0;
+  if (request.scm()) {
+    INTERNVL_ASSIGN_OR_RETURN(preprocess::ImageHeader header, preprocess::ProbeImage(request.images(0)));
+    preprocess::TilingOptions tiling;
+    tiling.minimonkey = msac;
+    scm_high_tokens = static_cast<int64_t>(preprocess::PlanTiles(header.width, header.height, tiling).grid.count()) *
+                      prompt_->config().num_image_token();
   }
 
   // The prompt, exactly as chat() builds it.
@@ -348,7 +379,7 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
     if (safe > shown) send(stops.text().substr(shown, safe - shown));
     shown = std::max(shown, safe);
   };
-  GenerateInput input{request_id, ids, settings, &media.embeddings};
+  GenerateInput input{request_id, ids, settings, &media.embeddings, scm_high_tokens};
   auto sink = [&](const std::vector<int>& new_ids) {
     if (first) {
       ttft_ms = MsSince(t_start);
@@ -397,7 +428,8 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
   f->set_response(stops.matched() ? prompt_->ResponseText(stops.text()) : prompt_->Response(with_stop));
   for (int id : out.token_ids) f->add_token_ids(id);
   if (out.stop_token_id) f->set_stop_token_id(*out.stop_token_id);
-  f->set_prompt_tokens(static_cast<int>(ids.size()));
+  f->set_prompt_tokens(out.scm.applied ? out.prompt_tokens : static_cast<int>(ids.size()));
+  if (out.scm.applied) *f->mutable_scm() = services::ToProto(out.scm);
   f->set_completion_tokens(static_cast<int>(out.token_ids.size()));
   f->set_finish_reason(services::ToProto(out.finish_reason));
   f->set_cached_prompt_tokens(out.cached_prompt_tokens);

@@ -43,6 +43,9 @@ struct ChatServiceOptions {
   int max_queued = 64;
   // Used when the client sets no deadline.
   absl::Duration default_deadline = absl::Seconds(600);
+  // Serve the model as MiniMonkey (two-scale tiling, SCM on request) even
+  // when its config does not name MiniMonkey.
+  bool minimonkey = false;
 };
 
 class ChatService : public v1::InternVL::CallbackService {

@@ -6,6 +6,7 @@
 #include "grpcpp/create_channel.h"
 #include "services/common/generation.h"
 #include "services/common/status_map.h"
+#include "services/preprocess/image_tiles.h"
 
 namespace internvl::gateway {
 
@@ -23,6 +24,8 @@ v1::ChatRequest ToProtoRequest(const ChatRequest& r) {
   p.set_max_num(r.max_num);
   if (r.system_message) p.set_system_message(*r.system_message);
   *p.mutable_generation() = services::ToProto(r.generation);
+  if (r.minimonkey) *p.mutable_minimonkey() = services::MiniMonkeyToProto(*r.minimonkey);
+  p.set_scm(r.scm);
   return p;
 }
 
@@ -39,6 +42,7 @@ ChatResult FromProtoFinal(const v1::ChatFinal& f) {
   r.timings.preprocess_ms = f.timings().preprocess_ms();
   r.timings.vision_ms = f.timings().vision_ms();
   r.cached_prompt_tokens = f.cached_prompt_tokens();
+  if (f.has_scm()) r.scm = services::FromProto(f.scm());
   r.timings.queue_ms = f.timings().queue_ms();
   r.timings.prefill_ms = f.timings().prefill_ms();
   r.timings.decode_ms = f.timings().decode_ms();

@@ -119,6 +119,7 @@ absl::StatusOr<GenerateOutcome> EmbeddedStages::Generate(const GenerateInput& in
   request.stop_ids = stops;
   request.settings = input.settings;
   request.deadline = call.deadline;
+  request.scm_high_tokens = input.scm_high_tokens;
   // On the engine's step thread, while this worker waits below.
   request.on_token = [&](int id) {
     if (std::find(stops.begin(), stops.end(), id) != stops.end()) return true;
@@ -141,6 +142,8 @@ absl::StatusOr<GenerateOutcome> EmbeddedStages::Generate(const GenerateInput& in
   out.queue_ms = g->queue_ms;
   out.prefill_ms = g->prefill_ms;
   out.decode_ms = g->decode_ms;
+  out.scm = g->scm;
+  out.prompt_tokens = g->prompt_tokens;
   if (out.finish_reason == FinishReason::kCancelled) return absl::CancelledError("the client cancelled");
   return out;
 }

@@ -59,6 +59,8 @@ ABSL_FLAG(int, openai_port, -1,
 ABSL_FLAG(std::string, openai_host, "0.0.0.0", "address the OpenAI-compatible HTTP API listens on");
 ABSL_FLAG(std::string, served_model_name, "", "model id of the HTTP API (default: the model folder's name)");
 ABSL_FLAG(std::string, openai_file_root, "", "file:// image URLs are read under this folder only (empty: refused)");
+ABSL_FLAG(bool, minimonkey, false,
+          "serve the model as MiniMonkey (two-scale tiling, SCM on request) even if its config does not name it");
 ABSL_FLAG(bool, openai_allow_remote_urls, false,
           "fetch http(s):// image/video URLs of HTTP API requests (the server then connects wherever clients say)");
 ABSL_FLAG(double, grace_seconds, 20, "after SIGTERM, how long in-flight calls may finish");
@@ -113,6 +115,7 @@ int main(int argc, char** argv) {
   options.max_segments = absl::GetFlag(FLAGS_max_segments);
   options.max_concurrent_uploads = absl::GetFlag(FLAGS_max_concurrent_uploads);
   options.max_tiles = absl::GetFlag(FLAGS_max_tiles);
+  options.minimonkey = absl::GetFlag(FLAGS_minimonkey);
   options.max_new_tokens_limit = absl::GetFlag(FLAGS_max_new_tokens_limit);
   options.max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens);
   options.max_text_bytes = absl::GetFlag(FLAGS_max_text_bytes);

@@ -274,9 +274,14 @@ std::vector<int> TokenIds(const v1::ChatFinal& f) {
 }
 
 json Usage(const v1::ChatFinal& f) {
-  return {{"prompt_tokens", f.prompt_tokens()},
-          {"completion_tokens", f.completion_tokens()},
-          {"total_tokens", f.prompt_tokens() + f.completion_tokens()}};
+  json u = {{"prompt_tokens", f.prompt_tokens()},
+            {"completion_tokens", f.completion_tokens()},
+            {"total_tokens", f.prompt_tokens() + f.completion_tokens()}};
+  if (f.has_scm())  // MiniMonkey's compression: prompt_tokens is the compressed length
+    u["scm"] = {{"first_image_token", f.scm().first_image_token()},
+                {"high_tokens", f.scm().high_tokens()},
+                {"prompt_tokens_before", f.scm().length_before()}};
+  return u;
 }
 
 void SetError(httplib::Response& res, const absl::Status& status) {
@@ -426,6 +431,35 @@ absl::StatusOr<ChatCompletionRequest> ParseChatCompletion(const json& body, cons
     if (*max_num < 1 || *max_num > 1024) return Invalid("max_num", "must be in [1, 1024]");
     chat.set_max_num(static_cast<int32_t>(*max_num));
     out.video_settings.set_max_num(static_cast<int32_t>(*max_num));
+  }
+  // MiniMonkey models: "scm": true and "minimonkey": {"order": "demo"|"eval",
+  // "ranges": [A_MIN, A_MAX, B_MIN, B_MAX], "rule": "official"|"paddlemix"}
+  // (the gateway checks the values and refuses them for other models).
+  INTERNVL_ASSIGN_OR_RETURN(auto scm, Optional<bool>(body, "scm"));
+  chat.set_scm(scm.value_or(false));
+  if (body.contains("minimonkey") && !body["minimonkey"].is_null()) {
+    const json& mm = body["minimonkey"];
+    if (!mm.is_object()) return Invalid("minimonkey", "must be an object {order, ranges, rule}");
+    v1::MiniMonkeyTiling* t = chat.mutable_minimonkey();
+    for (const char* key : {"order", "rule"}) {
+      if (!mm.contains(key) || mm[key].is_null()) continue;
+      if (!mm[key].is_string()) return Invalid("minimonkey", absl::StrCat(key, " must be a string"));
+      (std::string(key) == "order" ? *t->mutable_order() : *t->mutable_rule()) = mm[key].get<std::string>();
+    }
+    if (mm.contains("ranges") && !mm["ranges"].is_null()) {
+      const json& r = mm["ranges"];
+      if (!r.is_array() || r.size() != 4) return Invalid("minimonkey", "ranges must be [A_MIN, A_MAX, B_MIN, B_MAX]");
+      int32_t v[4];
+      for (int i = 0; i < 4; ++i) {
+        if (!r[i].is_number_integer() || r[i].get<int64_t>() < 1 || r[i].get<int64_t>() > 1024)
+          return Invalid("minimonkey", "ranges must be four integers in [1, 1024]");
+        v[i] = static_cast<int32_t>(r[i].get<int64_t>());
+      }
+      t->set_a_min(v[0]);
+      t->set_a_max(v[1]);
+      t->set_b_min(v[2]);
+      t->set_b_max(v[3]);
+    }
   }
   INTERNVL_ASSIGN_OR_RETURN(auto segments, Optional<int64_t>(body, "num_segments"));
   if (segments) {

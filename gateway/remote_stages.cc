@@ -194,6 +194,7 @@ absl::StatusOr<GenerateOutcome> RemoteStages::Generate(const GenerateInput& inpu
   s->set_request_id(input.request_id);
   for (int id : input.prompt_ids) s->add_prompt_token_ids(id);
   *s->mutable_settings() = services::ToProto(input.settings);
+  s->set_scm_high_tokens(input.scm_high_tokens);
   std::vector<v1::TensorChunk> chunks;
   if (input.embeddings != nullptr && !input.embeddings->empty()) {
     s->set_image_embedding_rows(input.embeddings->shape[0]);
@@ -232,6 +233,8 @@ absl::StatusOr<GenerateOutcome> RemoteStages::Generate(const GenerateInput& inpu
             out.queue_ms = f.timings().queue_ms();
             out.prefill_ms = f.timings().prefill_ms();
             out.decode_ms = f.timings().decode_ms();
+            out.prompt_tokens = f.prompt_tokens();
+            if (f.has_scm()) out.scm = services::FromProto(f.scm());
           }
         }
         const grpc::Status status = stream->Finish();

@@ -36,6 +36,7 @@ struct GenerateInput {
   std::vector<int> prompt_ids;
   GenerationSettings settings;  // validated, seed resolved
   const HostTensor* embeddings = nullptr;
+  int64_t scm_high_tokens = 0;  // MiniMonkey's SCM block (0: off)
 };
 
 struct GenerateOutcome {
@@ -46,6 +47,8 @@ struct GenerateOutcome {
   double queue_ms = 0;
   double prefill_ms = 0;
   double decode_ms = 0;
+  ScmOutcome scm;         // with scm_high_tokens (kept offsets not filled remotely)
+  int prompt_tokens = 0;  // as prefilled (after SCM); 0 = not reported
 };
 
 // Receives the ids sampled since the last call; false stops generation.

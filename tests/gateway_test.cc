@@ -319,6 +319,81 @@ TEST_F(GatewayTest, StopStringsEndGenerationAndAreNotReturnedOnEveryPath) {
   ExpectAllServing();
 }
 
+// MiniMonkey served by a gateway and an all-in-one server started with
+// --minimonkey: the two-scale tiling goes through the preprocess service and
+// the encoder's cache, SCM runs in the decoder, and every path gives the
+// in-process pipeline's ids, prompt length and SCM summary. The suite's own
+// (plain) gateway refuses MiniMonkey settings.
+TEST_F(GatewayTest, MiniMonkeyTilingAndScmGiveTheInProcessResultOnEveryPath) {
+  const std::string model = *fixtures_ + "/tiny-qwen2";
+  const std::string dir = ::internvl::testing::TempDir();
+  Proc gateway =
+      Spawn(INTERNVL_GATEWAY_BIN,
+            {"--model", model, "--preprocess-addr", preprocess_->target(), "--vision-addr", encoder_->target(),
+             "--decoder-addr", decoder_->target(), "--deadline-ms", "60000", "--minimonkey"},
+            dir + "/mm_gateway.log");
+  Proc all_in_one =
+      Spawn(INTERNVL_CLI_BIN,
+            {"serve", "--all-in-one", "--model", model, "--dtype", "fp32", "--threads", "1", "--minimonkey"},
+            dir + "/mm_all_in_one.log", /*cli=*/true);
+  for (const Proc* p : {&gateway, &all_in_one}) {
+    const absl::Status ready = st::WaitForServing(p->target(), "internvl.v1.InternVL", p->process.get(), kStartTimeout);
+    ASSERT_TRUE(ready.ok()) << ready;
+  }
+  PipelineOptions options = PipelineOptions::Of("fp32", 1);
+  options.minimonkey = true;
+  auto local = ChatPipeline::Load(model, options);
+  ASSERT_TRUE(local.ok()) << local.status();
+
+  ChatRequest r;
+  r.question = "Describe the image.";
+  r.images = {Input("img_800x600.png")};
+  r.generation.max_new_tokens = 6;
+  for (const bool scm : {false, true}) {
+    for (const auto order : {preprocess::MiniMonkeyOrder::kDemo, preprocess::MiniMonkeyOrder::kEval}) {
+      SCOPED_TRACE(absl::StrCat(scm ? "scm " : "", preprocess::MiniMonkeyOrderName(order)));
+      r.scm = scm;
+      r.minimonkey = preprocess::MiniMonkeyOptions();
+      r.minimonkey->order = order;
+      auto want = (*local)->Chat(r);
+      ASSERT_TRUE(want.ok()) << want.status();
+      EXPECT_EQ(want->num_patches_list, std::vector<int>{19});  // 6 B + 12 A + 1 thumbnail
+      EXPECT_EQ(want->scm.applied, scm);
+      for (const Proc* server : {&gateway, &all_in_one}) {
+        SCOPED_TRACE(server == &gateway ? "services" : "all-in-one");
+        auto got = ChatClient(server->target()).Chat(r);
+        ASSERT_TRUE(got.ok()) << got.status();
+        EXPECT_EQ(got->token_ids, want->token_ids);
+        EXPECT_EQ(got->prompt_tokens, want->prompt_tokens);
+        EXPECT_EQ(got->num_patches_list, want->num_patches_list);
+        EXPECT_EQ(got->scm.applied, scm);
+        EXPECT_EQ(got->scm.first_image_token, want->scm.first_image_token);
+        EXPECT_EQ(got->scm.high_tokens, want->scm.high_tokens);
+        EXPECT_EQ(got->scm.length_before, want->scm.length_before);
+        EXPECT_EQ(got->scm.length_after, want->scm.length_after);
+      }
+    }
+  }
+  // SCM kept H/2 of scale A's 12 tiles x 256 tokens and dropped one more.
+  EXPECT_EQ((*local)->Chat(r)->scm.length_after, (*local)->Chat(r)->scm.length_before - 12 * 256 / 2 - 1);
+
+  // Refusals, each with the right code, and the servers stay up.
+  ChatRequest two = r;
+  two.images.push_back(two.images[0]);
+  ChatRequest wide = r;
+  wide.minimonkey->a_max = 40;
+  for (const Proc* server : {&gateway, &all_in_one}) {
+    EXPECT_EQ(ChatClient(server->target()).Chat(two).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(ChatClient(server->target()).Chat(wide).status().code(), absl::StatusCode::kResourceExhausted);
+  }
+  for (const Proc* plain : {gateway_, all_in_one_}) {
+    auto refused = ChatClient(plain->target()).Chat(r);
+    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+    EXPECT_THAT(std::string(refused.status().message()), HasSubstr("MiniMonkey"));
+  }
+  ExpectAllServing();
+}
+
 TEST_F(GatewayTest, BadRequestsAreRefusedClearlyAndServicesStayHealthy) {
   ChatClient client(gateway_->target());
   ChatRequest ok;

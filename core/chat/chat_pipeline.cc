@@ -34,21 +34,28 @@ struct ChatPipeline::Impl {
   PipelineOptions options;
   std::unique_ptr<PromptBuilder> prompt;  // tokenizer, template, stop ids, <IMG_CONTEXT>
   std::unique_ptr<InferenceEngine> engine;
+  bool minimonkey = false;
 
   // Media -> normalised pixel values [N,3,S,S] + tiles per image.
   struct Pixels {
     HostTensor values;
     std::vector<int> num_patches_list;
     std::vector<int> frame_indices;
+    // MiniMonkey: the first image's scale-A grid (SCM's target aspect ratio).
+    preprocess::TileGrid target_aspect_ratio;
   };
   absl::StatusOr<Pixels> Preprocess(const ChatRequest& request) const;
   EngineRequest Request(std::vector<int> ids, HostTensor embeddings, const GenerationSettings& g) const;
+  // INVALID_ARGUMENT for MiniMonkey settings on another model, and for SCM
+  // without exactly one image.
+  absl::Status CheckMiniMonkey(const ChatRequest& request) const;
   void Fill(const EngineResult& r, ChatResult* out) const;
 };
 
 ChatPipeline::ChatPipeline(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 ChatPipeline::~ChatPipeline() = default;
 const InternVLConfig& ChatPipeline::config() const { return impl_->engine->config(); }
+bool ChatPipeline::minimonkey() const { return impl_->minimonkey; }
 const tokenizer::Tokenizer& ChatPipeline::tokenizer() const { return impl_->prompt->tokenizer(); }
 const std::string& ChatPipeline::model_dir() const { return impl_->model_dir; }
 InferenceEngine& ChatPipeline::engine() { return *impl_->engine; }
@@ -66,6 +73,7 @@ absl::StatusOr<std::unique_ptr<ChatPipeline>> ChatPipeline::Load(const std::stri
   eo.vision_batching = options.vision_batching;
   eo.llm = options.llm;
   INTERNVL_ASSIGN_OR_RETURN(impl->engine, InferenceEngine::Load(impl->model_dir, eo));
+  impl->minimonkey = options.minimonkey || impl->engine->config().minimonkey;
   // The first image then does not pay for the decoders' and the pool's start.
   preprocess::WarmUpPreprocess();
   return std::unique_ptr<ChatPipeline>(new ChatPipeline(std::move(impl)));
@@ -107,6 +115,17 @@ absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const 
     tiling.image_size = S;
     tiling.use_thumbnail = engine->config().use_thumbnail;
     INTERNVL_RETURN_IF_ERROR(preprocess::ValidateTilingOptions(tiling));
+    if (minimonkey) {  // each image tiled at two scales into one tile list
+      tiling.minimonkey = request.minimonkey.value_or(preprocess::MiniMonkeyOptions());
+      tiling.minimonkey->image_size = S;
+      // Both scales' grids (plus one thumbnail) are one image's tiles.
+      const int tiles = tiling.minimonkey->a_max + tiling.minimonkey->b_max;
+      if (tiles > options.max_tiles)
+        return absl::ResourceExhaustedError(absl::StrCat("MiniMonkey ranges give up to ", tiling.minimonkey->a_max,
+                                                         " + ", tiling.minimonkey->b_max, " tiles, over the limit of ",
+                                                         options.max_tiles));
+      INTERNVL_RETURN_IF_ERROR(preprocess::ValidateTilingOptions(tiling));
+    }
     for (size_t i = 0; i < request.images.size(); ++i) {
       const std::string& bytes = request.images[i];
       if (static_cast<int64_t>(bytes.size()) > options.max_image_bytes)
@@ -114,6 +133,7 @@ absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const 
             absl::StrCat("image ", i + 1, " is ", bytes.size(), " bytes, over the limit of ", options.max_image_bytes));
       auto tiles = preprocess::LoadImageTiles(bytes, tiling);
       if (!tiles.ok()) return Annotate(tiles.status(), absl::StrCat("image ", i + 1));
+      if (i == 0) out.target_aspect_ratio = tiles->grid;  // MiniMonkey: scale A's grid
       all.push_back(std::move(*tiles));
     }
   }
@@ -146,8 +166,22 @@ EngineRequest ChatPipeline::Impl::Request(std::vector<int> ids, HostTensor embed
   return r;
 }
 
+absl::Status ChatPipeline::Impl::CheckMiniMonkey(const ChatRequest& request) const {
+  if (!minimonkey && (request.minimonkey || request.scm))
+    return absl::InvalidArgumentError(
+        "MiniMonkey settings (scm, tile order, ranges) apply to MiniMonkey models only; this model is not one "
+        "(serve it with --minimonkey if it is)");
+  if (request.scm && (request.images.size() != 1 || request.video))
+    return absl::InvalidArgumentError(
+        absl::StrCat("SCM (scale compression) needs exactly one image, got ",
+                     request.video ? "a video" : absl::StrCat(request.images.size(), " images")));
+  return absl::OkStatus();
+}
+
 void ChatPipeline::Impl::Fill(const EngineResult& g, ChatResult* r) const {
   r->token_ids = g.token_ids;
+  r->scm = g.scm;
+  if (g.scm.applied) r->prompt_tokens = g.prompt_tokens;  // what was prefilled
   r->finish_reason = g.finish_reason;
   r->response = prompt->Response(r->token_ids);
   r->cached_prompt_tokens = g.cached_prompt_tokens;
@@ -162,6 +196,7 @@ absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const 
   if (request.question.empty()) return absl::InvalidArgumentError("the question is empty");
   INTERNVL_RETURN_IF_ERROR(ValidateGenerationSettings(request.generation));
   INTERNVL_RETURN_IF_ERROR(tokenizer::ValidateStopStrings(request.generation.stop));
+  INTERNVL_RETURN_IF_ERROR(im.CheckMiniMonkey(request));
   ChatResult result;
   INTERNVL_ASSIGN_OR_RETURN(Impl::Pixels pixels, im.Preprocess(request));
   result.timings.preprocess_ms = Ms(t_start, Clock::now());
@@ -180,6 +215,9 @@ absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const 
     result.timings.vision_ms = Ms(t0, Clock::now());
   }
   EngineRequest er = im.Request(std::move(ids), std::move(embeddings), request.generation);
+  if (request.scm)
+    er.scm_high_tokens =
+        static_cast<int64_t>(pixels.target_aspect_ratio.count()) * im.engine->config().num_image_token();
   tokenizer::StreamingDetokenizer detok(&im.prompt->tokenizer(), /*skip_special_tokens=*/true);
   // Stop strings: each token's text is checked as it comes; streamed text
   // holds back what could still become one (core/tokenizer/stop_strings.h).
@@ -232,6 +270,7 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
     if (r.images.size() > 1) return absl::InvalidArgumentError("batch chat takes at most one image per question");
     if (!r.history.empty()) return absl::InvalidArgumentError("batch chat takes no history");
     INTERNVL_RETURN_IF_ERROR(ValidateGenerationSettings(r.generation));
+    INTERNVL_RETURN_IF_ERROR(im.CheckMiniMonkey(r));
   }
   std::vector<ChatResult> out(requests.size());
   std::vector<std::vector<int>> rows;
@@ -265,8 +304,11 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
       INTERNVL_ASSIGN_OR_RETURN(embeddings, im.engine->vision()->ExtractFeature(pixels[i].values));
       vision_ms += Ms(t0, Clock::now());
     }
-    INTERNVL_ASSIGN_OR_RETURN(auto h, im.engine->llm()->Submit(im.Request(std::move(rows[i]), std::move(embeddings),
-                                                                          requests[i].generation)));
+    EngineRequest er = im.Request(std::move(rows[i]), std::move(embeddings), requests[i].generation);
+    if (requests[i].scm)  // each sequence its own selection
+      er.scm_high_tokens =
+          static_cast<int64_t>(pixels[i].target_aspect_ratio.count()) * im.engine->config().num_image_token();
+    INTERNVL_ASSIGN_OR_RETURN(auto h, im.engine->llm()->Submit(std::move(er)));
     handles.push_back(std::move(h));
   }
   for (size_t i = 0; i < requests.size(); ++i) {

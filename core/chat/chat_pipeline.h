@@ -33,8 +33,11 @@ struct PipelineOptions {
   int64_t max_image_bytes = 64ll << 20;
   int max_images = 16;
   int64_t max_video_bytes = 512ll << 20;
-  int max_tiles = 40;                // largest max_num (RESOURCE_EXHAUSTED above)
-  int max_prompt_tokens = 32768;     // text + image tokens, checked before the vision encoder
+  int max_tiles = 40;             // largest max_num (RESOURCE_EXHAUSTED above)
+  int max_prompt_tokens = 32768;  // text + image tokens, checked before the vision encoder
+  // Serve the model as MiniMonkey (its tiling, SCM on request) even when its
+  // config.json does not name MiniMonkey (an InternVL2-2B-layout folder).
+  bool minimonkey = false;
   // The LLM engine: KV budget, batching (its dtype/threads come from above).
   LlmEngineOptions llm;
   VisionBatcherOptions vision_batching;
@@ -70,6 +73,8 @@ class ChatPipeline {
   absl::StatusOr<std::string> BuildQuery(const ChatRequest& request, const std::vector<int>& num_patches_list) const;
 
   const InternVLConfig& config() const;
+  // Served as MiniMonkey (its config names it, or PipelineOptions::minimonkey).
+  bool minimonkey() const;
   const tokenizer::Tokenizer& tokenizer() const;
   const std::string& model_dir() const;
   InferenceEngine& engine();

@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/preprocess/minimonkey.h"
+
 namespace internvl {
 
 // Why a generation ended.
@@ -44,6 +46,20 @@ struct GenerationSettings {
   std::vector<std::string> stop;
 };
 
+// What MiniMonkey's Scale Compression Mechanism did to one prompt
+// (MINIMONKEY.md section 4): the block [s, s + H) of visual tokens from the
+// first <IMG_CONTEXT> s kept its top H/2 by layer-1 attention, and the token
+// at s + H was dropped too (the official off-by-one).
+struct ScmOutcome {
+  bool applied = false;
+  int64_t first_image_token = -1;  // s
+  int64_t high_tokens = 0;         // H
+  int64_t length_before = 0;       // L
+  int64_t length_after = 0;        // L - H/2 - 1
+  std::vector<int> kept_offsets;   // the H/2 kept offsets from s, ascending
+  std::vector<float> scores;       // the H column scores they were chosen by
+};
+
 struct ChatRequest {
   std::string question;
   // Encoded images (JPEG/PNG/...), filling the `<image>` placeholders in
@@ -65,6 +81,13 @@ struct ChatRequest {
   // `model.system_message = ...`); unset = the config's or the template's.
   std::optional<std::string> system_message;
   GenerationSettings generation;
+  // MiniMonkey models only (INVALID_ARGUMENT for others): how each image is
+  // tiled (both scales' ranges, the concatenation order, the scale-B rule;
+  // unset = the official demo's), and whether SCM compresses the first
+  // image's visual tokens before the prefill (off by default, as the
+  // official code; one image, no video).
+  std::optional<preprocess::MiniMonkeyOptions> minimonkey;
+  bool scm = false;
 };
 
 struct ChatTimings {
@@ -86,6 +109,7 @@ struct ChatResult {
   int num_tiles = 0;
   std::vector<int> num_patches_list;
   std::vector<int> frame_indices;  // video only
+  ScmOutcome scm;                  // MiniMonkey with scm only
   ChatTimings timings;
 };
 

@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <fstream>
 #include <mutex>
+#include <numeric>
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
@@ -70,6 +72,7 @@ class Generation : public GenerationHandle {
   std::optional<llm::Sampler> sampler;
   std::vector<std::vector<int64_t>> penalty_context;  // {prompt + generated}, when a penalty applies
   std::vector<int> generated;
+  ScmOutcome scm;
   std::atomic<bool> cancel_requested{false};
   bool cancelled_by_callback = false;
   Clock::time_point submitted, scheduled, first_token, last_token;
@@ -82,6 +85,75 @@ class Generation : public GenerationHandle {
   std::condition_variable cv;
   std::optional<absl::StatusOr<EngineResult>> result;
 };
+
+// MiniMonkey's Scale Compression Mechanism (MINIMONKEY.md section 4) on a
+// validated request: scores the block [s, s + H) by layer-1 attention over
+// the whole prompt's embeddings, keeps its top H/2 in order, drops s + H
+// (the official off-by-one) and rewrites the prompt ids and image rows.
+absl::Status ScaleCompress(const llm::CausalLM& lm, EngineRequest& request, ScmOutcome* out) {
+  const std::vector<int64_t>& ids = request.prompt_ids;
+  const int64_t len = static_cast<int64_t>(ids.size()), high = request.scm_high_tokens;
+  const auto first = std::find(ids.begin(), ids.end(), request.img_context_id);
+  if (request.img_context_id < 0 || first == ids.end() || request.image_embeddings.empty())
+    return absl::InvalidArgumentError("SCM (scale compression) needs an image in the prompt");
+  const int64_t s = first - ids.begin();
+  if (s + high >= len)
+    return absl::InvalidArgumentError(absl::StrCat("SCM's block of ", high, " tokens from the first image token (", s,
+                                                   ") reaches the end of the ", len, "-token prompt"));
+  if (lm.config().num_hidden_layers < 2)
+    return absl::InvalidArgumentError("SCM scores layer 1's attention: the model has a single layer");
+  const HostTensor& images = request.image_embeddings;
+  const int64_t hidden = lm.config().hidden_size, rows = images.numel() / hidden;
+  at::Tensor scores;
+  {
+    c10::InferenceMode guard;
+    at::Tensor id_tensor = at::from_blob(const_cast<int64_t*>(ids.data()), {1, len}, at::kLong);
+    INTERNVL_ASSIGN_OR_RETURN(at::Tensor text, lm.Embed(id_tensor));
+    INTERNVL_ASSIGN_OR_RETURN(at::Tensor vit, TorchGuard("SCM image rows", [&] {
+                                return HostToTensor(images).reshape({1, rows, hidden});
+                              }));
+    INTERNVL_ASSIGN_OR_RETURN(at::Tensor embeds,
+                              llm::ScatterImageEmbeddings(text, id_tensor, request.img_context_id, vit));
+    INTERNVL_ASSIGN_OR_RETURN(scores, lm.AttentionColumnMeans(embeds, /*layer=*/1, s, s + high, s + high));
+  }
+  // torch.topk(scores, H/2), then the indices sorted ascending; equal scores
+  // keep the lower offset (torch leaves that order unspecified).
+  const float* sc = scores.data_ptr<float>();
+  std::vector<int> order(high);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return sc[a] > sc[b]; });
+  std::vector<int> kept(order.begin(), order.begin() + high / 2);
+  std::sort(kept.begin(), kept.end());
+  std::vector<bool> keep(len, true);
+  for (int64_t p = s; p <= s + high; ++p) keep[p] = false;
+  for (int k : kept) keep[s + k] = true;
+  // The prompt and its image rows, gathered at the kept positions.
+  const size_t row_bytes = static_cast<size_t>(hidden) * DTypeSize(images.dtype);
+  std::vector<int64_t> new_ids;
+  std::vector<int64_t> new_rows;
+  int64_t row = 0;
+  for (int64_t p = 0; p < len; ++p) {
+    const bool image = ids[p] == request.img_context_id;
+    if (keep[p]) {
+      new_ids.push_back(ids[p]);
+      if (image) new_rows.push_back(row);
+    }
+    if (image) ++row;
+  }
+  HostTensor gathered(images.dtype, {static_cast<int64_t>(new_rows.size()), hidden});
+  for (size_t i = 0; i < new_rows.size(); ++i)
+    std::memcpy(gathered.bytes.data() + i * row_bytes, images.bytes.data() + new_rows[i] * row_bytes, row_bytes);
+  out->applied = true;
+  out->first_image_token = s;
+  out->high_tokens = high;
+  out->length_before = len;
+  out->length_after = static_cast<int64_t>(new_ids.size());
+  out->kept_offsets = std::move(kept);
+  out->scores.assign(sc, sc + high);
+  request.prompt_ids = std::move(new_ids);
+  request.image_embeddings = std::move(gathered);
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -239,6 +311,15 @@ absl::StatusOr<std::shared_ptr<GenerationHandle>> LlmEngine::Submit(EngineReques
   if (rows != image_tokens)
     return absl::InvalidArgumentError(
         absl::StrCat(rows, " image embedding rows for ", image_tokens, " <IMG_CONTEXT> tokens in the prompt"));
+  ScmOutcome scm;
+  if (request.scm_high_tokens > 0) {
+    INTERNVL_RETURN_IF_ERROR(ScaleCompress(*im.lm, request, &scm));
+    g->image_row_of.assign(request.prompt_ids.size(), -1);
+    rows = 0;
+    for (size_t i = 0; i < request.prompt_ids.size(); ++i)
+      if (request.prompt_ids[i] == request.img_context_id) g->image_row_of[i] = rows++;
+  }
+  g->scm = std::move(scm);
 
   engine::SequenceSpec spec;
   spec.prompt.assign(request.prompt_ids.begin(), request.prompt_ids.end());
@@ -302,6 +383,7 @@ EngineResult LlmEngine::Impl::ResultOf(const Generation& g, const engine::Sequen
   r.token_ids = g.generated;
   r.finish_reason = seq != nullptr && seq->finish_reason() ? *seq->finish_reason() : FinishReason::kCancelled;
   r.prompt_tokens = static_cast<int>(g.request.prompt_ids.size());
+  r.scm = g.scm;
   if (seq != nullptr) {
     r.cached_prompt_tokens = static_cast<int>(seq->num_cached_tokens());
     r.preemptions = seq->num_preemptions();

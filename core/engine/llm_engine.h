@@ -81,6 +81,13 @@ struct EngineRequest {
   GenerationSettings settings;
   // Past it, the request ends with DEADLINE_EXCEEDED (checked every step).
   absl::Time deadline = absl::InfiniteFuture();
+  // > 0: MiniMonkey's Scale Compression Mechanism with this block of H
+  // visual tokens (MINIMONKEY.md section 4), run in Submit on the caller's
+  // thread: layers 0-1 over the whole prompt, the top H/2 of [s, s + H) by
+  // layer-1 attention kept (s = the first <IMG_CONTEXT>), s + H dropped,
+  // then the shorter prompt is generated from as usual (positions 0..L'-1).
+  // INVALID_ARGUMENT without an image or when s + H is past the prompt.
+  int64_t scm_high_tokens = 0;
   // Called on the engine's step thread with each id as soon as it is chosen
   // (the stop id included); returning false cancels. Must not block.
   std::function<bool(int token_id)> on_token;
@@ -96,6 +103,7 @@ struct EngineResult {
   double prefill_ms = 0;              // first scheduled -> first token
   double decode_ms = 0;               // first token -> last token
   double time_to_first_token_ms = 0;  // submit -> first token
+  ScmOutcome scm;                     // scm_high_tokens > 0 only
 };
 
 // A submitted generation.

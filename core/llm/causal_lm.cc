@@ -3,7 +3,10 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -351,6 +354,57 @@ absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, co
         break;
     }
     return hidden;
+  });
+}
+
+absl::StatusOr<at::Tensor> CausalLM::AttentionColumnMeans(const at::Tensor& inputs_embeds, int layer, int64_t key_begin,
+                                                          int64_t key_end, int64_t query_begin) const {
+  if (!inputs_embeds.defined() || inputs_embeds.dim() != 3 || inputs_embeds.size(0) != 1 ||
+      inputs_embeds.size(2) != config_.hidden_size)
+    return absl::InvalidArgumentError(absl::StrCat("attention scores: inputs_embeds must be [1, L, ",
+                                                   config_.hidden_size, "], got ",
+                                                   inputs_embeds.defined() ? Shape(inputs_embeds) : "undefined"));
+  const int64_t len = inputs_embeds.size(1);
+  if (layer < 0 || layer >= config_.num_hidden_layers)
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention scores: layer ", layer, " of a ", config_.num_hidden_layers, "-layer model"));
+  if (!(0 <= key_begin && key_begin < key_end && key_end <= query_begin && query_begin < len))
+    return absl::InvalidArgumentError(absl::StrCat("attention scores: need 0 <= key_begin < key_end <= query_begin < L",
+                                                   ", got keys [", key_begin, ", ", key_end, "), queries from ",
+                                                   query_begin, ", L ", len));
+  return TorchGuard("attention scores", [&]() -> at::Tensor {
+    // Query rows per chunk: [heads, rows, L] fp32 scores stay ~64 MB at
+    // L = 8k with 32 heads.
+    constexpr int64_t kRows = 64;
+    RotaryEmbedding rope(config_);
+    rope.Observe(len);
+    LayerContext ctx;
+    std::tie(ctx.cos, ctx.sin) =
+        rope.Tables(at::arange(len, at::TensorOptions().dtype(at::kLong)).unsqueeze(0), dtype_);
+    ctx.causal_chunk = 4 * kRows;
+    at::Tensor h = inputs_embeds.to(dtype_);
+    auto& layers = module_->model->typed_layers;
+    for (int i = 0; i < layer; ++i) h = layers[i]->forward(h, ctx);
+    auto [q, k] = layers[layer]->QueryKey(h, ctx);  // [1, L, Hq, d], [1, L, KV, d]
+    const int64_t heads = q.size(2), kv_heads = k.size(2), d = q.size(3), groups = heads / kv_heads;
+    const at::Tensor qf = q[0].to(at::kFloat).permute({1, 0, 2}).contiguous();  // [Hq, L, d]
+    const at::Tensor kt = k[0].to(at::kFloat).permute({1, 2, 0}).contiguous();  // [KV, d, L]
+    const double scale = std::sqrt(static_cast<double>(d));
+    const int64_t width = key_end - key_begin;
+    at::Tensor sums = at::zeros({heads, width}, at::TensorOptions().dtype(at::kDouble));
+    const auto long_opts = at::TensorOptions().dtype(at::kLong);
+    for (int64_t a = query_begin; a < len; a += kRows) {
+      const int64_t e = std::min(len, a + kRows), rows = e - a;
+      // Query head j*G+g uses kv head j: [KV, G*rows, d] x [KV, d, e].
+      at::Tensor qc = qf.narrow(1, a, rows).reshape({kv_heads, groups * rows, d});
+      at::Tensor scores = at::bmm(qc, kt.narrow(2, 0, e)).div_(scale).view({kv_heads, groups, rows, e});
+      at::Tensor masked = at::arange(e, long_opts).view({1, e}) > at::arange(a, e, long_opts).view({rows, 1});
+      scores.masked_fill_(masked, std::numeric_limits<float>::lowest());
+      at::Tensor probs = at::softmax(scores, -1).narrow(-1, key_begin, width);  // [KV, G, rows, width]
+      sums.add_(probs.reshape({heads, rows, width}).to(at::kDouble).sum(1));
+    }
+    // mean over the query rows, then over the heads (the official order).
+    return sums.div_(static_cast<double>(len - query_begin)).mean(0).to(at::kFloat);
   });
 }
 

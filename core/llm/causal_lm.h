@@ -150,6 +150,18 @@ class CausalLM {
   // state, which persists across calls as in the reference process).
   absl::StatusOr<at::Tensor> Forward(const at::Tensor& inputs_embeds, const ForwardOptions& options = {});
 
+  // MiniMonkey's SCM scores (MINIMONKEY.md section 4): runs decoder layers
+  // [0, layer) over `inputs_embeds` [1, L, H] (positions 0..L-1, causal, a
+  // fresh rotary state) and returns layer `layer`'s post-softmax attention
+  // probabilities for key columns [key_begin, key_end), averaged over query
+  // rows [query_begin, L) and then over heads: fp32 [key_end - key_begin].
+  // Scores and softmax in fp32 whatever the compute dtype, sums in double,
+  // and never an [L, L] matrix (query rows go in chunks). INVALID_ARGUMENT
+  // unless 0 <= key_begin < key_end <= query_begin < L and the layer exists.
+  // Thread-safe with the serving engine's steps (reads the weights only).
+  absl::StatusOr<at::Tensor> AttentionColumnMeans(const at::Tensor& inputs_embeds, int layer, int64_t key_begin,
+                                                  int64_t key_end, int64_t query_begin) const;
+
   // A fresh rotary state for one sequence: the serving engine keeps one per
   // sequence, so dynamic-NTK scaling is per sequence, as in a fresh process.
   RotaryEmbedding NewRotary() const { return RotaryEmbedding(config_); }

@@ -3,8 +3,10 @@
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "core/llm/gemv.h"
 #include "core/llm/paged_attention.h"
@@ -73,6 +75,9 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   return out + RotateHalf(x) * sin;
 }
 
+at::Tensor AttendRows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v_in, const LayerContext& ctx,
+                      int64_t heads, int64_t kv_heads, int64_t head_dim);
+
 // Scaled dot-product attention with GQA and masking (or, for the serving
 // engine's batched steps, over the paged KV pool: paged_attention.h), as the
 // reference's eager attention: softmax(q k^T / sqrt(d) + mask) in fp32, cast
@@ -81,12 +86,35 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
 // q [B,T,H,d], k/v [B,T,KV,d] -> [B,T,H*d].
 at::Tensor Attend(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const LayerContext& ctx,
                   int layer, int64_t heads, int64_t kv_heads, int64_t head_dim) {
-  const int64_t b = q_in.size(0), t = q_in.size(1);
-  const int64_t groups = heads / kv_heads;
+  const int64_t t = q_in.size(1);
   at::Tensor q = ApplyRope(q_in, ctx.cos, ctx.sin);
   at::Tensor k = ApplyRope(k_in, ctx.cos, ctx.sin);
   if (ctx.paged != nullptr) return PagedAttend(q, k, v_in, *ctx.paged, layer, heads, kv_heads, head_dim);
-  at::Tensor keys = k.transpose(1, 2);  // [B, KV, T, d]
+  if (ctx.causal_chunk > 0 && !ctx.masked.defined()) {
+    // Query rows [a, e) see keys [0, e): the same rows of the causal softmax
+    // (the keys past e are masked to exact zeros there), without [T, T].
+    std::vector<at::Tensor> parts;
+    for (int64_t a = 0; a < t; a += ctx.causal_chunk) {
+      const int64_t e = std::min(t, a + ctx.causal_chunk);
+      LayerContext part;
+      at::Tensor key_pos = at::arange(e, at::TensorOptions().dtype(at::kLong)).view({1, 1, e});
+      at::Tensor query_pos = at::arange(a, e, at::TensorOptions().dtype(at::kLong)).view({1, e - a, 1});
+      part.masked = (key_pos > query_pos).unsqueeze(1).unsqueeze(1);  // [1, 1, 1, e - a, e]
+      parts.push_back(
+          AttendRows(q.narrow(1, a, e - a), k.narrow(1, 0, e), v_in.narrow(1, 0, e), part, heads, kv_heads, head_dim));
+    }
+    return at::cat(parts, 1);
+  }
+  return AttendRows(q, k, v_in, ctx, heads, kv_heads, head_dim);
+}
+
+// Attend's dense case over rotated q [B,T,H,d] and k/v [B,L,KV,d] (L >= T:
+// the queries are the last T of the L positions when ctx.masked says so).
+at::Tensor AttendRows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v_in, const LayerContext& ctx,
+                      int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  const int64_t b = q.size(0), t = q.size(1);
+  const int64_t groups = heads / kv_heads;
+  at::Tensor keys = k.transpose(1, 2);  // [B, KV, L, d]
   at::Tensor values = v_in.transpose(1, 2);
   const int64_t len = keys.size(2);
   at::Tensor qg = q.transpose(1, 2).reshape({b, kv_heads, groups * t, head_dim});
@@ -255,6 +283,12 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const LayerContext& 
   return o_proj(out);
 }
 
+std::pair<at::Tensor, at::Tensor> LlamaAttentionImpl::QueryKey(const at::Tensor& x, const LayerContext& ctx) {
+  const int64_t b = x.size(0), t = x.size(1);
+  return {ApplyRope(q_proj(x).view({b, t, heads_, head_dim_}), ctx.cos, ctx.sin),
+          ApplyRope(k_proj(x).view({b, t, kv_heads_, head_dim_}), ctx.cos, ctx.sin)};
+}
+
 LlamaMLPImpl::LlamaMLPImpl(const LlmConfig& c, at::ScalarType dtype) {
   gate_proj = register_module("gate_proj", Dense(c.hidden_size, c.intermediate_size, false, dtype));
   up_proj = register_module("up_proj", Dense(c.hidden_size, c.intermediate_size, false, dtype));
@@ -311,6 +345,10 @@ at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& x, const LayerContex
   return Inference() ? h.add_(m) : h + m;
 }
 
+std::pair<at::Tensor, at::Tensor> LlamaDecoderLayerImpl::QueryKey(const at::Tensor& x, const LayerContext& ctx) {
+  return self_attn->QueryKey(input_layernorm(x), ctx);
+}
+
 // ---- InternLM2 ----
 
 InternLM2AttentionImpl::InternLM2AttentionImpl(const LlmConfig& c, at::ScalarType dtype)
@@ -329,6 +367,14 @@ at::Tensor InternLM2AttentionImpl::forward(const at::Tensor& x, const LayerConte
   at::Tensor k = qkv.select(3, groups);
   at::Tensor v = qkv.select(3, groups + 1);
   return wo(Attend(q, k, v, ctx, layer, heads_, kv_heads_, head_dim_));
+}
+
+std::pair<at::Tensor, at::Tensor> InternLM2AttentionImpl::QueryKey(const at::Tensor& x, const LayerContext& ctx) {
+  const int64_t b = x.size(0), t = x.size(1);
+  const int64_t groups = heads_ / kv_heads_;
+  at::Tensor qkv = wqkv(x).view({b, t, kv_heads_, groups + 2, head_dim_});
+  return {ApplyRope(qkv.narrow(3, 0, groups).reshape({b, t, heads_, head_dim_}), ctx.cos, ctx.sin),
+          ApplyRope(qkv.select(3, groups), ctx.cos, ctx.sin)};
 }
 
 InternLM2MLPImpl::InternLM2MLPImpl(const LlmConfig& c, at::ScalarType dtype) {
@@ -383,6 +429,10 @@ at::Tensor InternLM2DecoderLayerImpl::forward(const at::Tensor& x, const LayerCo
   at::Tensor h = x + attention->forward(attention_norm(x), ctx, layer_index);
   at::Tensor m = feed_forward(ffn_norm(h));
   return Inference() ? h.add_(m) : h + m;
+}
+
+std::pair<at::Tensor, at::Tensor> InternLM2DecoderLayerImpl::QueryKey(const at::Tensor& x, const LayerContext& ctx) {
+  return attention->QueryKey(attention_norm(x), ctx);
 }
 
 // ---- Whole model ----

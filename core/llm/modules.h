@@ -25,6 +25,7 @@
 #include <torch/nn/pimpl.h>
 
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/config.h"
@@ -48,6 +49,10 @@ struct LayerContext {
   // K/V; `masked` is then unused. Null: a full forward over the given tokens
   // (training, reference logits).
   const PagedContext* paged = nullptr;
+  // > 0 (a full forward with no padding; `masked` undefined): causal
+  // attention computed for this many query rows at a time against the keys
+  // up to each chunk's end, so a long pass never holds [T, T] scores.
+  int64_t causal_chunk = 0;
 };
 
 // y = x W^T + b with W [out, in]. Unlike torch::nn::Linear its parameters are
@@ -112,6 +117,10 @@ class DecoderLayerImpl : public torch::nn::Module {
   // from an AWQ checkpoint, stay as they are), fuses the quantized q|k|v and
   // gate|up products and frees the float weights they replace. Inference only.
   virtual void Quantize(Quantization mode) = 0;
+  // The layer's attention queries [B,T,H,d] and keys [B,T,KV,d] for input
+  // `x` (its input norm, projections and RoPE from ctx): what its attention
+  // probabilities are made of (MiniMonkey's SCM scores layer 1's).
+  virtual std::pair<at::Tensor, at::Tensor> QueryKey(const at::Tensor& x, const LayerContext& ctx) = 0;
   int layer_index = 0;
 };
 
@@ -121,6 +130,7 @@ class LlamaAttentionImpl : public torch::nn::Module {
  public:
   explicit LlamaAttentionImpl(const LlmConfig& c, at::ScalarType dtype);
   at::Tensor forward(const at::Tensor& x, const LayerContext& ctx, int layer);
+  std::pair<at::Tensor, at::Tensor> QueryKey(const at::Tensor& x, const LayerContext& ctx);
   void Fuse();
   void Quantize(Quantization mode);
   Dense q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
@@ -154,6 +164,7 @@ class LlamaDecoderLayerImpl : public DecoderLayerImpl {
   at::Tensor forward(const at::Tensor& x, const LayerContext& ctx) override;
   void Fuse() override;
   void Quantize(Quantization mode) override;
+  std::pair<at::Tensor, at::Tensor> QueryKey(const at::Tensor& x, const LayerContext& ctx) override;
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
@@ -168,6 +179,7 @@ class InternLM2AttentionImpl : public torch::nn::Module {
  public:
   explicit InternLM2AttentionImpl(const LlmConfig& c, at::ScalarType dtype);
   at::Tensor forward(const at::Tensor& x, const LayerContext& ctx, int layer);
+  std::pair<at::Tensor, at::Tensor> QueryKey(const at::Tensor& x, const LayerContext& ctx);
   Dense wqkv{nullptr}, wo{nullptr};
 
  private:
@@ -197,6 +209,7 @@ class InternLM2DecoderLayerImpl : public DecoderLayerImpl {
   at::Tensor forward(const at::Tensor& x, const LayerContext& ctx) override;
   void Fuse() override;
   void Quantize(Quantization mode) override;
+  std::pair<at::Tensor, at::Tensor> QueryKey(const at::Tensor& x, const LayerContext& ctx) override;
   InternLM2Attention attention{nullptr};
   InternLM2MLP feed_forward{nullptr};
   RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};

@@ -20,8 +20,8 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 // Every file an HF tokenizer folder of the supported models may hold.
-constexpr const char* kTokenizerFiles[] = {"tokenizer_config.json", "vocab.json",       "merges.txt",
-                                           "tokenizer.json",        "tokenizer.model",  "added_tokens.json",
+constexpr const char* kTokenizerFiles[] = {"tokenizer_config.json",  "vocab.json",      "merges.txt",
+                                           "tokenizer.json",         "tokenizer.model", "added_tokens.json",
                                            "special_tokens_map.json"};
 
 absl::StatusOr<std::vector<std::string>> CopyTokenizer(const std::string& from, const std::string& to) {
@@ -48,10 +48,14 @@ const char* TorchDtypeName(DType dtype) { return dtype == DType::kF32 ? "float32
 // the real one to HF tooling too.
 std::string ConfigJson(const InternVLConfig& config, const ModelSpec& spec, DType dtype) {
   json j = json::parse(InternVLConfigToJson(config));
-  j["_name_or_path"] = absl::StrCat("OpenGVLab/", spec.name, " (random weights, internvl make-model)");
+  j["_name_or_path"] =
+      absl::StrCat(config.minimonkey ? "mx262/" : "OpenGVLab/", spec.name, " (random weights, internvl make-model)");
+  // MiniMonkey's remote code is its own model class over InternVL's config.
+  const char* model_class =
+      config.minimonkey ? "modeling_minimonkey_chat.MiniMonkeyChatModel" : "modeling_internvl_chat.InternVLChatModel";
   j["auto_map"] = {{"AutoConfig", "configuration_internvl_chat.InternVLChatConfig"},
-                   {"AutoModel", "modeling_internvl_chat.InternVLChatModel"},
-                   {"AutoModelForCausalLM", "modeling_internvl_chat.InternVLChatModel"}};
+                   {"AutoModel", model_class},
+                   {"AutoModelForCausalLM", model_class}};
   j["torch_dtype"] = TorchDtypeName(dtype);
   j["use_backbone_lora"] = 0;
   j["use_llm_lora"] = 0;
@@ -196,8 +200,8 @@ absl::StatusOr<MakeModelSummary> MakeModel(const MakeModelOptions& options) {
 }
 
 std::string SummaryJson(const MakeModelSummary& s) {
-  const nlohmann::ordered_json j = {{"like", s.like},   {"out", s.out_dir},       {"params", s.params},
-                                    {"bytes", s.bytes}, {"files", s.files},       {"seconds", s.seconds},
+  const nlohmann::ordered_json j = {{"like", s.like},          {"out", s.out_dir}, {"params", s.params},
+                                    {"bytes", s.bytes},        {"files", s.files}, {"seconds", s.seconds},
                                     {"tokenizer", s.tokenizer}};
   return j.dump();
 }

@@ -1,8 +1,8 @@
 #include "core/modelgen/model_specs.h"
 
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 
 namespace internvl::modelgen {
 namespace {
@@ -168,8 +168,8 @@ LlmConfig YiLike() {
   return c;
 }
 
-ModelSpec Make(std::string name, std::string vision_name, VisionConfig vision, std::string llm_name,
-               LlmConfig llm, std::string template_name) {
+ModelSpec Make(std::string name, std::string vision_name, VisionConfig vision, std::string llm_name, LlmConfig llm,
+               std::string template_name) {
   ModelSpec s;
   s.name = std::move(name);
   s.vision_name = std::move(vision_name);
@@ -206,6 +206,15 @@ ModelSpec Make(std::string name, std::string vision_name, VisionConfig vision, s
   return s;
 }
 
+// MiniMonkey's spec from InternVL2-2B's: same shapes and config, its own
+// name and model class. The real config.json could not be read
+// (MINIMONKEY.md section 6); the tile ranges are not config fields.
+ModelSpec MiniMonkey(ModelSpec s) {
+  s.name = "MiniMonkey";
+  s.config.minimonkey = true;
+  return s;
+}
+
 const std::vector<ModelSpec>& Table() {
   static const auto* table = new std::vector<ModelSpec>{
       Make("InternVL2-1B", "InternViT-300M-448px", InternViT300M(), "Qwen2-0.5B-Instruct",
@@ -214,6 +223,10 @@ const std::vector<ModelSpec>& Table() {
            Qwen2Like(kQwen25VocabInternVL25, 896, 4864, 24, 14, 2), "internvl2_5"),
       Make("InternVL2-2B", "InternViT-300M-448px", InternViT300M(), "internlm2-chat-1_8b",
            InternLM2Like(2048, 8192, 24, 16, 2.0), "internlm2-chat"),
+      // mx262/MiniMonkey: InternVL2-2B's weights and config under its own
+      // model class (MINIMONKEY.md section 1).
+      MiniMonkey(Make("InternVL2-2B", "InternViT-300M-448px", InternViT300M(), "internlm2-chat-1_8b",
+                      InternLM2Like(2048, 8192, 24, 16, 2.0), "internlm2-chat")),
       Make("InternVL2_5-2B", "InternViT-300M-448px-V2_5", InternViT300M(), "internlm2_5-1_8b-chat",
            InternLM2Like(2048, 8192, 24, 16, 2.0), "internvl2_5"),
       Make("InternVL2_5-4B", "InternViT-300M-448px-V2_5", InternViT300M(), "Qwen2.5-3B-Instruct",
@@ -226,8 +239,7 @@ const std::vector<ModelSpec>& Table() {
            InternLM2Like(4096, 14336, 32, 32, 2.0), "internvl2_5"),
       Make("InternVL2-26B", "InternViT-6B-448px-V1-5", InternViT6BV15(), "internlm2-chat-20b",
            InternLM2Like(6144, 16384, 48, 48, 3.0), "internlm2-chat"),
-      Make("InternVL2-40B", "InternViT-6B-448px-V1-5", InternViT6BV15(), "Nous-Hermes-2-Yi-34B", YiLike(),
-           "Hermes-2"),
+      Make("InternVL2-40B", "InternViT-6B-448px-V1-5", InternViT6BV15(), "Nous-Hermes-2-Yi-34B", YiLike(), "Hermes-2"),
   };
   return *table;
 }
@@ -235,12 +247,12 @@ const std::vector<ModelSpec>& Table() {
 }  // namespace
 
 absl::StatusOr<ModelSpec> FindModelSpec(absl::string_view name) {
-  absl::ConsumePrefix(&name, "OpenGVLab/");
+  if (!absl::ConsumePrefix(&name, "OpenGVLab/")) absl::ConsumePrefix(&name, "mx262/");
   for (const ModelSpec& s : Table()) {
     if (s.name == name) return s;
   }
-  return absl::NotFoundError(absl::StrCat("unknown model '", name, "' (known: ",
-                                          absl::StrJoin(ModelSpecNames(), ", "), ")"));
+  return absl::NotFoundError(
+      absl::StrCat("unknown model '", name, "' (known: ", absl::StrJoin(ModelSpecNames(), ", "), ")"));
 }
 
 std::vector<std::string> ModelSpecNames() {

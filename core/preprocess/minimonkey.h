@@ -15,7 +15,8 @@
 //   tile to [:-1] and gets it back from [-1:]).
 //
 // The result is ONE image of N tiles for the model (one <image>, 256 * N
-// <IMG_CONTEXT> tokens). Torch-free.
+// <IMG_CONTEXT> tokens). DynamicPreprocess and PlanTiles (tiling.h) do this
+// when TilingOptions::minimonkey is set. Torch-free.
 #pragma once
 
 #include <string>
@@ -27,29 +28,11 @@
 
 namespace internvl::preprocess {
 
-enum class MiniMonkeyOrder {
-  kDemo,  // demo.py, VLMEvalKit, PaddleMIX: B grid, A grid, TB
-  kEval,  // the eval wrapper (and training): A grid, B grid, TA
-};
-enum class ScaleBRule {
-  kOfficial,   // demo.py / eval / VLMEvalKit: keep unless both cuts are A's
-  kPaddleMix,  // PaddleMIX and the training dataset: keep only if neither is
-};
-
 // "demo" / "eval"; "official" / "paddlemix". INVALID_ARGUMENT otherwise.
 absl::StatusOr<MiniMonkeyOrder> ParseMiniMonkeyOrder(absl::string_view name);
 absl::StatusOr<ScaleBRule> ParseScaleBRule(absl::string_view name);
 const char* MiniMonkeyOrderName(MiniMonkeyOrder order);
 const char* ScaleBRuleName(ScaleBRule rule);
-
-// The demo's tile ranges (4..12 for A, 3..7 for B) and order by default.
-struct MiniMonkeyOptions {
-  int a_min = 4, a_max = 12;
-  int b_min = 3, b_max = 7;
-  MiniMonkeyOrder order = MiniMonkeyOrder::kDemo;
-  ScaleBRule rule = ScaleBRule::kOfficial;
-  int image_size = kDefaultImageSize;
-};
 
 // "A_MIN,A_MAX,B_MIN,B_MAX" (the CLI's --minimonkey-ranges) into `options`.
 absl::Status ParseMiniMonkeyRanges(absl::string_view text, MiniMonkeyOptions* options);

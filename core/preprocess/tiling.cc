@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "core/preprocess/minimonkey.h"
 #include "core/preprocess/resize.h"
 #include "core/preprocess/runtime.h"
 #include "core/status.h"
@@ -169,10 +170,15 @@ absl::Status ValidateTilingOptions(const TilingOptions& options) {
     return absl::ResourceExhaustedError(absl::StrCat("max_num ", options.max_num, " tiles of ", side, "x", side,
                                                      " would take ", bytes, " bytes, over the limit of ",
                                                      kMaxTileBytes));
+  if (options.minimonkey) return ValidateMiniMonkeyOptions(*options.minimonkey);
   return absl::OkStatus();
 }
 
 TilePlan PlanTiles(int width, int height, const TilingOptions& options) {
+  if (options.minimonkey) {
+    const MiniMonkeyPlan mm = PlanMiniMonkey(width, height, *options.minimonkey);
+    return TilePlan{mm.a.grid, false, mm.count()};
+  }
   TilePlan plan;
   plan.grid =
       FindClosestAspectRatio(width, height, CandidateGrids(options.min_num, options.max_num), options.image_size);
@@ -185,6 +191,10 @@ absl::StatusOr<Tiles> DynamicPreprocess(const RgbImage& image, const TilingOptio
   INTERNVL_RETURN_IF_ERROR(ValidateTilingOptions(options));
   if (image.width <= 0 || image.height <= 0)
     return absl::InvalidArgumentError(absl::StrCat("cannot tile an empty ", image.width, "x", image.height, " image"));
+  if (options.minimonkey) {
+    INTERNVL_ASSIGN_OR_RETURN(MiniMonkeyTiles mm, MiniMonkeyPreprocess(image, *options.minimonkey));
+    return std::move(mm.tiles);
+  }
   return TileWithPlan(image, PlanTiles(image.width, image.height, options), options.image_size);
 }
 

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -41,6 +42,25 @@ struct TileGrid {
 inline constexpr int kMaxTileSize = 4096;
 inline constexpr int64_t kMaxTileBytes = int64_t{1} << 31;
 
+// MiniMonkey's multi-scale adaptive cropping (minimonkey.h): its options.
+enum class MiniMonkeyOrder {
+  kDemo,  // demo.py, VLMEvalKit, PaddleMIX: B grid, A grid, TB
+  kEval,  // the eval wrapper (and training): A grid, B grid, TA
+};
+enum class ScaleBRule {
+  kOfficial,   // demo.py / eval / VLMEvalKit: keep unless both cuts are A's
+  kPaddleMix,  // PaddleMIX and the training dataset: keep only if neither is
+};
+
+// The demo's tile ranges (4..12 for A, 3..7 for B) and order by default.
+struct MiniMonkeyOptions {
+  int a_min = 4, a_max = 12;
+  int b_min = 3, b_max = 7;
+  MiniMonkeyOrder order = MiniMonkeyOrder::kDemo;
+  ScaleBRule rule = ScaleBRule::kOfficial;
+  int image_size = kDefaultImageSize;
+};
+
 // The official defaults (`dynamic_preprocess(image, min_num=1, max_num=12,
 // image_size=448, use_thumbnail=True)` as load_image calls it).
 struct TilingOptions {
@@ -48,6 +68,10 @@ struct TilingOptions {
   int max_num = 12;
   int image_size = kDefaultImageSize;
   bool use_thumbnail = true;
+  // Set: MiniMonkey's two-scale tiling instead (minimonkey.h; its own ranges
+  // and tile size replace the fields above, which ValidateTilingOptions
+  // still checks).
+  std::optional<MiniMonkeyOptions> minimonkey = std::nullopt;
 };
 
 // The candidate grids in the order the official code iterates them:
@@ -89,6 +113,8 @@ struct TilePlan {
   bool has_thumbnail = false;
   int count = 1;
 };
+// With options.minimonkey: grid = scale A's (the target aspect ratio),
+// has_thumbnail = false and count = N, the tiles of both scales.
 TilePlan PlanTiles(int width, int height, const TilingOptions& options);
 
 // Resizes and cuts `image` as `plan` says (its grid tiles row-major, then the
@@ -97,7 +123,9 @@ TilePlan PlanTiles(int width, int height, const TilingOptions& options);
 // INVALID_ARGUMENT for an empty image or a bad size.
 absl::StatusOr<Tiles> TileWithPlan(const RgbImage& image, const TilePlan& plan, int image_size);
 
-// As the official dynamic_preprocess (see the file comment). INVALID_ARGUMENT
+// As the official dynamic_preprocess (see the file comment), or MiniMonkey's
+// tiling when options.minimonkey is set (MiniMonkeyPreprocess's tiles: grid
+// = scale A's, no has_thumbnail, count = N). INVALID_ARGUMENT
 // for an empty image or bad options. Runs on up to GetPreprocessRuntime().threads
 // threads (runtime.h); the bytes do not depend on it.
 absl::StatusOr<Tiles> DynamicPreprocess(const RgbImage& image, const TilingOptions& options = TilingOptions());

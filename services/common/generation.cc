@@ -76,4 +76,23 @@ FinishReason FromProto(v1::FinishReason reason) {
   }
 }
 
+v1::ScmSummary ToProto(const ScmOutcome& scm) {
+  v1::ScmSummary p;
+  p.set_first_image_token(scm.first_image_token);
+  p.set_high_tokens(scm.high_tokens);
+  p.set_length_before(scm.length_before);
+  p.set_length_after(scm.length_after);
+  return p;
+}
+
+ScmOutcome FromProto(const v1::ScmSummary& p) {
+  ScmOutcome scm;
+  scm.applied = p.high_tokens() > 0;
+  scm.first_image_token = p.first_image_token();
+  scm.high_tokens = p.high_tokens();
+  scm.length_before = p.length_before();
+  scm.length_after = p.length_after();
+  return scm;
+}
+
 }  // namespace internvl::services

@@ -26,4 +26,8 @@ v1::GenerationSettings ToProto(const GenerationSettings& settings);
 v1::FinishReason ToProto(FinishReason reason);
 FinishReason FromProto(v1::FinishReason reason);
 
+// ScmOutcome <-> ScmSummary (the kept offsets stay server-side).
+v1::ScmSummary ToProto(const ScmOutcome& scm);
+ScmOutcome FromProto(const v1::ScmSummary& scm);
+
 }  // namespace internvl::services

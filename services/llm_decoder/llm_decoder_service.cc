@@ -108,6 +108,7 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
     request.img_context_id = prompt.img_context_id();
     request.stop_ids = prompt.stop_ids();
     request.settings = settings_;
+    request.scm_high_tokens = scm_high_tokens_;
     const auto deadline = context()->deadline();
     if (deadline != std::chrono::system_clock::time_point::max()) request.deadline = absl::FromChrono(deadline);
     prompt_tokens_ = static_cast<int>(request.prompt_ids.size());
@@ -141,6 +142,9 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
     if (!settings.ok()) return settings.status();
     settings_ = *settings;
     prompt_ids_.assign(start.prompt_token_ids().begin(), start.prompt_token_ids().end());
+    if (start.scm_high_tokens() < 0)
+      return absl::InvalidArgumentError(absl::StrCat("scm_high_tokens must be >= 0, got ", start.scm_high_tokens()));
+    scm_high_tokens_ = start.scm_high_tokens();
     const int64_t ctx = service_->prompt_->img_context_id();
     int64_t slots = 0;
     const int64_t vocab = service_->engine_->vocab_size();
@@ -223,7 +227,8 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
       ids.pop_back();
     }
     for (int id : ids) f->add_token_ids(id);
-    f->set_prompt_tokens(prompt_tokens_);
+    f->set_prompt_tokens(result->scm.applied ? result->prompt_tokens : prompt_tokens_);
+    if (result->scm.applied) *f->mutable_scm() = ToProto(result->scm);
     f->set_completion_tokens(static_cast<int>(ids.size()));
     f->set_cached_prompt_tokens(result->cached_prompt_tokens);
     f->set_seed(settings_.seed);
@@ -248,6 +253,7 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
   GenerationSettings settings_;
   std::vector<int64_t> prompt_ids_;
   int prompt_tokens_ = 0;
+  int64_t scm_high_tokens_ = 0;
   int64_t expected_rows_ = 0;
   int64_t rows_received_ = 0;
   int64_t hidden_ = 0;

@@ -1,10 +1,46 @@
 #include "services/preprocess/image_tiles.h"
 
 #include "absl/strings/str_cat.h"
+#include "core/preprocess/minimonkey.h"
 #include "core/status.h"
 #include "services/common/sha256.h"
 
 namespace internvl::services {
+
+absl::StatusOr<preprocess::MiniMonkeyOptions> ResolveMiniMonkey(const v1::MiniMonkeyTiling& settings,
+                                                                const ImageLimits& limits) {
+  preprocess::MiniMonkeyOptions o;
+  if (settings.a_min() != 0) o.a_min = settings.a_min();
+  if (settings.a_max() != 0) o.a_max = settings.a_max();
+  if (settings.b_min() != 0) o.b_min = settings.b_min();
+  if (settings.b_max() != 0) o.b_max = settings.b_max();
+  if (!settings.order().empty()) {
+    INTERNVL_ASSIGN_OR_RETURN(o.order, preprocess::ParseMiniMonkeyOrder(settings.order()));
+  }
+  if (!settings.rule().empty()) {
+    INTERNVL_ASSIGN_OR_RETURN(o.rule, preprocess::ParseScaleBRule(settings.rule()));
+  }
+  o.image_size = limits.image_size;
+  // Both scales' grids make one image's tiles (plus one thumbnail, as the
+  // usual max_num + 1): their maxima together are held to --max-tiles.
+  if (o.a_max + o.b_max > limits.max_tiles)
+    return absl::ResourceExhaustedError(absl::StrCat("MiniMonkey ranges give up to ", o.a_max, " + ", o.b_max,
+                                                     " tiles, over this server's limit of ", limits.max_tiles,
+                                                     " (--max-tiles)"));
+  INTERNVL_RETURN_IF_ERROR(preprocess::ValidateMiniMonkeyOptions(o));
+  return o;
+}
+
+v1::MiniMonkeyTiling MiniMonkeyToProto(const preprocess::MiniMonkeyOptions& o) {
+  v1::MiniMonkeyTiling p;
+  p.set_a_min(o.a_min);
+  p.set_a_max(o.a_max);
+  p.set_b_min(o.b_min);
+  p.set_b_max(o.b_max);
+  p.set_order(preprocess::MiniMonkeyOrderName(o.order));
+  p.set_rule(preprocess::ScaleBRuleName(o.rule));
+  return p;
+}
 
 absl::StatusOr<preprocess::TilingOptions> ResolveTiling(const v1::TilingSettings& settings, const ImageLimits& limits) {
   if (settings.max_num() < 0 || settings.min_num() < 0) {
@@ -19,6 +55,9 @@ absl::StatusOr<preprocess::TilingOptions> ResolveTiling(const v1::TilingSettings
   if (options.max_num > limits.max_tiles) {
     return absl::ResourceExhaustedError(
         absl::StrCat("max_num ", options.max_num, " exceeds this server's limit of ", limits.max_tiles, " tiles"));
+  }
+  if (settings.has_minimonkey()) {
+    INTERNVL_ASSIGN_OR_RETURN(options.minimonkey, ResolveMiniMonkey(settings.minimonkey(), limits));
   }
   INTERNVL_RETURN_IF_ERROR(preprocess::ValidateTilingOptions(options));
   return options;

@@ -37,6 +37,14 @@ struct ImageLimits {
 // negative values or min_num > max_num; RESOURCE_EXHAUSTED for max_num >
 // limits.max_tiles.
 absl::StatusOr<preprocess::TilingOptions> ResolveTiling(const v1::TilingSettings& settings, const ImageLimits& limits);
+// MiniMonkeyTiling -> MiniMonkeyOptions (0 / empty = the demo's defaults).
+// INVALID_ARGUMENT for bad ranges or names; RESOURCE_EXHAUSTED for a range
+// past limits.max_tiles.
+absl::StatusOr<preprocess::MiniMonkeyOptions> ResolveMiniMonkey(const v1::MiniMonkeyTiling& settings,
+                                                                const ImageLimits& limits);
+
+// The request field for `options` (what ResolveMiniMonkey reads back).
+v1::MiniMonkeyTiling MiniMonkeyToProto(const preprocess::MiniMonkeyOptions& options);
 
 // Checks the request's image count and sizes. INVALID_ARGUMENT for no images
 // or an empty one; RESOURCE_EXHAUSTED for too many or too large. Messages

@@ -57,6 +57,11 @@ std::string EmbeddingCacheKey(const EmbeddingKeyParts& parts) {
   h.UpdateField(absl::string_view(reinterpret_cast<const char*>(parts.media_sha256.data()), parts.media_sha256.size()));
   h.UpdateInt(parts.tiling.min_num).UpdateInt(parts.tiling.max_num).UpdateInt(parts.tiling.use_thumbnail ? 1 : 0);
   h.UpdateInt(parts.tiling.image_size).UpdateInt(parts.num_segments);
+  if (const auto& mm = parts.tiling.minimonkey) {  // a different tile list from the same image
+    h.UpdateField("minimonkey");
+    h.UpdateInt(mm->a_min).UpdateInt(mm->a_max).UpdateInt(mm->b_min).UpdateInt(mm->b_max);
+    h.UpdateInt(static_cast<int>(mm->order)).UpdateInt(static_cast<int>(mm->rule)).UpdateInt(mm->image_size);
+  }
   h.UpdateField(parts.model_fingerprint);
   return absl::StrCat("internvl:emb:v1:", ToHex(h.Final()));
 }
