@@ -27,6 +27,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -40,7 +41,6 @@
 #include <thread>
 #include <vector>
 
-#include "core/net.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -48,6 +48,7 @@
 #include "absl/strings/str_join.h"
 #include "cli/args.h"
 #include "cli/command.h"
+#include "core/net.h"
 #include "core/status.h"
 #include "core/train/trainer.h"
 #include "nlohmann/json.hpp"
@@ -409,8 +410,16 @@ class Progress {
                         e.lr, e.grad_norm, e.samples_per_second, FormatDuration(eta));
     if (tty_) {
       constexpr int kWidth = 24;
-      const int filled = total_ > 0 ? static_cast<int>(kWidth * std::min<double>(1.0, double(e.step) / total_)) : 0;
-      std::string bar = "[" + std::string(filled, '#') + std::string(kWidth - filled, '.') + "] ";
+      const int filled =
+          total_ > 0 ? std::clamp(static_cast<int>(kWidth * (double(e.step) / double(total_))), 0, kWidth) : 0;
+      // Built in place: GCC 12 at -O3 reports a false -Wrestrict in the
+      // operator+ chain of temporaries that this replaced.
+      std::string bar;
+      bar.reserve(kWidth + 3);
+      bar.push_back('[');
+      bar.append(filled, '#');
+      bar.append(kWidth - filled, '.');
+      bar.append("] ");
       std::fprintf(stderr, "\r\033[K%s%s", bar.c_str(), text.c_str());
       std::fflush(stderr);
       bar_shown_ = true;

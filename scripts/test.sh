@@ -6,14 +6,19 @@
 #   scripts/fuzz.sh      libFuzzer targets, FUZZ_SECONDS (default 15) each
 #   scripts/sanitize.sh  the libtorch-free tests under ASan + UBSan
 # INTERNVL_HARDENING=0 skips both (a quick local run); arguments go to the
-# main ctest run (e.g. -R gateway).
+# main ctest run (e.g. -R gateway). The container image test (label image:
+# deploy/build_image.sh, a cold image build of 30-60 min on 2 cores, also the
+# Release -Werror build of the whole tree) runs only with INTERNVL_IMAGE_TEST=1
+# (or: cd build && ctest -L image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 ./scripts/build.sh
+image=(-LE image)
+if [[ ${INTERNVL_IMAGE_TEST:-0} == 1 ]]; then image=(); fi
 (
   cd "${BUILD_DIR:-build}"
-  ctest --output-on-failure -j "${TEST_JOBS:-2}" --timeout 1200 "$@"
+  ctest --output-on-failure -j "${TEST_JOBS:-2}" --timeout 1200 "${image[@]}" "$@"
 )
 echo "test: build and tests took $((SECONDS - start)) s"
 if [[ "${INTERNVL_HARDENING:-1}" != 0 ]]; then
