@@ -5,9 +5,11 @@
 
 namespace internvl {
 
-// A TCP port on 127.0.0.1 that is free right now (bound to port 0 and
-// released): for launching local workers or test servers. Another process
-// may take it before the caller binds it; callers that can retry should.
+// A TCP port on 127.0.0.1 that is free right now (bound and released): for
+// launching local workers or test servers. Chosen at random below the
+// kernel's ephemeral range, so outgoing connections do not take it before
+// the caller binds it; another process still may, and callers that can
+// retry should.
 absl::StatusOr<int> PickFreeLoopbackPort();
 
 }  // namespace internvl

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -130,6 +131,18 @@ class GatewayTest : public ::testing::Test {
 
   std::string Input(const std::string& name) const { return ReadFile(*fixtures_ + "/inputs/" + name); }
 
+  // The series once it reaches `at_least`, or its value after 5 s: a call's
+  // metrics are recorded when the server finishes it, which may be just
+  // after the client has its reply.
+  static double MetricReaching(const Proc* p, const std::string& series, double at_least) {
+    double v = Metric(p, series);
+    for (int i = 0; i < 50 && v < at_least; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      v = Metric(p, series);
+    }
+    return v;
+  }
+
   static double Metric(const Proc* p, const std::string& series) {
     auto text = st::HttpGet(p->metrics_port, "/metrics");
     EXPECT_TRUE(text.ok()) << text.status();
@@ -214,7 +227,8 @@ TEST_F(GatewayTest, ImageChatGivesTheInProcessTokenIds) {
   auto again = client.Chat(r);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_GE(Metric(encoder_, "internvl_cache_hits_total"), 1);
-  EXPECT_GE(Metric(gateway_, "internvl_requests_total{code=\"OK\",method=\"Chat\",service=\"internvl.v1.InternVL\"}"),
+  EXPECT_GE(MetricReaching(gateway_,
+                           "internvl_requests_total{code=\"OK\",method=\"Chat\",service=\"internvl.v1.InternVL\"}", 2),
             2);
 }
 
@@ -332,10 +346,11 @@ TEST_F(GatewayTest, MiniMonkeyTilingAndScmGiveTheInProcessResultOnEveryPath) {
             {"--model", model, "--preprocess-addr", preprocess_->target(), "--vision-addr", encoder_->target(),
              "--decoder-addr", decoder_->target(), "--deadline-ms", "60000", "--minimonkey"},
             dir + "/mm_gateway.log");
-  Proc all_in_one =
-      Spawn(INTERNVL_CLI_BIN,
-            {"serve", "--all-in-one", "--model", model, "--dtype", "fp32", "--threads", "1", "--minimonkey"},
-            dir + "/mm_all_in_one.log", /*cli=*/true);
+  const int http_port = st::PickFreePort().value_or(0);
+  Proc all_in_one = Spawn(INTERNVL_CLI_BIN,
+                          {"serve", "--all-in-one", "--model", model, "--dtype", "fp32", "--threads", "1",
+                           "--minimonkey", "--openai-port", std::to_string(http_port), "--openai-host", "127.0.0.1"},
+                          dir + "/mm_all_in_one.log", /*cli=*/true);
   for (const Proc* p : {&gateway, &all_in_one}) {
     const absl::Status ready = st::WaitForServing(p->target(), "internvl.v1.InternVL", p->process.get(), kStartTimeout);
     ASSERT_TRUE(ready.ok()) << ready;
@@ -349,6 +364,7 @@ TEST_F(GatewayTest, MiniMonkeyTilingAndScmGiveTheInProcessResultOnEveryPath) {
   r.question = "Describe the image.";
   r.images = {Input("img_800x600.png")};
   r.generation.max_new_tokens = 6;
+  ChatResult eval_scm;  // the last case, for the OpenAI API below
   for (const bool scm : {false, true}) {
     for (const auto order : {preprocess::MiniMonkeyOrder::kDemo, preprocess::MiniMonkeyOrder::kEval}) {
       SCOPED_TRACE(absl::StrCat(scm ? "scm " : "", preprocess::MiniMonkeyOrderName(order)));
@@ -359,6 +375,7 @@ TEST_F(GatewayTest, MiniMonkeyTilingAndScmGiveTheInProcessResultOnEveryPath) {
       ASSERT_TRUE(want.ok()) << want.status();
       EXPECT_EQ(want->num_patches_list, std::vector<int>{19});  // 6 B + 12 A + 1 thumbnail
       EXPECT_EQ(want->scm.applied, scm);
+      eval_scm = *want;
       for (const Proc* server : {&gateway, &all_in_one}) {
         SCOPED_TRACE(server == &gateway ? "services" : "all-in-one");
         auto got = ChatClient(server->target()).Chat(r);
@@ -375,7 +392,29 @@ TEST_F(GatewayTest, MiniMonkeyTilingAndScmGiveTheInProcessResultOnEveryPath) {
     }
   }
   // SCM kept H/2 of scale A's 12 tiles x 256 tokens and dropped one more.
-  EXPECT_EQ((*local)->Chat(r)->scm.length_after, (*local)->Chat(r)->scm.length_before - 12 * 256 / 2 - 1);
+  EXPECT_EQ(eval_scm.scm.length_after, eval_scm.scm.length_before - 12 * 256 / 2 - 1);
+
+  // The OpenAI API's extra fields "scm" and "minimonkey" (same answer).
+  const nlohmann::json image_part = {
+      {"type", "image_url"}, {"image_url", {{"url", "data:image/png;base64," + absl::Base64Escape(r.images[0])}}}};
+  const nlohmann::json text_part = {{"type", "text"}, {"text", r.question}};
+  const nlohmann::json body = {
+      {"model", "tiny-qwen2"},
+      {"max_tokens", 6},
+      {"scm", true},
+      {"minimonkey", {{"order", "eval"}, {"ranges", {4, 12, 3, 7}}}},
+      {"messages", nlohmann::json::array({{{"role", "user"}, {"content", {image_part, text_part}}}})}};
+  std::ofstream(dir + "/mm_body.json") << body.dump();
+  const auto curl = ::internvl::testing::RunShell(
+      absl::StrCat("curl -sS -X POST -H 'Content-Type: application/json' --data-binary @", dir,
+                   "/mm_body.json http://127.0.0.1:", http_port, "/v1/chat/completions"));
+  ASSERT_EQ(curl.exit_code, 0) << curl.err;
+  const nlohmann::json reply = nlohmann::json::parse(curl.out, nullptr, false);
+  ASSERT_TRUE(reply.is_object() && reply.contains("choices")) << curl.out;
+  EXPECT_EQ(reply["choices"][0]["token_ids"].get<std::vector<int>>(), eval_scm.token_ids);
+  EXPECT_EQ(reply["usage"]["prompt_tokens"].get<int>(), eval_scm.prompt_tokens);
+  EXPECT_EQ(reply["usage"]["scm"]["high_tokens"].get<int>(), 12 * 256);
+  EXPECT_EQ(reply["usage"]["scm"]["prompt_tokens_before"].get<int>(), eval_scm.scm.length_before);
 
   // Refusals, each with the right code, and the servers stay up.
   ChatRequest two = r;
