@@ -52,6 +52,28 @@ TEST(Config, AppliesReferenceDefaults) {
   EXPECT_FALSE(c->llm.tie_word_embeddings);
 }
 
+// MiniMonkey's checkpoint is InternVL2-2B's under its own model class: named
+// in `architectures` or in `auto_map`, in any case.
+TEST(Config, RecognisesMiniMonkeyByItsModelClass) {
+  const std::string llm = R"("vision_config": {}, "llm_config": {"architectures": ["InternLM2ForCausalLM"]})";
+  for (const std::string& json :
+       {R"({"architectures": ["MiniMonkeyChatModel"], )" + llm + "}",
+        R"({"auto_map": {"AutoModel": "modeling_minimonkey_chat.MiniMonkeyChatModel"}, )" + llm + "}"}) {
+    auto c = ParseInternVLConfig(json);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_TRUE(c->minimonkey) << json;
+    // And it survives the round trip make-model writes.
+    auto again = ParseInternVLConfig(InternVLConfigToJson(*c));
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_TRUE(again->minimonkey);
+  }
+  auto plain = ParseInternVLConfig(R"({"architectures": ["InternVLChatModel"], "auto_map": {"AutoModel": )"
+                                   R"("modeling_internvl_chat.InternVLChatModel"}, )" +
+                                   llm + "}");
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->minimonkey);
+}
+
 TEST(Config, RejectsUnknownValues) {
   auto bad_arch = ParseInternVLConfig(R"({"vision_config": {}, "llm_config": {"architectures": ["GPT2"]}})");
   EXPECT_EQ(bad_arch.status().code(), absl::StatusCode::kInvalidArgument);

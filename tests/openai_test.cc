@@ -301,6 +301,15 @@ TEST_F(OpenAiTest, BadRequestsGetTheirStatusAndAnOpenAiErrorAndTheServerKeepsSer
                                 .dump(),
                             "application/json"),
                  400, "invalid_request_error");  // not an image: the preprocess stage's INVALID_ARGUMENT
+    // MiniMonkey's extra fields: malformed, or sent to a model that is not
+    // MiniMonkey.
+    for (const json& extra :
+         {json{{"minimonkey", 5}}, json{{"minimonkey", {{"ranges", {1, 2}}}}}, json{{"minimonkey", {{"order", 3}}}},
+          json{{"scm", "yes"}}, json{{"scm", true}}, json{{"minimonkey", {{"order", "eval"}}}}}) {
+      json body = json::parse(ok_body);
+      body.update(extra);
+      expect_error(http->Post("/v1/chat/completions", body.dump(), "application/json"), 400, "invalid_request_error");
+    }
     httplib::Client anonymous("127.0.0.1", s->http_port);
     expect_error(anonymous.Post("/v1/chat/completions", ok_body, "application/json"), 401, "authentication_error");
     httplib::Client wrong("127.0.0.1", s->http_port);
