@@ -35,10 +35,9 @@ std::vector<FlagSpec> ChatRequestFlags() {
   };
 }
 
-absl::Status MiniMonkeyFromArgs(const Args& args, ChatRequest* r) {
-  r->scm = args.Has("scm");
+absl::StatusOr<std::optional<preprocess::MiniMonkeyOptions>> MiniMonkeyTilingFromArgs(const Args& args) {
   if (!args.Get("minimonkey-order") && !args.Get("minimonkey-ranges") && !args.Get("minimonkey-rule"))
-    return absl::OkStatus();
+    return std::optional<preprocess::MiniMonkeyOptions>();
   preprocess::MiniMonkeyOptions o;
   if (auto v = args.Get("minimonkey-order")) {
     INTERNVL_ASSIGN_OR_RETURN(o.order, preprocess::ParseMiniMonkeyOrder(*v));
@@ -49,7 +48,12 @@ absl::Status MiniMonkeyFromArgs(const Args& args, ChatRequest* r) {
   if (auto v = args.Get("minimonkey-ranges")) {
     INTERNVL_RETURN_IF_ERROR(preprocess::ParseMiniMonkeyRanges(*v, &o));
   }
-  r->minimonkey = o;
+  return std::optional<preprocess::MiniMonkeyOptions>(o);
+}
+
+absl::Status MiniMonkeyFromArgs(const Args& args, ChatRequest* r) {
+  r->scm = args.Has("scm");
+  INTERNVL_ASSIGN_OR_RETURN(r->minimonkey, MiniMonkeyTilingFromArgs(args));
   return absl::OkStatus();
 }
 

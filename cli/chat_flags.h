@@ -2,6 +2,7 @@
 // (images, video, history, generation settings) and its JSON result line.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,10 @@ namespace internvl::cli {
 // --history, --max-new-tokens, --temperature, --top-p, --top-k,
 // --repetition-penalty, --seed, --json.
 std::vector<FlagSpec> ChatRequestFlags();
+
+// --minimonkey-order, --minimonkey-ranges, --minimonkey-rule as tiling
+// options (unset when none is given; the demo's defaults for the others).
+absl::StatusOr<std::optional<preprocess::MiniMonkeyOptions>> MiniMonkeyTilingFromArgs(const Args& args);
 
 // --scm, --minimonkey-order, --minimonkey-ranges, --minimonkey-rule into
 // the request (its MiniMonkey settings stay unset when none of the last three

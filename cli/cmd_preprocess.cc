@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/args.h"
+#include "cli/chat_flags.h"
 #include "cli/command.h"
 #include "core/config.h"
 #include "core/files.h"
@@ -64,23 +65,12 @@ absl::StatusOr<Request> ParseRequest(const Args& args) {
   INTERNVL_ASSIGN_OR_RETURN(double max_pixels, args.GetDouble("max-pixels", static_cast<double>(r.limits.max_pixels)));
   if (max_pixels < 1) return absl::InvalidArgumentError("--max-pixels must be positive");
   r.limits.max_pixels = static_cast<int64_t>(max_pixels);
-  if (args.Has("minimonkey")) {
-    preprocess::MiniMonkeyOptions mm;
-    mm.image_size = r.tiling.image_size;
-    if (auto v = args.Get("minimonkey-order")) {
-      INTERNVL_ASSIGN_OR_RETURN(mm.order, preprocess::ParseMiniMonkeyOrder(*v));
-    }
-    if (auto v = args.Get("minimonkey-rule")) {
-      INTERNVL_ASSIGN_OR_RETURN(mm.rule, preprocess::ParseScaleBRule(*v));
-    }
-    if (auto v = args.Get("minimonkey-ranges")) {
-      INTERNVL_RETURN_IF_ERROR(preprocess::ParseMiniMonkeyRanges(*v, &mm));
-    }
-    r.tiling.minimonkey = mm;
-  } else if (args.Get("minimonkey-order") || args.Get("minimonkey-ranges") || args.Get("minimonkey-rule")) {
+  INTERNVL_ASSIGN_OR_RETURN(r.tiling.minimonkey, MiniMonkeyTilingFromArgs(args));
+  if (args.Has("minimonkey") && !r.tiling.minimonkey) r.tiling.minimonkey = preprocess::MiniMonkeyOptions();
+  if (r.tiling.minimonkey && !args.Has("minimonkey"))
     return absl::InvalidArgumentError(
         "--minimonkey-order, --minimonkey-ranges and --minimonkey-rule need --minimonkey");
-  }
+  if (r.tiling.minimonkey) r.tiling.minimonkey->image_size = r.tiling.image_size;
   INTERNVL_RETURN_IF_ERROR(preprocess::ValidateTilingOptions(r.tiling));
   return r;
 }
