@@ -310,6 +310,10 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
   // limit is refused before any pixel is decoded (the exact count after
   // tiling is checked again). A header that does not parse is left to the
   // preprocess stage to report.
+  // SCM's block is scale A's grid of the (only) image x 256 tokens: also
+  // known from its header.
+  int64_t scm_high_tokens = 0;
+  absl::Status first_header = absl::OkStatus();
   if (video == nullptr && request.images_size() > 0) {
     preprocess::TilingOptions tiling;
     tiling.max_num = request.max_num() > 0 ? request.max_num() : prompt_->config().max_dynamic_patch;
@@ -318,13 +322,16 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
     tiling.minimonkey = msac;
     int64_t tiles = 0;
     bool known = true;
-    for (const std::string& image : request.images()) {
-      auto header = preprocess::ProbeImage(image);
+    for (int i = 0; i < request.images_size(); ++i) {
+      auto header = preprocess::ProbeImage(request.images(i));
       if (!header.ok()) {
+        if (i == 0) first_header = header.status();
         known = false;
         break;
       }
-      tiles += preprocess::PlanTiles(header->width, header->height, tiling).count;
+      const preprocess::TilePlan plan = preprocess::PlanTiles(header->width, header->height, tiling);
+      if (i == 0 && request.scm()) scm_high_tokens = plan.grid.count() * prompt_->config().num_image_token();
+      tiles += plan.count;
     }
     if (known) INTERNVL_RETURN_IF_ERROR(checked.check_tiles(tiles));
   }
@@ -341,15 +348,9 @@ absl::Status ChatService::Run(const v1::ChatRequest& request, const std::string*
     if (msac) *pre.mutable_tiling()->mutable_minimonkey() = services::MiniMonkeyToProto(*msac);
     INTERNVL_ASSIGN_OR_RETURN(media, stages_->EncodeImages(pre, checked));
   }
-  // SCM's block: scale A's grid of the image (from its header) x 256.
-  int64_t scm_high_tokens = 0;
-  if (request.scm()) {
-    INTERNVL_ASSIGN_OR_RETURN(preprocess::ImageHeader header, preprocess::ProbeImage(request.images(0)));
-    preprocess::TilingOptions tiling;
-    tiling.minimonkey = msac;
-    scm_high_tokens = static_cast<int64_t>(preprocess::PlanTiles(header.width, header.height, tiling).grid.count()) *
-                      prompt_->config().num_image_token();
-  }
+  // The encoder decoded an image whose header ProbeImage could not read.
+  if (request.scm() && scm_high_tokens == 0)
+    return first_header.ok() ? absl::InternalError("SCM: no image header") : first_header;
 
   // The prompt, exactly as chat() builds it.
   INTERNVL_ASSIGN_OR_RETURN(std::vector<int> ids, prompt_->PromptIds(chat, media.num_patches));

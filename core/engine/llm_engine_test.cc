@@ -226,6 +226,24 @@ TEST(LlmEngine, ImageRowsReplaceContextTokensAndKeyThePrefix) {
   EXPECT_EQ((*engine)->Submit(bad).status().code(), absl::StatusCode::kInvalidArgument);
   bad.image_embeddings = *TensorToHost(at::randn({20, 32}));
   EXPECT_EQ((*engine)->Submit(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  // SCM: a block reaching the prompt's end (the 20 rows start at 6 of 31
+  // positions), a client's huge value, and no image are refused before any
+  // forward; a block that fits drops H/2 + 1 positions.
+  for (int64_t high : {int64_t{25}, int64_t{1} << 40}) {
+    EngineRequest scm = r;
+    scm.scm_high_tokens = high;
+    EXPECT_EQ((*engine)->Submit(scm).status().code(), absl::StatusCode::kInvalidArgument) << high;
+  }
+  EngineRequest text = Request(Prompt(6, 1), 1);
+  text.scm_high_tokens = 4;
+  EXPECT_EQ((*engine)->Submit(text).status().code(), absl::StatusCode::kInvalidArgument);
+  EngineRequest scm = r;
+  scm.scm_high_tokens = 20;
+  auto compressed = (*engine)->Generate(scm);
+  ASSERT_TRUE(compressed.ok()) << compressed.status();
+  EXPECT_EQ(compressed->scm.length_before, n);
+  EXPECT_EQ(compressed->prompt_tokens, n - 11);
+  EXPECT_EQ(compressed->scm.kept_offsets.size(), 10u);
 }
 
 TEST(LlmEngine, RefusesBadRequests) {
