@@ -5,7 +5,7 @@ target_link_libraries(bench_decode PRIVATE internvl_llm)
 
 # Whole-pipeline time to first token + decode speed for make-model --like
 # InternVL2-1B (not a CTest test: minutes on 2 cores).
-if(TARGET internvl_chat AND TARGET internvl_modelgen)
+if(TARGET internvl_chat AND TARGET internvl_modelgen AND TARGET internvl_opencv)
   add_executable(bench_ttft ${CMAKE_CURRENT_LIST_DIR}/bench_ttft.cc)
   internvl_target_defaults(bench_ttft)
   target_link_libraries(bench_ttft PRIVATE internvl_chat internvl_modelgen internvl_llm internvl_opencv)

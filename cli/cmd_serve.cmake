@@ -3,7 +3,7 @@
 internvl_skipped(${PROJECT_SOURCE_DIR}/gateway skip_gateway)
 internvl_skipped(${PROJECT_SOURCE_DIR}/services skip_services)
 if(EXISTS ${PROJECT_SOURCE_DIR}/gateway/CMakeLists.txt AND EXISTS ${PROJECT_SOURCE_DIR}/services/CMakeLists.txt
-   AND NOT skip_gateway AND NOT skip_services)
+   AND NOT skip_gateway AND NOT skip_services AND INTERNVL_WITH_SERVICES)
   target_sources(internvl PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/cmd_serve.cc)
   target_link_libraries(internvl PRIVATE internvl_gateway_embedded internvl_hub)
 endif()

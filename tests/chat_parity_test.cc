@@ -45,7 +45,9 @@ class ChatParity : public ::testing::TestWithParam<const char*> {
     pipeline_ = std::move(*p);
   }
 
-  std::string Image(const std::string& name) { return *ReadFile(fixtures_ + "/inputs/" + name + ".png"); }
+  std::string Image(const std::string& name) {
+    return *ReadFile(::internvl::testing::FixtureImagePath(fixtures_ + "/inputs/" + name + ".png"));
+  }
 
   // Row `row` of X_generated_ids, cut after the first stop id (HF pads
   // finished rows of a batch with eos).

@@ -9,6 +9,11 @@
 #   ctest -L image --output-on-failure        (or INTERNVL_IMAGE_TEST=1 scripts/test.sh)
 # Skipped (exit 77) where no container engine can start a container, or
 # without the fixtures.
+# The image holds the whole tree: not registered in a trimmed build
+# (INTERNVL_WITH_SERVICES / INTERNVL_WITH_MEDIA off).
+if(NOT INTERNVL_WITH_SERVICES OR NOT INTERNVL_WITH_MEDIA)
+  return()
+endif()
 add_test(NAME image_build_test COMMAND ${PROJECT_SOURCE_DIR}/deploy/build_image.sh)
 set_tests_properties(image_build_test PROPERTIES LABELS "image" TIMEOUT 5400 RUN_SERIAL TRUE SKIP_RETURN_CODE 77
                      ENVIRONMENT "IMAGE=internvl:ctest")

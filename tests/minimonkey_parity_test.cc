@@ -52,7 +52,8 @@ class MiniMonkeyParity : public ::testing::Test {
   ChatRequest Request(const json& c) {
     ChatRequest r;
     r.question = ref_["question"].get<std::string>();
-    r.images = {*ReadFile(fixtures_ + "/inputs/" + c["image"].get<std::string>())};
+    r.images = {
+        *ReadFile(::internvl::testing::FixtureImagePath(fixtures_ + "/inputs/" + c["image"].get<std::string>()))};
     preprocess::MiniMonkeyOptions o;
     o.a_min = c["min_max_scale_a"][0];
     o.a_max = c["min_max_scale_a"][1];

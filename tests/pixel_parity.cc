@@ -4,12 +4,13 @@
 #include <cstdlib>
 
 #include "core/files.h"
+#include "core/testing/fixtures.h"
 #include "gtest/gtest.h"
 
 namespace internvl::testing {
 
 preprocess::RgbImage LoadPng(const std::string& path) {
-  auto bytes = ReadFile(path);
+  auto bytes = ReadFile(FixtureImagePath(path));
   EXPECT_TRUE(bytes.ok()) << bytes.status();
   if (!bytes.ok()) return {};
   auto image = preprocess::DecodeImage(*bytes);

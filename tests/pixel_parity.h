@@ -16,7 +16,8 @@ namespace internvl::testing {
 inline constexpr double kMaxAbsTolerance = 0.02;
 inline constexpr double kMeanAbsTolerance = 0.002;
 
-// A reference PNG decoded as our pipeline decodes it (test failure if not).
+// A reference PNG (its PPM sidecar without media, FixtureImagePath) decoded as
+// our pipeline decodes it (test failure if not).
 preprocess::RgbImage LoadPng(const std::string& path);
 
 struct U8Diff {

@@ -6,13 +6,12 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "core/config.h"
 #include "core/files.h"
 #include "core/nn/torch_util.h"
+#include "core/preprocess/image.h"
 #include "core/preprocess/tiling.h"
 #include "core/safetensors.h"
 #include "core/testing/fixtures.h"
@@ -30,13 +29,15 @@ constexpr double kFp32RelTol = 1e-4;  // max abs err / max abs of reference
 constexpr double kOfficialBf16ErrorFactor = 2.0;
 const int kVideoFrames[] = {7, 23, 38, 53, 69, 85, 100, 115};
 
-// A reference tile PNG -> normalised float32 [3,S,S] as ToTensor + Normalize.
+// A reference tile PNG (its PPM sidecar without media) -> normalised float32
+// [3,S,S] as ToTensor + Normalize.
 at::Tensor LoadTile(const std::string& path) {
-  cv::Mat bgr = cv::imread(path, cv::IMREAD_COLOR);
-  EXPECT_FALSE(bgr.empty()) << path;
-  cv::Mat rgb;
-  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
-  at::Tensor u8 = at::from_blob(rgb.data, {rgb.rows, rgb.cols, 3}, at::kByte).clone();
+  auto bytes = ReadFile(::internvl::testing::FixtureImagePath(path));
+  EXPECT_TRUE(bytes.ok()) << bytes.status();
+  auto rgb = preprocess::DecodeImage(bytes.ok() ? *bytes : "");
+  EXPECT_TRUE(rgb.ok()) << path << ": " << rgb.status();
+  if (!rgb.ok()) return at::zeros({3, 1, 1});
+  at::Tensor u8 = at::from_blob(rgb->data.data(), {rgb->height, rgb->width, 3}, at::kByte).clone();
   at::Tensor x = u8.permute({2, 0, 1}).to(at::kFloat) / 255.0f;
   at::Tensor mean = at::tensor({kImageNetMean[0], kImageNetMean[1], kImageNetMean[2]}).view({3, 1, 1});
   at::Tensor std = at::tensor({kImageNetStd[0], kImageNetStd[1], kImageNetStd[2]}).view({3, 1, 1});
@@ -98,7 +99,8 @@ TEST_P(VisionParity, CaseAFromOurPreprocessingMatchesVitEmbedsAndHiddenState) {
   // Case A: load_image('img_300x1200.png', max_num=3) -> grid 1x3 + thumbnail.
   preprocess::TilingOptions tiling;
   tiling.max_num = 3;
-  auto tiles = preprocess::LoadImageTiles(*ReadFile(fixtures + "/inputs/img_300x1200.png"), tiling);
+  auto tiles = preprocess::LoadImageTiles(
+      *ReadFile(::internvl::testing::FixtureImagePath(fixtures + "/inputs/img_300x1200.png")), tiling);
   ASSERT_TRUE(tiles.ok()) << tiles.status();
   ASSERT_EQ(tiles->count, 4);
   at::Tensor px = at::empty({tiles->count, 3, tiles->size, tiles->size});
@@ -137,7 +139,8 @@ TEST_P(VisionParity, Bf16WithinTwiceOfficialError) {
   ASSERT_GT(official, 0);
   preprocess::TilingOptions tiling;
   tiling.max_num = 3;
-  auto tiles = preprocess::LoadImageTiles(*ReadFile(fixtures + "/inputs/img_300x1200.png"), tiling);
+  auto tiles = preprocess::LoadImageTiles(
+      *ReadFile(::internvl::testing::FixtureImagePath(fixtures + "/inputs/img_300x1200.png")), tiling);
   ASSERT_TRUE(tiles.ok()) << tiles.status();
   at::Tensor px = at::empty({tiles->count, 3, tiles->size, tiles->size});
   preprocess::NormalizeTiles(*tiles, px.data_ptr<float>());

@@ -1,6 +1,7 @@
 #include <cstring>
 #include <memory>
 
+#ifndef INTERNVL_NO_MEDIA
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 
@@ -9,6 +10,7 @@ extern "C" {
 #include <libavutil/error.h>
 #include <libavutil/pixfmt.h>
 }
+#endif
 
 #include "absl/strings/str_cat.h"
 #include "core/preprocess/image.h"
@@ -103,6 +105,87 @@ absl::StatusOr<ImageHeader> ProbeBmp(const uint8_t* p, size_t n) {
   return h;
 }
 
+// Netpbm binary PGM (P5) / PPM (P6), maxval 255 only: magic, width, height
+// and maxval as decimal tokens separated by whitespace and '#' comments (to
+// the end of the line), then exactly one whitespace byte, then the raster.
+struct PnmHeader {
+  ImageHeader image;
+  int channels = 0;
+  size_t data_offset = 0;
+};
+
+bool IsPnmSpace(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+absl::StatusOr<PnmHeader> ParsePnm(const uint8_t* p, size_t n) {
+  PnmHeader h;
+  h.image.format = p[1] == '6' ? ImageFormat::kPpm : ImageFormat::kPgm;
+  h.channels = p[1] == '6' ? kRgbChannels : 1;
+  const char* name = ImageFormatName(h.image.format);
+  size_t pos = 2;
+  if (pos < n && !IsPnmSpace(p[pos]) && p[pos] != '#')
+    return absl::InvalidArgumentError(absl::StrCat(name, " magic number is not followed by whitespace"));
+  auto next_number = [&](const char* what) -> absl::StatusOr<int64_t> {
+    while (pos < n && (IsPnmSpace(p[pos]) || p[pos] == '#')) {
+      if (p[pos] == '#') {
+        while (pos < n && p[pos] != '\n' && p[pos] != '\r') ++pos;
+      } else {
+        ++pos;
+      }
+    }
+    if (pos >= n) return Truncated(h.image.format);
+    if (p[pos] < '0' || p[pos] > '9')
+      return absl::InvalidArgumentError(absl::StrCat(name, " header has no valid ", what));
+    int64_t v = 0;
+    for (; pos < n && p[pos] >= '0' && p[pos] <= '9'; ++pos) {
+      v = v * 10 + (p[pos] - '0');
+      if (v > INT32_MAX) return absl::InvalidArgumentError(absl::StrCat(name, " ", what, " is out of range"));
+    }
+    if (pos >= n) return Truncated(h.image.format);
+    if (!IsPnmSpace(p[pos]) && p[pos] != '#')
+      return absl::InvalidArgumentError(absl::StrCat(name, " header has no valid ", what));
+    return v;
+  };
+  INTERNVL_ASSIGN_OR_RETURN(const int64_t width, next_number("width"));
+  INTERNVL_ASSIGN_OR_RETURN(const int64_t height, next_number("height"));
+  INTERNVL_ASSIGN_OR_RETURN(const int64_t maxval, next_number("maxval"));
+  if (!IsPnmSpace(p[pos]))  // a comment may not sit between maxval and the raster
+    return absl::InvalidArgumentError(absl::StrCat(name, " maxval must be followed by one whitespace byte"));
+  if (maxval != 255)
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " maxval ", maxval, " is not supported (only 8-bit samples, maxval 255)"));
+  h.image.width = static_cast<int>(width);
+  h.image.height = static_cast<int>(height);
+  h.data_offset = pos + 1;
+  return h;
+}
+
+// The raster must be exactly height rows of width samples of `channels`
+// bytes: short data is a truncated file, extra bytes are not an image we read.
+absl::StatusOr<RgbImage> DecodePnm(absl::string_view bytes, const PnmHeader& h) {
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
+  const uint64_t pixels = static_cast<uint64_t>(h.image.width) * static_cast<uint64_t>(h.image.height);
+  const uint64_t expected = pixels * h.channels;
+  const uint64_t got = bytes.size() - h.data_offset;
+  const char* name = ImageFormatName(h.image.format);
+  if (got < expected)
+    return absl::InvalidArgumentError(absl::StrCat(name, " data is truncated: ", got, " of ", expected, " bytes"));
+  if (got > expected)
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " has ", got - expected, " bytes after its ", expected, "-byte raster"));
+  RgbImage out;
+  out.width = h.image.width;
+  out.height = h.image.height;
+  out.data.resize(pixels * kRgbChannels);
+  const uint8_t* src = p + h.data_offset;
+  if (h.channels == kRgbChannels) {
+    std::memcpy(out.data.data(), src, out.data.size());
+  } else {  // grayscale replicated to R=G=B, as Pillow's L->RGB
+    for (uint64_t i = 0; i < pixels; ++i) std::memset(out.data.data() + kRgbChannels * i, src[i], kRgbChannels);
+  }
+  return out;
+}
+
+#ifndef INTERNVL_NO_MEDIA
 // RAII for the libavcodec objects.
 struct AvCodecContextDeleter {
   void operator()(AVCodecContext* c) const { avcodec_free_context(&c); }
@@ -294,6 +377,7 @@ absl::StatusOr<RgbImage> DecodeWithOpenCv(absl::string_view bytes, const ImageHe
   }
   return out;
 }
+#endif  // INTERNVL_NO_MEDIA
 
 }  // namespace
 
@@ -304,6 +388,8 @@ const char* ImageFormatName(ImageFormat format) {
     case ImageFormat::kWebp: return "WebP";
     case ImageFormat::kBmp: return "BMP";
     case ImageFormat::kGif: return "GIF";
+    case ImageFormat::kPpm: return "PPM";
+    case ImageFormat::kPgm: return "PGM";
   }
   return "?";
 }
@@ -329,9 +415,16 @@ absl::StatusOr<ImageHeader> ProbeImage(absl::string_view bytes) {
     header = ProbeBmp(p, n);
   } else if (n >= 12 && StartsWith(bytes, "RIFF") && std::memcmp(p + 8, "WEBP", 4) == 0) {
     header = ProbeWebp(p, n);
+  } else if (StartsWith(bytes, "P6") || StartsWith(bytes, "P5")) {
+    auto pnm = ParsePnm(p, n);
+    if (!pnm.ok()) return pnm.status();
+    header = pnm->image;
   } else {
-    return absl::InvalidArgumentError(
-        "unknown image format (supported: JPEG, PNG, WebP, BMP, GIF)");
+#ifdef INTERNVL_NO_MEDIA
+    return absl::InvalidArgumentError("unknown image format (supported in this build: PPM, PGM)");
+#else
+    return absl::InvalidArgumentError("unknown image format (supported: JPEG, PNG, WebP, BMP, GIF, PPM, PGM)");
+#endif
   }
   if (!header.ok()) return header.status();
   if (header->width <= 0 || header->height <= 0)
@@ -349,6 +442,16 @@ absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes, const DecodeLimits
                                                      " pixels, over the limit of ", limits.max_pixels));
   if (bytes.size() > static_cast<size_t>(INT32_MAX))
     return absl::ResourceExhaustedError("encoded image is larger than 2 GiB");
+  if (header.format == ImageFormat::kPpm || header.format == ImageFormat::kPgm) {
+    INTERNVL_ASSIGN_OR_RETURN(const PnmHeader pnm,
+                              ParsePnm(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+    return DecodePnm(bytes, pnm);
+  }
+#ifdef INTERNVL_NO_MEDIA
+  return absl::FailedPreconditionError(
+      absl::StrCat("cannot decode ", ImageFormatName(header.format),
+                   ": this build has no image codecs (built with INTERNVL_WITH_MEDIA=OFF): only PPM/PGM images"));
+#else
   switch (header.format) {
     case ImageFormat::kGif:
       if (!GifFirstImageIsComplete(bytes))
@@ -360,6 +463,7 @@ absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes, const DecodeLimits
     default:
       return DecodeWithOpenCv(bytes, header);
   }
+#endif
 }
 
 }  // namespace internvl::preprocess

@@ -3,9 +3,12 @@
 // (Pillow 9.4). The services receive bytes, so nothing here touches files.
 //
 // Formats: JPEG, PNG, WebP, BMP (OpenCV's decoders, linked against the same
-// libjpeg-turbo / libpng / libwebp families Pillow uses) and GIF (first frame,
-// FFmpeg's libavcodec gif decoder: Debian's OpenCV 4.6 has no GIF reader).
-// Anything else is rejected before any decoder runs.
+// libjpeg-turbo / libpng / libwebp families Pillow uses), GIF (first frame,
+// FFmpeg's libavcodec gif decoder: Debian's OpenCV 4.6 has no GIF reader) and
+// binary PPM (P6) / PGM (P5) with maxval 255 (our own parser, no codec).
+// Anything else is rejected before any decoder runs. A build without media
+// (INTERNVL_WITH_MEDIA=OFF, no OpenCV/FFmpeg) decodes PPM/PGM only; the other
+// formats are still probed but decoding them is FAILED_PRECONDITION.
 //
 // Conversion to RGB follows Pillow's convert('RGB'):
 //  - grayscale is replicated to R=G=B;
@@ -30,8 +33,9 @@
 // truncated JPEGs (no EOI marker, which libjpeg would silently pad with grey)
 // and GIFs whose first image's data is cut short (libavcodec would return a
 // partial frame) are refused, as Pillow refuses truncated files, and decoder
-// failures become statuses. Bad media is
-// INVALID_ARGUMENT; an image over DecodeLimits is RESOURCE_EXHAUSTED.
+// failures become statuses. PPM/PGM rasters must be exactly width * height
+// samples long. Bad media is INVALID_ARGUMENT; an image over DecodeLimits is
+// RESOURCE_EXHAUSTED.
 #pragma once
 
 #include <cstdint>
@@ -65,7 +69,7 @@ struct DecodeLimits {
   int64_t max_pixels = kDefaultMaxImagePixels;
 };
 
-enum class ImageFormat { kJpeg, kPng, kWebp, kBmp, kGif };
+enum class ImageFormat { kJpeg, kPng, kWebp, kBmp, kGif, kPpm, kPgm };
 const char* ImageFormatName(ImageFormat format);
 
 // What the container header says, without decoding pixels.
@@ -77,13 +81,14 @@ struct ImageHeader {
 
 // Identifies the format by its magic bytes and reads the dimensions from the
 // header (PNG IHDR, JPEG SOFn, GIF logical screen, BMP info header, WebP
-// VP8/VP8L/VP8X). INVALID_ARGUMENT for empty input, an unknown format, a
+// VP8/VP8L/VP8X, the PPM/PGM header up to maxval). INVALID_ARGUMENT for empty input, an unknown format, a
 // header that is cut short, or zero/negative dimensions.
 absl::StatusOr<ImageHeader> ProbeImage(absl::string_view bytes);
 
 // Decodes encoded image bytes to RGB as Pillow's open().convert('RGB') does
 // (see the file comment). INVALID_ARGUMENT for empty / unknown / corrupt /
-// truncated input; RESOURCE_EXHAUSTED when width * height > limits.max_pixels.
+// truncated input; RESOURCE_EXHAUSTED when width * height > limits.max_pixels;
+// FAILED_PRECONDITION for a format other than PPM/PGM in a build without media.
 // Thread-safe.
 absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes,
                                      const DecodeLimits& limits = DecodeLimits());

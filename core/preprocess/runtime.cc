@@ -11,12 +11,16 @@
 #include <memory>
 #include <mutex>
 #include <new>
-#include <opencv2/core.hpp>
-#include <opencv2/imgcodecs.hpp>
+#include <string>
 #include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
+
+#ifndef INTERNVL_NO_MEDIA
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#endif
 
 #include "core/preprocess/image.h"
 #include "core/preprocess/tiling.h"
@@ -216,14 +220,21 @@ void ParallelFor(int n, const std::function<void(int)>& fn) {
 void WarmUpPreprocess() {
   Pool::Get().EnsureWorkers(GetPreprocessRuntime().threads - 1);
   // A small JPEG through the whole pipeline: OpenCV's codec table, libjpeg,
-  // the kernels' code pages.
+  // the kernels' code pages (a PPM without media: no codecs to warm).
   constexpr int kSide = 64;
+#ifdef INTERNVL_NO_MEDIA
+  std::string ppm = "P6\n" + std::to_string(kSide) + " " + std::to_string(kSide) + "\n255\n";
+  for (int i = 0; i < kSide * kSide; ++i) ppm += "\xE0\x80\x20";
+  const absl::string_view image = ppm;
+#else
   const cv::Mat bgr(kSide, kSide, CV_8UC3, cv::Scalar(32, 128, 224));
   std::vector<uchar> jpeg;
   if (!cv::imencode(".jpg", bgr, jpeg)) return;
+  const absl::string_view image(reinterpret_cast<const char*>(jpeg.data()), jpeg.size());
+#endif
   TilingOptions options;
   options.image_size = kSide / 2;  // a 2x2 grid and a thumbnail: both passes
-  auto tiles = LoadImageTiles(absl::string_view(reinterpret_cast<const char*>(jpeg.data()), jpeg.size()), options);
+  auto tiles = LoadImageTiles(image, options);
   if (!tiles.ok()) return;
   std::vector<float> pixels(static_cast<size_t>(tiles->count) * kRgbChannels * tiles->size * tiles->size);
   NormalizeTiles(*tiles, pixels.data());

@@ -35,6 +35,14 @@ std::string SourceDir() {
 std::optional<std::string> FixturesDir() { return Locate("INTERNVL_FIXTURES", "fixtures"); }
 std::optional<std::string> TokenizersDir() { return Locate("INTERNVL_TOKENIZERS", "tokenizers"); }
 
+std::string FixtureImagePath(const std::string& png_path) {
+#ifdef INTERNVL_NO_MEDIA
+  return fs::path(png_path).replace_extension(".ppm").string();
+#else
+  return png_path;
+#endif
+}
+
 bool InCI() {
   const char* ci = std::getenv("CI");
   return ci != nullptr && std::string(ci) == "true";

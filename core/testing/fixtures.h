@@ -14,6 +14,10 @@ namespace internvl::testing {
 
 std::optional<std::string> FixturesDir();
 std::optional<std::string> TokenizersDir();
+// A fixture image to read, given its PNG's path: the PNG itself, or in a build
+// without image codecs (INTERNVL_WITH_MEDIA=OFF) its PPM sidecar, the same
+// path with the extension replaced by .ppm (scripts/fixture_ppm.py makes them).
+std::string FixtureImagePath(const std::string& png_path);
 // The repository root (tests get INTERNVL_SOURCE_DIR from CTest).
 std::string SourceDir();
 // A fresh empty temporary directory, removed at exit.
