@@ -149,12 +149,14 @@ std::vector<FlagSpec> EngineFlags() {
        true, false, "none"},
       {"vision-batch-tiles", "tiles of concurrent requests encoded in one vision forward", true, false, "16"},
       {"vision-batch-wait-ms", "how long a vision encode waits for others to join its batch", true, false, "2"},
+      {"device", "where the models run: cpu, cuda or cuda:N (a CUDA libtorch build)", true, false, "cpu"},
   };
 }
 
 absl::Status EngineOptionsFromArgs(const Args& args, EngineOptions* o) {
   o->dtype = args.GetOr("dtype", o->dtype);
   INTERNVL_ASSIGN_OR_RETURN(o->threads, args.GetInt("threads", o->threads));
+  o->device = args.GetOr("device", o->device);
   LlmEngineOptions& l = o->llm;
   INTERNVL_ASSIGN_OR_RETURN(double bytes, args.GetDouble("kv-cache-bytes", static_cast<double>(l.kv_cache_bytes)));
   if (bytes < 0 || bytes > 9e18) return absl::InvalidArgumentError("--kv-cache-bytes must be >= 0");

@@ -48,6 +48,7 @@ int Run(const std::vector<std::string>& argv) {
   PipelineOptions options;
   options.dtype = engine.dtype;
   options.threads = engine.threads;
+  options.device = engine.device;
   options.llm = engine.llm;
   options.vision_batching = engine.vision_batching;
   options.minimonkey = args->Has("minimonkey");

@@ -38,6 +38,7 @@ const std::vector<FlagSpec>& Specs() {
       {"max-num", "maximum number of tiles (thumbnail not counted)", true, false, "12"},
       {"dtype", "compute dtype: fp32 or bf16", true, false, "bf16"},
       {"threads", "intra-op threads (0 = all cores)", true, false, "0"},
+      {"device", "where the vision model runs: cpu, cuda or cuda:N", true, false, "cpu"},
       {"help", "show this help", false, false, ""},
   };
   return *specs;
@@ -64,7 +65,9 @@ absl::StatusOr<std::string> Encode(const Args& args) {
   HostTensor pixels(DType::kF32, {n, c, s, s});
   preprocess::NormalizeTiles(tiles, pixels.data<float>());
   const auto t1 = std::chrono::steady_clock::now();
-  INTERNVL_ASSIGN_OR_RETURN(auto model, VisionModel::Load(model_dir, VisionOptions{.dtype = args.GetOr("dtype", "bf16")}));
+  INTERNVL_ASSIGN_OR_RETURN(auto model,
+                            VisionModel::Load(model_dir, VisionOptions{.dtype = args.GetOr("dtype", "bf16"),
+                                                                       .device = args.GetOr("device", "cpu")}));
   const auto t2 = std::chrono::steady_clock::now();
   INTERNVL_ASSIGN_OR_RETURN(HostTensor embeds, model->ExtractFeature(pixels));
   const auto t3 = std::chrono::steady_clock::now();

@@ -103,6 +103,7 @@ const std::vector<FlagSpec>& Specs() {
         {"grad-accum", "micro-batches per optimizer step", true, false, absl::StrCat(d.grad_accum)},
         {"loss-reduction", "token (mean over tokens), sample or square (InternVL2.5)", true, false, d.loss_reduction},
         {"dtype", "fp32 or bf16 (bf16 weights with an fp32 master copy)", true, false, d.dtype},
+        {"device", "where training runs: cpu, cuda or cuda:N (ranks all-reduce over Gloo)", true, false, d.device},
         {"gradient-checkpointing", "recompute activations in the backward pass (less memory)", false, false, ""},
         {"shuffle", "shuffle the samples each epoch (default: sequential order)", false, false, ""},
         {"freeze-backbone", "freeze the vision encoder (--no-freeze-backbone or --freeze-backbone=false: train it)",
@@ -223,6 +224,7 @@ absl::StatusOr<TrainCommand> ParseTrainCommand(const Args& args) {
   INTERNVL_ASSIGN_OR_RETURN(o.grad_accum, args.GetInt("grad-accum", o.grad_accum));
   o.loss_reduction = args.GetOr("loss-reduction", o.loss_reduction);
   o.dtype = args.GetOr("dtype", o.dtype);
+  o.device = args.GetOr("device", o.device);
   INTERNVL_RETURN_IF_ERROR(GetBool(args, "gradient-checkpointing", &o.gradient_checkpointing));
   INTERNVL_RETURN_IF_ERROR(GetBool(args, "shuffle", &o.shuffle));
   INTERNVL_RETURN_IF_ERROR(GetBool(args, "freeze-backbone", &o.freeze_backbone));

@@ -12,6 +12,7 @@
 #include "core/nn/torch_util.h"
 #include "core/safetensors.h"
 #include "core/testing/fixtures.h"
+#include "core/testing/test_device.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -36,6 +37,7 @@ class ChatParity : public ::testing::TestWithParam<const char*> {
     ASSERT_TRUE(file.ok()) << file.status();
     tensors_ = std::move(*file);
     PipelineOptions options = PipelineOptions::Of("fp32", 2);
+    options.device = ::internvl::testing::TestDevice();
     // A small step budget: the ~1200-2300-token prompts are prefilled in
     // chunks, interleaved with other sequences' decodes.
     options.llm.max_batched_tokens = 256;

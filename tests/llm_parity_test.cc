@@ -35,6 +35,7 @@
 #include "core/nn/torch_util.h"
 #include "core/safetensors.h"
 #include "core/testing/fixtures.h"
+#include "core/testing/test_device.h"
 #include "core/vision/vision_model_torch.h"
 #include "gtest/gtest.h"
 
@@ -83,7 +84,7 @@ Fixture LoadFixture(const std::string& dir) {
 }
 
 std::vector<int64_t> ToVector(const at::Tensor& t) {
-  at::Tensor c = t.to(at::kLong).contiguous();
+  at::Tensor c = t.to(at::kCPU, at::kLong).contiguous();
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
 }
 std::vector<int64_t> ToVectorOf(const at::Tensor& t) { return ToVector(t); }
@@ -109,6 +110,7 @@ std::unique_ptr<LlmEngine> Engine(std::unique_ptr<CausalLM> lm, int64_t max_batc
   o.kv_cache_bytes = int64_t{64} << 20;
   o.max_batched_tokens = max_batched_tokens;
   o.threads = 2;
+  o.device = testing::TestDevice();
   auto engine = CreateLlmEngine(std::move(lm), o);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return engine.ok() ? std::move(*engine) : nullptr;
@@ -192,7 +194,7 @@ at::Tensor TeacherForcedFp32(const Fixture& f, const std::string& model, char c)
   static std::map<std::string, at::Tensor> cache;
   at::Tensor& logits = cache[absl::StrCat(model, "/", std::string(1, c))];
   if (logits.defined()) return logits;
-  auto lm = CausalLM::Load(f.config.llm, *f.weights, Precision{at::kFloat, at::kBFloat16});
+  auto lm = CausalLM::Load(f.config.llm, *f.weights, testing::OnTestDevice(Precision{at::kFloat, at::kBFloat16}));
   EXPECT_TRUE(lm.ok()) << lm.status();
   if (!lm.ok()) return at::Tensor();
   at::InferenceMode guard;
@@ -215,7 +217,7 @@ at::Tensor TeacherForcedFp32(const Fixture& f, const std::string& model, char c)
 
 // top1 - top2 of each row of logits [S, V].
 std::vector<double> Margins(const at::Tensor& logits) {
-  const at::Tensor top = std::get<0>(logits.topk(2, -1)).to(at::kDouble);
+  const at::Tensor top = std::get<0>(logits.topk(2, -1)).to(at::kCPU, at::kDouble);
   const at::Tensor m = (top.select(1, 0) - top.select(1, 1)).contiguous();
   return std::vector<double>(m.data_ptr<double>(), m.data_ptr<double>() + m.numel());
 }
@@ -317,7 +319,7 @@ class LlmParity : public ::testing::TestWithParam<std::string> {};
 TEST_P(LlmParity, Fp32LogitsAndGreedyIdsMatchReference) {
   INTERNVL_REQUIRE_FIXTURES(fixtures);
   const Fixture f = LoadFixture(fixtures + "/" + GetParam());
-  auto lm = CausalLM::Load(f.config.llm, *f.weights, at::kFloat);
+  auto lm = CausalLM::Load(f.config.llm, *f.weights, testing::OnTestDevice(Precision::Uniform(at::kFloat)));
   ASSERT_TRUE(lm.ok()) << lm.status();
   const std::vector<char> cases = {'A', 'B', 'D', 'E'};
   {
@@ -377,7 +379,7 @@ TEST_P(LlmParity, Fp32LogitsAndGreedyIdsMatchReference) {
 TEST_P(LlmParity, LeftPaddedBatchMatchesPerSequenceReference) {
   INTERNVL_REQUIRE_FIXTURES(fixtures);
   const Fixture f = LoadFixture(fixtures + "/" + GetParam());
-  auto lm = CausalLM::Load(f.config.llm, *f.weights, at::kFloat);
+  auto lm = CausalLM::Load(f.config.llm, *f.weights, testing::OnTestDevice(Precision::Uniform(at::kFloat)));
   ASSERT_TRUE(lm.ok()) << lm.status();
   at::InferenceMode guard;
   const at::Tensor ids_a = f.Get("A_input_ids"), ids_d = f.Get("D_input_ids");
@@ -419,7 +421,7 @@ TEST_P(LlmParity, LeftPaddedBatchMatchesPerSequenceReference) {
 TEST_P(LlmParity, Bf16WeightsFp32ComputeMatchReference) {
   INTERNVL_REQUIRE_FIXTURES(fixtures);
   const Fixture f = LoadFixture(fixtures + "/" + GetParam());
-  auto lm = CausalLM::Load(f.config.llm, *f.weights, Precision{at::kFloat, at::kBFloat16});
+  auto lm = CausalLM::Load(f.config.llm, *f.weights, testing::OnTestDevice(Precision{at::kFloat, at::kBFloat16}));
   ASSERT_TRUE(lm.ok()) << lm.status();
   ASSERT_EQ((*lm)->weight_dtype(), at::kBFloat16);
   const std::vector<GemvKernel> kernels = SupportedKernels();
@@ -474,7 +476,8 @@ TEST_P(LlmParity, Bf16ComputeWithinTwiceOfficialError) {
     GTEST_SKIP() << "no native bf16 matmul here: --dtype bf16 computes in fp32 (Bf16WeightsFp32ComputeMatchReference)";
   }
   const Fixture f = LoadFixture(fixtures + "/" + GetParam());
-  auto lm = CausalLM::Load(f.config.llm, *f.weights, Precision::ForRequested(at::kBFloat16));
+  auto lm =
+      CausalLM::Load(f.config.llm, *f.weights, Precision::ForRequested(at::kBFloat16, testing::TestTorchDevice()));
   ASSERT_TRUE(lm.ok()) << lm.status();
   ASSERT_EQ((*lm)->dtype(), at::kBFloat16);
   const std::vector<GemvKernel> kernels = SupportedKernels();
@@ -566,7 +569,7 @@ TEST_P(LlmParity, Bf16ComputeWithinTwiceOfficialError) {
 TEST_P(LlmParity, Bf16ComputeWithoutOneDnnWithinTwiceOfficialError) {
   INTERNVL_REQUIRE_FIXTURES(fixtures);
   const Fixture f = LoadFixture(fixtures + "/" + GetParam());
-  auto lm = CausalLM::Load(f.config.llm, *f.weights, at::kBFloat16);
+  auto lm = CausalLM::Load(f.config.llm, *f.weights, testing::OnTestDevice(Precision::Uniform(at::kBFloat16)));
   ASSERT_TRUE(lm.ok()) << lm.status();
   OneDnnOffInScope no_onednn;
   at::InferenceMode guard;

@@ -15,6 +15,7 @@
 #include "core/preprocess/minimonkey.h"
 #include "core/safetensors.h"
 #include "core/testing/fixtures.h"
+#include "core/testing/test_device.h"
 #include "core/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -41,6 +42,7 @@ class MiniMonkeyParity : public ::testing::Test {
 
   std::unique_ptr<ChatPipeline> Load(bool minimonkey) {
     PipelineOptions options = PipelineOptions::Of("fp32", 2);
+    options.device = ::internvl::testing::TestDevice();
     options.minimonkey = minimonkey;
     options.llm.max_batched_tokens = 512;
     options.llm.kv_cache_bytes = int64_t{64} << 20;

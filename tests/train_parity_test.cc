@@ -17,6 +17,7 @@
 #include "core/files.h"
 #include "core/safetensors.h"
 #include "core/testing/fixtures.h"
+#include "core/testing/test_device.h"
 #include "core/train/trainer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -89,6 +90,7 @@ TEST_P(TrainParity, FourStepsMatchTheOfficialTrainer) {
   o.model = fixtures + "/" + c.model;
   o.meta = fixtures + "/training/dataset/" + c.meta;
   o.output_dir = ::internvl::testing::TempDir() + "/" + c.config;
+  o.device = ::internvl::testing::TestDevice();
   o.conv_style = c.conv_style;
   o.lr = hp["lr"];
   o.warmup_ratio = hp["warmup_ratio"];
@@ -204,6 +206,7 @@ TEST(TrainLossReduction, SquareWeighsEachSampleByInverseSqrtOfItsTokens) {
   o.model = fixtures + "/tiny-qwen2";
   o.meta = fixtures + "/training/dataset/meta_common.json";
   o.output_dir = ::internvl::testing::TempDir() + "/square";
+  o.device = ::internvl::testing::TestDevice();
   o.conv_style = "Hermes-2";
   o.max_steps = 1;
   o.batch_size = 2;

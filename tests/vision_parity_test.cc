@@ -15,6 +15,7 @@
 #include "core/preprocess/tiling.h"
 #include "core/safetensors.h"
 #include "core/testing/fixtures.h"
+#include "core/testing/test_device.h"
 #include "core/vision/vision_model.h"
 #include "core/vision/vision_model_torch.h"
 #include "gtest/gtest.h"
@@ -55,7 +56,7 @@ class VisionParity : public ::testing::TestWithParam<const char*> {};
 TEST_P(VisionParity, VideoFrameEmbeddingsMatchReferenceFp32) {
   INTERNVL_REQUIRE_FIXTURES(fixtures);
   const std::string dir = fixtures + "/" + GetParam();
-  auto model = VisionModel::Load(dir, VisionOptions{.dtype = "fp32", .tile_batch = 3});
+  auto model = VisionModel::Load(dir, VisionOptions{.dtype = "fp32", .tile_batch = 3, .device = testing::TestDevice()});
   ASSERT_TRUE(model.ok()) << model.status();
   std::vector<at::Tensor> tiles;
   for (int idx : kVideoFrames) {
@@ -77,7 +78,7 @@ TEST_P(VisionParity, VideoFrameEmbeddingsMatchReferenceFp32) {
 TEST_P(VisionParity, ThumbnailTileMatchesReferenceAndBatchingDoesNotChangeIt) {
   INTERNVL_REQUIRE_FIXTURES(fixtures);
   const std::string dir = fixtures + "/" + GetParam();
-  auto model = VisionModel::Load(dir, VisionOptions{.dtype = "fp32", .tile_batch = 1});
+  auto model = VisionModel::Load(dir, VisionOptions{.dtype = "fp32", .tile_batch = 1, .device = testing::TestDevice()});
   ASSERT_TRUE(model.ok()) << model.status();
   // Case A is img_300x1200 at max_num 3: grid 1x3 plus the thumbnail, which is
   // the same whole-image 448x448 resize as the max_num 6 thumbnail (tile 4).
@@ -94,7 +95,7 @@ TEST_P(VisionParity, ThumbnailTileMatchesReferenceAndBatchingDoesNotChangeIt) {
 TEST_P(VisionParity, CaseAFromOurPreprocessingMatchesVitEmbedsAndHiddenState) {
   INTERNVL_REQUIRE_FIXTURES(fixtures);
   const std::string dir = fixtures + "/" + GetParam();
-  auto model = VisionModel::Load(dir, VisionOptions{.dtype = "fp32"});
+  auto model = VisionModel::Load(dir, VisionOptions{.dtype = "fp32", .device = testing::TestDevice()});
   ASSERT_TRUE(model.ok()) << model.status();
   // Case A: load_image('img_300x1200.png', max_num=3) -> grid 1x3 + thumbnail.
   preprocess::TilingOptions tiling;
@@ -149,7 +150,7 @@ TEST_P(VisionParity, Bf16WithinTwiceOfficialError) {
   const at::Tensor expected = Expected(**expected_file, "A_vit_embeds");
   for (const char* dtype : {"fp32", "bf16"}) {
     SCOPED_TRACE(absl::StrCat(GetParam(), " --dtype ", dtype));
-    auto model = VisionModel::Load(dir, VisionOptions{.dtype = dtype});
+    auto model = VisionModel::Load(dir, VisionOptions{.dtype = dtype, .device = testing::TestDevice()});
     ASSERT_TRUE(model.ok()) << model.status();
     auto out = ExtractFeature(**model, px);
     ASSERT_TRUE(out.ok()) << out.status();
@@ -179,7 +180,7 @@ TEST(VisionModel, MissingAndUnexpectedKeysAreListed) {
   }
   w.Add("vision_model.encoder.layers.1.bogus", at::zeros({2}));
   ASSERT_TRUE(w.Write(dir + "/model.safetensors").ok());
-  auto model = VisionModel::Load(dir, VisionOptions{.dtype = "fp32"});
+  auto model = VisionModel::Load(dir, VisionOptions{.dtype = "fp32", .device = testing::TestDevice()});
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(model.status().message().find("missing keys: vision_model.encoder.layers.1.ls2"), std::string::npos)
@@ -190,7 +191,8 @@ TEST(VisionModel, MissingAndUnexpectedKeysAreListed) {
 
 TEST(VisionModel, RejectsWrongPixelShape) {
   INTERNVL_REQUIRE_FIXTURES(fixtures);
-  auto model = VisionModel::Load(fixtures + "/tiny-qwen2", VisionOptions{.dtype = "fp32"});
+  auto model =
+      VisionModel::Load(fixtures + "/tiny-qwen2", VisionOptions{.dtype = "fp32", .device = testing::TestDevice()});
   ASSERT_TRUE(model.ok());
   auto out = ExtractFeature(**model, at::zeros({1, 3, 224, 224}));
   ASSERT_FALSE(out.ok());

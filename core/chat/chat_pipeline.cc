@@ -36,7 +36,8 @@ struct ChatPipeline::Impl {
   std::unique_ptr<InferenceEngine> engine;
   bool minimonkey = false;
 
-  // Media -> normalised pixel values [N,3,S,S] + tiles per image.
+  // Media -> normalised pixel values [N,3,S,S] (or, for a vision model
+  // that normalises on its device, uint8 tiles [N,S,S,3]) + tiles per image.
   struct Pixels {
     HostTensor values;
     std::vector<int> num_patches_list;
@@ -45,6 +46,8 @@ struct ChatPipeline::Impl {
     preprocess::TileGrid target_aspect_ratio;
   };
   absl::StatusOr<Pixels> Preprocess(const ChatRequest& request) const;
+  // The tiles as the vision model takes them (see Pixels::values).
+  HostTensor PixelValues(const std::vector<const preprocess::Tiles*>& tiles) const;
   EngineRequest Request(std::vector<int> ids, HostTensor embeddings, const GenerationSettings& g) const;
   // INVALID_ARGUMENT for MiniMonkey settings on another model, and for SCM
   // without exactly one image.
@@ -69,6 +72,7 @@ absl::StatusOr<std::unique_ptr<ChatPipeline>> ChatPipeline::Load(const std::stri
   EngineOptions eo;
   eo.dtype = options.dtype;
   eo.threads = options.threads;
+  eo.device = options.device;
   eo.vision_tile_batch = options.vision_tile_batch;
   eo.vision_batching = options.vision_batching;
   eo.llm = options.llm;
@@ -96,8 +100,7 @@ absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const 
     vo.limits.max_bytes = options.max_video_bytes;
     INTERNVL_ASSIGN_OR_RETURN(video::VideoFrames frames, video::LoadVideoFrames(*request.video, vo));
     out.frame_indices.assign(frames.frame_indices.begin(), frames.frame_indices.end());
-    out.values = HostTensor(DType::kF32, {frames.tiles.count, 3, S, S});
-    preprocess::NormalizeTiles(frames.tiles, out.values.data<float>());
+    out.values = PixelValues({&frames.tiles});
     out.num_patches_list = frames.num_patches_list;
     return out;
 #else
@@ -137,17 +140,33 @@ absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const 
       all.push_back(std::move(*tiles));
     }
   }
-  int64_t n = 0;
-  for (const auto& t : all) n += t.count;
-  if (n == 0) return out;
-  out.values = HostTensor(DType::kF32, {n, 3, S, S});
-  float* dst = out.values.data<float>();
+  std::vector<const preprocess::Tiles*> parts;
   for (const auto& t : all) {
-    preprocess::NormalizeTiles(t, dst);
-    dst += static_cast<size_t>(t.count) * 3 * S * S;
+    if (t.count > 0) parts.push_back(&t);
     out.num_patches_list.push_back(t.count);
   }
+  if (!parts.empty()) out.values = PixelValues(parts);
   return out;
+}
+
+HostTensor ChatPipeline::Impl::PixelValues(const std::vector<const preprocess::Tiles*>& tiles) const {
+  int64_t n = 0;
+  for (const auto* t : tiles) n += t->count;
+  const int64_t S = tiles.empty() ? 0 : tiles[0]->size;
+  const VisionModel* vision = engine->vision_model();
+  if (vision != nullptr && vision->normalizes_on_device()) {
+    HostTensor u8(DType::kU8, {n, S, S, preprocess::kRgbChannels});
+    uint8_t* dst = u8.data<uint8_t>();
+    for (const auto* t : tiles) dst = std::copy(t->data.begin(), t->data.end(), dst);
+    return u8;
+  }
+  HostTensor values(DType::kF32, {n, 3, S, S});
+  float* dst = values.data<float>();
+  for (const auto* t : tiles) {
+    preprocess::NormalizeTiles(*t, dst);
+    dst += static_cast<size_t>(t->count) * 3 * S * S;
+  }
+  return values;
 }
 
 absl::StatusOr<std::string> ChatPipeline::BuildQuery(const ChatRequest& request,

@@ -29,6 +29,7 @@ class Tokenizer;
 struct PipelineOptions {
   std::string dtype = "bf16";  // "fp32" or "bf16"
   int threads = 0;             // intra-op threads; 0 = all cores
+  std::string device = "cpu";  // "cpu", "cuda" or "cuda:N" (core/nn/device.h)
   int vision_tile_batch = 1;
   int64_t max_image_bytes = 64ll << 20;
   int max_images = 16;

@@ -19,11 +19,12 @@ namespace internvl {
 struct EngineOptions {
   std::string dtype = "bf16";  // "fp32" or "bf16" for both halves
   int threads = 0;             // intra-op threads; 0 = all cores
+  std::string device = "cpu";  // "cpu", "cuda" or "cuda:N" for both halves
   bool load_vision = true;
   bool load_llm = true;
-  int vision_tile_batch = 1;   // tiles per InternViT forward inside one encode
+  int vision_tile_batch = 1;  // tiles per InternViT forward inside one encode
   VisionBatcherOptions vision_batching;
-  LlmEngineOptions llm;        // its dtype and threads are overridden by the fields above
+  LlmEngineOptions llm;  // its dtype, threads and device are overridden by the fields above
 };
 
 class InferenceEngine {

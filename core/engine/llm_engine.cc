@@ -19,6 +19,7 @@
 #include "core/engine/scheduler.h"
 #include "core/llm/causal_lm.h"
 #include "core/llm/sampler.h"
+#include "core/nn/device.h"
 #include "core/nn/torch_util.h"
 #include "core/safetensors.h"
 #include "core/status.h"
@@ -159,6 +160,7 @@ absl::Status ScaleCompress(const llm::CausalLM& lm, EngineRequest& request, ScmO
 
 absl::Status LlmEngineOptions::Validate() const {
   INTERNVL_RETURN_IF_ERROR(llm::ParseQuantization(quantize).status());
+  INTERNVL_RETURN_IF_ERROR(ParseDevice(device).status());
   if (kv_cache_bytes < 0) return absl::InvalidArgumentError("kv_cache_bytes must be >= 0");
   if (kv_cache_bytes == 0 && !(kv_cache_fraction > 0 && kv_cache_fraction <= 0.9))
     return absl::InvalidArgumentError(absl::StrCat("kv_cache_fraction must be in (0, 0.9], got ", kv_cache_fraction));
@@ -223,8 +225,10 @@ absl::StatusOr<std::unique_ptr<LlmEngine>> LlmEngine::Load(const std::string& mo
   INTERNVL_RETURN_IF_ERROR(options.Validate());
   SetTorchThreads(options.threads);
   INTERNVL_ASSIGN_OR_RETURN(at::ScalarType requested, ParseComputeDType(options.dtype));
+  INTERNVL_ASSIGN_OR_RETURN(c10::Device device, ParseDevice(options.device));
+  INTERNVL_RETURN_IF_ERROR(PrepareDevice(device));
   INTERNVL_ASSIGN_OR_RETURN(auto store, TensorStore::OpenDir(model_dir));
-  llm::Precision precision = llm::Precision::ForRequested(requested);
+  llm::Precision precision = llm::Precision::ForRequested(requested, device);
   INTERNVL_ASSIGN_OR_RETURN(precision.quantize, llm::ParseQuantization(options.quantize));
   INTERNVL_ASSIGN_OR_RETURN(auto lm, llm::CausalLM::Load(config.llm, *store, precision));
   return CreateLlmEngine(std::move(lm), options);
@@ -236,9 +240,14 @@ absl::StatusOr<std::unique_ptr<LlmEngine>> CreateLlmEngine(std::unique_ptr<llm::
   SetTorchThreads(options.threads);
   auto impl = std::make_unique<LlmEngine::Impl>();
   impl->options = options;
-  const int64_t budget = options.kv_cache_bytes > 0
-                             ? options.kv_cache_bytes
-                             : static_cast<int64_t>(options.kv_cache_fraction * MemoryLimitBytes());
+  int64_t budget = options.kv_cache_bytes;
+  if (budget == 0 && lm->device().is_cpu()) {
+    budget = static_cast<int64_t>(options.kv_cache_fraction * MemoryLimitBytes());
+  } else if (budget == 0) {
+    INTERNVL_ASSIGN_OR_RETURN(DeviceMemory memory, QueryDeviceMemory(lm->device()));
+    budget = std::min(static_cast<int64_t>(options.kv_cache_fraction * memory.total_bytes),
+                      static_cast<int64_t>(0.9 * memory.free_bytes));
+  }
   const int64_t per_block = llm::PagedKVPool::BytesPerBlock(lm->config(), options.block_size, lm->dtype());
   engine::SchedulerConfig sc;
   sc.block_size = options.block_size;
@@ -264,6 +273,7 @@ absl::StatusOr<std::unique_ptr<LlmEngine>> CreateLlmEngine(std::unique_ptr<llm::
 int64_t LlmEngine::hidden_size() const { return impl_->lm->config().hidden_size; }
 int64_t LlmEngine::vocab_size() const { return impl_->lm->config().vocab_size; }
 std::string LlmEngine::dtype_name() const { return impl_->lm->dtype() == at::kBFloat16 ? "bf16" : "fp32"; }
+std::string LlmEngine::device_name() const { return impl_->lm->device().str(); }
 const LlmEngineOptions& LlmEngine::options() const { return impl_->options; }
 void LlmEngine::SetObserver(EngineObserver* observer) { impl_->observer.store(observer); }
 
@@ -328,12 +338,14 @@ absl::StatusOr<std::shared_ptr<GenerationHandle>> LlmEngine::Submit(EngineReques
   if (rows > 0) {
     // The rows in the compute dtype, and per KV block a digest of the rows it
     // holds (what its K/V depend on besides the token ids).
-    INTERNVL_ASSIGN_OR_RETURN(g->image_rows, TorchGuard("casting image embeddings", [&] {
+    INTERNVL_ASSIGN_OR_RETURN(at::Tensor host_rows, TorchGuard("casting image embeddings", [&] {
                                 return HostToTensor(images).reshape({rows, hidden}).to(im.lm->dtype()).contiguous();
                               }));
+    INTERNVL_ASSIGN_OR_RETURN(g->image_rows, TorchGuard("copying image embeddings to the device",
+                                                        [&] { return host_rows.to(im.lm->device()); }));
     const int bs = im.options.block_size;
-    const int64_t row_bytes = hidden * static_cast<int64_t>(g->image_rows.element_size());
-    const auto* base = static_cast<const uint8_t*>(g->image_rows.data_ptr());
+    const int64_t row_bytes = hidden * static_cast<int64_t>(host_rows.element_size());
+    const auto* base = static_cast<const uint8_t*>(host_rows.data_ptr());
     const int64_t blocks = (static_cast<int64_t>(spec.prompt.size()) + bs - 1) / bs;
     spec.block_extra.resize(blocks);
     for (int64_t b = 0; b < blocks; ++b) {
@@ -447,13 +459,17 @@ absl::Status LlmEngine::Impl::RunStep(const engine::StepPlan& plan, std::vector<
     INTERNVL_RETURN_IF_ERROR(TorchGuard("placing image embeddings", [&] {
       for (auto& [g, idx] : image_rows) {
         const auto long_opts = at::TensorOptions().dtype(at::kLong);
-        at::Tensor dst = at::tensor(idx.first, long_opts);
-        at::Tensor src = at::tensor(idx.second, long_opts);
+        at::Tensor dst = at::tensor(idx.first, long_opts).to(embeds.device());
+        at::Tensor src = at::tensor(idx.second, long_opts).to(embeds.device());
         embeds.index_copy_(0, dst, g->image_rows.index_select(0, src));
       }
     }));
   }
   INTERNVL_ASSIGN_OR_RETURN(at::Tensor logits, lm->ForwardPaged(embeds, seqs, ropes, *pool));
+  // The samplers run on the host: one copy of [S, V] per step.
+  if (!logits.device().is_cpu()) {
+    INTERNVL_ASSIGN_OR_RETURN(logits, TorchGuard("copying logits", [&] { return logits.to(at::kCPU); }));
+  }
   sampled->assign(plan.seqs.size(), -1);
   int64_t k = 0;
   for (size_t i = 0; i < plan.seqs.size(); ++i) {

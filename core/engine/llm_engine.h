@@ -49,8 +49,12 @@ struct LlmEngineOptions {
   // (llm/quant.h); an AWQ checkpoint's layers are 4-bit regardless.
   std::string quantize = "none";
   int threads = 0;  // intra-op threads; 0 = all cores
+  // "cpu", "cuda" or "cuda:N" (core/nn/device.h): where the weights, the KV
+  // pool and the activations live. Quantization is CPU-only.
+  std::string device = "cpu";
   // KV pool budget in bytes; 0 = kv_cache_fraction of the memory limit
-  // (physical memory, or the container's cgroup limit when lower).
+  // (physical memory, or the container's cgroup limit when lower; on a GPU
+  // its memory, and at most 90% of what is free once the weights are in).
   int64_t kv_cache_bytes = 0;
   double kv_cache_fraction = 0.25;
   int block_size = 16;               // positions per KV block (the prefix-reuse granularity)
@@ -181,6 +185,8 @@ class LlmEngine {
   int64_t vocab_size() const;
   // "fp32" / "bf16": the dtype actually computed in.
   std::string dtype_name() const;
+  // "cpu", "cuda:0", ...
+  std::string device_name() const;
   const LlmEngineOptions& options() const;
 
   struct Impl;

@@ -11,6 +11,7 @@
 #include "core/engine/llm_engine_torch.h"
 #include "core/llm/causal_lm.h"
 #include "core/nn/torch_util.h"
+#include "core/testing/test_device.h"
 #include "core/vision/vision_model_torch.h"
 #include "gtest/gtest.h"
 
@@ -35,10 +36,12 @@ LlmConfig Config(LlmArch arch) {
 }
 
 std::unique_ptr<LlmEngine> MakeEngine(LlmEngineOptions o = {}, LlmArch arch = LlmArch::kQwen2, uint64_t seed = 21) {
-  auto lm = llm::CausalLM::CreateRandom(Config(arch), at::kFloat, seed, 0.3);
+  auto lm =
+      llm::CausalLM::CreateRandom(Config(arch), testing::OnTestDevice(llm::Precision::Uniform(at::kFloat)), seed, 0.3);
   EXPECT_TRUE(lm.ok()) << lm.status();
   o.dtype = "fp32";
   o.threads = 2;
+  o.device = testing::TestDevice();
   if (o.kv_cache_bytes == 0) o.kv_cache_bytes = int64_t{8} << 20;
   auto engine = CreateLlmEngine(std::move(*lm), o);
   EXPECT_TRUE(engine.ok()) << engine.status();
@@ -177,7 +180,8 @@ TEST(LlmEngine, SecondTurnReusesTheFirstTurnsBlocks) {
 }
 
 TEST(LlmEngine, ImageRowsReplaceContextTokensAndKeyThePrefix) {
-  auto lm = llm::CausalLM::CreateRandom(Config(LlmArch::kQwen2), at::kFloat, 21, 0.3);
+  auto lm = llm::CausalLM::CreateRandom(Config(LlmArch::kQwen2),
+                                        testing::OnTestDevice(llm::Precision::Uniform(at::kFloat)), 21, 0.3);
   ASSERT_TRUE(lm.ok());
   // The reference: one full forward over the text embeddings with the image
   // rows scattered in.
@@ -200,6 +204,7 @@ TEST(LlmEngine, ImageRowsReplaceContextTokensAndKeyThePrefix) {
   }
   LlmEngineOptions o;
   o.dtype = "fp32";
+  o.device = testing::TestDevice();
   o.kv_cache_bytes = int64_t{8} << 20;
   auto engine = CreateLlmEngine(std::move(*lm), o);
   ASSERT_TRUE(engine.ok());

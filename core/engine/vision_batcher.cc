@@ -30,6 +30,8 @@ absl::StatusOr<HostTensor> VisionBatcher::EncodeTiles(const HostTensor& tiles) {
   if (tiles.dtype != DType::kU8 || tiles.shape.size() != 4 || tiles.shape[3] != preprocess::kRgbChannels ||
       tiles.shape[1] != tiles.shape[2] || tiles.shape[0] < 1)
     return absl::InvalidArgumentError("tiles must be uint8 [N, S, S, 3]");
+  // Off the CPU the device normalises (a quarter of the bytes cross over).
+  if (model_->normalizes_on_device()) return ExtractFeature(tiles);
   const int n = static_cast<int>(tiles.shape[0]);
   const int size = static_cast<int>(tiles.shape[1]);
   HostTensor pixels(DType::kF32, {n, preprocess::kRgbChannels, size, size});
@@ -38,8 +40,10 @@ absl::StatusOr<HostTensor> VisionBatcher::EncodeTiles(const HostTensor& tiles) {
 }
 
 absl::StatusOr<HostTensor> VisionBatcher::ExtractFeature(const HostTensor& pixel_values) {
-  if (pixel_values.dtype != DType::kF32 || pixel_values.shape.size() != 4 || pixel_values.shape[0] < 1)
-    return absl::InvalidArgumentError("pixel values must be float32 [N, 3, S, S] with N >= 1");
+  if ((pixel_values.dtype != DType::kF32 && pixel_values.dtype != DType::kU8) || pixel_values.shape.size() != 4 ||
+      pixel_values.shape[0] < 1)
+    return absl::InvalidArgumentError(
+        "pixel values must be float32 [N, 3, S, S] (or uint8 tiles [N, S, S, 3]) with N >= 1");
   Request r(&pixel_values, pixel_values.shape[0]);
   std::unique_lock<std::mutex> lock(mu_);
   queue_.push_back(&r);
@@ -74,7 +78,8 @@ void VisionBatcher::RunBatch(std::unique_lock<std::mutex>& lock) {
   const std::vector<int64_t>& shape = batch[0]->pixels->shape;
   for (auto it = queue_.begin(); it != queue_.end();) {
     Request* q = *it;
-    const bool same = std::equal(shape.begin() + 1, shape.end(), q->pixels->shape.begin() + 1);
+    const bool same = q->pixels->dtype == batch[0]->pixels->dtype && q->pixels->shape.size() == shape.size() &&
+                      std::equal(shape.begin() + 1, shape.end(), q->pixels->shape.begin() + 1);
     if (same && tiles + q->tiles <= options_.max_batch_tiles) {
       batch.push_back(q);
       tiles += q->tiles;
@@ -90,7 +95,7 @@ void VisionBatcher::RunBatch(std::unique_lock<std::mutex>& lock) {
   } else {
     std::vector<int64_t> joined_shape = shape;
     joined_shape[0] = tiles;
-    HostTensor joined(DType::kF32, joined_shape);
+    HostTensor joined(batch[0]->pixels->dtype, joined_shape);
     uint8_t* dst = joined.bytes.data();
     for (const Request* q : batch) {
       std::memcpy(dst, q->pixels->bytes.data(), q->pixels->bytes.size());

@@ -20,8 +20,8 @@
 namespace internvl {
 
 struct VisionBatcherOptions {
-  int max_batch_tiles = 16;                          // tiles per encoder forward at most
-  absl::Duration max_wait = absl::Milliseconds(2);   // how long a batch waits for company
+  int max_batch_tiles = 16;                         // tiles per encoder forward at most
+  absl::Duration max_wait = absl::Milliseconds(2);  // how long a batch waits for company
 
   absl::Status Validate() const;
 };
@@ -38,12 +38,13 @@ class VisionBatcher {
   // `model` must outlive the batcher; `options` must be valid.
   VisionBatcher(const VisionModel* model, const VisionBatcherOptions& options);
 
-  // Normalised pixel values float32 [N, 3, S, S] -> embeddings [N, T, H] in
-  // the model's compute dtype, batched with concurrent calls. A request
+  // Normalised pixel values float32 [N, 3, S, S] (or uint8 tiles, see
+  // VisionModel::ExtractFeature) -> embeddings [N, T, H] in the model's
+  // compute dtype, batched with concurrent calls of the same kind. A request
   // larger than max_batch_tiles runs alone.
   absl::StatusOr<HostTensor> ExtractFeature(const HostTensor& pixel_values);
-  // uint8 tiles [N, S, S, 3] (the currency between stages): normalised, then
-  // ExtractFeature.
+  // uint8 tiles [N, S, S, 3] (the currency between stages): normalised on
+  // the host (CPU models) or on the model's device, then ExtractFeature.
   absl::StatusOr<HostTensor> EncodeTiles(const HostTensor& tiles_u8);
 
   const VisionModel& model() const { return *model_; }

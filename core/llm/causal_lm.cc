@@ -56,6 +56,14 @@ absl::Status CheckConfig(const LlmConfig& c) {
   return absl::OkStatus();
 }
 
+absl::Status CheckDevice(const Precision& p) {
+  if (!p.device.is_cpu() && p.quantize != Quantization::kNone) {
+    return absl::InvalidArgumentError(absl::StrCat("--quantize ", QuantizationName(p.quantize),
+                                                   " runs on the CPU only (device ", p.device.str(), ")"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckDType(at::ScalarType dtype) {
   if (dtype != at::kFloat && dtype != at::kBFloat16) {
     return absl::InvalidArgumentError(
@@ -68,12 +76,13 @@ absl::Status CheckDType(at::ScalarType dtype) {
 
 // ---- RotaryEmbedding ----
 
-RotaryEmbedding::RotaryEmbedding(const LlmConfig& c)
+RotaryEmbedding::RotaryEmbedding(const LlmConfig& c, c10::Device device)
     : dim_(c.head_dim()),
       max_pos_(c.max_position_embeddings),
       theta_(c.rope_theta),
       cached_len_(c.max_position_embeddings),
-      base_(c.rope_theta) {
+      base_(c.rope_theta),
+      device_(device) {
   if (c.rope_scaling) {
     scaling_type_ = c.rope_scaling->type;
     factor_ = c.rope_scaling->factor;
@@ -86,7 +95,7 @@ at::Tensor RotaryEmbedding::InvFreq(double base) const {
   // `1.0 / t` is t.reciprocal() * 1.0.
   at::InferenceMode guard;
   at::Tensor exponents = at::arange(0, dim_, 2, at::TensorOptions().dtype(at::kLong)).to(at::kFloat) / dim_;
-  return at::pow(at::Scalar(base), exponents).reciprocal();
+  return at::pow(at::Scalar(base), exponents).reciprocal().to(device_);
 }
 
 void RotaryEmbedding::Observe(int64_t kv_len) {
@@ -102,7 +111,7 @@ void RotaryEmbedding::Observe(int64_t kv_len) {
 }
 
 std::pair<at::Tensor, at::Tensor> RotaryEmbedding::Tables(const at::Tensor& positions, at::ScalarType dtype) const {
-  at::Tensor t = positions.to(at::kFloat);
+  at::Tensor t = positions.to(device_, at::kFloat);
   if (scaling_type_ == "linear") t = t / factor_;
   at::Tensor freqs = t.unsqueeze(-1) * inv_freq_;             // [B, T, d/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(2);  // [B, T, 1, d]
@@ -111,15 +120,20 @@ std::pair<at::Tensor, at::Tensor> RotaryEmbedding::Tables(const at::Tensor& posi
 
 // ---- CausalLM ----
 
-Precision Precision::ForRequested(at::ScalarType requested) { return {EffectiveComputeDType(requested), requested}; }
+Precision Precision::ForRequested(at::ScalarType requested, c10::Device device) {
+  Precision p{EffectiveComputeDType(requested, device), requested};
+  p.device = device;
+  return p;
+}
 
 CausalLM::CausalLM(const LlmConfig& config, const Precision& precision)
     : config_(config),
       dtype_(precision.compute),
       weight_dtype_(precision.weights),
       quantize_(precision.quantize),
+      device_(precision.device),
       module_(LanguageModel(config, precision.weights)),
-      rope_(config) {}
+      rope_(config, precision.device) {}
 
 void CausalLM::Finish() {
   at::NoGradGuard no_grad;
@@ -184,8 +198,14 @@ absl::StatusOr<std::vector<std::string>> CausalLM::LoadAwq(const TensorStore& st
                                                      d->weight.size(0), ", ", d->weight.size(1), "]"));
     }
     for (const TensorView* v : {qweight, qzeros, scales}) ReleaseMappedPages(v->data, v->nbytes);
-    d->quant = std::move(q);
-    d->weight.set_data(at::empty({0}, d->weight.options()));
+    if (device_.is_cpu()) {
+      d->quant = std::move(q);
+      d->weight.set_data(at::empty({0}, d->weight.options()));
+    } else {
+      // The 4-bit kernels are the CPU's: elsewhere the layer is widened to
+      // the storage dtype once, here.
+      d->weight.set_data(q->Dequantize(0, q->out(), weight_dtype_).to(device_));
+    }
     replaced.push_back(item.key() + ".weight");
     for (const char* suffix : {".qweight", ".qzeros", ".scales"}) awq_keys->push_back(item.key() + suffix);
   }
@@ -206,6 +226,7 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const LlmConfig& config
   INTERNVL_RETURN_IF_ERROR(CheckConfig(config));
   INTERNVL_RETURN_IF_ERROR(CheckDType(precision.compute));
   INTERNVL_RETURN_IF_ERROR(CheckDType(precision.weights));
+  INTERNVL_RETURN_IF_ERROR(CheckDevice(precision));
   std::unique_ptr<CausalLM> lm;
   INTERNVL_RETURN_IF_ERROR(TorchGuard("building LLM", [&] { lm.reset(new CausalLM(config, precision)); }));
   // AWQ layers first: their float weights are not in the checkpoint.
@@ -217,7 +238,8 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::Load(const LlmConfig& config
   }));
   // Everything is loaded (rounded) in the storage dtype; norms and biases are
   // then widened to the compute dtype, as a bf16 model computed in fp32.
-  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*lm->module_, store, prefix, precision.weights, awq_keys, *awq));
+  INTERNVL_RETURN_IF_ERROR(
+      LoadModuleWeights(*lm->module_, store, prefix, precision.weights, awq_keys, *awq, precision.device));
   INTERNVL_RETURN_IF_ERROR(TorchGuard("fusing LLM weights", [&] { lm->Finish(); }));
   return lm;
 }
@@ -232,11 +254,24 @@ absl::StatusOr<std::unique_ptr<CausalLM>> CausalLM::CreateRandom(const LlmConfig
   INTERNVL_RETURN_IF_ERROR(CheckConfig(config));
   INTERNVL_RETURN_IF_ERROR(CheckDType(precision.compute));
   INTERNVL_RETURN_IF_ERROR(CheckDType(precision.weights));
+  INTERNVL_RETURN_IF_ERROR(CheckDevice(precision));
   std::unique_ptr<CausalLM> lm;
   INTERNVL_RETURN_IF_ERROR(TorchGuard("building random LLM", [&] {
     lm.reset(new CausalLM(config, precision));
     at::NoGradGuard no_grad;
+    if (!precision.device.is_cpu()) {
+      for (auto& p : lm->module_->parameters(/*recurse=*/true))
+        p.set_data(at::empty_like(p, p.options().device(precision.device)));
+    }
+    // On the CPU one seeded generator; elsewhere the device's own generator,
+    // seeded (drawing billions of weights on one CPU core and copying them
+    // over would take minutes): the weights then differ between devices.
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    if (!precision.device.is_cpu()) {
+      gen = at::globalContext().defaultGenerator(precision.device);
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_current_seed(seed);
+    }
     for (auto& item : lm->module_->named_parameters(/*recurse=*/true)) {
       const std::string& name = item.key();
       at::Tensor& p = item.value();
@@ -298,7 +333,7 @@ absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
   if (!ids.defined() || ids.scalar_type() != at::kLong) {
     return absl::InvalidArgumentError("Embed: ids must be an int64 tensor");
   }
-  return TorchGuard("embedding tokens", [&] { return module_->model->embed->forward(ids).to(dtype_); });
+  return TorchGuard("embedding tokens", [&] { return module_->model->embed->forward(ids.to(device_)).to(dtype_); });
 }
 
 absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, const ForwardOptions& options) {
@@ -315,13 +350,13 @@ absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, co
         absl::StrCat("LLM forward: attention_mask must be [", b, ", ", t, "], got ", Shape(mask)));
   }
   return TorchGuard("LLM forward", [&]() -> at::Tensor {
-    const auto long_opts = at::TensorOptions().dtype(at::kLong);
+    const auto long_opts = at::TensorOptions().dtype(at::kLong).device(device_);
     // Position ids as HF generate builds them for batch_chat: cumsum(mask) - 1,
     // pads set to 1 (prepare_inputs_for_generation).
     at::Tensor positions, valid;
     bool padding = false;
     if (mask.defined()) {
-      valid = mask.ne(0);
+      valid = mask.to(device_).ne(0);
       padding = !valid.all().item<bool>();
       positions = (valid.to(at::kLong).cumsum(1) - 1).masked_fill(valid.logical_not(), 1);
     } else {
@@ -344,7 +379,7 @@ absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, co
       if (padding) masked = masked.logical_or(valid.logical_not().unsqueeze(1));  // [B, T, T]
       ctx.masked = masked.unsqueeze(1).unsqueeze(1);                              // [B|1, 1, 1, T, T]
     }
-    at::Tensor hidden = module_->model->forward(inputs_embeds.to(dtype_), ctx);
+    at::Tensor hidden = module_->model->forward(inputs_embeds.to(device_, dtype_), ctx);
     switch (options.logits) {
       case LogitsMode::kLast:
         return CastFloatBf16(module_->head(hidden.select(1, t - 1)), at::kFloat);
@@ -376,13 +411,13 @@ absl::StatusOr<at::Tensor> CausalLM::AttentionColumnMeans(const at::Tensor& inpu
     // Query rows per chunk: [heads, rows, L] fp32 scores stay ~64 MB at
     // L = 8k with 32 heads.
     constexpr int64_t kRows = 64;
-    RotaryEmbedding rope(config_);
+    RotaryEmbedding rope(config_, device_);
     rope.Observe(len);
     LayerContext ctx;
-    std::tie(ctx.cos, ctx.sin) =
-        rope.Tables(at::arange(len, at::TensorOptions().dtype(at::kLong)).unsqueeze(0), dtype_);
+    const auto long_opts = at::TensorOptions().dtype(at::kLong).device(device_);
+    std::tie(ctx.cos, ctx.sin) = rope.Tables(at::arange(len, long_opts).unsqueeze(0), dtype_);
     ctx.causal_chunk = 4 * kRows;
-    at::Tensor h = inputs_embeds.to(dtype_);
+    at::Tensor h = inputs_embeds.to(device_, dtype_);
     auto& layers = module_->model->typed_layers;
     for (int i = 0; i < layer; ++i) h = layers[i]->forward(h, ctx);
     auto [q, k] = layers[layer]->QueryKey(h, ctx);  // [1, L, Hq, d], [1, L, KV, d]
@@ -391,8 +426,7 @@ absl::StatusOr<at::Tensor> CausalLM::AttentionColumnMeans(const at::Tensor& inpu
     const at::Tensor kt = k[0].to(at::kFloat).permute({1, 2, 0}).contiguous();  // [KV, d, L]
     const double scale = std::sqrt(static_cast<double>(d));
     const int64_t width = key_end - key_begin;
-    at::Tensor sums = at::zeros({heads, width}, at::TensorOptions().dtype(at::kDouble));
-    const auto long_opts = at::TensorOptions().dtype(at::kLong);
+    at::Tensor sums = at::zeros({heads, width}, at::TensorOptions().dtype(at::kDouble).device(device_));
     for (int64_t a = query_begin; a < len; a += kRows) {
       const int64_t e = std::min(len, a + kRows), rows = e - a;
       // Query head j*G+g uses kv head j: [KV, G*rows, d] x [KV, d, e].
@@ -404,12 +438,12 @@ absl::StatusOr<at::Tensor> CausalLM::AttentionColumnMeans(const at::Tensor& inpu
       sums.add_(probs.reshape({heads, rows, width}).to(at::kDouble).sum(1));
     }
     // mean over the query rows, then over the heads (the official order).
-    return sums.div_(static_cast<double>(len - query_begin)).mean(0).to(at::kFloat);
+    return sums.div_(static_cast<double>(len - query_begin)).mean(0).to(at::kCPU, at::kFloat);
   });
 }
 
 absl::StatusOr<std::unique_ptr<PagedKVPool>> CausalLM::NewPagedPool(int64_t num_blocks, int block_size) const {
-  return PagedKVPool::Create(config_, num_blocks, block_size, dtype_);
+  return PagedKVPool::Create(config_, num_blocks, block_size, dtype_, device_);
 }
 
 absl::StatusOr<at::Tensor> CausalLM::ForwardPaged(const at::Tensor& inputs_embeds, const std::vector<PagedSeq>& seqs,
@@ -422,7 +456,7 @@ absl::StatusOr<at::Tensor> CausalLM::ForwardPaged(const at::Tensor& inputs_embed
   if (seqs.empty() || ropes.size() != seqs.size()) {
     return absl::InvalidArgumentError("LLM paged forward: needs sequences, each with its rotary state");
   }
-  if (pool.num_layers() != config_.num_hidden_layers || pool.dtype() != dtype_ ||
+  if (pool.num_layers() != config_.num_hidden_layers || pool.dtype() != dtype_ || pool.key(0).device() != device_ ||
       pool.key(0).size(1) != config_.num_key_value_heads || pool.key(0).size(3) != config_.head_dim()) {
     return absl::InvalidArgumentError("LLM paged forward: the KV pool was made for another model or dtype");
   }
@@ -474,14 +508,15 @@ absl::StatusOr<at::Tensor> CausalLM::ForwardPaged(const at::Tensor& inputs_embed
     ctx.cos = cos;
     ctx.sin = sin;
     ctx.paged = &paged;
-    at::Tensor hidden = module_->model->forward(inputs_embeds.to(dtype_).unsqueeze(0), ctx)[0];  // [N, H]
+    at::Tensor hidden = module_->model->forward(inputs_embeds.to(device_, dtype_).unsqueeze(0), ctx)[0];  // [N, H]
     std::vector<int64_t> last;
     for (size_t i = 0; i < seqs.size(); ++i) {
       if (seqs[i].logits) last.push_back(paged.row_begin[i] + seqs[i].num_new - 1);
     }
-    if (last.empty()) return at::empty({0, config_.vocab_size}, at::TensorOptions().dtype(at::kFloat));
-    at::Tensor h =
-        static_cast<int64_t>(last.size()) == rows ? hidden : hidden.index_select(0, at::tensor(last, long_opts));
+    if (last.empty()) return at::empty({0, config_.vocab_size}, at::TensorOptions().dtype(at::kFloat).device(device_));
+    at::Tensor h = static_cast<int64_t>(last.size()) == rows
+                       ? hidden
+                       : hidden.index_select(0, at::tensor(last, long_opts).to(device_));
     return CastFloatBf16(module_->head(h), at::kFloat);
   });
 }
@@ -497,7 +532,7 @@ absl::StatusOr<at::Tensor> ScatterImageEmbeddings(const at::Tensor& text_embeds,
   }
   const int64_t hidden = text_embeds.size(2);
   return TorchGuard("scattering image embeddings", [&]() -> absl::StatusOr<at::Tensor> {
-    at::Tensor selected = input_ids.eq(img_context_id);
+    at::Tensor selected = input_ids.to(text_embeds.device()).eq(img_context_id);
     const int64_t n_slots = selected.sum().item<int64_t>();
     const int64_t n_rows = vit_embeds.defined() && vit_embeds.dim() >= 1 && vit_embeds.size(-1) == hidden
                                ? vit_embeds.numel() / hidden
@@ -515,7 +550,8 @@ absl::StatusOr<at::Tensor> ScatterImageEmbeddings(const at::Tensor& text_embeds,
     }
     // index_put with a boolean mask fills the selected rows in row-major
     // order of the flattened batch, as `input_embeds[selected] = ...`.
-    return text_embeds.index_put({selected}, vit_embeds.reshape({-1, hidden}).to(text_embeds.scalar_type()));
+    return text_embeds.index_put({selected},
+                                 vit_embeds.reshape({-1, hidden}).to(text_embeds.device(), text_embeds.scalar_type()));
   });
 }
 

@@ -43,11 +43,13 @@ namespace internvl::llm {
 // reproduces that, including the persistence across sequences.
 class RotaryEmbedding {
  public:
-  explicit RotaryEmbedding(const LlmConfig& c);
+  // Tables are computed on `device` (the model's).
+  explicit RotaryEmbedding(const LlmConfig& c, c10::Device device = c10::Device(c10::kCPU));
   // Notes that a forward pass attends over `kv_len` positions (the reference
   // calls rotary_emb(seq_len=kv_len) in every layer; all layers agree).
   void Observe(int64_t kv_len);
-  // cos, sin [B, T, 1, head_dim] in `dtype` for int64 positions [B, T].
+  // cos, sin [B, T, 1, head_dim] in `dtype` for int64 positions [B, T], on
+  // the rotary state's device (positions may be anywhere).
   std::pair<at::Tensor, at::Tensor> Tables(const at::Tensor& positions, at::ScalarType dtype) const;
   // Current inverse frequencies (fp32 [head_dim/2]) and effective base.
   const at::Tensor& inv_freq() const { return inv_freq_; }
@@ -62,6 +64,7 @@ class RotaryEmbedding {
   double factor_ = 1.0;
   int64_t cached_len_;
   double base_;
+  c10::Device device_;
   at::Tensor inv_freq_;
 };
 
@@ -91,6 +94,10 @@ struct Precision {
   // layers are 4-bit whatever this says, the rest (its vocabulary head)
   // follows it.
   Quantization quantize = Quantization::kNone;
+  // Where the weights, activations and KV pool live (device.h). Quantized
+  // matrices run on the CPU only; an AWQ checkpoint on another device is
+  // widened to `weights` at load time.
+  c10::Device device = c10::Device(c10::kCPU);
 
   // One dtype for both (what Load(config, store, dtype) uses).
   static Precision Uniform(at::ScalarType dtype) { return {dtype, dtype}; }
@@ -98,7 +105,7 @@ struct Precision {
   // weights rounded to `requested`, computed in EffectiveComputeDType
   // (torch_util.h): bf16 weights computed in fp32 without native bf16
   // matmuls, like the vision model.
-  static Precision ForRequested(at::ScalarType requested);
+  static Precision ForRequested(at::ScalarType requested, c10::Device device = c10::Device(c10::kCPU));
 };
 
 class CausalLM {
@@ -124,6 +131,9 @@ class CausalLM {
   const LlmConfig& config() const { return config_; }
   // The compute dtype (activations, KV cache, logits before the fp32 cast).
   at::ScalarType dtype() const { return dtype_; }
+  // Where the weights, activations and KV pool live; every tensor a call
+  // returns is on it (inputs may be on the CPU: they are copied over).
+  const c10::Device& device() const { return device_; }
   // The storage dtype of the weight matrices (== dtype() unless loaded with
   // a mixed Precision).
   at::ScalarType weight_dtype() const { return weight_dtype_; }
@@ -156,7 +166,8 @@ class CausalLM {
   // probabilities for key columns [key_begin, key_end), averaged over query
   // rows [query_begin, L) and then over heads: fp32 [key_end - key_begin].
   // Scores and softmax in fp32 whatever the compute dtype, sums in double,
-  // and never an [L, L] matrix (query rows go in chunks). INVALID_ARGUMENT
+  // and never an [L, L] matrix (query rows go in chunks). The result is on
+  // the CPU. INVALID_ARGUMENT
   // unless 0 <= key_begin < key_end <= query_begin < L and the layer exists.
   // Thread-safe with the serving engine's steps (reads the weights only).
   absl::StatusOr<at::Tensor> AttentionColumnMeans(const at::Tensor& inputs_embeds, int layer, int64_t key_begin,
@@ -164,7 +175,7 @@ class CausalLM {
 
   // A fresh rotary state for one sequence: the serving engine keeps one per
   // sequence, so dynamic-NTK scaling is per sequence, as in a fresh process.
-  RotaryEmbedding NewRotary() const { return RotaryEmbedding(config_); }
+  RotaryEmbedding NewRotary() const { return RotaryEmbedding(config_, device_); }
 
   // A paged KV pool of `num_blocks` blocks in this model's shapes and compute
   // dtype.
@@ -202,6 +213,7 @@ class CausalLM {
   at::ScalarType dtype_;
   at::ScalarType weight_dtype_;
   Quantization quantize_;
+  c10::Device device_;
   LanguageModel module_{nullptr};
   RotaryEmbedding rope_;
   std::mutex rope_mu_;

@@ -22,6 +22,7 @@
 
 #include "core/llm/chunk_pool.h"
 #include "core/llm/gemv_kernels.h"
+#include "core/nn/device.h"
 #include "core/nn/torch_util.h"
 
 namespace internvl::llm {
@@ -256,7 +257,7 @@ bool ForceGemvKernel(std::optional<GemvKernel> kernel) {
 }
 
 void SetFastLinearEnabled(bool enabled) { g_fast_linear.store(enabled); }
-bool FastLinearEnabled() { return g_fast_linear.load(); }
+bool FastLinearEnabled() { return g_fast_linear.load() && !GenericKernels(); }
 const char* FastLinearKernel() { return GemvKernelName(ActiveGemvKernel()); }
 
 int64_t FastLinearMaxRows(at::ScalarType x, at::ScalarType w) {
@@ -275,7 +276,7 @@ int64_t FastLinearMaxRows(at::ScalarType x, at::ScalarType w) {
 }
 
 at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  if (!g_fast_linear.load(std::memory_order_relaxed) || at::GradMode::is_enabled()) return {};
+  if (!FastLinearEnabled() || at::GradMode::is_enabled()) return {};
   if (!x.defined() || !w.defined() || x.dim() < 1 || w.dim() != 2 || !x.device().is_cpu() || !w.device().is_cpu()) {
     return {};
   }
@@ -382,7 +383,9 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   at::Tensor y = FastLinear(x, w, b);
   if (y.defined()) return y;
   const bool same = w.scalar_type() == dtype && (!b.defined() || b.scalar_type() == dtype);
-  if (same && (dtype != at::kBFloat16 || CpuHasNativeBf16Matmul())) return at::linear(x, w, b);
+  if (same && (dtype != at::kBFloat16 || !x.device().is_cpu() || CpuHasNativeBf16Matmul())) {
+    return at::linear(x, w, b);
+  }
   // Weights stored narrower than x (bf16 weights, fp32 compute), or bf16
   // without native bf16 matmuls: an fp32 GEMM (fp32 accumulation, as a
   // native bf16 GEMM; the result rounded once to x's dtype).
@@ -393,7 +396,7 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
 at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool, const at::Tensor& value_pool,
                                 const std::vector<const std::vector<int32_t>*>& tables,
                                 const std::vector<int64_t>& lens) {
-  if (!g_fast_linear.load(std::memory_order_relaxed) || at::GradMode::is_enabled()) return {};
+  if (!FastLinearEnabled() || at::GradMode::is_enabled()) return {};
   if (!q.defined() || !key_pool.defined() || !value_pool.defined() || q.dim() != 3 || key_pool.dim() != 4 ||
       value_pool.sizes() != key_pool.sizes()) {
     return {};

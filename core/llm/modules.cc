@@ -10,6 +10,7 @@
 
 #include "core/llm/gemv.h"
 #include "core/llm/paged_attention.h"
+#include "core/nn/device.h"
 #include "core/nn/torch_util.h"
 
 namespace internvl::llm {
@@ -40,9 +41,9 @@ constexpr int64_t kMaxLoopRows = 16;
 // cos/sin [B,T,1,d].
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t b = x.size(0), t = x.size(1), heads = x.size(2), d = x.size(3);
-  if (Inference() && b * t <= kMaxLoopRows && x.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat &&
-      sin.scalar_type() == at::kFloat && x.stride(3) == 1 && x.stride(2) == d && cos.is_contiguous() &&
-      sin.is_contiguous() && cos.numel() == b * t * d && sin.numel() == b * t * d) {
+  if (Inference() && UseCpuKernels(x.device()) && b * t <= kMaxLoopRows && x.scalar_type() == at::kFloat &&
+      cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && x.stride(3) == 1 && x.stride(2) == d &&
+      cos.is_contiguous() && sin.is_contiguous() && cos.numel() == b * t * d && sin.numel() == b * t * d) {
     at::Tensor out = at::empty({b, t, heads, d}, x.options());
     const int64_t half = d / 2;
     float* o = out.data_ptr<float>();
@@ -97,8 +98,9 @@ at::Tensor Attend(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tens
     for (int64_t a = 0; a < t; a += ctx.causal_chunk) {
       const int64_t e = std::min(t, a + ctx.causal_chunk);
       LayerContext part;
-      at::Tensor key_pos = at::arange(e, at::TensorOptions().dtype(at::kLong)).view({1, 1, e});
-      at::Tensor query_pos = at::arange(a, e, at::TensorOptions().dtype(at::kLong)).view({1, e - a, 1});
+      const auto long_opts = at::TensorOptions().dtype(at::kLong).device(q.device());
+      at::Tensor key_pos = at::arange(e, long_opts).view({1, 1, e});
+      at::Tensor query_pos = at::arange(a, e, long_opts).view({1, e - a, 1});
       part.masked = (key_pos > query_pos).unsqueeze(1).unsqueeze(1);  // [1, 1, 1, e - a, e]
       parts.push_back(
           AttendRows(q.narrow(1, a, e - a), k.narrow(1, 0, e), v_in.narrow(1, 0, e), part, heads, kv_heads, head_dim));
@@ -182,8 +184,8 @@ RMSNormImpl::RMSNormImpl(int64_t hidden, double eps_in, at::ScalarType dtype) : 
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
   const int64_t n = x.size(-1);
-  if (Inference() && x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && x.is_contiguous() &&
-      weight.is_contiguous() && n > 0 && x.numel() / n <= kMaxLoopRows) {
+  if (Inference() && UseCpuKernels(x.device()) && x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
+      x.is_contiguous() && weight.is_contiguous() && n > 0 && x.numel() / n <= kMaxLoopRows) {
     // Decoding: one pass per row (the mean of squares accumulated in double).
     at::Tensor out = at::empty_like(x);
     const float* w = weight.data_ptr<float>();

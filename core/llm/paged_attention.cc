@@ -7,6 +7,8 @@
 #include <limits>
 
 #include "core/llm/gemv.h"
+#include "core/nn/device.h"
+#include "core/nn/torch_compat.h"
 #include "core/nn/torch_util.h"
 
 namespace internvl::llm {
@@ -37,6 +39,20 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
   const int64_t tile = std::clamp<int64_t>(kTileScoreElements / std::max<int64_t>(1, heads * total), 1, n);
   const double scale = std::sqrt(static_cast<double>(head_dim));
   const auto long_opts = at::TensorOptions().dtype(at::kLong).device(q.device());
+#if INTERNVL_TORCH_HAS_SDPA
+  if (!q.device().is_cpu()) {
+    // Off the CPU (Torch 2.x): the whole chunk in one fused attention kernel
+    // (no score matrix in memory); query head j*G+g reads kv head j.
+    at::Tensor qh = q.reshape({n, heads, head_dim}).transpose(0, 1).unsqueeze(0);  // [1, H, n, d]
+    at::Tensor kh = keys.narrow(1, 0, total).repeat_interleave(groups, 0).unsqueeze(0);
+    at::Tensor vh = values.narrow(1, 0, total).repeat_interleave(groups, 0).unsqueeze(0);
+    at::Tensor allowed = at::arange(total, long_opts).view({1, total}) <=
+                         (at::arange(n, long_opts) + start).view({n, 1});  // [n, total], true = attend
+    at::Tensor o = at::scaled_dot_product_attention(qh, kh, vh, allowed);  // [1, H, n, d]
+    out.copy_(o[0].transpose(0, 1).reshape({n, heads * head_dim}));
+    return;
+  }
+#endif
   for (int64_t i0 = 0; i0 < n; i0 += tile) {
     const int64_t t = std::min(tile, n - i0);
     const int64_t len = start + i0 + t;  // keys the tile's last query sees
@@ -60,6 +76,27 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
   }
 }
 
+// Every decoding sequence at once (see PagedContext::decode_blocks): q [D,
+// H, d] -> [D, H*d], as PrefillAttention's arithmetic for one query.
+at::Tensor BatchedDecodeAttention(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
+                                  const PagedContext& ctx, int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  const int64_t d = q.size(0), nb = ctx.decode_blocks.size(1), bs = kc.size(2), len = nb * bs;
+  const int64_t groups = heads / kv_heads;
+  auto gather = [&](const at::Tensor& pool) {
+    return pool.index_select(0, ctx.decode_blocks.reshape({-1}))
+        .view({d, nb, kv_heads, bs, head_dim})
+        .permute({0, 2, 1, 3, 4})
+        .reshape({d, kv_heads, len, head_dim});
+  };
+  at::Tensor keys = gather(kc), values = gather(vc);
+  at::Tensor qg = q.reshape({d, kv_heads, groups, head_dim});
+  at::Tensor scores = MatmulFp32Accumulate(qg, keys.transpose(-1, -2));  // [D, KV, G, len]
+  scores.div_(std::sqrt(static_cast<double>(head_dim)));
+  scores.masked_fill_(ctx.decode_masked, -std::numeric_limits<double>::infinity());
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  return MatmulFp32Accumulate(probs, values).reshape({d, heads * head_dim});
+}
+
 }  // namespace
 
 PagedContext MakePagedContext(PagedKVPool& pool, const std::vector<PagedSeq>& seqs) {
@@ -81,8 +118,24 @@ PagedContext MakePagedContext(PagedKVPool& pool, const std::vector<PagedSeq>& se
     }
   }
   const auto device = pool.key(0).device();
-  ctx.slot_block = at::tensor(block, at::TensorOptions().dtype(at::kLong)).to(device);
-  ctx.slot_offset = at::tensor(offset, at::TensorOptions().dtype(at::kLong)).to(device);
+  const auto long_opts = at::TensorOptions().dtype(at::kLong);
+  ctx.slot_block = at::tensor(block, long_opts).to(device);
+  ctx.slot_offset = at::tensor(offset, long_opts).to(device);
+  if (!ctx.decode_seqs.empty() && !UseCpuKernels(device)) {
+    int64_t nb = 0;
+    for (int64_t i : ctx.decode_seqs) nb = std::max<int64_t>(nb, (seqs[i].start + bs) / bs);
+    const int64_t dn = static_cast<int64_t>(ctx.decode_seqs.size());
+    std::vector<int64_t> tables(dn * nb, 0);
+    at::Tensor masked = at::ones({dn, 1, 1, nb * bs}, at::TensorOptions().dtype(at::kBool));
+    for (int64_t j = 0; j < dn; ++j) {
+      const PagedSeq& s = seqs[ctx.decode_seqs[j]];
+      const int64_t len = s.start + 1;
+      for (int64_t b = 0; b < (len + bs - 1) / bs; ++b) tables[j * nb + b] = s.blocks[b];
+      masked[j].narrow(-1, 0, len).fill_(false);
+    }
+    ctx.decode_blocks = at::tensor(tables, long_opts).view({dn, nb}).to(device);
+    ctx.decode_masked = masked.to(device);
+  }
   return ctx;
 }
 
@@ -111,7 +164,9 @@ at::Tensor PagedAttend(const at::Tensor& q, const at::Tensor& k, const at::Tenso
     }
     at::Tensor index = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(q.device());
     at::Tensor dq = ctx.decode_seqs.size() == static_cast<size_t>(n) ? qr : qr.index_select(0, index);
-    at::Tensor d = PagedDecodeAttention(dq, kc, vc, tables, lens);  // [S, H*d] or undefined
+    at::Tensor d = ctx.decode_blocks.defined()
+                       ? BatchedDecodeAttention(dq, kc, vc, ctx, heads, kv_heads, head_dim)
+                       : PagedDecodeAttention(dq, kc, vc, tables, lens);  // [S, H*d] or undefined
     if (d.defined()) {
       if (ctx.decode_seqs.size() == static_cast<size_t>(n)) {
         out = d;

@@ -6,7 +6,9 @@
 //  - Every fed token's key and value are written to its sequence's slot.
 //  - Decoding sequences (one new token) run the split-softmax decode kernel
 //    over their blocks on CPU in fp32 (PagedDecodeAttention in gemv.h);
-//    elsewhere the general path.
+//    elsewhere (GPUs, generic kernels) all of them at once: their blocks
+//    gathered into one padded batch, scores, fp32 softmax and values in
+//    three batched products.
 //  - Prefill chunks (several new tokens) gather their sequence's keys once
 //    per layer and run the reference's eager attention (scores, fp32
 //    softmax, values) in tiles of queries: a tile sees only the keys up to
@@ -27,11 +29,16 @@ namespace internvl::llm {
 struct PagedContext {
   PagedKVPool* pool = nullptr;
   const std::vector<PagedSeq>* seqs = nullptr;
-  std::vector<int64_t> row_begin;  // first token row of each sequence in the batch
-  at::Tensor slot_block;           // int64 [N]: block of each fed token
-  at::Tensor slot_offset;          // int64 [N]: its slot in the block
+  std::vector<int64_t> row_begin;     // first token row of each sequence in the batch
+  at::Tensor slot_block;              // int64 [N]: block of each fed token
+  at::Tensor slot_offset;             // int64 [N]: its slot in the block
   std::vector<int64_t> decode_seqs;   // indices of sequences feeding one token
   std::vector<int64_t> prefill_seqs;  // the others
+  // For the decoding sequences where the CPU kernel does not run (other
+  // devices, generic kernels), on the pool's device: their block tables
+  // padded with block 0 (int64 [D, nb]) and which of the nb * block_size
+  // positions lie past each length (bool [D, 1, 1, nb * bs]).
+  at::Tensor decode_blocks, decode_masked;
 };
 
 // Builds the shared part for `seqs` over `pool` (validated by the caller).

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/nn/device.h"
 #include "core/nn/torch_util.h"
 #include "core/status.h"
 
@@ -14,7 +15,8 @@ int64_t PagedKVPool::BytesPerBlock(const LlmConfig& config, int block_size, at::
 }
 
 absl::StatusOr<std::unique_ptr<PagedKVPool>> PagedKVPool::Create(const LlmConfig& config, int64_t num_blocks,
-                                                                 int block_size, at::ScalarType dtype) {
+                                                                 int block_size, at::ScalarType dtype,
+                                                                 c10::Device device) {
   if (num_blocks <= 0 || block_size <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("the KV pool needs positive sizes (", num_blocks, " blocks of ", block_size, ")"));
@@ -27,11 +29,15 @@ absl::StatusOr<std::unique_ptr<PagedKVPool>> PagedKVPool::Create(const LlmConfig
   pool->block_size_ = block_size;
   pool->dtype_ = dtype;
   absl::Status s = TorchGuard("allocating the KV pool", [&] {
-    const auto opts = at::TensorOptions().dtype(dtype);
+    const auto opts = at::TensorOptions().dtype(dtype).device(device);
     const std::vector<int64_t> shape = {num_blocks, config.num_key_value_heads, block_size, config.head_dim()};
+    // Zeroed where decoding reads whole blocks (paged_attention.cc's batched
+    // path: a masked position's probability is 0, and 0 * NaN garbage would
+    // be NaN); the CPU kernel reads only written positions.
+    const bool zero = !UseCpuKernels(device);
     for (int l = 0; l < config.num_hidden_layers; ++l) {
-      pool->keys_.push_back(at::empty(shape, opts));
-      pool->values_.push_back(at::empty(shape, opts));
+      pool->keys_.push_back(zero ? at::zeros(shape, opts) : at::empty(shape, opts));
+      pool->values_.push_back(zero ? at::zeros(shape, opts) : at::empty(shape, opts));
     }
   });
   if (!s.ok()) {

@@ -25,10 +25,12 @@ class PagedKVPool {
  public:
   // Bytes one block takes across all layers (keys and values).
   static int64_t BytesPerBlock(const LlmConfig& config, int block_size, at::ScalarType dtype);
-  // `num_blocks` blocks of `block_size` positions. INVALID_ARGUMENT for
-  // non-positive sizes; RESOURCE_EXHAUSTED when the allocation fails.
+  // `num_blocks` blocks of `block_size` positions on `device`.
+  // INVALID_ARGUMENT for non-positive sizes; RESOURCE_EXHAUSTED when the
+  // allocation fails.
   static absl::StatusOr<std::unique_ptr<PagedKVPool>> Create(const LlmConfig& config, int64_t num_blocks,
-                                                             int block_size, at::ScalarType dtype);
+                                                             int block_size, at::ScalarType dtype,
+                                                             c10::Device device = c10::Device(c10::kCPU));
 
   int64_t num_blocks() const { return num_blocks_; }
   int block_size() const { return block_size_; }

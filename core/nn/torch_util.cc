@@ -48,6 +48,10 @@ at::ScalarType EffectiveComputeDType(at::ScalarType requested) {
   return at::kFloat;
 }
 
+at::ScalarType EffectiveComputeDType(at::ScalarType requested, const c10::Device& device) {
+  return device.is_cpu() ? EffectiveComputeDType(requested) : requested;
+}
+
 void TuneAllocator() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -164,7 +168,7 @@ std::string Diff::ToString() const {
 }
 
 Diff CompareTensors(const at::Tensor& actual, const at::Tensor& expected) {
-  at::Tensor a = actual.to(at::kDouble), e = expected.to(at::kDouble);
+  at::Tensor a = actual.to(at::kCPU, at::kDouble), e = expected.to(at::kCPU, at::kDouble);
   at::Tensor d = at::abs(a - e);
   Diff out;
   out.max_abs = d.max().item<double>();
@@ -174,7 +178,7 @@ Diff CompareTensors(const at::Tensor& actual, const at::Tensor& expected) {
 }
 
 at::Tensor MatmulFp32Accumulate(const at::Tensor& a, const at::Tensor& b) {
-  const bool native = CpuHasNativeBf16Matmul() && at::globalContext().userEnabledMkldnn();
+  const bool native = !a.device().is_cpu() || (CpuHasNativeBf16Matmul() && at::globalContext().userEnabledMkldnn());
   if (a.scalar_type() != at::kBFloat16 || native) return at::matmul(a, b);
   return at::matmul(a.to(at::kFloat), b.to(at::kFloat)).to(a.scalar_type());
 }

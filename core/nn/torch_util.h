@@ -71,12 +71,15 @@ bool CpuHasNativeBf16Matmul();
 // (CPUs without AVX-512 BW/VL/DQ, or oneDNN disabled) its 1.13 fallback GEMM
 // adds every product into the bf16 output itself, so a sum over 1-2k keys
 // (probs @ V on a long image prompt) drifts by 10-30% of the logit scale;
-// there the product runs on fp32 copies. Other dtypes: at::matmul.
+// there the product runs on fp32 copies. Other dtypes, and tensors on other
+// devices (cuBLAS accumulates bf16 in fp32): at::matmul.
 at::Tensor MatmulFp32Accumulate(const at::Tensor& a, const at::Tensor& b);
 
 // The dtype to compute in for a requested dtype: bf16 degrades to fp32 where
-// the CPU has no native bf16 matmul (logged once).
+// the CPU has no native bf16 matmul (logged once). Other devices (CUDA)
+// compute in the requested dtype.
 at::ScalarType EffectiveComputeDType(at::ScalarType requested);
+at::ScalarType EffectiveComputeDType(at::ScalarType requested, const c10::Device& device);
 
 // dtype conversions between safetensors and ATen.
 absl::StatusOr<at::ScalarType> ToScalarType(DType dtype);

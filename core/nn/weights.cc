@@ -27,7 +27,7 @@ std::string ShapeString(at::IntArrayRef s) { return absl::StrCat("[", absl::StrJ
 
 absl::Status LoadModuleWeights(torch::nn::Module& module, const TensorStore& store, const std::string& prefix,
                                at::ScalarType dtype, const std::vector<std::string>& ignore_unexpected,
-                               const std::vector<std::string>& skip) {
+                               const std::vector<std::string>& skip, const c10::Device& device) {
   return TorchGuard("loading weights", [&]() -> absl::Status {
     at::NoGradGuard no_grad;
     std::vector<std::string> missing, mismatched;
@@ -45,15 +45,11 @@ absl::Status LoadModuleWeights(torch::nn::Module& module, const TensorStore& sto
             absl::StrCat(key, " (checkpoint ", ShapeString(view->shape), ", model ", ShapeString(target.sizes()), ")"));
         return;
       }
-      at::Tensor value = TensorFromView(*view, dtype);
+      at::Tensor value = device.is_cpu() ? TensorFromView(*view, dtype) : TensorAlias(*view).to(device, dtype);
       // Copied: the checkpoint's mapped pages need not stay resident beside
       // the weights (they would double the peak RSS of loading).
       ReleaseMappedPages(view->data, view->nbytes);
-      if (is_param) {
-        target.set_data(value);
-      } else {
-        target.set_data(value);
-      }
+      target.set_data(value);
     };
     const std::set<std::string> skipped(skip.begin(), skip.end());
     for (auto& item : module.named_parameters(/*recurse=*/true)) {

@@ -1,7 +1,6 @@
 #include "core/train/trainer.h"
 
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -29,6 +28,8 @@
 #include "core/hub/hub_download.h"
 #include "core/llm/causal_lm.h"
 #include "core/model_path.h"
+#include "core/nn/device.h"
+#include "core/nn/torch_compat.h"
 #include "core/nn/torch_util.h"
 #include "core/safetensors.h"
 #include "core/status.h"
@@ -88,7 +89,8 @@ class Distributed {
         while (j < tensors.size() && (j == i || n + tensors[j].numel() <= kBucket)) n += tensors[j++].numel();
         std::vector<at::Tensor> flat_parts;
         for (size_t k = i; k < j; ++k) flat_parts.push_back(tensors[k].reshape(-1));
-        std::vector<at::Tensor> bucket{at::cat(flat_parts)};
+        // Gloo reduces host tensors: device gradients cross over once per bucket.
+        std::vector<at::Tensor> bucket{at::cat(flat_parts).to(at::kCPU)};
         pg_->allreduce(bucket)->wait();
         int64_t off = 0;
         for (size_t k = i; k < j; ++k) {
@@ -137,6 +139,7 @@ struct TrainModel {
   std::unique_ptr<tokenizer::Tokenizer> tokenizer;
   std::unique_ptr<VisionModel> vision;
   std::unique_ptr<llm::CausalLM> lm;
+  c10::Device device = c10::Device(c10::kCPU);
   int64_t img_context_id = -1;
   int64_t embed_padding_idx = -1;  // nn.Embedding(padding_idx=pad_token_id): no gradient for that row
   std::vector<Param> params;       // vision_model.*, language_model.*, mlp1.* (the official order), adapters
@@ -219,8 +222,12 @@ absl::StatusOr<std::unique_ptr<TrainModel>> LoadTrainModel(const TrainOptions& o
   INTERNVL_ASSIGN_OR_RETURN(auto store, TensorStore::OpenDir(dir));
   // Training runs on an fp32 master copy of every weight (HF loads the
   // model in fp32 for fp32 and for --bf16 autocast training alike).
-  INTERNVL_ASSIGN_OR_RETURN(m->vision, VisionModel::Load(m->config, *store, VisionOptions{.dtype = "fp32"}));
-  INTERNVL_ASSIGN_OR_RETURN(m->lm, llm::CausalLM::Load(m->config.llm, *store, at::kFloat));
+  INTERNVL_ASSIGN_OR_RETURN(m->device, ParseDevice(o.device));
+  INTERNVL_ASSIGN_OR_RETURN(m->vision,
+                            VisionModel::Load(m->config, *store, VisionOptions{.dtype = "fp32", .device = o.device}));
+  llm::Precision precision = llm::Precision::Uniform(at::kFloat);
+  precision.device = m->device;
+  INTERNVL_ASSIGN_OR_RETURN(m->lm, llm::CausalLM::Load(m->config.llm, *store, precision));
 
   for (auto& [name, t] : NamedVisionParameters(*m->vision)) {
     if (absl::StartsWith(name, "vision_model.")) m->params.push_back(Param{name, t});
@@ -261,8 +268,9 @@ absl::StatusOr<std::unique_ptr<TrainModel>> LoadTrainModel(const TrainOptions& o
         LoraAdapter l{name, dense, dense->weight, {}, {}};
         // kaiming_uniform_(a=sqrt(5)) on [r, in]: bound 1/sqrt(in).
         const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-        l.a = at::empty({o.lora_rank, in}, at::kFloat).uniform_(-bound, bound).requires_grad_(true);
-        l.b = at::zeros({out, o.lora_rank}, at::kFloat).requires_grad_(true);
+        const auto opts = at::TensorOptions().dtype(at::kFloat).device(m->device);
+        l.a = at::empty({o.lora_rank, in}, opts).uniform_(-bound, bound).requires_grad_(true);
+        l.b = at::zeros({out, o.lora_rank}, opts).requires_grad_(true);
         m->params.push_back(Param{name + ".lora_A.weight", l.a, true, true, true});
         m->params.push_back(Param{name + ".lora_B.weight", l.b, true, true, true});
         m->lora.push_back(std::move(l));
@@ -296,7 +304,7 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
                             const at::Tensor& sin, const at::Tensor& masked, int64_t layer_address) {
     ctx->saved_data["layer"] = layer_address;
-    ctx->saved_data["autocast"] = at::autocast::is_cpu_enabled();
+    ctx->saved_data["autocast"] = torch_compat::AutocastEnabled(x.device().type());
     ctx->save_for_backward({x, cos, sin, masked});
     auto* layer = reinterpret_cast<llm::DecoderLayerImpl*>(static_cast<intptr_t>(layer_address));
     // The same (grad-mode) arithmetic as the recomputation in backward and
@@ -316,10 +324,11 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     at::Tensor out;
     {
       at::AutoGradMode enable(true);
-      const bool was = at::autocast::is_cpu_enabled();
-      at::autocast::set_cpu_enabled(autocast);
+      const c10::DeviceType type = x.device().type();
+      const bool was = torch_compat::AutocastEnabled(type);
+      torch_compat::SetAutocast(type, autocast, at::kBFloat16);
       out = layer->forward(x, MakeContext(saved[1], saved[2], saved[3]));
-      at::autocast::set_cpu_enabled(was);
+      torch_compat::SetAutocast(type, was, at::kBFloat16);
     }
     torch::autograd::backward({out}, {grad_out[0]});
     return {x.grad(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -353,19 +362,21 @@ absl::StatusOr<at::Tensor> MicroBatchLossSum(TrainModel& m, const Batch& b, cons
                                              std::string* warning) {
   return TorchGuard("training forward", [&]() -> absl::StatusOr<at::Tensor> {
     const int64_t B = b.batch_size, L = b.seq_len;
-    at::Tensor ids = I64Tensor(b.input_ids, {B, L});
-    at::Tensor labels = I64Tensor(b.labels, {B, L});
-    at::Tensor positions = I64Tensor(b.position_ids, {B, L});
+    const c10::Device dev = m.device;
+    at::Tensor ids = I64Tensor(b.input_ids, {B, L}).to(dev);
+    at::Tensor labels = I64Tensor(b.labels, {B, L}).to(dev);
+    at::Tensor positions = I64Tensor(b.position_ids, {B, L}).to(dev);
     at::Tensor mask = at::tensor(std::vector<int64_t>(b.attention_mask.begin(), b.attention_mask.end()),
                                  at::TensorOptions().dtype(at::kLong))
                           .view({B, L})
+                          .to(dev)
                           .ne(0);
     auto& lm = m.lm->module();
     at::Tensor embeds = at::embedding(lm->model->embed->weight, ids, m.embed_padding_idx);
     if (!b.pixel_values.empty()) {
       at::Tensor px = HostToTensor(b.pixel_values);
       INTERNVL_ASSIGN_OR_RETURN(at::Tensor vit, ExtractFeatureForTraining(*m.vision, px, !o.freeze_backbone));
-      at::Tensor flags = I64Tensor(b.image_flags, {static_cast<int64_t>(b.image_flags.size())});
+      at::Tensor flags = I64Tensor(b.image_flags, {static_cast<int64_t>(b.image_flags.size())}).to(dev);
       vit = vit.index({flags.eq(1)});
       const int64_t hidden = embeds.size(2);
       at::Tensor rows = vit.reshape({-1, hidden});
@@ -385,12 +396,12 @@ absl::StatusOr<at::Tensor> MicroBatchLossSum(TrainModel& m, const Batch& b, cons
     }
     at::Tensor cos, sin;
     std::tie(cos, sin) = m.lm->rotary().Tables(positions, at::kFloat);
-    at::Tensor causal = at::arange(L).view({1, 1, L}).gt(at::arange(L).view({1, L, 1}));  // [1, L, L]
+    const auto long_opts = at::TensorOptions().dtype(at::kLong).device(dev);
+    at::Tensor causal = at::arange(L, long_opts).view({1, 1, L}).gt(at::arange(L, long_opts).view({1, L, 1}));
     at::Tensor masked = causal.logical_or(mask.logical_not().unsqueeze(1)).unsqueeze(1).unsqueeze(1);
 
     const bool autocast = o.dtype == "bf16";
-    at::autocast::set_cpu_enabled(autocast);
-    if (autocast) at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    torch_compat::SetAutocast(dev.type(), autocast, at::kBFloat16);
     at::Tensor x = embeds;
     // A checkpointed layer only builds a graph when its input needs a
     // gradient (HF's enable_input_require_grads for a frozen embedding).
@@ -405,7 +416,7 @@ absl::StatusOr<at::Tensor> MicroBatchLossSum(TrainModel& m, const Batch& b, cons
     }
     x = lm->model->norm->forward(x);
     at::Tensor logits = lm->head->forward(x).to(at::kFloat);
-    at::autocast::set_cpu_enabled(false);
+    torch_compat::SetAutocast(dev.type(), false, at::kBFloat16);
     if (autocast) at::autocast::clear_cache();
 
     const int64_t V = logits.size(2);
@@ -498,7 +509,7 @@ absl::Status WriteTensors(const std::string& path, const std::vector<std::pair<s
   std::vector<TensorRef> refs;
   INTERNVL_RETURN_IF_ERROR(TorchGuard("preparing tensors to save", [&]() -> absl::Status {
     for (const auto& [name, t] : tensors) {
-      at::Tensor c = t.detach().contiguous();
+      at::Tensor c = t.detach().to(at::kCPU).contiguous();
       INTERNVL_ASSIGN_OR_RETURN(DType dtype, FromScalarType(c.scalar_type()));
       keep.push_back(c);
       refs.push_back(TensorRef{name, dtype, c.sizes().vec(),
@@ -628,8 +639,8 @@ absl::Status LoadOptimizerState(const std::string& dir, const TrainModel& m, std
       if (a == nullptr || v == nullptr)
         return absl::InvalidArgumentError(absl::StrCat(file->path(), " lacks the moments of ", p.name));
       AdamState s;
-      s.exp_avg = TensorFromView(*a, at::kFloat).clone();
-      s.exp_avg_sq = TensorFromView(*v, at::kFloat).clone();
+      s.exp_avg = TensorFromView(*a, at::kFloat).to(p.tensor.device());
+      s.exp_avg_sq = TensorFromView(*v, at::kFloat).to(p.tensor.device());
       s.step = steps[p.name].get<int64_t>();
       if (s.exp_avg.sizes() != p.tensor.sizes())
         return absl::InvalidArgumentError(absl::StrCat(file->path(), ": moment shape mismatch for ", p.name));
@@ -700,6 +711,7 @@ absl::Status ValidateTrainOptions(const TrainOptions& o) {
   if (o.model.empty()) return bad("model is required");
   if (o.meta.empty()) return bad("meta (the dataset meta JSON) is required");
   if (o.output_dir.empty()) return bad("output_dir is required");
+  INTERNVL_RETURN_IF_ERROR(ParseDevice(o.device).status());
   if (!(o.lr >= 0 && std::isfinite(o.lr))) return bad("lr must be a finite number >= 0");
   if (!(o.weight_decay >= 0)) return bad("weight_decay must be >= 0");
   if (!(o.warmup_ratio >= 0 && o.warmup_ratio <= 1)) return bad("warmup_ratio must be in [0, 1]");

@@ -48,6 +48,10 @@ struct TrainOptions {
   int grad_accum = 1;
   std::string loss_reduction = "token";  // "token" (mean over tokens) or "square" (InternVL2.5)
   std::string dtype = "fp32";            // "fp32" or "bf16" (autocast-like: bf16 weights, fp32 master copy)
+  // "cpu", "cuda" or "cuda:N" (core/nn/device.h): where the model, the
+  // optimizer state and the batches live. Ranks all-reduce over Gloo (host
+  // buckets).
+  std::string device = "cpu";
   bool gradient_checkpointing = false;
   bool shuffle = false;  // sequential batches (the fixtures' order) unless set
   uint64_t seed = 42;
@@ -66,9 +70,9 @@ struct TrainOptions {
   int lora_rank = 0;
 
   // Checkpoints.
-  int64_t save_steps = 0;       // 0: only the final model
-  int save_total_limit = 0;     // 0: keep every checkpoint-N
-  std::string resume_from;      // a checkpoint-N folder, "auto" (latest in output_dir) or empty
+  int64_t save_steps = 0;    // 0: only the final model
+  int save_total_limit = 0;  // 0: keep every checkpoint-N
+  std::string resume_from;   // a checkpoint-N folder, "auto" (latest in output_dir) or empty
 
   // Runtime.
   int threads = 0;  // 0: all cores
@@ -87,12 +91,12 @@ absl::Status ValidateTrainOptions(const TrainOptions& options);
 struct TrainEvent {
   enum class Kind { kStarted, kStep, kCheckpoint, kWarning, kFinished };
   Kind kind = Kind::kStep;
-  int64_t step = 0;         // optimizer steps done
+  int64_t step = 0;  // optimizer steps done
   int64_t total_steps = 0;
-  double epoch = 0;         // fractional
-  double loss = 0;          // this step's loss (mean over its micro-batches, all ranks)
-  double lr = 0;            // the lr this step used
-  double grad_norm = 0;     // total L2 norm before clipping
+  double epoch = 0;      // fractional
+  double loss = 0;       // this step's loss (mean over its micro-batches, all ranks)
+  double lr = 0;         // the lr this step used
+  double grad_norm = 0;  // total L2 norm before clipping
   double samples_per_second = 0;
   int64_t skipped_records = 0;  // bad records skipped so far
   std::string checkpoint_path;  // kCheckpoint, kFinished

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/nn/functional/activation.h>
 
+#include "core/nn/torch_compat.h"
 #include "core/nn/torch_util.h"
 
 namespace internvl {
@@ -87,6 +88,14 @@ at::Tensor VisionAttentionImpl::forward(const at::Tensor& x) {
   q = q.transpose(1, 2);  // [B,H,N,D]
   k = k.transpose(1, 2);
   v = v.transpose(1, 2);
+#if INTERNVL_TORCH_HAS_SDPA
+  // Off the CPU (Torch 2.x): one fused attention kernel (flash / memory-
+  // efficient), softmax in fp32, the default scale head_dim^-0.5.
+  if (!x.device().is_cpu()) {
+    at::Tensor o = at::scaled_dot_product_attention(q, k, v);
+    return proj->forward(o.transpose(1, 2).reshape({B, N, C}));
+  }
+#endif
   // Scores for a group of heads at a time: [B,g,N,N] stays under glibc's
   // 32 MB mmap threshold (a 448px tile has N=1025: all 16 heads would be a
   // 67 MB buffer, mapped and zeroed by the kernel on every layer).

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/nn/device.h"
 #include "core/nn/torch_util.h"
 #include "core/nn/weights.h"
 #include "core/status.h"
@@ -17,6 +18,7 @@ namespace internvl {
 struct VisionModel::Impl {
   InternVLConfig config;
   at::ScalarType dtype = at::kBFloat16;
+  c10::Device device = c10::Device(c10::kCPU);
   VisionOptions options;
   InternVisionModel vision_model{nullptr};
   torch::nn::Sequential mlp1{nullptr};
@@ -62,7 +64,9 @@ absl::StatusOr<std::unique_ptr<VisionModel>> VisionModel::Load(const InternVLCon
   impl->options = options;
   if (impl->options.tile_batch < 1) impl->options.tile_batch = 1;
   INTERNVL_ASSIGN_OR_RETURN(at::ScalarType requested, ParseComputeDType(options.dtype));
-  impl->dtype = EffectiveComputeDType(requested);
+  INTERNVL_ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
+  INTERNVL_RETURN_IF_ERROR(PrepareDevice(impl->device));
+  impl->dtype = EffectiveComputeDType(requested, impl->device);
   // select_layer indexes the reference's hidden_states tuple (embeddings
   // output first, then each layer): -1 is the last layer's output.
   const int L = config.vision.num_hidden_layers;
@@ -73,8 +77,9 @@ absl::StatusOr<std::unique_ptr<VisionModel>> VisionModel::Load(const InternVLCon
   }));
   // Weights are rounded to the requested dtype even when computed in fp32, so
   // "bf16" means bf16 weights everywhere.
-  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*impl->vision_model, store, "vision_model.", requested));
-  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*impl->mlp1, store, "mlp1.", requested));
+  INTERNVL_RETURN_IF_ERROR(
+      LoadModuleWeights(*impl->vision_model, store, "vision_model.", requested, {}, {}, impl->device));
+  INTERNVL_RETURN_IF_ERROR(LoadModuleWeights(*impl->mlp1, store, "mlp1.", requested, {}, {}, impl->device));
   if (requested != impl->dtype) {
     INTERNVL_RETURN_IF_ERROR(TorchGuard("converting the vision weights", [&] {
       impl->vision_model->to(impl->dtype);
@@ -85,8 +90,8 @@ absl::StatusOr<std::unique_ptr<VisionModel>> VisionModel::Load(const InternVLCon
     impl->vision_model->eval();
     impl->mlp1->eval();
   }));
-  impl->fingerprint = absl::StrCat(WeightsFingerprint(store, "vision_model."), WeightsFingerprint(store, "mlp1."),
-                                   "-", options.dtype);
+  impl->fingerprint =
+      absl::StrCat(WeightsFingerprint(store, "vision_model."), WeightsFingerprint(store, "mlp1."), "-", options.dtype);
   return std::unique_ptr<VisionModel>(new VisionModel(std::move(impl)));
 }
 
@@ -104,13 +109,13 @@ at::Tensor PixelShuffle(const at::Tensor& x, double scale_factor, bool v2) {
 absl::StatusOr<at::Tensor> VisionHiddenState(const VisionModel& model, const at::Tensor& pixel_values) {
   auto& impl = model.impl();
   const int S = impl.config.image_size();
-  if (pixel_values.dim() != 4 || pixel_values.size(1) != impl.config.vision.num_channels ||
-      pixel_values.size(2) != S || pixel_values.size(3) != S)
+  if (pixel_values.dim() != 4 || pixel_values.size(1) != impl.config.vision.num_channels || pixel_values.size(2) != S ||
+      pixel_values.size(3) != S)
     return absl::InvalidArgumentError(absl::StrCat("pixel_values must be [N, ", impl.config.vision.num_channels, ", ",
                                                    S, ", ", S, "], got ", ShapeStr(pixel_values.sizes().vec())));
   return TorchGuard("running the vision model", [&]() -> absl::StatusOr<at::Tensor> {
     at::InferenceMode guard;
-    return impl.vision_model->forward(pixel_values.to(impl.dtype), impl.layers_to_run);
+    return impl.vision_model->forward(pixel_values.to(impl.device, impl.dtype), impl.layers_to_run);
   });
 }
 
@@ -136,8 +141,9 @@ absl::StatusOr<at::Tensor> ExtractFeatureForTraining(const VisionModel& model, c
   at::Tensor hidden;
   if (backbone_grad) {
     INTERNVL_ASSIGN_OR_RETURN(hidden, TorchGuard("running the vision model", [&] {
-      return impl.vision_model->forward(pixel_values.to(impl.dtype), impl.layers_to_run);
-    }));
+                                return impl.vision_model->forward(pixel_values.to(impl.device, impl.dtype),
+                                                                  impl.layers_to_run);
+                              }));
   } else {
     INTERNVL_ASSIGN_OR_RETURN(at::Tensor frozen, VisionHiddenState(model, pixel_values));
     // An inference tensor cannot be saved for backward: a normal copy can.
@@ -170,11 +176,11 @@ absl::StatusOr<at::Tensor> ExtractFeature(const VisionModel& model, const at::Te
   for (int64_t start = 0; start < n; start += impl.options.tile_batch) {
     at::Tensor px = pixel_values.slice(0, start, std::min(n, start + impl.options.tile_batch));
     INTERNVL_ASSIGN_OR_RETURN(at::Tensor hidden, VisionHiddenState(model, px));
-    INTERNVL_ASSIGN_OR_RETURN(
-        at::Tensor out, TorchGuard("projecting vision features", [&]() -> absl::StatusOr<at::Tensor> {
-          at::InferenceMode guard;
-          return impl.mlp1->forward(ShuffleHidden(impl.config, hidden));
-        }));
+    INTERNVL_ASSIGN_OR_RETURN(at::Tensor out,
+                              TorchGuard("projecting vision features", [&]() -> absl::StatusOr<at::Tensor> {
+                                at::InferenceMode guard;
+                                return impl.mlp1->forward(ShuffleHidden(impl.config, hidden));
+                              }));
     chunks.push_back(out);
   }
   if (chunks.size() == 1) return chunks[0];
@@ -186,9 +192,17 @@ at::Tensor HostToTensor(const HostTensor& t) {
   return at::from_blob(const_cast<uint8_t*>(t.bytes.data()), t.shape, at::TensorOptions().dtype(*type));
 }
 
+at::Tensor NormalizeTiles(const at::Tensor& tiles_u8, const c10::Device& device) {
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
+  at::Tensor mean = at::tensor({kImageNetMean[0], kImageNetMean[1], kImageNetMean[2]}).to(opts).view({1, 3, 1, 1});
+  at::Tensor std = at::tensor({kImageNetStd[0], kImageNetStd[1], kImageNetStd[2]}).to(opts).view({1, 3, 1, 1});
+  at::Tensor x = tiles_u8.to(device).permute({0, 3, 1, 2}).to(at::kFloat).div_(255.0f);
+  return x.sub_(mean).div_(std).contiguous();
+}
+
 absl::StatusOr<HostTensor> TensorToHost(const at::Tensor& t) {
   return TorchGuard("copying a tensor to host", [&]() -> absl::StatusOr<HostTensor> {
-    at::Tensor c = t.contiguous();
+    at::Tensor c = t.to(at::kCPU).contiguous();
     INTERNVL_ASSIGN_OR_RETURN(DType dtype, FromScalarType(c.scalar_type()));
     HostTensor out(dtype, c.sizes().vec());
     std::memcpy(out.bytes.data(), c.data_ptr(), out.bytes.size());
@@ -196,10 +210,23 @@ absl::StatusOr<HostTensor> TensorToHost(const at::Tensor& t) {
   });
 }
 
+bool VisionModel::normalizes_on_device() const { return !UseCpuKernels(impl_->device); }
+std::string VisionModel::device_name() const { return impl_->device.str(); }
+
 absl::StatusOr<HostTensor> VisionModel::ExtractFeature(const HostTensor& pixel_values) const {
-  if (pixel_values.dtype != DType::kF32)
-    return absl::InvalidArgumentError("pixel_values must be float32");
-  INTERNVL_ASSIGN_OR_RETURN(at::Tensor out, ::internvl::ExtractFeature(*this, HostToTensor(pixel_values)));
+  const std::vector<int64_t>& s = pixel_values.shape;
+  at::Tensor px;
+  if (pixel_values.dtype == DType::kU8) {
+    if (s.size() != 4 || s[3] != 3 || s[0] < 1)
+      return absl::InvalidArgumentError(absl::StrCat("uint8 tiles must be [N, S, S, 3], got ", ShapeStr(s)));
+    INTERNVL_ASSIGN_OR_RETURN(
+        px, TorchGuard("normalising tiles", [&] { return NormalizeTiles(HostToTensor(pixel_values), impl_->device); }));
+  } else if (pixel_values.dtype == DType::kF32) {
+    px = HostToTensor(pixel_values);
+  } else {
+    return absl::InvalidArgumentError("pixel_values must be float32 [N, 3, S, S] or uint8 tiles [N, S, S, 3]");
+  }
+  INTERNVL_ASSIGN_OR_RETURN(at::Tensor out, ::internvl::ExtractFeature(*this, px));
   return TensorToHost(out);
 }
 

@@ -20,6 +20,9 @@ struct VisionOptions {
   // rows (near peak); more tiles per pass only grow the temporaries past
   // glibc's mmap threshold (fresh, kernel-zeroed pages every layer).
   int tile_batch = 1;
+  // "cpu", "cuda" or "cuda:N" (core/nn/device.h): where the weights live and
+  // the tiles are normalised and encoded.
+  std::string device = "cpu";
 };
 
 class VisionModel {
@@ -31,9 +34,17 @@ class VisionModel {
                                                            const VisionOptions& options);
   ~VisionModel();
 
-  // pixel_values float32 [N, 3, S, S] (normalised) -> embeddings [N, T, H] in
-  // the compute dtype (T = num_image_token, H = the LLM hidden size).
+  // pixel_values float32 [N, 3, S, S] (normalised), or uint8 tiles [N, S, S,
+  // 3] (normalised on the model's device, bit-identical to
+  // preprocess::NormalizeTilesU8) -> embeddings [N, T, H] in the compute
+  // dtype (T = num_image_token, H = the LLM hidden size), on the host.
   absl::StatusOr<HostTensor> ExtractFeature(const HostTensor& pixel_values) const;
+  // Whether uint8 tiles should reach ExtractFeature as they are: true off
+  // the CPU (4x fewer bytes to copy over; the device normalises), false on
+  // the CPU, where the host's normalisation is the fastest.
+  bool normalizes_on_device() const;
+  // "cpu", "cuda:0", ...
+  std::string device_name() const;
 
   const InternVLConfig& config() const;
   int num_image_token() const { return config().num_image_token(); }

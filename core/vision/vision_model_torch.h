@@ -13,7 +13,8 @@
 
 namespace internvl {
 
-// pixel_values [N,3,S,S] (any float dtype) -> [N, T, H] in the compute dtype.
+// pixel_values [N,3,S,S] (any float dtype, any device) -> [N, T, H] in the
+// compute dtype, on the model's device.
 absl::StatusOr<at::Tensor> ExtractFeature(const VisionModel& model, const at::Tensor& pixel_values);
 // The InternViT output before CLS removal: [N, 1+P, C] (select_layer applied).
 absl::StatusOr<at::Tensor> VisionHiddenState(const VisionModel& model, const at::Tensor& pixel_values);
@@ -34,6 +35,11 @@ std::vector<std::pair<std::string, at::Tensor>> NamedVisionParameters(const Visi
 // Puts the modules in train (true) or eval mode (no dropout here either way:
 // InternViT's dropouts are 0; drop_path is not implemented, as 0 in inference).
 void SetVisionTraining(const VisionModel& model, bool train);
+
+// uint8 tiles [N, S, S, 3] -> normalised float32 [N, 3, S, S] on `device`:
+// ToTensor + Normalize as libtorch ops, each rounded to fp32 as
+// preprocess::NormalizeTilesU8's table is (bit-identical results).
+at::Tensor NormalizeTiles(const at::Tensor& tiles_u8, const c10::Device& device);
 
 at::Tensor HostToTensor(const HostTensor& t);  // zero-copy alias
 absl::StatusOr<HostTensor> TensorToHost(const at::Tensor& t);

@@ -22,6 +22,7 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50053", "gRPC address host:port (port 0 
 ABSL_FLAG(int, metrics_port, 9092, "HTTP port for /metrics and /healthz (0 = any free port)");
 ABSL_FLAG(std::string, model, "", "model folder or HF id in the local cache; required");
 ABSL_FLAG(std::string, dtype, "bf16", "compute dtype: fp32 or bf16");
+ABSL_FLAG(std::string, device, "cpu", "where the model runs: cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, quantize, "none",
           "LLM weights quantized at load time: none, int8 or int4 (AWQ checkpoints are 4-bit as published)");
 ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = all cores)");
@@ -69,6 +70,7 @@ int main(int argc, char** argv) {
   }
   EngineOptions engine_options;
   engine_options.dtype = absl::GetFlag(FLAGS_dtype);
+  engine_options.device = absl::GetFlag(FLAGS_device);
   engine_options.threads = absl::GetFlag(FLAGS_threads);
   engine_options.load_vision = false;
   engine_options.llm.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);

@@ -27,6 +27,7 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50052", "gRPC address host:port (port 0 
 ABSL_FLAG(int, metrics_port, 9091, "HTTP port for /metrics and /healthz (0 = any free port)");
 ABSL_FLAG(std::string, model, "", "model folder (config.json + safetensors); required");
 ABSL_FLAG(std::string, dtype, "bf16", "compute dtype: fp32 or bf16");
+ABSL_FLAG(std::string, device, "cpu", "where the model runs: cpu, cuda or cuda:N");
 ABSL_FLAG(int, tile_batch, 4, "tiles per InternViT forward inside one encode");
 ABSL_FLAG(int, threads, 4, "request worker threads (cache lookups, decoding; their encodes are batched together)");
 ABSL_FLAG(int, torch_threads, 0, "torch intra-op threads (0 = all cores)");
@@ -74,6 +75,7 @@ int main(int argc, char** argv) {
   }
   EngineOptions engine_options;
   engine_options.dtype = absl::GetFlag(FLAGS_dtype);
+  engine_options.device = absl::GetFlag(FLAGS_device);
   engine_options.threads = absl::GetFlag(FLAGS_torch_threads);
   engine_options.load_llm = false;
   engine_options.vision_tile_batch = absl::GetFlag(FLAGS_tile_batch);
