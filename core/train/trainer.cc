@@ -16,8 +16,13 @@
 #include <random>
 #include <set>
 #include <string>
+// Gloo data parallel where this libtorch has it and ships its headers
+// (trainer.cmake defines INTERNVL_NO_GLOO otherwise): one process then.
+#if defined(USE_C10D_GLOO) && !defined(INTERNVL_NO_GLOO)
+#define INTERNVL_HAVE_GLOO 1
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -56,6 +61,10 @@ class Distributed {
     d->rank_ = o.rank;
     d->world_ = o.world_size;
     if (o.world_size == 1) return d;
+#ifndef INTERNVL_HAVE_GLOO
+    return absl::FailedPreconditionError(
+        absl::StrCat("world_size ", o.world_size, ": this build's libtorch has no Gloo (train with one process)"));
+#else
     INTERNVL_RETURN_IF_ERROR(TorchGuard("joining the process group", [&] {
       c10d::TCPStoreOptions so;
       so.port = static_cast<uint16_t>(o.master_port);
@@ -71,6 +80,7 @@ class Distributed {
       d->pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store, o.rank, o.world_size, opts);
     }));
     return d;
+#endif
   }
 
   int rank() const { return rank_; }
@@ -80,6 +90,9 @@ class Distributed {
   // ~32 MB flat buckets so that each collective moves a useful amount.
   absl::Status AllReduceSum(const std::vector<at::Tensor>& tensors) {
     if (world_ == 1 || tensors.empty()) return absl::OkStatus();
+#ifndef INTERNVL_HAVE_GLOO
+    return absl::FailedPreconditionError("no Gloo in this build");
+#else
     return TorchGuard("all-reducing across ranks", [&] {
       constexpr int64_t kBucket = 8 << 20;  // elements (fp32: 32 MB)
       size_t i = 0;
@@ -101,17 +114,24 @@ class Distributed {
         i = j;
       }
     });
+#endif
   }
 
   absl::Status Barrier() {
     if (world_ == 1) return absl::OkStatus();
+#ifndef INTERNVL_HAVE_GLOO
+    return absl::FailedPreconditionError("no Gloo in this build");
+#else
     return TorchGuard("waiting for the other ranks", [&] { pg_->barrier()->wait(); });
+#endif
   }
 
  private:
   Distributed() = default;
   int rank_ = 0, world_ = 1;
+#ifdef INTERNVL_HAVE_GLOO
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+#endif
 };
 
 // ---------------------------------------------------------------------------
