@@ -76,14 +76,15 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
   }
 }
 
-// Every decoding sequence at once (see PagedContext::decode_blocks): q [D,
-// H, d] -> [D, H*d], as PrefillAttention's arithmetic for one query.
+// One group of decoding sequences at once (PagedContext::DecodeGroup): q
+// [D, H, d] -> [D, H*d], as PrefillAttention's arithmetic for one query.
 at::Tensor BatchedDecodeAttention(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc,
-                                  const PagedContext& ctx, int64_t heads, int64_t kv_heads, int64_t head_dim) {
-  const int64_t d = q.size(0), nb = ctx.decode_blocks.size(1), bs = kc.size(2), len = nb * bs;
+                                  const PagedContext::DecodeGroup& group, int64_t heads, int64_t kv_heads,
+                                  int64_t head_dim) {
+  const int64_t d = q.size(0), nb = group.blocks.size(1), bs = kc.size(2), len = nb * bs;
   const int64_t groups = heads / kv_heads;
   auto gather = [&](const at::Tensor& pool) {
-    return pool.index_select(0, ctx.decode_blocks.reshape({-1}))
+    return pool.index_select(0, group.blocks.reshape({-1}))
         .view({d, nb, kv_heads, bs, head_dim})
         .permute({0, 2, 1, 3, 4})
         .reshape({d, kv_heads, len, head_dim});
@@ -92,7 +93,7 @@ at::Tensor BatchedDecodeAttention(const at::Tensor& q, const at::Tensor& kc, con
   at::Tensor qg = q.reshape({d, kv_heads, groups, head_dim});
   at::Tensor scores = MatmulFp32Accumulate(qg, keys.transpose(-1, -2));  // [D, KV, G, len]
   scores.div_(std::sqrt(static_cast<double>(head_dim)));
-  scores.masked_fill_(ctx.decode_masked, -std::numeric_limits<double>::infinity());
+  scores.masked_fill_(group.masked, -std::numeric_limits<double>::infinity());
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   return MatmulFp32Accumulate(probs, values).reshape({d, heads * head_dim});
 }
@@ -122,19 +123,30 @@ PagedContext MakePagedContext(PagedKVPool& pool, const std::vector<PagedSeq>& se
   ctx.slot_block = at::tensor(block, long_opts).to(device);
   ctx.slot_offset = at::tensor(offset, long_opts).to(device);
   if (!ctx.decode_seqs.empty() && !UseCpuKernels(device)) {
-    int64_t nb = 0;
-    for (int64_t i : ctx.decode_seqs) nb = std::max<int64_t>(nb, (seqs[i].start + bs) / bs);
-    const int64_t dn = static_cast<int64_t>(ctx.decode_seqs.size());
-    std::vector<int64_t> tables(dn * nb, 0);
-    at::Tensor masked = at::ones({dn, 1, 1, nb * bs}, at::TensorOptions().dtype(at::kBool));
-    for (int64_t j = 0; j < dn; ++j) {
-      const PagedSeq& s = seqs[ctx.decode_seqs[j]];
-      const int64_t len = s.start + 1;
-      for (int64_t b = 0; b < (len + bs - 1) / bs; ++b) tables[j * nb + b] = s.blocks[b];
-      masked[j].narrow(-1, 0, len).fill_(false);
+    std::vector<int64_t> order = ctx.decode_seqs;  // longest first
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return seqs[a].start > seqs[b].start; });
+    for (size_t first = 0; first < order.size();) {
+      const int64_t longest = seqs[order[first]].start + 1;
+      size_t end = first + 1;
+      while (end < order.size() && 2 * (seqs[order[end]].start + 1) >= longest) ++end;
+      PagedContext::DecodeGroup g;
+      g.seqs.assign(order.begin() + first, order.begin() + end);
+      const int64_t dn = static_cast<int64_t>(g.seqs.size()), nb = (longest + bs - 1) / bs;
+      std::vector<int64_t> rows, tables(dn * nb, 0);
+      at::Tensor masked = at::ones({dn, 1, 1, nb * bs}, at::TensorOptions().dtype(at::kBool));
+      for (int64_t j = 0; j < dn; ++j) {
+        const PagedSeq& s = seqs[g.seqs[j]];
+        const int64_t len = s.start + 1;
+        rows.push_back(ctx.row_begin[g.seqs[j]]);
+        for (int64_t b = 0; b < (len + bs - 1) / bs; ++b) tables[j * nb + b] = s.blocks[b];
+        masked[j].narrow(-1, 0, len).fill_(false);
+      }
+      g.rows = at::tensor(rows, long_opts).to(device);
+      g.blocks = at::tensor(tables, long_opts).view({dn, nb}).to(device);
+      g.masked = masked.to(device);
+      ctx.decode_groups.push_back(std::move(g));
+      first = end;
     }
-    ctx.decode_blocks = at::tensor(tables, long_opts).view({dn, nb}).to(device);
-    ctx.decode_masked = masked.to(device);
   }
   return ctx;
 }
@@ -153,7 +165,11 @@ at::Tensor PagedAttend(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   at::Tensor qr = q[0];  // [N, H, d]
   at::Tensor out = at::empty({n, heads * head_dim}, q.options());
   std::vector<int64_t> general = ctx.prefill_seqs;
-  if (!ctx.decode_seqs.empty()) {
+  for (const PagedContext::DecodeGroup& g : ctx.decode_groups) {
+    out.index_copy_(0, g.rows,
+                    BatchedDecodeAttention(qr.index_select(0, g.rows), kc, vc, g, heads, kv_heads, head_dim));
+  }
+  if (!ctx.decode_seqs.empty() && ctx.decode_groups.empty()) {
     std::vector<const std::vector<int32_t>*> tables;
     std::vector<int64_t> lens;
     std::vector<int64_t> rows;
@@ -164,9 +180,7 @@ at::Tensor PagedAttend(const at::Tensor& q, const at::Tensor& k, const at::Tenso
     }
     at::Tensor index = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(q.device());
     at::Tensor dq = ctx.decode_seqs.size() == static_cast<size_t>(n) ? qr : qr.index_select(0, index);
-    at::Tensor d = ctx.decode_blocks.defined()
-                       ? BatchedDecodeAttention(dq, kc, vc, ctx, heads, kv_heads, head_dim)
-                       : PagedDecodeAttention(dq, kc, vc, tables, lens);  // [S, H*d] or undefined
+    at::Tensor d = PagedDecodeAttention(dq, kc, vc, tables, lens);  // [S, H*d] or undefined
     if (d.defined()) {
       if (ctx.decode_seqs.size() == static_cast<size_t>(n)) {
         out = d;

@@ -34,11 +34,19 @@ struct PagedContext {
   at::Tensor slot_offset;             // int64 [N]: its slot in the block
   std::vector<int64_t> decode_seqs;   // indices of sequences feeding one token
   std::vector<int64_t> prefill_seqs;  // the others
-  // For the decoding sequences where the CPU kernel does not run (other
-  // devices, generic kernels), on the pool's device: their block tables
-  // padded with block 0 (int64 [D, nb]) and which of the nb * block_size
-  // positions lie past each length (bool [D, 1, 1, nb * bs]).
-  at::Tensor decode_blocks, decode_masked;
+  // The decoding sequences where the CPU kernel does not run (other devices,
+  // generic kernels), in groups of similar length: each group's keys are
+  // gathered padded to its longest member, and a sequence joins a group only
+  // when at least half as long as its first (longest) one, so the padded
+  // gathers stay under twice the positions really read, whatever the mix of
+  // lengths. On the pool's device: the group's batch rows (int64 [D]), block
+  // tables padded with block 0 (int64 [D, nb]) and which of the nb *
+  // block_size positions lie past each length (bool [D, 1, 1, nb * bs]).
+  struct DecodeGroup {
+    std::vector<int64_t> seqs;  // indices into the step's sequences
+    at::Tensor rows, blocks, masked;
+  };
+  std::vector<DecodeGroup> decode_groups;
 };
 
 // Builds the shared part for `seqs` over `pool` (validated by the caller).

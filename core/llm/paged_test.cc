@@ -3,10 +3,13 @@
 // the pool, shared prefix blocks, and the general (non-kernel) path.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <numeric>
 
 #include "core/llm/causal_lm.h"
 #include "core/llm/gemv.h"
+#include "core/llm/paged_attention.h"
+#include "core/nn/device.h"
 #include "gtest/gtest.h"
 
 namespace internvl::llm {
@@ -88,7 +91,7 @@ TEST_P(PagedForward, ChunkedBatchedSequencesMatchTheFullForward) {
   std::vector<std::vector<int32_t>> tables = {{9, 3, 17, 1, 30, 22}, {2, 31, 8, 5}};
   // A: chunks 7, 9, then decode steps; B joins later, prefill 13 at once.
   std::vector<std::vector<int64_t>> schedule = {{7, 0}, {9, 13}, {1, 0}, {1, 0}, {1, 0},
-                                                {1, 0}, {1, 0}, {1, 0}, {1, 0}};
+                                                {1, 0}, {1, 0},  {1, 0}, {1, 0}};
   auto got = RunPaged(**lm, **pool, xs, schedule, tables);
   ASSERT_EQ(got.size(), 2u);
   // Expected: logits at the last position of each step's chunk.
@@ -191,6 +194,58 @@ TEST_P(PagedForward, RejectsInconsistentInputs) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Archs, PagedForward, ::testing::Values(LlmArch::kQwen2, LlmArch::kInternLM2, LlmArch::kLlama));
+
+}  // namespace
+}  // namespace internvl::llm
+
+namespace internvl::llm {
+namespace {
+
+// Off the CPU kernels, decoding sequences are grouped by length so that the
+// padded key gathers stay under twice what is really read: one long
+// sequence among short ones is not a batch padded to its length.
+TEST(PagedDecodeGroups, PaddingStaysUnderTwiceTheRealPositions) {
+  const bool was = GenericKernels();
+  ForceGenericKernels(true);
+  const int bs = 16;
+  auto pool = PagedKVPool::Create(Config(LlmArch::kQwen2, 4096), 512, bs, at::kFloat);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  std::vector<PagedSeq> seqs;
+  int32_t next = 0;
+  for (int64_t len : {4000, 17, 2600, 1, 9, 600, 300}) {
+    PagedSeq s;
+    s.start = len - 1;
+    s.num_new = 1;
+    for (int64_t b = 0; b < (len + bs - 1) / bs; ++b) s.blocks.push_back(next++);
+    seqs.push_back(s);
+  }
+  PagedSeq prefill;  // not a decode: never grouped
+  prefill.start = 0;
+  prefill.num_new = 5;
+  prefill.blocks = {next++};
+  seqs.push_back(prefill);
+  PagedContext ctx = MakePagedContext(**pool, seqs);
+  int64_t padded = 0, real = 0;
+  std::vector<int> seen(seqs.size(), 0);
+  for (const auto& g : ctx.decode_groups) {
+    padded += g.blocks.size(0) * g.blocks.size(1) * bs;
+    int64_t longest = 0;
+    for (int64_t i : g.seqs) longest = std::max(longest, seqs[i].start + 1);
+    for (size_t j = 0; j < g.seqs.size(); ++j) {
+      const int64_t i = g.seqs[j];
+      ++seen[i];
+      real += (seqs[i].start + 1 + bs - 1) / bs * bs;
+      EXPECT_GE(2 * (seqs[i].start + 1), longest) << "sequence " << i;
+      EXPECT_EQ(g.masked[j].logical_not().sum().item<int64_t>(), seqs[i].start + 1) << "sequence " << i;
+      EXPECT_EQ(g.rows[j].item<int64_t>(), ctx.row_begin[i]);
+    }
+  }
+  EXPECT_EQ(std::accumulate(seen.begin(), seen.end(), 0), 7);
+  EXPECT_EQ(seen.back(), 0);
+  EXPECT_LE(padded, 2 * real);
+  EXPECT_EQ(ctx.decode_groups.size(), 4u);  // {4000, 2600}, {600, 300}, {17, 9}, {1}
+  ForceGenericKernels(was);
+}
 
 }  // namespace
 }  // namespace internvl::llm
