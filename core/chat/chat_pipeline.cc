@@ -36,8 +36,8 @@ struct ChatPipeline::Impl {
   std::unique_ptr<InferenceEngine> engine;
   bool minimonkey = false;
 
-  // Media -> normalised pixel values [N,3,S,S] (or, for a vision model
-  // that normalises on its device, uint8 tiles [N,S,S,3]) + tiles per image.
+  // Media -> uint8 tiles [N,S,S,3] (VisionBatcher::EncodeTiles normalises
+  // them where the vision model runs best) + tiles per image.
   struct Pixels {
     HostTensor values;
     std::vector<int> num_patches_list;
@@ -46,8 +46,8 @@ struct ChatPipeline::Impl {
     preprocess::TileGrid target_aspect_ratio;
   };
   absl::StatusOr<Pixels> Preprocess(const ChatRequest& request) const;
-  // The tiles as the vision model takes them (see Pixels::values).
-  HostTensor PixelValues(const std::vector<const preprocess::Tiles*>& tiles) const;
+  // The tiles of all images in one [N,S,S,3] uint8 tensor.
+  HostTensor JoinTiles(const std::vector<const preprocess::Tiles*>& tiles) const;
   EngineRequest Request(std::vector<int> ids, HostTensor embeddings, const GenerationSettings& g) const;
   // INVALID_ARGUMENT for MiniMonkey settings on another model, and for SCM
   // without exactly one image.
@@ -100,7 +100,7 @@ absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const 
     vo.limits.max_bytes = options.max_video_bytes;
     INTERNVL_ASSIGN_OR_RETURN(video::VideoFrames frames, video::LoadVideoFrames(*request.video, vo));
     out.frame_indices.assign(frames.frame_indices.begin(), frames.frame_indices.end());
-    out.values = PixelValues({&frames.tiles});
+    out.values = JoinTiles({&frames.tiles});
     out.num_patches_list = frames.num_patches_list;
     return out;
 #else
@@ -145,28 +145,18 @@ absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const 
     if (t.count > 0) parts.push_back(&t);
     out.num_patches_list.push_back(t.count);
   }
-  if (!parts.empty()) out.values = PixelValues(parts);
+  if (!parts.empty()) out.values = JoinTiles(parts);
   return out;
 }
 
-HostTensor ChatPipeline::Impl::PixelValues(const std::vector<const preprocess::Tiles*>& tiles) const {
+HostTensor ChatPipeline::Impl::JoinTiles(const std::vector<const preprocess::Tiles*>& tiles) const {
   int64_t n = 0;
   for (const auto* t : tiles) n += t->count;
   const int64_t S = tiles.empty() ? 0 : tiles[0]->size;
-  const VisionModel* vision = engine->vision_model();
-  if (vision != nullptr && vision->normalizes_on_device()) {
-    HostTensor u8(DType::kU8, {n, S, S, preprocess::kRgbChannels});
-    uint8_t* dst = u8.data<uint8_t>();
-    for (const auto* t : tiles) dst = std::copy(t->data.begin(), t->data.end(), dst);
-    return u8;
-  }
-  HostTensor values(DType::kF32, {n, 3, S, S});
-  float* dst = values.data<float>();
-  for (const auto* t : tiles) {
-    preprocess::NormalizeTiles(*t, dst);
-    dst += static_cast<size_t>(t->count) * 3 * S * S;
-  }
-  return values;
+  HostTensor u8(DType::kU8, {n, S, S, preprocess::kRgbChannels});
+  uint8_t* dst = u8.data<uint8_t>();
+  for (const auto* t : tiles) dst = std::copy(t->data.begin(), t->data.end(), dst);
+  return u8;
 }
 
 absl::StatusOr<std::string> ChatPipeline::BuildQuery(const ChatRequest& request,
@@ -230,7 +220,7 @@ absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const 
   HostTensor embeddings;
   if (!pixels.values.empty()) {
     const auto t0 = Clock::now();
-    INTERNVL_ASSIGN_OR_RETURN(embeddings, im.engine->vision()->ExtractFeature(pixels.values));
+    INTERNVL_ASSIGN_OR_RETURN(embeddings, im.engine->vision()->EncodeTiles(pixels.values));
     result.timings.vision_ms = Ms(t0, Clock::now());
   }
   EngineRequest er = im.Request(std::move(ids), std::move(embeddings), request.generation);
@@ -320,7 +310,7 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
     HostTensor embeddings;
     if (!pixels[i].values.empty()) {
       const auto t0 = Clock::now();
-      INTERNVL_ASSIGN_OR_RETURN(embeddings, im.engine->vision()->ExtractFeature(pixels[i].values));
+      INTERNVL_ASSIGN_OR_RETURN(embeddings, im.engine->vision()->EncodeTiles(pixels[i].values));
       vision_ms += Ms(t0, Clock::now());
     }
     EngineRequest er = im.Request(std::move(rows[i]), std::move(embeddings), requests[i].generation);
