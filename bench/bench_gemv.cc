@@ -73,6 +73,12 @@ int Run(int argc, char** argv) {
         const at::Tensor w = at::randn({s.out, s.in}).mul_(0.02).to(at::kBFloat16);
         std::shared_ptr<QuantMatrix> q;
         if (f.quant) q = QuantMatrix::Quantize(w, *f.quant);
+        // As CausalLM places them (matrices of 2 MB and more in huge pages).
+        if (q) {
+          MoveToHugePages({q->data(), q->scale(), q->zmin()});
+        } else {
+          MoveToHugePages({w});
+        }
         const int64_t bytes = q ? q->bytes() : w.numel() * 2;
         const at::Tensor x = at::randn({1, s.in}).to(at::kBFloat16);
         if (f.quant) {
@@ -101,6 +107,27 @@ int Run(int argc, char** argv) {
         step_bytes += static_cast<double>(bytes) * s.per_step;
       }
       std::printf("  one decode step's matrices: %.0f MB in %.1f ms\n", step_bytes / 1e6, step_ms);
+      for (const int64_t rows : {int64_t{64}, int64_t{512}}) {
+        // A matrix that stays in the caches, called back to back: 64 rows
+        // show the fixed cost of a call (input casts, output allocation, the
+        // hand-off to the helper threads), 512 rows the kernel's arithmetic
+        // rate when memory is not the limit.
+        const at::Tensor w = at::randn({rows, 896}).mul_(0.02).to(at::kBFloat16);
+        std::shared_ptr<QuantMatrix> q;
+        if (f.quant) q = QuantMatrix::Quantize(w, *f.quant);
+        const int64_t bytes = q ? q->bytes() : w.numel() * 2;
+        const at::Tensor x = at::randn({1, 896}).to(at::kBFloat16);
+        auto call = [&] { return q ? QuantLinear(x, *q, {}) : Linear(x, w, {}); };
+        std::vector<double> times;
+        for (int r = 0; r < 20; ++r) {
+          const double t0 = bench::NowSeconds();
+          for (int i = 0; i < 100; ++i) call();
+          times.push_back((bench::NowSeconds() - t0) / 100);
+        }
+        const double t = bench::Median(times);
+        std::printf("  in cache, %4ldx896 back to back: %6.1f us per call = %5.1f GB/s\n", static_cast<long>(rows),
+                    t * 1e6, bytes / t / 1e9);
+      }
     }
   }
   // Decode attention of one token at 2500 positions (InternVL2-1B: 14 query

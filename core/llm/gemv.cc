@@ -48,8 +48,8 @@ void RowsPortable(const Problem& p, int64_t row_begin, int64_t row_end) {
         acc[k & 7] += w * x[k];
       }
       float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-      if (p.bias != nullptr) s += p.bias[r];
-      p.y[m * p.out + r] = s;
+      s = AddBias(p, r, s);
+      StoreY(p, m * p.out + r, s);
     }
   }
 }
@@ -289,28 +289,41 @@ at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   const int64_t rows = x.numel() / in;
   if (rows < 1 || rows > FastLinearMaxRows(x.scalar_type(), w.scalar_type())) return {};
 
-  const at::Tensor xf = x.reshape({rows, in}).to(at::kFloat).contiguous();
-  const at::Tensor bf = b.defined() ? b.to(at::kFloat).contiguous() : at::Tensor();
-  at::Tensor y = at::empty({rows, out}, xf.options());
+  // Few libtorch ops here: between two products that stream megabytes of
+  // weights, each op's dispatch runs from cold caches (measured ~45 us of
+  // ops around a 2 MB product whose kernel takes ~50).
+  const at::ScalarType x_dtype = x.scalar_type();
+  const at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
+  at::Tensor y = at::empty({rows, out}, x.options());
   gemv::Problem p;
-  p.x = xf.data_ptr<float>();
   p.m = rows;
   p.in = in;
   p.out = out;
   p.w = w.data_ptr();
   p.w_bf16 = w.scalar_type() == at::kBFloat16;
-  p.bias = bf.defined() ? bf.data_ptr<float>() : nullptr;
-  p.y = y.data_ptr<float>();
-  GemvKernel kernel = ActiveGemvKernel();
-  at::Tensor scratch, xb;
-  if (kernel == GemvKernel::kAvx512Bf16) {
-    // Only for bf16 inputs and weights (the products stay exact).
-    if (x.scalar_type() == at::kBFloat16 && p.w_bf16) {
-      xb = x.reshape({rows, in}).contiguous();
-      p.x_bf16 = reinterpret_cast<const uint16_t*>(xb.data_ptr());
+  at::Tensor bc;
+  if (b.defined()) {
+    bc = b.is_contiguous() ? b : b.contiguous();
+    if (bc.scalar_type() == at::kBFloat16) {
+      p.bias_bf16 = reinterpret_cast<const uint16_t*>(bc.data_ptr());
     } else {
-      kernel = GemvKernel::kAvx2;
+      p.bias = bc.data_ptr<float>();
     }
+  }
+  if (x_dtype == at::kBFloat16) {
+    p.y_bf16 = reinterpret_cast<uint16_t*>(y.data_ptr());
+  } else {
+    p.y = y.data_ptr<float>();
+  }
+  GemvKernel kernel = ActiveGemvKernel();
+  // Only for bf16 inputs and weights (the products stay exact).
+  if (kernel == GemvKernel::kAvx512Bf16 && !(x_dtype == at::kBFloat16 && p.w_bf16)) kernel = GemvKernel::kAvx2;
+  at::Tensor xf, scratch;
+  if (kernel == GemvKernel::kAvx512Bf16) {
+    p.x_bf16 = reinterpret_cast<const uint16_t*>(xc.data_ptr());
+  } else {
+    xf = x_dtype == at::kFloat ? xc : CastFloatBf16(xc, at::kFloat);
+    p.x = xf.data_ptr<float>();
   }
   if (kernel == GemvKernel::kAvx2) {
     scratch = at::empty({rows, in}, xf.options());
@@ -335,10 +348,10 @@ at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
     }
   });
 
+  if (x.dim() == 2) return y;
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out;
-  y = y.view(shape);
-  return x.scalar_type() == at::kFloat ? y : CastFloatBf16(y, x.scalar_type());
+  return y.view(shape);
 }
 
 at::Tensor CastFloatBf16(const at::Tensor& t, at::ScalarType dtype) {
@@ -361,13 +374,9 @@ at::Tensor CastFloatBf16(const at::Tensor& t, at::ScalarType dtype) {
       uint32_t* d = static_cast<uint32_t*>(dst);
       for (int64_t i = i0; i < i1; ++i) d[i] = static_cast<uint32_t>(s[i]) << 16;
     } else {
-      const uint32_t* s = static_cast<const uint32_t*>(src);
+      const float* s = static_cast<const float*>(src);
       uint16_t* d = static_cast<uint16_t*>(dst);
-      for (int64_t i = i0; i < i1; ++i) {
-        const uint32_t bits = s[i];
-        const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-        d[i] = static_cast<uint16_t>((bits & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
-      }
+      for (int64_t i = i0; i < i1; ++i) d[i] = FloatToBf16Bits(s[i]);
     }
   });
   return out;

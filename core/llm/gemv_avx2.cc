@@ -38,12 +38,13 @@ inline float Bf16ToFloat(uint16_t v) {
   return f;
 }
 
-// fp32 weights: rows [row, row + kRows) x input rows [m0, m0 + M).
+// fp32 weights: rows rows[0..kRows) x input rows [m0, m0 + M).
 template <int kRows, int M>
-inline void BlockF32(const Problem& p, int64_t row, int64_t m0) {
+inline void BlockF32(const Problem& p, const int64_t* rows, int64_t m0) {
   const int64_t in = p.in;
   const int64_t vec_end = in & ~int64_t{7};
-  const float* w = static_cast<const float*>(p.w) + row * in;
+  const float* w[kRows];
+  for (int i = 0; i < kRows; ++i) w[i] = static_cast<const float*>(p.w) + rows[i] * in;
   __m256 acc[kRows][M];
 #pragma GCC unroll 4
   for (int i = 0; i < kRows; ++i) {
@@ -56,7 +57,7 @@ inline void BlockF32(const Problem& p, int64_t row, int64_t m0) {
     for (int m = 0; m < M; ++m) xv[m] = _mm256_loadu_ps(p.x + (m0 + m) * in + k);
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
-      const __m256 wv = _mm256_loadu_ps(w + i * in + k);
+      const __m256 wv = _mm256_loadu_ps(w[i] + k);
 #pragma GCC unroll 4
       for (int m = 0; m < M; ++m) acc[i][m] = _mm256_fmadd_ps(wv, xv[m], acc[i][m]);
     }
@@ -64,26 +65,27 @@ inline void BlockF32(const Problem& p, int64_t row, int64_t m0) {
   for (int i = 0; i < kRows; ++i) {
     for (int m = 0; m < M; ++m) {
       float s = HorizontalSum(acc[i][m]);
-      for (int64_t k = vec_end; k < in; ++k) s += w[i * in + k] * p.x[(m0 + m) * in + k];
-      if (p.bias != nullptr) s += p.bias[row + i];
-      p.y[(m0 + m) * p.out + row + i] = s;
+      for (int64_t k = vec_end; k < in; ++k) s += w[i][k] * p.x[(m0 + m) * in + k];
+      s = AddBias(p, rows[i], s);
+      StoreY(p, (m0 + m) * p.out + rows[i], s);
     }
   }
 }
 
-// bf16 weights: rows [row, row + kRows) x input rows [m0, m0 + M), x from
-// p.x_perm (per 16 elements: the 8 even, then the 8 odd ones). Only the first
-// group of input rows prefetches (the next ones find the rows in L1): one
-// block ahead, 2 cache lines per 16 x 4 weights, since rows of 1-10 KB are
-// too short for the hardware prefetchers to ramp up on each of the 4 streams
-// (measured 15 -> 19 GB/s).
+// bf16 weights: rows rows[0..kRows) x input rows [m0, m0 + M), x from
+// p.x_perm (per 16 elements: the 8 even, then the 8 odd ones). With adjacent
+// rows, only the first group of input rows prefetches (the next ones find
+// the rows in L1): one block ahead, 2 cache lines per 16 x 4 weights, since
+// rows of 1-10 KB are too short for the hardware prefetchers to ramp up on
+// each of the 4 streams (measured 15 -> 19 GB/s).
 template <int kRows, int M>
-inline void BlockBf16(const Problem& p, int64_t row, int64_t m0) {
+inline void BlockBf16(const Problem& p, const int64_t* rows, int64_t m0) {
   const int64_t in = p.in;
   const int64_t vec_end = in & ~int64_t{15};
+  const int64_t row = rows[0];
   const auto* w = static_cast<const uint16_t*>(p.w) + row * in;
   const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
-  const bool prefetch = m0 == 0;
+  const bool prefetch = m0 == 0 && rows[kRows - 1] == row + kRows - 1;
   const char* ahead = reinterpret_cast<const char*>(w + kRows * in);
   const char* limit = reinterpret_cast<const char*>(static_cast<const uint16_t*>(p.w) + p.out * in);
   __m256 acc[kRows][M];
@@ -108,7 +110,8 @@ inline void BlockBf16(const Problem& p, int64_t row, int64_t m0) {
     }
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i * in + k));
+      const __m256i v =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p.w) + rows[i] * in + k));
       const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
       const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, high));
 #pragma GCC unroll 4
@@ -121,9 +124,10 @@ inline void BlockBf16(const Problem& p, int64_t row, int64_t m0) {
   for (int i = 0; i < kRows; ++i) {
     for (int m = 0; m < M; ++m) {
       float s = HorizontalSum(acc[i][m]);
-      for (int64_t k = vec_end; k < in; ++k) s += Bf16ToFloat(w[i * in + k]) * p.x[(m0 + m) * in + k];
-      if (p.bias != nullptr) s += p.bias[row + i];
-      p.y[(m0 + m) * p.out + row + i] = s;
+      const uint16_t* wi = static_cast<const uint16_t*>(p.w) + rows[i] * in;
+      for (int64_t k = vec_end; k < in; ++k) s += Bf16ToFloat(wi[k]) * p.x[(m0 + m) * in + k];
+      s = AddBias(p, rows[i], s);
+      StoreY(p, (m0 + m) * p.out + rows[i], s);
     }
   }
 }
@@ -132,7 +136,7 @@ inline void BlockBf16(const Problem& p, int64_t row, int64_t m0) {
 // FMA memory operands from L1) or 2 (bf16: 8 accumulators + 4 inputs + 2
 // weights in the 16 vector registers).
 template <int kRows>
-inline void AllInputsF32(const Problem& p, int64_t row) {
+inline void AllInputsF32(const Problem& p, const int64_t* row) {
   int64_t m0 = 0;
   for (; m0 + 4 <= p.m; m0 += 4) BlockF32<kRows, 4>(p, row, m0);
   switch (p.m - m0) {
@@ -148,7 +152,7 @@ inline void AllInputsF32(const Problem& p, int64_t row) {
 }
 
 template <int kRows>
-inline void AllInputsBf16(const Problem& p, int64_t row) {
+inline void AllInputsBf16(const Problem& p, const int64_t* row) {
   int64_t m0 = 0;
   for (; m0 + 2 <= p.m; m0 += 2) BlockBf16<kRows, 2>(p, row, m0);
   if (m0 < p.m) BlockBf16<kRows, 1>(p, row, m0);
@@ -173,14 +177,42 @@ void PrepareAvx2(Problem& p, float* scratch) {
   p.x_perm = scratch;
 }
 
+namespace {
+
+// Output rows [row_begin, row_end). Inputs that fit one group (the weights
+// stream from memory once): one row from each half of the range at a time,
+// two sequential streams far apart (see gemv_avx512bf16.cc). More inputs
+// re-read the rows from L1: 4 adjacent rows keep more products in flight.
+template <void (*All1)(const Problem&, const int64_t*), void (*All2)(const Problem&, const int64_t*),
+          void (*All4)(const Problem&, const int64_t*)>
+void RowsIn(const Problem& p, int64_t row_begin, int64_t row_end, int64_t group) {
+  if (p.m > group) {
+    int64_t r = row_begin;
+    for (; r + 4 <= row_end; r += 4) {
+      const int64_t rows[4] = {r, r + 1, r + 2, r + 3};
+      All4(p, rows);
+    }
+    for (; r < row_end; ++r) All1(p, &r);
+    return;
+  }
+  const int64_t half = (row_end - row_begin) / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t rows[2] = {row_begin + i, row_begin + half + i};
+    All2(p, rows);
+  }
+  if ((row_end - row_begin) % 2 != 0) {
+    const int64_t last = row_end - 1;
+    All1(p, &last);
+  }
+}
+
+}  // namespace
+
 void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end) {
-  int64_t r = row_begin;
   if (p.w_bf16) {
-    for (; r + 4 <= row_end; r += 4) AllInputsBf16<4>(p, r);
-    for (; r < row_end; ++r) AllInputsBf16<1>(p, r);
+    RowsIn<AllInputsBf16<1>, AllInputsBf16<2>, AllInputsBf16<4>>(p, row_begin, row_end, 2);
   } else {
-    for (; r + 4 <= row_end; r += 4) AllInputsF32<4>(p, r);
-    for (; r < row_end; ++r) AllInputsF32<1>(p, r);
+    RowsIn<AllInputsF32<1>, AllInputsF32<2>, AllInputsF32<4>>(p, row_begin, row_end, 4);
   }
 }
 

@@ -31,15 +31,16 @@ inline float Bf16ToFloat(uint16_t v) {
 
 using simd::ReduceAdd;
 
+// Dot products of kRows weight rows (at rows[i]) with M input rows from m0.
+// The rows need not be adjacent: see RowsAvx512Bf16.
 template <int kRows, int M>
-inline void Block(const Problem& p, int64_t row, int64_t m0) {
+inline void Block(const Problem& p, const int64_t* rows, int64_t m0) {
   const int64_t in = p.in;
   const int64_t vec_end = in & ~int64_t{31};
-  const auto* w = static_cast<const uint16_t*>(p.w) + row * in;
   const uint16_t* x = p.x_bf16;
-  const bool prefetch = m0 == 0;
-  const char* ahead = reinterpret_cast<const char*>(w + kRows * in);
-  const char* limit = reinterpret_cast<const char*>(static_cast<const uint16_t*>(p.w) + p.out * in);
+  const uint16_t* w[kRows];
+#pragma GCC unroll 8
+  for (int i = 0; i < kRows; ++i) w[i] = static_cast<const uint16_t*>(p.w) + rows[i] * in;
   __m512 acc[kRows][M];
 #pragma GCC unroll 8
   for (int i = 0; i < kRows; ++i) {
@@ -47,21 +48,12 @@ inline void Block(const Problem& p, int64_t row, int64_t m0) {
     for (int m = 0; m < M; ++m) acc[i][m] = _mm512_setzero_ps();
   }
   for (int64_t k = 0; k < vec_end; k += 32) {
-    if (prefetch) {
-      // One block of rows ahead: 4 rows are too short for the hardware
-      // prefetchers to ramp up on each stream.
-      const char* a = ahead + k * kRows * 2;
-      if (a + 64 * kRows <= limit) {
-#pragma GCC unroll 8
-        for (int i = 0; i < kRows; ++i) _mm_prefetch(a + 64 * i, _MM_HINT_T0);
-      }
-    }
     __m512bh xv[M];
 #pragma GCC unroll 4
     for (int m = 0; m < M; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + (m0 + m) * in + k);
 #pragma GCC unroll 8
     for (int i = 0; i < kRows; ++i) {
-      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + i * in + k);
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w[i] + k);
 #pragma GCC unroll 4
       for (int m = 0; m < M; ++m) acc[i][m] = _mm512_dpbf16_ps(acc[i][m], wv, xv[m]);
     }
@@ -69,24 +61,24 @@ inline void Block(const Problem& p, int64_t row, int64_t m0) {
   for (int i = 0; i < kRows; ++i) {
     for (int m = 0; m < M; ++m) {
       float s = ReduceAdd(acc[i][m]);
-      for (int64_t k = vec_end; k < in; ++k) s += Bf16ToFloat(w[i * in + k]) * Bf16ToFloat(x[(m0 + m) * in + k]);
-      if (p.bias != nullptr) s += p.bias[row + i];
-      p.y[(m0 + m) * p.out + row + i] = s;
+      for (int64_t k = vec_end; k < in; ++k) s += Bf16ToFloat(w[i][k]) * Bf16ToFloat(x[(m0 + m) * in + k]);
+      s = AddBias(p, rows[i], s);
+      StoreY(p, (m0 + m) * p.out + rows[i], s);
     }
   }
 }
 
 template <int kRows>
-inline void AllInputs(const Problem& p, int64_t row) {
+inline void AllInputs(const Problem& p, const int64_t* rows) {
   int64_t m0 = 0;
-  for (; m0 + 4 <= p.m; m0 += 4) Block<kRows, 4>(p, row, m0);
+  for (; m0 + 4 <= p.m; m0 += 4) Block<kRows, 4>(p, rows, m0);
   switch (p.m - m0) {
     case 1:
-      return Block<kRows, 1>(p, row, m0);
+      return Block<kRows, 1>(p, rows, m0);
     case 2:
-      return Block<kRows, 2>(p, row, m0);
+      return Block<kRows, 2>(p, rows, m0);
     case 3:
-      return Block<kRows, 3>(p, row, m0);
+      return Block<kRows, 3>(p, rows, m0);
     default:
       return;
   }
@@ -243,9 +235,32 @@ void SegmentValuesGroupBf16Avx512(const float* probs, int64_t probs_stride, int6
 }
 
 void RowsAvx512Bf16(const Problem& p, int64_t row_begin, int64_t row_end) {
-  int64_t r = row_begin;
-  for (; r + 4 <= row_end; r += 4) AllInputs<4>(p, r);
-  for (; r < row_end; ++r) AllInputs<1>(p, r);
+  if (p.m > 4) {
+    // Several blocks of inputs: the weight rows are re-read from L1 for each,
+    // so the products dominate and 4 adjacent rows x 4 inputs (16
+    // accumulators) keep the most of them in flight.
+    int64_t r = row_begin;
+    for (; r + 4 <= row_end; r += 4) {
+      const int64_t rows[4] = {r, r + 1, r + 2, r + 3};
+      AllInputs<4>(p, rows);
+    }
+    for (; r < row_end; ++r) AllInputs<1>(p, &r);
+    return;
+  }
+  // Up to 4 inputs: the product streams the weights from memory once. One row
+  // from each half of the range at a time, i.e. two sequential streams far
+  // apart: on the Zen 5 VM this streams at the bandwidth probe's rate (64-78
+  // GB/s on 2 threads), where 4 adjacent rows at a time (4 interleaved
+  // streams 1 row apart, with or without software prefetch) reach 35-51.
+  const int64_t half = (row_end - row_begin) / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t rows[2] = {row_begin + i, row_begin + half + i};
+    AllInputs<2>(p, rows);
+  }
+  if ((row_end - row_begin) % 2 != 0) {
+    const int64_t last = row_end - 1;
+    AllInputs<1>(p, &last);
+  }
 }
 
 bool CpuHasAvx512Bf16() {

@@ -7,12 +7,16 @@
 // rows m in [0, M):
 //   y[m * out + r] = sum_k w[r * in + k] * x[m * in + k]  (+ bias[r])
 // with fp32 accumulation. w is [out, in] row-major, fp32 or bf16 (bf16 ->
-// fp32 is exact: the bf16 bits are the high half of the fp32 bits). x, y and
-// bias are fp32; bias may be null. Any M >= 1 (the weights are read from
-// memory once; the input rows should fit in L2).
+// fp32 is exact: the bf16 bits are the high half of the fp32 bits). x is
+// fp32; bias fp32 or bf16 (or null); y fp32, or bf16 rounded to nearest even
+// (y_bf16 set: what casting the fp32 result does, without the fp32 buffer).
+// Any M >= 1 (the weights are read from memory once; the input rows should
+// fit in L2).
 #pragma once
 
 #include <cstdint>
+
+#include "core/llm/bf16_bits.h"
 
 namespace internvl::llm::gemv {
 
@@ -23,14 +27,31 @@ struct Problem {
   int64_t out = 0;
   const void* w = nullptr;  // [out, in], fp32 or bf16 (uint16_t bits)
   bool w_bf16 = false;
-  const float* bias = nullptr;  // [out] or null
-  float* y = nullptr;           // [M, out]
+  const float* bias = nullptr;          // [out] or null
+  const uint16_t* bias_bf16 = nullptr;  // [out] (bf16 bits), instead of bias
+  float* y = nullptr;                   // [M, out]
+  uint16_t* y_bf16 = nullptr;           // [M, out] (bf16 bits), instead of y
   // x in the layout the AVX2 bf16 kernel reads (set by PrepareAvx2).
   const float* x_perm = nullptr;
   // x rounded to bf16 [M, in] (uint16_t bits), for the AVX-512-BF16 kernel:
   // set when the inputs are bf16 already (exact).
   const uint16_t* x_bf16 = nullptr;
 };
+
+// The bias of output row r, and the store of y[i] (every kernel ends with
+// these; static: each kernel's file compiles its own copy with its flags).
+static inline float AddBias(const Problem& p, int64_t r, float s) {
+  if (p.bias != nullptr) return s + p.bias[r];
+  if (p.bias_bf16 != nullptr) return s + Bf16BitsToFloat(p.bias_bf16[r]);
+  return s;
+}
+static inline void StoreY(const Problem& p, int64_t i, float v) {
+  if (p.y_bf16 == nullptr) {
+    p.y[i] = v;
+  } else {
+    p.y_bf16[i] = FloatToBf16Bits(v);
+  }
+}
 
 // Portable reference implementation (any CPU).
 void RowsPortable(const Problem& p, int64_t row_begin, int64_t row_end);

@@ -305,9 +305,15 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
     }
     return y.to(x.scalar_type()).view(shape);
   }
-  const at::Tensor xf = x2.to(at::kFloat).contiguous();
-  const at::Tensor bf = b.defined() ? b.to(at::kFloat).contiguous() : at::Tensor();
-  at::Tensor y = at::empty({rows, out}, xf.options());
+  // Few libtorch ops between two products (see FastLinear): our own casts,
+  // and a bf16 result is stored by the kernel itself.
+  const at::Tensor x2c = x2.is_contiguous() ? x2 : x2.contiguous();
+  const at::Tensor xf = CastFloatBf16(x2c, at::kFloat);
+  const at::Tensor bf = b.defined() ? CastFloatBf16(b.contiguous(), at::kFloat) : at::Tensor();
+  const bool bf16_out = x.scalar_type() == at::kBFloat16;
+  at::Tensor y = at::empty({rows, out}, x.options());
+  float* y32 = bf16_out ? nullptr : y.data_ptr<float>();
+  uint16_t* y16 = bf16_out ? reinterpret_cast<uint16_t*>(y.data_ptr()) : nullptr;
   quant::Activations acts;
   acts.Prepare(xf.data_ptr<float>(), rows, in, w.padded_in(), w.kind() == QuantMatrix::Kind::kInt4 ? w.group() : 0);
   const QuantKernel kernel = ActiveQuantKernel();
@@ -318,8 +324,9 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
           w.data().data_ptr<int8_t>(),
           w.scale().data_ptr<float>(),
           bf.defined() ? bf.data_ptr<float>() : nullptr,
-          y.data_ptr<float>(),
-          out};
+          y32,
+          out,
+          y16};
   } else {
     p4 = {&acts,
           w.data().data_ptr<uint8_t>(),
@@ -327,8 +334,9 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
           w.zmin().data_ptr<float>(),
           w.group(),
           bf.defined() ? bf.data_ptr<float>() : nullptr,
-          y.data_ptr<float>(),
-          out};
+          y32,
+          out,
+          y16};
   }
   // Chunks of whole 4-row blocks of at least ~128 KB of packed weights.
   const int threads = at::get_num_threads();
@@ -348,8 +356,7 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
         return int8 ? quant::Int8RowsPortable(p8, r0, r1) : quant::Int4RowsPortable(p4, r0, r1);
     }
   });
-  y = y.view(shape);
-  return x.scalar_type() == at::kFloat ? y : CastFloatBf16(y, x.scalar_type());
+  return y.view(shape);
 }
 
 }  // namespace internvl::llm

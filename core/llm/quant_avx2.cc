@@ -30,7 +30,7 @@ inline __m256 DotU4(__m256i w, __m256i x, __m256i ones) {
 }
 
 template <int kRows>
-void Int8Block(const Int8Problem& p, int64_t row, int64_t m) {
+void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m) {
   const Activations& a = *p.a;
   const int64_t blocks = a.inp / kBlock;
   const int8_t* x = a.xq.data() + m * a.inp;
@@ -44,19 +44,19 @@ void Int8Block(const Int8Problem& p, int64_t row, int64_t m) {
     const __m256 dv = _mm256_broadcast_ss(d + b);
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + (row + i) * a.inp + k));
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + rows[i] * a.inp + k));
       acc[i] = _mm256_fmadd_ps(DotInt8(_mm256_abs_epi8(wv), wv, xv, ones), dv, acc[i]);
     }
   }
   for (int i = 0; i < kRows; ++i) {
-    float y = p.scale[row + i] * HorizontalSum(acc[i]);
-    if (p.bias != nullptr) y += p.bias[row + i];
-    p.y[m * p.out + row + i] = y;
+    float y = p.scale[rows[i]] * HorizontalSum(acc[i]);
+    if (p.bias != nullptr) y += p.bias[rows[i]];
+    StoreY(p, m * p.out + rows[i], y);
   }
 }
 
 template <int kRows>
-void Int4Block(const Int4Problem& p, int64_t row, int64_t m) {
+void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
   const Activations& a = *p.a;
   const int64_t blocks = a.inp / kBlock, groups = a.inp / p.group, row_bytes = a.inp / 2;
   const int8_t* x = a.xq.data() + m * a.inp;
@@ -74,9 +74,9 @@ void Int4Block(const Int4Problem& p, int64_t row, int64_t m) {
       const __m256i x_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k_hi));
 #pragma GCC unroll 4
       for (int i = 0; i < kRows; ++i) {
-        const float* scale = p.scale + (row + i) * groups;
+        const float* scale = p.scale + rows[i] * groups;
         const __m256i v =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + (row + i) * row_bytes + k / 2 + 32 * h));
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + rows[i] * row_bytes + k / 2 + 32 * h));
         const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
         acc[i] =
             _mm256_fmadd_ps(DotU4(lo, x_lo, ones), _mm256_set1_ps(d[k_lo / kBlock] * scale[k_lo / p.group]), acc[i]);
@@ -87,30 +87,50 @@ void Int4Block(const Int4Problem& p, int64_t row, int64_t m) {
   }
   for (int i = 0; i < kRows; ++i) {
     float y = HorizontalSum(acc[i]);
-    const float* zmin = p.zmin + (row + i) * groups;
+    const float* zmin = p.zmin + rows[i] * groups;
     const float* gsum = a.gsum.data() + m * groups;
     for (int64_t g = 0; g < groups; ++g) y += zmin[g] * gsum[g];
-    if (p.bias != nullptr) y += p.bias[row + i];
-    p.y[m * p.out + row + i] = y;
+    if (p.bias != nullptr) y += p.bias[rows[i]];
+    StoreY(p, m * p.out + rows[i], y);
+  }
+}
+
+// Output rows [row_begin, row_end). One input row: one weight row from each
+// half of the range at a time (two sequential streams far apart, see
+// quant_avx512vnni.cc); more: 4 adjacent rows, whose weights stay in L1 for
+// the next input row.
+template <typename P, void (*B1)(const P&, const int64_t*, int64_t), void (*B2)(const P&, const int64_t*, int64_t),
+          void (*B4)(const P&, const int64_t*, int64_t)>
+void RowsIn(const P& p, int64_t row_begin, int64_t row_end) {
+  if (p.a->m > 1) {
+    int64_t r = row_begin;
+    for (; r + 4 <= row_end; r += 4) {
+      const int64_t rows[4] = {r, r + 1, r + 2, r + 3};
+      for (int64_t m = 0; m < p.a->m; ++m) B4(p, rows, m);
+    }
+    for (; r < row_end; ++r)
+      for (int64_t m = 0; m < p.a->m; ++m) B1(p, &r, m);
+    return;
+  }
+  const int64_t half = (row_end - row_begin) / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t rows[2] = {row_begin + i, row_begin + half + i};
+    B2(p, rows, 0);
+  }
+  if ((row_end - row_begin) % 2 != 0) {
+    const int64_t last = row_end - 1;
+    B1(p, &last, 0);
   }
 }
 
 }  // namespace
 
 void Int8RowsAvx2(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
-  int64_t r = row_begin;
-  for (; r + 4 <= row_end; r += 4)
-    for (int64_t m = 0; m < p.a->m; ++m) Int8Block<4>(p, r, m);
-  for (; r < row_end; ++r)
-    for (int64_t m = 0; m < p.a->m; ++m) Int8Block<1>(p, r, m);
+  RowsIn<Int8Problem, Int8Block<1>, Int8Block<2>, Int8Block<4>>(p, row_begin, row_end);
 }
 
 void Int4RowsAvx2(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
-  int64_t r = row_begin;
-  for (; r + 4 <= row_end; r += 4)
-    for (int64_t m = 0; m < p.a->m; ++m) Int4Block<4>(p, r, m);
-  for (; r < row_end; ++r)
-    for (int64_t m = 0; m < p.a->m; ++m) Int4Block<1>(p, r, m);
+  RowsIn<Int4Problem, Int4Block<1>, Int4Block<2>, Int4Block<4>>(p, row_begin, row_end);
 }
 
 }  // namespace internvl::llm::quant

@@ -22,12 +22,16 @@ namespace {
 
 using simd::ReduceAdd;
 
+// Rows rows[0..kRows) x input rows [m0, m0 + M). Adjacent rows (rows[i] =
+// rows[0] + i) prefetch one block ahead; split ones are two streams far apart
+// (see RowsIn).
 template <int kRows, int M>
-void Int8Block(const Int8Problem& p, int64_t row, int64_t m0) {
+void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m0) {
   const Activations& a = *p.a;
   const int64_t inp = a.inp, lanes = inp / 4;
+  const int64_t row = rows[0];
   const int8_t* w = p.w + row * inp;
-  const bool prefetch = m0 == 0;
+  const bool prefetch = m0 == 0 && rows[kRows - 1] == row + kRows - 1;
   const char* ahead = reinterpret_cast<const char*>(w + kRows * inp);
   const char* limit = reinterpret_cast<const char*>(p.w + p.out * inp);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -44,7 +48,7 @@ void Int8Block(const Int8Problem& p, int64_t row, int64_t m0) {
     }
     __m512i wv[kRows];
 #pragma GCC unroll 4
-    for (int i = 0; i < kRows; ++i) wv[i] = _mm512_xor_si512(_mm512_loadu_si512(w + i * inp + k), flip);
+    for (int i = 0; i < kRows; ++i) wv[i] = _mm512_xor_si512(_mm512_loadu_si512(p.w + rows[i] * inp + k), flip);
 #pragma GCC unroll 4
     for (int m = 0; m < M; ++m) {
       const __m512i xv = _mm512_loadu_si512(a.xq.data() + (m0 + m) * inp + k);
@@ -59,19 +63,20 @@ void Int8Block(const Int8Problem& p, int64_t row, int64_t m0) {
   }
   for (int i = 0; i < kRows; ++i) {
     for (int m = 0; m < M; ++m) {
-      float y = p.scale[row + i] * ReduceAdd(acc[i][m]);
-      if (p.bias != nullptr) y += p.bias[row + i];
-      p.y[(m0 + m) * p.out + row + i] = y;
+      float y = p.scale[rows[i]] * ReduceAdd(acc[i][m]);
+      if (p.bias != nullptr) y += p.bias[rows[i]];
+      StoreY(p, (m0 + m) * p.out + rows[i], y);
     }
   }
 }
 
 template <int kRows, int M>
-void Int4Block(const Int4Problem& p, int64_t row, int64_t m0) {
+void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0) {
   const Activations& a = *p.a;
   const int64_t inp = a.inp, lanes = inp / 4, row_bytes = inp / 2, groups = inp / p.group;
+  const int64_t row = rows[0];
   const uint8_t* w = p.w + row * row_bytes;
-  const bool prefetch = m0 == 0;
+  const bool prefetch = m0 == 0 && rows[kRows - 1] == row + kRows - 1;
   const char* ahead = reinterpret_cast<const char*>(w + kRows * row_bytes);
   const char* limit = reinterpret_cast<const char*>(p.w + p.out * row_bytes);
   const __m512i low = _mm512_set1_epi8(0x0F);
@@ -91,7 +96,7 @@ void Int4Block(const Int4Problem& p, int64_t row, int64_t m0) {
     __m512i lo[kRows], hi[kRows];
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
-      const __m512i v = _mm512_loadu_si512(w + i * row_bytes + kb);
+      const __m512i v = _mm512_loadu_si512(p.w + rows[i] * row_bytes + kb);
       lo[i] = _mm512_and_si512(v, low);
       hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
     }
@@ -104,7 +109,7 @@ void Int4Block(const Int4Problem& p, int64_t row, int64_t m0) {
       const __m512 d_lo = _mm512_loadu_ps(ld), d_hi = _mm512_loadu_ps(ld + 16);
 #pragma GCC unroll 4
       for (int i = 0; i < kRows; ++i) {
-        const float* scale = p.scale + (row + i) * groups;
+        const float* scale = p.scale + rows[i] * groups;
         const __m512 t_lo = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[i], x_lo));
         const __m512 t_hi = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[i], x_hi));
         acc[i][m] = _mm512_fmadd_ps(_mm512_mul_ps(t_lo, d_lo), _mm512_set1_ps(scale[g_lo]), acc[i][m]);
@@ -113,20 +118,21 @@ void Int4Block(const Int4Problem& p, int64_t row, int64_t m0) {
     }
   }
   for (int i = 0; i < kRows; ++i) {
-    const float* zmin = p.zmin + (row + i) * groups;
+    const float* zmin = p.zmin + rows[i] * groups;
     for (int m = 0; m < M; ++m) {
       float y = ReduceAdd(acc[i][m]);
       const float* gsum = a.gsum.data() + (m0 + m) * groups;
       for (int64_t g = 0; g < groups; ++g) y += zmin[g] * gsum[g];
-      if (p.bias != nullptr) y += p.bias[row + i];
-      p.y[(m0 + m) * p.out + row + i] = y;
+      if (p.bias != nullptr) y += p.bias[rows[i]];
+      StoreY(p, (m0 + m) * p.out + rows[i], y);
     }
   }
 }
 
-template <int kRows, typename P, void (*B1)(const P&, int64_t, int64_t), void (*B2)(const P&, int64_t, int64_t),
-          void (*B3)(const P&, int64_t, int64_t), void (*B4)(const P&, int64_t, int64_t)>
-void AllInputs(const P& p, int64_t row) {
+template <int kRows, typename P, void (*B1)(const P&, const int64_t*, int64_t),
+          void (*B2)(const P&, const int64_t*, int64_t), void (*B3)(const P&, const int64_t*, int64_t),
+          void (*B4)(const P&, const int64_t*, int64_t)>
+void AllInputs(const P& p, const int64_t* row) {
   int64_t m0 = 0;
   for (; m0 + 4 <= p.a->m; m0 += 4) B4(p, row, m0);
   switch (p.a->m - m0) {
@@ -142,7 +148,7 @@ void AllInputs(const P& p, int64_t row) {
 }
 
 template <int kRows>
-void Int8All(const Int8Problem& p, int64_t row) {
+void Int8All(const Int8Problem& p, const int64_t* row) {
   AllInputs<kRows, Int8Problem, Int8Block<kRows, 1>, Int8Block<kRows, 2>, Int8Block<kRows, 3>, Int8Block<kRows, 4>>(
       p, row);
 }
@@ -150,24 +156,50 @@ void Int8All(const Int8Problem& p, int64_t row) {
 // Two input rows at a time at most (the 8 unpacked weight vectors and the
 // accumulators fill the 32 registers).
 template <int kRows>
-void Int4All(const Int4Problem& p, int64_t row) {
+void Int4All(const Int4Problem& p, const int64_t* row) {
   int64_t m0 = 0;
   for (; m0 + 2 <= p.a->m; m0 += 2) Int4Block<kRows, 2>(p, row, m0);
   if (m0 < p.a->m) Int4Block<kRows, 1>(p, row, m0);
 }
 
+// Output rows [row_begin, row_end). Up to 4 input rows (decoding a few
+// sequences): the weights stream from memory once, one row from each half of
+// the range at a time, i.e. two sequential streams far apart. Measured on
+// the Zen 5 VM from DRAM (268 MB of int8 rows, 2 threads): 57 GB/s, against
+// 40 for 4 adjacent rows with software prefetch and 22 for 2 x 2 adjacent
+// rows (int4: 40, 34, 30 GB/s). More input rows re-read each weight row from
+// L1 per group of inputs: then 4 adjacent rows keep more products in flight.
+template <typename P, void (*All1)(const P&, const int64_t*), void (*All2)(const P&, const int64_t*),
+          void (*All4)(const P&, const int64_t*)>
+void RowsIn(const P& p, int64_t row_begin, int64_t row_end) {
+  if (p.a->m > 4) {
+    int64_t r = row_begin;
+    for (; r + 4 <= row_end; r += 4) {
+      const int64_t rows[4] = {r, r + 1, r + 2, r + 3};
+      All4(p, rows);
+    }
+    for (; r < row_end; ++r) All1(p, &r);
+    return;
+  }
+  const int64_t half = (row_end - row_begin) / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const int64_t rows[2] = {row_begin + i, row_begin + half + i};
+    All2(p, rows);
+  }
+  if ((row_end - row_begin) % 2 != 0) {
+    const int64_t last = row_end - 1;
+    All1(p, &last);
+  }
+}
+
 }  // namespace
 
 void Int8RowsAvx512Vnni(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
-  int64_t r = row_begin;
-  for (; r + 4 <= row_end; r += 4) Int8All<4>(p, r);
-  for (; r < row_end; ++r) Int8All<1>(p, r);
+  RowsIn<Int8Problem, Int8All<1>, Int8All<2>, Int8All<4>>(p, row_begin, row_end);
 }
 
 void Int4RowsAvx512Vnni(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
-  int64_t r = row_begin;
-  for (; r + 4 <= row_end; r += 4) Int4All<4>(p, r);
-  for (; r < row_end; ++r) Int4All<1>(p, r);
+  RowsIn<Int4Problem, Int4All<1>, Int4All<2>, Int4All<4>>(p, row_begin, row_end);
 }
 
 bool CpuHasAvx512Vnni() {

@@ -58,7 +58,7 @@ void Int8RowsPortable(const Int8Problem& p, int64_t row_begin, int64_t row_end) 
       }
       float y = p.scale[r] * acc;
       if (p.bias != nullptr) y += p.bias[r];
-      p.y[m * p.out + r] = y;
+      StoreY(p, m * p.out + r, y);
     }
   }
 }
@@ -86,7 +86,7 @@ void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end) 
         acc += p.scale[r * groups + g] * gacc + p.zmin[r * groups + g] * a.gsum[m * groups + g];
       }
       if (p.bias != nullptr) acc += p.bias[r];
-      p.y[m * p.out + r] = acc;
+      StoreY(p, m * p.out + r, acc);
     }
   }
 }

@@ -24,6 +24,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/llm/bf16_bits.h"
+
 namespace internvl::llm::quant {
 
 inline constexpr int64_t kBlock = 32;    // inputs per activation scale
@@ -52,6 +54,7 @@ struct Int8Problem {
   const float* bias = nullptr;   // [out] or null
   float* y = nullptr;            // [m][out]
   int64_t out = 0;
+  uint16_t* y_bf16 = nullptr;  // [m][out] bf16 bits, instead of y (rounded as libtorch's cast)
 };
 
 struct Int4Problem {
@@ -63,7 +66,18 @@ struct Int4Problem {
   const float* bias = nullptr;
   float* y = nullptr;
   int64_t out = 0;
+  uint16_t* y_bf16 = nullptr;
 };
+
+// Every kernel's store of y[i] (static: compiled per kernel file).
+template <typename P>
+static inline void StoreY(const P& p, int64_t i, float v) {
+  if (p.y_bf16 == nullptr) {
+    p.y[i] = v;
+  } else {
+    p.y_bf16[i] = FloatToBf16Bits(v);
+  }
+}
 
 // Output rows [row_begin, row_end) for every input row.
 void Int8RowsPortable(const Int8Problem& p, int64_t row_begin, int64_t row_end);
