@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/llm/bf16_bits.h"
 #include "core/llm/gemv.h"
 #include "core/llm/paged_attention.h"
 #include "core/nn/device.h"
@@ -36,6 +37,8 @@ at::Tensor RotateHalf(const at::Tensor& x) {
 // Decoding's few rows in one loop instead of seven ops, same arithmetic (each
 // product rounded, then the sum: bit-identical to the ops).
 constexpr int64_t kMaxLoopRows = 16;
+
+}  // namespace
 
 // apply_rotary_pos_emb: x * cos + rotate_half(x) * sin. x [B,T,h,d],
 // cos/sin [B,T,1,d].
@@ -71,10 +74,43 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
     }
     return out;
   }
+  if (Inference() && UseCpuKernels(x.device()) && b * t <= kMaxLoopRows && x.scalar_type() == at::kBFloat16 &&
+      cos.scalar_type() == at::kBFloat16 && sin.scalar_type() == at::kBFloat16 && x.stride(3) == 1 &&
+      x.stride(2) == d && cos.is_contiguous() && sin.is_contiguous() && cos.numel() == b * t * d &&
+      sin.numel() == b * t * d) {
+    // The same in bf16, rounded as the ops round: each product to bf16, then
+    // their sum (computed in fp32) to bf16. Bit-identical to the ops.
+    at::Tensor out = at::empty({b, t, heads, d}, x.options());
+    const int64_t half = d / 2;
+    auto* o = reinterpret_cast<uint16_t*>(out.data_ptr());
+    const auto* c = reinterpret_cast<const uint16_t*>(cos.data_ptr());
+    const auto* s = reinterpret_cast<const uint16_t*>(sin.data_ptr());
+    const auto* xd = reinterpret_cast<const uint16_t*>(x.data_ptr());
+    auto rounded = [](float v) { return Bf16BitsToFloat(FloatToBf16Bits(v)); };
+    for (int64_t i = 0; i < b; ++i) {
+      for (int64_t j = 0; j < t; ++j) {
+        const uint16_t* cr = c + (i * t + j) * d;
+        const uint16_t* sr = s + (i * t + j) * d;
+        const uint16_t* xt = xd + i * x.stride(0) + j * x.stride(1);
+        for (int64_t h = 0; h < heads; ++h, o += d) {
+          const uint16_t* xr = xt + h * d;
+          for (int64_t e = 0; e < d; ++e) {
+            const float a = rounded(Bf16BitsToFloat(xr[e]) * Bf16BitsToFloat(cr[e]));
+            const float rot = e < half ? -Bf16BitsToFloat(xr[e + half]) : Bf16BitsToFloat(xr[e - half]);
+            const float r = rounded(rot * Bf16BitsToFloat(sr[e]));
+            o[e] = FloatToBf16Bits(a + r);
+          }
+        }
+      }
+    }
+    return out;
+  }
   at::Tensor out = x * cos;
   if (Inference()) return out.add_(RotateHalf(x).mul_(sin));
   return out + RotateHalf(x) * sin;
 }
+
+namespace {
 
 at::Tensor AttendRows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v_in, const LayerContext& ctx,
                       int64_t heads, int64_t kv_heads, int64_t head_dim);
@@ -197,6 +233,30 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
       const float variance = static_cast<float>(sum / n);
       const float inv = 1.0f / std::sqrt(variance + static_cast<float>(eps));
       for (int64_t i = 0; i < n; ++i) o[i] = w[i] * (in[i] * inv);
+    }
+    return out;
+  }
+  if (Inference() && UseCpuKernels(x.device()) && x.scalar_type() == at::kBFloat16 &&
+      weight.scalar_type() == at::kBFloat16 && x.is_contiguous() && weight.is_contiguous() && n > 0 &&
+      x.numel() / n <= kMaxLoopRows) {
+    // The same for bf16 activations and weight, rounded where the ops round:
+    // the normalized row to bf16, then its product with the weight.
+    at::Tensor out = at::empty_like(x);
+    const auto* w = reinterpret_cast<const uint16_t*>(weight.data_ptr());
+    const auto* in = reinterpret_cast<const uint16_t*>(x.data_ptr());
+    auto* o = reinterpret_cast<uint16_t*>(out.data_ptr());
+    for (int64_t r = 0; r < x.numel() / n; ++r, in += n, o += n) {
+      double sum = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = Bf16BitsToFloat(in[i]);
+        sum += static_cast<double>(v) * v;
+      }
+      const float variance = static_cast<float>(sum / n);
+      const float inv = 1.0f / std::sqrt(variance + static_cast<float>(eps));
+      for (int64_t i = 0; i < n; ++i) {
+        const float normed = Bf16BitsToFloat(FloatToBf16Bits(Bf16BitsToFloat(in[i]) * inv));
+        o[i] = FloatToBf16Bits(Bf16BitsToFloat(w[i]) * normed);
+      }
     }
     return out;
   }

@@ -35,6 +35,11 @@ namespace internvl::llm {
 
 struct PagedContext;
 
+// HF apply_rotary_pos_emb for one of q / k: x * cos + rotate_half(x) * sin,
+// x [B, T, heads, d], cos / sin [B, T, 1, d]. Decoding's few rows in fp32 or
+// bf16 run as one loop, bit-identical to the op chain (exposed for tests).
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
 // What every layer of one forward pass shares (built once per pass by
 // LanguageModelImpl::forward's caller, CausalLM::Forward).
 struct LayerContext {
