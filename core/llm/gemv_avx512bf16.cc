@@ -195,17 +195,23 @@ void ValuesGroup(const uint16_t (*pb)[kMaxKeys + 16], const uint16_t* const* blo
   for (int64_t d0 = 0; d0 < dim; d0 += 32) {
     __m512 lo[G], hi[G];
     for (int g = 0; g < G; ++g) lo[g] = hi[g] = _mm512_setzero_ps();
-    for (int64_t l = 0; l < len; l += 2) {
-      const uint16_t* row = blocks[l / bs] + (l % bs) * dim + d0;
-      const __m512i a = _mm512_loadu_si512(row);
-      const __m512i b = l + 1 < len ? _mm512_loadu_si512(row + dim) : _mm512_setzero_si512();
-      const __m512bh ul = (__m512bh)_mm512_unpacklo_epi16(a, b), uh = (__m512bh)_mm512_unpackhi_epi16(a, b);
-      for (int g = 0; g < G; ++g) {
-        int32_t pair;
-        __builtin_memcpy(&pair, pb[g] + l, sizeof(pair));
-        const __m512bh pv = (__m512bh)_mm512_set1_epi32(pair);
-        lo[g] = _mm512_dpbf16_ps(lo[g], ul, pv);
-        hi[g] = _mm512_dpbf16_ps(hi[g], uh, pv);
+    // Block by block (bs is even), pairs within a block: no division per
+    // pair to find its row.
+    for (int64_t b0 = 0; b0 < len; b0 += bs) {
+      const uint16_t* block = blocks[b0 / bs] + d0;
+      const int64_t nk = std::min(bs, len - b0);
+      for (int64_t i = 0; i < nk; i += 2) {
+        const uint16_t* row = block + i * dim;
+        const __m512i a = _mm512_loadu_si512(row);
+        const __m512i b = i + 1 < nk ? _mm512_loadu_si512(row + dim) : _mm512_setzero_si512();
+        const __m512bh ul = (__m512bh)_mm512_unpacklo_epi16(a, b), uh = (__m512bh)_mm512_unpackhi_epi16(a, b);
+        for (int g = 0; g < G; ++g) {
+          int32_t pair;
+          __builtin_memcpy(&pair, pb[g] + b0 + i, sizeof(pair));
+          const __m512bh pv = (__m512bh)_mm512_set1_epi32(pair);
+          lo[g] = _mm512_dpbf16_ps(lo[g], ul, pv);
+          hi[g] = _mm512_dpbf16_ps(hi[g], uh, pv);
+        }
       }
     }
     for (int g = 0; g < G; ++g) {
