@@ -426,7 +426,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     if (lens[s] < 1 || static_cast<int64_t>(tables[s]->size()) * bs < lens[s]) return {};
   }
   const int64_t groups = heads / kv_heads;
-  const at::Tensor qc = q.to(at::kFloat).contiguous();
+  const at::Tensor qc = CastFloatBf16(q.contiguous(), at::kFloat);  // (our casts: no libtorch dispatch per layer)
   const bool avx2 = ActiveGemvKernel() != GemvKernel::kPortable && dim % 8 == 0;
   // bf16 queries over a bf16 cache (a model computed in bf16): AVX-512-BF16
   // dot products, 4-5x fewer instructions than widening every key and value
@@ -568,7 +568,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       for (int64_t d = 0; d < dim; ++d) o[d] *= inv;
     }
   }
-  return q.scalar_type() == at::kFloat ? out : out.to(q.scalar_type());
+  return CastFloatBf16(out, q.scalar_type());
 }
 
 namespace {
