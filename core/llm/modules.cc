@@ -236,30 +236,6 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
     }
     return out;
   }
-  if (Inference() && UseCpuKernels(x.device()) && x.scalar_type() == at::kBFloat16 &&
-      weight.scalar_type() == at::kBFloat16 && x.is_contiguous() && weight.is_contiguous() && n > 0 &&
-      x.numel() / n <= kMaxLoopRows) {
-    // The same for bf16 activations and weight, rounded where the ops round:
-    // the normalized row to bf16, then its product with the weight.
-    at::Tensor out = at::empty_like(x);
-    const auto* w = reinterpret_cast<const uint16_t*>(weight.data_ptr());
-    const auto* in = reinterpret_cast<const uint16_t*>(x.data_ptr());
-    auto* o = reinterpret_cast<uint16_t*>(out.data_ptr());
-    for (int64_t r = 0; r < x.numel() / n; ++r, in += n, o += n) {
-      double sum = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const float v = Bf16BitsToFloat(in[i]);
-        sum += static_cast<double>(v) * v;
-      }
-      const float variance = static_cast<float>(sum / n);
-      const float inv = 1.0f / std::sqrt(variance + static_cast<float>(eps));
-      for (int64_t i = 0; i < n; ++i) {
-        const float normed = Bf16BitsToFloat(FloatToBf16Bits(Bf16BitsToFloat(in[i]) * inv));
-        o[i] = FloatToBf16Bits(Bf16BitsToFloat(w[i]) * normed);
-      }
-    }
-    return out;
-  }
   at::Tensor h = x.to(at::kFloat);
   at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
   h = h * at::rsqrt(variance + eps);
