@@ -16,6 +16,7 @@
 #include <algorithm>
 
 #include "core/llm/gemv_kernels.h"
+#include "core/llm/row_order.h"
 
 namespace internvl::llm::gemv {
 namespace {
@@ -177,42 +178,17 @@ void PrepareAvx2(Problem& p, float* scratch) {
   p.x_perm = scratch;
 }
 
-namespace {
-
-// Output rows [row_begin, row_end). Inputs that fit one group (the weights
-// stream from memory once): one row from each half of the range at a time,
-// two sequential streams far apart (see gemv_avx512bf16.cc). More inputs
-// re-read the rows from L1: 4 adjacent rows keep more products in flight.
-template <void (*All1)(const Problem&, const int64_t*), void (*All2)(const Problem&, const int64_t*),
-          void (*All4)(const Problem&, const int64_t*)>
-void RowsIn(const Problem& p, int64_t row_begin, int64_t row_end, int64_t group) {
-  if (p.m > group) {
-    int64_t r = row_begin;
-    for (; r + 4 <= row_end; r += 4) {
-      const int64_t rows[4] = {r, r + 1, r + 2, r + 3};
-      All4(p, rows);
-    }
-    for (; r < row_end; ++r) All1(p, &r);
-    return;
-  }
-  const int64_t half = (row_end - row_begin) / 2;
-  for (int64_t i = 0; i < half; ++i) {
-    const int64_t rows[2] = {row_begin + i, row_begin + half + i};
-    All2(p, rows);
-  }
-  if ((row_end - row_begin) % 2 != 0) {
-    const int64_t last = row_end - 1;
-    All1(p, &last);
-  }
-}
-
-}  // namespace
-
+// Output rows in row_order.h's order: streaming while the inputs fit one
+// group (2 for bf16 weights, 4 for fp32).
 void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end) {
   if (p.w_bf16) {
-    RowsIn<AllInputsBf16<1>, AllInputsBf16<2>, AllInputsBf16<4>>(p, row_begin, row_end, 2);
+    VisitRows(row_begin, row_end, p.m <= 2, [&](const int64_t* rows, int n) {
+      n == 4 ? AllInputsBf16<4>(p, rows) : n == 2 ? AllInputsBf16<2>(p, rows) : AllInputsBf16<1>(p, rows);
+    });
   } else {
-    RowsIn<AllInputsF32<1>, AllInputsF32<2>, AllInputsF32<4>>(p, row_begin, row_end, 4);
+    VisitRows(row_begin, row_end, p.m <= 4, [&](const int64_t* rows, int n) {
+      n == 4 ? AllInputsF32<4>(p, rows) : n == 2 ? AllInputsF32<2>(p, rows) : AllInputsF32<1>(p, rows);
+    });
   }
 }
 

@@ -17,6 +17,7 @@
 #include <algorithm>
 
 #include "core/llm/gemv_kernels.h"
+#include "core/llm/row_order.h"
 #include "core/llm/simd_avx512.h"
 
 namespace internvl::llm::gemv {
@@ -282,33 +283,12 @@ void SegmentValuesGroupBf16Avx512(const float* probs, int64_t probs_stride, int6
   }
 }
 
+// Output rows in row_order.h's order, streaming for up to 4 inputs (one
+// group of 4 x kRows accumulators).
 void RowsAvx512Bf16(const Problem& p, int64_t row_begin, int64_t row_end) {
-  if (p.m > 4) {
-    // Several blocks of inputs: the weight rows are re-read from L1 for each,
-    // so the products dominate and 4 adjacent rows x 4 inputs (16
-    // accumulators) keep the most of them in flight.
-    int64_t r = row_begin;
-    for (; r + 4 <= row_end; r += 4) {
-      const int64_t rows[4] = {r, r + 1, r + 2, r + 3};
-      AllInputs<4>(p, rows);
-    }
-    for (; r < row_end; ++r) AllInputs<1>(p, &r);
-    return;
-  }
-  // Up to 4 inputs: the product streams the weights from memory once. One row
-  // from each half of the range at a time, i.e. two sequential streams far
-  // apart: on the Zen 5 VM this streams at the bandwidth probe's rate (64-78
-  // GB/s on 2 threads), where 4 adjacent rows at a time (4 interleaved
-  // streams 1 row apart, with or without software prefetch) reach 35-51.
-  const int64_t half = (row_end - row_begin) / 2;
-  for (int64_t i = 0; i < half; ++i) {
-    const int64_t rows[2] = {row_begin + i, row_begin + half + i};
-    AllInputs<2>(p, rows);
-  }
-  if ((row_end - row_begin) % 2 != 0) {
-    const int64_t last = row_end - 1;
-    AllInputs<1>(p, &last);
-  }
+  VisitRows(row_begin, row_end, p.m <= 4, [&](const int64_t* rows, int n) {
+    n == 4 ? AllInputs<4>(p, rows) : n == 2 ? AllInputs<2>(p, rows) : AllInputs<1>(p, rows);
+  });
 }
 
 bool CpuHasAvx512Bf16() {

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "core/llm/quant_kernels.h"
+#include "core/llm/row_order.h"
 
 namespace internvl::llm::quant {
 namespace {
@@ -99,42 +100,25 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
   }
 }
 
-// Output rows [row_begin, row_end). One input row: one weight row from each
-// half of the range at a time (two sequential streams far apart, see
-// quant_avx512vnni.cc); more: 4 adjacent rows, whose weights stay in L1 for
-// the next input row.
-template <typename P, void (*B1)(const P&, const int64_t*, int64_t), void (*B2)(const P&, const int64_t*, int64_t),
-          void (*B4)(const P&, const int64_t*, int64_t)>
-void RowsIn(const P& p, int64_t row_begin, int64_t row_end) {
-  if (p.a->m > 1) {
-    int64_t r = row_begin;
-    for (; r + 4 <= row_end; r += 4) {
-      const int64_t rows[4] = {r, r + 1, r + 2, r + 3};
-      for (int64_t m = 0; m < p.a->m; ++m) B4(p, rows, m);
-    }
-    for (; r < row_end; ++r)
-      for (int64_t m = 0; m < p.a->m; ++m) B1(p, &r, m);
-    return;
-  }
-  const int64_t half = (row_end - row_begin) / 2;
-  for (int64_t i = 0; i < half; ++i) {
-    const int64_t rows[2] = {row_begin + i, row_begin + half + i};
-    B2(p, rows, 0);
-  }
-  if ((row_end - row_begin) % 2 != 0) {
-    const int64_t last = row_end - 1;
-    B1(p, &last, 0);
-  }
-}
-
 }  // namespace
 
+// Output rows in row_order.h's order, streaming for one input row (these
+// kernels take one input row at a time; with more, 4 adjacent rows' weights
+// stay in L1 for the next input row).
 void Int8RowsAvx2(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
-  RowsIn<Int8Problem, Int8Block<1>, Int8Block<2>, Int8Block<4>>(p, row_begin, row_end);
+  VisitRows(row_begin, row_end, p.a->m == 1, [&](const int64_t* rows, int n) {
+    for (int64_t m = 0; m < p.a->m; ++m) {
+      n == 4 ? Int8Block<4>(p, rows, m) : n == 2 ? Int8Block<2>(p, rows, m) : Int8Block<1>(p, rows, m);
+    }
+  });
 }
 
 void Int4RowsAvx2(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
-  RowsIn<Int4Problem, Int4Block<1>, Int4Block<2>, Int4Block<4>>(p, row_begin, row_end);
+  VisitRows(row_begin, row_end, p.a->m == 1, [&](const int64_t* rows, int n) {
+    for (int64_t m = 0; m < p.a->m; ++m) {
+      n == 4 ? Int4Block<4>(p, rows, m) : n == 2 ? Int4Block<2>(p, rows, m) : Int4Block<1>(p, rows, m);
+    }
+  });
 }
 
 }  // namespace internvl::llm::quant

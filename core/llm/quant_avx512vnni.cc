@@ -15,6 +15,7 @@
 #include <immintrin.h>
 
 #include "core/llm/quant_kernels.h"
+#include "core/llm/row_order.h"
 #include "core/llm/simd_avx512.h"
 
 namespace internvl::llm::quant {
@@ -24,7 +25,7 @@ using simd::ReduceAdd;
 
 // Rows rows[0..kRows) x input rows [m0, m0 + M). Adjacent rows (rows[i] =
 // rows[0] + i) prefetch one block ahead; split ones are two streams far apart
-// (see RowsIn).
+// (see row_order.h).
 template <int kRows, int M>
 void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m0) {
   const Activations& a = *p.a;
@@ -177,44 +178,20 @@ void Int4All(const Int4Problem& p, const int64_t* row) {
   if (m0 < p.a->m) Int4Block<kRows, 1>(p, row, m0);
 }
 
-// Output rows [row_begin, row_end). Up to 4 input rows (decoding a few
-// sequences): the weights stream from memory once, one row from each half of
-// the range at a time, i.e. two sequential streams far apart. Measured on
-// the Zen 5 VM from DRAM (268 MB of int8 rows, 2 threads): 57 GB/s, against
-// 40 for 4 adjacent rows with software prefetch and 22 for 2 x 2 adjacent
-// rows (int4: 40, 34, 30 GB/s). More input rows re-read each weight row from
-// L1 per group of inputs: then 4 adjacent rows keep more products in flight.
-template <typename P, void (*All1)(const P&, const int64_t*), void (*All2)(const P&, const int64_t*),
-          void (*All4)(const P&, const int64_t*)>
-void RowsIn(const P& p, int64_t row_begin, int64_t row_end) {
-  if (p.a->m > 4) {
-    int64_t r = row_begin;
-    for (; r + 4 <= row_end; r += 4) {
-      const int64_t rows[4] = {r, r + 1, r + 2, r + 3};
-      All4(p, rows);
-    }
-    for (; r < row_end; ++r) All1(p, &r);
-    return;
-  }
-  const int64_t half = (row_end - row_begin) / 2;
-  for (int64_t i = 0; i < half; ++i) {
-    const int64_t rows[2] = {row_begin + i, row_begin + half + i};
-    All2(p, rows);
-  }
-  if ((row_end - row_begin) % 2 != 0) {
-    const int64_t last = row_end - 1;
-    All1(p, &last);
-  }
-}
-
 }  // namespace
 
+// Output rows in row_order.h's order, streaming for up to 4 input rows (one
+// group of inputs).
 void Int8RowsAvx512Vnni(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
-  RowsIn<Int8Problem, Int8All<1>, Int8All<2>, Int8All<4>>(p, row_begin, row_end);
+  VisitRows(row_begin, row_end, p.a->m <= 4, [&](const int64_t* rows, int n) {
+    n == 4 ? Int8All<4>(p, rows) : n == 2 ? Int8All<2>(p, rows) : Int8All<1>(p, rows);
+  });
 }
 
 void Int4RowsAvx512Vnni(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
-  RowsIn<Int4Problem, Int4All<1>, Int4All<2>, Int4All<4>>(p, row_begin, row_end);
+  VisitRows(row_begin, row_end, p.a->m <= 4, [&](const int64_t* rows, int n) {
+    n == 4 ? Int4All<4>(p, rows) : n == 2 ? Int4All<2>(p, rows) : Int4All<1>(p, rows);
+  });
 }
 
 bool CpuHasAvx512Vnni() {
