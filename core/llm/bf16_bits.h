@@ -23,4 +23,15 @@ static inline float Bf16BitsToFloat(uint16_t v) {
   return f;
 }
 
+// A kernel's store of output i: into y (fp32), or rounded into y_bf16 when
+// the problem P asks for a bf16 result (the gemv and quant problems both).
+template <typename P>
+static inline void StoreY(const P& p, int64_t i, float v) {
+  if (p.y_bf16 == nullptr) {
+    p.y[i] = v;
+  } else {
+    p.y_bf16[i] = FloatToBf16Bits(v);
+  }
+}
+
 }  // namespace internvl::llm

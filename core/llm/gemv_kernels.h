@@ -38,19 +38,12 @@ struct Problem {
   const uint16_t* x_bf16 = nullptr;
 };
 
-// The bias of output row r, and the store of y[i] (every kernel ends with
-// these; static: each kernel's file compiles its own copy with its flags).
+// The bias of output row r added (every kernel ends with this, then
+// bf16_bits.h's StoreY; static: each kernel's file compiles its own copy).
 static inline float AddBias(const Problem& p, int64_t r, float s) {
   if (p.bias != nullptr) return s + p.bias[r];
   if (p.bias_bf16 != nullptr) return s + Bf16BitsToFloat(p.bias_bf16[r]);
   return s;
-}
-static inline void StoreY(const Problem& p, int64_t i, float v) {
-  if (p.y_bf16 == nullptr) {
-    p.y[i] = v;
-  } else {
-    p.y_bf16[i] = FloatToBf16Bits(v);
-  }
 }
 
 // Portable reference implementation (any CPU).

@@ -310,8 +310,10 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
   const at::Tensor x2c = x2.is_contiguous() ? x2 : x2.contiguous();
   const at::Tensor xf = CastFloatBf16(x2c, at::kFloat);
   const at::Tensor bf = b.defined() ? CastFloatBf16(b.contiguous(), at::kFloat) : at::Tensor();
+  // bf16 results stored by the kernels; any other dtype computed in fp32
+  // and cast at the end.
   const bool bf16_out = x.scalar_type() == at::kBFloat16;
-  at::Tensor y = at::empty({rows, out}, x.options());
+  at::Tensor y = at::empty({rows, out}, x.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
   float* y32 = bf16_out ? nullptr : y.data_ptr<float>();
   uint16_t* y16 = bf16_out ? reinterpret_cast<uint16_t*>(y.data_ptr()) : nullptr;
   quant::Activations acts;
@@ -356,7 +358,7 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
         return int8 ? quant::Int8RowsPortable(p8, r0, r1) : quant::Int4RowsPortable(p4, r0, r1);
     }
   });
-  return y.view(shape);
+  return (y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type())).view(shape);
 }
 
 }  // namespace internvl::llm

@@ -69,16 +69,6 @@ struct Int4Problem {
   uint16_t* y_bf16 = nullptr;
 };
 
-// Every kernel's store of y[i] (static: compiled per kernel file).
-template <typename P>
-static inline void StoreY(const P& p, int64_t i, float v) {
-  if (p.y_bf16 == nullptr) {
-    p.y[i] = v;
-  } else {
-    p.y_bf16[i] = FloatToBf16Bits(v);
-  }
-}
-
 // Output rows [row_begin, row_end) for every input row.
 void Int8RowsPortable(const Int8Problem& p, int64_t row_begin, int64_t row_end);
 void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end);

@@ -132,6 +132,10 @@ TEST_F(QuantTest, KernelsMatchTheDequantizedProduct) {
         const at::Tensor yb = QuantLinear(x.to(at::kBFloat16), *q, b);
         EXPECT_EQ(yb.scalar_type(), at::kBFloat16);
         EXPECT_LT(RelErr(yb, expected), 0.03) << what << " bf16";
+        // Other dtypes: computed in fp32, returned in theirs.
+        const at::Tensor yh = QuantLinear(x.to(at::kHalf), *q, b);
+        EXPECT_EQ(yh.scalar_type(), at::kHalf);
+        EXPECT_LT(RelErr(yh, expected), 0.03) << what << " fp16";
       }
     }
     // Prefill: tiles of dequantized rows through libtorch, no input rounding.
