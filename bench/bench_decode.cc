@@ -219,8 +219,10 @@ int Run(int argc, char** argv) {
   const LlmConfig config = InternVL2_1BConfig();
   bench::BandwidthProbe probe;
   std::printf(
-      "threads %d, linear layers: %s, quantized layers: %s, memory read bandwidth %.1f GB/s (best of 5 probes)\n",
-      TorchThreads(), libtorch ? "libtorch" : FastLinearKernel(), QuantKernelName(ActiveQuantKernel()), probe.Best(5));
+      "threads %d, linear layers: %s, quantized layers: %s, fp32 matmuls: %s, memory read bandwidth %.1f GB/s (best "
+      "of 5 probes)\n",
+      TorchThreads(), libtorch ? "libtorch" : FastLinearKernel(), QuantKernelName(ActiveQuantKernel()),
+      BlasThreading().c_str(), probe.Best(5));
 
   for (const std::string& name : dtypes) {
     auto precision = ParsePrecision(name);

@@ -94,16 +94,19 @@ int Main(int argc, char** argv) {
   int threads = 0, tiles = 4, fp32_tiles = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string f = argv[i];
-    if (f == "--threads") threads = std::atoi(argv[i + 1]);
-    else if (f == "--tiles") tiles = std::atoi(argv[i + 1]);
-    else if (f == "--fp32-tiles") fp32_tiles = std::atoi(argv[i + 1]);
+    if (f == "--threads")
+      threads = std::atoi(argv[i + 1]);
+    else if (f == "--tiles")
+      tiles = std::atoi(argv[i + 1]);
+    else if (f == "--fp32-tiles")
+      fp32_tiles = std::atoi(argv[i + 1]);
   }
   SetTorchThreads(threads);
   at::InferenceMode guard;
   const InternVLConfig config = Vit300mConfig();
   const double flops = FlopsPerTile(config);
-  std::printf("InternViT-300M + mlp1 (InternVL2-1B shapes), %d threads, %.1f GFLOP per tile\n", TorchThreads(),
-              flops / 1e9);
+  std::printf("InternViT-300M + mlp1 (InternVL2-1B shapes), %d threads, fp32 matmuls: %s, %.1f GFLOP per tile\n",
+              TorchThreads(), BlasThreading().c_str(), flops / 1e9);
   const std::string dir = WriteRandomVisionCheckpoint(config);
   auto store = TensorStore::OpenDir(dir);
   if (!store.ok()) return 1;
@@ -126,9 +129,11 @@ int Main(int argc, char** argv) {
     });
     const double per_tile = t / n;
     const double achieved = flops / per_tile;
-    std::printf("%s (computed in %s): %.0f ms/tile (%d tiles) | %.0f GFLOP/s achieved vs %s matmul peak %.0f GFLOP/s"
-                " (2048^3, same run) = %.0f%% of peak; bound at peak %.0f ms/tile\n",
-                dtype, c10::toString(compute), per_tile * 1e3, n, achieved / 1e9, c10::toString(compute), peak / 1e9, 100 * achieved / peak, flops / peak * 1e3);
+    std::printf(
+        "%s (computed in %s): %.0f ms/tile (%d tiles) | %.0f GFLOP/s achieved vs %s matmul peak %.0f GFLOP/s"
+        " (2048^3, same run) = %.0f%% of peak; bound at peak %.0f ms/tile\n",
+        dtype, c10::toString(compute), per_tile * 1e3, n, achieved / 1e9, c10::toString(compute), peak / 1e9,
+        100 * achieved / peak, flops / peak * 1e3);
   }
   std::printf("peak RSS %.0f MiB\n", bench::PeakRssMiB());
   std::filesystem::remove_all(dir);

@@ -20,6 +20,26 @@ else()
   set(INTERNVL_WITH_CUDA OFF)
 endif()
 
+# BLAS: Debian's libtorch runs fp32 matmuls through libblas.so.3, which the
+# alternatives system points at OpenBLAS's pthread build. That build keeps its
+# own threads, spinning beside libtorch's OpenMP (GOMP) threads: on 2 cores the
+# prefill and the vision encoder ran at 32% and 52% of the fp32 matmul peak
+# instead of 69% and 74% (bench_decode, bench_vision). OpenBLAS's OpenMP build
+# (libopenblas0-openmp) runs its matmuls on the same GOMP team. Executables
+# load it through DT_RPATH (which, unlike RUNPATH, also serves libtorch's own
+# libblas.so.3 / liblapack.so.3), whatever the alternatives say;
+# SetTorchThreads warns at run time when the pthread build is loaded anyway.
+option(INTERNVL_OPENMP_BLAS "load OpenBLAS's OpenMP build when installed" ON)
+set(INTERNVL_OPENMP_BLAS_ACTIVE OFF)
+set(INTERNVL_OPENMP_BLAS_DIR "/usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp")
+if(INTERNVL_OPENMP_BLAS AND NOT INTERNVL_WITH_CUDA AND EXISTS "${INTERNVL_OPENMP_BLAS_DIR}/libblas.so.3")
+  add_link_options(LINKER:--disable-new-dtags "LINKER:-rpath,${INTERNVL_OPENMP_BLAS_DIR}")
+  set(INTERNVL_OPENMP_BLAS_ACTIVE ON)
+  message(STATUS "internvl: BLAS from ${INTERNVL_OPENMP_BLAS_DIR} (OpenBLAS on OpenMP threads)")
+elseif(NOT INTERNVL_WITH_CUDA)
+  message(STATUS "internvl: libopenblas0-openmp not installed: fp32 matmuls run on OpenBLAS's own threads (slower)")
+endif()
+
 # OpenCV: Debian's split -dev packages ship headers and libraries but no CMake
 # config, so the three modules we use are found directly.
 if(INTERNVL_WITH_MEDIA)

@@ -22,6 +22,11 @@
 #include "services/common/testing/harness.h"
 #include "services/common/testing/redis_server.h"
 
+namespace internvl {
+// Defined in core/nn/torch_util.cc; declared here to keep torch headers out.
+void SetTorchThreads(int n);
+}  // namespace internvl
+
 namespace internvl::services {
 namespace {
 
@@ -76,6 +81,10 @@ class ServicesTest : public ::testing::Test {
     const absl::Status ready = testing::WaitForServing(encoder_->target(), "internvl.v1.VisionEncoder",
                                                        encoder_->process.get(), kStartTimeout);
     ASSERT_TRUE(ready.ok()) << ready;
+    // The services run with --threads 2; the in-process reference must too
+    // for bit-identical embeddings (fp32 matmuls sum in another order on
+    // another thread count).
+    SetTorchThreads(2);
     auto model = VisionModel::Load(*fixtures_ + "/tiny-qwen2", VisionOptions{.dtype = "fp32", .tile_batch = 4});
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = model->release();

@@ -108,7 +108,11 @@ TEST_F(TrainCli, TwoGlooProcessesEqualOneProcessWithTheDoubleBatch) {
   ASSERT_EQ(two.exit_code, 0) << two.err;
   const double diff = MaxParamDiff(dir + "/one", dir + "/two");
   std::cout << "max |one process, batch 2 - two processes, batch 1| = " << diff << "\n";
-  EXPECT_LT(diff, 1e-5);
+  // fp32 summation order alone moves these weights by up to 1.6e-5 (the
+  // same one-process run at --threads 1 and 2, measured): the bound sits
+  // above that noise and well below Adam's steps (lr 1e-3, three steps), which
+  // a gradient that is not averaged across the processes would change.
+  EXPECT_LT(diff, 5e-5);
   // And it is not trivially equal: training moved the weights.
   EXPECT_GT(MaxParamDiff(dir + "/one", fixtures + "/tiny-qwen2"), 1e-4);
 }

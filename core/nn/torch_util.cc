@@ -5,6 +5,7 @@
 #include <ATen/ops/abs.h>
 #include <ATen/ops/matmul.h>
 #include <c10/util/Exception.h>
+#include <dlfcn.h>
 #include <malloc.h>
 #include <unistd.h>
 
@@ -66,11 +67,42 @@ void TuneAllocator() {
   });
 }
 
+std::string BlasThreading() {
+  // OpenBLAS's own entry points, looked up in the loaded libraries (libtorch
+  // reaches BLAS through libblas.so.3, whichever build it resolves to).
+  using GetParallel = int (*)();
+  auto get_parallel = reinterpret_cast<GetParallel>(::dlsym(RTLD_DEFAULT, "openblas_get_parallel"));
+  if (get_parallel == nullptr) return "not OpenBLAS";
+  switch (get_parallel()) {
+    case 0:
+      return "OpenBLAS, sequential";
+    case 1:
+      return "OpenBLAS, own pthreads";
+    case 2:
+      return "OpenBLAS, OpenMP";
+    default:
+      return "OpenBLAS";
+  }
+}
+
 void SetTorchThreads(int n) {
   TuneAllocator();
   if (n <= 0) n = static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
   if (n < 1) n = 1;
   at::set_num_threads(n);
+  // libtorch sets only OpenMP's count: OpenBLAS's pthread build would keep
+  // one thread per core whatever --threads says.
+  using SetThreads = void (*)(int);
+  if (auto set_blas = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set_blas(n);
+  static std::once_flag warned;
+  if (BlasThreading() == "OpenBLAS, own pthreads" && n > 1) {
+    std::call_once(warned, [] {
+      std::fprintf(stderr,
+                   "internvl: libblas.so.3 is OpenBLAS's pthread build: its threads compete with libtorch's OpenMP "
+                   "threads and fp32 matmuls run at about half speed; install libopenblas0-openmp "
+                   "(cmake/deps.cmake)\n");
+    });
+  }
 }
 
 int TorchThreads() { return at::get_num_threads(); }

@@ -57,8 +57,14 @@ void TuneAllocator();
 
 // Sets libtorch's intra-op thread count (it starts at 1 on these machines).
 // n <= 0 picks the number of online cores.
+// Also sets OpenBLAS's count, and warns once when libblas.so.3 resolved to
+// OpenBLAS's pthread build (its threads fight libtorch's OpenMP threads).
 void SetTorchThreads(int n);
 int TorchThreads();
+
+// The BLAS behind libtorch's fp32 matmuls and how it threads, for benchmarks
+// to print: "OpenBLAS, OpenMP", "OpenBLAS, own pthreads", "not OpenBLAS", ...
+std::string BlasThreading();
 
 // Whether libtorch runs bf16 matmuls natively here (oneDNN needs AVX-512
 // BW/VL/DQ; with AMX-BF16 it reaches ~1 TFLOP/s on 2 cores). Without it

@@ -1,5 +1,6 @@
 #include "core/nn/weights.h"
 
+#include <dlfcn.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
 
@@ -60,6 +61,29 @@ TEST(WeightsFingerprint, ChangesWithContent) {
   auto b = WriteStore(testing::TempDir(), {{"v.x", at::ones({4})}});
   EXPECT_NE(WeightsFingerprint(*a, "v."), WeightsFingerprint(*b, "v."));
   EXPECT_EQ(WeightsFingerprint(*a, "v."), WeightsFingerprint(*a, "v."));
+}
+
+// cmake/deps.cmake links executables so that libtorch's libblas.so.3 is
+// OpenBLAS's OpenMP build when libopenblas0-openmp is installed (the pthread
+// build halves fp32 matmul speed on 2 cores by fighting libtorch's threads).
+TEST(BlasThreading, OpenMpBuildIsLoadedWhenConfigured) {
+#if INTERNVL_EXPECT_OPENMP_BLAS
+  EXPECT_EQ(BlasThreading(), "OpenBLAS, OpenMP");
+#else
+  GTEST_SKIP() << "built without libopenblas0-openmp: " << BlasThreading();
+#endif
+}
+
+TEST(BlasThreading, SetTorchThreadsSetsOpenBlasThreads) {
+  using GetThreads = int (*)();
+  auto get_threads = reinterpret_cast<GetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  if (get_threads == nullptr) GTEST_SKIP() << "libblas.so.3 is not OpenBLAS";
+  const int before = TorchThreads();
+  SetTorchThreads(1);
+  EXPECT_EQ(get_threads(), 1);
+  SetTorchThreads(2);
+  EXPECT_EQ(get_threads(), 2);
+  SetTorchThreads(before);
 }
 
 }  // namespace
