@@ -14,6 +14,7 @@ extern "C" {
 
 #include "absl/strings/str_cat.h"
 #include "core/preprocess/image.h"
+#include "core/preprocess/jpeg.h"
 #include "core/status.h"
 
 namespace internvl::preprocess {
@@ -457,9 +458,17 @@ absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes, const DecodeLimits
       if (!GifFirstImageIsComplete(bytes))
         return absl::InvalidArgumentError("GIF data is truncated or has no image");
       return DecodeGif(bytes, header, limits);
-    case ImageFormat::kJpeg:
+    case ImageFormat::kJpeg: {
       if (!JpegHasEndOfImage(bytes)) return absl::InvalidArgumentError("JPEG data is truncated (no EOI marker)");
-      return DecodeWithOpenCv(bytes, header);
+      RgbImage out;
+      out.width = header.width;
+      out.height = header.height;
+      out.data.resize(static_cast<size_t>(out.width) * out.height * kRgbChannels);
+      INTERNVL_ASSIGN_OR_RETURN(const bool decoded,
+                                internal::DecodeJpegRgb(bytes, out.width, out.height, out.data.data(), [](int) {}));
+      if (decoded) return out;
+      return DecodeWithOpenCv(bytes, header);  // grayscale, CMYK, 12-bit
+    }
     default:
       return DecodeWithOpenCv(bytes, header);
   }

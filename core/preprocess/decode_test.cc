@@ -4,10 +4,19 @@
 
 #include <zlib.h>
 
+#include <cstdio>
+#include <cstdlib>
+extern "C" {
+#include <jpeglib.h>
+}
+
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
 
+#include "absl/strings/str_cat.h"
 #include "core/preprocess/image.h"
+#include "core/preprocess/jpeg.h"
 #include "gtest/gtest.h"
 
 namespace internvl::preprocess {
@@ -276,6 +285,151 @@ TEST(DecodeImage, CorruptDataIsInvalidArgument) {
   gif[gif.size() - 6] = static_cast<char>(0xFF);  // bad LZW code
   EXPECT_EQ(DecodeImage(gif).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(DecodeImage(Bytes("\xFF\xD8\xFF\xDA\x00\x02", 6)).ok());  // scan before any frame header
+}
+
+// A JPEG written with libjpeg itself, for the variants OpenCV's encoder does
+// not offer: chroma sampling (h, v of the first component; the others 1x1),
+// progressive, restart intervals, RGB colour space (no YCbCr transform).
+struct JpegVariant {
+  int h = 2, v = 2;
+  bool progressive = false;
+  int restart_rows = 0;
+  bool rgb = false;
+  int quality = 90;
+};
+Bytes EncodeWithLibjpeg(const cv::Mat& bgr, const JpegVariant& variant) {
+  jpeg_compress_struct c;
+  jpeg_error_mgr err;
+  c.err = jpeg_std_error(&err);
+  jpeg_create_compress(&c);
+  unsigned char* mem = nullptr;
+  unsigned long size = 0;
+  jpeg_mem_dest(&c, &mem, &size);
+  c.image_width = bgr.cols;
+  c.image_height = bgr.rows;
+  c.input_components = 3;
+  c.in_color_space = JCS_RGB;
+  jpeg_set_defaults(&c);
+  if (variant.rgb) jpeg_set_colorspace(&c, JCS_RGB);
+  jpeg_set_quality(&c, variant.quality, TRUE);
+  c.comp_info[0].h_samp_factor = variant.h;
+  c.comp_info[0].v_samp_factor = variant.v;
+  if (variant.progressive) jpeg_simple_progression(&c);
+  c.restart_in_rows = variant.restart_rows;
+  jpeg_start_compress(&c, TRUE);
+  std::vector<unsigned char> row(static_cast<size_t>(bgr.cols) * 3);
+  while (c.next_scanline < c.image_height) {
+    const auto* src = bgr.ptr<uint8_t>(static_cast<int>(c.next_scanline));
+    for (int x = 0; x < bgr.cols; ++x) {
+      row[3 * x] = src[3 * x + 2];
+      row[3 * x + 1] = src[3 * x + 1];
+      row[3 * x + 2] = src[3 * x];
+    }
+    JSAMPROW p = row.data();
+    jpeg_write_scanlines(&c, &p, 1);
+  }
+  jpeg_finish_compress(&c);
+  jpeg_destroy_compress(&c);
+  Bytes out(reinterpret_cast<const char*>(mem), size);
+  std::free(mem);
+  return out;
+}
+
+// A photo-like pattern: gradients plus noise, so every DCT coefficient and
+// the fancy upsampling's neighbours matter.
+cv::Mat NoisyPattern(int w, int h) {
+  cv::Mat m(h, w, CV_8UC3);
+  cv::randn(m, cv::Scalar(128, 128, 128), cv::Scalar(40, 40, 40));
+  cv::Mat ramp = Pattern(w, h);
+  cv::addWeighted(m, 0.5, ramp, 0.5, 0, m);
+  return m;
+}
+
+// OpenCV's decode (the libjpeg path Pillow-exactness was established with),
+// in RGB order.
+std::vector<uint8_t> OpenCvRgb(const Bytes& jpeg) {
+  const cv::Mat buf(1, static_cast<int>(jpeg.size()), CV_8UC1, const_cast<char*>(jpeg.data()));
+  cv::Mat bgr = cv::imdecode(buf, cv::IMREAD_COLOR | cv::IMREAD_IGNORE_ORIENTATION);
+  EXPECT_FALSE(bgr.empty());
+  cv::Mat rgb;
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  return std::vector<uint8_t>(rgb.data, rgb.data + rgb.total() * 3);
+}
+
+TEST(DecodeImage, JpegDecodesExactlyAsOpenCvForEverySamplingAndCoding) {
+  cv::theRNG().state = 7;
+  const std::vector<std::pair<int, int>> sizes = {{1, 1}, {17, 9}, {37, 53}, {301, 203}, {640, 480}};
+  const std::vector<JpegVariant> variants = {
+      {2, 2}, {2, 1}, {1, 2}, {1, 1}, {2, 2, true}, {1, 1, true}, {2, 2, false, 1}, {2, 1, true, 2},
+      {1, 1, false, 0, true}, {2, 2, false, 0, false, 40}, {2, 2, false, 0, false, 100}};
+  int checked = 0;
+  for (auto [w, h] : sizes) {
+    const cv::Mat m = NoisyPattern(w, h);
+    for (const JpegVariant& v : variants) {
+      const Bytes jpeg = EncodeWithLibjpeg(m, v);
+      const std::string what = absl::StrCat(w, "x", h, " sampling ", v.h, "x", v.v, " progressive ", v.progressive,
+                                            " restart ", v.restart_rows, " rgb ", v.rgb, " q", v.quality);
+      auto im = DecodeImage(jpeg);
+      ASSERT_TRUE(im.ok()) << what << ": " << im.status();
+      ASSERT_EQ(im->width, w);
+      ASSERT_EQ(im->height, h);
+      ASSERT_TRUE(im->data == OpenCvRgb(jpeg)) << what;
+      // The direct path took it (it did not fall back to OpenCV), reporting
+      // its rows in order up to the last one.
+      std::vector<uint8_t> direct(static_cast<size_t>(w) * h * 3);
+      int last = 0;
+      bool ordered = true;
+      auto handled = internal::DecodeJpegRgb(jpeg, w, h, direct.data(), [&](int rows) {
+        ordered = ordered && rows > last;
+        last = rows;
+      });
+      ASSERT_TRUE(handled.ok()) << what;
+      EXPECT_TRUE(*handled) << what;
+      EXPECT_TRUE(ordered) << what;
+      EXPECT_EQ(last, h) << what;
+      EXPECT_TRUE(direct == im->data) << what;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 55);
+}
+
+TEST(DecodeImage, JpegKindsTheDirectPathLeavesToOpenCv) {
+  // Grayscale: one component; the direct path declines and writes nothing.
+  cv::Mat gray(12, 10, CV_8UC1, cv::Scalar(77));
+  const Bytes jpeg = Encode(gray, ".jpg");
+  std::vector<uint8_t> out(10 * 12 * 3, 0xAB);
+  auto handled = internal::DecodeJpegRgb(jpeg, 10, 12, out.data(), [](int) {});
+  ASSERT_TRUE(handled.ok());
+  EXPECT_FALSE(*handled);
+  EXPECT_EQ(out, std::vector<uint8_t>(10 * 12 * 3, 0xAB));
+  auto im = DecodeImage(jpeg);
+  ASSERT_TRUE(im.ok()) << im.status();
+  EXPECT_EQ(im->data, std::vector<uint8_t>(10 * 12 * 3, 77));
+}
+
+// A progressive JPEG whose last scan is repeated: libjpeg only warns about
+// the bogus progression and runs a pass over the coefficients per scan, a
+// cheap way to make a small file cost a lot of CPU. Up to kMaxJpegScans
+// scans decode; more are refused.
+TEST(DecodeImage, JpegWithTooManyScansIsRefused) {
+  const Bytes jpeg = EncodeWithLibjpeg(NoisyPattern(64, 48), JpegVariant{2, 2, true});
+  // The last SOS segment (FF DA) up to the EOI (FF D9) at the end.
+  const size_t last_sos = jpeg.rfind("\xFF\xDA");
+  ASSERT_NE(last_sos, std::string::npos);
+  ASSERT_EQ(jpeg.substr(jpeg.size() - 2), "\xFF\xD9");
+  const Bytes scan = jpeg.substr(last_sos, jpeg.size() - 2 - last_sos);
+  auto with_scans = [&](int extra) {
+    Bytes out = jpeg.substr(0, jpeg.size() - 2);
+    for (int i = 0; i < extra; ++i) out += scan;
+    return out + "\xFF\xD9";
+  };
+  auto few = DecodeImage(with_scans(20));
+  EXPECT_TRUE(few.ok()) << few.status();
+  auto many = DecodeImage(with_scans(internal::kMaxJpegScans));
+  ASSERT_FALSE(many.ok());
+  EXPECT_EQ(many.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(many.status().message().find("scans"), std::string::npos) << many.status();
 }
 
 TEST(DecodeImage, EveryTruncationFailsCleanly) {
