@@ -71,6 +71,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (tiles->count != expected || tiles->grid.count() < tiling.min_num || tiles->grid.count() > tiling.max_num ||
       tiles->data.size() != static_cast<size_t>(tiles->count) * tiles->tile_bytes())
     std::abort();
+  // LoadImageTiles streams JPEGs (the decode overlapped with the resizes):
+  // the same tiles as decoding, then tiling.
+  auto tiled = pp::DynamicPreprocess(*image, tiling);
+  if (!tiled.ok() || tiled->count != tiles->count || tiled->data != tiles->data) std::abort();
   std::vector<float> normalized(tiles->data.size());
   pp::NormalizeTiles(*tiles, normalized.data());
   return 0;

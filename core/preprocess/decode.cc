@@ -434,7 +434,8 @@ absl::StatusOr<ImageHeader> ProbeImage(absl::string_view bytes) {
   return header;
 }
 
-absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes, const DecodeLimits& limits) {
+namespace internal {
+absl::StatusOr<ImageHeader> CheckedImageHeader(absl::string_view bytes, const DecodeLimits& limits) {
   INTERNVL_ASSIGN_OR_RETURN(const ImageHeader header, ProbeImage(bytes));
   const int64_t pixels = int64_t{header.width} * header.height;
   if (pixels > limits.max_pixels)
@@ -443,6 +444,16 @@ absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes, const DecodeLimits
                                                      " pixels, over the limit of ", limits.max_pixels));
   if (bytes.size() > static_cast<size_t>(INT32_MAX))
     return absl::ResourceExhaustedError("encoded image is larger than 2 GiB");
+#ifndef INTERNVL_NO_MEDIA
+  if (header.format == ImageFormat::kJpeg && !JpegHasEndOfImage(bytes))
+    return absl::InvalidArgumentError("JPEG data is truncated (no EOI marker)");
+#endif
+  return header;
+}
+}  // namespace internal
+
+absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes, const DecodeLimits& limits) {
+  INTERNVL_ASSIGN_OR_RETURN(const ImageHeader header, internal::CheckedImageHeader(bytes, limits));
   if (header.format == ImageFormat::kPpm || header.format == ImageFormat::kPgm) {
     INTERNVL_ASSIGN_OR_RETURN(const PnmHeader pnm,
                               ParsePnm(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
@@ -459,7 +470,6 @@ absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes, const DecodeLimits
         return absl::InvalidArgumentError("GIF data is truncated or has no image");
       return DecodeGif(bytes, header, limits);
     case ImageFormat::kJpeg: {
-      if (!JpegHasEndOfImage(bytes)) return absl::InvalidArgumentError("JPEG data is truncated (no EOI marker)");
       RgbImage out;
       out.width = header.width;
       out.height = header.height;

@@ -17,6 +17,8 @@ extern "C" {
 #include "absl/strings/str_cat.h"
 #include "core/preprocess/image.h"
 #include "core/preprocess/jpeg.h"
+#include "core/preprocess/runtime.h"
+#include "core/preprocess/tiling.h"
 #include "gtest/gtest.h"
 
 namespace internvl::preprocess {
@@ -430,6 +432,72 @@ TEST(DecodeImage, JpegWithTooManyScansIsRefused) {
   ASSERT_FALSE(many.ok());
   EXPECT_EQ(many.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(many.status().message().find("scans"), std::string::npos) << many.status();
+}
+
+// LoadImageTiles overlaps a direct JPEG decode with the resizes' horizontal
+// passes (tiling.cc): the tiles must be those of decoding, then tiling, on
+// any thread count, including grids where a resize has no horizontal pass.
+TEST(LoadImageTiles, StreamedJpegTilesEqualDecodeThenTile) {
+  cv::theRNG().state = 11;
+  const PreprocessRuntime saved = GetPreprocessRuntime();
+  int checked = 0;
+  for (auto [w, h] : std::vector<std::pair<int, int>>{{1920, 1080}, {896, 448}, {448, 300}, {37, 53}, {700, 2100}}) {
+    const Bytes jpeg = EncodeWithLibjpeg(NoisyPattern(w, h), JpegVariant{});
+    for (int max_num : {1, 6, 12}) {
+      TilingOptions options;
+      options.max_num = max_num;
+      SetPreprocessRuntime(PreprocessRuntime{1, true});
+      auto image = DecodeImage(jpeg);
+      ASSERT_TRUE(image.ok()) << image.status();
+      auto expected = DynamicPreprocess(*image, options);
+      ASSERT_TRUE(expected.ok()) << expected.status();
+      for (int threads : {1, 2, 3}) {
+        SetPreprocessRuntime(PreprocessRuntime{threads, true});
+        auto tiles = LoadImageTiles(jpeg, options);
+        ASSERT_TRUE(tiles.ok()) << tiles.status();
+        const std::string what = absl::StrCat(w, "x", h, " max_num ", max_num, " threads ", threads);
+        EXPECT_EQ(tiles->count, expected->count) << what;
+        EXPECT_EQ(tiles->grid.cols, expected->grid.cols) << what;
+        EXPECT_EQ(tiles->grid.rows, expected->grid.rows) << what;
+        EXPECT_EQ(tiles->has_thumbnail, expected->has_thumbnail) << what;
+        EXPECT_TRUE(tiles->data == expected->data) << what;
+        ++checked;
+      }
+    }
+  }
+  SetPreprocessRuntime(saved);
+  EXPECT_EQ(checked, 45);
+}
+
+// A decode that fails after the header was accepted must release the threads
+// waiting for its rows and surface as INVALID_ARGUMENT (not hang, not crash).
+TEST(LoadImageTiles, JpegFailingInsideTheDecodeIsInvalidArgumentOnAnyThreadCount) {
+  cv::theRNG().state = 12;
+  // A progressive JPEG whose last scan names a component the frame does not
+  // have: libjpeg accepts the header, then fails on that scan.
+  const Bytes jpeg = EncodeWithLibjpeg(NoisyPattern(900, 700), JpegVariant{2, 2, true});
+  Bytes bad_scan = jpeg;
+  const size_t last_sos = bad_scan.rfind("\xFF\xDA");
+  ASSERT_NE(last_sos, std::string::npos);
+  bad_scan[last_sos + 5] = 0x77;  // FF DA, length (2), count (1), first component id
+  // Entropy-coded data replaced by bytes that are no valid code: anything
+  // from warnings (decoded) to a failure, never a crash.
+  const size_t sos = jpeg.find("\xFF\xDA");
+  ASSERT_NE(sos, std::string::npos);
+  Bytes garbage = jpeg;
+  for (size_t k = sos + 200; k + 2 < garbage.size(); ++k) garbage[k] = static_cast<char>(k % 7 == 0 ? 0xFF : 0x00);
+  const PreprocessRuntime saved = GetPreprocessRuntime();
+  for (int threads : {1, 2, 4}) {
+    SetPreprocessRuntime(PreprocessRuntime{threads, true});
+    auto tiles = LoadImageTiles(bad_scan, TilingOptions{});
+    ASSERT_FALSE(tiles.ok()) << "threads " << threads;
+    EXPECT_EQ(tiles.status().code(), absl::StatusCode::kInvalidArgument) << tiles.status();
+    auto other = LoadImageTiles(garbage, TilingOptions{});
+    if (!other.ok()) {
+      EXPECT_EQ(other.status().code(), absl::StatusCode::kInvalidArgument) << other.status();
+    }
+  }
+  SetPreprocessRuntime(saved);
 }
 
 TEST(DecodeImage, EveryTruncationFailsCleanly) {

@@ -95,4 +95,10 @@ absl::StatusOr<ImageHeader> ProbeImage(absl::string_view bytes);
 absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes,
                                      const DecodeLimits& limits = DecodeLimits());
 
+namespace internal {
+// DecodeImage's checks before any decoder runs (the header probe, the limits,
+// a JPEG's EOI marker): the header of an image DecodeImage goes on to decode.
+absl::StatusOr<ImageHeader> CheckedImageHeader(absl::string_view bytes, const DecodeLimits& limits);
+}  // namespace internal
+
 }  // namespace internvl::preprocess

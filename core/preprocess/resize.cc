@@ -199,12 +199,12 @@ PilBicubicResize::PilBicubicResize(int in_width, int in_height, int out_width, i
   }
 }
 
-void PilBicubicResize::Horizontal(const RgbImage& in, int begin, int end, uint8_t* intermediate) const {
+void PilBicubicResize::Horizontal(const uint8_t* in, int begin, int end, uint8_t* intermediate) const {
   const size_t in_row_bytes = static_cast<size_t>(in_width_) * kRgbChannels;
   const size_t out_row_bytes = static_cast<size_t>(out_width_) * kRgbChannels;
   std::vector<uint8_t> padded(in_row_bytes + internal::HorizontalRowPadding(horiz_), 0);
   for (int r = begin; r < end; ++r) {
-    std::memcpy(padded.data(), in.row(row_offset_ + r), in_row_bytes);
+    std::memcpy(padded.data(), in + static_cast<size_t>(row_offset_ + r) * in_row_bytes, in_row_bytes);
     uint8_t* dst = intermediate + r * out_row_bytes;
     if (avx2_) {
 #if defined(INTERNVL_PREPROCESS_HAVE_AVX2)
@@ -216,10 +216,11 @@ void PilBicubicResize::Horizontal(const RgbImage& in, int begin, int end, uint8_
   }
 }
 
-void PilBicubicResize::Vertical(const RgbImage& in, const uint8_t* intermediate, int x0, int x1, int y0, int y1,
+void PilBicubicResize::Vertical(const uint8_t* in, const uint8_t* intermediate, int x0, int x1, int y0, int y1,
                                 uint8_t* dst, size_t dst_stride) const {
   // Without a horizontal pass the vertical one reads the input itself.
-  const uint8_t* src = need_horizontal_ ? intermediate : in.row(row_offset_);
+  const uint8_t* src =
+      need_horizontal_ ? intermediate : in + static_cast<size_t>(row_offset_) * in_width_ * kRgbChannels;
   const size_t src_stride = static_cast<size_t>(out_width_) * kRgbChannels;
   const size_t col = static_cast<size_t>(x0) * kRgbChannels;
   const size_t len = static_cast<size_t>(x1 - x0) * kRgbChannels;
@@ -252,12 +253,12 @@ RgbImage ResizeBicubicPil(const RgbImage& image, int width, int height) {
   constexpr int kRowsPerTask = 32;
   const int h_rows = resize.intermediate_rows();
   ParallelFor((h_rows + kRowsPerTask - 1) / kRowsPerTask, [&](int i) {
-    resize.Horizontal(image, i * kRowsPerTask, std::min(h_rows, (i + 1) * kRowsPerTask), intermediate.data());
+    resize.Horizontal(image.data.data(), i * kRowsPerTask, std::min(h_rows, (i + 1) * kRowsPerTask), intermediate.data());
   });
   const size_t stride = static_cast<size_t>(width) * kRgbChannels;
   ParallelFor((height + kRowsPerTask - 1) / kRowsPerTask, [&](int i) {
     const int y0 = i * kRowsPerTask;
-    resize.Vertical(image, intermediate.data(), 0, width, y0, std::min(height, y0 + kRowsPerTask),
+    resize.Vertical(image.data.data(), intermediate.data(), 0, width, y0, std::min(height, y0 + kRowsPerTask),
                     out.data.data() + y0 * stride, stride);
   });
   return out;

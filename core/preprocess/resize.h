@@ -60,12 +60,18 @@ class PilBicubicResize {
   int intermediate_rows() const { return need_horizontal_ ? intermediate_rows_ : 0; }
   size_t intermediate_bytes() const { return static_cast<size_t>(intermediate_rows()) * out_width_ * kRgbChannels; }
 
+  // The input row intermediate row r is made from (the horizontal pass
+  // reads that one row only).
+  int input_row(int r) const { return row_offset_ + r; }
+
+  // `in` is the input image's pixels: in_width * in_height RGB pixels, rows
+  // packed (RgbImage::data).
   // Writes intermediate rows [begin, end) to `intermediate` (which holds all
   // intermediate_bytes(); row r at r * out_width * 3).
-  void Horizontal(const RgbImage& in, int begin, int end, uint8_t* intermediate) const;
+  void Horizontal(const uint8_t* in, int begin, int end, uint8_t* intermediate) const;
   // Writes output pixels [x0, x1) x [y0, y1) to dst: row y0 at dst, rows
   // dst_stride bytes apart.
-  void Vertical(const RgbImage& in, const uint8_t* intermediate, int x0, int x1, int y0, int y1, uint8_t* dst,
+  void Vertical(const uint8_t* in, const uint8_t* intermediate, int x0, int x1, int y0, int y1, uint8_t* dst,
                 size_t dst_stride) const;
 
  private:

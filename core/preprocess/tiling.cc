@@ -1,10 +1,12 @@
 #include "core/preprocess/tiling.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "core/preprocess/jpeg.h"
 #include "core/preprocess/minimonkey.h"
 #include "core/preprocess/resize.h"
 #include "core/preprocess/runtime.h"
@@ -198,67 +200,167 @@ absl::StatusOr<Tiles> DynamicPreprocess(const RgbImage& image, const TilingOptio
   return TileWithPlan(image, PlanTiles(image.width, image.height, options), options.image_size);
 }
 
-absl::StatusOr<Tiles> TileWithPlan(const RgbImage& image, const TilePlan& plan, int image_size) {
-  if (image.width <= 0 || image.height <= 0 ||
-      image.data.size() != static_cast<size_t>(image.width) * image.height * kRgbChannels)
-    return absl::InvalidArgumentError(
-        absl::StrCat("cannot tile an empty or malformed ", image.width, "x", image.height, " image"));
+namespace {
+
+absl::Status CheckPlan(const TilePlan& plan, int image_size) {
   if (image_size <= 0 || image_size > kMaxTileSize || plan.grid.cols < 1 || plan.grid.rows < 1 ||
       plan.count != plan.grid.count() + (plan.has_thumbnail ? 1 : 0) ||
       static_cast<int64_t>(plan.count) * image_size * image_size * kRgbChannels > kMaxTileBytes)
     return absl::InvalidArgumentError(absl::StrCat("bad tile plan: ", plan.grid.cols, "x", plan.grid.rows, " grid, ",
                                                    plan.count, " tiles of ", image_size, " px"));
-  const int s = image_size;
-  Tiles tiles;
-  tiles.size = s;
-  tiles.grid = plan.grid;
-  tiles.has_thumbnail = plan.has_thumbnail;
-  tiles.count = plan.count;
-  const int blocks = tiles.grid.count();
-  tiles.data.resize(tiles.count * tiles.tile_bytes());
+  return absl::OkStatus();
+}
 
-  // Both resizes (grid and thumbnail) read the same image: run their
-  // horizontal passes as one parallel phase, then their vertical passes as a
-  // second one that writes straight into the tiles (no resized image, no crop
-  // copies). The tile bytes equal cropping Pillow's resized image.
-  const PilBicubicResize grid_resize(image.width, image.height, s * tiles.grid.cols, s * tiles.grid.rows);
-  std::optional<PilBicubicResize> thumb_resize;
-  if (tiles.has_thumbnail) thumb_resize.emplace(image.width, image.height, s, s);
-  const ScratchBuffer grid_rows(grid_resize.intermediate_bytes());
-  const ScratchBuffer thumb_rows(thumb_resize ? thumb_resize->intermediate_bytes() : 0);
+// One image's tiling: both resizes (grid and thumbnail) read the same image.
+// Their horizontal passes are split into tasks of kRowsPerTask intermediate
+// rows, ordered by the last input row each reads (so a decode that delivers
+// rows top-down can feed them as it goes); the vertical passes then write
+// straight into the tiles (no resized image, no crop copies). The tile bytes
+// equal cropping Pillow's resized image.
+class TileJob {
+ public:
+  TileJob(int width, int height, const TilePlan& plan, int image_size)
+      : s_(image_size),
+        grid_resize_(width, height, image_size * plan.grid.cols, image_size * plan.grid.rows),
+        grid_rows_(grid_resize_.intermediate_bytes()) {
+    tiles_.size = image_size;
+    tiles_.grid = plan.grid;
+    tiles_.has_thumbnail = plan.has_thumbnail;
+    tiles_.count = plan.count;
+    if (plan.has_thumbnail) {
+      thumb_resize_.emplace(width, height, image_size, image_size);
+      thumb_rows_.emplace(thumb_resize_->intermediate_bytes());
+    }
+    AddTasks(grid_resize_, grid_rows_.data());
+    if (thumb_resize_) AddTasks(*thumb_resize_, thumb_rows_->data());
+    std::stable_sort(tasks_.begin(), tasks_.end(),
+                     [](const Task& a, const Task& b) { return a.last_input_row < b.last_input_row; });
+  }
 
-  const int grid_tasks = CeilDiv(grid_resize.intermediate_rows(), kRowsPerTask);
-  const int thumb_tasks = thumb_resize ? CeilDiv(thumb_resize->intermediate_rows(), kRowsPerTask) : 0;
-  ParallelFor(grid_tasks + thumb_tasks, [&](int i) {
-    const bool grid = i < grid_tasks;
-    const PilBicubicResize& resize = grid ? grid_resize : *thumb_resize;
-    const int begin = (grid ? i : i - grid_tasks) * kRowsPerTask;
-    resize.Horizontal(image, begin, std::min(resize.intermediate_rows(), begin + kRowsPerTask),
-                      grid ? grid_rows.data() : thumb_rows.data());
-  });
+  int horizontal_tasks() const { return static_cast<int>(tasks_.size()); }
+  // The input rows task t needs: [0, needed_rows(t)).
+  int needed_rows(int t) const { return tasks_[t].last_input_row + 1; }
+  void Horizontal(const uint8_t* pixels, int t) const {
+    const Task& task = tasks_[t];
+    task.resize->Horizontal(pixels, task.begin, task.end, task.out);
+  }
 
-  // Tile k = (row k / cols, col k % cols), row-major; the thumbnail last.
-  const size_t tile_stride = static_cast<size_t>(s) * kRgbChannels;
-  const int slices = CeilDiv(s, kRowsPerTask);
-  ParallelFor(tiles.count * slices, [&](int i) {
-    const int k = i / slices;
-    const int y_begin = (i % slices) * kRowsPerTask;
-    const int y_end = std::min(s, y_begin + kRowsPerTask);
-    uint8_t* dst = tiles.data.data() + k * tiles.tile_bytes() + y_begin * tile_stride;
-    if (k < blocks) {
-      const int x0 = (k % tiles.grid.cols) * s;
-      const int y0 = (k / tiles.grid.cols) * s;
-      grid_resize.Vertical(image, grid_rows.data(), x0, x0 + s, y0 + y_begin, y0 + y_end, dst, tile_stride);
-    } else {
-      thumb_resize->Vertical(image, thumb_rows.data(), 0, s, y_begin, y_end, dst, tile_stride);
+  // The vertical passes into the tiles, on up to the runtime's threads.
+  Tiles Finish(const uint8_t* pixels) {
+    tiles_.data.resize(tiles_.count * tiles_.tile_bytes());
+    const int blocks = tiles_.grid.count();
+    // Tile k = (row k / cols, col k % cols), row-major; the thumbnail last.
+    const size_t tile_stride = static_cast<size_t>(s_) * kRgbChannels;
+    const int slices = CeilDiv(s_, kRowsPerTask);
+    ParallelFor(tiles_.count * slices, [&](int i) {
+      const int k = i / slices;
+      const int y_begin = (i % slices) * kRowsPerTask;
+      const int y_end = std::min(s_, y_begin + kRowsPerTask);
+      uint8_t* dst = tiles_.data.data() + k * tiles_.tile_bytes() + y_begin * tile_stride;
+      if (k < blocks) {
+        const int x0 = (k % tiles_.grid.cols) * s_;
+        const int y0 = (k / tiles_.grid.cols) * s_;
+        grid_resize_.Vertical(pixels, grid_rows_.data(), x0, x0 + s_, y0 + y_begin, y0 + y_end, dst, tile_stride);
+      } else {
+        thumb_resize_->Vertical(pixels, thumb_rows_->data(), 0, s_, y_begin, y_end, dst, tile_stride);
+      }
+    });
+    return std::move(tiles_);
+  }
+
+ private:
+  struct Task {
+    const PilBicubicResize* resize;
+    int begin, end;  // intermediate rows
+    uint8_t* out;
+    int last_input_row;
+  };
+  void AddTasks(const PilBicubicResize& resize, uint8_t* out) {
+    for (int begin = 0; begin < resize.intermediate_rows(); begin += kRowsPerTask) {
+      const int end = std::min(resize.intermediate_rows(), begin + kRowsPerTask);
+      tasks_.push_back(Task{&resize, begin, end, out, resize.input_row(end - 1)});
+    }
+  }
+
+  const int s_;
+  Tiles tiles_;
+  const PilBicubicResize grid_resize_;
+  std::optional<PilBicubicResize> thumb_resize_;
+  const ScratchBuffer grid_rows_;
+  std::optional<ScratchBuffer> thumb_rows_;
+  std::vector<Task> tasks_;
+};
+
+#ifndef INTERNVL_NO_MEDIA
+// LoadImageTiles for the JPEGs libjpeg decodes directly (jpeg.h): the
+// horizontal passes run on the other threads while the decode delivers rows
+// (the decode is serial: about half of the preprocessing), then the decoding
+// thread joins them. nullopt when the JPEG is of another kind.
+absl::StatusOr<std::optional<Tiles>> StreamJpegTiles(absl::string_view bytes, const ImageHeader& header,
+                                                     const TilePlan& plan, int image_size) {
+  INTERNVL_RETURN_IF_ERROR(CheckPlan(plan, image_size));
+  const int w = header.width, h = header.height;
+  TileJob job(w, h, plan, image_size);
+  const ScratchBuffer pixels(static_cast<size_t>(w) * h * kRgbChannels);
+  std::atomic<int> ready{0};         // input rows decoded so far
+  std::atomic<bool> stopped{false};  // the decode failed or declined
+  std::atomic<int> next_task{0};
+  absl::StatusOr<bool> decoded = false;
+  ParallelFor(GetPreprocessRuntime().threads, [&](int i) {
+    if (i == 0) {
+      decoded = internal::DecodeJpegRgb(bytes, w, h, pixels.data(), [&](int rows) {
+        ready.store(rows, std::memory_order_release);
+        ready.notify_all();
+      });
+      if (!decoded.ok() || !*decoded) {
+        stopped.store(true);
+        ready.store(h, std::memory_order_release);
+        ready.notify_all();
+        return;
+      }
+    }
+    for (int t = next_task.fetch_add(1); t < job.horizontal_tasks(); t = next_task.fetch_add(1)) {
+      for (int r = ready.load(std::memory_order_acquire); r < job.needed_rows(t);
+           r = ready.load(std::memory_order_acquire)) {
+        ready.wait(r, std::memory_order_acquire);
+      }
+      if (stopped.load()) return;
+      job.Horizontal(pixels.data(), t);
     }
   });
-  return tiles;
+  if (!decoded.ok()) return decoded.status();
+  if (!*decoded) return std::nullopt;
+  return job.Finish(pixels.data());
+}
+#endif
+
+}  // namespace
+
+absl::StatusOr<Tiles> TileWithPlan(const RgbImage& image, const TilePlan& plan, int image_size) {
+  if (image.width <= 0 || image.height <= 0 ||
+      image.data.size() != static_cast<size_t>(image.width) * image.height * kRgbChannels)
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot tile an empty or malformed ", image.width, "x", image.height, " image"));
+  INTERNVL_RETURN_IF_ERROR(CheckPlan(plan, image_size));
+  TileJob job(image.width, image.height, plan, image_size);
+  ParallelFor(job.horizontal_tasks(), [&](int t) { job.Horizontal(image.data.data(), t); });
+  return job.Finish(image.data.data());
 }
 
 absl::StatusOr<Tiles> LoadImageTiles(absl::string_view bytes, const TilingOptions& options,
                                      const DecodeLimits& limits) {
   INTERNVL_RETURN_IF_ERROR(ValidateTilingOptions(options));
+#ifndef INTERNVL_NO_MEDIA
+  if (!options.minimonkey) {
+    INTERNVL_ASSIGN_OR_RETURN(const ImageHeader header, internal::CheckedImageHeader(bytes, limits));
+    if (header.format == ImageFormat::kJpeg) {
+      INTERNVL_ASSIGN_OR_RETURN(
+          std::optional<Tiles> tiles,
+          StreamJpegTiles(bytes, header, PlanTiles(header.width, header.height, options), options.image_size));
+      if (tiles) return std::move(*tiles);
+    }
+  }
+#endif
   INTERNVL_ASSIGN_OR_RETURN(RgbImage image, DecodeImage(bytes, limits));
   return DynamicPreprocess(image, options);
 }
