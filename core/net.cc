@@ -9,7 +9,9 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <random>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 
@@ -45,9 +47,19 @@ absl::StatusOr<int> PickFreeLoopbackPort() {
   std::mt19937_64 rng(static_cast<uint64_t>(::getpid()) * 0x9E3779B97F4A7C15ULL ^
                       std::chrono::steady_clock::now().time_since_epoch().count() ^ counter.fetch_add(1));
   constexpr int kLow = 20000, kHigh = 32000;
+  // Never the same port twice in one process: a port handed out is often
+  // bound only seconds later (a child loading a model first), and a second
+  // pick in that window would find it free too (seen as a CI flake: two
+  // children of one test given one port).
+  static std::mutex mu;
+  static auto* handed_out = new std::unordered_set<int>();
+  std::lock_guard<std::mutex> lock(mu);
   for (int attempt = 0; attempt < 64; ++attempt) {
     const int port = kLow + static_cast<int>(rng() % (kHigh - kLow));
-    if (TryBindLoopback(port) == port) return port;
+    if (handed_out->count(port) == 0 && TryBindLoopback(port) == port) {
+      handed_out->insert(port);
+      return port;
+    }
   }
   const int port = TryBindLoopback(0);
   if (port < 0) return absl::InternalError(absl::StrCat("bind: ", std::strerror(errno)));
