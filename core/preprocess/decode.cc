@@ -450,10 +450,9 @@ absl::StatusOr<ImageHeader> CheckedImageHeader(absl::string_view bytes, const De
 #endif
   return header;
 }
-}  // namespace internal
 
-absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes, const DecodeLimits& limits) {
-  INTERNVL_ASSIGN_OR_RETURN(const ImageHeader header, internal::CheckedImageHeader(bytes, limits));
+absl::StatusOr<RgbImage> DecodeCheckedImage(absl::string_view bytes, const ImageHeader& header,
+                                            const DecodeLimits& limits) {
   if (header.format == ImageFormat::kPpm || header.format == ImageFormat::kPgm) {
     INTERNVL_ASSIGN_OR_RETURN(const PnmHeader pnm,
                               ParsePnm(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
@@ -483,6 +482,12 @@ absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes, const DecodeLimits
       return DecodeWithOpenCv(bytes, header);
   }
 #endif
+}
+}  // namespace internal
+
+absl::StatusOr<RgbImage> DecodeImage(absl::string_view bytes, const DecodeLimits& limits) {
+  INTERNVL_ASSIGN_OR_RETURN(const ImageHeader header, internal::CheckedImageHeader(bytes, limits));
+  return internal::DecodeCheckedImage(bytes, header, limits);
 }
 
 }  // namespace internvl::preprocess

@@ -99,6 +99,9 @@ namespace internal {
 // DecodeImage's checks before any decoder runs (the header probe, the limits,
 // a JPEG's EOI marker): the header of an image DecodeImage goes on to decode.
 absl::StatusOr<ImageHeader> CheckedImageHeader(absl::string_view bytes, const DecodeLimits& limits);
+// DecodeImage after those checks: `header` is CheckedImageHeader's result.
+absl::StatusOr<RgbImage> DecodeCheckedImage(absl::string_view bytes, const ImageHeader& header,
+                                            const DecodeLimits& limits);
 }  // namespace internal
 
 }  // namespace internvl::preprocess

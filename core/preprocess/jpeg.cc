@@ -32,11 +32,6 @@ struct ErrorManager {
 // Warnings and trace messages: dropped (libjpeg's default prints them).
 void EmitMessage(j_common_ptr, int) {}
 
-struct Progress {
-  jpeg_progress_mgr pub;
-  j_decompress_ptr cinfo;
-};
-
 void CheckScans(j_common_ptr cinfo) {
   auto* d = reinterpret_cast<j_decompress_ptr>(cinfo);
   if (d->input_scan_number > kMaxJpegScans) {
@@ -53,7 +48,7 @@ enum class Outcome { kDecoded, kUnsupported, kFailed };
 Outcome Decode(const unsigned char* data, unsigned long size, int width, int height, uint8_t* out,
                absl::FunctionRef<void(int)>& rows_done, ErrorManager& err) {
   jpeg_decompress_struct cinfo;
-  Progress progress;
+  jpeg_progress_mgr progress;
   cinfo.err = jpeg_std_error(&err.pub);
   err.pub.error_exit = ErrorExit;
   err.pub.emit_message = EmitMessage;
@@ -63,9 +58,8 @@ Outcome Decode(const unsigned char* data, unsigned long size, int width, int hei
     return Outcome::kFailed;
   }
   jpeg_create_decompress(&cinfo);
-  progress.pub.progress_monitor = CheckScans;
-  progress.cinfo = &cinfo;
-  cinfo.progress = &progress.pub;
+  progress.progress_monitor = CheckScans;
+  cinfo.progress = &progress;
   jpeg_mem_src(&cinfo, data, size);
   jpeg_read_header(&cinfo, TRUE);
   const bool supported = cinfo.num_components == 3 && cinfo.data_precision == 8 &&

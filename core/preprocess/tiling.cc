@@ -350,18 +350,16 @@ absl::StatusOr<Tiles> TileWithPlan(const RgbImage& image, const TilePlan& plan, 
 absl::StatusOr<Tiles> LoadImageTiles(absl::string_view bytes, const TilingOptions& options,
                                      const DecodeLimits& limits) {
   INTERNVL_RETURN_IF_ERROR(ValidateTilingOptions(options));
+  INTERNVL_ASSIGN_OR_RETURN(const ImageHeader header, internal::CheckedImageHeader(bytes, limits));
 #ifndef INTERNVL_NO_MEDIA
-  if (!options.minimonkey) {
-    INTERNVL_ASSIGN_OR_RETURN(const ImageHeader header, internal::CheckedImageHeader(bytes, limits));
-    if (header.format == ImageFormat::kJpeg) {
-      INTERNVL_ASSIGN_OR_RETURN(
-          std::optional<Tiles> tiles,
-          StreamJpegTiles(bytes, header, PlanTiles(header.width, header.height, options), options.image_size));
-      if (tiles) return std::move(*tiles);
-    }
+  if (!options.minimonkey && header.format == ImageFormat::kJpeg) {
+    INTERNVL_ASSIGN_OR_RETURN(
+        std::optional<Tiles> tiles,
+        StreamJpegTiles(bytes, header, PlanTiles(header.width, header.height, options), options.image_size));
+    if (tiles) return std::move(*tiles);
   }
 #endif
-  INTERNVL_ASSIGN_OR_RETURN(RgbImage image, DecodeImage(bytes, limits));
+  INTERNVL_ASSIGN_OR_RETURN(RgbImage image, internal::DecodeCheckedImage(bytes, header, limits));
   return DynamicPreprocess(image, options);
 }
 
