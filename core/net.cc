@@ -49,8 +49,9 @@ absl::StatusOr<int> PickFreeLoopbackPort() {
   constexpr int kLow = 20000, kHigh = 32000;
   // Never the same port twice in one process: a port handed out is often
   // bound only seconds later (a child loading a model first), and a second
-  // pick in that window would find it free too (seen as a CI flake: two
-  // children of one test given one port).
+  // pick in that window would find it free too. (A CI run once saw a test's
+  // child find its port taken; this rules out the in-process cause.) The set
+  // holds at most the 12000 ports of the range; past that, bind(0) below.
   static std::mutex mu;
   static auto* handed_out = new std::unordered_set<int>();
   std::lock_guard<std::mutex> lock(mu);
