@@ -4,7 +4,7 @@
 // input row: GB/s of weights streamed per kernel and format, against the
 // read bandwidth probed between the calls (bench_bandwidth.h), and each
 // format's time per step of those matrices x 24 layers (+ head).
-// Usage: bench_gemv [--threads=N] [--reps=N]
+// Usage: bench_gemv [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention]
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -36,14 +36,17 @@ const Shape kShapes[] = {{"qkv", 1152, 896, 24},
 
 int Run(int argc, char** argv) {
   int threads = 2, reps = 30;
+  std::string only;  // one section (a format or "attention"), or all
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
     if (absl::StartsWith(a, "--threads=")) {
       (void)absl::SimpleAtoi(a.substr(10), &threads);
     } else if (absl::StartsWith(a, "--reps=")) {
       (void)absl::SimpleAtoi(a.substr(7), &reps);
+    } else if (absl::StartsWith(a, "--only=")) {
+      only = std::string(a.substr(7));
     } else {
-      std::fprintf(stderr, "usage: %s [--threads=N] [--reps=N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention]\n", argv[0]);
       return 2;
     }
   }
@@ -58,6 +61,7 @@ int Run(int argc, char** argv) {
   const std::vector<Format> formats = {
       {"bf16", std::nullopt}, {"int8", Quantization::kInt8}, {"int4", Quantization::kInt4}};
   for (const Format& f : formats) {
+    if (!only.empty() && only != f.name) continue;
     std::vector<std::string> kernels;
     if (!f.quant) {
       for (GemvKernel k : {GemvKernel::kAvx2, GemvKernel::kAvx512Bf16})
@@ -132,7 +136,7 @@ int Run(int argc, char** argv) {
   }
   // Decode attention of one token at 2500 positions (InternVL2-1B: 14 query
   // heads over 2 KV heads of 64, bf16 cache and queries), x 24 layers.
-  {
+  if (only.empty() || only == "attention") {
     const int64_t len = 2500, bs = 16, blocks = (len + bs - 1) / bs;
     const at::Tensor k = at::randn({blocks, 2, bs, 64}).to(at::kBFloat16);
     const at::Tensor v = at::randn({blocks, 2, bs, 64}).to(at::kBFloat16);

@@ -146,6 +146,19 @@ void SegmentValuesGroupBf16Avx2(const float* probs, int64_t probs_stride, int64_
                                 int64_t bs, int64_t len, int64_t dim, float* out, int64_t out_stride) {
   ValuesGroupPortable(probs, probs_stride, heads, blocks, bs, len, dim, out, out_stride);
 }
+void SegmentScoresGroupAvx2(const float* q, int64_t heads, const float* const* blocks, int64_t bs, int64_t len,
+                            int64_t dim, float scale, float* scores, int64_t stride) {
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t b = 0; b * bs < len; ++b)
+      SegmentScoresPortable(q + h * dim, blocks[b], std::min(bs, len - b * bs), dim, scale, scores + h * stride + b * bs);
+}
+void SegmentScoresGroupBf16Avx2(const float* q, int64_t heads, const uint16_t* const* blocks, int64_t bs, int64_t len,
+                                int64_t dim, float scale, float* scores, int64_t stride) {
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t b = 0; b * bs < len; ++b)
+      SegmentScoresBf16Portable(q + h * dim, blocks[b], std::min(bs, len - b * bs), dim, scale,
+                                scores + h * stride + b * bs);
+}
 void PrepareAvx2(Problem& p, float* scratch) {}
 void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end) { RowsPortable(p, row_begin, row_end); }
 bool CpuHasAvx2Fma() { return false; }
@@ -511,11 +524,25 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       }
     };
     const int64_t h0 = ch.j * groups;
-    for (int64_t g = 0; g < groups; ++g) {
-      const float* qh = qp + (ch.s * heads + h0 + g) * dim;
-      for (int64_t b = 0; b * bs < n; ++b) {
-        const int64_t nk = std::min(bs, n - b * bs);
-        scores(qh, b, nk, sc + g * segment + b * bs);
+    if (grouped_values && !native_bf16) {
+      // The group's scores together: each key row widened once (GQA).
+      const float* qg = qp + (ch.s * heads + h0) * dim;
+      if (bf16) {
+        const uint16_t* rows[kMaxSegBlocks];
+        for (int64_t b = 0; b * bs < n; ++b) rows[b] = static_cast<const uint16_t*>(kp) + block_offset(b);
+        gemv::SegmentScoresGroupBf16Avx2(qg, groups, rows, bs, n, dim, scale, sc, segment);
+      } else {
+        const float* rows[kMaxSegBlocks];
+        for (int64_t b = 0; b * bs < n; ++b) rows[b] = static_cast<const float*>(kp) + block_offset(b);
+        gemv::SegmentScoresGroupAvx2(qg, groups, rows, bs, n, dim, scale, sc, segment);
+      }
+    } else {
+      for (int64_t g = 0; g < groups; ++g) {
+        const float* qh = qp + (ch.s * heads + h0 + g) * dim;
+        for (int64_t b = 0; b * bs < n; ++b) {
+          const int64_t nk = std::min(bs, n - b * bs);
+          scores(qh, b, nk, sc + g * segment + b * bs);
+        }
       }
     }
     for (int64_t g = 0; g < groups; ++g) {

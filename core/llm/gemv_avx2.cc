@@ -319,7 +319,16 @@ void SegmentScoresBf16Avx2(const float* q, const uint16_t* k, int64_t len, int64
 Segment SegmentSoftmaxAvx2(float* scores, int64_t len) {
   Segment seg;
   seg.max = scores[0];
-  for (int64_t i = 1; i < len; ++i) seg.max = scores[i] > seg.max ? scores[i] : seg.max;
+  int64_t i = 0;
+  if (len >= 8) {
+    // (max is exact: any order gives the same value.)
+    __m256 m = _mm256_loadu_ps(scores);
+    for (i = 8; i + 8 <= len; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(scores + i));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, m);
+    for (float x : lanes) seg.max = x > seg.max ? x : seg.max;
+  }
+  for (; i < len; ++i) seg.max = scores[i] > seg.max ? scores[i] : seg.max;
   const __m256 mv = _mm256_set1_ps(seg.max);
   __m256 sv = _mm256_setzero_ps();
   int64_t l = 0;
@@ -347,6 +356,64 @@ void SegmentValuesBf16Avx2(const float* probs, const uint16_t* v, int64_t len, i
 }
 
 namespace {
+
+// Scores of G query heads (rows of q, stride dim) against the keys of one
+// block: each key row is loaded and widened once for the G heads (GQA),
+// instead of once per head. Per head and key the same fp32 FMAs in the same
+// order as ScoresImpl, eight keys reduced together (HorizontalSums8) and a
+// last partial eight one by one (HorizontalSum), so the scores are the same
+// bits as SegmentScores*Avx2 called per head and block.
+template <int G, typename T>
+void ScoresGroupBlock(const float* q, const T* k, int64_t n, int64_t dim, float scale, float* scores, int64_t stride) {
+  const __m256 scale_v = _mm256_set1_ps(scale);
+  auto dots = [&](const T* kr, __m256* acc) {
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 8) {
+      const __m256 kv = Load8(kr + d);
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * dim + d), kv, acc[g]);
+    }
+  };
+  int64_t l = 0;
+  for (; l + 8 <= n; l += 8) {
+    __m256 keys[G][8];
+    for (int i = 0; i < 8; ++i) {
+      __m256 acc[G];
+      dots(k + (l + i) * dim, acc);
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) keys[g][i] = acc[g];
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      const __m256* a = keys[g];
+      _mm256_storeu_ps(scores + g * stride + l,
+                       _mm256_div_ps(HorizontalSums8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]), scale_v));
+    }
+  }
+  for (; l < n; ++l) {
+    __m256 acc[G];
+    dots(k + l * dim, acc);
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) scores[g * stride + l] = HorizontalSum(acc[g]) / scale;
+  }
+}
+
+template <typename T>
+void ScoresGroupsAvx2(const float* q, int64_t heads, const T* const* blocks, int64_t bs, int64_t len, int64_t dim,
+                      float scale, float* scores, int64_t stride) {
+  using Fn = void (*)(const float*, const T*, int64_t, int64_t, float, float*, int64_t);
+  static constexpr Fn kGroups[8] = {ScoresGroupBlock<1, T>, ScoresGroupBlock<2, T>, ScoresGroupBlock<3, T>,
+                                    ScoresGroupBlock<4, T>, ScoresGroupBlock<5, T>, ScoresGroupBlock<6, T>,
+                                    ScoresGroupBlock<7, T>, ScoresGroupBlock<8, T>};
+  for (int64_t h0 = 0; h0 < heads; h0 += 8) {
+    const int64_t g = std::min<int64_t>(8, heads - h0);
+    for (int64_t b = 0; b * bs < len; ++b) {
+      kGroups[g - 1](q + h0 * dim, blocks[b], std::min(bs, len - b * bs), dim, scale, scores + h0 * stride + b * bs,
+                     stride);
+    }
+  }
+}
 
 template <int G, typename T>
 void ValuesGroupAvx2(const float* probs, int64_t probs_stride, const T* const* blocks, int64_t bs, int64_t len,
@@ -385,6 +452,14 @@ void ValuesGroupsAvx2(const float* probs, int64_t probs_stride, int64_t heads, c
 
 }  // namespace
 
+void SegmentScoresGroupAvx2(const float* q, int64_t heads, const float* const* blocks, int64_t bs, int64_t len,
+                            int64_t dim, float scale, float* scores, int64_t stride) {
+  ScoresGroupsAvx2(q, heads, blocks, bs, len, dim, scale, scores, stride);
+}
+void SegmentScoresGroupBf16Avx2(const float* q, int64_t heads, const uint16_t* const* blocks, int64_t bs, int64_t len,
+                                int64_t dim, float scale, float* scores, int64_t stride) {
+  ScoresGroupsAvx2(q, heads, blocks, bs, len, dim, scale, scores, stride);
+}
 void SegmentValuesGroupAvx2(const float* probs, int64_t probs_stride, int64_t heads, const float* const* blocks,
                             int64_t bs, int64_t len, int64_t dim, float* out, int64_t out_stride) {
   ValuesGroupsAvx2(probs, probs_stride, heads, blocks, bs, len, dim, out, out_stride);

@@ -277,6 +277,54 @@ TEST(GemvKernels, GroupedValueKernelsMatchTheirDefinition) {
   }
 }
 
+TEST(GemvKernels, GroupedScoreKernelsAreThePerHeadKernelsBits) {
+  // scores[h][l] = dot(q_h, k_l) / scale for a group of query heads at once,
+  // key rows scattered over blocks: the same bits as the per-head kernel
+  // called per block (full eights and partial ones), any group size (9 = two
+  // passes), fp32 and bf16 keys.
+  if (!gemv::CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA on this CPU";
+  at::manual_seed(6);
+  for (auto [heads, len, dim, bs] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+           {1, 16, 32, 16}, {7, 128, 64, 16}, {9, 77, 128, 4}, {2, 255, 64, 2}, {8, 3, 8, 16}, {7, 45, 64, 12}}) {
+    const int64_t nblocks = (len + bs - 1) / bs, stride = len + 5;
+    const at::Tensor pool = at::randn({nblocks + 2, bs, dim}).to(at::kBFloat16);
+    const at::Tensor pool_f = at::randn({nblocks + 2, bs, dim});
+    const at::Tensor q = at::randn({heads, dim});
+    const float scale = std::sqrt(static_cast<float>(dim));
+    std::vector<const uint16_t*> rows;
+    std::vector<const float*> rows_f;
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const int64_t at_block = (b * 5 + 1) % (nblocks + 2);
+      rows.push_back(reinterpret_cast<const uint16_t*>(pool[at_block].data_ptr()));
+      rows_f.push_back(pool_f[at_block].data_ptr<float>());
+    }
+    for (bool bf16 : {true, false}) {
+      std::vector<float> got(heads * stride, -1.0f), want(heads * stride, -1.0f);
+      const float* qp = q.data_ptr<float>();
+      if (bf16) {
+        gemv::SegmentScoresGroupBf16Avx2(qp, heads, rows.data(), bs, len, dim, scale, got.data(), stride);
+      } else {
+        gemv::SegmentScoresGroupAvx2(qp, heads, rows_f.data(), bs, len, dim, scale, got.data(), stride);
+      }
+      for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t b = 0; b < nblocks; ++b) {
+          const int64_t n = std::min(bs, len - b * bs);
+          float* dst = want.data() + h * stride + b * bs;
+          if (bf16) {
+            gemv::SegmentScoresBf16Avx2(qp + h * dim, rows[b], n, dim, scale, dst);
+          } else {
+            gemv::SegmentScoresAvx2(qp + h * dim, rows_f[b], n, dim, scale, dst);
+          }
+        }
+      }
+      for (int64_t i = 0; i < heads * stride; ++i) {
+        ASSERT_EQ(got[i], want[i]) << "heads " << heads << " len " << len << " dim " << dim << " bs " << bs
+                                   << (bf16 ? " bf16" : " fp32") << " at " << i;
+      }
+    }
+  }
+}
+
 TEST(CastFloatBf16, SameBitsAsLibtorchBothWays) {
   // Large enough for several chunks; ties, NaN, infinities, denormals and
   // values that round up into the next exponent included.
