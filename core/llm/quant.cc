@@ -316,9 +316,11 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
   at::Tensor y = at::empty({rows, out}, x.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
   float* y32 = bf16_out ? nullptr : y.data_ptr<float>();
   uint16_t* y16 = bf16_out ? reinterpret_cast<uint16_t*>(y.data_ptr()) : nullptr;
-  quant::Activations acts;
-  acts.Prepare(xf.data_ptr<float>(), rows, in, w.padded_in(), w.kind() == QuantMatrix::Kind::kInt4 ? w.group() : 0);
+  // Reused per thread (its vectors keep their capacity between calls).
+  thread_local quant::Activations acts;
   const QuantKernel kernel = ActiveQuantKernel();
+  acts.Prepare(xf.data_ptr<float>(), rows, in, w.padded_in(), w.kind() == QuantMatrix::Kind::kInt4 ? w.group() : 0,
+               kernel != QuantKernel::kPortable && gemv::CpuHasAvx2Fma());
   quant::Int8Problem p8;
   quant::Int4Problem p4;
   if (w.kind() == QuantMatrix::Kind::kInt8) {

@@ -63,44 +63,124 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
   const int8_t* x = a.xq.data() + m * a.inp;
   const float* d = a.d.data() + m * blocks;
   const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
-  __m256 acc[kRows];
-  for (int i = 0; i < kRows; ++i) acc[i] = _mm256_setzero_ps();
+  const uint8_t* w[kRows];
+  const float* scale[kRows];
+  for (int i = 0; i < kRows; ++i) {
+    w[i] = p.w + rows[i] * row_bytes;
+    scale[i] = p.scale + rows[i] * groups;
+  }
+  // A 128-input chunk's low nibbles are inputs [k, k + 64), its high nibbles
+  // [k + 64, k + 128); each half lies in one group (group % 64 == 0). Per row
+  // one accumulator per half of the activation blocks' scaled integer sums
+  // (the block scales are shared by the rows), multiplied by the row's group
+  // scale once, when that half moves on to another group.
+  __m256 acc[kRows], lo[kRows], hi[kRows];
+  for (int i = 0; i < kRows; ++i) acc[i] = lo[i] = hi[i] = _mm256_setzero_ps();
+  // The groups the halves are in (inputs [end - group, end)), moved on at
+  // the top of a chunk (the first, with group 64, flushes zeros).
+  int64_t lo_group = 0, lo_end = p.group;
+  int64_t hi_group = 0, hi_end = p.group;
+  // (Written out, not a lambda over the arrays: that kept them in memory.)
   for (int64_t k = 0; k < a.inp; k += kChunk4) {
-    // Each 32-byte half h of the chunk's 64 bytes: its low nibbles are
-    // inputs k + 32h .. +31, its high nibbles inputs k + 64 + 32h .. +31.
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      const int64_t k_lo = k + 32 * h, k_hi = k + 64 + 32 * h;
-      const __m256i x_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k_lo));
-      const __m256i x_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k_hi));
+    if (k >= lo_end) {
 #pragma GCC unroll 4
       for (int i = 0; i < kRows; ++i) {
-        const float* scale = p.scale + rows[i] * groups;
-        const __m256i v =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + rows[i] * row_bytes + k / 2 + 32 * h));
-        const __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-        acc[i] =
-            _mm256_fmadd_ps(DotU4(lo, x_lo, ones), _mm256_set1_ps(d[k_lo / kBlock] * scale[k_lo / p.group]), acc[i]);
-        acc[i] =
-            _mm256_fmadd_ps(DotU4(hi, x_hi, ones), _mm256_set1_ps(d[k_hi / kBlock] * scale[k_hi / p.group]), acc[i]);
+        acc[i] = _mm256_fmadd_ps(lo[i], _mm256_broadcast_ss(scale[i] + lo_group), acc[i]);
+        lo[i] = _mm256_setzero_ps();
       }
+      while (k >= lo_end) ++lo_group, lo_end += p.group;
     }
+    if (k + 64 >= hi_end) {
+#pragma GCC unroll 4
+      for (int i = 0; i < kRows; ++i) {
+        acc[i] = _mm256_fmadd_ps(hi[i], _mm256_broadcast_ss(scale[i] + hi_group), acc[i]);
+        hi[i] = _mm256_setzero_ps();
+      }
+      while (k + 64 >= hi_end) ++hi_group, hi_end += p.group;
+    }
+    const float* db = d + k / kBlock;
+    const __m256 d0 = _mm256_broadcast_ss(db), d1 = _mm256_broadcast_ss(db + 1);
+    const __m256 d2 = _mm256_broadcast_ss(db + 2), d3 = _mm256_broadcast_ss(db + 3);
+    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
+    const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32));
+    const __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 64));
+    const __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 96));
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i) {
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + k / 2));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + k / 2 + 32));
+      lo[i] = _mm256_fmadd_ps(DotU4(_mm256_and_si256(v0, low), x0, ones), d0, lo[i]);
+      hi[i] = _mm256_fmadd_ps(DotU4(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), x2, ones), d2, hi[i]);
+      lo[i] = _mm256_fmadd_ps(DotU4(_mm256_and_si256(v1, low), x1, ones), d1, lo[i]);
+      hi[i] = _mm256_fmadd_ps(DotU4(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), x3, ones), d3, hi[i]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < kRows; ++i) {
+    acc[i] = _mm256_fmadd_ps(lo[i], _mm256_broadcast_ss(scale[i] + lo_group), acc[i]);
+    acc[i] = _mm256_fmadd_ps(hi[i], _mm256_broadcast_ss(scale[i] + hi_group), acc[i]);
+  }
+  // The zero points' term, sum_g zmin[g] * gsum[g], in the same lanes (8
+  // groups at a time, a masked last load; the scalar loop it replaces kept
+  // its partial sums in memory, a long chain per row).
+  const float* gsum = a.gsum.data() + m * groups;
+  int64_t g = 0;
+  for (; g + 8 <= groups; g += 8) {
+    const __m256 gs = _mm256_loadu_ps(gsum + g);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i)
+      acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(p.zmin + rows[i] * groups + g), gs, acc[i]);
+  }
+  if (g < groups) {
+    const __m256i mask =
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(groups - g)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 gs = _mm256_maskload_ps(gsum + g, mask);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i)
+      acc[i] = _mm256_fmadd_ps(_mm256_maskload_ps(p.zmin + rows[i] * groups + g, mask), gs, acc[i]);
   }
   for (int i = 0; i < kRows; ++i) {
     float y = HorizontalSum(acc[i]);
-    const float* zmin = p.zmin + rows[i] * groups;
-    const float* gsum = a.gsum.data() + m * groups;
-    // The zero points' term in 4 independent partial sums (one chain of
-    // dependent FMAs was a large part of a short row's time).
-    float zp[4] = {0, 0, 0, 0};
-    for (int64_t g = 0; g < groups; ++g) zp[g & 3] += zmin[g] * gsum[g];
-    y += (zp[0] + zp[1]) + (zp[2] + zp[3]);
     if (p.bias != nullptr) y += p.bias[rows[i]];
     StoreY(p, m * p.out + rows[i], y);
   }
 }
 
 }  // namespace
+
+int32_t QuantizeBlockAvx2(const float* x, int8_t* q, float* scale, int32_t* corr, float* lane_d) {
+  // amax (exact in any order), then the portable code's arithmetic: scale =
+  // amax / 127, inv = 127 / amax, q = nearbyint(x * inv) (vcvtps2dq rounds to
+  // nearest even under the default MXCSR, as nearbyint), within [-127, 127].
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 v[4];
+  for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(x + 8 * j);
+  __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
+                           _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float amax = _mm_cvtss_f32(m4);
+  *scale = amax / 127.0f;
+  const __m256 inv = _mm256_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+  __m256i qi[4];
+  for (int j = 0; j < 4; ++j) qi[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv));
+  // int32 -> int8 (saturating packs work within 128-bit lanes; the permute
+  // restores the order), then clamped to -127.
+  const __m256i p16a = _mm256_packs_epi32(qi[0], qi[1]), p16b = _mm256_packs_epi32(qi[2], qi[3]);
+  __m256i p8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p16a, p16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  p8 = _mm256_max_epi8(p8, _mm256_set1_epi8(-127));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), p8);
+  // Sums of each 4 inputs: unsigned ones times signed bytes, pairs, then
+  // pairs of pairs.
+  const __m256i lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p8), _mm256_set1_epi16(1));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(corr), _mm256_mullo_epi32(lanes, _mm256_set1_epi32(-128)));
+  _mm256_storeu_ps(lane_d, _mm256_set1_ps(*scale));
+  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+  return _mm_cvtsi128_si32(s4);
+}
 
 // Output rows in row_order.h's order, streaming for one input row (these
 // kernels take one input row at a time; with more, 4 adjacent rows' weights

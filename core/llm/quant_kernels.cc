@@ -3,10 +3,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 namespace internvl::llm::quant {
 
-void Activations::Prepare(const float* x, int64_t rows, int64_t in, int64_t padded, int64_t group_size) {
+void Activations::Prepare(const float* x, int64_t rows, int64_t in, int64_t padded, int64_t group_size, bool avx2) {
   m = rows;
   inp = padded;
   group = group_size;
@@ -21,6 +22,14 @@ void Activations::Prepare(const float* x, int64_t rows, int64_t in, int64_t padd
     int8_t* q = xq.data() + r * inp;
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t k0 = b * kBlock, k1 = std::min(in, k0 + kBlock);
+      if (avx2 && k1 - k0 == kBlock) {
+        float scale;
+        const int32_t sum = QuantizeBlockAvx2(xr + k0, q + k0, &scale, corr.data() + r * lanes + k0 / 4,
+                                              lane_d.data() + r * lanes + k0 / 4);
+        d[r * blocks + b] = scale;
+        if (group > 0) gsum[r * (inp / group) + k0 / group] += scale * static_cast<float>(sum);
+        continue;
+      }
       float amax = 0;
       for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xr[k]));
       const float scale = amax / 127.0f;
@@ -92,6 +101,7 @@ void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end) 
 }
 
 #ifndef INTERNVL_HAVE_AVX2_GEMV
+int32_t QuantizeBlockAvx2(const float*, int8_t*, float*, int32_t*, float*) { std::abort(); }
 void Int8RowsAvx2(const Int8Problem& p, int64_t b, int64_t e) { Int8RowsPortable(p, b, e); }
 void Int4RowsAvx2(const Int4Problem& p, int64_t b, int64_t e) { Int4RowsPortable(p, b, e); }
 #endif

@@ -43,8 +43,9 @@ struct Activations {
   std::vector<float> lane_d;  // [m][inp / 4]: block scale of each lane
   std::vector<float> gsum;    // [m][inp / group] (int4)
 
-  // Quantizes x [m][in] (fp32, in <= inp).
-  void Prepare(const float* x, int64_t m, int64_t in, int64_t inp, int64_t group);
+  // Quantizes x [m][in] (fp32, in <= inp); `avx2` (only when the CPU has it)
+  // quantizes whole blocks with AVX2, the same bits as the portable code.
+  void Prepare(const float* x, int64_t m, int64_t in, int64_t inp, int64_t group, bool avx2 = false);
 };
 
 struct Int8Problem {
@@ -68,6 +69,11 @@ struct Int4Problem {
   int64_t out = 0;
   uint16_t* y_bf16 = nullptr;
 };
+
+// One whole block of 32 inputs quantized as Activations::Prepare does:
+// q[0, 32), the block scale, each 4-input lane's corr and lane_d; returns the
+// sum of q. AVX2; only when CpuHasAvx2Fma().
+int32_t QuantizeBlockAvx2(const float* x, int8_t* q, float* scale, int32_t* corr, float* lane_d);
 
 // Output rows [row_begin, row_end) for every input row.
 void Int8RowsPortable(const Int8Problem& p, int64_t row_begin, int64_t row_end);

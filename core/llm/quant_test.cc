@@ -8,6 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/llm/gemv.h"
+#include "core/llm/gemv_kernels.h"
+#include "core/llm/quant_kernels.h"
 #include "gtest/gtest.h"
 
 namespace internvl::llm {
@@ -100,14 +102,17 @@ TEST_F(QuantTest, AwqRejectsInconsistentTensors) {
 TEST_F(QuantTest, KernelsMatchTheDequantizedProduct) {
   at::InferenceMode guard;
   at::manual_seed(2);
-  for (bool int4 : {false, true}) {
-    // int4: 192 inputs in groups of 64, padded to the 128-input chunks.
-    const int64_t out = int4 ? 40 : 45, in = int4 ? 192 : 200;
+  // int8; int4 in groups of 64 (192 inputs, padded to the 128-input chunks:
+  // the halves of a chunk in different groups), 128 (AWQ's), 192 (groups
+  // ending mid-chunk) and 256 (two chunks per group).
+  for (int64_t group : {0, 64, 128, 192, 256}) {
+    const bool int4 = group > 0;
+    const int64_t out = int4 ? 40 : 45, in = group == 0 ? 200 : group == 64 ? 192 : group == 256 ? 512 : 384;
     const at::Tensor dense = at::randn({out, in});
     std::shared_ptr<QuantMatrix> q;
     if (int4) {
-      const auto t = QuantMatrix::QuantizeAwq(dense, 64, at::kHalf);
-      q = *QuantMatrix::FromAwq(t.qweight, t.qzeros, t.scales, 64);
+      const auto t = QuantMatrix::QuantizeAwq(dense, group, at::kHalf);
+      q = *QuantMatrix::FromAwq(t.qweight, t.qzeros, t.scales, group);
     } else {
       q = QuantMatrix::Int8(dense);
     }
@@ -119,7 +124,8 @@ TEST_F(QuantTest, KernelsMatchTheDequantizedProduct) {
       at::Tensor first;
       for (QuantKernel k : kKernels) {
         if (!ForceQuantKernel(k)) continue;
-        const std::string what = absl::StrCat(QuantKernelName(k), int4 ? " int4" : " int8", " rows ", rows);
+        const std::string what =
+            absl::StrCat(QuantKernelName(k), int4 ? " int4 group " : " int8", int4 ? group : 0, " rows ", rows);
         const at::Tensor y = QuantLinear(x, *q, b);
         ASSERT_EQ(y.sizes(), expected.sizes()) << what;
         EXPECT_LT(RelErr(y, expected), 0.02) << what;
@@ -157,6 +163,40 @@ TEST_F(QuantTest, FusedRowsEqualTheParts) {
   // The parts are views of the fused rows now, with the same products.
   EXPECT_EQ(a->data().data_ptr(), fused->data().data_ptr());
   EXPECT_TRUE(at::equal(QuantLinear(x, *b, {}), yb));
+}
+
+TEST_F(QuantTest, VectorActivationQuantizerIsThePortableBits) {
+  // Whole blocks through AVX2, partial ones and padding through the portable
+  // code: every output the same bits, on inputs with exact .5 ties after
+  // scaling (round half to even), zero blocks, tiny and huge magnitudes.
+  if (!gemv::CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA on this CPU";
+  at::manual_seed(8);
+  for (auto [rows, in, inp, group] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+           {1, 896, 896, 128}, {3, 200, 256, 64}, {2, 4864, 4864, 0}, {1, 96, 128, 0}, {4, 330, 384, 192}}) {
+    at::Tensor x = at::randn({rows, in});
+    x.narrow(1, 0, std::min<int64_t>(in, 32)).zero_();  // a zero block
+    if (in >= 96) {
+      x.narrow(1, 32, 32).mul_(1e-30);
+      x.narrow(1, 64, 32).mul_(1e30);
+    }
+    if (in >= 160) {  // multiples of amax / 254: products on .5 ties
+      x.narrow(1, 128, 32).copy_(at::arange(-16, 16).to(at::kFloat) * (3.0f / 254.0f));
+      x[0][128] = 3.0f;
+    }
+    x = x.contiguous();
+    quant::Activations a, b;
+    a.Prepare(x.data_ptr<float>(), rows, in, inp, group, /*avx2=*/false);
+    b.Prepare(x.data_ptr<float>(), rows, in, inp, group, /*avx2=*/true);
+    const std::string what = absl::StrCat("rows ", rows, " in ", in, " inp ", inp, " group ", group);
+    EXPECT_EQ(a.xq, b.xq) << what;
+    EXPECT_EQ(a.corr, b.corr) << what;
+    ASSERT_EQ(a.d.size(), b.d.size());
+    for (size_t i = 0; i < a.d.size(); ++i) EXPECT_EQ(a.d[i], b.d[i]) << what << " d " << i;
+    ASSERT_EQ(a.lane_d.size(), b.lane_d.size());
+    for (size_t i = 0; i < a.lane_d.size(); ++i) ASSERT_EQ(a.lane_d[i], b.lane_d[i]) << what << " lane " << i;
+    ASSERT_EQ(a.gsum.size(), b.gsum.size());
+    for (size_t i = 0; i < a.gsum.size(); ++i) EXPECT_EQ(a.gsum[i], b.gsum[i]) << what << " gsum " << i;
+  }
 }
 
 TEST_F(QuantTest, ParsesTheFlag) {
