@@ -452,6 +452,11 @@ void ValuesGroupsAvx2(const float* probs, int64_t probs_stride, int64_t heads, c
 
 }  // namespace
 
+void PrefetchBytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
+}
+
 void SegmentScoresGroupAvx2(const float* q, int64_t heads, const float* const* blocks, int64_t bs, int64_t len,
                             int64_t dim, float scale, float* scores, int64_t stride) {
   ScoresGroupsAvx2(q, heads, blocks, bs, len, dim, scale, scores, stride);

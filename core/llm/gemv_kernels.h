@@ -84,6 +84,8 @@ void SegmentScoresBf16Portable(const float* q, const uint16_t* k, int64_t len, i
 void SegmentValuesBf16Portable(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
 void SegmentScoresBf16Avx2(const float* q, const uint16_t* k, int64_t len, int64_t dim, float scale, float* scores);
 void SegmentValuesBf16Avx2(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
+// Software prefetch of [p, p + bytes) into L1 (a no-op without AVX2).
+void PrefetchBytes(const void* p, int64_t bytes);
 // The scores step for all `heads` query heads of a KV head at once (query
 // rows q + h * dim), over a segment of `len` keys in blocks of `bs` rows of
 // `dim` (% 8 == 0), row l at blocks[l / bs] + (l % bs) * dim:
