@@ -13,9 +13,12 @@
 // --batch=N also decodes N sequences together (one batched step per token,
 // the engine's continuous batching): ms/step and aggregate tokens/s against
 // batch 1.
+// --kv-dtype=bf16 keeps the KV cache in bf16 under fp32 compute (the
+// engine's --kv-cache-dtype bf16).
 // The steps run CausalLM::ForwardPaged over a paged KV pool, as the engine
 // does, without its scheduler and threads.
 // Usage: bench_decode [--threads=N] [--dtypes=bf16,fp32] [--decode=N] [--prompt=N] [--batch=N] [--libtorch]
+//                     [--kv-dtype=auto|bf16]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
@@ -67,9 +70,10 @@ LlmConfig InternVL2_1BConfig() {
 class Sequences {
  public:
   static constexpr int kBlock = 16;
-  Sequences(CausalLM& lm, int batch, int64_t capacity) : lm_(lm), batch_(batch) {
+  Sequences(CausalLM& lm, int batch, int64_t capacity, std::optional<at::ScalarType> kv_dtype = std::nullopt)
+      : lm_(lm), batch_(batch) {
     const int64_t per_seq = (capacity + kBlock - 1) / kBlock;
-    auto pool = lm.NewPagedPool(per_seq * batch, kBlock);
+    auto pool = lm.NewPagedPool(per_seq * batch, kBlock, kv_dtype);
     if (!pool.ok()) return;
     pool_ = std::move(*pool);
     for (int b = 0; b < batch; ++b) {
@@ -83,7 +87,7 @@ class Sequences {
   }
   bool ok() const { return pool_ != nullptr; }
   int64_t pool_bytes_per_position() const {
-    return PagedKVPool::BytesPerBlock(lm_.config(), kBlock, lm_.dtype()) / kBlock;
+    return PagedKVPool::BytesPerBlock(lm_.config(), kBlock, pool_->dtype()) / kBlock;
   }
 
   // Prefills every sequence with `embeds` [T, H] in chunks of `chunk`
@@ -186,6 +190,7 @@ absl::StatusOr<Precision> ParsePrecision(const std::string& name) {
 int Run(int argc, char** argv) {
   int threads = 2, decode_tokens = 32, prompt = 5 * 256 + 40, batch = 1;
   bool libtorch = false;
+  std::optional<at::ScalarType> kv_dtype;  // the compute dtype
   std::vector<std::string> dtypes = {"bf16", "fp32"};
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
@@ -202,11 +207,15 @@ int Run(int argc, char** argv) {
       dtypes = absl::StrSplit(value("--dtypes="), ',');
     } else if (a == "--libtorch") {
       libtorch = true;
+    } else if (a == "--kv-dtype=bf16") {
+      kv_dtype = at::kBFloat16;
+    } else if (a == "--kv-dtype=auto") {
+      kv_dtype.reset();
     } else {
       std::fprintf(
           stderr,
           "usage: %s [--threads=N] [--dtypes=bf16,fp32,bf16-compute,bf16+int8,bf16+int4] [--decode=N] [--prompt=N] "
-          "[--batch=N] [--libtorch]\n",
+          "[--batch=N] [--libtorch] [--kv-dtype=auto|bf16]\n",
           argv[0]);
       return 2;
     }
@@ -236,11 +245,16 @@ int Run(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", lm.status().ToString().c_str());
       return 1;
     }
-    std::printf("\n[%s] weights %s, compute %s: %.1fM parameters, %.0f MB read per token, built in %.1f s\n",
-                name.c_str(), (*lm)->weight_format().c_str(), c10::toString(precision->compute),
-                (*lm)->num_parameters() / 1e6, (*lm)->decode_weight_bytes() / 1e6, bench::NowSeconds() - t0);
-    Sequences seqs(**lm, 1, prompt + decode_tokens + 1);
-    if (!seqs.ok()) return 1;
+    std::printf(
+        "\n[%s] weights %s, compute %s, KV cache %s: %.1fM parameters, %.0f MB read per token, built in %.1f s\n",
+        name.c_str(), (*lm)->weight_format().c_str(), c10::toString(precision->compute),
+        c10::toString(kv_dtype.value_or((*lm)->dtype())), (*lm)->num_parameters() / 1e6,
+        (*lm)->decode_weight_bytes() / 1e6, bench::NowSeconds() - t0);
+    Sequences seqs(**lm, 1, prompt + decode_tokens + 1, kv_dtype);
+    if (!seqs.ok()) {
+      std::fprintf(stderr, "no KV pool for this dtype (--kv-dtype=bf16 needs fp32 or bf16 compute)\n");
+      return 1;
+    }
     const at::Tensor embeds = at::randn({prompt, config.hidden_size}).mul_(0.02);
 
     // Warm-up (oneDNN primitive creation, allocator), then one timed prefill.
@@ -305,7 +319,7 @@ int Run(int argc, char** argv) {
                 OverheadMsPerToken(*precision));
     if (batch > 1) {
       // The same prompt length, `batch` sequences decoding together.
-      Sequences many(**lm, batch, prompt + decode_tokens + 1);
+      Sequences many(**lm, batch, prompt + decode_tokens + 1, kv_dtype);
       if (!many.ok() || !many.Prefill(embeds).ok()) return 1;
       std::vector<double> batched;
       for (int i = 0; i < decode_tokens; ++i) {

@@ -140,6 +140,10 @@ std::vector<FlagSpec> EngineFlags() {
   return {
       {"kv-cache-bytes", "KV cache budget in bytes (0 = --kv-cache-fraction of the memory limit)", true, false, "0"},
       {"kv-cache-fraction", "KV cache budget as a fraction of physical (or cgroup) memory", true, false, "0.25"},
+      {"kv-cache-dtype",
+       "KV cache elements: auto (the compute dtype) or bf16 (half the bytes under fp32 compute; K/V rounded to bf16 "
+       "as the official bf16 model keeps them)",
+       true, false, "auto"},
       {"block-size", "positions per KV cache block (prefix-reuse granularity)", true, false, "16"},
       {"max-num-seqs", "sequences decoding together at most", true, false, "32"},
       {"max-batched-tokens", "tokens per engine step (decodes first, then prompt chunks)", true, false, "512"},
@@ -162,6 +166,7 @@ absl::Status EngineOptionsFromArgs(const Args& args, EngineOptions* o) {
   if (bytes < 0 || bytes > 9e18) return absl::InvalidArgumentError("--kv-cache-bytes must be >= 0");
   l.kv_cache_bytes = static_cast<int64_t>(bytes);
   INTERNVL_ASSIGN_OR_RETURN(l.kv_cache_fraction, args.GetDouble("kv-cache-fraction", l.kv_cache_fraction));
+  l.kv_cache_dtype = args.GetOr("kv-cache-dtype", l.kv_cache_dtype);
   INTERNVL_ASSIGN_OR_RETURN(l.block_size, args.GetInt("block-size", l.block_size));
   INTERNVL_ASSIGN_OR_RETURN(l.max_num_seqs, args.GetInt("max-num-seqs", l.max_num_seqs));
   INTERNVL_ASSIGN_OR_RETURN(int tokens, args.GetInt("max-batched-tokens", static_cast<int>(l.max_batched_tokens)));

@@ -87,6 +87,19 @@ TEST_F(CliHostile, CorruptImageAndVideoAreErrors) {
   EXPECT_THAT(r.err, HasSubstr("video"));
 }
 
+TEST_F(CliHostile, KvCacheDtypeIsHonouredAndCheckedBeforeAnyWork) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  const std::string base = absl::StrCat("chat --model ", fixtures,
+                                        "/tiny-qwen2 --dtype fp32 --threads 1 --kv-cache-bytes 16777216 --text hi "
+                                        "--max-new-tokens 3 --kv-cache-dtype ");
+  auto r = Run(base + "bf16");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(r.out.empty());
+  r = Run(base + "fp8");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("kv_cache_dtype"));
+}
+
 // A KV cache larger than the process may map: RESOURCE_EXHAUSTED naming the
 // pool, with libtorch's message but none of its stack frames.
 TEST_F(CliHostile, AKvCacheThatCannotBeAllocatedIsAClearError) {

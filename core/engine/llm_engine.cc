@@ -160,6 +160,10 @@ absl::Status ScaleCompress(const llm::CausalLM& lm, EngineRequest& request, ScmO
 
 absl::Status LlmEngineOptions::Validate() const {
   INTERNVL_RETURN_IF_ERROR(llm::ParseQuantization(quantize).status());
+  if (kv_cache_dtype != "auto" && kv_cache_dtype != "bf16") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_cache_dtype must be auto or bf16, got \"", kv_cache_dtype, "\""));
+  }
   INTERNVL_RETURN_IF_ERROR(ParseDevice(device).status());
   if (kv_cache_bytes < 0) return absl::InvalidArgumentError("kv_cache_bytes must be >= 0");
   if (kv_cache_bytes == 0 && !(kv_cache_fraction > 0 && kv_cache_fraction <= 0.9))
@@ -248,7 +252,8 @@ absl::StatusOr<std::unique_ptr<LlmEngine>> CreateLlmEngine(std::unique_ptr<llm::
     budget = std::min(static_cast<int64_t>(options.kv_cache_fraction * memory.total_bytes),
                       static_cast<int64_t>(0.9 * memory.free_bytes));
   }
-  const int64_t per_block = llm::PagedKVPool::BytesPerBlock(lm->config(), options.block_size, lm->dtype());
+  const at::ScalarType kv_dtype = options.kv_cache_dtype == "bf16" ? at::kBFloat16 : lm->dtype();
+  const int64_t per_block = llm::PagedKVPool::BytesPerBlock(lm->config(), options.block_size, kv_dtype);
   engine::SchedulerConfig sc;
   sc.block_size = options.block_size;
   sc.num_blocks = budget / per_block;
@@ -262,7 +267,7 @@ absl::StatusOr<std::unique_ptr<LlmEngine>> CreateLlmEngine(std::unique_ptr<llm::
                                                    " positions takes ", per_block, " bytes): raise --kv-cache-bytes"));
   }
   INTERNVL_RETURN_IF_ERROR(sc.Validate());
-  INTERNVL_ASSIGN_OR_RETURN(impl->pool, lm->NewPagedPool(sc.num_blocks, options.block_size));
+  INTERNVL_ASSIGN_OR_RETURN(impl->pool, lm->NewPagedPool(sc.num_blocks, options.block_size, kv_dtype));
   impl->lm = std::move(lm);
   impl->scheduler = std::make_unique<engine::Scheduler>(sc);
   LlmEngine::Impl* raw = impl.get();

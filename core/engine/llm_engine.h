@@ -57,6 +57,11 @@ struct LlmEngineOptions {
   // its memory, and at most 90% of what is free once the weights are in).
   int64_t kv_cache_bytes = 0;
   double kv_cache_fraction = 0.25;
+  // "auto" (the compute dtype) or "bf16": K/V stored rounded to bf16 under
+  // fp32 compute (as the official bf16 model keeps them), half the bytes per
+  // position: twice the cached positions for a budget, and less to read per
+  // decode step. Attention still computes in fp32.
+  std::string kv_cache_dtype = "auto";
   int block_size = 16;               // positions per KV block (the prefix-reuse granularity)
   int max_num_seqs = 32;             // sequences decoding together at most
   int64_t max_batched_tokens = 512;  // tokens per step: decodes + prefill chunks

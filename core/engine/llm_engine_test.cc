@@ -263,6 +263,25 @@ TEST(LlmEngine, RefusesBadRequests) {
   EXPECT_EQ(engine->Submit(r).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// --kv-cache-dtype bf16 under fp32 compute: twice the blocks for one budget;
+// greedy text as with the fp32 cache on a prompt whose margins are not tiny
+// (the logits move by the K/V rounding only); unknown values refused.
+TEST(LlmEngine, Bf16KvCacheHoldsTwiceThePositions) {
+  LlmEngineOptions o;
+  o.kv_cache_bytes = int64_t{4} << 20;
+  auto fp32 = MakeEngine(o);
+  o.kv_cache_dtype = "bf16";
+  auto bf16 = MakeEngine(o);
+  EXPECT_EQ(bf16->stats().kv_blocks_total, 2 * fp32->stats().kv_blocks_total);
+  auto a = fp32->Generate(Request(Prompt(40, 3), 8));
+  auto b = bf16->Generate(Request(Prompt(40, 3), 8));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(b->token_ids.size(), 8u);
+  EXPECT_EQ(b->token_ids[0], a->token_ids[0]);
+  o.kv_cache_dtype = "fp8";
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(LlmEngine, DeadlineAndHandleCancel) {
   auto engine = MakeEngine();
   EngineRequest late = Request(Prompt(8, 1), 50);

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -177,9 +178,13 @@ class CausalLM {
   // sequence, so dynamic-NTK scaling is per sequence, as in a fresh process.
   RotaryEmbedding NewRotary() const { return RotaryEmbedding(config_, device_); }
 
-  // A paged KV pool of `num_blocks` blocks in this model's shapes and compute
-  // dtype.
-  absl::StatusOr<std::unique_ptr<PagedKVPool>> NewPagedPool(int64_t num_blocks, int block_size) const;
+  // A paged KV pool of `num_blocks` blocks in this model's shapes, its
+  // elements in `kv_dtype` (default: the compute dtype). A bf16 pool under
+  // fp32 compute stores each K/V rounded to bf16 (as the official bf16 model
+  // keeps them), half the bytes per position; attention still computes in
+  // fp32.
+  absl::StatusOr<std::unique_ptr<PagedKVPool>> NewPagedPool(
+      int64_t num_blocks, int block_size, std::optional<at::ScalarType> kv_dtype = std::nullopt) const;
 
   // One batched step of the serving engine. `inputs_embeds` [N, H] holds the
   // fed tokens of every sequence of `seqs`, concatenated in order (their

@@ -89,7 +89,8 @@ at::Tensor BatchedDecodeAttention(const at::Tensor& q, const at::Tensor& kc, con
         .permute({0, 2, 1, 3, 4})
         .reshape({d, kv_heads, len, head_dim});
   };
-  at::Tensor keys = gather(kc), values = gather(vc);
+  // (A bf16 cache under fp32 compute: widened, exactly.)
+  at::Tensor keys = gather(kc).to(q.scalar_type()), values = gather(vc).to(q.scalar_type());
   at::Tensor qg = q.reshape({d, kv_heads, groups, head_dim});
   at::Tensor scores = MatmulFp32Accumulate(qg, keys.transpose(-1, -2));  // [D, KV, G, len]
   scores.div_(std::sqrt(static_cast<double>(head_dim)));
@@ -194,8 +195,8 @@ at::Tensor PagedAttend(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   for (int64_t i : general) {
     const PagedSeq& s = seqs[i];
     const int64_t len = s.start + s.num_new;
-    at::Tensor keys = Gather(kc, s.blocks, len);
-    at::Tensor values = Gather(vc, s.blocks, len);
+    at::Tensor keys = Gather(kc, s.blocks, len).to(qr.scalar_type());
+    at::Tensor values = Gather(vc, s.blocks, len).to(qr.scalar_type());
     PrefillAttention(qr.narrow(0, ctx.row_begin[i], s.num_new), keys, values, s.start, heads, kv_heads, head_dim,
                      out.narrow(0, ctx.row_begin[i], s.num_new));
   }

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <numeric>
 
 #include "core/llm/causal_lm.h"
@@ -128,6 +129,47 @@ TEST_P(PagedForward, GeneralPathMatchesTheDecodeKernel) {
   ASSERT_EQ(fast.size(), 1u);
   ASSERT_EQ(slow.size(), 1u);
   EXPECT_LT(MaxDiff(fast[0], slow[0]), 2e-5);
+}
+
+// --kv-cache-dtype bf16 under fp32 compute: K/V stored rounded to bf16, read
+// back exactly by the decode kernel and by the general path alike; the
+// logits move by the rounding only.
+TEST_P(PagedForward, Bf16CacheUnderFp32ComputeRoundsOnlyTheStoredKv) {
+  at::InferenceMode guard;
+  at::manual_seed(14);
+  auto lm = CausalLM::CreateRandom(Config(GetParam()), at::kFloat, 14, 0.2);
+  ASSERT_TRUE(lm.ok());
+  auto pool_f = (*lm)->NewPagedPool(16, 4);
+  auto pool_b = (*lm)->NewPagedPool(16, 4, at::kBFloat16);
+  ASSERT_TRUE(pool_f.ok() && pool_b.ok());
+  EXPECT_EQ((*pool_b)->dtype(), at::kBFloat16);
+  EXPECT_EQ((*pool_b)->key(0).nbytes() * 2, (*pool_f)->key(0).nbytes());
+  std::vector<at::Tensor> xs = {at::randn({21, 64})};
+  std::vector<std::vector<int64_t>> schedule = {{9}, {8}, {1}, {1}, {1}, {1}};
+  std::vector<std::vector<int32_t>> tables = {{4, 0, 7, 1, 12, 3}};
+  auto exact = RunPaged(**lm, **pool_f, xs, schedule, tables);
+  auto fast = RunPaged(**lm, **pool_b, xs, schedule, tables);
+  SetFastLinearEnabled(false);
+  auto slow = RunPaged(**lm, **pool_b, xs, schedule, tables);
+  SetFastLinearEnabled(true);
+  ASSERT_EQ(exact.size(), 1u);
+  ASSERT_EQ(fast.size(), 1u);
+  ASSERT_EQ(slow.size(), 1u);
+  EXPECT_EQ(fast[0].scalar_type(), at::kFloat);
+  const float scale = exact[0].abs().max().item<float>(), diff = MaxDiff(fast[0], exact[0]);
+  // (Not to 2e-5 as over an fp32 cache: the two paths' linear layers round
+  // differently in fp32, and a K/V element near a bf16 rounding boundary then
+  // lands one bf16 step apart.)
+  EXPECT_LT(MaxDiff(fast[0], slow[0]), scale * 2e-3) << "the decode kernel and the general path read the cache alike";
+  std::printf("[kv bf16] logits max error %.3g of their scale %.3g (rel %.2e)\n", diff, scale, diff / scale);
+  EXPECT_GT(diff, 0.0f) << "the cache was not bf16";
+  EXPECT_LT(diff, scale * 2e-2f);  // 2x the official bf16 model's worst first-step error (1.02%)
+  // Other pairings are refused.
+  EXPECT_FALSE((*lm)->NewPagedPool(4, 4, at::kHalf).ok());
+  auto lm_b = CausalLM::CreateRandom(Config(GetParam()), at::kBFloat16, 14, 0.2);
+  ASSERT_TRUE(lm_b.ok());
+  EXPECT_FALSE((*lm_b)->NewPagedPool(4, 4, at::kFloat).ok());
+  EXPECT_TRUE((*lm_b)->NewPagedPool(4, 4, at::kBFloat16).ok());
 }
 
 TEST_P(PagedForward, SharedPrefixBlocksAreReadNotRewritten) {

@@ -28,6 +28,8 @@ ABSL_FLAG(std::string, quantize, "none",
 ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = all cores)");
 ABSL_FLAG(int64_t, kv_cache_bytes, 0, "KV cache budget in bytes (0 = --kv-cache-fraction of physical memory)");
 ABSL_FLAG(double, kv_cache_fraction, 0.25, "KV cache budget as a fraction of physical memory, when no bytes given");
+ABSL_FLAG(std::string, kv_cache_dtype, "auto",
+          "KV cache elements: auto (the compute dtype) or bf16 (half the bytes under fp32 compute)");
 ABSL_FLAG(int, block_size, 16, "positions per KV cache block (the prefix-reuse granularity)");
 ABSL_FLAG(int, max_num_seqs, 32, "sequences decoding together at most (the batch)");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "tokens per engine step: decodes first, then prompt chunks");
@@ -75,6 +77,7 @@ int main(int argc, char** argv) {
   engine_options.load_vision = false;
   engine_options.llm.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
   engine_options.llm.kv_cache_fraction = absl::GetFlag(FLAGS_kv_cache_fraction);
+  engine_options.llm.kv_cache_dtype = absl::GetFlag(FLAGS_kv_cache_dtype);
   engine_options.llm.block_size = absl::GetFlag(FLAGS_block_size);
   engine_options.llm.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
   engine_options.llm.max_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
