@@ -342,10 +342,12 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
           out,
           y16};
   }
-  // Chunks of whole 4-row blocks of at least ~128 KB of packed weights.
+  // Chunks of whole 4-row blocks of at least ~64K weights, as FastLinear's
+  // (by bytes, 128 KB made int4 matrices of ~1000 rows 4-5 chunks: one
+  // thread took 3 of 5), at most ~32 per thread.
   const int threads = at::get_num_threads();
-  const int64_t row_bytes = std::max<int64_t>(1, w.bytes() / std::max<int64_t>(1, out));
-  int64_t chunk_rows = std::max<int64_t>((int64_t{1} << 17) / row_bytes, (out + 32 * threads - 1) / (32 * threads));
+  int64_t chunk_rows =
+      std::max<int64_t>((int64_t{1} << 16) / std::max<int64_t>(1, in), (out + 32 * threads - 1) / (32 * threads));
   chunk_rows = std::max<int64_t>(4, (chunk_rows + 3) / 4 * 4);
   const int64_t chunks = (out + chunk_rows - 1) / chunk_rows;
   const bool int8 = w.kind() == QuantMatrix::Kind::kInt8;
