@@ -278,6 +278,9 @@ absl::StatusOr<std::unique_ptr<LlmEngine>> CreateLlmEngine(std::unique_ptr<llm::
 int64_t LlmEngine::hidden_size() const { return impl_->lm->config().hidden_size; }
 int64_t LlmEngine::vocab_size() const { return impl_->lm->config().vocab_size; }
 std::string LlmEngine::dtype_name() const { return impl_->lm->dtype() == at::kBFloat16 ? "bf16" : "fp32"; }
+std::string LlmEngine::kv_cache_dtype_name() const {
+  return impl_->pool->dtype() == at::kBFloat16 ? "bf16" : "fp32";
+}
 std::string LlmEngine::device_name() const { return impl_->lm->device().str(); }
 const LlmEngineOptions& LlmEngine::options() const { return impl_->options; }
 void LlmEngine::SetObserver(EngineObserver* observer) { impl_->observer.store(observer); }

@@ -190,6 +190,8 @@ class LlmEngine {
   int64_t vocab_size() const;
   // "fp32" / "bf16": the dtype actually computed in.
   std::string dtype_name() const;
+  // The KV cache's element type: "bf16" or "fp32".
+  std::string kv_cache_dtype_name() const;
   // "cpu", "cuda:0", ...
   std::string device_name() const;
   const LlmEngineOptions& options() const;

@@ -273,6 +273,8 @@ TEST(LlmEngine, Bf16KvCacheHoldsTwiceThePositions) {
   o.kv_cache_dtype = "bf16";
   auto bf16 = MakeEngine(o);
   EXPECT_EQ(bf16->stats().kv_blocks_total, 2 * fp32->stats().kv_blocks_total);
+  EXPECT_EQ(fp32->kv_cache_dtype_name(), "fp32");
+  EXPECT_EQ(bf16->kv_cache_dtype_name(), "bf16");
   auto a = fp32->Generate(Request(Prompt(40, 3), 8));
   auto b = bf16->Generate(Request(Prompt(40, 3), 8));
   ASSERT_TRUE(a.ok() && b.ok());

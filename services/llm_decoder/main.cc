@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
   LlmEngine* llm = (*engine)->llm();
   const EngineStats kv = llm->stats();
   LogInfo(absl::StrCat("loaded language model from ", *dir, " (", llm->dtype_name(), "); KV cache ", kv.kv_blocks_total,
-                       " blocks = ", kv.kv_capacity_tokens, " positions"));
+                       " blocks = ", kv.kv_capacity_tokens, " positions in ", llm->kv_cache_dtype_name()));
 
   MetricsRegistry registry;
   EngineMetrics engine_metrics(&registry, "llm_decoder");
