@@ -445,7 +445,7 @@ absl::StatusOr<at::Tensor> CausalLM::AttentionColumnMeans(const at::Tensor& inpu
 absl::StatusOr<std::unique_ptr<PagedKVPool>> CausalLM::NewPagedPool(int64_t num_blocks, int block_size,
                                                                   std::optional<at::ScalarType> kv_dtype) const {
   const at::ScalarType dtype = kv_dtype.value_or(dtype_);
-  if (dtype != dtype_ && !(dtype == at::kBFloat16 && dtype_ == at::kFloat)) {
+  if (!ServesKvDtype(dtype)) {
     return absl::InvalidArgumentError(absl::StrCat("a KV cache in ", c10::toString(dtype), " for a model computing in ",
                                                    c10::toString(dtype_), " (its own dtype, or bf16 under fp32)"));
   }
@@ -462,8 +462,8 @@ absl::StatusOr<at::Tensor> CausalLM::ForwardPaged(const at::Tensor& inputs_embed
   if (seqs.empty() || ropes.size() != seqs.size()) {
     return absl::InvalidArgumentError("LLM paged forward: needs sequences, each with its rotary state");
   }
-  const bool pool_dtype_ok = pool.dtype() == dtype_ || (pool.dtype() == at::kBFloat16 && dtype_ == at::kFloat);
-  if (pool.num_layers() != config_.num_hidden_layers || !pool_dtype_ok || pool.key(0).device() != device_ ||
+  if (pool.num_layers() != config_.num_hidden_layers || !ServesKvDtype(pool.dtype()) ||
+      pool.key(0).device() != device_ ||
       pool.key(0).size(1) != config_.num_key_value_heads || pool.key(0).size(3) != config_.head_dim()) {
     return absl::InvalidArgumentError("LLM paged forward: the KV pool was made for another model or dtype");
   }

@@ -185,6 +185,11 @@ class CausalLM {
   // fp32.
   absl::StatusOr<std::unique_ptr<PagedKVPool>> NewPagedPool(
       int64_t num_blocks, int block_size, std::optional<at::ScalarType> kv_dtype = std::nullopt) const;
+  // Whether this model attends over a KV cache of `dtype`: its compute dtype,
+  // or bf16 under fp32 compute.
+  bool ServesKvDtype(at::ScalarType dtype) const {
+    return dtype == dtype_ || (dtype == at::kBFloat16 && dtype_ == at::kFloat);
+  }
 
   // One batched step of the serving engine. `inputs_embeds` [N, H] holds the
   // fed tokens of every sequence of `seqs`, concatenated in order (their

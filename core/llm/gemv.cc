@@ -147,20 +147,20 @@ void SegmentValuesGroupBf16Avx2(const float* probs, int64_t probs_stride, int64_
   ValuesGroupPortable(probs, probs_stride, heads, blocks, bs, len, dim, out, out_stride);
 }
 void SegmentScoresGroupAvx2(const float* q, int64_t heads, const float* const* blocks, int64_t bs, int64_t len,
-                            int64_t dim, float scale, float* scores, int64_t stride) {
+                            int64_t dim, float scale, float* scores, int64_t stride, const float* const*) {
   for (int64_t h = 0; h < heads; ++h)
     for (int64_t b = 0; b * bs < len; ++b)
-      SegmentScoresPortable(q + h * dim, blocks[b], std::min(bs, len - b * bs), dim, scale, scores + h * stride + b * bs);
+      SegmentScoresPortable(q + h * dim, blocks[b], std::min(bs, len - b * bs), dim, scale,
+                            scores + h * stride + b * bs);
 }
 void SegmentScoresGroupBf16Avx2(const float* q, int64_t heads, const uint16_t* const* blocks, int64_t bs, int64_t len,
-                                int64_t dim, float scale, float* scores, int64_t stride) {
+                                int64_t dim, float scale, float* scores, int64_t stride, const uint16_t* const*) {
   for (int64_t h = 0; h < heads; ++h)
     for (int64_t b = 0; b * bs < len; ++b)
       SegmentScoresBf16Portable(q + h * dim, blocks[b], std::min(bs, len - b * bs), dim, scale,
                                 scores + h * stride + b * bs);
 }
 void PrepareAvx2(Problem& p, float* scratch) {}
-void PrefetchBytes(const void* p, int64_t bytes) {}
 void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end) { RowsPortable(p, row_begin, row_end); }
 bool CpuHasAvx2Fma() { return false; }
 #endif
@@ -526,27 +526,23 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     };
     const int64_t h0 = ch.j * groups;
     if (grouped_values && !native_bf16) {
-      // The group's scores together: each key row widened once (GQA). Block
-      // by block, the next block's keys and this block's values (read after
-      // the softmax) prefetched: measured 8-12% less time per token over a
-      // cache per layer from memory (bench_gemv, same run, interleaved).
+      // The group's scores together: each key row widened once (GQA); the
+      // value blocks are prefetched meanwhile.
       const float* qg = qp + (ch.s * heads + h0) * dim;
-      const int64_t elem = bf16 ? 2 : 4, block_bytes = bs * dim * elem;
-      auto prefetch = [&](const void* base, int64_t b) {
-        gemv::PrefetchBytes(static_cast<const char*>(base) + block_offset(b) * elem, block_bytes);
-      };
-      prefetch(kp, 0);
-      for (int64_t b = 0; b * bs < n; ++b) {
-        if ((b + 1) * bs < n) prefetch(kp, b + 1);
-        prefetch(vp, b);
-        const int64_t nk = std::min(bs, n - b * bs);
-        if (bf16) {
-          const uint16_t* rows = static_cast<const uint16_t*>(kp) + block_offset(b);
-          gemv::SegmentScoresGroupBf16Avx2(qg, groups, &rows, bs, nk, dim, scale, sc + b * bs, segment);
-        } else {
-          const float* rows = static_cast<const float*>(kp) + block_offset(b);
-          gemv::SegmentScoresGroupAvx2(qg, groups, &rows, bs, nk, dim, scale, sc + b * bs, segment);
+      if (bf16) {
+        const uint16_t *keys[kMaxSegBlocks], *values[kMaxSegBlocks];
+        for (int64_t b = 0; b * bs < n; ++b) {
+          keys[b] = static_cast<const uint16_t*>(kp) + block_offset(b);
+          values[b] = static_cast<const uint16_t*>(vp) + block_offset(b);
         }
+        gemv::SegmentScoresGroupBf16Avx2(qg, groups, keys, bs, n, dim, scale, sc, segment, values);
+      } else {
+        const float *keys[kMaxSegBlocks], *values[kMaxSegBlocks];
+        for (int64_t b = 0; b * bs < n; ++b) {
+          keys[b] = static_cast<const float*>(kp) + block_offset(b);
+          values[b] = static_cast<const float*>(vp) + block_offset(b);
+        }
+        gemv::SegmentScoresGroupAvx2(qg, groups, keys, bs, n, dim, scale, sc, segment, values);
       }
     } else {
       for (int64_t g = 0; g < groups; ++g) {

@@ -84,18 +84,19 @@ void SegmentScoresBf16Portable(const float* q, const uint16_t* k, int64_t len, i
 void SegmentValuesBf16Portable(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
 void SegmentScoresBf16Avx2(const float* q, const uint16_t* k, int64_t len, int64_t dim, float scale, float* scores);
 void SegmentValuesBf16Avx2(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
-// Software prefetch of [p, p + bytes) into L1 (a no-op without AVX2).
-void PrefetchBytes(const void* p, int64_t bytes);
 // The scores step for all `heads` query heads of a KV head at once (query
 // rows q + h * dim), over a segment of `len` keys in blocks of `bs` rows of
 // `dim` (% 8 == 0), row l at blocks[l / bs] + (l % bs) * dim:
 // scores[h * stride + l] = dot(q_h, k_l) / scale, the same bits as
 // SegmentScores*Avx2 per head and block; each key row is read (and widened)
-// once for the group.
+// once for the group. `values` (the segment's value blocks, or null) are
+// prefetched block by block, for the values step that follows.
 void SegmentScoresGroupAvx2(const float* q, int64_t heads, const float* const* blocks, int64_t bs, int64_t len,
-                            int64_t dim, float scale, float* scores, int64_t stride);
+                            int64_t dim, float scale, float* scores, int64_t stride,
+                            const float* const* values = nullptr);
 void SegmentScoresGroupBf16Avx2(const float* q, int64_t heads, const uint16_t* const* blocks, int64_t bs, int64_t len,
-                                int64_t dim, float scale, float* scores, int64_t stride);
+                                int64_t dim, float scale, float* scores, int64_t stride,
+                                const uint16_t* const* values = nullptr);
 // The values step for all `heads` query heads of a KV head at once, over a
 // segment of `len` keys in blocks of `bs` rows of `dim` (% 8 == 0):
 // out[h * out_stride + d] = sum_l probs[h * probs_stride + l] * v_l[d], row l

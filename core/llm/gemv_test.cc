@@ -302,7 +302,8 @@ TEST(GemvKernels, GroupedScoreKernelsAreThePerHeadKernelsBits) {
       std::vector<float> got(heads * stride, -1.0f), want(heads * stride, -1.0f);
       const float* qp = q.data_ptr<float>();
       if (bf16) {
-        gemv::SegmentScoresGroupBf16Avx2(qp, heads, rows.data(), bs, len, dim, scale, got.data(), stride);
+        // (With value blocks to prefetch: the same scores.)
+        gemv::SegmentScoresGroupBf16Avx2(qp, heads, rows.data(), bs, len, dim, scale, got.data(), stride, rows.data());
       } else {
         gemv::SegmentScoresGroupAvx2(qp, heads, rows_f.data(), bs, len, dim, scale, got.data(), stride);
       }

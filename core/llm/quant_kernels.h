@@ -44,7 +44,9 @@ struct Activations {
   std::vector<float> gsum;    // [m][inp / group] (int4)
 
   // Quantizes x [m][in] (fp32, in <= inp); `avx2` (only when the CPU has it)
-  // quantizes whole blocks with AVX2, the same bits as the portable code.
+  // quantizes whole blocks with AVX2, the same bits as the portable code for
+  // finite inputs (a NaN makes its block's scale NaN there, where the portable
+  // maximum skips it).
   void Prepare(const float* x, int64_t m, int64_t in, int64_t inp, int64_t group, bool avx2 = false);
 };
 
