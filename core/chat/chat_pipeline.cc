@@ -46,8 +46,9 @@ struct ChatPipeline::Impl {
     preprocess::TileGrid target_aspect_ratio;
   };
   absl::StatusOr<Pixels> Preprocess(const ChatRequest& request) const;
-  // The tiles of all images in one [N,S,S,3] uint8 tensor.
-  HostTensor JoinTiles(const std::vector<const preprocess::Tiles*>& tiles) const;
+  // The tiles of all images in one [N,S,S,3] uint8 tensor. Consumes them: a
+  // lone image's (or video's) buffer becomes the tensor's, not a copy.
+  static HostTensor JoinTiles(std::vector<preprocess::Tiles*> tiles);
   EngineRequest Request(std::vector<int> ids, HostTensor embeddings, const GenerationSettings& g) const;
   // INVALID_ARGUMENT for MiniMonkey settings on another model, and for SCM
   // without exactly one image.
@@ -140,8 +141,8 @@ absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const 
       all.push_back(std::move(*tiles));
     }
   }
-  std::vector<const preprocess::Tiles*> parts;
-  for (const auto& t : all) {
+  std::vector<preprocess::Tiles*> parts;
+  for (auto& t : all) {
     if (t.count > 0) parts.push_back(&t);
     out.num_patches_list.push_back(t.count);
   }
@@ -149,11 +150,20 @@ absl::StatusOr<ChatPipeline::Impl::Pixels> ChatPipeline::Impl::Preprocess(const 
   return out;
 }
 
-HostTensor ChatPipeline::Impl::JoinTiles(const std::vector<const preprocess::Tiles*>& tiles) const {
+HostTensor ChatPipeline::Impl::JoinTiles(std::vector<preprocess::Tiles*> tiles) {
   int64_t n = 0;
   for (const auto* t : tiles) n += t->count;
   const int64_t S = tiles.empty() ? 0 : tiles[0]->size;
-  HostTensor u8(DType::kU8, {n, S, S, preprocess::kRgbChannels});
+  HostTensor u8;
+  u8.dtype = DType::kU8;
+  u8.shape = {n, S, S, preprocess::kRgbChannels};
+  const size_t bytes = static_cast<size_t>(n * S * S * preprocess::kRgbChannels);
+  if (tiles.size() == 1 && tiles[0]->data.size() == bytes) {
+    // Megabytes per image: taken over, not allocated, zeroed and copied.
+    u8.bytes = std::move(tiles[0]->data);
+    return u8;
+  }
+  u8.bytes.resize(bytes);
   uint8_t* dst = u8.data<uint8_t>();
   for (const auto* t : tiles) dst = std::copy(t->data.begin(), t->data.end(), dst);
   return u8;
