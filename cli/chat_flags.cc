@@ -92,7 +92,7 @@ absl::StatusOr<ChatRequest> ChatRequestFromArgs(const Args& args) {
   auto& g = r.generation;
   INTERNVL_ASSIGN_OR_RETURN(g.max_new_tokens, args.GetInt("max-new-tokens", 1024));
   INTERNVL_ASSIGN_OR_RETURN(double temperature, args.GetDouble("temperature", 0.0));
-  if (temperature < 0) return absl::InvalidArgumentError("--temperature must be >= 0");
+  if (!(temperature >= 0)) return absl::InvalidArgumentError("--temperature must be >= 0");  // NaN too
   g.do_sample = temperature > 0;
   g.temperature = temperature > 0 ? temperature : 1.0;
   INTERNVL_ASSIGN_OR_RETURN(g.top_p, args.GetDouble("top-p", 1.0));

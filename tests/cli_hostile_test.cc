@@ -100,6 +100,24 @@ TEST_F(CliHostile, KvCacheDtypeIsHonouredAndCheckedBeforeAnyWork) {
   EXPECT_THAT(r.err, HasSubstr("kv_cache_dtype"));
 }
 
+// A NaN temperature is refused (it had silently meant greedy); an extreme but
+// valid one (1e-45 overflows fp32 logits) samples from the limit, greedy,
+// instead of failing the draw.
+TEST_F(CliHostile, TemperatureNaNIsRefusedAndAnExtremeOneSamples) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  const std::string base = absl::StrCat("chat --model ", fixtures,
+                                        "/tiny-qwen2 --dtype fp32 --threads 1 --kv-cache-bytes 16777216 --text hi "
+                                        "--max-new-tokens 4 --temperature ");
+  auto r = Run(base + "nan");
+  EXPECT_EQ(r.exit_code, 2) << r.err;  // a usage error
+  EXPECT_THAT(r.err, HasSubstr("--temperature"));
+  r = Run(base + "1e-45");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  auto greedy = Run(base + "0");
+  EXPECT_EQ(greedy.exit_code, 0) << greedy.err;
+  EXPECT_EQ(r.out, greedy.out);
+}
+
 // A KV cache larger than the process may map: RESOURCE_EXHAUSTED naming the
 // pool, with libtorch's message but none of its stack frames.
 TEST_F(CliHostile, AKvCacheThatCannotBeAllocatedIsAClearError) {

@@ -11,13 +11,17 @@
 #include "core/nn/torch_util.h"
 
 namespace internvl::llm {
+namespace {
+constexpr float kFilterScore = -std::numeric_limits<float>::infinity();
+}  // namespace
 
 absl::Status SamplingParams::Validate() const {
   if (do_sample && !(temperature > 0)) {
     return absl::InvalidArgumentError(absl::StrCat("temperature must be > 0 when sampling, got ", temperature));
   }
   if (top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", top_k));
-  if (!(top_p > 0 && top_p <= 1)) return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", top_p));
+  if (!(top_p > 0 && top_p <= 1))
+    return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", top_p));
   if (!(repetition_penalty > 0)) {
     return absl::InvalidArgumentError(absl::StrCat("repetition_penalty must be > 0, got ", repetition_penalty));
   }
@@ -33,7 +37,6 @@ absl::StatusOr<Sampler> Sampler::Create(const SamplingParams& params) {
 }
 
 at::Tensor Sampler::Process(const at::Tensor& logits, const std::vector<std::vector<int64_t>>& context) const {
-  constexpr float kFilter = -std::numeric_limits<float>::infinity();
   at::Tensor scores = logits.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
   if (params_.repetition_penalty != 1.0) {
     // RepetitionPenaltyLogitsProcessor: gather, scale, scatter back.
@@ -48,12 +51,24 @@ at::Tensor Sampler::Process(const at::Tensor& logits, const std::vector<std::vec
     }
   }
   if (!params_.do_sample) return scores;
-  if (params_.temperature != 1.0) scores = scores / params_.temperature;  // TemperatureLogitsWarper
+  if (params_.temperature != 1.0) {  // TemperatureLogitsWarper
+    at::Tensor warped = scores / params_.temperature;
+    // A valid but extreme temperature (1e-45) overflows fp32: the largest
+    // scores become inf (softmax NaN; HF's multinomial raises) or all turn
+    // -inf. Shifted by its row's maximum first, the same distribution stays
+    // finite: its limit, an even draw among the maxima (greedy). Rows whose
+    // scores are already non-finite are left to the check in Next.
+    if (!at::isfinite(warped.amax(-1)).all().item<bool>()) {
+      at::Tensor top = scores.amax(-1, /*keepdim=*/true);
+      warped = at::where(at::isfinite(top), (scores - top) / params_.temperature, warped);
+    }
+    scores = warped;
+  }
   if (params_.top_k != 0) {
     // TopKLogitsWarper: remove scores < the k-th largest (ties with it stay).
     const int64_t k = std::min<int64_t>(std::max<int64_t>(params_.top_k, 1), scores.size(-1));
     at::Tensor kth = std::get<0>(at::topk(scores, k)).narrow(-1, k - 1, 1);
-    scores = scores.masked_fill(scores < kth, kFilter);
+    scores = scores.masked_fill(scores < kth, kFilterScore);
   }
   if (params_.top_p < 1.0) {
     // TopPLogitsWarper: ascending sort; drop the low tail whose cumulative
@@ -63,7 +78,7 @@ at::Tensor Sampler::Process(const at::Tensor& logits, const std::vector<std::vec
     at::Tensor remove_sorted = cumulative <= (1 - params_.top_p);
     remove_sorted.narrow(-1, remove_sorted.size(-1) - 1, 1).fill_(false);
     at::Tensor remove = remove_sorted.scatter(1, order, remove_sorted);
-    scores = scores.masked_fill(remove, kFilter);
+    scores = scores.masked_fill(remove, kFilterScore);
   }
   return scores;
 }
@@ -96,6 +111,14 @@ absl::StatusOr<std::vector<int64_t>> Sampler::Next(const at::Tensor& logits,
     if (!params_.do_sample) {
       ids = scores.argmax(-1);
     } else {
+      // A row whose maximum is +inf (an extreme but valid penalty overflowing
+      // fp32): the limit of its distribution, an even draw among those ids.
+      at::Tensor top = scores.amax(-1, /*keepdim=*/true);
+      if (at::isposinf(top).any().item<bool>()) {
+        at::Tensor limit = at::where(scores == top, at::zeros_like(scores), at::full_like(scores, kFilterScore));
+        scores = at::where(at::isposinf(top), limit, scores);
+      }
+      // NaN scores (the model's own arithmetic) still fail this row's draw.
       at::Tensor probs = scores.softmax(-1);
       ids = at::multinomial(probs, 1, /*replacement=*/false, gen_).squeeze(1);
     }

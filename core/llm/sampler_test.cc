@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include "gtest/gtest.h"
@@ -123,6 +124,76 @@ TEST(Sampler, SamplingOnlyDrawsFromTheKeptSet) {
     ASSERT_TRUE(id.ok());
     EXPECT_TRUE((*id)[0] == 1 || (*id)[0] == 3) << (*id)[0];
   }
+}
+
+// Valid but extreme parameters overflow fp32 (HF's multinomial then raises on
+// inf/NaN probabilities): the draw takes the distribution's limit instead.
+TEST(Sampler, ExtremeTemperatureDrawsFromTheLimit) {
+  for (double t : {1e-45, 1e-30}) {
+    SamplingParams p;
+    p.do_sample = true;
+    p.temperature = t;
+    p.top_k = 0;
+    p.seed = 5;
+    auto s = Sampler::Create(p);
+    ASSERT_TRUE(s.ok());
+    // Positive scores overflow to +inf, all-negative ones to -inf: greedy.
+    for (const auto& row : {std::vector<float>{0.5f, 3.0f, -2.0f, 2.9f}, std::vector<float>{-9.0f, -4.0f, -5.0f}}) {
+      for (int i = 0; i < 20; ++i) {
+        auto id = s->Next(Row(row), {{}});
+        ASSERT_TRUE(id.ok()) << "temperature " << t << ": " << id.status();
+        EXPECT_EQ((*id)[0], 1) << "temperature " << t;
+      }
+    }
+    // Tied maxima: an even draw among them, nothing else.
+    std::set<int64_t> seen;
+    for (int i = 0; i < 60; ++i) {
+      auto id = s->Next(Row({7.0f, 1.0f, 7.0f, 6.99f}), {{}});
+      ASSERT_TRUE(id.ok()) << id.status();
+      seen.insert((*id)[0]);
+    }
+    EXPECT_EQ(seen, (std::set<int64_t>{0, 2})) << "temperature " << t;
+  }
+  // An ordinary temperature is untouched: the same draws as the warper's
+  // plain division.
+  SamplingParams p;
+  p.do_sample = true;
+  p.temperature = 0.7;
+  p.seed = 9;
+  auto a = Sampler::Create(p);
+  ASSERT_TRUE(a.ok());
+  at::Tensor logits = at::randn({1, 300});
+  at::Tensor processed = a->Process(logits, {{}});
+  at::Tensor expected = logits / 0.7;
+  at::Tensor kth = std::get<0>(at::topk(expected, 50)).narrow(-1, 49, 1);
+  expected = expected.masked_fill(expected < kth, -std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(at::equal(processed, expected));
+}
+
+TEST(Sampler, PenaltyOverflowDrawsAmongTheOverflowedIds) {
+  SamplingParams p;
+  p.do_sample = true;
+  p.repetition_penalty = 1e-40;  // divides positive scores of seen ids: +inf
+  p.seed = 2;
+  auto s = Sampler::Create(p);
+  ASSERT_TRUE(s.ok());
+  std::set<int64_t> seen;
+  for (int i = 0; i < 60; ++i) {
+    auto id = s->Next(Row({1.0f, 9.0f, 2.0f, -1.0f, 3.0f}), {{0, 2, 3}});
+    ASSERT_TRUE(id.ok()) << id.status();
+    seen.insert((*id)[0]);
+  }
+  EXPECT_EQ(seen, (std::set<int64_t>{0, 2}));
+}
+
+// NaN scores (a model's overflow) fail the draw with an error, not a crash.
+TEST(Sampler, NaNScoresFailTheDraw) {
+  SamplingParams p;
+  p.do_sample = true;
+  auto s = Sampler::Create(p);
+  ASSERT_TRUE(s.ok());
+  auto id = s->Next(Row({1.0f, std::nanf(""), 2.0f}), {{}});
+  EXPECT_FALSE(id.ok());
 }
 
 TEST(Sampler, RejectsInvalidParameters) {
