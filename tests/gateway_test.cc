@@ -5,6 +5,7 @@
 // get INVALID_ARGUMENT / RESOURCE_EXHAUSTED with a clear message and leave
 // every service SERVING; a client that cancels stops the decoder; a stage
 // that is down gives UNAVAILABLE, not a hang.
+#include <cmath>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -692,6 +693,56 @@ TEST_F(GatewayTest, DecoderCapsOpenStreamsAndBuffersOnlyWhatArrived) {
   EXPECT_EQ(st::HealthCheck(decoder.target(), "internvl.v1.LlmDecoder").value_or("?"), "SERVING");
   std::cout << kCap << " idle streams declaring " << kRows << " rows each: decoder RSS +"
             << (rss_idle - rss_before) / 1024 << " KiB; the next call: " << refused_message << "\n";
+}
+
+// Image rows holding NaN or infinity (F32 or BF16) are refused with
+// INVALID_ARGUMENT before they reach the engine, where they would poison the
+// sequence's logits; the decoder keeps serving.
+TEST_F(GatewayTest, DecoderRefusesNonFiniteImageEmbeddings) {
+  const std::string model = *fixtures_ + "/tiny-qwen2";
+  const int img_context = nlohmann::json::parse(ReadFile(model + "/expected.json"))["img_context_token_id"].get<int>();
+  auto stub = v1::LlmDecoder::NewStub(grpc::CreateChannel(decoder_->target(), grpc::InsecureChannelCredentials()));
+  constexpr int kRows = 2, kHidden = 64;
+  auto call = [&](v1::DataType dtype, const std::string& bytes) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    auto stream = stub->Generate(&ctx);
+    v1::GenerateRequest start;
+    start.mutable_start()->set_request_id("non-finite");
+    start.mutable_start()->add_prompt_token_ids(10);
+    for (int i = 0; i < kRows; ++i) start.mutable_start()->add_prompt_token_ids(img_context);
+    start.mutable_start()->set_image_embedding_rows(kRows);
+    start.mutable_start()->mutable_settings()->set_max_new_tokens(2);
+    v1::GenerateRequest rows;
+    v1::TensorHeader* h = rows.mutable_image_embeddings()->mutable_header();
+    h->set_dtype(dtype);
+    h->add_shape(kRows);
+    h->add_shape(kHidden);
+    h->set_total_bytes(bytes.size());
+    rows.mutable_image_embeddings()->set_data(bytes);
+    EXPECT_TRUE(stream->Write(start));
+    EXPECT_TRUE(stream->Write(rows));
+    stream->WritesDone();
+    v1::GenerateResponse reply;
+    while (stream->Read(&reply)) {
+    }
+    return stream->Finish();
+  };
+  std::vector<float> f32(kRows * kHidden, 0.25f);
+  auto as_bytes = [](const auto& v) {
+    return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(v[0]));
+  };
+  grpc::Status ok = call(v1::DATA_TYPE_F32, as_bytes(f32));
+  EXPECT_TRUE(ok.ok()) << ok.error_message();
+  f32[77] = std::nanf("");
+  grpc::Status nan = call(v1::DATA_TYPE_F32, as_bytes(f32));
+  EXPECT_EQ(nan.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << nan.error_message();
+  EXPECT_THAT(nan.error_message(), HasSubstr("NaN or infinite"));
+  std::vector<uint16_t> bf16(kRows * kHidden, 0x3E80);  // 0.25
+  bf16[100] = 0xFF80;                                   // -inf
+  grpc::Status inf = call(v1::DATA_TYPE_BF16, as_bytes(bf16));
+  EXPECT_EQ(inf.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << inf.error_message();
+  EXPECT_EQ(st::HealthCheck(decoder_->target(), "internvl.v1.LlmDecoder").value_or("?"), "SERVING");
 }
 
 }  // namespace

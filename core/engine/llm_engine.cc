@@ -208,7 +208,9 @@ struct LlmEngine::Impl {
 
   void Loop();
   // One scheduled step (without the lock). Returns the report's token lists.
-  absl::Status RunStep(const engine::StepPlan& plan, std::vector<int32_t>* sampled);
+  // A draw that fails (NaN logits) fails only its sequence: its status goes
+  // to (*failed)[i], the step goes on.
+  absl::Status RunStep(const engine::StepPlan& plan, std::vector<int32_t>* sampled, std::vector<absl::Status>* failed);
   void Finish(const std::shared_ptr<Generation>& g, absl::StatusOr<EngineResult> r);
   EngineResult ResultOf(const Generation& g, const engine::Sequence* seq) const;
 };
@@ -278,9 +280,7 @@ absl::StatusOr<std::unique_ptr<LlmEngine>> CreateLlmEngine(std::unique_ptr<llm::
 int64_t LlmEngine::hidden_size() const { return impl_->lm->config().hidden_size; }
 int64_t LlmEngine::vocab_size() const { return impl_->lm->config().vocab_size; }
 std::string LlmEngine::dtype_name() const { return impl_->lm->dtype() == at::kBFloat16 ? "bf16" : "fp32"; }
-std::string LlmEngine::kv_cache_dtype_name() const {
-  return impl_->pool->dtype() == at::kBFloat16 ? "bf16" : "fp32";
-}
+std::string LlmEngine::kv_cache_dtype_name() const { return impl_->pool->dtype() == at::kBFloat16 ? "bf16" : "fp32"; }
 std::string LlmEngine::device_name() const { return impl_->lm->device().str(); }
 const LlmEngineOptions& LlmEngine::options() const { return impl_->options; }
 void LlmEngine::SetObserver(EngineObserver* observer) { impl_->observer.store(observer); }
@@ -422,7 +422,8 @@ void LlmEngine::Impl::Finish(const std::shared_ptr<Generation>& g, absl::StatusO
   g->Complete(std::move(r));
 }
 
-absl::Status LlmEngine::Impl::RunStep(const engine::StepPlan& plan, std::vector<int32_t>* sampled) {
+absl::Status LlmEngine::Impl::RunStep(const engine::StepPlan& plan, std::vector<int32_t>* sampled,
+                                      std::vector<absl::Status>* failed) {
   std::vector<int64_t> ids;
   std::vector<llm::PagedSeq> seqs;
   std::vector<const llm::RotaryEmbedding*> ropes;
@@ -479,13 +480,17 @@ absl::Status LlmEngine::Impl::RunStep(const engine::StepPlan& plan, std::vector<
     INTERNVL_ASSIGN_OR_RETURN(logits, TorchGuard("copying logits", [&] { return logits.to(at::kCPU); }));
   }
   sampled->assign(plan.seqs.size(), -1);
+  failed->assign(plan.seqs.size(), absl::OkStatus());
   int64_t k = 0;
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     if (!plan.seqs[i].sample) continue;
     Generation* g = gens[i];
-    INTERNVL_ASSIGN_OR_RETURN(std::vector<int64_t> next,
-                              g->sampler->Next(logits.narrow(0, k++, 1), g->penalty_context));
-    (*sampled)[i] = static_cast<int32_t>(next[0]);
+    absl::StatusOr<std::vector<int64_t>> next = g->sampler->Next(logits.narrow(0, k++, 1), g->penalty_context);
+    if (next.ok()) {
+      (*sampled)[i] = static_cast<int32_t>((*next)[0]);
+    } else {
+      (*failed)[i] = next.status();
+    }
   }
   return absl::OkStatus();
 }
@@ -543,7 +548,8 @@ void LlmEngine::Impl::Loop() {
     }
     const Clock::time_point t0 = Clock::now();
     std::vector<int32_t> sampled;
-    const absl::Status step = RunStep(plan, &sampled);
+    std::vector<absl::Status> failed;
+    const absl::Status step = RunStep(plan, &sampled, &failed);
     const Clock::time_point t1 = Clock::now();
     std::vector<std::pair<std::shared_ptr<Generation>, absl::StatusOr<EngineResult>>> done;
     std::vector<std::pair<std::shared_ptr<Generation>, int>> emit;
@@ -560,8 +566,18 @@ void LlmEngine::Impl::Loop() {
           done.push_back({g, Annotate(step, "generation step")});
         }
       } else {
+        // Sequences whose draw failed end now, before the commit (which
+        // skips finished ones); the rest of the batch goes on.
+        std::vector<int64_t> failed_ids;
         for (size_t i = 0; i < plan.seqs.size(); ++i) {
-          if (!plan.seqs[i].sample) continue;
+          if (failed[i].ok()) continue;
+          auto g = live.at(plan.seqs[i].seq->id());
+          scheduler->Finish(g->id, FinishReason::kCancelled);
+          failed_ids.push_back(g->id);
+          done.push_back({g, Annotate(failed[i], "generation step")});
+        }
+        for (size_t i = 0; i < plan.seqs.size(); ++i) {
+          if (!plan.seqs[i].sample || !failed[i].ok()) continue;
           auto g = live.at(plan.seqs[i].seq->id());
           if (g->generated.empty()) {
             g->first_token = t1;
@@ -577,6 +593,10 @@ void LlmEngine::Impl::Loop() {
         for (int64_t id : scheduler->Commit(plan, sampled)) {
           auto g = live.at(id);
           done.push_back({g, ResultOf(*g, scheduler->Find(id))});
+          scheduler->Remove(id);
+          live.erase(id);
+        }
+        for (int64_t id : failed_ids) {
           scheduler->Remove(id);
           live.erase(id);
         }

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <thread>
 
 #include "core/engine/llm_engine_torch.h"
@@ -177,6 +178,50 @@ TEST(LlmEngine, SecondTurnReusesTheFirstTurnsBlocks) {
   const EngineStats s = engine->stats();
   EXPECT_EQ(s.prefix_hit_tokens, 32);
   EXPECT_EQ(s.prefix_query_tokens, static_cast<int64_t>(turn1.size() + turn2.size()));
+}
+
+// A draw that fails (NaN logits: here from NaN image rows, as a model's own
+// overflow would give) fails its request only; the sequences batched with it
+// in that step go on to the same tokens as alone. Under the generic kernels
+// (engine_llm_test_generic) this also checks that the batched decode
+// attention reads no NaN from another sequence's blocks.
+TEST(LlmEngine, AFailedDrawFailsOnlyItsOwnRequest) {
+  auto engine = MakeEngine();
+  std::vector<EngineRequest> requests;
+  for (int i = 0; i < 3; ++i) {
+    EngineRequest r = Request(Prompt(5 + 3 * i, i), 40);
+    if (i == 1) {
+      r.settings.do_sample = true;
+      r.settings.seed = 4;
+    }
+    requests.push_back(r);
+  }
+  std::vector<std::vector<int>> alone;
+  for (const auto& r : requests) {
+    auto g = engine->Generate(r);
+    ASSERT_TRUE(g.ok()) << g.status();
+    alone.push_back(g->token_ids);
+  }
+  std::vector<int64_t> prompt = Prompt(4, 7);
+  for (int i = 0; i < 3; ++i) prompt.push_back(kImgContext);
+  EngineRequest poisoned = Request(prompt, 5);
+  poisoned.settings.do_sample = true;
+  poisoned.image_embeddings = *TensorToHost(at::full({3, 64}, std::nanf("")));
+  std::vector<std::shared_ptr<GenerationHandle>> handles;
+  for (const auto& r : requests) handles.push_back(*engine->Submit(r));
+  // Joins while the others decode (40 tokens each): its draw fails in a step
+  // they share.
+  auto bad = engine->Submit(poisoned);
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  auto failed = (*bad)->Wait();
+  ASSERT_FALSE(failed.ok());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInternal) << failed.status();
+  for (size_t i = 0; i < handles.size(); ++i) {
+    auto g = handles[i]->Wait();
+    ASSERT_TRUE(g.ok()) << "request " << i << ": " << g.status();
+    EXPECT_EQ(g->token_ids, alone[i]) << "request " << i;
+  }
+  EXPECT_EQ(engine->stats().kv_blocks_used, 0);
 }
 
 TEST(LlmEngine, ImageRowsReplaceContextTokensAndKeyThePrefix) {

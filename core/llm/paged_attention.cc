@@ -91,6 +91,10 @@ at::Tensor BatchedDecodeAttention(const at::Tensor& q, const at::Tensor& kc, con
   };
   // (A bf16 cache under fp32 compute: widened, exactly.)
   at::Tensor keys = gather(kc).to(q.scalar_type()), values = gather(vc).to(q.scalar_type());
+  // Masked positions (a block's slots past the sequence, whole padding blocks
+  // of the table) hold other sequences' or stale rows: zeroed, since their
+  // zero weight times a NaN there would still poison this sequence.
+  values.masked_fill_(group.masked.transpose(-1, -2), 0);
   at::Tensor qg = q.reshape({d, kv_heads, groups, head_dim});
   at::Tensor scores = MatmulFp32Accumulate(qg, keys.transpose(-1, -2));  // [D, KV, G, len]
   scores.div_(std::sqrt(static_cast<double>(head_dim)));

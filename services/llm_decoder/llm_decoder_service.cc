@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -42,6 +44,31 @@ class CancelLatch {
   bool cancelled_ = false;
   std::shared_ptr<GenerationHandle> handle_;
 };
+// No NaN or infinity among F32, BF16 or F16 elements (exponent bits all
+// ones): such rows would poison every logit of their sequence.
+bool AllFinite(const HostTensor& t) {
+  auto check = [&](auto type_tag, auto exponent) {
+    using Bits = decltype(type_tag);
+    const size_t n = t.bytes.size() / sizeof(Bits);
+    for (size_t i = 0; i < n; ++i) {
+      Bits b;
+      std::memcpy(&b, t.bytes.data() + i * sizeof(Bits), sizeof(Bits));
+      if ((b & exponent) == exponent) return false;
+    }
+    return true;
+  };
+  switch (t.dtype) {
+    case DType::kF32:
+      return check(uint32_t{}, uint32_t{0x7F800000});
+    case DType::kBF16:
+      return check(uint16_t{}, uint16_t{0x7F80});
+    case DType::kF16:
+      return check(uint16_t{}, uint16_t{0x7C00});
+    default:
+      return true;
+  }
+}
+
 }  // namespace
 
 class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequest, v1::GenerateResponse> {
@@ -173,6 +200,7 @@ class LlmDecoderService::Call : public ReadAllThenStreamReactor<v1::GenerateRequ
     if (t.shape.empty() || t.shape.back() != hidden_)
       return absl::InvalidArgumentError(absl::StrCat(
           "image embeddings have hidden size ", t.shape.empty() ? 0 : t.shape.back(), ", the model has ", hidden_));
+    if (!AllFinite(t)) return absl::InvalidArgumentError("image embeddings hold NaN or infinite values");
     const int64_t rows = t.numel() / hidden_;
     if (rows_received_ + rows > expected_rows_)
       return absl::InvalidArgumentError(absl::StrCat("more image embedding rows than the declared ", expected_rows_));
