@@ -43,6 +43,8 @@ TEST(VisionBatcher, ConcurrentEncodesShareForwardsAndGetTheirOwnRows) {
   }
   const VisionBatcherStats solo = batcher.stats();
   EXPECT_EQ(solo.batches, 6);
+  // One float buffer, made at construction (13 tiles), served all six.
+  EXPECT_EQ(solo.pixel_buffers, 1);
   std::vector<absl::StatusOr<HostTensor>> together(inputs.size(), absl::UnknownError("not run"));
   std::vector<std::thread> threads;
   for (size_t i = 0; i < inputs.size(); ++i)
@@ -72,6 +74,37 @@ TEST(VisionBatcher, ConcurrentEncodesShareForwardsAndGetTheirOwnRows) {
   // Bad input is an error of its own call.
   HostTensor bad(DType::kU8, {1, size, size, 4});
   EXPECT_EQ(batcher.EncodeTiles(bad).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The reused float buffers: a larger request grows one, a smaller one after it
+// reads none of its stale bytes (the same embeddings as a fresh batcher's).
+TEST(VisionBatcher, ReusedPixelBuffersGiveTheSameEmbeddings) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  SetTorchThreads(2);
+  auto model = VisionModel::Load(fixtures + "/tiny-qwen2", VisionOptions{.dtype = "fp32", .tile_batch = 4});
+  ASSERT_TRUE(model.ok()) << model.status();
+  const int size = (*model)->config().image_size();
+  VisionBatcherOptions none;
+  none.prefault_tiles = 0;
+  VisionBatcher batcher(model->get(), none);
+  EXPECT_EQ(batcher.stats().pixel_buffers, 0);
+  const HostTensor small = RandomTiles(1, size, 7), big = RandomTiles(5, size, 8);
+  auto first = batcher.EncodeTiles(small);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(batcher.stats().pixel_buffers, 1);
+  ASSERT_TRUE(batcher.EncodeTiles(big).ok());
+  EXPECT_EQ(batcher.stats().pixel_buffers, 2);  // grown
+  auto again = batcher.EncodeTiles(small);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(batcher.stats().pixel_buffers, 2);  // reused
+  EXPECT_TRUE(again->bytes == first->bytes);
+  VisionBatcher fresh(model->get(), VisionBatcherOptions());
+  auto reference = fresh.EncodeTiles(small);
+  ASSERT_TRUE(reference.ok());
+  EXPECT_TRUE(reference->bytes == first->bytes);
+  VisionBatcherOptions bad;
+  bad.prefault_tiles = -1;
+  EXPECT_EQ(bad.Validate().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
