@@ -184,6 +184,53 @@ ScratchBuffer::~ScratchBuffer() {
   munmap(data_, capacity_);
 }
 
+namespace {
+constexpr size_t kMaxKeptTileBuffers = 4;
+constexpr size_t kMaxKeptTileBytes = size_t{64} << 20;
+std::mutex& TileBufferMutex() {
+  static std::mutex mu;
+  return mu;
+}
+std::vector<std::vector<uint8_t>>& TileBuffers() {
+  static auto* kept = new std::vector<std::vector<uint8_t>>();
+  return *kept;
+}
+}  // namespace
+
+std::vector<uint8_t> TakeTileBuffer(size_t bytes) {
+  std::vector<uint8_t> buffer;
+  {
+    std::lock_guard<std::mutex> lock(TileBufferMutex());
+    auto& kept = TileBuffers();
+    // The smallest kept buffer that holds `bytes`.
+    auto best = kept.end();
+    for (auto it = kept.begin(); it != kept.end(); ++it)
+      if (it->capacity() >= bytes && (best == kept.end() || it->capacity() < best->capacity())) best = it;
+    if (best != kept.end()) {
+      buffer = std::move(*best);
+      kept.erase(best);
+    }
+  }
+  // Within the capacity: no allocation, only (re)zeroed bytes past the old
+  // size on pages already faulted in.
+  buffer.resize(bytes);
+  return buffer;
+}
+
+void RecycleTileBuffer(std::vector<uint8_t> buffer) {
+  if (buffer.capacity() == 0 || buffer.capacity() > kMaxKeptTileBytes) return;
+  std::lock_guard<std::mutex> lock(TileBufferMutex());
+  auto& kept = TileBuffers();
+  if (kept.size() < kMaxKeptTileBuffers) {
+    kept.push_back(std::move(buffer));
+    return;
+  }
+  // Full: keep the larger ones (they serve any smaller request).
+  auto smallest = std::min_element(kept.begin(), kept.end(),
+                                   [](const auto& a, const auto& b) { return a.capacity() < b.capacity(); });
+  if (smallest->capacity() < buffer.capacity()) *smallest = std::move(buffer);
+}
+
 PreprocessRuntime GetPreprocessRuntime() {
   std::lock_guard<std::mutex> lock(RuntimeMutex());
   return RuntimeLocked();
@@ -238,6 +285,10 @@ void WarmUpPreprocess() {
   if (!tiles.ok()) return;
   std::vector<float> pixels(static_cast<size_t>(tiles->count) * kRgbChannels * tiles->size * tiles->size);
   NormalizeTiles(*tiles, pixels.data());
+  // A tile buffer for the default max_num (12 + thumbnail at 448), faulted
+  // in (zero-filled) now.
+  constexpr size_t kWarmTiles = 13, kWarmSide = 448;
+  RecycleTileBuffer(std::vector<uint8_t>(kWarmTiles * kWarmSide * kWarmSide * kRgbChannels));
 }
 
 }  // namespace internvl::preprocess
