@@ -101,15 +101,15 @@ std::string MakeJpeg() {
 
 // What an image chat request does: LoadImageTiles (decode beside the
 // resizes); the lone image's buffer taken over as the [N,S,S,3] uint8 tensor
-// (ChatPipeline::Impl::JoinTiles); normalised into the vision batcher's float
-// buffer (VisionBatcher::EncodeTiles reuses its buffers; a loaded server
-// made one for 13 tiles at construction); the tile buffer kept for the next
-// request once encoded. Wall time and page faults of the two steps.
+// (ChatPipeline::Impl::JoinTiles); normalised into a kept float buffer
+// (VisionBatcher::EncodeTiles; a loaded server made one for 13 tiles at
+// construction); both buffers kept for the next request once the tiles are
+// encoded. Wall time and page faults of the two steps.
 struct ChatLikeCost {
   double tiles_ms = 0, normalise_ms = 0;
   long tiles_faults = 0, normalise_faults = 0;
 };
-ChatLikeCost ChatLikeCall(const std::string& jpeg, const TilingOptions& options, std::vector<uint8_t>* pixels) {
+ChatLikeCost ChatLikeCall(const std::string& jpeg, const TilingOptions& options) {
   ChatLikeCost cost;
   const long faults0 = MinorFaults();
   const double t0 = NowSeconds();
@@ -120,13 +120,14 @@ ChatLikeCost ChatLikeCall(const std::string& jpeg, const TilingOptions& options,
   cost.tiles_faults = faults1 - faults0;
   const double t1 = NowSeconds();
   std::vector<uint8_t> u8 = std::move(tiles->data);
-  pixels->resize(static_cast<size_t>(tiles->count) * kRgbChannels * tiles->size * tiles->size * sizeof(float));
-  internvl::preprocess::NormalizeTilesU8(u8.data(), tiles->count, tiles->size,
-                                         reinterpret_cast<float*>(pixels->data()));
-  asm volatile("" : : "r"(pixels->data()) : "memory");
+  std::vector<uint8_t> pixels = internvl::preprocess::TakeImageBuffer(static_cast<size_t>(tiles->count) * kRgbChannels *
+                                                                      tiles->size * tiles->size * sizeof(float));
+  internvl::preprocess::NormalizeTilesU8(u8.data(), tiles->count, tiles->size, reinterpret_cast<float*>(pixels.data()));
+  asm volatile("" : : "r"(pixels.data()) : "memory");
   cost.normalise_ms = Ms(t1);
   cost.normalise_faults = MinorFaults() - faults1;
-  internvl::preprocess::RecycleTileBuffer(std::move(u8));  // as the chat does once the tiles are encoded
+  internvl::preprocess::RecycleImageBuffer(std::move(pixels));  // as VisionBatcher::EncodeTiles
+  internvl::preprocess::RecycleImageBuffer(std::move(u8));      // as the chat does once the tiles are encoded
   return cost;
 }
 
@@ -144,12 +145,14 @@ int ColdChild(const char* path, bool warm_up) {
     internvl::preprocess::WarmUpPreprocess();
     warm_up_ms = Ms(t0);
   }
-  // The vision batcher's float buffer: made (and faulted in) at load in a
-  // warmed-up process (VisionBatcherOptions::prefault_tiles, 13 at 448).
-  std::vector<uint8_t> pixels;
-  if (warm_up) pixels.resize(size_t{13} * kRgbChannels * 448 * 448 * sizeof(float));
+  if (warm_up) {
+    // What constructing the vision batcher adds at load: a kept float buffer
+    // for 13 tiles of 448 (VisionBatcherOptions::prefault_tiles).
+    internvl::preprocess::RecycleImageBuffer(
+        std::vector<uint8_t>(size_t{13} * kRgbChannels * 448 * 448 * sizeof(float)));
+  }
   for (const char* label : {"first call ", "second call"}) {
-    const ChatLikeCost c = ChatLikeCall(jpeg, options, &pixels);
+    const ChatLikeCost c = ChatLikeCall(jpeg, options);
     std::printf("  %s%s: tiles %6.2f ms (%ld faults)  normalise %6.2f ms (%ld faults)  total %6.2f ms", label,
                 warm_up ? " after WarmUpPreprocess" : "", c.tiles_ms, c.tiles_faults, c.normalise_ms,
                 c.normalise_faults, c.tiles_ms + c.normalise_ms);
@@ -254,11 +257,9 @@ int main(int argc, char** argv) {
   // LoadImageTiles: for this JPEG the decode runs beside the resizes'
   // horizontal passes, so the total is less than the stages' sum.
   line("total decode+tile+normalise (LoadImageTiles)", total_ms);
-  std::vector<uint8_t> batcher_pixels;
-  ChatLikeCall(jpeg, options, &batcher_pixels);  // the batcher's buffer, as made at load
+  ChatLikeCall(jpeg, options);  // its buffers kept, as a loaded server's
   const long faults = MinorFaults();
-  line("total, as a chat (tiles taken over, batcher's buffer)",
-       MinMs([&] { ChatLikeCall(jpeg, options, &batcher_pixels); }));
+  line("total, as a chat (tiles taken over, batcher's buffer)", MinMs([&] { ChatLikeCall(jpeg, options); }));
   std::printf("    (%.0f page faults per call)\n", static_cast<double>(MinorFaults() - faults) / kRuns);
 
   // The same pipeline on the other paths, for comparison.

@@ -232,7 +232,7 @@ absl::StatusOr<ChatResult> ChatPipeline::Chat(const ChatRequest& request, const 
     const auto t0 = Clock::now();
     INTERNVL_ASSIGN_OR_RETURN(embeddings, im.engine->vision()->EncodeTiles(pixels.values));
     result.timings.vision_ms = Ms(t0, Clock::now());
-    preprocess::RecycleTileBuffer(std::move(pixels.values.bytes));
+    preprocess::RecycleImageBuffer(std::move(pixels.values.bytes));
   }
   EngineRequest er = im.Request(std::move(ids), std::move(embeddings), request.generation);
   if (request.scm)
@@ -323,7 +323,7 @@ absl::StatusOr<std::vector<ChatResult>> ChatPipeline::BatchChat(const std::vecto
       const auto t0 = Clock::now();
       INTERNVL_ASSIGN_OR_RETURN(embeddings, im.engine->vision()->EncodeTiles(pixels[i].values));
       vision_ms += Ms(t0, Clock::now());
-      preprocess::RecycleTileBuffer(std::move(pixels[i].values.bytes));
+      preprocess::RecycleImageBuffer(std::move(pixels[i].values.bytes));
     }
     EngineRequest er = im.Request(std::move(rows[i]), std::move(embeddings), requests[i].generation);
     if (requests[i].scm)  // each sequence its own selection

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/preprocess/image.h"
+#include "core/preprocess/runtime.h"
 #include "core/preprocess/tiling.h"
 
 namespace internvl {
@@ -23,56 +24,17 @@ absl::Status VisionBatcherOptions::Validate() const {
 VisionBatcher::VisionBatcher(const VisionModel* model, const VisionBatcherOptions& options)
     : model_(model), options_(options) {
   if (!model_->normalizes_on_device() && options_.prefault_tiles > 0) {
+    // EncodeTiles normalises into the image path's kept buffers: one for
+    // prefault_tiles tiles, zero-filled (every page faulted in) now.
     const int64_t s = model_->config().image_size();
-    // Zero-filled: every page faulted in now.
-    spare_pixels_.emplace_back(static_cast<size_t>(options_.prefault_tiles * preprocess::kRgbChannels * s * s) *
-                               sizeof(float));
-    stats_.pixel_buffers = 1;
+    preprocess::RecycleImageBuffer(std::vector<uint8_t>(
+        static_cast<size_t>(options_.prefault_tiles * preprocess::kRgbChannels * s * s) * sizeof(float)));
   }
 }
 
 VisionBatcherStats VisionBatcher::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;
-}
-
-namespace {
-// Spare float buffers kept: about as many as requests normalise at once.
-constexpr size_t kMaxSparePixelBuffers = 2;
-// Larger buffers (an unusually big request) go back to the allocator.
-constexpr size_t kMaxSparePixelBytes = size_t{128} << 20;
-}  // namespace
-
-std::vector<uint8_t> VisionBatcher::TakePixelBuffer(size_t bytes) {
-  std::vector<uint8_t> buffer;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    // The smallest spare that holds `bytes`, else the largest (it grows).
-    auto best = spare_pixels_.end();
-    for (auto it = spare_pixels_.begin(); it != spare_pixels_.end(); ++it) {
-      if (best == spare_pixels_.end()) {
-        best = it;
-        continue;
-      }
-      const size_t c = it->capacity(), b = best->capacity();
-      if (c >= bytes ? (b < bytes || c < b) : (b < bytes && c > b)) best = it;
-    }
-    if (best != spare_pixels_.end()) {
-      buffer = std::move(*best);
-      spare_pixels_.erase(best);
-    }
-    if (buffer.capacity() < bytes) ++stats_.pixel_buffers;
-  }
-  // Within the capacity the pages are already faulted in: resizing only
-  // (re)zeroes bytes, it does not allocate.
-  buffer.resize(bytes);
-  return buffer;
-}
-
-void VisionBatcher::ReturnPixelBuffer(std::vector<uint8_t> buffer) {
-  if (buffer.capacity() > kMaxSparePixelBytes) return;
-  std::lock_guard<std::mutex> lock(mu_);
-  if (spare_pixels_.size() < kMaxSparePixelBuffers) spare_pixels_.push_back(std::move(buffer));
 }
 
 absl::StatusOr<HostTensor> VisionBatcher::EncodeTiles(const HostTensor& tiles) {
@@ -86,10 +48,10 @@ absl::StatusOr<HostTensor> VisionBatcher::EncodeTiles(const HostTensor& tiles) {
   HostTensor pixels;
   pixels.dtype = DType::kF32;
   pixels.shape = {n, preprocess::kRgbChannels, size, size};
-  pixels.bytes = TakePixelBuffer(static_cast<size_t>(pixels.numel()) * sizeof(float));
+  pixels.bytes = preprocess::TakeImageBuffer(static_cast<size_t>(pixels.numel()) * sizeof(float));
   preprocess::NormalizeTilesU8(tiles.data<uint8_t>(), n, size, pixels.data<float>());
   absl::StatusOr<HostTensor> result = ExtractFeature(pixels);
-  ReturnPixelBuffer(std::move(pixels.bytes));
+  preprocess::RecycleImageBuffer(std::move(pixels.bytes));
   return result;
 }
 

@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <deque>
 #include <mutex>
-#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -23,10 +22,10 @@ namespace internvl {
 struct VisionBatcherOptions {
   int max_batch_tiles = 16;                         // tiles per encoder forward at most
   absl::Duration max_wait = absl::Milliseconds(2);  // how long a batch waits for company
-  // CPU models: EncodeTiles normalises into reused float buffers; one for
-  // this many tiles (max_num 12 + thumbnail: 31 MB at 448) is allocated and
-  // faulted in at construction, so the first request does not pay ~5000 page
-  // faults for it. 0: none up front.
+  // CPU models: EncodeTiles normalises into the image path's kept buffers
+  // (preprocess::TakeImageBuffer); one for this many tiles (max_num 12 +
+  // thumbnail: 31 MB at 448) is made and faulted in at construction, so the
+  // first request does not pay ~5000 page faults for it. 0: none up front.
   int prefault_tiles = 13;
 
   absl::Status Validate() const;
@@ -37,7 +36,6 @@ struct VisionBatcherStats {
   int64_t requests = 0;
   int64_t tiles = 0;
   int64_t max_batch_requests = 0;  // most requests seen in one forward
-  int64_t pixel_buffers = 0;       // float pixel buffers allocated (EncodeTiles reuses them)
 };
 
 class VisionBatcher {
@@ -66,10 +64,6 @@ class VisionBatcher {
     absl::StatusOr<HostTensor> result = absl::UnknownError("not run");
   };
   void RunBatch(std::unique_lock<std::mutex>& lock);
-  // A float buffer of `bytes` for EncodeTiles: a spare one (already faulted
-  // in) when there is one, and back to the spares afterwards.
-  std::vector<uint8_t> TakePixelBuffer(size_t bytes);
-  void ReturnPixelBuffer(std::vector<uint8_t> buffer);
 
   const VisionModel* const model_;
   const VisionBatcherOptions options_;
@@ -78,7 +72,6 @@ class VisionBatcher {
   std::deque<Request*> queue_;
   bool busy_ = false;
   VisionBatcherStats stats_;
-  std::vector<std::vector<uint8_t>> spare_pixels_;  // under mu_
 };
 
 }  // namespace internvl

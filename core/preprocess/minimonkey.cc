@@ -154,7 +154,7 @@ absl::StatusOr<MiniMonkeyTiles> MiniMonkeyPreprocess(const RgbImage& image, cons
   tiles.has_thumbnail = false;
   const std::vector<TileRef> order = Concatenate(out.plan, options.order);
   tiles.count = static_cast<int>(order.size());
-  tiles.data = TakeTileBuffer(static_cast<size_t>(tiles.count) * tiles.tile_bytes());  // every byte copied below
+  tiles.data = TakeImageBuffer(static_cast<size_t>(tiles.count) * tiles.tile_bytes());  // every byte copied below
   for (int i = 0; i < tiles.count; ++i) {
     const TileRef& t = order[i];
     const Tiles& from = (t.scale_a || (share_thumbnail && t.thumbnail)) ? a : b;

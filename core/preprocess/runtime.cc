@@ -185,23 +185,23 @@ ScratchBuffer::~ScratchBuffer() {
 }
 
 namespace {
-constexpr size_t kMaxKeptTileBuffers = 4;
-constexpr size_t kMaxKeptTileBytes = size_t{64} << 20;
-std::mutex& TileBufferMutex() {
+constexpr size_t kMaxKeptImageBuffers = 4;
+constexpr size_t kMaxKeptImageBytes = size_t{64} << 20;
+std::mutex& ImageBufferMutex() {
   static std::mutex mu;
   return mu;
 }
-std::vector<std::vector<uint8_t>>& TileBuffers() {
+std::vector<std::vector<uint8_t>>& ImageBuffers() {
   static auto* kept = new std::vector<std::vector<uint8_t>>();
   return *kept;
 }
 }  // namespace
 
-std::vector<uint8_t> TakeTileBuffer(size_t bytes) {
+std::vector<uint8_t> TakeImageBuffer(size_t bytes) {
   std::vector<uint8_t> buffer;
   {
-    std::lock_guard<std::mutex> lock(TileBufferMutex());
-    auto& kept = TileBuffers();
+    std::lock_guard<std::mutex> lock(ImageBufferMutex());
+    auto& kept = ImageBuffers();
     // The smallest kept buffer that holds `bytes`.
     auto best = kept.end();
     for (auto it = kept.begin(); it != kept.end(); ++it)
@@ -217,11 +217,11 @@ std::vector<uint8_t> TakeTileBuffer(size_t bytes) {
   return buffer;
 }
 
-void RecycleTileBuffer(std::vector<uint8_t> buffer) {
-  if (buffer.capacity() == 0 || buffer.capacity() > kMaxKeptTileBytes) return;
-  std::lock_guard<std::mutex> lock(TileBufferMutex());
-  auto& kept = TileBuffers();
-  if (kept.size() < kMaxKeptTileBuffers) {
+void RecycleImageBuffer(std::vector<uint8_t> buffer) {
+  if (buffer.capacity() == 0 || buffer.capacity() > kMaxKeptImageBytes) return;
+  std::lock_guard<std::mutex> lock(ImageBufferMutex());
+  auto& kept = ImageBuffers();
+  if (kept.size() < kMaxKeptImageBuffers) {
     kept.push_back(std::move(buffer));
     return;
   }
@@ -288,7 +288,7 @@ void WarmUpPreprocess() {
   // A tile buffer for the default max_num (12 + thumbnail at 448), faulted
   // in (zero-filled) now.
   constexpr size_t kWarmTiles = 13, kWarmSide = 448;
-  RecycleTileBuffer(std::vector<uint8_t>(kWarmTiles * kWarmSide * kWarmSide * kRgbChannels));
+  RecycleImageBuffer(std::vector<uint8_t>(kWarmTiles * kWarmSide * kWarmSide * kRgbChannels));
 }
 
 }  // namespace internvl::preprocess

@@ -66,14 +66,15 @@ class ScratchBuffer {
   size_t capacity_ = 0;
 };
 
-// Tile buffers (Tiles::data: megabytes per image) kept for reuse: fresh
-// memory costs a page fault per 4 KiB page on first touch (~1500 for one
-// 1920x1080 image's 10 tiles). TakeTileBuffer gives a buffer of exactly
-// `bytes` (contents unspecified), a kept one when one is large enough;
-// callers done with a tile buffer (e.g. after encoding it) may give it back
-// with RecycleTileBuffer. A few buffers of at most 64 MiB are kept.
-std::vector<uint8_t> TakeTileBuffer(size_t bytes);
-void RecycleTileBuffer(std::vector<uint8_t> buffer);
+// Megabyte buffers of the image path (Tiles::data, the vision batcher's
+// normalised pixels) kept for reuse: fresh memory costs a page fault per 4 KiB
+// page on first touch (~1500 for one 1920x1080 image's 10 uint8 tiles, ~5300
+// for their float pixels). TakeImageBuffer gives a buffer of exactly `bytes`
+// (contents unspecified), the smallest kept one that is large enough if any;
+// callers done with one (e.g. once the tiles are encoded) may give it back
+// with RecycleImageBuffer. At most 4 buffers of at most 64 MiB are kept.
+std::vector<uint8_t> TakeImageBuffer(size_t bytes);
+void RecycleImageBuffer(std::vector<uint8_t> buffer);
 
 // Starts the worker threads and initialises the decoders (OpenCV's codec
 // table, libjpeg), and keeps one faulted-in tile buffer for 13 tiles of 448

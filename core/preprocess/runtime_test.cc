@@ -141,27 +141,27 @@ TEST(WarmUpPreprocess, RunsAndLeavesResultsUnchanged) {
 
 // Kept tile buffers come back with a previous image's bytes: the tiles are
 // the same as from fresh (zeroed) memory, so every byte is written.
-TEST(TileBuffers, StaleKeptBuffersGiveTheSameTiles) {
+TEST(ImageBuffers, StaleKeptBuffersGiveTheSameTiles) {
   const RgbImage im = Noise(900, 500, 11);
   TilingOptions options;
   options.image_size = 64;
   auto reference = DynamicPreprocess(im, options);
   ASSERT_TRUE(reference.ok());
-  for (int i = 0; i < 4; ++i) RecycleTileBuffer(std::vector<uint8_t>(size_t{1} << 20, 0xAB));
-  std::vector<uint8_t> probe = TakeTileBuffer(64);
+  for (int i = 0; i < 4; ++i) RecycleImageBuffer(std::vector<uint8_t>(size_t{1} << 20, 0xAB));
+  std::vector<uint8_t> probe = TakeImageBuffer(64);
   ASSERT_EQ(probe.size(), 64u);
   EXPECT_EQ(probe[0], 0xAB) << "not a kept buffer";
-  RecycleTileBuffer(std::move(probe));
+  RecycleImageBuffer(std::move(probe));
   for (int round = 0; round < 3; ++round) {
     auto again = DynamicPreprocess(im, options);
     ASSERT_TRUE(again.ok());
     EXPECT_EQ(again->data, reference->data) << "round " << round;
-    RecycleTileBuffer(std::move(again->data));
+    RecycleImageBuffer(std::move(again->data));
   }
   // Oversized buffers are not kept; a request larger than every kept buffer
   // gets a fresh one of its size.
-  RecycleTileBuffer(std::vector<uint8_t>((size_t{64} << 20) + 1));
-  std::vector<uint8_t> big = TakeTileBuffer(size_t{2} << 20);
+  RecycleImageBuffer(std::vector<uint8_t>((size_t{64} << 20) + 1));
+  std::vector<uint8_t> big = TakeImageBuffer(size_t{2} << 20);
   EXPECT_EQ(big.size(), size_t{2} << 20);
 }
 

@@ -247,7 +247,7 @@ class TileJob {
 
   // The vertical passes into the tiles, on up to the runtime's threads.
   Tiles Finish(const uint8_t* pixels) {
-    tiles_.data = TakeTileBuffer(tiles_.count * tiles_.tile_bytes());  // every byte written below
+    tiles_.data = TakeImageBuffer(tiles_.count * tiles_.tile_bytes());  // every byte written below
     const int blocks = tiles_.grid.count();
     // Tile k = (row k / cols, col k % cols), row-major; the thumbnail last.
     const size_t tile_stride = static_cast<size_t>(s_) * kRgbChannels;
