@@ -63,6 +63,16 @@ EngineRequest Request(std::vector<int64_t> prompt, int max_new = 12) {
   return r;
 }
 
+// Each request's token ids, generated one at a time.
+void GenerateEachAlone(LlmEngine& engine, const std::vector<EngineRequest>& requests,
+                       std::vector<std::vector<int>>* alone) {
+  for (const auto& r : requests) {
+    auto g = engine.Generate(r);
+    ASSERT_TRUE(g.ok()) << g.status();
+    alone->push_back(g->token_ids);
+  }
+}
+
 TEST(LlmEngine, StopsAtStopIdKeepsItAndHonoursCancel) {
   auto engine = MakeEngine();
   auto free_run = engine->Generate(Request(Prompt(5, 1), 6));
@@ -106,11 +116,7 @@ TEST(LlmEngine, ConcurrentGenerationsEqualOneAtATime) {
       requests.push_back(r);
     }
     std::vector<std::vector<int>> alone;
-    for (const auto& r : requests) {
-      auto g = engine->Generate(r);
-      ASSERT_TRUE(g.ok()) << g.status();
-      alone.push_back(g->token_ids);
-    }
+    ASSERT_NO_FATAL_FAILURE(GenerateEachAlone(*engine, requests, &alone));
     std::vector<std::shared_ptr<GenerationHandle>> handles;
     for (const auto& r : requests) {
       auto h = engine->Submit(r);
@@ -197,11 +203,7 @@ TEST(LlmEngine, AFailedDrawFailsOnlyItsOwnRequest) {
     requests.push_back(r);
   }
   std::vector<std::vector<int>> alone;
-  for (const auto& r : requests) {
-    auto g = engine->Generate(r);
-    ASSERT_TRUE(g.ok()) << g.status();
-    alone.push_back(g->token_ids);
-  }
+  ASSERT_NO_FATAL_FAILURE(GenerateEachAlone(*engine, requests, &alone));
   std::vector<int64_t> prompt = Prompt(4, 7);
   for (int i = 0; i < 3; ++i) prompt.push_back(kImgContext);
   EngineRequest poisoned = Request(prompt, 5);
