@@ -8,6 +8,9 @@
 //      cumulative probability <= 1 - top_p -> -inf, the most likely always kept.
 //   then softmax and one multinomial draw per row; greedy = argmax.
 // Warpers that are no-ops in HF (temperature 1, top_k 0, top_p 1) are skipped.
+// Unlike HF (whose multinomial then raises), a valid but extreme temperature
+// or penalty that overflows fp32 draws from the distribution's limit: an even
+// draw among the maximal scores. NaN scores still fail the draw.
 //
 // The context for the repetition penalty is what HF's `input_ids` holds: for
 // InternVL's chat() (generate(inputs_embeds=...)) that is only the generated

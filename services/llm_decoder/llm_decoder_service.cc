@@ -44,6 +44,7 @@ class CancelLatch {
   bool cancelled_ = false;
   std::shared_ptr<GenerationHandle> handle_;
 };
+
 // No NaN or infinity among F32, BF16 or F16 elements (exponent bits all
 // ones): such rows would poison every logit of their sequence.
 bool AllFinite(const HostTensor& t) {
