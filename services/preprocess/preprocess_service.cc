@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "core/preprocess/runtime.h"
 #include "core/status.h"
 #include "core/video/video.h"
 #include "services/common/reactors.h"
@@ -26,6 +27,9 @@ absl::StatusOr<std::vector<v1::PreprocessImagesResponse>> TileAll(const v1::Prep
     image_seconds->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     tiles_total->Increment(image.info.num_patches());
     INTERNVL_ASSIGN_OR_RETURN(std::vector<v1::TensorChunk> chunks, ChunkTensor(image.tiles, options.max_chunk_bytes));
+    // Copied into the reply: the tile buffer serves the next image, already
+    // faulted in (preprocess::TakeImageBuffer).
+    preprocess::RecycleImageBuffer(std::move(image.tiles.bytes));
     for (size_t c = 0; c < chunks.size(); ++c) {
       v1::PreprocessImagesResponse& response = out.emplace_back();
       if (c == 0) *response.mutable_image() = image.info;
