@@ -525,25 +525,28 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       }
     };
     const int64_t h0 = ch.j * groups;
+    // The segment's key and value blocks in the pool (the grouped kernels
+    // take them as tables; filled once for the scores and the values).
+    const uint16_t *keys16[kMaxSegBlocks], *values16[kMaxSegBlocks];
+    const float *keys32[kMaxSegBlocks], *values32[kMaxSegBlocks];
+    auto block_table = [&](const auto* pool, auto** table) {
+      for (int64_t b = 0; b * bs < n; ++b) table[b] = pool + block_offset(b);
+    };
+    if (grouped_values) {
+      if (bf16) {
+        block_table(static_cast<const uint16_t*>(kp), keys16);
+        block_table(static_cast<const uint16_t*>(vp), values16);
+      } else {
+        block_table(static_cast<const float*>(kp), keys32);
+        block_table(static_cast<const float*>(vp), values32);
+      }
+    }
     if (grouped_values && !native_bf16) {
       // The group's scores together: each key row widened once (GQA); the
       // value blocks are prefetched meanwhile.
       const float* qg = qp + (ch.s * heads + h0) * dim;
-      if (bf16) {
-        const uint16_t *keys[kMaxSegBlocks], *values[kMaxSegBlocks];
-        for (int64_t b = 0; b * bs < n; ++b) {
-          keys[b] = static_cast<const uint16_t*>(kp) + block_offset(b);
-          values[b] = static_cast<const uint16_t*>(vp) + block_offset(b);
-        }
-        gemv::SegmentScoresGroupBf16Avx2(qg, groups, keys, bs, n, dim, scale, sc, segment, values);
-      } else {
-        const float *keys[kMaxSegBlocks], *values[kMaxSegBlocks];
-        for (int64_t b = 0; b * bs < n; ++b) {
-          keys[b] = static_cast<const float*>(kp) + block_offset(b);
-          values[b] = static_cast<const float*>(vp) + block_offset(b);
-        }
-        gemv::SegmentScoresGroupAvx2(qg, groups, keys, bs, n, dim, scale, sc, segment, values);
-      }
+      bf16 ? gemv::SegmentScoresGroupBf16Avx2(qg, groups, keys16, bs, n, dim, scale, sc, segment, values16)
+           : gemv::SegmentScoresGroupAvx2(qg, groups, keys32, bs, n, dim, scale, sc, segment, values32);
     } else {
       for (int64_t g = 0; g < groups; ++g) {
         const float* qh = qp + (ch.s * heads + h0 + g) * dim;
@@ -561,15 +564,12 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       // The whole group over the whole segment: each value row read once.
       float* o = partial.get() + part_index(ch.s, h0, ch.seg) * dim;
       const int64_t o_stride = segs[ch.s] * dim;
-      if (bf16) {
-        const uint16_t* rows[kMaxSegBlocks];
-        for (int64_t b = 0; b * bs < n; ++b) rows[b] = static_cast<const uint16_t*>(vp) + block_offset(b);
-        native_bf16 ? gemv::SegmentValuesGroupBf16Avx512(sc, segment, groups, rows, bs, n, dim, o, o_stride)
-                    : gemv::SegmentValuesGroupBf16Avx2(sc, segment, groups, rows, bs, n, dim, o, o_stride);
+      if (!bf16) {
+        gemv::SegmentValuesGroupAvx2(sc, segment, groups, values32, bs, n, dim, o, o_stride);
+      } else if (native_bf16) {
+        gemv::SegmentValuesGroupBf16Avx512(sc, segment, groups, values16, bs, n, dim, o, o_stride);
       } else {
-        const float* rows[kMaxSegBlocks];
-        for (int64_t b = 0; b * bs < n; ++b) rows[b] = static_cast<const float*>(vp) + block_offset(b);
-        gemv::SegmentValuesGroupAvx2(sc, segment, groups, rows, bs, n, dim, o, o_stride);
+        gemv::SegmentValuesGroupBf16Avx2(sc, segment, groups, values16, bs, n, dim, o, o_stride);
       }
       return;
     }
