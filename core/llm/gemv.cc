@@ -619,12 +619,27 @@ bool TransparentHugePagesEnabled() {
 
 void FreeHuge(void* p) { std::free(p); }
 
+constexpr size_t kHuge = size_t{2} << 20;
+
+// `bytes` rounded up to whole huge pages, 2 MiB aligned and advised for THP
+// (freed with FreeHuge); null where THP is disabled, below 2 MiB, or out of
+// memory.
+void* AllocHuge(size_t bytes) {
+#ifdef MADV_HUGEPAGE
+  if (!TransparentHugePagesEnabled() || bytes < kHuge) return nullptr;
+  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* mem = nullptr;
+  if (posix_memalign(&mem, kHuge, rounded) != 0) return nullptr;
+  madvise(mem, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
+  return mem;
+#else
+  return nullptr;
+#endif
+}
+
 }  // namespace
 
 int64_t MoveToHugePages(const std::vector<at::Tensor>& tensors) {
-#ifdef MADV_HUGEPAGE
-  if (!TransparentHugePagesEnabled()) return 0;
-  constexpr size_t kHuge = size_t{2} << 20;
   std::set<c10::StorageImpl*> done;
   int64_t moved = 0;
   for (const at::Tensor& t : tensors) {
@@ -632,10 +647,8 @@ int64_t MoveToHugePages(const std::vector<at::Tensor>& tensors) {
     c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
     const size_t bytes = storage->nbytes();
     if (bytes < kHuge || !done.insert(storage).second) continue;
-    const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-    void* mem = nullptr;
-    if (posix_memalign(&mem, kHuge, rounded) != 0) continue;
-    madvise(mem, rounded, MADV_HUGEPAGE);
+    void* mem = AllocHuge(bytes);
+    if (mem == nullptr) continue;
     std::memcpy(mem, storage->data(), bytes);
     // Swaps the memory under every tensor sharing this storage; the old
     // buffer is freed with the returned DataPtr.
@@ -647,9 +660,15 @@ int64_t MoveToHugePages(const std::vector<at::Tensor>& tensors) {
     malloc_trim(0);
   }
   return moved;
-#else
-  return 0;
-#endif
+}
+
+at::Tensor EmptyOnHugePages(at::IntArrayRef shape, at::ScalarType dtype) {
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  void* mem = AllocHuge(bytes);
+  if (mem == nullptr) return at::empty(shape, at::TensorOptions().dtype(dtype));
+  return at::from_blob(mem, shape, &FreeHuge, at::TensorOptions().dtype(dtype));
 }
 
 }  // namespace internvl::llm

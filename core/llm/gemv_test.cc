@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -367,6 +369,26 @@ TEST(MoveToHugePages, KeepsValuesAndSharingAcrossViews) {
   }
   part.fill_(2);
   EXPECT_EQ(fused[600][3].item<float>(), 2);
+}
+
+TEST(EmptyOnHugePages, GivesAWritableTensorOfTheShapeAndDtype) {
+  at::InferenceMode guard;
+  const at::Tensor big = EmptyOnHugePages({3, 2, 16, 64 * 1024 + 3}, at::kBFloat16);  // ~12 MiB
+  EXPECT_EQ(big.sizes(), (std::vector<int64_t>{3, 2, 16, 64 * 1024 + 3}));
+  EXPECT_EQ(big.scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(big.is_contiguous());
+  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+  const std::string mode((std::istreambuf_iterator<char>(thp)), std::istreambuf_iterator<char>());
+  if (!mode.empty() && mode.find("[never]") == std::string::npos) {
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(big.data_ptr()) % (2 << 20), 0u);
+  }
+  big.fill_(1.5);
+  big[2][1][15][64 * 1024 + 2] = 3;  // the last element is inside the memory
+  EXPECT_EQ(big.sum(at::kDouble).item<double>(), 1.5 * (big.numel() - 1) + 3);
+  const at::Tensor small = EmptyOnHugePages({4, 4}, at::kFloat);  // below 2 MiB: a plain tensor
+  EXPECT_EQ(small.numel(), 16);
+  small.fill_(2);
+  EXPECT_EQ(small.sum().item<float>(), 32);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/llm/gemv.h"
 #include "core/nn/device.h"
 #include "core/nn/torch_util.h"
 #include "core/status.h"
@@ -35,9 +36,16 @@ absl::StatusOr<std::unique_ptr<PagedKVPool>> PagedKVPool::Create(const LlmConfig
     // path: a masked position's probability is 0, and 0 * NaN garbage would
     // be NaN); the CPU kernel reads only written positions.
     const bool zero = !UseCpuKernels(device);
+    // On the CPU, in 2 MiB pages (EmptyOnHugePages: a decode step reads
+    // blocks scattered over the pool): measured 5-7% less time in the decode
+    // attention (bench_gemv --only=attention).
+    auto layer = [&] {
+      at::Tensor t = device.is_cpu() ? EmptyOnHugePages(shape, dtype) : at::empty(shape, opts);
+      return zero ? t.zero_() : t;
+    };
     for (int l = 0; l < config.num_hidden_layers; ++l) {
-      pool->keys_.push_back(zero ? at::zeros(shape, opts) : at::empty(shape, opts));
-      pool->values_.push_back(zero ? at::zeros(shape, opts) : at::empty(shape, opts));
+      pool->keys_.push_back(layer());
+      pool->values_.push_back(layer());
     }
   });
   if (!s.ok()) {
