@@ -7,6 +7,12 @@
 #include <thread>
 #include <vector>
 
+#ifndef INTERNVL_NO_MEDIA
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#endif
+
 #include "core/preprocess/resize.h"
 #include "core/preprocess/tiling.h"
 #include "gtest/gtest.h"
@@ -137,6 +143,31 @@ TEST(WarmUpPreprocess, RunsAndLeavesResultsUnchanged) {
   auto after = DynamicPreprocess(im);
   ASSERT_TRUE(before.ok() && after.ok());
   EXPECT_EQ(before->data, after->data);
+}
+
+// After the warm-up, a 1920x1080 JPEG at the default options finds its
+// scratch buffers (decoded pixels, the resizes' intermediates) in the cache:
+// none is mapped fresh, so the cache does not grow.
+TEST(WarmUpPreprocess, LeavesScratchForAFullHdImage) {
+  WarmUpPreprocess();
+  const size_t warm = CachedScratchBytes();
+  EXPECT_GE(warm, size_t{1920} * 1080 * kRgbChannels);
+  const RgbImage im = Noise(1920, 1080, 5);
+#ifdef INTERNVL_NO_MEDIA
+  std::string file = "P6\n1920 1080\n255\n";  // (a PPM: the only format there)
+  file.append(reinterpret_cast<const char*>(im.data.data()), im.data.size());
+#else
+  // A JPEG: decoded by rows beside the resizes, into one more scratch buffer.
+  std::vector<uchar> jpeg;
+  cv::Mat bgr;
+  cv::cvtColor(cv::Mat(im.height, im.width, CV_8UC3, const_cast<uint8_t*>(im.data.data())), bgr, cv::COLOR_RGB2BGR);
+  ASSERT_TRUE(cv::imencode(".jpg", bgr, jpeg));
+  const std::string file(jpeg.begin(), jpeg.end());
+#endif
+  auto tiles = LoadImageTiles(file);
+  ASSERT_TRUE(tiles.ok()) << tiles.status();
+  EXPECT_EQ(tiles->count, 9);
+  EXPECT_EQ(CachedScratchBytes(), warm);
 }
 
 // Kept tile buffers come back with a previous image's bytes: the tiles are
