@@ -32,7 +32,6 @@ struct PagedContext {
   std::vector<int64_t> row_begin;     // first token row of each sequence in the batch
   at::Tensor slot_block;              // int64 [N]: block of each fed token
   at::Tensor slot_offset;             // int64 [N]: its slot in the block
-  std::vector<int64_t> slot_block_host, slot_offset_host;  // the same, on the host
   std::vector<int64_t> decode_seqs;   // indices of sequences feeding one token
   std::vector<int64_t> prefill_seqs;  // the others
   // The decoding sequences where the CPU kernel does not run (other devices,
@@ -48,6 +47,8 @@ struct PagedContext {
     at::Tensor rows, blocks, masked;
   };
   std::vector<DecodeGroup> decode_groups;
+  // slot_block and slot_offset on the host.
+  std::vector<int64_t> slot_block_host, slot_offset_host;
 };
 
 // Builds the shared part for `seqs` over `pool` (validated by the caller).
