@@ -106,10 +106,10 @@ at::Tensor BatchedDecodeAttention(const at::Tensor& q, const at::Tensor& kc, con
 
 // Stores the fed tokens' rows [N, KV, d] (in the pool's dtype) at their
 // (block, slot) positions of a [blocks, KV, bs, d] pool. On the CPU, a copy
-// per token and kv head: index_put_ on the permuted view cost ~25 us per
-// call, 2 per layer and step (~2.5 ms of a 66 ms decode step measured by
-// perf on bench_decode). Elsewhere, or with a slot outside the pool, one
-// index_put_ (which refuses such a slot).
+// per token and kv head: index_put_ on the permuted view cost ~55 us per
+// call, 2 per layer and step (~2.6 ms per token, 4% of the decoding thread
+// in a perf profile of bench_decode). Elsewhere, or with a slot outside the
+// pool, one index_put_ (which refuses such a slot).
 void WriteSlots(at::Tensor& pool, const at::Tensor& rows, const PagedContext& ctx) {
   at::Tensor src = rows.to(pool.scalar_type());
   const int64_t n = static_cast<int64_t>(ctx.slot_block_host.size());
