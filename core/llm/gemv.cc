@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/core/StorageImpl.h>
+#include <c10/util/accumulate.h>
 #include <malloc.h>
 #include <sys/mman.h>
 
@@ -663,9 +664,7 @@ int64_t MoveToHugePages(const std::vector<at::Tensor>& tensors) {
 }
 
 at::Tensor EmptyOnHugePages(at::IntArrayRef shape, at::ScalarType dtype) {
-  int64_t numel = 1;
-  for (int64_t d : shape) numel *= d;
-  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(shape)) * c10::elementSize(dtype);
   void* mem = AllocHuge(bytes);
   if (mem == nullptr) return at::empty(shape, at::TensorOptions().dtype(dtype));
   return at::from_blob(mem, shape, &FreeHuge, at::TensorOptions().dtype(dtype));

@@ -278,7 +278,9 @@ namespace {
 std::string WarmUpImage(int width, int height) {
 #ifdef INTERNVL_NO_MEDIA
   std::string ppm = "P6\n" + std::to_string(width) + " " + std::to_string(height) + "\n255\n";
-  for (int i = 0; i < width * height; ++i) ppm += "\xE0\x80\x20";
+  const size_t header = ppm.size();
+  ppm.resize(header + size_t{3} * width * height);
+  for (size_t i = header; i < ppm.size(); i += 3) ppm.replace(i, 3, "\xE0\x80\x20");
   return ppm;
 #else
   const cv::Mat bgr(height, width, CV_8UC3, cv::Scalar(32, 128, 224));
@@ -301,16 +303,17 @@ void WarmUpPreprocess() {
   if (!tiles.ok()) return;
   std::vector<float> pixels(static_cast<size_t>(tiles->count) * kRgbChannels * tiles->size * tiles->size);
   NormalizeTiles(*tiles, pixels.data());
-  // A 1920x1080 image at the default options (a 4x2 grid and a thumbnail):
-  // the scratch cache then holds, faulted in, the decoded pixels and both
-  // resizes' intermediates of a full-HD image (~14 MB; smaller images reuse
-  // them). Without it the first such request mapped them fresh: 2 MiB pages
-  // zeroed (and compacted) on first touch, 3-4 ms more than the next request
-  // (bench_preprocess, first call after the warm-up).
-  // Its tiles go into a kept tile buffer for the default max_num (12 +
-  // thumbnail at 448), faulted in (zero-filled) now.
+  // A tile buffer for the default max_num (12 + thumbnail at 448), faulted
+  // in (zero-filled) now and kept.
   constexpr size_t kWarmTiles = 13, kWarmSide = 448;
   RecycleImageBuffer(std::vector<uint8_t>(kWarmTiles * kWarmSide * kWarmSide * kRgbChannels));
+  // A 1920x1080 image at the default options (a 4x2 grid and a thumbnail),
+  // its tiles in that buffer: the scratch cache then holds, faulted in, the
+  // decoded pixels and both resizes' intermediates of a full-HD image (~14
+  // MB; smaller images reuse them). Without it the first such request mapped
+  // them fresh: 2 MiB pages zeroed (and compacted) on first touch, 3-4 ms
+  // more than the next request (bench_preprocess, first call after the
+  // warm-up).
   auto full_hd = LoadImageTiles(WarmUpImage(1920, 1080), TilingOptions());
   if (full_hd.ok()) RecycleImageBuffer(std::move(full_hd->data));
 }
