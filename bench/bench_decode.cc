@@ -13,12 +13,12 @@
 // --batch=N also decodes N sequences together (one batched step per token,
 // the engine's continuous batching): ms/step and aggregate tokens/s against
 // batch 1.
-// --kv-dtype=bf16 keeps the KV cache in bf16 under fp32 compute (the
-// engine's --kv-cache-dtype bf16).
+// --kv-dtype=auto|bf16|fp32 as the engine's --kv-cache-dtype (auto: the
+// weights' dtype, so bf16 weights keep a bf16 cache under fp32 compute).
 // The steps run CausalLM::ForwardPaged over a paged KV pool, as the engine
 // does, without its scheduler and threads.
 // Usage: bench_decode [--threads=N] [--dtypes=bf16,fp32] [--decode=N] [--prompt=N] [--batch=N] [--libtorch]
-//                     [--kv-dtype=auto|bf16]
+//                     [--kv-dtype=auto|bf16|fp32]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
@@ -190,7 +190,7 @@ absl::StatusOr<Precision> ParsePrecision(const std::string& name) {
 int Run(int argc, char** argv) {
   int threads = 2, decode_tokens = 32, prompt = 5 * 256 + 40, batch = 1;
   bool libtorch = false;
-  std::optional<at::ScalarType> kv_dtype;  // the compute dtype
+  at::ScalarType kv_dtype = at::ScalarType::Undefined;  // auto: the model's DefaultKvDtype
   std::vector<std::string> dtypes = {"bf16", "fp32"};
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
@@ -209,13 +209,15 @@ int Run(int argc, char** argv) {
       libtorch = true;
     } else if (a == "--kv-dtype=bf16") {
       kv_dtype = at::kBFloat16;
+    } else if (a == "--kv-dtype=fp32") {
+      kv_dtype = at::kFloat;
     } else if (a == "--kv-dtype=auto") {
-      kv_dtype.reset();
+      kv_dtype = at::ScalarType::Undefined;
     } else {
       std::fprintf(
           stderr,
           "usage: %s [--threads=N] [--dtypes=bf16,fp32,bf16-compute,bf16+int8,bf16+int4] [--decode=N] [--prompt=N] "
-          "[--batch=N] [--libtorch] [--kv-dtype=auto|bf16]\n",
+          "[--batch=N] [--libtorch] [--kv-dtype=auto|bf16|fp32]\n",
           argv[0]);
       return 2;
     }
@@ -245,14 +247,14 @@ int Run(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", lm.status().ToString().c_str());
       return 1;
     }
+    const at::ScalarType kv = kv_dtype == at::ScalarType::Undefined ? (*lm)->DefaultKvDtype() : kv_dtype;
     std::printf(
         "\n[%s] weights %s, compute %s, KV cache %s: %.1fM parameters, %.0f MB read per token, built in %.1f s\n",
-        name.c_str(), (*lm)->weight_format().c_str(), c10::toString(precision->compute),
-        c10::toString(kv_dtype.value_or((*lm)->dtype())), (*lm)->num_parameters() / 1e6,
-        (*lm)->decode_weight_bytes() / 1e6, bench::NowSeconds() - t0);
-    Sequences seqs(**lm, 1, prompt + decode_tokens + 1, kv_dtype);
+        name.c_str(), (*lm)->weight_format().c_str(), c10::toString(precision->compute), c10::toString(kv),
+        (*lm)->num_parameters() / 1e6, (*lm)->decode_weight_bytes() / 1e6, bench::NowSeconds() - t0);
+    Sequences seqs(**lm, 1, prompt + decode_tokens + 1, kv);
     if (!seqs.ok()) {
-      std::fprintf(stderr, "no KV pool for this dtype (--kv-dtype=bf16 needs fp32 or bf16 compute)\n");
+      std::fprintf(stderr, "no KV pool of %s for this model (fp32 needs fp32 compute)\n", c10::toString(kv));
       return 1;
     }
     const at::Tensor embeds = at::randn({prompt, config.hidden_size}).mul_(0.02);
@@ -319,7 +321,7 @@ int Run(int argc, char** argv) {
                 OverheadMsPerToken(*precision));
     if (batch > 1) {
       // The same prompt length, `batch` sequences decoding together.
-      Sequences many(**lm, batch, prompt + decode_tokens + 1, kv_dtype);
+      Sequences many(**lm, batch, prompt + decode_tokens + 1, kv);
       if (!many.ok() || !many.Prefill(embeds).ok()) return 1;
       std::vector<double> batched;
       for (int i = 0; i < decode_tokens; ++i) {

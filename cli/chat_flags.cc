@@ -141,8 +141,8 @@ std::vector<FlagSpec> EngineFlags() {
       {"kv-cache-bytes", "KV cache budget in bytes (0 = --kv-cache-fraction of the memory limit)", true, false, "0"},
       {"kv-cache-fraction", "KV cache budget as a fraction of physical (or cgroup) memory", true, false, "0.25"},
       {"kv-cache-dtype",
-       "KV cache elements: auto (the compute dtype) or bf16 (half the bytes under fp32 compute; K/V rounded to bf16 "
-       "as the official bf16 model keeps them)",
+       "KV cache elements: auto (the weights' dtype: bf16 for a bf16 model, K/V rounded to bf16 as the official bf16 "
+       "model keeps them, half the bytes of fp32), bf16 or fp32 (exact where the model computes in fp32)",
        true, false, "auto"},
       {"block-size", "positions per KV cache block (prefix-reuse granularity)", true, false, "16"},
       {"max-num-seqs", "sequences decoding together at most", true, false, "32"},

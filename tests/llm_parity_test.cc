@@ -105,8 +105,10 @@ at::Tensor InputEmbeds(CausalLM& lm, const Fixture& f, const at::Tensor& ids, co
 }
 
 // An engine over `lm`, greedy requests for a case's ids + image rows.
-std::unique_ptr<LlmEngine> Engine(std::unique_ptr<CausalLM> lm, int64_t max_batched_tokens = 512) {
+std::unique_ptr<LlmEngine> Engine(std::unique_ptr<CausalLM> lm, int64_t max_batched_tokens = 512,
+                                  const std::string& kv_cache_dtype = "auto") {
   LlmEngineOptions o;
+  o.kv_cache_dtype = kv_cache_dtype;
   o.kv_cache_bytes = int64_t{64} << 20;
   o.max_batched_tokens = max_batched_tokens;
   o.threads = 2;
@@ -447,8 +449,9 @@ TEST_P(LlmParity, Bf16WeightsFp32ComputeMatchReference) {
     }
   }
   // The fp32 reference's greedy margins are all > 1e-3, far above these
-  // errors: every id must match, under every kernel.
-  auto engine = Engine(std::move(*lm));
+  // errors: every id must match, under every kernel (with the exact fp32
+  // cache: the default for bf16 weights rounds K/V to bf16).
+  auto engine = Engine(std::move(*lm), 512, "fp32");
   ASSERT_NE(engine, nullptr);
   for (GemvKernel kernel : kernels) {
     ASSERT_TRUE(ForceGemvKernel(kernel));

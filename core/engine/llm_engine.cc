@@ -160,9 +160,9 @@ absl::Status ScaleCompress(const llm::CausalLM& lm, EngineRequest& request, ScmO
 
 absl::Status LlmEngineOptions::Validate() const {
   INTERNVL_RETURN_IF_ERROR(llm::ParseQuantization(quantize).status());
-  if (kv_cache_dtype != "auto" && kv_cache_dtype != "bf16") {
+  if (kv_cache_dtype != "auto" && kv_cache_dtype != "bf16" && kv_cache_dtype != "fp32") {
     return absl::InvalidArgumentError(
-        absl::StrCat("kv_cache_dtype must be auto or bf16, got \"", kv_cache_dtype, "\""));
+        absl::StrCat("kv_cache_dtype must be auto, bf16 or fp32, got \"", kv_cache_dtype, "\""));
   }
   INTERNVL_RETURN_IF_ERROR(ParseDevice(device).status());
   if (kv_cache_bytes < 0) return absl::InvalidArgumentError("kv_cache_bytes must be >= 0");
@@ -254,7 +254,13 @@ absl::StatusOr<std::unique_ptr<LlmEngine>> CreateLlmEngine(std::unique_ptr<llm::
     budget = std::min(static_cast<int64_t>(options.kv_cache_fraction * memory.total_bytes),
                       static_cast<int64_t>(0.9 * memory.free_bytes));
   }
-  const at::ScalarType kv_dtype = options.kv_cache_dtype == "bf16" ? at::kBFloat16 : lm->dtype();
+  const at::ScalarType kv_dtype = options.kv_cache_dtype == "bf16"   ? at::kBFloat16
+                                  : options.kv_cache_dtype == "fp32" ? at::kFloat
+                                                                     : lm->DefaultKvDtype();
+  if (!lm->ServesKvDtype(kv_dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat("kv_cache_dtype ", options.kv_cache_dtype,
+                                                   ": this model computes in bf16 and keeps a bf16 cache only"));
+  }
   const int64_t per_block = llm::PagedKVPool::BytesPerBlock(lm->config(), options.block_size, kv_dtype);
   engine::SchedulerConfig sc;
   sc.block_size = options.block_size;

@@ -57,10 +57,12 @@ struct LlmEngineOptions {
   // its memory, and at most 90% of what is free once the weights are in).
   int64_t kv_cache_bytes = 0;
   double kv_cache_fraction = 0.25;
-  // "auto" (the compute dtype) or "bf16": K/V stored rounded to bf16 under
-  // fp32 compute (as the official bf16 model keeps them), half the bytes per
-  // position: twice the cached positions for a budget, and less to read per
-  // decode step. Attention still computes in fp32.
+  // "auto" (the weights' dtype: CausalLM::DefaultKvDtype), "bf16" or "fp32".
+  // A bf16 cache under fp32 compute (bf16 weights on a CPU without native
+  // bf16 matmuls) stores K/V rounded to bf16 as the official bf16 model
+  // keeps them: half the bytes per position, so twice the cached positions
+  // for a budget and less to read per decode step; attention still computes
+  // in fp32. "fp32" keeps them exact where the model computes in fp32.
   std::string kv_cache_dtype = "auto";
   int block_size = 16;               // positions per KV block (the prefix-reuse granularity)
   int max_num_seqs = 32;             // sequences decoding together at most

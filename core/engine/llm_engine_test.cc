@@ -14,6 +14,7 @@
 #include "core/nn/torch_util.h"
 #include "core/testing/test_device.h"
 #include "core/vision/vision_model_torch.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace internvl {
@@ -329,6 +330,36 @@ TEST(LlmEngine, Bf16KvCacheHoldsTwiceThePositions) {
   EXPECT_EQ(b->token_ids[0], a->token_ids[0]);
   o.kv_cache_dtype = "fp8";
   EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// --kv-cache-dtype auto follows the weights: a bf16 model keeps a bf16 cache
+// also where it computes in fp32 (as the official bf16 model and as CPUs
+// with native bf16); fp32 keeps it exact there; a model computing in bf16
+// refuses an fp32 cache.
+TEST(LlmEngine, AutoKvCacheFollowsTheWeights) {
+  auto engine = [](llm::Precision precision, const std::string& kv) -> absl::StatusOr<std::unique_ptr<LlmEngine>> {
+    auto lm = llm::CausalLM::CreateRandom(Config(LlmArch::kQwen2), testing::OnTestDevice(precision), 21, 0.3);
+    EXPECT_TRUE(lm.ok()) << lm.status();
+    LlmEngineOptions o;
+    o.kv_cache_bytes = int64_t{4} << 20;
+    o.kv_cache_dtype = kv;
+    o.device = testing::TestDevice();
+    return CreateLlmEngine(std::move(*lm), o);
+  };
+  const llm::Precision bf16_weights{at::kFloat, at::kBFloat16};
+  auto a = engine(bf16_weights, "auto");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ((*a)->kv_cache_dtype_name(), "bf16");
+  auto exact = engine(bf16_weights, "fp32");
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  EXPECT_EQ((*exact)->kv_cache_dtype_name(), "fp32");
+  EXPECT_EQ((*exact)->stats().kv_blocks_total * 2, (*a)->stats().kv_blocks_total);
+  auto fp32 = engine(llm::Precision::Uniform(at::kFloat), "auto");
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  EXPECT_EQ((*fp32)->kv_cache_dtype_name(), "fp32");
+  auto refused = engine(llm::Precision::Uniform(at::kBFloat16), "fp32");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()), ::testing::HasSubstr("kv_cache_dtype"));
 }
 
 TEST(LlmEngine, DeadlineAndHandleCancel) {

@@ -190,6 +190,12 @@ class CausalLM {
   bool ServesKvDtype(at::ScalarType dtype) const {
     return dtype == dtype_ || (dtype == at::kBFloat16 && dtype_ == at::kFloat);
   }
+  // The KV cache dtype of `--kv-cache-dtype auto` (as vLLM's auto, the
+  // model's dtype): the weights' dtype, so a bf16 model keeps a bf16 cache
+  // as the official bf16 model does, on every CPU (where bf16 weights compute
+  // in fp32 too: half the bytes per position, and the same capacity for a
+  // budget as on a CPU that computes in bf16); fp32 weights an fp32 cache.
+  at::ScalarType DefaultKvDtype() const { return ServesKvDtype(weight_dtype_) ? weight_dtype_ : dtype_; }
 
   // One batched step of the serving engine. `inputs_embeds` [N, H] holds the
   // fed tokens of every sequence of `seqs`, concatenated in order (their

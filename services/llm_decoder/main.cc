@@ -29,7 +29,7 @@ ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = all cores)");
 ABSL_FLAG(int64_t, kv_cache_bytes, 0, "KV cache budget in bytes (0 = --kv-cache-fraction of physical memory)");
 ABSL_FLAG(double, kv_cache_fraction, 0.25, "KV cache budget as a fraction of physical memory, when no bytes given");
 ABSL_FLAG(std::string, kv_cache_dtype, "auto",
-          "KV cache elements: auto (the compute dtype) or bf16 (half the bytes under fp32 compute)");
+          "KV cache elements: auto (the weights' dtype), bf16 or fp32 (exact where the model computes in fp32)");
 ABSL_FLAG(int, block_size, 16, "positions per KV cache block (the prefix-reuse granularity)");
 ABSL_FLAG(int, max_num_seqs, 32, "sequences decoding together at most (the batch)");
 ABSL_FLAG(int64_t, max_batched_tokens, 512, "tokens per engine step: decodes first, then prompt chunks");
