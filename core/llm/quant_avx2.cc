@@ -26,9 +26,8 @@ inline __m256 DotInt8(__m256i w_abs, __m256i w, __m256i x, __m256i ones) {
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
 }
 
-inline __m256 DotU4(__m256i w, __m256i x, __m256i ones) {
-  return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones));
-}
+// 16 16-bit sums of products, as 8 fp32 pair sums.
+inline __m256 Widen(__m256i pairs, __m256i ones) { return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)); }
 
 template <int kRows>
 void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m) {
@@ -56,7 +55,11 @@ void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m) {
   }
 }
 
-template <int kRows>
+// kSpan: inputs sharing one activation scale (Activations::span). With 64,
+// the two blocks of each half share it and their 16-bit products are added
+// before widening; with 128 (groups of 128 multiples: both halves of a chunk
+// in one group) all four are, into the low half's accumulator.
+template <int kRows, int kSpan>
 void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
   const Activations& a = *p.a;
   const int64_t blocks = a.inp / kBlock, groups = a.inp / p.group, row_bytes = a.inp / 2;
@@ -90,7 +93,7 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
       }
       while (k >= lo_end) ++lo_group, lo_end += p.group;
     }
-    if (k + 64 >= hi_end) {
+    if (kSpan < 128 && k + 64 >= hi_end) {
 #pragma GCC unroll 4
       for (int i = 0; i < kRows; ++i) {
         acc[i] = _mm256_fmadd_ps(hi[i], _mm256_broadcast_ss(scale[i] + hi_group), acc[i]);
@@ -109,16 +112,28 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
     for (int i = 0; i < kRows; ++i) {
       const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + k / 2));
       const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + k / 2 + 32));
-      lo[i] = _mm256_fmadd_ps(DotU4(_mm256_and_si256(v0, low), x0, ones), d0, lo[i]);
-      hi[i] = _mm256_fmadd_ps(DotU4(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), x2, ones), d2, hi[i]);
-      lo[i] = _mm256_fmadd_ps(DotU4(_mm256_and_si256(v1, low), x1, ones), d1, lo[i]);
-      hi[i] = _mm256_fmadd_ps(DotU4(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), x3, ones), d3, hi[i]);
+      const __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(v0, low), x0);
+      const __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(v1, low), x1);
+      const __m256i p2 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), x2);
+      const __m256i p3 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), x3);
+      if constexpr (kSpan == 32) {
+        lo[i] = _mm256_fmadd_ps(Widen(p0, ones), d0, lo[i]);
+        hi[i] = _mm256_fmadd_ps(Widen(p2, ones), d2, hi[i]);
+        lo[i] = _mm256_fmadd_ps(Widen(p1, ones), d1, lo[i]);
+        hi[i] = _mm256_fmadd_ps(Widen(p3, ones), d3, hi[i]);
+      } else if constexpr (kSpan == 64) {
+        lo[i] = _mm256_fmadd_ps(Widen(_mm256_add_epi16(p0, p1), ones), d0, lo[i]);
+        hi[i] = _mm256_fmadd_ps(Widen(_mm256_add_epi16(p2, p3), ones), d2, hi[i]);
+      } else {
+        const __m256i sum = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+        lo[i] = _mm256_fmadd_ps(Widen(sum, ones), d0, lo[i]);
+      }
     }
   }
 #pragma GCC unroll 4
   for (int i = 0; i < kRows; ++i) {
     acc[i] = _mm256_fmadd_ps(lo[i], _mm256_broadcast_ss(scale[i] + lo_group), acc[i]);
-    acc[i] = _mm256_fmadd_ps(hi[i], _mm256_broadcast_ss(scale[i] + hi_group), acc[i]);
+    if (kSpan < 128) acc[i] = _mm256_fmadd_ps(hi[i], _mm256_broadcast_ss(scale[i] + hi_group), acc[i]);
   }
   // The zero points' term, sum_g zmin[g] * gsum[g], in the same lanes (8
   // groups at a time, a masked last load; the scalar loop it replaces kept
@@ -148,20 +163,23 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
 
 }  // namespace
 
-int32_t QuantizeBlockAvx2(const float* x, int8_t* q, float* scale, int32_t* corr, float* lane_d) {
-  // amax (exact in any order), then the portable code's arithmetic: scale =
-  // amax / 127, inv = 127 / amax, q = nearbyint(x * inv) (vcvtps2dq rounds to
-  // nearest even under the default MXCSR, as nearbyint), within [-127, 127].
+float AbsMaxAvx2(const float* x, int64_t n) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  __m256 v[4];
-  for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(x + 8 * j);
-  __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
-                           _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)));
+  __m256 m = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n; k += 8) m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(x + k), abs_mask));
   __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
   m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
   m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-  const float amax = _mm_cvtss_f32(m4);
-  *scale = amax / 127.0f;
+  return _mm_cvtss_f32(m4);
+}
+
+int32_t QuantizeBlockAvx2(const float* x, float amax, int8_t* q, int32_t* corr, float* lane_d) {
+  // The portable code's arithmetic: scale = amax / 127, inv = 127 / amax,
+  // q = nearbyint(x * inv) (vcvtps2dq rounds to nearest even under the
+  // default MXCSR, as nearbyint), within [-127, 127].
+  __m256 v[4];
+  for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(x + 8 * j);
+  const float scale = amax / 127.0f;
   const __m256 inv = _mm256_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
   __m256i qi[4];
   for (int j = 0; j < 4; ++j) qi[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], inv));
@@ -175,7 +193,7 @@ int32_t QuantizeBlockAvx2(const float* x, int8_t* q, float* scale, int32_t* corr
   // pairs of pairs.
   const __m256i lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), p8), _mm256_set1_epi16(1));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(corr), _mm256_mullo_epi32(lanes, _mm256_set1_epi32(-128)));
-  _mm256_storeu_ps(lane_d, _mm256_set1_ps(*scale));
+  _mm256_storeu_ps(lane_d, _mm256_set1_ps(scale));
   __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(lanes), _mm256_extracti128_si256(lanes, 1));
   s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
   s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
@@ -193,12 +211,24 @@ void Int8RowsAvx2(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
   });
 }
 
-void Int4RowsAvx2(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
+namespace {
+template <int kSpan>
+void Int4Rows(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
   VisitRows(row_begin, row_end, p.a->m == 1, [&](const int64_t* rows, int n) {
     for (int64_t m = 0; m < p.a->m; ++m) {
-      n == 4 ? Int4Block<4>(p, rows, m) : n == 2 ? Int4Block<2>(p, rows, m) : Int4Block<1>(p, rows, m);
+      n == 4   ? Int4Block<4, kSpan>(p, rows, m)
+      : n == 2 ? Int4Block<2, kSpan>(p, rows, m)
+               : Int4Block<1, kSpan>(p, rows, m);
     }
   });
+}
+}  // namespace
+
+void Int4RowsAvx2(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
+  // A span of 128 needs both halves of every chunk in one group.
+  if (p.a->span == 128 && p.group % 128 == 0) return Int4Rows<128>(p, row_begin, row_end);
+  if (p.a->span >= 64) return Int4Rows<64>(p, row_begin, row_end);
+  Int4Rows<32>(p, row_begin, row_end);
 }
 
 }  // namespace internvl::llm::quant

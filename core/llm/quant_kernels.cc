@@ -11,6 +11,7 @@ void Activations::Prepare(const float* x, int64_t rows, int64_t in, int64_t padd
   m = rows;
   inp = padded;
   group = group_size;
+  span = SpanFor(group);
   const int64_t blocks = inp / kBlock, lanes = inp / 4;
   xq.assign(static_cast<size_t>(m * inp), 0);
   d.assign(static_cast<size_t>(m * blocks), 0.0f);
@@ -20,34 +21,40 @@ void Activations::Prepare(const float* x, int64_t rows, int64_t in, int64_t padd
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * in;
     int8_t* q = xq.data() + r * inp;
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t k0 = b * kBlock, k1 = std::min(in, k0 + kBlock);
-      if (avx2 && k1 - k0 == kBlock) {
-        float scale;
-        const int32_t sum = QuantizeBlockAvx2(xr + k0, q + k0, &scale, corr.data() + r * lanes + k0 / 4,
-                                              lane_d.data() + r * lanes + k0 / 4);
-        d[r * blocks + b] = scale;
-        if (group > 0) gsum[r * (inp / group) + k0 / group] += scale * static_cast<float>(sum);
-        continue;
-      }
+    for (int64_t s0 = 0; s0 < inp; s0 += span) {
+      // The span's absolute maximum (exact in any order), its inputs beyond
+      // `in` being zeros.
+      const int64_t s1 = std::min(in, s0 + span);
       float amax = 0;
-      for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xr[k]));
+      if (avx2 && s1 - s0 == span) {
+        amax = AbsMaxAvx2(xr + s0, span);
+      } else {
+        for (int64_t k = s0; k < s1; ++k) amax = std::max(amax, std::fabs(xr[k]));
+      }
       const float scale = amax / 127.0f;
       const float inv = amax > 0 ? 127.0f / amax : 0.0f;
-      int32_t sum = 0;
-      for (int64_t k = k0; k < k1; ++k) {
-        const int v = static_cast<int>(std::nearbyint(xr[k] * inv));
-        q[k] = static_cast<int8_t>(std::clamp(v, -127, 127));
-        sum += q[k];
+      for (int64_t k0 = s0; k0 < s0 + span; k0 += kBlock) {
+        const int64_t b = k0 / kBlock, k1 = std::clamp<int64_t>(in, k0, k0 + kBlock);
+        d[r * blocks + b] = scale;
+        int32_t sum = 0;
+        if (avx2 && k1 - k0 == kBlock) {
+          sum = QuantizeBlockAvx2(xr + k0, amax, q + k0, corr.data() + r * lanes + k0 / 4,
+                                  lane_d.data() + r * lanes + k0 / 4);
+        } else {
+          for (int64_t k = k0; k < k1; ++k) {
+            const int v = static_cast<int>(std::nearbyint(xr[k] * inv));
+            q[k] = static_cast<int8_t>(std::clamp(v, -127, 127));
+            sum += q[k];
+          }
+          for (int64_t l = k0 / 4; l < (k0 + kBlock) / 4; ++l) {
+            int32_t lane = 0;
+            for (int j = 0; j < 4; ++j) lane += q[4 * l + j];
+            corr[r * lanes + l] = -128 * lane;
+            lane_d[r * lanes + l] = scale;
+          }
+        }
+        if (group > 0) gsum[r * (inp / group) + k0 / group] += scale * static_cast<float>(sum);
       }
-      d[r * blocks + b] = scale;
-      for (int64_t l = k0 / 4; l < (k0 + kBlock) / 4; ++l) {
-        int32_t lane = 0;
-        for (int j = 0; j < 4; ++j) lane += q[4 * l + j];
-        corr[r * lanes + l] = -128 * lane;
-        lane_d[r * lanes + l] = scale;
-      }
-      if (group > 0) gsum[r * (inp / group) + k0 / group] += scale * static_cast<float>(sum);
     }
   }
 }
@@ -101,7 +108,8 @@ void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end) 
 }
 
 #ifndef INTERNVL_HAVE_AVX2_GEMV
-int32_t QuantizeBlockAvx2(const float*, int8_t*, float*, int32_t*, float*) { std::abort(); }
+int32_t QuantizeBlockAvx2(const float*, float, int8_t*, int32_t*, float*) { std::abort(); }
+float AbsMaxAvx2(const float*, int64_t) { std::abort(); }
 void Int8RowsAvx2(const Int8Problem& p, int64_t b, int64_t e) { Int8RowsPortable(p, b, e); }
 void Int4RowsAvx2(const Int4Problem& p, int64_t b, int64_t e) { Int4RowsPortable(p, b, e); }
 #endif

@@ -4,9 +4,13 @@
 // Weights: int8 (one scale per output row, symmetric, values in [-127, 127])
 // or int4 (unsigned 0..15 with a scale and a zero point per output row and
 // group of `group` inputs, as AWQ stores them). Inputs: each input row is
-// quantized on the fly to int8 in blocks of 32 values (one fp32 scale per
-// block, as llama.cpp's Q8 activations), so the inner products are integer
-// (VNNI vpdpbusd, or AVX2 vpmaddubsw) and only each block's sum is scaled:
+// quantized on the fly to int8 in blocks of 32 values, so the inner products
+// are integer (VNNI vpdpbusd, or AVX2 vpmaddubsw) and only each block's sum
+// is scaled. The blocks of one span share their scale: spans of 32 inputs
+// for int8 (llama.cpp's Q8_0), of 128 for int4 (64 where the group is not a
+// multiple of 128; llama.cpp's Q8_K spans 256), so the AVX2 int4 kernel
+// adds a span's 16-bit products (each at most 2 x 15 x 127, four of them
+// within 16 bits) before widening and scaling them once:
 //   int8: y[m][r] = scale[r] * sum_b d[m][b] * sum_{k in b} w[r][k] xq[m][k]
 //   int4: y[m][r] = sum_g scale[r][g] * (sum_{b in g} d[m][b] * sum_{k in b} q[r][k] xq[m][k])
 //                   + sum_g zmin[r][g] * gsum[m][g]      (zmin = -zero * scale,
@@ -28,7 +32,7 @@
 
 namespace internvl::llm::quant {
 
-inline constexpr int64_t kBlock = 32;    // inputs per activation scale
+inline constexpr int64_t kBlock = 32;    // inputs per activation block (one entry of `d`)
 inline constexpr int64_t kChunk = 64;    // int8: inputs per kernel step (and padding unit)
 inline constexpr int64_t kChunk4 = 128;  // int4: inputs per kernel step (and padding unit)
 
@@ -37,6 +41,7 @@ struct Activations {
   int64_t m = 0;
   int64_t inp = 0;            // padded row length (multiple of the weights' chunk)
   int64_t group = 0;          // int4 group size (gsum), 0 for int8
+  int64_t span = kBlock;      // inputs sharing one scale (SpanFor): the blocks of a span have equal `d`
   std::vector<int8_t> xq;     // [m][inp]
   std::vector<float> d;       // [m][inp / 32] block scales
   std::vector<int32_t> corr;  // [m][inp / 4]: -128 * sum of each 4-input lane (VNNI int8 kernel)
@@ -48,6 +53,9 @@ struct Activations {
   // finite inputs (a NaN makes its block's scale NaN there, where the portable
   // maximum skips it).
   void Prepare(const float* x, int64_t m, int64_t in, int64_t inp, int64_t group, bool avx2 = false);
+  // kBlock for int8 (group 0); 128 for int4 groups that are multiples of
+  // 128, else 64 (int4 groups are multiples of 64).
+  static int64_t SpanFor(int64_t group) { return group == 0 ? kBlock : group % 128 == 0 ? 128 : 64; }
 };
 
 struct Int8Problem {
@@ -72,10 +80,12 @@ struct Int4Problem {
   uint16_t* y_bf16 = nullptr;
 };
 
-// One whole block of 32 inputs quantized as Activations::Prepare does:
-// q[0, 32), the block scale, each 4-input lane's corr and lane_d; returns the
-// sum of q. AVX2; only when CpuHasAvx2Fma().
-int32_t QuantizeBlockAvx2(const float* x, int8_t* q, float* scale, int32_t* corr, float* lane_d);
+// One whole block of 32 inputs quantized as Activations::Prepare does with
+// its span's absolute maximum `amax`: q[0, 32), each 4-input lane's corr and
+// lane_d (amax / 127); returns the sum of q. AVX2; only when CpuHasAvx2Fma().
+int32_t QuantizeBlockAvx2(const float* x, float amax, int8_t* q, int32_t* corr, float* lane_d);
+// max |x[k]| over k < n (n a multiple of 8). AVX2; only when CpuHasAvx2Fma().
+float AbsMaxAvx2(const float* x, int64_t n);
 
 // Output rows [row_begin, row_end) for every input row.
 void Int8RowsPortable(const Int8Problem& p, int64_t row_begin, int64_t row_end);

@@ -96,9 +96,9 @@ TEST_F(QuantTest, AwqRejectsInconsistentTensors) {
 }
 
 // Decode rows through every kernel this CPU runs against the dequantized
-// weights in fp64: the only error is the inputs' int8 rounding (blocks of 32:
-// ~0.4% of each block's largest value), and the kernels agree with each other
-// to fp32 summation order.
+// weights in fp64: the only error is the inputs' int8 rounding (~0.4% of the
+// largest value of each span: 32 inputs for int8, 64 or 128 for int4), and
+// the kernels agree with each other to fp32 summation order.
 TEST_F(QuantTest, KernelsMatchTheDequantizedProduct) {
   at::InferenceMode guard;
   at::manual_seed(2);
