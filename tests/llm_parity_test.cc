@@ -310,6 +310,29 @@ std::string DivergenceString(const std::optional<size_t>& p, const GreedyRule& r
   return absl::StrCat("first diff at ", *p, " (fp32 margin ", rule.fp32_margins.at(*p), ")");
 }
 
+// Greedy ids of every case through `engine` under each of `kernels`, held
+// to that case's GreedyRule; `what` names the path in the messages.
+void ExpectGreedyByRule(LlmEngine& engine, const Fixture& f, const std::string& model, const std::string& what,
+                        const std::vector<GemvKernel>& kernels, const std::map<char, GreedyRule>& rules) {
+  for (GemvKernel kernel : kernels) {
+    ASSERT_TRUE(ForceGemvKernel(kernel));
+    for (char c : kCases) {
+      SCOPED_TRACE(absl::StrCat(model, " ", what, ", case ", std::string(1, c), ", kernel ", GemvKernelName(kernel)));
+      auto result = engine.Generate(Greedy(f, f.Get(Key(c, "_input_ids")), VitEmbedsFor(f, c)));
+      ASSERT_TRUE(result.ok()) << result.status();
+      const std::vector<int64_t> got = Ids(*result), want = ToVector(f.Get(Key(c, "_generated_ids")));
+      const GreedyRule& rule = rules.at(c);
+      EXPECT_EQ(rule.Check(got, want), "") << "got " << absl::StrJoin(got, ",") << " want " << absl::StrJoin(want, ",");
+      const std::optional<size_t> p = FirstDivergence(got, want);
+      std::printf("[parity] %s %c %s greedy (%s): %s; official bf16: %s; flip margin %.3f\n", model.c_str(), c,
+                  what.c_str(), GemvKernelName(kernel), DivergenceString(p, rule).c_str(),
+                  rule.official_first_div ? absl::StrCat("first diff at ", *rule.official_first_div).c_str()
+                                          : "identical",
+                  rule.flip_margin);
+    }
+  }
+}
+
 // Turns libtorch's use of oneDNN off for a scope (restored after).
 struct OneDnnOffInScope {
   OneDnnOffInScope() : was(at::globalContext().userEnabledMkldnn()) { at::globalContext().setUserEnabledMkldnn(false); }
@@ -508,20 +531,7 @@ TEST_P(LlmParity, Bf16KvCacheWithinTwiceOfficialError) {
   auto engine = Engine(std::move(*lm));
   ASSERT_NE(engine, nullptr);
   ASSERT_EQ(engine->kv_cache_dtype_name(), "bf16");
-  for (GemvKernel kernel : kernels) {
-    ASSERT_TRUE(ForceGemvKernel(kernel));
-    for (char c : kCases) {
-      SCOPED_TRACE(
-          absl::StrCat(GetParam(), " bf16 KV cache, case ", std::string(1, c), ", kernel ", GemvKernelName(kernel)));
-      auto result = engine->Generate(Greedy(f, f.Get(Key(c, "_input_ids")), VitEmbedsFor(f, c)));
-      ASSERT_TRUE(result.ok()) << result.status();
-      const std::vector<int64_t> got = Ids(*result), want = ToVector(f.Get(Key(c, "_generated_ids")));
-      const GreedyRule& rule = rules[c];
-      EXPECT_EQ(rule.Check(got, want), "") << "got " << absl::StrJoin(got, ",") << " want " << absl::StrJoin(want, ",");
-      std::printf("[parity] %s %c bf16 KV cache greedy (%s): %s\n", GetParam().c_str(), c, GemvKernelName(kernel),
-                  DivergenceString(FirstDivergence(got, want), rule).c_str());
-    }
-  }
+  ExpectGreedyByRule(*engine, f, GetParam(), "bf16 KV cache", kernels, rules);
 }
 
 // bf16 compute (--dtype bf16 where the CPU multiplies bf16 natively: oneDNN,
@@ -600,24 +610,7 @@ TEST_P(LlmParity, Bf16ComputeWithinTwiceOfficialError) {
 
   auto engine = Engine(std::move(*lm));
   ASSERT_NE(engine, nullptr);
-  for (GemvKernel kernel : kernels) {
-    ASSERT_TRUE(ForceGemvKernel(kernel));
-    for (char c : kCases) {
-      SCOPED_TRACE(
-          absl::StrCat(GetParam(), " bf16 compute, case ", std::string(1, c), ", kernel ", GemvKernelName(kernel)));
-      auto result = engine->Generate(Greedy(f, f.Get(Key(c, "_input_ids")), VitEmbedsFor(f, c)));
-      ASSERT_TRUE(result.ok()) << result.status();
-      const std::vector<int64_t> got = Ids(*result), want = ToVector(f.Get(Key(c, "_generated_ids")));
-      const GreedyRule& rule = rules[c];
-      EXPECT_EQ(rule.Check(got, want), "") << "got " << absl::StrJoin(got, ",") << " want " << absl::StrJoin(want, ",");
-      const std::optional<size_t> p = FirstDivergence(got, want);
-      std::printf(
-          "[parity] %s %c bf16-compute greedy (%s): %s; official bf16: %s; flip margin %.3f\n", GetParam().c_str(), c,
-          GemvKernelName(kernel), DivergenceString(p, rule).c_str(),
-          rule.official_first_div ? absl::StrCat("first diff at ", *rule.official_first_div).c_str() : "identical",
-          rule.flip_margin);
-    }
-  }
+  ExpectGreedyByRule(*engine, f, GetParam(), "bf16-compute", kernels, rules);
 }
 
 // bf16 compute where libtorch's bf16 GEMM does not run oneDNN (CPUs without
