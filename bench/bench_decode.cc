@@ -16,7 +16,10 @@
 // --kv-dtype=auto|bf16|fp32 as the engine's --kv-cache-dtype (auto: the
 // weights' dtype, so bf16 weights keep a bf16 cache under fp32 compute).
 // The steps run CausalLM::ForwardPaged over a paged KV pool, as the engine
-// does, without its scheduler and threads.
+// does, without its scheduler and threads. With several precisions, all are
+// built and prefilled first and their decode steps alternate, so the ratios
+// between them (printed against the first) come from the same minutes of a
+// shared machine.
 // Usage: bench_decode [--threads=N] [--dtypes=bf16,fp32] [--decode=N] [--prompt=N] [--batch=N] [--libtorch]
 //                     [--kv-dtype=auto|bf16|fp32]
 #include <ATen/ATen.h>
@@ -86,6 +89,7 @@ class Sequences {
     next_.assign(batch, 0);
   }
   bool ok() const { return pool_ != nullptr; }
+  at::ScalarType dtype() const { return pool_->dtype(); }
   int64_t pool_bytes_per_position() const {
     return PagedKVPool::BytesPerBlock(lm_.config(), kBlock, pool_->dtype()) / kBlock;
   }
@@ -235,6 +239,19 @@ int Run(int argc, char** argv) {
       TorchThreads(), libtorch ? "libtorch" : FastLinearKernel(), QuantKernelName(ActiveQuantKernel()),
       BlasThreading().c_str(), probe.Best(5));
 
+  // Every precision is built and prefilled first; their decode steps then
+  // alternate (one step of each in turn, a bandwidth probe after each), so
+  // their ratios compare steps taken under the same neighbours on a shared
+  // machine, not minutes apart.
+  struct Run {
+    std::string name;
+    Precision precision;
+    std::unique_ptr<CausalLM> lm;
+    std::unique_ptr<Sequences> seqs;
+    std::vector<double> steps, bandwidths;
+  };
+  std::vector<Run> runs;
+  const at::Tensor embeds = at::randn({prompt, config.hidden_size}).mul_(0.02);
   for (const std::string& name : dtypes) {
     auto precision = ParsePrecision(name);
     if (!precision.ok()) {
@@ -252,12 +269,11 @@ int Run(int argc, char** argv) {
         "\n[%s] weights %s, compute %s, KV cache %s: %.1fM parameters, %.0f MB read per token, built in %.1f s\n",
         name.c_str(), (*lm)->weight_format().c_str(), c10::toString(precision->compute), c10::toString(kv),
         (*lm)->num_parameters() / 1e6, (*lm)->decode_weight_bytes() / 1e6, bench::NowSeconds() - t0);
-    Sequences seqs(**lm, 1, prompt + decode_tokens + 1, kv);
-    if (!seqs.ok()) {
+    auto seqs = std::make_unique<Sequences>(**lm, 1, prompt + decode_tokens + 1, kv);
+    if (!seqs->ok()) {
       std::fprintf(stderr, "no KV pool of %s for this model (fp32 needs fp32 compute)\n", c10::toString(kv));
       return 1;
     }
-    const at::Tensor embeds = at::randn({prompt, config.hidden_size}).mul_(0.02);
 
     // Warm-up (oneDNN primitive creation, allocator), then one timed prefill.
     {
@@ -265,7 +281,7 @@ int Run(int argc, char** argv) {
       if (!warm.ok() || !warm.Prefill(embeds.narrow(0, 0, std::min(prompt, 32))).ok()) return 1;
     }
     t0 = bench::NowSeconds();
-    if (absl::Status s = seqs.Prefill(embeds); !s.ok()) {
+    if (absl::Status s = seqs->Prefill(embeds); !s.ok()) {
       std::fprintf(stderr, "%s\n", s.ToString().c_str());
       return 1;
     }
@@ -286,28 +302,40 @@ int Run(int argc, char** argv) {
         "matmul peak (%.0f GFLOP/s, measured now)\n",
         name.c_str(), prompt, prefill_s * 1e3, prompt / prefill_s, prefill_flops / 1e9, prefill_flops / prefill_s / 1e9,
         100.0 * prefill_flops / prefill_s / prefill_peak, c10::toString(precision->compute), prefill_peak / 1e9);
+    runs.push_back(Run{name, *precision, std::move(*lm), std::move(seqs), {}, {}});
+  }
 
-    // Decode: greedy feed-back, timing each step (embedding + forward +
-    // argmax), with a bandwidth probe after each so that both see the same
-    // neighbours.
-    std::vector<double> steps, bandwidths;
-    for (int i = 0; i < decode_tokens; ++i) {
-      t0 = bench::NowSeconds();
-      if (!seqs.Step().ok()) return 1;
-      steps.push_back(bench::NowSeconds() - t0);
-      bandwidths.push_back(probe.Measure());
+  // Decode: greedy feed-back, timing each step (embedding + forward +
+  // argmax), with a bandwidth probe after each so that both see the same
+  // neighbours; the precisions' steps interleaved.
+  if (runs.size() > 1) std::printf("\ndecoding %d tokens of each, their steps interleaved\n", decode_tokens);
+  for (int i = 0; i < decode_tokens; ++i) {
+    for (Run& r : runs) {
+      const double t0 = bench::NowSeconds();
+      if (!r.seqs->Step().ok()) return 1;
+      r.steps.push_back(bench::NowSeconds() - t0);
+      r.bandwidths.push_back(probe.Measure());
     }
+  }
+
+  for (Run& r : runs) {
+    const std::string& name = r.name;
+    CausalLM& lm = *r.lm;
+    const Precision& precision = r.precision;
+    const std::vector<double>& steps = r.steps;
     const double median = bench::Median(steps);
     const double best = *std::min_element(steps.begin(), steps.end());
-    const double bandwidth = bench::Median(bandwidths);
-    const double best_bandwidth = *std::max_element(bandwidths.begin(), bandwidths.end());
+    const double bandwidth = bench::Median(r.bandwidths);
+    const double best_bandwidth = *std::max_element(r.bandwidths.begin(), r.bandwidths.end());
     // Bytes read per token: every weight except the embedding table (one row
     // is gathered) plus the K/V of the context.
-    const double weight_bytes = static_cast<double>((*lm)->decode_weight_bytes());
-    const double kv_bytes = static_cast<double>(seqs.pool_bytes_per_position()) * (prompt + decode_tokens / 2);
+    const double weight_bytes = static_cast<double>(lm.decode_weight_bytes());
+    const double kv_bytes = static_cast<double>(r.seqs->pool_bytes_per_position()) * (prompt + decode_tokens / 2);
     const double bytes = weight_bytes + kv_bytes;
-    std::printf("[%s] decode: %.1f ms/token median (min %.1f, max %.1f) = %.1f tokens/s\n", name.c_str(), median * 1e3,
-                best * 1e3, *std::max_element(steps.begin(), steps.end()) * 1e3, 1.0 / median);
+    std::printf("\n[%s] decode: %.1f ms/token median (min %.1f, max %.1f) = %.1f tokens/s", name.c_str(),
+                median * 1e3, best * 1e3, *std::max_element(steps.begin(), steps.end()) * 1e3, 1.0 / median);
+    if (&r != &runs[0]) std::printf(" = %.2fx [%s]'s", bench::Median(runs[0].steps) / median, runs[0].name.c_str());
+    std::printf("\n");
     std::printf(
         "[%s] bytes/token %.0f MB (weights %.0f + KV %.0f); bandwidth between steps %.1f GB/s median "
         "(best %.1f)\n",
@@ -318,14 +346,14 @@ int Run(int argc, char** argv) {
         name.c_str(), bytes / (bandwidth * 1e9) * 1e3, 100.0 * bytes / (bandwidth * 1e9) / median,
         100.0 * bytes / (best_bandwidth * 1e9) / best);
     std::printf("[%s] of which per-op overhead (same layers, tiny matrices): %.1f ms/token\n", name.c_str(),
-                OverheadMsPerToken(*precision));
+                OverheadMsPerToken(precision));
     if (batch > 1) {
       // The same prompt length, `batch` sequences decoding together.
-      Sequences many(**lm, batch, prompt + decode_tokens + 1, kv);
+      Sequences many(lm, batch, prompt + decode_tokens + 1, r.seqs->dtype());
       if (!many.ok() || !many.Prefill(embeds).ok()) return 1;
       std::vector<double> batched;
       for (int i = 0; i < decode_tokens; ++i) {
-        t0 = bench::NowSeconds();
+        const double t0 = bench::NowSeconds();
         if (!many.Step().ok()) return 1;
         batched.push_back(bench::NowSeconds() - t0);
       }
@@ -335,20 +363,20 @@ int Run(int argc, char** argv) {
       // What this machine allows: a step reads the weights once (the
       // bandwidth bound) and multiplies them by `batch` rows (the matmul
       // peak of the compute dtype, measured now).
-      const double peak = bench::MatmulPeak(precision->compute);
+      const double peak = bench::MatmulPeak(precision.compute);
       const double flops =
-          2.0 * batch * static_cast<double>((*lm)->num_parameters() - (*lm)->module()->model->embed->weight.numel());
+          2.0 * batch * static_cast<double>(lm.num_parameters() - lm.module()->model->embed->weight.numel());
       const double floor_s = std::max(bytes / (bandwidth * 1e9), flops / peak);
       std::printf(
           "[%s] batch %d floor %.1f ms/step (weights %.1f ms at the bandwidth, %.1f GFLOP at the %s matmul "
           "peak %.0f GFLOP/s = %.1f ms): at most %.2fx batch 1's measured rate; achieved %.0f%% of the "
           "floor\n",
           name.c_str(), batch, floor_s * 1e3, bytes / (bandwidth * 1e9) * 1e3, flops / 1e9,
-          c10::toString(precision->compute), peak / 1e9, flops / peak * 1e3, batch * median / floor_s,
+          c10::toString(precision.compute), peak / 1e9, flops / peak * 1e3, batch * median / floor_s,
           100.0 * floor_s / step);
     }
-    std::printf("[%s] peak RSS so far %.0f MiB\n", name.c_str(), bench::PeakRssMiB());
   }
+  std::printf("peak RSS %.0f MiB\n", bench::PeakRssMiB());
   return 0;
 }
 
