@@ -332,8 +332,8 @@ int Run(int argc, char** argv) {
     const double weight_bytes = static_cast<double>(lm.decode_weight_bytes());
     const double kv_bytes = static_cast<double>(r.seqs->pool_bytes_per_position()) * (prompt + decode_tokens / 2);
     const double bytes = weight_bytes + kv_bytes;
-    std::printf("\n[%s] decode: %.1f ms/token median (min %.1f, max %.1f) = %.1f tokens/s", name.c_str(),
-                median * 1e3, best * 1e3, *std::max_element(steps.begin(), steps.end()) * 1e3, 1.0 / median);
+    std::printf("\n[%s] decode: %.1f ms/token median (min %.1f, max %.1f) = %.1f tokens/s", name.c_str(), median * 1e3,
+                best * 1e3, *std::max_element(steps.begin(), steps.end()) * 1e3, 1.0 / median);
     if (&r != &runs[0]) std::printf(" = %.2fx [%s]'s", bench::Median(runs[0].steps) / median, runs[0].name.c_str());
     std::printf("\n");
     std::printf(

@@ -324,11 +324,11 @@ void ExpectGreedyByRule(LlmEngine& engine, const Fixture& f, const std::string& 
       const GreedyRule& rule = rules.at(c);
       EXPECT_EQ(rule.Check(got, want), "") << "got " << absl::StrJoin(got, ",") << " want " << absl::StrJoin(want, ",");
       const std::optional<size_t> p = FirstDivergence(got, want);
-      std::printf("[parity] %s %c %s greedy (%s): %s; official bf16: %s; flip margin %.3f\n", model.c_str(), c,
-                  what.c_str(), GemvKernelName(kernel), DivergenceString(p, rule).c_str(),
-                  rule.official_first_div ? absl::StrCat("first diff at ", *rule.official_first_div).c_str()
-                                          : "identical",
-                  rule.flip_margin);
+      std::printf(
+          "[parity] %s %c %s greedy (%s): %s; official bf16: %s; flip margin %.3f\n", model.c_str(), c, what.c_str(),
+          GemvKernelName(kernel), DivergenceString(p, rule).c_str(),
+          rule.official_first_div ? absl::StrCat("first diff at ", *rule.official_first_div).c_str() : "identical",
+          rule.flip_margin);
     }
   }
 }

@@ -259,7 +259,8 @@ absl::StatusOr<std::unique_ptr<LlmEngine>> CreateLlmEngine(std::unique_ptr<llm::
                                                                      : lm->DefaultKvDtype();
   if (!lm->ServesKvDtype(kv_dtype)) {
     return absl::InvalidArgumentError(absl::StrCat("kv_cache_dtype ", options.kv_cache_dtype,
-                                                   ": this model computes in bf16 and keeps a bf16 cache only"));
+                                                   ": this model computes in ", c10::toString(lm->dtype()),
+                                                   " and keeps its cache in that dtype (or bf16 under fp32 compute)"));
   }
   const int64_t per_block = llm::PagedKVPool::BytesPerBlock(lm->config(), options.block_size, kv_dtype);
   engine::SchedulerConfig sc;
