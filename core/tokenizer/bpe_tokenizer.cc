@@ -108,7 +108,7 @@ class Qwen2BpeTokenizer final : public HfTokenizer {
         if (m.is_string()) {
           std::vector<std::string> parts = absl::StrSplit(m.get<std::string>(), ' ', absl::SkipEmpty());
           if (parts.size() == 2) merges.emplace_back(parts[0], parts[1]);
-        } else if (m.is_array() && m.size() == 2) {
+        } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
           merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
         }
       }

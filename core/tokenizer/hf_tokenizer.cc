@@ -50,6 +50,16 @@ absl::StatusOr<std::vector<std::string>> TokenList(const json& v, const std::str
   return out;
 }
 
+// j[key] as a flag: `fallback` where absent or null, INVALID_ARGUMENT where
+// it is not a boolean.
+absl::StatusOr<bool> BoolOr(const json& j, const char* key, bool fallback, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  if (!j[key].is_boolean()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": \"", key, "\" must be true or false"));
+  }
+  return j[key].get<bool>();
+}
+
 std::optional<bool> OptionalBool(const json& j, const char* key) {
   if (j.contains(key) && j[key].is_boolean()) return j[key].get<bool>();
   return std::nullopt;
@@ -90,9 +100,10 @@ absl::StatusOr<HfTokenizerFiles> ReadHfTokenizerFiles(const std::string& dir) {
         }
         AddedToken token;
         token.content = value["content"].get<std::string>();
-        token.special = value.value("special", false);
-        token.lstrip = value.value("lstrip", false);
-        token.rstrip = value.value("rstrip", false);
+        const std::string entry = absl::StrCat(config_path, " added_tokens_decoder \"", key, "\"");
+        INTERNVL_ASSIGN_OR_RETURN(token.special, BoolOr(value, "special", false, entry));
+        INTERNVL_ASSIGN_OR_RETURN(token.lstrip, BoolOr(value, "lstrip", false, entry));
+        INTERNVL_ASSIGN_OR_RETURN(token.rstrip, BoolOr(value, "rstrip", false, entry));
         files.added_tokens[id] = std::move(token);
       }
     }

@@ -133,6 +133,34 @@ TEST(TokenizerLoad, HugeTokenIdsAreRefusedNotAllocated) {
   }
 }
 
+// Mistyped fields are refused or skipped at load, never thrown as JSON type
+// errors: an added token's flag given as a number (found by the
+// tokenizer_files fuzzer), a tokenizer.json merge pair of non-strings.
+TEST(TokenizerLoad, MistypedFieldsAreRefusedNotThrown) {
+  const std::string dir = testing::TempDir() + "/mistyped";
+  std::filesystem::create_directories(dir);
+  Write(dir + "/vocab.json", R"({"h": 0, "e": 1, "he": 2})");
+  Write(dir + "/merges.txt", "#version: 0.2\nh e\n");
+  Write(dir + "/tokenizer_config.json",
+        R"({"tokenizer_class": "Qwen2Tokenizer", "added_tokens_decoder": {"3": {"content": "<x>", "special": 1}}})");
+  auto tok = Tokenizer::Load(dir);
+  ASSERT_FALSE(tok.ok());
+  EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << tok.status();
+  EXPECT_THAT(tok.status().message(), HasSubstr("\"special\" must be true or false"));
+
+  const std::string fast = testing::TempDir() + "/mistyped_fast";
+  std::filesystem::create_directories(fast);
+  Write(fast + "/tokenizer.json",
+        R"({"model": {"vocab": {"h": 0, "e": 1, "he": 2}, "merges": [[1, 2], ["h", "e"]]}})");
+  auto loaded = Tokenizer::Load(fast);
+  if (loaded.ok()) {
+    auto ids = (*loaded)->Encode("he", {.add_special_tokens = false, .split_special_tokens = std::nullopt});
+    ASSERT_TRUE(ids.ok()) << ids.status();
+  } else {
+    EXPECT_NE(loaded.status().code(), absl::StatusCode::kInternal) << loaded.status();
+  }
+}
+
 class RealTokenizers : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(RealTokenizers, InvalidUtf8IsRejectedWithOffset) {
