@@ -55,10 +55,10 @@ void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m) {
   }
 }
 
-// kSpan: inputs sharing one activation scale (Activations::span). With 64,
-// the two blocks of each half share it and their 16-bit products are added
-// before widening; with 128 (groups of 128 multiples: both halves of a chunk
-// in one group) all four are, into the low half's accumulator.
+// kSpan: inputs sharing one activation scale (Activations::SpanFor). With
+// 64, the two blocks of each half share it and their 16-bit products are
+// added before widening; with 128 (groups of 128 multiples: both halves of a
+// chunk in one group) all four are, into the low half's accumulator.
 template <int kRows, int kSpan>
 void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
   const Activations& a = *p.a;
@@ -102,8 +102,9 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
       while (k + 64 >= hi_end) ++hi_group, hi_end += p.group;
     }
     const float* db = d + k / kBlock;
-    const __m256 d0 = _mm256_broadcast_ss(db), d1 = _mm256_broadcast_ss(db + 1);
-    const __m256 d2 = _mm256_broadcast_ss(db + 2), d3 = _mm256_broadcast_ss(db + 3);
+    // One scale per span: the low half's (both halves' with spans of 128)
+    // and the high half's.
+    const __m256 d0 = _mm256_broadcast_ss(db), d2 = _mm256_broadcast_ss(db + 2);
     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
     const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 32));
     const __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 64));
@@ -116,12 +117,7 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
       const __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(v1, low), x1);
       const __m256i p2 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), x2);
       const __m256i p3 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), x3);
-      if constexpr (kSpan == 32) {
-        lo[i] = _mm256_fmadd_ps(Widen(p0, ones), d0, lo[i]);
-        hi[i] = _mm256_fmadd_ps(Widen(p2, ones), d2, hi[i]);
-        lo[i] = _mm256_fmadd_ps(Widen(p1, ones), d1, lo[i]);
-        hi[i] = _mm256_fmadd_ps(Widen(p3, ones), d3, hi[i]);
-      } else if constexpr (kSpan == 64) {
+      if constexpr (kSpan == 64) {
         lo[i] = _mm256_fmadd_ps(Widen(_mm256_add_epi16(p0, p1), ones), d0, lo[i]);
         hi[i] = _mm256_fmadd_ps(Widen(_mm256_add_epi16(p2, p3), ones), d2, hi[i]);
       } else {
@@ -225,10 +221,7 @@ void Int4Rows(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
 }  // namespace
 
 void Int4RowsAvx2(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
-  // A span of 128 needs both halves of every chunk in one group.
-  if (p.a->span == 128 && p.group % 128 == 0) return Int4Rows<128>(p, row_begin, row_end);
-  if (p.a->span >= 64) return Int4Rows<64>(p, row_begin, row_end);
-  Int4Rows<32>(p, row_begin, row_end);
+  Activations::SpanFor(p.group) == 128 ? Int4Rows<128>(p, row_begin, row_end) : Int4Rows<64>(p, row_begin, row_end);
 }
 
 }  // namespace internvl::llm::quant

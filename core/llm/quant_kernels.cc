@@ -11,7 +11,7 @@ void Activations::Prepare(const float* x, int64_t rows, int64_t in, int64_t padd
   m = rows;
   inp = padded;
   group = group_size;
-  span = SpanFor(group);
+  const int64_t span = SpanFor(group);
   const int64_t blocks = inp / kBlock, lanes = inp / 4;
   xq.assign(static_cast<size_t>(m * inp), 0);
   d.assign(static_cast<size_t>(m * blocks), 0.0f);

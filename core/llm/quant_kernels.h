@@ -41,7 +41,6 @@ struct Activations {
   int64_t m = 0;
   int64_t inp = 0;            // padded row length (multiple of the weights' chunk)
   int64_t group = 0;          // int4 group size (gsum), 0 for int8
-  int64_t span = kBlock;      // inputs sharing one scale (SpanFor): the blocks of a span have equal `d`
   std::vector<int8_t> xq;     // [m][inp]
   std::vector<float> d;       // [m][inp / 32] block scales
   std::vector<int32_t> corr;  // [m][inp / 4]: -128 * sum of each 4-input lane (VNNI int8 kernel)
@@ -53,8 +52,9 @@ struct Activations {
   // finite inputs (a NaN makes its block's scale NaN there, where the portable
   // maximum skips it).
   void Prepare(const float* x, int64_t m, int64_t in, int64_t inp, int64_t group, bool avx2 = false);
-  // kBlock for int8 (group 0); 128 for int4 groups that are multiples of
-  // 128, else 64 (int4 groups are multiples of 64).
+  // Inputs sharing one scale (the blocks of a span have equal `d`): kBlock
+  // for int8 (group 0); 128 for int4 groups that are multiples of 128, else
+  // 64 (int4 groups are multiples of 64).
   static int64_t SpanFor(int64_t group) { return group == 0 ? kBlock : group % 128 == 0 ? 128 : 64; }
 };
 
