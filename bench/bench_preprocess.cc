@@ -36,6 +36,7 @@
 
 namespace {
 
+using internvl::bench::MinorFaults;
 using internvl::bench::NowSeconds;
 using internvl::preprocess::DecodeImage;
 using internvl::preprocess::DynamicPreprocess;
@@ -55,15 +56,6 @@ constexpr int kJpegQuality = 90;
 constexpr int kRuns = 15;
 
 double Ms(double t0) { return (NowSeconds() - t0) * 1e3; }
-
-// Minor page faults of this process so far: on a VM each costs tens of
-// microseconds (first touch of fresh memory), which wall time on a shared
-// machine hides in noise but this count does not.
-long MinorFaults() {
-  struct rusage ru {};
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_minflt;
-}
 
 // Minimum wall time of `runs` calls, in milliseconds (no separate warm-up:
 // callers have run the code before).

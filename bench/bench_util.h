@@ -37,6 +37,15 @@ inline double PeakRssMiB() {
   return ru.ru_maxrss / 1024.0;
 }
 
+// Minor page faults of this process so far: on a VM each costs
+// microseconds (first touch of fresh memory, zeroed by the kernel), which
+// wall time on a shared machine hides in noise but this count does not.
+inline long MinorFaults() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_minflt;
+}
+
 // Read bandwidth in GB/s: sums a buffer far larger than the caches.
 inline double MeasureReadBandwidthGBs(size_t bytes = size_t{1} << 30) {
   std::vector<uint64_t> buf(bytes / 8, 1);

@@ -120,7 +120,12 @@ VisionMlpImpl::VisionMlpImpl(const VisionConfig& c) {
   fc2 = register_module("fc2", torch::nn::Linear(c.intermediate_size, c.hidden_size));
 }
 
-at::Tensor VisionMlpImpl::forward(const at::Tensor& x) { return fc2->forward(at::gelu(fc1->forward(x))); }
+at::Tensor VisionMlpImpl::forward(const at::Tensor& x) {
+  at::Tensor hidden = fc1->forward(x);
+  // In place when no gradient flows (one [rows, 4C] buffer instead of two).
+  if (!at::GradMode::is_enabled()) return fc2->forward(at::gelu_out(hidden, hidden));
+  return fc2->forward(at::gelu(hidden));
+}
 
 VisionLayerImpl::VisionLayerImpl(const VisionConfig& c) {
   attn = register_module("attn", VisionAttention(c));
@@ -132,8 +137,38 @@ VisionLayerImpl::VisionLayerImpl(const VisionConfig& c) {
 }
 
 at::Tensor VisionLayerImpl::forward(const at::Tensor& x) {
-  at::Tensor h = x + attn->forward(norm1->forward(x).to(x.scalar_type())) * ls1;
-  return h + mlp->forward(norm2->forward(h).to(h.scalar_type())) * ls2;
+  if (!x.device().is_cpu() || at::GradMode::is_enabled() || x.dim() != 3) {
+    at::Tensor h = x + attn->forward(norm1->forward(x).to(x.scalar_type())) * ls1;
+    return h + mlp->forward(norm2->forward(h).to(h.scalar_type())) * ls2;
+  }
+  // Inference on the CPU, the same operations per row in pieces: the
+  // attention a few tiles at a time (its [tiles, N, 3C] qkv product), the MLP
+  // a few rows at a time (its [rows, 4C] hidden layer), each written into the
+  // layer's output. A batch of 4 tiles otherwise makes 50-67 MB temporaries,
+  // ~430k fresh pages per tile over the 24 layers (bench_vision).
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
+  const int64_t elem = static_cast<int64_t>(x.element_size());
+  const at::Tensor xc = x.contiguous();
+  at::Tensor h = at::empty_like(xc);
+  const int64_t tiles = std::max<int64_t>(1, max_temp_bytes / std::max<int64_t>(1, 3 * N * C * elem));
+  for (int64_t b0 = 0; b0 < B; b0 += tiles) {
+    const int64_t b1 = std::min(B, b0 + tiles);
+    const at::Tensor xs = xc.slice(0, b0, b1);
+    at::Tensor hs = h.slice(0, b0, b1);
+    at::add_out(hs, xs, attn->forward(norm1->forward(xs).to(x.scalar_type())) * ls1);
+  }
+  const int64_t hidden = mlp->fc1->weight.size(0);
+  const int64_t rows = std::max<int64_t>(1, max_temp_bytes / std::max<int64_t>(1, hidden * elem));
+  const at::Tensor h2 = h.view({B * N, C});
+  at::Tensor out = at::empty_like(h);
+  at::Tensor out2 = out.view({B * N, C});
+  for (int64_t r0 = 0; r0 < B * N; r0 += rows) {
+    const int64_t r1 = std::min(B * N, r0 + rows);
+    const at::Tensor hr = h2.slice(0, r0, r1);
+    at::Tensor o = out2.slice(0, r0, r1);
+    at::add_out(o, hr, mlp->forward(norm2->forward(hr).to(h.scalar_type())) * ls2);
+  }
+  return out;
 }
 
 VisionEncoderImpl::VisionEncoderImpl(const VisionConfig& c) {

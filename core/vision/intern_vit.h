@@ -89,6 +89,10 @@ class VisionLayerImpl : public torch::nn::Module {
   VisionMlp mlp{nullptr};
   VitNorm norm1{nullptr}, norm2{nullptr};
   at::Tensor ls1, ls2;
+  // CPU inference runs the attention a few tiles and the MLP a few rows at a
+  // time, each piece's largest temporary at most this many bytes (under
+  // glibc's 32 MB mmap threshold, so buffers are reused, not fresh pages).
+  int64_t max_temp_bytes = int64_t{24} << 20;
 };
 TORCH_MODULE(VisionLayer);
 
