@@ -67,6 +67,7 @@ vis_ms=$(echo "$vis_line" | grep -oE '[0-9]+ ms/tile' | head -n 1 | grep -oE '[0
 vis_pct=$(echo "$vis_line" | grep -oE '= [0-9]+% of peak' | grep -oE '[0-9]+')
 vis_bound=$(echo "$vis_line" | grep -oE 'bound at peak [0-9]+' | grep -oE '[0-9]+$')
 vis_dtype=$(echo "$vis_line" | grep -oE 'computed in [A-Za-z0-9]+' | awk '{print $3}')
+vis_faults=$(echo "$vis_line" | grep -oE '[0-9]+ page faults per tile' | grep -oE '^[0-9]+' || true)
 pre_total=$(grep -m1 'total decode+tile+normalise' "$TMP/pre" | grep -oE '[0-9.]+ ms' | grep -oE '[0-9.]+')
 pre_memcpy=$(grep -m1 '^reference: memcpy' "$TMP/pre" | grep -oE '= [0-9.]+ ms' | grep -oE '[0-9.]+')
 pre_first=$(grep -m1 'first call  after WarmUpPreprocess' "$TMP/pre" | grep -oE 'total +[0-9.]+ ms' | grep -oE '[0-9.]+' || true)
@@ -90,7 +91,7 @@ pre_first=$(grep -m1 'first call  after WarmUpPreprocess' "$TMP/pre" | grep -oE 
     echo "| decode, 4-bit, \`--kv-cache-dtype fp32\` | ${k4_ms} ms/token ($(speedup "$kb_ms" "$k4_ms") bf16 tokens/s) | ${k4_bound} ms (${k4_bytes} MB) | ${k4_pct}% of the bound |"
   fi
   echo "| prefill 2500 tokens, bf16 | ${prefill_tps} tokens/s | ${prefill_dtype} matmul peak ${prefill_peak} GFLOP/s | ${prefill_pct}% of the peak |"
-  echo "| InternViT-300M + projector, bf16 | ${vis_ms} ms/tile | ${vis_bound} ms/tile at the ${vis_dtype} matmul peak | ${vis_pct}% of the peak |"
+  echo "| InternViT-300M + projector, bf16 | ${vis_ms} ms/tile (${vis_faults:-?} fresh pages per tile) | ${vis_bound} ms/tile at the ${vis_dtype} matmul peak | ${vis_pct}% of the peak |"
   echo "| preprocess 1920x1080 JPEG, max_num 12 (steady state) | ${pre_total} ms | memcpy of the tiles ${pre_memcpy} ms | $(speedup "$pre_total" "$pre_memcpy") memcpy |"
   if [[ -n ${pre_first} ]]; then
     echo "| preprocess, first call of a fresh process (after the load-time warm-up) | ${pre_first} ms | memcpy ${pre_memcpy} ms | $(speedup "$pre_first" "$pre_memcpy") memcpy |"
