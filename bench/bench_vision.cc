@@ -12,11 +12,15 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
 
+#include "bench/bench_bandwidth.h"
 #include "bench/bench_matmul.h"
 #include "bench/bench_util.h"
 #include "core/config.h"
+#include "core/nn/softmax.h"
 #include "core/nn/torch_util.h"
+#include "core/vision/intern_vit.h"
 #include "core/vision/vision_model.h"
 #include "core/vision/vision_model_torch.h"
 
@@ -114,6 +118,7 @@ int Main(int argc, char** argv) {
   for (const char* dtype : {"bf16", "fp32"}) {
     const bool bf16 = std::string(dtype) == "bf16";
     const int n = bf16 ? tiles : fp32_tiles;
+    if (n <= 0) continue;
     auto model = VisionModel::Load(config, **store, VisionOptions{.dtype = dtype, .tile_batch = 4});
     if (!model.ok()) {
       std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
@@ -139,6 +144,47 @@ int Main(int argc, char** argv) {
         " (2048^3, same run) = %.0f%% of peak; bound at peak %.0f ms/tile; %.0f page faults per tile\n",
         dtype, c10::toString(compute), per_tile * 1e3, n, achieved / 1e9, c10::toString(compute), peak / 1e9,
         100 * achieved / peak, flops / peak * 1e3, faults_per_tile);
+  }
+  {
+    // The attention's softmax over one tile's fp32 scores (16 heads of
+    // [1025, 1025], in the layer's groups of 3 heads): libtorch's op (a new
+    // tensor, as before) against SoftmaxLastDimFp32 in place, interleaved.
+    const at::Tensor scores = at::randn({3, 1025, 1025}) * 3;
+    std::vector<double> times[2];
+    for (int r = 0; r < 15; ++r) {
+      for (int ours = 0; ours < 2; ++ours) {
+        at::Tensor s = scores.clone();
+        const double t0 = bench::NowSeconds();
+        s = ours ? SoftmaxLastDimFp32(s) : s.softmax(-1);
+        times[ours].push_back((bench::NowSeconds() - t0) * 16 / 3);
+      }
+    }
+    std::printf("attention softmax of one tile (16 x [1025, 1025] fp32, median of 15): libtorch %.1f ms, %s %.1f ms\n",
+                bench::Median(times[0]) * 1e3,
+                SoftmaxRunsInPlace(scores) ? "ours in place (AVX2)" : "ours (libtorch's op here)",
+                bench::Median(times[1]) * 1e3);
+  }
+  {
+    // One tile's attention (fp32, as computed here without native bf16):
+    // the (tile, head) pairs on the threads in blocks of 64 query rows (the
+    // default) against the reference's order (a group of heads' whole
+    // [N, N] scores, each product on all threads), interleaved.
+    at::InferenceMode inference;
+    VisionAttention attention(config.vision);
+    const at::Tensor x = at::randn({1, 1025, config.vision.hidden_size});
+    std::vector<double> times[2];
+    for (int r = 0; r < 15; ++r) {
+      for (int order = 0; order < 2; ++order) {
+        attention->query_block = order == 0 ? 64 : 0;
+        const double t0 = bench::NowSeconds();
+        const at::Tensor y = attention->forward(x);
+        times[order].push_back(bench::NowSeconds() - t0);
+      }
+    }
+    std::printf(
+        "attention of one tile incl. qkv/proj (fp32, median of 15): query blocks per head %.1f ms, "
+        "whole scores %.1f ms\n",
+        bench::Median(times[0]) * 1e3, bench::Median(times[1]) * 1e3);
   }
   std::printf("peak RSS %.0f MiB\n", bench::PeakRssMiB());
   std::filesystem::remove_all(dir);

@@ -19,6 +19,17 @@ if(TORCH_CUDA_LIBRARIES)
 else()
   set(INTERNVL_WITH_CUDA OFF)
 endif()
+# OpenMP, as libtorch's CPU build (GCC's libgomp): at::parallel_for is inline
+# and splits work over libtorch's threads only in code compiled with it; in
+# ours it otherwise ran its loop on the calling thread alone. Not with clang
+# (the fuzz and sanitizer trees), whose OpenMP runtime is another one.
+set(INTERNVL_OPENMP OFF)
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+  find_package(OpenMP COMPONENTS CXX)
+  if(OpenMP_CXX_FOUND)
+    set(INTERNVL_OPENMP ON)
+  endif()
+endif()
 
 # BLAS: Debian's libtorch runs fp32 matmuls through libblas.so.3, which the
 # alternatives system points at OpenBLAS's pthread build. That build keeps its

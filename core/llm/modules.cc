@@ -12,6 +12,7 @@
 #include "core/llm/gemv.h"
 #include "core/llm/paged_attention.h"
 #include "core/nn/device.h"
+#include "core/nn/softmax.h"
 #include "core/nn/torch_util.h"
 
 namespace internvl::llm {
@@ -174,7 +175,7 @@ at::Tensor AttendRows(const at::Tensor& q, const at::Tensor& k, const at::Tensor
                    .view({b, kv_heads, groups * t, len});
     }
   }
-  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  at::Tensor probs = SoftmaxLastDimFp32(scores).to(q.scalar_type());
   at::Tensor out = MatmulFp32Accumulate(probs, values);  // [B, KV, G*T, d]
   return out.view({b, heads, t, head_dim}).transpose(1, 2).reshape({b, t, heads * head_dim});
 }

@@ -1,8 +1,10 @@
 #include "core/vision/intern_vit.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/nn/functional/activation.h>
 
+#include "core/nn/softmax.h"
 #include "core/nn/torch_compat.h"
 #include "core/nn/torch_util.h"
 
@@ -96,6 +98,38 @@ at::Tensor VisionAttentionImpl::forward(const at::Tensor& x) {
     return proj->forward(o.transpose(1, 2).reshape({B, N, C}));
   }
 #endif
+  if (x.device().is_cpu() && !at::GradMode::is_enabled() && x.scalar_type() == at::kFloat && query_block > 0) {
+    // The (tile, head) pairs shared among libtorch's threads, each pair on
+    // one (inside the parallel region libtorch's ops and OpenBLAS run
+    // single-threaded) over blocks of query rows: scores of the pre-scaled
+    // q (as the reference), softmax in place, values written straight into
+    // the output's [N, heads * head_dim] rows.
+    const at::Tensor qs = q * scale_;
+    const int64_t rows = std::min(query_block, N);
+    at::Tensor out = at::empty({B, N, heads_, head_dim_}, x.options());
+    const bool inference = c10::InferenceMode::is_enabled();
+    at::parallel_for(0, B * heads_, 1, [&](int64_t p0, int64_t p1) {
+      // (Thread-local modes do not follow into OpenMP's threads.)
+      c10::InferenceMode mode(inference);
+      at::NoGradGuard no_grad;
+      at::Tensor scores = at::empty({rows, N}, x.options());
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t b = p / heads_, h = p % heads_;
+        const at::Tensor qh = qs.select(0, b).select(0, h), kt = k.select(0, b).select(0, h).t();
+        const at::Tensor vh = v.select(0, b).select(0, h);
+        const at::Tensor oh = out.select(0, b).select(1, h);  // [N, head_dim], rows heads * head_dim apart
+        for (int64_t r0 = 0; r0 < N; r0 += rows) {
+          const int64_t r1 = std::min(N, r0 + rows);
+          at::Tensor s = scores.slice(0, 0, r1 - r0);
+          at::mm_out(s, qh.slice(0, r0, r1), kt);
+          s = SoftmaxLastDimFp32(s);
+          at::Tensor o = oh.slice(0, r0, r1);
+          at::mm_out(o, s, vh);
+        }
+      }
+    });
+    return proj->forward(out.view({B, N, C}));
+  }
   // Scores for a group of heads at a time: [B,g,N,N] stays under glibc's
   // 32 MB mmap threshold (a 448px tile has N=1025: all 16 heads would be a
   // 67 MB buffer, mapped and zeroed by the kernel on every layer).
@@ -108,7 +142,8 @@ at::Tensor VisionAttentionImpl::forward(const at::Tensor& x) {
     at::Tensor qs = q.slice(1, h0, h1), ks = k.slice(1, h0, h1), vs = v.slice(1, h0, h1);
     // as _naive_attn: (q * scale) @ k^T, softmax, @ v.
     at::Tensor attn = MatmulFp32Accumulate(qs * scale_, ks.transpose(-2, -1));
-    attn = attn.softmax(-1);
+    // (fp32: our in-place kernel where the CPU has it; as libtorch's op.)
+    attn = attn.scalar_type() == at::kFloat ? SoftmaxLastDimFp32(attn) : attn.softmax(-1);
     out.slice(1, h0, h1).copy_(MatmulFp32Accumulate(attn, vs));
   }
   out = out.transpose(1, 2).reshape({B, N, C});

@@ -64,6 +64,12 @@ class VisionAttentionImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);
   torch::nn::Linear qkv{nullptr}, proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};
+  // fp32 inference on the CPU: each (tile, head) pair on one thread, its
+  // queries this many rows at a time, so that a block's scores ([rows, N],
+  // 256 KB for a 448px tile) stay in the core's L2 from the first product
+  // through the softmax to the second; no [heads, N, N] scores. 0: the
+  // reference's order (all of a group of heads' scores, then the softmax).
+  int64_t query_block = 64;
 
  private:
   int64_t heads_, head_dim_;

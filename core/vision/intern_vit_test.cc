@@ -1,6 +1,7 @@
 // InternViT layer: the CPU inference forward, which runs the attention a few
-// tiles and the MLP a few rows at a time, gives what the whole-batch forward
-// (the one autograd runs) gives.
+// tiles at a time (each tile's heads on the threads, their queries in
+// blocks) and the MLP a few rows at a time, gives what the whole-batch
+// forward (the one autograd runs) gives.
 #include "core/vision/intern_vit.h"
 
 #include <ATen/ATen.h>
@@ -39,6 +40,8 @@ TEST(VisionLayer, PiecewiseInferenceMatchesTheWholeBatch) {
       // One tile per attention piece (its qkv is 3 * 17 * 64 floats) and 13
       // rows per MLP piece (hidden 256 floats): 3 and 4 pieces.
       layer->max_temp_bytes = 3 * tokens * width * 4 + 100;
+      // Query blocks of 5 rows (17 = 5 + 5 + 5 + 2).
+      layer->attn->query_block = 5;
       at::Tensor pieces;
       {
         at::InferenceMode inference;
@@ -46,8 +49,10 @@ TEST(VisionLayer, PiecewiseInferenceMatchesTheWholeBatch) {
       }
       ASSERT_EQ(pieces.sizes(), whole.sizes());
       EXPECT_TRUE(at::allclose(pieces, whole, 1e-5, 1e-5)) << (pieces - whole).abs().max().item<float>();
-      // And the default budget (one piece each) the same.
+      // And the default budget (one piece each) the same, and the
+      // reference's attention order.
       layer->max_temp_bytes = int64_t{24} << 20;
+      layer->attn->query_block = 0;
       at::InferenceMode inference;
       EXPECT_TRUE(at::allclose(layer->forward(x), whole, 1e-5, 1e-5));
     }

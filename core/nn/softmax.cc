@@ -1,0 +1,45 @@
+#include "core/nn/softmax.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "core/nn/device.h"
+
+#if defined(INTERNVL_HAVE_AVX2_SOFTMAX)
+#include "core/nn/softmax_kernels.h"
+#endif
+
+namespace internvl {
+namespace {
+
+bool CpuHasAvx2Fma() {
+#if defined(INTERNVL_HAVE_AVX2_SOFTMAX)
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool SoftmaxRunsInPlace(const at::Tensor& t) {
+  return t.defined() && t.dim() >= 1 && t.numel() > 0 && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+         UseCpuKernels(t.device()) && !at::GradMode::is_enabled() && CpuHasAvx2Fma();
+}
+
+at::Tensor SoftmaxLastDimFp32(const at::Tensor& t) {
+  if (!SoftmaxRunsInPlace(t)) return at::softmax(t, -1, at::kFloat);
+#if defined(INTERNVL_HAVE_AVX2_SOFTMAX)
+  const int64_t n = t.size(-1), rows = t.numel() / n;
+  float* x = t.data_ptr<float>();
+  // ~16K elements per task: a 1025-wide row is ~1.5 us.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / n);
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) { softmax::SoftmaxRowsAvx2(x + r0 * n, r1 - r0, n); });
+#endif
+  return t;
+}
+
+}  // namespace internvl

@@ -1,0 +1,14 @@
+// Row softmax kernels behind SoftmaxLastDim (softmax.h); no torch headers.
+#pragma once
+
+#include <cstdint>
+
+namespace internvl::softmax {
+
+// In place, each of `rows` rows of `n` contiguous floats: x = exp(x - max) /
+// sum, the sum's reciprocal multiplied in (as libtorch's CPU softmax). A row
+// holding a NaN, or whose maximum is infinite (a row all -inf included),
+// becomes all NaN, as the reference's does. Only on CPUs with AVX2 and FMA.
+void SoftmaxRowsAvx2(float* x, int64_t rows, int64_t n);
+
+}  // namespace internvl::softmax

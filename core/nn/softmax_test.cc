@@ -1,0 +1,89 @@
+// SoftmaxLastDimFp32: the in-place kernel against libtorch's softmax on rows
+// of every tail length, with masked (-inf) and large scores, and on the rows
+// the reference turns to NaN; where it may not run in place, libtorch's own.
+#include "core/nn/softmax.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "core/nn/device.h"
+
+namespace internvl {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+TEST(Softmax, MatchesLibtorchOnEveryRowLength) {
+  at::InferenceMode inference;
+  at::manual_seed(3);
+  for (const int64_t n : {1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 100, 1025}) {
+    SCOPED_TRACE(testing::Message() << "row length " << n);
+    // Scores of several scales, some masked to -inf (never a whole row).
+    at::Tensor x =
+        at::randn({37, n}) * at::tensor({0.1f, 3.0f, 30.0f, 300.0f}).repeat({10}).slice(0, 0, 37).view({37, 1});
+    if (n > 1) {
+      x.masked_fill_(at::rand({37, n}) < 0.3, -kInf).select(1, 0).fill_(1.0f);
+      x[0].slice(0, 1).fill_(-kInf);  // one score left: the others' exact 0 shows even under flush-to-zero
+    }
+    const at::Tensor reference = at::softmax(x, -1);
+    const at::Tensor ours = SoftmaxLastDimFp32(x.clone());
+    ASSERT_EQ(ours.sizes(), reference.sizes());
+    EXPECT_TRUE(at::allclose(ours, reference, 2e-6, 1e-7)) << (ours - reference).abs().max().item<float>();
+    // Masked positions weigh exactly nothing; each row sums to 1.
+    EXPECT_TRUE(ours.masked_select(x == -kInf).eq(0).all().item<bool>())
+        << ours.masked_select(x == -kInf).max().item<float>();
+    EXPECT_TRUE(at::allclose(ours.sum(-1), at::ones({37}), 1e-5, 1e-5));
+  }
+}
+
+TEST(Softmax, NonFiniteRowsBecomeNaNAsInTheReference) {
+  at::InferenceMode inference;
+  at::Tensor x = at::randn({4, 19});
+  x[0][5] = std::nanf("");
+  x[1][18] = kInf;
+  x[2].fill_(-kInf);
+  const at::Tensor reference = at::softmax(x, -1);
+  const at::Tensor ours = SoftmaxLastDimFp32(x.clone());
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_TRUE(reference[r].isnan().any().item<bool>()) << r;
+    EXPECT_TRUE(ours[r].isnan().all().item<bool>()) << r;
+  }
+  EXPECT_TRUE(at::allclose(ours[3], reference[3], 2e-6, 1e-7));
+}
+
+TEST(Softmax, InPlaceOnlyWhereAllowed) {
+  const at::Tensor x = at::randn({3, 40});
+  {
+    // Recording gradients: libtorch's op, the input untouched.
+    const at::Tensor before = x.clone();
+    const at::Tensor y = SoftmaxLastDimFp32(x);
+    EXPECT_TRUE(at::equal(x, before));
+    EXPECT_TRUE(at::allclose(y, at::softmax(before, -1)));
+  }
+  at::InferenceMode inference;
+  // Not contiguous, or not fp32: libtorch's op (fp32 out).
+  const at::Tensor t = x.t();
+  EXPECT_FALSE(SoftmaxRunsInPlace(t));
+  EXPECT_TRUE(at::allclose(SoftmaxLastDimFp32(t), at::softmax(t, -1), 2e-6, 1e-7));
+  const at::Tensor h = x.to(at::kBFloat16);
+  EXPECT_FALSE(SoftmaxRunsInPlace(h));
+  EXPECT_EQ(SoftmaxLastDimFp32(h).scalar_type(), at::kFloat);
+  // Generic kernels (INTERNVL_KERNELS=generic): libtorch's op.
+  ForceGenericKernels(true);
+  EXPECT_FALSE(SoftmaxRunsInPlace(x.clone()));
+  ForceGenericKernels(false);
+  at::Tensor own = x.clone();
+  if (SoftmaxRunsInPlace(own)) {
+    const at::Tensor y = SoftmaxLastDimFp32(own);
+    EXPECT_EQ(y.data_ptr(), own.data_ptr());
+    EXPECT_TRUE(at::allclose(own, at::softmax(x, -1), 2e-6, 1e-7));
+  } else {
+    GTEST_LOG_(INFO) << "this CPU has no AVX2/FMA: the kernel does not run";
+  }
+}
+
+}  // namespace
+}  // namespace internvl
