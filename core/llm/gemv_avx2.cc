@@ -17,6 +17,7 @@
 
 #include "core/llm/gemv_kernels.h"
 #include "core/llm/row_order.h"
+#include "core/nn/exp_avx2.h"
 
 namespace internvl::llm::gemv {
 namespace {
@@ -192,31 +193,8 @@ void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end) {
   }
 }
 
-namespace {
-
-// e^x for x <= 0 (softmax after the max is subtracted), Cephes' expf
-// polynomial as in avx_mathfun: within 2 ulp of expf; inputs below -87.3
-// give ~1e-38 instead of 0 (negligible beside the sum's 1 from the max).
-inline __m256 ExpNonPositive(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-  __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
-  fx = _mm256_floor_ps(fx);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-  const __m256 z = _mm256_mul_ps(x, x);
-  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
-  y = _mm256_fmadd_ps(y, z, x);
-  y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
-
-}  // namespace
+// e^x for x <= 0 (softmax after the max is subtracted): core/nn/exp_avx2.h.
+using simd::ExpNonPositiveAvx2;
 
 // Sums of 8 accumulators at once: [sum(a0), ..., sum(a7)].
 inline __m256 HorizontalSums8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
@@ -333,7 +311,7 @@ Segment SegmentSoftmaxAvx2(float* scores, int64_t len) {
   __m256 sv = _mm256_setzero_ps();
   int64_t l = 0;
   for (; l + 8 <= len; l += 8) {
-    const __m256 e = ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(scores + l), mv));
+    const __m256 e = ExpNonPositiveAvx2(_mm256_sub_ps(_mm256_loadu_ps(scores + l), mv));
     _mm256_storeu_ps(scores + l, e);
     sv = _mm256_add_ps(sv, e);
   }
@@ -341,7 +319,7 @@ Segment SegmentSoftmaxAvx2(float* scores, int64_t len) {
   for (; l < len; ++l) {
     float tail[8] = {scores[l] - seg.max, 0, 0, 0, 0, 0, 0, 0};
     float e[8];
-    _mm256_storeu_ps(e, ExpNonPositive(_mm256_loadu_ps(tail)));
+    _mm256_storeu_ps(e, ExpNonPositiveAvx2(_mm256_loadu_ps(tail)));
     scores[l] = e[0];
     seg.sum += e[0];
   }

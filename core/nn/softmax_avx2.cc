@@ -6,34 +6,13 @@
 #include <cstdint>
 #include <limits>
 
+#include "core/nn/exp_avx2.h"
 #include "core/nn/softmax_kernels.h"
 
 namespace internvl::softmax {
 namespace {
 
-// e^x for x <= 0 (inputs after the row maximum is subtracted): Cephes' expf
-// polynomial (as avx_mathfun), within 2 ulp of expf; below -87.3 (where expf
-// is subnormal or 0) exactly 0, so masked (-inf) scores weigh nothing.
-inline __m256 ExpNonPositive(__m256 x) {
-  const __m256 lowest = _mm256_set1_ps(-87.3f);
-  const __m256 keep = _mm256_cmp_ps(x, lowest, _CMP_GE_OQ);
-  x = _mm256_max_ps(x, lowest);
-  __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
-  fx = _mm256_floor_ps(fx);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-  const __m256 z = _mm256_mul_ps(x, x);
-  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
-  y = _mm256_fmadd_ps(y, z, x);
-  y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  return _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), keep);
-}
+using simd::ExpNonPositiveAvx2;
 
 inline float HorizontalMax(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -93,20 +72,20 @@ void SoftmaxRow(float* x, int64_t n) {
   const __m256 mv = _mm256_set1_ps(max);
   __m256 s0 = _mm256_setzero_ps(), s1 = s0;
   for (i = 0; i + 16 <= n; i += 16) {
-    const __m256 a = ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
-    const __m256 b = ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), mv));
+    const __m256 a = ExpNonPositiveAvx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+    const __m256 b = ExpNonPositiveAvx2(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), mv));
     _mm256_storeu_ps(x + i, a);
     _mm256_storeu_ps(x + i + 8, b);
     s0 = _mm256_add_ps(s0, a);
     s1 = _mm256_add_ps(s1, b);
   }
   for (; i + 8 <= n; i += 8) {
-    const __m256 a = ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+    const __m256 a = ExpNonPositiveAvx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
     _mm256_storeu_ps(x + i, a);
     s0 = _mm256_add_ps(s0, a);
   }
   if (i < n) {
-    const __m256 a = ExpNonPositive(_mm256_sub_ps(LoadTail(x + i, n - i, neg_inf), mv));
+    const __m256 a = ExpNonPositiveAvx2(_mm256_sub_ps(LoadTail(x + i, n - i, neg_inf), mv));
     StoreTail(x + i, n - i, a);
     s0 = _mm256_add_ps(s0, a);
   }
