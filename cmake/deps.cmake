@@ -22,9 +22,10 @@ endif()
 # OpenMP, as libtorch's CPU build (GCC's libgomp): at::parallel_for is inline
 # and splits work over libtorch's threads only in code compiled with it; in
 # ours it otherwise ran its loop on the calling thread alone. Not with clang
-# (the fuzz and sanitizer trees), whose OpenMP runtime is another one.
+# (the fuzz and sanitizer trees), whose OpenMP runtime is another one, nor
+# against Python's CUDA libtorch, which bundles its own copy of libgomp.
 set(INTERNVL_OPENMP OFF)
-if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND NOT INTERNVL_WITH_CUDA)
   find_package(OpenMP COMPONENTS CXX)
   if(OpenMP_CXX_FOUND)
     set(INTERNVL_OPENMP ON)
