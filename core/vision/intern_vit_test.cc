@@ -5,6 +5,7 @@
 #include "core/vision/intern_vit.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 namespace internvl {
@@ -23,6 +24,10 @@ VisionConfig TinyConfig(VisionConfig::Norm norm, bool qk_norm) {
 }
 
 TEST(VisionLayer, PiecewiseInferenceMatchesTheWholeBatch) {
+  // Two threads, so that (tile, head) pairs run on an OpenMP worker too,
+  // which must take the caller's inference mode.
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
   for (const VisionConfig::Norm norm : {VisionConfig::Norm::kLayerNorm, VisionConfig::Norm::kRmsNorm}) {
     for (const bool qk_norm : {false, true}) {
       SCOPED_TRACE(testing::Message() << "layer norm " << (norm == VisionConfig::Norm::kLayerNorm) << ", qk norm "
@@ -57,6 +62,7 @@ TEST(VisionLayer, PiecewiseInferenceMatchesTheWholeBatch) {
       EXPECT_TRUE(at::allclose(layer->forward(x), whole, 1e-5, 1e-5));
     }
   }
+  at::set_num_threads(threads);
 }
 
 }  // namespace
