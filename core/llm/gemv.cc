@@ -458,12 +458,24 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   // memory once, and long contexts give every thread work. Segments are then
   // combined with their maxima. No libtorch op in between: a parallel one
   // wakes libtorch's OpenMP threads, whose spinning then competes with these
-  // for the cores. 32 KB of keys per segment (128 keys at d = 64): measured
-  // 5.0 ms per token for 24 layers x 2500 keys, against 5.4 (16 KB), 6.8
-  // (8 KB), 5.6 (64 KB). Segments are whole blocks.
-  const int64_t seg_blocks = std::max<int64_t>(1, std::max<int64_t>(16, (int64_t{32} << 10) / (4 * dim)) / bs);
-  const int64_t segment = seg_blocks * bs;
+  // for the cores. Segments are whole blocks of 32 KB of fp32 keys (128 keys
+  // at d = 64) up to 4x that, the longest that still leaves each thread 4
+  // chunks: fewer chunks start cold and fewer pieces are combined. At 2500
+  // keys on 2 threads (512-key segments): 2.9-3.1 ms per token for 24 layers
+  // of bf16 cache against 3.3-3.5 for 128-key segments, fp32 5.1 against 5.5
+  // (bench_gemv, A/B interleaved); 384-1280 keys all measured alike, one
+  // segment per head 15-20% slower. (AVX-512-BF16's grouped values take at
+  // most 256 keys.)
+  const int threads = at::get_num_threads();
+  int64_t keys_per_head = 0;
+  for (int64_t len : lens) keys_per_head += len;
+  const int64_t min_keys = std::max<int64_t>(16, (int64_t{32} << 10) / (4 * dim));
+  const int64_t max_keys = native_bf16 ? std::min<int64_t>(256, 4 * min_keys) : 4 * min_keys;
+  const int64_t keys = std::clamp<int64_t>(keys_per_head * kv_heads / (4 * std::max(1, threads)), min_keys,
+                                           std::max(min_keys, max_keys));
   constexpr int64_t kMaxSegBlocks = 256;
+  const int64_t seg_blocks = std::clamp<int64_t>(keys / bs, 1, kMaxSegBlocks);
+  const int64_t segment = seg_blocks * bs;
   // (AVX-512-BF16: pairs of keys in one block, at most 256 keys; AVX2: fp32
   // or widened bf16 values, any block size.)
   const bool grouped_values =
@@ -488,7 +500,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   // fp32 or bf16 (uint16_t bits) rows.
   const void* kp = key_pool.data_ptr();
   const void* vp = value_pool.data_ptr();
-  ParallelChunks(static_cast<int64_t>(chunks.size()), at::get_num_threads(), [&](int64_t c) {
+  ParallelChunks(static_cast<int64_t>(chunks.size()), threads, [&](int64_t c) {
     const Chunk& ch = chunks[c];
     const std::vector<int32_t>& table = *tables[ch.s];
     const int64_t l0 = ch.seg * segment, n = std::min(segment, lens[ch.s] - l0);
