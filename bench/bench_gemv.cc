@@ -3,7 +3,8 @@
 // fused gate|up 9728x896, down 896x4864, vocabulary head 151655x896), one
 // input row: GB/s of weights streamed per kernel and format, against the
 // read bandwidth probed between the calls (bench_bandwidth.h), and each
-// format's time per step of those matrices x 24 layers (+ head).
+// format's time per step of those matrices x 24 layers (+ head), and each
+// kernel alone on one thread over a matrix in L2 (its arithmetic rate).
 // Usage: bench_gemv [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention]
 #include <ATen/ATen.h>
 
@@ -17,7 +18,9 @@
 #include "bench/bench_bandwidth.h"
 #include "bench/bench_util.h"
 #include "core/llm/gemv.h"
+#include "core/llm/gemv_kernels.h"
 #include "core/llm/quant.h"
+#include "core/llm/quant_kernels.h"
 #include "core/nn/torch_util.h"
 
 namespace internvl::llm {
@@ -33,6 +36,68 @@ const Shape kShapes[] = {{"qkv", 1152, 896, 24},
                          {"gate_up", 9728, 896, 24},
                          {"down", 896, 4864, 24},
                          {"head", 151655, 896, 1}};
+
+// The kernel alone on the calling thread, over a ~256 KB matrix of 896
+// inputs that stays in L2 (no call overhead, no memory traffic): the
+// arithmetic rate one thread brings to streaming weights. GB/s of weights.
+double KernelAloneGbps(const std::string& kernel, const std::optional<Quantization>& quant) {
+  const int64_t in = 896, rows = !quant ? 144 : *quant == Quantization::kInt8 ? 288 : 576;
+  const at::Tensor w = at::randn({rows, in}).mul_(0.02).to(at::kBFloat16);
+  const at::Tensor x = at::randn({in});
+  std::vector<float> y(rows), scratch(in);
+  std::vector<uint16_t> x16(in);
+  for (int64_t k = 0; k < in; ++k) x16[k] = FloatToBf16Bits(x[k].item<float>());
+  std::shared_ptr<QuantMatrix> q;
+  if (quant) q = QuantMatrix::Quantize(w, *quant);
+  gemv::Problem p;
+  p.x = x.data_ptr<float>();
+  p.in = in;
+  p.out = rows;
+  p.w = w.data_ptr();
+  p.w_bf16 = true;
+  p.y = y.data();
+  p.x_bf16 = x16.data();
+  if (kernel == GemvKernelName(GemvKernel::kAvx2)) gemv::PrepareAvx2(p, scratch.data());
+  quant::Activations acts;
+  quant::Int8Problem p8;
+  quant::Int4Problem p4;
+  if (q) {
+    const bool int8 = *quant == Quantization::kInt8;
+    acts.Prepare(x.data_ptr<float>(), 1, in, q->padded_in(), int8 ? 0 : q->group(), gemv::CpuHasAvx2Fma());
+    if (int8) {
+      p8 = {&acts, q->data().data_ptr<int8_t>(), q->scale().data_ptr<float>(), nullptr, y.data(), rows, nullptr};
+    } else {
+      p4 = {&acts,
+            q->data().data_ptr<uint8_t>(),
+            q->scale().data_ptr<float>(),
+            q->zmin().data_ptr<float>(),
+            q->group(),
+            nullptr,
+            y.data(),
+            rows,
+            nullptr};
+    }
+  }
+  auto call = [&] {
+    if (!q) {
+      return kernel == GemvKernelName(GemvKernel::kAvx2) ? gemv::RowsAvx2(p, 0, rows)
+                                                         : gemv::RowsAvx512Bf16(p, 0, rows);
+    }
+    const bool avx2 = kernel == QuantKernelName(QuantKernel::kAvx2);
+    if (*quant == Quantization::kInt8) {
+      return avx2 ? quant::Int8RowsAvx2(p8, 0, rows) : quant::Int8RowsAvx512Vnni(p8, 0, rows);
+    }
+    return avx2 ? quant::Int4RowsAvx2(p4, 0, rows) : quant::Int4RowsAvx512Vnni(p4, 0, rows);
+  };
+  const int64_t bytes = q ? q->bytes() : w.numel() * 2;
+  std::vector<double> times;
+  for (int r = 0; r < 7; ++r) {
+    const double t0 = bench::NowSeconds();
+    for (int i = 0; i < 1000; ++i) call();
+    times.push_back((bench::NowSeconds() - t0) / 1000);
+  }
+  return bytes / bench::Median(times) / 1e9;
+}
 
 int Run(int argc, char** argv) {
   int threads = 2, reps = 30;
@@ -111,6 +176,7 @@ int Run(int argc, char** argv) {
         step_bytes += static_cast<double>(bytes) * s.per_step;
       }
       std::printf("  one decode step's matrices: %.0f MB in %.1f ms\n", step_bytes / 1e6, step_ms);
+      std::printf("  kernel alone, 1 thread, ~256 KB in L2: %.1f GB/s\n", KernelAloneGbps(kernel, f.quant));
       for (const int64_t rows : {int64_t{64}, int64_t{512}}) {
         // A matrix that stays in the caches, called back to back: 64 rows
         // show the fixed cost of a call (input casts, output allocation, the
