@@ -16,6 +16,7 @@
 #include <algorithm>
 
 #include "core/llm/gemv_kernels.h"
+#include "core/llm/in_register.h"
 #include "core/llm/row_order.h"
 #include "core/nn/exp_avx2.h"
 
@@ -114,13 +115,13 @@ inline void BlockBf16(const Problem& p, const int64_t* rows, int64_t m0) {
     __m256 xe[M], xo[M];
 #pragma GCC unroll 4
     for (int m = 0; m < M; ++m) {
-      xe[m] = _mm256_loadu_ps(p.x_perm + (m0 + m) * in + k);
-      xo[m] = _mm256_loadu_ps(p.x_perm + (m0 + m) * in + k + 8);
+      xe[m] = InRegister(_mm256_loadu_ps(p.x_perm + (m0 + m) * in + k));
+      xo[m] = InRegister(_mm256_loadu_ps(p.x_perm + (m0 + m) * in + k + 8));
     }
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
-      const __m256i v =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p.w) + rows[i] * in + k));
+      const __m256i v = InRegister(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p.w) + rows[i] * in + k)));
       const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
       const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, high));
 #pragma GCC unroll 4

@@ -6,6 +6,7 @@
 // step (the 4 rows' weights stay in L1 for the next input row).
 #include <immintrin.h>
 
+#include "core/llm/in_register.h"
 #include "core/llm/quant_kernels.h"
 #include "core/llm/row_order.h"
 
@@ -32,24 +33,34 @@ inline __m256 Widen(__m256i pairs, __m256i ones) { return _mm256_cvtepi32_ps(_mm
 template <int kRows>
 void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m) {
   const Activations& a = *p.a;
-  const int64_t blocks = a.inp / kBlock;
-  const int8_t* x = a.xq.data() + m * a.inp;
+  const int64_t inp = a.inp, blocks = inp / kBlock;
+  const int8_t* x = a.xq.data() + m * inp;
   const float* d = a.d.data() + m * blocks;
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[kRows];
-  for (int i = 0; i < kRows; ++i) acc[i] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < blocks; ++b) {
+  const int8_t* w[kRows];
+#pragma GCC unroll 4
+  for (int i = 0; i < kRows; ++i) w[i] = p.w + rows[i] * inp;
+  // Two accumulators per row, for the even and the odd blocks (inp is a
+  // multiple of 64): with one, each row's FMAs form one dependent chain.
+  __m256 acc[kRows], acc_odd[kRows];
+#pragma GCC unroll 4
+  for (int i = 0; i < kRows; ++i) acc[i] = acc_odd[i] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; b += 2) {
     const int64_t k = b * kBlock;
-    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
-    const __m256 dv = _mm256_broadcast_ss(d + b);
+    const __m256i x0 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k)));
+    const __m256i x1 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + kBlock)));
+    const __m256 d0 = _mm256_broadcast_ss(d + b), d1 = _mm256_broadcast_ss(d + b + 1);
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + rows[i] * a.inp + k));
-      acc[i] = _mm256_fmadd_ps(DotInt8(_mm256_abs_epi8(wv), wv, xv, ones), dv, acc[i]);
+      const __m256i w0 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + k)));
+      const __m256i w1 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + k + kBlock)));
+      acc[i] = _mm256_fmadd_ps(DotInt8(_mm256_abs_epi8(w0), w0, x0, ones), d0, acc[i]);
+      acc_odd[i] = _mm256_fmadd_ps(DotInt8(_mm256_abs_epi8(w1), w1, x1, ones), d1, acc_odd[i]);
     }
   }
+#pragma GCC unroll 4
   for (int i = 0; i < kRows; ++i) {
-    float y = p.scale[rows[i]] * HorizontalSum(acc[i]);
+    float y = p.scale[rows[i]] * HorizontalSum(_mm256_add_ps(acc[i], acc_odd[i]));
     if (p.bias != nullptr) y += p.bias[rows[i]];
     StoreY(p, m * p.out + rows[i], y);
   }
@@ -111,8 +122,8 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
     const __m256i x3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + 96));
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
-      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + k / 2));
-      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + k / 2 + 32));
+      const __m256i v0 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + k / 2)));
+      const __m256i v1 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + k / 2 + 32)));
       const __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(v0, low), x0);
       const __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(v1, low), x1);
       const __m256i p2 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), x2);
