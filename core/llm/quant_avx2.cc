@@ -71,10 +71,10 @@ void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m) {
 // added before widening; with 128 (groups of 128 multiples: both halves of a
 // chunk in one group) all four are, into the low half's accumulator.
 template <int kRows, int kSpan>
-void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
+void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m, int64_t groups) {
   const Activations& a = *p.a;
-  const int64_t blocks = a.inp / kBlock, groups = a.inp / p.group, row_bytes = a.inp / 2;
-  const int8_t* x = a.xq.data() + m * a.inp;
+  const int64_t inp = a.inp, blocks = inp / kBlock, row_bytes = inp / 2;
+  const int8_t* x = a.xq.data() + m * inp;
   const float* d = a.d.data() + m * blocks;
   const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
   const uint8_t* w[kRows];
@@ -89,13 +89,14 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
   // (the block scales are shared by the rows), multiplied by the row's group
   // scale once, when that half moves on to another group.
   __m256 acc[kRows], lo[kRows], hi[kRows];
+#pragma GCC unroll 4
   for (int i = 0; i < kRows; ++i) acc[i] = lo[i] = hi[i] = _mm256_setzero_ps();
   // The groups the halves are in (inputs [end - group, end)), moved on at
   // the top of a chunk (the first, with group 64, flushes zeros).
   int64_t lo_group = 0, lo_end = p.group;
   int64_t hi_group = 0, hi_end = p.group;
   // (Written out, not a lambda over the arrays: that kept them in memory.)
-  for (int64_t k = 0; k < a.inp; k += kChunk4) {
+  for (int64_t k = 0; k < inp; k += kChunk4) {
     if (k >= lo_end) {
 #pragma GCC unroll 4
       for (int i = 0; i < kRows; ++i) {
@@ -161,6 +162,7 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m) {
     for (int i = 0; i < kRows; ++i)
       acc[i] = _mm256_fmadd_ps(_mm256_maskload_ps(p.zmin + rows[i] * groups + g, mask), gs, acc[i]);
   }
+#pragma GCC unroll 4
   for (int i = 0; i < kRows; ++i) {
     float y = HorizontalSum(acc[i]);
     if (p.bias != nullptr) y += p.bias[rows[i]];
@@ -221,11 +223,12 @@ void Int8RowsAvx2(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
 namespace {
 template <int kSpan>
 void Int4Rows(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
+  const int64_t groups = p.a->inp / p.group;  // (one division per call, not per row)
   VisitRows(row_begin, row_end, p.a->m == 1, [&](const int64_t* rows, int n) {
     for (int64_t m = 0; m < p.a->m; ++m) {
-      n == 4   ? Int4Block<4, kSpan>(p, rows, m)
-      : n == 2 ? Int4Block<2, kSpan>(p, rows, m)
-               : Int4Block<1, kSpan>(p, rows, m);
+      n == 4   ? Int4Block<4, kSpan>(p, rows, m, groups)
+      : n == 2 ? Int4Block<2, kSpan>(p, rows, m, groups)
+               : Int4Block<1, kSpan>(p, rows, m, groups);
     }
   });
 }
