@@ -88,7 +88,11 @@ inline void BlockBf16(const Problem& p, const int64_t* rows, int64_t m0) {
   const int64_t row = rows[0];
   const auto* w = static_cast<const uint16_t*>(p.w) + row * in;
   const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
-  const bool prefetch = m0 == 0 && rows[kRows - 1] == row + kRows - 1;
+  // (Only groups of 4 adjacent rows prefetch: streaming pairs lie far apart.
+  // A compile-time choice, or the test stays in the loop, reloading its
+  // operands from the stack every step.)
+  constexpr bool kMayPrefetch = kRows == 4;
+  const bool prefetch = kMayPrefetch && m0 == 0 && rows[kRows - 1] == row + kRows - 1;
   const char* ahead = reinterpret_cast<const char*>(w + kRows * in);
   const char* limit = reinterpret_cast<const char*>(static_cast<const uint16_t*>(p.w) + p.out * in);
   // The even and the odd products in two accumulators where the registers
@@ -105,7 +109,7 @@ inline void BlockBf16(const Problem& p, const int64_t* rows, int64_t m0) {
     for (int m = 0; m < M; ++m) acc[i][m] = acc_odd[i][m] = _mm256_setzero_ps();
   }
   for (int64_t k = 0; k < vec_end; k += 16) {
-    if (prefetch) {
+    if (kMayPrefetch && prefetch) {
       const char* a = ahead + k * kRows * 2;
       if (a + 64 < limit) {
         _mm_prefetch(a, _MM_HINT_T0);
