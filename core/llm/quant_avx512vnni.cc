@@ -90,7 +90,12 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0) {
   for (int i = 0; i < kRows; ++i)
 #pragma GCC unroll 4
     for (int m = 0; m < M; ++m) acc[i][m] = _mm512_setzero_ps();
+  // The groups of inputs k and k + 64 (k / group and (k + 64) / group),
+  // moved on as k grows instead of two 64-bit divisions per chunk.
+  int64_t g_lo = 0, lo_end = p.group, g_hi = 0, hi_end = p.group;
   for (int64_t k = 0; k < inp; k += kChunk4) {
+    while (k >= lo_end) ++g_lo, lo_end += p.group;
+    while (k + 64 >= hi_end) ++g_hi, hi_end += p.group;
     const int64_t kb = k / 2;  // byte offset in the row
     if (prefetch) {
       const char* next = ahead + kb * kRows;
@@ -107,7 +112,6 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0) {
       lo[i] = _mm512_and_si512(v, low);
       hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
     }
-    const int64_t g_lo = k / p.group, g_hi = (k + 64) / p.group;
 #pragma GCC unroll 2
     for (int m = 0; m < M; ++m) {
       const int8_t* x = a.xq.data() + (m0 + m) * inp + k;
