@@ -33,3 +33,19 @@ function(internvl_skipped path out)
     endif()
   endforeach()
 endfunction()
+
+# Kernel files for an instruction set the CPU is checked for at run time (the
+# rest of the program stays at the baseline ISA). Usage:
+#   internvl_simd_sources(TARGET t SOURCES k_avx2.cc FLAGS -mavx2 -mfma
+#                         CALLERS k.cc DEFINE INTERNVL_HAVE_K_AVX2)
+# adds SOURCES to TARGET compiled with FLAGS, outside the target's
+# precompiled header (built with the baseline flags), and defines DEFINE=1 in
+# the CALLERS, the files that check the CPU and dispatch to them.
+function(internvl_simd_sources)
+  cmake_parse_arguments(S "" "TARGET;DEFINE" "SOURCES;FLAGS;CALLERS" ${ARGN})
+  target_sources(${S_TARGET} PRIVATE ${S_SOURCES})
+  set_source_files_properties(${S_SOURCES} PROPERTIES COMPILE_OPTIONS "${S_FLAGS}" SKIP_PRECOMPILE_HEADERS ON)
+  if(S_DEFINE)
+    set_property(SOURCE ${S_CALLERS} APPEND PROPERTY COMPILE_DEFINITIONS ${S_DEFINE}=1)
+  endif()
+endfunction()
