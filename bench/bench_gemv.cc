@@ -46,7 +46,7 @@ double KernelAloneGbps(const std::string& kernel, const std::optional<Quantizati
   const at::Tensor x = at::randn({in});
   std::vector<float> y(rows), scratch(in);
   std::vector<uint16_t> x16(in);
-  for (int64_t k = 0; k < in; ++k) x16[k] = FloatToBf16Bits(x[k].item<float>());
+  for (int64_t k = 0; k < in; ++k) x16[k] = FloatToBf16Bits(x.data_ptr<float>()[k]);
   std::shared_ptr<QuantMatrix> q;
   if (quant) q = QuantMatrix::Quantize(w, *quant);
   gemv::Problem p;

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "bench/bench_bandwidth.h"
+#include "bench/bench_bandwidth.h"  // Median
 #include "bench/bench_matmul.h"
 #include "bench/bench_util.h"
 #include "core/config.h"
@@ -169,7 +169,6 @@ int Main(int argc, char** argv) {
     // the (tile, head) pairs on the threads in blocks of 64 query rows (the
     // default) against the reference's order (a group of heads' whole
     // [N, N] scores, each product on all threads), interleaved.
-    at::InferenceMode inference;
     VisionAttention attention(config.vision);
     const at::Tensor x = at::randn({1, 1025, config.vision.hidden_size});
     std::vector<double> times[2];

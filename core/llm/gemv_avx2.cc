@@ -109,7 +109,7 @@ inline void BlockBf16(const Problem& p, const int64_t* rows, int64_t m0) {
     for (int m = 0; m < M; ++m) acc[i][m] = acc_odd[i][m] = _mm256_setzero_ps();
   }
   for (int64_t k = 0; k < vec_end; k += 16) {
-    if (kMayPrefetch && prefetch) {
+    if (prefetch) {
       const char* a = ahead + k * kRows * 2;
       if (a + 64 < limit) {
         _mm_prefetch(a, _MM_HINT_T0);
