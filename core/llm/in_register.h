@@ -12,7 +12,11 @@ namespace internvl::llm {
 
 template <typename V>
 inline V InRegister(V v) {
+#ifdef __AVX512F__
+  __asm__("" : "+v"(v));  // any of the 32 vector registers (EVEX)
+#else
   __asm__("" : "+x"(v));
+#endif
   return v;
 }
 

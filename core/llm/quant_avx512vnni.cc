@@ -14,6 +14,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include "core/llm/in_register.h"
 #include "core/llm/quant_kernels.h"
 #include "core/llm/row_order.h"
 #include "core/llm/simd_avx512.h"
@@ -75,27 +76,64 @@ void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m0) {
   }
 }
 
-template <int kRows, int M>
-void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0) {
+// kSpan: inputs sharing one activation scale (Activations::SpanFor). With
+// 128 (groups of 128 multiples) a chunk's two halves share their scale and
+// group, so their dot products go into one int32 vector before it is
+// converted and scaled once; with 64 each half has its own scale and group.
+// Per row and input row, one accumulator per half (one with spans of 128) of
+// the activation-scaled sums, multiplied by the row's group scale once, when
+// that half moves on to another group (as in the AVX2 kernel).
+template <int kRows, int M, int kSpan>
+void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t groups) {
+  constexpr int kHalves = kSpan == 128 ? 1 : 2;
   const Activations& a = *p.a;
-  const int64_t inp = a.inp, lanes = inp / 4, row_bytes = inp / 2, groups = inp / p.group;
+  const int64_t inp = a.inp, blocks = inp / kBlock, row_bytes = inp / 2;
   const int64_t row = rows[0];
   const uint8_t* w = p.w + row * row_bytes;
   const bool prefetch = m0 == 0 && rows[kRows - 1] == row + kRows - 1;
   const char* ahead = reinterpret_cast<const char*>(w + kRows * row_bytes);
   const char* limit = reinterpret_cast<const char*>(p.w + p.out * row_bytes);
   const __m512i low = _mm512_set1_epi8(0x0F);
-  __m512 acc[kRows][M];
+  const uint8_t* wr[kRows];
+  const float* scale[kRows];
+#pragma GCC unroll 4
+  for (int i = 0; i < kRows; ++i) {
+    wr[i] = p.w + rows[i] * row_bytes;
+    scale[i] = p.scale + rows[i] * groups;
+  }
+  __m512 acc[kRows][M], part[kHalves][kRows][M];
 #pragma GCC unroll 4
   for (int i = 0; i < kRows; ++i)
 #pragma GCC unroll 4
-    for (int m = 0; m < M; ++m) acc[i][m] = _mm512_setzero_ps();
-  // The groups of inputs k and k + 64 (k / group and (k + 64) / group),
-  // moved on as k grows instead of two 64-bit divisions per chunk.
+    for (int m = 0; m < M; ++m) {
+      acc[i][m] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+      for (int h = 0; h < kHalves; ++h) part[h][i][m] = _mm512_setzero_ps();
+    }
+  // The groups the halves are in (inputs [end - group, end)), moved on at
+  // the top of a chunk (the first, with group 64, flushes zeros).
   int64_t g_lo = 0, lo_end = p.group, g_hi = 0, hi_end = p.group;
   for (int64_t k = 0; k < inp; k += kChunk4) {
-    while (k >= lo_end) ++g_lo, lo_end += p.group;
-    while (k + 64 >= hi_end) ++g_hi, hi_end += p.group;
+    if (k >= lo_end) {
+#pragma GCC unroll 4
+      for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 2
+        for (int m = 0; m < M; ++m) {
+          acc[i][m] = _mm512_fmadd_ps(part[0][i][m], _mm512_set1_ps(scale[i][g_lo]), acc[i][m]);
+          part[0][i][m] = _mm512_setzero_ps();
+        }
+      while (k >= lo_end) ++g_lo, lo_end += p.group;
+    }
+    if (kHalves == 2 && k + 64 >= hi_end) {
+#pragma GCC unroll 4
+      for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 2
+        for (int m = 0; m < M; ++m) {
+          acc[i][m] = _mm512_fmadd_ps(part[kHalves - 1][i][m], _mm512_set1_ps(scale[i][g_hi]), acc[i][m]);
+          part[kHalves - 1][i][m] = _mm512_setzero_ps();
+        }
+      while (k + 64 >= hi_end) ++g_hi, hi_end += p.group;
+    }
     const int64_t kb = k / 2;  // byte offset in the row
     if (prefetch) {
       const char* next = ahead + kb * kRows;
@@ -108,23 +146,28 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0) {
     __m512i lo[kRows], hi[kRows];
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
-      const __m512i v = _mm512_loadu_si512(p.w + rows[i] * row_bytes + kb);
+      const __m512i v = InRegister(_mm512_loadu_si512(wr[i] + kb));
       lo[i] = _mm512_and_si512(v, low);
       hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
     }
 #pragma GCC unroll 2
     for (int m = 0; m < M; ++m) {
       const int8_t* x = a.xq.data() + (m0 + m) * inp + k;
-      const float* ld = a.lane_d.data() + (m0 + m) * lanes + k / 4;
-      const __m512i x_lo = _mm512_loadu_si512(x), x_hi = _mm512_loadu_si512(x + 64);
-      const __m512 d_lo = _mm512_loadu_ps(ld), d_hi = _mm512_loadu_ps(ld + 16);
+      const float* d = a.d.data() + (m0 + m) * blocks + k / kBlock;
+      const __m512i x_lo = InRegister(_mm512_loadu_si512(x)), x_hi = InRegister(_mm512_loadu_si512(x + 64));
+      // (The blocks of a half share their scale: spans are 64 or 128.)
+      const __m512 d_lo = _mm512_set1_ps(d[0]), d_hi = _mm512_set1_ps(d[2]);
 #pragma GCC unroll 4
       for (int i = 0; i < kRows; ++i) {
-        const float* scale = p.scale + rows[i] * groups;
-        const __m512 t_lo = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[i], x_lo));
-        const __m512 t_hi = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[i], x_hi));
-        acc[i][m] = _mm512_fmadd_ps(_mm512_mul_ps(t_lo, d_lo), _mm512_set1_ps(scale[g_lo]), acc[i][m]);
-        acc[i][m] = _mm512_fmadd_ps(_mm512_mul_ps(t_hi, d_hi), _mm512_set1_ps(scale[g_hi]), acc[i][m]);
+        const __m512i t_lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[i], x_lo);
+        if constexpr (kHalves == 1) {
+          const __m512i t = _mm512_dpbusd_epi32(t_lo, hi[i], x_hi);
+          part[0][i][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), d_lo, part[0][i][m]);
+        } else {
+          const __m512i t_hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), hi[i], x_hi);
+          part[0][i][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t_lo), d_lo, part[0][i][m]);
+          part[1][i][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t_hi), d_hi, part[1][i][m]);
+        }
       }
     }
   }
@@ -133,11 +176,12 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0) {
     const float* zmin = p.zmin + rows[i] * groups;
 #pragma GCC unroll 4
     for (int m = 0; m < M; ++m) {
+      __m512 t = _mm512_fmadd_ps(part[0][i][m], _mm512_set1_ps(scale[i][g_lo]), acc[i][m]);
+      if (kHalves == 2) t = _mm512_fmadd_ps(part[kHalves - 1][i][m], _mm512_set1_ps(scale[i][g_hi]), t);
       // The zero points' term, sum_g zmin[g] * gsum[g], added in vectors to
       // the lanes before they are summed (a scalar chain of FMAs here took
       // 18% of the kernel's time at 7 groups a row).
       const float* gsum = a.gsum.data() + (m0 + m) * groups;
-      __m512 t = acc[i][m];
       for (int64_t g = 0; g < groups; g += 16) {
         const __mmask16 mask = groups - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (groups - g)) - 1);
         t = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, zmin + g), _mm512_maskz_loadu_ps(mask, gsum + g), t);
@@ -173,13 +217,23 @@ void Int8All(const Int8Problem& p, const int64_t* row) {
       p, row);
 }
 
-// Two input rows at a time at most (the 8 unpacked weight vectors and the
+// Two input rows at a time at most (the unpacked weight vectors and the
 // accumulators fill the 32 registers).
-template <int kRows>
-void Int4All(const Int4Problem& p, const int64_t* row) {
+template <int kRows, int kSpan>
+void Int4All(const Int4Problem& p, const int64_t* row, int64_t groups) {
   int64_t m0 = 0;
-  for (; m0 + 2 <= p.a->m; m0 += 2) Int4Block<kRows, 2>(p, row, m0);
-  if (m0 < p.a->m) Int4Block<kRows, 1>(p, row, m0);
+  for (; m0 + 2 <= p.a->m; m0 += 2) Int4Block<kRows, 2, kSpan>(p, row, m0, groups);
+  if (m0 < p.a->m) Int4Block<kRows, 1, kSpan>(p, row, m0, groups);
+}
+
+template <int kSpan>
+void Int4Rows(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
+  const int64_t groups = p.a->inp / p.group;  // (one division per call, not per row)
+  VisitRows(row_begin, row_end, p.a->m <= 4, [&](const int64_t* rows, int n) {
+    n == 4   ? Int4All<4, kSpan>(p, rows, groups)
+    : n == 2 ? Int4All<2, kSpan>(p, rows, groups)
+             : Int4All<1, kSpan>(p, rows, groups);
+  });
 }
 
 }  // namespace
@@ -193,9 +247,7 @@ void Int8RowsAvx512Vnni(const Int8Problem& p, int64_t row_begin, int64_t row_end
 }
 
 void Int4RowsAvx512Vnni(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
-  VisitRows(row_begin, row_end, p.a->m <= 4, [&](const int64_t* rows, int n) {
-    n == 4 ? Int4All<4>(p, rows) : n == 2 ? Int4All<2>(p, rows) : Int4All<1>(p, rows);
-  });
+  Activations::SpanFor(p.group) == 128 ? Int4Rows<128>(p, row_begin, row_end) : Int4Rows<64>(p, row_begin, row_end);
 }
 
 bool CpuHasAvx512Vnni() {
