@@ -554,7 +554,12 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
         block_table(static_cast<const float*>(vp), values32);
       }
     }
-    if (grouped_values && !native_bf16) {
+    if (grouped_values && native_bf16) {
+      // Block by block for the whole group (the block's keys in L1 for all
+      // its heads), the next keys and the values prefetched meanwhile.
+      gemv::SegmentScoresGroupBf16Avx512(qbp + (ch.s * heads + h0) * dim, groups, keys16, bs, n, dim, scale, sc,
+                                         segment, values16);
+    } else if (grouped_values) {
       // The group's scores together: each key row widened once (GQA); the
       // value blocks are prefetched meanwhile.
       const float* qg = qp + (ch.s * heads + h0) * dim;

@@ -86,12 +86,16 @@ inline void AllInputs(const Problem& p, const int64_t* rows) {
 }
 
 // Sums of 16 vectors' lanes: lane i of the result = sum of a[i]'s 16 lanes
-// (unpack/add within 128-bit lanes, then across them).
-inline __m512 HorizontalSums16(const __m512* a) {
+// (unpack/add within 128-bit lanes, then across them). Inlined with its
+// loops unrolled: otherwise the caller's 16 accumulators went through the
+// stack (a store per product in the scores loop).
+__attribute__((always_inline)) inline __m512 HorizontalSums16(const __m512* a) {
   __m512 b[8], c[4];
+#pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
     b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
   }
+#pragma GCC unroll 4
   for (int i = 0; i < 4; ++i) {
     const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
     c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
@@ -109,6 +113,13 @@ inline __m512 KeyDot(const uint16_t* q, const uint16_t* k, int64_t dim) {
     acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(k + d), (__m512bh)_mm512_loadu_si512(q + d));
   }
   return acc;
+}
+
+// Software prefetch of [p, p + bytes) into L1 (_MM_HINT_T0) or L2 (T1).
+template <int kHint>
+inline void PrefetchBytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, static_cast<_mm_hint>(kHint));
 }
 
 inline uint16_t RoundToBf16(float f) {
@@ -168,6 +179,24 @@ void SegmentScoresBf16Avx512(const uint16_t* q, const uint16_t* k, int64_t len, 
     _mm512_storeu_ps(scores + l, _mm512_div_ps(HorizontalSums16(a), scale_v));
   }
   for (; l < len; ++l) scores[l] = ReduceAdd(KeyDot(q, k + l * dim, dim)) / scale;
+}
+
+void SegmentScoresGroupBf16Avx512(const uint16_t* q, int64_t heads, const uint16_t* const* blocks, int64_t bs,
+                                  int64_t len, int64_t dim, float scale, float* scores, int64_t stride,
+                                  const uint16_t* const* values) {
+  const int64_t block_bytes = bs * dim * 2;
+  for (int64_t b = 0; b * bs < len; ++b) {
+    // As the AVX2 grouped kernel: the next block's keys into L1 and this
+    // block's values into L2 while the block is scored for every head (the
+    // value loads missed the caches: most of the values step's time).
+    if (b == 0) PrefetchBytes<_MM_HINT_T0>(blocks[0], block_bytes);
+    if ((b + 1) * bs < len) PrefetchBytes<_MM_HINT_T0>(blocks[b + 1], block_bytes);
+    if (values != nullptr) PrefetchBytes<_MM_HINT_T1>(values[b], block_bytes);
+    const int64_t n = std::min(bs, len - b * bs);
+    for (int64_t h = 0; h < heads; ++h) {
+      SegmentScoresBf16Avx512(q + h * dim, blocks[b], n, dim, scale, scores + h * stride + b * bs);
+    }
+  }
 }
 
 void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out) {

@@ -115,6 +115,13 @@ void SegmentValuesGroupBf16Avx2(const float* probs, int64_t probs_stride, int64_
 void SegmentScoresBf16Avx512(const uint16_t* q, const uint16_t* k, int64_t len, int64_t dim, float scale,
                              float* scores);
 void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
+// SegmentScoresBf16Avx512 for `heads` query heads (rows of q) over a
+// segment of `len` keys stored in blocks of `bs` rows: the same bits as the
+// per-head kernel called per block; the next block's keys and each block's
+// `values` (when given) are prefetched meanwhile.
+void SegmentScoresGroupBf16Avx512(const uint16_t* q, int64_t heads, const uint16_t* const* blocks, int64_t bs,
+                                  int64_t len, int64_t dim, float scale, float* scores, int64_t stride,
+                                  const uint16_t* const* values = nullptr);
 // The values step for all `heads` query heads of a KV head at once, over a
 // segment of `len` <= 256 keys stored in blocks of `bs` (even) rows of `dim`
 // (% 32 == 0): out[h * out_stride + d] = sum_l bf16(probs[h * probs_stride +

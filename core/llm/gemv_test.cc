@@ -325,6 +325,24 @@ TEST(GemvKernels, GroupedScoreKernelsAreThePerHeadKernelsBits) {
                                    << (bf16 ? " bf16" : " fp32") << " at " << i;
       }
     }
+    if (gemv::CpuHasAvx512Bf16() && dim % 32 == 0) {
+      // bf16 queries (AVX-512-BF16 dot products): the grouped kernel against
+      // the per-head one per block.
+      const at::Tensor qb = q.to(at::kBFloat16);
+      const auto* qbp = reinterpret_cast<const uint16_t*>(qb.data_ptr());
+      std::vector<float> got(heads * stride, -1.0f), want(heads * stride, -1.0f);
+      gemv::SegmentScoresGroupBf16Avx512(qbp, heads, rows.data(), bs, len, dim, scale, got.data(), stride, rows.data());
+      for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t b = 0; b < nblocks; ++b) {
+          gemv::SegmentScoresBf16Avx512(qbp + h * dim, rows[b], std::min(bs, len - b * bs), dim, scale,
+                                        want.data() + h * stride + b * bs);
+        }
+      }
+      for (int64_t i = 0; i < heads * stride; ++i) {
+        ASSERT_EQ(got[i], want[i]) << "avx512bf16 heads " << heads << " len " << len << " dim " << dim << " bs " << bs
+                                   << " at " << i;
+      }
+    }
   }
 }
 
