@@ -31,6 +31,7 @@ inline float Bf16ToFloat(uint16_t v) {
 }
 
 using simd::ReduceAdd;
+using simd::ReduceAddRows;
 
 // Dot products of kRows weight rows (at rows[i]) with M input rows from m0.
 // The rows need not be adjacent: see RowsAvx512Bf16.
@@ -59,9 +60,15 @@ inline void Block(const Problem& p, const int64_t* rows, int64_t m0) {
       for (int m = 0; m < M; ++m) acc[i][m] = _mm512_dpbf16_ps(acc[i][m], wv, xv[m]);
     }
   }
-  for (int i = 0; i < kRows; ++i) {
-    for (int m = 0; m < M; ++m) {
-      float s = ReduceAdd(acc[i][m]);
+#pragma GCC unroll 4
+  for (int m = 0; m < M; ++m) {
+    __m512 row_acc[kRows];
+    float sums[kRows];
+#pragma GCC unroll 8
+    for (int i = 0; i < kRows; ++i) row_acc[i] = acc[i][m];
+    ReduceAddRows<kRows>(row_acc, sums);
+    for (int i = 0; i < kRows; ++i) {
+      float s = sums[i];
       for (int64_t k = vec_end; k < in; ++k) s += Bf16ToFloat(w[i][k]) * Bf16ToFloat(x[(m0 + m) * in + k]);
       s = AddBias(p, rows[i], s);
       StoreY(p, (m0 + m) * p.out + rows[i], s);

@@ -22,7 +22,7 @@
 namespace internvl::llm::quant {
 namespace {
 
-using simd::ReduceAdd;
+using simd::ReduceAddRows;
 
 // Rows rows[0..kRows) x input rows [m0, m0 + M). Adjacent rows (rows[i] =
 // rows[0] + i) prefetch one block ahead; split ones are two streams far apart
@@ -66,10 +66,15 @@ void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m0) {
     }
   }
 #pragma GCC unroll 4
-  for (int i = 0; i < kRows; ++i) {
+  for (int m = 0; m < M; ++m) {
+    __m512 row_acc[kRows];
+    float sums[kRows];
 #pragma GCC unroll 4
-    for (int m = 0; m < M; ++m) {
-      float y = p.scale[rows[i]] * ReduceAdd(acc[i][m]);
+    for (int i = 0; i < kRows; ++i) row_acc[i] = acc[i][m];
+    ReduceAddRows<kRows>(row_acc, sums);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i) {
+      float y = p.scale[rows[i]] * sums[i];
       if (p.bias != nullptr) y += p.bias[rows[i]];
       StoreY(p, (m0 + m) * p.out + rows[i], y);
     }
@@ -171,22 +176,28 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t gr
       }
     }
   }
+#pragma GCC unroll 2
+  for (int m = 0; m < M; ++m) {
+    const float* gsum = a.gsum.data() + (m0 + m) * groups;
+    __m512 t[kRows];
+    float sums[kRows];
 #pragma GCC unroll 4
-  for (int i = 0; i < kRows; ++i) {
-    const float* zmin = p.zmin + rows[i] * groups;
-#pragma GCC unroll 4
-    for (int m = 0; m < M; ++m) {
-      __m512 t = _mm512_fmadd_ps(part[0][i][m], _mm512_set1_ps(scale[i][g_lo]), acc[i][m]);
-      if (kHalves == 2) t = _mm512_fmadd_ps(part[kHalves - 1][i][m], _mm512_set1_ps(scale[i][g_hi]), t);
+    for (int i = 0; i < kRows; ++i) {
+      t[i] = _mm512_fmadd_ps(part[0][i][m], _mm512_set1_ps(scale[i][g_lo]), acc[i][m]);
+      if (kHalves == 2) t[i] = _mm512_fmadd_ps(part[kHalves - 1][i][m], _mm512_set1_ps(scale[i][g_hi]), t[i]);
       // The zero points' term, sum_g zmin[g] * gsum[g], added in vectors to
       // the lanes before they are summed (a scalar chain of FMAs here took
       // 18% of the kernel's time at 7 groups a row).
-      const float* gsum = a.gsum.data() + (m0 + m) * groups;
+      const float* zmin = p.zmin + rows[i] * groups;
       for (int64_t g = 0; g < groups; g += 16) {
         const __mmask16 mask = groups - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (groups - g)) - 1);
-        t = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, zmin + g), _mm512_maskz_loadu_ps(mask, gsum + g), t);
+        t[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, zmin + g), _mm512_maskz_loadu_ps(mask, gsum + g), t[i]);
       }
-      float y = ReduceAdd(t);
+    }
+    ReduceAddRows<kRows>(t, sums);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i) {
+      float y = sums[i];
       if (p.bias != nullptr) y += p.bias[rows[i]];
       StoreY(p, (m0 + m) * p.out + rows[i], y);
     }
