@@ -142,6 +142,26 @@ TEST(RMSNorm, InferenceLoopMatchesOps) {
   EXPECT_LT((loop - ops).abs().max().item<float>(), 1e-6 * ops.abs().max().item<float>());
 }
 
+TEST(RMSNorm, Bf16InferenceLoopMatchesOps) {
+  // bf16 weights and input (a model computed in bf16): the loop rounds as
+  // the op chain does; only the mean of squares is summed differently (in
+  // double), so an element may differ by one bf16 step where h * inv lies
+  // at a rounding tie's edge.
+  RMSNorm norm(896, 1e-6, at::kBFloat16);
+  {
+    at::NoGradGuard no_grad;
+    norm->weight.uniform_(0.5, 1.5);
+  }
+  const at::Tensor x = (at::randn({3, 896}) * 3).to(at::kBFloat16);
+  const at::Tensor ops = norm(x).detach();  // grad mode: the op chain
+  at::InferenceMode guard;
+  const at::Tensor loop = norm(x);
+  ASSERT_EQ(loop.scalar_type(), at::kBFloat16);
+  const at::Tensor diff = (loop.to(at::kFloat) - ops.to(at::kFloat)).abs();
+  EXPECT_LE(diff.max().item<float>(), ops.to(at::kFloat).abs().max().item<float>() / 128);
+  EXPECT_LT(diff.gt(0).sum().item<int64_t>(), x.numel() / 100);
+}
+
 TEST(ApplyRope, DecodeLoopsAreBitIdenticalToOps) {
   for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     const at::Tensor x = at::randn({1, 3, 4, 64}).mul(4).to(dtype);

@@ -237,6 +237,32 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
     }
     return out;
   }
+  if (Inference() && UseCpuKernels(x.device()) && x.scalar_type() == at::kBFloat16 &&
+      weight.scalar_type() == at::kBFloat16 && x.is_contiguous() && weight.is_contiguous() && n > 0 &&
+      x.numel() / n <= kMaxLoopRows) {
+    // The same in bf16 (a model computed in bf16): the op chain below is 8
+    // libtorch ops, ~40 us per norm and ~2 ms per decoded token over 24
+    // layers' two norms. Rounded as the ops round: h * inv to bf16, then the
+    // product with the weight to bf16 (the mean of squares as above).
+    at::Tensor out = at::empty_like(x);
+    const auto* w = reinterpret_cast<const uint16_t*>(weight.data_ptr());
+    const auto* in = reinterpret_cast<const uint16_t*>(x.data_ptr());
+    auto* o = reinterpret_cast<uint16_t*>(out.data_ptr());
+    for (int64_t r = 0; r < x.numel() / n; ++r, in += n, o += n) {
+      double sum = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const double v = Bf16BitsToFloat(in[i]);
+        sum += v * v;
+      }
+      const float variance = static_cast<float>(sum / n);
+      const float inv = 1.0f / std::sqrt(variance + static_cast<float>(eps));
+      for (int64_t i = 0; i < n; ++i) {
+        const float h = Bf16BitsToFloat(FloatToBf16Bits(Bf16BitsToFloat(in[i]) * inv));
+        o[i] = FloatToBf16Bits(Bf16BitsToFloat(w[i]) * h);
+      }
+    }
+    return out;
+  }
   at::Tensor h = x.to(at::kFloat);
   at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
   h = h * at::rsqrt(variance + eps);
