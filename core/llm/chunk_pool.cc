@@ -1,5 +1,6 @@
 #include "core/llm/chunk_pool.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -107,7 +108,7 @@ class ChunkPool {
     }
   }
 
-  std::mutex run_mu_;  // one job at a time
+  std::mutex run_mu_;        // one job at a time
   uint64_t generation_ = 0;  // of the last job (guarded by run_mu_)
   // (job generation << 32) | next unclaimed chunk.
   std::atomic<uint64_t> ticket_{0};
@@ -129,6 +130,21 @@ void ParallelChunks(int64_t chunks, int threads, absl::FunctionRef<void(int64_t)
     return;
   }
   ChunkPool::Get().Run(chunks, threads, fn);
+}
+
+RowChunks SplitRows(int64_t rows, int64_t inputs, int threads) {
+  threads = std::max(1, threads);
+  auto blocks_of_4 = [](int64_t r) { return std::max<int64_t>(4, (r + 3) / 4 * 4); };
+  const int64_t chunk = blocks_of_4(
+      std::max<int64_t>((int64_t{1} << 16) / std::max<int64_t>(1, inputs), (rows + 32 * threads - 1) / (32 * threads)));
+  const int64_t small = blocks_of_4(chunk / 4);
+  const int64_t tail_start = std::max<int64_t>(0, rows - 2 * threads * chunk);
+  RowChunks c;
+  int64_t r = 0;
+  for (; r < tail_start; r += chunk) c.begin.push_back(r);
+  for (; r < rows; r += small) c.begin.push_back(r);
+  c.begin.push_back(rows);
+  return c;
 }
 
 }  // namespace internvl::llm

@@ -344,15 +344,10 @@ at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
     scratch = at::empty({rows, in}, xf.options());
     gemv::PrepareAvx2(p, scratch.data_ptr<float>());
   }
-  // Chunks of whole 4-row blocks, each at least ~64K weights (claiming one
-  // costs ~0.1 us, 64K bf16 weights take ~5 us to stream), at most ~32 per
-  // thread.
   const int threads = at::get_num_threads();
-  int64_t chunk_rows = std::max<int64_t>((int64_t{1} << 16) / in, (out + 32 * threads - 1) / (32 * threads));
-  chunk_rows = std::max<int64_t>(4, (chunk_rows + 3) / 4 * 4);
-  const int64_t chunks = (out + chunk_rows - 1) / chunk_rows;
-  ParallelChunks(chunks, threads, [&](int64_t chunk) {
-    const int64_t r0 = chunk * chunk_rows, r1 = std::min(out, r0 + chunk_rows);
+  const RowChunks chunks = SplitRows(out, in, threads);
+  ParallelChunks(chunks.count(), threads, [&](int64_t chunk) {
+    const int64_t r0 = chunks.begin[chunk], r1 = chunks.begin[chunk + 1];
     switch (kernel) {
       case GemvKernel::kAvx512Bf16:
         return gemv::RowsAvx512Bf16(p, r0, r1);

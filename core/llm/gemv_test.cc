@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/llm/chunk_pool.h"
 #include "core/llm/gemv_kernels.h"
 #include "gtest/gtest.h"
 
@@ -110,6 +111,36 @@ TEST(GemvKernels, PortableAndVectorAgreeOnAnyRowRange) {
     ExpectWithin(y1, expected, bound, "portable");
     ExpectWithin(y2, expected, bound, "avx2");
     EXPECT_LT((y1 - y2).abs().max().item<float>(), 1e-4);
+  }
+}
+
+TEST(SplitRows, CoversTheRowsOnceWithSmallerChunksLast) {
+  for (int threads : {1, 2, 4, 16}) {
+    for (int64_t rows : {1, 3, 4, 64, 896, 1152, 9728, 151655}) {
+      for (int64_t inputs : {64, 896, 4864}) {
+        const RowChunks c = SplitRows(rows, inputs, threads);
+        const std::string what = absl::StrCat("rows ", rows, " inputs ", inputs, " threads ", threads);
+        ASSERT_GE(c.count(), 1) << what;
+        EXPECT_EQ(c.begin.front(), 0) << what;
+        EXPECT_EQ(c.begin.back(), rows) << what;
+        for (int64_t i = 0; i < c.count(); ++i) {
+          const int64_t n = c.begin[i + 1] - c.begin[i];
+          ASSERT_GT(n, 0) << what << " chunk " << i;
+          if (i + 1 < c.count()) {
+            EXPECT_EQ(n % 4, 0) << what << " chunk " << i;  // whole 4-row blocks
+          }
+          if (i > 0 && i + 1 < c.count()) {
+            EXPECT_LE(n, c.begin[i] - c.begin[i - 1]) << what << " chunk " << i;  // never growing
+          }
+        }
+        // At most ~32 chunks of the first size per thread, then the tail.
+        const int64_t first = c.begin[1] - c.begin[0];
+        EXPECT_LE(rows / first, 32 * threads + 1) << what;
+        if (rows >= 64 * threads * 4 && rows * inputs >= (int64_t{1} << 21) * threads) {
+          EXPECT_LT(c.begin[c.count()] - c.begin[c.count() - 1], first) << what << ": no smaller chunks at the end";
+        }
+      }
+    }
   }
 }
 

@@ -342,17 +342,13 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
           out,
           y16};
   }
-  // Chunks of whole 4-row blocks of at least ~64K weights, as FastLinear's
-  // (by bytes, 128 KB made int4 matrices of ~1000 rows 4-5 chunks: one
-  // thread took 3 of 5), at most ~32 per thread.
+  // (By rows of `in` weights whatever their width: by bytes, 128 KB made
+  // int4 matrices of ~1000 rows 4-5 chunks, and one thread took 3 of 5.)
   const int threads = at::get_num_threads();
-  int64_t chunk_rows =
-      std::max<int64_t>((int64_t{1} << 16) / std::max<int64_t>(1, in), (out + 32 * threads - 1) / (32 * threads));
-  chunk_rows = std::max<int64_t>(4, (chunk_rows + 3) / 4 * 4);
-  const int64_t chunks = (out + chunk_rows - 1) / chunk_rows;
+  const RowChunks chunks = SplitRows(out, in, threads);
   const bool int8 = w.kind() == QuantMatrix::Kind::kInt8;
-  ParallelChunks(chunks, threads, [&](int64_t chunk) {
-    const int64_t r0 = chunk * chunk_rows, r1 = std::min(out, r0 + chunk_rows);
+  ParallelChunks(chunks.count(), threads, [&](int64_t chunk) {
+    const int64_t r0 = chunks.begin[chunk], r1 = chunks.begin[chunk + 1];
     switch (kernel) {
       case QuantKernel::kAvx512Vnni:
         return int8 ? quant::Int8RowsAvx512Vnni(p8, r0, r1) : quant::Int4RowsAvx512Vnni(p4, r0, r1);
