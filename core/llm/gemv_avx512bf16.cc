@@ -244,7 +244,7 @@ namespace {
 
 // kMaxKeys probabilities of up to 8 heads, rounded to bf16 (consecutive keys
 // pair up in 32-bit words, zero padded to an even count).
-constexpr int64_t kMaxKeys = 256;
+constexpr int64_t kMaxKeys = 512;
 constexpr int kMaxGroup = 8;
 
 // Rounds probs[0, len) to bf16 bits (to nearest even; probabilities are

@@ -123,7 +123,7 @@ void SegmentScoresGroupBf16Avx512(const uint16_t* q, int64_t heads, const uint16
                                   int64_t len, int64_t dim, float scale, float* scores, int64_t stride,
                                   const uint16_t* const* values = nullptr);
 // The values step for all `heads` query heads of a KV head at once, over a
-// segment of `len` <= 256 keys stored in blocks of `bs` (even) rows of `dim`
+// segment of `len` <= 512 keys stored in blocks of `bs` (even) rows of `dim`
 // (% 32 == 0): out[h * out_stride + d] = sum_l bf16(probs[h * probs_stride +
 // l]) * v_l[d], where row l is blocks[l / bs] + (l % bs) * dim. Each value row
 // is loaded once for the group (GQA), and each probability is rounded once.

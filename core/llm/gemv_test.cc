@@ -269,7 +269,7 @@ TEST(GemvKernels, GroupedValueKernelsMatchTheirDefinition) {
   // blocks; any group size (9 = two passes), odd lengths, dims 32..128.
   at::manual_seed(5);
   for (auto [heads, len, dim, bs] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
-           {1, 16, 32, 16}, {7, 128, 64, 16}, {9, 77, 128, 4}, {2, 255, 64, 2}, {8, 3, 32, 16}}) {
+           {1, 16, 32, 16}, {7, 128, 64, 16}, {9, 77, 128, 4}, {2, 255, 64, 2}, {8, 3, 32, 16}, {7, 512, 64, 16}}) {
     const int64_t nblocks = (len + bs - 1) / bs;
     const at::Tensor pool = at::randn({nblocks + 2, bs, dim}).to(at::kBFloat16);
     const at::Tensor probs = at::rand({heads, len + 5});  // rows of stride len + 5
