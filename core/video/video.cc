@@ -414,12 +414,21 @@ struct VideoReader::State {
     RgbImage out;
     out.width = frame->width;
     out.height = frame->height;
-    out.data.resize(static_cast<size_t>(out.width) * out.height * preprocess::kRgbChannels);
+    // swscale's SIMD output paths may write past a packed row's end and past
+    // the last row (FFmpeg's own tests pad the destination; an exact-size
+    // buffer corrupted the heap under the video fuzzer on an AVX-512 CPU):
+    // rows 64-byte aligned plus 64 bytes of slack, then packed in place.
+    const size_t row_bytes = static_cast<size_t>(out.width) * preprocess::kRgbChannels;
+    const size_t stride = (row_bytes + 63) / 64 * 64;
+    out.data.resize(stride * static_cast<size_t>(out.height) + 64);
     uint8_t* dst[4] = {out.data.data(), nullptr, nullptr, nullptr};
-    int dst_stride[4] = {out.width * preprocess::kRgbChannels, 0, 0, 0};
+    int dst_stride[4] = {static_cast<int>(stride), 0, 0, 0};
     const int rows = sws_scale(sws, frame->data, frame->linesize, 0, frame->height, dst, dst_stride);
     if (rows != frame->height)
       return absl::InternalError(absl::StrCat("swscale converted ", rows, " of ", frame->height, " rows"));
+    for (size_t r = 1; r < static_cast<size_t>(out.height) && stride != row_bytes; ++r)
+      std::memmove(out.data.data() + r * row_bytes, out.data.data() + r * stride, row_bytes);
+    out.data.resize(row_bytes * static_cast<size_t>(out.height));
     return out;
   }
 
