@@ -466,7 +466,8 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   int64_t keys_per_head = 0;
   for (int64_t len : lens) keys_per_head += len;
   const int64_t min_keys = std::max<int64_t>(16, (int64_t{32} << 10) / (4 * dim));
-  const int64_t max_keys = native_bf16 ? std::min<int64_t>(512, 4 * min_keys) : 4 * min_keys;
+  const int64_t max_keys =
+      native_bf16 ? std::min<int64_t>(gemv::kMaxValuesGroupKeysBf16Avx512, 4 * min_keys) : 4 * min_keys;
   const int64_t keys = std::clamp<int64_t>(keys_per_head * kv_heads / (4 * std::max(1, threads)), min_keys,
                                            std::max(min_keys, max_keys));
   constexpr int64_t kMaxSegBlocks = 256;
@@ -475,7 +476,8 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   // (AVX-512-BF16: pairs of keys in one block, at most 512 keys; AVX2: fp32
   // or widened bf16 values, any block size.)
   const bool grouped_values =
-      seg_blocks <= kMaxSegBlocks && ((native_bf16 && bs % 2 == 0 && segment <= 512) || (!native_bf16 && avx2));
+      seg_blocks <= kMaxSegBlocks &&
+      ((native_bf16 && bs % 2 == 0 && segment <= gemv::kMaxValuesGroupKeysBf16Avx512) || (!native_bf16 && avx2));
   std::vector<int64_t> segs(seqs), seg_first(seqs + 1, 0);
   struct Chunk {
     int64_t s, j, seg;

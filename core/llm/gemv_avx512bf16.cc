@@ -31,7 +31,7 @@ inline float Bf16ToFloat(uint16_t v) {
 }
 
 using simd::ReduceAdd;
-using simd::ReduceAddRows;
+using simd::ReduceAddColumn;
 
 // Dot products of kRows weight rows (at rows[i]) with M input rows from m0.
 // The rows need not be adjacent: see RowsAvx512Bf16.
@@ -62,11 +62,8 @@ inline void Block(const Problem& p, const int64_t* rows, int64_t m0) {
   }
 #pragma GCC unroll 4
   for (int m = 0; m < M; ++m) {
-    __m512 row_acc[kRows];
     float sums[kRows];
-#pragma GCC unroll 8
-    for (int i = 0; i < kRows; ++i) row_acc[i] = acc[i][m];
-    ReduceAddRows<kRows>(row_acc, sums);
+    ReduceAddColumn(acc, m, sums);
     for (int i = 0; i < kRows; ++i) {
       float s = sums[i];
       for (int64_t k = vec_end; k < in; ++k) s += Bf16ToFloat(w[i][k]) * Bf16ToFloat(x[(m0 + m) * in + k]);
@@ -244,7 +241,7 @@ namespace {
 
 // kMaxKeys probabilities of up to 8 heads, rounded to bf16 (consecutive keys
 // pair up in 32-bit words, zero padded to an even count).
-constexpr int64_t kMaxKeys = 512;
+constexpr int64_t kMaxKeys = kMaxValuesGroupKeysBf16Avx512;
 constexpr int kMaxGroup = 8;
 
 // Rounds probs[0, len) to bf16 bits (to nearest even; probabilities are

@@ -122,8 +122,10 @@ void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len,
 void SegmentScoresGroupBf16Avx512(const uint16_t* q, int64_t heads, const uint16_t* const* blocks, int64_t bs,
                                   int64_t len, int64_t dim, float scale, float* scores, int64_t stride,
                                   const uint16_t* const* values = nullptr);
+// The most keys SegmentValuesGroupBf16Avx512 takes in one call.
+inline constexpr int64_t kMaxValuesGroupKeysBf16Avx512 = 512;
 // The values step for all `heads` query heads of a KV head at once, over a
-// segment of `len` <= 512 keys stored in blocks of `bs` (even) rows of `dim`
+// segment of `len` <= kMaxValuesGroupKeysBf16Avx512 keys stored in blocks of `bs` (even) rows of `dim`
 // (% 32 == 0): out[h * out_stride + d] = sum_l bf16(probs[h * probs_stride +
 // l]) * v_l[d], where row l is blocks[l / bs] + (l % bs) * dim. Each value row
 // is loaded once for the group (GQA), and each probability is rounded once.

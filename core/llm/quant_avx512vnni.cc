@@ -1,9 +1,11 @@
 // AVX-512 VNNI quantized matrix-vector kernels (compiled with -mavx512f
 // -mavx512bw -mavx512vl -mavx512vnni; see quant_kernels.h for the
 // arithmetic). vpdpbusd multiplies 64 unsigned by 64 signed bytes into 16
-// int32 lanes of 4 products each: a 64-byte chunk of inputs spans two
+// int32 lanes of 4 products each. int8: a 64-byte chunk of inputs spans two
 // activation blocks (lanes 0-7 and 8-15), so each lane is scaled by its
-// block's scale (Activations::lane_d) when converted to fp32.
+// block's scale (Activations::lane_d) when converted to fp32. int4: the
+// blocks of each 64-input half share one scale (spans of 64 or 128), so the
+// half's lanes take Activations::d of its first block.
 // int8 weights are made unsigned by flipping their sign bit (w + 128); the
 // lanes start from -128 * (sum of their inputs) (Activations::corr), which
 // cancels the offset exactly. int4 weights (0..15) are unsigned already.
@@ -22,6 +24,7 @@
 namespace internvl::llm::quant {
 namespace {
 
+using simd::ReduceAddColumn;
 using simd::ReduceAddRows;
 
 // Rows rows[0..kRows) x input rows [m0, m0 + M). Adjacent rows (rows[i] =
@@ -67,11 +70,8 @@ void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m0) {
   }
 #pragma GCC unroll 4
   for (int m = 0; m < M; ++m) {
-    __m512 row_acc[kRows];
     float sums[kRows];
-#pragma GCC unroll 4
-    for (int i = 0; i < kRows; ++i) row_acc[i] = acc[i][m];
-    ReduceAddRows<kRows>(row_acc, sums);
+    ReduceAddColumn(acc, m, sums);
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
       float y = p.scale[rows[i]] * sums[i];

@@ -44,7 +44,7 @@ struct Activations {
   std::vector<int8_t> xq;     // [m][inp]
   std::vector<float> d;       // [m][inp / 32] block scales
   std::vector<int32_t> corr;  // [m][inp / 4]: -128 * sum of each 4-input lane (VNNI int8 kernel)
-  std::vector<float> lane_d;  // [m][inp / 4]: block scale of each lane
+  std::vector<float> lane_d;  // [m][inp / 4]: block scale of each lane (VNNI int8 kernel)
   std::vector<float> gsum;    // [m][inp / group] (int4)
 
   // Quantizes x [m][in] (fp32, in <= inp); `avx2` (only when the CPU has it)

@@ -43,6 +43,16 @@ inline void ReduceAddRows(const __m512* v, float* out) {
 }
 #pragma GCC diagnostic pop
 
+// ReduceAddRows over column m of a kernel's kRows x M accumulators (one
+// per weight row and input row).
+template <int kRows, int M>
+inline void ReduceAddColumn(const __m512 (&acc)[kRows][M], int m, float* out) {
+  __m512 column[kRows];
+#pragma GCC unroll 4
+  for (int i = 0; i < kRows; ++i) column[i] = acc[i][m];
+  ReduceAddRows<kRows>(column, out);
+}
+
 inline float ReduceAdd(__m512 v) {
   float s;
   ReduceAddRows<1>(&v, &s);
