@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
@@ -86,6 +87,7 @@ struct TestVideo {
   int height = 48;
   int64_t first_pts = 0;  // in frames
   bool faststart = false;
+  int row_step = 0;  // luma added per row (a vertical ramp; 0: flat frames)
 };
 
 std::string AvErr(int err) {
@@ -143,7 +145,7 @@ absl::StatusOr<std::string> MakeVideo(const TestVideo& spec) {
   for (int i = 0; err >= 0 && i < spec.frames; ++i) {
     av_frame_make_writable(frame);
     for (int y = 0; y < spec.height; ++y)
-      std::fill_n(frame->data[0] + y * frame->linesize[0], spec.width, kBaseLuma + kLumaStep * i);
+      std::fill_n(frame->data[0] + y * frame->linesize[0], spec.width, kBaseLuma + kLumaStep * i + spec.row_step * y);
     for (int p = 1; p <= 2; ++p)
       for (int y = 0; y < spec.height / 2; ++y)
         std::fill_n(frame->data[p] + y * frame->linesize[p], spec.width / 2, kNeutralChroma);
@@ -241,6 +243,42 @@ TEST(VideoReader, SeeksToTheRequestedFramesWithBFrames) {
   std::vector<int64_t> all(40);
   for (int i = 0; i < 40; ++i) all[i] = i;
   EXPECT_EQ(DecodedNumbers(bytes, all), AsInts(all));
+}
+
+TEST(VideoReader, RowsOfWidthsOffTheConversionAlignment) {
+  // swscale converts into padded rows that are then packed: 34 pixels (102
+  // bytes a row, 128 padded) with a vertical luma ramp must come out with
+  // each row flat and the ramp intact (a row packed from the wrong offset
+  // mixes rows several ramp steps apart).
+  TestVideo spec;
+  spec.width = 34;
+  spec.frames = 2;
+  spec.b_frames = 0;
+  spec.row_step = 4;
+  const std::string bytes = Generated(spec);
+  auto reader = VideoReader::OpenBytes(bytes);
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  auto frames = (*reader)->DecodeFrames({0, 1});
+  ASSERT_TRUE(frames.ok()) << frames.status();
+  for (const auto& f : *frames) {
+    ASSERT_EQ(f.width, 34);
+    ASSERT_EQ(f.data.size(), size_t{34} * f.height * 3);
+    std::vector<double> means;
+    for (int y = 0; y < f.height; ++y) {
+      const uint8_t* row = f.data.data() + static_cast<size_t>(y) * 34 * 3;
+      const auto [lo, hi] = std::minmax_element(row, row + 34 * 3);
+      EXPECT_LE(*hi - *lo, 12) << "row " << y;
+      means.push_back(std::accumulate(row, row + 34 * 3, 0.0) / (34 * 3));
+    }
+    // The ramp: 4 luma steps per row, 4 * 255 / 219 in full-range RGB; a
+    // row packed from the wrong offset shows another row's value.
+    const int n = static_cast<int>(means.size());
+    double sy = 0, sm = 0, syy = 0, sym = 0;
+    for (int y = 0; y < n; ++y) sy += y, sm += means[y], syy += double{1} * y * y, sym += y * means[y];
+    const double slope = (n * sym - sy * sm) / (n * syy - sy * sy), offset = (sm - slope * sy) / n;
+    EXPECT_NEAR(slope, 4 * 255.0 / 219, 0.3);
+    for (int y = 0; y < n; ++y) EXPECT_NEAR(means[y], offset + slope * y, 6) << "row " << y;
+  }
 }
 
 TEST(VideoReader, NumbersFramesFromANonZeroStartTime) {
