@@ -18,6 +18,7 @@
 #include "core/llm/gemv_kernels.h"
 #include "core/llm/in_register.h"
 #include "core/llm/row_order.h"
+#include "core/nn/bf16_avx2.h"
 #include "core/nn/exp_avx2.h"
 
 namespace internvl::llm::gemv {
@@ -222,10 +223,7 @@ inline __m256 HorizontalSums8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256
 
 // Eight consecutive fp32 or bf16 values as fp32 (bf16 widened exactly).
 inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 Load8(const uint16_t* p) {
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
-}
+inline __m256 Load8(const uint16_t* p) { return simd::LoadBf16x8(p); }
 
 template <typename T>
 inline void ScoresImpl(const float* q, const T* k, int64_t len, int64_t dim, float scale, float* scores) {

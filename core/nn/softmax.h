@@ -15,6 +15,11 @@ namespace internvl {
 // at::softmax(t, -1, kFloat), t untouched. Callers pass scores they own.
 at::Tensor SoftmaxLastDimFp32(const at::Tensor& t);
 
+// softmax(t, -1) of a bf16 t in bf16, as libtorch's op computes it (each row
+// in fp32, rounded once): in place under the same conditions as above (a
+// contiguous bf16 CPU tensor), otherwise at::softmax(t, -1).
+at::Tensor SoftmaxLastDimBf16(const at::Tensor& t);
+
 // Whether SoftmaxLastDimFp32 would run the kernel in place on `t`.
 bool SoftmaxRunsInPlace(const at::Tensor& t);
 

@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 
+#include "core/nn/bf16_avx2.h"
 #include "core/nn/exp_avx2.h"
 #include "core/nn/softmax_kernels.h"
 
@@ -38,6 +40,16 @@ inline void StoreTail(float* p, int64_t n, __m256 v) {
   alignas(32) float t[8];
   _mm256_store_ps(t, v);
   for (int64_t i = 0; i < n; ++i) p[i] = t[i];
+}
+
+inline float Bf16ToFloat(uint16_t v) {
+  alignas(16) uint16_t in[8] = {v};
+  return _mm256_cvtss_f32(simd::LoadBf16x8(in));
+}
+inline uint16_t FloatToBf16(float v) {
+  alignas(16) uint16_t out[8];
+  simd::StoreBf16x8(out, _mm256_set1_ps(v));
+  return out[0];
 }
 
 void SoftmaxRow(float* x, int64_t n) {
@@ -98,6 +110,20 @@ void SoftmaxRow(float* x, int64_t n) {
 
 void SoftmaxRowsAvx2(float* x, int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) SoftmaxRow(x + r * n, n);
+}
+
+void SoftmaxRowsBf16Avx2(uint16_t* x, int64_t rows, int64_t n) {
+  // Each row widened into one fp32 row, computed as above, rounded back.
+  const std::unique_ptr<float[]> row(new float[n]);
+  float* f = row.get();
+  for (int64_t r = 0; r < rows; ++r, x += n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, simd::LoadBf16x8(x + i));
+    for (; i < n; ++i) f[i] = Bf16ToFloat(x[i]);
+    SoftmaxRow(f, n);
+    for (i = 0; i + 8 <= n; i += 8) simd::StoreBf16x8(x + i, _mm256_loadu_ps(f + i));
+    for (; i < n; ++i) x[i] = FloatToBf16(f[i]);
+  }
 }
 
 }  // namespace internvl::softmax

@@ -11,4 +11,9 @@ namespace internvl::softmax {
 // becomes all NaN, as the reference's does. Only on CPUs with AVX2 and FMA.
 void SoftmaxRowsAvx2(float* x, int64_t rows, int64_t n);
 
+// The same over rows of bf16 values (raw bits), in place: each row widened
+// to fp32, computed as above, and rounded once to bf16 (nearest even), as
+// libtorch's softmax of a bf16 tensor computes in fp32 and rounds.
+void SoftmaxRowsBf16Avx2(uint16_t* x, int64_t rows, int64_t n);
+
 }  // namespace internvl::softmax

@@ -54,6 +54,32 @@ TEST(Softmax, NonFiniteRowsBecomeNaNAsInTheReference) {
   EXPECT_TRUE(at::allclose(ours[3], reference[3], 2e-6, 1e-7));
 }
 
+TEST(Softmax, Bf16RowsAsTheOpInFp32RoundedOnce) {
+  at::InferenceMode inference;
+  at::manual_seed(4);
+  for (const int64_t n : {1, 7, 8, 9, 17, 100, 1025}) {
+    SCOPED_TRACE(testing::Message() << "row length " << n);
+    at::Tensor x = (at::randn({21, n}) * at::tensor({0.1f, 3.0f, 30.0f}).repeat({7}).view({21, 1})).to(at::kBFloat16);
+    if (n > 1) x.masked_fill_(at::rand({21, n}) < 0.3, -kInf).select(1, 0).fill_(1.0f);
+    x[20][0] = std::nanf("");  // a NaN row: all NaN, as the op's
+    const at::Tensor reference = at::softmax(x.to(at::kFloat), -1).to(at::kBFloat16);
+    const at::Tensor copy = x.clone();
+    const at::Tensor ours = SoftmaxLastDimBf16(copy);
+    ASSERT_EQ(ours.scalar_type(), at::kBFloat16);
+    if (!GenericKernels() && __builtin_cpu_supports("avx2")) {
+      EXPECT_EQ(ours.data_ptr(), copy.data_ptr());
+    }
+    EXPECT_TRUE(ours[20].isnan().all().item<bool>());
+    // The fp32 results differ by a few ulp at most (exp polynomials): a bf16
+    // step apart only where one sits at a rounding tie.
+    const at::Tensor o = ours.slice(0, 0, 20).to(at::kFloat), r = reference.slice(0, 0, 20).to(at::kFloat);
+    const at::Tensor far = (o - r).abs() > r.abs() * (1.0 / 128) + 1e-30;
+    EXPECT_EQ(far.sum().item<int64_t>(), 0) << (o - r).abs().max().item<float>();
+    EXPECT_LE(o.ne(r).sum().item<int64_t>(), std::max<int64_t>(1, o.numel() / 50));
+    EXPECT_TRUE(o.masked_select(x.slice(0, 0, 20) == -kInf).eq(0).all().item<bool>());
+  }
+}
+
 TEST(Softmax, InPlaceOnlyWhereAllowed) {
   const at::Tensor x = at::randn({3, 40});
   {

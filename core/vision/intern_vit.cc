@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/nn/functional/activation.h>
 
+#include "core/nn/norm.h"
 #include "core/nn/softmax.h"
 #include "core/nn/torch_compat.h"
 #include "core/nn/torch_util.h"
@@ -29,7 +30,7 @@ VitNormImpl::VitNormImpl(const VisionConfig& config)
 }
 
 at::Tensor VitNormImpl::forward(const at::Tensor& x) {
-  if (layer_norm_) return at::layer_norm(x, {x.size(-1)}, weight, bias, eps_);
+  if (layer_norm_) return LayerNormLastDim(x, weight, bias, eps_);
   at::Tensor h = x.to(at::kFloat);
   h = h * at::rsqrt(h.pow(2).mean(-1, true) + eps_);
   return weight * h.to(x.scalar_type());
@@ -142,8 +143,9 @@ at::Tensor VisionAttentionImpl::forward(const at::Tensor& x) {
     at::Tensor qs = q.slice(1, h0, h1), ks = k.slice(1, h0, h1), vs = v.slice(1, h0, h1);
     // as _naive_attn: (q * scale) @ k^T, softmax, @ v.
     at::Tensor attn = MatmulFp32Accumulate(qs * scale_, ks.transpose(-2, -1));
-    // (fp32: our in-place kernel where the CPU has it; as libtorch's op.)
-    attn = attn.scalar_type() == at::kFloat ? SoftmaxLastDimFp32(attn) : attn.softmax(-1);
+    // (Our in-place kernels where the CPU has them; as libtorch's op: bf16
+    // scores computed in fp32 and rounded once.)
+    attn = attn.scalar_type() == at::kFloat ? SoftmaxLastDimFp32(attn) : SoftmaxLastDimBf16(attn);
     out.slice(1, h0, h1).copy_(MatmulFp32Accumulate(attn, vs));
   }
   out = out.transpose(1, 2).reshape({B, N, C});
