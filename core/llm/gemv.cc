@@ -554,9 +554,9 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     }
     if (grouped_values && native_bf16) {
       // Block by block for the whole group (the block's keys in L1 for all
-      // its heads), the next keys and the values prefetched meanwhile.
+      // its heads), the next keys prefetched meanwhile.
       gemv::SegmentScoresGroupBf16Avx512(qbp + (ch.s * heads + h0) * dim, groups, keys16, bs, n, dim, scale, sc,
-                                         segment, values16);
+                                         segment);
     } else if (grouped_values) {
       // The group's scores together: each key row widened once (GQA); the
       // value blocks are prefetched meanwhile.

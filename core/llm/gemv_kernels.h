@@ -117,11 +117,10 @@ void SegmentScoresBf16Avx512(const uint16_t* q, const uint16_t* k, int64_t len, 
 void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
 // SegmentScoresBf16Avx512 for `heads` query heads (rows of q) over a
 // segment of `len` keys stored in blocks of `bs` rows: the same bits as the
-// per-head kernel called per block; the next block's keys and each block's
-// `values` (when given) are prefetched meanwhile.
+// per-head kernel called per block; the next block's keys are prefetched
+// meanwhile (the values kernel prefetches its own rows).
 void SegmentScoresGroupBf16Avx512(const uint16_t* q, int64_t heads, const uint16_t* const* blocks, int64_t bs,
-                                  int64_t len, int64_t dim, float scale, float* scores, int64_t stride,
-                                  const uint16_t* const* values = nullptr);
+                                  int64_t len, int64_t dim, float scale, float* scores, int64_t stride);
 // The most keys SegmentValuesGroupBf16Avx512 takes in one call.
 inline constexpr int64_t kMaxValuesGroupKeysBf16Avx512 = 512;
 // The values step for all `heads` query heads of a KV head at once, over a

@@ -336,7 +336,7 @@ TEST(GemvKernels, GroupedScoreKernelsAreThePerHeadKernelsBits) {
       const float* qp = q.data_ptr<float>();
       if (bf16) {
         // (With value blocks to prefetch: the same scores.)
-        gemv::SegmentScoresGroupBf16Avx2(qp, heads, rows.data(), bs, len, dim, scale, got.data(), stride, rows.data());
+        gemv::SegmentScoresGroupBf16Avx2(qp, heads, rows.data(), bs, len, dim, scale, got.data(), stride);
       } else {
         gemv::SegmentScoresGroupAvx2(qp, heads, rows_f.data(), bs, len, dim, scale, got.data(), stride);
       }
@@ -362,7 +362,7 @@ TEST(GemvKernels, GroupedScoreKernelsAreThePerHeadKernelsBits) {
       const at::Tensor qb = q.to(at::kBFloat16);
       const auto* qbp = reinterpret_cast<const uint16_t*>(qb.data_ptr());
       std::vector<float> got(heads * stride, -1.0f), want(heads * stride, -1.0f);
-      gemv::SegmentScoresGroupBf16Avx512(qbp, heads, rows.data(), bs, len, dim, scale, got.data(), stride, rows.data());
+      gemv::SegmentScoresGroupBf16Avx512(qbp, heads, rows.data(), bs, len, dim, scale, got.data(), stride);
       for (int64_t h = 0; h < heads; ++h) {
         for (int64_t b = 0; b < nblocks; ++b) {
           gemv::SegmentScoresBf16Avx512(qbp + h * dim, rows[b], std::min(bs, len - b * bs), dim, scale,
