@@ -11,6 +11,7 @@
 #include "core/llm/bf16_bits.h"
 #include "core/llm/gemv.h"
 #include "core/llm/paged_attention.h"
+#include "core/nn/activation.h"
 #include "core/nn/device.h"
 #include "core/nn/softmax.h"
 #include "core/nn/torch_util.h"
@@ -178,11 +179,6 @@ at::Tensor AttendRows(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   at::Tensor probs = SoftmaxLastDimFp32(scores).to(q.scalar_type());
   at::Tensor out = MatmulFp32Accumulate(probs, values);  // [B, KV, G*T, d]
   return out.view({b, heads, t, head_dim}).transpose(1, 2).reshape({b, t, heads * head_dim});
-}
-
-at::Tensor SwiGlu(const at::Tensor& gate, const at::Tensor& up) {
-  if (Inference()) return at::silu(gate).mul_(up);
-  return at::silu(gate) * up;
 }
 
 }  // namespace

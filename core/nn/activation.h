@@ -1,0 +1,21 @@
+// SwiGLU (silu(gate) * up) with this project's CPU kernel where it can run:
+// in a bf16 decode step libtorch's two ops (silu, then mul) cost more in
+// dispatch than the arithmetic.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace internvl {
+
+// at::silu(gate) * up; in bf16, silu computed in fp32 and rounded once, then
+// the product rounded (activation_kernels.h). By the kernel when gate and up are bf16 CPU
+// tensors of one shape whose rows (the last dimension) are contiguous and
+// evenly spaced (e.g. the two halves of a fused gate/up product), no
+// gradient is recorded and the CPU runs the project's kernels (AVX2 + FMA,
+// not INTERNVL_KERNELS=generic); otherwise libtorch's ops. A new tensor.
+at::Tensor SwiGlu(const at::Tensor& gate, const at::Tensor& up);
+
+// Whether SwiGlu would run the kernel.
+bool SwiGluRunsKernel(const at::Tensor& gate, const at::Tensor& up);
+
+}  // namespace internvl

@@ -1,0 +1,78 @@
+// SwiGlu: the bf16 kernel against silu computed in fp32 and rounded once to
+// bf16, then the product rounded (as Torch 2.x rounds; libtorch 1.13 rounds
+// each step of its bf16 silu), on rows of every tail length, the halves of a
+// fused product, and extreme inputs; where it may not run, the ops.
+#include "core/nn/activation.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "core/nn/device.h"
+
+namespace internvl {
+namespace {
+
+bool KernelsHere() { return !GenericKernels() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+TEST(SwiGlu, Bf16KernelRoundsAsTheOps) {
+  at::InferenceMode inference;
+  at::manual_seed(6);
+  for (const int64_t n : {1, 7, 8, 9, 17, 100, 4864}) {
+    SCOPED_TRACE(testing::Message() << "row length " << n);
+    // The two halves of a fused [rows, 2n] product, as the MLP passes them.
+    const at::Tensor gu = (at::randn({2, 3, 2 * n}) * 4).to(at::kBFloat16);
+    const at::Tensor gate = gu.narrow(-1, 0, n), up = gu.narrow(-1, n, n);
+    EXPECT_EQ(SwiGluRunsKernel(gate, up), KernelsHere());
+    const at::Tensor ours = SwiGlu(gate, up);
+    const at::Tensor reference = (at::silu(gate.to(at::kFloat)).to(at::kBFloat16) * up).to(at::kBFloat16);
+    ASSERT_EQ(ours.sizes(), reference.sizes());
+    ASSERT_EQ(ours.scalar_type(), at::kBFloat16);
+    // silu's fp32 values differ from libtorch's by an ulp or two (another
+    // exp): a bf16 step apart only at a rounding tie, at most one step.
+    const at::Tensor o = ours.to(at::kFloat), r = reference.to(at::kFloat);
+    const at::Tensor far = (o - r).abs() > (r.abs() + 1e-6) * (1.0 / 128);
+    EXPECT_EQ(far.sum().item<int64_t>(), 0) << (o - r).abs().max().item<float>();
+    EXPECT_LE(o.ne(r).sum().item<int64_t>(), std::max<int64_t>(1, o.numel() / 100));
+  }
+}
+
+TEST(SwiGlu, ExtremeInputsAsTheOps) {
+  at::InferenceMode inference;
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const at::Tensor gate =
+      at::tensor({0.0f, -0.0f, 100.0f, -100.0f, 88.0f, -88.0f, kInf, std::nanf(""), 1.0f, -1.0f}).to(at::kBFloat16);
+  const at::Tensor up = at::full({10}, 3.0f).to(at::kBFloat16);
+  const at::Tensor ours = SwiGlu(gate, up).to(at::kFloat);
+  const at::Tensor reference = (at::silu(gate.to(at::kFloat)).to(at::kBFloat16) * up).to(at::kFloat);
+  for (int64_t i = 0; i < 10; ++i) {
+    SCOPED_TRACE(testing::Message() << "gate " << gate[i].item<float>());
+    const float a = ours[i].item<float>(), b = reference[i].item<float>();
+    if (std::isnan(b) || std::isinf(b)) {
+      EXPECT_EQ(std::isnan(a), std::isnan(b)) << a;
+      if (std::isinf(b)) {
+        EXPECT_EQ(a, b);
+      }
+    } else {
+      EXPECT_NEAR(a, b, std::abs(b) / 128 + 1e-30);
+    }
+  }
+}
+
+TEST(SwiGlu, KernelOnlyWhereAllowed) {
+  at::InferenceMode inference;
+  const at::Tensor g = at::randn({4, 64}).to(at::kBFloat16), u = at::randn({4, 64}).to(at::kBFloat16);
+  EXPECT_FALSE(SwiGluRunsKernel(g.to(at::kFloat), u.to(at::kFloat)));
+  EXPECT_FALSE(SwiGluRunsKernel(g.t(), u.t()));         // columns not contiguous
+  EXPECT_FALSE(SwiGluRunsKernel(g, u.slice(0, 0, 2)));  // shapes differ
+  const at::Tensor t = at::randn({64, 4}).to(at::kBFloat16).t();
+  EXPECT_TRUE(at::equal(SwiGlu(t, t), at::silu(t) * t));  // libtorch's ops
+  ForceGenericKernels(true);
+  EXPECT_FALSE(SwiGluRunsKernel(g, u));
+  ForceGenericKernels(false);
+}
+
+}  // namespace
+}  // namespace internvl
