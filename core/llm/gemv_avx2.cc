@@ -14,6 +14,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/llm/gemv_kernels.h"
 #include "core/llm/in_register.h"
@@ -221,6 +222,17 @@ inline __m256 HorizontalSums8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
+// Scores divided by scale (sqrt(head_dim), as the reference divides): a
+// multiplication by the reciprocal where scale is a power of two (head_dim
+// 64: the same bits, without vdivps's latency).
+inline bool IsPowerOfTwo(float scale) {
+  int exp;
+  return std::frexp(scale, &exp) == 0.5f;
+}
+inline __m256 ApplyScale(__m256 s, __m256 scale_v, __m256 inv_v, bool pow2) {
+  return pow2 ? _mm256_mul_ps(s, inv_v) : _mm256_div_ps(s, scale_v);
+}
+
 // Eight consecutive fp32 or bf16 values as fp32 (bf16 widened exactly).
 inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 Load8(const uint16_t* p) { return simd::LoadBf16x8(p); }
@@ -228,7 +240,8 @@ inline __m256 Load8(const uint16_t* p) { return simd::LoadBf16x8(p); }
 template <typename T>
 inline void ScoresImpl(const float* q, const T* k, int64_t len, int64_t dim, float scale, float* scores) {
   // Eight keys at a time (independent accumulators, summed together).
-  const __m256 scale_v = _mm256_set1_ps(scale);
+  const __m256 scale_v = _mm256_set1_ps(scale), inv_v = _mm256_set1_ps(1.0f / scale);
+  const bool pow2 = IsPowerOfTwo(scale);
   int64_t l = 0;
   for (; l + 8 <= len; l += 8) {
     const T* k0 = k + l * dim;
@@ -241,7 +254,7 @@ inline void ScoresImpl(const float* q, const T* k, int64_t len, int64_t dim, flo
       for (int i = 0; i < 8; ++i) a[i] = _mm256_fmadd_ps(qv, Load8(k0 + i * dim + d), a[i]);
     }
     _mm256_storeu_ps(scores + l,
-                     _mm256_div_ps(HorizontalSums8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]), scale_v));
+                     ApplyScale(HorizontalSums8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]), scale_v, inv_v, pow2));
   }
   for (; l < len; ++l) {
     __m256 a = _mm256_setzero_ps();
@@ -357,7 +370,8 @@ namespace {
 // bits as SegmentScores*Avx2 called per head and block.
 template <int G, typename T>
 void ScoresGroupBlock(const float* q, const T* k, int64_t n, int64_t dim, float scale, float* scores, int64_t stride) {
-  const __m256 scale_v = _mm256_set1_ps(scale);
+  const __m256 scale_v = _mm256_set1_ps(scale), inv_v = _mm256_set1_ps(1.0f / scale);
+  const bool pow2 = IsPowerOfTwo(scale);
   auto dots = [&](const T* kr, __m256* acc) {
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
@@ -379,8 +393,9 @@ void ScoresGroupBlock(const float* q, const T* k, int64_t n, int64_t dim, float 
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) {
       const __m256* a = keys[g];
-      _mm256_storeu_ps(scores + g * stride + l,
-                       _mm256_div_ps(HorizontalSums8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]), scale_v));
+      _mm256_storeu_ps(
+          scores + g * stride + l,
+          ApplyScale(HorizontalSums8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]), scale_v, inv_v, pow2));
     }
   }
   for (; l < n; ++l) {
