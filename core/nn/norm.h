@@ -1,6 +1,6 @@
 // LayerNorm over the last dimension with this project's CPU kernel where it
-// can run (libtorch 1.13's bf16 LayerNorm takes ~6 ms for one 448px tile's
-// [1025, 1024] rows on 2 threads, ~12x the kernel's time).
+// can run (one 448px tile's [1025, 1024] bf16 rows on 2 threads of a Zen 4:
+// libtorch 1.13's op 3.8-6.0 ms, the kernel 0.19-0.25 ms).
 #pragma once
 
 #include <ATen/core/Tensor.h>
