@@ -414,6 +414,10 @@ TEST_F(TrainerServiceTest, CancelStopsTheWholeJobAndTheQueueIsBounded) {
   auto id = Submit(trainer.get(), long_spec);
   ASSERT_TRUE(id.ok()) << id.status();
   const std::string output = trainer->out() + "/long";
+  // The scheduler starts it on its own thread: until then it still counts in
+  // the queue depth (a loaded CI machine read 2 below, not 1).
+  ASSERT_EQ(WaitFor(trainer.get(), *id, [](const v1::Job& j) { return j.state() != v1::JOB_STATE_QUEUED; }).state(),
+            v1::JOB_STATE_RUNNING);
 
   // The same output_dir while it is active.
   auto same = Submit(trainer.get(), TinySpec("long/inner", 2));
