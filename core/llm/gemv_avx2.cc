@@ -14,13 +14,12 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cmath>
 
 #include "core/llm/gemv_kernels.h"
 #include "core/llm/in_register.h"
 #include "core/llm/row_order.h"
-#include "core/nn/bf16_avx2.h"
 #include "core/nn/exp_avx2.h"
+#include "core/nn/simd_avx2.h"
 
 namespace internvl::llm::gemv {
 namespace {
@@ -222,13 +221,8 @@ inline __m256 HorizontalSums8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-// Scores divided by scale (sqrt(head_dim), as the reference divides): a
-// multiplication by the reciprocal where scale is a power of two (head_dim
-// 64: the same bits, without vdivps's latency).
-inline bool IsPowerOfTwo(float scale) {
-  int exp;
-  return std::frexp(scale, &exp) == 0.5f;
-}
+// Scores divided by scale, or multiplied by its reciprocal where that gives
+// the same bits (ScaleIsPowerOfTwo).
 inline __m256 ApplyScale(__m256 s, __m256 scale_v, __m256 inv_v, bool pow2) {
   return pow2 ? _mm256_mul_ps(s, inv_v) : _mm256_div_ps(s, scale_v);
 }
@@ -241,7 +235,7 @@ template <typename T>
 inline void ScoresImpl(const float* q, const T* k, int64_t len, int64_t dim, float scale, float* scores) {
   // Eight keys at a time (independent accumulators, summed together).
   const __m256 scale_v = _mm256_set1_ps(scale), inv_v = _mm256_set1_ps(1.0f / scale);
-  const bool pow2 = IsPowerOfTwo(scale);
+  const bool pow2 = ScaleIsPowerOfTwo(scale);
   int64_t l = 0;
   for (; l + 8 <= len; l += 8) {
     const T* k0 = k + l * dim;
@@ -371,7 +365,7 @@ namespace {
 template <int G, typename T>
 void ScoresGroupBlock(const float* q, const T* k, int64_t n, int64_t dim, float scale, float* scores, int64_t stride) {
   const __m256 scale_v = _mm256_set1_ps(scale), inv_v = _mm256_set1_ps(1.0f / scale);
-  const bool pow2 = IsPowerOfTwo(scale);
+  const bool pow2 = ScaleIsPowerOfTwo(scale);
   auto dots = [&](const T* kr, __m256* acc) {
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();

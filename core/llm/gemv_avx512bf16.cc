@@ -15,7 +15,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cmath>
 
 #include "core/llm/gemv_kernels.h"
 #include "core/llm/row_order.h"
@@ -127,15 +126,10 @@ inline void PrefetchBytes(const void* p, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(c + i, static_cast<_mm_hint>(kHint));
 }
 
-// Scores divided by scale (sqrt(head_dim), as the reference divides): a
-// multiplication by the reciprocal where scale is a power of two (head_dim
-// 64: the same bits; the store after vdivps held ~14% of the kernel's
-// samples with the keys in cache, though the whole attention's gain stayed
-// within a Zen 4 VM's noise).
-inline bool IsPowerOfTwo(float scale) {
-  int exp;
-  return std::frexp(scale, &exp) == 0.5f;
-}
+// Scores divided by scale, or multiplied by its reciprocal where that gives
+// the same bits (ScaleIsPowerOfTwo; the store after vdivps held ~14% of the
+// kernel's samples with the keys in cache, though the whole attention's gain
+// stayed within a Zen 4 VM's noise).
 inline __m512 ApplyScale(__m512 s, __m512 scale_v, __m512 inv_v, bool pow2) {
   return pow2 ? _mm512_mul_ps(s, inv_v) : _mm512_div_ps(s, scale_v);
 }
@@ -158,7 +152,7 @@ template <int kChunks>
 void ScoresFixedDim(const uint16_t* q, const uint16_t* k, int64_t len, float scale, float* scores) {
   constexpr int64_t dim = 32 * kChunks;
   const __m512 scale_v = _mm512_set1_ps(scale), inv_v = _mm512_set1_ps(1.0f / scale);
-  const bool pow2 = IsPowerOfTwo(scale);
+  const bool pow2 = ScaleIsPowerOfTwo(scale);
   __m512bh qv[kChunks];
 #pragma GCC unroll 4
   for (int c = 0; c < kChunks; ++c) qv[c] = (__m512bh)_mm512_loadu_si512(q + 32 * c);
@@ -191,7 +185,7 @@ void SegmentScoresBf16Avx512(const uint16_t* q, const uint16_t* k, int64_t len, 
       break;
   }
   const __m512 scale_v = _mm512_set1_ps(scale), inv_v = _mm512_set1_ps(1.0f / scale);
-  const bool pow2 = IsPowerOfTwo(scale);
+  const bool pow2 = ScaleIsPowerOfTwo(scale);
   int64_t l = 0;
   for (; l + 16 <= len; l += 16) {
     __m512 a[16];

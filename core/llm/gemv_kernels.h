@@ -114,6 +114,15 @@ void SegmentValuesGroupBf16Avx2(const float* probs, int64_t probs_stride, int64_
 // activations' dtype, then probs @ V).
 void SegmentScoresBf16Avx512(const uint16_t* q, const uint16_t* k, int64_t len, int64_t dim, float scale,
                              float* scores);
+// Whether the scores' divisor `scale` (sqrt(head_dim), as the reference
+// divides) is a power of two (head_dim 64): the SIMD score kernels then
+// multiply by its reciprocal, the same bits without vdivps's latency.
+inline bool ScaleIsPowerOfTwo(float scale) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &scale, sizeof(bits));
+  const uint32_t exponent = (bits >> 23) & 0xFFu;
+  return (bits & 0x807FFFFFu) == 0 && exponent != 0 && exponent != 0xFFu;  // positive, normal, mantissa 1.0
+}
 void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
 // SegmentScoresBf16Avx512 for `heads` query heads (rows of q) over a
 // segment of `len` keys stored in blocks of `bs` rows: the same bits as the

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -141,6 +142,20 @@ TEST(SplitRows, CoversTheRowsOnceWithSmallerChunksLast) {
         }
       }
     }
+  }
+}
+
+TEST(GemvKernels, ScaleIsPowerOfTwoOnlyWhereTheReciprocalIsExact) {
+  for (const float s : {8.0f, 4.0f, 16.0f, 0.5f, 1.0f}) {
+    EXPECT_TRUE(gemv::ScaleIsPowerOfTwo(s)) << s;
+    // Multiplying by the reciprocal gives the division's bits.
+    at::manual_seed(2);
+    const at::Tensor x = at::randn({4096}) * 100;
+    EXPECT_TRUE(at::equal(x / s, x * (1.0f / s))) << s;
+  }
+  for (const float s : {std::sqrt(128.0f), std::sqrt(32.0f), 0.0f, -8.0f, 3.0f, std::numeric_limits<float>::infinity(),
+                        std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::denorm_min()}) {
+    EXPECT_FALSE(gemv::ScaleIsPowerOfTwo(s)) << s;
   }
 }
 

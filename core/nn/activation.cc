@@ -29,8 +29,7 @@ int64_t RowStride(const at::Tensor& t) {
 
 bool SwiGluRunsKernel(const at::Tensor& gate, const at::Tensor& up) {
 #if defined(INTERNVL_HAVE_AVX2_ACTIVATION)
-  static const bool cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return cpu && gate.defined() && up.defined() && gate.scalar_type() == at::kBFloat16 &&
+  return CpuHasAvx2Fma() && gate.defined() && up.defined() && gate.scalar_type() == at::kBFloat16 &&
          up.scalar_type() == at::kBFloat16 && gate.sizes() == up.sizes() && gate.numel() > 0 &&
          UseCpuKernels(gate.device()) && up.device() == gate.device() && !at::GradMode::is_enabled() &&
          RowStride(gate) >= gate.size(-1) && RowStride(gate) == RowStride(up);

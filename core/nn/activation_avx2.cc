@@ -5,8 +5,8 @@
 #include <cstdint>
 
 #include "core/nn/activation_kernels.h"
-#include "core/nn/bf16_avx2.h"
 #include "core/nn/exp_avx2.h"
+#include "core/nn/simd_avx2.h"
 
 namespace internvl::act {
 namespace {
@@ -20,12 +20,8 @@ inline __m256 Silu(__m256 x) {
   return _mm256_div_ps(num, _mm256_add_ps(_mm256_set1_ps(1.0f), t));
 }
 
-// The product, each step rounded to bf16 (via the store) as the ops round.
-inline void Step(const uint16_t* g, const uint16_t* u, uint16_t* o) {
-  alignas(16) uint16_t s[8];
-  simd::StoreBf16x8(s, Silu(simd::LoadBf16x8(g)));
-  simd::StoreBf16x8(o, _mm256_mul_ps(simd::LoadBf16x8(s), simd::LoadBf16x8(u)));
-}
+// bf16(bf16(silu(g)) * u), before the final rounding (the store's).
+inline __m256 SwiGlu8(__m256 g, __m256 u) { return _mm256_mul_ps(simd::RoundBf16x8(Silu(g)), u); }
 
 }  // namespace
 
@@ -33,12 +29,12 @@ void SwiGluRowsBf16Avx2(const uint16_t* gate, const uint16_t* up, int64_t stride
                         int64_t n) {
   for (int64_t r = 0; r < rows; ++r, gate += stride, up += stride, out += n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) Step(gate + i, up + i, out + i);
+    for (; i + 8 <= n; i += 8) {
+      simd::StoreBf16x8(out + i, SwiGlu8(simd::LoadBf16x8(gate + i), simd::LoadBf16x8(up + i)));
+    }
     if (i < n) {
-      alignas(16) uint16_t g[8] = {}, u[8] = {}, o[8];
-      for (int64_t j = i; j < n; ++j) g[j - i] = gate[j], u[j - i] = up[j];
-      Step(g, u, o);
-      for (int64_t j = i; j < n; ++j) out[j] = o[j - i];
+      const int64_t t = n - i;
+      simd::StoreBf16Tail(out + i, t, SwiGlu8(simd::LoadBf16Tail(gate + i, t), simd::LoadBf16Tail(up + i, t)));
     }
   }
 }

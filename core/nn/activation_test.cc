@@ -15,7 +15,7 @@
 namespace internvl {
 namespace {
 
-bool KernelsHere() { return !GenericKernels() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+bool KernelsHere() { return !GenericKernels() && CpuHasAvx2Fma(); }
 
 TEST(SwiGlu, Bf16KernelRoundsAsTheOps) {
   at::InferenceMode inference;

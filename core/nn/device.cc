@@ -127,4 +127,13 @@ bool GenericKernels() {
 
 void ForceGenericKernels(bool generic) { g_generic.store(generic ? 1 : 0); }
 
+bool CpuHasAvx2Fma() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
 }  // namespace internvl

@@ -55,6 +55,10 @@ absl::Status PrepareDevice(const c10::Device& device);
 bool GenericKernels();
 void ForceGenericKernels(bool generic);
 
+// Whether this CPU runs AVX2 and FMA: the condition of core/nn's CPU kernels
+// (softmax, LayerNorm, SwiGLU), each compiled for AVX2/FMA in its own file.
+bool CpuHasAvx2Fma();
+
 // Whether the project's CPU kernels may run on tensors of `device`.
 inline bool UseCpuKernels(const c10::Device& device) { return device.is_cpu() && !GenericKernels(); }
 

@@ -15,11 +15,10 @@ namespace internvl {
 
 bool LayerNormRunsKernel(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
 #if defined(INTERNVL_HAVE_AVX2_NORM)
-  static const bool cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   const auto bf16_contiguous = [](const at::Tensor& t) {
     return t.defined() && t.scalar_type() == at::kBFloat16 && t.is_contiguous();
   };
-  return cpu && bf16_contiguous(x) && bf16_contiguous(weight) && bf16_contiguous(bias) && x.dim() >= 1 &&
+  return CpuHasAvx2Fma() && bf16_contiguous(x) && bf16_contiguous(weight) && bf16_contiguous(bias) && x.dim() >= 1 &&
          x.numel() > 0 && weight.numel() == x.size(-1) && bias.numel() == x.size(-1) && UseCpuKernels(x.device()) &&
          weight.device() == x.device() && bias.device() == x.device() && !at::GradMode::is_enabled();
 #else

@@ -5,30 +5,15 @@
 #include <cmath>
 #include <cstdint>
 
-#include "core/nn/bf16_avx2.h"
 #include "core/nn/norm_kernels.h"
+#include "core/nn/simd_avx2.h"
 
 namespace internvl::norm {
 namespace {
 
-inline float HorizontalSum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// The n % 8 values at p, widened, the other lanes 0 (tails through a buffer).
-inline __m256 LoadTail(const uint16_t* p, int64_t n) {
-  alignas(16) uint16_t t[8] = {};
-  for (int64_t i = 0; i < n; ++i) t[i] = p[i];
-  return simd::LoadBf16x8(t);
-}
-inline void StoreTail(uint16_t* p, int64_t n, __m256 v) {
-  alignas(16) uint16_t t[8];
-  simd::StoreBf16x8(t, v);
-  for (int64_t i = 0; i < n; ++i) p[i] = t[i];
-}
+using simd::HorizontalSum8;
+using simd::LoadBf16Tail;
+using simd::LoadBf16x8;
 
 void LayerNormRow(const uint16_t* x, const uint16_t* w, const uint16_t* b, uint16_t* y, int64_t n, float eps) {
   const int64_t full = n / 8 * 8;
@@ -36,27 +21,27 @@ void LayerNormRow(const uint16_t* x, const uint16_t* w, const uint16_t* b, uint1
   __m256 s0 = _mm256_setzero_ps(), s1 = s0;
   int64_t i = 0;
   for (; i + 16 <= full; i += 16) {
-    s0 = _mm256_add_ps(s0, simd::LoadBf16x8(x + i));
-    s1 = _mm256_add_ps(s1, simd::LoadBf16x8(x + i + 8));
+    s0 = _mm256_add_ps(s0, LoadBf16x8(x + i));
+    s1 = _mm256_add_ps(s1, LoadBf16x8(x + i + 8));
   }
-  if (i < full) s0 = _mm256_add_ps(s0, simd::LoadBf16x8(x + i));
-  if (full < n) s1 = _mm256_add_ps(s1, LoadTail(x + full, n - full));
-  const float mean = HorizontalSum(_mm256_add_ps(s0, s1)) / static_cast<float>(n);
+  if (i < full) s0 = _mm256_add_ps(s0, LoadBf16x8(x + i));
+  if (full < n) s1 = _mm256_add_ps(s1, LoadBf16Tail(x + full, n - full));
+  const float mean = HorizontalSum8(_mm256_add_ps(s0, s1)) / static_cast<float>(n);
   const __m256 mv = _mm256_set1_ps(mean);
   __m256 v0 = _mm256_setzero_ps(), v1 = v0;
   for (i = 0; i + 16 <= full; i += 16) {
-    const __m256 a = _mm256_sub_ps(simd::LoadBf16x8(x + i), mv);
-    const __m256 c = _mm256_sub_ps(simd::LoadBf16x8(x + i + 8), mv);
+    const __m256 a = _mm256_sub_ps(LoadBf16x8(x + i), mv);
+    const __m256 c = _mm256_sub_ps(LoadBf16x8(x + i + 8), mv);
     v0 = _mm256_fmadd_ps(a, a, v0);
     v1 = _mm256_fmadd_ps(c, c, v1);
   }
   if (i < full) {
-    const __m256 a = _mm256_sub_ps(simd::LoadBf16x8(x + i), mv);
+    const __m256 a = _mm256_sub_ps(LoadBf16x8(x + i), mv);
     v0 = _mm256_fmadd_ps(a, a, v0);
   }
-  float var = HorizontalSum(_mm256_add_ps(v0, v1));
+  float var = HorizontalSum8(_mm256_add_ps(v0, v1));
   for (int64_t j = full; j < n; ++j) {
-    const float d = LoadTail(x + j, 1)[0] - mean;
+    const float d = LoadBf16Tail(x + j, 1)[0] - mean;
     var += d * d;
   }
   var /= static_cast<float>(n);
@@ -68,11 +53,12 @@ void LayerNormRow(const uint16_t* x, const uint16_t* w, const uint16_t* b, uint1
     return _mm256_add_ps(_mm256_mul_ps(_mm256_add_ps(_mm256_mul_ps(xv, rstd), shift), wv), bv);
   };
   for (i = 0; i < full; i += 8) {
-    simd::StoreBf16x8(y + i, normed(simd::LoadBf16x8(x + i), simd::LoadBf16x8(w + i), simd::LoadBf16x8(b + i)));
+    simd::StoreBf16x8(y + i, normed(LoadBf16x8(x + i), LoadBf16x8(w + i), LoadBf16x8(b + i)));
   }
   if (full < n) {
     const int64_t t = n - full;
-    StoreTail(y + full, t, normed(LoadTail(x + full, t), LoadTail(w + full, t), LoadTail(b + full, t)));
+    simd::StoreBf16Tail(y + full, t,
+                        normed(LoadBf16Tail(x + full, t), LoadBf16Tail(w + full, t), LoadBf16Tail(b + full, t)));
   }
 }
 

@@ -30,7 +30,7 @@ TEST(LayerNorm, Bf16KernelMatchesTheOpComputedInFp32) {
       const at::Tensor w = (at::randn({n}) * 0.5 + 1).to(at::kBFloat16);
       const at::Tensor b = (at::randn({n}) * 0.1).to(at::kBFloat16);
       // (The kernel runs wherever this project's CPU kernels may.)
-      EXPECT_EQ(LayerNormRunsKernel(x, w, b), !GenericKernels() && __builtin_cpu_supports("avx2") != 0);
+      EXPECT_EQ(LayerNormRunsKernel(x, w, b), !GenericKernels() && CpuHasAvx2Fma());
       const at::Tensor ours = LayerNormLastDim(x, w, b, 1e-6);
       const at::Tensor reference =
           at::layer_norm(x.to(at::kFloat), {n}, w.to(at::kFloat), b.to(at::kFloat), 1e-6).to(at::kBFloat16);

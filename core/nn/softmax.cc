@@ -14,18 +14,13 @@
 namespace internvl {
 namespace {
 
-bool CpuHasAvx2Fma() {
+bool RunsInPlace(const at::Tensor& t, at::ScalarType dtype) {
 #if defined(INTERNVL_HAVE_AVX2_SOFTMAX)
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
+  return t.defined() && t.dim() >= 1 && t.numel() > 0 && t.scalar_type() == dtype && t.is_contiguous() &&
+         UseCpuKernels(t.device()) && !at::GradMode::is_enabled() && CpuHasAvx2Fma();
 #else
   return false;
 #endif
-}
-
-bool RunsInPlace(const at::Tensor& t, at::ScalarType dtype) {
-  return t.defined() && t.dim() >= 1 && t.numel() > 0 && t.scalar_type() == dtype && t.is_contiguous() &&
-         UseCpuKernels(t.device()) && !at::GradMode::is_enabled() && CpuHasAvx2Fma();
 }
 
 // The rows of t in parallel, ~16K elements per task (a 1025-wide row is

@@ -7,8 +7,8 @@
 #include <limits>
 #include <memory>
 
-#include "core/nn/bf16_avx2.h"
 #include "core/nn/exp_avx2.h"
+#include "core/nn/simd_avx2.h"
 #include "core/nn/softmax_kernels.h"
 
 namespace internvl::softmax {
@@ -23,44 +23,31 @@ inline float HorizontalMax(__m256 v) {
   return _mm_cvtss_f32(m);
 }
 
-inline float HorizontalSum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // Eight fp32 or bf16 values as fp32.
 inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 Load8(const uint16_t* p) { return simd::LoadBf16x8(p); }
 inline void Store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
 inline void Store8(uint16_t* p, __m256 v) { simd::StoreBf16x8(p, v); }
 
+// Lanes [0, n) of a tail (n < 8).
+inline __m256i TailMask(int64_t n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 // The last n % 8 elements as a vector, the rest `fill`.
 template <typename T>
 inline __m256 LoadTail(const T* p, int64_t n, float fill) {
-  alignas(32) float t[8];
-  for (int i = 0; i < 8; ++i) t[i] = fill;
+  const __m256i mask = TailMask(n);
+  __m256 v;
   if constexpr (sizeof(T) == 4) {
-    for (int64_t i = 0; i < n; ++i) t[i] = p[i];
+    v = _mm256_maskload_ps(p, mask);  // (masked lanes are not read)
   } else {
-    alignas(16) uint16_t b[8] = {};
-    for (int64_t i = 0; i < n; ++i) b[i] = p[i];
-    const __m256 v = simd::LoadBf16x8(b);
-    for (int64_t i = 0; i < n; ++i) t[i] = v[i];
+    v = simd::LoadBf16Tail(p, n);
   }
-  return _mm256_load_ps(t);
+  return _mm256_blendv_ps(_mm256_set1_ps(fill), v, _mm256_castsi256_ps(mask));
 }
-inline void StoreTail(float* p, int64_t n, __m256 v) {
-  alignas(32) float t[8];
-  _mm256_store_ps(t, v);
-  for (int64_t i = 0; i < n; ++i) p[i] = t[i];
-}
-inline void StoreTail(uint16_t* p, int64_t n, __m256 v) {
-  alignas(16) uint16_t t[8];
-  simd::StoreBf16x8(t, v);
-  for (int64_t i = 0; i < n; ++i) p[i] = t[i];
-}
+inline void StoreTail(float* p, int64_t n, __m256 v) { _mm256_maskstore_ps(p, TailMask(n), v); }
+inline void StoreTail(uint16_t* p, int64_t n, __m256 v) { simd::StoreBf16Tail(p, n, v); }
 
 // The row's e^(x - max) into e (e may be x itself for fp32), returning the
 // reciprocal of their sum; NaN when the row holds a NaN or its maximum is
@@ -110,7 +97,7 @@ float ExpRow(const T* x, float* e, int64_t n) {
     StoreTail(e + i, n - i, a);
     s0 = _mm256_add_ps(s0, a);
   }
-  return 1.0f / HorizontalSum(_mm256_add_ps(s0, s1));
+  return 1.0f / simd::HorizontalSum8(_mm256_add_ps(s0, s1));
 }
 
 // out = e * inv, fp32 or rounded to bf16; a NaN inv (ExpRow's verdict)

@@ -66,7 +66,7 @@ TEST(Softmax, Bf16RowsAsTheOpInFp32RoundedOnce) {
     const at::Tensor copy = x.clone();
     const at::Tensor ours = SoftmaxLastDimBf16(copy);
     ASSERT_EQ(ours.scalar_type(), at::kBFloat16);
-    if (!GenericKernels() && __builtin_cpu_supports("avx2")) {
+    if (!GenericKernels() && CpuHasAvx2Fma()) {
       EXPECT_EQ(ours.data_ptr(), copy.data_ptr());
     }
     EXPECT_TRUE(ours[20].isnan().all().item<bool>());
