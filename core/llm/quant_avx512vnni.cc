@@ -14,7 +14,10 @@
 // GCC 12's AVX-512 headers leave lanes undefined on purpose in casts and
 // conversions, which -Wmaybe-uninitialized reports inside the intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
+
+#include <algorithm>
 
 #include "core/llm/in_register.h"
 #include "core/llm/quant_kernels.h"
@@ -78,6 +81,52 @@ void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m0) {
       if (p.bias != nullptr) y += p.bias[rows[i]];
       StoreY(p, (m0 + m) * p.out + rows[i], y);
     }
+  }
+}
+
+// One input row, rows in VisitRows' streaming order (pairs of rows far
+// apart): Int8Block's arithmetic in one loop over the pairs, two
+// accumulators per row (even and odd chunks).
+void Int8Stream(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
+  const Activations& a = *p.a;
+  const int64_t inp = a.inp;
+  const int8_t* x = a.xq.data();
+  const int32_t* corr = a.corr.data();
+  const float* lane_d = a.lane_d.data();
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  auto pair = [&](int64_t r0, int64_t r1) __attribute__((always_inline)) {
+    const int8_t* w0 = p.w + r0 * inp;
+    const int8_t* w1 = p.w + r1 * inp;
+    __m512 acc0[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m512 acc1[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    auto chunk = [&](int j, int64_t k) __attribute__((always_inline)) {
+      const __m512i xv = InRegister(_mm512_loadu_si512(x + k));
+      const __m512i cv = _mm512_loadu_si512(corr + k / 4);
+      const __m512 dv = _mm512_loadu_ps(lane_d + k / 4);
+      const __m512i t0 = _mm512_dpbusd_epi32(cv, _mm512_xor_si512(_mm512_loadu_si512(w0 + k), flip), xv);
+      const __m512i t1 = _mm512_dpbusd_epi32(cv, _mm512_xor_si512(_mm512_loadu_si512(w1 + k), flip), xv);
+      acc0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t0), dv, acc0[j]);
+      acc1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t1), dv, acc1[j]);
+    };
+    int64_t k = 0;
+    for (; k + 2 * kChunk <= inp; k += 2 * kChunk) {
+      chunk(0, k);
+      chunk(1, k + kChunk);
+    }
+    if (k < inp) chunk(0, k);
+    const __m512 t[2] = {_mm512_add_ps(acc0[0], acc0[1]), _mm512_add_ps(acc1[0], acc1[1])};
+    float sums[2];
+    ReduceAddRows<2>(t, sums);
+    float y0 = p.scale[r0] * sums[0], y1 = p.scale[r1] * sums[1];
+    if (p.bias != nullptr) y0 += p.bias[r0], y1 += p.bias[r1];
+    StoreY(p, r0, y0);
+    StoreY(p, r1, y1);
+  };
+  const int64_t half = (row_end - row_begin) / 2;
+  for (int64_t i = 0; i < half; ++i) pair(row_begin + i, row_begin + half + i);
+  if ((row_end - row_begin) % 2 != 0) {
+    const int64_t last = row_end - 1;
+    Int8Block<1, 1>(p, &last, 0);
   }
 }
 
@@ -204,6 +253,175 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t gr
   }
 }
 
+// Groups of 128 (AWQ's, and --quantize int4's): a chunk is one group at one
+// activation scale (span_d), so its dot product is converted once and
+// scaled by the product of the two scales, with no per-group partial sums.
+// Those products are made by vectors for a window of 16 chunks at a time and
+// read by the FMAs as broadcast memory operands: on Zen 4, whose 512-bit ops
+// take two of its four vector pipes, the scalar product and broadcast per
+// chunk were 2 of 10 vector ops. Two accumulators per row (even and odd
+// chunks) halve the FMA chains.
+template <int kRows, int M>
+void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t groups) {
+  constexpr int64_t kWindow = 16;
+  const Activations& a = *p.a;
+  const int64_t inp = a.inp, row_bytes = inp / 2;
+  const int64_t row = rows[0];
+  const uint8_t* w = p.w + row * row_bytes;
+  const bool prefetch = m0 == 0 && rows[kRows - 1] == row + kRows - 1;
+  const char* ahead = reinterpret_cast<const char*>(w + kRows * row_bytes);
+  const char* limit = reinterpret_cast<const char*>(p.w + p.out * row_bytes);
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  const uint8_t* wr[kRows];
+  const float* scale[kRows];
+#pragma GCC unroll 4
+  for (int i = 0; i < kRows; ++i) {
+    wr[i] = p.w + rows[i] * row_bytes;
+    scale[i] = p.scale + rows[i] * groups;
+  }
+  alignas(64) float sd[kRows][M][kWindow];
+  __m512 acc[2][kRows][M];
+#pragma GCC unroll 2
+  for (int j = 0; j < 2; ++j)
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i)
+#pragma GCC unroll 2
+      for (int m = 0; m < M; ++m) acc[j][i][m] = _mm512_setzero_ps();
+  // Chunk g (inputs 128g ..) into accumulator set j.
+  auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
+    const int64_t kb = g * (kChunk4 / 2);  // byte offset in the row
+    if (prefetch) {
+      const char* next = ahead + kb * kRows;
+      if (next + 64 * kRows <= limit) {
+#pragma GCC unroll 4
+        for (int i = 0; i < kRows; ++i) _mm_prefetch(next + 64 * i, _MM_HINT_T0);
+      }
+    }
+    __m512i lo[kRows], hi[kRows];
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i) {
+      const __m512i v = InRegister(_mm512_loadu_si512(wr[i] + kb));
+      lo[i] = _mm512_and_si512(v, low);
+      hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    }
+#pragma GCC unroll 2
+    for (int m = 0; m < M; ++m) {
+      const int8_t* x = a.xq.data() + (m0 + m) * inp + g * kChunk4;
+      const __m512i x_lo = InRegister(_mm512_loadu_si512(x)), x_hi = InRegister(_mm512_loadu_si512(x + 64));
+#pragma GCC unroll 4
+      for (int i = 0; i < kRows; ++i) {
+        const __m512i t = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[i], x_lo), hi[i], x_hi);
+        acc[j][i][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(sd[i][m][g % kWindow]), acc[j][i][m]);
+      }
+    }
+  };
+  for (int64_t g0 = 0; g0 < groups; g0 += kWindow) {
+    const int64_t n = std::min(kWindow, groups - g0);
+    const __mmask16 mask = n == kWindow ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+#pragma GCC unroll 2
+    for (int m = 0; m < M; ++m) {
+      const __m512 d = _mm512_maskz_loadu_ps(mask, a.span_d.data() + (m0 + m) * groups + g0);
+#pragma GCC unroll 4
+      for (int i = 0; i < kRows; ++i)
+        _mm512_store_ps(sd[i][m], _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, scale[i] + g0), d));
+    }
+    int64_t g = g0;
+    for (; g + 2 <= g0 + n; g += 2) {
+      chunk(0, g);
+      chunk(1, g + 1);
+    }
+    if (g < g0 + n) chunk(0, g);
+  }
+#pragma GCC unroll 2
+  for (int m = 0; m < M; ++m) {
+    const float* gsum = a.gsum.data() + (m0 + m) * groups;
+    __m512 t[kRows];
+    float sums[kRows];
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i) {
+      t[i] = _mm512_add_ps(acc[0][i][m], acc[1][i][m]);
+      const float* zmin = p.zmin + rows[i] * groups;  // the zero points' term, as in Int4Block
+      for (int64_t g = 0; g < groups; g += 16) {
+        const __mmask16 mask = groups - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (groups - g)) - 1);
+        t[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, zmin + g), _mm512_maskz_loadu_ps(mask, gsum + g), t[i]);
+      }
+    }
+    ReduceAddRows<kRows>(t, sums);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i) {
+      float y = sums[i];
+      if (p.bias != nullptr) y += p.bias[rows[i]];
+      StoreY(p, (m0 + m) * p.out + rows[i], y);
+    }
+  }
+}
+
+// One input row, rows in VisitRows' streaming order (pairs of rows far
+// apart): Int4BlockG128's arithmetic in one loop over the pairs, with the
+// problem's invariants hoisted. (As separate calls, each pair's setup and
+// sums cost about as much as its 7 chunks' products at 896 inputs.)
+void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
+  constexpr int64_t kWindow = 16;
+  const Activations& a = *p.a;
+  const int64_t inp = a.inp, row_bytes = inp / 2, groups = inp / kChunk4;
+  const int8_t* x = a.xq.data();
+  const float* span_d = a.span_d.data();
+  const float* gsum = a.gsum.data();
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  alignas(64) float sd[2][kWindow];
+  auto pair = [&](int64_t r0, int64_t r1) __attribute__((always_inline)) {
+    const uint8_t* w0 = p.w + r0 * row_bytes;
+    const uint8_t* w1 = p.w + r1 * row_bytes;
+    const float* s0 = p.scale + r0 * groups;
+    const float* s1 = p.scale + r1 * groups;
+    __m512 acc0[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m512 acc1[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
+      const int64_t kb = g * (kChunk4 / 2);
+      const __m512i v0 = InRegister(_mm512_loadu_si512(w0 + kb));
+      const __m512i v1 = InRegister(_mm512_loadu_si512(w1 + kb));
+      const __m512i x_lo = InRegister(_mm512_loadu_si512(x + g * kChunk4));
+      const __m512i x_hi = InRegister(_mm512_loadu_si512(x + g * kChunk4 + 64));
+      const __m512i t0 =
+          _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v0, low), x_lo),
+                              _mm512_and_si512(_mm512_srli_epi16(v0, 4), low), x_hi);
+      const __m512i t1 =
+          _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v1, low), x_lo),
+                              _mm512_and_si512(_mm512_srli_epi16(v1, 4), low), x_hi);
+      acc0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t0), _mm512_set1_ps(sd[0][g % kWindow]), acc0[j]);
+      acc1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t1), _mm512_set1_ps(sd[1][g % kWindow]), acc1[j]);
+    };
+    // The zero points' term (as in Int4Block) starts the second accumulators.
+    for (int64_t g0 = 0; g0 < groups; g0 += kWindow) {
+      const int64_t n = std::min(kWindow, groups - g0);
+      const __mmask16 mask = n == kWindow ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+      const __m512 d = _mm512_maskz_loadu_ps(mask, span_d + g0), gs = _mm512_maskz_loadu_ps(mask, gsum + g0);
+      _mm512_store_ps(sd[0], _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, s0 + g0), d));
+      _mm512_store_ps(sd[1], _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, s1 + g0), d));
+      acc0[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, p.zmin + r0 * groups + g0), gs, acc0[1]);
+      acc1[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, p.zmin + r1 * groups + g0), gs, acc1[1]);
+      int64_t g = g0;
+      for (; g + 2 <= g0 + n; g += 2) {
+        chunk(0, g);
+        chunk(1, g + 1);
+      }
+      if (g < g0 + n) chunk(0, g);
+    }
+    const __m512 t[2] = {_mm512_add_ps(acc0[0], acc0[1]), _mm512_add_ps(acc1[0], acc1[1])};
+    float sums[2];
+    ReduceAddRows<2>(t, sums);
+    if (p.bias != nullptr) sums[0] += p.bias[r0], sums[1] += p.bias[r1];
+    StoreY(p, r0, sums[0]);
+    StoreY(p, r1, sums[1]);
+  };
+  const int64_t half = (row_end - row_begin) / 2;
+  for (int64_t i = 0; i < half; ++i) pair(row_begin + i, row_begin + half + i);
+  if ((row_end - row_begin) % 2 != 0) {
+    const int64_t last = row_end - 1;
+    Int4BlockG128<1, 1>(p, &last, 0, groups);
+  }
+}
+
 template <int kRows, typename P, void (*B1)(const P&, const int64_t*, int64_t),
           void (*B2)(const P&, const int64_t*, int64_t), void (*B3)(const P&, const int64_t*, int64_t),
           void (*B4)(const P&, const int64_t*, int64_t)>
@@ -233,6 +451,11 @@ void Int8All(const Int8Problem& p, const int64_t* row) {
 template <int kRows, int kSpan>
 void Int4All(const Int4Problem& p, const int64_t* row, int64_t groups) {
   int64_t m0 = 0;
+  if (kSpan == 128 && p.group == 128) {
+    for (; m0 + 2 <= p.a->m; m0 += 2) Int4BlockG128<kRows, 2>(p, row, m0, groups);
+    if (m0 < p.a->m) Int4BlockG128<kRows, 1>(p, row, m0, groups);
+    return;
+  }
   for (; m0 + 2 <= p.a->m; m0 += 2) Int4Block<kRows, 2, kSpan>(p, row, m0, groups);
   if (m0 < p.a->m) Int4Block<kRows, 1, kSpan>(p, row, m0, groups);
 }
@@ -252,12 +475,14 @@ void Int4Rows(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
 // Output rows in row_order.h's order, streaming for up to 4 input rows (one
 // group of inputs).
 void Int8RowsAvx512Vnni(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
+  if (p.a->m == 1) return Int8Stream(p, row_begin, row_end);
   VisitRows(row_begin, row_end, p.a->m <= 4, [&](const int64_t* rows, int n) {
     n == 4 ? Int8All<4>(p, rows) : n == 2 ? Int8All<2>(p, rows) : Int8All<1>(p, rows);
   });
 }
 
 void Int4RowsAvx512Vnni(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
+  if (p.group == 128 && p.a->m == 1) return Int4StreamG128(p, row_begin, row_end);
   Activations::SpanFor(p.group) == 128 ? Int4Rows<128>(p, row_begin, row_end) : Int4Rows<64>(p, row_begin, row_end);
 }
 

@@ -18,6 +18,7 @@ void Activations::Prepare(const float* x, int64_t rows, int64_t in, int64_t padd
   corr.assign(static_cast<size_t>(m * lanes), 0);
   lane_d.assign(static_cast<size_t>(m * lanes), 0.0f);
   gsum.assign(group > 0 ? static_cast<size_t>(m * (inp / group)) : 0, 0.0f);
+  span_d.assign(span == 128 ? static_cast<size_t>(m * (inp / span)) : 0, 0.0f);
   for (int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * in;
     int8_t* q = xq.data() + r * inp;
@@ -33,6 +34,7 @@ void Activations::Prepare(const float* x, int64_t rows, int64_t in, int64_t padd
       }
       const float scale = amax / 127.0f;
       const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+      if (span == 128) span_d[r * (inp / span) + s0 / span] = scale;
       for (int64_t k0 = s0; k0 < s0 + span; k0 += kBlock) {
         const int64_t b = k0 / kBlock, k1 = std::clamp<int64_t>(in, k0, k0 + kBlock);
         d[r * blocks + b] = scale;

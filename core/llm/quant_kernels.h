@@ -46,6 +46,7 @@ struct Activations {
   std::vector<int32_t> corr;  // [m][inp / 4]: -128 * sum of each 4-input lane (VNNI int8 kernel)
   std::vector<float> lane_d;  // [m][inp / 4]: block scale of each lane (VNNI int8 kernel)
   std::vector<float> gsum;    // [m][inp / group] (int4)
+  std::vector<float> span_d;  // [m][inp / 128]: each span's scale where spans are 128 (int4), else empty
 
   // Quantizes x [m][in] (fp32, in <= inp); `avx2` (only when the CPU has it)
   // quantizes whole blocks with AVX2, the same bits as the portable code for

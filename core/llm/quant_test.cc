@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -103,11 +104,12 @@ TEST_F(QuantTest, KernelsMatchTheDequantizedProduct) {
   at::InferenceMode guard;
   at::manual_seed(2);
   // int8; int4 in groups of 64 (192 inputs, padded to the 128-input chunks:
-  // the halves of a chunk in different groups), 128 (AWQ's), 192 (groups
-  // ending mid-chunk) and 256 (two chunks per group).
-  for (int64_t group : {0, 64, 128, 192, 256}) {
+  // the halves of a chunk in different groups), 128 (AWQ's; 19 groups are
+  // more than one 16-group window of the VNNI kernel), 192 (groups ending
+  // mid-chunk) and 256 (two chunks per group).
+  for (auto [group, in, out] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {0, 200, 45}, {64, 192, 40}, {128, 384, 40}, {128, 19 * 128, 40}, {192, 384, 40}, {256, 512, 40}}) {
     const bool int4 = group > 0;
-    const int64_t out = int4 ? 40 : 45, in = group == 0 ? 200 : group == 64 ? 192 : group == 256 ? 512 : 384;
     const at::Tensor dense = at::randn({out, in});
     std::shared_ptr<QuantMatrix> q;
     if (int4) {
@@ -148,6 +150,74 @@ TEST_F(QuantTest, KernelsMatchTheDequantizedProduct) {
     const at::Tensor x = at::randn({2, 40, in});
     const at::Tensor expected = at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble));
     EXPECT_LT(RelErr(QuantLinear(x, *q, b), expected), 1e-5);
+  }
+}
+
+// Each kernel called directly on row ranges that start off a pair and hold
+// an odd number of rows (QuantLinear's chunks are multiples of 4 rows, and
+// AWQ matrices have multiples of 8): the same outputs as the portable kernel.
+TEST_F(QuantTest, KernelsCoverOddRowRanges) {
+  at::manual_seed(3);
+  for (int64_t group : {0, 128}) {
+    const int64_t out = 40, in = 19 * 128;
+    const at::Tensor dense = at::randn({out, in});
+    std::shared_ptr<QuantMatrix> q;
+    if (group > 0) {
+      const auto t = QuantMatrix::QuantizeAwq(dense, group, at::kHalf);
+      q = *QuantMatrix::FromAwq(t.qweight, t.qzeros, t.scales, group);
+    } else {
+      q = QuantMatrix::Int8(dense);
+    }
+    for (int64_t rows : {1, 2, 3}) {
+      const at::Tensor x = at::randn({rows, in}).contiguous();
+      quant::Activations a;
+      a.Prepare(x.data_ptr<float>(), rows, in, q->padded_in(), group, gemv::CpuHasAvx2Fma());
+      std::vector<float> want(rows * out, -1.0f), got(rows * out, -1.0f);
+      auto run = [&](int kernel, std::vector<float>& y, int64_t begin, int64_t end) {
+        if (group == 0) {
+          const quant::Int8Problem p{
+              &a, q->data().data_ptr<int8_t>(), q->scale().data_ptr<float>(), nullptr, y.data(), out, nullptr};
+          kernel == 0   ? quant::Int8RowsPortable(p, begin, end)
+          : kernel == 1 ? quant::Int8RowsAvx2(p, begin, end)
+                        : quant::Int8RowsAvx512Vnni(p, begin, end);
+        } else {
+          const quant::Int4Problem p{&a,
+                                     q->data().data_ptr<uint8_t>(),
+                                     q->scale().data_ptr<float>(),
+                                     q->zmin().data_ptr<float>(),
+                                     group,
+                                     nullptr,
+                                     y.data(),
+                                     out,
+                                     nullptr};
+          kernel == 0   ? quant::Int4RowsPortable(p, begin, end)
+          : kernel == 1 ? quant::Int4RowsAvx2(p, begin, end)
+                        : quant::Int4RowsAvx512Vnni(p, begin, end);
+        }
+      };
+      run(0, want, 0, out);
+      float scale = 0;  // (as RelErr: the outputs' largest magnitude)
+      for (float v : want) scale = std::max(scale, std::fabs(v));
+      for (int kernel : {1, 2}) {
+        if (kernel == 1 && !gemv::CpuHasAvx2Fma()) continue;
+        if (kernel == 2 && !quant::CpuHasAvx512Vnni()) continue;
+        for (auto [begin, end] : std::vector<std::pair<int64_t, int64_t>>{{1, 40}, {3, 10}, {7, 8}, {0, 40}}) {
+          std::fill(got.begin(), got.end(), -1.0f);
+          run(kernel, got, begin, end);
+          for (int64_t m = 0; m < rows; ++m)
+            for (int64_t r = 0; r < out; ++r) {
+              const float g = got[m * out + r], w = want[m * out + r];
+              const std::string what = absl::StrCat("kernel ", kernel, " group ", group, " rows ", rows, " range [",
+                                                    begin, ", ", end, ") m ", m, " r ", r);
+              if (r < begin || r >= end) {
+                ASSERT_EQ(g, -1.0f) << what << " written outside its range";
+              } else {
+                ASSERT_NEAR(g, w, 1e-5 * scale) << what;
+              }
+            }
+        }
+      }
+    }
   }
 }
 
@@ -196,6 +266,14 @@ TEST_F(QuantTest, VectorActivationQuantizerIsThePortableBits) {
     for (size_t i = 0; i < a.lane_d.size(); ++i) ASSERT_EQ(a.lane_d[i], b.lane_d[i]) << what << " lane " << i;
     ASSERT_EQ(a.gsum.size(), b.gsum.size());
     for (size_t i = 0; i < a.gsum.size(); ++i) EXPECT_EQ(a.gsum[i], b.gsum[i]) << what << " gsum " << i;
+    EXPECT_EQ(a.span_d, b.span_d) << what;
+    // span_d: each 128-input span's scale, as d holds it for the span's blocks.
+    if (quant::Activations::SpanFor(group) == 128) {
+      ASSERT_EQ(a.span_d.size(), static_cast<size_t>(rows * inp / 128)) << what;
+      for (int64_t i = 0; i < rows * inp / 128; ++i) EXPECT_EQ(a.span_d[i], a.d[4 * i]) << what << " span " << i;
+    } else {
+      EXPECT_TRUE(a.span_d.empty()) << what;
+    }
   }
 }
 
