@@ -478,11 +478,28 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   const bool grouped_values =
       seg_blocks <= kMaxSegBlocks &&
       ((native_bf16 && bs % 2 == 0 && segment <= gemv::kMaxValuesGroupKeysBf16Avx512) || (!native_bf16 && avx2));
-  std::vector<int64_t> segs(seqs), seg_first(seqs + 1, 0);
   struct Chunk {
     int64_t s, j, seg;
   };
-  std::vector<Chunk> chunks;
+  // The buffers are reused from call to call (a call per layer per step): a
+  // fresh 140 KB scratch per call went to malloc and back, and each free of
+  // it (over 64 KB) made glibc consolidate its fast bins (malloc_consolidate
+  // in decode profiles). thread_local, so that concurrent callers each have
+  // theirs; bound to references because the helper threads running the
+  // chunks must use the caller's (a lambda names the running thread's).
+  thread_local std::vector<int64_t> t_segs, t_seg_first;
+  thread_local std::vector<Chunk> t_chunks;
+  thread_local std::vector<gemv::Segment> t_parts;
+  thread_local std::vector<float> t_partial, t_scratch;
+  std::vector<int64_t>& segs = t_segs;
+  std::vector<int64_t>& seg_first = t_seg_first;
+  std::vector<Chunk>& chunks = t_chunks;
+  std::vector<gemv::Segment>& parts = t_parts;
+  std::vector<float>& partial = t_partial;
+  std::vector<float>& scratch = t_scratch;
+  segs.assign(seqs, 0);
+  seg_first.assign(seqs + 1, 0);
+  chunks.clear();
   for (int64_t s = 0; s < seqs; ++s) {
     segs[s] = (lens[s] + segment - 1) / segment;
     seg_first[s + 1] = seg_first[s] + segs[s];
@@ -491,9 +508,9 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   }
   // Per (sequence, head, segment): softmax pieces and unnormalised outputs.
   auto part_index = [&](int64_t s, int64_t h, int64_t g) { return seg_first[s] * heads + h * segs[s] + g; };
-  std::vector<gemv::Segment> parts(static_cast<size_t>(seg_first[seqs] * heads));
-  std::unique_ptr<float[]> partial(new float[seg_first[seqs] * heads * dim]);
-  std::unique_ptr<float[]> scratch(new float[chunks.size() * groups * segment + chunks.size() * dim]);
+  parts.resize(static_cast<size_t>(seg_first[seqs] * heads));
+  partial.resize(static_cast<size_t>(seg_first[seqs] * heads * dim));
+  scratch.resize(chunks.size() * groups * segment + chunks.size() * dim);
   const float* qp = qc.data_ptr<float>();
   // fp32 or bf16 (uint16_t bits) rows.
   const void* kp = key_pool.data_ptr();
@@ -502,8 +519,8 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     const Chunk& ch = chunks[c];
     const std::vector<int32_t>& table = *tables[ch.s];
     const int64_t l0 = ch.seg * segment, n = std::min(segment, lens[ch.s] - l0);
-    float* sc = scratch.get() + c * groups * segment;
-    float* tmp = scratch.get() + chunks.size() * groups * segment + c * dim;
+    float* sc = scratch.data() + c * groups * segment;
+    float* tmp = scratch.data() + chunks.size() * groups * segment + c * dim;
     auto block_offset = [&](int64_t b) {
       const int64_t blk = table[l0 / bs + b];
       return ((std::clamp<int64_t>(blk, 0, num_blocks - 1) * kv_heads + ch.j) * bs) * dim;
@@ -578,7 +595,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     }
     if (grouped_values) {
       // The whole group over the whole segment: each value row read once.
-      float* o = partial.get() + part_index(ch.s, h0, ch.seg) * dim;
+      float* o = partial.data() + part_index(ch.s, h0, ch.seg) * dim;
       const int64_t o_stride = segs[ch.s] * dim;
       if (!bf16) {
         gemv::SegmentValuesGroupAvx2(sc, segment, groups, values32, bs, n, dim, o, o_stride);
@@ -590,7 +607,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       return;
     }
     for (int64_t g = 0; g < groups; ++g) {
-      float* o = partial.get() + part_index(ch.s, h0 + g, ch.seg) * dim;
+      float* o = partial.data() + part_index(ch.s, h0 + g, ch.seg) * dim;
       for (int64_t b = 0; b * bs < n; ++b) {
         const int64_t nk = std::min(bs, n - b * bs);
         values(sc + g * segment + b * bs, b, nk, b == 0 ? o : tmp);
@@ -612,7 +629,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       for (int64_t g = 0; g < segs[s]; ++g) {
         const float w = segs[s] == 1 ? 1.0f : std::exp(seg[g].max - m);
         denominator += w * seg[g].sum;
-        const float* po = partial.get() + (part_index(s, h, g)) * dim;
+        const float* po = partial.data() + (part_index(s, h, g)) * dim;
         for (int64_t d = 0; d < dim; ++d) o[d] += w * po[d];
       }
       const float inv = 1.0f / denominator;
