@@ -6,6 +6,8 @@
 // step (the 4 rows' weights stay in L1 for the next input row).
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "core/llm/in_register.h"
 #include "core/llm/quant_kernels.h"
 #include "core/llm/row_order.h"
@@ -170,6 +172,80 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m, int64_t gro
   }
 }
 
+// One input row, groups of 128 (AWQ's and --quantize int4's), rows in
+// VisitRows' streaming order (pairs far apart), in one loop over the pairs
+// with the problem's invariants hoisted (as the VNNI kernel's
+// Int4StreamG128): a chunk is one group at one activation scale, so its
+// four 16-bit products are widened, converted and scaled once, by the
+// product of the two scales (made by vectors for a window of 8 groups);
+// two accumulators per row (even and odd chunks); the zero points' term
+// joins the odd ones window by window.
+void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
+  constexpr int64_t kWindow = 8;
+  const Activations& a = *p.a;
+  const int64_t inp = a.inp, row_bytes = inp / 2, groups = inp / kChunk4;
+  const int8_t* x = a.xq.data();
+  const float* span_d = a.span_d.data();
+  const float* gsum = a.gsum.data();
+  const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
+  alignas(32) float sd[2][kWindow];
+  // Sum of one row's chunk g (inputs 128g ..) as 16-bit pairs.
+  auto products = [&](const uint8_t* w, int64_t g, __m256i x0, __m256i x1, __m256i x2, __m256i x3)
+      __attribute__((always_inline)) {
+    const __m256i v0 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * 64)));
+    const __m256i v1 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + g * 64 + 32)));
+    const __m256i p0 = _mm256_maddubs_epi16(_mm256_and_si256(v0, low), x0);
+    const __m256i p1 = _mm256_maddubs_epi16(_mm256_and_si256(v1, low), x1);
+    const __m256i p2 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), low), x2);
+    const __m256i p3 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), x3);
+    return _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+  };
+  auto pair = [&](int64_t r0, int64_t r1) __attribute__((always_inline)) {
+    const uint8_t* w0 = p.w + r0 * row_bytes;
+    const uint8_t* w1 = p.w + r1 * row_bytes;
+    const float* s0 = p.scale + r0 * groups;
+    const float* s1 = p.scale + r1 * groups;
+    __m256 acc0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 acc1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
+      const int8_t* xg = x + g * kChunk4;
+      const __m256i x0 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg)));
+      const __m256i x1 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + 32)));
+      const __m256i x2 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + 64)));
+      const __m256i x3 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + 96)));
+      const __m256i t0 = products(w0, g, x0, x1, x2, x3), t1 = products(w1, g, x0, x1, x2, x3);
+      acc0[j] = _mm256_fmadd_ps(Widen(t0, ones), _mm256_broadcast_ss(sd[0] + g % kWindow), acc0[j]);
+      acc1[j] = _mm256_fmadd_ps(Widen(t1, ones), _mm256_broadcast_ss(sd[1] + g % kWindow), acc1[j]);
+    };
+    for (int64_t g0 = 0; g0 < groups; g0 += kWindow) {
+      const int64_t n = std::min(kWindow, groups - g0);
+      const __m256i mask =
+          _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      const __m256 d = _mm256_maskload_ps(span_d + g0, mask), gs = _mm256_maskload_ps(gsum + g0, mask);
+      _mm256_store_ps(sd[0], _mm256_mul_ps(_mm256_maskload_ps(s0 + g0, mask), d));
+      _mm256_store_ps(sd[1], _mm256_mul_ps(_mm256_maskload_ps(s1 + g0, mask), d));
+      acc0[1] = _mm256_fmadd_ps(_mm256_maskload_ps(p.zmin + r0 * groups + g0, mask), gs, acc0[1]);
+      acc1[1] = _mm256_fmadd_ps(_mm256_maskload_ps(p.zmin + r1 * groups + g0, mask), gs, acc1[1]);
+      int64_t g = g0;
+      for (; g + 2 <= g0 + n; g += 2) {
+        chunk(0, g);
+        chunk(1, g + 1);
+      }
+      if (g < g0 + n) chunk(0, g);
+    }
+    float y0 = HorizontalSum(_mm256_add_ps(acc0[0], acc0[1])), y1 = HorizontalSum(_mm256_add_ps(acc1[0], acc1[1]));
+    if (p.bias != nullptr) y0 += p.bias[r0], y1 += p.bias[r1];
+    StoreY(p, r0, y0);
+    StoreY(p, r1, y1);
+  };
+  const int64_t half = (row_end - row_begin) / 2;
+  for (int64_t i = 0; i < half; ++i) pair(row_begin + i, row_begin + half + i);
+  if ((row_end - row_begin) % 2 != 0) {
+    const int64_t last = row_end - 1;
+    Int4Block<1, 128>(p, &last, 0, groups);
+  }
+}
+
 }  // namespace
 
 float AbsMaxAvx2(const float* x, int64_t n) {
@@ -235,6 +311,7 @@ void Int4Rows(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
 }  // namespace
 
 void Int4RowsAvx2(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
+  if (p.group == 128 && p.a->m == 1) return Int4StreamG128(p, row_begin, row_end);
   Activations::SpanFor(p.group) == 128 ? Int4Rows<128>(p, row_begin, row_end) : Int4Rows<64>(p, row_begin, row_end);
 }
 
