@@ -32,7 +32,7 @@ void ParallelChunks(int64_t chunks, int threads, absl::FunctionRef<void(int64_t)
 // The output rows of a matrix-vector product split into chunks for
 // ParallelChunks: chunk i is rows [begin[i], begin[i + 1]). Whole 4-row
 // blocks of at least ~64K weights (claiming one costs ~0.1 us, 64K bf16
-// weights take ~5 us to stream) and at most ~32 per thread; the last
+// weights take ~5 us to stream) and at most ~4 per thread; the last
 // 2 x threads chunks' rows go in quarter-size chunks, so that the threads
 // finish together (the caller waits, on average, half of the last chunk a
 // helper claimed: ~15 us per product at full size, 1.5 ms per decoded token).
