@@ -130,6 +130,75 @@ void Int8Stream(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
   }
 }
 
+// The rows of one visit of the 4-bit kernels: their weights and group
+// scales, and whether (adjacent rows, first input rows) and from where their
+// next chunks are prefetched.
+template <int kRows>
+struct Int4Visit {
+  const uint8_t* wr[kRows];
+  const float* scale[kRows];
+  bool prefetch;
+  const char* ahead;  // the bytes after the rows
+  const char* limit;  // the end of the matrix
+
+  Int4Visit(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t groups) {
+    const int64_t row_bytes = p.a->inp / 2;
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i) {
+      wr[i] = p.w + rows[i] * row_bytes;
+      scale[i] = p.scale + rows[i] * groups;
+    }
+    prefetch = m0 == 0 && rows[kRows - 1] == rows[0] + kRows - 1;
+    ahead = reinterpret_cast<const char*>(wr[0] + kRows * row_bytes);
+    limit = reinterpret_cast<const char*>(p.w + p.out * row_bytes);
+  }
+
+  // The chunk at byte kb of each row: lo[i] its inputs k .. k + 63 (low
+  // nibbles), hi[i] k + 64 .. k + 127 (high nibbles); the next chunk
+  // prefetched first where the rows are adjacent.
+  void Load(int64_t kb, __m512i* lo, __m512i* hi) const {
+    if (prefetch) {
+      const char* next = ahead + kb * kRows;
+      if (next + 64 * kRows <= limit) {
+#pragma GCC unroll 4
+        for (int i = 0; i < kRows; ++i) _mm_prefetch(next + 64 * i, _MM_HINT_T0);
+      }
+    }
+    const __m512i low = _mm512_set1_epi8(0x0F);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRows; ++i) {
+      const __m512i v = InRegister(_mm512_loadu_si512(wr[i] + kb));
+      lo[i] = _mm512_and_si512(v, low);
+      hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+    }
+  }
+};
+
+// Output row rows[i] of input row m from t[i], the lanes of its group-scaled
+// sums: the zero points' term, sum_g zmin[g] * gsum[g], added in vectors to
+// the lanes before they are summed (a scalar chain of FMAs here took 18% of
+// the kernel's time at 7 groups a row), then the bias, then stored.
+template <int kRows>
+inline void StoreInt4Rows(const Int4Problem& p, const int64_t* rows, int64_t m, int64_t groups, __m512* t) {
+  const float* gsum = p.a->gsum.data() + m * groups;
+#pragma GCC unroll 4
+  for (int i = 0; i < kRows; ++i) {
+    const float* zmin = p.zmin + rows[i] * groups;
+    for (int64_t g = 0; g < groups; g += 16) {
+      const __mmask16 mask = groups - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (groups - g)) - 1);
+      t[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, zmin + g), _mm512_maskz_loadu_ps(mask, gsum + g), t[i]);
+    }
+  }
+  float sums[kRows];
+  ReduceAddRows<kRows>(t, sums);
+#pragma GCC unroll 4
+  for (int i = 0; i < kRows; ++i) {
+    float y = sums[i];
+    if (p.bias != nullptr) y += p.bias[rows[i]];
+    StoreY(p, m * p.out + rows[i], y);
+  }
+}
+
 // kSpan: inputs sharing one activation scale (Activations::SpanFor). With
 // 128 (groups of 128 multiples) a chunk's two halves share their scale and
 // group, so their dot products go into one int32 vector before it is
@@ -141,20 +210,9 @@ template <int kRows, int M, int kSpan>
 void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t groups) {
   constexpr int kHalves = kSpan == 128 ? 1 : 2;
   const Activations& a = *p.a;
-  const int64_t inp = a.inp, blocks = inp / kBlock, row_bytes = inp / 2;
-  const int64_t row = rows[0];
-  const uint8_t* w = p.w + row * row_bytes;
-  const bool prefetch = m0 == 0 && rows[kRows - 1] == row + kRows - 1;
-  const char* ahead = reinterpret_cast<const char*>(w + kRows * row_bytes);
-  const char* limit = reinterpret_cast<const char*>(p.w + p.out * row_bytes);
-  const __m512i low = _mm512_set1_epi8(0x0F);
-  const uint8_t* wr[kRows];
-  const float* scale[kRows];
-#pragma GCC unroll 4
-  for (int i = 0; i < kRows; ++i) {
-    wr[i] = p.w + rows[i] * row_bytes;
-    scale[i] = p.scale + rows[i] * groups;
-  }
+  const int64_t inp = a.inp, blocks = inp / kBlock;
+  const Int4Visit<kRows> visit(p, rows, m0, groups);
+  const float* const* scale = visit.scale;
   __m512 acc[kRows][M], part[kHalves][kRows][M];
 #pragma GCC unroll 4
   for (int i = 0; i < kRows; ++i)
@@ -188,22 +246,8 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t gr
         }
       while (k + 64 >= hi_end) ++g_hi, hi_end += p.group;
     }
-    const int64_t kb = k / 2;  // byte offset in the row
-    if (prefetch) {
-      const char* next = ahead + kb * kRows;
-      if (next + 64 * kRows <= limit) {
-#pragma GCC unroll 4
-        for (int i = 0; i < kRows; ++i) _mm_prefetch(next + 64 * i, _MM_HINT_T0);
-      }
-    }
-    // Low nibbles: inputs k .. k + 63; high nibbles: k + 64 .. k + 127.
     __m512i lo[kRows], hi[kRows];
-#pragma GCC unroll 4
-    for (int i = 0; i < kRows; ++i) {
-      const __m512i v = InRegister(_mm512_loadu_si512(wr[i] + kb));
-      lo[i] = _mm512_and_si512(v, low);
-      hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-    }
+    visit.Load(k / 2, lo, hi);
 #pragma GCC unroll 2
     for (int m = 0; m < M; ++m) {
       const int8_t* x = a.xq.data() + (m0 + m) * inp + k;
@@ -227,29 +271,13 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t gr
   }
 #pragma GCC unroll 2
   for (int m = 0; m < M; ++m) {
-    const float* gsum = a.gsum.data() + (m0 + m) * groups;
     __m512 t[kRows];
-    float sums[kRows];
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
       t[i] = _mm512_fmadd_ps(part[0][i][m], _mm512_set1_ps(scale[i][g_lo]), acc[i][m]);
       if (kHalves == 2) t[i] = _mm512_fmadd_ps(part[kHalves - 1][i][m], _mm512_set1_ps(scale[i][g_hi]), t[i]);
-      // The zero points' term, sum_g zmin[g] * gsum[g], added in vectors to
-      // the lanes before they are summed (a scalar chain of FMAs here took
-      // 18% of the kernel's time at 7 groups a row).
-      const float* zmin = p.zmin + rows[i] * groups;
-      for (int64_t g = 0; g < groups; g += 16) {
-        const __mmask16 mask = groups - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (groups - g)) - 1);
-        t[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, zmin + g), _mm512_maskz_loadu_ps(mask, gsum + g), t[i]);
-      }
     }
-    ReduceAddRows<kRows>(t, sums);
-#pragma GCC unroll 4
-    for (int i = 0; i < kRows; ++i) {
-      float y = sums[i];
-      if (p.bias != nullptr) y += p.bias[rows[i]];
-      StoreY(p, (m0 + m) * p.out + rows[i], y);
-    }
+    StoreInt4Rows<kRows>(p, rows, m0 + m, groups, t);
   }
 }
 
@@ -265,20 +293,9 @@ template <int kRows, int M>
 void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t groups) {
   constexpr int64_t kWindow = 16;
   const Activations& a = *p.a;
-  const int64_t inp = a.inp, row_bytes = inp / 2;
-  const int64_t row = rows[0];
-  const uint8_t* w = p.w + row * row_bytes;
-  const bool prefetch = m0 == 0 && rows[kRows - 1] == row + kRows - 1;
-  const char* ahead = reinterpret_cast<const char*>(w + kRows * row_bytes);
-  const char* limit = reinterpret_cast<const char*>(p.w + p.out * row_bytes);
-  const __m512i low = _mm512_set1_epi8(0x0F);
-  const uint8_t* wr[kRows];
-  const float* scale[kRows];
-#pragma GCC unroll 4
-  for (int i = 0; i < kRows; ++i) {
-    wr[i] = p.w + rows[i] * row_bytes;
-    scale[i] = p.scale + rows[i] * groups;
-  }
+  const int64_t inp = a.inp;
+  const Int4Visit<kRows> visit(p, rows, m0, groups);
+  const float* const* scale = visit.scale;
   alignas(64) float sd[kRows][M][kWindow];
   __m512 acc[2][kRows][M];
 #pragma GCC unroll 2
@@ -289,21 +306,8 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
       for (int m = 0; m < M; ++m) acc[j][i][m] = _mm512_setzero_ps();
   // Chunk g (inputs 128g ..) into accumulator set j.
   auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
-    const int64_t kb = g * (kChunk4 / 2);  // byte offset in the row
-    if (prefetch) {
-      const char* next = ahead + kb * kRows;
-      if (next + 64 * kRows <= limit) {
-#pragma GCC unroll 4
-        for (int i = 0; i < kRows; ++i) _mm_prefetch(next + 64 * i, _MM_HINT_T0);
-      }
-    }
     __m512i lo[kRows], hi[kRows];
-#pragma GCC unroll 4
-    for (int i = 0; i < kRows; ++i) {
-      const __m512i v = InRegister(_mm512_loadu_si512(wr[i] + kb));
-      lo[i] = _mm512_and_si512(v, low);
-      hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-    }
+    visit.Load(g * (kChunk4 / 2), lo, hi);
 #pragma GCC unroll 2
     for (int m = 0; m < M; ++m) {
       const int8_t* x = a.xq.data() + (m0 + m) * inp + g * kChunk4;
@@ -334,25 +338,12 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
   }
 #pragma GCC unroll 2
   for (int m = 0; m < M; ++m) {
-    const float* gsum = a.gsum.data() + (m0 + m) * groups;
     __m512 t[kRows];
-    float sums[kRows];
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
       t[i] = _mm512_add_ps(acc[0][i][m], acc[1][i][m]);
-      const float* zmin = p.zmin + rows[i] * groups;  // the zero points' term, as in Int4Block
-      for (int64_t g = 0; g < groups; g += 16) {
-        const __mmask16 mask = groups - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (groups - g)) - 1);
-        t[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, zmin + g), _mm512_maskz_loadu_ps(mask, gsum + g), t[i]);
-      }
     }
-    ReduceAddRows<kRows>(t, sums);
-#pragma GCC unroll 4
-    for (int i = 0; i < kRows; ++i) {
-      float y = sums[i];
-      if (p.bias != nullptr) y += p.bias[rows[i]];
-      StoreY(p, (m0 + m) * p.out + rows[i], y);
-    }
+    StoreInt4Rows<kRows>(p, rows, m0 + m, groups, t);
   }
 }
 
