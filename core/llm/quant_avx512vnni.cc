@@ -285,10 +285,9 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t gr
 // activation scale (span_d), so its dot product is converted once and
 // scaled by the product of the two scales, with no per-group partial sums.
 // Those products are made by vectors for a window of 16 chunks at a time and
-// read by the FMAs as broadcast memory operands: on Zen 4, whose 512-bit ops
-// take two of its four vector pipes, the scalar product and broadcast per
-// chunk were 2 of 10 vector ops. Two accumulators per row (even and odd
-// chunks) halve the FMA chains.
+// read by the FMAs as broadcast memory operands (no scalar product and
+// broadcast per chunk). Two accumulators per row (even and odd chunks)
+// halve the FMA chains.
 template <int kRows, int M>
 void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t groups) {
   constexpr int64_t kWindow = 16;
