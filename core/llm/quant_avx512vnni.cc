@@ -156,7 +156,7 @@ struct Int4Visit {
   // The chunk at byte kb of each row: lo[i] its inputs k .. k + 63 (low
   // nibbles), hi[i] k + 64 .. k + 127 (high nibbles); the next chunk
   // prefetched first where the rows are adjacent.
-  void Load(int64_t kb, __m512i* lo, __m512i* hi) const {
+  __attribute__((always_inline)) void Load(int64_t kb, __m512i* lo, __m512i* hi) const {
     if (prefetch) {
       const char* next = ahead + kb * kRows;
       if (next + 64 * kRows <= limit) {
@@ -179,7 +179,8 @@ struct Int4Visit {
 // the lanes before they are summed (a scalar chain of FMAs here took 18% of
 // the kernel's time at 7 groups a row), then the bias, then stored.
 template <int kRows>
-inline void StoreInt4Rows(const Int4Problem& p, const int64_t* rows, int64_t m, int64_t groups, __m512* t) {
+__attribute__((always_inline)) inline void StoreInt4Rows(const Int4Problem& p, const int64_t* rows, int64_t m,
+                                                         int64_t groups, __m512* t) {
   const float* gsum = p.a->gsum.data() + m * groups;
 #pragma GCC unroll 4
   for (int i = 0; i < kRows; ++i) {
