@@ -183,7 +183,7 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m, int64_t gro
 void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
   constexpr int64_t kWindow = 8;
   const Activations& a = *p.a;
-  const int64_t inp = a.inp, row_bytes = inp / 2, groups = inp / kChunk4;
+  const int64_t inp = a.inp, groups = inp / kChunk4;
   const int8_t* x = a.xq.data();
   const float* span_d = a.span_d.data();
   const float* gsum = a.gsum.data();
@@ -201,10 +201,7 @@ void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
     return _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
   };
   auto pair = [&](int64_t r0, int64_t r1) __attribute__((always_inline)) {
-    const uint8_t* w0 = p.w + r0 * row_bytes;
-    const uint8_t* w1 = p.w + r1 * row_bytes;
-    const float* s0 = p.scale + r0 * groups;
-    const float* s1 = p.scale + r1 * groups;
+    const Int4Row row0 = RowOf(p, r0, groups), row1 = RowOf(p, r1, groups);
     __m256 acc0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     __m256 acc1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
@@ -213,7 +210,7 @@ void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
       const __m256i x1 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + 32)));
       const __m256i x2 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + 64)));
       const __m256i x3 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + 96)));
-      const __m256i t0 = products(w0, g, x0, x1, x2, x3), t1 = products(w1, g, x0, x1, x2, x3);
+      const __m256i t0 = products(row0.w, g, x0, x1, x2, x3), t1 = products(row1.w, g, x0, x1, x2, x3);
       acc0[j] = _mm256_fmadd_ps(Widen(t0, ones), _mm256_broadcast_ss(sd[0] + g % kWindow), acc0[j]);
       acc1[j] = _mm256_fmadd_ps(Widen(t1, ones), _mm256_broadcast_ss(sd[1] + g % kWindow), acc1[j]);
     };
@@ -222,16 +219,11 @@ void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
       const __m256i mask =
           _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
       const __m256 d = _mm256_maskload_ps(span_d + g0, mask), gs = _mm256_maskload_ps(gsum + g0, mask);
-      _mm256_store_ps(sd[0], _mm256_mul_ps(_mm256_maskload_ps(s0 + g0, mask), d));
-      _mm256_store_ps(sd[1], _mm256_mul_ps(_mm256_maskload_ps(s1 + g0, mask), d));
-      acc0[1] = _mm256_fmadd_ps(_mm256_maskload_ps(p.zmin + r0 * groups + g0, mask), gs, acc0[1]);
-      acc1[1] = _mm256_fmadd_ps(_mm256_maskload_ps(p.zmin + r1 * groups + g0, mask), gs, acc1[1]);
-      int64_t g = g0;
-      for (; g + 2 <= g0 + n; g += 2) {
-        chunk(0, g);
-        chunk(1, g + 1);
-      }
-      if (g < g0 + n) chunk(0, g);
+      _mm256_store_ps(sd[0], _mm256_mul_ps(_mm256_maskload_ps(row0.scale + g0, mask), d));
+      _mm256_store_ps(sd[1], _mm256_mul_ps(_mm256_maskload_ps(row1.scale + g0, mask), d));
+      acc0[1] = _mm256_fmadd_ps(_mm256_maskload_ps(row0.zmin + g0, mask), gs, acc0[1]);
+      acc1[1] = _mm256_fmadd_ps(_mm256_maskload_ps(row1.zmin + g0, mask), gs, acc1[1]);
+      EvenOddChunks(g0, g0 + n, 1, chunk);
     }
     float y0 = HorizontalSum(_mm256_add_ps(acc0[0], acc0[1])), y1 = HorizontalSum(_mm256_add_ps(acc1[0], acc1[1]));
     if (p.bias != nullptr) y0 += p.bias[r0], y1 += p.bias[r1];

@@ -116,12 +116,7 @@ void Int8Stream(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
         acc1[j][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, u1, xv)), dv, acc1[j][m]);
       }
     };
-    int64_t k = 0;
-    for (; k + 2 * kChunk <= inp; k += 2 * kChunk) {
-      chunk(0, k);
-      chunk(1, k + kChunk);
-    }
-    if (k < inp) chunk(0, k);
+    EvenOddChunks(0, inp, kChunk, chunk);
 #pragma GCC unroll 4
     for (int m = 0; m < M; ++m) {
       const __m512 t[2] = {_mm512_add_ps(acc0[0][m], acc0[1][m]), _mm512_add_ps(acc1[0][m], acc1[1][m])};
@@ -340,12 +335,7 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
       for (int i = 0; i < kRows; ++i)
         _mm512_store_ps(sd[i][m], _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, scale[i] + g0), d));
     }
-    int64_t g = g0;
-    for (; g + 2 <= g0 + n; g += 2) {
-      chunk(0, g);
-      chunk(1, g + 1);
-    }
-    if (g < g0 + n) chunk(0, g);
+    EvenOddChunks(g0, g0 + n, 1, chunk);
   }
 #pragma GCC unroll 2
   for (int m = 0; m < M; ++m) {
@@ -365,23 +355,20 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
 void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
   constexpr int64_t kWindow = 16;
   const Activations& a = *p.a;
-  const int64_t inp = a.inp, row_bytes = inp / 2, groups = inp / kChunk4;
+  const int64_t inp = a.inp, groups = inp / kChunk4;
   const int8_t* x = a.xq.data();
   const float* span_d = a.span_d.data();
   const float* gsum = a.gsum.data();
   const __m512i low = _mm512_set1_epi8(0x0F);
   alignas(64) float sd[2][kWindow];
   auto pair = [&](int64_t r0, int64_t r1) __attribute__((always_inline)) {
-    const uint8_t* w0 = p.w + r0 * row_bytes;
-    const uint8_t* w1 = p.w + r1 * row_bytes;
-    const float* s0 = p.scale + r0 * groups;
-    const float* s1 = p.scale + r1 * groups;
+    const Int4Row row0 = RowOf(p, r0, groups), row1 = RowOf(p, r1, groups);
     __m512 acc0[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     __m512 acc1[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
       const int64_t kb = g * (kChunk4 / 2);
-      const __m512i v0 = InRegister(_mm512_loadu_si512(w0 + kb));
-      const __m512i v1 = InRegister(_mm512_loadu_si512(w1 + kb));
+      const __m512i v0 = InRegister(_mm512_loadu_si512(row0.w + kb));
+      const __m512i v1 = InRegister(_mm512_loadu_si512(row1.w + kb));
       const __m512i x_lo = InRegister(_mm512_loadu_si512(x + g * kChunk4));
       const __m512i x_hi = InRegister(_mm512_loadu_si512(x + g * kChunk4 + 64));
       const __m512i t0 =
@@ -398,16 +385,11 @@ void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
       const int64_t n = std::min(kWindow, groups - g0);
       const __mmask16 mask = n == kWindow ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
       const __m512 d = _mm512_maskz_loadu_ps(mask, span_d + g0), gs = _mm512_maskz_loadu_ps(mask, gsum + g0);
-      _mm512_store_ps(sd[0], _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, s0 + g0), d));
-      _mm512_store_ps(sd[1], _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, s1 + g0), d));
-      acc0[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, p.zmin + r0 * groups + g0), gs, acc0[1]);
-      acc1[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, p.zmin + r1 * groups + g0), gs, acc1[1]);
-      int64_t g = g0;
-      for (; g + 2 <= g0 + n; g += 2) {
-        chunk(0, g);
-        chunk(1, g + 1);
-      }
-      if (g < g0 + n) chunk(0, g);
+      _mm512_store_ps(sd[0], _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row0.scale + g0), d));
+      _mm512_store_ps(sd[1], _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row1.scale + g0), d));
+      acc0[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, row0.zmin + g0), gs, acc0[1]);
+      acc1[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, row1.zmin + g0), gs, acc1[1]);
+      EvenOddChunks(g0, g0 + n, 1, chunk);
     }
     const __m512 t[2] = {_mm512_add_ps(acc0[0], acc0[1]), _mm512_add_ps(acc1[0], acc1[1])};
     float sums[2];

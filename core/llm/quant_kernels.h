@@ -81,6 +81,30 @@ struct Int4Problem {
   uint16_t* y_bf16 = nullptr;
 };
 
+// The weights (bytes), group scales and zero points of output row r of a
+// 4-bit problem whose rows hold `groups` groups.
+struct Int4Row {
+  const uint8_t* w;
+  const float* scale;
+  const float* zmin;
+};
+inline Int4Row RowOf(const Int4Problem& p, int64_t r, int64_t groups) {
+  return {p.w + r * (p.a->inp / 2), p.scale + r * groups, p.zmin + r * groups};
+}
+
+// chunk(j, c) for c in [begin, end), j = 0 and 1 alternately (the kernels'
+// two accumulator sets, so that consecutive chunks' FMAs do not wait on each
+// other).
+template <typename Chunk>
+__attribute__((always_inline)) inline void EvenOddChunks(int64_t begin, int64_t end, int64_t step, Chunk&& chunk) {
+  int64_t c = begin;
+  for (; c + 2 * step <= end; c += 2 * step) {
+    chunk(0, c);
+    chunk(1, c + step);
+  }
+  if (c < end) chunk(0, c);
+}
+
 // One whole block of 32 inputs quantized as Activations::Prepare does with
 // its span's absolute maximum `amax`: q[0, 32), each 4-input lane's corr and
 // lane_d (amax / 127); returns the sum of q. AVX2; only when CpuHasAvx2Fma().

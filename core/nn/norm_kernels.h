@@ -1,4 +1,4 @@
-// Row normalisation kernels behind LayerNormLastDim (layer_norm.h); no torch
+// Row normalisation kernels behind LayerNormLastDim (norm.h); no torch
 // headers.
 #pragma once
 
