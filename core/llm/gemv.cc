@@ -487,6 +487,10 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   // in decode profiles). thread_local, so that concurrent callers each have
   // theirs; bound to references because the helper threads running the
   // chunks must use the caller's (a lambda names the running thread's).
+  // What a large batch grew beyond kKeepBytes is given back at the end: the
+  // scratch is batch x KV heads x context x query heads per KV head floats,
+  // 0.5 GB for 64 sequences of 32K tokens on 8 KV heads, which a thread
+  // would otherwise hold for good.
   thread_local std::vector<int64_t> t_segs, t_seg_first;
   thread_local std::vector<Chunk> t_chunks;
   thread_local std::vector<gemv::Segment> t_parts;
@@ -635,6 +639,11 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       const float inv = 1.0f / denominator;
       for (int64_t d = 0; d < dim; ++d) o[d] *= inv;
     }
+  }
+  constexpr size_t kKeepBytes = size_t{16} << 20;
+  if ((scratch.capacity() + partial.capacity()) * sizeof(float) > kKeepBytes) {
+    std::vector<float>().swap(scratch);
+    std::vector<float>().swap(partial);
   }
   return CastFloatBf16(out, q.scalar_type());
 }
