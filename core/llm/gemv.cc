@@ -175,6 +175,7 @@ void SegmentScoresBf16Avx512(const uint16_t* q, const uint16_t* k, int64_t len, 
 void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out) {
   SegmentValuesBf16Portable(probs, v, len, dim, out);
 }
+Segment SegmentSoftmaxAvx512(float* scores, int64_t len) { return SegmentSoftmaxAvx2(scores, len); }
 void SegmentValuesGroupBf16Avx512(const float* probs, int64_t probs_stride, int64_t heads,
                                   const uint16_t* const* blocks, int64_t bs, int64_t len, int64_t dim, float* out,
                                   int64_t out_stride) {
@@ -575,9 +576,9 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     }
     if (grouped_values && native_bf16) {
       // Block by block for the whole group (the block's keys in L1 for all
-      // its heads), the next keys prefetched meanwhile.
+      // its heads), keys and values prefetched meanwhile.
       gemv::SegmentScoresGroupBf16Avx512(qbp + (ch.s * heads + h0) * dim, groups, keys16, bs, n, dim, scale, sc,
-                                         segment);
+                                         segment, values16);
     } else if (grouped_values) {
       // The group's scores together: each key row widened once (GQA); the
       // value blocks are prefetched meanwhile.
@@ -594,8 +595,10 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       }
     }
     for (int64_t g = 0; g < groups; ++g) {
-      parts[part_index(ch.s, h0 + g, ch.seg)] =
-          avx2 ? gemv::SegmentSoftmaxAvx2(sc + g * segment, n) : gemv::SegmentSoftmaxPortable(sc + g * segment, n);
+      float* p = sc + g * segment;
+      parts[part_index(ch.s, h0 + g, ch.seg)] = native_bf16 ? gemv::SegmentSoftmaxAvx512(p, n)
+                                                : avx2      ? gemv::SegmentSoftmaxAvx2(p, n)
+                                                            : gemv::SegmentSoftmaxPortable(p, n);
     }
     if (grouped_values) {
       // The whole group over the whole segment: each value row read once.

@@ -124,12 +124,17 @@ inline bool ScaleIsPowerOfTwo(float scale) {
   return (bits & 0x807FFFFFu) == 0 && exponent != 0 && exponent != 0xFFu;  // positive, normal, mantissa 1.0
 }
 void SegmentValuesBf16Avx512(const float* probs, const uint16_t* v, int64_t len, int64_t dim, float* out);
+// SegmentSoftmaxAvx2 in 16 lanes (AVX-512F; only when CpuHasAvx512Bf16()):
+// the same max and the same exponentials (bits), the sum in another order.
+Segment SegmentSoftmaxAvx512(float* scores, int64_t len);
 // SegmentScoresBf16Avx512 for `heads` query heads (rows of q) over a
 // segment of `len` keys stored in blocks of `bs` rows: the same bits as the
-// per-head kernel called per block; the next block's keys are prefetched
-// meanwhile (the values kernel prefetches its own rows).
+// per-head kernel called per block; keys are prefetched two blocks ahead,
+// and `values` (the segment's value blocks, or null) into L2 block by block
+// for the values step that follows.
 void SegmentScoresGroupBf16Avx512(const uint16_t* q, int64_t heads, const uint16_t* const* blocks, int64_t bs,
-                                  int64_t len, int64_t dim, float scale, float* scores, int64_t stride);
+                                  int64_t len, int64_t dim, float scale, float* scores, int64_t stride,
+                                  const uint16_t* const* values = nullptr);
 // The most keys SegmentValuesGroupBf16Avx512 takes in one call.
 inline constexpr int64_t kMaxValuesGroupKeysBf16Avx512 = 512;
 // The values step for all `heads` query heads of a KV head at once, over a

@@ -333,8 +333,14 @@ TEST(GemvKernels, GroupedScoreKernelsAreThePerHeadKernelsBits) {
   // passes), fp32 and bf16 keys.
   if (!gemv::CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA on this CPU";
   at::manual_seed(6);
-  for (auto [heads, len, dim, bs] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
-           {1, 16, 32, 16}, {7, 128, 64, 16}, {9, 77, 128, 4}, {2, 255, 64, 2}, {8, 3, 8, 16}, {7, 45, 64, 12}}) {
+  for (auto [heads, len, dim, bs] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{{1, 16, 32, 16},
+                                                                                                {7, 128, 64, 16},
+                                                                                                {9, 77, 128, 4},
+                                                                                                {2, 255, 64, 2},
+                                                                                                {8, 3, 8, 16},
+                                                                                                {7, 45, 64, 12},
+                                                                                                {3, 70, 96, 20},
+                                                                                                {5, 50, 160, 24}}) {
     const int64_t nblocks = (len + bs - 1) / bs, stride = len + 5;
     const at::Tensor pool = at::randn({nblocks + 2, bs, dim}).to(at::kBFloat16);
     const at::Tensor pool_f = at::randn({nblocks + 2, bs, dim});
@@ -390,6 +396,68 @@ TEST(GemvKernels, GroupedScoreKernelsAreThePerHeadKernelsBits) {
                                    << " at " << i;
       }
     }
+  }
+}
+
+TEST(GemvKernels, Avx512ScoresAreTheDotProducts) {
+  // The AVX-512-BF16 scorers against dot(q_h, k_l) / scale in double: the
+  // products of bf16 values are exact, so only fp32 summation separates them.
+  // Tiles of 16 keys (dims 32-128), full and partial, across blocks of 2-24
+  // rows; groups of 1-9 heads; other dims by the per-key kernel; with and
+  // without value blocks to prefetch (the same scores).
+  if (!gemv::CpuHasAvx512Bf16()) GTEST_SKIP() << "no AVX-512-BF16 on this CPU";
+  at::manual_seed(9);
+  for (auto [heads, len, dim, bs] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+           {1, 16, 32, 16}, {7, 512, 64, 16}, {9, 77, 128, 4}, {8, 33, 128, 24}, {2, 255, 96, 2}, {4, 40, 160, 20}}) {
+    const int64_t nblocks = (len + bs - 1) / bs, stride = len + 3;
+    const at::Tensor pool = at::randn({nblocks + 1, bs, dim}).to(at::kBFloat16);
+    const at::Tensor q = at::randn({heads, dim}).to(at::kBFloat16);
+    const auto* qbp = reinterpret_cast<const uint16_t*>(q.data_ptr());
+    const float scale = std::sqrt(static_cast<float>(dim));
+    std::vector<const uint16_t*> rows;
+    std::vector<int64_t> order;
+    for (int64_t b = 0; b < nblocks; ++b) order.push_back((b * 3 + 1) % (nblocks + 1));
+    for (int64_t b : order) rows.push_back(reinterpret_cast<const uint16_t*>(pool[b].data_ptr()));
+    const at::Tensor k = pool.index_select(0, at::tensor(order, at::kLong)).reshape({-1, dim}).narrow(0, 0, len);
+    const at::Tensor terms = q.to(at::kDouble).unsqueeze(1) * k.to(at::kDouble).unsqueeze(0);  // [heads, len, dim]
+    const at::Tensor exact = terms.sum(-1) / scale, magnitude = terms.abs().sum(-1) / scale;
+    for (bool with_values : {false, true}) {
+      std::vector<float> got(heads * stride, -1.0f);
+      gemv::SegmentScoresGroupBf16Avx512(qbp, heads, rows.data(), bs, len, dim, scale, got.data(), stride,
+                                         with_values ? rows.data() : nullptr);
+      for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t l = 0; l < len; ++l) {
+          ASSERT_NEAR(got[h * stride + l], exact[h][l].item<double>(), 2e-6 * magnitude[h][l].item<double>() + 1e-30)
+              << "heads " << heads << " len " << len << " dim " << dim << " bs " << bs << " h " << h << " l " << l;
+        }
+        for (int64_t l = len; l < stride; ++l) EXPECT_EQ(got[h * stride + l], -1.0f) << "wrote past the segment";
+      }
+    }
+  }
+}
+
+TEST(GemvKernels, Avx512SoftmaxHasTheAvx2Exponentials) {
+  // The same maximum and exponentials (bits) as the AVX2 kernel, any length
+  // (16-lane tails), scores far below the max weighing exactly 0; the sum
+  // within fp32 rounding of the exponentials' sum.
+  if (!gemv::CpuHasAvx512Bf16() || !gemv::CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX-512-BF16 on this CPU";
+  at::manual_seed(10);
+  for (int64_t len : {1, 7, 15, 16, 17, 100, 512}) {
+    at::Tensor s = at::randn({len + 4}) * 8;
+    s[0] = -150.0f;  // e^(-150 - max) is 0
+    std::vector<float> a(s.data_ptr<float>(), s.data_ptr<float>() + len + 4), b = a;
+    const gemv::Segment sa = gemv::SegmentSoftmaxAvx512(a.data(), len);
+    const gemv::Segment sb = gemv::SegmentSoftmaxAvx2(b.data(), len);
+    EXPECT_EQ(sa.max, sb.max) << len;
+    double sum = 0;
+    for (int64_t l = 0; l < len + 4; ++l) {
+      ASSERT_EQ(a[l], b[l]) << "len " << len << " at " << l;  // (past len: untouched by both)
+      if (l < len) sum += a[l];
+    }
+    if (len > 1) {
+      EXPECT_EQ(a[0], 0.0f);
+    }
+    EXPECT_NEAR(sa.sum, sum, 1e-6 * sum) << len;
   }
 }
 
