@@ -176,7 +176,7 @@ at::Tensor AttendRows(const at::Tensor& q, const at::Tensor& k, const at::Tensor
                    .view({b, kv_heads, groups * t, len});
     }
   }
-  at::Tensor probs = SoftmaxLastDimFp32(scores).to(q.scalar_type());
+  at::Tensor probs = SoftmaxLastDimTo(scores, q.scalar_type());
   at::Tensor out = MatmulFp32Accumulate(probs, values);  // [B, KV, G*T, d]
   return out.view({b, heads, t, head_dim}).transpose(1, 2).reshape({b, t, heads * head_dim});
 }

@@ -71,7 +71,7 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
       at::Tensor masked = key_pos > query_pos;  // [t, len]
       scores.view({kv_heads, groups, t, len}).masked_fill_(masked, -std::numeric_limits<double>::infinity());
     }
-    at::Tensor probs = SoftmaxLastDimFp32(scores).to(q.scalar_type());
+    at::Tensor probs = SoftmaxLastDimTo(scores, q.scalar_type());
     at::Tensor o = MatmulFp32Accumulate(probs, values.narrow(1, 0, len));  // [KV, G*t, d]
     out.narrow(0, i0, t).copy_(
         o.view({kv_heads, groups, t, head_dim}).permute({2, 0, 1, 3}).reshape({t, heads * head_dim}));
@@ -101,7 +101,7 @@ at::Tensor BatchedDecodeAttention(const at::Tensor& q, const at::Tensor& kc, con
   at::Tensor scores = MatmulFp32Accumulate(qg, keys.transpose(-1, -2));  // [D, KV, G, len]
   scores.div_(std::sqrt(static_cast<double>(head_dim)));
   scores.masked_fill_(group.masked, -std::numeric_limits<double>::infinity());
-  at::Tensor probs = SoftmaxLastDimFp32(scores).to(q.scalar_type());
+  at::Tensor probs = SoftmaxLastDimTo(scores, q.scalar_type());
   return MatmulFp32Accumulate(probs, values).reshape({d, heads * head_dim});
 }
 

@@ -54,4 +54,9 @@ at::Tensor SoftmaxLastDimBf16(const at::Tensor& t) {
   return t;
 }
 
+at::Tensor SoftmaxLastDimTo(const at::Tensor& t, at::ScalarType dtype) {
+  if (dtype == at::kBFloat16 && RunsInPlace(t, at::kBFloat16)) return SoftmaxLastDimBf16(t);
+  return SoftmaxLastDimFp32(t).to(dtype);
+}
+
 }  // namespace internvl

@@ -20,6 +20,14 @@ at::Tensor SoftmaxLastDimFp32(const at::Tensor& t);
 // contiguous bf16 CPU tensor), otherwise at::softmax(t, -1).
 at::Tensor SoftmaxLastDimBf16(const at::Tensor& t);
 
+// softmax(t, -1, dtype=float32).to(dtype): attention probabilities as the
+// reference computes them (fp32 softmax of the scores, cast to the
+// activations' dtype). bf16 scores to bf16 run SoftmaxLastDimBf16's kernel in
+// place where it runs (each row in fp32, rounded once: the same arithmetic,
+// without the fp32 copy, libtorch's softmax and the cast back); otherwise
+// SoftmaxLastDimFp32(t).to(dtype).
+at::Tensor SoftmaxLastDimTo(const at::Tensor& t, at::ScalarType dtype);
+
 // Whether SoftmaxLastDimFp32 would run the kernel in place on `t`.
 bool SoftmaxRunsInPlace(const at::Tensor& t);
 

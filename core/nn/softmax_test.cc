@@ -111,5 +111,39 @@ TEST(Softmax, InPlaceOnlyWhereAllowed) {
   }
 }
 
+TEST(Softmax, ToTheActivationsDtypeAsFp32SoftmaxThenCast) {
+  // Attention probabilities: softmax(scores, -1, float32).to(dtype). bf16
+  // scores to bf16 run the bf16 kernel in place (a bf16 step from the fp32
+  // softmax cast only at rounding ties); anything else is the fp32 softmax
+  // and the cast, the scores untouched where libtorch's op runs.
+  at::manual_seed(5);
+  const at::Tensor x = (at::randn({9, 70}) * 4).masked_fill(at::rand({9, 70}) < 0.2, -kInf);
+  x.select(1, 3).fill_(1);  // (no row all -inf)
+  const at::Tensor scores = at::randn({9, 70}).mul(4).to(at::kBFloat16);
+  const at::Tensor reference = at::softmax(scores.to(at::kFloat), -1).to(at::kBFloat16).to(at::kFloat);
+  {
+    at::InferenceMode inference;
+    const at::Tensor own = scores.clone();
+    const at::Tensor p = SoftmaxLastDimTo(own, at::kBFloat16);
+    ASSERT_EQ(p.scalar_type(), at::kBFloat16);
+    if (!GenericKernels() && CpuHasAvx2Fma()) {
+      EXPECT_EQ(p.data_ptr(), own.data_ptr());
+    }
+    const at::Tensor o = p.to(at::kFloat);
+    EXPECT_EQ(((o - reference).abs() > reference.abs() * (1.0 / 128) + 1e-30).sum().item<int64_t>(), 0);
+    EXPECT_LE(o.ne(reference).sum().item<int64_t>(), std::max<int64_t>(1, o.numel() / 50));
+    // fp32 scores to fp32, and bf16 scores to fp32: the fp32 softmax.
+    EXPECT_TRUE(at::allclose(SoftmaxLastDimTo(x.clone(), at::kFloat), at::softmax(x, -1), 2e-6, 1e-7));
+    const at::Tensor wide = SoftmaxLastDimTo(scores.clone(), at::kFloat);
+    ASSERT_EQ(wide.scalar_type(), at::kFloat);
+    EXPECT_TRUE(at::allclose(wide, at::softmax(scores.to(at::kFloat), -1), 2e-6, 1e-7));
+  }
+  // Recording gradients: libtorch's op and the cast, the scores untouched.
+  const at::Tensor before = scores.clone();
+  const at::Tensor p = SoftmaxLastDimTo(scores, at::kBFloat16);
+  EXPECT_TRUE(at::equal(scores, before));
+  EXPECT_TRUE(at::equal(p, at::softmax(before, -1, at::kFloat).to(at::kBFloat16)));
+}
+
 }  // namespace
 }  // namespace internvl
