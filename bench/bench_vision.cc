@@ -172,7 +172,10 @@ int Main(int argc, char** argv) {
     const at::Tensor scores = at::randn({3, 1025, 1025}) * 3;
     const auto [lib, ours] = median_ms(scores, SoftmaxLastDimFp32);
     std::printf("attention softmax of one tile (16 x [1025, 1025] fp32, median of 15): libtorch %.1f ms, %s %.1f ms\n",
-                lib, SoftmaxRunsInPlace(scores) ? "ours in place (AVX2)" : "ours (libtorch's op here)", ours);
+                lib,
+                SoftmaxRunsInPlace(scores) ? (std::string("ours in place (") + SoftmaxKernelName() + ")").c_str()
+                                           : "ours (libtorch's op here)",
+                ours);
     if (EffectiveComputeDType(at::kBFloat16) == at::kBFloat16) {
       const auto [lib16, ours16] = median_ms(scores.to(at::kBFloat16), SoftmaxLastDimBf16);
       std::printf("the same in bf16: libtorch %.1f ms, ours %.1f ms\n", lib16, ours16);

@@ -31,4 +31,10 @@ at::Tensor SoftmaxLastDimTo(const at::Tensor& t, at::ScalarType dtype);
 // Whether SoftmaxLastDimFp32 would run the kernel in place on `t`.
 bool SoftmaxRunsInPlace(const at::Tensor& t);
 
+// Which row kernel the in-place softmax runs on this CPU: "avx512" (16
+// lanes, AVX-512F/BW/VL), "avx2" (AVX2 + FMA) or "libtorch" (neither, or
+// INTERNVL_KERNELS=generic). INTERNVL_SOFTMAX_KERNEL=avx2 keeps the AVX2
+// kernel on an AVX-512 CPU.
+const char* SoftmaxKernelName();
+
 }  // namespace internvl

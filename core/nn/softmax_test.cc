@@ -7,9 +7,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <limits>
 
 #include "core/nn/device.h"
+#include "core/nn/softmax_kernels.h"
 
 namespace internvl {
 namespace {
@@ -143,6 +146,36 @@ TEST(Softmax, ToTheActivationsDtypeAsFp32SoftmaxThenCast) {
   const at::Tensor p = SoftmaxLastDimTo(scores, at::kBFloat16);
   EXPECT_TRUE(at::equal(scores, before));
   EXPECT_TRUE(at::equal(p, at::softmax(before, -1, at::kFloat).to(at::kBFloat16)));
+}
+
+TEST(Softmax, Avx512KernelsAgreeWithTheAvx2Ones) {
+  // The 16-lane kernels against the 8-lane ones on every tail length: the
+  // same exponentials, the sums in another order (fp32: a few ulp; bf16: a
+  // step apart only at rounding ties); NaN rows and masked scores alike.
+  if (!softmax::CpuHasAvx512() || !CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  at::manual_seed(6);
+  for (const int64_t n : {1, 2, 15, 16, 17, 31, 32, 33, 100, 1025}) {
+    SCOPED_TRACE(testing::Message() << "row length " << n);
+    at::Tensor x = at::randn({11, n}) * 6;
+    if (n > 1) x.masked_fill_(at::rand({11, n}) < 0.3, -kInf).select(1, 0).fill_(1.0f);
+    x[10][n - 1] = std::nanf("");
+    at::Tensor a = x.clone(), b = x.clone();
+    softmax::SoftmaxRowsAvx2(a.data_ptr<float>(), 11, n);
+    softmax::SoftmaxRowsAvx512(b.data_ptr<float>(), 11, n);
+    EXPECT_TRUE(b[10].isnan().all().item<bool>());
+    EXPECT_TRUE(at::allclose(b.slice(0, 0, 10), a.slice(0, 0, 10), 1e-6, 0)) << (b - a).abs().max().item<float>();
+    EXPECT_TRUE(b.slice(0, 0, 10).masked_select(x.slice(0, 0, 10) == -kInf).eq(0).all().item<bool>());
+    at::Tensor h = x.to(at::kBFloat16), g = h.clone();
+    softmax::SoftmaxRowsBf16Avx2(reinterpret_cast<uint16_t*>(h.data_ptr()), 11, n);
+    softmax::SoftmaxRowsBf16Avx512(reinterpret_cast<uint16_t*>(g.data_ptr()), 11, n);
+    const at::Tensor hf = h.slice(0, 0, 10).to(at::kFloat), gf = g.slice(0, 0, 10).to(at::kFloat);
+    EXPECT_TRUE(g[10].isnan().all().item<bool>());
+    EXPECT_EQ(((gf - hf).abs() > hf.abs() * (1.0 / 128) + 1e-30).sum().item<int64_t>(), 0);
+    EXPECT_LE(gf.ne(hf).sum().item<int64_t>(), std::max<int64_t>(1, gf.numel() / 50));
+  }
+  const char* env = std::getenv("INTERNVL_SOFTMAX_KERNEL");
+  const bool avx2 = env != nullptr && std::string(env) == "avx2";
+  EXPECT_STREQ(SoftmaxKernelName(), GenericKernels() ? "libtorch" : avx2 ? "avx2" : "avx512");
 }
 
 }  // namespace
