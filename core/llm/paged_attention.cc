@@ -33,6 +33,34 @@ at::Tensor Gather(const at::Tensor& pool, const std::vector<int32_t>& blocks, in
 // The reference's eager attention for `n` queries at positions [start,
 // start + n) over keys/values [KV, start + n, d], in query tiles; writes
 // [n, H*d] into `out`.
+// The causal mask of one query tile in place: scores [KV, G * t, len]
+// (contiguous, fp32 or bf16, on the CPU), len = first + t, row r of each
+// block of t rows (position first + r) gets -inf at keys first + r + 1 on.
+// Only the tile's last t keys hold masked entries, so this writes t(t-1)/2
+// per block where masked_fill_ with a broadcast [t, len] mask read and
+// compared every score (1.2 ms per 59-row tile at 2500 keys here, against
+// 0.6 for the softmax). False (nothing written) for other tensors.
+bool MaskCausalTileInPlace(const at::Tensor& scores, int64_t t, int64_t first) {
+  if (!scores.device().is_cpu() || !scores.is_contiguous() || scores.dim() != 3) return false;
+  const int64_t len = scores.size(2), rows = scores.size(0) * scores.size(1);
+  if (len != first + t || rows % t != 0) return false;
+  auto mask = [&](auto* p, auto neg_inf) {
+    for (int64_t row = 0; row < rows; ++row) {
+      const int64_t r = row % t;
+      std::fill(p + row * len + first + r + 1, p + (row + 1) * len, neg_inf);
+    }
+  };
+  const float inf = std::numeric_limits<float>::infinity();
+  if (scores.scalar_type() == at::kFloat) {
+    mask(scores.data_ptr<float>(), -inf);
+  } else if (scores.scalar_type() == at::kBFloat16) {
+    mask(scores.data_ptr<at::BFloat16>(), at::BFloat16(-inf));
+  } else {
+    return false;
+  }
+  return true;
+}
+
 void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t start,
                       int64_t heads, int64_t kv_heads, int64_t head_dim, at::Tensor out) {
   const int64_t n = q.size(0);
@@ -64,7 +92,7 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
                         .reshape({kv_heads, groups * t, head_dim});
     at::Tensor scores = MatmulFp32Accumulate(qt, keys.narrow(1, 0, len).transpose(1, 2));  // [KV, G*t, len]
     scores.div_(scale);
-    if (t > 1 || len > start + i0 + 1) {
+    if (t > 1 && !MaskCausalTileInPlace(scores, t, start + i0)) {
       // Query r (position start+i0+r) sees keys j <= start+i0+r.
       at::Tensor key_pos = at::arange(len, long_opts).view({1, len});
       at::Tensor query_pos = (at::arange(t, long_opts) + (start + i0)).view({t, 1});
