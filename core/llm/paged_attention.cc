@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "core/llm/gemv.h"
+#include "core/llm/gemv_kernels.h"
 #include "core/nn/device.h"
 #include "core/nn/softmax.h"
 #include "core/nn/torch_compat.h"
@@ -68,6 +69,7 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
   const int64_t total = start + n;
   const int64_t tile = std::clamp<int64_t>(kTileScoreElements / std::max<int64_t>(1, heads * total), 1, n);
   const double scale = std::sqrt(static_cast<double>(head_dim));
+  const bool scale_pow2 = gemv::ScaleIsPowerOfTwo(static_cast<float>(scale));
   const auto long_opts = at::TensorOptions().dtype(at::kLong).device(q.device());
 #if INTERNVL_TORCH_HAS_SDPA
   if (!q.device().is_cpu()) {
@@ -90,8 +92,12 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
                         .view({t, kv_heads, groups, head_dim})
                         .permute({1, 2, 0, 3})
                         .reshape({kv_heads, groups * t, head_dim});
+    // A power-of-two scale (head_dim 64: 8) divides the queries instead of
+    // the scores: exact either way, so the same bits, on t x d values instead
+    // of t x len (0.25 ms of bf16 division per 59-row tile at 2500 keys).
+    if (scale_pow2) qt = qt.div(scale);
     at::Tensor scores = MatmulFp32Accumulate(qt, keys.narrow(1, 0, len).transpose(1, 2));  // [KV, G*t, len]
-    scores.div_(scale);
+    if (!scale_pow2) scores.div_(scale);
     if (t > 1 && !MaskCausalTileInPlace(scores, t, start + i0)) {
       // Query r (position start+i0+r) sees keys j <= start+i0+r.
       at::Tensor key_pos = at::arange(len, long_opts).view({1, len});
