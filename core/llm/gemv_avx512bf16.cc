@@ -158,7 +158,7 @@ namespace {
 // once (dim = 32 * C). Per 4 keys and 32 dims, one 4x4 transpose of 32-bit
 // words within each 128-bit block (8 unpacks) makes U_e: block L, lane j =
 // key j's bf16 pair 4L + e. vdpbf16ps against the query's pairs 4L + e
-// (spread once per call: QueryPairs) adds to block L, lane j of key j's
+// (spread once per call: SpreadQuery) adds to block L, lane j of key j's
 // accumulator; SumBlocks4 then adds the blocks, 4 keys' accumulators at a
 // time, into one vector of 16 keys. Each key row is loaded once for the
 // group, and a head's 16 scores cost 3 shuffles and 3 adds after the
