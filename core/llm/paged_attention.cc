@@ -31,9 +31,6 @@ at::Tensor Gather(const at::Tensor& pool, const std::vector<int32_t>& blocks, in
   return g.permute({1, 0, 2, 3}).reshape({pool.size(1), nb * bs, pool.size(3)}).narrow(1, 0, len);
 }
 
-// The reference's eager attention for `n` queries at positions [start,
-// start + n) over keys/values [KV, start + n, d], in query tiles; writes
-// [n, H*d] into `out`.
 // The causal mask of one query tile in place: scores [KV, G * t, len]
 // (contiguous, fp32 or bf16, on the CPU), len = first + t, row r of each
 // block of t rows (position first + r) gets -inf at keys first + r + 1 on.
@@ -62,6 +59,9 @@ bool MaskCausalTileInPlace(const at::Tensor& scores, int64_t t, int64_t first) {
   return true;
 }
 
+// The reference's eager attention for `n` queries at positions [start,
+// start + n) over keys/values [KV, start + n, d], in query tiles; writes
+// [n, H*d] into `out`.
 void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t start,
                       int64_t heads, int64_t kv_heads, int64_t head_dim, at::Tensor out) {
   const int64_t n = q.size(0);

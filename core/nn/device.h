@@ -58,6 +58,9 @@ void ForceGenericKernels(bool generic);
 // Whether this CPU runs AVX2 and FMA: the condition of core/nn's CPU kernels
 // (softmax, LayerNorm, SwiGLU), each compiled for AVX2/FMA in its own file.
 bool CpuHasAvx2Fma();
+// Whether it runs AVX-512F/BW/VL: the condition of the 16-lane softmax
+// (softmax_avx512.cc).
+bool CpuHasAvx512();
 
 // Whether the project's CPU kernels may run on tensors of `device`.
 inline bool UseCpuKernels(const c10::Device& device) { return device.is_cpu() && !GenericKernels(); }

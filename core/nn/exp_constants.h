@@ -1,5 +1,5 @@
 // The constants of the SIMD e^x kernels for softmax (x <= 0), shared by the
-// AVX2 (exp_avx2.h) and AVX-512 (core/llm/simd_avx512.h) versions so that both
+// AVX2 (exp_avx2.h) and AVX-512 (exp_avx512.h) versions so that both
 // compute the same bits: Cephes' expf (as avx_mathfun), within 2 ulp of expf.
 #pragma once
 

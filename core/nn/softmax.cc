@@ -42,7 +42,7 @@ bool UseAvx512() {
 #if defined(INTERNVL_HAVE_AVX512_SOFTMAX)
   static const bool use = [] {
     const char* env = std::getenv("INTERNVL_SOFTMAX_KERNEL");
-    return softmax::CpuHasAvx512() && !(env != nullptr && std::strcmp(env, "avx2") == 0);
+    return CpuHasAvx512() && !(env != nullptr && std::strcmp(env, "avx2") == 0);
   }();
   return use;
 #else

@@ -101,10 +101,4 @@ void SoftmaxRowsBf16Avx512(uint16_t* x, int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r, x += n) ScaleRow(row.get(), ExpRow(x, row.get(), n), x, n);
 }
 
-bool CpuHasAvx512() {
-  static const bool has =
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-  return has;
-}
-
 }  // namespace internvl::softmax

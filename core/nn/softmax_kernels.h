@@ -16,10 +16,9 @@ void SoftmaxRowsAvx2(float* x, int64_t rows, int64_t n);
 // libtorch's softmax of a bf16 tensor computes in fp32 and rounds.
 void SoftmaxRowsBf16Avx2(uint16_t* x, int64_t rows, int64_t n);
 
-// The same two in 16 lanes, on CPUs with AVX-512F/BW/VL (CpuHasAvx512()):
-// the same exponentials (bits), the sums in another order.
+// The same two in 16 lanes, on CPUs with AVX-512F/BW/VL (CpuHasAvx512(),
+// device.h): the same exponentials (bits), the sums in another order.
 void SoftmaxRowsAvx512(float* x, int64_t rows, int64_t n);
 void SoftmaxRowsBf16Avx512(uint16_t* x, int64_t rows, int64_t n);
-bool CpuHasAvx512();
 
 }  // namespace internvl::softmax

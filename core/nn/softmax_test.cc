@@ -8,8 +8,8 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <string>
 #include <limits>
+#include <string>
 
 #include "core/nn/device.h"
 #include "core/nn/softmax_kernels.h"
@@ -152,7 +152,7 @@ TEST(Softmax, Avx512KernelsAgreeWithTheAvx2Ones) {
   // The 16-lane kernels against the 8-lane ones on every tail length: the
   // same exponentials, the sums in another order (fp32: a few ulp; bf16: a
   // step apart only at rounding ties); NaN rows and masked scores alike.
-  if (!softmax::CpuHasAvx512() || !CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  if (!CpuHasAvx512() || !CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX-512 on this CPU";
   at::manual_seed(6);
   for (const int64_t n : {1, 2, 15, 16, 17, 31, 32, 33, 100, 1025}) {
     SCOPED_TRACE(testing::Message() << "row length " << n);
