@@ -32,10 +32,12 @@ void ParallelChunks(int64_t chunks, int threads, absl::FunctionRef<void(int64_t)
 // The output rows of a matrix-vector product split into chunks for
 // ParallelChunks: chunk i is rows [begin[i], begin[i + 1]). Whole 4-row
 // blocks of at least ~64K weights (claiming one costs ~0.1 us, 64K bf16
-// weights take ~5 us to stream) and at most ~4 per thread; the last
-// 2 x threads chunks' rows go in quarter-size chunks, so that the threads
-// finish together (the caller waits, on average, half of the last chunk a
-// helper claimed: ~15 us per product at full size, 1.5 ms per decoded token).
+// weights take ~5 us to stream). Up to 4096 rows, one equal chunk per thread
+// (every chunk starts new memory streams, see row_order.h); beyond, at most
+// ~4 per thread and the last 2 x threads chunks' rows in quarter-size
+// chunks, so that the threads finish together (the caller waits, on
+// average, half of the last chunk a helper claimed: ~15 us per product at
+// full size, 1.5 ms per decoded token).
 struct RowChunks {
   std::vector<int64_t> begin;  // chunks + 1 entries, the last = rows
   int64_t count() const { return static_cast<int64_t>(begin.size()) - 1; }

@@ -8,6 +8,7 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -138,12 +139,31 @@ TEST(SplitRows, CoversTheRowsOnceWithSmallerChunksLast) {
         // ones (all of them quarter-size where the tail takes every row).
         const int64_t first = c.begin[1] - c.begin[0];
         EXPECT_LE(rows / first, 4 * 4 * threads + 4) << what;
-        if (rows >= 64 * threads * 4 && rows * inputs >= (int64_t{1} << 21) * threads) {
+        if (rows > 4096 && rows * inputs >= (int64_t{1} << 21) * threads) {
           EXPECT_LT(c.begin[c.count()] - c.begin[c.count() - 1], first) << what << ": no smaller chunks at the end";
         }
       }
     }
   }
+}
+
+TEST(SplitRows, OneEqualChunkPerThreadUpTo4096Rows) {
+  // Projections: each thread streams one run of rows.
+  for (int threads : {2, 4}) {
+    for (const auto& [rows, inputs] :
+         std::vector<std::pair<int64_t, int64_t>>{{896, 896}, {1152, 896}, {896, 4864}, {2048, 2048}, {4096, 2048}}) {
+      const RowChunks c = SplitRows(rows, inputs, threads);
+      const std::string what = absl::StrCat("rows ", rows, " inputs ", inputs, " threads ", threads);
+      ASSERT_EQ(c.count(), threads) << what;
+      for (int64_t i = 0; i < c.count(); ++i) EXPECT_EQ(c.begin[i + 1] - c.begin[i], rows / threads) << what;
+    }
+  }
+  // Never below ~64K weights a chunk: a small matrix stays on one thread.
+  EXPECT_EQ(SplitRows(64, 64, 2).count(), 1);
+  EXPECT_EQ(SplitRows(256, 128, 2).count(), 1);
+  // The MLP's wide matrix and the head keep several chunks per thread.
+  EXPECT_GT(SplitRows(9728, 896, 2).count(), 2 * 4);
+  EXPECT_GT(SplitRows(151655, 896, 2).count(), 2 * 4);
 }
 
 TEST(GemvKernels, ScaleIsPowerOfTwoOnlyWhereTheReciprocalIsExact) {
