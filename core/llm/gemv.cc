@@ -682,16 +682,40 @@ void* AllocHuge(size_t bytes) {
 #endif
 }
 
+// Memory shared by the storages of several small tensors: freed with the
+// last of them.
+struct SharedHuge {
+  void* mem = nullptr;
+  std::atomic<int64_t> users{0};
+};
+
+void ReleaseSharedHuge(void* context) {
+  auto* block = static_cast<SharedHuge*>(context);
+  if (block->users.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    FreeHuge(block->mem);
+    delete block;
+  }
+}
+
+constexpr size_t kStorageAlign = 64;  // as libtorch's CPU allocator
+
 }  // namespace
 
 int64_t MoveToHugePages(const std::vector<at::Tensor>& tensors) {
   std::set<c10::StorageImpl*> done;
+  std::vector<c10::StorageImpl*> small;
+  size_t small_bytes = 0;
   int64_t moved = 0;
   for (const at::Tensor& t : tensors) {
     if (!t.defined() || !t.device().is_cpu() || !t.has_storage()) continue;
     c10::StorageImpl* storage = t.storage().unsafeGetStorageImpl();
     const size_t bytes = storage->nbytes();
-    if (bytes < kHuge || !done.insert(storage).second) continue;
+    if (bytes == 0 || !done.insert(storage).second) continue;
+    if (bytes < kHuge) {
+      small.push_back(storage);
+      small_bytes += (bytes + kStorageAlign - 1) / kStorageAlign * kStorageAlign;
+      continue;
+    }
     void* mem = AllocHuge(bytes);
     if (mem == nullptr) continue;
     std::memcpy(mem, storage->data(), bytes);
@@ -704,6 +728,21 @@ int64_t MoveToHugePages(const std::vector<at::Tensor>& tensors) {
     // every matrix twice.
     malloc_trim(0);
   }
+  // The small ones, in the order given, packed into one block of huge pages
+  // (at least 2 MiB of them: below that a block would mostly be waste).
+  void* mem = small_bytes >= kHuge ? AllocHuge(small_bytes) : nullptr;
+  if (mem == nullptr) return moved;
+  auto* block = new SharedHuge{mem, {}};
+  block->users.store(static_cast<int64_t>(small.size()));
+  char* at = static_cast<char*>(mem);
+  for (c10::StorageImpl* storage : small) {
+    const size_t bytes = storage->nbytes();
+    std::memcpy(at, storage->data(), bytes);
+    storage->set_data_ptr(c10::DataPtr(at, block, &ReleaseSharedHuge, c10::Device(c10::kCPU)));
+    at += (bytes + kStorageAlign - 1) / kStorageAlign * kStorageAlign;
+    moved += static_cast<int64_t>(bytes);
+  }
+  malloc_trim(0);
   return moved;
 }
 

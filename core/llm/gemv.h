@@ -83,13 +83,19 @@ int64_t FastLinearMaxRows(at::ScalarType x, at::ScalarType w);
 // GemvKernelName(ActiveGemvKernel()): which kernel FastLinear runs.
 const char* FastLinearKernel();
 
-// Moves the storage of each tensor of at least 2 MiB into memory advised for
-// transparent huge pages (madvise MADV_HUGEPAGE; the tensors, and every view
-// sharing their storage, keep their identity and values). Streaming weights
-// through 2 MiB pages instead of 4 KiB ones spares TLB misses and lets the
-// prefetchers run across what were page boundaries: measured +10-13% GB/s for
-// the bf16 matrix-vector products. Does nothing where THP is disabled; returns
-// the bytes moved.
+// Moves the storage of each tensor into memory advised for transparent huge
+// pages (madvise MADV_HUGEPAGE; the tensors, and every view sharing their
+// storage, keep their identity and values): each storage of at least 2 MiB
+// on its own, the smaller ones packed in the order given into one block
+// (freed with the last of them) where they add up to 2 MiB or more.
+// Streaming weights through 2 MiB pages instead of 4 KiB ones spares TLB
+// misses and lets the prefetchers run across what were page boundaries:
+// measured +10-13% GB/s for the bf16 matrix-vector products; the packed
+// small ones (a layer's attention projections, the quantized matrices'
+// scales), alternated with heap copies in one process on the Zen 4 VM (THP
+// "always"): 4-9% less time per product, e.g. bf16 1152 x 896 64.8 -> 60.2
+// us, int4 22.5 -> 20.9. Does nothing where THP is disabled; returns the
+// bytes moved.
 int64_t MoveToHugePages(const std::vector<at::Tensor>& tensors);
 
 // An uninitialised CPU tensor in memory advised for transparent huge pages

@@ -513,7 +513,7 @@ TEST(MoveToHugePages, KeepsValuesAndSharingAcrossViews) {
   const at::Tensor small = at::randn({16, 16});
   const at::Tensor before = fused.clone(), small_before = small.clone();
   const int64_t moved = MoveToHugePages({part, fused, small});
-  EXPECT_TRUE(moved == 0 || moved == 4 << 20) << moved;  // once per storage; small ones stay
+  EXPECT_TRUE(moved == 0 || moved == 4 << 20) << moved;  // once per storage; small ones (< 2 MiB in all) stay
   EXPECT_TRUE(at::equal(fused, before));
   EXPECT_TRUE(at::equal(small, small_before));
   EXPECT_EQ(part.data_ptr<float>(), fused.data_ptr<float>() + 512 * 1024);
@@ -522,6 +522,40 @@ TEST(MoveToHugePages, KeepsValuesAndSharingAcrossViews) {
   }
   part.fill_(2);
   EXPECT_EQ(fused[600][3].item<float>(), 2);
+}
+
+TEST(MoveToHugePages, PacksSmallStoragesIntoOneBlockFreedWithTheLast) {
+  at::InferenceMode guard;
+  std::vector<at::Tensor> small, before;
+  for (int i = 0; i < 24; ++i) {
+    small.push_back(at::randn({300 + i, 256}));  // ~300 KB each, ~7 MB in all
+    before.push_back(small.back().clone());
+  }
+  const at::Tensor view = small[5].narrow(0, 10, 4);
+  std::vector<at::Tensor> given = small;
+  given.push_back(view);  // a view of a storage already given: moved once
+  const int64_t moved = MoveToHugePages(given);
+  int64_t bytes = 0;
+  for (const at::Tensor& t : small) bytes += t.numel() * 4;
+  EXPECT_TRUE(moved == 0 || moved == bytes) << moved << " of " << bytes;
+  for (size_t i = 0; i < small.size(); ++i) EXPECT_TRUE(at::equal(small[i], before[i])) << i;
+  EXPECT_EQ(view.data_ptr<float>(), small[5].data_ptr<float>() + 10 * 256);
+  if (moved > 0) {
+    // One after the other, 64-byte aligned, the first at a huge page.
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(small[0].data_ptr()) % (2 << 20), 0u);
+    for (size_t i = 1; i < small.size(); ++i) {
+      const uintptr_t end = reinterpret_cast<uintptr_t>(small[i - 1].data_ptr<float>() + small[i - 1].numel());
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(small[i].data_ptr()), (end + 63) / 64 * 64) << i;
+    }
+  }
+  // Writable without touching the neighbours; the block lives while any of
+  // its tensors does.
+  small[3].fill_(7);
+  EXPECT_TRUE(at::equal(small[4], before[4]));
+  for (size_t i = 0; i + 1 < small.size(); ++i) small[i] = at::Tensor();
+  given.clear();
+  EXPECT_TRUE(at::equal(small.back(), before.back()));
+  EXPECT_EQ(view[0][0].item<float>(), before[5][10][0].item<float>());
 }
 
 TEST(EmptyOnHugePages, GivesAWritableTensorOfTheShapeAndDtype) {
