@@ -235,11 +235,17 @@ at::Tensor PagedAttend(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   const std::vector<PagedSeq>& seqs = *ctx.seqs;
   const int64_t n = q.size(1);
   at::Tensor qr = q[0];  // [N, H, d]
-  at::Tensor out = at::empty({n, heads * head_dim}, q.options());
+  // (Allocated only where rows are written piecewise: a step of decodes
+  // alone takes the decode attention's own result, one op less per layer.)
+  at::Tensor out;
+  auto output = [&]() -> at::Tensor& {
+    if (!out.defined()) out = at::empty({n, heads * head_dim}, q.options());
+    return out;
+  };
   std::vector<int64_t> general = ctx.prefill_seqs;
   for (const PagedContext::DecodeGroup& g : ctx.decode_groups) {
-    out.index_copy_(0, g.rows,
-                    BatchedDecodeAttention(qr.index_select(0, g.rows), kc, vc, g, heads, kv_heads, head_dim));
+    output().index_copy_(0, g.rows,
+                         BatchedDecodeAttention(qr.index_select(0, g.rows), kc, vc, g, heads, kv_heads, head_dim));
   }
   if (!ctx.decode_seqs.empty() && ctx.decode_groups.empty()) {
     std::vector<const std::vector<int32_t>*> tables;
@@ -250,19 +256,21 @@ at::Tensor PagedAttend(const at::Tensor& q, const at::Tensor& k, const at::Tenso
       lens.push_back(seqs[i].start + 1);
       rows.push_back(ctx.row_begin[i]);
     }
-    at::Tensor index = at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(q.device());
-    at::Tensor dq = ctx.decode_seqs.size() == static_cast<size_t>(n) ? qr : qr.index_select(0, index);
+    const bool all_rows = ctx.decode_seqs.size() == static_cast<size_t>(n);
+    at::Tensor index = all_rows ? at::Tensor() : at::tensor(rows, at::TensorOptions().dtype(at::kLong)).to(q.device());
+    at::Tensor dq = all_rows ? qr : qr.index_select(0, index);
     at::Tensor d = PagedDecodeAttention(dq, kc, vc, tables, lens);  // [S, H*d] or undefined
     if (d.defined()) {
-      if (ctx.decode_seqs.size() == static_cast<size_t>(n)) {
+      if (all_rows) {
         out = d;
       } else {
-        out.index_copy_(0, index, d);
+        output().index_copy_(0, index, d);
       }
     } else {
       general.insert(general.end(), ctx.decode_seqs.begin(), ctx.decode_seqs.end());
     }
   }
+  output();
   for (int64_t i : general) {
     const PagedSeq& s = seqs[i];
     const int64_t len = s.start + s.num_new;
