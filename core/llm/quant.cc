@@ -266,6 +266,43 @@ std::shared_ptr<QuantMatrix> QuantMatrix::Fuse(const std::vector<std::shared_ptr
 
 at::Tensor QuantMatrix::Dequantize(int64_t r0, int64_t r1, at::ScalarType dtype) const {
   const int64_t n = r1 - r0;
+  if ((dtype == at::kFloat || dtype == at::kBFloat16) && data_.device().is_cpu() && n > 0) {
+    // Our kernels, in one pass: the ops below take 7 passes over fp32
+    // temporaries (int4 9728 x 896, 512 prefill rows: the product 23 ms,
+    // the dequantization 10 ms more).
+    at::Tensor out = at::empty({n, in_}, at::TensorOptions().dtype(dtype));
+    quant::Dequant p;
+    if (kind_ == Kind::kInt8) {
+      p.w8 = data_.data_ptr<int8_t>() + r0 * inp_;
+      p.scale = scale_.data_ptr<float>() + r0;
+    } else {
+      const int64_t groups = inp_ / group_;
+      p.w4 = data_.data_ptr<uint8_t>() + r0 * (inp_ / 2);
+      p.scale = scale_.data_ptr<float>() + r0 * groups;
+      p.zmin = zmin_.data_ptr<float>() + r0 * groups;
+      p.group = group_;
+    }
+    p.inp = inp_;
+    p.in = in_;
+    if (dtype == at::kFloat) {
+      p.out32 = out.data_ptr<float>();
+    } else {
+      p.out16 = reinterpret_cast<uint16_t*>(out.data_ptr());
+    }
+    const QuantKernel kernel = ActiveQuantKernel();
+    auto rows = kernel == QuantKernel::kAvx512Vnni                    ? &quant::DequantRowsAvx512
+                : kernel == QuantKernel::kAvx2 && dtype == at::kFloat ? &quant::DequantRowsAvx2
+                                                                      : &quant::DequantRowsPortable;
+    // On libtorch's threads (the GEMM that follows runs on them).
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, in_));
+    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+      quant::Dequant part = p;
+      if (part.out32 != nullptr) part.out32 += b * in_;
+      if (part.out16 != nullptr) part.out16 += b * in_;
+      rows(part, b, e);
+    });
+    return out;
+  }
   if (kind_ == Kind::kInt8) {
     return (data_.narrow(0, r0, n).narrow(1, 0, in_).to(at::kFloat) * scale_.narrow(0, r0, n).unsqueeze(1)).to(dtype);
   }

@@ -307,4 +307,35 @@ void Int4RowsAvx2(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
   Activations::SpanFor(p.group) == 128 ? Int4Rows<128>(p, row_begin, row_end) : Int4Rows<64>(p, row_begin, row_end);
 }
 
+// 8 values at a time (groups are multiples of 64: 8 never straddle two), the
+// product and the sum as separate instructions (the reference's two
+// roundings; the product pinned by InRegister, or GCC contracts the pair
+// into an FMA); the row's last in % 8 values by the portable code.
+void DequantRowsAvx2(const Dequant& p, int64_t row_begin, int64_t row_end) {
+  if (p.out32 == nullptr) return DequantRowsPortable(p, row_begin, row_end);
+  const int64_t groups = p.group > 0 ? p.inp / p.group : 0, full = p.in / 8 * 8;
+  const __m128i low = _mm_set1_epi8(0x0F);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    float* o = p.out32 + (r - row_begin) * p.in;
+    if (p.group == 0) {
+      const int8_t* w = p.w8 + r * p.inp;
+      const __m256 s = _mm256_set1_ps(p.scale[r]);
+      for (int64_t k = 0; k < full; k += 8) {
+        const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + k));
+        _mm256_storeu_ps(o + k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s));
+      }
+    } else {
+      const uint8_t* w = p.w4 + r * (p.inp / 2);
+      for (int64_t k = 0; k < full; k += 8) {
+        const int64_t c = k / kChunk4, j = k % kChunk4, g = r * groups + k / p.group;
+        __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + c * (kChunk4 / 2) + j % 64));
+        q = _mm_and_si128(j < 64 ? q : _mm_srli_epi16(q, 4), low);
+        const __m256 product = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), _mm256_set1_ps(p.scale[g]));
+        _mm256_storeu_ps(o + k, _mm256_add_ps(InRegister(product), _mm256_set1_ps(p.zmin[g])));
+      }
+    }
+    DequantValuesPortable(p, r, full, p.in, (r - row_begin) * p.in);
+  }
+}
+
 }  // namespace internvl::llm::quant

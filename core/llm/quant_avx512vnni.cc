@@ -474,6 +474,51 @@ void Int4RowsAvx512Vnni(const Int4Problem& p, int64_t row_begin, int64_t row_end
   Activations::SpanFor(p.group) == 128 ? Int4Rows<128>(p, row_begin, row_end) : Int4Rows<64>(p, row_begin, row_end);
 }
 
+namespace {
+
+// 16 fp32 values stored as fp32 or rounded to bf16 (nearest even, NaN ->
+// 0x7FC0: FloatToBf16Bits' arithmetic in vectors), the first n of them.
+__attribute__((always_inline)) inline void StoreDequant(const Dequant& p, int64_t at, __m512 v, __mmask16 n) {
+  if (p.out16 == nullptr) return _mm512_mask_storeu_ps(p.out32 + at, n, v);
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  // (Pinned: GCC otherwise stores with vpmovdw's memory form, which on Zen 4
+  // took ~80% of this kernel's time.)
+  _mm256_mask_storeu_epi16(p.out16 + at, n, InRegister(_mm512_cvtepi32_epi16(r)));
+}
+
+}  // namespace
+
+// 16 values at a time (groups are multiples of 64: 16 never straddle two),
+// the product and the sum as separate instructions (the reference's two
+// roundings; GCC contracts _mm512_mul_ps + _mm512_add_ps into an FMA unless
+// the product is pinned, InRegister), the row's last in % 16 values masked.
+void DequantRowsAvx512(const Dequant& p, int64_t row_begin, int64_t row_end) {
+  const int64_t groups = p.group > 0 ? p.inp / p.group : 0;
+  const __m128i low = _mm_set1_epi8(0x0F);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    const int64_t o = (r - row_begin) * p.in;
+    for (int64_t k = 0; k < p.in; k += 16) {
+      const __mmask16 n = p.in - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (p.in - k)) - 1);
+      if (p.group == 0) {
+        const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.w8 + r * p.inp + k));
+        StoreDequant(p, o + k, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), _mm512_set1_ps(p.scale[r])),
+                     n);
+      } else {
+        // (The padded row holds whole chunks: these 16 bytes exist.)
+        const int64_t c = k / kChunk4, j = k % kChunk4, g = r * groups + k / p.group;
+        __m128i q =
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.w4 + r * (p.inp / 2) + c * (kChunk4 / 2) + j % 64));
+        q = _mm_and_si128(j < 64 ? q : _mm_srli_epi16(q, 4), low);
+        const __m512 product = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q)), _mm512_set1_ps(p.scale[g]));
+        StoreDequant(p, o + k, _mm512_add_ps(InRegister(product), _mm512_set1_ps(p.zmin[g])), n);
+      }
+    }
+  }
+}
+
 bool CpuHasAvx512Vnni() {
   static const bool has = [] {
     __builtin_cpu_init();

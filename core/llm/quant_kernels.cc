@@ -109,13 +109,41 @@ void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end) 
   }
 }
 
+void DequantValuesPortable(const Dequant& p, int64_t r, int64_t k0, int64_t k1, int64_t offset) {
+  const int64_t groups = p.group > 0 ? p.inp / p.group : 0;
+  for (int64_t k = k0; k < k1; ++k) {
+    float v;
+    if (p.group == 0) {
+      v = static_cast<float>(p.w8[r * p.inp + k]) * p.scale[r];
+    } else {
+      const int64_t c = k / kChunk4, j = k % kChunk4, g = r * groups + k / p.group;
+      const uint8_t byte = p.w4[r * (p.inp / 2) + c * (kChunk4 / 2) + j % 64];
+      // (This file is built without FMA on x86: the product and the sum are
+      // rounded apart, as the reference's two ops.)
+      const float product = static_cast<float>(j < 64 ? byte & 0xF : byte >> 4) * p.scale[g];
+      v = product + p.zmin[g];
+    }
+    if (p.out16 != nullptr) {
+      p.out16[offset + k] = FloatToBf16Bits(v);
+    } else {
+      p.out32[offset + k] = v;
+    }
+  }
+}
+
+void DequantRowsPortable(const Dequant& p, int64_t row_begin, int64_t row_end) {
+  for (int64_t r = row_begin; r < row_end; ++r) DequantValuesPortable(p, r, 0, p.in, (r - row_begin) * p.in);
+}
+
 #ifndef INTERNVL_HAVE_AVX2_GEMV
+void DequantRowsAvx2(const Dequant& p, int64_t b, int64_t e) { DequantRowsPortable(p, b, e); }
 int32_t QuantizeBlockAvx2(const float*, float, int8_t*, int32_t*, float*) { std::abort(); }
 float AbsMaxAvx2(const float*, int64_t) { std::abort(); }
 void Int8RowsAvx2(const Int8Problem& p, int64_t b, int64_t e) { Int8RowsPortable(p, b, e); }
 void Int4RowsAvx2(const Int4Problem& p, int64_t b, int64_t e) { Int4RowsPortable(p, b, e); }
 #endif
 #ifndef INTERNVL_HAVE_AVX512VNNI_QUANT
+void DequantRowsAvx512(const Dequant& p, int64_t b, int64_t e) { DequantRowsPortable(p, b, e); }
 void Int8RowsAvx512Vnni(const Int8Problem& p, int64_t b, int64_t e) { Int8RowsPortable(p, b, e); }
 void Int4RowsAvx512Vnni(const Int4Problem& p, int64_t b, int64_t e) { Int4RowsPortable(p, b, e); }
 bool CpuHasAvx512Vnni() { return false; }

@@ -112,6 +112,30 @@ int32_t QuantizeBlockAvx2(const float* x, float amax, int8_t* q, int32_t* corr, 
 // max |x[k]| over k < n (n a multiple of 8). AVX2; only when CpuHasAvx2Fma().
 float AbsMaxAvx2(const float* x, int64_t n);
 
+// Rows of a quantized matrix dequantized for the prefill's GEMM, as the
+// reference ops compute them: int8 float(q) * scale[r]; int4 float(q) *
+// scale[r][g] + zmin[r][g], a product then a sum, each rounded in fp32 (no
+// FMA). Then kept in fp32 (out32) or rounded to bf16 (out16: to nearest even,
+// NaN -> 0x7FC0, as libtorch's cast). Row r's first `in` values go to
+// out + (r - row_begin) * in.
+struct Dequant {
+  const int8_t* w8 = nullptr;    // int8 [out][inp]
+  const uint8_t* w4 = nullptr;   // int4 [out][inp / 2], the kChunk4 layout
+  const float* scale = nullptr;  // int8 [out]; int4 [out][inp / group]
+  const float* zmin = nullptr;   // int4 [out][inp / group]
+  int64_t inp = 0, in = 0;
+  int64_t group = 0;  // int4: a multiple of 64 dividing inp
+  float* out32 = nullptr;
+  uint16_t* out16 = nullptr;
+};
+void DequantRowsPortable(const Dequant& p, int64_t row_begin, int64_t row_end);
+// Values [k0, k1) of row r into out + offset + k (the SIMD kernels' tails).
+void DequantValuesPortable(const Dequant& p, int64_t r, int64_t k0, int64_t k1, int64_t offset);
+// AVX2, fp32 results only (p.out32); only when CpuHasAvx2Fma().
+void DequantRowsAvx2(const Dequant& p, int64_t row_begin, int64_t row_end);
+// AVX-512 (F, BW, VL); only when CpuHasAvx512Vnni().
+void DequantRowsAvx512(const Dequant& p, int64_t row_begin, int64_t row_end);
+
 // Output rows [row_begin, row_end) for every input row.
 void Int8RowsPortable(const Int8Problem& p, int64_t row_begin, int64_t row_end);
 void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end);

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -150,6 +152,63 @@ TEST_F(QuantTest, KernelsMatchTheDequantizedProduct) {
     const at::Tensor x = at::randn({2, 40, in});
     const at::Tensor expected = at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble));
     EXPECT_LT(RelErr(QuantLinear(x, *q, b), expected), 1e-5);
+  }
+}
+
+// The dequantized rows the prefill multiplies: each kernel's bits equal the
+// reference's ops (int8 q * scale; int4 q * scale + zmin, two roundings in
+// fp32; then cast), for fp32 and bf16, row ranges off the start, inputs not
+// a multiple of the vector width, and rows whose scale is NaN or infinite.
+TEST_F(QuantTest, DequantizedRowsAreTheReferenceOpsBitForBit) {
+  at::InferenceMode guard;
+  at::manual_seed(4);
+  auto reference = [](const QuantMatrix& q, int64_t r0, int64_t r1, at::ScalarType dtype) {
+    const int64_t n = r1 - r0;
+    if (q.kind() == QuantMatrix::Kind::kInt8) {
+      return (q.data().narrow(0, r0, n).narrow(1, 0, q.in()).to(at::kFloat) * q.scale().narrow(0, r0, n).unsqueeze(1))
+          .to(dtype);
+    }
+    const int64_t inp = q.padded_in(), groups = inp / q.group();
+    const at::Tensor bytes = q.data().narrow(0, r0, n).view({n, inp / 128, 1, 64});
+    const at::Tensor values =
+        at::cat({bytes.bitwise_and(0xF), bytes.__rshift__(4)}, 2).view({n, groups, q.group()}).to(at::kFloat);
+    const at::Tensor product = values * q.scale().narrow(0, r0, n).unsqueeze(2);
+    return (product + q.zmin().narrow(0, r0, n).unsqueeze(2)).view({n, inp}).narrow(1, 0, q.in()).to(dtype);
+  };
+  auto bits = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t.view(at::kInt) : t.view(at::kShort); };
+  for (auto [group, in] : std::vector<std::pair<int64_t, int64_t>>{
+           {0, 200}, {0, 901}, {64, 192}, {64, 320}, {128, 384}, {192, 384}, {128, 896}}) {
+    const int64_t out = group > 0 ? 40 : 37;  // (AWQ: multiples of 8)
+    const at::Tensor dense = at::randn({out, in});
+    std::shared_ptr<QuantMatrix> q;
+    if (group > 0) {
+      const auto t = QuantMatrix::QuantizeAwq(dense, group, at::kHalf);
+      q = *QuantMatrix::FromAwq(t.qweight, t.qzeros, t.scales, group);
+    } else {
+      q = QuantMatrix::Int8(dense);
+    }
+    // Scales off the fp16 grid (AWQ's are fp16, whose products with 4-bit
+    // values are exact, so a fused multiply-add would go unseen).
+    q->scale().mul_(1 + 1e-3 * at::rand(q->scale().sizes()));
+    q->scale().select(0, 7).fill_(std::numeric_limits<float>::quiet_NaN());
+    q->scale().select(0, 9).fill_(std::numeric_limits<float>::infinity());
+    for (QuantKernel k : kKernels) {
+      if (!ForceQuantKernel(k)) continue;
+      for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+        for (auto [r0, r1] : std::vector<std::pair<int64_t, int64_t>>{{0, out}, {5, 23}, {36, 37}}) {
+          const std::string what = absl::StrCat(QuantKernelName(k), " group ", group, " in ", in, " ",
+                                                c10::toString(dtype), " rows ", r0, "-", r1);
+          const at::Tensor ours = q->Dequantize(r0, r1, dtype);
+          const at::Tensor theirs = reference(*q, r0, r1, dtype);
+          ASSERT_EQ(ours.sizes(), theirs.sizes()) << what;
+          // NaN payloads aside (libtorch's vectorized cast gives 0xFFFF, its
+          // scalar one 0x7FC0): the same bits, NaN where it has NaN.
+          const at::Tensor nan = theirs.isnan();
+          EXPECT_TRUE(at::equal(ours.isnan(), nan)) << what;
+          EXPECT_TRUE(at::equal(bits(ours).masked_fill(nan, 0), bits(theirs).masked_fill(nan, 0))) << what;
+        }
+      }
+    }
   }
 }
 
