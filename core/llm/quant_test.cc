@@ -26,6 +26,13 @@ double RelErr(const at::Tensor& a, const at::Tensor& b) {
          b.to(at::kDouble).abs().max().item<double>();
 }
 
+// dense as int8 (group 0) or as a 4-bit AWQ layer in groups of `group`.
+std::shared_ptr<QuantMatrix> Quantized(const at::Tensor& dense, int64_t group) {
+  if (group == 0) return QuantMatrix::Int8(dense);
+  const auto t = QuantMatrix::QuantizeAwq(dense, group, at::kHalf);
+  return *QuantMatrix::FromAwq(t.qweight, t.qzeros, t.scales, group);
+}
+
 class QuantTest : public ::testing::Test {
  protected:
   void TearDown() override { ForceQuantKernel(std::nullopt); }
@@ -113,13 +120,7 @@ TEST_F(QuantTest, KernelsMatchTheDequantizedProduct) {
            {0, 200, 45}, {64, 192, 40}, {128, 384, 40}, {128, 19 * 128, 40}, {192, 384, 40}, {256, 512, 40}}) {
     const bool int4 = group > 0;
     const at::Tensor dense = at::randn({out, in});
-    std::shared_ptr<QuantMatrix> q;
-    if (int4) {
-      const auto t = QuantMatrix::QuantizeAwq(dense, group, at::kHalf);
-      q = *QuantMatrix::FromAwq(t.qweight, t.qzeros, t.scales, group);
-    } else {
-      q = QuantMatrix::Int8(dense);
-    }
+    const std::shared_ptr<QuantMatrix> q = Quantized(dense, group);
     const at::Tensor w = q->Dequantize(0, out, at::kFloat);
     const at::Tensor b = at::randn({out});
     for (int64_t rows : {1, 2, 3, 4, 5, 9, 16}) {
@@ -180,13 +181,7 @@ TEST_F(QuantTest, DequantizedRowsAreTheReferenceOpsBitForBit) {
            {0, 200}, {0, 901}, {64, 192}, {64, 320}, {128, 384}, {192, 384}, {128, 896}}) {
     const int64_t out = group > 0 ? 40 : 37;  // (AWQ: multiples of 8)
     const at::Tensor dense = at::randn({out, in});
-    std::shared_ptr<QuantMatrix> q;
-    if (group > 0) {
-      const auto t = QuantMatrix::QuantizeAwq(dense, group, at::kHalf);
-      q = *QuantMatrix::FromAwq(t.qweight, t.qzeros, t.scales, group);
-    } else {
-      q = QuantMatrix::Int8(dense);
-    }
+    const std::shared_ptr<QuantMatrix> q = Quantized(dense, group);
     // Scales off the fp16 grid (AWQ's are fp16, whose products with 4-bit
     // values are exact, so a fused multiply-add would go unseen).
     q->scale().mul_(1 + 1e-3 * at::rand(q->scale().sizes()));
@@ -220,13 +215,7 @@ TEST_F(QuantTest, KernelsCoverOddRowRanges) {
   for (int64_t group : {0, 128}) {
     const int64_t out = 40, in = 19 * 128;
     const at::Tensor dense = at::randn({out, in});
-    std::shared_ptr<QuantMatrix> q;
-    if (group > 0) {
-      const auto t = QuantMatrix::QuantizeAwq(dense, group, at::kHalf);
-      q = *QuantMatrix::FromAwq(t.qweight, t.qzeros, t.scales, group);
-    } else {
-      q = QuantMatrix::Int8(dense);
-    }
+    const std::shared_ptr<QuantMatrix> q = Quantized(dense, group);
     for (int64_t rows : {1, 2, 3}) {
       const at::Tensor x = at::randn({rows, in}).contiguous();
       quant::Activations a;
