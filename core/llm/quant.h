@@ -76,7 +76,9 @@ class QuantMatrix {
   int64_t out() const { return out_; }
   int64_t in() const { return in_; }
   int64_t group() const { return group_; }
-  // Rows [r0, r1) as a float matrix [r1 - r0, in] in `dtype`.
+  // Rows [r0, r1) as a float matrix [r1 - r0, in] in `dtype`: q * scale
+  // (+ zmin) in fp32, then cast (fp32 and bf16 on the CPU by one pass of the
+  // quant_kernels.h kernels, the same bits as those libtorch ops).
   at::Tensor Dequantize(int64_t r0, int64_t r1, at::ScalarType dtype) const;
   // Bytes of packed weights, scales and zero terms (what one product reads).
   int64_t bytes() const;
