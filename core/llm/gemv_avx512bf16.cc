@@ -416,16 +416,12 @@ constexpr int kMaxGroup = 8;
 // layers at 2500 positions, alternated in one process on a Zen 4).
 constexpr int64_t kValuesPrefetchBlocks = 4;
 
-// Rounds probs[0, len) to bf16 bits (to nearest even; probabilities are
-// finite) into dst, zero-padding to a multiple of 16.
+// Rounds probs[0, len) to bf16 bits (to nearest even) into dst,
+// zero-padding to a multiple of 16.
 void RoundProbs(const float* probs, int64_t len, uint16_t* dst) {
-  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7FFF);
   for (int64_t l = 0; l < len; l += 16) {
     const __mmask16 m = len - l >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (len - l)) - 1);
-    const __m512i bits = _mm512_castps_si512(_mm512_maskz_loadu_ps(m, probs + l));
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
-    const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, bias)), 16);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + l), _mm512_cvtepi32_epi16(r));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + l), simd::RoundToBf16x16(_mm512_maskz_loadu_ps(m, probs + l)));
   }
 }
 

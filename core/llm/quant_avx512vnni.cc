@@ -476,17 +476,11 @@ void Int4RowsAvx512Vnni(const Int4Problem& p, int64_t row_begin, int64_t row_end
 
 namespace {
 
-// 16 fp32 values stored as fp32 or rounded to bf16 (nearest even, NaN ->
-// 0x7FC0: FloatToBf16Bits' arithmetic in vectors), the first n of them.
+// 16 fp32 values stored as fp32 or rounded to bf16 (FloatToBf16Bits' bits),
+// the first n of them.
 __attribute__((always_inline)) inline void StoreDequant(const Dequant& p, int64_t at, __m512 v, __mmask16 n) {
   if (p.out16 == nullptr) return _mm512_mask_storeu_ps(p.out32 + at, n, v);
-  const __m512i bits = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-  // (Pinned: GCC otherwise stores with vpmovdw's memory form, which on Zen 4
-  // took ~80% of this kernel's time.)
-  _mm256_mask_storeu_epi16(p.out16 + at, n, InRegister(_mm512_cvtepi32_epi16(r)));
+  _mm256_mask_storeu_epi16(p.out16 + at, n, simd::RoundToBf16x16(v));
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <immintrin.h>
 
+#include "core/nn/bf16_avx512.h"
 #include "core/nn/exp_avx512.h"
 
 namespace internvl::llm::simd {
@@ -62,5 +63,6 @@ inline float ReduceAdd(__m512 v) {
 }
 
 using internvl::simd::ExpNonPositiveAvx512;
+using internvl::simd::RoundToBf16x16;
 
 }  // namespace internvl::llm::simd

@@ -12,6 +12,7 @@
 #include <limits>
 #include <memory>
 
+#include "core/nn/bf16_avx512.h"
 #include "core/nn/exp_avx512.h"
 #include "core/nn/softmax_kernels.h"
 
@@ -30,13 +31,7 @@ inline __m512 Load16(const uint16_t* p, __mmask16 m, __m512 fill) {
 }
 inline void Store16(float* p, __mmask16 m, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
 // Rounded to bf16 to nearest even, NaN -> 0x7FC0 (libtorch's cast).
-inline void Store16(uint16_t* p, __mmask16 m, __m512 v) {
-  const __m512i bits = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), lsb), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(r));
-}
+inline void Store16(uint16_t* p, __mmask16 m, __m512 v) { _mm256_mask_storeu_epi16(p, m, simd::RoundToBf16x16(v)); }
 
 // The row's e^(x - max) into e (e may be x itself for fp32), returning the
 // reciprocal of their sum; NaN when the row holds a NaN or its maximum is
