@@ -15,13 +15,17 @@
 // batch 1.
 // --kv-dtype=auto|bf16|fp32 as the engine's --kv-cache-dtype (auto: the
 // weights' dtype, so bf16 weights keep a bf16 cache under fp32 compute).
+// --temperature=T (> 0: sampling, with HF's default top_k 50) and --top-p=P
+// choose the next tokens as a client asking for them would: each sequence
+// draws from its own row of the logits with its own llm::Sampler, as the
+// engine does; the default is greedy (the same Sampler's argmax).
 // The steps run CausalLM::ForwardPaged over a paged KV pool, as the engine
 // does, without its scheduler and threads. With several precisions, all are
 // built and prefilled first and their decode steps alternate, so the ratios
 // between them (printed against the first) come from the same minutes of a
 // shared machine.
 // Usage: bench_decode [--threads=N] [--dtypes=bf16,fp32] [--decode=N] [--prompt=N] [--batch=N] [--libtorch]
-//                     [--kv-dtype=auto|bf16|fp32]
+//                     [--kv-dtype=auto|bf16|fp32] [--temperature=T] [--top-p=P]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/resource.h>
@@ -44,7 +48,9 @@
 #include "core/config.h"
 #include "core/llm/causal_lm.h"
 #include "core/llm/gemv.h"
+#include "core/llm/sampler.h"
 #include "core/nn/torch_util.h"
+#include "core/status.h"
 
 namespace internvl::llm {
 namespace {
@@ -68,12 +74,14 @@ LlmConfig InternVL2_1BConfig() {
 }
 
 // `batch` sequences over one paged pool, each with room for `capacity`
-// positions: prefilled one by one, then decoded together (greedy feed-back,
-// one ForwardPaged per step for all of them).
+// positions: prefilled one by one, then decoded together (each sequence's
+// next token chosen by its own sampler from its row of the logits, as the
+// engine does; one ForwardPaged per step for all of them).
 class Sequences {
  public:
   static constexpr int kBlock = 16;
-  Sequences(CausalLM& lm, int batch, int64_t capacity, std::optional<at::ScalarType> kv_dtype = std::nullopt)
+  Sequences(CausalLM& lm, int batch, int64_t capacity, std::optional<at::ScalarType> kv_dtype = std::nullopt,
+            const SamplingParams& sampling = {})
       : lm_(lm), batch_(batch) {
     const int64_t per_seq = (capacity + kBlock - 1) / kBlock;
     auto pool = lm.NewPagedPool(per_seq * batch, kBlock, kv_dtype);
@@ -85,8 +93,17 @@ class Sequences {
       s.logits = true;
       seqs_.push_back(s);
       ropes_.push_back(lm.NewRotary());
+      SamplingParams own = sampling;
+      own.seed = sampling.seed + b;
+      auto sampler = Sampler::Create(own);
+      if (!sampler.ok()) {
+        pool_.reset();
+        return;
+      }
+      samplers_.push_back(std::move(*sampler));
     }
     next_.assign(batch, 0);
+    generated_.assign(batch, {});
   }
   bool ok() const { return pool_ != nullptr; }
   at::ScalarType dtype() const { return pool_->dtype(); }
@@ -108,7 +125,7 @@ class Sequences {
         ropes_[b].Observe(start + s.num_new);
         auto logits = lm_.ForwardPaged(embeds.narrow(0, start, s.num_new), {s}, {&ropes_[b]}, *pool_);
         if (!logits.ok()) return logits.status();
-        if (s.logits) next_[b] = logits->argmax(-1).item<int64_t>();
+        if (s.logits) INTERNVL_RETURN_IF_ERROR(Sample(b, *logits));
       }
       seqs_[b].start = total;
     }
@@ -130,9 +147,8 @@ class Sequences {
     if (!e.ok()) return e.status();
     auto logits = lm_.ForwardPaged((*e)[0], step, ropes, *pool_);
     if (!logits.ok()) return logits.status();
-    const at::Tensor ids = logits->argmax(-1);
     for (int b = 0; b < batch_; ++b) {
-      next_[b] = ids[b].item<int64_t>();
+      INTERNVL_RETURN_IF_ERROR(Sample(b, logits->narrow(0, b, 1)));
       ++seqs_[b].start;
     }
     return absl::OkStatus();
@@ -144,7 +160,18 @@ class Sequences {
   std::unique_ptr<PagedKVPool> pool_;
   std::vector<PagedSeq> seqs_;
   std::vector<RotaryEmbedding> ropes_;
+  std::vector<Sampler> samplers_;
   std::vector<int64_t> next_;
+  std::vector<std::vector<int64_t>> generated_;  // the repetition penalty's context
+
+  // Sequence b's next token from its logits row [1, V].
+  absl::Status Sample(int b, const at::Tensor& row) {
+    auto id = samplers_[b].Next(row, {generated_[b]});
+    if (!id.ok()) return id.status();
+    next_[b] = (*id)[0];
+    generated_[b].push_back(next_[b]);
+    return absl::OkStatus();
+  }
 };
 
 // Per-token cost of everything but the weight traffic: the same 24-layer
@@ -194,6 +221,7 @@ absl::StatusOr<Precision> ParsePrecision(const std::string& name) {
 int Run(int argc, char** argv) {
   int threads = 2, decode_tokens = 32, prompt = 5 * 256 + 40, batch = 1;
   bool libtorch = false;
+  SamplingParams sampling;                              // greedy
   at::ScalarType kv_dtype = at::ScalarType::Undefined;  // auto: the model's DefaultKvDtype
   std::vector<std::string> dtypes = {"bf16", "fp32"};
   for (int i = 1; i < argc; ++i) {
@@ -209,6 +237,12 @@ int Run(int argc, char** argv) {
       (void)absl::SimpleAtoi(value("--batch="), &batch);
     } else if (absl::StartsWith(a, "--dtypes=")) {
       dtypes = absl::StrSplit(value("--dtypes="), ',');
+    } else if (absl::StartsWith(a, "--temperature=")) {
+      (void)absl::SimpleAtod(value("--temperature="), &sampling.temperature);
+      sampling.do_sample = sampling.temperature > 0;
+      if (!sampling.do_sample) sampling.temperature = 1.0;
+    } else if (absl::StartsWith(a, "--top-p=")) {
+      (void)absl::SimpleAtod(value("--top-p="), &sampling.top_p);
     } else if (a == "--libtorch") {
       libtorch = true;
     } else if (a == "--kv-dtype=bf16") {
@@ -221,12 +255,16 @@ int Run(int argc, char** argv) {
       std::fprintf(
           stderr,
           "usage: %s [--threads=N] [--dtypes=bf16,fp32,bf16-compute,bf16+int8,bf16+int4] [--decode=N] [--prompt=N] "
-          "[--batch=N] [--libtorch] [--kv-dtype=auto|bf16|fp32]\n",
+          "[--batch=N] [--libtorch] [--kv-dtype=auto|bf16|fp32] [--temperature=T] [--top-p=P]\n",
           argv[0]);
       return 2;
     }
   }
   if (decode_tokens < 1 || prompt < 1 || batch < 1) return 2;
+  if (absl::Status s = sampling.Validate(); !s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    return 2;
+  }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // progress visible through pipes
   SetTorchThreads(threads);
   SetFastLinearEnabled(!libtorch);
@@ -238,6 +276,12 @@ int Run(int argc, char** argv) {
       "of 5 probes)\n",
       TorchThreads(), libtorch ? "libtorch" : FastLinearKernel(), QuantKernelName(ActiveQuantKernel()),
       BlasThreading().c_str(), probe.Best(5));
+  if (sampling.do_sample) {
+    std::printf("next tokens sampled: temperature %g, top_k %lld, top_p %g (a sampler per sequence)\n",
+                sampling.temperature, static_cast<long long>(sampling.top_k), sampling.top_p);
+  } else {
+    std::printf("next tokens greedy (a sampler per sequence)\n");
+  }
 
   // Every precision is built and prefilled first; their decode steps then
   // alternate (one step of each in turn, a bandwidth probe after each), so
@@ -269,7 +313,7 @@ int Run(int argc, char** argv) {
         "\n[%s] weights %s, compute %s, KV cache %s: %.1fM parameters, %.0f MB read per token, built in %.1f s\n",
         name.c_str(), (*lm)->weight_format().c_str(), c10::toString(precision->compute), c10::toString(kv),
         (*lm)->num_parameters() / 1e6, (*lm)->decode_weight_bytes() / 1e6, bench::NowSeconds() - t0);
-    auto seqs = std::make_unique<Sequences>(**lm, 1, prompt + decode_tokens + 1, kv);
+    auto seqs = std::make_unique<Sequences>(**lm, 1, prompt + decode_tokens + 1, kv, sampling);
     if (!seqs->ok()) {
       std::fprintf(stderr, "no KV pool of %s for this model (fp32 needs fp32 compute)\n", c10::toString(kv));
       return 1;
@@ -349,7 +393,7 @@ int Run(int argc, char** argv) {
                 OverheadMsPerToken(precision));
     if (batch > 1) {
       // The same prompt length, `batch` sequences decoding together.
-      Sequences many(lm, batch, prompt + decode_tokens + 1, r.seqs->dtype());
+      Sequences many(lm, batch, prompt + decode_tokens + 1, r.seqs->dtype(), sampling);
       if (!many.ok() || !many.Prefill(embeds).ok()) return 1;
       std::vector<double> batched;
       for (int i = 0; i < decode_tokens; ++i) {
