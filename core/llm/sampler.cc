@@ -5,7 +5,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
+#include <mutex>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "core/nn/torch_util.h"
@@ -13,6 +16,47 @@
 namespace internvl::llm {
 namespace {
 constexpr float kFilterScore = -std::numeric_limits<float>::infinity();
+
+// Whether every id of `context` is in [0, vocab) (else the penalty's gather
+// fails: the libtorch ops report it).
+bool InVocabulary(const std::vector<int64_t>& context, int64_t vocab) {
+  return std::all_of(context.begin(), context.end(), [vocab](int64_t id) { return id >= 0 && id < vocab; });
+}
+
+// Row `row` [vocab] with the repetition penalty applied (HF's gather, scale,
+// scatter: each id of `context`, all in the vocabulary, once; fp32 products
+// and quotients with the penalty cast to fp32, as libtorch's ops with a
+// scalar), then divided by `temperature` (likewise) unless it is 1, into
+// `out`. Returns whether every score is finite.
+bool Processed(const float* row, int64_t vocab, const std::vector<int64_t>& context, double penalty, double temperature,
+               std::vector<float>& out) {
+  out.assign(row, row + vocab);
+  if (penalty != 1.0) {
+    const float p = static_cast<float>(penalty);
+    for (int64_t id : context) out[id] = row[id] < 0 ? row[id] * p : row[id] / p;
+  }
+  bool finite = true;
+  if (temperature != 1.0) {
+    const float t = static_cast<float>(temperature);
+    for (int64_t i = 0; i < vocab; ++i) {
+      out[i] /= t;
+      finite &= std::isfinite(out[i]);
+    }
+  } else {
+    for (int64_t i = 0; i < vocab; ++i) finite &= std::isfinite(out[i]);
+  }
+  return finite;
+}
+
+// torch.argmax's choice: the first maximum, NaN counting as the maximum.
+int64_t ArgMax(const float* row, int64_t vocab) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < vocab && !std::isnan(row[best]); ++i) {
+    if (row[i] > row[best] || std::isnan(row[i])) best = i;
+  }
+  return best;
+}
+
 }  // namespace
 
 absl::Status SamplingParams::Validate() const {
@@ -83,27 +127,131 @@ at::Tensor Sampler::Process(const at::Tensor& logits, const std::vector<std::vec
   return scores;
 }
 
+std::optional<Sampler::Kept> Sampler::Candidates(const float* row, int64_t vocab,
+                                                 const std::vector<int64_t>& context) const {
+  if (!params_.do_sample || vocab <= 0 || (params_.top_k == 0 && params_.top_p < 1.0) ||
+      !InVocabulary(context, vocab)) {
+    return std::nullopt;
+  }
+  thread_local std::vector<float> scores;
+  if (!Processed(row, vocab, context, params_.repetition_penalty, params_.temperature, scores)) return std::nullopt;
+  // Top-k: the k-th largest score (ties counted, as torch.topk's values),
+  // from a min-heap of the k largest; every score >= it stays.
+  float kth = -std::numeric_limits<float>::infinity();
+  if (params_.top_k > 0 && params_.top_k < vocab) {
+    const size_t k = static_cast<size_t>(params_.top_k);
+    std::vector<float> heap(scores.begin(), scores.begin() + params_.top_k);
+    std::make_heap(heap.begin(), heap.end(), std::greater<float>());
+    for (int64_t i = params_.top_k; i < vocab; ++i) {
+      if (scores[i] > heap.front()) {
+        std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
+        heap[k - 1] = scores[i];
+        std::push_heap(heap.begin(), heap.end(), std::greater<float>());
+      }
+    }
+    kth = heap.front();
+  }
+  Kept out;
+  for (int64_t i = 0; i < vocab; ++i) {
+    if (scores[i] >= kth) {
+      out.ids.push_back(i);
+      out.scores.push_back(scores[i]);
+    }
+  }
+  const size_t n = out.ids.size();
+  const float top = *std::max_element(out.scores.begin(), out.scores.end());
+  std::vector<double> e(n);
+  double total = 0;
+  for (size_t i = 0; i < n; ++i) total += (e[i] = std::exp(static_cast<double>(out.scores[i]) - top));
+  if (params_.top_p < 1.0) {
+    // Top-p: ascending scores (ties by id), cumulative probability; the ids
+    // at or below 1 - top_p go, the most likely one always stays.
+    std::vector<size_t> order(n);
+    for (size_t i = 0; i < n; ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return out.scores[a] != out.scores[b] ? out.scores[a] < out.scores[b] : a < b;
+    });
+    std::vector<bool> removed(n, false);
+    double cumulative = 0;
+    for (size_t j = 0; j + 1 < n; ++j) {
+      cumulative += e[order[j]] / total;
+      if (cumulative <= 1 - params_.top_p) removed[order[j]] = true;
+    }
+    Kept left;
+    total = 0;
+    std::vector<double> e_left;
+    for (size_t i = 0; i < n; ++i) {
+      if (removed[i]) continue;
+      left.ids.push_back(out.ids[i]);
+      left.scores.push_back(out.scores[i]);
+      e_left.push_back(e[i]);
+      total += e[i];
+    }
+    out = std::move(left);
+    e = std::move(e_left);
+  }
+  out.probs.resize(e.size());
+  for (size_t i = 0; i < e.size(); ++i) out.probs[i] = e[i] / total;
+  return out;
+}
+
 absl::StatusOr<std::vector<int64_t>> Sampler::Next(const at::Tensor& logits,
                                                    const std::vector<std::vector<int64_t>>& context) {
   if (!logits.defined() || logits.dim() != 2) return absl::InvalidArgumentError("Sampler: logits must be [B, V]");
-  if (!params_.do_sample && params_.repetition_penalty == 1.0 && logits.scalar_type() == at::kFloat &&
-      logits.device().is_cpu() && logits.is_contiguous() && logits.size(1) > 0) {
+  const bool cpu_rows =
+      logits.scalar_type() == at::kFloat && logits.device().is_cpu() && logits.is_contiguous() && logits.size(1) > 0;
+  if (cpu_rows && !params_.do_sample && params_.repetition_penalty == 1.0) {
     // Plain greedy: argmax of the logits as they are, in one pass on this
-    // thread (no copy, and no libtorch parallel reduction, whose OpenMP
-    // threads would then spin against the decode threads; gemv.h). The first
-    // maximum wins and NaN counts as the maximum, as torch.argmax.
+    // thread, no copy.
     const int64_t rows = logits.size(0), vocab = logits.size(1);
     std::vector<int64_t> ids(rows, 0);
-    const float* data = logits.data_ptr<float>();
+    for (int64_t b = 0; b < rows; ++b) ids[b] = ArgMax(logits.data_ptr<float>() + b * vocab, vocab);
+    return ids;
+  }
+  static const std::vector<int64_t> kNoContext;
+  auto context_of = [&](int64_t b) -> const std::vector<int64_t>& {
+    return b < static_cast<int64_t>(context.size()) ? context[b] : kNoContext;
+  };
+  const int64_t rows = logits.size(0), vocab = logits.size(1);
+  bool in_vocabulary = true;
+  for (int64_t b = 0; b < rows; ++b) in_vocabulary &= InVocabulary(context_of(b), vocab);
+  if (cpu_rows && in_vocabulary && !params_.do_sample) {
+    // Greedy after the penalty (non-finite scores included, as argmax takes
+    // them).
+    std::vector<int64_t> ids(rows, 0);
+    std::vector<float> scores;
     for (int64_t b = 0; b < rows; ++b) {
-      const float* row = data + b * vocab;
-      int64_t best = 0;
-      for (int64_t i = 1; i < vocab && !std::isnan(row[best]); ++i) {
-        if (row[i] > row[best] || std::isnan(row[i])) best = i;
-      }
-      ids[b] = best;
+      Processed(logits.data_ptr<float>() + b * vocab, vocab, context_of(b), params_.repetition_penalty, 1.0, scores);
+      ids[b] = ArgMax(scores.data(), vocab);
     }
     return ids;
+  }
+  if (cpu_rows && in_vocabulary && (params_.top_k > 0 || params_.top_p == 1.0)) {
+    std::vector<Kept> kept;
+    for (int64_t b = 0; b < rows; ++b) {
+      std::optional<Kept> k = Candidates(logits.data_ptr<float>() + b * vocab, vocab, context_of(b));
+      if (!k) break;
+      kept.push_back(std::move(*k));
+    }
+    if (static_cast<int64_t>(kept.size()) == rows) {
+      std::vector<int64_t> ids(rows, 0);
+      auto* gen = gen_.get<at::CPUGeneratorImpl>();
+      std::lock_guard<std::mutex> lock(gen_.mutex());
+      for (int64_t b = 0; b < rows; ++b) {
+        const double u = static_cast<double>(gen->random64() >> 11) * 0x1.0p-53;  // [0, 1)
+        const Kept& k = kept[b];
+        // The first id whose cumulative probability passes u (the last
+        // possible one where rounding leaves the sum below u).
+        double cumulative = 0;
+        for (size_t i = 0; i < k.ids.size(); ++i) {
+          if (k.probs[i] == 0) continue;
+          ids[b] = k.ids[i];
+          cumulative += k.probs[i];
+          if (u < cumulative) break;
+        }
+      }
+      return ids;
+    }
   }
   return TorchGuard("sampling", [&]() -> std::vector<int64_t> {
     at::Tensor scores = Process(logits, context);

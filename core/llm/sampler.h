@@ -12,6 +12,20 @@
 // or penalty that overflows fp32 draws from the distribution's limit: an even
 // draw among the maximal scores. NaN scores still fail the draw.
 //
+// On fp32 CPU logits the rows are processed in our own loops on the calling
+// thread (no libtorch op, whose OpenMP threads would then spin against the
+// decode threads): the penalty and temperature give Process's bits, top-k
+// keeps what torch.topk's k-th value keeps, top-p's softmax and cumulative
+// sum are computed in double over the kept ids (Process: fp32), and a draw
+// takes one 53-bit uniform from the seeded generator against the kept ids'
+// cumulative probabilities (libtorch's multinomial: one exponential per
+// vocabulary entry). Equal scores at top-p's boundary go in id order (in
+// torch.sort's they go in std::sort's, which is chance). Top-p without top-k
+// (a sort of the whole vocabulary), and rows whose scores are not all
+// finite, take the libtorch ops. A row of InternVL2's 151655 logits with
+// temperature 0.7, top_k 50, top_p 0.9: 5.1 ms through the ops, 0.27 ms here
+// (2-core Zen 4).
+//
 // The context for the repetition penalty is what HF's `input_ids` holds: for
 // InternVL's chat() (generate(inputs_embeds=...)) that is only the generated
 // tokens, so Generate passes the generated ids unless told otherwise.
@@ -21,6 +35,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -52,10 +67,20 @@ class Sampler {
   // `context[b]` holds row b's ids for the repetition penalty (may be empty).
   at::Tensor Process(const at::Tensor& logits, const std::vector<std::vector<int64_t>>& context) const;
 
+  // What a draw from row `row` [V] of fp32 logits chooses among (sampling
+  // only): the ids Process leaves finite (ascending), their scores there
+  // (the same bits) and their probabilities. nullopt where the row takes
+  // the libtorch ops (see above).
+  struct Kept {
+    std::vector<int64_t> ids;
+    std::vector<float> scores;
+    std::vector<double> probs;
+  };
+  std::optional<Kept> Candidates(const float* row, int64_t vocab, const std::vector<int64_t>& context) const;
+
   // Picks one id per row from logits [B, V]. Deterministic for a given seed
   // and call sequence.
-  absl::StatusOr<std::vector<int64_t>> Next(const at::Tensor& logits,
-                                            const std::vector<std::vector<int64_t>>& context);
+  absl::StatusOr<std::vector<int64_t>> Next(const at::Tensor& logits, const std::vector<std::vector<int64_t>>& context);
 
   const SamplingParams& params() const { return params_; }
 

@@ -4,7 +4,10 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -184,6 +187,138 @@ TEST(Sampler, PenaltyOverflowDrawsAmongTheOverflowedIds) {
     seen.insert((*id)[0]);
   }
   EXPECT_EQ(seen, (std::set<int64_t>{0, 2}));
+}
+
+// The draw's own loops (Candidates) keep exactly the ids Process leaves
+// finite, with the same score bits, and their softmax; over temperatures,
+// top-k below, at and above the vocabulary, top-p, and a penalty whose
+// context repeats ids. Top-k on scores with ties (rounded to 1/8); top-p on
+// distinct ones (ties at its boundary go in torch.sort's order, which
+// std::sort leaves to chance: see TopPBoundaryTiesGoByIdAscending).
+TEST(Sampler, CandidatesKeepWhatProcessKeeps) {
+  at::manual_seed(11);
+  const int64_t vocab = 3000;
+  const at::Tensor tied = (at::randn({1, vocab}) * 24).round().div(8);
+  const at::Tensor distinct = at::randn({1, vocab}) * 3;
+  std::vector<int64_t> context;
+  for (int i = 0; i < 200; ++i) context.push_back((i * 7919) % vocab);
+  context.push_back(context.front());
+  int cases = 0;
+  for (double t : {1.0, 0.7, 1.9}) {
+    for (int64_t k : {int64_t{0}, int64_t{1}, int64_t{5}, int64_t{50}, vocab, vocab + 5}) {
+      for (double top_p : {1.0, 0.9, 0.5}) {
+        for (double penalty : {1.0, 1.3}) {
+          if (k == 0 && top_p < 1.0) continue;  // the libtorch ops' case
+          SamplingParams p;
+          p.do_sample = true;
+          p.temperature = t;
+          p.top_k = k;
+          p.top_p = top_p;
+          p.repetition_penalty = penalty;
+          auto s = Sampler::Create(p);
+          ASSERT_TRUE(s.ok());
+          const std::string what = "t " + std::to_string(t) + " k " + std::to_string(k) + " top_p " +
+                                   std::to_string(top_p) + " penalty " + std::to_string(penalty);
+          const at::Tensor& logits = top_p < 1.0 ? distinct : tied;
+          std::optional<Sampler::Kept> kept = s->Candidates(logits.data_ptr<float>(), vocab, context);
+          ASSERT_TRUE(kept.has_value()) << what;
+          const at::Tensor processed = s->Process(logits, {context}).view({-1});
+          const at::Tensor finite = at::nonzero(at::isfinite(processed)).view({-1});
+          ASSERT_EQ(static_cast<int64_t>(kept->ids.size()), finite.numel()) << what;
+          const at::Tensor probs = processed.softmax(-1);
+          double total = 0;
+          for (size_t i = 0; i < kept->ids.size(); ++i) {
+            const int64_t id = kept->ids[i];
+            ASSERT_EQ(id, finite[i].item<int64_t>()) << what;
+            ASSERT_EQ(kept->scores[i], processed[id].item<float>()) << what << " id " << id;
+            EXPECT_NEAR(kept->probs[i], probs[id].item<float>(), 1e-6) << what << " id " << id;
+            total += kept->probs[i];
+          }
+          EXPECT_NEAR(total, 1.0, 1e-12) << what;
+          ++cases;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(cases, 3 * 6 * 3 * 2 - 3 * 2 * 2);
+}
+
+// Top-p's boundary inside a run of equal scores: the lower ids count first
+// in the ascending order, so they go first. Four tied ids of probability 0.2
+// and one of 0.2: with top_p 0.5 the cumulative passes 0.5 after 0.6, so
+// the first two of the tie go (0.2, 0.4 <= 0.5), the rest stay.
+TEST(Sampler, TopPBoundaryTiesGoByIdAscending) {
+  SamplingParams p;
+  p.do_sample = true;
+  p.top_p = 0.5;
+  auto s = Sampler::Create(p);
+  ASSERT_TRUE(s.ok());
+  const std::vector<float> row = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+  std::optional<Sampler::Kept> kept = s->Candidates(row.data(), 5, {});
+  ASSERT_TRUE(kept.has_value());
+  EXPECT_EQ(kept->ids, (std::vector<int64_t>{2, 3, 4}));
+}
+
+// Draws follow the kept ids' probabilities: 40000 draws from [0.5, 0.3, 0.2]
+// (and, with top_k 2, from [0.5, 0.3] renormalized), each frequency within
+// 0.012 of its probability (over 5 standard deviations).
+TEST(Sampler, DrawFrequenciesFollowTheProbabilities) {
+  for (int64_t k : {int64_t{0}, int64_t{2}}) {
+    SamplingParams p;
+    p.do_sample = true;
+    p.top_k = k;
+    p.seed = 17;
+    auto s = Sampler::Create(p);
+    ASSERT_TRUE(s.ok());
+    const at::Tensor logits = Row({std::log(0.5f), std::log(0.3f), std::log(0.2f)});
+    std::vector<int> count(3, 0);
+    const int draws = 40000;
+    for (int i = 0; i < draws; ++i) {
+      auto id = s->Next(logits, {{}});
+      ASSERT_TRUE(id.ok());
+      ++count[(*id)[0]];
+    }
+    const std::vector<double> expected =
+        k == 2 ? std::vector<double>{0.625, 0.375, 0} : std::vector<double>{0.5, 0.3, 0.2};
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(count[i] / double(draws), expected[i], 0.012) << "k " << k << " id " << i;
+  }
+}
+
+// Greedy with a repetition penalty (our loop) picks torch.argmax of Process's
+// scores, rows of a batch each with their own context.
+TEST(Sampler, GreedyWithPenaltyIsArgmaxOfTheProcessedScores) {
+  at::manual_seed(5);
+  SamplingParams p;
+  p.repetition_penalty = 1.8;
+  auto s = Sampler::Create(p);
+  ASSERT_TRUE(s.ok());
+  for (int round = 0; round < 20; ++round) {
+    const at::Tensor logits = at::randn({3, 500});
+    std::vector<std::vector<int64_t>> context(3);
+    for (int b = 0; b < 3; ++b) {
+      // The row's own best few ids, so that the penalty changes the answer.
+      const at::Tensor top = std::get<1>(at::topk(logits[b], 1 + (round + b) % 4));
+      for (int64_t i = 0; i < top.numel(); ++i) context[b].push_back(top[i].item<int64_t>());
+    }
+    auto ids = s->Next(logits, context);
+    ASSERT_TRUE(ids.ok());
+    const at::Tensor expected = s->Process(logits, context).argmax(-1);
+    for (int b = 0; b < 3; ++b) EXPECT_EQ((*ids)[b], expected[b].item<int64_t>()) << "round " << round;
+  }
+}
+
+// A context id outside the vocabulary is an error (libtorch's gather), in
+// greedy and sampling alike.
+TEST(Sampler, ContextIdOutsideTheVocabularyFails) {
+  for (bool sample : {false, true}) {
+    SamplingParams p;
+    p.do_sample = sample;
+    p.repetition_penalty = 1.2;
+    auto s = Sampler::Create(p);
+    ASSERT_TRUE(s.ok());
+    EXPECT_FALSE(s->Next(Row({1.0f, 2.0f, 3.0f}), {{0, 3}}).ok()) << sample;
+    EXPECT_FALSE(s->Next(Row({1.0f, 2.0f, 3.0f}), {{-1}}).ok()) << sample;
+  }
 }
 
 // NaN scores (a model's overflow) fail the draw with an error, not a crash.
