@@ -308,13 +308,13 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
   for (int j = 0; j < 2; ++j)
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i)
-#pragma GCC unroll 2
+#pragma GCC unroll 4
       for (int m = 0; m < M; ++m) acc[j][i][m] = _mm512_setzero_ps();
   // Chunk g (inputs 128g ..) into accumulator set j.
   auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
     __m512i lo[kRows], hi[kRows];
     visit.Load(g * (kChunk4 / 2), lo, hi);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int m = 0; m < M; ++m) {
       const int8_t* x = a.xq.data() + (m0 + m) * inp + g * kChunk4;
       const __m512i x_lo = InRegister(_mm512_loadu_si512(x)), x_hi = InRegister(_mm512_loadu_si512(x + 64));
@@ -328,7 +328,7 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
   for (int64_t g0 = 0; g0 < groups; g0 += kWindow) {
     const int64_t n = std::min(kWindow, groups - g0);
     const __mmask16 mask = n == kWindow ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int m = 0; m < M; ++m) {
       const __m512 d = _mm512_maskz_loadu_ps(mask, a.span_d.data() + (m0 + m) * groups + g0);
 #pragma GCC unroll 4
@@ -337,7 +337,7 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
     }
     EvenOddChunks(g0, g0 + n, 1, chunk);
   }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
   for (int m = 0; m < M; ++m) {
     __m512 t[kRows];
 #pragma GCC unroll 4
@@ -431,11 +431,18 @@ void Int8All(const Int8Problem& p, const int64_t* row) {
 }
 
 // Two input rows at a time at most (the unpacked weight vectors and the
-// accumulators fill the 32 registers).
+// accumulators fill the 32 registers), but 4 for groups of 128 when there are
+// at most 2 output rows (16 accumulators): their weights unpacked once for
+// the 4. Alternated in one process, 4 input rows, 24 layers' matrices read
+// from memory (2-core Zen 4): the layers' products 13.1-13.9 -> 12.8-13.6 ms,
+// 896 x 4864 -4-6%.
 template <int kRows, int kSpan>
 void Int4All(const Int4Problem& p, const int64_t* row, int64_t groups) {
   int64_t m0 = 0;
   if (kSpan == 128 && p.group == 128) {
+    if constexpr (kRows <= 2) {
+      for (; m0 + 4 <= p.a->m; m0 += 4) Int4BlockG128<kRows, 4>(p, row, m0, groups);
+    }
     for (; m0 + 2 <= p.a->m; m0 += 2) Int4BlockG128<kRows, 2>(p, row, m0, groups);
     if (m0 < p.a->m) Int4BlockG128<kRows, 1>(p, row, m0, groups);
     return;
