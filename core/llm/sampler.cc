@@ -3,7 +3,12 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -11,6 +16,7 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "core/nn/softmax.h"
 #include "core/nn/torch_util.h"
 
 namespace internvl::llm {
@@ -35,26 +41,84 @@ bool Processed(const float* row, int64_t vocab, const std::vector<int64_t>& cont
     const float p = static_cast<float>(penalty);
     for (int64_t id : context) out[id] = row[id] < 0 ? row[id] * p : row[id] / p;
   }
+  float* x = out.data();
+  int64_t i = 0;
   bool finite = true;
-  if (temperature != 1.0) {
-    const float t = static_cast<float>(temperature);
-    for (int64_t i = 0; i < vocab; ++i) {
-      out[i] /= t;
-      finite &= std::isfinite(out[i]);
+#if defined(__SSE2__)
+  // 4 at a time (SSE2, every x86-64): the same IEEE quotients; |x| <= max
+  // is false for inf and NaN.
+  const __m128 t4 = _mm_set1_ps(static_cast<float>(temperature)), max4 = _mm_set1_ps(FLT_MAX);
+  const __m128 sign = _mm_set1_ps(-0.0f);
+  __m128 ok = _mm_castsi128_ps(_mm_set1_epi32(-1));
+  for (; i + 4 <= vocab; i += 4) {
+    __m128 v = _mm_loadu_ps(x + i);
+    if (temperature != 1.0) {
+      v = _mm_div_ps(v, t4);
+      _mm_storeu_ps(x + i, v);
     }
-  } else {
-    for (int64_t i = 0; i < vocab; ++i) finite &= std::isfinite(out[i]);
+    ok = _mm_and_ps(ok, _mm_cmple_ps(_mm_andnot_ps(sign, v), max4));
+  }
+  finite = _mm_movemask_ps(ok) == 0xF;
+#endif
+  const float t = static_cast<float>(temperature);
+  for (; i < vocab; ++i) {
+    if (temperature != 1.0) x[i] /= t;
+    finite &= std::isfinite(x[i]);
   }
   return finite;
 }
 
 // torch.argmax's choice: the first maximum, NaN counting as the maximum.
+// SSE2 scans find the largest value and whether there is a NaN, then the
+// first position holding it.
 int64_t ArgMax(const float* row, int64_t vocab) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < vocab && !std::isnan(row[best]); ++i) {
-    if (row[i] > row[best] || std::isnan(row[i])) best = i;
+  int64_t i = 0;
+  float top = -std::numeric_limits<float>::infinity();
+  bool nan = false;
+#if defined(__SSE2__)
+  __m128 top4 = _mm_set1_ps(top), nan4 = _mm_setzero_ps();
+  for (; i + 4 <= vocab; i += 4) {
+    const __m128 v = _mm_loadu_ps(row + i);
+    top4 = _mm_max_ps(v, top4);  // (a NaN v gives top4)
+    nan4 = _mm_or_ps(nan4, _mm_cmpunord_ps(v, v));
   }
-  return best;
+  alignas(16) float lanes[4];
+  _mm_store_ps(lanes, top4);
+  top = std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
+  nan = _mm_movemask_ps(nan4) != 0;
+#endif
+  for (; i < vocab; ++i) {
+    nan |= std::isnan(row[i]);
+    if (row[i] > top) top = row[i];
+  }
+  for (int64_t j = 0; j < vocab; ++j) {
+    if (nan ? std::isnan(row[j]) : row[j] == top) return j;
+  }
+  return 0;
+}
+
+// The k-th largest of x [n] (ties counted, as torch.topk's values), 0 < k <
+// n, from a min-heap of the k largest; blocks of 4 below the heap's least
+// skipped whole (SSE2).
+float KthLargest(const float* x, int64_t n, int64_t k) {
+  std::vector<float> heap(x, x + k);
+  std::make_heap(heap.begin(), heap.end(), std::greater<float>());
+  auto offer = [&](float v) {
+    if (v > heap.front()) {
+      std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
+      heap.back() = v;
+      std::push_heap(heap.begin(), heap.end(), std::greater<float>());
+    }
+  };
+  int64_t i = k;
+#if defined(__SSE2__)
+  for (; i + 4 <= n; i += 4) {
+    if (_mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(x + i), _mm_set1_ps(heap.front()))) == 0) continue;
+    for (int64_t j = i; j < i + 4; ++j) offer(x[j]);
+  }
+#endif
+  for (; i < n; ++i) offer(x[i]);
+  return heap.front();
 }
 
 }  // namespace
@@ -129,70 +193,73 @@ at::Tensor Sampler::Process(const at::Tensor& logits, const std::vector<std::vec
 
 std::optional<Sampler::Kept> Sampler::Candidates(const float* row, int64_t vocab,
                                                  const std::vector<int64_t>& context) const {
+  Kept out;
+  if (!Candidates(row, vocab, context, out)) return std::nullopt;
+  return out;
+}
+
+bool Sampler::Candidates(const float* row, int64_t vocab, const std::vector<int64_t>& context, Kept& out) const {
   if (!params_.do_sample || vocab <= 0 || (params_.top_k == 0 && params_.top_p < 1.0) ||
       !InVocabulary(context, vocab)) {
-    return std::nullopt;
+    return false;
   }
+  // (Buffers of a vocabulary's size kept between calls: fresh ones are
+  // fresh pages.)
   thread_local std::vector<float> scores;
-  if (!Processed(row, vocab, context, params_.repetition_penalty, params_.temperature, scores)) return std::nullopt;
-  // Top-k: the k-th largest score (ties counted, as torch.topk's values),
-  // from a min-heap of the k largest; every score >= it stays.
+  if (!Processed(row, vocab, context, params_.repetition_penalty, params_.temperature, scores)) return false;
+  // Top-k: every score >= the k-th largest stays.
   float kth = -std::numeric_limits<float>::infinity();
-  if (params_.top_k > 0 && params_.top_k < vocab) {
-    const size_t k = static_cast<size_t>(params_.top_k);
-    std::vector<float> heap(scores.begin(), scores.begin() + params_.top_k);
-    std::make_heap(heap.begin(), heap.end(), std::greater<float>());
-    for (int64_t i = params_.top_k; i < vocab; ++i) {
-      if (scores[i] > heap.front()) {
-        std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
-        heap[k - 1] = scores[i];
-        std::push_heap(heap.begin(), heap.end(), std::greater<float>());
-      }
-    }
-    kth = heap.front();
-  }
-  Kept out;
+  if (params_.top_k > 0 && params_.top_k < vocab) kth = KthLargest(scores.data(), vocab, params_.top_k);
+  out.ids.clear();
+  out.scores.clear();
   for (int64_t i = 0; i < vocab; ++i) {
     if (scores[i] >= kth) {
       out.ids.push_back(i);
       out.scores.push_back(scores[i]);
     }
   }
-  const size_t n = out.ids.size();
-  const float top = *std::max_element(out.scores.begin(), out.scores.end());
-  std::vector<double> e(n);
-  double total = 0;
-  for (size_t i = 0; i < n; ++i) total += (e[i] = std::exp(static_cast<double>(out.scores[i]) - top));
+  // Their softmax in fp32 (our row kernel where there is one: no libtorch
+  // op over a whole vocabulary), into out.probs.
+  auto softmax = [&out] {
+    out.probs.assign(out.scores.begin(), out.scores.end());
+    at::NoGradGuard no_grad;  // (the kernel runs in place outside autograd only)
+    const at::Tensor t = at::from_blob(out.probs.data(), {1, static_cast<int64_t>(out.probs.size())}, at::kFloat);
+    const at::Tensor p = SoftmaxLastDimFp32(t);
+    if (p.data_ptr() != t.data_ptr()) t.copy_(p);
+  };
+  softmax();
   if (params_.top_p < 1.0) {
-    // Top-p: ascending scores (ties by id), cumulative probability; the ids
-    // at or below 1 - top_p go, the most likely one always stays.
+    // Top-p: ascending scores (ties by id); the cumulative probability
+    // summed in double and compared in fp32 (as torch's cumsum and the
+    // comparison with a scalar): the ids at or below 1 - top_p go, the most
+    // likely one always stays.
+    const size_t n = out.ids.size();
     std::vector<size_t> order(n);
     for (size_t i = 0; i < n; ++i) order[i] = i;
     std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
       return out.scores[a] != out.scores[b] ? out.scores[a] < out.scores[b] : a < b;
     });
+    const float cut = static_cast<float>(1 - params_.top_p);
     std::vector<bool> removed(n, false);
     double cumulative = 0;
+    size_t gone = 0;
     for (size_t j = 0; j + 1 < n; ++j) {
-      cumulative += e[order[j]] / total;
-      if (cumulative <= 1 - params_.top_p) removed[order[j]] = true;
+      cumulative += out.probs[order[j]];
+      if (static_cast<float>(cumulative) <= cut) removed[order[j]] = true, ++gone;
     }
-    Kept left;
-    total = 0;
-    std::vector<double> e_left;
-    for (size_t i = 0; i < n; ++i) {
-      if (removed[i]) continue;
-      left.ids.push_back(out.ids[i]);
-      left.scores.push_back(out.scores[i]);
-      e_left.push_back(e[i]);
-      total += e[i];
+    if (gone > 0) {
+      size_t w = 0;
+      for (size_t i = 0; i < n; ++i) {
+        if (removed[i]) continue;
+        out.ids[w] = out.ids[i];
+        out.scores[w++] = out.scores[i];
+      }
+      out.ids.resize(w);
+      out.scores.resize(w);
+      softmax();
     }
-    out = std::move(left);
-    e = std::move(e_left);
   }
-  out.probs.resize(e.size());
-  for (size_t i = 0; i < e.size(); ++i) out.probs[i] = e[i] / total;
-  return out;
+  return true;
 }
 
 absl::StatusOr<std::vector<int64_t>> Sampler::Next(const at::Tensor& logits,
@@ -227,19 +294,22 @@ absl::StatusOr<std::vector<int64_t>> Sampler::Next(const at::Tensor& logits,
     return ids;
   }
   if (cpu_rows && in_vocabulary && (params_.top_k > 0 || params_.top_p == 1.0)) {
-    std::vector<Kept> kept;
-    for (int64_t b = 0; b < rows; ++b) {
-      std::optional<Kept> k = Candidates(logits.data_ptr<float>() + b * vocab, vocab, context_of(b));
-      if (!k) break;
-      kept.push_back(std::move(*k));
+    thread_local std::vector<Kept> kept;  // (reused: see Candidates)
+    if (static_cast<int64_t>(kept.size()) < rows) kept.resize(rows);
+    int64_t ready = 0;
+    while (ready < rows &&
+           Candidates(logits.data_ptr<float>() + ready * vocab, vocab, context_of(ready), kept[ready])) {
+      ++ready;
     }
-    if (static_cast<int64_t>(kept.size()) == rows) {
+    if (ready == rows) {
       std::vector<int64_t> ids(rows, 0);
       auto* gen = gen_.get<at::CPUGeneratorImpl>();
       std::lock_guard<std::mutex> lock(gen_.mutex());
       for (int64_t b = 0; b < rows; ++b) {
-        const double u = static_cast<double>(gen->random64() >> 11) * 0x1.0p-53;  // [0, 1)
         const Kept& k = kept[b];
+        double total = 0;
+        for (float q : k.probs) total += q;
+        const double u = static_cast<double>(gen->random64() >> 11) * 0x1.0p-53 * total;  // [0, total)
         // The first id whose cumulative probability passes u (the last
         // possible one where rounding leaves the sum below u).
         double cumulative = 0;

@@ -234,7 +234,7 @@ TEST(Sampler, CandidatesKeepWhatProcessKeeps) {
             EXPECT_NEAR(kept->probs[i], probs[id].item<float>(), 1e-6) << what << " id " << id;
             total += kept->probs[i];
           }
-          EXPECT_NEAR(total, 1.0, 1e-12) << what;
+          EXPECT_NEAR(total, 1.0, 1e-5) << what;  // (fp32 probabilities)
           ++cases;
         }
       }
