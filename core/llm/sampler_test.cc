@@ -189,6 +189,29 @@ TEST(Sampler, PenaltyOverflowDrawsAmongTheOverflowedIds) {
   EXPECT_EQ(seen, (std::set<int64_t>{0, 2}));
 }
 
+// The vector scans' tails: rows whose length is not a multiple of 4, the
+// maximum or a NaN in the last positions, all -inf, signed zeros.
+TEST(Sampler, GreedyArgmaxTailsAndEdges) {
+  auto s = Sampler::Create(SamplingParams{});
+  ASSERT_TRUE(s.ok());
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  for (int64_t n : {1, 2, 3, 5, 7, 1003}) {
+    for (int64_t at : {n - 1, n / 2}) {
+      for (float special : {50.0f, nan, -inf}) {
+        at::Tensor row = at::randn({1, n});
+        if (special == -inf) row.fill_(-inf);
+        row[0][at] = special;
+        auto ids = s->Next(row, {{}});
+        ASSERT_TRUE(ids.ok());
+        EXPECT_EQ((*ids)[0], row.argmax(-1).item<int64_t>()) << "n " << n << " at " << at << " " << special;
+      }
+    }
+  }
+  auto ids = s->Next(Row({-1.0f, -0.0f, 0.0f, -2.0f, 0.0f}), {{}});
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ((*ids)[0], 1);
+}
+
 // The draw's own loops (Candidates) keep exactly the ids Process leaves
 // finite, with the same score bits, and their softmax; over temperatures,
 // top-k below, at and above the vocabulary, top-p, and a penalty whose
