@@ -11,6 +11,17 @@
 
 namespace internvl {
 
+LoadedLinearImpl::LoadedLinearImpl(int64_t in, int64_t out, bool bias) : in_(in), out_(out), has_bias_(bias) {
+  reset();
+}
+
+void LoadedLinearImpl::reset() {
+  weight = register_parameter("weight", at::empty({out_, in_}));
+  if (has_bias_) bias = register_parameter("bias", at::empty({out_}));
+}
+
+at::Tensor LoadedLinearImpl::forward(const at::Tensor& x) { return at::linear(x, weight, bias); }
+
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", at::ones({dim}));
 }
@@ -65,9 +76,8 @@ at::Tensor VisionEmbeddingsImpl::forward(const at::Tensor& pixel_values) {
 VisionAttentionImpl::VisionAttentionImpl(const VisionConfig& c)
     : heads_(c.num_attention_heads), head_dim_(c.hidden_size / c.num_attention_heads) {
   scale_ = 1.0 / std::sqrt(static_cast<double>(head_dim_));
-  qkv = register_module("qkv",
-                        torch::nn::Linear(torch::nn::LinearOptions(c.hidden_size, 3 * c.hidden_size).bias(c.qkv_bias)));
-  proj = register_module("proj", torch::nn::Linear(c.hidden_size, c.hidden_size));
+  qkv = register_module("qkv", LoadedLinear(c.hidden_size, 3 * c.hidden_size, c.qkv_bias));
+  proj = register_module("proj", LoadedLinear(c.hidden_size, c.hidden_size));
   if (c.qk_normalization) {
     // The reference uses InternRMSNorm for q/k whatever norm_type says.
     q_norm = register_module("q_norm", RMSNorm(c.hidden_size, c.layer_norm_eps));
@@ -153,8 +163,8 @@ at::Tensor VisionAttentionImpl::forward(const at::Tensor& x) {
 }
 
 VisionMlpImpl::VisionMlpImpl(const VisionConfig& c) {
-  fc1 = register_module("fc1", torch::nn::Linear(c.hidden_size, c.intermediate_size));
-  fc2 = register_module("fc2", torch::nn::Linear(c.intermediate_size, c.hidden_size));
+  fc1 = register_module("fc1", LoadedLinear(c.hidden_size, c.intermediate_size));
+  fc2 = register_module("fc2", LoadedLinear(c.intermediate_size, c.hidden_size));
 }
 
 at::Tensor VisionMlpImpl::forward(const at::Tensor& x) {

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+#include <torch/nn/modules/linear.h>
 
 namespace internvl {
 namespace {
@@ -63,6 +64,27 @@ TEST(VisionLayer, PiecewiseInferenceMatchesTheWholeBatch) {
     }
   }
   at::set_num_threads(threads);
+}
+
+// LoadedLinear keeps torch::nn::Linear's parameter names and shapes (the
+// checkpoint's keys) and its product.
+TEST(LoadedLinear, HasLinearsParametersAndProduct) {
+  for (const bool bias : {true, false}) {
+    LoadedLinear mine(12, 5, bias);
+    torch::nn::Linear theirs(torch::nn::LinearOptions(12, 5).bias(bias));
+    const auto a = mine->named_parameters(), b = theirs->named_parameters();
+    ASSERT_EQ(a.size(), b.size()) << bias;
+    for (const auto& p : b) {
+      ASSERT_TRUE(a.contains(p.key())) << p.key();
+      EXPECT_EQ(a[p.key()].sizes(), p.value().sizes()) << p.key();
+    }
+    {
+      at::NoGradGuard no_grad;
+      for (const auto& p : b) a[p.key()].copy_(p.value());
+    }
+    const at::Tensor x = at::randn({3, 12});
+    EXPECT_TRUE(at::equal(mine->forward(x), theirs->forward(x))) << bias;
+  }
 }
 
 }  // namespace

@@ -35,8 +35,8 @@ torch::nn::Sequential MakeProjector(const InternVLConfig& c) {
   const int64_t r = static_cast<int64_t>(std::lround(1.0 / c.downsample_ratio));
   const int64_t in = c.vision.hidden_size * r * r;
   const int64_t out = c.llm.hidden_size;
-  return torch::nn::Sequential(torch::nn::LayerNorm(torch::nn::LayerNormOptions({in}).eps(1e-5)),
-                               torch::nn::Linear(in, out), torch::nn::GELU(), torch::nn::Linear(out, out));
+  return torch::nn::Sequential(torch::nn::LayerNorm(torch::nn::LayerNormOptions({in}).eps(1e-5)), LoadedLinear(in, out),
+                               torch::nn::GELU(), LoadedLinear(out, out));
 }
 
 std::string ShapeStr(const std::vector<int64_t>& s) { return absl::StrCat("[", absl::StrJoin(s, ","), "]"); }
