@@ -286,7 +286,7 @@ absl::StatusOr<std::vector<int64_t>> Sampler::Next(const at::Tensor& logits,
     // Greedy after the penalty (non-finite scores included, as argmax takes
     // them).
     std::vector<int64_t> ids(rows, 0);
-    std::vector<float> scores;
+    thread_local std::vector<float> scores;  // (reused: see Candidates)
     for (int64_t b = 0; b < rows; ++b) {
       Processed(logits.data_ptr<float>() + b * vocab, vocab, context_of(b), params_.repetition_penalty, 1.0, scores);
       ids[b] = ArgMax(scores.data(), vocab);
