@@ -294,7 +294,7 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t gr
 // Those products are made by vectors for a window of 16 chunks at a time and
 // read by the FMAs as broadcast memory operands (no scalar product and
 // broadcast per chunk). Two accumulators per row (even and odd chunks)
-// halve the FMA chains.
+// halve the FMA chains, where they fit (at most 8 rows x inputs).
 template <int kRows, int M>
 void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t groups) {
   constexpr int64_t kWindow = 16;
@@ -303,9 +303,10 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
   const Int4Visit<kRows> visit(p, rows, m0, groups);
   const float* const* scale = visit.scale;
   alignas(64) float sd[kRows][M][kWindow];
-  __m512 acc[2][kRows][M];
+  constexpr int kSets = kRows * M > 8 ? 1 : 2;  // (16 accumulators at most)
+  __m512 acc[kSets][kRows][M];
 #pragma GCC unroll 2
-  for (int j = 0; j < 2; ++j)
+  for (int j = 0; j < kSets; ++j)
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i)
 #pragma GCC unroll 4
@@ -321,7 +322,8 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
 #pragma GCC unroll 4
       for (int i = 0; i < kRows; ++i) {
         const __m512i t = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[i], x_lo), hi[i], x_hi);
-        acc[j][i][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(sd[i][m][g % kWindow]), acc[j][i][m]);
+        acc[j % kSets][i][m] =
+            _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(sd[i][m][g % kWindow]), acc[j % kSets][i][m]);
       }
     }
   };
@@ -342,7 +344,7 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
     __m512 t[kRows];
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
-      t[i] = _mm512_add_ps(acc[0][i][m], acc[1][i][m]);
+      t[i] = kSets == 2 ? _mm512_add_ps(acc[0][i][m], acc[kSets - 1][i][m]) : acc[0][i][m];
     }
     StoreInt4Rows<kRows>(p, rows, m0 + m, groups, t);
   }
@@ -431,18 +433,17 @@ void Int8All(const Int8Problem& p, const int64_t* row) {
 }
 
 // Two input rows at a time at most (the unpacked weight vectors and the
-// accumulators fill the 32 registers), but 4 for groups of 128 when there are
-// at most 2 output rows (16 accumulators): their weights unpacked once for
-// the 4. Alternated in one process, 4 input rows, 24 layers' matrices read
-// from memory (2-core Zen 4): the layers' products 13.1-13.9 -> 12.8-13.6 ms,
-// 896 x 4864 -4-6%.
+// accumulators fill the 32 registers), but 4 for groups of 128 (16
+// accumulators: Int4BlockG128 then keeps one set): the weights unpacked once
+// for the 4. With the streaming pairs, alternated in one process, 4 input
+// rows, 24 layers' matrices read from memory (2-core Zen 4): the layers'
+// products 13.1-13.9 -> 12.8-13.6 ms, 896 x 4864 -4-6%; with 4 adjacent
+// rows at 8 and 16 input rows, against two passes of 2: -4 to -11%.
 template <int kRows, int kSpan>
 void Int4All(const Int4Problem& p, const int64_t* row, int64_t groups) {
   int64_t m0 = 0;
   if (kSpan == 128 && p.group == 128) {
-    if constexpr (kRows <= 2) {
-      for (; m0 + 4 <= p.a->m; m0 += 4) Int4BlockG128<kRows, 4>(p, row, m0, groups);
-    }
+    for (; m0 + 4 <= p.a->m; m0 += 4) Int4BlockG128<kRows, 4>(p, row, m0, groups);
     for (; m0 + 2 <= p.a->m; m0 += 2) Int4BlockG128<kRows, 2>(p, row, m0, groups);
     if (m0 < p.a->m) Int4BlockG128<kRows, 1>(p, row, m0, groups);
     return;
@@ -454,7 +455,14 @@ void Int4All(const Int4Problem& p, const int64_t* row, int64_t groups) {
 template <int kSpan>
 void Int4Rows(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
   const int64_t groups = p.a->inp / p.group;  // (one division per call, not per row)
-  VisitRows(row_begin, row_end, p.a->m <= 4, [&](const int64_t* rows, int n) {
+  // Groups of 128 from 3 input rows: 4 adjacent output rows per visit (the
+  // activations and window scales loaded once for 4 rows), 4 input rows in
+  // one pass (one accumulator set: 16). Alternated in one process against
+  // the streaming pairs (2-core Zen 4), 4 input rows, 24 layers' matrices
+  // from memory: 896x4864 3.5-3.8 -> 3.1-3.5 ms, 9728x896 6.7-6.9 -> 6.0-6.3;
+  // 3 input rows 0 to -10%.
+  const bool streaming = kSpan == 128 && p.group == 128 ? p.a->m <= 2 : p.a->m <= 4;
+  VisitRows(row_begin, row_end, streaming, [&](const int64_t* rows, int n) {
     n == 4   ? Int4All<4, kSpan>(p, rows, groups)
     : n == 2 ? Int4All<2, kSpan>(p, rows, groups)
              : Int4All<1, kSpan>(p, rows, groups);
