@@ -13,7 +13,6 @@
 #include <functional>
 #include <limits>
 #include <mutex>
-#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "core/nn/softmax.h"
@@ -23,14 +22,16 @@ namespace internvl::llm {
 namespace {
 constexpr float kFilterScore = -std::numeric_limits<float>::infinity();
 
-// Whether every id of `context` is in [0, vocab) (else the penalty's gather
-// fails: the libtorch ops report it).
-bool InVocabulary(const std::vector<int64_t>& context, int64_t vocab) {
-  return std::all_of(context.begin(), context.end(), [vocab](int64_t id) { return id >= 0 && id < vocab; });
+// Whether the repetition penalty can be applied to `context` in our loops:
+// it is off, or every id is in [0, vocab) (else the penalty's gather fails:
+// the libtorch ops report it).
+bool PenaltyApplies(double penalty, const std::vector<int64_t>& context, int64_t vocab) {
+  return penalty == 1.0 ||
+         std::all_of(context.begin(), context.end(), [vocab](int64_t id) { return id >= 0 && id < vocab; });
 }
 
-// Row `row` [vocab] with the repetition penalty applied (HF's gather, scale,
-// scatter: each id of `context`, all in the vocabulary, once; fp32 products
+// Row `row` [vocab] with the repetition penalty applied unless it is 1 (HF's
+// gather, scale, scatter: each id of `context`, all in the vocabulary, once; fp32 products
 // and quotients with the penalty cast to fp32, as libtorch's ops with a
 // scalar), then divided by `temperature` (likewise) unless it is 1, into
 // `out`. Returns whether every score is finite.
@@ -191,16 +192,9 @@ at::Tensor Sampler::Process(const at::Tensor& logits, const std::vector<std::vec
   return scores;
 }
 
-std::optional<Sampler::Kept> Sampler::Candidates(const float* row, int64_t vocab,
-                                                 const std::vector<int64_t>& context) const {
-  Kept out;
-  if (!Candidates(row, vocab, context, out)) return std::nullopt;
-  return out;
-}
-
 bool Sampler::Candidates(const float* row, int64_t vocab, const std::vector<int64_t>& context, Kept& out) const {
   if (!params_.do_sample || vocab <= 0 || (params_.top_k == 0 && params_.top_p < 1.0) ||
-      !InVocabulary(context, vocab)) {
+      !PenaltyApplies(params_.repetition_penalty, context, vocab)) {
     return false;
   }
   // (Buffers of a vocabulary's size kept between calls: fresh ones are
@@ -267,33 +261,31 @@ absl::StatusOr<std::vector<int64_t>> Sampler::Next(const at::Tensor& logits,
   if (!logits.defined() || logits.dim() != 2) return absl::InvalidArgumentError("Sampler: logits must be [B, V]");
   const bool cpu_rows =
       logits.scalar_type() == at::kFloat && logits.device().is_cpu() && logits.is_contiguous() && logits.size(1) > 0;
-  if (cpu_rows && !params_.do_sample && params_.repetition_penalty == 1.0) {
-    // Plain greedy: argmax of the logits as they are, in one pass on this
-    // thread, no copy.
-    const int64_t rows = logits.size(0), vocab = logits.size(1);
-    std::vector<int64_t> ids(rows, 0);
-    for (int64_t b = 0; b < rows; ++b) ids[b] = ArgMax(logits.data_ptr<float>() + b * vocab, vocab);
-    return ids;
-  }
   static const std::vector<int64_t> kNoContext;
   auto context_of = [&](int64_t b) -> const std::vector<int64_t>& {
     return b < static_cast<int64_t>(context.size()) ? context[b] : kNoContext;
   };
   const int64_t rows = logits.size(0), vocab = logits.size(1);
-  bool in_vocabulary = true;
-  for (int64_t b = 0; b < rows; ++b) in_vocabulary &= InVocabulary(context_of(b), vocab);
-  if (cpu_rows && in_vocabulary && !params_.do_sample) {
-    // Greedy after the penalty (non-finite scores included, as argmax takes
-    // them).
+  bool penalty_applies = true;
+  for (int64_t b = 0; b < rows && !params_.do_sample; ++b) {
+    penalty_applies &= PenaltyApplies(params_.repetition_penalty, context_of(b), vocab);
+  }
+  if (cpu_rows && penalty_applies && !params_.do_sample) {
+    // Greedy: argmax of each row on this thread, as it is (no copy) or after
+    // the penalty (non-finite scores included, as argmax takes them).
     std::vector<int64_t> ids(rows, 0);
     thread_local std::vector<float> scores;  // (reused: see Candidates)
     for (int64_t b = 0; b < rows; ++b) {
-      Processed(logits.data_ptr<float>() + b * vocab, vocab, context_of(b), params_.repetition_penalty, 1.0, scores);
-      ids[b] = ArgMax(scores.data(), vocab);
+      const float* row = logits.data_ptr<float>() + b * vocab;
+      if (params_.repetition_penalty != 1.0) {
+        Processed(row, vocab, context_of(b), params_.repetition_penalty, 1.0, scores);
+        row = scores.data();
+      }
+      ids[b] = ArgMax(row, vocab);
     }
     return ids;
   }
-  if (cpu_rows && in_vocabulary && (params_.top_k > 0 || params_.top_p == 1.0)) {
+  if (cpu_rows && params_.do_sample && (params_.top_k > 0 || params_.top_p == 1.0)) {
     thread_local std::vector<Kept> kept;  // (reused: see Candidates)
     if (static_cast<int64_t>(kept.size()) < rows) kept.resize(rows);
     int64_t ready = 0;

@@ -37,7 +37,6 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -70,16 +69,14 @@ class Sampler {
   at::Tensor Process(const at::Tensor& logits, const std::vector<std::vector<int64_t>>& context) const;
 
   // What a draw from row `row` [V] of fp32 logits chooses among (sampling
-  // only): the ids Process leaves finite (ascending), their scores there
-  // (the same bits) and their probabilities. nullopt where the row takes
-  // the libtorch ops (see above).
+  // only), into `out` (its buffers reused): the ids Process leaves finite
+  // (ascending), their scores there (the same bits) and their
+  // probabilities. False where the row takes the libtorch ops (see above).
   struct Kept {
     std::vector<int64_t> ids;
     std::vector<float> scores;
     std::vector<float> probs;
   };
-  std::optional<Kept> Candidates(const float* row, int64_t vocab, const std::vector<int64_t>& context) const;
-  // The same into `out` (its buffers reused); false where nullopt above.
   bool Candidates(const float* row, int64_t vocab, const std::vector<int64_t>& context, Kept& out) const;
 
   // Picks one id per row from logits [B, V]. Deterministic for a given seed

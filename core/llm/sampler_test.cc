@@ -4,7 +4,6 @@
 
 #include <cmath>
 #include <limits>
-#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -243,8 +242,9 @@ TEST(Sampler, CandidatesKeepWhatProcessKeeps) {
           const std::string what = "t " + std::to_string(t) + " k " + std::to_string(k) + " top_p " +
                                    std::to_string(top_p) + " penalty " + std::to_string(penalty);
           const at::Tensor& logits = top_p < 1.0 ? distinct : tied;
-          std::optional<Sampler::Kept> kept = s->Candidates(logits.data_ptr<float>(), vocab, context);
-          ASSERT_TRUE(kept.has_value()) << what;
+          Sampler::Kept k;
+          ASSERT_TRUE(s->Candidates(logits.data_ptr<float>(), vocab, context, k)) << what;
+          const Sampler::Kept* kept = &k;
           const at::Tensor processed = s->Process(logits, {context}).view({-1});
           const at::Tensor finite = at::nonzero(at::isfinite(processed)).view({-1});
           ASSERT_EQ(static_cast<int64_t>(kept->ids.size()), finite.numel()) << what;
@@ -277,9 +277,9 @@ TEST(Sampler, TopPBoundaryTiesGoByIdAscending) {
   auto s = Sampler::Create(p);
   ASSERT_TRUE(s.ok());
   const std::vector<float> row = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
-  std::optional<Sampler::Kept> kept = s->Candidates(row.data(), 5, {});
-  ASSERT_TRUE(kept.has_value());
-  EXPECT_EQ(kept->ids, (std::vector<int64_t>{2, 3, 4}));
+  Sampler::Kept kept;
+  ASSERT_TRUE(s->Candidates(row.data(), 5, {}, kept));
+  EXPECT_EQ(kept.ids, (std::vector<int64_t>{2, 3, 4}));
 }
 
 // Draws follow the kept ids' probabilities: 40000 draws from [0.5, 0.3, 0.2]
@@ -330,8 +330,8 @@ TEST(Sampler, GreedyWithPenaltyIsArgmaxOfTheProcessedScores) {
   }
 }
 
-// A context id outside the vocabulary is an error (libtorch's gather), in
-// greedy and sampling alike.
+// A context id outside the vocabulary is an error (libtorch's gather) when
+// the penalty reads the context, in greedy and sampling alike.
 TEST(Sampler, ContextIdOutsideTheVocabularyFails) {
   for (bool sample : {false, true}) {
     SamplingParams p;
@@ -341,6 +341,11 @@ TEST(Sampler, ContextIdOutsideTheVocabularyFails) {
     ASSERT_TRUE(s.ok());
     EXPECT_FALSE(s->Next(Row({1.0f, 2.0f, 3.0f}), {{0, 3}}).ok()) << sample;
     EXPECT_FALSE(s->Next(Row({1.0f, 2.0f, 3.0f}), {{-1}}).ok()) << sample;
+    // Without a penalty the context is not read (as Process).
+    p.repetition_penalty = 1.0;
+    auto plain = Sampler::Create(p);
+    ASSERT_TRUE(plain.ok());
+    EXPECT_TRUE(plain->Next(Row({1.0f, 2.0f, 3.0f}), {{0, 3, -1}}).ok()) << sample;
   }
 }
 
