@@ -223,12 +223,18 @@ TEST_F(ServingTest, AllCasesOfAllModelsAtOnceGiveTheReferenceIdsOnBothPaths) {
     EXPECT_EQ(c.result->token_ids, c.expected) << c.label;
   }
   // The engines batched: some step ran several sequences, requests waited
-  // for one of the 6 slots, and every KV block is free again.
+  // for one of the 6 slots, and every KV block is free again. The all-in-one
+  // engine receives the requests together (mean batch 2.56-2.62 measured);
+  // the decoder service receives each when its preprocess and vision stages
+  // end, which spreads them by those stages' timing (1.84-2.21 alone, 1.45
+  // once beside other tests on 2 cores): there, more than one sequence per
+  // step on average (some step ran several) is what does not depend on it.
   for (const auto& m : models_) {
     for (const Proc* p : {&m->decoder, &m->all_in_one}) {
       const double steps = Metric(*p, "internvl_engine_steps_total");
       EXPECT_GT(steps, 0) << m->name;
-      EXPECT_GT(Metric(*p, "internvl_engine_step_sequences_total") / steps, 1.5) << m->name << ": mean batch";
+      EXPECT_GT(Metric(*p, "internvl_engine_step_sequences_total") / steps, p == &m->all_in_one ? 1.5 : 1.0)
+          << m->name << ": mean batch";
       EXPECT_EQ(Metric(*p, "internvl_engine_kv_blocks{state=\"used\"}"), 0) << m->name;
       EXPECT_GT(Metric(*p, "internvl_engine_prefix_hit_tokens_total"), 0) << m->name;
       EXPECT_GT(Metric(*p, "internvl_engine_time_to_first_token_seconds_count"), 0) << m->name;
