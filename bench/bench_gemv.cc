@@ -19,6 +19,7 @@
 #include "bench/bench_util.h"
 #include "core/llm/gemv.h"
 #include "core/llm/gemv_kernels.h"
+#include "core/llm/paged_kv.h"
 #include "core/llm/quant.h"
 #include "core/llm/quant_kernels.h"
 #include "core/nn/torch_util.h"
@@ -222,13 +223,14 @@ int Run(int argc, char** argv) {
     for (int32_t b = 0; b < blocks; ++b) table.push_back(b);
     for (at::ScalarType dtype : {at::kBFloat16, at::kFloat}) {
       std::vector<at::Tensor> k[2], v[2];  // [0]: 2 MiB pages, [1]: 4 KiB pages
+      // Laid out as the engine's pool (KV-head-major storage, paged_kv.h).
       for (int pages = 0; pages < 2; ++pages) {
-        const at::Tensor kall = at::randn({layers, blocks, 2, bs, 64}).to(dtype);
-        const at::Tensor vall = at::randn({layers, blocks, 2, bs, 64}).to(dtype);
-        if (pages == 0) MoveToHugePages({kall, vall});
         for (int64_t l = 0; l < layers; ++l) {
-          k[pages].push_back(kall[l]);
-          v[pages].push_back(vall[l]);
+          for (std::vector<at::Tensor>* pool : {&k[pages], &v[pages]}) {
+            const std::vector<int64_t> storage = {2, blocks, bs, 64};
+            at::Tensor t = KVHeadMajor(pages == 0 ? EmptyOnHugePages(storage, dtype) : at::empty(storage, dtype));
+            pool->push_back(t.copy_(at::randn({blocks, 2, bs, 64})));
+          }
         }
       }
       const at::Tensor q = at::randn({1, 14, 64}).to(dtype);

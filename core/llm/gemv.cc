@@ -426,7 +426,13 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   }
   const bool bf16 = key_pool.scalar_type() == at::kBFloat16;
   if (value_pool.scalar_type() != key_pool.scalar_type()) return {};
-  if (!key_pool.is_contiguous() || !value_pool.is_contiguous()) return {};
+  // Each block of each KV head a contiguous run of rows; blocks and heads
+  // at any strides (the pool lays each head's blocks out one after another:
+  // paged_kv.h), the same for keys and values.
+  if (key_pool.strides() != value_pool.strides() || key_pool.stride(3) != 1 || key_pool.stride(2) != key_pool.size(3)) {
+    return {};
+  }
+  const int64_t block_stride = key_pool.stride(0), head_stride = key_pool.stride(1);
   const int64_t seqs = q.size(0), heads = q.size(1), dim = q.size(2);
   const int64_t kv_heads = key_pool.size(1), bs = key_pool.size(2), num_blocks = key_pool.size(0);
   if (key_pool.size(3) != dim || kv_heads == 0 || heads % kv_heads != 0 ||
@@ -528,7 +534,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     float* tmp = scratch.data() + chunks.size() * groups * segment + c * dim;
     auto block_offset = [&](int64_t b) {
       const int64_t blk = table[l0 / bs + b];
-      return ((std::clamp<int64_t>(blk, 0, num_blocks - 1) * kv_heads + ch.j) * bs) * dim;
+      return std::clamp<int64_t>(blk, 0, num_blocks - 1) * block_stride + ch.j * head_stride;
     };
     auto scores = [&](const float* qh, int64_t b, int64_t nk, float* dst) {
       if (native_bf16) {

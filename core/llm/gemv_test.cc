@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/llm/chunk_pool.h"
 #include "core/llm/gemv_kernels.h"
+#include "core/llm/paged_kv.h"
 #include "gtest/gtest.h"
 
 namespace internvl::llm {
@@ -271,6 +272,12 @@ TEST(PagedDecodeAttention, MatchesEagerAttentionOverScatteredBlocks) {
     const at::Tensor out = PagedDecodeAttention(q, pool_k, pool_v, {&tables[0], &tables[1]}, {lens[0], lens[1]});
     ASSERT_TRUE(out.defined());
     ASSERT_EQ(out.sizes(), (std::vector<int64_t>{seqs, heads * dim}));
+    // The CPU pool's layout (KV-head-major storage: paged_kv.h): the same bits.
+    const at::Tensor head_k = KVHeadMajor(at::empty({kv, blocks, bs, dim}, dtype)).copy_(pool_k);
+    const at::Tensor head_v = KVHeadMajor(at::empty({kv, blocks, bs, dim}, dtype)).copy_(pool_v);
+    ASSERT_FALSE(head_k.is_contiguous());
+    EXPECT_TRUE(at::equal(PagedDecodeAttention(q, head_k, head_v, {&tables[0], &tables[1]}, {lens[0], lens[1]}), out))
+        << "dim " << dim << " len " << len << " block " << bs << " " << c10::toString(dtype);
     EXPECT_EQ(out.scalar_type(), q.scalar_type());
     for (int64_t s = 0; s < seqs; ++s) {
       std::vector<int64_t> idx(tables[s].begin(), tables[s].end());
@@ -298,6 +305,13 @@ TEST(PagedDecodeAttention, MatchesEagerAttentionOverScatteredBlocks) {
           .defined());
   EXPECT_FALSE(PagedDecodeAttention(at::randn({1, 4, 8}), k, k, {&table}, {9}).defined());
   EXPECT_TRUE(PagedDecodeAttention(at::randn({1, 4, 8}), k, k, {&table}, {8}).defined());
+  // Nor rows that are not contiguous, or keys and values laid out differently.
+  const at::Tensor strided_rows = k.transpose(2, 3).contiguous().transpose(2, 3);
+  EXPECT_FALSE(PagedDecodeAttention(at::randn({1, 4, 8}), strided_rows, strided_rows, {&table}, {8}).defined());
+  const at::Tensor head_major = KVHeadMajor(k.transpose(0, 1).contiguous());
+  EXPECT_TRUE(at::equal(head_major, k));
+  EXPECT_FALSE(PagedDecodeAttention(at::randn({1, 4, 8}), k, head_major, {&table}, {8}).defined());
+  EXPECT_TRUE(PagedDecodeAttention(at::randn({1, 4, 8}), head_major, head_major, {&table}, {8}).defined());
 }
 
 TEST(GemvKernels, GroupedValueKernelsMatchTheirDefinition) {

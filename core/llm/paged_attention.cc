@@ -27,8 +27,12 @@ at::Tensor Gather(const at::Tensor& pool, const std::vector<int32_t>& blocks, in
   const int64_t bs = pool.size(2);
   const int64_t nb = (len + bs - 1) / bs;
   at::Tensor idx = at::from_blob(const_cast<int32_t*>(blocks.data()), {nb}, at::kInt).to(pool.device(), at::kLong);
-  at::Tensor g = pool.index_select(0, idx);  // [nb, KV, bs, d]
-  return g.permute({1, 0, 2, 3}).reshape({pool.size(1), nb * bs, pool.size(3)}).narrow(1, 0, len);
+  // KV-head-major storage (paged_kv.h): the blocks gathered per head into
+  // [KV, nb, bs, d] directly, one copy.
+  const at::Tensor by_head = pool.transpose(0, 1);
+  const at::Tensor g = by_head.is_contiguous() ? by_head.index_select(1, idx)                      // [KV, nb, bs, d]
+                                               : pool.index_select(0, idx).permute({1, 0, 2, 3});  // (a copy more)
+  return g.reshape({pool.size(1), nb * bs, pool.size(3)}).narrow(1, 0, len);
 }
 
 // The causal mask of one query tile in place: scores [KV, G * t, len]
@@ -149,9 +153,10 @@ at::Tensor BatchedDecodeAttention(const at::Tensor& q, const at::Tensor& kc, con
 void WriteSlots(at::Tensor& pool, const at::Tensor& rows, const PagedContext& ctx) {
   at::Tensor src = rows.to(pool.scalar_type());
   const int64_t n = static_cast<int64_t>(ctx.slot_block_host.size());
-  const int64_t kv_heads = pool.size(1), bs = pool.size(2), d = pool.size(3);
-  const bool direct = pool.device().is_cpu() && src.device().is_cpu() && pool.is_contiguous() && src.dim() == 3 &&
-                      src.size(0) == n && src.size(1) == kv_heads && src.size(2) == d;
+  const int64_t kv_heads = pool.size(1), d = pool.size(3);
+  // (Rows of d contiguous; blocks and heads at the pool's strides: paged_kv.h.)
+  const bool direct = pool.device().is_cpu() && src.device().is_cpu() && pool.stride(3) == 1 && pool.stride(2) == d &&
+                      src.dim() == 3 && src.size(0) == n && src.size(1) == kv_heads && src.size(2) == d;
   if (!direct) {
     // [blocks, bs, KV, d] view: the (block, slot) pairs index one token's
     // rows of every kv head.
@@ -160,12 +165,13 @@ void WriteSlots(at::Tensor& pool, const at::Tensor& rows, const PagedContext& ct
   }
   src = src.contiguous();
   const int64_t elem = static_cast<int64_t>(pool.element_size());
+  const int64_t block_stride = pool.stride(0), head_stride = pool.stride(1);
   const char* from = static_cast<const char*>(src.data_ptr());
   char* to = static_cast<char*>(pool.data_ptr());
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < kv_heads; ++j) {
-      std::memcpy(to + ((ctx.slot_block_host[i] * kv_heads + j) * bs + ctx.slot_offset_host[i]) * d * elem,
-                  from + (i * kv_heads + j) * d * elem, static_cast<size_t>(d * elem));
+      const int64_t row = ctx.slot_block_host[i] * block_stride + j * head_stride + ctx.slot_offset_host[i] * d;
+      std::memcpy(to + row * elem, from + (i * kv_heads + j) * d * elem, static_cast<size_t>(d * elem));
     }
   }
 }

@@ -6,8 +6,11 @@
 // several sequences.
 //
 // Layout per layer: keys and values [num_blocks, kv_heads, block_size,
-// head_dim] in the compute dtype, so one block of one head is a contiguous run
-// of block_size rows: decode attention streams it like the contiguous cache.
+// head_dim] in the compute dtype, one block of one head a contiguous run of
+// block_size rows. On the CPU the storage is KV-head-major ([kv_heads,
+// num_blocks, ...], the tensors a permuted view of it: KVHeadMajor), so that
+// one head's consecutive blocks are contiguous: decode attention streams them
+// like the contiguous cache. Elsewhere the tensors are contiguous.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,6 +23,10 @@
 #include "core/config.h"
 
 namespace internvl::llm {
+
+// The pool's view [num_blocks, kv_heads, ...] of KV-head-major storage
+// [kv_heads, num_blocks, block_size, head_dim].
+at::Tensor KVHeadMajor(const at::Tensor& storage);
 
 class PagedKVPool {
  public:
