@@ -182,8 +182,20 @@ inline void SpreadQuery(const uint16_t* q, __m512i* qp) {
 
 // Scores (unscaled) of the 16 keys k[0, 16) (rows of 32 * C bf16) for G
 // heads (spread queries at qp + g * 4C): out[g] lane i = dot(q_g, k_i).
+// Lines that ScoreTile prefetches while it computes, each a run of 16 rows of
+// 32 * C bf16 (16C lines), or null: spread over its 8C steps, 2 lines of each
+// per step, so that the misses overlap the products (issued together per
+// block, the prefetches stalled once the core's outstanding misses were
+// full: ~22% of the kernel's samples sat on them).
+struct TilePrefetch {
+  const char* keys_l1;    // into L1
+  const char* keys_l2;    // into L2
+  const char* values_l2;  // into L2
+};
+
 template <int G, int C>
-__attribute__((always_inline)) inline void ScoreTile(const __m512i* qp, const uint16_t* k, __m512* out) {
+__attribute__((always_inline)) inline void ScoreTile(const __m512i* qp, const uint16_t* k, __m512* out,
+                                                     const TilePrefetch& pf) {
   constexpr int64_t dim = 32 * C;
   __m512 pairs[2][G];  // SumBlocks4's first stage, for keys 0-7 and 8-15
 #pragma GCC unroll 2
@@ -210,6 +222,19 @@ __attribute__((always_inline)) inline void ScoreTile(const __m512i* qp, const ui
       // Each spread query vector loaded once for both groups of 4 keys.
 #pragma GCC unroll 4
       for (int e = 0; e < 4; ++e) {
+        const int64_t line = ((half * C + c) * 4 + e) * 128;
+        if (pf.keys_l1 != nullptr) {
+          _mm_prefetch(pf.keys_l1 + line, _MM_HINT_T0);
+          _mm_prefetch(pf.keys_l1 + line + 64, _MM_HINT_T0);
+        }
+        if (pf.keys_l2 != nullptr) {
+          _mm_prefetch(pf.keys_l2 + line, _MM_HINT_T1);
+          _mm_prefetch(pf.keys_l2 + line + 64, _MM_HINT_T1);
+        }
+        if (pf.values_l2 != nullptr) {
+          _mm_prefetch(pf.values_l2 + line, _MM_HINT_T1);
+          _mm_prefetch(pf.values_l2 + line + 64, _MM_HINT_T1);
+        }
 #pragma GCC unroll 8
         for (int g = 0; g < G; ++g) {
           const __m512bh qv = (__m512bh)_mm512_load_si512(qp + (g * C + c) * 4 + e);
@@ -231,13 +256,14 @@ __attribute__((always_inline)) inline void ScoreTile(const __m512i* qp, const ui
   }
 }
 
-// How far ahead the tiled scorer prefetches its keys. With the tiles'
-// faster products, alternated in one process (24 layers at 2500 positions
-// from memory, 2 threads, Zen 4, medians of 60, three runs): 2 blocks ahead
-// 4-9% less time than 1, 3-4 alike; prefetching each block's values into L2
-// meanwhile a further 5-10% (before the tiles, the same L2 prefetch measured
-// no gain).
-constexpr int64_t kKeyPrefetchBlocks = 2;
+// How far ahead the tiled scorer prefetches its keys, in tiles of 16: into
+// L1 2 tiles ahead, into L2 6 ahead (its values into L2 as it scores their
+// keys, for the values step that follows). Spread over the products
+// (TilePrefetch), alternated in one process (24 layers at 2500 positions from
+// memory, 2 threads, Zen 4, medians of 60): 1.65-1.86 ms against 1.97-2.23
+// for the earlier 2 blocks ahead into L1 issued per block; the L2 distance
+// 10 measured as 6, 12 (with L1 4) 5% slower.
+constexpr int64_t kKeyL1Tiles = 2, kKeyL2Tiles = 6;
 
 // SegmentScoresGroupBf16Avx512 for G heads, dim = 32 * C (any bs, len).
 template <int G, int C>
@@ -251,17 +277,20 @@ void ScoresTiles(const uint16_t* q, const uint16_t* const* blocks, int64_t bs, i
   for (int g = 0; g < G; ++g) SpreadQuery<C>(q + g * dim, qp + g * C * 4);
   // A block's last keys short of 16, zero padded.
   alignas(64) uint16_t tail[16 * dim];
-  const int64_t block_bytes = bs * dim * 2;
-  for (int64_t b = 0; b * bs < len; ++b) {
-    // Keys kKeyPrefetchBlocks blocks ahead into L1, and this block's values
-    // into L2 for the values step that follows.
-    if (b == 0) {
-      for (int64_t d = 0; d < kKeyPrefetchBlocks && d * bs < len; ++d) {
-        PrefetchBytes<_MM_HINT_T0>(blocks[d], block_bytes);
-      }
+  // Rows [r, r + 16) of the keys or values when they are one run (within a
+  // block and the segment), else null (blocks of other than multiples of 16
+  // rows: not prefetched).
+  auto run16 = [&](const uint16_t* const* table, int64_t r) -> const char* {
+    if (table == nullptr || r + 16 > len || r % bs + 16 > bs) return nullptr;
+    return reinterpret_cast<const char*>(table[r / bs] + (r % bs) * dim);
+  };
+  const int64_t tile_bytes = 16 * dim * 2;
+  for (int64_t r = 0; r < kKeyL2Tiles * 16; r += 16) {
+    if (const char* run = run16(blocks, r)) {
+      r < kKeyL1Tiles * 16 ? PrefetchBytes<_MM_HINT_T0>(run, tile_bytes) : PrefetchBytes<_MM_HINT_T1>(run, tile_bytes);
     }
-    if ((b + kKeyPrefetchBlocks) * bs < len) PrefetchBytes<_MM_HINT_T0>(blocks[b + kKeyPrefetchBlocks], block_bytes);
-    if (values != nullptr) PrefetchBytes<_MM_HINT_T1>(values[b], block_bytes);
+  }
+  for (int64_t b = 0; b * bs < len; ++b) {
     const int64_t nk = std::min(bs, len - b * bs);
     for (int64_t t = 0; t < nk; t += 16) {
       const int64_t n = std::min<int64_t>(16, nk - t);
@@ -277,7 +306,10 @@ void ScoresTiles(const uint16_t* q, const uint16_t* const* blocks, int64_t bs, i
       const __m512i* q_l1 = qp;
       __asm__("" : "+r"(q_l1));
       __m512 s[G];
-      ScoreTile<G, C>(q_l1, k, s);
+      const int64_t r = b * bs + t;
+      const TilePrefetch pf = {run16(blocks, r + kKeyL1Tiles * 16), run16(blocks, r + kKeyL2Tiles * 16),
+                               run16(values, r)};
+      ScoreTile<G, C>(q_l1, k, s, pf);
       const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
 #pragma GCC unroll 8
       for (int g = 0; g < G; ++g) {
