@@ -38,23 +38,21 @@ absl::StatusOr<std::unique_ptr<PagedKVPool>> PagedKVPool::Create(const LlmConfig
     // path: a masked position's probability is 0, and 0 * NaN garbage would
     // be NaN); the CPU kernel reads only written positions.
     const bool zero = !UseCpuKernels(device);
+    // On the CPU each head's blocks one after another (KV-head-major
+    // storage, viewed in the pool's shape): a decode chunk reads one head's
+    // blocks of a sequence, a single stream where the sequence's blocks are
+    // consecutive. Block-major storage interleaved the heads' blocks, so that
+    // each head read 2 KB of every 4 KB (InternVL2-1B, bf16), which the
+    // hardware prefetcher follows poorly: one thread here read such a pattern
+    // at 9.5 GB/s against 26 contiguous. Decode attention at 2500 positions
+    // (24 layers, 2 threads, Zen 4, alternated in one process): bf16 AVX2 3.1
+    // -> 2.6 ms, fp32 cache 5.2 -> 4.3. In 2 MiB pages (EmptyOnHugePages:
+    // blocks are scattered over the pool): 5-7% less time in the decode
+    // attention (bench_gemv --only=attention).
     auto layer = [&] {
-      if (!device.is_cpu()) {
-        at::Tensor t = at::empty(shape, opts);
-        return zero ? t.zero_() : t;
-      }
-      // On the CPU each head's blocks one after another (KV-head-major
-      // storage, viewed in the pool's shape): a decode chunk reads one head's
-      // blocks of a sequence, a single stream where the sequence's blocks are
-      // consecutive. Block-major storage interleaved the heads' blocks, so
-      // that each head read 2 KB of every 4 KB (InternVL2-1B, bf16), which
-      // the hardware prefetcher follows poorly: one thread here read such a
-      // pattern at 9.5 GB/s against 26 contiguous. Decode attention at 2500
-      // positions (24 layers, 2 threads, Zen 4, alternated in one process):
-      // bf16 AVX2 3.1 -> 2.6 ms, fp32 cache 5.2 -> 4.3. In 2 MiB pages
-      // (EmptyOnHugePages: blocks are scattered over the pool): 5-7% less
-      // time in the decode attention (bench_gemv --only=attention).
-      return KVHeadMajor(EmptyOnHugePages({shape[1], shape[0], shape[2], shape[3]}, dtype));
+      at::Tensor t = device.is_cpu() ? KVHeadMajor(EmptyOnHugePages({shape[1], shape[0], shape[2], shape[3]}, dtype))
+                                     : at::empty(shape, opts);
+      return zero ? t.zero_() : t;
     };
     for (int l = 0; l < config.num_hidden_layers; ++l) {
       pool->keys_.push_back(layer());

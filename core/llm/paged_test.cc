@@ -243,6 +243,30 @@ INSTANTIATE_TEST_SUITE_P(Archs, PagedForward, ::testing::Values(LlmArch::kQwen2,
 namespace internvl::llm {
 namespace {
 
+// The CPU pool stores each KV head's blocks one after another (the decode
+// kernel streams one head's consecutive blocks), seen in the pool's shape; a
+// block of one head stays one run of rows. Off the CPU kernels its blocks
+// are zeroed (the batched path reads whole blocks).
+TEST(PagedKVPool, CpuStorageIsKvHeadMajorInThePoolsShape) {
+  const LlmConfig config = Config(LlmArch::kQwen2, 4096);
+  for (bool generic : {false, true}) {
+    const bool was = GenericKernels();
+    ForceGenericKernels(generic);
+    auto pool = PagedKVPool::Create(config, 6, 4, at::kBFloat16);
+    ForceGenericKernels(was);
+    ASSERT_TRUE(pool.ok()) << pool.status();
+    for (const at::Tensor* t : {&(*pool)->key(1), &(*pool)->value(1)}) {
+      const int64_t kv = config.num_key_value_heads, d = config.head_dim();
+      EXPECT_EQ(t->sizes(), (std::vector<int64_t>{6, kv, 4, d}));
+      EXPECT_TRUE(t->transpose(0, 1).is_contiguous());
+      EXPECT_EQ(t->stride(0), 4 * d);
+      if (generic) {
+        EXPECT_EQ(t->count_nonzero().item<int64_t>(), 0);
+      }
+    }
+  }
+}
+
 // Off the CPU kernels, decoding sequences are grouped by length so that the
 // padded key gathers stay under twice what is really read: one long
 // sequence among short ones is not a batch padded to its length.
