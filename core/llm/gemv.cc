@@ -164,6 +164,12 @@ void SegmentScoresGroupBf16Avx2(const float* q, int64_t heads, const uint16_t* c
 void PrepareAvx2(Problem& p, float* scratch) {}
 void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end) { RowsPortable(p, row_begin, row_end); }
 bool CpuHasAvx2Fma() { return false; }
+void Bf16ToFloatAvx2(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = Bf16Bits(src[i]);
+}
+void FloatToBf16Avx2(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = FloatToBf16Bits(src[i]);
+}
 #endif
 #ifndef INTERNVL_HAVE_AVX512BF16_GEMV
 void SegmentScoresBf16Avx512(const uint16_t* q, const uint16_t* k, int64_t len, int64_t dim, float scale,
@@ -378,9 +384,15 @@ at::Tensor CastFloatBf16(const at::Tensor& t, at::ScalarType dtype) {
   constexpr int64_t kChunk = int64_t{1} << 15;
   const void* src = t.data_ptr();
   void* dst = out.data_ptr();
+  // (Vectors where the kernels may use AVX2: the decode step's logits, 151,655
+  // per row, took ~0.1 ms one value at a time.)
+  const bool avx2 = ActiveGemvKernel() != GemvKernel::kPortable;
   ParallelChunks((n + kChunk - 1) / kChunk, at::get_num_threads(), [&](int64_t c) {
     const int64_t i0 = c * kChunk, i1 = std::min(n, i0 + kChunk);
-    if (to_float) {
+    if (avx2) {
+      to_float ? gemv::Bf16ToFloatAvx2(static_cast<const uint16_t*>(src) + i0, static_cast<float*>(dst) + i0, i1 - i0)
+               : gemv::FloatToBf16Avx2(static_cast<const float*>(src) + i0, static_cast<uint16_t*>(dst) + i0, i1 - i0);
+    } else if (to_float) {
       const uint16_t* s = static_cast<const uint16_t*>(src);
       uint32_t* d = static_cast<uint32_t*>(dst);
       for (int64_t i = i0; i < i1; ++i) d[i] = static_cast<uint32_t>(s[i]) << 16;

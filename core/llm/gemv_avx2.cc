@@ -198,6 +198,26 @@ void PrepareAvx2(Problem& p, float* scratch) {
 
 // Output rows in row_order.h's order: streaming while the inputs fit one
 // group (2 for bf16 weights, 4 for fp32).
+void Bf16ToFloatAvx2(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, simd::LoadBf16x8(src + i));
+  if (i < n) {
+    alignas(32) float t[8];
+    _mm256_store_ps(t, simd::LoadBf16Tail(src + i, n - i));
+    for (int64_t j = 0; i + j < n; ++j) dst[i + j] = t[j];
+  }
+}
+
+void FloatToBf16Avx2(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) simd::StoreBf16x8(dst + i, _mm256_loadu_ps(src + i));
+  if (i < n) {
+    alignas(32) float t[8] = {};
+    for (int64_t j = 0; i + j < n; ++j) t[j] = src[i + j];
+    simd::StoreBf16Tail(dst + i, n - i, _mm256_load_ps(t));
+  }
+}
+
 void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end) {
   if (p.w_bf16) {
     VisitRows(row_begin, row_end, p.m <= 2, [&](const int64_t* rows, int n) {

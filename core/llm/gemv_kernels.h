@@ -57,6 +57,12 @@ void RowsAvx2(const Problem& p, int64_t row_begin, int64_t row_end);
 // Whether this CPU (and OS) runs AVX2 and FMA code.
 bool CpuHasAvx2Fma();
 
+// n bf16 values (bits) widened to fp32, and n fp32 values rounded to bf16
+// bits (to nearest even, NaN -> 0x7FC0): FloatToBf16Bits / Bf16BitsToFloat
+// (bf16_bits.h) bit for bit, 8 lanes at a time (only when CpuHasAvx2Fma()).
+void Bf16ToFloatAvx2(const uint16_t* src, float* dst, int64_t n);
+void FloatToBf16Avx2(const float* src, uint16_t* dst, int64_t n);
+
 // AVX-512-BF16 implementation for bf16 weights and bf16 inputs (p.x_bf16
 // set); only call when CpuHasAvx512Bf16().
 void RowsAvx512Bf16(const Problem& p, int64_t row_begin, int64_t row_end);

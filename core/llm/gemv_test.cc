@@ -514,14 +514,30 @@ TEST(GemvKernels, Avx512SoftmaxHasTheAvx2Exponentials) {
   }
 }
 
+void ExpectCastFloatBf16IsLibtorchs(int64_t cols);
+
+// With every kernel this CPU runs (the AVX2 one converts 8 values at a time),
+// lengths with and without a tail of fewer than 8.
 TEST(CastFloatBf16, SameBitsAsLibtorchBothWays) {
+  for (GemvKernel kernel : {GemvKernel::kPortable, GemvKernel::kAvx2, GemvKernel::kAvx512Bf16}) {
+    if (!ForceGemvKernel(kernel)) continue;
+    for (int64_t cols : {int64_t{40000}, int64_t{40003}, int64_t{5}}) {
+      SCOPED_TRACE(absl::StrCat(GemvKernelName(kernel), ", 3 x ", cols));
+      ExpectCastFloatBf16IsLibtorchs(cols);
+    }
+  }
+  ForceGemvKernel(std::nullopt);
+}
+
+void ExpectCastFloatBf16IsLibtorchs(int64_t cols) {
+  at::InferenceMode guard;  // (under grad mode CastFloatBf16 is libtorch's cast)
   // Large enough for several chunks; ties, NaN, infinities, denormals and
   // values that round up into the next exponent included.
-  at::Tensor f = at::randn({3, 40000}) * 1e3;
+  at::Tensor f = at::randn({3, cols}) * 1e3;
   float* p = f.data_ptr<float>();
   const std::vector<float> special = {0.0f,    -0.0f,   INFINITY,    -INFINITY,   NAN,      1e-40f,
                                       -1e-40f, 3.4e38f, 1.00390625f, 1.01171875f, 65504.0f, 1.9999999f};
-  for (size_t i = 0; i < special.size(); ++i) p[i * 997] = special[i];
+  for (size_t i = 0; i < special.size(); ++i) p[(i * 997) % f.numel()] = special[i];
   const at::Tensor ours = CastFloatBf16(f, at::kBFloat16);
   const at::Tensor theirs = f.to(at::kBFloat16);
   ASSERT_EQ(ours.scalar_type(), at::kBFloat16);
