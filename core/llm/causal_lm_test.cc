@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "core/llm/gemv.h"
 #include "gtest/gtest.h"
 
 namespace internvl::llm {
@@ -129,17 +130,30 @@ TEST(CausalLM, Bf16WeightsComputedInFp32MatchFp32ModelOfTheSameValues) {
   }
 }
 
+void ExpectRopeLoopsAreOps(int64_t d);
+
+// The decode loops below run the row kernels of the decode path's kernel
+// (gemv_kernels.h): each test runs them on every kernel this CPU has.
+const GemvKernel kKernels[] = {GemvKernel::kPortable, GemvKernel::kAvx2, GemvKernel::kAvx512Bf16};
+
 TEST(RMSNorm, InferenceLoopMatchesOps) {
-  RMSNorm norm(96, 1e-6, at::kFloat);
-  {
-    at::NoGradGuard no_grad;
-    norm->weight.uniform_(0.5, 1.5);
+  for (GemvKernel kernel : kKernels) {
+    if (!ForceGemvKernel(kernel)) continue;
+    SCOPED_TRACE(GemvKernelName(kernel));
+    for (int64_t n : {96, 899}) {  // (899: a tail past the 8-wide vectors)
+      RMSNorm norm(n, 1e-6, at::kFloat);
+      {
+        at::NoGradGuard no_grad;
+        norm->weight.uniform_(0.5, 1.5);
+      }
+      const at::Tensor x = at::randn({2, 3, n}) * 3;
+      const at::Tensor ops = norm(x).detach();  // grad mode: the op chain
+      at::InferenceMode guard;
+      const at::Tensor loop = norm(x);
+      EXPECT_LT((loop - ops).abs().max().item<float>(), 1e-6 * ops.abs().max().item<float>()) << n;
+    }
   }
-  const at::Tensor x = at::randn({2, 3, 96}) * 3;
-  const at::Tensor ops = norm(x).detach();  // grad mode: the op chain
-  at::InferenceMode guard;
-  const at::Tensor loop = norm(x);
-  EXPECT_LT((loop - ops).abs().max().item<float>(), 1e-6 * ops.abs().max().item<float>());
+  ForceGemvKernel(std::nullopt);
 }
 
 TEST(RMSNorm, Bf16InferenceLoopMatchesOps) {
@@ -147,25 +161,43 @@ TEST(RMSNorm, Bf16InferenceLoopMatchesOps) {
   // the op chain does; only the mean of squares is summed differently (in
   // double), so an element may differ by one bf16 step where h * inv lies
   // at a rounding tie's edge.
-  RMSNorm norm(896, 1e-6, at::kBFloat16);
-  {
-    at::NoGradGuard no_grad;
-    norm->weight.uniform_(0.5, 1.5);
+  for (GemvKernel kernel : kKernels) {
+    if (!ForceGemvKernel(kernel)) continue;
+    SCOPED_TRACE(GemvKernelName(kernel));
+    for (int64_t n : {896, 901}) {
+      RMSNorm norm(n, 1e-6, at::kBFloat16);
+      {
+        at::NoGradGuard no_grad;
+        norm->weight.uniform_(0.5, 1.5);
+      }
+      const at::Tensor x = (at::randn({3, n}) * 3).to(at::kBFloat16);
+      const at::Tensor ops = norm(x).detach();  // grad mode: the op chain
+      at::InferenceMode guard;
+      const at::Tensor loop = norm(x);
+      ASSERT_EQ(loop.scalar_type(), at::kBFloat16);
+      const at::Tensor diff = (loop.to(at::kFloat) - ops.to(at::kFloat)).abs();
+      EXPECT_LE(diff.max().item<float>(), ops.to(at::kFloat).abs().max().item<float>() / 128) << n;
+      EXPECT_LT(diff.gt(0).sum().item<int64_t>(), x.numel() / 100) << n;
+    }
   }
-  const at::Tensor x = (at::randn({3, 896}) * 3).to(at::kBFloat16);
-  const at::Tensor ops = norm(x).detach();  // grad mode: the op chain
-  at::InferenceMode guard;
-  const at::Tensor loop = norm(x);
-  ASSERT_EQ(loop.scalar_type(), at::kBFloat16);
-  const at::Tensor diff = (loop.to(at::kFloat) - ops.to(at::kFloat)).abs();
-  EXPECT_LE(diff.max().item<float>(), ops.to(at::kFloat).abs().max().item<float>() / 128);
-  EXPECT_LT(diff.gt(0).sum().item<int64_t>(), x.numel() / 100);
+  ForceGemvKernel(std::nullopt);
 }
 
 TEST(ApplyRope, DecodeLoopsAreBitIdenticalToOps) {
+  for (GemvKernel kernel : kKernels) {
+    if (!ForceGemvKernel(kernel)) continue;
+    SCOPED_TRACE(GemvKernelName(kernel));
+    for (int64_t d : {64, 128, 40}) {  // (40: not a multiple of 16, the AVX2 loop's step)
+      ExpectRopeLoopsAreOps(d);
+    }
+  }
+  ForceGemvKernel(std::nullopt);
+}
+
+void ExpectRopeLoopsAreOps(int64_t d) {
   for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    const at::Tensor x = at::randn({1, 3, 4, 64}).mul(4).to(dtype);
-    const at::Tensor angles = at::rand({1, 3, 1, 64}) * 40;
+    const at::Tensor x = at::randn({1, 3, 4, d}).mul(4).to(dtype);
+    const at::Tensor angles = at::rand({1, 3, 1, d}) * 40;
     const at::Tensor cos = angles.cos().to(dtype), sin = angles.sin().to(dtype);
     const at::Tensor ops = ApplyRope(x, cos, sin).detach();  // grad mode: the op chain
     at::InferenceMode guard;
@@ -173,7 +205,7 @@ TEST(ApplyRope, DecodeLoopsAreBitIdenticalToOps) {
     ASSERT_EQ(loop.scalar_type(), dtype);
     EXPECT_TRUE(at::equal(loop, ops)) << dtype;
     // A strided q (a view into a fused qkv row) too.
-    const at::Tensor fused = at::randn({1, 3, 6, 64}).to(dtype);
+    const at::Tensor fused = at::randn({1, 3, 6, d}).to(dtype);
     EXPECT_TRUE(at::equal(ApplyRope(fused.narrow(2, 1, 4), cos, sin),
                           [&] {
                             at::AutoGradMode grad(true);

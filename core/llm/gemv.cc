@@ -126,6 +126,76 @@ void SegmentValuesBf16Portable(const float* probs, const uint16_t* v, int64_t le
   }
 }
 
+namespace {
+
+// The squares of x summed as RmsNormRow* documents (8 interleaved double
+// sums, combined pairwise): what the AVX2 version's two 4-lane accumulators
+// give.
+template <typename T>
+float MeanOfSquares(const T* x, int64_t n) {
+  double s[8] = {};
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = Widen(x[i]);
+    s[i % 8] += v * v;
+  }
+  const double t0 = s[0] + s[4], t1 = s[1] + s[5], t2 = s[2] + s[6], t3 = s[3] + s[7];
+  return static_cast<float>(((t0 + t1) + (t2 + t3)) / static_cast<double>(n));
+}
+
+inline float RoundedBf16(float v) { return Bf16Bits(FloatToBf16Bits(v)); }
+
+}  // namespace
+
+void RmsNormRowPortable(const float* x, const float* w, int64_t n, float eps, float* out) {
+  const float inv = 1.0f / std::sqrt(MeanOfSquares(x, n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * inv);
+}
+
+void RmsNormRowBf16Portable(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out) {
+  const float inv = 1.0f / std::sqrt(MeanOfSquares(x, n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = FloatToBf16Bits(Bf16Bits(w[i]) * RoundedBf16(Bf16Bits(x[i]) * inv));
+}
+
+void RopeRowsPortable(const float* x, int64_t heads, int64_t d, const float* cos, const float* sin, float* out) {
+  const int64_t half = d / 2;
+  for (int64_t h = 0; h < heads; ++h, x += d, out += d) {
+    for (int64_t e = 0; e < d; ++e) {
+      const float a = x[e] * cos[e];
+      const float r = (e < half ? -x[e + half] : x[e - half]) * sin[e];
+      out[e] = a + r;
+    }
+  }
+}
+
+void RopeRowsBf16Portable(const uint16_t* x, int64_t heads, int64_t d, const uint16_t* cos, const uint16_t* sin,
+                          uint16_t* out) {
+  const int64_t half = d / 2;
+  for (int64_t h = 0; h < heads; ++h, x += d, out += d) {
+    for (int64_t e = 0; e < d; ++e) {
+      const float a = RoundedBf16(Bf16Bits(x[e]) * Bf16Bits(cos[e]));
+      const float rot = e < half ? -Bf16Bits(x[e + half]) : Bf16Bits(x[e - half]);
+      const float r = RoundedBf16(rot * Bf16Bits(sin[e]));
+      out[e] = FloatToBf16Bits(a + r);
+    }
+  }
+}
+
+#ifndef INTERNVL_HAVE_AVX2_GEMV
+void RmsNormRowAvx2(const float* x, const float* w, int64_t n, float eps, float* out) {
+  RmsNormRowPortable(x, w, n, eps, out);
+}
+void RmsNormRowBf16Avx2(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out) {
+  RmsNormRowBf16Portable(x, w, n, eps, out);
+}
+void RopeRowsAvx2(const float* x, int64_t heads, int64_t d, const float* cos, const float* sin, float* out) {
+  RopeRowsPortable(x, heads, d, cos, sin, out);
+}
+void RopeRowsBf16Avx2(const uint16_t* x, int64_t heads, int64_t d, const uint16_t* cos, const uint16_t* sin,
+                      uint16_t* out) {
+  RopeRowsBf16Portable(x, heads, d, cos, sin, out);
+}
+#endif
+
 #ifndef INTERNVL_HAVE_AVX2_GEMV
 void SegmentScoresBf16Avx2(const float* q, const uint16_t* k, int64_t len, int64_t dim, float scale, float* scores) {
   SegmentScoresBf16Portable(q, k, len, dim, scale, scores);

@@ -14,6 +14,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "core/llm/gemv_kernels.h"
 #include "core/llm/in_register.h"
@@ -215,6 +216,99 @@ void FloatToBf16Avx2(const float* src, uint16_t* dst, int64_t n) {
     alignas(32) float t[8] = {};
     for (int64_t j = 0; i + j < n; ++j) t[j] = src[i + j];
     simd::StoreBf16Tail(dst + i, n - i, _mm256_load_ps(t));
+  }
+}
+
+namespace {
+
+// x^2 of 8 floats added to two 4-lane double sums (lanes 0-3 and 4-7: the
+// portable MeanOfSquares's sums i % 8). Exact products: a float squared fits
+// a double's mantissa.
+inline void AddSquares(__m256 v, __m256d& lo, __m256d& hi) {
+  const __m256d a = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+  const __m256d b = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+  lo = _mm256_add_pd(lo, _mm256_mul_pd(a, a));
+  hi = _mm256_add_pd(hi, _mm256_mul_pd(b, b));
+}
+
+inline float MeanOfSquares(__m256d lo, __m256d hi, int64_t n) {
+  alignas(32) double t[4];
+  _mm256_store_pd(t, _mm256_add_pd(lo, hi));  // t[j] = s[j] + s[j + 4]
+  return static_cast<float>(((t[0] + t[1]) + (t[2] + t[3])) / static_cast<double>(n));
+}
+
+// A value the compiler cannot see through: keeps a product from being fused
+// with the addition that follows (-mfma would make it one rounding, not two).
+inline __m256 Opaque(__m256 v) {
+  __asm__("" : "+x"(v));
+  return v;
+}
+
+}  // namespace
+
+void RmsNormRowAvx2(const float* x, const float* w, int64_t n, float eps, float* out) {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  const int64_t whole = n / 8 * 8;
+  for (int64_t i = 0; i < whole; i += 8) AddSquares(_mm256_loadu_ps(x + i), lo, hi);
+  alignas(32) float tail[8] = {};
+  for (int64_t i = whole; i < n; ++i) tail[i - whole] = x[i];
+  AddSquares(_mm256_load_ps(tail), lo, hi);  // zeros add nothing
+  const float inv = 1.0f / std::sqrt(MeanOfSquares(lo, hi, n) + eps);
+  const __m256 vinv = _mm256_set1_ps(inv);
+  for (int64_t i = 0; i < whole; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv)));
+  }
+  for (int64_t i = whole; i < n; ++i) out[i] = w[i] * (x[i] * inv);
+}
+
+void RmsNormRowBf16Avx2(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out) {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  const int64_t whole = n / 8 * 8;
+  for (int64_t i = 0; i < whole; i += 8) AddSquares(simd::LoadBf16x8(x + i), lo, hi);
+  if (whole < n) AddSquares(simd::LoadBf16Tail(x + whole, n - whole), lo, hi);
+  const float inv = 1.0f / std::sqrt(MeanOfSquares(lo, hi, n) + eps);
+  const __m256 vinv = _mm256_set1_ps(inv);
+  auto norm8 = [&](__m256 xv, __m256 wv) { return _mm256_mul_ps(wv, simd::RoundBf16x8(_mm256_mul_ps(xv, vinv))); };
+  for (int64_t i = 0; i < whole; i += 8) {
+    simd::StoreBf16x8(out + i, norm8(simd::LoadBf16x8(x + i), simd::LoadBf16x8(w + i)));
+  }
+  if (whole < n) {
+    const int64_t t = n - whole;
+    simd::StoreBf16Tail(out + whole, t, norm8(simd::LoadBf16Tail(x + whole, t), simd::LoadBf16Tail(w + whole, t)));
+  }
+}
+
+void RopeRowsAvx2(const float* x, int64_t heads, int64_t d, const float* cos, const float* sin, float* out) {
+  const int64_t half = d / 2;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t h = 0; h < heads; ++h, x += d, out += d) {
+    for (int64_t e = 0; e < half; e += 8) {
+      const __m256 x1 = _mm256_loadu_ps(x + e), x2 = _mm256_loadu_ps(x + e + half);
+      // out[e] = x1 cos - x2 sin, out[e + half] = x2 cos + x1 sin.
+      const __m256 a1 = Opaque(_mm256_mul_ps(x1, _mm256_loadu_ps(cos + e)));
+      const __m256 r1 = Opaque(_mm256_mul_ps(_mm256_xor_ps(x2, sign), _mm256_loadu_ps(sin + e)));
+      const __m256 a2 = Opaque(_mm256_mul_ps(x2, _mm256_loadu_ps(cos + e + half)));
+      const __m256 r2 = Opaque(_mm256_mul_ps(x1, _mm256_loadu_ps(sin + e + half)));
+      _mm256_storeu_ps(out + e, _mm256_add_ps(a1, r1));
+      _mm256_storeu_ps(out + e + half, _mm256_add_ps(a2, r2));
+    }
+  }
+}
+
+void RopeRowsBf16Avx2(const uint16_t* x, int64_t heads, int64_t d, const uint16_t* cos, const uint16_t* sin,
+                      uint16_t* out) {
+  const int64_t half = d / 2;
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t h = 0; h < heads; ++h, x += d, out += d) {
+    for (int64_t e = 0; e < half; e += 8) {
+      const __m256 x1 = simd::LoadBf16x8(x + e), x2 = simd::LoadBf16x8(x + e + half);
+      const __m256 a1 = simd::RoundBf16x8(_mm256_mul_ps(x1, simd::LoadBf16x8(cos + e)));
+      const __m256 r1 = simd::RoundBf16x8(_mm256_mul_ps(_mm256_xor_ps(x2, sign), simd::LoadBf16x8(sin + e)));
+      const __m256 a2 = simd::RoundBf16x8(_mm256_mul_ps(x2, simd::LoadBf16x8(cos + e + half)));
+      const __m256 r2 = simd::RoundBf16x8(_mm256_mul_ps(x1, simd::LoadBf16x8(sin + e + half)));
+      simd::StoreBf16x8(out + e, _mm256_add_ps(a1, r1));
+      simd::StoreBf16x8(out + e + half, _mm256_add_ps(a2, r2));
+    }
   }
 }
 

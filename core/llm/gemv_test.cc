@@ -620,5 +620,50 @@ TEST(EmptyOnHugePages, GivesAWritableTensorOfTheShapeAndDtype) {
   EXPECT_EQ(small.sum().item<float>(), 32);
 }
 
+// The row kernels' AVX2 versions give the portable ones' bits (the portable
+// ones are checked against libtorch's ops through RMSNorm and ApplyRope in
+// causal_lm_test): lengths with tails, large and tiny values, ties of the
+// bf16 rounding.
+TEST(RowKernels, Avx2GivesThePortableBits) {
+  if (!gemv::CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA on this CPU";
+  at::InferenceMode guard;
+  auto bits16 = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr()); };
+  for (int64_t n : {int64_t{896}, int64_t{8}, int64_t{13}, int64_t{4867}}) {
+    SCOPED_TRACE(n);
+    at::Tensor x = at::randn({n}) * 3;
+    x[0] = 3e4;  // squares far apart in size
+    x[n - 1] = 1e-3;
+    const at::Tensor w = at::rand({n}) + 0.5;
+    at::Tensor a = at::empty({n}), b = at::empty({n});
+    gemv::RmsNormRowPortable(x.data_ptr<float>(), w.data_ptr<float>(), n, 1e-6f, a.data_ptr<float>());
+    gemv::RmsNormRowAvx2(x.data_ptr<float>(), w.data_ptr<float>(), n, 1e-6f, b.data_ptr<float>());
+    EXPECT_TRUE(at::equal(a, b));
+    const at::Tensor xb = x.to(at::kBFloat16), wb = w.to(at::kBFloat16);
+    at::Tensor ab = at::empty({n}, at::kBFloat16), bb = at::empty({n}, at::kBFloat16);
+    gemv::RmsNormRowBf16Portable(bits16(xb), bits16(wb), n, 1e-6f, reinterpret_cast<uint16_t*>(ab.data_ptr()));
+    gemv::RmsNormRowBf16Avx2(bits16(xb), bits16(wb), n, 1e-6f, reinterpret_cast<uint16_t*>(bb.data_ptr()));
+    EXPECT_TRUE(at::equal(ab, bb));
+  }
+  for (int64_t d : {int64_t{64}, int64_t{128}, int64_t{16}}) {
+    SCOPED_TRACE(d);
+    const int64_t heads = 5;
+    const at::Tensor x = at::randn({heads, d}) * 4;
+    const at::Tensor angles = at::rand({d}) * 40;
+    const at::Tensor cos = angles.cos(), sin = angles.sin();
+    at::Tensor a = at::empty({heads, d}), b = at::empty({heads, d});
+    gemv::RopeRowsPortable(x.data_ptr<float>(), heads, d, cos.data_ptr<float>(), sin.data_ptr<float>(),
+                           a.data_ptr<float>());
+    gemv::RopeRowsAvx2(x.data_ptr<float>(), heads, d, cos.data_ptr<float>(), sin.data_ptr<float>(),
+                       b.data_ptr<float>());
+    EXPECT_TRUE(at::equal(a, b));
+    const at::Tensor xb = x.to(at::kBFloat16), cb = cos.to(at::kBFloat16), sb = sin.to(at::kBFloat16);
+    at::Tensor ab = at::empty({heads, d}, at::kBFloat16), bb = at::empty({heads, d}, at::kBFloat16);
+    gemv::RopeRowsBf16Portable(bits16(xb), heads, d, bits16(cb), bits16(sb),
+                               reinterpret_cast<uint16_t*>(ab.data_ptr()));
+    gemv::RopeRowsBf16Avx2(bits16(xb), heads, d, bits16(cb), bits16(sb), reinterpret_cast<uint16_t*>(bb.data_ptr()));
+    EXPECT_TRUE(at::equal(ab, bb));
+  }
+}
+
 }  // namespace
 }  // namespace internvl::llm

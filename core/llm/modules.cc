@@ -10,6 +10,7 @@
 
 #include "core/llm/bf16_bits.h"
 #include "core/llm/gemv.h"
+#include "core/llm/gemv_kernels.h"
 #include "core/llm/paged_attention.h"
 #include "core/nn/activation.h"
 #include "core/nn/device.h"
@@ -40,6 +41,9 @@ at::Tensor RotateHalf(const at::Tensor& x) {
 // product rounded, then the sum: bit-identical to the ops).
 constexpr int64_t kMaxLoopRows = 16;
 
+// The row kernels (gemv_kernels.h) in AVX2 where the decode kernels use it.
+bool RowKernelsAvx2() { return ActiveGemvKernel() != GemvKernel::kPortable && gemv::CpuHasAvx2Fma(); }
+
 }  // namespace
 
 // apply_rotary_pos_emb: x * cos + rotate_half(x) * sin. x [B,T,h,d],
@@ -50,28 +54,15 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
       cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && x.stride(3) == 1 && x.stride(2) == d &&
       cos.is_contiguous() && sin.is_contiguous() && cos.numel() == b * t * d && sin.numel() == b * t * d) {
     at::Tensor out = at::empty({b, t, heads, d}, x.options());
-    const int64_t half = d / 2;
     float* o = out.data_ptr<float>();
     const float* c = cos.data_ptr<float>();
     const float* s = sin.data_ptr<float>();
+    const bool avx2 = d % 16 == 0 && RowKernelsAvx2();
     for (int64_t i = 0; i < b; ++i) {
-      for (int64_t j = 0; j < t; ++j) {
-        const float* cr = c + (i * t + j) * d;
-        const float* sr = s + (i * t + j) * d;
+      for (int64_t j = 0; j < t; ++j, o += heads * d) {
         const float* xt = x.data_ptr<float>() + i * x.stride(0) + j * x.stride(1);
-        for (int64_t h = 0; h < heads; ++h, o += d) {
-          const float* xr = xt + h * d;
-          for (int64_t e = 0; e < half; ++e) {
-            const float a = xr[e] * cr[e];
-            const float r = -xr[e + half] * sr[e];
-            o[e] = a + r;
-          }
-          for (int64_t e = half; e < d; ++e) {
-            const float a = xr[e] * cr[e];
-            const float r = xr[e - half] * sr[e];
-            o[e] = a + r;
-          }
-        }
+        const int64_t cs = (i * t + j) * d;
+        (avx2 ? gemv::RopeRowsAvx2 : gemv::RopeRowsPortable)(xt, heads, d, c + cs, s + cs, o);
       }
     }
     return out;
@@ -83,26 +74,16 @@ at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
     // The same in bf16, rounded as the ops round: each product to bf16, then
     // their sum (computed in fp32) to bf16. Bit-identical to the ops.
     at::Tensor out = at::empty({b, t, heads, d}, x.options());
-    const int64_t half = d / 2;
     auto* o = reinterpret_cast<uint16_t*>(out.data_ptr());
     const auto* c = reinterpret_cast<const uint16_t*>(cos.data_ptr());
     const auto* s = reinterpret_cast<const uint16_t*>(sin.data_ptr());
     const auto* xd = reinterpret_cast<const uint16_t*>(x.data_ptr());
-    auto rounded = [](float v) { return Bf16BitsToFloat(FloatToBf16Bits(v)); };
+    const bool avx2 = d % 16 == 0 && RowKernelsAvx2();
     for (int64_t i = 0; i < b; ++i) {
-      for (int64_t j = 0; j < t; ++j) {
-        const uint16_t* cr = c + (i * t + j) * d;
-        const uint16_t* sr = s + (i * t + j) * d;
-        const uint16_t* xt = xd + i * x.stride(0) + j * x.stride(1);
-        for (int64_t h = 0; h < heads; ++h, o += d) {
-          const uint16_t* xr = xt + h * d;
-          for (int64_t e = 0; e < d; ++e) {
-            const float a = rounded(Bf16BitsToFloat(xr[e]) * Bf16BitsToFloat(cr[e]));
-            const float rot = e < half ? -Bf16BitsToFloat(xr[e + half]) : Bf16BitsToFloat(xr[e - half]);
-            const float r = rounded(rot * Bf16BitsToFloat(sr[e]));
-            o[e] = FloatToBf16Bits(a + r);
-          }
-        }
+      for (int64_t j = 0; j < t; ++j, o += heads * d) {
+        const int64_t cs = (i * t + j) * d;
+        (avx2 ? gemv::RopeRowsBf16Avx2 : gemv::RopeRowsBf16Portable)(xd + i * x.stride(0) + j * x.stride(1), heads, d,
+                                                                     c + cs, s + cs, o);
       }
     }
     return out;
@@ -224,13 +205,8 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
     const float* w = weight.data_ptr<float>();
     const float* in = x.data_ptr<float>();
     float* o = out.data_ptr<float>();
-    for (int64_t r = 0; r < x.numel() / n; ++r, in += n, o += n) {
-      double sum = 0;
-      for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(in[i]) * in[i];
-      const float variance = static_cast<float>(sum / n);
-      const float inv = 1.0f / std::sqrt(variance + static_cast<float>(eps));
-      for (int64_t i = 0; i < n; ++i) o[i] = w[i] * (in[i] * inv);
-    }
+    const auto row = RowKernelsAvx2() ? gemv::RmsNormRowAvx2 : gemv::RmsNormRowPortable;
+    for (int64_t r = 0; r < x.numel() / n; ++r, in += n, o += n) row(in, w, n, static_cast<float>(eps), o);
     return out;
   }
   if (Inference() && UseCpuKernels(x.device()) && x.scalar_type() == at::kBFloat16 &&
@@ -244,19 +220,8 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
     const auto* w = reinterpret_cast<const uint16_t*>(weight.data_ptr());
     const auto* in = reinterpret_cast<const uint16_t*>(x.data_ptr());
     auto* o = reinterpret_cast<uint16_t*>(out.data_ptr());
-    for (int64_t r = 0; r < x.numel() / n; ++r, in += n, o += n) {
-      double sum = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const double v = Bf16BitsToFloat(in[i]);
-        sum += v * v;
-      }
-      const float variance = static_cast<float>(sum / n);
-      const float inv = 1.0f / std::sqrt(variance + static_cast<float>(eps));
-      for (int64_t i = 0; i < n; ++i) {
-        const float h = Bf16BitsToFloat(FloatToBf16Bits(Bf16BitsToFloat(in[i]) * inv));
-        o[i] = FloatToBf16Bits(Bf16BitsToFloat(w[i]) * h);
-      }
-    }
+    const auto row = RowKernelsAvx2() ? gemv::RmsNormRowBf16Avx2 : gemv::RmsNormRowBf16Portable;
+    for (int64_t r = 0; r < x.numel() / n; ++r, in += n, o += n) row(in, w, n, static_cast<float>(eps), o);
     return out;
   }
   at::Tensor h = x.to(at::kFloat);
