@@ -178,4 +178,22 @@ RowChunks SplitRows(int64_t rows, int64_t inputs, int threads) {
   return c;
 }
 
+const RowChunks& SplitRowsCached(int64_t rows, int64_t inputs, int threads) {
+  struct Entry {
+    int64_t rows = -1, inputs = -1;
+    int threads = -1;
+    RowChunks chunks;
+  };
+  constexpr int kEntries = 8;
+  thread_local Entry entries[kEntries];
+  thread_local int next = 0;
+  for (const Entry& e : entries) {
+    if (e.rows == rows && e.inputs == inputs && e.threads == threads) return e.chunks;
+  }
+  Entry& e = entries[next];
+  next = (next + 1) % kEntries;
+  e = {rows, inputs, threads, SplitRows(rows, inputs, threads)};
+  return e.chunks;
+}
+
 }  // namespace internvl::llm

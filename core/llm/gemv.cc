@@ -426,7 +426,7 @@ at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
     gemv::PrepareAvx2(p, scratch.data_ptr<float>());
   }
   const int threads = at::get_num_threads();
-  const RowChunks chunks = SplitRows(out, in, threads);
+  const RowChunks& chunks = SplitRowsCached(out, in, threads);
   ParallelChunks(chunks.count(), threads, [&](int64_t chunk) {
     const int64_t r0 = chunks.begin[chunk], r1 = chunks.begin[chunk + 1];
     switch (kernel) {

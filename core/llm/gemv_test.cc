@@ -165,6 +165,15 @@ TEST(SplitRows, OneEqualChunkPerThreadUpTo4096Rows) {
   // The MLP's wide matrix and the head keep several chunks per thread.
   EXPECT_GT(SplitRows(9728, 896, 2).count(), 2 * 4);
   EXPECT_GT(SplitRows(151655, 896, 2).count(), 2 * 4);
+  // Remembered per thread: the same split, the same object while fewer than 8
+  // new ones are made in between.
+  const RowChunks& head = SplitRowsCached(151655, 896, 2);
+  EXPECT_EQ(head.begin, SplitRows(151655, 896, 2).begin);
+  for (int64_t rows = 1; rows <= 7; ++rows)
+    EXPECT_EQ(SplitRowsCached(rows, 896, 2).begin, SplitRows(rows, 896, 2).begin);
+  EXPECT_EQ(&SplitRowsCached(151655, 896, 2), &head);
+  EXPECT_EQ(SplitRowsCached(151655, 896, 3).begin, SplitRows(151655, 896, 3).begin);
+  EXPECT_EQ(SplitRowsCached(151655, 448, 2).begin, SplitRows(151655, 448, 2).begin);
 }
 
 TEST(GemvKernels, ScaleIsPowerOfTwoOnlyWhereTheReciprocalIsExact) {

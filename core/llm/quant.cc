@@ -8,8 +8,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/llm/bf16_bits.h"
 #include "core/llm/chunk_pool.h"
 #include "core/llm/gemv.h"
 #include "core/llm/gemv_kernels.h"
@@ -18,6 +20,27 @@
 
 namespace internvl::llm {
 namespace {
+
+// The values of t (contiguous) as fp32: its own data when fp32, else widened
+// into `buffer` (bf16 exactly, in AVX2 vectors where `avx2`; other dtypes
+// through libtorch's cast).
+const float* WidenedToFloat(const at::Tensor& t, std::vector<float>& buffer, bool avx2) {
+  if (t.scalar_type() == at::kFloat) return t.data_ptr<float>();
+  const int64_t n = t.numel();
+  buffer.resize(static_cast<size_t>(n));
+  if (t.scalar_type() == at::kBFloat16) {
+    const auto* src = reinterpret_cast<const uint16_t*>(t.data_ptr());
+    if (avx2) {
+      gemv::Bf16ToFloatAvx2(src, buffer.data(), n);
+    } else {
+      for (int64_t i = 0; i < n; ++i) buffer[i] = Bf16BitsToFloat(src[i]);
+    }
+  } else {
+    const at::Tensor f = t.to(at::kFloat);
+    std::memcpy(buffer.data(), f.data_ptr<float>(), static_cast<size_t>(n) * sizeof(float));
+  }
+  return buffer.data();
+}
 
 // AutoAWQ packs output columns 8j + kAwqOrder[i] into bits 4i of int32 j.
 constexpr int kAwqOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};
@@ -324,10 +347,10 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
   const int64_t in = w.in(), out = w.out();
   TORCH_CHECK(x.size(-1) == in, "quantized linear: input has ", x.size(-1), " features, the weights ", in);
   const int64_t rows = x.numel() / in;
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  c10::SmallVector<int64_t, 5> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out;
-  const at::Tensor x2 = x.reshape({rows, in});
   if (rows > kMaxFastLinearRows || at::GradMode::is_enabled()) {
+    const at::Tensor x2 = x.reshape({rows, in});
     // Prefill: dequantized tiles of rows through libtorch's GEMM in the
     // compute dtype (fp32 where bf16 matmuls are not native).
     const at::ScalarType dtype =
@@ -342,39 +365,35 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
     }
     return y.to(x.scalar_type()).view(shape);
   }
-  // Few libtorch ops between two products (see FastLinear): our own casts,
-  // and a bf16 result is stored by the kernel itself.
-  const at::Tensor x2c = x2.is_contiguous() ? x2 : x2.contiguous();
-  const at::Tensor xf = CastFloatBf16(x2c, at::kFloat);
-  const at::Tensor bf = b.defined() ? CastFloatBf16(b.contiguous(), at::kFloat) : at::Tensor();
+  // Few libtorch ops between two products (see FastLinear): the input and the
+  // bias widened into buffers reused per thread (an fp32 tensor per call cost
+  // ~1-2 us each from cold caches), and a bf16 result stored by the kernel.
+  const QuantKernel kernel = ActiveQuantKernel();
+  const bool avx2 = kernel != QuantKernel::kPortable && gemv::CpuHasAvx2Fma();
+  const at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
+  thread_local std::vector<float> t_x, t_b;
+  const float* xf = WidenedToFloat(xc, t_x, avx2);
+  const float* bf = b.defined() ? WidenedToFloat(b.contiguous(), t_b, avx2) : nullptr;
   // bf16 results stored by the kernels; any other dtype computed in fp32
   // and cast at the end.
   const bool bf16_out = x.scalar_type() == at::kBFloat16;
-  at::Tensor y = at::empty({rows, out}, x.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
+  at::Tensor y = at::empty(shape, x.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
   float* y32 = bf16_out ? nullptr : y.data_ptr<float>();
   uint16_t* y16 = bf16_out ? reinterpret_cast<uint16_t*>(y.data_ptr()) : nullptr;
   // Reused per thread (its vectors keep their capacity between calls).
   thread_local quant::Activations acts;
-  const QuantKernel kernel = ActiveQuantKernel();
-  acts.Prepare(xf.data_ptr<float>(), rows, in, w.padded_in(), w.kind() == QuantMatrix::Kind::kInt4 ? w.group() : 0,
-               kernel != QuantKernel::kPortable && gemv::CpuHasAvx2Fma());
+  acts.Prepare(xf, rows, in, w.padded_in(), w.kind() == QuantMatrix::Kind::kInt4 ? w.group() : 0, avx2);
   quant::Int8Problem p8;
   quant::Int4Problem p4;
   if (w.kind() == QuantMatrix::Kind::kInt8) {
-    p8 = {&acts,
-          w.data().data_ptr<int8_t>(),
-          w.scale().data_ptr<float>(),
-          bf.defined() ? bf.data_ptr<float>() : nullptr,
-          y32,
-          out,
-          y16};
+    p8 = {&acts, w.data().data_ptr<int8_t>(), w.scale().data_ptr<float>(), bf, y32, out, y16};
   } else {
     p4 = {&acts,
           w.data().data_ptr<uint8_t>(),
           w.scale().data_ptr<float>(),
           w.zmin().data_ptr<float>(),
           w.group(),
-          bf.defined() ? bf.data_ptr<float>() : nullptr,
+          bf,
           y32,
           out,
           y16};
@@ -382,7 +401,7 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
   // (By rows of `in` weights whatever their width: by bytes, 128 KB made
   // int4 matrices of ~1000 rows 4-5 chunks, and one thread took 3 of 5.)
   const int threads = at::get_num_threads();
-  const RowChunks chunks = SplitRows(out, in, threads);
+  const RowChunks& chunks = SplitRowsCached(out, in, threads);
   const bool int8 = w.kind() == QuantMatrix::Kind::kInt8;
   ParallelChunks(chunks.count(), threads, [&](int64_t chunk) {
     const int64_t r0 = chunks.begin[chunk], r1 = chunks.begin[chunk + 1];
@@ -395,7 +414,7 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
         return int8 ? quant::Int8RowsPortable(p8, r0, r1) : quant::Int4RowsPortable(p4, r0, r1);
     }
   });
-  return (y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type())).view(shape);
+  return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
 }
 
 }  // namespace internvl::llm
