@@ -1,10 +1,13 @@
 #include "core/llm/causal_lm.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 
 #include "core/llm/gemv.h"
+#include "core/llm/modules.h"
+#include "core/nn/activation.h"
 #include "gtest/gtest.h"
 
 namespace internvl::llm {
@@ -213,6 +216,34 @@ void ExpectRopeLoopsAreOps(int64_t d) {
                           }()))
         << dtype;
   }
+}
+
+// A decode row of a wide MLP (bf16, 4864 columns: each row's SwiGLU split
+// between the threads) gives the bits of the unsplit ops, fused or not.
+TEST(LlamaMLP, DecodeRowSplitBetweenThreadsKeepsTheBits) {
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  for (LlmArch arch : {LlmArch::kQwen2, LlmArch::kInternLM2}) {
+    LlmConfig c = TinyConfig(arch);
+    c.hidden_size = 64;
+    c.intermediate_size = 4864;
+    auto lm = CausalLM::CreateRandom(c, at::kBFloat16, 3, 0.2);
+    ASSERT_TRUE(lm.ok());
+    auto& layer = (*lm)->module()->model->typed_layers[0];
+    at::InferenceMode guard;
+    const at::Tensor x = (at::randn({1, 1, c.hidden_size}) * 2).to(at::kBFloat16);
+    at::Tensor fused, unfused;
+    if (auto* l = dynamic_cast<LlamaDecoderLayerImpl*>(layer.get())) {
+      fused = l->mlp->forward(x);
+      unfused = l->mlp->down_proj(SwiGlu(l->mlp->gate_proj(x), l->mlp->up_proj(x)));
+    } else {
+      auto* m = dynamic_cast<InternLM2DecoderLayerImpl*>(layer.get())->feed_forward.get();
+      fused = m->forward(x);
+      unfused = m->w2(SwiGlu(m->w1(x), m->w3(x)));
+    }
+    EXPECT_TRUE(at::equal(fused, unfused)) << static_cast<int>(arch);
+  }
+  at::set_num_threads(threads);
 }
 
 TEST(RotaryEmbedding, DynamicNtkEnlargesBaseOnlyPastMaxAndKeepsIt) {

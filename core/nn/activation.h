@@ -18,4 +18,11 @@ at::Tensor SwiGlu(const at::Tensor& gate, const at::Tensor& up);
 // Whether SwiGlu would run the kernel.
 bool SwiGluRunsKernel(const at::Tensor& gate, const at::Tensor& up);
 
+// SwiGlu's kernel over columns [begin, end) of every row, written into `out`
+// (contiguous, of gate's shape and dtype); only where SwiGluRunsKernel(gate,
+// up). For a caller splitting a few wide rows between threads: elementwise,
+// so the same bits as SwiGlu, and threads may write disjoint columns of one
+// `out` at once.
+void SwiGluColumns(const at::Tensor& gate, const at::Tensor& up, const at::Tensor& out, int64_t begin, int64_t end);
+
 }  // namespace internvl

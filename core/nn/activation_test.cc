@@ -74,5 +74,25 @@ TEST(SwiGlu, KernelOnlyWhereAllowed) {
   ForceGenericKernels(false);
 }
 
+// Columns split between callers (a decode row split between threads): the
+// pieces together give SwiGlu's bits, rows of the fused halves at a stride.
+TEST(SwiGlu, ColumnsGiveTheWholeRowsBits) {
+  if (!KernelsHere()) GTEST_SKIP() << "no SwiGLU kernel on this CPU";
+  at::InferenceMode inference;
+  for (const int64_t n : {4864, 100, 9}) {
+    SCOPED_TRACE(testing::Message() << "row length " << n);
+    const at::Tensor gu = (at::randn({1, 3, 2 * n}) * 4).to(at::kBFloat16);
+    const at::Tensor gate = gu.narrow(-1, 0, n), up = gu.narrow(-1, n, n);
+    ASSERT_TRUE(SwiGluRunsKernel(gate, up));
+    const at::Tensor whole = SwiGlu(gate, up);
+    at::Tensor pieces = at::empty(gate.sizes(), gate.options());
+    const int64_t cuts[] = {0, std::min<int64_t>(n, 16), n / 2 + 3, n};  // not all on 8-column vectors
+    for (int i = 0; i < 3; ++i) {
+      if (cuts[i] < cuts[i + 1]) SwiGluColumns(gate, up, pieces, cuts[i], cuts[i + 1]);
+    }
+    EXPECT_TRUE(at::equal(pieces, whole));
+  }
+}
+
 }  // namespace
 }  // namespace internvl
