@@ -197,6 +197,27 @@ TEST(ApplyRope, DecodeLoopsAreBitIdenticalToOps) {
   ForceGemvKernel(std::nullopt);
 }
 
+TEST(Add, DecodeRowsGiveLibtorchsBits) {
+  for (GemvKernel kernel : kKernels) {
+    if (!ForceGemvKernel(kernel)) continue;
+    SCOPED_TRACE(GemvKernelName(kernel));
+    for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      for (int64_t n : {896, 13}) {  // (13: a tail past the 8-wide vectors)
+        // Values of far apart sizes: the fp32 sum rounds before bf16 does.
+        const at::Tensor x = (at::randn({1, 2, n}) * at::pow(10, at::randint(-3, 4, {1, 2, n}))).to(dtype);
+        const at::Tensor y = (at::randn({1, 2, n}) * 1e3).to(dtype);
+        const at::Tensor ops = x + y;
+        at::InferenceMode guard;
+        EXPECT_TRUE(at::equal(Add(x, y), ops)) << dtype << " " << n;
+        at::Tensor z = x.clone();
+        EXPECT_TRUE(at::equal(AddInPlace(z, y), ops)) << dtype << " " << n;
+        EXPECT_TRUE(at::equal(z, ops)) << dtype << " " << n;
+      }
+    }
+  }
+  ForceGemvKernel(std::nullopt);
+}
+
 void ExpectRopeLoopsAreOps(int64_t d) {
   for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     const at::Tensor x = at::randn({1, 3, 4, d}).mul(4).to(dtype);

@@ -156,6 +156,14 @@ void RmsNormRowBf16Portable(const uint16_t* x, const uint16_t* w, int64_t n, flo
   for (int64_t i = 0; i < n; ++i) out[i] = FloatToBf16Bits(Bf16Bits(w[i]) * RoundedBf16(Bf16Bits(x[i]) * inv));
 }
 
+void AddRowPortable(const float* a, const float* b, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+void AddRowBf16Portable(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = FloatToBf16Bits(Bf16Bits(a[i]) + Bf16Bits(b[i]));
+}
+
 void RopeRowsPortable(const float* x, int64_t heads, int64_t d, const float* cos, const float* sin, float* out) {
   const int64_t half = d / 2;
   for (int64_t h = 0; h < heads; ++h, x += d, out += d) {
@@ -189,6 +197,10 @@ void RmsNormRowBf16Avx2(const uint16_t* x, const uint16_t* w, int64_t n, float e
 }
 void RopeRowsAvx2(const float* x, int64_t heads, int64_t d, const float* cos, const float* sin, float* out) {
   RopeRowsPortable(x, heads, d, cos, sin, out);
+}
+void AddRowAvx2(const float* a, const float* b, int64_t n, float* out) { AddRowPortable(a, b, n, out); }
+void AddRowBf16Avx2(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out) {
+  AddRowBf16Portable(a, b, n, out);
 }
 void RopeRowsBf16Avx2(const uint16_t* x, int64_t heads, int64_t d, const uint16_t* cos, const uint16_t* sin,
                       uint16_t* out) {
@@ -499,6 +511,25 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   return dtype == at::kFloat ? y : y.to(dtype);
 }
 
+namespace {
+
+// The values of t (contiguous fp32 or bf16) as fp32: its own data, or widened
+// (exactly) into `buffer`.
+const float* FloatRows(const at::Tensor& t, std::vector<float>& buffer) {
+  if (t.scalar_type() == at::kFloat) return t.data_ptr<float>();
+  const int64_t n = t.numel();
+  buffer.resize(static_cast<size_t>(n));
+  const auto* src = reinterpret_cast<const uint16_t*>(t.data_ptr());
+  if (ActiveGemvKernel() != GemvKernel::kPortable) {
+    gemv::Bf16ToFloatAvx2(src, buffer.data(), n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) buffer[i] = Bf16BitsToFloat(src[i]);
+  }
+  return buffer.data();
+}
+
+}  // namespace
+
 at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool, const at::Tensor& value_pool,
                                 const std::vector<const std::vector<int32_t>*>& tables,
                                 const std::vector<int64_t>& lens) {
@@ -529,15 +560,18 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     if (lens[s] < 1 || static_cast<int64_t>(tables[s]->size()) * bs < lens[s]) return {};
   }
   const int64_t groups = heads / kv_heads;
-  const at::Tensor qc = CastFloatBf16(q.contiguous(), at::kFloat);  // (our casts: no libtorch dispatch per layer)
   const bool avx2 = ActiveGemvKernel() != GemvKernel::kPortable && dim % 8 == 0;
+  // The queries in fp32 and the result before its cast: per-thread buffers
+  // (a tensor each cost ~1-2 us per layer between two products).
+  const at::Tensor qcont = q.contiguous();
+  thread_local std::vector<float> t_q, t_out;
+  const float* qp = FloatRows(qcont, t_q);
   // bf16 queries over a bf16 cache (a model computed in bf16): AVX-512-BF16
   // dot products, 4-5x fewer instructions than widening every key and value
   // for each of the group's query heads.
   const bool native_bf16 =
       bf16 && q.scalar_type() == at::kBFloat16 && ActiveGemvKernel() == GemvKernel::kAvx512Bf16 && dim % 32 == 0;
-  const at::Tensor qb = native_bf16 ? q.contiguous() : at::Tensor();
-  const uint16_t* qbp = native_bf16 ? reinterpret_cast<const uint16_t*>(qb.data_ptr()) : nullptr;
+  const uint16_t* qbp = native_bf16 ? reinterpret_cast<const uint16_t*>(qcont.data_ptr()) : nullptr;
   const float scale = static_cast<float>(std::sqrt(static_cast<double>(dim)));
   // Split softmax ("flash decoding"): one chunk per (sequence, kv head,
   // segment of keys) runs the group's query heads over its segment: all their
@@ -608,7 +642,6 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   parts.resize(static_cast<size_t>(seg_first[seqs] * heads));
   partial.resize(static_cast<size_t>(seg_first[seqs] * heads * dim));
   scratch.resize(chunks.size() * groups * segment + chunks.size() * dim);
-  const float* qp = qc.data_ptr<float>();
   // fp32 or bf16 (uint16_t bits) rows.
   const void* kp = key_pool.data_ptr();
   const void* vp = value_pool.data_ptr();
@@ -715,8 +748,10 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       }
     }
   });
-  at::Tensor out = at::empty({seqs, heads * dim}, qc.options());
-  float* op = out.data_ptr<float>();
+  at::Tensor out = at::empty({seqs, heads * dim}, q.options());
+  const bool fp32_out = q.scalar_type() == at::kFloat;
+  if (!fp32_out) t_out.resize(static_cast<size_t>(seqs * heads * dim));
+  float* op = fp32_out ? out.data_ptr<float>() : t_out.data();
   for (int64_t s = 0; s < seqs; ++s) {
     for (int64_t h = 0; h < heads; ++h) {
       const gemv::Segment* seg = parts.data() + part_index(s, h, 0);
@@ -735,12 +770,20 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       for (int64_t d = 0; d < dim; ++d) o[d] *= inv;
     }
   }
-  constexpr size_t kKeepBytes = size_t{16} << 20;
-  if ((scratch.capacity() + partial.capacity()) * sizeof(float) > kKeepBytes) {
-    std::vector<float>().swap(scratch);
-    std::vector<float>().swap(partial);
+  if (!fp32_out) {  // bf16 (Supported): rounded as libtorch's cast
+    auto* o16 = reinterpret_cast<uint16_t*>(out.data_ptr());
+    const int64_t n = seqs * heads * dim;
+    if (avx2) {
+      gemv::FloatToBf16Avx2(op, o16, n);
+    } else {
+      for (int64_t i = 0; i < n; ++i) o16[i] = FloatToBf16Bits(op[i]);
+    }
   }
-  return CastFloatBf16(out, q.scalar_type());
+  constexpr size_t kKeepBytes = size_t{16} << 20;
+  if ((scratch.capacity() + partial.capacity() + t_q.capacity() + t_out.capacity()) * sizeof(float) > kKeepBytes) {
+    for (std::vector<float>* v : {&scratch, &partial, &t_q, &t_out}) std::vector<float>().swap(*v);
+  }
+  return out;
 }
 
 namespace {

@@ -278,6 +278,23 @@ void RmsNormRowBf16Avx2(const uint16_t* x, const uint16_t* w, int64_t n, float e
   }
 }
 
+void AddRowAvx2(const float* a, const float* b, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+  for (; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+void AddRowBf16Avx2(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    simd::StoreBf16x8(out + i, _mm256_add_ps(simd::LoadBf16x8(a + i), simd::LoadBf16x8(b + i)));
+  }
+  if (i < n) {
+    const int64_t t = n - i;
+    simd::StoreBf16Tail(out + i, t, _mm256_add_ps(simd::LoadBf16Tail(a + i, t), simd::LoadBf16Tail(b + i, t)));
+  }
+}
+
 void RopeRowsAvx2(const float* x, int64_t heads, int64_t d, const float* cos, const float* sin, float* out) {
   const int64_t half = d / 2;
   const __m256 sign = _mm256_set1_ps(-0.0f);

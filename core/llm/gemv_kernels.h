@@ -77,6 +77,12 @@ void RmsNormRowPortable(const float* x, const float* w, int64_t n, float eps, fl
 void RmsNormRowBf16Portable(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out);
 void RmsNormRowAvx2(const float* x, const float* w, int64_t n, float eps, float* out);
 void RmsNormRowBf16Avx2(const uint16_t* x, const uint16_t* w, int64_t n, float eps, uint16_t* out);
+// out = a + b over n values, in bf16 the fp32 sum rounded (as libtorch's
+// bf16 add); out may be a.
+void AddRowPortable(const float* a, const float* b, int64_t n, float* out);
+void AddRowBf16Portable(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out);
+void AddRowAvx2(const float* a, const float* b, int64_t n, float* out);
+void AddRowBf16Avx2(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out);
 // The rotary embedding of `heads` rows of d (row h at x + h * d) at one
 // position (cos, sin [d]): out = x * cos + rotate_half(x) * sin, where
 // rotate_half(x) = cat(-x[d/2:], x[:d/2]); both products are rounded, then

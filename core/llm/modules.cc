@@ -253,6 +253,44 @@ at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
   return weight * h.to(x.scalar_type());
 }
 
+namespace {
+
+// Whether x and y are rows the decode row kernels add: outside autograd, on
+// the CPU kernels, one dtype (fp32 or bf16), one shape, contiguous, few rows.
+bool RowsToAdd(const at::Tensor& x, const at::Tensor& y) {
+  return Inference() && UseCpuKernels(x.device()) && y.device() == x.device() && x.scalar_type() == y.scalar_type() &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x.sizes() == y.sizes() &&
+         x.is_contiguous() && y.is_contiguous() && x.dim() > 0 && x.size(-1) > 0 &&
+         x.numel() / x.size(-1) <= kMaxLoopRows;
+}
+
+void AddRows(const at::Tensor& x, const at::Tensor& y, at::Tensor& out) {
+  const int64_t n = x.numel();
+  if (x.scalar_type() == at::kFloat) {
+    (RowKernelsAvx2() ? gemv::AddRowAvx2 : gemv::AddRowPortable)(x.data_ptr<float>(), y.data_ptr<float>(), n,
+                                                                 out.data_ptr<float>());
+    return;
+  }
+  (RowKernelsAvx2() ? gemv::AddRowBf16Avx2 : gemv::AddRowBf16Portable)(reinterpret_cast<const uint16_t*>(x.data_ptr()),
+                                                                       reinterpret_cast<const uint16_t*>(y.data_ptr()),
+                                                                       n, reinterpret_cast<uint16_t*>(out.data_ptr()));
+}
+
+}  // namespace
+
+at::Tensor Add(const at::Tensor& x, const at::Tensor& y) {
+  if (!RowsToAdd(x, y)) return x + y;
+  at::Tensor out = at::empty_like(x);
+  AddRows(x, y, out);
+  return out;
+}
+
+at::Tensor& AddInPlace(at::Tensor& x, const at::Tensor& y) {
+  if (!RowsToAdd(x, y)) return x.add_(y);
+  AddRows(x, y, x);
+  return x;
+}
+
 at::Tensor FuseRows(const std::vector<at::Tensor*>& parts) {
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> data;
@@ -389,9 +427,9 @@ void LlamaDecoderLayerImpl::Quantize(Quantization mode) {
 }
 
 at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& x, const LayerContext& ctx) {
-  at::Tensor h = x + self_attn->forward(input_layernorm(x), ctx, layer_index);
+  at::Tensor h = Add(x, self_attn->forward(input_layernorm(x), ctx, layer_index));
   at::Tensor m = mlp(post_attention_layernorm(h));
-  return Inference() ? h.add_(m) : h + m;
+  return Inference() ? AddInPlace(h, m) : h + m;
 }
 
 std::pair<at::Tensor, at::Tensor> LlamaDecoderLayerImpl::QueryKey(const at::Tensor& x, const LayerContext& ctx) {
@@ -475,9 +513,9 @@ void InternLM2DecoderLayerImpl::Quantize(Quantization mode) {
 }
 
 at::Tensor InternLM2DecoderLayerImpl::forward(const at::Tensor& x, const LayerContext& ctx) {
-  at::Tensor h = x + attention->forward(attention_norm(x), ctx, layer_index);
+  at::Tensor h = Add(x, attention->forward(attention_norm(x), ctx, layer_index));
   at::Tensor m = feed_forward(ffn_norm(h));
-  return Inference() ? h.add_(m) : h + m;
+  return Inference() ? AddInPlace(h, m) : h + m;
 }
 
 std::pair<at::Tensor, at::Tensor> InternLM2DecoderLayerImpl::QueryKey(const at::Tensor& x, const LayerContext& ctx) {

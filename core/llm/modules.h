@@ -102,6 +102,12 @@ class RMSNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(RMSNorm);
 
+// The residual sums x + y and x += y (returning x): for a decode step's few
+// rows the row kernels (gemv_kernels.h; the same bits as libtorch's add),
+// else libtorch's ops (add_ only outside autograd).
+at::Tensor Add(const at::Tensor& x, const at::Tensor& y);
+at::Tensor& AddInPlace(at::Tensor& x, const at::Tensor& y);
+
 // Rows [offsets[i], offsets[i]+rows[i]) of one fused weight become the data of
 // each parameter (they share storage), so a single matmul computes several
 // projections while the per-key parameters still load, save and train. Returns
