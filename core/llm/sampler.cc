@@ -70,32 +70,52 @@ bool Processed(const float* row, int64_t vocab, const std::vector<int64_t>& cont
 }
 
 // torch.argmax's choice: the first maximum, NaN counting as the maximum.
-// SSE2 scans find the largest value and whether there is a NaN, then the
-// first position holding it.
+// One SSE2 pass keeps each lane's largest value and where it first was (and
+// whether there is a NaN); the lanes' first position of the largest wins. (A
+// second pass looking for the first position holding the maximum cost ~40 us
+// per decode step on a 151,655-id vocabulary.)
 int64_t ArgMax(const float* row, int64_t vocab) {
-  int64_t i = 0;
+  int64_t i = 0, at = 0;
   float top = -std::numeric_limits<float>::infinity();
   bool nan = false;
 #if defined(__SSE2__)
-  __m128 top4 = _mm_set1_ps(top), nan4 = _mm_setzero_ps();
-  for (; i + 4 <= vocab; i += 4) {
-    const __m128 v = _mm_loadu_ps(row + i);
-    top4 = _mm_max_ps(v, top4);  // (a NaN v gives top4)
-    nan4 = _mm_or_ps(nan4, _mm_cmpunord_ps(v, v));
+  if (vocab >= 4 && vocab <= std::numeric_limits<int32_t>::max()) {
+    __m128 top4 = _mm_set1_ps(top), nan4 = _mm_setzero_ps();
+    __m128i at4 = _mm_setzero_si128(), index4 = _mm_setr_epi32(0, 1, 2, 3);
+    const __m128i step = _mm_set1_epi32(4);
+    for (; i + 4 <= vocab; i += 4, index4 = _mm_add_epi32(index4, step)) {
+      const __m128 v = _mm_loadu_ps(row + i);
+      const __m128 greater = _mm_cmpgt_ps(v, top4);  // (false for NaN: a lane keeps its first maximum)
+      top4 = _mm_or_ps(_mm_and_ps(greater, v), _mm_andnot_ps(greater, top4));
+      const __m128i g = _mm_castps_si128(greater);
+      at4 = _mm_or_si128(_mm_and_si128(g, index4), _mm_andnot_si128(g, at4));
+      nan4 = _mm_or_ps(nan4, _mm_cmpunord_ps(v, v));
+    }
+    alignas(16) float lanes[4];
+    alignas(16) int32_t where[4];
+    _mm_store_ps(lanes, top4);
+    _mm_store_si128(reinterpret_cast<__m128i*>(where), at4);
+    top = std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
+    at = vocab;
+    for (int l = 0; l < 4; ++l) {
+      if (lanes[l] == top) at = std::min<int64_t>(at, where[l]);
+    }
+    nan = _mm_movemask_ps(nan4) != 0;
   }
-  alignas(16) float lanes[4];
-  _mm_store_ps(lanes, top4);
-  top = std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
-  nan = _mm_movemask_ps(nan4) != 0;
 #endif
   for (; i < vocab; ++i) {
     nan |= std::isnan(row[i]);
-    if (row[i] > top) top = row[i];
+    if (row[i] > top || (i == 0 && !std::isnan(row[i]))) {
+      top = row[i];
+      at = i;
+    }
   }
-  for (int64_t j = 0; j < vocab; ++j) {
-    if (nan ? std::isnan(row[j]) : row[j] == top) return j;
+  if (nan) {
+    for (int64_t j = 0; j < vocab; ++j) {
+      if (std::isnan(row[j])) return j;
+    }
   }
-  return 0;
+  return at;
 }
 
 // The k-th largest of x [n] (ties counted, as torch.topk's values), 0 < k <

@@ -211,6 +211,22 @@ TEST(Sampler, GreedyArgmaxTailsAndEdges) {
   EXPECT_EQ((*ids)[0], 1);
 }
 
+// The maximum tied in several lanes of the vector scan, at any distance: the
+// first position wins, as torch.argmax's.
+TEST(Sampler, GreedyArgmaxFirstOfTiedMaximaAcrossLanes) {
+  auto s = Sampler::Create(SamplingParams{});
+  ASSERT_TRUE(s.ok());
+  at::manual_seed(11);
+  for (int64_t n : {8, 9, 64, 151655}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      const at::Tensor row = at::randint(0, trial % 2 == 0 ? 3 : 1000, {1, n}).to(at::kFloat);
+      auto ids = s->Next(row, {{}});
+      ASSERT_TRUE(ids.ok());
+      EXPECT_EQ((*ids)[0], row.argmax(-1).item<int64_t>()) << "n " << n << " trial " << trial;
+    }
+  }
+}
+
 // The draw's own loops (Candidates) keep exactly the ids Process leaves
 // finite, with the same score bits, and their softmax; over temperatures,
 // top-k below, at and above the vocabulary, top-p, and a penalty whose
