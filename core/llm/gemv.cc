@@ -511,24 +511,23 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   return dtype == at::kFloat ? y : y.to(dtype);
 }
 
-namespace {
-
-// The values of t (contiguous fp32 or bf16) as fp32: its own data, or widened
-// (exactly) into `buffer`.
-const float* FloatRows(const at::Tensor& t, std::vector<float>& buffer) {
+const float* FloatValues(const at::Tensor& t, std::vector<float>& buffer, bool avx2) {
   if (t.scalar_type() == at::kFloat) return t.data_ptr<float>();
   const int64_t n = t.numel();
   buffer.resize(static_cast<size_t>(n));
-  const auto* src = reinterpret_cast<const uint16_t*>(t.data_ptr());
-  if (ActiveGemvKernel() != GemvKernel::kPortable) {
-    gemv::Bf16ToFloatAvx2(src, buffer.data(), n);
+  if (t.scalar_type() == at::kBFloat16) {
+    const auto* src = reinterpret_cast<const uint16_t*>(t.data_ptr());
+    if (avx2) {
+      gemv::Bf16ToFloatAvx2(src, buffer.data(), n);
+    } else {
+      for (int64_t i = 0; i < n; ++i) buffer[i] = Bf16BitsToFloat(src[i]);
+    }
   } else {
-    for (int64_t i = 0; i < n; ++i) buffer[i] = Bf16BitsToFloat(src[i]);
+    const at::Tensor f = t.to(at::kFloat);
+    std::memcpy(buffer.data(), f.data_ptr<float>(), static_cast<size_t>(n) * sizeof(float));
   }
   return buffer.data();
 }
-
-}  // namespace
 
 at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool, const at::Tensor& value_pool,
                                 const std::vector<const std::vector<int32_t>*>& tables,
@@ -565,7 +564,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   // (a tensor each cost ~1-2 us per layer between two products).
   const at::Tensor qcont = q.contiguous();
   thread_local std::vector<float> t_q, t_out;
-  const float* qp = FloatRows(qcont, t_q);
+  const float* qp = FloatValues(qcont, t_q, ActiveGemvKernel() != GemvKernel::kPortable);
   // bf16 queries over a bf16 cache (a model computed in bf16): AVX-512-BF16
   // dot products, 4-5x fewer instructions than widening every key and value
   // for each of the group's query heads.

@@ -105,4 +105,10 @@ int64_t MoveToHugePages(const std::vector<at::Tensor>& tensors);
 // in a VM); a plain 62 MB read here ran 1.5x faster from 2 MiB pages.
 at::Tensor EmptyOnHugePages(at::IntArrayRef shape, at::ScalarType dtype);
 
+// The values of a contiguous CPU tensor as fp32: its own data when fp32, else
+// widened into `buffer` (bf16 exactly, in AVX2 vectors where `avx2`, only when
+// the CPU has them; other dtypes through libtorch's cast). For the decode
+// path's per-thread buffers: a fresh fp32 tensor per call cost ~1-2 us there.
+const float* FloatValues(const at::Tensor& t, std::vector<float>& buffer, bool avx2);
+
 }  // namespace internvl::llm

@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "core/llm/bf16_bits.h"
 #include "core/llm/chunk_pool.h"
 #include "core/llm/gemv.h"
 #include "core/llm/gemv_kernels.h"
@@ -20,27 +19,6 @@
 
 namespace internvl::llm {
 namespace {
-
-// The values of t (contiguous) as fp32: its own data when fp32, else widened
-// into `buffer` (bf16 exactly, in AVX2 vectors where `avx2`; other dtypes
-// through libtorch's cast).
-const float* WidenedToFloat(const at::Tensor& t, std::vector<float>& buffer, bool avx2) {
-  if (t.scalar_type() == at::kFloat) return t.data_ptr<float>();
-  const int64_t n = t.numel();
-  buffer.resize(static_cast<size_t>(n));
-  if (t.scalar_type() == at::kBFloat16) {
-    const auto* src = reinterpret_cast<const uint16_t*>(t.data_ptr());
-    if (avx2) {
-      gemv::Bf16ToFloatAvx2(src, buffer.data(), n);
-    } else {
-      for (int64_t i = 0; i < n; ++i) buffer[i] = Bf16BitsToFloat(src[i]);
-    }
-  } else {
-    const at::Tensor f = t.to(at::kFloat);
-    std::memcpy(buffer.data(), f.data_ptr<float>(), static_cast<size_t>(n) * sizeof(float));
-  }
-  return buffer.data();
-}
 
 // AutoAWQ packs output columns 8j + kAwqOrder[i] into bits 4i of int32 j.
 constexpr int kAwqOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};
@@ -372,8 +350,8 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
   const bool avx2 = kernel != QuantKernel::kPortable && gemv::CpuHasAvx2Fma();
   const at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
   thread_local std::vector<float> t_x, t_b;
-  const float* xf = WidenedToFloat(xc, t_x, avx2);
-  const float* bf = b.defined() ? WidenedToFloat(b.contiguous(), t_b, avx2) : nullptr;
+  const float* xf = FloatValues(xc, t_x, avx2);
+  const float* bf = b.defined() ? FloatValues(b.contiguous(), t_b, avx2) : nullptr;
   // bf16 results stored by the kernels; any other dtype computed in fp32
   // and cast at the end.
   const bool bf16_out = x.scalar_type() == at::kBFloat16;
