@@ -255,6 +255,22 @@ int64_t FrameTimestamp(const AVFrame* frame) {
 
 // As vf_scale's parse_yuv_type("auto", colorspace) (FFmpeg 5.1): the frame's
 // matrix, BT.601 (BT470BG) when unspecified or unknown to swscale.
+// A frame's colour space and range as the stream gave them: a corrupt stream
+// can leave values outside the enums, which C++ may not load as the enum type
+// (UBSan: "not a valid value for type 'enum AVColorSpace'", found by
+// video_fuzzer); those read as unspecified.
+AVColorSpace FrameColorspace(const AVFrame& frame) {
+  int v;
+  std::memcpy(&v, &frame.colorspace, sizeof(v));
+  return v >= 0 && v < AVCOL_SPC_NB ? static_cast<AVColorSpace>(v) : AVCOL_SPC_UNSPECIFIED;
+}
+
+AVColorRange FrameColorRange(const AVFrame& frame) {
+  int v;
+  std::memcpy(&v, &frame.color_range, sizeof(v));
+  return v >= 0 && v < AVCOL_RANGE_NB ? static_cast<AVColorRange>(v) : AVCOL_RANGE_UNSPECIFIED;
+}
+
 const int* YuvCoefficients(AVColorSpace colorspace) {
   int cs = colorspace;
   if (cs < 1 || cs > 10 || cs == 8) cs = AVCOL_SPC_BT470BG;
@@ -400,16 +416,18 @@ struct VideoReader::State {
       return absl::InvalidArgumentError(
           absl::StrCat("unsupported video pixel format ", name != nullptr ? name : "(unknown)"));
     }
-    if (changed || frame->colorspace != sws_colorspace || frame->color_range != sws_range) {
+    const AVColorSpace colorspace = FrameColorspace(*frame);
+    const AVColorRange range = FrameColorRange(*frame);
+    if (changed || colorspace != sws_colorspace || range != sws_range) {
       int *inv_table, *table, in_full, out_full, brightness, contrast, saturation;
       if (sws_getColorspaceDetails(sws, &inv_table, &in_full, &table, &out_full, &brightness, &contrast, &saturation) >=
           0) {
-        if (frame->color_range != AVCOL_RANGE_UNSPECIFIED) in_full = frame->color_range == AVCOL_RANGE_JPEG;
-        sws_setColorspaceDetails(sws, YuvCoefficients(frame->colorspace), in_full, table, out_full, brightness,
-                                 contrast, saturation);
+        if (range != AVCOL_RANGE_UNSPECIFIED) in_full = range == AVCOL_RANGE_JPEG;
+        sws_setColorspaceDetails(sws, YuvCoefficients(colorspace), in_full, table, out_full, brightness, contrast,
+                                 saturation);
       }
-      sws_colorspace = frame->colorspace;
-      sws_range = frame->color_range;
+      sws_colorspace = colorspace;
+      sws_range = range;
     }
     RgbImage out;
     out.width = frame->width;
