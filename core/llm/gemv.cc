@@ -644,7 +644,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   // fp32 or bf16 (uint16_t bits) rows.
   const void* kp = key_pool.data_ptr();
   const void* vp = value_pool.data_ptr();
-  ParallelChunks(static_cast<int64_t>(chunks.size()), threads, [&](int64_t c) {
+  auto run_chunk = [&](int64_t c) {
     const Chunk& ch = chunks[c];
     const std::vector<int32_t>& table = *tables[ch.s];
     const int64_t l0 = ch.seg * segment, n = std::min(segment, lens[ch.s] - l0);
@@ -746,7 +746,34 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
           for (int64_t d = 0; d < dim; ++d) o[d] += tmp[d];
       }
     }
-  });
+  };
+  const int64_t nchunks = static_cast<int64_t>(chunks.size());
+  if (nchunks <= threads) {
+    ParallelChunks(nchunks, threads, run_chunk);
+  } else {
+    // One run of consecutive chunks per thread, of about equal key counts:
+    // each thread then streams through its heads' keys and values in memory
+    // order, where chunks claimed one at a time interleaved the threads over
+    // the same heads' segments. 24 layers at 2500 positions from memory, 8 MB
+    // streamed before each layer as the products would (alternated in one
+    // process, 2 threads, Zen 4): bf16 cache 1.15-1.23 ms against 1.40-1.48,
+    // the AVX2 kernels 3.3 against 3.9; two runs per thread 1.30.
+    thread_local std::vector<int64_t> t_run_first;
+    std::vector<int64_t>& run_first = t_run_first;
+    run_first.assign(1, 0);
+    int64_t total = 0;
+    for (const Chunk& ch : chunks) total += std::min(segment, lens[ch.s] - ch.seg * segment);
+    int64_t acc = 0;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      acc += std::min(segment, lens[chunks[c].s] - chunks[c].seg * segment);
+      const int64_t runs = static_cast<int64_t>(run_first.size());
+      if (c + 1 < nchunks && acc * threads >= total * runs) run_first.push_back(c + 1);
+    }
+    run_first.push_back(nchunks);
+    ParallelChunks(static_cast<int64_t>(run_first.size()) - 1, threads, [&](int64_t r) {
+      for (int64_t c = run_first[r]; c < run_first[r + 1]; ++c) run_chunk(c);
+    });
+  }
   at::Tensor out = at::empty({seqs, heads * dim}, q.options());
   const bool fp32_out = q.scalar_type() == at::kFloat;
   if (!fp32_out) t_out.resize(static_cast<size_t>(seqs * heads * dim));

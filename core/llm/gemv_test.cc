@@ -1,7 +1,9 @@
 #include "core/llm/gemv.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <iterator>
@@ -256,6 +258,65 @@ TEST(PagedDecodeAttention, MatchesEagerAttentionOverScatteredBlocks) {
     if (!ForceGemvKernel(kernel)) continue;
     SCOPED_TRACE(GemvKernelName(kernel));
     ExpectPagedDecodeAttentionMatchesEager();
+  }
+  ForceGemvKernel(std::nullopt);
+}
+
+// The work is split among the threads in runs of consecutive (sequence, KV
+// head, segment) chunks: every chunk computed once whatever the count of
+// threads, so the same bits as one thread, with the buffers the runs write
+// dirtied in between by another problem. (Segments are as long as 512 keys
+// where each thread still gets 4 of them, else shorter, which sums in
+// another order: these lengths keep them at 512 for the thread counts
+// compared.)
+TEST(PagedDecodeAttention, SameBitsOnAnyThreadCount) {
+  at::InferenceMode guard;
+  at::manual_seed(5);
+  const int saved = at::get_num_threads();
+  const int64_t heads = 14, kv = 2, dim = 64, bs = 16;
+  const std::vector<int64_t> lens = {513, 1100, 37, 3100};
+  for (GemvKernel kernel : {GemvKernel::kPortable, GemvKernel::kAvx2, GemvKernel::kAvx512Bf16}) {
+    if (!ForceGemvKernel(kernel)) continue;
+    for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      SCOPED_TRACE(absl::StrCat(GemvKernelName(kernel), " ", c10::toString(dtype)));
+      // Each sequence's blocks in one run of the pool, the sequences in
+      // another order than the batch's.
+      std::vector<std::vector<int32_t>> tables(lens.size());
+      int64_t blocks = 0;
+      for (size_t i = lens.size(); i-- > 0;) {
+        for (int64_t b = 0; b * bs < lens[i]; ++b) tables[i].push_back(static_cast<int32_t>(blocks++));
+      }
+      std::vector<const std::vector<int32_t>*> batch;
+      for (const auto& t : tables) batch.push_back(&t);
+      const at::Tensor k = at::randn({blocks, kv, bs, dim}).to(dtype), v = at::randn({blocks, kv, bs, dim}).to(dtype);
+      const at::Tensor q = at::randn({4, heads, dim}).to(dtype), other = at::randn({4, heads, dim}).to(dtype);
+      auto attend = [&](const at::Tensor& queries, int threads, std::vector<size_t> seqs) {
+        at::set_num_threads(threads);
+        std::vector<const std::vector<int32_t>*> t;
+        std::vector<int64_t> l;
+        for (size_t i : seqs) {
+          t.push_back(batch[i]);
+          l.push_back(lens[i]);
+        }
+        std::vector<int64_t> rows(seqs.begin(), seqs.end());
+        const at::Tensor out = PagedDecodeAttention(queries.index_select(0, at::tensor(rows)), k, v, t, l);
+        at::set_num_threads(saved);
+        return out;
+      };
+      // The batch (4750 keys per head), the longest sequence alone (3100
+      // keys) and the shortest (2 chunks: fewer than some thread counts).
+      const std::vector<std::pair<std::vector<size_t>, std::vector<int>>> problems = {
+          {{0, 1, 2, 3}, {2, 3, 4}}, {{3}, {2, 3}}, {{2}, {2, 3, 5}}};
+      for (const auto& [seqs, thread_counts] : problems) {
+        const at::Tensor one = attend(q, 1, seqs);
+        ASSERT_TRUE(one.defined());
+        for (int threads : thread_counts) {
+          EXPECT_FALSE(at::equal(attend(other, threads, seqs), one));
+          EXPECT_TRUE(at::equal(attend(q, threads, seqs), one))
+              << seqs.size() << " sequences, " << threads << " threads";
+        }
+      }
+    }
   }
   ForceGemvKernel(std::nullopt);
 }
