@@ -76,7 +76,9 @@ double KernelAloneGbps(const std::string& kernel, const std::optional<Quantizati
             nullptr,
             y.data(),
             rows,
-            nullptr};
+            nullptr,
+            q->data().stride(0),
+            q->scale().stride(0)};
     }
   }
   auto call = [&] {

@@ -205,18 +205,31 @@ absl::StatusOr<std::shared_ptr<QuantMatrix>> QuantMatrix::FromAwq(const at::Tens
   q->inp_ = RoundUp(in, quant::kChunk4);
   q->group_ = group;
   const int64_t groups = in / group, padded_groups = q->inp_ / group;
+  // Each row: inp / 2 bytes of weights (a multiple of 64), then its scales
+  // and its zero terms, padded to whole 64-byte lines (to 16 bytes where
+  // lines would add more than an eighth: rows of a few hundred inputs).
   // Padding: zero values, and whole padded groups with zero scales.
+  const int64_t used = q->inp_ / 2 + 8 * padded_groups;
+  const int64_t row_bytes = RoundUp(used, 64) - used <= used / 8 ? RoundUp(used, 64) : RoundUp(used, 16);
+  q->rows_ = at::zeros({out, row_bytes}, at::TensorOptions().dtype(at::kByte));
+  q->ViewInt4Rows();
   at::Tensor values = at::zeros({out, q->inp_}, at::TensorOptions().dtype(at::kByte));
   values.narrow(1, 0, in).copy_(UnpackAwq(qweight).t());          // 0..15
   const at::Tensor zeros = UnpackAwq(qzeros).t().to(at::kFloat);  // [out, groups]
-  q->scale_ = at::zeros({out, padded_groups}, at::TensorOptions().dtype(at::kFloat));
   q->scale_.narrow(1, 0, groups).copy_(scales.t());
-  q->zmin_ = at::zeros({out, padded_groups}, at::TensorOptions().dtype(at::kFloat));
   q->zmin_.narrow(1, 0, groups).copy_(-zeros * q->scale_.narrow(1, 0, groups));
   // Pack: per 128-input chunk, byte j = value j | value 64 + j << 4.
   const at::Tensor v = values.view({out, q->inp_ / quant::kChunk4, 2, quant::kChunk4 / 2});
-  q->data_ = (v.select(2, 0) | v.select(2, 1).__lshift__(4)).reshape({out, q->inp_ / 2}).contiguous();
+  q->data_.copy_((v.select(2, 0) | v.select(2, 1).__lshift__(4)).reshape({out, q->inp_ / 2}));
   return q;
+}
+
+void QuantMatrix::ViewInt4Rows() {
+  const int64_t bytes = inp_ / 2, groups = inp_ / group_;
+  data_ = rows_.narrow(1, 0, bytes);
+  // (inp / 2 is a multiple of 64 and the row bytes of 64: float-aligned.)
+  scale_ = rows_.narrow(1, bytes, 4 * groups).view(at::kFloat);
+  zmin_ = rows_.narrow(1, bytes + 4 * groups, 4 * groups).view(at::kFloat);
 }
 
 QuantMatrix::AwqTensors QuantMatrix::QuantizeAwq(const at::Tensor& w, int64_t group, at::ScalarType scale_dtype) {
@@ -243,22 +256,30 @@ std::shared_ptr<QuantMatrix> QuantMatrix::Fuse(const std::vector<std::shared_ptr
   f->in_ = first.in_;
   f->inp_ = first.inp_;
   f->group_ = first.group_;
-  std::vector<at::Tensor> data, scale, zmin;
+  std::vector<at::Tensor> data, scale, rows;
   for (auto* p : parts) {
     data.push_back((*p)->data_);
     scale.push_back((*p)->scale_);
-    if ((*p)->zmin_.defined()) zmin.push_back((*p)->zmin_);
+    rows.push_back((*p)->rows_);
     f->out_ += (*p)->out_;
   }
-  f->data_ = at::cat(data, 0);
-  f->scale_ = at::cat(scale, 0);
-  if (!zmin.empty()) f->zmin_ = at::cat(zmin, 0);
+  if (f->kind_ == Kind::kInt4) {
+    f->rows_ = at::cat(rows, 0);
+    f->ViewInt4Rows();
+  } else {
+    f->data_ = at::cat(data, 0);
+    f->scale_ = at::cat(scale, 0);
+  }
   int64_t offset = 0;
   for (auto* p : parts) {
     std::shared_ptr<QuantMatrix> view(new QuantMatrix(**p));
-    view->data_ = f->data_.narrow(0, offset, view->out_);
-    view->scale_ = f->scale_.narrow(0, offset, view->out_);
-    if (f->zmin_.defined()) view->zmin_ = f->zmin_.narrow(0, offset, view->out_);
+    if (f->kind_ == Kind::kInt4) {
+      view->rows_ = f->rows_.narrow(0, offset, view->out_);
+      view->ViewInt4Rows();
+    } else {
+      view->data_ = f->data_.narrow(0, offset, view->out_);
+      view->scale_ = f->scale_.narrow(0, offset, view->out_);
+    }
     offset += view->out_;
     *p = view;
   }
@@ -277,10 +298,11 @@ at::Tensor QuantMatrix::Dequantize(int64_t r0, int64_t r1, at::ScalarType dtype)
       p.w8 = data_.data_ptr<int8_t>() + r0 * inp_;
       p.scale = scale_.data_ptr<float>() + r0;
     } else {
-      const int64_t groups = inp_ / group_;
-      p.w4 = data_.data_ptr<uint8_t>() + r0 * (inp_ / 2);
-      p.scale = scale_.data_ptr<float>() + r0 * groups;
-      p.zmin = zmin_.data_ptr<float>() + r0 * groups;
+      p.w_stride = data_.stride(0);
+      p.s_stride = scale_.stride(0);
+      p.w4 = data_.data_ptr<uint8_t>() + r0 * p.w_stride;
+      p.scale = scale_.data_ptr<float>() + r0 * p.s_stride;
+      p.zmin = zmin_.data_ptr<float>() + r0 * p.s_stride;
       p.group = group_;
     }
     p.inp = inp_;
@@ -316,9 +338,8 @@ at::Tensor QuantMatrix::Dequantize(int64_t r0, int64_t r1, at::ScalarType dtype)
 }
 
 int64_t QuantMatrix::bytes() const {
-  int64_t b = data_.numel() * data_.element_size() + scale_.numel() * scale_.element_size();
-  if (zmin_.defined()) b += zmin_.numel() * zmin_.element_size();
-  return b;
+  if (rows_.defined()) return rows_.numel();
+  return data_.numel() * data_.element_size() + scale_.numel() * scale_.element_size();
 }
 
 at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b) {
@@ -374,7 +395,9 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
           bf,
           y32,
           out,
-          y16};
+          y16,
+          w.data().stride(0),
+          w.scale().stride(0)};
   }
   // (By rows of `in` weights whatever their width: by bytes, 128 KB made
   // int4 matrices of ~1000 rows 4-5 chunks, and one thread took 3 of 5.)

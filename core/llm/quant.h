@@ -83,7 +83,12 @@ class QuantMatrix {
   // Bytes of packed weights, scales and zero terms (what one product reads).
   int64_t bytes() const;
 
-  // Packed data for the kernels (quant_kernels.h layouts).
+  // Packed data for the kernels (quant_kernels.h layouts): int8 data [out,
+  // inp] and scale [out], contiguous; int4 data [out, inp / 2] bytes, scale
+  // and zmin [out, inp / group] floats, views of one buffer in which each
+  // row's scales and zero terms follow its weights (a row is one run of
+  // memory, whole 64-byte lines but for short rows): their row strides are
+  // the kernels' w_stride (bytes) and s_stride (floats).
   int64_t padded_in() const { return inp_; }
   const at::Tensor& data() const { return data_; }
   const at::Tensor& scale() const { return scale_; }
@@ -91,9 +96,12 @@ class QuantMatrix {
 
  private:
   QuantMatrix() = default;
+  // int4: data_, scale_ and zmin_ as views of rows_ [out, row bytes].
+  void ViewInt4Rows();
   Kind kind_ = Kind::kInt8;
   int64_t out_ = 0, in_ = 0, inp_ = 0, group_ = 0;
   at::Tensor data_, scale_, zmin_;
+  at::Tensor rows_;  // int4: uint8 [out, row bytes], the storage of the three
 };
 
 // y = x W^T + b for x [..., in] (fp32 or bf16) through quantized W; the

@@ -75,15 +75,15 @@ void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m) {
 template <int kRows, int kSpan>
 void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m, int64_t groups) {
   const Activations& a = *p.a;
-  const int64_t inp = a.inp, blocks = inp / kBlock, row_bytes = inp / 2;
+  const int64_t inp = a.inp, blocks = inp / kBlock;
   const int8_t* x = a.xq.data() + m * inp;
   const float* d = a.d.data() + m * blocks;
   const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
   const uint8_t* w[kRows];
   const float* scale[kRows];
   for (int i = 0; i < kRows; ++i) {
-    w[i] = p.w + rows[i] * row_bytes;
-    scale[i] = p.scale + rows[i] * groups;
+    w[i] = p.w + rows[i] * p.w_stride;
+    scale[i] = p.scale + rows[i] * p.s_stride;
   }
   // A 128-input chunk's low nibbles are inputs [k, k + 64), its high nibbles
   // [k + 64, k + 128); each half lies in one group (group % 64 == 0). Per row
@@ -154,7 +154,7 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m, int64_t gro
     const __m256 gs = _mm256_loadu_ps(gsum + g);
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i)
-      acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(p.zmin + rows[i] * groups + g), gs, acc[i]);
+      acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(p.zmin + rows[i] * p.s_stride + g), gs, acc[i]);
   }
   if (g < groups) {
     const __m256i mask =
@@ -162,7 +162,7 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m, int64_t gro
     const __m256 gs = _mm256_maskload_ps(gsum + g, mask);
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i)
-      acc[i] = _mm256_fmadd_ps(_mm256_maskload_ps(p.zmin + rows[i] * groups + g, mask), gs, acc[i]);
+      acc[i] = _mm256_fmadd_ps(_mm256_maskload_ps(p.zmin + rows[i] * p.s_stride + g, mask), gs, acc[i]);
   }
 #pragma GCC unroll 4
   for (int i = 0; i < kRows; ++i) {
@@ -201,7 +201,7 @@ void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
     return _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
   };
   auto pair = [&](int64_t r0, int64_t r1) __attribute__((always_inline)) {
-    const Int4Row row0 = RowOf(p, r0, groups), row1 = RowOf(p, r1, groups);
+    const Int4Row row0 = RowOf(p, r0), row1 = RowOf(p, r1);
     __m256 acc0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     __m256 acc1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
@@ -313,7 +313,7 @@ void Int4RowsAvx2(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
 // into an FMA); the row's last in % 8 values by the portable code.
 void DequantRowsAvx2(const Dequant& p, int64_t row_begin, int64_t row_end) {
   if (p.out32 == nullptr) return DequantRowsPortable(p, row_begin, row_end);
-  const int64_t groups = p.group > 0 ? p.inp / p.group : 0, full = p.in / 8 * 8;
+  const int64_t full = p.in / 8 * 8;
   const __m128i low = _mm_set1_epi8(0x0F);
   for (int64_t r = row_begin; r < row_end; ++r) {
     float* o = p.out32 + (r - row_begin) * p.in;
@@ -325,9 +325,9 @@ void DequantRowsAvx2(const Dequant& p, int64_t row_begin, int64_t row_end) {
         _mm256_storeu_ps(o + k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), s));
       }
     } else {
-      const uint8_t* w = p.w4 + r * (p.inp / 2);
+      const uint8_t* w = p.w4 + r * p.w_stride;
       for (int64_t k = 0; k < full; k += 8) {
-        const int64_t c = k / kChunk4, j = k % kChunk4, g = r * groups + k / p.group;
+        const int64_t c = k / kChunk4, j = k % kChunk4, g = r * p.s_stride + k / p.group;
         __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + c * (kChunk4 / 2) + j % 64));
         q = _mm_and_si128(j < 64 ? q : _mm_srli_epi16(q, 4), low);
         const __m256 product = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), _mm256_set1_ps(p.scale[g]));

@@ -147,16 +147,15 @@ struct Int4Visit {
   const char* ahead;  // the bytes after the rows
   const char* limit;  // the end of the matrix
 
-  Int4Visit(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t groups) {
-    const int64_t row_bytes = p.a->inp / 2;
+  Int4Visit(const Int4Problem& p, const int64_t* rows, int64_t m0) {
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
-      wr[i] = p.w + rows[i] * row_bytes;
-      scale[i] = p.scale + rows[i] * groups;
+      wr[i] = p.w + rows[i] * p.w_stride;
+      scale[i] = p.scale + rows[i] * p.s_stride;
     }
     prefetch = m0 == 0 && rows[kRows - 1] == rows[0] + kRows - 1;
-    ahead = reinterpret_cast<const char*>(wr[0] + kRows * row_bytes);
-    limit = reinterpret_cast<const char*>(p.w + p.out * row_bytes);
+    ahead = reinterpret_cast<const char*>(wr[0] + kRows * p.w_stride);
+    limit = reinterpret_cast<const char*>(p.w + p.out * p.w_stride);
   }
 
   // The chunk at byte kb of each row: lo[i] its inputs k .. k + 63 (low
@@ -190,7 +189,7 @@ __attribute__((always_inline)) inline void StoreInt4Rows(const Int4Problem& p, c
   const float* gsum = p.a->gsum.data() + m * groups;
 #pragma GCC unroll 4
   for (int i = 0; i < kRows; ++i) {
-    const float* zmin = p.zmin + rows[i] * groups;
+    const float* zmin = p.zmin + rows[i] * p.s_stride;
     for (int64_t g = 0; g < groups; g += 16) {
       const __mmask16 mask = groups - g >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (groups - g)) - 1);
       t[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, zmin + g), _mm512_maskz_loadu_ps(mask, gsum + g), t[i]);
@@ -218,7 +217,7 @@ void Int4Block(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_t gr
   constexpr int kHalves = kSpan == 128 ? 1 : 2;
   const Activations& a = *p.a;
   const int64_t inp = a.inp, blocks = inp / kBlock;
-  const Int4Visit<kRows> visit(p, rows, m0, groups);
+  const Int4Visit<kRows> visit(p, rows, m0);
   const float* const* scale = visit.scale;
   __m512 acc[kRows][M], part[kHalves][kRows][M];
 #pragma GCC unroll 4
@@ -300,7 +299,7 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
   constexpr int64_t kWindow = 16;
   const Activations& a = *p.a;
   const int64_t inp = a.inp;
-  const Int4Visit<kRows> visit(p, rows, m0, groups);
+  const Int4Visit<kRows> visit(p, rows, m0);
   const float* const* scale = visit.scale;
   alignas(64) float sd[kRows][M][kWindow];
   constexpr int kSets = kRows * M > 8 ? 1 : 2;  // (16 accumulators at most)
@@ -364,7 +363,7 @@ void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
   const __m512i low = _mm512_set1_epi8(0x0F);
   alignas(64) float sd[2][kWindow];
   auto pair = [&](int64_t r0, int64_t r1) __attribute__((always_inline)) {
-    const Int4Row row0 = RowOf(p, r0, groups), row1 = RowOf(p, r1, groups);
+    const Int4Row row0 = RowOf(p, r0), row1 = RowOf(p, r1);
     __m512 acc0[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     __m512 acc1[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
@@ -511,7 +510,6 @@ __attribute__((always_inline)) inline void StoreDequant(const Dequant& p, int64_
 // roundings; GCC contracts _mm512_mul_ps + _mm512_add_ps into an FMA unless
 // the product is pinned, InRegister), the row's last in % 16 values masked.
 void DequantRowsAvx512(const Dequant& p, int64_t row_begin, int64_t row_end) {
-  const int64_t groups = p.group > 0 ? p.inp / p.group : 0;
   const __m128i low = _mm_set1_epi8(0x0F);
   for (int64_t r = row_begin; r < row_end; ++r) {
     const int64_t o = (r - row_begin) * p.in;
@@ -523,9 +521,9 @@ void DequantRowsAvx512(const Dequant& p, int64_t row_begin, int64_t row_end) {
                      n);
       } else {
         // (The padded row holds whole chunks: these 16 bytes exist.)
-        const int64_t c = k / kChunk4, j = k % kChunk4, g = r * groups + k / p.group;
+        const int64_t c = k / kChunk4, j = k % kChunk4, g = r * p.s_stride + k / p.group;
         __m128i q =
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.w4 + r * (p.inp / 2) + c * (kChunk4 / 2) + j % 64));
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.w4 + r * p.w_stride + c * (kChunk4 / 2) + j % 64));
         q = _mm_and_si128(j < 64 ? q : _mm_srli_epi16(q, 4), low);
         const __m512 product = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q)), _mm512_set1_ps(p.scale[g]));
         StoreDequant(p, o + k, _mm512_add_ps(InRegister(product), _mm512_set1_ps(p.zmin[g])), n);

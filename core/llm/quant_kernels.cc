@@ -85,7 +85,7 @@ void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end) 
   const Activations& a = *p.a;
   const int64_t blocks = a.inp / kBlock, groups = a.inp / p.group;
   for (int64_t r = row_begin; r < row_end; ++r) {
-    const uint8_t* w = p.w + r * (a.inp / 2);
+    const uint8_t* w = p.w + r * p.w_stride;
     for (int64_t m = 0; m < a.m; ++m) {
       const int8_t* x = a.xq.data() + m * a.inp;
       float acc = 0;
@@ -101,7 +101,7 @@ void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end) 
           }
           gacc += a.d[m * blocks + b] * static_cast<float>(dot);
         }
-        acc += p.scale[r * groups + g] * gacc + p.zmin[r * groups + g] * a.gsum[m * groups + g];
+        acc += p.scale[r * p.s_stride + g] * gacc + p.zmin[r * p.s_stride + g] * a.gsum[m * groups + g];
       }
       if (p.bias != nullptr) acc += p.bias[r];
       StoreY(p, m * p.out + r, acc);
@@ -110,14 +110,13 @@ void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end) 
 }
 
 void DequantValuesPortable(const Dequant& p, int64_t r, int64_t k0, int64_t k1, int64_t offset) {
-  const int64_t groups = p.group > 0 ? p.inp / p.group : 0;
   for (int64_t k = k0; k < k1; ++k) {
     float v;
     if (p.group == 0) {
       v = static_cast<float>(p.w8[r * p.inp + k]) * p.scale[r];
     } else {
-      const int64_t c = k / kChunk4, j = k % kChunk4, g = r * groups + k / p.group;
-      const uint8_t byte = p.w4[r * (p.inp / 2) + c * (kChunk4 / 2) + j % 64];
+      const int64_t c = k / kChunk4, j = k % kChunk4, g = r * p.s_stride + k / p.group;
+      const uint8_t byte = p.w4[r * p.w_stride + c * (kChunk4 / 2) + j % 64];
       // (This file is built without FMA on x86: the product and the sum are
       // rounded apart, as the reference's two ops.)
       const float product = static_cast<float>(j < 64 ? byte & 0xF : byte >> 4) * p.scale[g];

@@ -19,10 +19,13 @@
 // 128 for int4) with zero weights and zero inputs (and zero scales for whole
 // padded groups).
 //
-// Layouts: int8 weights [out][inp] row-major. int4 weights [out][inp / 2]
-// bytes: each 128-input chunk c of a row is 64 bytes, byte j holding input
+// Layouts: int8 weights [out][inp] row-major. int4 weights inp / 2 bytes
+// per row: each 128-input chunk c of a row is 64 bytes, byte j holding input
 // 128c + j in its low nibble and input 128c + 64 + j in its high nibble (one
-// 512-bit load, a shift and two masks give 2 x 64 values in order).
+// 512-bit load, a shift and two masks give 2 x 64 values in order). The
+// rows of int4 weights, scales and zero terms are at strides of their own
+// (w_stride bytes, s_stride floats): QuantMatrix stores each row's scales
+// and zero terms right after its weights, one run of memory per row.
 #pragma once
 
 #include <cstdint>
@@ -71,14 +74,16 @@ struct Int8Problem {
 
 struct Int4Problem {
   const Activations* a = nullptr;
-  const uint8_t* w = nullptr;    // [out][a->inp / 2]
-  const float* scale = nullptr;  // [out][inp / group]
-  const float* zmin = nullptr;   // [out][inp / group]
+  const uint8_t* w = nullptr;    // row r: [a->inp / 2] bytes at w + r * w_stride
+  const float* scale = nullptr;  // row r: [inp / group] at scale + r * s_stride
+  const float* zmin = nullptr;   // row r: [inp / group] at zmin + r * s_stride
   int64_t group = 0;             // a multiple of 64 dividing inp
   const float* bias = nullptr;
   float* y = nullptr;
   int64_t out = 0;
   uint16_t* y_bf16 = nullptr;
+  int64_t w_stride = 0;  // bytes, >= inp / 2
+  int64_t s_stride = 0;  // floats, >= inp / group
 };
 
 // The weights (bytes), group scales and zero points of output row r of a
@@ -88,8 +93,8 @@ struct Int4Row {
   const float* scale;
   const float* zmin;
 };
-inline Int4Row RowOf(const Int4Problem& p, int64_t r, int64_t groups) {
-  return {p.w + r * (p.a->inp / 2), p.scale + r * groups, p.zmin + r * groups};
+inline Int4Row RowOf(const Int4Problem& p, int64_t r) {
+  return {p.w + r * p.w_stride, p.scale + r * p.s_stride, p.zmin + r * p.s_stride};
 }
 
 // chunk(j, c) for c in [begin, end), j = 0 and 1 alternately (the kernels'
@@ -119,10 +124,11 @@ float AbsMaxAvx2(const float* x, int64_t n);
 // NaN -> 0x7FC0, as libtorch's cast). Row r's first `in` values go to
 // out + (r - row_begin) * in.
 struct Dequant {
-  const int8_t* w8 = nullptr;    // int8 [out][inp]
-  const uint8_t* w4 = nullptr;   // int4 [out][inp / 2], the kChunk4 layout
-  const float* scale = nullptr;  // int8 [out]; int4 [out][inp / group]
-  const float* zmin = nullptr;   // int4 [out][inp / group]
+  const int8_t* w8 = nullptr;          // int8 [out][inp]
+  const uint8_t* w4 = nullptr;         // int4: row r at w4 + r * w_stride, the kChunk4 layout
+  const float* scale = nullptr;        // int8 [out]; int4: row r at scale + r * s_stride
+  const float* zmin = nullptr;         // int4: row r at zmin + r * s_stride
+  int64_t w_stride = 0, s_stride = 0;  // int4 (as Int4Problem's)
   int64_t inp = 0, in = 0;
   int64_t group = 0;  // int4: a multiple of 64 dividing inp
   float* out32 = nullptr;

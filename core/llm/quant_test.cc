@@ -237,7 +237,9 @@ TEST_F(QuantTest, KernelsCoverOddRowRanges) {
                                      nullptr,
                                      y.data(),
                                      out,
-                                     nullptr};
+                                     nullptr,
+                                     q->data().stride(0),
+                                     q->scale().stride(0)};
           kernel == 0   ? quant::Int4RowsPortable(p, begin, end)
           : kernel == 1 ? quant::Int4RowsAvx2(p, begin, end)
                         : quant::Int4RowsAvx512Vnni(p, begin, end);
@@ -281,6 +283,59 @@ TEST_F(QuantTest, FusedRowsEqualTheParts) {
   // The parts are views of the fused rows now, with the same products.
   EXPECT_EQ(a->data().data_ptr(), fused->data().data_ptr());
   EXPECT_TRUE(at::equal(QuantLinear(x, *b, {}), yb));
+}
+
+// 4-bit rows are one run of memory each: weights, then the row's scales,
+// then its zero terms, in whole 64-byte lines (one stream per row for the decode
+// kernels); fusing keeps that layout, the parts views of the fused rows.
+TEST_F(QuantTest, Int4RowsHoldTheirScalesAndZeroTermsWhenFused) {
+  at::InferenceMode guard;
+  at::manual_seed(8);
+  for (int64_t group : {64, 128}) {
+    SCOPED_TRACE(absl::StrCat("group ", group));
+    const int64_t in = 5 * group;  // padded to whole 128-input chunks where group is 64
+    std::shared_ptr<QuantMatrix> a = Quantized(at::randn({24, in}), group);
+    std::shared_ptr<QuantMatrix> b = Quantized(at::randn({8, in}), group);
+    const int64_t half = a->padded_in() / 2, groups = a->padded_in() / group;
+    const at::Tensor x = at::randn({1, in});
+    std::vector<at::Tensor> ya, yb;
+    for (QuantKernel kernel : kKernels) {
+      if (!ForceQuantKernel(kernel)) continue;
+      ya.push_back(QuantLinear(x, *a, {}));
+      yb.push_back(QuantLinear(x, *b, {}));
+    }
+    const at::Tensor da = a->Dequantize(0, 24, at::kFloat), db = b->Dequantize(0, 8, at::kFloat);
+    const std::shared_ptr<QuantMatrix> fused = QuantMatrix::Fuse({&a, &b});
+    for (const QuantMatrix* q : {fused.get(), a.get(), b.get()}) {
+      const int64_t row_bytes = q->data().stride(0);
+      EXPECT_EQ(row_bytes % 64, 0);
+      EXPECT_GE(row_bytes, half + 8 * groups);
+      EXPECT_EQ(q->scale().stride(0) * 4, row_bytes);
+      EXPECT_EQ(q->zmin().stride(0) * 4, row_bytes);
+      EXPECT_EQ(q->bytes(), q->out() * row_bytes);
+      for (int64_t r : {int64_t{0}, q->out() - 1}) {
+        const char* w = static_cast<const char*>(q->data()[r].data_ptr());
+        EXPECT_EQ(static_cast<const char*>(q->scale()[r].data_ptr()), w + half);
+        EXPECT_EQ(static_cast<const char*>(q->zmin()[r].data_ptr()), w + half + 4 * groups);
+      }
+      EXPECT_EQ(q->data().data_ptr<uint8_t>() - fused->data().data_ptr<uint8_t>(),
+                (q == b.get() ? 24 : 0) * row_bytes);  // the parts: views of the fused rows
+    }
+    EXPECT_TRUE(at::equal(fused->Dequantize(0, 32, at::kFloat), at::cat({da, db}, 0)));
+    EXPECT_TRUE(at::equal(b->Dequantize(0, 8, at::kFloat), db));
+    size_t i = 0;
+    for (QuantKernel kernel : kKernels) {
+      if (!ForceQuantKernel(kernel)) continue;
+      SCOPED_TRACE(QuantKernelName(kernel));
+      EXPECT_TRUE(at::equal(QuantLinear(x, *fused, {}), at::cat({ya[i], yb[i]}, -1)));
+      EXPECT_TRUE(at::equal(QuantLinear(x, *a, {}), ya[i]));
+      EXPECT_TRUE(at::equal(QuantLinear(x, *b, {}), yb[i]));
+      ++i;
+    }
+  }
+  // Short rows are not padded to whole lines (64 inputs: 32 bytes of
+  // weights and 2 x 2 padded groups of floats, 80 bytes, not 128).
+  EXPECT_EQ(Quantized(at::randn({8, 64}), 64)->data().stride(0), 80);
 }
 
 TEST_F(QuantTest, VectorActivationQuantizerIsThePortableBits) {
