@@ -54,6 +54,7 @@ void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m) {
     const __m256 d0 = _mm256_broadcast_ss(d + b), d1 = _mm256_broadcast_ss(d + b + 1);
 #pragma GCC unroll 4
     for (int i = 0; i < kRows; ++i) {
+      if (kRows <= 2) PrefetchAhead(w[i], k, inp, inp);
       const __m256i w0 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + k)));
       const __m256i w1 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[i] + k + kBlock)));
       acc[i] = _mm256_fmadd_ps(DotInt8(_mm256_abs_epi8(w0), w0, x0, ones), d0, acc[i]);
@@ -205,6 +206,8 @@ void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
     __m256 acc0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     __m256 acc1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
+      PrefetchAhead(row0.w, g * 64, inp / 2, p.w_stride);
+      PrefetchAhead(row1.w, g * 64, inp / 2, p.w_stride);
       const int8_t* xg = x + g * kChunk4;
       const __m256i x0 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg)));
       const __m256i x1 = InRegister(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xg + 32)));

@@ -105,6 +105,8 @@ void Int8Stream(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
 #pragma GCC unroll 4
       for (int m = 0; m < M; ++m) acc0[j][m] = acc1[j][m] = _mm512_setzero_ps();
     auto chunk = [&](int j, int64_t k) __attribute__((always_inline)) {
+      PrefetchAhead(w0, k, inp, inp);
+      PrefetchAhead(w1, k, inp, inp);
       const __m512i u0 = InRegister(_mm512_xor_si512(_mm512_loadu_si512(w0 + k), flip));
       const __m512i u1 = InRegister(_mm512_xor_si512(_mm512_loadu_si512(w1 + k), flip));
 #pragma GCC unroll 4
@@ -368,6 +370,8 @@ void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
     __m512 acc1[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
       const int64_t kb = g * (kChunk4 / 2);
+      PrefetchAhead(row0.w, kb, inp / 2, p.w_stride);
+      PrefetchAhead(row1.w, kb, inp / 2, p.w_stride);
       const __m512i v0 = InRegister(_mm512_loadu_si512(row0.w + kb));
       const __m512i v1 = InRegister(_mm512_loadu_si512(row1.w + kb));
       const __m512i x_lo = InRegister(_mm512_loadu_si512(x + g * kChunk4));
