@@ -57,6 +57,7 @@ inline void Block(const Problem& p, const int64_t* rows, int64_t m0) {
     for (int m = 0; m < M; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + (m0 + m) * in + k);
 #pragma GCC unroll 8
     for (int i = 0; i < kRows; ++i) {
+      if (kRows <= 2) PrefetchAhead(w[i], 2 * k, 2 * in, 2 * in);  // (streaming: row_order.h)
       const __m512bh wv = (__m512bh)_mm512_loadu_si512(w[i] + k);
 #pragma GCC unroll 4
       for (int m = 0; m < M; ++m) acc[i][m] = _mm512_dpbf16_ps(acc[i][m], wv, xv[m]);

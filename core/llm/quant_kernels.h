@@ -97,25 +97,6 @@ inline Int4Row RowOf(const Int4Problem& p, int64_t r) {
   return {p.w + r * p.w_stride, p.scale + r * p.s_stride, p.zmin + r * p.s_stride};
 }
 
-// The streaming kernels (one input row, pairs of rows far apart, each of
-// the two walking its rows in memory order) prefetch into L1 as they go:
-// at the 64-byte step kb of a row's weight_bytes of weights, the same line
-// kPrefetchRows rows further in its stream, and with the row's last step
-// the lines past its weights (4-bit rows: their scales and zero terms,
-// quant.h's layout). The hardware's prefetchers alone left the loads
-// waiting on memory at times: InternVL2-1B with 4-bit layers, a decode step
-// at 2500 positions (alternated in one process, 2-core Zen 4 VM) 13.8 ->
-// 12.0 ms while its memory was slow, alike (9.0, int8 11.3) while fast;
-// 2, 4 and 8 KB ahead measured alike.
-inline constexpr int64_t kPrefetchRows = 4;
-inline void PrefetchAhead(const void* row, int64_t kb, int64_t weight_bytes, int64_t stride) {
-  const char* next = static_cast<const char*>(row) + kPrefetchRows * stride;
-  __builtin_prefetch(next + kb, 0, 3);
-  if (kb + 64 >= weight_bytes) {
-    for (int64_t t = weight_bytes; t < stride; t += 64) __builtin_prefetch(next + t, 0, 3);
-  }
-}
-
 // chunk(j, c) for c in [begin, end), j = 0 and 1 alternately (the kernels'
 // two accumulator sets, so that consecutive chunks' FMAs do not wait on each
 // other).
