@@ -606,6 +606,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       ((native_bf16 && bs % 2 == 0 && segment <= gemv::kMaxValuesGroupKeysBf16Avx512) || (!native_bf16 && avx2));
   struct Chunk {
     int64_t s, j, seg;
+    int64_t keys;  // min(segment, the sequence's keys from the segment on)
   };
   // The buffers are reused from call to call (a call per layer per step): a
   // fresh 140 KB scratch per call went to malloc and back, and each free of
@@ -634,7 +635,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     segs[s] = (lens[s] + segment - 1) / segment;
     seg_first[s + 1] = seg_first[s] + segs[s];
     for (int64_t j = 0; j < kv_heads; ++j)
-      for (int64_t g = 0; g < segs[s]; ++g) chunks.push_back({s, j, g});
+      for (int64_t g = 0; g < segs[s]; ++g) chunks.push_back({s, j, g, std::min(segment, lens[s] - g * segment)});
   }
   // Per (sequence, head, segment): softmax pieces and unnormalised outputs.
   auto part_index = [&](int64_t s, int64_t h, int64_t g) { return seg_first[s] * heads + h * segs[s] + g; };
@@ -647,7 +648,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   auto run_chunk = [&](int64_t c) {
     const Chunk& ch = chunks[c];
     const std::vector<int32_t>& table = *tables[ch.s];
-    const int64_t l0 = ch.seg * segment, n = std::min(segment, lens[ch.s] - l0);
+    const int64_t l0 = ch.seg * segment, n = ch.keys;
     float* sc = scratch.data() + c * groups * segment;
     float* tmp = scratch.data() + chunks.size() * groups * segment + c * dim;
     auto block_offset = [&](int64_t b) {
@@ -762,10 +763,10 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     std::vector<int64_t>& run_first = t_run_first;
     run_first.assign(1, 0);
     int64_t total = 0;
-    for (const Chunk& ch : chunks) total += std::min(segment, lens[ch.s] - ch.seg * segment);
+    for (const Chunk& ch : chunks) total += ch.keys;
     int64_t acc = 0;
     for (int64_t c = 0; c < nchunks; ++c) {
-      acc += std::min(segment, lens[chunks[c].s] - chunks[c].seg * segment);
+      acc += chunks[c].keys;
       const int64_t runs = static_cast<int64_t>(run_first.size());
       if (c + 1 < nchunks && acc * threads >= total * runs) run_first.push_back(c + 1);
     }

@@ -256,15 +256,15 @@ std::shared_ptr<QuantMatrix> QuantMatrix::Fuse(const std::vector<std::shared_ptr
   f->in_ = first.in_;
   f->inp_ = first.inp_;
   f->group_ = first.group_;
-  std::vector<at::Tensor> data, scale, rows;
+  const bool int4 = f->kind_ == Kind::kInt4;
+  std::vector<at::Tensor> data, scale;  // int4: the parts' rows_ in data
   for (auto* p : parts) {
-    data.push_back((*p)->data_);
-    scale.push_back((*p)->scale_);
-    rows.push_back((*p)->rows_);
+    data.push_back(int4 ? (*p)->rows_ : (*p)->data_);
+    if (!int4) scale.push_back((*p)->scale_);
     f->out_ += (*p)->out_;
   }
-  if (f->kind_ == Kind::kInt4) {
-    f->rows_ = at::cat(rows, 0);
+  if (int4) {
+    f->rows_ = at::cat(data, 0);
     f->ViewInt4Rows();
   } else {
     f->data_ = at::cat(data, 0);
@@ -273,7 +273,7 @@ std::shared_ptr<QuantMatrix> QuantMatrix::Fuse(const std::vector<std::shared_ptr
   int64_t offset = 0;
   for (auto* p : parts) {
     std::shared_ptr<QuantMatrix> view(new QuantMatrix(**p));
-    if (f->kind_ == Kind::kInt4) {
+    if (int4) {
       view->rows_ = f->rows_.narrow(0, offset, view->out_);
       view->ViewInt4Rows();
     } else {

@@ -253,24 +253,20 @@ int64_t FrameTimestamp(const AVFrame* frame) {
   return frame->best_effort_timestamp != AV_NOPTS_VALUE ? frame->best_effort_timestamp : frame->pts;
 }
 
+// A frame's enum field (colour space, range) as the stream gave it: a corrupt
+// stream can leave values outside the enum, which C++ may not load as the
+// enum type (UBSan: "not a valid value for type 'enum AVColorSpace'", found
+// by video_fuzzer); those read as `unspecified`. `count` is the enum's _NB.
+template <typename Enum>
+Enum ValidEnum(const Enum& field, int count, Enum unspecified) {
+  static_assert(sizeof(Enum) == sizeof(int));
+  int v;
+  std::memcpy(&v, &field, sizeof(v));
+  return v >= 0 && v < count ? static_cast<Enum>(v) : unspecified;
+}
+
 // As vf_scale's parse_yuv_type("auto", colorspace) (FFmpeg 5.1): the frame's
 // matrix, BT.601 (BT470BG) when unspecified or unknown to swscale.
-// A frame's colour space and range as the stream gave them: a corrupt stream
-// can leave values outside the enums, which C++ may not load as the enum type
-// (UBSan: "not a valid value for type 'enum AVColorSpace'", found by
-// video_fuzzer); those read as unspecified.
-AVColorSpace FrameColorspace(const AVFrame& frame) {
-  int v;
-  std::memcpy(&v, &frame.colorspace, sizeof(v));
-  return v >= 0 && v < AVCOL_SPC_NB ? static_cast<AVColorSpace>(v) : AVCOL_SPC_UNSPECIFIED;
-}
-
-AVColorRange FrameColorRange(const AVFrame& frame) {
-  int v;
-  std::memcpy(&v, &frame.color_range, sizeof(v));
-  return v >= 0 && v < AVCOL_RANGE_NB ? static_cast<AVColorRange>(v) : AVCOL_RANGE_UNSPECIFIED;
-}
-
 const int* YuvCoefficients(AVColorSpace colorspace) {
   int cs = colorspace;
   if (cs < 1 || cs > 10 || cs == 8) cs = AVCOL_SPC_BT470BG;
@@ -416,8 +412,8 @@ struct VideoReader::State {
       return absl::InvalidArgumentError(
           absl::StrCat("unsupported video pixel format ", name != nullptr ? name : "(unknown)"));
     }
-    const AVColorSpace colorspace = FrameColorspace(*frame);
-    const AVColorRange range = FrameColorRange(*frame);
+    const AVColorSpace colorspace = ValidEnum(frame->colorspace, AVCOL_SPC_NB, AVCOL_SPC_UNSPECIFIED);
+    const AVColorRange range = ValidEnum(frame->color_range, AVCOL_RANGE_NB, AVCOL_RANGE_UNSPECIFIED);
     if (changed || colorspace != sws_colorspace || range != sws_range) {
       int *inv_table, *table, in_full, out_full, brightness, contrast, saturation;
       if (sws_getColorspaceDetails(sws, &inv_table, &in_full, &table, &out_full, &brightness, &contrast, &saturation) >=
