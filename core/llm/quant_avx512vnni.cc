@@ -1,7 +1,9 @@
 // AVX-512 VNNI quantized matrix-vector kernels (compiled with -mavx512f
-// -mavx512bw -mavx512vl -mavx512vnni; see quant_kernels.h for the
+// -mavx512bw -mavx512vl -mavx512vnni -mfma; see quant_kernels.h for the
 // arithmetic). vpdpbusd multiplies 64 unsigned by 64 signed bytes into 16
-// int32 lanes of 4 products each. int8: a 64-byte chunk of inputs spans two
+// int32 lanes of 4 products each (32 into 8 in 256-bit vectors, which the
+// streaming kernels for one or two input rows use: see Int8Stream). In
+// 512-bit vectors, int8: a 64-byte chunk of inputs spans two
 // activation blocks (lanes 0-7 and 8-15), so each lane is scaled by its
 // block's scale (Activations::lane_d) when converted to fp32. int4: the
 // blocks of each 64-input half share one scale (spans of 64 or 128), so the
@@ -27,8 +29,11 @@
 namespace internvl::llm::quant {
 namespace {
 
+using simd::ReduceAdd8;
 using simd::ReduceAddColumn;
 using simd::ReduceAddRows;
+
+inline __m256i Load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
 // Rows rows[0..kRows) x input rows [m0, m0 + M). Adjacent rows (rows[i] =
 // rows[0] + i) prefetch one block ahead; split ones are two streams far apart
@@ -85,70 +90,57 @@ void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m0) {
 }
 
 // M input rows (the weights stream from memory once), rows in VisitRows'
-// streaming order (pairs of rows far apart): Int8Block's arithmetic in one
-// loop over the pairs, two accumulators per row and input row (even and odd
-// chunks).
+// streaming order (pairs of rows far apart), in 256-bit vectors: per row
+// and 64-input chunk, one vpdpbusd per 32-input activation block (block b
+// in accumulator b % 2), its lanes started from the block's corr (-128 x the
+// sum of each lane's 4 inputs, made by a vpdpbusd on the inputs in
+// registers: the same values as Activations::corr) and scaled by the
+// block's scale when converted.
+// The streaming kernels use 256-bit vectors (so do Int4StreamG128 and the
+// bf16 one, gemv_avx512bf16.cc): the same arithmetic in 512-bit vectors
+// (two blocks per vpdpbusd, the scales permuted out of a window) streamed
+// slower on the 2-core Zen 5 VM, InternVL2-1B at 2500 positions, alternated
+// in one process: int8 decode 13.05 -> 11.93 ms per step (the AVX2 kernel
+// 12.04), 16.21 -> 14.50 with the bf16 kernel's too; two sequences 12.68 ->
+// 11.58.
 template <int M>
 void Int8Stream(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
   const Activations& a = *p.a;
   const int64_t inp = a.inp, blocks = inp / kBlock;
   const int8_t* x = a.xq.data();
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __m512i first = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-  const __m512i two = _mm512_set1_epi32(2);
+  const float* d = a.d.data();
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   auto pair = [&](int64_t r0, int64_t r1) __attribute__((always_inline)) {
     const int8_t* w0 = p.w + r0 * inp;
     const int8_t* w1 = p.w + r1 * inp;
-    __m512 acc0[2][M], acc1[2][M];
+    __m256 acc0[2][M], acc1[2][M];
 #pragma GCC unroll 2
     for (int j = 0; j < 2; ++j)
 #pragma GCC unroll 4
-      for (int m = 0; m < M; ++m) acc0[j][m] = acc1[j][m] = _mm512_setzero_ps();
-    // Chunk k (64 inputs, blocks k / 32 and k / 32 + 1) of both rows for
-    // every input row: its lanes' corr (-128 x the sum of their 4 inputs,
-    // Activations::corr) made from the inputs in registers, and its lanes'
-    // block scales permuted out of dwin (a window of 16 block scales; idx
-    // picks the chunk's two, lanes 0-7 the first, 8-15 the second): the same
-    // values as the corr and lane_d arrays hold, so the same bits.
-    // Loading those per chunk (3 activation loads per 2 weight lines) held the
-    // stream back: the loads queued behind the weights' misses left fewer of
-    // them in flight (InternVL2-1B int8, decode at 2500 positions, alternated
-    // in one process, 2-core Zen 4 VM: 14.9 -> 13.7 ms per step; without
-    // either load (wrong sums, timing only) 13.2 each, 12.2 both).
-    auto chunk = [&](int j, int64_t k, const __m512* dwin, __m512i idx) __attribute__((always_inline)) {
+      for (int m = 0; m < M; ++m) acc0[j][m] = acc1[j][m] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b += 2) {
+      const int64_t k = b * kBlock;
       PrefetchAhead(w0, k, inp, inp);
       PrefetchAhead(w1, k, inp, inp);
-      const __m512i u0 = InRegister(_mm512_xor_si512(_mm512_loadu_si512(w0 + k), flip));
-      const __m512i u1 = InRegister(_mm512_xor_si512(_mm512_loadu_si512(w1 + k), flip));
+#pragma GCC unroll 2
+      for (int j = 0; j < 2; ++j) {
+        const __m256i u0 = InRegister(_mm256_xor_si256(Load256(w0 + k + kBlock * j), flip));
+        const __m256i u1 = InRegister(_mm256_xor_si256(Load256(w1 + k + kBlock * j), flip));
 #pragma GCC unroll 4
-      for (int m = 0; m < M; ++m) {
-        const __m512i xv = InRegister(_mm512_loadu_si512(x + m * inp + k));
-        const __m512i cv =
-            _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, xv));
-        const __m512 dv = _mm512_permutexvar_ps(idx, dwin[m]);
-        acc0[j][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, u0, xv)), dv, acc0[j][m]);
-        acc1[j][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, u1, xv)), dv, acc1[j][m]);
-      }
-    };
-    for (int64_t k0 = 0; k0 < inp; k0 += 8 * kChunk) {
-      const int64_t b0 = k0 / kBlock, nb = std::min<int64_t>(16, blocks - b0);
-      const __mmask16 mask = nb == 16 ? __mmask16(0xFFFF) : __mmask16((1u << nb) - 1);
-      __m512 dwin[M];
-#pragma GCC unroll 4
-      for (int m = 0; m < M; ++m) dwin[m] = _mm512_maskz_loadu_ps(mask, a.d.data() + m * blocks + b0);
-      __m512i idx = first;
-      const int64_t k1 = std::min(inp, k0 + 8 * kChunk);
-      for (int64_t k = k0; k < k1; k += kChunk) {
-        chunk(static_cast<int>((k / kChunk) & 1), k, dwin, idx);  // (EvenOddChunks' accumulators)
-        idx = _mm512_add_epi32(idx, two);
+        for (int m = 0; m < M; ++m) {
+          const __m256i xv = InRegister(Load256(x + m * inp + k + kBlock * j));
+          const __m256i cv =
+              _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), flip, xv));
+          const __m256 dv = _mm256_broadcast_ss(d + m * blocks + b + j);
+          acc0[j][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_dpbusd_epi32(cv, u0, xv)), dv, acc0[j][m]);
+          acc1[j][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_dpbusd_epi32(cv, u1, xv)), dv, acc1[j][m]);
+        }
       }
     }
 #pragma GCC unroll 4
     for (int m = 0; m < M; ++m) {
-      const __m512 t[2] = {_mm512_add_ps(acc0[0][m], acc0[1][m]), _mm512_add_ps(acc1[0][m], acc1[1][m])};
-      float sums[2];
-      ReduceAddRows<2>(t, sums);
-      float y0 = p.scale[r0] * sums[0], y1 = p.scale[r1] * sums[1];
+      float y0 = p.scale[r0] * ReduceAdd8(_mm256_add_ps(acc0[0][m], acc0[1][m]));
+      float y1 = p.scale[r1] * ReduceAdd8(_mm256_add_ps(acc1[0][m], acc1[1][m]));
       if (p.bias != nullptr) y0 += p.bias[r0], y1 += p.bias[r1];
       StoreY(p, m * p.out + r0, y0);
       StoreY(p, m * p.out + r1, y1);
@@ -375,57 +367,64 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
   }
 }
 
-// One input row, rows in VisitRows' streaming order (pairs of rows far
-// apart): Int4BlockG128's arithmetic in one loop over the pairs, with the
-// problem's invariants hoisted. (As separate calls, each pair's setup and
-// sums cost about as much as its 7 chunks' products at 896 inputs.)
+// One input row, groups of 128 (AWQ's and --quantize int4's), rows in
+// VisitRows' streaming order (pairs of rows far apart) in 256-bit vectors
+// (see Int8Stream), in one loop over the pairs with the problem's
+// invariants hoisted (as separate calls, each pair's setup and sums cost
+// about as much as its 7 chunks' products at 896 inputs). Per row and group
+// (one 64-byte chunk): two 32-byte loads and four vpdpbusd into one int32
+// vector (inputs 0-31 and 32-63 from the low nibbles, 64-95 and 96-127 from
+// the high ones), converted once and scaled by the product of the two
+// scales (made by vectors for a window of 8 groups); two accumulators per
+// row (even and odd chunks), the zero points' term joining the odd ones
+// window by window. 512-bit vectors: InternVL2-1B with 4-bit layers (and its
+// int8 head), decode at 2500 positions, alternated in one process on the
+// Zen 5 VM: 10.70 -> 10.02 ms per step.
 void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
-  constexpr int64_t kWindow = 16;
+  constexpr int64_t kWindow = 8;
   const Activations& a = *p.a;
   const int64_t inp = a.inp, groups = inp / kChunk4;
   const int8_t* x = a.xq.data();
   const float* span_d = a.span_d.data();
   const float* gsum = a.gsum.data();
-  const __m512i low = _mm512_set1_epi8(0x0F);
-  alignas(64) float sd[2][kWindow];
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  alignas(32) float sd[2][kWindow];
   auto pair = [&](int64_t r0, int64_t r1) __attribute__((always_inline)) {
     const Int4Row row0 = RowOf(p, r0), row1 = RowOf(p, r1);
-    __m512 acc0[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    __m512 acc1[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m256 acc0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 acc1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
       const int64_t kb = g * (kChunk4 / 2);
       PrefetchAhead(row0.w, kb, inp / 2, p.w_stride);
       PrefetchAhead(row1.w, kb, inp / 2, p.w_stride);
-      const __m512i v0 = InRegister(_mm512_loadu_si512(row0.w + kb));
-      const __m512i v1 = InRegister(_mm512_loadu_si512(row1.w + kb));
-      const __m512i x_lo = InRegister(_mm512_loadu_si512(x + g * kChunk4));
-      const __m512i x_hi = InRegister(_mm512_loadu_si512(x + g * kChunk4 + 64));
-      const __m512i t0 =
-          _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v0, low), x_lo),
-                              _mm512_and_si512(_mm512_srli_epi16(v0, 4), low), x_hi);
-      const __m512i t1 =
-          _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v1, low), x_lo),
-                              _mm512_and_si512(_mm512_srli_epi16(v1, 4), low), x_hi);
-      acc0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t0), _mm512_set1_ps(sd[0][g % kWindow]), acc0[j]);
-      acc1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t1), _mm512_set1_ps(sd[1][g % kWindow]), acc1[j]);
+      const int8_t* xg = x + g * kChunk4;
+      const __m256i x0 = InRegister(Load256(xg)), x1 = InRegister(Load256(xg + 32));
+      const __m256i x2 = InRegister(Load256(xg + 64)), x3 = InRegister(Load256(xg + 96));
+      auto dot = [&](const uint8_t* w) __attribute__((always_inline)) {
+        const __m256i v0 = InRegister(Load256(w + kb)), v1 = InRegister(Load256(w + kb + 32));
+        __m256i t = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(v0, low), x0);
+        t = _mm256_dpbusd_epi32(t, _mm256_and_si256(v1, low), x1);
+        t = _mm256_dpbusd_epi32(t, _mm256_and_si256(_mm256_srli_epi16(v0, 4), low), x2);
+        return _mm256_dpbusd_epi32(t, _mm256_and_si256(_mm256_srli_epi16(v1, 4), low), x3);
+      };
+      const __m256i t0 = dot(row0.w), t1 = dot(row1.w);
+      acc0[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t0), _mm256_broadcast_ss(sd[0] + g % kWindow), acc0[j]);
+      acc1[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t1), _mm256_broadcast_ss(sd[1] + g % kWindow), acc1[j]);
     };
-    // The zero points' term (as in Int4Block) starts the second accumulators.
     for (int64_t g0 = 0; g0 < groups; g0 += kWindow) {
       const int64_t n = std::min(kWindow, groups - g0);
-      const __mmask16 mask = n == kWindow ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-      const __m512 d = _mm512_maskz_loadu_ps(mask, span_d + g0), gs = _mm512_maskz_loadu_ps(mask, gsum + g0);
-      _mm512_store_ps(sd[0], _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row0.scale + g0), d));
-      _mm512_store_ps(sd[1], _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row1.scale + g0), d));
-      acc0[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, row0.zmin + g0), gs, acc0[1]);
-      acc1[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, row1.zmin + g0), gs, acc1[1]);
+      const __mmask8 mask = static_cast<__mmask8>((1u << n) - 1);
+      const __m256 d = _mm256_maskz_loadu_ps(mask, span_d + g0), gs = _mm256_maskz_loadu_ps(mask, gsum + g0);
+      _mm256_store_ps(sd[0], _mm256_mul_ps(_mm256_maskz_loadu_ps(mask, row0.scale + g0), d));
+      _mm256_store_ps(sd[1], _mm256_mul_ps(_mm256_maskz_loadu_ps(mask, row1.scale + g0), d));
+      acc0[1] = _mm256_fmadd_ps(_mm256_maskz_loadu_ps(mask, row0.zmin + g0), gs, acc0[1]);
+      acc1[1] = _mm256_fmadd_ps(_mm256_maskz_loadu_ps(mask, row1.zmin + g0), gs, acc1[1]);
       EvenOddChunks(g0, g0 + n, 1, chunk);
     }
-    const __m512 t[2] = {_mm512_add_ps(acc0[0], acc0[1]), _mm512_add_ps(acc1[0], acc1[1])};
-    float sums[2];
-    ReduceAddRows<2>(t, sums);
-    if (p.bias != nullptr) sums[0] += p.bias[r0], sums[1] += p.bias[r1];
-    StoreY(p, r0, sums[0]);
-    StoreY(p, r1, sums[1]);
+    float y0 = ReduceAdd8(_mm256_add_ps(acc0[0], acc0[1])), y1 = ReduceAdd8(_mm256_add_ps(acc1[0], acc1[1]));
+    if (p.bias != nullptr) y0 += p.bias[r0], y1 += p.bias[r1];
+    StoreY(p, r0, y0);
+    StoreY(p, r1, y1);
   };
   const int64_t half = (row_end - row_begin) / 2;
   for (int64_t i = 0; i < half; ++i) pair(row_begin + i, row_begin + half + i);
@@ -564,7 +563,7 @@ bool CpuHasAvx512Vnni() {
   static const bool has = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
   }();
   return has;
 }
