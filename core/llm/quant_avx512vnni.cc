@@ -2,7 +2,7 @@
 // -mavx512bw -mavx512vl -mavx512vnni -mfma; see quant_kernels.h for the
 // arithmetic). vpdpbusd multiplies 64 unsigned by 64 signed bytes into 16
 // int32 lanes of 4 products each (32 into 8 in 256-bit vectors, which the
-// streaming kernels for one or two input rows use: see Int8Stream). In
+// int8 streaming kernel for one or two input rows uses: see Int8Stream). In
 // 512-bit vectors, int8: a 64-byte chunk of inputs spans two
 // activation blocks (lanes 0-7 and 8-15), so each lane is scaled by its
 // block's scale (Activations::lane_d) when converted to fp32. int4: the
@@ -96,13 +96,14 @@ void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m0) {
 // sum of each lane's 4 inputs, made by a vpdpbusd on the inputs in
 // registers: the same values as Activations::corr) and scaled by the
 // block's scale when converted.
-// The streaming kernels use 256-bit vectors (so do Int4StreamG128 and the
-// bf16 one, gemv_avx512bf16.cc): the same arithmetic in 512-bit vectors
+// In 256-bit vectors (as the bf16 streaming kernel, gemv_avx512bf16.cc; not
+// Int4StreamG128, see there): the same arithmetic in 512-bit vectors
 // (two blocks per vpdpbusd, the scales permuted out of a window) streamed
 // slower on the 2-core Zen 5 VM, InternVL2-1B at 2500 positions, alternated
 // in one process: int8 decode 13.05 -> 11.93 ms per step (the AVX2 kernel
 // 12.04), 16.21 -> 14.50 with the bf16 kernel's too; two sequences 12.68 ->
-// 11.58.
+// 11.58; 4-bit layers with this int8 head 10.70 -> 10.02. From L2 it runs
+// 49 GB/s on one thread (58 in 512-bit vectors).
 template <int M>
 void Int8Stream(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
   const Activations& a = *p.a;
@@ -367,64 +368,63 @@ void Int4BlockG128(const Int4Problem& p, const int64_t* rows, int64_t m0, int64_
   }
 }
 
-// One input row, groups of 128 (AWQ's and --quantize int4's), rows in
-// VisitRows' streaming order (pairs of rows far apart) in 256-bit vectors
-// (see Int8Stream), in one loop over the pairs with the problem's
-// invariants hoisted (as separate calls, each pair's setup and sums cost
-// about as much as its 7 chunks' products at 896 inputs). Per row and group
-// (one 64-byte chunk): two 32-byte loads and four vpdpbusd into one int32
-// vector (inputs 0-31 and 32-63 from the low nibbles, 64-95 and 96-127 from
-// the high ones), converted once and scaled by the product of the two
-// scales (made by vectors for a window of 8 groups); two accumulators per
-// row (even and odd chunks), the zero points' term joining the odd ones
-// window by window. 512-bit vectors: InternVL2-1B with 4-bit layers (and its
-// int8 head), decode at 2500 positions, alternated in one process on the
-// Zen 5 VM: 10.70 -> 10.02 ms per step.
+// One input row, rows in VisitRows' streaming order (pairs of rows far
+// apart): Int4BlockG128's arithmetic in one loop over the pairs, with the
+// problem's invariants hoisted. (As separate calls, each pair's setup and
+// sums cost about as much as its 7 chunks' products at 896 inputs.)
+// In 512-bit vectors, unlike Int8Stream: in 256-bit ones (two loads and
+// four vpdpbusd per row and chunk) it streamed alike (InternVL2-1B with
+// 4-bit layers, decode at 2500 positions, alternated in one process on the
+// Zen 5 VM: 9.37 and 9.53 ms per step against 9.60 and 9.39) but ran half
+// as fast from L2 (33 against 70 GB/s on one thread), about one thread's
+// share of the memory bandwidth: no headroom.
 void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
-  constexpr int64_t kWindow = 8;
+  constexpr int64_t kWindow = 16;
   const Activations& a = *p.a;
   const int64_t inp = a.inp, groups = inp / kChunk4;
   const int8_t* x = a.xq.data();
   const float* span_d = a.span_d.data();
   const float* gsum = a.gsum.data();
-  const __m256i low = _mm256_set1_epi8(0x0F);
-  alignas(32) float sd[2][kWindow];
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  alignas(64) float sd[2][kWindow];
   auto pair = [&](int64_t r0, int64_t r1) __attribute__((always_inline)) {
     const Int4Row row0 = RowOf(p, r0), row1 = RowOf(p, r1);
-    __m256 acc0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    __m256 acc1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m512 acc0[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m512 acc1[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
       const int64_t kb = g * (kChunk4 / 2);
       PrefetchAhead(row0.w, kb, inp / 2, p.w_stride);
       PrefetchAhead(row1.w, kb, inp / 2, p.w_stride);
-      const int8_t* xg = x + g * kChunk4;
-      const __m256i x0 = InRegister(Load256(xg)), x1 = InRegister(Load256(xg + 32));
-      const __m256i x2 = InRegister(Load256(xg + 64)), x3 = InRegister(Load256(xg + 96));
-      auto dot = [&](const uint8_t* w) __attribute__((always_inline)) {
-        const __m256i v0 = InRegister(Load256(w + kb)), v1 = InRegister(Load256(w + kb + 32));
-        __m256i t = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_and_si256(v0, low), x0);
-        t = _mm256_dpbusd_epi32(t, _mm256_and_si256(v1, low), x1);
-        t = _mm256_dpbusd_epi32(t, _mm256_and_si256(_mm256_srli_epi16(v0, 4), low), x2);
-        return _mm256_dpbusd_epi32(t, _mm256_and_si256(_mm256_srli_epi16(v1, 4), low), x3);
-      };
-      const __m256i t0 = dot(row0.w), t1 = dot(row1.w);
-      acc0[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t0), _mm256_broadcast_ss(sd[0] + g % kWindow), acc0[j]);
-      acc1[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t1), _mm256_broadcast_ss(sd[1] + g % kWindow), acc1[j]);
+      const __m512i v0 = InRegister(_mm512_loadu_si512(row0.w + kb));
+      const __m512i v1 = InRegister(_mm512_loadu_si512(row1.w + kb));
+      const __m512i x_lo = InRegister(_mm512_loadu_si512(x + g * kChunk4));
+      const __m512i x_hi = InRegister(_mm512_loadu_si512(x + g * kChunk4 + 64));
+      const __m512i t0 =
+          _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v0, low), x_lo),
+                              _mm512_and_si512(_mm512_srli_epi16(v0, 4), low), x_hi);
+      const __m512i t1 =
+          _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v1, low), x_lo),
+                              _mm512_and_si512(_mm512_srli_epi16(v1, 4), low), x_hi);
+      acc0[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t0), _mm512_set1_ps(sd[0][g % kWindow]), acc0[j]);
+      acc1[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t1), _mm512_set1_ps(sd[1][g % kWindow]), acc1[j]);
     };
+    // The zero points' term (as in Int4Block) starts the second accumulators.
     for (int64_t g0 = 0; g0 < groups; g0 += kWindow) {
       const int64_t n = std::min(kWindow, groups - g0);
-      const __mmask8 mask = static_cast<__mmask8>((1u << n) - 1);
-      const __m256 d = _mm256_maskz_loadu_ps(mask, span_d + g0), gs = _mm256_maskz_loadu_ps(mask, gsum + g0);
-      _mm256_store_ps(sd[0], _mm256_mul_ps(_mm256_maskz_loadu_ps(mask, row0.scale + g0), d));
-      _mm256_store_ps(sd[1], _mm256_mul_ps(_mm256_maskz_loadu_ps(mask, row1.scale + g0), d));
-      acc0[1] = _mm256_fmadd_ps(_mm256_maskz_loadu_ps(mask, row0.zmin + g0), gs, acc0[1]);
-      acc1[1] = _mm256_fmadd_ps(_mm256_maskz_loadu_ps(mask, row1.zmin + g0), gs, acc1[1]);
+      const __mmask16 mask = n == kWindow ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+      const __m512 d = _mm512_maskz_loadu_ps(mask, span_d + g0), gs = _mm512_maskz_loadu_ps(mask, gsum + g0);
+      _mm512_store_ps(sd[0], _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row0.scale + g0), d));
+      _mm512_store_ps(sd[1], _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, row1.scale + g0), d));
+      acc0[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, row0.zmin + g0), gs, acc0[1]);
+      acc1[1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, row1.zmin + g0), gs, acc1[1]);
       EvenOddChunks(g0, g0 + n, 1, chunk);
     }
-    float y0 = ReduceAdd8(_mm256_add_ps(acc0[0], acc0[1])), y1 = ReduceAdd8(_mm256_add_ps(acc1[0], acc1[1]));
-    if (p.bias != nullptr) y0 += p.bias[r0], y1 += p.bias[r1];
-    StoreY(p, r0, y0);
-    StoreY(p, r1, y1);
+    const __m512 t[2] = {_mm512_add_ps(acc0[0], acc0[1]), _mm512_add_ps(acc1[0], acc1[1])};
+    float sums[2];
+    ReduceAddRows<2>(t, sums);
+    if (p.bias != nullptr) sums[0] += p.bias[r0], sums[1] += p.bias[r1];
+    StoreY(p, r0, sums[0]);
+    StoreY(p, r1, sums[1]);
   };
   const int64_t half = (row_end - row_begin) / 2;
   for (int64_t i = 0; i < half; ++i) pair(row_begin + i, row_begin + half + i);
