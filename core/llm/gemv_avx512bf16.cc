@@ -81,8 +81,8 @@ inline void Block(const Problem& p, const int64_t* rows, int64_t m0) {
 // apart) in 256-bit vectors: per row two accumulators (the halves of each
 // 64-byte line), one vdpbf16ps per 16 weights. Block<2, 1>'s 512-bit vectors
 // streamed slower on the 2-core Zen 5 VM: InternVL2-1B bf16, decode at 2500
-// positions, alternated in one process: 18.25 -> 17.59 ms per step (as the
-// int8 and 4-bit stream kernels, quant_avx512vnni.cc).
+// positions, alternated in one process: 18.25 -> 17.59 and 24.69 -> 22.69 ms
+// per step (as the int8 stream kernel, quant_avx512vnni.cc).
 void StreamOneInput(const Problem& p, int64_t row_begin, int64_t row_end) {
   const int64_t in = p.in;
   const int64_t vec_end = in & ~int64_t{31};

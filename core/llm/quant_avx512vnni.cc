@@ -101,9 +101,9 @@ void Int8Block(const Int8Problem& p, const int64_t* rows, int64_t m0) {
 // (two blocks per vpdpbusd, the scales permuted out of a window) streamed
 // slower on the 2-core Zen 5 VM, InternVL2-1B at 2500 positions, alternated
 // in one process: int8 decode 13.05 -> 11.93 ms per step (the AVX2 kernel
-// 12.04), 16.21 -> 14.50 with the bf16 kernel's too; two sequences 12.68 ->
-// 11.58; 4-bit layers with this int8 head 10.70 -> 10.02. From L2 it runs
-// 49 GB/s on one thread (58 in 512-bit vectors).
+// 12.04), 16.21 -> 14.50 in a slower period; two sequences 12.68 -> 11.58;
+// the 4-bit layers' int8 head included, 10.70 -> 10.02. From L2 it runs 49
+// GB/s on one thread (58 in 512-bit vectors).
 template <int M>
 void Int8Stream(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
   const Activations& a = *p.a;
