@@ -103,8 +103,8 @@ void StreamOneInput(const Problem& p, int64_t row_begin, int64_t row_end) {
         acc1[j] = _mm256_dpbf16_ps(acc1[j], load(w1 + k + 16 * j), xv);
       }
     }
-    float s0 = simd::ReduceAdd8(_mm256_add_ps(acc0[0], acc0[1]));
-    float s1 = simd::ReduceAdd8(_mm256_add_ps(acc1[0], acc1[1]));
+    float s0 = simd::HorizontalSum8(_mm256_add_ps(acc0[0], acc0[1]));
+    float s1 = simd::HorizontalSum8(_mm256_add_ps(acc1[0], acc1[1]));
     for (int64_t k = vec_end; k < in; ++k) {
       s0 += Bf16ToFloat(w0[k]) * Bf16ToFloat(x[k]);
       s1 += Bf16ToFloat(w1[k]) * Bf16ToFloat(x[k]);

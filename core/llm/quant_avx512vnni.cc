@@ -29,7 +29,7 @@
 namespace internvl::llm::quant {
 namespace {
 
-using simd::ReduceAdd8;
+using simd::HorizontalSum8;
 using simd::ReduceAddColumn;
 using simd::ReduceAddRows;
 
@@ -140,8 +140,8 @@ void Int8Stream(const Int8Problem& p, int64_t row_begin, int64_t row_end) {
     }
 #pragma GCC unroll 4
     for (int m = 0; m < M; ++m) {
-      float y0 = p.scale[r0] * ReduceAdd8(_mm256_add_ps(acc0[0][m], acc0[1][m]));
-      float y1 = p.scale[r1] * ReduceAdd8(_mm256_add_ps(acc1[0][m], acc1[1][m]));
+      float y0 = p.scale[r0] * HorizontalSum8(_mm256_add_ps(acc0[0][m], acc0[1][m]));
+      float y1 = p.scale[r1] * HorizontalSum8(_mm256_add_ps(acc1[0][m], acc1[1][m]));
       if (p.bias != nullptr) y0 += p.bias[r0], y1 += p.bias[r1];
       StoreY(p, m * p.out + r0, y0);
       StoreY(p, m * p.out + r1, y1);

@@ -6,6 +6,7 @@
 
 #include "core/nn/bf16_avx512.h"
 #include "core/nn/exp_avx512.h"
+#include "core/nn/simd_avx2.h"
 
 namespace internvl::llm::simd {
 
@@ -56,14 +57,6 @@ inline void ReduceAddColumn(const __m512 (&acc)[kRows][M], int m, float* out) {
   ReduceAddRows<kRows>(column, out);
 }
 
-// Sum of the 8 lanes of v by one fixed tree: 128-bit halves, then lanes
-// (0 + 2) + (1 + 3).
-inline float ReduceAdd8(__m256 v) {
-  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
-}
-
 inline float ReduceAdd(__m512 v) {
   float s;
   ReduceAddRows<1>(&v, &s);
@@ -71,6 +64,7 @@ inline float ReduceAdd(__m512 v) {
 }
 
 using internvl::simd::ExpNonPositiveAvx512;
+using internvl::simd::HorizontalSum8;  // (the 256-bit streaming kernels' lane sums)
 using internvl::simd::RoundToBf16x16;
 
 }  // namespace internvl::llm::simd

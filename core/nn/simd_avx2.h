@@ -1,5 +1,6 @@
-// Small AVX2 helpers shared by the translation units compiled for AVX2 only
-// (softmax_avx2.cc, norm_avx2.cc, activation_avx2.cc, core/llm/gemv_avx2.cc):
+// Small AVX2 helpers shared by the translation units compiled for AVX2
+// (softmax_avx2.cc, norm_avx2.cc, activation_avx2.cc, core/llm/gemv_avx2.cc;
+// the AVX-512 kernel files through core/llm/simd_avx512.h):
 // bf16 (raw bits) to and from fp32 lanes, whole and for a row's tail, and a
 // horizontal sum.
 #pragma once
