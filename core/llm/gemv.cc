@@ -383,26 +383,40 @@ int64_t FastLinearMaxRows(at::ScalarType x, at::ScalarType w) {
   return kMaxFastLinearRows;
 }
 
-at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  if (!FastLinearEnabled() || at::GradMode::is_enabled()) return {};
-  if (!x.defined() || !w.defined() || x.dim() < 1 || w.dim() != 2 || !x.device().is_cpu() || !w.device().is_cpu()) {
-    return {};
-  }
+bool FastLinearApplies(at::ScalarType x_dtype, int64_t rows, const at::Tensor& w, const at::Tensor& b) {
+  if (!FastLinearEnabled() || at::GradMode::is_enabled()) return false;
+  if (!w.defined() || w.dim() != 2 || !w.device().is_cpu()) return false;
   const int64_t out = w.size(0), in = w.size(1);
-  if (in == 0 || out == 0 || x.size(-1) != in || !w.is_contiguous()) return {};
-  if (!Supported(x.scalar_type()) || !Supported(w.scalar_type())) return {};
+  if (in == 0 || out == 0 || !w.is_contiguous()) return false;
+  if (!Supported(x_dtype) || !Supported(w.scalar_type())) return false;
   if (b.defined() && (b.dim() != 1 || b.size(0) != out || !Supported(b.scalar_type()) || !b.device().is_cpu())) {
-    return {};
+    return false;
   }
-  const int64_t rows = x.numel() / in;
-  if (rows < 1 || rows > FastLinearMaxRows(x.scalar_type(), w.scalar_type())) return {};
+  return rows >= 1 && rows <= FastLinearMaxRows(x_dtype, w.scalar_type());
+}
 
-  // Few libtorch ops here: between two products that stream megabytes of
-  // weights, each op's dispatch runs from cold caches (measured ~45 us of
-  // ops around a 2 MB product whose kernel takes ~50).
-  const at::ScalarType x_dtype = x.scalar_type();
+at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (!x.defined() || x.dim() < 1 || !x.device().is_cpu() || !w.defined() || w.dim() != 2) return {};
+  const int64_t out = w.size(0), in = w.size(1);
+  if (in == 0 || x.size(-1) != in) return {};
+  const int64_t rows = x.numel() / in;
+  if (!FastLinearApplies(x.scalar_type(), rows, w, b)) return {};
   const at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
   at::Tensor y = at::empty({rows, out}, x.options());
+  FastLinearRows(xc.data_ptr(), x.scalar_type(), rows, w, b, y.data_ptr());
+  if (x.dim() == 2) return y;
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out;
+  return y.view(shape);
+}
+
+void FastLinearRows(const void* x, at::ScalarType x_dtype, int64_t rows, const at::Tensor& w, const at::Tensor& b,
+                    void* y) {
+  // No libtorch op here: between two products that stream megabytes of
+  // weights, each op's dispatch runs from cold caches (measured ~45 us of
+  // ops around a 2 MB product whose kernel takes ~50; an at::empty alone
+  // after a 64 MB pass 4-5 us, a narrow 9 us, against 0.3 and 0.6 hot).
+  const int64_t out = w.size(0), in = w.size(1);
   gemv::Problem p;
   p.m = rows;
   p.in = in;
@@ -419,23 +433,26 @@ at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
     }
   }
   if (x_dtype == at::kBFloat16) {
-    p.y_bf16 = reinterpret_cast<uint16_t*>(y.data_ptr());
+    p.y_bf16 = static_cast<uint16_t*>(y);
   } else {
-    p.y = y.data_ptr<float>();
+    p.y = static_cast<float*>(y);
   }
   GemvKernel kernel = ActiveGemvKernel();
   // Only for bf16 inputs and weights (the products stay exact).
   if (kernel == GemvKernel::kAvx512Bf16 && !(x_dtype == at::kBFloat16 && p.w_bf16)) kernel = GemvKernel::kAvx2;
-  at::Tensor xf, scratch;
+  // The inputs widened to fp32 and the AVX2 kernel's layout of them: buffers
+  // reused per thread (bound to references: the helpers read the caller's).
+  thread_local std::vector<float> t_x, t_perm;
+  std::vector<float>& xf = t_x;
+  std::vector<float>& perm = t_perm;
   if (kernel == GemvKernel::kAvx512Bf16) {
-    p.x_bf16 = reinterpret_cast<const uint16_t*>(xc.data_ptr());
+    p.x_bf16 = static_cast<const uint16_t*>(x);
   } else {
-    xf = x_dtype == at::kFloat ? xc : CastFloatBf16(xc, at::kFloat);
-    p.x = xf.data_ptr<float>();
+    p.x = FloatValues(x, x_dtype, rows * in, xf, kernel != GemvKernel::kPortable);
   }
   if (kernel == GemvKernel::kAvx2) {
-    scratch = at::empty({rows, in}, xf.options());
-    gemv::PrepareAvx2(p, scratch.data_ptr<float>());
+    perm.resize(static_cast<size_t>(rows * in));
+    gemv::PrepareAvx2(p, perm.data());
   }
   const int threads = at::get_num_threads();
   const RowChunks& chunks = SplitRowsCached(out, in, threads);
@@ -450,11 +467,6 @@ at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
         return gemv::RowsPortable(p, r0, r1);
     }
   });
-
-  if (x.dim() == 2) return y;
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = out;
-  return y.view(shape);
 }
 
 at::Tensor CastFloatBf16(const at::Tensor& t, at::ScalarType dtype) {
@@ -512,65 +524,90 @@ at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
 }
 
 const float* FloatValues(const at::Tensor& t, std::vector<float>& buffer, bool avx2) {
-  if (t.scalar_type() == at::kFloat) return t.data_ptr<float>();
-  const int64_t n = t.numel();
+  if (Supported(t.scalar_type())) return FloatValues(t.data_ptr(), t.scalar_type(), t.numel(), buffer, avx2);
+  const at::Tensor f = t.to(at::kFloat);
+  buffer.resize(static_cast<size_t>(t.numel()));
+  std::memcpy(buffer.data(), f.data_ptr<float>(), buffer.size() * sizeof(float));
+  return buffer.data();
+}
+
+const float* FloatValues(const void* data, at::ScalarType dtype, int64_t n, std::vector<float>& buffer, bool avx2) {
+  if (dtype == at::kFloat) return static_cast<const float*>(data);
+  TORCH_CHECK(dtype == at::kBFloat16, "FloatValues: fp32 or bf16 values only");
   buffer.resize(static_cast<size_t>(n));
-  if (t.scalar_type() == at::kBFloat16) {
-    const auto* src = reinterpret_cast<const uint16_t*>(t.data_ptr());
-    if (avx2) {
-      gemv::Bf16ToFloatAvx2(src, buffer.data(), n);
-    } else {
-      for (int64_t i = 0; i < n; ++i) buffer[i] = Bf16BitsToFloat(src[i]);
-    }
+  const auto* src = static_cast<const uint16_t*>(data);
+  if (avx2) {
+    gemv::Bf16ToFloatAvx2(src, buffer.data(), n);
   } else {
-    const at::Tensor f = t.to(at::kFloat);
-    std::memcpy(buffer.data(), f.data_ptr<float>(), static_cast<size_t>(n) * sizeof(float));
+    for (int64_t i = 0; i < n; ++i) buffer[i] = Bf16BitsToFloat(src[i]);
   }
   return buffer.data();
+}
+
+bool PagedDecodeAttentionApplies(at::ScalarType q_dtype, int64_t seqs, int64_t heads, int64_t dim,
+                                 const at::Tensor& key_pool, const at::Tensor& value_pool,
+                                 const std::vector<const std::vector<int32_t>*>& tables,
+                                 const std::vector<int64_t>& lens) {
+  if (!FastLinearEnabled() || at::GradMode::is_enabled()) return false;
+  if (!key_pool.defined() || !value_pool.defined() || key_pool.dim() != 4 || value_pool.sizes() != key_pool.sizes()) {
+    return false;
+  }
+  if (!Supported(q_dtype)) return false;
+  for (const at::Tensor* t : {&key_pool, &value_pool}) {
+    if (!Supported(t->scalar_type()) || !t->device().is_cpu()) return false;
+  }
+  if (value_pool.scalar_type() != key_pool.scalar_type()) return false;
+  // Each block of each KV head a contiguous run of rows; blocks and heads
+  // at any strides (the pool lays each head's blocks out one after another:
+  // paged_kv.h), the same for keys and values.
+  if (key_pool.strides() != value_pool.strides() || key_pool.stride(3) != 1 || key_pool.stride(2) != key_pool.size(3)) {
+    return false;
+  }
+  const int64_t kv_heads = key_pool.size(1), bs = key_pool.size(2);
+  if (key_pool.size(3) != dim || dim < 1 || kv_heads == 0 || heads % kv_heads != 0 ||
+      static_cast<int64_t>(tables.size()) != seqs || static_cast<int64_t>(lens.size()) != seqs) {
+    return false;
+  }
+  for (int64_t s = 0; s < seqs; ++s) {
+    if (lens[s] < 1 || static_cast<int64_t>(tables[s]->size()) * bs < lens[s]) return false;
+  }
+  return true;
 }
 
 at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool, const at::Tensor& value_pool,
                                 const std::vector<const std::vector<int32_t>*>& tables,
                                 const std::vector<int64_t>& lens) {
-  if (!FastLinearEnabled() || at::GradMode::is_enabled()) return {};
-  if (!q.defined() || !key_pool.defined() || !value_pool.defined() || q.dim() != 3 || key_pool.dim() != 4 ||
-      value_pool.sizes() != key_pool.sizes()) {
+  if (!q.defined() || q.dim() != 3 || !q.device().is_cpu() ||
+      !PagedDecodeAttentionApplies(q.scalar_type(), q.size(0), q.size(1), q.size(2), key_pool, value_pool, tables,
+                                   lens)) {
     return {};
   }
-  for (const at::Tensor* t : {&q, &key_pool, &value_pool}) {
-    if (!Supported(t->scalar_type()) || !t->device().is_cpu()) return {};
-  }
+  const at::Tensor qcont = q.contiguous();
+  at::Tensor out = at::empty({q.size(0), q.size(1) * q.size(2)}, q.options());
+  PagedDecodeAttentionRows(qcont.data_ptr(), q.scalar_type(), q.size(0), q.size(1), q.size(2), key_pool, value_pool,
+                           tables, lens, out.data_ptr());
+  return out;
+}
+
+void PagedDecodeAttentionRows(const void* q, at::ScalarType q_dtype, int64_t seqs, int64_t heads, int64_t dim,
+                              const at::Tensor& key_pool, const at::Tensor& value_pool,
+                              const std::vector<const std::vector<int32_t>*>& tables, const std::vector<int64_t>& lens,
+                              void* out) {
   const bool bf16 = key_pool.scalar_type() == at::kBFloat16;
-  if (value_pool.scalar_type() != key_pool.scalar_type()) return {};
-  // Each block of each KV head a contiguous run of rows; blocks and heads
-  // at any strides (the pool lays each head's blocks out one after another:
-  // paged_kv.h), the same for keys and values.
-  if (key_pool.strides() != value_pool.strides() || key_pool.stride(3) != 1 || key_pool.stride(2) != key_pool.size(3)) {
-    return {};
-  }
   const int64_t block_stride = key_pool.stride(0), head_stride = key_pool.stride(1);
-  const int64_t seqs = q.size(0), heads = q.size(1), dim = q.size(2);
   const int64_t kv_heads = key_pool.size(1), bs = key_pool.size(2), num_blocks = key_pool.size(0);
-  if (key_pool.size(3) != dim || kv_heads == 0 || heads % kv_heads != 0 ||
-      static_cast<int64_t>(tables.size()) != seqs || static_cast<int64_t>(lens.size()) != seqs) {
-    return {};
-  }
-  for (int64_t s = 0; s < seqs; ++s) {
-    if (lens[s] < 1 || static_cast<int64_t>(tables[s]->size()) * bs < lens[s]) return {};
-  }
   const int64_t groups = heads / kv_heads;
   const bool avx2 = ActiveGemvKernel() != GemvKernel::kPortable && dim % 8 == 0;
   // The queries in fp32 and the result before its cast: per-thread buffers
   // (a tensor each cost ~1-2 us per layer between two products).
-  const at::Tensor qcont = q.contiguous();
   thread_local std::vector<float> t_q, t_out;
-  const float* qp = FloatValues(qcont, t_q, ActiveGemvKernel() != GemvKernel::kPortable);
+  const float* qp = FloatValues(q, q_dtype, seqs * heads * dim, t_q, ActiveGemvKernel() != GemvKernel::kPortable);
   // bf16 queries over a bf16 cache (a model computed in bf16): AVX-512-BF16
   // dot products, 4-5x fewer instructions than widening every key and value
   // for each of the group's query heads.
   const bool native_bf16 =
-      bf16 && q.scalar_type() == at::kBFloat16 && ActiveGemvKernel() == GemvKernel::kAvx512Bf16 && dim % 32 == 0;
-  const uint16_t* qbp = native_bf16 ? reinterpret_cast<const uint16_t*>(qcont.data_ptr()) : nullptr;
+      bf16 && q_dtype == at::kBFloat16 && ActiveGemvKernel() == GemvKernel::kAvx512Bf16 && dim % 32 == 0;
+  const uint16_t* qbp = native_bf16 ? static_cast<const uint16_t*>(q) : nullptr;
   const float scale = static_cast<float>(std::sqrt(static_cast<double>(dim)));
   // Split softmax ("flash decoding"): one chunk per (sequence, kv head,
   // segment of keys) runs the group's query heads over its segment: all their
@@ -775,10 +812,9 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
       for (int64_t c = run_first[r]; c < run_first[r + 1]; ++c) run_chunk(c);
     });
   }
-  at::Tensor out = at::empty({seqs, heads * dim}, q.options());
-  const bool fp32_out = q.scalar_type() == at::kFloat;
+  const bool fp32_out = q_dtype == at::kFloat;
   if (!fp32_out) t_out.resize(static_cast<size_t>(seqs * heads * dim));
-  float* op = fp32_out ? out.data_ptr<float>() : t_out.data();
+  float* op = fp32_out ? static_cast<float*>(out) : t_out.data();
   for (int64_t s = 0; s < seqs; ++s) {
     for (int64_t h = 0; h < heads; ++h) {
       const gemv::Segment* seg = parts.data() + part_index(s, h, 0);
@@ -798,7 +834,7 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
     }
   }
   if (!fp32_out) {  // bf16 (Supported): rounded as libtorch's cast
-    auto* o16 = reinterpret_cast<uint16_t*>(out.data_ptr());
+    auto* o16 = static_cast<uint16_t*>(out);
     const int64_t n = seqs * heads * dim;
     if (avx2) {
       gemv::FloatToBf16Avx2(op, o16, n);
@@ -810,7 +846,6 @@ at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool,
   if ((scratch.capacity() + partial.capacity() + t_q.capacity() + t_out.capacity()) * sizeof(float) > kKeepBytes) {
     for (std::vector<float>* v : {&scratch, &partial, &t_q, &t_out}) std::vector<float>().swap(*v);
   }
-  return out;
 }
 
 namespace {

@@ -48,6 +48,15 @@ inline constexpr int64_t kMaxFastLinearRows = 16;
 // arguments do not fit (callers then use at::linear).
 at::Tensor FastLinear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 
+// Whether FastLinear runs for `rows` rows of dtype x_dtype through w and b
+// (b may be undefined): its conditions without a tensor of inputs.
+bool FastLinearApplies(at::ScalarType x_dtype, int64_t rows, const at::Tensor& w, const at::Tensor& b);
+// FastLinear on raw rows, where FastLinearApplies: x [rows, in] and y [rows,
+// out], both of dtype x_dtype (fp32, or bf16 as uint16_t bits), contiguous.
+// No libtorch op: the fused decode layer (modules.h) chains these.
+void FastLinearRows(const void* x, at::ScalarType x_dtype, int64_t rows, const at::Tensor& w, const at::Tensor& b,
+                    void* y);
+
 // The modules' linear layer (see the file comment). b may be undefined.
 at::Tensor Linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
 
@@ -70,6 +79,18 @@ at::Tensor CastFloatBf16(const at::Tensor& t, at::ScalarType dtype);
 at::Tensor PagedDecodeAttention(const at::Tensor& q, const at::Tensor& key_pool, const at::Tensor& value_pool,
                                 const std::vector<const std::vector<int32_t>*>& tables,
                                 const std::vector<int64_t>& lens);
+// Whether PagedDecodeAttention runs for q of dtype q_dtype [seqs, heads, dim]
+// (its conditions without a tensor of queries).
+bool PagedDecodeAttentionApplies(at::ScalarType q_dtype, int64_t seqs, int64_t heads, int64_t dim,
+                                 const at::Tensor& key_pool, const at::Tensor& value_pool,
+                                 const std::vector<const std::vector<int32_t>*>& tables,
+                                 const std::vector<int64_t>& lens);
+// PagedDecodeAttention on raw rows, where it applies: q [seqs, heads, dim] and
+// out [seqs, heads * dim], both of q_dtype and contiguous. No libtorch op.
+void PagedDecodeAttentionRows(const void* q, at::ScalarType q_dtype, int64_t seqs, int64_t heads, int64_t dim,
+                              const at::Tensor& key_pool, const at::Tensor& value_pool,
+                              const std::vector<const std::vector<int32_t>*>& tables, const std::vector<int64_t>& lens,
+                              void* out);
 
 // Turns FastLinear (and PagedDecodeAttention) off (it then returns undefined) or back on, process-wide:
 // for benchmarks that compare against libtorch. On by default.
@@ -110,5 +131,7 @@ at::Tensor EmptyOnHugePages(at::IntArrayRef shape, at::ScalarType dtype);
 // the CPU has them; other dtypes through libtorch's cast). For the decode
 // path's per-thread buffers: a fresh fp32 tensor per call cost ~1-2 us there.
 const float* FloatValues(const at::Tensor& t, std::vector<float>& buffer, bool avx2);
+// The same for n raw values of dtype fp32 or bf16.
+const float* FloatValues(const void* data, at::ScalarType dtype, int64_t n, std::vector<float>& buffer, bool avx2);
 
 }  // namespace internvl::llm

@@ -5,8 +5,12 @@
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "core/llm/bf16_bits.h"
@@ -14,6 +18,7 @@
 #include "core/llm/gemv.h"
 #include "core/llm/gemv_kernels.h"
 #include "core/llm/paged_attention.h"
+#include "core/llm/paged_kv.h"
 #include "core/nn/activation.h"
 #include "core/nn/device.h"
 #include "core/nn/softmax.h"
@@ -46,28 +51,82 @@ constexpr int64_t kMaxLoopRows = 16;
 // The row kernels (gemv_kernels.h) in AVX2 where the decode kernels use it.
 bool RowKernelsAvx2() { return ActiveGemvKernel() != GemvKernel::kPortable && gemv::CpuHasAvx2Fma(); }
 
-// SwiGlu with each row's columns split between the decode threads where the
-// rows are few and wide: the helpers idle between two products, and one
-// 4864-wide bf16 row is ~6 us of exponentials on one core. Elementwise: the
-// same bits as SwiGlu.
-at::Tensor DecodeSwiGlu(const at::Tensor& gate, const at::Tensor& up) {
-  constexpr int64_t kMinColumns = 1024;  // per thread
-  const int64_t n = gate.size(-1);
+// SwiGLU columns [0, n) of a decode step's few rows: fn(begin, end) over
+// parts split between the decode threads where the rows are wide (the
+// helpers idle between two products, and one 4864-wide bf16 row is ~6 us of
+// exponentials on one core), else fn(0, n). Elementwise: the same bits.
+constexpr int64_t kMinSwiGluColumns = 1024;  // per thread
+bool SplitSwiGlu(int64_t n) { return at::get_num_threads() >= 2 && n >= 2 * kMinSwiGluColumns; }
+void SwiGluColumnParts(int64_t n, absl::FunctionRef<void(int64_t, int64_t)> fn) {
+  if (!SplitSwiGlu(n)) return fn(0, n);
   const int threads = at::get_num_threads();
-  if (threads < 2 || n < 2 * kMinColumns || gate.numel() / n > kMaxLoopRows || !SwiGluRunsKernel(gate, up)) {
-    return SwiGlu(gate, up);
-  }
-  at::Tensor out = at::empty(gate.sizes(), gate.options());
-  const int64_t chunks = std::min<int64_t>(threads, n / kMinColumns);
+  const int64_t chunks = std::min<int64_t>(threads, n / kMinSwiGluColumns);
   const int64_t per = ((n + chunks - 1) / chunks + 7) / 8 * 8;  // whole 8-lane vectors but the last
   ParallelChunks(chunks, threads, [&](int64_t c) {
     const int64_t begin = c * per, end = std::min(n, begin + per);
-    if (begin < end) SwiGluColumns(gate, up, out, begin, end);
+    if (begin < end) fn(begin, end);
   });
+}
+
+// SwiGlu, split as SwiGluColumnParts says.
+at::Tensor DecodeSwiGlu(const at::Tensor& gate, const at::Tensor& up) {
+  const int64_t n = gate.size(-1);
+  if (!SplitSwiGlu(n) || gate.numel() / n > kMaxLoopRows || !SwiGluRunsKernel(gate, up)) return SwiGlu(gate, up);
+  at::Tensor out = at::empty(gate.sizes(), gate.options());
+  SwiGluColumnParts(n, [&](int64_t begin, int64_t end) { SwiGluColumns(gate, up, out, begin, end); });
   return out;
 }
 
+std::atomic<bool> g_fused_decode{[] {
+  const char* env = std::getenv("INTERNVL_FUSED_DECODE");
+  return env == nullptr || std::string(env) != "0";
+}()};
+
+std::atomic<int64_t> g_fused_layers{0};
+
+// One product of the fused decode step on bf16 rows: quantized weights
+// (QuantLinear's decode path) or float ones through FastLinear, as the
+// modules' forward would run it.
+struct RowProduct {
+  const QuantMatrix* quant = nullptr;
+  at::Tensor w, b;  // w: float weights (unused when quantized)
+
+  int64_t out() const { return quant != nullptr ? quant->out() : w.size(0); }
+  bool Applies(int64_t rows, int64_t in_features) const {
+    if (quant != nullptr) return rows <= kMaxFastLinearRows && quant->in() == in_features;
+    return FastLinearApplies(at::kBFloat16, rows, w, b) && w.size(1) == in_features;
+  }
+  void Run(const uint16_t* x, int64_t rows, uint16_t* y) const {
+    if (quant != nullptr) return QuantLinearRows(x, at::kBFloat16, rows, *quant, b, y);
+    FastLinearRows(x, at::kBFloat16, rows, w, b, y);
+  }
+};
+
+RowProduct DenseProduct(const DenseImpl& d) {
+  if (d.quant) return {d.quant.get(), {}, d.bias};
+  return {nullptr, d.weight, d.bias};
+}
+
+// The block tables and lengths of a paged step's decoding sequences.
+void DecodeTables(const PagedContext& pc, std::vector<const std::vector<int32_t>*>& tables,
+                  std::vector<int64_t>& lens) {
+  tables.clear();
+  lens.clear();
+  for (int64_t i : pc.decode_seqs) {
+    tables.push_back(&(*pc.seqs)[i].blocks);
+    lens.push_back((*pc.seqs)[i].start + 1);
+  }
+}
+
+bool Bf16Row(const at::Tensor& t, int64_t n) {
+  return t.defined() && t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.numel() == n && t.device().is_cpu();
+}
+
 }  // namespace
+
+void SetFusedDecodeEnabled(bool enabled) { g_fused_decode.store(enabled); }
+bool FusedDecodeEnabled() { return g_fused_decode.load() && FastLinearEnabled(); }
+int64_t FusedDecodeLayers() { return g_fused_layers.load(std::memory_order_relaxed); }
 
 // apply_rotary_pos_emb: x * cos + rotate_half(x) * sin. x [B,T,h,d],
 // cos/sin [B,T,1,d].
@@ -436,6 +495,200 @@ std::pair<at::Tensor, at::Tensor> LlamaDecoderLayerImpl::QueryKey(const at::Tens
   return self_attn->QueryKey(input_layernorm(x), ctx);
 }
 
+// The parts of one decoder layer the fused decode step runs.
+struct FusedLayer {
+  const RMSNormImpl* attention_norm = nullptr;
+  const RMSNormImpl* mlp_norm = nullptr;
+  RowProduct qkv, o, gate_up, down;
+  int64_t heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
+  // InternLM2's wqkv rows: per kv head its G query heads, its key, its value
+  // (InternLM2AttentionImpl); else all queries, all keys, all values.
+  bool grouped_qkv = false;
+};
+
+// The fused decode step's view of the layers' fused weights: false where
+// q|k|v or gate|up are not fused (the forward then runs them separately).
+struct FusedDecodeAccess {
+  static bool Parts(LlamaDecoderLayerImpl& layer, FusedLayer& f);
+  static bool Parts(InternLM2DecoderLayerImpl& layer, FusedLayer& f);
+};
+
+bool FusedDecodeAccess::Parts(LlamaDecoderLayerImpl& layer, FusedLayer& f) {
+  LlamaAttentionImpl& attn = *layer.self_attn;
+  LlamaMLPImpl& mlp = *layer.mlp;
+  if (attn.qkv_q_) {
+    f.qkv = {attn.qkv_q_.get(), {}, attn.qkv_b_};
+  } else if (StillFused(attn.qkv_w_, {&attn.q_proj->weight, &attn.k_proj->weight, &attn.v_proj->weight}) &&
+             (!attn.q_proj->bias.defined() ||
+              StillFused(attn.qkv_b_, {&attn.q_proj->bias, &attn.k_proj->bias, &attn.v_proj->bias}))) {
+    f.qkv = {nullptr, attn.qkv_w_, attn.qkv_b_};
+  } else {
+    return false;
+  }
+  if (mlp.gate_up_q_) {
+    f.gate_up = {mlp.gate_up_q_.get(), {}, {}};
+    f.intermediate = mlp.gate_proj->quant->out();
+  } else if (StillFused(mlp.gate_up_w_, {&mlp.gate_proj->weight, &mlp.up_proj->weight})) {
+    f.gate_up = {nullptr, mlp.gate_up_w_, {}};
+    f.intermediate = mlp.gate_proj->weight.size(0);
+  } else {
+    return false;
+  }
+  f.o = DenseProduct(*attn.o_proj);
+  f.down = DenseProduct(*mlp.down_proj);
+  f.attention_norm = layer.input_layernorm.get();
+  f.mlp_norm = layer.post_attention_layernorm.get();
+  f.heads = attn.heads_;
+  f.kv_heads = attn.kv_heads_;
+  f.head_dim = attn.head_dim_;
+  f.grouped_qkv = false;
+  return true;
+}
+
+bool FusedDecodeAccess::Parts(InternLM2DecoderLayerImpl& layer, FusedLayer& f) {
+  InternLM2AttentionImpl& attn = *layer.attention;
+  InternLM2MLPImpl& mlp = *layer.feed_forward;
+  if (mlp.w13_q_) {
+    f.gate_up = {mlp.w13_q_.get(), {}, {}};
+    f.intermediate = mlp.w1->quant->out();
+  } else if (StillFused(mlp.w13_, {&mlp.w1->weight, &mlp.w3->weight})) {
+    f.gate_up = {nullptr, mlp.w13_, {}};
+    f.intermediate = mlp.w1->weight.size(0);
+  } else {
+    return false;
+  }
+  f.qkv = DenseProduct(*attn.wqkv);
+  f.o = DenseProduct(*attn.wo);
+  f.down = DenseProduct(*mlp.w2);
+  f.attention_norm = layer.attention_norm.get();
+  f.mlp_norm = layer.ffn_norm.get();
+  f.heads = attn.heads_;
+  f.kv_heads = attn.kv_heads_;
+  f.head_dim = attn.head_dim_;
+  f.grouped_qkv = true;
+  return true;
+}
+
+namespace {
+
+// Whether the fused step runs layer `layer` (parts f) on the rows h.
+bool FusedLayerApplies(const FusedLayer& f, const at::Tensor& h, const LayerContext& ctx, int layer) {
+  if (!FusedDecodeEnabled() || !Inference() || ctx.paged == nullptr) return false;
+  const PagedContext& pc = *ctx.paged;
+  if (!pc.prefill_seqs.empty() || !pc.decode_groups.empty() || pc.pool == nullptr) return false;
+  if (h.dim() != 3 || h.size(0) != 1 || h.scalar_type() != at::kBFloat16 || !UseCpuKernels(h.device())) return false;
+  const int64_t n = h.size(1), hidden = h.size(2);
+  if (n < 1 || n > kMaxLoopRows || n != static_cast<int64_t>(pc.decode_seqs.size())) return false;
+  if (!RowKernelsAvx2() || !SwiGluBf16RowsAvailable()) return false;
+  const int64_t heads = f.heads, kv_heads = f.kv_heads, d = f.head_dim;
+  if (kv_heads < 1 || heads % kv_heads != 0 || d % 16 != 0 || !Bf16Row(ctx.cos, n * d) || !Bf16Row(ctx.sin, n * d)) {
+    return false;
+  }
+  if (!Bf16Row(f.attention_norm->weight, hidden) || !Bf16Row(f.mlp_norm->weight, hidden)) return false;
+  if (!f.qkv.Applies(n, hidden) || f.qkv.out() != (heads + 2 * kv_heads) * d || !f.o.Applies(n, heads * d) ||
+      f.o.out() != hidden || !f.gate_up.Applies(n, hidden) || f.gate_up.out() != 2 * f.intermediate ||
+      !f.down.Applies(n, f.intermediate) || f.down.out() != hidden) {
+    return false;
+  }
+  const at::Tensor& kc = pc.pool->key(layer);
+  const at::Tensor& vc = pc.pool->value(layer);
+  if (kc.scalar_type() != at::kBFloat16 || kc.size(1) != kv_heads) return false;
+  thread_local std::vector<const std::vector<int32_t>*> t_tables;
+  thread_local std::vector<int64_t> t_lens;
+  DecodeTables(pc, t_tables, t_lens);
+  return PagedDecodeAttentionApplies(at::kBFloat16, n, heads, d, kc, vc, t_tables, t_lens);
+}
+
+// The layer's forward on the rows h (contiguous), in place, where
+// FusedLayerApplies: the same kernels in the same order, so the same bits.
+void RunFusedLayer(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, int layer) {
+  TORCH_CHECK(h.is_contiguous(), "the fused decode step: the rows must be contiguous");
+  const PagedContext& pc = *ctx.paged;
+  const int64_t n = h.size(1), hidden = h.size(2);
+  const int64_t heads = f.heads, kv_heads = f.kv_heads, d = f.head_dim, inter = f.intermediate;
+  const int64_t groups = heads / kv_heads, qn = heads * d, kvn = kv_heads * d, width = qn + 2 * kvn;
+  // Where kv head j's group of query heads, its key and its value start in a
+  // row of q|k|v.
+  auto q_at = [&](int64_t j) { return f.grouped_qkv ? j * (groups + 2) * d : j * groups * d; };
+  auto k_at = [&](int64_t j) { return f.grouped_qkv ? (j * (groups + 2) + groups) * d : qn + j * d; };
+  auto v_at = [&](int64_t j) { return f.grouped_qkv ? (j * (groups + 2) + groups + 1) * d : qn + kvn + j * d; };
+  // Scratch rows reused per thread (bound to references: the helpers read the
+  // caller's through the pointers they are given).
+  thread_local std::vector<uint16_t> t_x, t_qkv, t_q, t_attn, t_y, t_gu, t_act;
+  thread_local std::vector<const std::vector<int32_t>*> t_tables;
+  thread_local std::vector<int64_t> t_lens;
+  std::vector<uint16_t>& x = t_x;
+  std::vector<uint16_t>& qkv = t_qkv;
+  std::vector<uint16_t>& q = t_q;
+  std::vector<uint16_t>& attended = t_attn;
+  std::vector<uint16_t>& y = t_y;
+  std::vector<uint16_t>& gu = t_gu;
+  std::vector<uint16_t>& act = t_act;
+  x.resize(n * hidden);
+  qkv.resize(n * width);
+  q.resize(n * qn);
+  attended.resize(n * qn);
+  y.resize(n * hidden);
+  gu.resize(n * 2 * inter);
+  act.resize(n * inter);
+  auto* hp = reinterpret_cast<uint16_t*>(h.data_ptr());
+  const auto* cos = reinterpret_cast<const uint16_t*>(ctx.cos.data_ptr());
+  const auto* sin = reinterpret_cast<const uint16_t*>(ctx.sin.data_ptr());
+  auto norm = [&](const RMSNormImpl& m) {
+    const auto* w = reinterpret_cast<const uint16_t*>(m.weight.data_ptr());
+    for (int64_t r = 0; r < n; ++r) {
+      gemv::RmsNormRowBf16Avx2(hp + r * hidden, w, hidden, static_cast<float>(m.eps), x.data() + r * hidden);
+    }
+  };
+
+  // Attention: its norm, q|k|v, RoPE (the rotated keys and the values
+  // written straight into their slots of the pool), the decode kernel, o.
+  norm(*f.attention_norm);
+  f.qkv.Run(x.data(), n, qkv.data());
+  at::Tensor& kc = pc.pool->key(layer);
+  at::Tensor& vc = pc.pool->value(layer);
+  auto* kp = reinterpret_cast<uint16_t*>(kc.data_ptr());
+  auto* vp = reinterpret_cast<uint16_t*>(vc.data_ptr());
+  const int64_t block_stride = kc.stride(0), head_stride = kc.stride(1);
+  for (int64_t r = 0; r < n; ++r) {
+    const uint16_t* row = qkv.data() + r * width;
+    const uint16_t *c = cos + r * d, *s = sin + r * d;
+    for (int64_t j = 0; j < kv_heads; ++j) {
+      gemv::RopeRowsBf16Avx2(row + q_at(j), groups, d, c, s, q.data() + r * qn + j * groups * d);
+      const int64_t slot = pc.slot_block_host[r] * block_stride + j * head_stride + pc.slot_offset_host[r] * d;
+      gemv::RopeRowsBf16Avx2(row + k_at(j), 1, d, c, s, kp + slot);
+      std::memcpy(vp + slot, row + v_at(j), static_cast<size_t>(d) * sizeof(uint16_t));
+    }
+  }
+  DecodeTables(pc, t_tables, t_lens);
+  PagedDecodeAttentionRows(q.data(), at::kBFloat16, n, heads, d, kc, vc, t_tables, t_lens, attended.data());
+  f.o.Run(attended.data(), n, y.data());
+  gemv::AddRowBf16Avx2(hp, y.data(), n * hidden, hp);
+
+  // MLP: its norm, gate|up, SwiGLU, down.
+  norm(*f.mlp_norm);
+  f.gate_up.Run(x.data(), n, gu.data());
+  SwiGluColumnParts(inter, [&](int64_t begin, int64_t end) {
+    SwiGluBf16Rows(gu.data(), gu.data() + inter, 2 * inter, act.data(), inter, n, begin, end);
+  });
+  f.down.Run(act.data(), n, y.data());
+  gemv::AddRowBf16Avx2(hp, y.data(), n * hidden, hp);
+  g_fused_layers.fetch_add(1, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+bool LlamaDecoderLayerImpl::CanDecodeInPlace(const at::Tensor& h, const LayerContext& ctx) {
+  FusedLayer f;
+  return FusedDecodeAccess::Parts(*this, f) && FusedLayerApplies(f, h, ctx, layer_index);
+}
+
+void LlamaDecoderLayerImpl::DecodeInPlace(at::Tensor& h, const LayerContext& ctx) {
+  FusedLayer f;
+  TORCH_CHECK(FusedDecodeAccess::Parts(*this, f), "DecodeInPlace: the layer's products are not fused");
+  RunFusedLayer(f, h, ctx, layer_index);
+}
+
 // ---- InternLM2 ----
 
 InternLM2AttentionImpl::InternLM2AttentionImpl(const LlmConfig& c, at::ScalarType dtype)
@@ -522,6 +775,17 @@ std::pair<at::Tensor, at::Tensor> InternLM2DecoderLayerImpl::QueryKey(const at::
   return attention->QueryKey(attention_norm(x), ctx);
 }
 
+bool InternLM2DecoderLayerImpl::CanDecodeInPlace(const at::Tensor& h, const LayerContext& ctx) {
+  FusedLayer f;
+  return FusedDecodeAccess::Parts(*this, f) && FusedLayerApplies(f, h, ctx, layer_index);
+}
+
+void InternLM2DecoderLayerImpl::DecodeInPlace(at::Tensor& h, const LayerContext& ctx) {
+  FusedLayer f;
+  TORCH_CHECK(FusedDecodeAccess::Parts(*this, f), "DecodeInPlace: the layer's products are not fused");
+  RunFusedLayer(f, h, ctx, layer_index);
+}
+
 // ---- Whole model ----
 
 DecoderModelImpl::DecoderModelImpl(const LlmConfig& c, at::ScalarType dtype) {
@@ -544,7 +808,17 @@ DecoderModelImpl::DecoderModelImpl(const LlmConfig& c, at::ScalarType dtype) {
 
 at::Tensor DecoderModelImpl::forward(const at::Tensor& inputs_embeds, const LayerContext& ctx) {
   at::Tensor h = inputs_embeds;
-  for (auto& layer : typed_layers) h = layer->forward(h, ctx);
+  bool owned = false;  // h is this pass's own tensor (a layer's output or the copy below)
+  for (auto& layer : typed_layers) {
+    if (layer->CanDecodeInPlace(h, ctx)) {
+      if (!owned || !h.is_contiguous()) h = h.clone(at::MemoryFormat::Contiguous);
+      owned = true;
+      layer->DecodeInPlace(h, ctx);
+    } else {
+      h = layer->forward(h, ctx);
+      owned = Inference();  // (outside autograd a layer returns a fresh tensor)
+    }
+  }
   return norm(h);
 }
 

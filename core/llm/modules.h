@@ -34,6 +34,7 @@
 namespace internvl::llm {
 
 struct PagedContext;
+struct FusedDecodeAccess;  // modules.cc
 
 // HF apply_rotary_pos_emb for one of q / k: x * cos + rotate_half(x) * sin,
 // x [B, T, heads, d], cos / sin [B, T, 1, d]. Decoding's few rows in fp32 or
@@ -118,10 +119,30 @@ at::Tensor FuseRows(const std::vector<at::Tensor*>& parts);
 // to the separate projections).
 bool StillFused(const at::Tensor& fused, const std::vector<const at::Tensor*>& parts);
 
+// The fused decode step (DecoderLayerImpl::DecodeInPlace) on or off,
+// process-wide: on by default, off where INTERNVL_FUSED_DECODE=0 (or after
+// SetFusedDecodeEnabled(false): tests compare the two; the same bits).
+void SetFusedDecodeEnabled(bool enabled);
+bool FusedDecodeEnabled();
+// Layers run by DecodeInPlace in this process so far (tests, benchmarks).
+int64_t FusedDecodeLayers();
+
 // Shared decoder-layer interface: [B,T,H] -> [B,T,H].
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   virtual at::Tensor forward(const at::Tensor& x, const LayerContext& ctx) = 0;
+  // A serving step of decoding sequences only (ctx.paged, one new token
+  // each) in one pass over raw buffers: the products, norms, RoPE, KV writes,
+  // attention, SwiGLU and residual sums chained with no libtorch op between
+  // them. Between two products that stream megabytes of weights every op's
+  // dispatch runs from cold caches: after a 64 MB pass an at::empty took
+  // 4-5 us and a narrow 9 us (0.3 and 0.6 hot), ~20 of them a layer. The same
+  // bits as forward. CanDecodeInPlace says whether it applies to the rows h
+  // [1, N, H] (FusedDecodeEnabled, bf16 activations and KV cache, the
+  // project's AVX2 kernels, FastLinear or quantized products); DecodeInPlace
+  // then replaces h (contiguous) by the layer's output.
+  virtual bool CanDecodeInPlace(const at::Tensor& h, const LayerContext& ctx) { return false; }
+  virtual void DecodeInPlace(at::Tensor& h, const LayerContext& ctx) {}
   // Builds the inference-only fused weights (call after loading weights).
   virtual void Fuse() = 0;
   // Quantizes the layer's matrices as `mode` asks (those already quantized,
@@ -147,6 +168,7 @@ class LlamaAttentionImpl : public torch::nn::Module {
   Dense q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
+  friend struct FusedDecodeAccess;  // LlamaDecoderLayerImpl::DecodeInPlace
   int64_t heads_, kv_heads_, head_dim_;
   at::Tensor qkv_w_, qkv_b_;  // fused views (inference)
   std::shared_ptr<QuantMatrix> qkv_q_;
@@ -163,6 +185,7 @@ class LlamaMLPImpl : public torch::nn::Module {
   Dense gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 
  private:
+  friend struct FusedDecodeAccess;  // LlamaDecoderLayerImpl::DecodeInPlace
   at::Tensor gate_up_w_;
   std::shared_ptr<QuantMatrix> gate_up_q_;
 };
@@ -176,6 +199,8 @@ class LlamaDecoderLayerImpl : public DecoderLayerImpl {
   void Fuse() override;
   void Quantize(Quantization mode) override;
   std::pair<at::Tensor, at::Tensor> QueryKey(const at::Tensor& x, const LayerContext& ctx) override;
+  bool CanDecodeInPlace(const at::Tensor& h, const LayerContext& ctx) override;
+  void DecodeInPlace(at::Tensor& h, const LayerContext& ctx) override;
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
@@ -194,6 +219,7 @@ class InternLM2AttentionImpl : public torch::nn::Module {
   Dense wqkv{nullptr}, wo{nullptr};
 
  private:
+  friend struct FusedDecodeAccess;  // InternLM2DecoderLayerImpl::DecodeInPlace
   int64_t heads_, kv_heads_, head_dim_;
 };
 TORCH_MODULE(InternLM2Attention);
@@ -208,6 +234,7 @@ class InternLM2MLPImpl : public torch::nn::Module {
   Dense w1{nullptr}, w3{nullptr}, w2{nullptr};
 
  private:
+  friend struct FusedDecodeAccess;  // InternLM2DecoderLayerImpl::DecodeInPlace
   at::Tensor w13_;
   std::shared_ptr<QuantMatrix> w13_q_;
 };
@@ -221,6 +248,8 @@ class InternLM2DecoderLayerImpl : public DecoderLayerImpl {
   void Fuse() override;
   void Quantize(Quantization mode) override;
   std::pair<at::Tensor, at::Tensor> QueryKey(const at::Tensor& x, const LayerContext& ctx) override;
+  bool CanDecodeInPlace(const at::Tensor& h, const LayerContext& ctx) override;
+  void DecodeInPlace(at::Tensor& h, const LayerContext& ctx) override;
   InternLM2Attention attention{nullptr};
   InternLM2MLP feed_forward{nullptr};
   RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};

@@ -9,7 +9,9 @@
 
 #include "core/llm/causal_lm.h"
 #include "core/llm/gemv.h"
+#include "core/llm/modules.h"
 #include "core/llm/paged_attention.h"
+#include "core/llm/quant.h"
 #include "core/nn/device.h"
 #include "gtest/gtest.h"
 
@@ -233,6 +235,55 @@ TEST_P(PagedForward, RejectsInconsistentInputs) {
   PagedSeq ok{0, 3, {1}, true};
   EXPECT_EQ((*lm)->ForwardPaged(at::randn({4, 64}), {ok}, {&rope}, **pool).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// The fused decode step (DecoderLayerImpl::DecodeInPlace: bf16, no libtorch
+// op between the products) against the modules' forward, bit for bit: three
+// sequences of different lengths decoding together after chunked prefills,
+// float, int8 and 4-bit weights, on every kernel this CPU runs. An MLP wide
+// enough (2176) that the SwiGLU is split between the threads.
+TEST_P(PagedForward, FusedDecodeStepIsTheForwardBitForBit) {
+  if (!CpuHasAvx2Fma() || GenericKernels()) GTEST_SKIP() << "the fused decode step runs the project's AVX2 kernels";
+  at::InferenceMode guard;
+  LlmConfig c = Config(GetParam());
+  c.hidden_size = 128;
+  c.intermediate_size = 2176;
+  std::vector<std::pair<GemvKernel, QuantKernel>> kernels = {{GemvKernel::kAvx2, QuantKernel::kAvx2}};
+  if (GemvKernelSupported(GemvKernel::kAvx512Bf16) && QuantKernelSupported(QuantKernel::kAvx512Vnni)) {
+    kernels.push_back({GemvKernel::kAvx512Bf16, QuantKernel::kAvx512Vnni});
+  }
+  // 19, 15 and 24 positions: prefilled in chunks of up to 12, then decoded
+  // one token a step while each has tokens left (6 steps, the last of one).
+  std::vector<at::Tensor> xs = {at::randn({19, 128}), at::randn({15, 128}), at::randn({24, 128})};
+  std::vector<std::vector<int64_t>> schedule = {{8, 9, 12}, {6, 0, 8}};
+  for (int step = 0; step < 6; ++step) schedule.push_back({step < 5 ? 1 : 0, 1, step < 4 ? 1 : 0});
+  std::vector<std::vector<int32_t>> tables = {{3, 9, 0, 14, 6, 11, 1}, {7, 2, 12, 5, 17}, {4, 15, 8, 10, 13, 16, 18}};
+  for (Quantization q : {Quantization::kNone, Quantization::kInt8, Quantization::kInt4}) {
+    Precision p = Precision::Uniform(at::kBFloat16);
+    p.quantize = q;
+    auto lm = CausalLM::CreateRandom(c, p, 21, 0.2);
+    ASSERT_TRUE(lm.ok()) << lm.status();
+    auto pool = (*lm)->NewPagedPool(20, 4, at::kBFloat16);
+    ASSERT_TRUE(pool.ok());
+    for (const auto& [gemv_kernel, quant_kernel] : kernels) {
+      SCOPED_TRACE(std::string(GemvKernelName(gemv_kernel)) + " / quantization " + std::to_string(static_cast<int>(q)));
+      ASSERT_TRUE(ForceGemvKernel(gemv_kernel));
+      ASSERT_TRUE(ForceQuantKernel(quant_kernel));
+      const int64_t before = FusedDecodeLayers();
+      auto fused = RunPaged(**lm, **pool, xs, schedule, tables);
+      const int64_t layers = FusedDecodeLayers() - before;
+      SetFusedDecodeEnabled(false);
+      auto forward = RunPaged(**lm, **pool, xs, schedule, tables);
+      SetFusedDecodeEnabled(true);
+      EXPECT_EQ(FusedDecodeLayers() - before, layers);
+      EXPECT_EQ(layers, 12);  // 6 steps x 2 layers
+      ASSERT_EQ(fused.size(), 3u);
+      ASSERT_EQ(forward.size(), 3u);
+      for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(at::equal(fused[i], forward[i])) << "sequence " << i;
+    }
+    ForceGemvKernel(std::nullopt);
+    ForceQuantKernel(std::nullopt);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Archs, PagedForward, ::testing::Values(LlmArch::kQwen2, LlmArch::kInternLM2, LlmArch::kLlama));

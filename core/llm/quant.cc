@@ -364,21 +364,33 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
     }
     return y.to(x.scalar_type()).view(shape);
   }
-  // Few libtorch ops between two products (see FastLinear): the input and the
-  // bias widened into buffers reused per thread (an fp32 tensor per call cost
-  // ~1-2 us each from cold caches), and a bf16 result stored by the kernel.
-  const QuantKernel kernel = ActiveQuantKernel();
-  const bool avx2 = kernel != QuantKernel::kPortable && gemv::CpuHasAvx2Fma();
+  // Few libtorch ops between two products (see FastLinear): bf16 results
+  // stored by the kernels; any other dtype computed in fp32 and cast at the
+  // end.
   const at::Tensor xc = x.is_contiguous() ? x : x.contiguous();
-  thread_local std::vector<float> t_x, t_b;
-  const float* xf = FloatValues(xc, t_x, avx2);
-  const float* bf = b.defined() ? FloatValues(b.contiguous(), t_b, avx2) : nullptr;
-  // bf16 results stored by the kernels; any other dtype computed in fp32
-  // and cast at the end.
   const bool bf16_out = x.scalar_type() == at::kBFloat16;
   at::Tensor y = at::empty(shape, x.options().dtype(bf16_out ? at::kBFloat16 : at::kFloat));
-  float* y32 = bf16_out ? nullptr : y.data_ptr<float>();
-  uint16_t* y16 = bf16_out ? reinterpret_cast<uint16_t*>(y.data_ptr()) : nullptr;
+  if (bf16_out || x.scalar_type() == at::kFloat) {
+    QuantLinearRows(xc.data_ptr(), x.scalar_type(), rows, w, b, y.data_ptr());
+  } else {
+    const at::Tensor xf = xc.to(at::kFloat);
+    QuantLinearRows(xf.data_ptr(), at::kFloat, rows, w, b, y.data_ptr());
+  }
+  return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
+}
+
+void QuantLinearRows(const void* x, at::ScalarType x_dtype, int64_t rows, const QuantMatrix& w, const at::Tensor& b,
+                     void* y) {
+  const int64_t in = w.in(), out = w.out();
+  // The input and the bias widened into buffers reused per thread (an fp32
+  // tensor per call cost ~1-2 us each from cold caches).
+  const QuantKernel kernel = ActiveQuantKernel();
+  const bool avx2 = kernel != QuantKernel::kPortable && gemv::CpuHasAvx2Fma();
+  thread_local std::vector<float> t_x, t_b;
+  const float* xf = FloatValues(x, x_dtype, rows * in, t_x, avx2);
+  const float* bf = b.defined() ? FloatValues(b.contiguous(), t_b, avx2) : nullptr;
+  float* y32 = x_dtype == at::kBFloat16 ? nullptr : static_cast<float*>(y);
+  uint16_t* y16 = x_dtype == at::kBFloat16 ? static_cast<uint16_t*>(y) : nullptr;
   // Reused per thread (its vectors keep their capacity between calls).
   thread_local quant::Activations acts;
   acts.Prepare(xf, rows, in, w.padded_in(), w.kind() == QuantMatrix::Kind::kInt4 ? w.group() : 0, avx2);
@@ -415,7 +427,6 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
         return int8 ? quant::Int8RowsPortable(p8, r0, r1) : quant::Int4RowsPortable(p4, r0, r1);
     }
   });
-  return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type());
 }
 
 }  // namespace internvl::llm

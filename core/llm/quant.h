@@ -107,5 +107,11 @@ class QuantMatrix {
 // y = x W^T + b for x [..., in] (fp32 or bf16) through quantized W; the
 // result has x's dtype. b may be undefined.
 at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b);
+// QuantLinear's decode path on raw rows (at most kMaxFastLinearRows): x
+// [rows, in] and y [rows, out], both of dtype x_dtype (fp32, or bf16 as
+// uint16_t bits), contiguous. No libtorch op: the fused decode layer
+// (modules.h) chains these.
+void QuantLinearRows(const void* x, at::ScalarType x_dtype, int64_t rows, const QuantMatrix& w, const at::Tensor& b,
+                     void* y);
 
 }  // namespace internvl::llm

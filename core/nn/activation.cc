@@ -72,4 +72,24 @@ void SwiGluColumns(const at::Tensor& gate, const at::Tensor& up, const at::Tenso
 #endif
 }
 
+bool SwiGluBf16RowsAvailable() {
+#if defined(INTERNVL_HAVE_AVX2_ACTIVATION)
+  return CpuHasAvx2Fma() && UseCpuKernels(c10::Device(c10::kCPU));
+#else
+  return false;
+#endif
+}
+
+void SwiGluBf16Rows(const uint16_t* gate, const uint16_t* up, int64_t stride, uint16_t* out, int64_t out_stride,
+                    int64_t rows, int64_t begin, int64_t end) {
+#if defined(INTERNVL_HAVE_AVX2_ACTIVATION)
+  for (int64_t r = 0; r < rows; ++r) {
+    act::SwiGluRowsBf16Avx2(gate + r * stride + begin, up + r * stride + begin, stride, out + r * out_stride + begin, 1,
+                            end - begin);
+  }
+#else
+  TORCH_CHECK(false, "SwiGluBf16Rows: the SwiGLU kernel is not built here");
+#endif
+}
+
 }  // namespace internvl

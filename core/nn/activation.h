@@ -25,4 +25,14 @@ bool SwiGluRunsKernel(const at::Tensor& gate, const at::Tensor& up);
 // `out` at once.
 void SwiGluColumns(const at::Tensor& gate, const at::Tensor& up, const at::Tensor& out, int64_t begin, int64_t end);
 
+// Whether SwiGluBf16Rows runs here: the kernel is built, the CPU runs AVX2 +
+// FMA and the project's kernels are not turned off (INTERNVL_KERNELS=generic).
+bool SwiGluBf16RowsAvailable();
+// SwiGlu's kernel on raw bf16 rows (uint16_t bits), columns [begin, end) of
+// each: row r's gate at gate + r * stride, its up at up + r * stride, its
+// result at out + r * out_stride. Only where SwiGluBf16RowsAvailable(); the
+// same bits as SwiGlu.
+void SwiGluBf16Rows(const uint16_t* gate, const uint16_t* up, int64_t stride, uint16_t* out, int64_t out_stride,
+                    int64_t rows, int64_t begin, int64_t end);
+
 }  // namespace internvl
