@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/llm/bf16_bits.h"
@@ -84,7 +85,7 @@ std::atomic<bool> g_fused_decode{[] {
 
 std::atomic<int64_t> g_fused_layers{0};
 
-// One product of the fused decode step on bf16 rows: quantized weights
+// One product of the fused decode step on bf16 or fp32 rows: quantized weights
 // (QuantLinear's decode path) or float ones through FastLinear, as the
 // modules' forward would run it.
 struct RowProduct {
@@ -92,13 +93,13 @@ struct RowProduct {
   at::Tensor w, b;  // w: float weights (unused when quantized)
 
   int64_t out() const { return quant != nullptr ? quant->out() : w.size(0); }
-  bool Applies(int64_t rows, int64_t in_features) const {
+  bool Applies(at::ScalarType dtype, int64_t rows, int64_t in_features) const {
     if (quant != nullptr) return rows <= kMaxFastLinearRows && quant->in() == in_features;
-    return FastLinearApplies(at::kBFloat16, rows, w, b) && w.size(1) == in_features;
+    return FastLinearApplies(dtype, rows, w, b) && w.size(1) == in_features;
   }
-  void Run(const uint16_t* x, int64_t rows, uint16_t* y) const {
-    if (quant != nullptr) return QuantLinearRows(x, at::kBFloat16, rows, *quant, b, y);
-    FastLinearRows(x, at::kBFloat16, rows, w, b, y);
+  void Run(const void* x, at::ScalarType dtype, int64_t rows, void* y) const {
+    if (quant != nullptr) return QuantLinearRows(x, dtype, rows, *quant, b, y);
+    FastLinearRows(x, dtype, rows, w, b, y);
   }
 };
 
@@ -118,8 +119,9 @@ void DecodeTables(const PagedContext& pc, std::vector<const std::vector<int32_t>
   }
 }
 
-bool Bf16Row(const at::Tensor& t, int64_t n) {
-  return t.defined() && t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.numel() == n && t.device().is_cpu();
+// A contiguous CPU tensor of n values of `dtype`.
+bool Row(const at::Tensor& t, at::ScalarType dtype, int64_t n) {
+  return t.defined() && t.scalar_type() == dtype && t.is_contiguous() && t.numel() == n && t.device().is_cpu();
 }
 
 }  // namespace
@@ -280,11 +282,15 @@ RMSNormImpl::RMSNormImpl(int64_t hidden, double eps_in, at::ScalarType dtype) : 
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
   const int64_t n = x.size(-1);
-  if (Inference() && UseCpuKernels(x.device()) && x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
-      x.is_contiguous() && weight.is_contiguous() && n > 0 && x.numel() / n <= kMaxLoopRows) {
+  if (Inference() && UseCpuKernels(x.device()) && x.scalar_type() == at::kFloat &&
+      (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kBFloat16) && x.is_contiguous() &&
+      weight.is_contiguous() && n > 0 && x.numel() / n <= kMaxLoopRows) {
     // Decoding: one pass per row (the mean of squares accumulated in double).
+    // bf16 weights (a bf16 checkpoint computed in fp32) widened exactly, as
+    // the op chain's weight * h promotes them.
     at::Tensor out = at::empty_like(x);
-    const float* w = weight.data_ptr<float>();
+    thread_local std::vector<float> t_w;
+    const float* w = FloatValues(weight, t_w, RowKernelsAvx2());
     const float* in = x.data_ptr<float>();
     float* o = out.data_ptr<float>();
     const auto row = RowKernelsAvx2() ? gemv::RmsNormRowAvx2 : gemv::RmsNormRowPortable;
@@ -571,37 +577,81 @@ bool FusedDecodeAccess::Parts(InternLM2DecoderLayerImpl& layer, FusedLayer& f) {
 
 namespace {
 
-// Whether the fused step runs layer `layer` (parts f) on the rows h.
+// Whether the fused step runs layer `layer` (parts f) on the rows h: bf16
+// activations (bf16 weights and KV cache), or fp32 ones (fp32 or bf16 weights,
+// an fp32 or bf16 KV cache), as the forward's decode path runs them.
 bool FusedLayerApplies(const FusedLayer& f, const at::Tensor& h, const LayerContext& ctx, int layer) {
   if (!FusedDecodeEnabled() || !Inference() || ctx.paged == nullptr) return false;
   const PagedContext& pc = *ctx.paged;
   if (!pc.prefill_seqs.empty() || !pc.decode_groups.empty() || pc.pool == nullptr) return false;
-  if (h.dim() != 3 || h.size(0) != 1 || h.scalar_type() != at::kBFloat16 || !UseCpuKernels(h.device())) return false;
+  if (h.dim() != 3 || h.size(0) != 1 || !UseCpuKernels(h.device())) return false;
+  const at::ScalarType dtype = h.scalar_type();
+  const bool bf16 = dtype == at::kBFloat16;
+  if (!bf16 && dtype != at::kFloat) return false;
   const int64_t n = h.size(1), hidden = h.size(2);
   if (n < 1 || n > kMaxLoopRows || n != static_cast<int64_t>(pc.decode_seqs.size())) return false;
-  if (!RowKernelsAvx2() || !SwiGluBf16RowsAvailable()) return false;
+  if (!RowKernelsAvx2() || (bf16 && !SwiGluBf16RowsAvailable())) return false;
   const int64_t heads = f.heads, kv_heads = f.kv_heads, d = f.head_dim;
-  if (kv_heads < 1 || heads % kv_heads != 0 || d % 16 != 0 || !Bf16Row(ctx.cos, n * d) || !Bf16Row(ctx.sin, n * d)) {
+  if (kv_heads < 1 || heads % kv_heads != 0 || d % 16 != 0 || !Row(ctx.cos, dtype, n * d) ||
+      !Row(ctx.sin, dtype, n * d)) {
     return false;
   }
-  if (!Bf16Row(f.attention_norm->weight, hidden) || !Bf16Row(f.mlp_norm->weight, hidden)) return false;
-  if (!f.qkv.Applies(n, hidden) || f.qkv.out() != (heads + 2 * kv_heads) * d || !f.o.Applies(n, heads * d) ||
-      f.o.out() != hidden || !f.gate_up.Applies(n, hidden) || f.gate_up.out() != 2 * f.intermediate ||
-      !f.down.Applies(n, f.intermediate) || f.down.out() != hidden) {
+  for (const RMSNormImpl* m : {f.attention_norm, f.mlp_norm}) {
+    if (!Row(m->weight, at::kBFloat16, hidden) && (bf16 || !Row(m->weight, at::kFloat, hidden))) return false;
+  }
+  if (!f.qkv.Applies(dtype, n, hidden) || f.qkv.out() != (heads + 2 * kv_heads) * d ||
+      !f.o.Applies(dtype, n, heads * d) || f.o.out() != hidden || !f.gate_up.Applies(dtype, n, hidden) ||
+      f.gate_up.out() != 2 * f.intermediate || !f.down.Applies(dtype, n, f.intermediate) || f.down.out() != hidden) {
     return false;
   }
   const at::Tensor& kc = pc.pool->key(layer);
   const at::Tensor& vc = pc.pool->value(layer);
-  if (kc.scalar_type() != at::kBFloat16 || kc.size(1) != kv_heads) return false;
+  if ((kc.scalar_type() != dtype && (bf16 || kc.scalar_type() != at::kBFloat16)) || kc.size(1) != kv_heads) {
+    return false;
+  }
   thread_local std::vector<const std::vector<int32_t>*> t_tables;
   thread_local std::vector<int64_t> t_lens;
   DecodeTables(pc, t_tables, t_lens);
-  return PagedDecodeAttentionApplies(at::kBFloat16, n, heads, d, kc, vc, t_tables, t_lens);
+  return PagedDecodeAttentionApplies(dtype, n, heads, d, kc, vc, t_tables, t_lens);
 }
+
+// The row kernels of the fused step for activations of type T (uint16_t:
+// bf16 bits; float).
+template <typename T>
+struct FusedRows;
+
+template <>
+struct FusedRows<uint16_t> {
+  static constexpr at::ScalarType kDType = at::kBFloat16;
+  static void Norm(const uint16_t* x, const RMSNormImpl& m, int64_t n, uint16_t* out) {
+    gemv::RmsNormRowBf16Avx2(x, reinterpret_cast<const uint16_t*>(m.weight.data_ptr()), n, static_cast<float>(m.eps),
+                             out);
+  }
+  static void Rope(const uint16_t* x, int64_t heads, int64_t d, const uint16_t* cos, const uint16_t* sin,
+                   uint16_t* out) {
+    gemv::RopeRowsBf16Avx2(x, heads, d, cos, sin, out);
+  }
+  static void Add(uint16_t* h, const uint16_t* y, int64_t n) { gemv::AddRowBf16Avx2(h, y, n, h); }
+};
+
+template <>
+struct FusedRows<float> {
+  static constexpr at::ScalarType kDType = at::kFloat;
+  static void Norm(const float* x, const RMSNormImpl& m, int64_t n, float* out) {
+    thread_local std::vector<float> t_w;  // bf16 weights widened, as RMSNormImpl::forward
+    gemv::RmsNormRowAvx2(x, FloatValues(m.weight, t_w, true), n, static_cast<float>(m.eps), out);
+  }
+  static void Rope(const float* x, int64_t heads, int64_t d, const float* cos, const float* sin, float* out) {
+    gemv::RopeRowsAvx2(x, heads, d, cos, sin, out);
+  }
+  static void Add(float* h, const float* y, int64_t n) { gemv::AddRowAvx2(h, y, n, h); }
+};
 
 // The layer's forward on the rows h (contiguous), in place, where
 // FusedLayerApplies: the same kernels in the same order, so the same bits.
+template <typename T>
 void RunFusedLayer(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, int layer) {
+  using K = FusedRows<T>;
   TORCH_CHECK(h.is_contiguous(), "the fused decode step: the rows must be contiguous");
   const PagedContext& pc = *ctx.paged;
   const int64_t n = h.size(1), hidden = h.size(2);
@@ -614,16 +664,17 @@ void RunFusedLayer(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, 
   auto v_at = [&](int64_t j) { return f.grouped_qkv ? (j * (groups + 2) + groups + 1) * d : qn + kvn + j * d; };
   // Scratch rows reused per thread (bound to references: the helpers read the
   // caller's through the pointers they are given).
-  thread_local std::vector<uint16_t> t_x, t_qkv, t_q, t_attn, t_y, t_gu, t_act;
+  thread_local std::vector<T> t_x, t_qkv, t_q, t_attn, t_y, t_gu, t_act, t_k;
   thread_local std::vector<const std::vector<int32_t>*> t_tables;
   thread_local std::vector<int64_t> t_lens;
-  std::vector<uint16_t>& x = t_x;
-  std::vector<uint16_t>& qkv = t_qkv;
-  std::vector<uint16_t>& q = t_q;
-  std::vector<uint16_t>& attended = t_attn;
-  std::vector<uint16_t>& y = t_y;
-  std::vector<uint16_t>& gu = t_gu;
-  std::vector<uint16_t>& act = t_act;
+  std::vector<T>& x = t_x;
+  std::vector<T>& qkv = t_qkv;
+  std::vector<T>& q = t_q;
+  std::vector<T>& attended = t_attn;
+  std::vector<T>& y = t_y;
+  std::vector<T>& gu = t_gu;
+  std::vector<T>& act = t_act;
+  std::vector<T>& k = t_k;
   x.resize(n * hidden);
   qkv.resize(n * width);
   q.resize(n * qn);
@@ -631,49 +682,73 @@ void RunFusedLayer(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, 
   y.resize(n * hidden);
   gu.resize(n * 2 * inter);
   act.resize(n * inter);
-  auto* hp = reinterpret_cast<uint16_t*>(h.data_ptr());
-  const auto* cos = reinterpret_cast<const uint16_t*>(ctx.cos.data_ptr());
-  const auto* sin = reinterpret_cast<const uint16_t*>(ctx.sin.data_ptr());
+  k.resize(d);
+  T* hp = static_cast<T*>(h.data_ptr());
+  const T* cos = static_cast<const T*>(ctx.cos.data_ptr());
+  const T* sin = static_cast<const T*>(ctx.sin.data_ptr());
   auto norm = [&](const RMSNormImpl& m) {
-    const auto* w = reinterpret_cast<const uint16_t*>(m.weight.data_ptr());
-    for (int64_t r = 0; r < n; ++r) {
-      gemv::RmsNormRowBf16Avx2(hp + r * hidden, w, hidden, static_cast<float>(m.eps), x.data() + r * hidden);
-    }
+    for (int64_t r = 0; r < n; ++r) K::Norm(hp + r * hidden, m, hidden, x.data() + r * hidden);
   };
 
   // Attention: its norm, q|k|v, RoPE (the rotated keys and the values
-  // written straight into their slots of the pool), the decode kernel, o.
+  // written into their slots of the pool, rounded to a bf16 pool's dtype as
+  // the forward's cast rounds them), the decode kernel, o.
   norm(*f.attention_norm);
-  f.qkv.Run(x.data(), n, qkv.data());
+  f.qkv.Run(x.data(), K::kDType, n, qkv.data());
   at::Tensor& kc = pc.pool->key(layer);
   at::Tensor& vc = pc.pool->value(layer);
-  auto* kp = reinterpret_cast<uint16_t*>(kc.data_ptr());
-  auto* vp = reinterpret_cast<uint16_t*>(vc.data_ptr());
+  const bool narrow_pool = kc.scalar_type() != K::kDType;  // fp32 rows, bf16 pool
   const int64_t block_stride = kc.stride(0), head_stride = kc.stride(1);
   for (int64_t r = 0; r < n; ++r) {
-    const uint16_t* row = qkv.data() + r * width;
-    const uint16_t *c = cos + r * d, *s = sin + r * d;
+    const T* row = qkv.data() + r * width;
+    const T *c = cos + r * d, *s = sin + r * d;
     for (int64_t j = 0; j < kv_heads; ++j) {
-      gemv::RopeRowsBf16Avx2(row + q_at(j), groups, d, c, s, q.data() + r * qn + j * groups * d);
+      K::Rope(row + q_at(j), groups, d, c, s, q.data() + r * qn + j * groups * d);
       const int64_t slot = pc.slot_block_host[r] * block_stride + j * head_stride + pc.slot_offset_host[r] * d;
-      gemv::RopeRowsBf16Avx2(row + k_at(j), 1, d, c, s, kp + slot);
-      std::memcpy(vp + slot, row + v_at(j), static_cast<size_t>(d) * sizeof(uint16_t));
+      if (narrow_pool) {
+        K::Rope(row + k_at(j), 1, d, c, s, k.data());
+        gemv::FloatToBf16Avx2(reinterpret_cast<const float*>(k.data()), static_cast<uint16_t*>(kc.data_ptr()) + slot,
+                              d);
+        gemv::FloatToBf16Avx2(reinterpret_cast<const float*>(row + v_at(j)),
+                              static_cast<uint16_t*>(vc.data_ptr()) + slot, d);
+      } else {
+        K::Rope(row + k_at(j), 1, d, c, s, static_cast<T*>(kc.data_ptr()) + slot);
+        std::memcpy(static_cast<T*>(vc.data_ptr()) + slot, row + v_at(j), static_cast<size_t>(d) * sizeof(T));
+      }
     }
   }
   DecodeTables(pc, t_tables, t_lens);
-  PagedDecodeAttentionRows(q.data(), at::kBFloat16, n, heads, d, kc, vc, t_tables, t_lens, attended.data());
-  f.o.Run(attended.data(), n, y.data());
-  gemv::AddRowBf16Avx2(hp, y.data(), n * hidden, hp);
+  PagedDecodeAttentionRows(q.data(), K::kDType, n, heads, d, kc, vc, t_tables, t_lens, attended.data());
+  f.o.Run(attended.data(), K::kDType, n, y.data());
+  K::Add(hp, y.data(), n * hidden);
 
   // MLP: its norm, gate|up, SwiGLU, down.
   norm(*f.mlp_norm);
-  f.gate_up.Run(x.data(), n, gu.data());
-  SwiGluColumnParts(inter, [&](int64_t begin, int64_t end) {
-    SwiGluBf16Rows(gu.data(), gu.data() + inter, 2 * inter, act.data(), inter, n, begin, end);
-  });
-  f.down.Run(act.data(), n, y.data());
-  gemv::AddRowBf16Avx2(hp, y.data(), n * hidden, hp);
+  f.gate_up.Run(x.data(), K::kDType, n, gu.data());
+  const T* down_in = act.data();
+  at::Tensor swiglu;
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    SwiGluColumnParts(inter, [&](int64_t begin, int64_t end) {
+      SwiGluBf16Rows(gu.data(), gu.data() + inter, 2 * inter, act.data(), inter, n, begin, end);
+    });
+  } else {
+    // fp32: libtorch's silu and product (as SwiGlu), over views of the
+    // gate|up rows with the forward's shape and strides (the same bits).
+    const auto opts = at::TensorOptions().dtype(at::kFloat);
+    const at::Tensor gate = at::from_blob(gu.data(), {1, n, inter}, {n * 2 * inter, 2 * inter, 1}, opts);
+    const at::Tensor up = at::from_blob(gu.data() + inter, {1, n, inter}, {n * 2 * inter, 2 * inter, 1}, opts);
+    swiglu = SwiGlu(gate, up);
+    down_in = swiglu.data_ptr<float>();
+  }
+  f.down.Run(down_in, K::kDType, n, y.data());
+  K::Add(hp, y.data(), n * hidden);
   g_fused_layers.fetch_add(1, std::memory_order_relaxed);
+}
+
+// RunFusedLayer for h's dtype.
+void RunFusedLayerFor(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, int layer) {
+  if (h.scalar_type() == at::kBFloat16) return RunFusedLayer<uint16_t>(f, h, ctx, layer);
+  RunFusedLayer<float>(f, h, ctx, layer);
 }
 
 }  // namespace
@@ -686,7 +761,7 @@ bool LlamaDecoderLayerImpl::CanDecodeInPlace(const at::Tensor& h, const LayerCon
 void LlamaDecoderLayerImpl::DecodeInPlace(at::Tensor& h, const LayerContext& ctx) {
   FusedLayer f;
   TORCH_CHECK(FusedDecodeAccess::Parts(*this, f), "DecodeInPlace: the layer's products are not fused");
-  RunFusedLayer(f, h, ctx, layer_index);
+  RunFusedLayerFor(f, h, ctx, layer_index);
 }
 
 // ---- InternLM2 ----
@@ -783,7 +858,7 @@ bool InternLM2DecoderLayerImpl::CanDecodeInPlace(const at::Tensor& h, const Laye
 void InternLM2DecoderLayerImpl::DecodeInPlace(at::Tensor& h, const LayerContext& ctx) {
   FusedLayer f;
   TORCH_CHECK(FusedDecodeAccess::Parts(*this, f), "DecodeInPlace: the layer's products are not fused");
-  RunFusedLayer(f, h, ctx, layer_index);
+  RunFusedLayerFor(f, h, ctx, layer_index);
 }
 
 // ---- Whole model ----

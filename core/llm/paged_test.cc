@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <numeric>
 
@@ -237,11 +238,14 @@ TEST_P(PagedForward, RejectsInconsistentInputs) {
             absl::StatusCode::kInvalidArgument);
 }
 
-// The fused decode step (DecoderLayerImpl::DecodeInPlace: bf16, no libtorch
-// op between the products) against the modules' forward, bit for bit: three
-// sequences of different lengths decoding together after chunked prefills,
-// float, int8 and 4-bit weights, on every kernel this CPU runs. An MLP wide
-// enough (2176) that the SwiGLU is split between the threads.
+// The fused decode step (DecoderLayerImpl::DecodeInPlace: no libtorch op
+// between the products) against the modules' forward, bit for bit: three
+// sequences of different lengths decoding together after chunked prefills;
+// bf16 activations (bf16 weights and cache), fp32 ones (fp32 weights; bf16
+// weights with a bf16 or an fp32 cache, as `--dtype bf16` runs without
+// native bf16 matmuls); float, int8 and 4-bit products; every kernel this
+// CPU runs. An MLP wide enough (2176) that the bf16 SwiGLU is split between
+// the threads.
 TEST_P(PagedForward, FusedDecodeStepIsTheForwardBitForBit) {
   if (!CpuHasAvx2Fma() || GenericKernels()) GTEST_SKIP() << "the fused decode step runs the project's AVX2 kernels";
   at::InferenceMode guard;
@@ -258,31 +262,52 @@ TEST_P(PagedForward, FusedDecodeStepIsTheForwardBitForBit) {
   std::vector<std::vector<int64_t>> schedule = {{8, 9, 12}, {6, 0, 8}};
   for (int step = 0; step < 6; ++step) schedule.push_back({step < 5 ? 1 : 0, 1, step < 4 ? 1 : 0});
   std::vector<std::vector<int32_t>> tables = {{3, 9, 0, 14, 6, 11, 1}, {7, 2, 12, 5, 17}, {4, 15, 8, 10, 13, 16, 18}};
-  for (Quantization q : {Quantization::kNone, Quantization::kInt8, Quantization::kInt4}) {
-    Precision p = Precision::Uniform(at::kBFloat16);
-    p.quantize = q;
-    auto lm = CausalLM::CreateRandom(c, p, 21, 0.2);
-    ASSERT_TRUE(lm.ok()) << lm.status();
-    auto pool = (*lm)->NewPagedPool(20, 4, at::kBFloat16);
-    ASSERT_TRUE(pool.ok());
-    for (const auto& [gemv_kernel, quant_kernel] : kernels) {
-      SCOPED_TRACE(std::string(GemvKernelName(gemv_kernel)) + " / quantization " + std::to_string(static_cast<int>(q)));
-      ASSERT_TRUE(ForceGemvKernel(gemv_kernel));
-      ASSERT_TRUE(ForceQuantKernel(quant_kernel));
-      const int64_t before = FusedDecodeLayers();
-      auto fused = RunPaged(**lm, **pool, xs, schedule, tables);
-      const int64_t layers = FusedDecodeLayers() - before;
-      SetFusedDecodeEnabled(false);
-      auto forward = RunPaged(**lm, **pool, xs, schedule, tables);
-      SetFusedDecodeEnabled(true);
-      EXPECT_EQ(FusedDecodeLayers() - before, layers);
-      EXPECT_EQ(layers, 12);  // 6 steps x 2 layers
-      ASSERT_EQ(fused.size(), 3u);
-      ASSERT_EQ(forward.size(), 3u);
-      for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(at::equal(fused[i], forward[i])) << "sequence " << i;
+  struct Case {
+    at::ScalarType compute, weights, cache;
+  };
+  const Case cases[] = {{at::kBFloat16, at::kBFloat16, at::kBFloat16},
+                        {at::kFloat, at::kFloat, at::kFloat},
+                        {at::kFloat, at::kBFloat16, at::kBFloat16},
+                        {at::kFloat, at::kBFloat16, at::kFloat}};
+  for (const Case& k : cases) {
+    for (Quantization q : {Quantization::kNone, Quantization::kInt8, Quantization::kInt4}) {
+      Precision p{k.compute, k.weights};
+      p.quantize = q;
+      auto lm = CausalLM::CreateRandom(c, p, 21, 0.2);
+      ASSERT_TRUE(lm.ok()) << lm.status();
+      auto pool = (*lm)->NewPagedPool(20, 4, k.cache);
+      ASSERT_TRUE(pool.ok()) << pool.status();
+      for (const auto& [gemv_kernel, quant_kernel] : kernels) {
+        SCOPED_TRACE(std::string(GemvKernelName(gemv_kernel)) + ", compute " + c10::toString(k.compute) + ", weights " +
+                     c10::toString(k.weights) + ", cache " + c10::toString(k.cache) + ", quantization " +
+                     std::to_string(static_cast<int>(q)));
+        ASSERT_TRUE(ForceGemvKernel(gemv_kernel));
+        ASSERT_TRUE(ForceQuantKernel(quant_kernel));
+        // Every slot NaN before each run: a position one path forgot to
+        // write cannot read the other's value.
+        auto poison = [&] {
+          for (int l = 0; l < (*pool)->num_layers(); ++l) {
+            (*pool)->key(l).fill_(NAN);
+            (*pool)->value(l).fill_(NAN);
+          }
+        };
+        const int64_t before = FusedDecodeLayers();
+        poison();
+        auto fused = RunPaged(**lm, **pool, xs, schedule, tables);
+        const int64_t layers = FusedDecodeLayers() - before;
+        SetFusedDecodeEnabled(false);
+        poison();
+        auto forward = RunPaged(**lm, **pool, xs, schedule, tables);
+        SetFusedDecodeEnabled(true);
+        EXPECT_EQ(FusedDecodeLayers() - before, layers);
+        EXPECT_EQ(layers, 12);  // 6 steps x 2 layers
+        ASSERT_EQ(fused.size(), 3u);
+        ASSERT_EQ(forward.size(), 3u);
+        for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(at::equal(fused[i], forward[i])) << "sequence " << i;
+      }
+      ForceGemvKernel(std::nullopt);
+      ForceQuantKernel(std::nullopt);
     }
-    ForceGemvKernel(std::nullopt);
-    ForceQuantKernel(std::nullopt);
   }
 }
 
