@@ -8,7 +8,9 @@
 //   - peak RSS.
 // Precisions: "fp32"; "bf16" = what `--dtype bf16` runs as on this CPU
 // (llm::Precision::ForRequested: bf16 weights, computed in fp32 without
-// native bf16 matmuls); "bf16-compute" = bf16 weights and activations.
+// native bf16 matmuls); "bf16-compute" = bf16 weights and activations;
+// "bf16-fp32" = bf16 weights computed in fp32 (what "bf16" is on CPUs
+// without native bf16 matmuls, measurable on any CPU).
 // --libtorch turns FastLinear (core/llm/gemv.h) off, for comparison.
 // --batch=N also decodes N sequences together (one batched step per token,
 // the engine's continuous batching): ms/step and aggregate tokens/s against
@@ -48,6 +50,7 @@
 #include "core/config.h"
 #include "core/llm/causal_lm.h"
 #include "core/llm/gemv.h"
+#include "core/llm/modules.h"
 #include "core/llm/sampler.h"
 #include "core/nn/torch_util.h"
 #include "core/status.h"
@@ -197,13 +200,15 @@ double OverheadMsPerToken(const Precision& precision) {
   return bench::Median(steps) * 1e3;
 }
 
-// "bf16", "fp32", "bf16-compute", each optionally "+int8" / "+int4"
+// "bf16", "fp32", "bf16-compute", "bf16-fp32", each optionally "+int8" / "+int4"
 // (quantized at load time, as --quantize).
 absl::StatusOr<Precision> ParsePrecision(const std::string& name) {
   const std::vector<std::string> parts = absl::StrSplit(name, '+');
   Precision p;
   if (parts[0] == "bf16-compute") {
     p = Precision::Uniform(at::kBFloat16);
+  } else if (parts[0] == "bf16-fp32") {
+    p = Precision{at::kFloat, at::kBFloat16};
   } else {
     auto dtype = ParseComputeDType(parts[0]);
     if (!dtype.ok()) return dtype.status();
@@ -293,6 +298,7 @@ int Run(int argc, char** argv) {
     std::unique_ptr<CausalLM> lm;
     std::unique_ptr<Sequences> seqs;
     std::vector<double> steps, bandwidths;
+    int64_t fused_layers = 0;  // run by the fused decode step (modules.h)
   };
   std::vector<Run> runs;
   const at::Tensor embeds = at::randn({prompt, config.hidden_size}).mul_(0.02);
@@ -346,7 +352,7 @@ int Run(int argc, char** argv) {
         "matmul peak (%.0f GFLOP/s, measured now)\n",
         name.c_str(), prompt, prefill_s * 1e3, prompt / prefill_s, prefill_flops / 1e9, prefill_flops / prefill_s / 1e9,
         100.0 * prefill_flops / prefill_s / prefill_peak, c10::toString(precision->compute), prefill_peak / 1e9);
-    runs.push_back(Run{name, *precision, std::move(*lm), std::move(seqs), {}, {}});
+    runs.push_back(Run{name, *precision, std::move(*lm), std::move(seqs), {}, {}, 0});
   }
 
   // Decode: greedy feed-back, timing each step (embedding + forward +
@@ -355,9 +361,11 @@ int Run(int argc, char** argv) {
   if (runs.size() > 1) std::printf("\ndecoding %d tokens of each, their steps interleaved\n", decode_tokens);
   for (int i = 0; i < decode_tokens; ++i) {
     for (Run& r : runs) {
+      const int64_t fused0 = FusedDecodeLayers();
       const double t0 = bench::NowSeconds();
       if (!r.seqs->Step().ok()) return 1;
       r.steps.push_back(bench::NowSeconds() - t0);
+      r.fused_layers += FusedDecodeLayers() - fused0;
       r.bandwidths.push_back(probe.Measure());
     }
   }
@@ -389,6 +397,9 @@ int Run(int argc, char** argv) {
         "probe: %.0f%%)\n",
         name.c_str(), bytes / (bandwidth * 1e9) * 1e3, 100.0 * bytes / (bandwidth * 1e9) / median,
         100.0 * bytes / (best_bandwidth * 1e9) / best);
+    std::printf("[%s] decode step fused (no libtorch op between the products): %lld of %lld layers\n", name.c_str(),
+                static_cast<long long>(r.fused_layers),
+                static_cast<long long>(steps.size()) * config.num_hidden_layers);
     std::printf("[%s] of which per-op overhead (same layers, tiny matrices): %.1f ms/token\n", name.c_str(),
                 OverheadMsPerToken(precision));
     if (batch > 1) {
