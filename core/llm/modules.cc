@@ -517,6 +517,30 @@ struct FusedLayer {
 struct FusedDecodeAccess {
   static bool Parts(LlamaDecoderLayerImpl& layer, FusedLayer& f);
   static bool Parts(InternLM2DecoderLayerImpl& layer, FusedLayer& f);
+
+ private:
+  // The fused gate|up product (quantized, or float rows still fused).
+  static bool GateUp(const std::shared_ptr<QuantMatrix>& quant, const at::Tensor& fused, const DenseImpl& gate,
+                     const DenseImpl& up, FusedLayer& f) {
+    if (quant) {
+      f.gate_up = {quant.get(), {}, {}};
+      f.intermediate = gate.quant->out();
+      return true;
+    }
+    if (!StillFused(fused, {&gate.weight, &up.weight})) return false;
+    f.gate_up = {nullptr, fused, {}};
+    f.intermediate = gate.weight.size(0);
+    return true;
+  }
+  static void Rest(const RMSNormImpl& attention_norm, const RMSNormImpl& mlp_norm, int64_t heads, int64_t kv_heads,
+                   int64_t head_dim, bool grouped_qkv, FusedLayer& f) {
+    f.attention_norm = &attention_norm;
+    f.mlp_norm = &mlp_norm;
+    f.heads = heads;
+    f.kv_heads = kv_heads;
+    f.head_dim = head_dim;
+    f.grouped_qkv = grouped_qkv;
+  }
 };
 
 bool FusedDecodeAccess::Parts(LlamaDecoderLayerImpl& layer, FusedLayer& f) {
@@ -531,47 +555,21 @@ bool FusedDecodeAccess::Parts(LlamaDecoderLayerImpl& layer, FusedLayer& f) {
   } else {
     return false;
   }
-  if (mlp.gate_up_q_) {
-    f.gate_up = {mlp.gate_up_q_.get(), {}, {}};
-    f.intermediate = mlp.gate_proj->quant->out();
-  } else if (StillFused(mlp.gate_up_w_, {&mlp.gate_proj->weight, &mlp.up_proj->weight})) {
-    f.gate_up = {nullptr, mlp.gate_up_w_, {}};
-    f.intermediate = mlp.gate_proj->weight.size(0);
-  } else {
-    return false;
-  }
+  if (!GateUp(mlp.gate_up_q_, mlp.gate_up_w_, *mlp.gate_proj, *mlp.up_proj, f)) return false;
   f.o = DenseProduct(*attn.o_proj);
   f.down = DenseProduct(*mlp.down_proj);
-  f.attention_norm = layer.input_layernorm.get();
-  f.mlp_norm = layer.post_attention_layernorm.get();
-  f.heads = attn.heads_;
-  f.kv_heads = attn.kv_heads_;
-  f.head_dim = attn.head_dim_;
-  f.grouped_qkv = false;
+  Rest(*layer.input_layernorm, *layer.post_attention_layernorm, attn.heads_, attn.kv_heads_, attn.head_dim_, false, f);
   return true;
 }
 
 bool FusedDecodeAccess::Parts(InternLM2DecoderLayerImpl& layer, FusedLayer& f) {
   InternLM2AttentionImpl& attn = *layer.attention;
   InternLM2MLPImpl& mlp = *layer.feed_forward;
-  if (mlp.w13_q_) {
-    f.gate_up = {mlp.w13_q_.get(), {}, {}};
-    f.intermediate = mlp.w1->quant->out();
-  } else if (StillFused(mlp.w13_, {&mlp.w1->weight, &mlp.w3->weight})) {
-    f.gate_up = {nullptr, mlp.w13_, {}};
-    f.intermediate = mlp.w1->weight.size(0);
-  } else {
-    return false;
-  }
+  if (!GateUp(mlp.w13_q_, mlp.w13_, *mlp.w1, *mlp.w3, f)) return false;
   f.qkv = DenseProduct(*attn.wqkv);
   f.o = DenseProduct(*attn.wo);
   f.down = DenseProduct(*mlp.w2);
-  f.attention_norm = layer.attention_norm.get();
-  f.mlp_norm = layer.ffn_norm.get();
-  f.heads = attn.heads_;
-  f.kv_heads = attn.kv_heads_;
-  f.head_dim = attn.head_dim_;
-  f.grouped_qkv = true;
+  Rest(*layer.attention_norm, *layer.ffn_norm, attn.heads_, attn.kv_heads_, attn.head_dim_, true, f);
   return true;
 }
 
