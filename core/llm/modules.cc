@@ -282,15 +282,11 @@ RMSNormImpl::RMSNormImpl(int64_t hidden, double eps_in, at::ScalarType dtype) : 
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
   const int64_t n = x.size(-1);
-  if (Inference() && UseCpuKernels(x.device()) && x.scalar_type() == at::kFloat &&
-      (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kBFloat16) && x.is_contiguous() &&
-      weight.is_contiguous() && n > 0 && x.numel() / n <= kMaxLoopRows) {
+  if (Inference() && UseCpuKernels(x.device()) && x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
+      x.is_contiguous() && weight.is_contiguous() && n > 0 && x.numel() / n <= kMaxLoopRows) {
     // Decoding: one pass per row (the mean of squares accumulated in double).
-    // bf16 weights (a bf16 checkpoint computed in fp32) widened exactly, as
-    // the op chain's weight * h promotes them.
     at::Tensor out = at::empty_like(x);
-    thread_local std::vector<float> t_w;
-    const float* w = FloatValues(weight, t_w, RowKernelsAvx2());
+    const float* w = weight.data_ptr<float>();
     const float* in = x.data_ptr<float>();
     float* o = out.data_ptr<float>();
     const auto row = RowKernelsAvx2() ? gemv::RmsNormRowAvx2 : gemv::RmsNormRowPortable;
@@ -576,8 +572,8 @@ bool FusedDecodeAccess::Parts(InternLM2DecoderLayerImpl& layer, FusedLayer& f) {
 namespace {
 
 // Whether the fused step runs layer `layer` (parts f) on the rows h: bf16
-// activations (bf16 weights and KV cache), or fp32 ones (fp32 or bf16 weights,
-// an fp32 or bf16 KV cache), as the forward's decode path runs them.
+// activations (bf16 weights and KV cache), or fp32 ones (fp32 or bf16
+// matrices, an fp32 or bf16 KV cache), as the forward's decode path runs them.
 bool FusedLayerApplies(const FusedLayer& f, const at::Tensor& h, const LayerContext& ctx, int layer) {
   if (!FusedDecodeEnabled() || !Inference() || ctx.paged == nullptr) return false;
   const PagedContext& pc = *ctx.paged;
@@ -594,9 +590,9 @@ bool FusedLayerApplies(const FusedLayer& f, const at::Tensor& h, const LayerCont
       !Row(ctx.sin, dtype, n * d)) {
     return false;
   }
-  for (const RMSNormImpl* m : {f.attention_norm, f.mlp_norm}) {
-    if (!Row(m->weight, at::kBFloat16, hidden) && (bf16 || !Row(m->weight, at::kFloat, hidden))) return false;
-  }
+  // (Norm weights in the activations' dtype: CausalLM keeps only the
+  // matrices in a narrower storage dtype.)
+  if (!Row(f.attention_norm->weight, dtype, hidden) || !Row(f.mlp_norm->weight, dtype, hidden)) return false;
   if (!f.qkv.Applies(dtype, n, hidden) || f.qkv.out() != (heads + 2 * kv_heads) * d ||
       !f.o.Applies(dtype, n, heads * d) || f.o.out() != hidden || !f.gate_up.Applies(dtype, n, hidden) ||
       f.gate_up.out() != 2 * f.intermediate || !f.down.Applies(dtype, n, f.intermediate) || f.down.out() != hidden) {
@@ -636,8 +632,7 @@ template <>
 struct FusedRows<float> {
   static constexpr at::ScalarType kDType = at::kFloat;
   static void Norm(const float* x, const RMSNormImpl& m, int64_t n, float* out) {
-    thread_local std::vector<float> t_w;  // bf16 weights widened, as RMSNormImpl::forward
-    gemv::RmsNormRowAvx2(x, FloatValues(m.weight, t_w, true), n, static_cast<float>(m.eps), out);
+    gemv::RmsNormRowAvx2(x, m.weight.data_ptr<float>(), n, static_cast<float>(m.eps), out);
   }
   static void Rope(const float* x, int64_t heads, int64_t d, const float* cos, const float* sin, float* out) {
     gemv::RopeRowsAvx2(x, heads, d, cos, sin, out);
