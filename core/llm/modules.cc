@@ -690,7 +690,7 @@ void RunFusedLayer(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, 
   f.qkv.Run(x.data(), K::kDType, n, qkv.data());
   at::Tensor& kc = pc.pool->key(layer);
   at::Tensor& vc = pc.pool->value(layer);
-  const bool narrow_pool = kc.scalar_type() != K::kDType;  // fp32 rows, bf16 pool
+  const bool narrow_pool = kc.scalar_type() != K::kDType;  // fp32 rows, bf16 pool (FusedLayerApplies)
   const int64_t block_stride = kc.stride(0), head_stride = kc.stride(1);
   for (int64_t r = 0; r < n; ++r) {
     const T* row = qkv.data() + r * width;
@@ -698,16 +698,16 @@ void RunFusedLayer(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, 
     for (int64_t j = 0; j < kv_heads; ++j) {
       K::Rope(row + q_at(j), groups, d, c, s, q.data() + r * qn + j * groups * d);
       const int64_t slot = pc.slot_block_host[r] * block_stride + j * head_stride + pc.slot_offset_host[r] * d;
-      if (narrow_pool) {
-        K::Rope(row + k_at(j), 1, d, c, s, k.data());
-        gemv::FloatToBf16Avx2(reinterpret_cast<const float*>(k.data()), static_cast<uint16_t*>(kc.data_ptr()) + slot,
-                              d);
-        gemv::FloatToBf16Avx2(reinterpret_cast<const float*>(row + v_at(j)),
-                              static_cast<uint16_t*>(vc.data_ptr()) + slot, d);
-      } else {
-        K::Rope(row + k_at(j), 1, d, c, s, static_cast<T*>(kc.data_ptr()) + slot);
-        std::memcpy(static_cast<T*>(vc.data_ptr()) + slot, row + v_at(j), static_cast<size_t>(d) * sizeof(T));
+      if constexpr (std::is_same_v<T, float>) {
+        if (narrow_pool) {
+          K::Rope(row + k_at(j), 1, d, c, s, k.data());
+          gemv::FloatToBf16Avx2(k.data(), static_cast<uint16_t*>(kc.data_ptr()) + slot, d);
+          gemv::FloatToBf16Avx2(row + v_at(j), static_cast<uint16_t*>(vc.data_ptr()) + slot, d);
+          continue;
+        }
       }
+      K::Rope(row + k_at(j), 1, d, c, s, static_cast<T*>(kc.data_ptr()) + slot);
+      std::memcpy(static_cast<T*>(vc.data_ptr()) + slot, row + v_at(j), static_cast<size_t>(d) * sizeof(T));
     }
   }
   DecodeTables(pc, t_tables, t_lens);
