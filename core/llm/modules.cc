@@ -574,7 +574,10 @@ namespace {
 // Whether the fused step runs layer `layer` (parts f) on the rows h: bf16
 // activations (bf16 weights and KV cache), or fp32 ones (fp32 or bf16
 // matrices, an fp32 or bf16 KV cache), as the forward's decode path runs them.
-bool FusedLayerApplies(const FusedLayer& f, const at::Tensor& h, const LayerContext& ctx, int layer) {
+// Fills `tables` and `lens` (the decoding sequences' block tables and
+// lengths) on the way.
+bool FusedLayerApplies(const FusedLayer& f, const at::Tensor& h, const LayerContext& ctx, int layer,
+                       std::vector<const std::vector<int32_t>*>& tables, std::vector<int64_t>& lens) {
   if (!FusedDecodeEnabled() || !Inference() || ctx.paged == nullptr) return false;
   const PagedContext& pc = *ctx.paged;
   if (!pc.prefill_seqs.empty() || !pc.decode_groups.empty() || pc.pool == nullptr) return false;
@@ -603,10 +606,8 @@ bool FusedLayerApplies(const FusedLayer& f, const at::Tensor& h, const LayerCont
   if ((kc.scalar_type() != dtype && (bf16 || kc.scalar_type() != at::kBFloat16)) || kc.size(1) != kv_heads) {
     return false;
   }
-  thread_local std::vector<const std::vector<int32_t>*> t_tables;
-  thread_local std::vector<int64_t> t_lens;
-  DecodeTables(pc, t_tables, t_lens);
-  return PagedDecodeAttentionApplies(dtype, n, heads, d, kc, vc, t_tables, t_lens);
+  DecodeTables(pc, tables, lens);
+  return PagedDecodeAttentionApplies(dtype, n, heads, d, kc, vc, tables, lens);
 }
 
 // The row kernels of the fused step for activations of type T (uint16_t:
@@ -641,9 +642,11 @@ struct FusedRows<float> {
 };
 
 // The layer's forward on the rows h (contiguous), in place, where
-// FusedLayerApplies: the same kernels in the same order, so the same bits.
+// FusedLayerApplies (with its tables and lengths): the same kernels in the
+// same order, so the same bits.
 template <typename T>
-void RunFusedLayer(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, int layer) {
+void RunFusedLayer(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, int layer,
+                   const std::vector<const std::vector<int32_t>*>& tables, const std::vector<int64_t>& lens) {
   using K = FusedRows<T>;
   TORCH_CHECK(h.is_contiguous(), "the fused decode step: the rows must be contiguous");
   const PagedContext& pc = *ctx.paged;
@@ -658,8 +661,6 @@ void RunFusedLayer(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, 
   // Scratch rows reused per thread (bound to references: the helpers read the
   // caller's through the pointers they are given).
   thread_local std::vector<T> t_x, t_qkv, t_q, t_attn, t_y, t_gu, t_act, t_k;
-  thread_local std::vector<const std::vector<int32_t>*> t_tables;
-  thread_local std::vector<int64_t> t_lens;
   std::vector<T>& x = t_x;
   std::vector<T>& qkv = t_qkv;
   std::vector<T>& q = t_q;
@@ -710,8 +711,7 @@ void RunFusedLayer(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, 
       std::memcpy(static_cast<T*>(vc.data_ptr()) + slot, row + v_at(j), static_cast<size_t>(d) * sizeof(T));
     }
   }
-  DecodeTables(pc, t_tables, t_lens);
-  PagedDecodeAttentionRows(q.data(), K::kDType, n, heads, d, kc, vc, t_tables, t_lens, attended.data());
+  PagedDecodeAttentionRows(q.data(), K::kDType, n, heads, d, kc, vc, tables, lens, attended.data());
   f.o.Run(attended.data(), K::kDType, n, y.data());
   K::Add(hp, y.data(), n * hidden);
 
@@ -738,23 +738,28 @@ void RunFusedLayer(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, 
   g_fused_layers.fetch_add(1, std::memory_order_relaxed);
 }
 
-// RunFusedLayer for h's dtype.
-void RunFusedLayerFor(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, int layer) {
-  if (h.scalar_type() == at::kBFloat16) return RunFusedLayer<uint16_t>(f, h, ctx, layer);
-  RunFusedLayer<float>(f, h, ctx, layer);
+// DecoderLayerImpl::DecodeInPlace for either layer family.
+template <typename Layer>
+bool DecodeLayerInPlace(Layer& layer, at::Tensor& h, const LayerContext& ctx, bool h_owned) {
+  FusedLayer f;
+  thread_local std::vector<const std::vector<int32_t>*> t_tables;
+  thread_local std::vector<int64_t> t_lens;
+  if (!FusedDecodeAccess::Parts(layer, f) || !FusedLayerApplies(f, h, ctx, layer.layer_index, t_tables, t_lens)) {
+    return false;
+  }
+  if (!h_owned || !h.is_contiguous()) h = h.clone(at::MemoryFormat::Contiguous);
+  if (h.scalar_type() == at::kBFloat16) {
+    RunFusedLayer<uint16_t>(f, h, ctx, layer.layer_index, t_tables, t_lens);
+  } else {
+    RunFusedLayer<float>(f, h, ctx, layer.layer_index, t_tables, t_lens);
+  }
+  return true;
 }
 
 }  // namespace
 
-bool LlamaDecoderLayerImpl::CanDecodeInPlace(const at::Tensor& h, const LayerContext& ctx) {
-  FusedLayer f;
-  return FusedDecodeAccess::Parts(*this, f) && FusedLayerApplies(f, h, ctx, layer_index);
-}
-
-void LlamaDecoderLayerImpl::DecodeInPlace(at::Tensor& h, const LayerContext& ctx) {
-  FusedLayer f;
-  TORCH_CHECK(FusedDecodeAccess::Parts(*this, f), "DecodeInPlace: the layer's products are not fused");
-  RunFusedLayerFor(f, h, ctx, layer_index);
+bool LlamaDecoderLayerImpl::DecodeInPlace(at::Tensor& h, const LayerContext& ctx, bool h_owned) {
+  return DecodeLayerInPlace(*this, h, ctx, h_owned);
 }
 
 // ---- InternLM2 ----
@@ -843,15 +848,8 @@ std::pair<at::Tensor, at::Tensor> InternLM2DecoderLayerImpl::QueryKey(const at::
   return attention->QueryKey(attention_norm(x), ctx);
 }
 
-bool InternLM2DecoderLayerImpl::CanDecodeInPlace(const at::Tensor& h, const LayerContext& ctx) {
-  FusedLayer f;
-  return FusedDecodeAccess::Parts(*this, f) && FusedLayerApplies(f, h, ctx, layer_index);
-}
-
-void InternLM2DecoderLayerImpl::DecodeInPlace(at::Tensor& h, const LayerContext& ctx) {
-  FusedLayer f;
-  TORCH_CHECK(FusedDecodeAccess::Parts(*this, f), "DecodeInPlace: the layer's products are not fused");
-  RunFusedLayerFor(f, h, ctx, layer_index);
+bool InternLM2DecoderLayerImpl::DecodeInPlace(at::Tensor& h, const LayerContext& ctx, bool h_owned) {
+  return DecodeLayerInPlace(*this, h, ctx, h_owned);
 }
 
 // ---- Whole model ----
@@ -878,10 +876,8 @@ at::Tensor DecoderModelImpl::forward(const at::Tensor& inputs_embeds, const Laye
   at::Tensor h = inputs_embeds;
   bool owned = false;  // h is this pass's own tensor (a layer's output or the copy below)
   for (auto& layer : typed_layers) {
-    if (layer->CanDecodeInPlace(h, ctx)) {
-      if (!owned || !h.is_contiguous()) h = h.clone(at::MemoryFormat::Contiguous);
+    if (layer->DecodeInPlace(h, ctx, owned)) {
       owned = true;
-      layer->DecodeInPlace(h, ctx);
     } else {
       h = layer->forward(h, ctx);
       owned = Inference();  // (outside autograd a layer returns a fresh tensor)

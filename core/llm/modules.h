@@ -137,12 +137,12 @@ class DecoderLayerImpl : public torch::nn::Module {
   // them. Between two products that stream megabytes of weights every op's
   // dispatch runs from cold caches: after a 64 MB pass an at::empty took
   // 4-5 us and a narrow 9 us (0.3 and 0.6 hot), ~20 of them a layer. The same
-  // bits as forward. CanDecodeInPlace says whether it applies to the rows h
-  // [1, N, H] (FusedDecodeEnabled, bf16 activations and KV cache, the
-  // project's AVX2 kernels, FastLinear or quantized products); DecodeInPlace
-  // then replaces h (contiguous) by the layer's output.
-  virtual bool CanDecodeInPlace(const at::Tensor& h, const LayerContext& ctx) { return false; }
-  virtual void DecodeInPlace(at::Tensor& h, const LayerContext& ctx) {}
+  // bits as forward. Where it applies to the rows h [1, N, H]
+  // (FusedDecodeEnabled, bf16 or fp32 activations, the project's AVX2
+  // kernels, FastLinear or quantized products) it replaces h by the layer's
+  // output and returns true; h is copied first unless `h_owned` (h is the
+  // pass's own contiguous tensor). Elsewhere false, h untouched.
+  virtual bool DecodeInPlace(at::Tensor& h, const LayerContext& ctx, bool h_owned) { return false; }
   // Builds the inference-only fused weights (call after loading weights).
   virtual void Fuse() = 0;
   // Quantizes the layer's matrices as `mode` asks (those already quantized,
@@ -199,8 +199,7 @@ class LlamaDecoderLayerImpl : public DecoderLayerImpl {
   void Fuse() override;
   void Quantize(Quantization mode) override;
   std::pair<at::Tensor, at::Tensor> QueryKey(const at::Tensor& x, const LayerContext& ctx) override;
-  bool CanDecodeInPlace(const at::Tensor& h, const LayerContext& ctx) override;
-  void DecodeInPlace(at::Tensor& h, const LayerContext& ctx) override;
+  bool DecodeInPlace(at::Tensor& h, const LayerContext& ctx, bool h_owned) override;
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
@@ -248,8 +247,7 @@ class InternLM2DecoderLayerImpl : public DecoderLayerImpl {
   void Fuse() override;
   void Quantize(Quantization mode) override;
   std::pair<at::Tensor, at::Tensor> QueryKey(const at::Tensor& x, const LayerContext& ctx) override;
-  bool CanDecodeInPlace(const at::Tensor& h, const LayerContext& ctx) override;
-  void DecodeInPlace(at::Tensor& h, const LayerContext& ctx) override;
+  bool DecodeInPlace(at::Tensor& h, const LayerContext& ctx, bool h_owned) override;
   InternLM2Attention attention{nullptr};
   InternLM2MLP feed_forward{nullptr};
   RMSNorm attention_norm{nullptr}, ffn_norm{nullptr};

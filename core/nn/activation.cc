@@ -59,17 +59,9 @@ at::Tensor SwiGlu(const at::Tensor& gate, const at::Tensor& up) {
 }
 
 void SwiGluColumns(const at::Tensor& gate, const at::Tensor& up, const at::Tensor& out, int64_t begin, int64_t end) {
-#if defined(INTERNVL_HAVE_AVX2_ACTIVATION)
-  const int64_t n = gate.size(-1), rows = gate.numel() / n, stride = RowStride(gate);
-  const auto* g = reinterpret_cast<const uint16_t*>(gate.data_ptr());
-  const auto* u = reinterpret_cast<const uint16_t*>(up.data_ptr());
-  auto* o = reinterpret_cast<uint16_t*>(out.data_ptr());
-  for (int64_t r = 0; r < rows; ++r) {
-    act::SwiGluRowsBf16Avx2(g + r * stride + begin, u + r * stride + begin, stride, o + r * n + begin, 1, end - begin);
-  }
-#else
-  TORCH_CHECK(false, "SwiGluColumns: the SwiGLU kernel is not built here");
-#endif
+  const int64_t n = gate.size(-1);
+  SwiGluBf16Rows(reinterpret_cast<const uint16_t*>(gate.data_ptr()), reinterpret_cast<const uint16_t*>(up.data_ptr()),
+                 RowStride(gate), reinterpret_cast<uint16_t*>(out.data_ptr()), n, gate.numel() / n, begin, end);
 }
 
 bool SwiGluBf16RowsAvailable() {
