@@ -125,11 +125,13 @@ TEST(MakeModel, AwqCheckpointLoadsItsLayersAsFourBit) {
   EXPECT_NE((*store)->Find("language_model.model.layers.0.self_attn.q_proj.bias"), nullptr);
   auto lm = llm::CausalLM::Load(config->llm, **store, at::kFloat);
   ASSERT_TRUE(lm.ok()) << lm.status();
-  EXPECT_EQ((*lm)->weight_format(), "int4 AWQ g128 + fp32 head");
+  // The head's pass over the vocabulary at 4 bits, its 64 leaders per row
+  // recomputed through the checkpoint's own (here fp32) weights.
+  EXPECT_EQ((*lm)->weight_format(), "int4 AWQ g128 + int4 g128 (top 64 rescored in fp32) head");
   auto with_int8 =
       llm::CausalLM::Load(config->llm, **store, llm::Precision{at::kFloat, at::kFloat, llm::Quantization::kInt8});
   ASSERT_TRUE(with_int8.ok()) << with_int8.status();
-  EXPECT_EQ((*with_int8)->weight_format(), "int4 AWQ g128 + int8 head");
+  EXPECT_EQ((*with_int8)->weight_format(), "int4 AWQ g128 + int4 g128 (top 64 rescored in int8) head");
   // A layer whose qweight does not fit the model is refused by name before
   // anything is unpacked.
   {

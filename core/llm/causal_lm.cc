@@ -131,6 +131,7 @@ CausalLM::CausalLM(const LlmConfig& config, const Precision& precision)
       dtype_(precision.compute),
       weight_dtype_(precision.weights),
       quantize_(precision.quantize),
+      head_candidates_(precision.head_candidates),
       device_(precision.device),
       module_(LanguageModel(config, precision.weights)),
       rope_(config, precision.device) {}
@@ -148,8 +149,23 @@ void CausalLM::Finish() {
   for (DenseImpl* d : DenseLayers(*module_)) any_quantized = any_quantized || d->quant != nullptr;
   if (any_quantized) {
     for (auto& layer : module_->model->typed_layers) layer->Quantize(quantize_);
-    QuantizeDense(*module_->head, quantize_);
-    ReleaseQuantizedWeights({module_->head.get()});
+    DenseImpl& head = *module_->head;
+    bool four_bit_layers = false;
+    for (DenseImpl* d : DenseLayers(*module_)) {
+      four_bit_layers = four_bit_layers || (d != &head && d->quant && d->quant->kind() == QuantMatrix::Kind::kInt4);
+    }
+    if (four_bit_layers && head_candidates_ > 0 && !head.quant && device_.is_cpu()) {
+      // The pass over the vocabulary at the layers' 4 bits; the candidates
+      // through int8 (--quantize int4) or the checkpoint's own weights.
+      std::shared_ptr<QuantMatrix> coarse = QuantMatrix::Quantize(head.weight, Quantization::kInt4);
+      if (coarse->kind() == QuantMatrix::Kind::kInt4) {
+        head.coarse = coarse;
+        head.candidates = head_candidates_;
+        if (quantize_ == Quantization::kInt4) head.quant = QuantMatrix::Int8(head.weight);
+      }
+    }
+    QuantizeDense(head, quantize_);
+    ReleaseQuantizedWeights({&head});
   }
   // The matrices decoding streams (not the embedding table: one row a token).
   std::vector<at::Tensor> streamed;
@@ -157,9 +173,11 @@ void CausalLM::Finish() {
     if (p.dim() == 2 && !p.is_same(module_->model->embed->weight)) streamed.push_back(p);
   }
   for (DenseImpl* d : DenseLayers(*module_)) {
-    if (!d->quant) continue;
-    for (const at::Tensor* t : {&d->quant->data(), &d->quant->scale(), &d->quant->zmin()}) {
-      if (t->defined()) streamed.push_back(*t);
+    for (const QuantMatrix* q : {d->quant.get(), d->coarse.get()}) {
+      if (q == nullptr) continue;
+      for (const at::Tensor* t : {&q->data(), &q->scale(), &q->zmin()}) {
+        if (t->defined()) streamed.push_back(*t);
+      }
     }
   }
   MoveToHugePages(streamed);
@@ -309,6 +327,13 @@ int64_t CausalLM::decode_weight_bytes() const {
   const at::Tensor& emb = module_->model->embed->weight;
   int64_t bytes = parameter_bytes() - emb.numel() * emb.element_size();
   for (DenseImpl* d : DenseLayers(*module_)) bytes += d->quant ? d->quant->bytes() : 0;
+  // A rescored head reads its 4-bit copy, and of its own weights only the
+  // candidates' rows.
+  const DenseImpl& head = *module_->head;
+  if (head.coarse) {
+    const int64_t own = head.quant ? head.quant->bytes() : head.weight.numel() * head.weight.element_size();
+    bytes += head.coarse->bytes() - own + own / std::max<int64_t>(1, head.coarse->out()) * head.candidates;
+  }
   return bytes;
 }
 
@@ -326,6 +351,10 @@ std::string CausalLM::weight_format() const {
     break;
   }
   head = describe(*module_->head);
+  if (module_->head->coarse) {
+    head = absl::StrCat("int4 g", module_->head->coarse->group(), " (top ", module_->head->candidates, " rescored in ",
+                        head, ")");
+  }
   return layers == head ? layers : absl::StrCat(layers, " + ", head, " head");
 }
 
@@ -443,7 +472,7 @@ absl::StatusOr<at::Tensor> CausalLM::AttentionColumnMeans(const at::Tensor& inpu
 }
 
 absl::StatusOr<std::unique_ptr<PagedKVPool>> CausalLM::NewPagedPool(int64_t num_blocks, int block_size,
-                                                                  std::optional<at::ScalarType> kv_dtype) const {
+                                                                    std::optional<at::ScalarType> kv_dtype) const {
   const at::ScalarType dtype = kv_dtype.value_or(dtype_);
   if (!ServesKvDtype(dtype)) {
     return absl::InvalidArgumentError(absl::StrCat("a KV cache in ", c10::toString(dtype), " for a model computing in ",
@@ -463,8 +492,8 @@ absl::StatusOr<at::Tensor> CausalLM::ForwardPaged(const at::Tensor& inputs_embed
     return absl::InvalidArgumentError("LLM paged forward: needs sequences, each with its rotary state");
   }
   if (pool.num_layers() != config_.num_hidden_layers || !ServesKvDtype(pool.dtype()) ||
-      pool.key(0).device() != device_ ||
-      pool.key(0).size(1) != config_.num_key_value_heads || pool.key(0).size(3) != config_.head_dim()) {
+      pool.key(0).device() != device_ || pool.key(0).size(1) != config_.num_key_value_heads ||
+      pool.key(0).size(3) != config_.head_dim()) {
     return absl::InvalidArgumentError("LLM paged forward: the KV pool was made for another model or dtype");
   }
   int64_t rows = 0;

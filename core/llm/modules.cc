@@ -254,6 +254,11 @@ DenseImpl::DenseImpl(int64_t in, int64_t out, bool has_bias, at::ScalarType dtyp
 }
 
 at::Tensor DenseImpl::forward(const at::Tensor& x) {
+  if (coarse && candidates > 0 && x.device().is_cpu() && !at::GradMode::is_enabled() &&
+      (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+      x.numel() <= kMaxFastLinearRows * x.size(-1)) {
+    return RescoredLinear(x, *coarse, candidates, quant.get(), weight, bias);
+  }
   if (quant) return QuantLinear(x, *quant, bias);
   return Linear(x, weight, bias);
 }

@@ -73,6 +73,12 @@ class DenseImpl : public torch::nn::Module {
   // Set when the weights are quantized (quant.h): forward then multiplies
   // through it, and `weight` is empty (inference only).
   std::shared_ptr<QuantMatrix> quant;
+  // The vocabulary head of a model with 4-bit layers: a 4-bit copy of its
+  // weights through which decode rows pass first, their `candidates`
+  // largest outputs then recomputed through `quant` or `weight`
+  // (RescoredLinear). Null: one pass.
+  std::shared_ptr<QuantMatrix> coarse;
+  int64_t candidates = 0;
 };
 TORCH_MODULE(Dense);
 

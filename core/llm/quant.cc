@@ -5,9 +5,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -107,14 +110,24 @@ const char* QuantizationName(Quantization q) {
 std::shared_ptr<QuantMatrix> QuantMatrix::Quantize(const at::Tensor& w, Quantization mode) {
   const int64_t in = w.size(1), out = w.size(0);
   const int64_t group = in % 128 == 0 ? 128 : in % 64 == 0 ? 64 : 0;
-  if (mode != Quantization::kInt4 || group == 0 || out % 8 != 0) return Int8(w);
+  if (mode != Quantization::kInt4 || group == 0) return Int8(w);
   // In slices of rows (the AWQ packing holds a few fp32 copies of a slice).
   const int64_t step = std::max<int64_t>(8, (int64_t{8} << 20) / std::max<int64_t>(1, in * 4)) / 8 * 8;
   std::vector<std::shared_ptr<QuantMatrix>> parts;
   for (int64_t r0 = 0; r0 < out; r0 += step) {
     const int64_t n = std::min(step, out - r0);
-    const AwqTensors t = QuantizeAwq(w.narrow(0, r0, n), group, at::kFloat);
-    parts.push_back(*FromAwq(t.qweight, t.qzeros, t.scales, group));
+    // AWQ's packing takes rows in eights: a last slice short of that (a
+    // vocabulary of 151655 rows) is padded with zero rows, then cut back.
+    at::Tensor rows = w.narrow(0, r0, n);
+    if (n % 8 != 0) rows = at::cat({rows, at::zeros({8 - n % 8, in}, rows.options())});
+    const AwqTensors t = QuantizeAwq(rows, group, at::kFloat);
+    std::shared_ptr<QuantMatrix> part = *FromAwq(t.qweight, t.qzeros, t.scales, group);
+    if (n % 8 != 0) {
+      part->out_ = n;
+      part->rows_ = part->rows_.narrow(0, 0, n);
+      part->ViewInt4Rows();
+    }
+    parts.push_back(part);
   }
   if (parts.size() == 1) return parts[0];
   std::vector<std::shared_ptr<QuantMatrix>*> ptrs;
@@ -340,6 +353,162 @@ at::Tensor QuantMatrix::Dequantize(int64_t r0, int64_t r1, at::ScalarType dtype)
 int64_t QuantMatrix::bytes() const {
   if (rows_.defined()) return rows_.numel();
   return data_.numel() * data_.element_size() + scale_.numel() * scale_.element_size();
+}
+
+namespace {
+
+// Rows rows[0, n) of the CPU matrix `from` (rows contiguous) as a new
+// [n, cols] matrix: a copy per row (index_select took ~200 us for 64 rows
+// of an int8 vocabulary head).
+at::Tensor GatherMatrixRows(const at::Tensor& from, const int64_t* rows, int64_t n) {
+  TORCH_CHECK(from.dim() == 2 && from.stride(1) == 1 && from.device().is_cpu(), "GatherMatrixRows: a CPU matrix");
+  at::Tensor to = at::empty({n, from.size(1)}, from.options());
+  const int64_t row = from.size(1) * from.element_size(), stride = from.stride(0) * from.element_size();
+  const char* src = static_cast<const char*>(from.data_ptr());
+  char* dst = static_cast<char*>(to.data_ptr());
+  for (int64_t i = 0; i < n; ++i) std::memcpy(dst + i * row, src + rows[i] * stride, static_cast<size_t>(row));
+  return to;
+}
+
+}  // namespace
+
+std::shared_ptr<QuantMatrix> QuantMatrix::GatherRows(const int64_t* rows, int64_t n) const {
+  at::NoGradGuard no_grad;
+  std::shared_ptr<QuantMatrix> q(new QuantMatrix(*this));
+  q->out_ = n;
+  auto gather = [&](const at::Tensor& from) { return GatherMatrixRows(from, rows, n); };
+  if (kind_ == Kind::kInt4) {
+    q->rows_ = gather(rows_);
+    q->ViewInt4Rows();
+  } else {
+    q->data_ = gather(data_);
+    q->scale_ = gather(scale_.view({-1, 1})).view({-1});
+  }
+  return q;
+}
+
+namespace {
+
+inline float ValueAt(const float* v, int64_t i) { return v[i]; }
+inline float ValueAt(const uint16_t* v, int64_t i) { return std::bit_cast<float>(static_cast<uint32_t>(v[i]) << 16); }
+
+// LargestIndices over fp32 or bf16 values.
+template <typename T>
+void Largest(const T* values, int64_t n, int64_t k, int64_t* out) {
+  // A heap of the k best so far with the worst on top: lower values (NaN
+  // lowest), and among equal ones the later index, are worse. Outputs come
+  // in index order, so a later one replaces the worst only when strictly
+  // greater; blocks of 16 are passed over at one (vectorized) test where none
+  // is, nearly all of a vocabulary once the heap holds the leaders.
+  struct Entry {
+    float v;
+    int64_t i;
+  };
+  auto rank = [&](int64_t i) {
+    const float v = ValueAt(values, i);
+    return std::isnan(v) ? -std::numeric_limits<float>::infinity() : v;
+  };
+  auto worse_on_top = [](const Entry& a, const Entry& b) { return a.v > b.v || (a.v == b.v && a.i < b.i); };
+  std::vector<Entry> heap;
+  heap.reserve(static_cast<size_t>(k));
+  int64_t i = 0;
+  for (; i < k; ++i) heap.push_back({rank(i), i});
+  std::make_heap(heap.begin(), heap.end(), worse_on_top);
+  auto offer = [&](int64_t j) {
+    const float v = rank(j);
+    if (v > heap.front().v) {
+      std::pop_heap(heap.begin(), heap.end(), worse_on_top);
+      heap.back() = {v, j};
+      std::push_heap(heap.begin(), heap.end(), worse_on_top);
+    }
+  };
+  constexpr int64_t kBlock = 16;
+  for (; i < n && i % kBlock != 0; ++i) offer(i);
+  for (; i + kBlock <= n; i += kBlock) {
+    const float t = heap.front().v;
+    int above = 0;
+    for (int64_t j = 0; j < kBlock; ++j) above |= ValueAt(values, i + j) > t;  // (NaN: false)
+    if (above == 0) continue;
+    for (int64_t j = 0; j < kBlock; ++j) offer(i + j);
+  }
+  for (; i < n; ++i) offer(i);
+  for (int64_t j = 0; j < k; ++j) out[j] = heap[static_cast<size_t>(j)].i;
+}
+
+}  // namespace
+
+void LargestIndices(const void* values, bool bf16, int64_t n, int64_t k, int64_t* out) {
+  if (k <= 0) return;
+  bf16 ? Largest(static_cast<const uint16_t*>(values), n, k, out)
+       : Largest(static_cast<const float*>(values), n, k, out);
+}
+
+at::Tensor RescoredLinear(const at::Tensor& x, const QuantMatrix& coarse, int64_t candidates, const QuantMatrix* fine,
+                          const at::Tensor& weight, const at::Tensor& b) {
+  const int64_t in = coarse.in(), out = coarse.out();
+  const int64_t rows = x.numel() / in, k = std::min(candidates, out);
+  TORCH_CHECK(rows <= kMaxFastLinearRows && !at::GradMode::is_enabled(), "rescored head: decode rows only");
+  at::Tensor y = QuantLinear(x, coarse, b);
+  if (k <= 0 || rows == 0) return y;
+  at::Tensor y2 = y.view({rows, out});
+  const bool bf16 = y.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(bf16 || y.scalar_type() == at::kFloat, "rescored head: fp32 or bf16 inputs");
+  // Each row's k largest: of each of its parts (one a thread), then of the
+  // parts' together.
+  const int64_t size = y.element_size();
+  const int threads = at::get_num_threads();
+  const int64_t parts = std::clamp<int64_t>(out / (k * 64), 1, threads);
+  std::vector<int64_t> part_best(static_cast<size_t>(rows * parts * k)), picked(static_cast<size_t>(rows * k));
+  const char* yp = static_cast<const char*>(y2.data_ptr());
+  ParallelChunks(rows * parts, threads, [&](int64_t c) {
+    const int64_t r = c / parts, p = c % parts, begin = out * p / parts, end = out * (p + 1) / parts;
+    int64_t* best = part_best.data() + c * k;
+    LargestIndices(yp + (r * out + begin) * size, bf16, end - begin, k, best);
+    for (int64_t j = 0; j < k; ++j) best[j] += begin;
+  });
+  std::vector<uint16_t> v16;
+  std::vector<float> v32;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t* best = part_best.data() + r * parts * k;
+    if (parts == 1) {
+      std::copy(best, best + k, picked.data() + r * k);
+      continue;
+    }
+    // (The union in index order, so that ties still go to lower indices.)
+    std::vector<int64_t> cand(best, best + parts * k);
+    std::sort(cand.begin(), cand.end());
+    for (size_t j = 0; j < cand.size(); ++j) {
+      bf16 ? v16.push_back(reinterpret_cast<const uint16_t*>(yp)[r * out + cand[j]])
+           : v32.push_back(reinterpret_cast<const float*>(yp)[r * out + cand[j]]);
+    }
+    std::vector<int64_t> at(static_cast<size_t>(k));
+    LargestIndices(bf16 ? static_cast<const void*>(v16.data()) : v32.data(), bf16, parts * k, k, at.data());
+    for (int64_t j = 0; j < k; ++j) picked[static_cast<size_t>(r * k + j)] = cand[static_cast<size_t>(at[j])];
+    v16.clear();
+    v32.clear();
+  }
+  // Their union in index order: one product of every row by the union's
+  // rows through the fine weights.
+  std::vector<int64_t> ids(picked);
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  const int64_t u = static_cast<int64_t>(ids.size());
+  const at::Tensor bias = b.defined() ? GatherMatrixRows(b.view({-1, 1}), ids.data(), u).view({-1}) : at::Tensor();
+  const at::Tensor x2 = x.reshape({rows, in});
+  const at::Tensor exact = (fine != nullptr ? QuantLinear(x2, *fine->GatherRows(ids.data(), u), bias)
+                                            : Linear(x2, GatherMatrixRows(weight, ids.data(), u), bias))
+                               .contiguous();
+  TORCH_CHECK(exact.scalar_type() == y.scalar_type(), "rescored head: the two passes' dtypes differ");
+  const char* src = static_cast<const char*>(exact.data_ptr());
+  char* dst = static_cast<char*>(y2.data_ptr());
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t id = picked[static_cast<size_t>(r * k + j)];
+      const int64_t at = std::lower_bound(ids.begin(), ids.end(), id) - ids.begin();
+      std::memcpy(dst + (r * out + id) * size, src + (r * u + at) * size, static_cast<size_t>(size));
+    }
+  }
+  return y;
 }
 
 at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b) {

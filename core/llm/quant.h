@@ -82,6 +82,8 @@ class QuantMatrix {
   at::Tensor Dequantize(int64_t r0, int64_t r1, at::ScalarType dtype) const;
   // Bytes of packed weights, scales and zero terms (what one product reads).
   int64_t bytes() const;
+  // The matrix of rows rows[0, n) of this one, in that order (a copy).
+  std::shared_ptr<QuantMatrix> GatherRows(const int64_t* rows, int64_t n) const;
 
   // Packed data for the kernels (quant_kernels.h layouts): int8 data [out,
   // inp] and scale [out], contiguous; int4 data [out, inp / 2] bytes, scale
@@ -113,5 +115,22 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
 // (modules.h) chains these.
 void QuantLinearRows(const void* x, at::ScalarType x_dtype, int64_t rows, const QuantMatrix& w, const at::Tensor& b,
                      void* y);
+
+// The vocabulary head's decode product (at most kMaxFastLinearRows rows, no
+// grad) in two passes: every output of every row through `coarse`, a 4-bit
+// copy of the head that reads about half the bytes of int8 and a quarter of
+// bf16, then each row's `candidates` largest outputs recomputed through the
+// head's own weights (`fine`, or the float `weight` where fine is null) and
+// written over the coarse ones: the same values, bit for bit, as the head's
+// own product gives them. The candidates are the outputs that greedy and
+// top-k / top-p sampling choose among; the rest keep the 4-bit values.
+// x [..., in] fp32 or bf16; the result has x's dtype, as QuantLinear's.
+at::Tensor RescoredLinear(const at::Tensor& x, const QuantMatrix& coarse, int64_t candidates, const QuantMatrix* fine,
+                          const at::Tensor& weight, const at::Tensor& b);
+
+// Indices of the k largest of values[0, n) (fp32, or bf16 bits as uint16_t
+// where bf16), in no particular order; ties broken towards lower indices, NaN
+// never chosen over a number. k <= n.
+void LargestIndices(const void* values, bool bf16, int64_t n, int64_t k, int64_t* out);
 
 }  // namespace internvl::llm

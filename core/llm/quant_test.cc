@@ -380,6 +380,98 @@ TEST_F(QuantTest, VectorActivationQuantizerIsThePortableBits) {
   }
 }
 
+// --quantize int4 of a matrix whose rows are not a multiple of 8 (a
+// vocabulary head of 151655 rows): 4-bit still, each weight within a step of
+// its group's range (half for the rounding, half for the rounded zero point),
+// and the rows past the last eight all there.
+TEST_F(QuantTest, Int4TakesRowCountsShortOfEights) {
+  at::InferenceMode guard;
+  at::manual_seed(5);
+  const at::Tensor w = at::randn({1003, 256});
+  const auto q = QuantMatrix::Quantize(w, Quantization::kInt4);
+  ASSERT_EQ(q->kind(), QuantMatrix::Kind::kInt4);
+  EXPECT_EQ(q->out(), 1003);
+  const at::Tensor g = w.view({1003, 2, 128});
+  const at::Tensor step = (std::get<0>(g.max(2)) - std::get<0>(g.min(2))) / 15.0;  // [out, groups]
+  const at::Tensor err = (q->Dequantize(0, 1003, at::kFloat) - w).view({1003, 2, 128}).abs();
+  EXPECT_TRUE((err <= step.unsqueeze(2) * 1.0001).all().item<bool>());
+  // (The last row is the matrix's own, not a padding row's zeros.)
+  EXPECT_GT(q->Dequantize(1002, 1003, at::kFloat).abs().max().item<float>(), 0.5f);
+  const at::Tensor x = at::randn({1, 256});
+  // (The product quantizes its input to int8: within its rounding.)
+  EXPECT_LT(RelErr(QuantLinear(x, *q, {}), at::linear(x, q->Dequantize(0, 1003, at::kFloat))), 0.02);
+}
+
+// LargestIndices against a full sort: fp32 and bf16 values with ties and
+// NaN, k from 1 to n, n on and off the 16-value blocks.
+TEST_F(QuantTest, LargestIndicesAreTheSortsFirst) {
+  at::manual_seed(6);
+  for (int64_t n : {1, 7, 16, 65, 1000, 4099}) {
+    for (int64_t k : {int64_t{1}, int64_t{5}, int64_t{64}, n}) {
+      if (k > n) continue;
+      for (bool bf16 : {false, true}) {
+        // Few distinct values (many ties), a NaN every 97.
+        at::Tensor v = at::randint(-20, 20, {n}).to(at::kFloat).div_(4);
+        for (int64_t i = 3; i < n; i += 97) v[i] = std::numeric_limits<float>::quiet_NaN();
+        if (bf16) v = v.to(at::kBFloat16);
+        const at::Tensor f = v.to(at::kFloat);
+        std::vector<int64_t> order(static_cast<size_t>(n));
+        for (int64_t i = 0; i < n; ++i) order[i] = i;
+        const float* fp = f.data_ptr<float>();
+        auto rank = [&](int64_t i) { return std::isnan(fp[i]) ? -std::numeric_limits<float>::infinity() : fp[i]; };
+        std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rank(a) > rank(b); });
+        std::vector<int64_t> got(static_cast<size_t>(k));
+        LargestIndices(v.data_ptr(), bf16, n, k, got.data());
+        std::sort(got.begin(), got.end());
+        std::vector<int64_t> want(order.begin(), order.begin() + k);
+        std::sort(want.begin(), want.end());
+        EXPECT_EQ(got, want) << "n " << n << " k " << k << (bf16 ? " bf16" : " fp32");
+      }
+    }
+  }
+}
+
+// The rescored head: each row's k largest coarse outputs replaced by the
+// fine weights' own outputs (bit for bit, as their full product gives
+// them), every other output the coarse pass's; over int8 and float fine
+// weights, fp32 and bf16 inputs, one and several rows, every kernel.
+TEST_F(QuantTest, RescoredHeadIsTheFineProductAtTheCoarseLeaders) {
+  at::InferenceMode guard;
+  at::manual_seed(7);
+  const int64_t vocab = 1003, in = 256, k = 16;
+  const at::Tensor w = at::randn({vocab, in}).mul_(0.05);
+  const auto coarse = QuantMatrix::Quantize(w, Quantization::kInt4);
+  const auto fine8 = QuantMatrix::Int8(w);
+  for (QuantKernel kernel : kKernels) {
+    if (!ForceQuantKernel(kernel)) continue;
+    for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      const at::Tensor wd = w.to(dtype);
+      for (int64_t rows : {1, 3}) {
+        const at::Tensor x = at::randn({rows, in}).to(dtype);
+        const at::Tensor y0 = QuantLinear(x, *coarse, {});
+        for (bool int8 : {true, false}) {
+          const std::string what = absl::StrCat(QuantKernelName(kernel), " ", c10::toString(dtype), " rows ", rows,
+                                                int8 ? " int8" : " float");
+          const at::Tensor full = int8 ? QuantLinear(x, *fine8, {}) : Linear(x, wd, {});
+          const at::Tensor y = RescoredLinear(x, *coarse, k, int8 ? fine8.get() : nullptr, wd, {});
+          ASSERT_EQ(y.sizes(), y0.sizes()) << what;
+          ASSERT_EQ(y.scalar_type(), dtype) << what;
+          for (int64_t r = 0; r < rows; ++r) {
+            std::vector<int64_t> lead(static_cast<size_t>(k));
+            LargestIndices(y0[r].data_ptr(), dtype == at::kBFloat16, vocab, k, lead.data());
+            at::Tensor expected = y0[r].clone();
+            for (int64_t i : lead) expected[i] = full[r][i];
+            EXPECT_TRUE(at::equal(y[r], expected)) << what << " row " << r;
+            // The fine argmax is among the leaders here (4-bit error well
+            // below the gaps of 16 leaders of 1003): greedy picks it.
+            EXPECT_EQ(y[r].argmax().item<int64_t>(), full[r].argmax().item<int64_t>()) << what << " row " << r;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_F(QuantTest, ParsesTheFlag) {
   EXPECT_EQ(*ParseQuantization("int8"), Quantization::kInt8);
   EXPECT_EQ(*ParseQuantization("none"), Quantization::kNone);
