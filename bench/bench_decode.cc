@@ -201,7 +201,9 @@ double OverheadMsPerToken(const Precision& precision) {
 }
 
 // "bf16", "fp32", "bf16-compute", "bf16-fp32", each optionally "+int8" / "+int4"
-// (quantized at load time, as --quantize).
+// (quantized at load time, as --quantize), then optionally "+kN": N head
+// candidates (Precision::head_candidates, --head-candidates; "+k0": the
+// 4-bit head in one pass).
 absl::StatusOr<Precision> ParsePrecision(const std::string& name) {
   const std::vector<std::string> parts = absl::StrSplit(name, '+');
   Precision p;
@@ -214,11 +216,18 @@ absl::StatusOr<Precision> ParsePrecision(const std::string& name) {
     if (!dtype.ok()) return dtype.status();
     p = Precision::ForRequested(*dtype);
   }
-  if (parts.size() > 2) return absl::InvalidArgumentError(absl::StrCat("bad precision ", name));
-  if (parts.size() == 2) {
+  if (parts.size() > 3) return absl::InvalidArgumentError(absl::StrCat("bad precision ", name));
+  if (parts.size() >= 2) {
     auto q = ParseQuantization(parts[1]);
     if (!q.ok()) return q.status();
     p.quantize = *q;
+  }
+  if (parts.size() == 3) {
+    int64_t k = 0;
+    if (parts[2].size() < 2 || parts[2][0] != 'k' || !absl::SimpleAtoi(parts[2].substr(1), &k) || k < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("bad precision ", name, " (+kN: N head candidates)"));
+    }
+    p.head_candidates = k;
   }
   return p;
 }

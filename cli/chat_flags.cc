@@ -151,6 +151,10 @@ std::vector<FlagSpec> EngineFlags() {
       {"no-prefix-caching", "do not reuse the KV blocks of identical prompt prefixes", false, false, ""},
       {"quantize", "LLM weights quantized at load time: none, int8 or int4 (AWQ checkpoints are 4-bit as published)",
        true, false, "none"},
+      {"head-candidates",
+       "where the LLM layers are 4-bit (--quantize int4, AWQ checkpoints): the vocabulary head runs a 4-bit pass, "
+       "then recomputes each token's this many largest logits through its own weights (0: the 4-bit pass alone)",
+       true, false, "64"},
       {"vision-batch-tiles", "tiles of concurrent requests encoded in one vision forward", true, false, "16"},
       {"vision-batch-wait-ms", "how long a vision encode waits for others to join its batch", true, false, "2"},
       {"device", "where the models run: cpu, cuda or cuda:N (a CUDA libtorch build)", true, false, "cpu"},
@@ -175,6 +179,8 @@ absl::Status EngineOptionsFromArgs(const Args& args, EngineOptions* o) {
   l.max_waiting = queued;
   l.prefix_caching = !args.Has("no-prefix-caching");
   l.quantize = args.GetOr("quantize", l.quantize);
+  INTERNVL_ASSIGN_OR_RETURN(int candidates, args.GetInt("head-candidates", static_cast<int>(l.head_candidates)));
+  l.head_candidates = candidates;
   INTERNVL_ASSIGN_OR_RETURN(o->vision_batching.max_batch_tiles,
                             args.GetInt("vision-batch-tiles", o->vision_batching.max_batch_tiles));
   INTERNVL_ASSIGN_OR_RETURN(int wait_ms, args.GetInt("vision-batch-wait-ms", 2));

@@ -160,6 +160,9 @@ absl::Status ScaleCompress(const llm::CausalLM& lm, EngineRequest& request, ScmO
 
 absl::Status LlmEngineOptions::Validate() const {
   INTERNVL_RETURN_IF_ERROR(llm::ParseQuantization(quantize).status());
+  if (head_candidates < 0 || head_candidates > (int64_t{1} << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat("head_candidates must be in [0, 1048576], got ", head_candidates));
+  }
   if (kv_cache_dtype != "auto" && kv_cache_dtype != "bf16" && kv_cache_dtype != "fp32") {
     return absl::InvalidArgumentError(
         absl::StrCat("kv_cache_dtype must be auto, bf16 or fp32, got \"", kv_cache_dtype, "\""));
@@ -236,6 +239,7 @@ absl::StatusOr<std::unique_ptr<LlmEngine>> LlmEngine::Load(const std::string& mo
   INTERNVL_ASSIGN_OR_RETURN(auto store, TensorStore::OpenDir(model_dir));
   llm::Precision precision = llm::Precision::ForRequested(requested, device);
   INTERNVL_ASSIGN_OR_RETURN(precision.quantize, llm::ParseQuantization(options.quantize));
+  precision.head_candidates = options.head_candidates;
   INTERNVL_ASSIGN_OR_RETURN(auto lm, llm::CausalLM::Load(config.llm, *store, precision));
   return CreateLlmEngine(std::move(lm), options);
 }

@@ -332,6 +332,15 @@ TEST(LlmEngine, Bf16KvCacheHoldsTwiceThePositions) {
   EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// --head-candidates: 0 (the 4-bit head alone) and up; negative refused.
+TEST(LlmEngine, HeadCandidatesMustNotBeNegative) {
+  LlmEngineOptions o;
+  o.head_candidates = 0;
+  EXPECT_TRUE(o.Validate().ok());
+  o.head_candidates = -1;
+  EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // --kv-cache-dtype auto follows the weights: a bf16 model keeps a bf16 cache
 // also where it computes in fp32 (as the official bf16 model and as CPUs
 // with native bf16); fp32 keeps it exact there; a model computing in bf16

@@ -25,6 +25,9 @@ ABSL_FLAG(std::string, dtype, "bf16", "compute dtype: fp32 or bf16");
 ABSL_FLAG(std::string, device, "cpu", "where the model runs: cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, quantize, "none",
           "LLM weights quantized at load time: none, int8 or int4 (AWQ checkpoints are 4-bit as published)");
+ABSL_FLAG(int64_t, head_candidates, 64,
+          "where the LLM layers are 4-bit: logits per token the vocabulary head recomputes through its own weights "
+          "after its 4-bit pass (0: the 4-bit pass alone)");
 ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = all cores)");
 ABSL_FLAG(int64_t, kv_cache_bytes, 0, "KV cache budget in bytes (0 = --kv-cache-fraction of physical memory)");
 ABSL_FLAG(double, kv_cache_fraction, 0.25, "KV cache budget as a fraction of physical memory, when no bytes given");
@@ -84,6 +87,7 @@ int main(int argc, char** argv) {
   engine_options.llm.max_waiting = absl::GetFlag(FLAGS_max_queued);
   engine_options.llm.prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
   engine_options.llm.quantize = absl::GetFlag(FLAGS_quantize);
+  engine_options.llm.head_candidates = absl::GetFlag(FLAGS_head_candidates);
   auto engine = InferenceEngine::Load(*dir, engine_options);
   if (!engine.ok()) {
     LogError(absl::StrCat("loading the language model: ", engine.status().ToString()));
