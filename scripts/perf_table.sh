@@ -23,13 +23,13 @@ has() { [[ " $flags " == *" $1 "* ]] && echo yes || echo no; }
 isa="AVX2 $(has avx2), AVX-512 $(has avx512f), AVX512-BF16 $(has avx512_bf16), AVX512-VNNI $(has avx512_vnni), AMX-BF16 $(has amx_bf16)"
 
 echo "running bench_decode (bf16, int8, int4 at 2500 tokens of context)..." >&2
-$B/bench_decode --threads=2 --dtypes=bf16,bf16+int8,bf16+int4 --prompt=2500 --decode=48 >"$TMP/decode" 2>&1
+$B/bench_decode --threads=2 --dtypes=bf16,bf16+int8,bf16+int4 --prompt=2500 --decode=96 >"$TMP/decode" 2>&1
 if grep -q '^\[bf16\] weights bf16, compute Float' "$TMP/decode"; then
   # bf16 weights computed in fp32 here: the same with the exact fp32 KV
   # cache (--kv-cache-dtype fp32) beside the default bf16 one; where bf16
   # computes natively the cache can only be bf16.
   echo "running bench_decode again with an fp32 KV cache..." >&2
-  $B/bench_decode --threads=2 --dtypes=bf16,bf16+int8,bf16+int4 --prompt=2500 --decode=48 --kv-dtype=fp32 \
+  $B/bench_decode --threads=2 --dtypes=bf16,bf16+int8,bf16+int4 --prompt=2500 --decode=96 --kv-dtype=fp32 \
     >"$TMP/decode_kv" 2>&1
 fi
 echo "running bench_vision..." >&2
