@@ -132,6 +132,31 @@ TEST(MakeModel, AwqCheckpointLoadsItsLayersAsFourBit) {
       llm::CausalLM::Load(config->llm, **store, llm::Precision{at::kFloat, at::kFloat, llm::Quantization::kInt8});
   ASSERT_TRUE(with_int8.ok()) << with_int8.status();
   EXPECT_EQ((*with_int8)->weight_format(), "int4 AWQ g128 + int4 g128 (top 64 rescored in int8) head");
+  // Greedy decoding through the rescored head picks the tokens the head
+  // alone picks (--head-candidates 0: the checkpoint's fp32 head in one
+  // pass), and each step's winning logit is the head's own; the other
+  // logits come from the 4-bit pass.
+  {
+    llm::Precision one_pass{at::kFloat, at::kFloat};
+    one_pass.head_candidates = 0;
+    auto plain = llm::CausalLM::Load(config->llm, **store, one_pass);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    EXPECT_EQ((*plain)->weight_format(), "int4 AWQ g128 + fp32 head");
+    at::InferenceMode guard;
+    std::vector<int64_t> ids = {5, 17, 300, 9};
+    bool tails_differ = false;
+    for (int step = 0; step < 16; ++step) {
+      const at::Tensor embeds = *(*lm)->Embed(at::tensor(ids, at::kLong).view({1, -1}));
+      const at::Tensor rescored = *(*lm)->Forward(embeds, {});
+      const at::Tensor alone = *(*plain)->Forward(embeds, {});
+      const int64_t next = alone.argmax(-1).item<int64_t>();
+      ASSERT_EQ(rescored.argmax(-1).item<int64_t>(), next) << "step " << step;
+      EXPECT_EQ(rescored[0][next].item<float>(), alone[0][next].item<float>()) << "step " << step;
+      tails_differ = tails_differ || !at::equal(rescored, alone);
+      ids.push_back(next);
+    }
+    EXPECT_TRUE(tails_differ);
+  }
   // A layer whose qweight does not fit the model is refused by name before
   // anything is unpacked.
   {
