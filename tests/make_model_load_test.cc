@@ -156,6 +156,11 @@ TEST(MakeModel, AwqCheckpointLoadsItsLayersAsFourBit) {
       ids.push_back(next);
     }
     EXPECT_TRUE(tails_differ);
+    // Logits at every position (LogitsMode::kAll) are the head's own.
+    llm::ForwardOptions all;
+    all.logits = llm::LogitsMode::kAll;
+    const at::Tensor embeds = *(*lm)->Embed(at::tensor(ids, at::kLong).view({1, -1}).narrow(1, 0, 8));
+    EXPECT_TRUE(at::equal(*(*lm)->Forward(embeds, all), *(*plain)->Forward(embeds, all)));
   }
   // A layer whose qweight does not fit the model is refused by name before
   // anything is unpacked.

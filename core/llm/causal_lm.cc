@@ -413,7 +413,7 @@ absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, co
       case LogitsMode::kLast:
         return CastFloatBf16(module_->head(hidden.select(1, t - 1)), at::kFloat);
       case LogitsMode::kAll:
-        return CastFloatBf16(module_->head(hidden), at::kFloat);
+        return CastFloatBf16(module_->head->ForwardOwn(hidden), at::kFloat);
       case LogitsMode::kNone:
         break;
     }

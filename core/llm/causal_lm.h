@@ -71,7 +71,7 @@ class RotaryEmbedding {
 
 enum class LogitsMode {
   kLast,  // logits of the last position only, [B, V] (the lm_head runs on B rows)
-  kAll,   // [B, T, V]
+  kAll,   // [B, T, V], every one through the head's own weights (no rescored 4-bit pass)
   kNone,  // no head: final-normed hidden states [B, T, H]
 };
 

@@ -259,6 +259,10 @@ at::Tensor DenseImpl::forward(const at::Tensor& x) {
       x.numel() <= kMaxFastLinearRows * x.size(-1)) {
     return RescoredLinear(x, *coarse, candidates, quant.get(), weight, bias);
   }
+  return ForwardOwn(x);
+}
+
+at::Tensor DenseImpl::ForwardOwn(const at::Tensor& x) {
   if (quant) return QuantLinear(x, *quant, bias);
   return Linear(x, weight, bias);
 }

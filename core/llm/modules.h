@@ -69,6 +69,9 @@ class DenseImpl : public torch::nn::Module {
  public:
   DenseImpl(int64_t in, int64_t out, bool bias, at::ScalarType dtype);
   at::Tensor forward(const at::Tensor& x);
+  // forward without the 4-bit pass of `coarse`: every output through the
+  // layer's own weights (logits at every position: LogitsMode::kAll).
+  at::Tensor ForwardOwn(const at::Tensor& x);
   at::Tensor weight, bias;  // bias undefined when absent
   // Set when the weights are quantized (quant.h): forward then multiplies
   // through it, and `weight` is empty (inference only).
