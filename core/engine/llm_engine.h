@@ -50,7 +50,7 @@ struct LlmEngineOptions {
   std::string quantize = "none";
   // Where the layers are 4-bit: how many of each decode row's largest
   // logits the vocabulary head recomputes through its own weights after its
-  // 4-bit pass (llm::Precision::head_candidates); 0: one pass.
+  // 4-bit pass (llm::Precision::head_candidates); 0: the head in one pass.
   int64_t head_candidates = 64;
   int threads = 0;  // intra-op threads; 0 = all cores
   // "cpu", "cuda" or "cuda:N" (core/nn/device.h): where the weights, the KV

@@ -332,7 +332,7 @@ TEST(LlmEngine, Bf16KvCacheHoldsTwiceThePositions) {
   EXPECT_EQ(o.Validate().code(), absl::StatusCode::kInvalidArgument);
 }
 
-// --head-candidates: 0 (the 4-bit head alone) and up; negative refused.
+// --head-candidates: 0 (the head in one pass) and up; negative refused.
 TEST(LlmEngine, HeadCandidatesMustNotBeNegative) {
   LlmEngineOptions o;
   o.head_candidates = 0;
