@@ -701,13 +701,12 @@ void RunFusedLayer(const FusedLayer& f, at::Tensor& h, const LayerContext& ctx, 
   at::Tensor& kc = pc.pool->key(layer);
   at::Tensor& vc = pc.pool->value(layer);
   const bool narrow_pool = kc.scalar_type() != K::kDType;  // fp32 rows, bf16 pool (FusedLayerApplies)
-  const int64_t block_stride = kc.stride(0), head_stride = kc.stride(1);
   for (int64_t r = 0; r < n; ++r) {
     const T* row = qkv.data() + r * width;
     const T *c = cos + r * d, *s = sin + r * d;
     for (int64_t j = 0; j < kv_heads; ++j) {
       K::Rope(row + q_at(j), groups, d, c, s, q.data() + r * qn + j * groups * d);
-      const int64_t slot = pc.slot_block_host[r] * block_stride + j * head_stride + pc.slot_offset_host[r] * d;
+      const int64_t slot = pc.SlotElement(kc, r, j);
       if constexpr (std::is_same_v<T, float>) {
         if (narrow_pool) {
           K::Rope(row + k_at(j), 1, d, c, s, k.data());

@@ -155,9 +155,8 @@ at::Tensor BatchedDecodeAttention(const at::Tensor& q, const at::Tensor& kc, con
 // (block, slot) positions of a [blocks, KV, bs, d] pool. On the CPU, a copy
 // per token and kv head: index_put_ on the permuted view cost ~55 us per
 // call, 2 per layer and step (~2.6 ms per token, 4% of the decoding thread
-// in a perf profile of bench_decode). Elsewhere one index_put_. The slots
-// are inside the pool: CausalLM::ForwardPaged refuses a block outside it
-// before any layer runs, and offsets are positions modulo the block size.
+// in a perf profile of bench_decode). Elsewhere one index_put_. (The slots
+// are inside the pool: PagedContext::SlotElement.)
 void WriteSlots(at::Tensor& pool, const at::Tensor& rows, const PagedContext& ctx) {
   at::Tensor src = rows.to(pool.scalar_type());
   const int64_t n = static_cast<int64_t>(ctx.slot_block_host.size());
@@ -173,13 +172,12 @@ void WriteSlots(at::Tensor& pool, const at::Tensor& rows, const PagedContext& ct
   }
   src = src.contiguous();
   const int64_t elem = static_cast<int64_t>(pool.element_size());
-  const int64_t block_stride = pool.stride(0), head_stride = pool.stride(1);
   const char* from = static_cast<const char*>(src.data_ptr());
   char* to = static_cast<char*>(pool.data_ptr());
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < kv_heads; ++j) {
-      const int64_t row = ctx.slot_block_host[i] * block_stride + j * head_stride + ctx.slot_offset_host[i] * d;
-      std::memcpy(to + row * elem, from + (i * kv_heads + j) * d * elem, static_cast<size_t>(d * elem));
+      std::memcpy(to + ctx.SlotElement(pool, i, j) * elem, from + (i * kv_heads + j) * d * elem,
+                  static_cast<size_t>(d * elem));
     }
   }
 }

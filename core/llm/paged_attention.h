@@ -49,6 +49,14 @@ struct PagedContext {
   std::vector<DecodeGroup> decode_groups;
   // slot_block and slot_offset on the host.
   std::vector<int64_t> slot_block_host, slot_offset_host;
+
+  // Where fed row i's slot for kv head j starts in a CPU pool [blocks, KV,
+  // bs, d] whose rows of d are contiguous (paged_kv.h), in elements. Inside
+  // the pool: CausalLM::ForwardPaged refuses a block outside it before any
+  // layer runs, and offsets are positions modulo the block size.
+  int64_t SlotElement(const at::Tensor& pool, int64_t i, int64_t j) const {
+    return slot_block_host[i] * pool.stride(0) + j * pool.stride(1) + slot_offset_host[i] * pool.size(3);
+  }
 };
 
 // Builds the shared part for `seqs` over `pool` (validated by the caller).

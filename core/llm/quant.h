@@ -128,9 +128,4 @@ void QuantLinearRows(const void* x, at::ScalarType x_dtype, int64_t rows, const 
 at::Tensor RescoredLinear(const at::Tensor& x, const QuantMatrix& coarse, int64_t candidates, const QuantMatrix* fine,
                           const at::Tensor& weight, const at::Tensor& b);
 
-// Indices of the k largest of values[0, n) (fp32, or bf16 bits as uint16_t
-// where bf16), in no particular order; ties broken towards lower indices, NaN
-// never chosen over a number. k <= n.
-void LargestIndices(const void* values, bool bf16, int64_t n, int64_t k, int64_t* out);
-
 }  // namespace internvl::llm

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/llm/gemv.h"
 #include "core/llm/gemv_kernels.h"
+#include "core/llm/largest.h"
 #include "core/llm/quant_kernels.h"
 #include "gtest/gtest.h"
 

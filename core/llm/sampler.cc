@@ -10,11 +10,11 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
-#include <functional>
 #include <limits>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "core/llm/largest.h"
 #include "core/nn/softmax.h"
 #include "core/nn/torch_util.h"
 
@@ -119,27 +119,14 @@ int64_t ArgMax(const float* row, int64_t vocab) {
 }
 
 // The k-th largest of x [n] (ties counted, as torch.topk's values), 0 < k <
-// n, from a min-heap of the k largest; blocks of 4 below the heap's least
-// skipped whole (SSE2).
+// n: the least of LargestIndices' k.
 float KthLargest(const float* x, int64_t n, int64_t k) {
-  std::vector<float> heap(x, x + k);
-  std::make_heap(heap.begin(), heap.end(), std::greater<float>());
-  auto offer = [&](float v) {
-    if (v > heap.front()) {
-      std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
-      heap.back() = v;
-      std::push_heap(heap.begin(), heap.end(), std::greater<float>());
-    }
-  };
-  int64_t i = k;
-#if defined(__SSE2__)
-  for (; i + 4 <= n; i += 4) {
-    if (_mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(x + i), _mm_set1_ps(heap.front()))) == 0) continue;
-    for (int64_t j = i; j < i + 4; ++j) offer(x[j]);
-  }
-#endif
-  for (; i < n; ++i) offer(x[i]);
-  return heap.front();
+  thread_local std::vector<int64_t> at;
+  at.resize(static_cast<size_t>(k));
+  LargestIndices(x, /*bf16=*/false, n, k, at.data());
+  float kth = x[at[0]];
+  for (int64_t i : at) kth = std::min(kth, x[i]);
+  return kth;
 }
 
 }  // namespace
