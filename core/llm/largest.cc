@@ -6,11 +6,46 @@
 #include <limits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace internvl::llm {
 namespace {
 
 inline float ValueAt(const float* v, int64_t i) { return v[i]; }
 inline float ValueAt(const uint16_t* v, int64_t i) { return std::bit_cast<float>(static_cast<uint32_t>(v[i]) << 16); }
+
+// Whether any of values[i, i + 16) is above t (NaN: no).
+inline bool AnyAbove(const float* v, float t) {
+#if defined(__SSE2__)
+  const __m128 tv = _mm_set1_ps(t);
+  const __m128 a = _mm_or_ps(_mm_cmpgt_ps(_mm_loadu_ps(v), tv), _mm_cmpgt_ps(_mm_loadu_ps(v + 4), tv));
+  const __m128 b = _mm_or_ps(_mm_cmpgt_ps(_mm_loadu_ps(v + 8), tv), _mm_cmpgt_ps(_mm_loadu_ps(v + 12), tv));
+  return _mm_movemask_ps(_mm_or_ps(a, b)) != 0;
+#else
+  int above = 0;
+  for (int j = 0; j < 16; ++j) above |= v[j] > t;
+  return above != 0;
+#endif
+}
+inline bool AnyAbove(const uint16_t* v, float t) {
+#if defined(__SSE2__)
+  // bf16 bits in the high halves of zeroed 32-bit lanes: the fp32 values.
+  const __m128 tv = _mm_set1_ps(t);
+  const __m128i z = _mm_setzero_si128();
+  const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v));
+  const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 8));
+  auto gt = [&](__m128i bits) { return _mm_cmpgt_ps(_mm_castsi128_ps(bits), tv); };
+  const __m128 a = _mm_or_ps(gt(_mm_unpacklo_epi16(z, lo)), gt(_mm_unpackhi_epi16(z, lo)));
+  const __m128 b = _mm_or_ps(gt(_mm_unpacklo_epi16(z, hi)), gt(_mm_unpackhi_epi16(z, hi)));
+  return _mm_movemask_ps(_mm_or_ps(a, b)) != 0;
+#else
+  int above = 0;
+  for (int j = 0; j < 16; ++j) above |= ValueAt(v, j) > t;
+  return above != 0;
+#endif
+}
 
 // LargestIndices over fp32 or bf16 values.
 template <typename T>
@@ -18,7 +53,7 @@ void Largest(const T* values, int64_t n, int64_t k, int64_t* out) {
   // A heap of the k best so far with the worst on top: lower values (NaN
   // lowest), and among equal ones the later index, are worse. Outputs come
   // in index order, so a later one replaces the worst only when strictly
-  // greater; blocks of 16 are passed over at one (vectorized) test where none
+  // greater; blocks of 16 are passed over at one (SSE2) test where none
   // is, nearly all of a vocabulary once the heap holds the leaders.
   struct Entry {
     float v;
@@ -45,10 +80,7 @@ void Largest(const T* values, int64_t n, int64_t k, int64_t* out) {
   constexpr int64_t kBlock = 16;
   for (; i < n && i % kBlock != 0; ++i) offer(i);
   for (; i + kBlock <= n; i += kBlock) {
-    const float t = heap.front().v;
-    int above = 0;
-    for (int64_t j = 0; j < kBlock; ++j) above |= ValueAt(values, i + j) > t;  // (NaN: false)
-    if (above == 0) continue;
+    if (!AnyAbove(values + i, heap.front().v)) continue;
     for (int64_t j = 0; j < kBlock; ++j) offer(i + j);
   }
   for (; i < n; ++i) offer(i);
