@@ -245,6 +245,11 @@ __attribute__((always_inline)) inline void ScoreTile(const __m512i* qp, const ui
   __m512 pairs[2][G];  // SumBlocks4's first stage, for keys 0-7 and 8-15
 #pragma GCC unroll 2
   for (int half = 0; half < 2; ++half) {
+    // The spread query read afresh by each half (hidden from GCC as in
+    // ScoresTiles: otherwise it kept the first half's 4GC loads for the
+    // second by storing each to the stack, one store per two products).
+    const __m512i* q = qp;
+    __asm__("" : "+r"(q));
     __m512 acc[2][G];
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) acc[0][g] = acc[1][g] = _mm512_setzero_ps();
@@ -282,7 +287,7 @@ __attribute__((always_inline)) inline void ScoreTile(const __m512i* qp, const ui
         }
 #pragma GCC unroll 8
         for (int g = 0; g < G; ++g) {
-          const __m512bh qv = (__m512bh)_mm512_load_si512(qp + (g * C + c) * 4 + e);
+          const __m512bh qv = (__m512bh)_mm512_load_si512(q + (g * C + c) * 4 + e);
           acc[0][g] = _mm512_dpbf16_ps(acc[0][g], (__m512bh)u[0][e], qv);
           acc[1][g] = _mm512_dpbf16_ps(acc[1][g], (__m512bh)u[1][e], qv);
         }
