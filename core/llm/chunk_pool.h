@@ -37,17 +37,20 @@ void ParallelChunks(int64_t chunks, int threads, absl::FunctionRef<void(int64_t)
 // ~4 per thread and the last 2 x threads chunks' rows in quarter-size
 // chunks, so that the threads finish together (the caller waits, on
 // average, half of the last chunk a helper claimed: ~15 us per product at
-// full size, 1.5 ms per decoded token).
+// full size, 1.5 ms per decoded token). The 4096 rows are bf16 rows:
+// narrower ones (row_bytes, the bytes each row streams with its scales,
+// under 2 x inputs) count as the bf16 rows of their bytes; 0 = bf16 or
+// wider.
 struct RowChunks {
   std::vector<int64_t> begin;  // chunks + 1 entries, the last = rows
   int64_t count() const { return static_cast<int64_t>(begin.size()) - 1; }
 };
-RowChunks SplitRows(int64_t rows, int64_t inputs, int threads);
+RowChunks SplitRows(int64_t rows, int64_t inputs, int threads, int64_t row_bytes = 0);
 
 // SplitRows remembered on the calling thread (its 8 newest distinct splits: a
 // reference stays valid until 8 splits not remembered are made on this thread):
 // a decode step asks for the same few ~100 times, and a fresh vector each time
 // cost ~1.3 us between two products (cold allocator).
-const RowChunks& SplitRowsCached(int64_t rows, int64_t inputs, int threads);
+const RowChunks& SplitRowsCached(int64_t rows, int64_t inputs, int threads, int64_t row_bytes = 0);
 
 }  // namespace internvl::llm

@@ -123,27 +123,31 @@ TEST(SplitRows, CoversTheRowsOnceWithSmallerChunksLast) {
   for (int threads : {1, 2, 4, 16}) {
     for (int64_t rows : {1, 3, 4, 64, 896, 1152, 9728, 151655}) {
       for (int64_t inputs : {64, 896, 4864}) {
-        const RowChunks c = SplitRows(rows, inputs, threads);
-        const std::string what = absl::StrCat("rows ", rows, " inputs ", inputs, " threads ", threads);
-        ASSERT_GE(c.count(), 1) << what;
-        EXPECT_EQ(c.begin.front(), 0) << what;
-        EXPECT_EQ(c.begin.back(), rows) << what;
-        for (int64_t i = 0; i < c.count(); ++i) {
-          const int64_t n = c.begin[i + 1] - c.begin[i];
-          ASSERT_GT(n, 0) << what << " chunk " << i;
-          if (i + 1 < c.count()) {
-            EXPECT_EQ(n % 4, 0) << what << " chunk " << i;  // whole 4-row blocks
+        for (int64_t row_bytes : {int64_t{0}, inputs / 2 + 64, inputs + 4}) {
+          const RowChunks c = SplitRows(rows, inputs, threads, row_bytes);
+          const std::string what =
+              absl::StrCat("rows ", rows, " inputs ", inputs, " row bytes ", row_bytes, " threads ", threads);
+          ASSERT_GE(c.count(), 1) << what;
+          EXPECT_EQ(c.begin.front(), 0) << what;
+          EXPECT_EQ(c.begin.back(), rows) << what;
+          for (int64_t i = 0; i < c.count(); ++i) {
+            const int64_t n = c.begin[i + 1] - c.begin[i];
+            ASSERT_GT(n, 0) << what << " chunk " << i;
+            if (i + 1 < c.count()) {
+              EXPECT_EQ(n % 4, 0) << what << " chunk " << i;  // whole 4-row blocks
+            }
+            if (i > 0 && i + 1 < c.count()) {
+              EXPECT_LE(n, c.begin[i] - c.begin[i - 1]) << what << " chunk " << i;  // never growing
+            }
           }
-          if (i > 0 && i + 1 < c.count()) {
-            EXPECT_LE(n, c.begin[i] - c.begin[i - 1]) << what << " chunk " << i;  // never growing
+          // At most ~4 full-size chunks per thread, then the tail's quarter-size
+          // ones (all of them quarter-size where the tail takes every row).
+          const int64_t first = c.begin[1] - c.begin[0];
+          EXPECT_LE(rows / first, 4 * 4 * threads + 4) << what;
+          const int64_t as_bf16 = row_bytes > 0 ? (rows * row_bytes + 2 * inputs - 1) / (2 * inputs) : rows;
+          if (as_bf16 > 4096 && rows * inputs >= (int64_t{1} << 21) * threads) {
+            EXPECT_LT(c.begin[c.count()] - c.begin[c.count() - 1], first) << what << ": no smaller chunks at the end";
           }
-        }
-        // At most ~4 full-size chunks per thread, then the tail's quarter-size
-        // ones (all of them quarter-size where the tail takes every row).
-        const int64_t first = c.begin[1] - c.begin[0];
-        EXPECT_LE(rows / first, 4 * 4 * threads + 4) << what;
-        if (rows > 4096 && rows * inputs >= (int64_t{1} << 21) * threads) {
-          EXPECT_LT(c.begin[c.count()] - c.begin[c.count() - 1], first) << what << ": no smaller chunks at the end";
         }
       }
     }
@@ -167,6 +171,19 @@ TEST(SplitRows, OneEqualChunkPerThreadUpTo4096Rows) {
   // The MLP's wide matrix and the head keep several chunks per thread.
   EXPECT_GT(SplitRows(9728, 896, 2).count(), 2 * 4);
   EXPECT_GT(SplitRows(151655, 896, 2).count(), 2 * 4);
+  // Rows count as the bf16 rows of their bytes: the wide matrix in 4 bits
+  // (512 bytes a row with its scales: 2780 bf16 rows) in one chunk per
+  // thread, in int8 (900: 4887) and in fp32 (wider than bf16) as in bf16.
+  for (int threads : {2, 4}) {
+    const RowChunks c = SplitRows(9728, 896, threads, 512);
+    ASSERT_EQ(c.count(), threads) << threads;
+    for (int64_t i = 0; i < c.count(); ++i) EXPECT_EQ(c.begin[i + 1] - c.begin[i], 9728 / threads) << threads;
+  }
+  EXPECT_EQ(SplitRows(9728, 896, 2, 900).begin, SplitRows(9728, 896, 2).begin);
+  EXPECT_EQ(SplitRows(9728, 896, 2, 4 * 896).begin, SplitRows(9728, 896, 2).begin);
+  EXPECT_GT(SplitRows(151655, 896, 2, 512).count(), 2 * 4);  // the 4-bit head: 43331 bf16 rows
+  EXPECT_EQ(SplitRowsCached(9728, 896, 2, 512).count(), 2);
+  EXPECT_GT(SplitRowsCached(9728, 896, 2).count(), 2 * 4);
   // Remembered per thread: the same split, the same object while fewer than 8
   // new ones are made in between.
   const RowChunks& head = SplitRowsCached(151655, 896, 2);

@@ -522,10 +522,12 @@ void QuantLinearRows(const void* x, at::ScalarType x_dtype, int64_t rows, const 
           w.data().stride(0),
           w.scale().stride(0)};
   }
-  // (By rows of `in` weights whatever their width: by bytes, 128 KB made
-  // int4 matrices of ~1000 rows 4-5 chunks, and one thread took 3 of 5.)
+  // (The smallest chunk by rows of `in` weights whatever their width: by
+  // bytes, 128 KB made int4 matrices of ~1000 rows 4-5 chunks, and one
+  // thread took 3 of 5. Whether to split beyond one chunk per thread goes
+  // by bytes: SplitRows.)
   const int threads = at::get_num_threads();
-  const RowChunks& chunks = SplitRowsCached(out, in, threads);
+  const RowChunks& chunks = SplitRowsCached(out, in, threads, w.bytes() / std::max<int64_t>(1, out));
   const bool int8 = w.kind() == QuantMatrix::Kind::kInt8;
   ParallelChunks(chunks.count(), threads, [&](int64_t chunk) {
     const int64_t r0 = chunks.begin[chunk], r1 = chunks.begin[chunk + 1];
