@@ -5,14 +5,20 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <string>
 #include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/files.h"
+#include "core/llm/bf16_bits.h"
 #include "core/llm/gemv.h"
+#include "core/llm/gemv_kernels.h"
 #include "core/llm/paged_attention.h"
 #include "core/nn/torch_util.h"
 #include "core/nn/weights.h"
@@ -116,6 +122,70 @@ std::pair<at::Tensor, at::Tensor> RotaryEmbedding::Tables(const at::Tensor& posi
   at::Tensor freqs = t.unsqueeze(-1) * inv_freq_;             // [B, T, d/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(2);  // [B, T, 1, d]
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+namespace {
+
+// Blocks of kRopeBlock positions' cos and sin rows ([kRopeBlock, d] each,
+// contiguous CPU tensors), per table (head dim, base, scaling, dtype), shared
+// by the process's rotary states. Bounded: a table beyond kMaxRopeBlocks
+// blocks (~4M positions) is not cached, and the tables are dropped when more
+// than kMaxRopeTables have been made.
+constexpr int64_t kRopeBlock = 256;
+constexpr int64_t kMaxRopeBlocks = 1 << 14;
+constexpr size_t kMaxRopeTables = 16;
+
+struct RopeBlocks {
+  std::mutex mu;
+  std::map<std::tuple<int64_t, double, std::string, double, int>, std::vector<std::pair<at::Tensor, at::Tensor>>>
+      tables;
+};
+
+RopeBlocks& SharedRopeBlocks() {
+  static RopeBlocks* blocks = new RopeBlocks();  // (never destroyed: used until exit)
+  return *blocks;
+}
+
+}  // namespace
+
+std::pair<at::Tensor, at::Tensor> RotaryEmbedding::Tables(const std::vector<int64_t>& positions,
+                                                          at::ScalarType dtype) const {
+  const int64_t n = static_cast<int64_t>(positions.size());
+  const bool dynamic_moved = scaling_type_ == "dynamic" && base_ != theta_;
+  bool cached = device_.is_cpu() && n >= 1 && n <= 16 && dim_ > 0 && !dynamic_moved &&
+                (dtype == at::kFloat || dtype == at::kBFloat16);
+  for (int64_t p : positions) cached = cached && p >= 0 && p / kRopeBlock < kMaxRopeBlocks;
+  if (!cached) {
+    return Tables(at::tensor(positions, at::TensorOptions().dtype(at::kLong)).view({1, n}), dtype);
+  }
+  at::InferenceMode guard;
+  const auto opts = at::TensorOptions().dtype(dtype);
+  at::Tensor cos = at::empty({1, n, 1, dim_}, opts), sin = at::empty({1, n, 1, dim_}, opts);
+  const size_t row = static_cast<size_t>(dim_) * cos.element_size();
+  RopeBlocks& shared = SharedRopeBlocks();
+  std::lock_guard<std::mutex> lock(shared.mu);
+  const auto key = std::make_tuple(dim_, base_, scaling_type_, factor_, static_cast<int>(dtype));
+  auto it = shared.tables.find(key);
+  if (it == shared.tables.end()) {
+    if (shared.tables.size() >= kMaxRopeTables) shared.tables.clear();
+    it = shared.tables.emplace(key, std::vector<std::pair<at::Tensor, at::Tensor>>()).first;
+  }
+  std::vector<std::pair<at::Tensor, at::Tensor>>& blocks = it->second;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t b = positions[i] / kRopeBlock, r = positions[i] % kRopeBlock;
+    if (static_cast<int64_t>(blocks.size()) <= b) blocks.resize(b + 1);
+    if (!blocks[b].first.defined()) {
+      auto [c, s] = Tables(
+          at::arange(b * kRopeBlock, (b + 1) * kRopeBlock, at::TensorOptions().dtype(at::kLong)).view({1, kRopeBlock}),
+          dtype);
+      blocks[b] = {c.reshape({kRopeBlock, dim_}).contiguous(), s.reshape({kRopeBlock, dim_}).contiguous()};
+    }
+    std::memcpy(static_cast<char*>(cos.data_ptr()) + i * row,
+                static_cast<const char*>(blocks[b].first.data_ptr()) + r * row, row);
+    std::memcpy(static_cast<char*>(sin.data_ptr()) + i * row,
+                static_cast<const char*>(blocks[b].second.data_ptr()) + r * row, row);
+  }
+  return {cos, sin};
 }
 
 // ---- CausalLM ----
@@ -362,7 +432,45 @@ absl::StatusOr<at::Tensor> CausalLM::Embed(const at::Tensor& ids) const {
   if (!ids.defined() || ids.scalar_type() != at::kLong) {
     return absl::InvalidArgumentError("Embed: ids must be an int64 tensor");
   }
+  if (at::Tensor rows = EmbedRowsOnCpu(ids); rows.defined()) return rows;
   return TorchGuard("embedding tokens", [&] { return module_->model->embed->forward(ids.to(device_)).to(dtype_); });
+}
+
+at::Tensor CausalLM::EmbedRowsOnCpu(const at::Tensor& ids) const {
+  const at::Tensor& w = module_->model->embed->weight;
+  const bool widen = w.scalar_type() == at::kBFloat16 && dtype_ == at::kFloat;
+  if (!device_.is_cpu() || !ids.device().is_cpu() || !ids.is_contiguous() || !w.device().is_cpu() || w.dim() != 2 ||
+      !w.is_contiguous() || (w.scalar_type() != dtype_ && !widen) || at::GradMode::is_enabled()) {
+    return {};
+  }
+  const int64_t n = ids.numel(), vocab = w.size(0), hidden = w.size(1);
+  const int64_t* id = ids.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    if (id[i] < 0 || id[i] >= vocab) return {};  // (the op's own error)
+  }
+  std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
+  shape.push_back(hidden);
+  at::Tensor out = at::empty(shape, w.options().dtype(dtype_));
+  if (!widen) {
+    const size_t row = static_cast<size_t>(hidden) * w.element_size();
+    const auto* from = static_cast<const char*>(w.data_ptr());
+    auto* to = static_cast<char*>(out.data_ptr());
+    for (int64_t i = 0; i < n; ++i) std::memcpy(to + i * row, from + id[i] * row, row);
+    return out;
+  }
+  // bf16 rows widened to fp32 (exact), as .to(kFloat).
+  const auto* from = static_cast<const uint16_t*>(w.data_ptr());
+  float* to = out.data_ptr<float>();
+  const bool avx2 = ActiveGemvKernel() != GemvKernel::kPortable && gemv::CpuHasAvx2Fma();
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t* r = from + id[i] * hidden;
+    if (avx2) {
+      gemv::Bf16ToFloatAvx2(r, to + i * hidden, hidden);
+    } else {
+      for (int64_t k = 0; k < hidden; ++k) to[i * hidden + k] = Bf16BitsToFloat(r[k]);
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<at::Tensor> CausalLM::Forward(const at::Tensor& inputs_embeds, const ForwardOptions& options) {
@@ -527,7 +635,7 @@ absl::StatusOr<at::Tensor> CausalLM::ForwardPaged(const at::Tensor& inputs_embed
       positions.reserve(rows);
       for (const PagedSeq& s : seqs)
         for (int64_t p = s.start; p < s.start + s.num_new; ++p) positions.push_back(p);
-      std::tie(cos, sin) = ropes[0]->Tables(at::tensor(positions, long_opts).view({1, rows}), dtype_);
+      std::tie(cos, sin) = ropes[0]->Tables(positions, dtype_);
     } else {
       std::vector<at::Tensor> coss, sins;
       for (size_t i = 0; i < seqs.size(); ++i) {

@@ -52,6 +52,12 @@ class RotaryEmbedding {
   // cos, sin [B, T, 1, head_dim] in `dtype` for int64 positions [B, T], on
   // the rotary state's device (positions may be anywhere).
   std::pair<at::Tensor, at::Tensor> Tables(const at::Tensor& positions, at::ScalarType dtype) const;
+  // The same for positions [1, N] given on the host. On the CPU, for a few
+  // positions (decoding), the rows are copied from blocks of 256 positions
+  // computed once per process by the ops above (the ops are elementwise:
+  // the same bits; not once dynamic scaling has moved the base): the 8 ops
+  // cost ~60-110 us per decode step, cold after the step's weights.
+  std::pair<at::Tensor, at::Tensor> Tables(const std::vector<int64_t>& positions, at::ScalarType dtype) const;
   // Current inverse frequencies (fp32 [head_dim/2]) and effective base.
   const at::Tensor& inv_freq() const { return inv_freq_; }
   double base() const { return base_; }
@@ -224,6 +230,12 @@ class CausalLM {
  private:
   CausalLM(const LlmConfig& config, const Precision& precision);
   absl::Status Validate() const;
+  // Embed's rows copied from the table (widened from bf16 where the compute
+  // dtype is fp32) on the CPU outside autograd, the ids in range; undefined
+  // otherwise (the op then runs). A decode step's one row: the op chain was
+  // 4 libtorch calls, ~120 us in a decode step (each call cold after the
+  // step's weights have streamed through the caches).
+  at::Tensor EmbedRowsOnCpu(const at::Tensor& ids) const;
   // Casts norms and biases to the compute dtype, then fuses and quantizes
   // (after loading).
   void Finish();

@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "core/llm/gemv.h"
 #include "core/llm/modules.h"
@@ -278,6 +280,68 @@ TEST(RotaryEmbedding, DynamicNtkEnlargesBaseOnlyPastMaxAndKeepsIt) {
   EXPECT_DOUBLE_EQ(rope.base(), expected);
   rope.Observe(10);  // a later short sequence keeps the enlarged base
   EXPECT_DOUBLE_EQ(rope.base(), expected);
+}
+
+// The host-positions tables (rows copied from shared blocks computed once)
+// are the ops' own bits, at block edges and far out, in fp32 and bf16, with
+// and without linear scaling, and once dynamic NTK has moved the base (then
+// computed, not cached); every row also matches a fresh rotary state's.
+TEST(RotaryEmbedding, HostPositionTablesAreTheOpsBits) {
+  at::InferenceMode guard;
+  const std::vector<std::vector<int64_t>> cases = {
+      {0}, {1}, {255}, {256}, {257}, {2500}, {32767}, {40000}, {3, 256, 70000}, {511, 512, 513, 9, 0, 100000}};
+  for (const char* scaling : {"", "linear", "dynamic"}) {
+    LlmConfig c = TinyConfig(LlmArch::kQwen2);  // (head dim 8)
+    c.hidden_size = 14 * 64;                    // InternVL2-1B's head dim 64
+    c.num_attention_heads = 14;
+    c.max_position_embeddings = 32768;
+    c.rope_theta = 1000000;
+    if (*scaling != 0) c.rope_scaling = RopeScaling{scaling, 2.0};
+    RotaryEmbedding rope(c);
+    for (int moved = 0; moved < (std::string(scaling) == "dynamic" ? 2 : 1); ++moved) {
+      if (moved) rope.Observe(2 * c.max_position_embeddings);
+      for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+        for (int pass = 0; pass < 2; ++pass) {  // (the second from the blocks made by the first)
+          for (const std::vector<int64_t>& pos : cases) {
+            const int64_t n = static_cast<int64_t>(pos.size());
+            auto [cos, sin] = rope.Tables(pos, dtype);
+            auto [cos_ops, sin_ops] = rope.Tables(at::tensor(pos, at::kLong).view({1, n}), dtype);
+            const std::string what = std::string(scaling) + (moved ? " moved" : "") + " " + c10::toString(dtype) +
+                                     " pass " + std::to_string(pass) + " first " + std::to_string(pos[0]);
+            ASSERT_EQ(cos.sizes(), cos_ops.sizes()) << what;
+            EXPECT_EQ(cos.scalar_type(), dtype) << what;
+            EXPECT_TRUE(at::equal(cos, cos_ops)) << what;
+            EXPECT_TRUE(at::equal(sin, sin_ops)) << what;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Embed's rows copied from the table (widened where bf16 weights compute in
+// fp32) are the embedding op's, for any id layout; an id outside the
+// vocabulary is still refused.
+TEST(CausalLM, EmbedCopiesTheOpsRows) {
+  at::InferenceMode guard;
+  const LlmConfig c = TinyConfig(LlmArch::kQwen2);
+  for (const Precision& precision : {Precision{at::kFloat, at::kFloat}, Precision{at::kBFloat16, at::kBFloat16},
+                                     Precision{at::kFloat, at::kBFloat16}}) {
+    auto lm = CausalLM::CreateRandom(c, precision, 5, 0.5);
+    ASSERT_TRUE(lm.ok()) << lm.status();
+    const at::Tensor& table = (*lm)->module()->model->embed->weight;
+    for (const at::Tensor& ids :
+         {at::tensor({7}, at::kLong).view({1, 1}), at::tensor({0, 49, 3, 3}, at::kLong).view({2, 2}),
+          at::randint(0, c.vocab_size, {1, 40}, at::kLong)}) {
+      auto rows = (*lm)->Embed(ids);
+      ASSERT_TRUE(rows.ok()) << rows.status();
+      const at::Tensor expected = at::embedding(table, ids).to(precision.compute);
+      EXPECT_EQ(rows->scalar_type(), precision.compute);
+      EXPECT_TRUE(at::equal(*rows, expected)) << ids;
+    }
+    EXPECT_FALSE((*lm)->Embed(at::tensor({3, 50}, at::kLong).view({1, 2})).ok());
+    EXPECT_FALSE((*lm)->Embed(at::tensor({-1}, at::kLong).view({1, 1})).ok());
+  }
 }
 
 TEST(ScatterImageEmbeddings, ReplacesContextRowsInOrderAndRejectsCountMismatch) {

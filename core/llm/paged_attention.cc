@@ -166,8 +166,13 @@ void WriteSlots(at::Tensor& pool, const at::Tensor& rows, const PagedContext& ct
                       src.dim() == 3 && src.size(0) == n && src.size(1) == kv_heads && src.size(2) == d;
   if (!direct) {
     // [blocks, bs, KV, d] view: the (block, slot) pairs index one token's
-    // rows of every kv head.
-    pool.permute({0, 2, 1, 3}).index_put_({ctx.slot_block, ctx.slot_offset}, src);
+    // rows of every kv head (on the CPU made here from the host vectors).
+    const auto long_opts = at::TensorOptions().dtype(at::kLong);
+    const at::Tensor blocks =
+        ctx.slot_block.defined() ? ctx.slot_block : at::tensor(ctx.slot_block_host, long_opts).to(pool.device());
+    const at::Tensor offsets =
+        ctx.slot_offset.defined() ? ctx.slot_offset : at::tensor(ctx.slot_offset_host, long_opts).to(pool.device());
+    pool.permute({0, 2, 1, 3}).index_put_({blocks, offsets}, src);
     return;
   }
   src = src.contiguous();
@@ -204,8 +209,13 @@ PagedContext MakePagedContext(PagedKVPool& pool, const std::vector<PagedSeq>& se
   }
   const auto device = pool.key(0).device();
   const auto long_opts = at::TensorOptions().dtype(at::kLong);
-  ctx.slot_block = at::tensor(block, long_opts).to(device);
-  ctx.slot_offset = at::tensor(offset, long_opts).to(device);
+  if (!device.is_cpu()) {
+    // (On the CPU, WriteSlots copies row by row from the host vectors: two
+    // tensors made here per step were ~4 libtorch calls, each ~10-20 us when
+    // a decode step's weights have just streamed through the caches.)
+    ctx.slot_block = at::tensor(block, long_opts).to(device);
+    ctx.slot_offset = at::tensor(offset, long_opts).to(device);
+  }
   ctx.slot_block_host = std::move(block);
   ctx.slot_offset_host = std::move(offset);
   if (!ctx.decode_seqs.empty() && !UseCpuKernels(device)) {

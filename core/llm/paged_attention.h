@@ -30,8 +30,8 @@ struct PagedContext {
   PagedKVPool* pool = nullptr;
   const std::vector<PagedSeq>* seqs = nullptr;
   std::vector<int64_t> row_begin;     // first token row of each sequence in the batch
-  at::Tensor slot_block;              // int64 [N]: block of each fed token
-  at::Tensor slot_offset;             // int64 [N]: its slot in the block
+  at::Tensor slot_block;              // int64 [N]: block of each fed token (undefined on the CPU)
+  at::Tensor slot_offset;             // int64 [N]: its slot in the block (likewise)
   std::vector<int64_t> decode_seqs;   // indices of sequences feeding one token
   std::vector<int64_t> prefill_seqs;  // the others
   // The decoding sequences where the CPU kernel does not run (other devices,
