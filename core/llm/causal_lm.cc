@@ -128,11 +128,12 @@ namespace {
 
 // Blocks of kRopeBlock positions' cos and sin rows ([kRopeBlock, d] each,
 // contiguous CPU tensors), per table (head dim, base, scaling, dtype), shared
-// by the process's rotary states. Bounded: a table beyond kMaxRopeBlocks
-// blocks (~4M positions) is not cached, and the tables are dropped when more
-// than kMaxRopeTables have been made.
+// by the process's rotary states. Bounded: positions from kMaxRopeBlocks
+// blocks on (131072) are computed, not cached (a table holds at most 64 MB
+// at head dim 64 in fp32), and the tables are dropped when more than
+// kMaxRopeTables have been made.
 constexpr int64_t kRopeBlock = 256;
-constexpr int64_t kMaxRopeBlocks = 1 << 14;
+constexpr int64_t kMaxRopeBlocks = 1 << 9;
 constexpr size_t kMaxRopeTables = 16;
 
 struct RopeBlocks {

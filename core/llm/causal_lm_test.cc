@@ -288,8 +288,17 @@ TEST(RotaryEmbedding, DynamicNtkEnlargesBaseOnlyPastMaxAndKeepsIt) {
 // computed, not cached); every row also matches a fresh rotary state's.
 TEST(RotaryEmbedding, HostPositionTablesAreTheOpsBits) {
   at::InferenceMode guard;
-  const std::vector<std::vector<int64_t>> cases = {
-      {0}, {1}, {255}, {256}, {257}, {2500}, {32767}, {40000}, {3, 256, 70000}, {511, 512, 513, 9, 0, 100000}};
+  const std::vector<std::vector<int64_t>> cases = {{0},
+                                                   {1},
+                                                   {255},
+                                                   {256},
+                                                   {257},
+                                                   {2500},
+                                                   {32767},
+                                                   {40000},
+                                                   {3, 256, 70000},
+                                                   {511, 512, 513, 9, 0, 100000},
+                                                   {131071, 131072, 5}};
   for (const char* scaling : {"", "linear", "dynamic"}) {
     LlmConfig c = TinyConfig(LlmArch::kQwen2);  // (head dim 8)
     c.hidden_size = 14 * 64;                    // InternVL2-1B's head dim 64
