@@ -197,6 +197,52 @@ void PrepareAvx2(Problem& p, float* scratch) {
   p.x_perm = scratch;
 }
 
+// Two sets of 8 lanes, each lane keeping its first largest (a strict
+// compare: NaN never replaces it) and where it was; then the lanes' first
+// position of the largest. The single values past the last 8 likewise.
+int64_t ArgMaxAvx2(const float* x, int64_t n, bool* nan) {
+  __m256 top[2] = {_mm256_set1_ps(-INFINITY), _mm256_set1_ps(-INFINITY)}, nans = _mm256_setzero_ps();
+  __m256i at[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+  __m256i index[2] = {_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15)};
+  auto take = [&](int s, __m256 v) __attribute__((always_inline)) {
+    const __m256 greater = _mm256_cmp_ps(v, top[s], _CMP_GT_OQ);
+    top[s] = _mm256_blendv_ps(top[s], v, greater);
+    at[s] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(at[s]), _mm256_castsi256_ps(index[s]), greater));
+    nans = _mm256_or_ps(nans, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  };
+  int64_t i = 0;
+  const __m256i step16 = _mm256_set1_epi32(16);
+  for (; i + 16 <= n; i += 16) {
+    take(0, _mm256_loadu_ps(x + i));
+    take(1, _mm256_loadu_ps(x + i + 8));
+    index[0] = _mm256_add_epi32(index[0], step16);
+    index[1] = _mm256_add_epi32(index[1], step16);
+  }
+  if (i + 8 <= n) {
+    take(0, _mm256_loadu_ps(x + i));
+    i += 8;
+  }
+  alignas(32) float lanes[16];
+  alignas(32) int32_t where[16];
+  for (int s = 0; s < 2; ++s) {
+    _mm256_store_ps(lanes + 8 * s, top[s]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(where + 8 * s), at[s]);
+  }
+  float best = *std::max_element(lanes, lanes + 16);
+  int64_t first = n;
+  for (int l = 0; l < 16; ++l) {
+    if (lanes[l] == best) first = std::min<int64_t>(first, where[l]);
+  }
+  if (first == n) first = 0;  // (no lane above -inf: nothing scanned yet)
+  bool any_nan = _mm256_movemask_ps(nans) != 0;
+  for (; i < n; ++i) {
+    any_nan |= std::isnan(x[i]);
+    if (x[i] > best) best = x[i], first = i;
+  }
+  *nan = any_nan;
+  return first;
+}
+
 // Output rows in row_order.h's order: streaming while the inputs fit one
 // group (2 for bf16 weights, 4 for fp32).
 void Bf16ToFloatAvx2(const uint16_t* src, float* dst, int64_t n) {

@@ -61,6 +61,11 @@ bool CpuHasAvx2Fma();
 // bits (to nearest even, NaN -> 0x7FC0): FloatToBf16Bits / Bf16BitsToFloat
 // (bf16_bits.h) bit for bit, 8 lanes at a time (only when CpuHasAvx2Fma()).
 void Bf16ToFloatAvx2(const uint16_t* src, float* dst, int64_t n);
+// The first position of the largest of x[0, n) ignoring NaNs (0 where every
+// value is -inf or NaN), and whether a NaN occurs (*nan): the sampler's
+// greedy choice (torch.argmax's, NaN counting as the largest, is then the
+// first NaN). 1 <= n < 2^31 - 32.
+int64_t ArgMaxAvx2(const float* x, int64_t n, bool* nan);
 void FloatToBf16Avx2(const float* src, uint16_t* dst, int64_t n);
 
 // A decode step's row operations, run on the calling thread between two

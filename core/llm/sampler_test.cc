@@ -4,10 +4,12 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "core/llm/gemv.h"
 #include "gtest/gtest.h"
 
 namespace internvl::llm {
@@ -16,6 +18,19 @@ namespace {
 at::Tensor Row(std::vector<float> v) { return at::tensor(v).view({1, -1}); }
 
 int CountFinite(const at::Tensor& t) { return at::isfinite(t).sum().item<int>(); }
+
+// The greedy scan's paths: the AVX2 one (where the CPU has it) and the
+// portable SSE2 one, forced as FastLinear's kernels are (gemv.h).
+std::vector<std::optional<GemvKernel>> ArgMaxPaths() {
+  std::vector<std::optional<GemvKernel>> paths = {GemvKernel::kPortable};
+  if (ForceGemvKernel(GemvKernel::kAvx2)) paths.push_back(GemvKernel::kAvx2);
+  ForceGemvKernel(std::nullopt);
+  return paths;
+}
+struct ForcedKernel {
+  explicit ForcedKernel(std::optional<GemvKernel> k) { ForceGemvKernel(k); }
+  ~ForcedKernel() { ForceGemvKernel(std::nullopt); }
+};
 
 TEST(Sampler, GreedyPicksArgmax) {
   auto s = Sampler::Create(SamplingParams{});
@@ -28,20 +43,24 @@ TEST(Sampler, GreedyPicksArgmax) {
 // Greedy without a penalty scans the logits in place: same ids as
 // torch.argmax, ties (first wins) and NaN (wins) included.
 TEST(Sampler, GreedyMatchesTorchArgmaxIncludingTiesAndNaN) {
-  auto s = Sampler::Create(SamplingParams{});
-  ASSERT_TRUE(s.ok());
-  const float nan = std::nanf("");
-  at::Tensor logits = at::randn({3, 1000});
-  logits[1][10] = 50.0f;
-  logits[1][700] = 50.0f;
-  logits[2][5] = nan;
-  logits[2][900] = 99.0f;
-  auto ids = s->Next(logits, {{}, {}, {}});
-  ASSERT_TRUE(ids.ok());
-  const at::Tensor expected = logits.argmax(-1);
-  for (int b = 0; b < 3; ++b) EXPECT_EQ((*ids)[b], expected[b].item<int64_t>()) << "row " << b;
-  EXPECT_EQ((*ids)[1], 10);
-  EXPECT_EQ((*ids)[2], 5);
+  for (const std::optional<GemvKernel>& path : ArgMaxPaths()) {
+    const ForcedKernel forced(path);
+    SCOPED_TRACE(path == GemvKernel::kAvx2 ? "avx2" : "portable");
+    auto s = Sampler::Create(SamplingParams{});
+    ASSERT_TRUE(s.ok());
+    const float nan = std::nanf("");
+    at::Tensor logits = at::randn({3, 1000});
+    logits[1][10] = 50.0f;
+    logits[1][700] = 50.0f;
+    logits[2][5] = nan;
+    logits[2][900] = 99.0f;
+    auto ids = s->Next(logits, {{}, {}, {}});
+    ASSERT_TRUE(ids.ok());
+    const at::Tensor expected = logits.argmax(-1);
+    for (int b = 0; b < 3; ++b) EXPECT_EQ((*ids)[b], expected[b].item<int64_t>()) << "row " << b;
+    EXPECT_EQ((*ids)[1], 10);
+    EXPECT_EQ((*ids)[2], 5);
+  }
 }
 
 TEST(Sampler, RepetitionPenaltyDividesPositiveAndMultipliesNegativeScores) {
@@ -188,41 +207,50 @@ TEST(Sampler, PenaltyOverflowDrawsAmongTheOverflowedIds) {
   EXPECT_EQ(seen, (std::set<int64_t>{0, 2}));
 }
 
-// The vector scans' tails: rows whose length is not a multiple of 4, the
-// maximum or a NaN in the last positions, all -inf, signed zeros.
+// The vector scans' tails: rows whose length is not a multiple of 16 or 4
+// (the 16-value steps, then 4-value ones, then single values), the maximum
+// or a NaN in the last positions or in each lane set, all -inf, signed zeros.
 TEST(Sampler, GreedyArgmaxTailsAndEdges) {
-  auto s = Sampler::Create(SamplingParams{});
-  ASSERT_TRUE(s.ok());
-  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
-  for (int64_t n : {1, 2, 3, 5, 7, 1003}) {
-    for (int64_t at : {n - 1, n / 2}) {
-      for (float special : {50.0f, nan, -inf}) {
-        at::Tensor row = at::randn({1, n});
-        if (special == -inf) row.fill_(-inf);
-        row[0][at] = special;
-        auto ids = s->Next(row, {{}});
-        ASSERT_TRUE(ids.ok());
-        EXPECT_EQ((*ids)[0], row.argmax(-1).item<int64_t>()) << "n " << n << " at " << at << " " << special;
+  for (const std::optional<GemvKernel>& path : ArgMaxPaths()) {
+    const ForcedKernel forced(path);
+    SCOPED_TRACE(path == GemvKernel::kAvx2 ? "avx2" : "portable");
+    auto s = Sampler::Create(SamplingParams{});
+    ASSERT_TRUE(s.ok());
+    const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+    for (int64_t n : {1, 2, 3, 5, 7, 15, 16, 17, 19, 20, 23, 33, 36, 1003}) {
+      for (int64_t at : {n - 1, n / 2, n / 3, std::min<int64_t>(n - 1, 13), std::min<int64_t>(n - 1, 18)}) {
+        for (float special : {50.0f, nan, -inf}) {
+          at::Tensor row = at::randn({1, n});
+          if (special == -inf) row.fill_(-inf);
+          row[0][at] = special;
+          auto ids = s->Next(row, {{}});
+          ASSERT_TRUE(ids.ok());
+          EXPECT_EQ((*ids)[0], row.argmax(-1).item<int64_t>()) << "n " << n << " at " << at << " " << special;
+        }
       }
     }
+    auto ids = s->Next(Row({-1.0f, -0.0f, 0.0f, -2.0f, 0.0f}), {{}});
+    ASSERT_TRUE(ids.ok());
+    EXPECT_EQ((*ids)[0], 1);
   }
-  auto ids = s->Next(Row({-1.0f, -0.0f, 0.0f, -2.0f, 0.0f}), {{}});
-  ASSERT_TRUE(ids.ok());
-  EXPECT_EQ((*ids)[0], 1);
 }
 
 // The maximum tied in several lanes of the vector scan, at any distance: the
 // first position wins, as torch.argmax's.
 TEST(Sampler, GreedyArgmaxFirstOfTiedMaximaAcrossLanes) {
-  auto s = Sampler::Create(SamplingParams{});
-  ASSERT_TRUE(s.ok());
-  at::manual_seed(11);
-  for (int64_t n : {8, 9, 64, 151655}) {
-    for (int trial = 0; trial < 20; ++trial) {
-      const at::Tensor row = at::randint(0, trial % 2 == 0 ? 3 : 1000, {1, n}).to(at::kFloat);
-      auto ids = s->Next(row, {{}});
-      ASSERT_TRUE(ids.ok());
-      EXPECT_EQ((*ids)[0], row.argmax(-1).item<int64_t>()) << "n " << n << " trial " << trial;
+  for (const std::optional<GemvKernel>& path : ArgMaxPaths()) {
+    const ForcedKernel forced(path);
+    SCOPED_TRACE(path == GemvKernel::kAvx2 ? "avx2" : "portable");
+    auto s = Sampler::Create(SamplingParams{});
+    ASSERT_TRUE(s.ok());
+    at::manual_seed(11);
+    for (int64_t n : {8, 9, 16, 17, 31, 35, 64, 151655}) {
+      for (int trial = 0; trial < 20; ++trial) {
+        const at::Tensor row = at::randint(0, trial % 2 == 0 ? 3 : 1000, {1, n}).to(at::kFloat);
+        auto ids = s->Next(row, {{}});
+        ASSERT_TRUE(ids.ok());
+        EXPECT_EQ((*ids)[0], row.argmax(-1).item<int64_t>()) << "n " << n << " trial " << trial;
+      }
     }
   }
 }
