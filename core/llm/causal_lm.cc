@@ -159,7 +159,6 @@ std::pair<at::Tensor, at::Tensor> RotaryEmbedding::Tables(const std::vector<int6
   if (!cached) {
     return Tables(at::tensor(positions, at::TensorOptions().dtype(at::kLong)).view({1, n}), dtype);
   }
-  at::InferenceMode guard;
   const auto opts = at::TensorOptions().dtype(dtype);
   at::Tensor cos = at::empty({1, n, 1, dim_}, opts), sin = at::empty({1, n, 1, dim_}, opts);
   const size_t row = static_cast<size_t>(dim_) * cos.element_size();
@@ -176,6 +175,7 @@ std::pair<at::Tensor, at::Tensor> RotaryEmbedding::Tables(const std::vector<int6
     const int64_t b = positions[i] / kRopeBlock, r = positions[i] % kRopeBlock;
     if (static_cast<int64_t>(blocks.size()) <= b) blocks.resize(b + 1);
     if (!blocks[b].first.defined()) {
+      const at::InferenceMode guard;  // (the blocks are only read through their data)
       auto [c, s] = Tables(
           at::arange(b * kRopeBlock, (b + 1) * kRopeBlock, at::TensorOptions().dtype(at::kLong)).view({1, kRopeBlock}),
           dtype);
