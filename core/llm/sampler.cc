@@ -75,61 +75,31 @@ bool Processed(const float* row, int64_t vocab, const std::vector<int64_t>& cont
 // One SSE2 pass keeps each lane's largest value and where it first was (and
 // whether there is a NaN); the lanes' first position of the largest wins. (A
 // second pass looking for the first position holding the maximum cost ~40 us
-// per decode step on a 151,655-id vocabulary.) Four sets of 4 lanes take 16
-// values a step, so that a step does not wait on the last one's compare and
-// select: greedy Next over 151,655 values, hot, 65 -> 57 us with one set.
-int64_t ArgMax(const float* row, int64_t vocab) {
-  if (ActiveGemvKernel() != GemvKernel::kPortable && gemv::CpuHasAvx2Fma() && vocab >= 1 &&
-      vocab < std::numeric_limits<int32_t>::max() - 32) {
-    // 8 lanes a compare: greedy Next over 151,655 values, hot, 15.6 us
-    // (the SSE2 scan below: 57).
-    bool nan = false;
-    const int64_t at = gemv::ArgMaxAvx2(row, vocab, &nan);
-    if (!nan) return at;
-    for (int64_t j = 0; j < vocab; ++j) {
-      if (std::isnan(row[j])) return j;
-    }
-  }
+// per decode step on a 151,655-id vocabulary.)
+int64_t ArgMaxSse2(const float* row, int64_t vocab, bool* any_nan) {
   int64_t i = 0, at = 0;
   float top = -std::numeric_limits<float>::infinity();
   bool nan = false;
 #if defined(__SSE2__)
-  if (vocab >= 4 && vocab <= std::numeric_limits<int32_t>::max() - 16) {
-    constexpr int kSets = 4;
-    __m128 top4[kSets], nan4 = _mm_setzero_ps();
-    __m128i at4[kSets], index4[kSets];
-    for (int s = 0; s < kSets; ++s) {
-      top4[s] = _mm_set1_ps(top);
-      at4[s] = _mm_setzero_si128();
-      index4[s] = _mm_setr_epi32(4 * s, 4 * s + 1, 4 * s + 2, 4 * s + 3);
-    }
-    // Lane l of set s keeps its first largest of values l, l + 16, ... (then
-    // set 0 those of the last 4-value steps, at later positions).
-    auto take = [&](int s, const __m128 v) __attribute__((always_inline)) {
-      const __m128 greater = _mm_cmpgt_ps(v, top4[s]);  // (false for NaN: a lane keeps its first maximum)
-      top4[s] = _mm_or_ps(_mm_and_ps(greater, v), _mm_andnot_ps(greater, top4[s]));
+  if (vocab >= 4 && vocab <= std::numeric_limits<int32_t>::max()) {
+    __m128 top4 = _mm_set1_ps(top), nan4 = _mm_setzero_ps();
+    __m128i at4 = _mm_setzero_si128(), index4 = _mm_setr_epi32(0, 1, 2, 3);
+    const __m128i step = _mm_set1_epi32(4);
+    for (; i + 4 <= vocab; i += 4, index4 = _mm_add_epi32(index4, step)) {
+      const __m128 v = _mm_loadu_ps(row + i);
+      const __m128 greater = _mm_cmpgt_ps(v, top4);  // (false for NaN: a lane keeps its first maximum)
+      top4 = _mm_or_ps(_mm_and_ps(greater, v), _mm_andnot_ps(greater, top4));
       const __m128i g = _mm_castps_si128(greater);
-      at4[s] = _mm_or_si128(_mm_and_si128(g, index4[s]), _mm_andnot_si128(g, at4[s]));
+      at4 = _mm_or_si128(_mm_and_si128(g, index4), _mm_andnot_si128(g, at4));
       nan4 = _mm_or_ps(nan4, _mm_cmpunord_ps(v, v));
-    };
-    const __m128i step16 = _mm_set1_epi32(16), step4 = _mm_set1_epi32(4);
-    for (; i + 16 <= vocab; i += 16) {
-      for (int s = 0; s < kSets; ++s) {
-        take(s, _mm_loadu_ps(row + i + 4 * s));
-        index4[s] = _mm_add_epi32(index4[s], step16);
-      }
     }
-    index4[0] = _mm_add_epi32(_mm_set1_epi32(static_cast<int32_t>(i)), _mm_setr_epi32(0, 1, 2, 3));
-    for (; i + 4 <= vocab; i += 4, index4[0] = _mm_add_epi32(index4[0], step4)) take(0, _mm_loadu_ps(row + i));
-    alignas(16) float lanes[4 * kSets];
-    alignas(16) int32_t where[4 * kSets];
-    for (int s = 0; s < kSets; ++s) {
-      _mm_store_ps(lanes + 4 * s, top4[s]);
-      _mm_store_si128(reinterpret_cast<__m128i*>(where + 4 * s), at4[s]);
-    }
-    top = *std::max_element(lanes, lanes + 4 * kSets);
+    alignas(16) float lanes[4];
+    alignas(16) int32_t where[4];
+    _mm_store_ps(lanes, top4);
+    _mm_store_si128(reinterpret_cast<__m128i*>(where), at4);
+    top = std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
     at = vocab;
-    for (int l = 0; l < 4 * kSets; ++l) {
+    for (int l = 0; l < 4; ++l) {
       if (lanes[l] == top) at = std::min<int64_t>(at, where[l]);
     }
     nan = _mm_movemask_ps(nan4) != 0;
@@ -142,6 +112,19 @@ int64_t ArgMax(const float* row, int64_t vocab) {
       at = i;
     }
   }
+  *any_nan = nan;
+  return at;
+}
+
+// Where the CPU runs AVX2 (as FastLinear's kernels, forced alike for tests),
+// gemv::ArgMaxAvx2, 8 lanes a compare: greedy Next over 151,655 values, hot,
+// 65 -> 15.6 us. NaN present: the first NaN.
+int64_t ArgMax(const float* row, int64_t vocab) {
+  bool nan = false;
+  const int64_t at = ActiveGemvKernel() != GemvKernel::kPortable && gemv::CpuHasAvx2Fma() && vocab >= 1 &&
+                             vocab < std::numeric_limits<int32_t>::max() - 32
+                         ? gemv::ArgMaxAvx2(row, vocab, &nan)
+                         : ArgMaxSse2(row, vocab, &nan);
   if (nan) {
     for (int64_t j = 0; j < vocab; ++j) {
       if (std::isnan(row[j])) return j;
