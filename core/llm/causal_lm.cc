@@ -20,6 +20,7 @@
 #include "core/llm/gemv.h"
 #include "core/llm/gemv_kernels.h"
 #include "core/llm/paged_attention.h"
+#include "core/llm/quant.h"
 #include "core/nn/torch_util.h"
 #include "core/nn/weights.h"
 #include "core/status.h"
@@ -451,25 +452,16 @@ at::Tensor CausalLM::EmbedRowsOnCpu(const at::Tensor& ids) const {
   }
   std::vector<int64_t> shape(ids.sizes().begin(), ids.sizes().end());
   shape.push_back(hidden);
-  at::Tensor out = at::empty(shape, w.options().dtype(dtype_));
-  if (!widen) {
-    const size_t row = static_cast<size_t>(hidden) * w.element_size();
-    const auto* from = static_cast<const char*>(w.data_ptr());
-    auto* to = static_cast<char*>(out.data_ptr());
-    for (int64_t i = 0; i < n; ++i) std::memcpy(to + i * row, from + id[i] * row, row);
-    return out;
-  }
+  const at::Tensor rows = GatherMatrixRows(w, id, n);
+  if (!widen) return rows.view(shape);
   // bf16 rows widened to fp32 (exact), as .to(kFloat).
-  const auto* from = static_cast<const uint16_t*>(w.data_ptr());
+  at::Tensor out = at::empty(shape, w.options().dtype(at::kFloat));
+  const auto* from = static_cast<const uint16_t*>(rows.data_ptr());
   float* to = out.data_ptr<float>();
-  const bool avx2 = ActiveGemvKernel() != GemvKernel::kPortable && gemv::CpuHasAvx2Fma();
-  for (int64_t i = 0; i < n; ++i) {
-    const uint16_t* r = from + id[i] * hidden;
-    if (avx2) {
-      gemv::Bf16ToFloatAvx2(r, to + i * hidden, hidden);
-    } else {
-      for (int64_t k = 0; k < hidden; ++k) to[i * hidden + k] = Bf16BitsToFloat(r[k]);
-    }
+  if (ActiveGemvKernel() != GemvKernel::kPortable && gemv::CpuHasAvx2Fma()) {
+    gemv::Bf16ToFloatAvx2(from, to, n * hidden);
+  } else {
+    for (int64_t k = 0; k < n * hidden; ++k) to[k] = Bf16BitsToFloat(from[k]);
   }
   return out;
 }

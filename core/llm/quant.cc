@@ -353,11 +353,6 @@ int64_t QuantMatrix::bytes() const {
   return data_.numel() * data_.element_size() + scale_.numel() * scale_.element_size();
 }
 
-namespace {
-
-// Rows rows[0, n) of the CPU matrix `from` (rows contiguous) as a new
-// [n, cols] matrix: a copy per row (index_select took ~200 us for 64 rows
-// of an int8 vocabulary head).
 at::Tensor GatherMatrixRows(const at::Tensor& from, const int64_t* rows, int64_t n) {
   TORCH_CHECK(from.dim() == 2 && from.stride(1) == 1 && from.device().is_cpu(), "GatherMatrixRows: a CPU matrix");
   at::Tensor to = at::empty({n, from.size(1)}, from.options());
@@ -367,8 +362,6 @@ at::Tensor GatherMatrixRows(const at::Tensor& from, const int64_t* rows, int64_t
   for (int64_t i = 0; i < n; ++i) std::memcpy(dst + i * row, src + rows[i] * stride, static_cast<size_t>(row));
   return to;
 }
-
-}  // namespace
 
 std::shared_ptr<QuantMatrix> QuantMatrix::GatherRows(const int64_t* rows, int64_t n) const {
   at::NoGradGuard no_grad;
