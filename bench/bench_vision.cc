@@ -19,6 +19,8 @@
 #include "bench/bench_matmul.h"
 #include "bench/bench_util.h"
 #include "core/config.h"
+#include "core/nn/attention.h"
+#include "core/nn/device.h"
 #include "core/nn/softmax.h"
 #include "core/nn/torch_util.h"
 #include "core/vision/intern_vit.h"
@@ -111,8 +113,10 @@ int Main(int argc, char** argv) {
   at::InferenceMode guard;
   const InternVLConfig config = Vit300mConfig();
   const double flops = FlopsPerTile(config);
-  std::printf("InternViT-300M + mlp1 (InternVL2-1B shapes), %d threads, fp32 matmuls: %s, %.1f GFLOP per tile\n",
-              TorchThreads(), BlasThreading().c_str(), flops / 1e9);
+  std::printf(
+      "InternViT-300M + mlp1 (InternVL2-1B shapes), %d threads, fp32 matmuls: %s, bf16 attention: %s, %.1f GFLOP per "
+      "tile\n",
+      TorchThreads(), BlasThreading().c_str(), AttentionKernelName(), flops / 1e9);
   const std::string dir = WriteRandomVisionCheckpoint(config);
   auto store = TensorStore::OpenDir(dir);
   if (!store.ok()) return 1;
@@ -201,6 +205,28 @@ int Main(int argc, char** argv) {
         "attention of one tile incl. qkv/proj (fp32, median of 15): query blocks per head %.1f ms, "
         "whole scores %.1f ms\n",
         bench::Median(times[0]) * 1e3, bench::Median(times[1]) * 1e3);
+  }
+  if (EffectiveComputeDType(at::kBFloat16) == at::kBFloat16 && CpuHasAvx512Bf16()) {
+    // The bf16 attention of 3 tiles (a layer's batch at the default
+    // max_temp_bytes), qkv and proj included: the fused kernel against the op
+    // chain, interleaved.
+    VisionAttention attention(config.vision);
+    attention->to(at::kBFloat16);
+    const at::Tensor x = at::randn({3, 1025, config.vision.hidden_size}).to(at::kBFloat16);
+    std::vector<double> times[2];
+    for (int r = 0; r < 9; ++r) {
+      for (int fused = 0; fused < 2; ++fused) {
+        ForceFusedAttention(fused);
+        const double t0 = bench::NowSeconds();
+        const at::Tensor y = attention->forward(x);
+        times[fused].push_back(bench::NowSeconds() - t0);
+      }
+    }
+    ForceFusedAttention(-1);
+    std::printf(
+        "bf16 attention of 3 tiles incl. qkv/proj (median of 9, per tile): fused (avx512bf16) %.1f ms, op chain %.1f "
+        "ms\n",
+        bench::Median(times[1]) * 1e3 / 3, bench::Median(times[0]) * 1e3 / 3);
   }
   std::printf("peak RSS %.0f MiB\n", bench::PeakRssMiB());
   std::filesystem::remove_all(dir);

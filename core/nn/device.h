@@ -61,6 +61,9 @@ bool CpuHasAvx2Fma();
 // Whether it runs AVX-512F/BW/VL: the condition of the 16-lane softmax
 // (softmax_avx512.cc).
 bool CpuHasAvx512();
+// Whether it runs AVX-512-BF16 as well (and FMA): the condition of the fused
+// bf16 attention (attention.h).
+bool CpuHasAvx512Bf16();
 
 // Whether the project's CPU kernels may run on tensors of `device`.
 inline bool UseCpuKernels(const c10::Device& device) { return device.is_cpu() && !GenericKernels(); }

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/nn/functional/activation.h>
 
+#include "core/nn/attention.h"
 #include "core/nn/norm.h"
 #include "core/nn/softmax.h"
 #include "core/nn/torch_compat.h"
@@ -109,6 +110,13 @@ at::Tensor VisionAttentionImpl::forward(const at::Tensor& x) {
     return proj->forward(o.transpose(1, 2).reshape({B, N, C}));
   }
 #endif
+  if (x.scalar_type() == at::kBFloat16 && FusedAttentionRuns(q, k, v)) {
+    // bf16 on a CPU with AVX-512-BF16 (attention.h): scores, softmax and
+    // values per (tile, head) in one kernel, the same roundings as the op
+    // chain below, no [heads, N, N] scores.
+    const at::Tensor qs = q * scale_;
+    if (FusedAttentionRuns(qs, k, v)) return proj->forward(FusedAttentionBf16(qs, k, v));
+  }
   if (x.device().is_cpu() && !at::GradMode::is_enabled() && x.scalar_type() == at::kFloat && query_block > 0) {
     // The (tile, head) pairs shared among libtorch's threads, each pair on
     // one (inside the parallel region libtorch's ops and OpenBLAS run

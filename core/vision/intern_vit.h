@@ -88,9 +88,9 @@ class VisionAttentionImpl : public torch::nn::Module {
   // 256 KB for a 448px tile) stay in the core's L2 from the first product
   // through the softmax to the second; no [heads, N, N] scores. 0: the
   // reference's order (all of a group of heads' scores, then the softmax),
-  // which bf16 always takes: oneDNN's bf16 products of 64-row blocks ran
-  // slower than the whole scores' (bench_vision, 2.3-2.5 s against
-  // 2.6-2.9 s per tile on a Zen 4).
+  // which bf16 takes where the fused kernel does not run (attention.h):
+  // oneDNN's bf16 products of 64-row blocks ran slower than the whole
+  // scores' (bench_vision, 2.3-2.5 s against 2.6-2.9 s per tile on a Zen 4).
   int64_t query_block = 64;
 
  private:

@@ -1,0 +1,328 @@
+// Fused bf16 attention for CPUs with AVX-512-BF16 (attention_kernels.h).
+// This file alone is compiled with -mavx512f -mavx512bw -mavx512vl
+// -mavx512bf16 -mfma and includes no torch headers; attention.cc checks the
+// CPU first.
+//
+// Per head: the keys are repacked so that 16 keys' pair p of dims (2p, 2p+1)
+// fill one 64-byte vector (kp[p][j]), the values so that one vector holds
+// dims d..d+15 of two adjacent keys interleaved (vp[j/2][d]): then one
+// vdpbf16ps with a broadcast query pair adds 32 products into 16 keys'
+// scores, and one with a broadcast pair of probabilities adds two keys'
+// values into 16 output dims. A block of 48 query rows: scores for 6 rows x
+// 64 keys at a time (24 accumulators), the softmax per row, the values for a
+// few rows x all dims at a time; the block's scores (~100 KB for 1025 keys)
+// and the packed keys and values stay in L2.
+//
+// Arithmetic, as the op chain of bf16 products (oneDNN's AVX-512-BF16
+// kernels) and the project's softmax compute it:
+// - scores: the products of each query and key summed in fp32 over the dim
+//   pairs in order, rounded to bf16 to nearest even (vcvtneps2bf16, which
+//   flushes fp32 denormals, as oneDNN's bf16 products do);
+// - softmax: each row's bf16 scores in fp32, exp(x - max) with
+//   core/nn/exp_avx512.h's exponential, summed in SoftmaxRowsBf16Avx512's
+//   order, multiplied by the sum's reciprocal and rounded once to bf16
+//   (vcvtneps2bf16: a probability below 2^-126 becomes 0 where the op
+//   chain's rounding keeps a bf16 denormal); a row holding a NaN, or whose
+//   maximum is infinite, is all NaN;
+// - output: probability x value products summed in fp32 over the keys in
+//   order, rounded to bf16.
+// GCC 12's AVX-512 headers leave lanes undefined on purpose in reductions
+// and conversions, which -W(maybe-)uninitialized reports inside them.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "core/nn/attention_kernels.h"
+#include "core/nn/exp_avx512.h"
+
+namespace internvl::attention {
+namespace {
+
+// Query rows per block: their bf16 scores are one buffer of kBlock rows.
+constexpr int64_t kBlock = 48;
+// Query rows x 64 keys per scores step (6 x 4 accumulators).
+constexpr int kScoreRows = 6;
+
+constexpr int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+
+inline __mmask16 Lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1); }
+
+// 16 fp32 lanes rounded to bf16 (nearest even, denormals flushed).
+inline __m256i ToBf16(__m512 v) { return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)); }
+
+// f rounded to bf16 as ToBf16 rounds, back in fp32.
+inline float RoundThroughBf16(float f) {
+  const __m256i b = ToBf16(_mm512_set1_ps(f));
+  const uint32_t bits = static_cast<uint32_t>(static_cast<uint16_t>(_mm256_extract_epi16(b, 0))) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+// 16 bf16 values (lanes m, others 0) widened to fp32.
+inline __m512 LoadBf16(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+// Where a head's buffers lie in the scratch.
+struct Layout {
+  int64_t lp;     // keys rounded up to 16: kp's row, a scores row
+  int64_t pairs;  // key pairs, (keys + 1) / 2
+  int64_t kp_bytes, vp_bytes, s_bytes, e_bytes;
+};
+
+Layout MakeLayout(int64_t keys, int64_t dim) {
+  Layout l;
+  l.lp = RoundUp(keys, 16);
+  l.pairs = (keys + 1) / 2;
+  l.kp_bytes = RoundUp(dim / 2 * l.lp * 4, 64);
+  l.vp_bytes = RoundUp(l.pairs * dim * 4, 64);
+  l.s_bytes = RoundUp(kBlock * l.lp * 2, 64);
+  l.e_bytes = RoundUp(l.lp * 4, 64);
+  return l;
+}
+
+// kp[p * lp + j] = the word (k[j][2p], k[j][2p + 1]); 0 for j in [keys, lp).
+void PackKeys(const Head& h, const Layout& l, uint32_t* kp) {
+  const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                         _mm512_set1_epi32(static_cast<int>(h.k_stride)));
+  for (int64_t j0 = 0; j0 < l.lp; j0 += 16) {
+    const __mmask16 m = Lanes(h.keys - j0);
+    const uint16_t* base = h.k + j0 * h.k_stride;
+    for (int64_t p = 0; p < h.dim / 2; ++p)
+      _mm512_storeu_si512(kp + p * l.lp + j0,
+                          _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, base + 2 * p, 2));
+  }
+}
+
+// vp[jp * dim + d] = the word (v[2jp][d], v[2jp + 1][d]); a zero key past the
+// last when keys is odd.
+void PackValues(const Head& h, uint32_t* vp) {
+  alignas(64) uint16_t lo[32], hi[32];
+  for (int t = 0; t < 16; ++t) {
+    lo[2 * t] = static_cast<uint16_t>(t);
+    lo[2 * t + 1] = static_cast<uint16_t>(32 + t);
+    hi[2 * t] = static_cast<uint16_t>(16 + t);
+    hi[2 * t + 1] = static_cast<uint16_t>(48 + t);
+  }
+  const __m512i lo_idx = _mm512_load_si512(lo), hi_idx = _mm512_load_si512(hi);
+  for (int64_t j = 0; j < h.keys; j += 2) {
+    const uint16_t* a = h.v + j * h.v_stride;
+    uint32_t* dst = vp + (j / 2) * h.dim;
+    for (int64_t d = 0; d < h.dim; d += 32) {
+      // 32 dims at a time; a last 16 (dim % 32 == 16) from 16-element loads.
+      const __mmask32 m = h.dim - d >= 32 ? ~__mmask32{0} : __mmask32{0xFFFF};
+      const __m512i va = _mm512_maskz_loadu_epi16(m, a + d);
+      const __m512i vb = j + 1 < h.keys ? _mm512_maskz_loadu_epi16(m, a + h.v_stride + d) : _mm512_setzero_si512();
+      _mm512_storeu_si512(dst + d, _mm512_permutex2var_epi16(va, lo_idx, vb));
+      if (h.dim - d >= 32) _mm512_storeu_si512(dst + d + 16, _mm512_permutex2var_epi16(va, hi_idx, vb));
+    }
+  }
+}
+
+// Scores of R query rows (words q32 + r * qs32, `pairs` pairs) against keys
+// [j0, j0 + 16C), rounded to bf16 into s + r * ss + j0; mx[r] keeps the
+// running maximum of the valid lanes (`valid`: of the last vector).
+template <int R, int C>
+inline void ScoresBlock(const uint32_t* q32, int64_t qs32, const uint32_t* kp, int64_t lp, int64_t pairs, int64_t j0,
+                        uint16_t* s, int64_t ss, __m512* mx, __mmask16 valid) {
+  __m512 acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512bh kv[C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) kv[c] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(kp + p * lp + j0 + 16 * c));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512bh qb = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(q32[r * qs32 + p])));
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], qb, kv[c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + r * ss + j0 + 16 * c), ToBf16(acc[r][c]));
+      // (max(acc, mx) keeps mx where acc is NaN: the softmax finds NaNs.)
+      mx[r] = c + 1 < C ? _mm512_max_ps(acc[r][c], mx[r]) : _mm512_mask_max_ps(mx[r], valid, acc[r][c], mx[r]);
+    }
+  }
+}
+
+// All scores of R query rows (q: rows q_stride apart) into s's rows; rmax[r]:
+// each row's maximum score (bf16, in fp32).
+template <int R>
+void ScoresRows(const Head& h, const uint16_t* q, const uint32_t* kp, int64_t lp, uint16_t* s, float* rmax) {
+  const auto* q32 = reinterpret_cast<const uint32_t*>(q);
+  const int64_t qs32 = h.q_stride / 2, pairs = h.dim / 2;
+  __m512 mx[R];
+  for (int r = 0; r < R; ++r) mx[r] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t j0 = 0;
+  for (; j0 + 64 <= h.keys; j0 += 64) ScoresBlock<R, 4>(q32, qs32, kp, lp, pairs, j0, s, lp, mx, 0xFFFF);
+  for (; j0 < h.keys; j0 += 16) ScoresBlock<R, 1>(q32, qs32, kp, lp, pairs, j0, s, lp, mx, Lanes(h.keys - j0));
+  for (int r = 0; r < R; ++r) rmax[r] = RoundThroughBf16(_mm512_reduce_max_ps(mx[r]));
+}
+
+// ScoresRows for n < R rows.
+template <int R>
+void ScoresTail(int64_t n, const Head& h, const uint16_t* q, const uint32_t* kp, int64_t lp, uint16_t* s, float* rmax) {
+  if constexpr (R > 0) {
+    if (n == R) return ScoresRows<R>(h, q, kp, lp, s, rmax);
+    ScoresTail<R - 1>(n, h, q, kp, lp, s, rmax);
+  }
+}
+
+// Softmax of one row of n bf16 scores in place, its maximum given; e: n
+// floats of scratch. The sums in SoftmaxRowsBf16Avx512's order.
+void SoftmaxRow(uint16_t* x, int64_t n, float max, float* e) {
+  const __m512 mv = _mm512_set1_ps(max);
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+  __mmask16 nan = 0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 x0 = LoadBf16(x + i, 0xFFFF), x1 = LoadBf16(x + i + 16, 0xFFFF);
+    nan |= _mm512_cmp_ps_mask(x0, x1, _CMP_UNORD_Q);
+    const __m512 a = simd::ExpNonPositiveAvx512(_mm512_sub_ps(x0, mv));
+    const __m512 b = simd::ExpNonPositiveAvx512(_mm512_sub_ps(x1, mv));
+    _mm512_storeu_ps(e + i, a);
+    _mm512_storeu_ps(e + i + 16, b);
+    s0 = _mm512_add_ps(s0, a);
+    s1 = _mm512_add_ps(s1, b);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = Lanes(n - i);
+    const __m512 x0 = LoadBf16(x + i, m);
+    nan |= _mm512_mask_cmp_ps_mask(m, x0, x0, _CMP_UNORD_Q);
+    const __m512 a = _mm512_maskz_mov_ps(m, simd::ExpNonPositiveAvx512(_mm512_sub_ps(x0, mv)));
+    _mm512_mask_storeu_ps(e + i, m, a);
+    s0 = _mm512_add_ps(s0, a);
+  }
+  const float inv = nan != 0 || !std::isfinite(max) ? std::numeric_limits<float>::quiet_NaN()
+                                                    : 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+  const __m512 iv = _mm512_set1_ps(inv);
+  for (i = 0; i < n; i += 16) {
+    const __mmask16 m = Lanes(n - i);
+    _mm256_mask_storeu_epi16(x + i, m, ToBf16(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, e + i), iv)));
+  }
+}
+
+// Output rows of R query rows: probabilities p (bf16 rows ps apart, read in
+// pairs of keys) against the packed values, dim = 16C.
+template <int R, int C>
+void ValuesRows(const uint16_t* p, int64_t ps, const uint32_t* vp, int64_t pairs, uint16_t* out, int64_t os) {
+  constexpr int64_t kDim = 16 * C;
+  const auto* p32 = reinterpret_cast<const uint32_t*>(p);
+  const int64_t ps32 = ps / 2;
+  __m512 acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t jp = 0; jp < pairs; ++jp) {
+    __m512bh vv[C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) vv[c] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(vp + jp * kDim + 16 * c));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512bh pb = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(p32[r * ps32 + jp])));
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], pb, vv[c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * os + 16 * c), ToBf16(acc[r][c]));
+}
+
+template <int R, int C>
+void ValuesTail(int64_t n, const uint16_t* p, int64_t ps, const uint32_t* vp, int64_t pairs, uint16_t* out,
+                int64_t os) {
+  if constexpr (R > 0) {
+    if (n == R) return ValuesRows<R, C>(p, ps, vp, pairs, out, os);
+    ValuesTail<R - 1, C>(n, p, ps, vp, pairs, out, os);
+  }
+}
+
+// Output rows for a block of n query rows, 24 / C rows at a time (at most 8).
+template <int C>
+void ValuesBlock(int64_t n, const uint16_t* s, int64_t ss, const uint32_t* vp, int64_t pairs, uint16_t* out,
+                 int64_t os) {
+  constexpr int kRows = std::min(8, 24 / C);
+  int64_t r = 0;
+  for (; r + kRows <= n; r += kRows) ValuesRows<kRows, C>(s + r * ss, ss, vp, pairs, out + r * os, os);
+  ValuesTail<kRows - 1, C>(n - r, s + r * ss, ss, vp, pairs, out + r * os, os);
+}
+
+}  // namespace
+
+int64_t HeadScratchBytes(int64_t keys, int64_t dim) {
+  const Layout l = MakeLayout(keys, dim);
+  return l.kp_bytes + l.vp_bytes + l.s_bytes + l.e_bytes;
+}
+
+void HeadBf16Avx512(const Head& h, void* scratch) {
+  if (h.rows <= 0 || h.keys <= 0 || !HeadDimSupported(h.dim)) return;
+  const Layout l = MakeLayout(h.keys, h.dim);
+  auto* bytes = static_cast<char*>(scratch);
+  auto* kp = reinterpret_cast<uint32_t*>(bytes);
+  auto* vp = reinterpret_cast<uint32_t*>(bytes + l.kp_bytes);
+  auto* s = reinterpret_cast<uint16_t*>(bytes + l.kp_bytes + l.vp_bytes);
+  auto* e = reinterpret_cast<float*>(bytes + l.kp_bytes + l.vp_bytes + l.s_bytes);
+  PackKeys(h, l, kp);
+  PackValues(h, vp);
+  const int64_t ss = l.lp;
+  float rmax[kBlock];
+  for (int64_t i0 = 0; i0 < h.rows; i0 += kBlock) {
+    const int64_t n = std::min(kBlock, h.rows - i0);
+    const uint16_t* q = h.q + i0 * h.q_stride;
+    int64_t r = 0;
+    for (; r + kScoreRows <= n; r += kScoreRows)
+      ScoresRows<kScoreRows>(h, q + r * h.q_stride, kp, ss, s + r * ss, rmax + r);
+    ScoresTail<kScoreRows - 1>(n - r, h, q + r * h.q_stride, kp, ss, s + r * ss, rmax + r);
+    // (With an odd count of keys, a row's last pair reads the padding key's
+    // score as its second probability: 0, the product of the query and a
+    // zero key, or NaN in a row already NaN.)
+    for (r = 0; r < n; ++r) SoftmaxRow(s + r * ss, h.keys, rmax[r], e);
+    uint16_t* out = h.out + i0 * h.out_stride;
+    switch (h.dim / 16) {
+      case 1:
+        ValuesBlock<1>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        break;
+      case 2:
+        ValuesBlock<2>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        break;
+      case 3:
+        ValuesBlock<3>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        break;
+      case 4:
+        ValuesBlock<4>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        break;
+      case 5:
+        ValuesBlock<5>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        break;
+      case 6:
+        ValuesBlock<6>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        break;
+      case 7:
+        ValuesBlock<7>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        break;
+      default:
+        ValuesBlock<8>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        break;
+    }
+  }
+}
+
+}  // namespace internvl::attention

@@ -1,0 +1,185 @@
+// FusedAttentionBf16 against the attention it replaces: the same roundings
+// (scores to bf16, softmax in fp32 rounded once, output to bf16) computed by
+// libtorch's ops, over head dims 16-128, row and key counts around the
+// kernel's blocks (6 rows, 48-row blocks, 16 / 64 keys, odd key counts),
+// strided views as InternViT's q|k|v product gives them, sharp softmaxes and
+// rows turned NaN. Skipped on CPUs without AVX-512-BF16 (the kernel does not
+// run there).
+#include "core/nn/attention.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "core/nn/device.h"
+#include "core/nn/softmax.h"
+#include "core/nn/torch_util.h"
+
+namespace internvl {
+namespace {
+
+class FusedAttention : public testing::Test {
+ protected:
+  void SetUp() override {
+    if (!CpuHasAvx512Bf16()) GTEST_SKIP() << "this CPU has no AVX-512-BF16: the fused attention does not run here";
+    ForceFusedAttention(1);
+  }
+  void TearDown() override { ForceFusedAttention(-1); }
+};
+
+// The op chain in fp32 from the bf16 operands: scores rounded to bf16, the
+// softmax of those in fp32 rounded to bf16, the output's sums rounded to bf16.
+at::Tensor Reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const at::Tensor scores = at::matmul(q.to(at::kFloat), k.to(at::kFloat).transpose(-1, -2)).to(at::kBFloat16);
+  const at::Tensor probs = at::softmax(scores.to(at::kFloat), -1).to(at::kBFloat16);
+  const at::Tensor out = at::matmul(probs.to(at::kFloat), v.to(at::kFloat)).to(at::kBFloat16);  // [B, H, N, D]
+  return out.transpose(1, 2).reshape({q.size(0), q.size(2), q.size(1) * q.size(3)});
+}
+
+// Most values bit-equal (the sums' order differs: a score or an output whose
+// fp32 sum lies within that difference of a bf16 rounding boundary may round
+// the other way), the rest within a few bf16 steps of the output's scale.
+void ExpectClose(const at::Tensor& ours, const at::Tensor& reference) {
+  ASSERT_EQ(ours.sizes(), reference.sizes());
+  const at::Tensor a = ours.to(at::kFloat), b = reference.to(at::kFloat);
+  const double equal = a.eq(b).to(at::kDouble).mean().item<double>();
+  const double scale = b.abs().max().item<double>();
+  const double worst = (a - b).abs().max().item<double>();
+  EXPECT_GE(equal, 0.98) << "bit-equal fraction";
+  EXPECT_LE(worst, 0.03 * scale + 1e-30) << "max difference, output scale " << scale;
+}
+
+TEST_F(FusedAttention, MatchesTheOpChainAcrossShapes) {
+  at::InferenceMode inference;
+  at::manual_seed(11);
+  struct Shape {
+    int64_t rows, keys;
+  };
+  const std::vector<Shape> shapes = {{1, 1},   {1, 2},   {6, 16},    {7, 17}, {13, 2},
+                                     {48, 64}, {49, 65}, {101, 130}, {5, 63}};
+  for (const int64_t dim : {16, 32, 48, 64, 96, 128}) {
+    for (const Shape& s : shapes) {
+      for (const float sharpness : {1.0f, 6.0f}) {
+        SCOPED_TRACE(testing::Message() << "dim " << dim << ", rows " << s.rows << ", keys " << s.keys << ", sharpness "
+                                        << sharpness);
+        const at::Tensor q = (at::randn({2, 3, s.rows, dim}) * sharpness / std::sqrt(double(dim))).to(at::kBFloat16);
+        const at::Tensor k = at::randn({2, 3, s.keys, dim}).to(at::kBFloat16);
+        const at::Tensor v = at::randn({2, 3, s.keys, dim}).to(at::kBFloat16);
+        ASSERT_TRUE(FusedAttentionRuns(q, k, v));
+        ExpectClose(FusedAttentionBf16(q, k, v), Reference(q, k, v));
+      }
+    }
+  }
+}
+
+// q, k and v as views of one [B, N, 3, H, D] product (InternViT's layout):
+// rows 3 * H * D apart; also against the op chain the vision model ran
+// before (bf16 products, the project's softmax).
+TEST_F(FusedAttention, StridedViewsAsTheVisionModelPassesThem) {
+  at::InferenceMode inference;
+  at::manual_seed(5);
+  const int64_t B = 2, N = 70, H = 4, D = 64;
+  const at::Tensor qkv = (at::randn({B, N, 3, H, D}) * 0.7).to(at::kBFloat16);
+  const at::Tensor q = (qkv.select(2, 0).transpose(1, 2) * 0.125);
+  const at::Tensor k = qkv.select(2, 1).transpose(1, 2), v = qkv.select(2, 2).transpose(1, 2);
+  ASSERT_FALSE(k.is_contiguous());
+  ASSERT_TRUE(FusedAttentionRuns(q, k, v));
+  const at::Tensor ours = FusedAttentionBf16(q, k, v);
+  ExpectClose(ours, Reference(q, k, v));
+  const at::Tensor probs = SoftmaxLastDimBf16(MatmulFp32Accumulate(q, k.transpose(-2, -1)));
+  ExpectClose(ours, MatmulFp32Accumulate(probs, v).transpose(1, 2).reshape({B, N, H * D}));
+}
+
+// A NaN in a query turns its row's output NaN, an infinite score likewise
+// (the softmax of a row whose maximum is infinite is NaN, as libtorch's); the
+// other rows are unaffected.
+TEST_F(FusedAttention, NonFiniteRowsBecomeNaNAndStayTheirOwn) {
+  at::InferenceMode inference;
+  at::manual_seed(7);
+  const int64_t N = 20, L = 33, D = 64;
+  at::Tensor q = (at::randn({1, 2, N, D}) * 0.2).to(at::kBFloat16);
+  at::Tensor k = at::randn({1, 2, L, D}).to(at::kBFloat16);
+  const at::Tensor v = at::randn({1, 2, L, D}).to(at::kBFloat16);
+  const at::Tensor clean = FusedAttentionBf16(q, k, v);
+  q[0][0][3][10] = std::numeric_limits<float>::quiet_NaN();
+  q[0][1][17][0] = std::numeric_limits<float>::infinity();  // scores of +-inf (or NaN where a key's value is 0)
+  const at::Tensor ours = FusedAttentionBf16(q, k, v).view({N, 2, D});
+  EXPECT_TRUE(ours[3][0].isnan().all().item<bool>());
+  EXPECT_TRUE(ours[17][1].isnan().all().item<bool>());
+  at::Tensor finite = at::ones({N, 2}, at::kBool);
+  finite[3][0] = false;
+  finite[17][1] = false;
+  EXPECT_TRUE(ours.isfinite().all(-1).eq(finite).all().item<bool>());
+  EXPECT_TRUE(
+      at::equal(ours.masked_select(finite.unsqueeze(-1)), clean.view({N, 2, D}).masked_select(finite.unsqueeze(-1))));
+}
+
+// A NaN key makes every score of its head NaN in one lane: each of the head's
+// rows is NaN (wherever the key falls: in the kernel's 32-key steps or in its
+// tail), the other heads unaffected.
+TEST_F(FusedAttention, ANaNKeyTurnsItsHeadNaN) {
+  at::InferenceMode inference;
+  at::manual_seed(8);
+  const int64_t N = 9, L = 45, D = 64;
+  const at::Tensor q = (at::randn({1, 3, N, D}) * 0.2).to(at::kBFloat16);
+  at::Tensor k = at::randn({1, 3, L, D}).to(at::kBFloat16);
+  const at::Tensor v = at::randn({1, 3, L, D}).to(at::kBFloat16);
+  k[0][0][5][3] = std::numeric_limits<float>::quiet_NaN();
+  k[0][1][40][60] = std::numeric_limits<float>::quiet_NaN();
+  const at::Tensor ours = FusedAttentionBf16(q, k, v).view({N, 3, D});
+  EXPECT_TRUE(ours.select(1, 0).isnan().all().item<bool>());
+  EXPECT_TRUE(ours.select(1, 1).isnan().all().item<bool>());
+  EXPECT_TRUE(ours.select(1, 2).isfinite().all().item<bool>());
+}
+
+// Scores all far below 0 (~-320): the maximum is the row's own, not the zero
+// scores of the padding keys past the last 16 (exp(-320) would leave a zero
+// sum).
+TEST_F(FusedAttention, VeryNegativeScoresKeepTheirOwnMaximum) {
+  at::InferenceMode inference;
+  at::manual_seed(9);
+  const int64_t D = 64;
+  for (const int64_t L : {17, 45, 64, 70}) {
+    SCOPED_TRACE(testing::Message() << L << " keys");
+    const at::Tensor k = (1.0 + 0.01 * at::randn({1, 1, L, D})).to(at::kBFloat16);
+    const at::Tensor q = at::full({1, 1, 7, D}, -5.0).to(at::kBFloat16);
+    const at::Tensor v = at::randn({1, 1, L, D}).to(at::kBFloat16);
+    const at::Tensor ours = FusedAttentionBf16(q, k, v);
+    ASSERT_TRUE(ours.isfinite().all().item<bool>());
+    ExpectClose(ours, Reference(q, k, v));
+  }
+}
+
+TEST_F(FusedAttention, RunsOnlyWhereTheKernelTakesTheOperands) {
+  at::InferenceMode inference;
+  const at::Tensor q = at::randn({1, 2, 5, 64}).to(at::kBFloat16), k = at::randn({1, 2, 7, 64}).to(at::kBFloat16);
+  EXPECT_TRUE(FusedAttentionRuns(q, k, k));
+  EXPECT_STREQ(AttentionKernelName(), "fused-avx512bf16");
+  EXPECT_FALSE(FusedAttentionRuns(q.to(at::kFloat), k.to(at::kFloat), k.to(at::kFloat)));  // fp32
+  const at::Tensor q40 = at::randn({1, 2, 5, 40}).to(at::kBFloat16), k40 = at::randn({1, 2, 7, 40}).to(at::kBFloat16);
+  EXPECT_FALSE(FusedAttentionRuns(q40, k40, k40));  // dim not a multiple of 16
+  const at::Tensor q144 = at::randn({1, 2, 5, 144}).to(at::kBFloat16);
+  EXPECT_FALSE(FusedAttentionRuns(q144, q144, q144));  // dim over 128
+  const at::Tensor wide = at::randn({1, 2, 7, 65}).to(at::kBFloat16).narrow(3, 0, 64);
+  EXPECT_FALSE(FusedAttentionRuns(q, wide, wide));                              // odd row stride
+  EXPECT_FALSE(FusedAttentionRuns(q, k.narrow(3, 0, 32), k.narrow(3, 0, 32)));  // dims differ
+  EXPECT_FALSE(FusedAttentionRuns(q, k, k.narrow(2, 0, 6)));                    // keys differ
+  ForceFusedAttention(0);
+  EXPECT_FALSE(FusedAttentionRuns(q, k, k));
+  EXPECT_STREQ(AttentionKernelName(), "ops");
+  ForceFusedAttention(1);
+  ForceGenericKernels(true);
+  EXPECT_FALSE(FusedAttentionRuns(q, k, k));
+  ForceGenericKernels(false);
+  {
+    c10::InferenceMode off(false);
+    at::AutoGradMode grad(true);
+    EXPECT_FALSE(FusedAttentionRuns(q, k, k));
+  }
+}
+
+}  // namespace
+}  // namespace internvl
