@@ -52,6 +52,7 @@
 #include "core/llm/gemv.h"
 #include "core/llm/modules.h"
 #include "core/llm/sampler.h"
+#include "core/nn/attention.h"
 #include "core/nn/torch_util.h"
 #include "core/status.h"
 
@@ -286,10 +287,10 @@ int Run(int argc, char** argv) {
   const LlmConfig config = InternVL2_1BConfig();
   bench::BandwidthProbe probe;
   std::printf(
-      "threads %d, linear layers: %s, quantized layers: %s, fp32 matmuls: %s, memory read bandwidth %.1f GB/s (best "
-      "of 5 probes)\n",
+      "threads %d, linear layers: %s, quantized layers: %s, fp32 matmuls: %s, bf16 prefill attention: %s, memory read "
+      "bandwidth %.1f GB/s (best of 5 probes)\n",
       TorchThreads(), libtorch ? "libtorch" : FastLinearKernel(), QuantKernelName(ActiveQuantKernel()),
-      BlasThreading().c_str(), probe.Best(5));
+      BlasThreading().c_str(), AttentionKernelName(), probe.Best(5));
   if (sampling.do_sample) {
     std::printf("next tokens sampled: temperature %g, top_k %lld, top_p %g (a sampler per sequence)\n",
                 sampling.temperature, static_cast<long long>(sampling.top_k), sampling.top_p);

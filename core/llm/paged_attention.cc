@@ -9,6 +9,7 @@
 
 #include "core/llm/gemv.h"
 #include "core/llm/gemv_kernels.h"
+#include "core/nn/attention.h"
 #include "core/nn/device.h"
 #include "core/nn/softmax.h"
 #include "core/nn/torch_compat.h"
@@ -97,6 +98,15 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
     return;
   }
 #endif
+  if (q.dim() == 3 && FusedCausalAttentionRuns(q, keys, values, out)) {
+    // bf16 on a CPU with AVX-512-BF16 (core/nn/attention.h): each query head
+    // in one kernel, the arithmetic below (the queries divided first by a
+    // power-of-two scale, else the rounded scores by the scale as a bf16
+    // scalar, as div_ takes it), no scores in memory, causal blocks skipped.
+    const float divisor = scale_pow2 ? 1.0f : static_cast<float>(c10::BFloat16(static_cast<float>(scale)));
+    FusedCausalAttentionBf16(scale_pow2 ? q.div(scale) : q, keys, values, start, divisor, out);
+    return;
+  }
   for (int64_t i0 = 0; i0 < n; i0 += tile) {
     const int64_t t = std::min(tile, n - i0);
     const int64_t len = start + i0 + t;  // keys the tile's last query sees

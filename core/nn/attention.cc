@@ -57,10 +57,31 @@ bool FusedChosen() {
 #endif
 }
 
-bool Operand(const at::Tensor& t) {
-  return t.defined() && t.dim() == 4 && t.scalar_type() == at::kBFloat16 && UseCpuKernels(t.device()) &&
-         t.stride(3) == 1 && t.stride(0) % 2 == 0 && t.stride(1) % 2 == 0 && t.stride(2) % 2 == 0;
+// A bf16 CPU tensor of `dims` dims, unit stride in the last, even strides
+// otherwise (the kernel reads pairs of values as 32-bit words).
+bool Operand(const at::Tensor& t, int64_t dims) {
+  if (!t.defined() || t.dim() != dims || t.scalar_type() != at::kBFloat16 || !UseCpuKernels(t.device()) ||
+      t.stride(dims - 1) != 1)
+    return false;
+  for (int64_t i = 0; i + 1 < dims; ++i)
+    if (t.stride(i) % 2 != 0) return false;
+  return true;
 }
+
+#if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
+// The calling thread's scratch of at least `bytes`, 64-byte aligned, kept
+// between calls (InternViT: ~370 KB at 1025 keys, reused by every layer
+// instead of mapped afresh).
+void* ThreadScratch(int64_t bytes) {
+  thread_local std::unique_ptr<char[]> buffer;
+  thread_local int64_t capacity = 0;
+  if (capacity < bytes) {
+    buffer.reset(new char[bytes + 64]);
+    capacity = bytes;
+  }
+  return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(buffer.get()) + 63) & ~uintptr_t{63});
+}
+#endif
 
 }  // namespace
 
@@ -70,7 +91,7 @@ void ForceFusedAttention(int mode) { g_forced.store(mode < 0 ? -1 : (mode > 0 ? 
 
 bool FusedAttentionRuns(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
 #if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
-  if (!Operand(q) || !Operand(k) || !Operand(v) || at::GradMode::is_enabled() || !FusedChosen()) return false;
+  if (!Operand(q, 4) || !Operand(k, 4) || !Operand(v, 4) || at::GradMode::is_enabled() || !FusedChosen()) return false;
   const int64_t dim = q.size(3);
   return attention::HeadDimSupported(dim) && k.size(3) == dim && v.size(3) == dim && k.size(0) == q.size(0) &&
          v.size(0) == q.size(0) && k.size(1) == q.size(1) && v.size(1) == q.size(1) && v.size(2) == k.size(2) &&
@@ -91,15 +112,7 @@ at::Tensor FusedAttentionBf16(const at::Tensor& q, const at::Tensor& k, const at
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());
   const int64_t scratch_bytes = attention::HeadScratchBytes(L, D);
   at::parallel_for(0, B * H, 1, [&](int64_t p0, int64_t p1) {
-    // One scratch per thread, kept between calls (InternViT: ~370 KB at 1025
-    // keys, reused by every layer instead of mapped afresh).
-    thread_local std::unique_ptr<char[]> buffer;
-    thread_local int64_t capacity = 0;
-    if (capacity < scratch_bytes) {
-      buffer.reset(new char[scratch_bytes + 64]);
-      capacity = scratch_bytes;
-    }
-    void* scratch = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(buffer.get()) + 63) & ~uintptr_t{63});
+    void* scratch = ThreadScratch(scratch_bytes);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t b = p / H, h = p % H;
       attention::Head head;
@@ -119,6 +132,60 @@ at::Tensor FusedAttentionBf16(const at::Tensor& q, const at::Tensor& k, const at
   });
 #endif
   return out.view({B, N, H * D});
+}
+
+bool FusedCausalAttentionRuns(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out) {
+#if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
+  if (!Operand(q, 3) || !Operand(k, 3) || !Operand(v, 3) || !Operand(out, 2) || at::GradMode::is_enabled() ||
+      !FusedChosen())
+    return false;
+  const int64_t n = q.size(0), heads = q.size(1), dim = q.size(2), kv_heads = k.size(0);
+  return attention::HeadDimSupported(dim) && n > 0 && kv_heads > 0 && heads % kv_heads == 0 && k.size(2) == dim &&
+         v.sizes() == k.sizes() && k.size(1) > 0 && out.size(0) == n && out.size(1) == heads * dim;
+#else
+  return false;
+#endif
+}
+
+void FusedCausalAttentionBf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start,
+                              float score_divisor, const at::Tensor& out) {
+  TORCH_CHECK(FusedCausalAttentionRuns(q, k, v, out),
+              "FusedCausalAttentionBf16: operands the fused kernel does not take");
+  const int64_t n = q.size(0), H = q.size(1), D = q.size(2), KV = k.size(0);
+  TORCH_CHECK(start >= 0 && start + n <= k.size(1), "FusedCausalAttentionBf16: queries at [", start, ", ", start + n,
+              ") past the ", k.size(1), " keys");
+#if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
+  const int64_t groups = H / KV, keys = start + n;
+  const auto* qp = reinterpret_cast<const uint16_t*>(q.data_ptr());
+  const auto* kp = reinterpret_cast<const uint16_t*>(k.data_ptr());
+  const auto* vp = reinterpret_cast<const uint16_t*>(v.data_ptr());
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());
+  const int64_t scratch_bytes = attention::HeadScratchBytes(keys, D);
+  at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
+    void* scratch = ThreadScratch(scratch_bytes);
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t j = h / groups;
+      attention::Head head;
+      head.q = qp + h * q.stride(1);
+      head.q_stride = q.stride(0);
+      head.k = kp + j * k.stride(0);
+      head.k_stride = k.stride(1);
+      head.v = vp + j * v.stride(0);
+      head.v_stride = v.stride(1);
+      head.out = op + h * D;
+      head.out_stride = out.stride(0);
+      head.rows = n;
+      head.keys = keys;
+      head.dim = D;
+      head.causal_start = start;
+      head.score_divisor = score_divisor;
+      attention::HeadBf16Avx512(head, scratch, /*pack=*/h == h0 || j != (h - 1) / groups);
+    }
+  });
+#else
+  (void)start;
+  (void)score_divisor;
+#endif
 }
 
 }  // namespace internvl

@@ -17,7 +17,10 @@
 // kernels) and the project's softmax compute it:
 // - scores: the products of each query and key summed in fp32 over the dim
 //   pairs in order, rounded to bf16 to nearest even (vcvtneps2bf16, which
-//   flushes fp32 denormals, as oneDNN's bf16 products do);
+//   flushes fp32 denormals, as oneDNN's bf16 products do); with a divisor,
+//   divided in fp32 and rounded again (a bf16 tensor's div_);
+// - causal rows: keys past a row's position weigh exactly 0 (the op chain's
+//   -inf scores); the scores of a step of 6 rows stop at its last row's keys;
 // - softmax: each row's bf16 scores in fp32, exp(x - max) with
 //   core/nn/exp_avx512.h's exponential, summed in SoftmaxRowsBf16Avx512's
 //   order, multiplied by the sum's reciprocal and rounded once to bf16
@@ -51,7 +54,9 @@ constexpr int kScoreRows = 6;
 
 constexpr int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
-inline __mmask16 Lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1); }
+inline __mmask16 Lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : static_cast<__mmask16>((1u << n) - 1);
+}
 
 // 16 fp32 lanes rounded to bf16 (nearest even, denormals flushed).
 inline __m256i ToBf16(__m512 v) { return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v)); }
@@ -68,6 +73,11 @@ inline float RoundThroughBf16(float f) {
 // 16 bf16 values (lanes m, others 0) widened to fp32.
 inline __m512 LoadBf16(const uint16_t* p, __mmask16 m) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+// 16 bf16 values widened to fp32.
+inline __m512 WidenBf16(__m256i bits) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
 // Where a head's buffers lie in the scratch.
@@ -126,59 +136,80 @@ void PackValues(const Head& h, uint32_t* vp) {
   }
 }
 
-// Scores of R query rows (words q32 + r * qs32, `pairs` pairs) against keys
-// [j0, j0 + 16C), rounded to bf16 into s + r * ss + j0; mx[r] keeps the
-// running maximum of the valid lanes (`valid`: of the last vector).
+// A scores step's rows: their queries (words, rows qs32 apart, `pairs`
+// pairs), how many keys each row sees, and the divisor of the scores (1:
+// none).
+struct ScoreRows {
+  const uint32_t* q32;
+  int64_t qs32, pairs;
+  const int64_t* limit;
+  float divisor;
+};
+
+// Scores of R query rows against keys [j0, j0 + 16C), rounded to bf16 (and,
+// with a divisor, divided in fp32 and rounded again) into s + r * ss + j0;
+// mx[r] keeps the running maximum over the keys row r sees (before the
+// rounding: rounding and division keep the order).
 template <int R, int C>
-inline void ScoresBlock(const uint32_t* q32, int64_t qs32, const uint32_t* kp, int64_t lp, int64_t pairs, int64_t j0,
-                        uint16_t* s, int64_t ss, __m512* mx, __mmask16 valid) {
+inline void ScoresBlock(const ScoreRows& rows, const uint32_t* kp, int64_t lp, int64_t j0, uint16_t* s, int64_t ss,
+                        __m512* mx) {
   __m512 acc[R][C];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < pairs; ++p) {
+  for (int64_t p = 0; p < rows.pairs; ++p) {
     __m512bh kv[C];
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) kv[c] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(kp + p * lp + j0 + 16 * c));
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512bh qb = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(q32[r * qs32 + p])));
+      const __m512bh qb = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(rows.q32[r * rows.qs32 + p])));
 #pragma GCC unroll 8
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], qb, kv[c]);
     }
   }
+  const bool divide = rows.divisor != 1.0f;
+  const __m512 divisor = _mm512_set1_ps(rows.divisor);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + r * ss + j0 + 16 * c), ToBf16(acc[r][c]));
+      __m256i bits = ToBf16(acc[r][c]);
+      if (divide) bits = ToBf16(_mm512_div_ps(WidenBf16(bits), divisor));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + r * ss + j0 + 16 * c), bits);
       // (max(acc, mx) keeps mx where acc is NaN: the softmax finds NaNs.)
-      mx[r] = c + 1 < C ? _mm512_max_ps(acc[r][c], mx[r]) : _mm512_mask_max_ps(mx[r], valid, acc[r][c], mx[r]);
+      mx[r] = _mm512_mask_max_ps(mx[r], Lanes(rows.limit[r] - j0 - 16 * c), acc[r][c], mx[r]);
     }
   }
 }
 
-// All scores of R query rows (q: rows q_stride apart) into s's rows; rmax[r]:
-// each row's maximum score (bf16, in fp32).
+// All scores of R query rows into s's rows: keys [0, limit[r]) for row r
+// (those up to the rows' last limit, rounded up to 16, computed);
+// rmax[r]: each row's maximum score as stored (bf16, in fp32).
 template <int R>
-void ScoresRows(const Head& h, const uint16_t* q, const uint32_t* kp, int64_t lp, uint16_t* s, float* rmax) {
-  const auto* q32 = reinterpret_cast<const uint32_t*>(q);
-  const int64_t qs32 = h.q_stride / 2, pairs = h.dim / 2;
+void ScoresRowsOf(const ScoreRows& rows, const uint32_t* kp, int64_t lp, uint16_t* s, float* rmax) {
   __m512 mx[R];
-  for (int r = 0; r < R; ++r) mx[r] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t end = 0;
+  for (int r = 0; r < R; ++r) {
+    mx[r] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    end = std::max(end, rows.limit[r]);
+  }
   int64_t j0 = 0;
-  for (; j0 + 64 <= h.keys; j0 += 64) ScoresBlock<R, 4>(q32, qs32, kp, lp, pairs, j0, s, lp, mx, 0xFFFF);
-  for (; j0 < h.keys; j0 += 16) ScoresBlock<R, 1>(q32, qs32, kp, lp, pairs, j0, s, lp, mx, Lanes(h.keys - j0));
-  for (int r = 0; r < R; ++r) rmax[r] = RoundThroughBf16(_mm512_reduce_max_ps(mx[r]));
+  for (; j0 + 64 <= end; j0 += 64) ScoresBlock<R, 4>(rows, kp, lp, j0, s, lp, mx);
+  for (; j0 < end; j0 += 16) ScoresBlock<R, 1>(rows, kp, lp, j0, s, lp, mx);
+  for (int r = 0; r < R; ++r) {
+    const float max = RoundThroughBf16(_mm512_reduce_max_ps(mx[r]));
+    rmax[r] = rows.divisor != 1.0f ? RoundThroughBf16(max / rows.divisor) : max;
+  }
 }
 
-// ScoresRows for n < R rows.
+// ScoresRowsOf for n <= R rows.
 template <int R>
-void ScoresTail(int64_t n, const Head& h, const uint16_t* q, const uint32_t* kp, int64_t lp, uint16_t* s, float* rmax) {
+void ScoresRows(int64_t n, const ScoreRows& rows, const uint32_t* kp, int64_t lp, uint16_t* s, float* rmax) {
   if constexpr (R > 0) {
-    if (n == R) return ScoresRows<R>(h, q, kp, lp, s, rmax);
-    ScoresTail<R - 1>(n, h, q, kp, lp, s, rmax);
+    if (n == R) return ScoresRowsOf<R>(rows, kp, lp, s, rmax);
+    ScoresRows<R - 1>(n, rows, kp, lp, s, rmax);
   }
 }
 
@@ -255,14 +286,16 @@ void ValuesTail(int64_t n, const uint16_t* p, int64_t ps, const uint32_t* vp, in
   }
 }
 
-// Output rows for a block of n query rows, 24 / C rows at a time (at most 8).
+// Output rows for a block of n query rows, 24 / C rows at a time (at most
+// 8), each step over the key pairs its last row sees (limits ascend).
 template <int C>
-void ValuesBlock(int64_t n, const uint16_t* s, int64_t ss, const uint32_t* vp, int64_t pairs, uint16_t* out,
+void ValuesBlock(int64_t n, const uint16_t* s, int64_t ss, const uint32_t* vp, const int64_t* limit, uint16_t* out,
                  int64_t os) {
   constexpr int kRows = std::min(8, 24 / C);
   int64_t r = 0;
-  for (; r + kRows <= n; r += kRows) ValuesRows<kRows, C>(s + r * ss, ss, vp, pairs, out + r * os, os);
-  ValuesTail<kRows - 1, C>(n - r, s + r * ss, ss, vp, pairs, out + r * os, os);
+  for (; r + kRows <= n; r += kRows)
+    ValuesRows<kRows, C>(s + r * ss, ss, vp, (limit[r + kRows - 1] + 1) / 2, out + r * os, os);
+  if (r < n) ValuesTail<kRows - 1, C>(n - r, s + r * ss, ss, vp, (limit[n - 1] + 1) / 2, out + r * os, os);
 }
 
 }  // namespace
@@ -272,7 +305,7 @@ int64_t HeadScratchBytes(int64_t keys, int64_t dim) {
   return l.kp_bytes + l.vp_bytes + l.s_bytes + l.e_bytes;
 }
 
-void HeadBf16Avx512(const Head& h, void* scratch) {
+void HeadBf16Avx512(const Head& h, void* scratch, bool pack) {
   if (h.rows <= 0 || h.keys <= 0 || !HeadDimSupported(h.dim)) return;
   const Layout l = MakeLayout(h.keys, h.dim);
   auto* bytes = static_cast<char*>(scratch);
@@ -280,46 +313,59 @@ void HeadBf16Avx512(const Head& h, void* scratch) {
   auto* vp = reinterpret_cast<uint32_t*>(bytes + l.kp_bytes);
   auto* s = reinterpret_cast<uint16_t*>(bytes + l.kp_bytes + l.vp_bytes);
   auto* e = reinterpret_cast<float*>(bytes + l.kp_bytes + l.vp_bytes + l.s_bytes);
-  PackKeys(h, l, kp);
-  PackValues(h, vp);
+  if (pack) {
+    PackKeys(h, l, kp);
+    PackValues(h, vp);
+  }
   const int64_t ss = l.lp;
   float rmax[kBlock];
+  int64_t limit[kBlock];
   for (int64_t i0 = 0; i0 < h.rows; i0 += kBlock) {
     const int64_t n = std::min(kBlock, h.rows - i0);
-    const uint16_t* q = h.q + i0 * h.q_stride;
-    int64_t r = 0;
-    for (; r + kScoreRows <= n; r += kScoreRows)
-      ScoresRows<kScoreRows>(h, q + r * h.q_stride, kp, ss, s + r * ss, rmax + r);
-    ScoresTail<kScoreRows - 1>(n - r, h, q + r * h.q_stride, kp, ss, s + r * ss, rmax + r);
-    // (With an odd count of keys, a row's last pair reads the padding key's
-    // score as its second probability: 0, the product of the query and a
-    // zero key, or NaN in a row already NaN.)
-    for (r = 0; r < n; ++r) SoftmaxRow(s + r * ss, h.keys, rmax[r], e);
+    for (int64_t r = 0; r < n; ++r)
+      limit[r] = h.causal_start < 0 ? h.keys : std::min(h.keys, h.causal_start + i0 + r + 1);
+    ScoreRows rows{reinterpret_cast<const uint32_t*>(h.q + i0 * h.q_stride), h.q_stride / 2, h.dim / 2, limit,
+                   h.score_divisor};
+    for (int64_t r = 0; r < n; r += kScoreRows) {
+      ScoreRows part = rows;
+      part.q32 += r * rows.qs32;
+      part.limit += r;
+      ScoresRows<kScoreRows>(std::min<int64_t>(kScoreRows, n - r), part, kp, ss, s + r * ss, rmax + r);
+    }
+    // Each row's probabilities, then zeros up to the block's last key (rounded
+    // up to a pair): the values' steps read a few rows' keys together, and
+    // with an odd count the last pair's second probability is the padding
+    // key's.
+    const int64_t fill_end = RoundUp(limit[n - 1], 2);
+    for (int64_t r = 0; r < n; ++r) {
+      SoftmaxRow(s + r * ss, limit[r], rmax[r], e);
+      std::fill(s + r * ss + limit[r], s + r * ss + fill_end, uint16_t{0});
+    }
     uint16_t* out = h.out + i0 * h.out_stride;
     switch (h.dim / 16) {
       case 1:
-        ValuesBlock<1>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        ValuesBlock<1>(n, s, ss, vp, limit, out, h.out_stride);
         break;
       case 2:
-        ValuesBlock<2>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        ValuesBlock<2>(n, s, ss, vp, limit, out, h.out_stride);
         break;
       case 3:
-        ValuesBlock<3>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        ValuesBlock<3>(n, s, ss, vp, limit, out, h.out_stride);
         break;
       case 4:
-        ValuesBlock<4>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        ValuesBlock<4>(n, s, ss, vp, limit, out, h.out_stride);
         break;
       case 5:
-        ValuesBlock<5>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        ValuesBlock<5>(n, s, ss, vp, limit, out, h.out_stride);
         break;
       case 6:
-        ValuesBlock<6>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        ValuesBlock<6>(n, s, ss, vp, limit, out, h.out_stride);
         break;
       case 7:
-        ValuesBlock<7>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        ValuesBlock<7>(n, s, ss, vp, limit, out, h.out_stride);
         break;
       default:
-        ValuesBlock<8>(n, s, ss, vp, l.pairs, out, h.out_stride);
+        ValuesBlock<8>(n, s, ss, vp, limit, out, h.out_stride);
         break;
     }
   }

@@ -153,6 +153,77 @@ TEST_F(FusedAttention, VeryNegativeScoresKeepTheirOwnMaximum) {
   }
 }
 
+// The causal chunk of the engine's prefill through the op chain: query head h
+// reads kv head h / (H / KV); row i (position start + i) sees keys
+// [0, start + i]; scores divided by `divisor` after rounding (and rounded
+// again) unless it is 1. -> [n, H * D].
+at::Tensor CausalReference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start,
+                           float divisor) {
+  const int64_t n = q.size(0), H = q.size(1), D = q.size(2), KV = k.size(0), keys = start + n;
+  const at::Tensor kk = k.narrow(1, 0, keys).repeat_interleave(H / KV, 0).to(at::kFloat);  // [H, keys, D]
+  const at::Tensor vv = v.narrow(1, 0, keys).repeat_interleave(H / KV, 0).to(at::kFloat);
+  at::Tensor scores = at::matmul(q.transpose(0, 1).to(at::kFloat), kk.transpose(1, 2)).to(at::kBFloat16);
+  if (divisor != 1.0f) scores = (scores.to(at::kFloat) / divisor).to(at::kBFloat16);
+  const at::Tensor masked = at::arange(keys).view({1, keys}) > (at::arange(n) + start).view({n, 1});
+  const at::Tensor probs =
+      at::softmax(scores.to(at::kFloat).masked_fill(masked, -std::numeric_limits<float>::infinity()), -1)
+          .to(at::kBFloat16);
+  return at::matmul(probs.to(at::kFloat), vv).to(at::kBFloat16).transpose(0, 1).reshape({n, H * D});
+}
+
+TEST_F(FusedAttention, CausalChunksMatchTheOpChain) {
+  at::InferenceMode inference;
+  at::manual_seed(12);
+  struct Case {
+    int64_t n, start, keys, heads, kv_heads, dim;
+    float divisor;
+  };
+  const float bf16_sqrt128 = static_cast<float>(c10::BFloat16(static_cast<float>(std::sqrt(128.0))));
+  const std::vector<Case> cases = {{1, 0, 1, 2, 1, 64, 1.0f},       {7, 0, 7, 14, 2, 64, 1.0f},
+                                   {1, 40, 41, 4, 2, 64, 1.0f},     {50, 13, 70, 4, 2, 128, bf16_sqrt128},
+                                   {100, 200, 300, 3, 1, 64, 1.0f}, {33, 0, 33, 2, 2, 16, 4.0f},
+                                   {97, 5, 102, 6, 3, 96, 1.0f}};
+  for (const Case& c : cases) {
+    // (60: scores in the hundreds, where subtracting the wrong maximum
+    // underflows every exponential.)
+    for (const float sharpness : {1.0f, 8.0f, 60.0f}) {
+      SCOPED_TRACE(testing::Message() << c.n << " queries from " << c.start << ", " << c.keys << " keys, " << c.heads
+                                      << "/" << c.kv_heads << " heads of " << c.dim << ", divisor " << c.divisor
+                                      << ", sharpness " << sharpness);
+      const at::Tensor q = (at::randn({c.n, c.heads, c.dim}) * sharpness / std::sqrt(double(c.dim))).to(at::kBFloat16);
+      at::Tensor k = at::randn({c.kv_heads, c.keys, c.dim}).to(at::kBFloat16);
+      at::Tensor v = at::randn({c.kv_heads, c.keys, c.dim}).to(at::kBFloat16);
+      // Keys past the chunk's last position are never read.
+      if (c.keys > c.start + c.n) {
+        k.narrow(1, c.start + c.n, c.keys - c.start - c.n).fill_(std::numeric_limits<float>::quiet_NaN());
+        v.narrow(1, c.start + c.n, c.keys - c.start - c.n).fill_(std::numeric_limits<float>::quiet_NaN());
+      }
+      const at::Tensor out = at::full({c.n, c.heads * c.dim}, 7.0).to(at::kBFloat16);
+      ASSERT_TRUE(FusedCausalAttentionRuns(q, k, v, out));
+      FusedCausalAttentionBf16(q, k, v, c.start, c.divisor, out);
+      ASSERT_TRUE(out.isfinite().all().item<bool>());
+      ExpectClose(out, CausalReference(q, k, v, c.start, c.divisor));
+    }
+  }
+}
+
+// The output rows may be a strided view (a chunk's rows in the engine's step
+// output): only they are written.
+TEST_F(FusedAttention, CausalWritesOnlyItsOutputRows) {
+  at::InferenceMode inference;
+  const int64_t n = 9, H = 2, D = 32;
+  const at::Tensor q = at::randn({n, H, D}).to(at::kBFloat16), k = at::randn({1, n, D}).to(at::kBFloat16);
+  at::Tensor wide = at::zeros({n, 3 * H * D}, at::kBFloat16);
+  const at::Tensor out = wide.narrow(1, H * D, H * D);
+  ASSERT_TRUE(FusedCausalAttentionRuns(q, k, k, out));
+  FusedCausalAttentionBf16(q, k, k, 0, 1.0f, out);
+  EXPECT_TRUE(wide.narrow(1, 0, H * D).eq(0).all().item<bool>());
+  EXPECT_TRUE(wide.narrow(1, 2 * H * D, H * D).eq(0).all().item<bool>());
+  ExpectClose(out, CausalReference(q, k, k, 0, 1.0f));
+  EXPECT_FALSE(FusedCausalAttentionRuns(q, k, k, wide.narrow(1, 0, H * D - 1)));              // width
+  EXPECT_FALSE(FusedCausalAttentionRuns(q, at::randn({3, n, D}).to(at::kBFloat16), k, out));  // 2 heads over 3
+}
+
 TEST_F(FusedAttention, RunsOnlyWhereTheKernelTakesTheOperands) {
   at::InferenceMode inference;
   const at::Tensor q = at::randn({1, 2, 5, 64}).to(at::kBFloat16), k = at::randn({1, 2, 7, 64}).to(at::kBFloat16);
