@@ -14,7 +14,7 @@
 #include "core/nn/attention_kernels.h"
 #endif
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
 #include <cpuid.h>
 #endif
 
@@ -24,16 +24,13 @@ namespace {
 // -1: not forced; 0 / 1: ForceFusedAttention.
 std::atomic<int> g_forced{-1};
 
+#if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
 bool CpuHasAmxBf16() {
-#if defined(__x86_64__) || defined(__i386__)
   static const bool has = [] {
     unsigned a = 0, b = 0, c = 0, d = 0;
     return __get_cpuid_count(7, 0, &a, &b, &c, &d) != 0 && (d & (1u << 22)) != 0;
   }();
   return has;
-#else
-  return false;
-#endif
 }
 
 // The default where not forced: the environment, else the CPU.
@@ -47,16 +44,6 @@ bool FusedByDefault() {
   return fused;
 }
 
-bool FusedChosen() {
-#if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
-  if (!CpuHasAvx512Bf16()) return false;
-  const int forced = g_forced.load(std::memory_order_relaxed);
-  return forced >= 0 ? forced == 1 : FusedByDefault();
-#else
-  return false;
-#endif
-}
-
 // A bf16 CPU tensor of `dims` dims, unit stride in the last, even strides
 // otherwise (the kernel reads pairs of values as 32-bit words).
 bool Operand(const at::Tensor& t, int64_t dims) {
@@ -66,6 +53,17 @@ bool Operand(const at::Tensor& t, int64_t dims) {
   for (int64_t i = 0; i + 1 < dims; ++i)
     if (t.stride(i) % 2 != 0) return false;
   return true;
+}
+#endif
+
+bool FusedChosen() {
+#if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
+  if (!CpuHasAvx512Bf16()) return false;
+  const int forced = g_forced.load(std::memory_order_relaxed);
+  return forced >= 0 ? forced == 1 : FusedByDefault();
+#else
+  return false;
+#endif
 }
 
 #if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
@@ -103,9 +101,10 @@ bool FusedAttentionRuns(const at::Tensor& q, const at::Tensor& k, const at::Tens
 
 at::Tensor FusedAttentionBf16(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   TORCH_CHECK(FusedAttentionRuns(q, k, v), "FusedAttentionBf16: operands the fused kernel does not take");
-  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), L = k.size(2), D = q.size(3);
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), D = q.size(3);
   at::Tensor out = at::empty({B, N, H, D}, q.options());
 #if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
+  const int64_t L = k.size(2);
   const auto* qp = reinterpret_cast<const uint16_t*>(q.data_ptr());
   const auto* kp = reinterpret_cast<const uint16_t*>(k.data_ptr());
   const auto* vp = reinterpret_cast<const uint16_t*>(v.data_ptr());
@@ -151,10 +150,11 @@ void FusedCausalAttentionBf16(const at::Tensor& q, const at::Tensor& k, const at
                               float score_divisor, const at::Tensor& out) {
   TORCH_CHECK(FusedCausalAttentionRuns(q, k, v, out),
               "FusedCausalAttentionBf16: operands the fused kernel does not take");
-  const int64_t n = q.size(0), H = q.size(1), D = q.size(2), KV = k.size(0);
+  const int64_t n = q.size(0);
   TORCH_CHECK(start >= 0 && start + n <= k.size(1), "FusedCausalAttentionBf16: queries at [", start, ", ", start + n,
               ") past the ", k.size(1), " keys");
 #if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
+  const int64_t H = q.size(1), D = q.size(2), KV = k.size(0);
   const int64_t groups = H / KV, keys = start + n;
   const auto* qp = reinterpret_cast<const uint16_t*>(q.data_ptr());
   const auto* kp = reinterpret_cast<const uint16_t*>(k.data_ptr());
