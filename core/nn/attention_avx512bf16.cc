@@ -17,7 +17,8 @@
 // kernels) and the project's softmax compute it:
 // - scores: the products of each query and key summed in fp32 over the dim
 //   pairs in order, rounded to bf16 to nearest even (vcvtneps2bf16, which
-//   flushes fp32 denormals, as oneDNN's bf16 products do); with a divisor,
+//   flushes fp32 denormals; InternViT's attention came out bit-equal to
+//   oneDNN's products on the Zen 5 VM, bench shapes); with a divisor,
 //   divided in fp32 and rounded again (a bf16 tensor's div_);
 // - causal rows: keys past a row's position weigh exactly 0 (the op chain's
 //   -inf scores); the scores of a step of 6 rows stop at its last row's keys;
@@ -70,15 +71,13 @@ inline float RoundThroughBf16(float f) {
   return out;
 }
 
-// 16 bf16 values (lanes m, others 0) widened to fp32.
-inline __m512 LoadBf16(const uint16_t* p, __mmask16 m) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
-}
-
 // 16 bf16 values widened to fp32.
 inline __m512 WidenBf16(__m256i bits) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
+
+// 16 bf16 values (lanes m, others 0) loaded and widened to fp32.
+inline __m512 LoadBf16(const uint16_t* p, __mmask16 m) { return WidenBf16(_mm256_maskz_loadu_epi16(m, p)); }
 
 // Where a head's buffers lie in the scratch.
 struct Layout {
