@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/nn/activation_kernels.h"
 #include "core/nn/device.h"
 
 namespace internvl {
@@ -58,6 +59,37 @@ TEST(SwiGlu, ExtremeInputsAsTheOps) {
     } else {
       EXPECT_NEAR(a, b, std::abs(b) / 128 + 1e-30);
     }
+  }
+}
+
+// The AVX-512 kernel (taken where the CPU has AVX-512) gives the AVX2
+// kernel's bits: rows of every tail length, with infinities, NaNs, signed
+// zeros, denormals and the exponential's cut-off around -87.3.
+TEST(SwiGlu, Avx512KernelGivesTheAvx2Bits) {
+  if (!CpuHasAvx2Fma() || !CpuHasAvx512()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  at::manual_seed(7);
+  for (const int64_t n : {1, 7, 15, 16, 17, 33, 100, 4864}) {
+    SCOPED_TRACE(testing::Message() << "row length " << n);
+    at::Tensor gate = (at::randn({3, n}) * at::tensor({1.0f, 30.0f, 200.0f}).view({3, 1})).to(at::kBFloat16);
+    const at::Tensor up = (at::randn({3, n}) * 3).to(at::kBFloat16);
+    const float specials[] = {std::numeric_limits<float>::infinity(),
+                              -std::numeric_limits<float>::infinity(),
+                              std::numeric_limits<float>::quiet_NaN(),
+                              -0.0f,
+                              0.0f,
+                              1e-39f,
+                              -1e-39f,
+                              -87.0f,
+                              -87.5f,
+                              -88.0f,
+                              88.0f};
+    for (int64_t i = 0; i < std::min<int64_t>(n, 11); ++i) gate[0][i] = specials[i];
+    at::Tensor a = at::empty({3, n}, at::kBFloat16), b = at::empty({3, n}, at::kBFloat16);
+    const auto* g = reinterpret_cast<const uint16_t*>(gate.data_ptr());
+    const auto* u = reinterpret_cast<const uint16_t*>(up.data_ptr());
+    act::SwiGluRowsBf16Avx2(g, u, n, reinterpret_cast<uint16_t*>(a.data_ptr()), 3, n);
+    act::SwiGluRowsBf16Avx512(g, u, n, reinterpret_cast<uint16_t*>(b.data_ptr()), 3, n);
+    EXPECT_TRUE(at::equal(a.view(at::kShort), b.view(at::kShort)));
   }
 }
 

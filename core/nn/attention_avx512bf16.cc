@@ -43,6 +43,7 @@
 #include <limits>
 
 #include "core/nn/attention_kernels.h"
+#include "core/nn/bf16_avx512.h"
 #include "core/nn/exp_avx512.h"
 
 namespace internvl::attention {
@@ -70,14 +71,6 @@ inline float RoundThroughBf16(float f) {
   std::memcpy(&out, &bits, sizeof(out));
   return out;
 }
-
-// 16 bf16 values widened to fp32.
-inline __m512 WidenBf16(__m256i bits) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-// 16 bf16 values (lanes m, others 0) loaded and widened to fp32.
-inline __m512 LoadBf16(const uint16_t* p, __mmask16 m) { return WidenBf16(_mm256_maskz_loadu_epi16(m, p)); }
 
 // Where a head's buffers lie in the scratch.
 struct Layout {
@@ -175,7 +168,7 @@ inline void ScoresBlock(const ScoreRows& rows, const uint32_t* kp, int64_t lp, i
 #pragma GCC unroll 8
     for (int c = 0; c < C; ++c) {
       __m256i bits = ToBf16(acc[r][c]);
-      if (divide) bits = ToBf16(_mm512_div_ps(WidenBf16(bits), divisor));
+      if (divide) bits = ToBf16(_mm512_div_ps(simd::WidenBf16x16(bits), divisor));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + r * ss + j0 + 16 * c), bits);
       // (max(acc, mx) keeps mx where acc is NaN: the softmax finds NaNs.)
       mx[r] = _mm512_mask_max_ps(mx[r], Lanes(rows.limit[r] - j0 - 16 * c), acc[r][c], mx[r]);
@@ -220,7 +213,7 @@ void SoftmaxRow(uint16_t* x, int64_t n, float max, float* e) {
   __mmask16 nan = 0;
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    const __m512 x0 = LoadBf16(x + i, 0xFFFF), x1 = LoadBf16(x + i + 16, 0xFFFF);
+    const __m512 x0 = simd::LoadBf16x16(x + i, 0xFFFF), x1 = simd::LoadBf16x16(x + i + 16, 0xFFFF);
     nan |= _mm512_cmp_ps_mask(x0, x1, _CMP_UNORD_Q);
     const __m512 a = simd::ExpNonPositiveAvx512(_mm512_sub_ps(x0, mv));
     const __m512 b = simd::ExpNonPositiveAvx512(_mm512_sub_ps(x1, mv));
@@ -231,7 +224,7 @@ void SoftmaxRow(uint16_t* x, int64_t n, float max, float* e) {
   }
   for (; i < n; i += 16) {
     const __mmask16 m = Lanes(n - i);
-    const __m512 x0 = LoadBf16(x + i, m);
+    const __m512 x0 = simd::LoadBf16x16(x + i, m);
     nan |= _mm512_mask_cmp_ps_mask(m, x0, x0, _CMP_UNORD_Q);
     const __m512 a = _mm512_maskz_mov_ps(m, simd::ExpNonPositiveAvx512(_mm512_sub_ps(x0, mv)));
     _mm512_mask_storeu_ps(e + i, m, a);
