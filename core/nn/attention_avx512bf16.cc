@@ -208,32 +208,12 @@ void ScoresRows(int64_t n, const ScoreRows& rows, const uint32_t* kp, int64_t lp
 // Softmax of one row of n bf16 scores in place, its maximum given; e: n
 // floats of scratch. The sums in SoftmaxRowsBf16Avx512's order.
 void SoftmaxRow(uint16_t* x, int64_t n, float max, float* e) {
-  const __m512 mv = _mm512_set1_ps(max);
-  __m512 s0 = _mm512_setzero_ps(), s1 = s0;
   __mmask16 nan = 0;
-  int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m512 x0 = simd::LoadBf16x16(x + i, 0xFFFF), x1 = simd::LoadBf16x16(x + i + 16, 0xFFFF);
-    nan |= _mm512_cmp_ps_mask(x0, x1, _CMP_UNORD_Q);
-    const __m512 a = simd::ExpNonPositiveAvx512(_mm512_sub_ps(x0, mv));
-    const __m512 b = simd::ExpNonPositiveAvx512(_mm512_sub_ps(x1, mv));
-    _mm512_storeu_ps(e + i, a);
-    _mm512_storeu_ps(e + i + 16, b);
-    s0 = _mm512_add_ps(s0, a);
-    s1 = _mm512_add_ps(s1, b);
-  }
-  for (; i < n; i += 16) {
-    const __mmask16 m = Lanes(n - i);
-    const __m512 x0 = simd::LoadBf16x16(x + i, m);
-    nan |= _mm512_mask_cmp_ps_mask(m, x0, x0, _CMP_UNORD_Q);
-    const __m512 a = _mm512_maskz_mov_ps(m, simd::ExpNonPositiveAvx512(_mm512_sub_ps(x0, mv)));
-    _mm512_mask_storeu_ps(e + i, m, a);
-    s0 = _mm512_add_ps(s0, a);
-  }
-  const float inv = nan != 0 || !std::isfinite(max) ? std::numeric_limits<float>::quiet_NaN()
-                                                    : 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+  const float sum =
+      simd::ExpSumAvx512([x](int64_t i, __mmask16 m) { return simd::LoadBf16x16(x + i, m); }, n, max, e, &nan);
+  const float inv = nan != 0 || !std::isfinite(max) ? std::numeric_limits<float>::quiet_NaN() : 1.0f / sum;
   const __m512 iv = _mm512_set1_ps(inv);
-  for (i = 0; i < n; i += 16) {
+  for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = Lanes(n - i);
     _mm256_mask_storeu_epi16(x + i, m, ToBf16(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, e + i), iv)));
   }
@@ -290,6 +270,9 @@ void ValuesBlock(int64_t n, const uint16_t* s, int64_t ss, const uint32_t* vp, c
   if (r < n) ValuesTail<kRows - 1, C>(n - r, s + r * ss, ss, vp, (limit[n - 1] + 1) / 2, out + r * os, os);
 }
 
+// ValuesBlock<C> for dim = 16C.
+using ValuesFn = void (*)(int64_t, const uint16_t*, int64_t, const uint32_t*, const int64_t*, uint16_t*, int64_t);
+
 }  // namespace
 
 int64_t HeadScratchBytes(int64_t keys, int64_t dim) {
@@ -334,32 +317,9 @@ void HeadBf16Avx512(const Head& h, void* scratch, bool pack) {
       std::fill(s + r * ss + limit[r], s + r * ss + fill_end, uint16_t{0});
     }
     uint16_t* out = h.out + i0 * h.out_stride;
-    switch (h.dim / 16) {
-      case 1:
-        ValuesBlock<1>(n, s, ss, vp, limit, out, h.out_stride);
-        break;
-      case 2:
-        ValuesBlock<2>(n, s, ss, vp, limit, out, h.out_stride);
-        break;
-      case 3:
-        ValuesBlock<3>(n, s, ss, vp, limit, out, h.out_stride);
-        break;
-      case 4:
-        ValuesBlock<4>(n, s, ss, vp, limit, out, h.out_stride);
-        break;
-      case 5:
-        ValuesBlock<5>(n, s, ss, vp, limit, out, h.out_stride);
-        break;
-      case 6:
-        ValuesBlock<6>(n, s, ss, vp, limit, out, h.out_stride);
-        break;
-      case 7:
-        ValuesBlock<7>(n, s, ss, vp, limit, out, h.out_stride);
-        break;
-      default:
-        ValuesBlock<8>(n, s, ss, vp, limit, out, h.out_stride);
-        break;
-    }
+    constexpr ValuesFn kValues[] = {ValuesBlock<1>, ValuesBlock<2>, ValuesBlock<3>, ValuesBlock<4>,
+                                    ValuesBlock<5>, ValuesBlock<6>, ValuesBlock<7>, ValuesBlock<8>};
+    kValues[h.dim / 16 - 1](n, s, ss, vp, limit, out, h.out_stride);
   }
 }
 

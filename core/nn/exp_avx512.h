@@ -5,6 +5,8 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "core/nn/exp_constants.h"
 
 namespace internvl::simd {
@@ -29,6 +31,38 @@ inline __m512 ExpNonPositiveAvx512(__m512 x) {
   y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
   const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127)), 23);
   return _mm512_maskz_mul_ps(keep, y, _mm512_castsi512_ps(e));
+}
+
+// e[i] = e^(x_i - max) for the n values `load(i, m)` gives (16 from i, lanes
+// m), returning their sum in the order both AVX-512 softmax kernels use
+// (softmax_avx512.cc, attention_avx512bf16.cc): 32 values a step into two
+// accumulators, the tail 16 at a time into the first, the two added, then
+// reduced. Lanes past n are neither stored nor summed. *nan gains the lanes
+// where a loaded value was NaN. e may be where the values are loaded from.
+template <typename Load>
+inline float ExpSumAvx512(Load load, int64_t n, float max, float* e, __mmask16* nan) {
+  const __m512 mv = _mm512_set1_ps(max);
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 x0 = load(i, __mmask16(0xFFFF)), x1 = load(i + 16, __mmask16(0xFFFF));
+    *nan |= _mm512_cmp_ps_mask(x0, x1, _CMP_UNORD_Q);
+    const __m512 a = ExpNonPositiveAvx512(_mm512_sub_ps(x0, mv));
+    const __m512 b = ExpNonPositiveAvx512(_mm512_sub_ps(x1, mv));
+    _mm512_storeu_ps(e + i, a);
+    _mm512_storeu_ps(e + i + 16, b);
+    s0 = _mm512_add_ps(s0, a);
+    s1 = _mm512_add_ps(s1, b);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 x0 = load(i, m);
+    *nan |= _mm512_mask_cmp_ps_mask(m, x0, x0, _CMP_UNORD_Q);
+    const __m512 a = _mm512_maskz_mov_ps(m, ExpNonPositiveAvx512(_mm512_sub_ps(x0, mv)));
+    _mm512_mask_storeu_ps(e + i, m, a);
+    s0 = _mm512_add_ps(s0, a);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
 }  // namespace internvl::simd

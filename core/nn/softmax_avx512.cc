@@ -55,23 +55,9 @@ float ExpRow(const T* x, float* e, int64_t n) {
   }
   const float max = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
   if (nan != 0 || !std::isfinite(max)) return std::numeric_limits<float>::quiet_NaN();
-  const __m512 mv = _mm512_set1_ps(max);
-  __m512 s0 = _mm512_setzero_ps(), s1 = s0;
-  for (i = 0; i + 32 <= n; i += 32) {
-    const __m512 a = ExpNonPositiveAvx512(_mm512_sub_ps(Load16(x + i, 0xFFFF, neg_inf), mv));
-    const __m512 b = ExpNonPositiveAvx512(_mm512_sub_ps(Load16(x + i + 16, 0xFFFF, neg_inf), mv));
-    _mm512_storeu_ps(e + i, a);
-    _mm512_storeu_ps(e + i + 16, b);
-    s0 = _mm512_add_ps(s0, a);
-    s1 = _mm512_add_ps(s1, b);
-  }
-  for (; i < n; i += 16) {
-    const __mmask16 m = Lanes(n - i);
-    const __m512 a = ExpNonPositiveAvx512(_mm512_sub_ps(Load16(x + i, m, neg_inf), mv));  // (0 past n)
-    _mm512_mask_storeu_ps(e + i, m, a);
-    s0 = _mm512_add_ps(s0, a);
-  }
-  return 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+  __mmask16 unused = 0;  // (NaNs found above)
+  return 1.0f /
+         simd::ExpSumAvx512([&](int64_t k, __mmask16 m) { return Load16(x + k, m, neg_inf); }, n, max, e, &unused);
 }
 
 // out = e * inv, fp32 or rounded to bf16; a NaN inv makes every output NaN.
