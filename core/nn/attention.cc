@@ -54,6 +54,10 @@ bool Operand(const at::Tensor& t, int64_t dims) {
     if (t.stride(i) % 2 != 0) return false;
   return true;
 }
+
+// Whether 16 rows `stride` elements apart are within reach of the keys'
+// gather (32-bit element offsets).
+bool GatherReaches(int64_t stride) { return stride < (int64_t{1} << 26); }
 #endif
 
 bool FusedChosen() {
@@ -91,9 +95,9 @@ bool FusedAttentionRuns(const at::Tensor& q, const at::Tensor& k, const at::Tens
 #if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
   if (!Operand(q, 4) || !Operand(k, 4) || !Operand(v, 4) || at::GradMode::is_enabled() || !FusedChosen()) return false;
   const int64_t dim = q.size(3);
-  return attention::HeadDimSupported(dim) && k.size(3) == dim && v.size(3) == dim && k.size(0) == q.size(0) &&
-         v.size(0) == q.size(0) && k.size(1) == q.size(1) && v.size(1) == q.size(1) && v.size(2) == k.size(2) &&
-         k.size(2) > 0 && q.size(2) > 0;
+  return attention::HeadDimSupported(dim) && GatherReaches(k.stride(2)) && k.size(3) == dim && v.size(3) == dim &&
+         k.size(0) == q.size(0) && v.size(0) == q.size(0) && k.size(1) == q.size(1) && v.size(1) == q.size(1) &&
+         v.size(2) == k.size(2) && k.size(2) > 0 && q.size(2) > 0;
 #else
   return false;
 #endif
@@ -139,8 +143,9 @@ bool FusedCausalAttentionRuns(const at::Tensor& q, const at::Tensor& k, const at
       !FusedChosen())
     return false;
   const int64_t n = q.size(0), heads = q.size(1), dim = q.size(2), kv_heads = k.size(0);
-  return attention::HeadDimSupported(dim) && n > 0 && kv_heads > 0 && heads % kv_heads == 0 && k.size(2) == dim &&
-         v.sizes() == k.sizes() && k.size(1) > 0 && out.size(0) == n && out.size(1) == heads * dim;
+  return attention::HeadDimSupported(dim) && GatherReaches(k.stride(1)) && n > 0 && kv_heads > 0 &&
+         heads % kv_heads == 0 && k.size(2) == dim && v.sizes() == k.sizes() && k.size(1) > 0 && out.size(0) == n &&
+         out.size(1) == heads * dim;
 #else
   return false;
 #endif

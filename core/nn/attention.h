@@ -22,7 +22,8 @@ const char* AttentionKernelName();
 
 // Whether FusedAttentionBf16 runs for these operands: bf16 CPU tensors, q
 // [B, H, N, D], k and v [B, H, L, D], each with unit stride in its last dim
-// and even strides otherwise, D a multiple of 16 up to 128, no gradient
+// and even strides otherwise (k's rows under 2^26 elements apart), D a
+// multiple of 16 up to 128, no gradient
 // recorded, the project's CPU kernels on (device.h) and the fused kernel
 // chosen (AttentionKernelName).
 bool FusedAttentionRuns(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);

@@ -238,6 +238,12 @@ TEST_F(FusedAttention, RunsOnlyWhereTheKernelTakesTheOperands) {
   EXPECT_FALSE(FusedAttentionRuns(q, wide, wide));                              // odd row stride
   EXPECT_FALSE(FusedAttentionRuns(q, k.narrow(3, 0, 32), k.narrow(3, 0, 32)));  // dims differ
   EXPECT_FALSE(FusedAttentionRuns(q, k, k.narrow(2, 0, 6)));                    // keys differ
+  // Key rows 2^26 elements apart, past the gather's 32-bit offsets (only the
+  // view's shape is looked at: nothing is read).
+  std::vector<uint16_t> cell(64);
+  const at::Tensor far = at::from_blob(cell.data(), {1, 2, 7, 64},
+                                       {int64_t{7} << 27, int64_t{7} << 26, int64_t{1} << 26, 1}, at::kBFloat16);
+  EXPECT_FALSE(FusedAttentionRuns(q, far, k));
   ForceFusedAttention(0);
   EXPECT_FALSE(FusedAttentionRuns(q, k, k));
   EXPECT_STREQ(AttentionKernelName(), "ops");
