@@ -285,15 +285,11 @@ void SegmentValuesGroupBf16Avx512(const float* probs, int64_t probs_stride, int6
 }
 void RowsAvx512Bf16(const Problem& p, int64_t row_begin, int64_t row_end) { RowsPortable(p, row_begin, row_end); }
 bool CpuHasAvx512Bf16() { return false; }
+#else
+bool CpuHasAvx512Bf16() { return internvl::CpuHasAvx512Bf16(); }
 #endif
 #ifdef INTERNVL_HAVE_AVX2_GEMV
-bool CpuHasAvx2Fma() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-}
+bool CpuHasAvx2Fma() { return internvl::CpuHasAvx2Fma(); }
 #endif
 
 }  // namespace gemv

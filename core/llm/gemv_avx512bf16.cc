@@ -584,13 +584,4 @@ void RowsAvx512Bf16(const Problem& p, int64_t row_begin, int64_t row_end) {
   });
 }
 
-bool CpuHasAvx512Bf16() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-}
-
 }  // namespace internvl::llm::gemv

@@ -98,7 +98,7 @@ void PrefillAttention(const at::Tensor& q, const at::Tensor& keys, const at::Ten
     return;
   }
 #endif
-  if (q.dim() == 3 && FusedCausalAttentionRuns(q, keys, values, out)) {
+  if (FusedCausalAttentionRuns(q, keys, values, out)) {
     // bf16 on a CPU with AVX-512-BF16 (core/nn/attention.h): each query head
     // in one kernel, the arithmetic below (the queries divided first by a
     // power-of-two scale, else the rounded scores by the scale as a bf16

@@ -71,18 +71,37 @@ bool FusedChosen() {
 }
 
 #if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
-// The calling thread's scratch of at least `bytes`, 64-byte aligned, kept
-// between calls (InternViT: ~370 KB at 1025 keys, reused by every layer
-// instead of mapped afresh).
-void* ThreadScratch(int64_t bytes) {
-  thread_local std::unique_ptr<char[]> buffer;
-  thread_local int64_t capacity = 0;
-  if (capacity < bytes) {
-    buffer.reset(new char[bytes + 64]);
-    capacity = bytes;
+// Scratch a thread keeps between calls: InternViT's ~370 KB at 1025 keys,
+// reused by every layer instead of mapped afresh. Larger ones (a prefill
+// chunk over a long context: ~80 MB at 128k keys of dim 128) are made for
+// the call and released after it.
+constexpr int64_t kKeptScratchBytes = int64_t{16} << 20;
+
+// A thread's scratch of at least `bytes`, 64-byte aligned.
+class Scratch {
+ public:
+  explicit Scratch(int64_t bytes) {
+    thread_local std::unique_ptr<char[]> kept;
+    thread_local int64_t kept_bytes = 0;
+    char* base;
+    if (bytes <= kKeptScratchBytes) {
+      if (kept_bytes < bytes) {
+        kept.reset(new char[bytes + 64]);
+        kept_bytes = bytes;
+      }
+      base = kept.get();
+    } else {
+      owned_.reset(new char[bytes + 64]);
+      base = owned_.get();
+    }
+    data_ = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(base) + 63) & ~uintptr_t{63});
   }
-  return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(buffer.get()) + 63) & ~uintptr_t{63});
-}
+  void* data() const { return data_; }
+
+ private:
+  std::unique_ptr<char[]> owned_;
+  void* data_ = nullptr;
+};
 #endif
 
 }  // namespace
@@ -115,7 +134,7 @@ at::Tensor FusedAttentionBf16(const at::Tensor& q, const at::Tensor& k, const at
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());
   const int64_t scratch_bytes = attention::HeadScratchBytes(L, D);
   at::parallel_for(0, B * H, 1, [&](int64_t p0, int64_t p1) {
-    void* scratch = ThreadScratch(scratch_bytes);
+    const Scratch scratch(scratch_bytes);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t b = p / H, h = p % H;
       attention::Head head;
@@ -130,7 +149,7 @@ at::Tensor FusedAttentionBf16(const at::Tensor& q, const at::Tensor& k, const at
       head.rows = N;
       head.keys = L;
       head.dim = D;
-      attention::HeadBf16Avx512(head, scratch);
+      attention::HeadBf16Avx512(head, scratch.data());
     }
   });
 #endif
@@ -167,7 +186,7 @@ void FusedCausalAttentionBf16(const at::Tensor& q, const at::Tensor& k, const at
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());
   const int64_t scratch_bytes = attention::HeadScratchBytes(keys, D);
   at::parallel_for(0, H, 1, [&](int64_t h0, int64_t h1) {
-    void* scratch = ThreadScratch(scratch_bytes);
+    const Scratch scratch(scratch_bytes);
     for (int64_t h = h0; h < h1; ++h) {
       const int64_t j = h / groups;
       attention::Head head;
@@ -184,7 +203,7 @@ void FusedCausalAttentionBf16(const at::Tensor& q, const at::Tensor& k, const at
       head.dim = D;
       head.causal_start = start;
       head.score_divisor = score_divisor;
-      attention::HeadBf16Avx512(head, scratch, /*pack=*/h == h0 || j != (h - 1) / groups);
+      attention::HeadBf16Avx512(head, scratch.data(), /*pack=*/h == h0 || j != (h - 1) / groups);
     }
   });
 #else

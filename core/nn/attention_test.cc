@@ -224,6 +224,24 @@ TEST_F(FusedAttention, CausalWritesOnlyItsOutputRows) {
   EXPECT_FALSE(FusedCausalAttentionRuns(q, at::randn({3, n, D}).to(at::kBFloat16), k, out));  // 2 heads over 3
 }
 
+// A chunk over a long context (30k keys of dim 128: ~18 MB of scratch, past
+// what a thread keeps between calls, so made for the call), then a short one
+// on the same threads.
+TEST_F(FusedAttention, LongContextTakesScratchForTheCall) {
+  at::InferenceMode inference;
+  at::manual_seed(13);
+  for (const int64_t keys : {30000, 40}) {
+    SCOPED_TRACE(testing::Message() << keys << " keys");
+    const int64_t n = 3, D = 128;
+    const at::Tensor q = (at::randn({n, 2, D}) * 0.3).to(at::kBFloat16);
+    const at::Tensor k = at::randn({1, keys, D}).to(at::kBFloat16), v = at::randn({1, keys, D}).to(at::kBFloat16);
+    const at::Tensor out = at::empty({n, 2 * D}, at::kBFloat16);
+    ASSERT_TRUE(FusedCausalAttentionRuns(q, k, v, out));
+    FusedCausalAttentionBf16(q, k, v, keys - n, 1.0f, out);
+    ExpectClose(out, CausalReference(q, k, v, keys - n, 1.0f));
+  }
+}
+
 TEST_F(FusedAttention, RunsOnlyWhereTheKernelTakesTheOperands) {
   at::InferenceMode inference;
   const at::Tensor q = at::randn({1, 2, 5, 64}).to(at::kBFloat16), k = at::randn({1, 2, 7, 64}).to(at::kBFloat16);

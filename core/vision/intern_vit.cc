@@ -110,12 +110,11 @@ at::Tensor VisionAttentionImpl::forward(const at::Tensor& x) {
     return proj->forward(o.transpose(1, 2).reshape({B, N, C}));
   }
 #endif
-  if (x.scalar_type() == at::kBFloat16 && FusedAttentionRuns(q, k, v)) {
+  if (FusedAttentionRuns(q, k, v)) {
     // bf16 on a CPU with AVX-512-BF16 (attention.h): scores, softmax and
     // values per (tile, head) in one kernel, the same roundings as the op
-    // chain below, no [heads, N, N] scores.
-    const at::Tensor qs = q * scale_;
-    if (FusedAttentionRuns(qs, k, v)) return proj->forward(FusedAttentionBf16(qs, k, v));
+    // chain below, no [heads, N, N] scores. (q * scale keeps q's layout.)
+    return proj->forward(FusedAttentionBf16(q * scale_, k, v));
   }
   if (x.device().is_cpu() && !at::GradMode::is_enabled() && x.scalar_type() == at::kFloat && query_block > 0) {
     // The (tile, head) pairs shared among libtorch's threads, each pair on
