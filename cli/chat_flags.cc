@@ -152,9 +152,9 @@ std::vector<FlagSpec> EngineFlags() {
       {"quantize", "LLM weights quantized at load time: none, int8 or int4 (AWQ checkpoints are 4-bit as published)",
        true, false, "none"},
       {"head-candidates",
-       "where the LLM layers are 4-bit (--quantize int4, AWQ checkpoints): the vocabulary head runs a 4-bit pass, "
-       "then recomputes each token's this many largest logits through its own weights (0: the head in one pass, 4-bit "
-       "under --quantize int4, an AWQ checkpoint's own head as stored)",
+       "where the LLM layers are quantized (--quantize int8 or int4, AWQ checkpoints): the vocabulary head runs a "
+       "4-bit pass, then recomputes each token's this many largest logits through its own weights (0: the head in "
+       "one pass, int8 or 4-bit as --quantize says, an AWQ checkpoint's own head as stored)",
        true, false, "64"},
       {"vision-batch-tiles", "tiles of concurrent requests encoded in one vision forward", true, false, "16"},
       {"vision-batch-wait-ms", "how long a vision encode waits for others to join its batch", true, false, "2"},

@@ -48,7 +48,7 @@ struct LlmEngineOptions {
   // "none", "int8" or "int4": the LLM matrices quantized at load time
   // (llm/quant.h); an AWQ checkpoint's layers are 4-bit regardless.
   std::string quantize = "none";
-  // Where the layers are 4-bit: how many of each decode row's largest
+  // Where the layers are quantized: how many of each decode row's largest
   // logits the vocabulary head recomputes through its own weights after its
   // 4-bit pass (llm::Precision::head_candidates); 0: the head in one pass.
   int64_t head_candidates = 64;

@@ -222,13 +222,14 @@ void CausalLM::Finish() {
   if (any_quantized) {
     for (auto& layer : module_->model->typed_layers) layer->Quantize(quantize_);
     DenseImpl& head = *module_->head;
-    bool four_bit_layers = false;
-    for (DenseImpl* d : DenseLayers(*module_)) {
-      four_bit_layers = four_bit_layers || (d != &head && d->quant && d->quant->kind() == QuantMatrix::Kind::kInt4);
-    }
-    if (four_bit_layers && head_candidates_ > 0 && !head.quant && device_.is_cpu()) {
-      // The pass over the vocabulary at the layers' 4 bits; the candidates
-      // through int8 (--quantize int4) or the checkpoint's own weights.
+    bool quantized_layers = false;
+    for (DenseImpl* d : DenseLayers(*module_)) quantized_layers = quantized_layers || (d != &head && d->quant);
+    if (quantized_layers && head_candidates_ > 0 && !head.quant && device_.is_cpu()) {
+      // The pass over the vocabulary in 4 bits; the candidates through int8
+      // (--quantize int4 or int8) or the checkpoint's own weights (AWQ).
+      // Under --quantize int8 the head (InternVL2-1B: 136 MB of the layers'
+      // and head's 496) is then 76 MB a step: 1.63x -> 1.79x bf16's tokens/s,
+      // steps interleaved (README, "The vocabulary head of a quantized model").
       std::shared_ptr<QuantMatrix> coarse = QuantMatrix::Quantize(head.weight, Quantization::kInt4);
       if (coarse->kind() == QuantMatrix::Kind::kInt4) {
         head.coarse = coarse;

@@ -101,12 +101,13 @@ struct Precision {
   // layers are 4-bit whatever this says, the rest (its vocabulary head)
   // follows it.
   Quantization quantize = Quantization::kNone;
-  // Where the layers are 4-bit (--quantize int4, an AWQ checkpoint), the
-  // vocabulary head's decode product runs through a 4-bit copy of it and
-  // then recomputes each row's this many largest logits through the head's
-  // own weights (RescoredLinear, quant.h): int8 under --quantize int4 or
-  // int8, else the checkpoint's dtype (an AWQ checkpoint's head). 0: the
-  // head in one pass (4-bit under --quantize int4).
+  // Where the layers are quantized (--quantize int8 or int4, an AWQ
+  // checkpoint), the vocabulary head's decode product runs through a 4-bit
+  // copy of it and then recomputes each row's this many largest logits
+  // through the head's own weights (RescoredLinear, quant.h): int8 under
+  // --quantize int4 or int8, else the checkpoint's dtype (an AWQ
+  // checkpoint's head). 0: the head in one pass (int8 or 4-bit as
+  // --quantize says).
   int64_t head_candidates = 64;
   // Where the weights, activations and KV pool live (device.h). Quantized
   // matrices run on the CPU only; an AWQ checkpoint on another device is

@@ -25,10 +25,11 @@ ABSL_FLAG(std::string, dtype, "bf16", "compute dtype: fp32 or bf16");
 ABSL_FLAG(std::string, device, "cpu", "where the model runs: cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, quantize, "none",
           "LLM weights quantized at load time: none, int8 or int4 (AWQ checkpoints are 4-bit as published)");
-ABSL_FLAG(int64_t, head_candidates, 64,
-          "where the LLM layers are 4-bit: logits per token the vocabulary head recomputes through its own weights "
-          "after its 4-bit pass (0: the head in one pass, 4-bit under --quantize int4, an AWQ checkpoint's own head as "
-          "stored)");
+ABSL_FLAG(
+    int64_t, head_candidates, 64,
+    "where the LLM layers are quantized (int8, int4, AWQ): logits per token the vocabulary head recomputes through "
+    "its own weights after its 4-bit pass (0: the head in one pass, int8 or 4-bit as --quantize says, an AWQ "
+    "checkpoint's own head as stored)");
 ABSL_FLAG(int, threads, 0, "torch intra-op threads (0 = all cores)");
 ABSL_FLAG(int64_t, kv_cache_bytes, 0, "KV cache budget in bytes (0 = --kv-cache-fraction of physical memory)");
 ABSL_FLAG(double, kv_cache_fraction, 0.25, "KV cache budget as a fraction of physical memory, when no bytes given");
