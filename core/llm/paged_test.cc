@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <numeric>
+#include <set>
 
 #include "core/llm/causal_lm.h"
 #include "core/llm/gemv.h"
@@ -340,6 +341,18 @@ TEST(PagedKVPool, CpuStorageIsKvHeadMajorInThePoolsShape) {
         EXPECT_EQ(t->count_nonzero().item<int64_t>(), 0);
       }
     }
+    // Every layer's keys and values in one allocation (huge pages whatever
+    // the pool's size: paged_kv.cc), none overlapping another.
+    const at::Storage storage = (*pool)->key(0).storage();
+    std::set<const void*> starts;
+    for (int l = 0; l < (*pool)->num_layers(); ++l) {
+      for (const at::Tensor* t : {&(*pool)->key(l), &(*pool)->value(l)}) {
+        EXPECT_TRUE(t->storage().is_alias_of(storage)) << "layer " << l;
+        starts.insert(t->data_ptr());
+      }
+    }
+    EXPECT_EQ(starts.size(), static_cast<size_t>(2 * (*pool)->num_layers()));
+    EXPECT_EQ(static_cast<int64_t>(storage.nbytes()), (*pool)->nbytes());
   }
 }
 
