@@ -14,10 +14,6 @@
 #include "core/nn/attention_kernels.h"
 #endif
 
-#if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
-#include <cpuid.h>
-#endif
-
 namespace internvl {
 namespace {
 
@@ -25,14 +21,6 @@ namespace {
 std::atomic<int> g_forced{-1};
 
 #if defined(INTERNVL_HAVE_AVX512BF16_ATTENTION)
-bool CpuHasAmxBf16() {
-  static const bool has = [] {
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    return __get_cpuid_count(7, 0, &a, &b, &c, &d) != 0 && (d & (1u << 22)) != 0;
-  }();
-  return has;
-}
-
 // The default where not forced: the environment, else the CPU.
 bool FusedByDefault() {
   static const bool fused = [] {

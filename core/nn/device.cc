@@ -2,6 +2,10 @@
 
 #include <torch/csrc/api/include/torch/cuda.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -149,6 +153,18 @@ bool CpuHasAvx512() {
 bool CpuHasAvx512Bf16() {
 #if defined(__x86_64__) || defined(__i386__)
   static const bool has = CpuHasAvx512() && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool CpuHasAmxBf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;  // CPUID leaf 7: EDX bit 22 = AMX-BF16
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) != 0 && (d & (1u << 22)) != 0;
+  }();
   return has;
 #else
   return false;

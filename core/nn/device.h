@@ -64,6 +64,9 @@ bool CpuHasAvx512();
 // Whether it runs AVX-512-BF16 as well (and FMA): the condition of the fused
 // bf16 attention (attention.h).
 bool CpuHasAvx512Bf16();
+// Whether it has AMX-BF16 tiles (where oneDNN's bf16 matmuls run on them:
+// the fused attention stays off by default, attention.h).
+bool CpuHasAmxBf16();
 
 // Whether the project's CPU kernels may run on tensors of `device`.
 inline bool UseCpuKernels(const c10::Device& device) { return device.is_cpu() && !GenericKernels(); }

@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <fstream>
+#include <string>
+
 #include "core/nn/torch_util.h"
 #include "gtest/gtest.h"
 
@@ -58,6 +61,34 @@ TEST(EffectiveComputeDType, OtherDevicesComputeWhatIsAsked) {
 }
 
 TEST(PrepareDevice, CpuIsANoOp) { EXPECT_TRUE(PrepareDevice(c10::Device(c10::kCPU)).ok()); }
+
+}  // namespace
+}  // namespace internvl
+
+namespace internvl {
+namespace {
+
+// The CPU checks agree with the kernel's view of the CPU (/proc/cpuinfo's
+// flags, where there is one).
+TEST(CpuFeatures, AgreeWithProcCpuinfo) {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line, flags;
+  while (std::getline(f, line)) {
+    if (line.rfind("flags", 0) == 0) {
+      flags = " " + line.substr(line.find(':') + 1) + " ";
+      break;
+    }
+  }
+  if (flags.empty()) GTEST_SKIP() << "no /proc/cpuinfo flags here";
+  auto has = [&](const char* flag) { return flags.find(std::string(" ") + flag + " ") != std::string::npos; };
+  EXPECT_EQ(CpuHasAvx2Fma(), has("avx2") && has("fma"));
+  EXPECT_EQ(CpuHasAvx512(), has("avx512f") && has("avx512bw") && has("avx512vl"));
+  EXPECT_EQ(CpuHasAvx512Bf16(), CpuHasAvx512() && has("avx512_bf16") && has("fma"));
+  // (A kernel without AMX state support hides the flag that CPUID reports.)
+  if (has("amx_bf16")) {
+    EXPECT_TRUE(CpuHasAmxBf16());
+  }
+}
 
 }  // namespace
 }  // namespace internvl
