@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 #include "core/llm/gemv.h"
 #include "core/nn/device.h"
@@ -26,6 +28,13 @@ absl::StatusOr<std::unique_ptr<PagedKVPool>> PagedKVPool::Create(const LlmConfig
   }
   if (config.num_hidden_layers <= 0 || config.num_key_value_heads <= 0 || config.head_dim() <= 0) {
     return absl::InvalidArgumentError("KV pool: the LLM config has no layers or heads");
+  }
+  // (Refused before the one allocation of every layer, whose byte count
+  // would otherwise wrap around.)
+  const int64_t per_block = BytesPerBlock(config, block_size, dtype);
+  if (num_blocks > std::numeric_limits<int64_t>::max() / per_block) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a KV pool of ", num_blocks, " blocks of ", per_block, " bytes is beyond any memory"));
   }
   std::unique_ptr<PagedKVPool> pool(new PagedKVPool());
   pool->num_blocks_ = num_blocks;
@@ -72,9 +81,8 @@ absl::StatusOr<std::unique_ptr<PagedKVPool>> PagedKVPool::Create(const LlmConfig
     }
   });
   if (!s.ok()) {
-    return absl::ResourceExhaustedError(absl::StrCat("could not allocate the KV pool (",
-                                                     BytesPerBlock(config, block_size, dtype) * num_blocks,
-                                                     " bytes): ", s.message()));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("could not allocate the KV pool (", per_block * num_blocks, " bytes): ", s.message()));
   }
   return pool;
 }

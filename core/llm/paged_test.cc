@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <numeric>
 #include <set>
 
@@ -354,6 +355,29 @@ TEST(PagedKVPool, CpuStorageIsKvHeadMajorInThePoolsShape) {
     EXPECT_EQ(starts.size(), static_cast<size_t>(2 * (*pool)->num_layers()));
     EXPECT_EQ(static_cast<int64_t>(storage.nbytes()), (*pool)->nbytes());
   }
+}
+
+// Pools beyond any memory are refused with RESOURCE_EXHAUSTED, whether their
+// byte count overflows or the allocation fails; nothing else breaks.
+TEST(PagedKVPool, HostileSizesAreResourceExhausted) {
+  const LlmConfig config = Config(LlmArch::kQwen2, 4096);
+  // Also a count whose bytes wrap around 2^64 to 4 MiB (the bytes per block
+  // are a power of two here): a small allocation under a pool's shape.
+  const int64_t per_block = PagedKVPool::BytesPerBlock(config, 16, at::kBFloat16);
+  ASSERT_EQ(per_block & (per_block - 1), 0) << per_block;
+  int shift = 0;
+  while ((int64_t{1} << shift) < per_block) ++shift;
+  const int64_t wraps = static_cast<int64_t>((uint64_t{1} << (64 - shift)) + (uint64_t{4} << 20) / per_block);
+  for (int64_t blocks :
+       {std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::max() / 3, int64_t{1} << 40, wraps}) {
+    auto pool = PagedKVPool::Create(config, blocks, 16, at::kBFloat16);
+    ASSERT_FALSE(pool.ok()) << blocks;
+    EXPECT_EQ(pool.status().code(), absl::StatusCode::kResourceExhausted) << pool.status();
+    // Counts whose bytes overflow are refused before any allocation.
+    const bool overflows = blocks > std::numeric_limits<int64_t>::max() / per_block;
+    EXPECT_EQ(overflows, pool.status().message().find("beyond any memory") != absl::string_view::npos) << pool.status();
+  }
+  EXPECT_TRUE(PagedKVPool::Create(config, 8, 16, at::kBFloat16).ok());
 }
 
 // Off the CPU kernels, decoding sequences are grouped by length so that the
