@@ -131,44 +131,35 @@ bool GenericKernels() {
 
 void ForceGenericKernels(bool generic) { g_generic.store(generic ? 1 : 0); }
 
-bool CpuHasAvx2Fma() {
 #if defined(__x86_64__) || defined(__i386__)
+bool CpuHasAvx2Fma() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
-#else
-  return false;
-#endif
 }
 
 bool CpuHasAvx512() {
-#if defined(__x86_64__) || defined(__i386__)
   static const bool has =
       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
   return has;
-#else
-  return false;
-#endif
 }
 
 bool CpuHasAvx512Bf16() {
-#if defined(__x86_64__) || defined(__i386__)
   static const bool has = CpuHasAvx512() && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("fma");
   return has;
-#else
-  return false;
-#endif
 }
 
 bool CpuHasAmxBf16() {
-#if defined(__x86_64__) || defined(__i386__)
   static const bool has = [] {
     unsigned a = 0, b = 0, c = 0, d = 0;  // CPUID leaf 7: EDX bit 22 = AMX-BF16
     return __get_cpuid_count(7, 0, &a, &b, &c, &d) != 0 && (d & (1u << 22)) != 0;
   }();
   return has;
-#else
-  return false;
-#endif
 }
+#else
+bool CpuHasAvx2Fma() { return false; }
+bool CpuHasAvx512() { return false; }
+bool CpuHasAvx512Bf16() { return false; }
+bool CpuHasAmxBf16() { return false; }
+#endif
 
 }  // namespace internvl
