@@ -88,9 +88,10 @@ class QuantMatrix {
   // Packed data for the kernels (quant_kernels.h layouts): int8 data [out,
   // inp] and scale [out], contiguous; int4 data [out, inp / 2] bytes, scale
   // and zmin [out, inp / group] floats, views of one buffer in which each
-  // row's scales and zero terms follow its weights (a row is one run of
-  // memory, whole 64-byte lines but for short rows): their row strides are
-  // the kernels' w_stride (bytes) and s_stride (floats).
+  // row's scales and zero terms come before its weights (a row is one run of
+  // memory, whole 64-byte lines but for short rows, read in memory order by
+  // the kernels, which load a row's scales first): their row strides are the
+  // kernels' w_stride (bytes) and s_stride (floats).
   int64_t padded_in() const { return inp_; }
   const at::Tensor& data() const { return data_; }
   const at::Tensor& scale() const { return scale_; }

@@ -174,7 +174,7 @@ struct Int4Visit {
     }
     prefetch = m0 == 0 && rows[kRows - 1] == rows[0] + kRows - 1;
     ahead = reinterpret_cast<const char*>(wr[0] + kRows * p.w_stride);
-    limit = reinterpret_cast<const char*>(p.w + p.out * p.w_stride);
+    limit = reinterpret_cast<const char*>(p.w + (p.out - 1) * p.w_stride + p.a->inp / 2);
   }
 
   // The chunk at byte kb of each row: lo[i] its inputs k .. k + 63 (low

@@ -25,7 +25,7 @@
 // 512-bit load, a shift and two masks give 2 x 64 values in order). The
 // rows of int4 weights, scales and zero terms are at strides of their own
 // (w_stride bytes, s_stride floats): QuantMatrix stores each row's scales
-// and zero terms right after its weights, one run of memory per row.
+// and zero terms right before its weights, one run of memory per row.
 #pragma once
 
 #include <cstdint>

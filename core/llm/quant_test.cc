@@ -286,9 +286,10 @@ TEST_F(QuantTest, FusedRowsEqualTheParts) {
   EXPECT_TRUE(at::equal(QuantLinear(x, *b, {}), yb));
 }
 
-// 4-bit rows are one run of memory each: weights, then the row's scales,
-// then its zero terms, in whole 64-byte lines (one stream per row for the decode
-// kernels); fusing keeps that layout, the parts views of the fused rows.
+// 4-bit rows are one run of memory each: the row's scales, its zero terms,
+// then its weights on a line boundary, in whole 64-byte lines (one stream per
+// row for the decode kernels, read in memory order); fusing keeps that
+// layout, the parts views of the fused rows.
 TEST_F(QuantTest, Int4RowsHoldTheirScalesAndZeroTermsWhenFused) {
   at::InferenceMode guard;
   at::manual_seed(8);
@@ -315,9 +316,10 @@ TEST_F(QuantTest, Int4RowsHoldTheirScalesAndZeroTermsWhenFused) {
       EXPECT_EQ(q->zmin().stride(0) * 4, row_bytes);
       EXPECT_EQ(q->bytes(), q->out() * row_bytes);
       for (int64_t r : {int64_t{0}, q->out() - 1}) {
-        const char* w = static_cast<const char*>(q->data()[r].data_ptr());
-        EXPECT_EQ(static_cast<const char*>(q->scale()[r].data_ptr()), w + half);
-        EXPECT_EQ(static_cast<const char*>(q->zmin()[r].data_ptr()), w + half + 4 * groups);
+        const char* row = static_cast<const char*>(q->scale()[r].data_ptr());
+        EXPECT_EQ(static_cast<const char*>(q->zmin()[r].data_ptr()), row + 4 * groups);
+        EXPECT_EQ(static_cast<const char*>(q->data()[r].data_ptr()), row + row_bytes - half);  // the row's last bytes
+        EXPECT_EQ(reinterpret_cast<uintptr_t>(q->data()[r].data_ptr()) % 64, 0u);  // (the storage is aligned)
       }
       EXPECT_EQ(q->data().data_ptr<uint8_t>() - fused->data().data_ptr<uint8_t>(),
                 (q == b.get() ? 24 : 0) * row_bytes);  // the parts: views of the fused rows
@@ -334,9 +336,14 @@ TEST_F(QuantTest, Int4RowsHoldTheirScalesAndZeroTermsWhenFused) {
       ++i;
     }
   }
-  // Short rows are not padded to whole lines (64 inputs: 32 bytes of
-  // weights and 2 x 2 padded groups of floats, 80 bytes, not 128).
-  EXPECT_EQ(Quantized(at::randn({8, 64}), 64)->data().stride(0), 80);
+  // Short rows are not padded to whole lines (64 inputs, one 128-input chunk:
+  // 64 bytes of weights after 2 + 2 floats, 80 bytes, not 128), their
+  // weights still last.
+  const std::shared_ptr<QuantMatrix> short_rows = Quantized(at::randn({8, 64}), 64);
+  EXPECT_EQ(short_rows->data().stride(0), 80);
+  EXPECT_EQ(static_cast<const char*>(short_rows->data()[1].data_ptr()) -
+                static_cast<const char*>(short_rows->scale()[1].data_ptr()),
+            16);
 }
 
 TEST_F(QuantTest, VectorActivationQuantizerIsThePortableBits) {

@@ -44,8 +44,8 @@ inline void VisitRows(int64_t row_begin, int64_t row_end, bool streaming, Visit 
 // its rows in memory order) prefetch into L1 as they go:
 // at the 64-byte step kb of a row's weight_bytes of weights, the same line
 // kPrefetchRows rows further in its stream, and with the row's last step
-// the lines past its weights (4-bit rows: their scales and zero terms,
-// quant.h's layout). The hardware's prefetchers alone left the loads
+// the lines past its weights (4-bit rows: the next row's scales and zero
+// terms, quant.h's layout). The hardware's prefetchers alone left the loads
 // waiting on memory at times: InternVL2-1B with 4-bit layers, a decode step
 // at 2500 positions (alternated in one process, 2-core Zen 4 VM) 13.8 ->
 // 12.0 ms while its memory was slow, alike (9.0, int8 11.3) while fast;
