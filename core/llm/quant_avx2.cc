@@ -201,8 +201,13 @@ void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
     const __m256i p3 = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), low), x3);
     return _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
   };
+  const bool scales_ahead = groups >= kScaleAheadGroups;
   auto pair = [&](int64_t r0, int64_t r1) __attribute__((always_inline)) {
     const Int4Row row0 = RowOf(p, r0), row1 = RowOf(p, r1);
+    if (scales_ahead) {
+      PrefetchScalesAhead(p, row0);
+      PrefetchScalesAhead(p, row1);
+    }
     __m256 acc0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     __m256 acc1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     auto chunk = [&](int j, int64_t g) __attribute__((always_inline)) {
