@@ -15,8 +15,12 @@ namespace internvl::llm {
 at::Tensor KVHeadMajor(const at::Tensor& storage) { return storage.permute({1, 0, 2, 3}); }
 
 int64_t PagedKVPool::BytesPerBlock(const LlmConfig& config, int block_size, at::ScalarType dtype) {
-  return 2 * int64_t{config.num_hidden_layers} * config.num_key_value_heads * block_size * config.head_dim() *
-         static_cast<int64_t>(c10::elementSize(dtype));
+  int64_t bytes = 2 * static_cast<int64_t>(c10::elementSize(dtype));
+  for (int64_t factor : {int64_t{config.num_hidden_layers}, int64_t{config.num_key_value_heads}, int64_t{block_size},
+                         int64_t{config.head_dim()}}) {
+    if (__builtin_mul_overflow(bytes, factor, &bytes)) return std::numeric_limits<int64_t>::max();
+  }
+  return bytes;
 }
 
 absl::StatusOr<std::unique_ptr<PagedKVPool>> PagedKVPool::Create(const LlmConfig& config, int64_t num_blocks,

@@ -30,7 +30,9 @@ at::Tensor KVHeadMajor(const at::Tensor& storage);
 
 class PagedKVPool {
  public:
-  // Bytes one block takes across all layers (keys and values).
+  // Bytes one block takes across all layers (keys and values); INT64_MAX
+  // where that overflows (a config.json of absurd sizes), which no budget
+  // holds and Create refuses.
   static int64_t BytesPerBlock(const LlmConfig& config, int block_size, at::ScalarType dtype);
   // `num_blocks` blocks of `block_size` positions on `device`.
   // INVALID_ARGUMENT for non-positive sizes; RESOURCE_EXHAUSTED when the

@@ -378,6 +378,16 @@ TEST(PagedKVPool, HostileSizesAreResourceExhausted) {
     EXPECT_EQ(overflows, pool.status().message().find("beyond any memory") != absl::string_view::npos) << pool.status();
   }
   EXPECT_TRUE(PagedKVPool::Create(config, 8, 16, at::kBFloat16).ok());
+  // A config whose one block's bytes overflow (layers x KV width x block
+  // size): saturated, and refused before any allocation.
+  LlmConfig absurd = config;
+  absurd.num_hidden_layers = std::numeric_limits<int>::max();
+  EXPECT_EQ(PagedKVPool::BytesPerBlock(absurd, std::numeric_limits<int>::max(), at::kFloat),
+            std::numeric_limits<int64_t>::max());
+  auto pool = PagedKVPool::Create(absurd, 2, std::numeric_limits<int>::max(), at::kFloat);
+  ASSERT_FALSE(pool.ok());
+  EXPECT_EQ(pool.status().code(), absl::StatusCode::kResourceExhausted) << pool.status();
+  EXPECT_NE(pool.status().message().find("beyond any memory"), absl::string_view::npos) << pool.status();
 }
 
 // Off the CPU kernels, decoding sequences are grouped by length so that the
