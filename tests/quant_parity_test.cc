@@ -244,7 +244,7 @@ TEST_P(QuantParity, QuantizedLogitsStayCloseAndGreedyMostlyAgrees) {
     if (mode.quantize == Quantization::kInt8) {
       EXPECT_GE(agree * 4, total);
       // The rescored head picks the int8 head's own greedy ids (its leaders'
-      // logits are the int8 head's, bit for bit).
+      // logits are the int8 head's, to fp32 rounding: above).
       if (mode.head_candidates == 0) {
         int8_one_pass_agree = static_cast<int64_t>(agree);
       } else {
