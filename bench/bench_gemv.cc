@@ -4,11 +4,13 @@
 // input row: GB/s of weights streamed per kernel and format, against the
 // read bandwidth probed between the calls (bench_bandwidth.h), and each
 // format's time per step of those matrices x 24 layers (+ head), and each
-// kernel alone on one thread over a matrix in L2 (its arithmetic rate).
-// Usage: bench_gemv [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention]
+// kernel alone on one thread over a matrix in L2 (its arithmetic rate); and
+// the hand-off to the helper threads that every product pays (ParallelChunks).
+// Usage: bench_gemv [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention|handoff]
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -17,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "bench/bench_bandwidth.h"
 #include "bench/bench_util.h"
+#include "core/llm/chunk_pool.h"
 #include "core/llm/gemv.h"
 #include "core/llm/gemv_kernels.h"
 #include "core/llm/paged_kv.h"
@@ -114,7 +117,7 @@ int Run(int argc, char** argv) {
     } else if (absl::StartsWith(a, "--only=")) {
       only = std::string(a.substr(7));
     } else {
-      std::fprintf(stderr, "usage: %s [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention|handoff]\n", argv[0]);
       return 2;
     }
   }
@@ -260,6 +263,36 @@ int Run(int argc, char** argv) {
                       layers * kv_mb / 1e3 / t, 100.0 * layers * kv_mb / 1e3 / t / b, b);
         }
       }
+    }
+  }
+  // The hand-off: one ParallelChunks of one chunk per thread, each chunk a
+  // fixed amount of arithmetic on the thread's own data (none, ~0.1 us,
+  // ~1 us), back to back as a decode step's products come (~120 a step).
+  // The time over the work's own on one thread is what each product pays
+  // to share its rows.
+  if (only.empty() || only == "handoff") {
+    std::printf("\n[hand-off] ParallelChunks of %d chunks, back to back (medians of 5000)\n", threads);
+    // Each chunk's result on a cache line of its own (no line shared but
+    // the hand-off's).
+    std::vector<uint64_t> results(static_cast<size_t>(threads) * 8 + 8);
+    uint64_t* slots = results.data() + (8 - reinterpret_cast<uintptr_t>(results.data()) / 8 % 8) % 8;
+    for (const int64_t work : {int64_t{0}, int64_t{300}, int64_t{3000}}) {
+      auto chunk = [&](int64_t i) {
+        uint64_t x = static_cast<uint64_t>(i) + 1;
+        for (int64_t j = 0; j < work; ++j) x = x * 6364136223846793005ull + 1442695040888963407ull;
+        slots[i * 8] = x;
+      };
+      std::vector<double> shared, alone;
+      for (int r = 0; r < 5000; ++r) {
+        double t0 = bench::NowSeconds();
+        ParallelChunks(threads, threads, chunk);
+        shared.push_back(bench::NowSeconds() - t0);
+        t0 = bench::NowSeconds();
+        chunk(0);
+        alone.push_back(bench::NowSeconds() - t0);
+      }
+      std::printf("  %4ld steps a chunk: %.2f us a call, one chunk alone %.2f us\n", static_cast<long>(work),
+                  bench::Median(shared) * 1e6, bench::Median(alone) * 1e6);
     }
   }
   ForceQuantKernel(std::nullopt);
