@@ -49,6 +49,7 @@
 #include "bench/bench_util.h"
 #include "core/config.h"
 #include "core/llm/causal_lm.h"
+#include "core/llm/chunk_pool.h"
 #include "core/llm/gemv.h"
 #include "core/llm/modules.h"
 #include "core/llm/sampler.h"
@@ -308,6 +309,10 @@ int Run(int argc, char** argv) {
     std::unique_ptr<CausalLM> lm;
     std::unique_ptr<Sequences> seqs;
     std::vector<double> steps, bandwidths;
+    // Per step: how long the products' callers waited for the helper
+    // threads' chunks (ChunkPoolWaits), and how many products went to them.
+    std::vector<double> waits;
+    int64_t handed = 0;
     int64_t fused_layers = 0;  // run by the fused decode step (modules.h)
   };
   std::vector<Run> runs;
@@ -362,7 +367,7 @@ int Run(int argc, char** argv) {
         "matmul peak (%.0f GFLOP/s, measured now)\n",
         name.c_str(), prompt, prefill_s * 1e3, prompt / prefill_s, prefill_flops / 1e9, prefill_flops / prefill_s / 1e9,
         100.0 * prefill_flops / prefill_s / prefill_peak, c10::toString(precision->compute), prefill_peak / 1e9);
-    runs.push_back(Run{name, *precision, std::move(*lm), std::move(seqs), {}, {}, 0});
+    runs.push_back(Run{name, *precision, std::move(*lm), std::move(seqs), {}, {}, {}, 0, 0});
   }
 
   // Decode: greedy feed-back, timing each step (embedding + forward +
@@ -372,9 +377,13 @@ int Run(int argc, char** argv) {
   for (int i = 0; i < decode_tokens; ++i) {
     for (Run& r : runs) {
       const int64_t fused0 = FusedDecodeLayers();
+      const ChunkWaits waits0 = ChunkPoolWaits();
       const double t0 = bench::NowSeconds();
       if (!r.seqs->Step().ok()) return 1;
       r.steps.push_back(bench::NowSeconds() - t0);
+      const ChunkWaits waits1 = ChunkPoolWaits();
+      r.waits.push_back((waits1.wait_ns - waits0.wait_ns) * 1e-9);
+      r.handed += waits1.calls - waits0.calls;
       r.fused_layers += FusedDecodeLayers() - fused0;
       r.bandwidths.push_back(probe.Measure());
     }
@@ -407,6 +416,12 @@ int Run(int argc, char** argv) {
         "probe: %.0f%%)\n",
         name.c_str(), bytes / (bandwidth * 1e9) * 1e3, 100.0 * bytes / (bandwidth * 1e9) / median,
         100.0 * bytes / (best_bandwidth * 1e9) / best);
+    // The threads' imbalance: where it is large the step is slower than its
+    // bytes alone explain (one thread then streams at ~half the bandwidth).
+    std::printf(
+        "[%s] the products' callers waited %.2f ms/token (median) for the helper thread's chunks, over %.0f "
+        "products a token\n",
+        name.c_str(), bench::Median(r.waits) * 1e3, static_cast<double>(r.handed) / static_cast<double>(steps.size()));
     std::printf("[%s] decode step fused (no libtorch op between the products): %lld of %lld layers\n", name.c_str(),
                 static_cast<long long>(r.fused_layers),
                 static_cast<long long>(steps.size()) * config.num_hidden_layers);

@@ -50,8 +50,19 @@ class ChunkPool {
     }
     Claim(gen);
     // Only chunks a helper has claimed can be outstanding now.
-    while (done_.load(std::memory_order_acquire) < chunks) CpuRelax();
+    if (done_.load(std::memory_order_acquire) < chunks) {
+      const auto waiting = std::chrono::steady_clock::now();
+      while (done_.load(std::memory_order_acquire) < chunks) CpuRelax();
+      wait_ns_.fetch_add(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - waiting).count(),
+          std::memory_order_relaxed);
+    }
+    calls_.fetch_add(1, std::memory_order_relaxed);
     fn_.store(nullptr, std::memory_order_relaxed);
+  }
+
+  ChunkWaits Waits() const {
+    return {calls_.load(std::memory_order_relaxed), wait_ns_.load(std::memory_order_relaxed)};
   }
 
  private:
@@ -120,6 +131,8 @@ class ChunkPool {
   std::mutex sleep_mu_;
   std::condition_variable wake_;
   std::atomic<int> sleepers_{0};
+  std::atomic<int64_t> calls_{0};    // jobs run (ChunkPoolWaits)
+  std::atomic<int64_t> wait_ns_{0};  // their callers' waits
 };
 
 }  // namespace
@@ -131,6 +144,8 @@ void ParallelChunks(int64_t chunks, int threads, absl::FunctionRef<void(int64_t)
   }
   ChunkPool::Get().Run(chunks, threads, fn);
 }
+
+ChunkWaits ChunkPoolWaits() { return ChunkPool::Get().Waits(); }
 
 // Chunks of the first size per thread (the rest of the rows follow in
 // quarter-size ones). Each chunk's rows start two new memory streams (see

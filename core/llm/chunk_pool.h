@@ -29,6 +29,18 @@ namespace internvl::llm {
 // ParallelChunks is in flight (one job at a time).
 void ParallelChunks(int64_t chunks, int threads, absl::FunctionRef<void(int64_t)> fn);
 
+// Process-wide totals since start of the ParallelChunks calls handed to
+// helpers, and of the time their callers then waited, after running every
+// chunk they could claim, for chunks a helper was still running: the cost
+// of a split's imbalance, or of a helper that started late or ran slower
+// (on a shared VM the two cores' shares of memory differ from minute to
+// minute). bench_decode reports it per token.
+struct ChunkWaits {
+  int64_t calls = 0;
+  int64_t wait_ns = 0;
+};
+ChunkWaits ChunkPoolWaits();
+
 // The output rows of a matrix-vector product split into chunks for
 // ParallelChunks: chunk i is rows [begin[i], begin[i + 1]). Whole 4-row
 // blocks of at least ~64K weights (claiming one costs ~0.1 us, 64K bf16

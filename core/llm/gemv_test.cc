@@ -4,11 +4,14 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <iterator>
 #include <limits>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -193,6 +196,35 @@ TEST(SplitRows, OneEqualChunkPerThreadUpTo4096Rows) {
   EXPECT_EQ(&SplitRowsCached(151655, 896, 2), &head);
   EXPECT_EQ(SplitRowsCached(151655, 896, 3).begin, SplitRows(151655, 896, 3).begin);
   EXPECT_EQ(SplitRowsCached(151655, 448, 2).begin, SplitRows(151655, 448, 2).begin);
+}
+
+TEST(ChunkPool, CountsTheCallersWaitForAHelpersChunk) {
+  // The helper's chunk takes 20 ms and the caller's 1 ms (time for a helper
+  // to claim the other): once a helper has run one, its caller waited ~19 ms
+  // (until then the caller may have claimed both chunks itself, with nothing
+  // to wait for).
+  const ChunkWaits before = ChunkPoolWaits();
+  const std::thread::id caller = std::this_thread::get_id();
+  std::atomic<bool> helped{false};
+  int calls = 0;
+  for (; calls < 50 && !helped.load(); ++calls) {
+    ParallelChunks(2, 2, [&](int64_t) {
+      if (std::this_thread::get_id() == caller) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        return;
+      }
+      helped.store(true);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    });
+  }
+  ASSERT_TRUE(helped.load()) << "no helper ran a chunk in 50 calls";
+  const ChunkWaits after = ChunkPoolWaits();
+  EXPECT_EQ(after.calls - before.calls, calls);
+  EXPECT_GE(after.wait_ns - before.wait_ns, 15'000'000);
+  EXPECT_LT(after.wait_ns - before.wait_ns, int64_t{calls} * 1'000'000'000);
+  // Run on the caller alone (one chunk): neither a call nor a wait.
+  ParallelChunks(1, 2, [](int64_t) {});
+  EXPECT_EQ(ChunkPoolWaits().calls, after.calls);
 }
 
 TEST(GemvKernels, ScaleIsPowerOfTwoOnlyWhereTheReciprocalIsExact) {
