@@ -268,7 +268,7 @@ int Run(int argc, char** argv) {
   // The hand-off: one ParallelChunks of one chunk per thread, each chunk a
   // fixed amount of arithmetic on the thread's own data (none, ~0.35 us,
   // ~3.5 us on the Zen 5 VM), back to back as a decode step's products come
-  // (~120 a step).
+  // (~146 a token for InternVL2-1B: bench_decode).
   // The time over the work's own on one thread is what each product pays
   // to share its rows.
   if (only.empty() || only == "handoff") {
