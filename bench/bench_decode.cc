@@ -309,8 +309,9 @@ int Run(int argc, char** argv) {
     std::unique_ptr<CausalLM> lm;
     std::unique_ptr<Sequences> seqs;
     std::vector<double> steps, bandwidths;
-    // Per step: how long the products' callers waited for the helper
-    // threads' chunks (ChunkPoolWaits), and how many products went to them.
+    // Per step: how long the callers of the step's hand-offs to the helper
+    // threads (products, attention, SwiGLU) waited for the helpers' chunks
+    // (ChunkPoolWaits), and how many hand-offs there were.
     std::vector<double> waits;
     int64_t handed = 0;
     int64_t fused_layers = 0;  // run by the fused decode step (modules.h)
@@ -419,9 +420,9 @@ int Run(int argc, char** argv) {
     // The threads' imbalance: where it is large the step is slower than its
     // bytes alone explain (one thread then streams at ~half the bandwidth).
     std::printf(
-        "[%s] the products' callers waited %.2f ms/token (median) for the helper thread's chunks, over %.0f "
-        "products a token\n",
-        name.c_str(), bench::Median(r.waits) * 1e3, static_cast<double>(r.handed) / static_cast<double>(steps.size()));
+        "[%s] the callers of %.0f hand-offs a token (products, attention, SwiGLU) waited %.2f ms/token (median) "
+        "for the helper thread's chunks\n",
+        name.c_str(), static_cast<double>(r.handed) / static_cast<double>(steps.size()), bench::Median(r.waits) * 1e3);
     std::printf("[%s] decode step fused (no libtorch op between the products): %lld of %lld layers\n", name.c_str(),
                 static_cast<long long>(r.fused_layers),
                 static_cast<long long>(steps.size()) * config.num_hidden_layers);

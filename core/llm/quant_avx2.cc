@@ -205,8 +205,8 @@ void Int4StreamG128(const Int4Problem& p, int64_t row_begin, int64_t row_end) {
   auto pair = [&](int64_t r0, int64_t r1) __attribute__((always_inline)) {
     const Int4Row row0 = RowOf(p, r0), row1 = RowOf(p, r1);
     if (scales_ahead) {
-      PrefetchScalesAhead(p, row0);
-      PrefetchScalesAhead(p, row1);
+      PrefetchScalesAhead(p, r0);
+      PrefetchScalesAhead(p, r1);
     }
     __m256 acc0[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     __m256 acc1[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};

@@ -107,8 +107,10 @@ inline Int4Row RowOf(const Int4Problem& p, int64_t r) {
 // (896 inputs) it was 1.02-1.14x, hence the threshold.
 inline constexpr int64_t kScaleAheadGroups = 16;
 inline constexpr int64_t kScaleRowsAhead = 12;
-inline void PrefetchScalesAhead(const Int4Problem& p, const Int4Row& row) {
-  __builtin_prefetch(row.scale + kScaleRowsAhead * p.s_stride);
+// (Rows within kScaleRowsAhead of the matrix's end ask for nothing: past it
+// lies memory that is not the matrix's.)
+inline void PrefetchScalesAhead(const Int4Problem& p, int64_t r) {
+  if (r + kScaleRowsAhead < p.out) __builtin_prefetch(p.scale + (r + kScaleRowsAhead) * p.s_stride);
 }
 
 // chunk(j, c) for c in [begin, end), j = 0 and 1 alternately (the kernels'
