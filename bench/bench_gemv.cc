@@ -5,8 +5,10 @@
 // read bandwidth probed between the calls (bench_bandwidth.h), and each
 // format's time per step of those matrices x 24 layers (+ head), and each
 // kernel alone on one thread over a matrix in L2 (its arithmetic rate); and
-// the hand-off to the helper threads that every product pays (ParallelChunks).
-// Usage: bench_gemv [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention|handoff]
+// the hand-off to the helper threads that every product pays (ParallelChunks);
+// and a 512-row prefill chunk's products through int8 and 4-bit matrices
+// (dequantized in row tiles for libtorch's GEMM) against the dense product.
+// Usage: bench_gemv [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention|handoff|prefill]
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -117,7 +119,8 @@ int Run(int argc, char** argv) {
     } else if (absl::StartsWith(a, "--only=")) {
       only = std::string(a.substr(7));
     } else {
-      std::fprintf(stderr, "usage: %s [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention|handoff]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention|handoff|prefill]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -271,6 +274,40 @@ int Run(int argc, char** argv) {
   // (~146 a token for InternVL2-1B: bench_decode).
   // The time over the work's own on one thread is what each product pays
   // to share its rows.
+  // A 512-row prefill chunk's products (the engine's chunk) through the
+  // quantized matrices, which prefill dequantizes into the compute dtype in
+  // row tiles (QuantPrefillTileRows) for libtorch's GEMM, against the same
+  // product over the bf16 matrix: the dequantization's cost. Calls
+  // alternated; bf16 compute where the CPU has native bf16 matmuls.
+  if (only.empty() || only == "prefill") {
+    const at::ScalarType dtype = CpuHasNativeBf16Matmul() ? at::kBFloat16 : at::kFloat;
+    std::printf("\n[prefill] 512 rows, compute %s (medians of 12 calls)\n", c10::toString(dtype));
+    for (const Shape& s : kShapes) {
+      if (std::string(s.name) == "head") continue;
+      const at::Tensor w = at::randn({s.out, s.in}).mul_(0.02).to(at::kBFloat16);
+      const std::shared_ptr<QuantMatrix> q8 = QuantMatrix::Quantize(w, Quantization::kInt8);
+      const std::shared_ptr<QuantMatrix> q4 = QuantMatrix::Quantize(w, Quantization::kInt4);
+      const at::Tensor x = at::randn({512, s.in}).to(dtype), wc = w.to(dtype);
+      std::vector<double> t[3];
+      for (int r = 0; r < 12; ++r) {
+        for (int k = 0; k < 3; ++k) {
+          const double t0 = bench::NowSeconds();
+          if (k == 0) at::linear(x, wc);
+          if (k == 1) QuantLinear(x, *q8, {});
+          if (k == 2) QuantLinear(x, *q4, {});
+          t[k].push_back(bench::NowSeconds() - t0);
+        }
+      }
+      const double dense = bench::Median(t[0]);
+      std::printf(
+          "  %-8s %6ldx%-5ld %s %.2f ms (%.0f GFLOP/s), int8 %.2f ms (%.2fx), int4 %.2f ms (%.2fx); %ld tile(s)\n",
+          s.name, static_cast<long>(s.out), static_cast<long>(s.in), c10::toString(dtype), dense * 1e3,
+          2.0 * 512 * s.out * s.in / dense / 1e9, bench::Median(t[1]) * 1e3, bench::Median(t[1]) / dense,
+          bench::Median(t[2]) * 1e3, bench::Median(t[2]) / dense,
+          static_cast<long>((s.out + QuantPrefillTileRows(s.out, s.in, c10::elementSize(dtype)) - 1) /
+                            QuantPrefillTileRows(s.out, s.in, c10::elementSize(dtype))));
+    }
+  }
   if (only.empty() || only == "handoff") {
     std::printf("\n[hand-off] ParallelChunks of %d chunks, back to back (medians of 5000)\n", threads);
     // Each chunk's result on a cache line of its own (no line shared but

@@ -80,6 +80,9 @@ class QuantMatrix {
   // (+ zmin) in fp32, then cast (fp32 and bf16 on the CPU by one pass of the
   // quant_kernels.h kernels, the same bits as those libtorch ops).
   at::Tensor Dequantize(int64_t r0, int64_t r1, at::ScalarType dtype) const;
+  // The same rows written into `out`, a contiguous CPU fp32 or bf16 tensor
+  // of [r1 - r0, in] (prefill reuses one buffer for its tiles).
+  void DequantizeInto(int64_t r0, int64_t r1, at::Tensor& out) const;
   // Bytes of packed weights, scales and zero terms (what one product reads).
   int64_t bytes() const;
   // The matrix of rows rows[0, n) of this one, in that order (a copy).
@@ -108,8 +111,17 @@ class QuantMatrix {
 };
 
 // y = x W^T + b for x [..., in] (fp32 or bf16) through quantized W; the
-// result has x's dtype. b may be undefined.
+// result has x's dtype. b may be undefined. Up to kMaxFastLinearRows rows
+// (decode) the kernels read the packed weights; more rows (prefill) multiply
+// W dequantized into the compute dtype through libtorch's GEMM, in row tiles
+// of at most kQuantPrefillTileBytes (InternVL2-1B: every matrix in one tile
+// in bf16), dequantized into a buffer each calling thread keeps.
 at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b);
+inline constexpr int64_t kQuantPrefillTileBytes = int64_t{32} << 20;
+// The row tiles' size for a matrix [out, in] dequantized to `element_bytes`
+// per value: as few tiles as kQuantPrefillTileBytes allows, of equal rows
+// (a multiple of 4 but for the last).
+int64_t QuantPrefillTileRows(int64_t out, int64_t in, int64_t element_bytes);
 
 // Rows rows[0, n) of the CPU matrix `from` (its rows contiguous, at any
 // stride) as a new [n, cols] matrix: a copy per row (index_select took ~200

@@ -14,6 +14,7 @@
 #include "core/llm/gemv_kernels.h"
 #include "core/llm/largest.h"
 #include "core/llm/quant_kernels.h"
+#include "core/nn/torch_util.h"
 #include "gtest/gtest.h"
 
 namespace internvl::llm {
@@ -155,6 +156,65 @@ TEST_F(QuantTest, KernelsMatchTheDequantizedProduct) {
     const at::Tensor expected = at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble));
     EXPECT_LT(RelErr(QuantLinear(x, *q, b), expected), 1e-5);
   }
+}
+
+// Prefill's row tiles: as few as kQuantPrefillTileBytes allows, of equal
+// rows, covering the matrix.
+TEST_F(QuantTest, PrefillTilesAreFewAndEqual) {
+  EXPECT_EQ(QuantPrefillTileRows(9728, 896, 2), 9728);    // InternVL2-1B's gate|up in bf16: one tile
+  EXPECT_EQ(QuantPrefillTileRows(9728, 896, 4), 4864);    // in fp32: two of 17 MB
+  EXPECT_EQ(QuantPrefillTileRows(28672, 4096, 2), 4096);  // InternVL2-8B's gate|up: 7 tiles of 32 MB
+  for (auto [out, in, bytes] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {1, 1, 4}, {7, 3, 2}, {8200, 1024, 4}, {151655, 896, 2}, {3, int64_t{1} << 24, 4}, {28672, 4096, 4}}) {
+    const int64_t rows = QuantPrefillTileRows(out, in, bytes);
+    const int64_t tiles = (out + rows - 1) / rows;
+    EXPECT_GE(rows, 1);
+    EXPECT_TRUE(rows * in * bytes <= kQuantPrefillTileBytes || rows <= 4) << out << "x" << in;
+    EXPECT_TRUE(rows >= out || rows % 4 == 0) << out << "x" << in;
+    // No fewer tiles fit: one tile less would exceed the limit.
+    if (tiles > 1) {
+      EXPECT_GT((out + tiles - 2) / (tiles - 1) * in * bytes, kQuantPrefillTileBytes) << out << "x" << in;
+    }
+  }
+}
+
+// A prefill product over several tiles (its fp32 weights past
+// kQuantPrefillTileBytes; in bf16 one tile), the tile buffer reused from
+// call to call, and under autograd (fresh tiles: the backward pass keeps
+// them): the product of the dequantized matrix, and x's gradient.
+TEST_F(QuantTest, PrefillAcrossTilesIsTheDequantizedProduct) {
+  at::manual_seed(6);
+  const int64_t out = 8200, in = 1024;
+  ASSERT_GT(out * in * 4, kQuantPrefillTileBytes);
+  ASSERT_LT(QuantPrefillTileRows(out, in, 4), out);
+  const std::shared_ptr<QuantMatrix> q = Quantized(at::randn({out, in}), 128);
+  const at::Tensor w = q->Dequantize(0, out, at::kFloat).to(at::kDouble);
+  const at::Tensor b = at::randn({out});
+  const at::Tensor x = at::randn({2, 20, in});
+  const at::Tensor expected = at::linear(x.to(at::kDouble), w, b.to(at::kDouble));
+  {
+    at::InferenceMode guard;
+    EXPECT_LT(RelErr(QuantLinear(x, *q, b), expected), 1e-5);
+    // Another matrix between two calls: each call dequantizes its own rows.
+    const std::shared_ptr<QuantMatrix> other = Quantized(at::randn({40, in}), 128);
+    const at::Tensor y_other = QuantLinear(x, *other, {});
+    EXPECT_LT(RelErr(y_other, at::linear(x.to(at::kDouble), other->Dequantize(0, 40, at::kFloat).to(at::kDouble))),
+              1e-5);
+    EXPECT_LT(RelErr(QuantLinear(x, *q, b), expected), 1e-5);
+    if (CpuHasNativeBf16Matmul()) {
+      const at::Tensor yb = QuantLinear(x.to(at::kBFloat16), *q, b);
+      EXPECT_EQ(yb.scalar_type(), at::kBFloat16);
+      EXPECT_LT(RelErr(yb, expected), 0.03);
+    }
+  }
+  const at::Tensor xg = x.clone().requires_grad_(true);
+  const at::Tensor y = QuantLinear(xg, *q, b);
+  // A second product with other weights before the backward pass.
+  QuantLinear(xg.detach(), *Quantized(at::randn({out, in}), 128), {});
+  const at::Tensor g = at::randn(y.sizes());
+  y.backward(g);
+  EXPECT_LT(RelErr(y.detach(), expected), 1e-5);
+  EXPECT_LT(RelErr(xg.grad(), at::matmul(g.to(at::kDouble), w)), 1e-5);
 }
 
 // The dequantized rows the prefill multiplies: each kernel's bits equal the
