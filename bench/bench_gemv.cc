@@ -44,18 +44,20 @@ const Shape kShapes[] = {{"qkv", 1152, 896, 24},
                          {"head", 151655, 896, 1}};
 
 // The kernel alone on the calling thread, over a ~256 KB matrix of 896
-// inputs that stays in L2 (no call overhead, no memory traffic): the
-// arithmetic rate one thread brings to streaming weights. GB/s of weights.
-double KernelAloneGbps(const std::string& kernel, const std::optional<Quantization>& quant) {
+// inputs that stays in L2 (no call overhead, no memory traffic), `batch`
+// input rows: the arithmetic rate one thread brings to streaming weights.
+// GB/s of weights.
+double KernelAloneGbps(const std::string& kernel, const std::optional<Quantization>& quant, int64_t batch) {
   const int64_t in = 896, rows = !quant ? 144 : *quant == Quantization::kInt8 ? 288 : 576;
   const at::Tensor w = at::randn({rows, in}).mul_(0.02).to(at::kBFloat16);
-  const at::Tensor x = at::randn({in});
-  std::vector<float> y(rows), scratch(in);
-  std::vector<uint16_t> x16(in);
-  for (int64_t k = 0; k < in; ++k) x16[k] = FloatToBf16Bits(x.data_ptr<float>()[k]);
+  const at::Tensor x = at::randn({batch, in});
+  std::vector<float> y(batch * rows), scratch(batch * in);
+  std::vector<uint16_t> x16(batch * in);
+  for (int64_t k = 0; k < batch * in; ++k) x16[k] = FloatToBf16Bits(x.data_ptr<float>()[k]);
   std::shared_ptr<QuantMatrix> q;
   if (quant) q = QuantMatrix::Quantize(w, *quant);
   gemv::Problem p;
+  p.m = batch;
   p.x = x.data_ptr<float>();
   p.in = in;
   p.out = rows;
@@ -69,7 +71,7 @@ double KernelAloneGbps(const std::string& kernel, const std::optional<Quantizati
   quant::Int4Problem p4;
   if (q) {
     const bool int8 = *quant == Quantization::kInt8;
-    acts.Prepare(x.data_ptr<float>(), 1, in, q->padded_in(), int8 ? 0 : q->group(), gemv::CpuHasAvx2Fma());
+    acts.Prepare(x.data_ptr<float>(), batch, in, q->padded_in(), int8 ? 0 : q->group(), gemv::CpuHasAvx2Fma());
     if (int8) {
       p8 = {&acts, q->data().data_ptr<int8_t>(), q->scale().data_ptr<float>(), nullptr, y.data(), rows, nullptr};
     } else {
@@ -108,7 +110,7 @@ double KernelAloneGbps(const std::string& kernel, const std::optional<Quantizati
 }
 
 int Run(int argc, char** argv) {
-  int threads = 2, reps = 30;
+  int threads = 2, reps = 30, batch = 1;
   std::string only;  // one section (a format or "attention"), or all
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
@@ -118,16 +120,21 @@ int Run(int argc, char** argv) {
       (void)absl::SimpleAtoi(a.substr(7), &reps);
     } else if (absl::StartsWith(a, "--only=")) {
       only = std::string(a.substr(7));
+    } else if (absl::StartsWith(a, "--batch=") && absl::SimpleAtoi(a.substr(8), &batch) && batch >= 1 &&
+               batch <= kMaxFastLinearRows) {
     } else {
-      std::fprintf(stderr, "usage: %s [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention|handoff|prefill]\n",
-                   argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--threads=N] [--reps=N] [--batch=N (1-%d)] "
+                   "[--only=bf16|int8|int4|attention|handoff|prefill]\n",
+                   argv[0], static_cast<int>(kMaxFastLinearRows));
       return 2;
     }
   }
   SetTorchThreads(threads);
   at::InferenceMode guard;
   bench::BandwidthProbe probe;
-  std::printf("threads %d; memory read bandwidth %.1f GB/s (best of 5 probes)\n", TorchThreads(), probe.Best(5));
+  std::printf("threads %d; memory read bandwidth %.1f GB/s (best of 5 probes); products of %d input row(s)\n",
+              TorchThreads(), probe.Best(5), batch);
   struct Format {
     std::string name;
     std::optional<Quantization> quant;  // nullopt: bf16 FastLinear
@@ -158,7 +165,7 @@ int Run(int argc, char** argv) {
           MoveToHugePages({w});
         }
         const int64_t bytes = q ? q->bytes() : w.numel() * 2;
-        const at::Tensor x = at::randn({1, s.in}).to(at::kBFloat16);
+        const at::Tensor x = at::randn({batch, s.in}).to(at::kBFloat16);
         if (f.quant) {
           for (QuantKernel k : {QuantKernel::kAvx2, QuantKernel::kAvx512Vnni})
             if (kernel == QuantKernelName(k)) ForceQuantKernel(k);
@@ -188,14 +195,18 @@ int Run(int argc, char** argv) {
           times.push_back(bench::NowSeconds() - t0);
         }
         const double t = bench::Median(times), b = bench::Median(bw);
-        std::printf("  %-8s %6ldx%-5ld %7.2f MB %7.3f ms = %5.1f GB/s = %3.0f%% of the probe (%.1f GB/s)\n", s.name,
-                    static_cast<long>(s.out), static_cast<long>(s.in), bytes / 1e6, t * 1e3, bytes / t / 1e9,
-                    100.0 * bytes / t / 1e9 / b, b);
+        std::printf(
+            "  %-8s %6ldx%-5ld %7.2f MB %7.3f ms = %5.1f GB/s = %3.0f%% of the probe (%.1f GB/s); %.0f GFLOP/s\n",
+            s.name, static_cast<long>(s.out), static_cast<long>(s.in), bytes / 1e6, t * 1e3, bytes / t / 1e9,
+            100.0 * bytes / t / 1e9 / b, b, 2.0 * batch * s.out * s.in / t / 1e9);
         step_ms += t * 1e3 * s.per_step;
         step_bytes += static_cast<double>(bytes) * s.per_step;
       }
       std::printf("  one decode step's matrices: %.0f MB in %.1f ms\n", step_bytes / 1e6, step_ms);
-      std::printf("  kernel alone, 1 thread, ~256 KB in L2: %.1f GB/s\n", KernelAloneGbps(kernel, f.quant));
+      const double alone = KernelAloneGbps(kernel, f.quant, batch);
+      std::printf("  kernel alone, 1 thread, ~256 KB in L2: %.1f GB/s", alone);
+      if (!f.quant) std::printf(", %.0f GFLOP/s", alone * batch);  // (2 flops per 2-byte weight and input row)
+      std::printf("\n");
       for (const int64_t rows : {int64_t{64}, int64_t{512}}) {
         // A matrix that stays in the caches, called back to back: 64 rows
         // show the fixed cost of a call (input casts, output allocation, the
@@ -205,7 +216,7 @@ int Run(int argc, char** argv) {
         std::shared_ptr<QuantMatrix> q;
         if (f.quant) q = QuantMatrix::Quantize(w, *f.quant);
         const int64_t bytes = q ? q->bytes() : w.numel() * 2;
-        const at::Tensor x = at::randn({1, 896}).to(at::kBFloat16);
+        const at::Tensor x = at::randn({batch, 896}).to(at::kBFloat16);
         auto call = [&] { return q ? QuantLinear(x, *q, {}) : Linear(x, w, {}); };
         std::vector<double> times;
         for (int r = 0; r < 20; ++r) {
@@ -214,8 +225,8 @@ int Run(int argc, char** argv) {
           times.push_back((bench::NowSeconds() - t0) / 100);
         }
         const double t = bench::Median(times);
-        std::printf("  in cache, %4ldx896 back to back: %6.1f us per call = %5.1f GB/s\n", static_cast<long>(rows),
-                    t * 1e6, bytes / t / 1e9);
+        std::printf("  in cache, %4ldx896 back to back: %6.1f us per call = %5.1f GB/s, %.0f GFLOP/s\n",
+                    static_cast<long>(rows), t * 1e6, bytes / t / 1e9, 2.0 * batch * rows * 896 / t / 1e9);
       }
     }
   }

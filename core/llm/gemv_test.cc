@@ -122,6 +122,64 @@ TEST(GemvKernels, PortableAndVectorAgreeOnAnyRowRange) {
   }
 }
 
+// The AVX-512-BF16 kernel's batched blocks (4 adjacent weight rows x 4
+// input rows, more than 4 input rows) end in vectors: their outputs are the
+// bits of the scalar ending that a single row's block (one row of the
+// matrix alone) gives, for fp32 and bf16 outputs, with an fp32, a bf16 or no
+// bias, and input rows past a multiple of 4 (the last ones end as scalars).
+TEST(GemvKernels, Avx512BatchedBlocksEndAsOneRowAlone) {
+  if (!gemv::CpuHasAvx512Bf16()) GTEST_SKIP() << "no AVX-512-BF16 on this CPU";
+  at::InferenceMode guard;
+  at::manual_seed(11);
+  for (int64_t in : {64, 896}) {
+    for (int64_t m : {5, 8, 11, 16}) {
+      for (int bias_kind : {0, 1, 2}) {  // none, fp32, bf16
+        for (bool bf16_out : {false, true}) {
+          const std::string what = absl::StrCat("in ", in, " inputs ", m, " bias ", bias_kind, " bf16 out ", bf16_out);
+          const int64_t out = 12;
+          const at::Tensor w = at::randn({out, in}).to(at::kBFloat16);
+          const at::Tensor x = at::randn({m, in}).to(at::kBFloat16);
+          const at::Tensor b32 = at::randn({out}) * 10, b16 = b32.to(at::kBFloat16);
+          at::Tensor y =
+              at::full({m, out}, std::numeric_limits<float>::quiet_NaN(), bf16_out ? at::kBFloat16 : at::kFloat);
+          gemv::Problem p;
+          p.m = m;
+          p.in = in;
+          p.out = out;
+          p.w = w.data_ptr();
+          p.w_bf16 = true;
+          p.x_bf16 = reinterpret_cast<const uint16_t*>(x.data_ptr());
+          if (bias_kind == 1) p.bias = b32.data_ptr<float>();
+          if (bias_kind == 2) p.bias_bf16 = reinterpret_cast<const uint16_t*>(b16.data_ptr());
+          auto target = [&](gemv::Problem& q, at::Tensor& t) {
+            if (bf16_out) {
+              q.y_bf16 = reinterpret_cast<uint16_t*>(t.data_ptr());
+            } else {
+              q.y = t.data_ptr<float>();
+            }
+          };
+          target(p, y);
+          gemv::RowsAvx512Bf16(p, 0, out);
+          for (int64_t r = 0; r < out; ++r) {
+            at::Tensor one = at::full({m, 1}, -1.0f, y.options());
+            gemv::Problem q = p;
+            q.out = 1;
+            q.w = static_cast<const uint16_t*>(p.w) + r * in;
+            if (p.bias != nullptr) q.bias = p.bias + r;
+            if (p.bias_bf16 != nullptr) q.bias_bf16 = p.bias_bf16 + r;
+            target(q, one);
+            gemv::RowsAvx512Bf16(q, 0, 1);
+            const at::Tensor column = y.narrow(1, r, 1).contiguous();
+            const at::Tensor a = bf16_out ? column.view(at::kShort) : column.view(at::kInt);
+            const at::Tensor e = bf16_out ? one.view(at::kShort) : one.view(at::kInt);
+            EXPECT_TRUE(at::equal(a, e)) << what << " row " << r;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(SplitRows, CoversTheRowsOnceWithSmallerChunksLast) {
   for (int threads : {1, 2, 4, 16}) {
     for (int64_t rows : {1, 3, 4, 64, 896, 1152, 9728, 151655}) {
