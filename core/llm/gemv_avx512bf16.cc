@@ -109,22 +109,31 @@ inline void Block(const Problem& p, const int64_t* rows, int64_t m0) {
     for (int m = 0; m < M; ++m) acc[i][m] = _mm512_setzero_ps();
   }
   // Adjacent rows (more input rows than one streaming group: batched
-  // decode steps): the first group of inputs prefetches the next 4 rows,
-  // which follow these in memory, 4 lines per step (their bytes over this
-  // loop), as the AVX2 kernel does. Without it the loads waited on memory:
-  // 8 input rows (two groups of 4 per visit), matrices read from memory,
-  // calls alternated (bench_gemv --batch=8): gate|up 1.07 -> 0.73 ms, down
-  // 0.41 -> 0.34, q|k|v 0.14 -> 0.10, the head 12.3 -> 7.8; 2 groups ahead
-  // alike or slower. (Up to 4 input rows take the streaming order, which
-  // prefetches its own way.) The last group has no next one in the matrix.
+  // decode steps, a pass over the 4 rows per group of 4 inputs): the passes
+  // prefetch the next 4 rows, which follow these in memory, pass j its lines
+  // j, j + passes, ... spread over its loop (4 lines a step in all), as the
+  // AVX2 kernel prefetches one block ahead. Without it the loads waited on
+  // memory: 8 input rows, matrices read from memory, calls alternated
+  // (bench_gemv --batch=8): gate|up 1.07 -> 0.73 ms, down 0.41 -> 0.34,
+  // q|k|v 0.14 -> 0.10, the head 12.3 -> 7.8 with the first pass alone
+  // prefetching (2 groups ahead alike or slower); spread over the passes,
+  // 16 input rows: gate|up 0.90 -> 0.65 ms, the head 14.2 -> 11.4, 8: alike
+  // or better. Rows of more than 2048 inputs (the down projection's 4864:
+  // 39 KB a group) prefetch in the first pass only: spread, they came 10-18%
+  // slower at 12 and 16 input rows (their inputs stream through L1 with
+  // each pass). Up to 4 input rows take the streaming order, which
+  // prefetches its own way; the last group has no next one in the matrix.
   const bool adjacent = rows[kRows - 1] == rows[0] + kRows - 1;
-  const bool prefetch = kRows == 4 && m0 == 0 && adjacent && rows[0] + 2 * kRows <= p.out;
+  const bool spread = kRows * in * 2 <= (16 << 10);
+  const int64_t pass = m0 / 4, passes = spread ? (p.m + 3) / 4 : 1;
+  const bool prefetch = kRows == 4 && pass < passes && adjacent && rows[0] + 2 * kRows <= p.out;
   const char* ahead = reinterpret_cast<const char*>(w[0] + kRows * in);
+  const char* pf = ahead + 64 * pass;
+  const char* const pf_end = ahead + kRows * in * 2;
+  const int64_t per_step = (kRows + passes - 1) / passes, pf_stride = 64 * passes;
   for (int64_t k = 0; k < vec_end; k += 32) {
     if (prefetch) {
-      const char* a = ahead + k * kRows * 2;
-#pragma GCC unroll 4
-      for (int j = 0; j < kRows; ++j) _mm_prefetch(a + 64 * j, _MM_HINT_T0);
+      for (int64_t j = 0; j < per_step && pf < pf_end; ++j, pf += pf_stride) _mm_prefetch(pf, _MM_HINT_T0);
     }
     __m512bh xv[M];
 #pragma GCC unroll 4
