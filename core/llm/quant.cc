@@ -490,11 +490,13 @@ at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tens
     const at::ScalarType dtype =
         x.scalar_type() == at::kBFloat16 && CpuHasNativeBf16Matmul() ? at::kBFloat16 : at::kFloat;
     // Large tiles: with tiles of 4 MB of fp32 (InternVL2-1B's gate|up in 9,
-    // its down in 5 of 212 rows) a 2500-token prefill took 1.13-1.35x
-    // bf16's time, against 1.03-1.07x with every matrix in one tile (runs
-    // alternated, 2-core Zen 5). The buffer is reused: a fresh one of 16-32
-    // MB per product would be fresh pages each time. Not under autograd,
-    // which keeps each tile for the backward pass.
+    // its down in 5 of 212 rows) a 512-row chunk's gate|up took 1.16-1.21x
+    // the dense bf16 product's time and its down 1.19-1.28x, against
+    // 1.04-1.10x and 1.08-1.12x in one tile (calls alternated, 2-core Zen
+    // 5; a 2500-token 4-bit prefill 1.09-1.35x -> 1.03-1.14x bf16's time).
+    // The buffer is reused: a fresh one of 16-32 MB per product would be
+    // fresh pages each time. Not under autograd, which keeps each tile for
+    // the backward pass.
     const at::Tensor xc = x2.to(dtype);
     const int64_t tile = QuantPrefillTileRows(out, in, static_cast<int64_t>(c10::elementSize(dtype)));
     const bool reuse = !at::GradMode::is_enabled();
