@@ -279,12 +279,6 @@ int Run(int argc, char** argv) {
       }
     }
   }
-  // The hand-off: one ParallelChunks of one chunk per thread, each chunk a
-  // fixed amount of arithmetic on the thread's own data (none, ~0.35 us,
-  // ~3.5 us on the Zen 5 VM), back to back as a decode step's products come
-  // (~146 a token for InternVL2-1B: bench_decode).
-  // The time over the work's own on one thread is what each product pays
-  // to share its rows.
   // A 512-row prefill chunk's products (the engine's chunk) through the
   // quantized matrices, which prefill dequantizes into the compute dtype in
   // row tiles (QuantPrefillTileRows) for libtorch's GEMM, against the same
@@ -310,15 +304,20 @@ int Run(int argc, char** argv) {
         }
       }
       const double dense = bench::Median(t[0]);
+      const int64_t tile = QuantPrefillTileRows(s.out, s.in, c10::elementSize(dtype));
       std::printf(
           "  %-8s %6ldx%-5ld %s %.2f ms (%.0f GFLOP/s), int8 %.2f ms (%.2fx), int4 %.2f ms (%.2fx); %ld tile(s)\n",
           s.name, static_cast<long>(s.out), static_cast<long>(s.in), c10::toString(dtype), dense * 1e3,
           2.0 * 512 * s.out * s.in / dense / 1e9, bench::Median(t[1]) * 1e3, bench::Median(t[1]) / dense,
-          bench::Median(t[2]) * 1e3, bench::Median(t[2]) / dense,
-          static_cast<long>((s.out + QuantPrefillTileRows(s.out, s.in, c10::elementSize(dtype)) - 1) /
-                            QuantPrefillTileRows(s.out, s.in, c10::elementSize(dtype))));
+          bench::Median(t[2]) * 1e3, bench::Median(t[2]) / dense, static_cast<long>((s.out + tile - 1) / tile));
     }
   }
+  // The hand-off: one ParallelChunks of one chunk per thread, each chunk a
+  // fixed amount of arithmetic on the thread's own data (none, ~0.35 us,
+  // ~3.5 us on the Zen 5 VM), back to back as a decode step's products come
+  // (~146 a token for InternVL2-1B: bench_decode).
+  // The time over the work's own on one thread is what each product pays
+  // to share its rows.
   if (only.empty() || only == "handoff") {
     std::printf("\n[hand-off] ParallelChunks of %d chunks, back to back (medians of 5000)\n", threads);
     // Each chunk's result on a cache line of its own (no line shared but

@@ -335,39 +335,37 @@ void QuantMatrix::DequantizeInto(int64_t r0, int64_t r1, at::Tensor& out) const 
                   out.is_contiguous() && out.dim() == 2 && out.size(0) == n && out.size(1) == in_,
               "dequantize: the destination must be a contiguous CPU fp32 or bf16 [", n, ", ", in_, "] tensor");
   if (n == 0) return;
-  {
-    quant::Dequant p;
-    if (kind_ == Kind::kInt8) {
-      p.w8 = data_.data_ptr<int8_t>() + r0 * inp_;
-      p.scale = scale_.data_ptr<float>() + r0;
-    } else {
-      p.w_stride = data_.stride(0);
-      p.s_stride = scale_.stride(0);
-      p.w4 = data_.data_ptr<uint8_t>() + r0 * p.w_stride;
-      p.scale = scale_.data_ptr<float>() + r0 * p.s_stride;
-      p.zmin = zmin_.data_ptr<float>() + r0 * p.s_stride;
-      p.group = group_;
-    }
-    p.inp = inp_;
-    p.in = in_;
-    if (dtype == at::kFloat) {
-      p.out32 = out.data_ptr<float>();
-    } else {
-      p.out16 = reinterpret_cast<uint16_t*>(out.data_ptr());
-    }
-    const QuantKernel kernel = ActiveQuantKernel();
-    auto rows = kernel == QuantKernel::kAvx512Vnni                    ? &quant::DequantRowsAvx512
-                : kernel == QuantKernel::kAvx2 && dtype == at::kFloat ? &quant::DequantRowsAvx2
-                                                                      : &quant::DequantRowsPortable;
-    // On libtorch's threads (the GEMM that follows runs on them).
-    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, in_));
-    at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
-      quant::Dequant part = p;
-      if (part.out32 != nullptr) part.out32 += b * in_;
-      if (part.out16 != nullptr) part.out16 += b * in_;
-      rows(part, b, e);
-    });
+  quant::Dequant p;
+  if (kind_ == Kind::kInt8) {
+    p.w8 = data_.data_ptr<int8_t>() + r0 * inp_;
+    p.scale = scale_.data_ptr<float>() + r0;
+  } else {
+    p.w_stride = data_.stride(0);
+    p.s_stride = scale_.stride(0);
+    p.w4 = data_.data_ptr<uint8_t>() + r0 * p.w_stride;
+    p.scale = scale_.data_ptr<float>() + r0 * p.s_stride;
+    p.zmin = zmin_.data_ptr<float>() + r0 * p.s_stride;
+    p.group = group_;
   }
+  p.inp = inp_;
+  p.in = in_;
+  if (dtype == at::kFloat) {
+    p.out32 = out.data_ptr<float>();
+  } else {
+    p.out16 = reinterpret_cast<uint16_t*>(out.data_ptr());
+  }
+  const QuantKernel kernel = ActiveQuantKernel();
+  auto rows = kernel == QuantKernel::kAvx512Vnni                    ? &quant::DequantRowsAvx512
+              : kernel == QuantKernel::kAvx2 && dtype == at::kFloat ? &quant::DequantRowsAvx2
+                                                                    : &quant::DequantRowsPortable;
+  // On libtorch's threads (the GEMM that follows runs on them).
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, in_));
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+    quant::Dequant part = p;
+    if (part.out32 != nullptr) part.out32 += b * in_;
+    if (part.out16 != nullptr) part.out16 += b * in_;
+    rows(part, b, e);
+  });
 }
 
 int64_t QuantMatrix::bytes() const {
