@@ -8,7 +8,10 @@
 // the hand-off to the helper threads that every product pays (ParallelChunks);
 // and a 512-row prefill chunk's products through int8 and 4-bit matrices
 // (dequantized in row tiles for libtorch's GEMM) against the dense product.
-// Usage: bench_gemv [--threads=N] [--reps=N] [--only=bf16|int8|int4|attention|handoff|prefill]
+// And (--only=crossover) products of 8-32 rows through the kernels against
+// libtorch's GEMMs, which take over beyond the kernels' row limits.
+// Usage: bench_gemv [--threads=N] [--reps=N] [--batch=N]
+//                   [--only=bf16|int8|int4|attention|handoff|prefill|crossover]
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -125,7 +128,7 @@ int Run(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--threads=N] [--reps=N] [--batch=N (1-%d)] "
-                   "[--only=bf16|int8|int4|attention|handoff|prefill]\n",
+                   "[--only=bf16|int8|int4|attention|handoff|prefill|crossover]\n",
                    argv[0], static_cast<int>(kMaxFastLinearRows));
       return 2;
     }
@@ -310,6 +313,85 @@ int Run(int argc, char** argv) {
           s.name, static_cast<long>(s.out), static_cast<long>(s.in), c10::toString(dtype), dense * 1e3,
           2.0 * 512 * s.out * s.in / dense / 1e9, bench::Median(t[1]) * 1e3, bench::Median(t[1]) / dense,
           bench::Median(t[2]) * 1e3, bench::Median(t[2]) / dense, static_cast<long>((s.out + tile - 1) / tile));
+    }
+  }
+  // Where the decode kernels hand over to libtorch's GEMMs: products of 8-32
+  // input rows (decode steps of as many sequences) from memory through each
+  // kernel (FastLinearRows, QuantLinearRows: whatever the limit) and through
+  // the path that takes more rows (Linear with FastLinear off: at::linear,
+  // the weights cast to fp32 first where they are stored narrower than the
+  // inputs; QuantLinearTiled), the two alternated with a bandwidth probe
+  // before each call. FastLinearMaxRows and QuantLinearMaxRows are set from
+  // these figures; each path's limit here is printed.
+  if (only == "crossover") {
+    const at::ScalarType quant_x = CpuHasNativeBf16Matmul() ? at::kBFloat16 : at::kFloat;
+    struct Path {
+      std::string name;
+      at::ScalarType x, w;
+      std::optional<Quantization> quant;
+      GemvKernel gemv = GemvKernel::kAvx2;
+      QuantKernel qk = QuantKernel::kAvx2;
+    };
+    std::vector<Path> paths;
+    if (GemvKernelSupported(GemvKernel::kAvx512Bf16)) {
+      paths.push_back({"bf16 x bf16, avx512bf16", at::kBFloat16, at::kBFloat16, std::nullopt, GemvKernel::kAvx512Bf16});
+    }
+    if (GemvKernelSupported(GemvKernel::kAvx2)) {
+      paths.push_back({"bf16 x bf16, avx2", at::kBFloat16, at::kBFloat16, std::nullopt, GemvKernel::kAvx2});
+      paths.push_back({"fp32 x bf16, avx2", at::kFloat, at::kBFloat16, std::nullopt, GemvKernel::kAvx2});
+      paths.push_back({"fp32 x fp32, avx2", at::kFloat, at::kFloat, std::nullopt, GemvKernel::kAvx2});
+    }
+    for (QuantKernel k : {QuantKernel::kAvx2, QuantKernel::kAvx512Vnni}) {
+      if (!QuantKernelSupported(k)) continue;
+      for (Quantization qz : {Quantization::kInt8, Quantization::kInt4}) {
+        paths.push_back({std::string(qz == Quantization::kInt8 ? "int8" : "int4") + " x " + c10::toString(quant_x) +
+                             ", " + QuantKernelName(k),
+                         quant_x, at::kBFloat16, qz, GemvKernel::kAvx2, k});
+      }
+    }
+    std::printf("\n[crossover] kernel vs libtorch's GEMM, from memory (medians of %d alternated calls)\n", reps);
+    for (const Path& path : paths) {
+      ForceGemvKernel(path.gemv);
+      ForceQuantKernel(path.qk);
+      std::printf("  %s (runs up to %ld rows):\n", path.name.c_str(),
+                  static_cast<long>(path.quant ? QuantLinearMaxRows() : FastLinearMaxRows(path.x, path.w)));
+      for (const Shape& s : kShapes) {
+        if (std::string(s.name) == "head" || std::string(s.name) == "o") continue;
+        const at::Tensor w = at::randn({s.out, s.in}).mul_(0.02).to(path.w);
+        std::shared_ptr<QuantMatrix> q;
+        if (path.quant) q = QuantMatrix::Quantize(w.to(at::kBFloat16), *path.quant);
+        q ? MoveToHugePages({q->data(), q->scale(), q->zmin()}) : MoveToHugePages({w});
+        for (const int64_t rows : {int64_t{8}, int64_t{16}, int64_t{24}, int64_t{32}}) {
+          const at::Tensor x = at::randn({rows, s.in}).to(path.x);
+          at::Tensor y = at::empty({rows, s.out}, x.options());
+          auto kernel = [&] {
+            q ? QuantLinearRows(x.data_ptr(), path.x, rows, *q, {}, y.data_ptr())
+              : FastLinearRows(x.data_ptr(), path.x, rows, w, {}, y.data_ptr());
+          };
+          auto gemm = [&] {
+            if (q) return QuantLinearTiled(x, *q, {});
+            SetFastLinearEnabled(false);
+            at::Tensor out = Linear(x, w, {});
+            SetFastLinearEnabled(true);
+            return out;
+          };
+          kernel();
+          gemm();
+          std::vector<double> t[2];
+          for (int r = 0; r < reps; ++r) {
+            for (int k = 0; k < 2; ++k) {
+              probe.Measure();
+              const double t0 = bench::NowSeconds();
+              k == 0 ? kernel() : (void)gemm();
+              t[k].push_back(bench::NowSeconds() - t0);
+            }
+          }
+          const double tk = bench::Median(t[0]), tg = bench::Median(t[1]);
+          std::printf("    %-8s %6ldx%-5ld %2ld rows: kernel %6.3f ms, libtorch %6.3f ms (%.2fx)\n", s.name,
+                      static_cast<long>(s.out), static_cast<long>(s.in), static_cast<long>(rows), tk * 1e3, tg * 1e3,
+                      tg / tk);
+        }
+      }
     }
   }
   // The hand-off: one ParallelChunks of one chunk per thread, each chunk a

@@ -368,14 +368,23 @@ int64_t FastLinearMaxRows(at::ScalarType x, at::ScalarType w) {
   // Where libtorch's oneDNN multiplies bf16 natively, its GEMM overtakes the
   // widening avx2 kernel beyond 4 rows (measured on a 2-core AVX-512-BF16 Zen
   // 5, 9728x896 bf16: 0.57 vs 0.67 ms at 4 rows, 0.97 vs 0.83 at 8, 1.99 vs
-  // 1.09 at 16). The avx512bf16 kernel runs up to 16: in a server, oneDNN's
-  // OpenMP threads spin between layers against the helper pool of the
-  // attention kernels (8 streams of InternVL2-1B: 50 ms per step against 115
-  // through oneDNN).
-  if (x == at::kBFloat16 && w == at::kBFloat16 && CpuHasNativeBf16Matmul() &&
-      ActiveGemvKernel() != GemvKernel::kAvx512Bf16) {
+  // 1.09 at 16). The avx512bf16 kernel runs up to 32, the engine's default
+  // step of 32 sequences (bench_gemv --only=crossover, from memory: at 32
+  // rows gate|up 1.47 ms against oneDNN's 2.24, down 0.79 vs 1.15, q|k|v
+  // 0.17 vs 0.56); in a server, besides, oneDNN's OpenMP threads spin
+  // between layers against the helper pool of the attention kernels (8
+  // streams of InternVL2-1B: 50 ms per step against 115 through oneDNN).
+  const GemvKernel kernel = ActiveGemvKernel();
+  if (x == at::kBFloat16 && w == at::kBFloat16 && CpuHasNativeBf16Matmul() && kernel != GemvKernel::kAvx512Bf16) {
     return 4;
   }
+  if (kernel == GemvKernel::kPortable) return 16;
+  // fp32 weights and inputs: the avx2 kernel against libtorch's fp32 GEMM
+  // (same bench, Zen 5) was 1.3-1.6x faster at 24 rows and 0.87-1.07x at 32.
+  // Narrower weights than the inputs (bf16 computed in fp32) win at any of
+  // these counts, since the GEMM needs them cast first (gate|up at 32 rows:
+  // 3.9 ms against 72).
+  if (x == at::kFloat && w == at::kFloat) return 24;
   return kMaxFastLinearRows;
 }
 

@@ -12,7 +12,7 @@
 // Linear is what the modules call: under grad mode it is exactly at::linear
 // (the trainer's differentiable path; weights stored in another dtype than x
 // are cast, differentiably), and with grad mode off it takes FastLinear for
-// up to kMaxFastLinearRows rows, else at::linear in fp32 when the weights are
+// up to FastLinearMaxRows rows, else at::linear in fp32 when the weights are
 // stored narrower than x or the CPU lacks native bf16 matmuls.
 #pragma once
 
@@ -37,11 +37,13 @@ GemvKernel ActiveGemvKernel();
 // default. False (and nothing changes) when this CPU does not run it.
 bool ForceGemvKernel(std::optional<GemvKernel> kernel);
 
-// Rows up to which FastLinear runs (decode of up to 16 sequences, short
-// prompts): beyond, libtorch's cache-blocked GEMMs are faster.
-inline constexpr int64_t kMaxFastLinearRows = 16;
+// Rows up to which FastLinear can run (decode steps of up to 32 sequences,
+// the engine's default --max-num-seqs; short prompts): FastLinearMaxRows
+// says how many each kernel takes on this CPU, beyond which libtorch's
+// cache-blocked GEMMs are faster.
+inline constexpr int64_t kMaxFastLinearRows = 32;
 
-// y = x W^T + b for x [..., in] with at most kMaxFastLinearRows rows, W
+// y = x W^T + b for x [..., in] with at most FastLinearMaxRows rows, W
 // [out, in] contiguous, b [out] or undefined; x, W and b each fp32 or bf16.
 // The result has x's dtype (rounded once from the fp32 accumulator) and shape
 // [..., out]. Returns an undefined tensor when grad mode is on or the
@@ -98,7 +100,8 @@ void SetFastLinearEnabled(bool enabled);
 bool FastLinearEnabled();
 
 // Rows up to which FastLinear runs for these input and weight dtypes on this
-// CPU (kMaxFastLinearRows, or fewer where libtorch's GEMM is faster).
+// CPU (at most kMaxFastLinearRows, fewer where libtorch's GEMM is faster:
+// bench_gemv --only=crossover).
 int64_t FastLinearMaxRows(at::ScalarType x, at::ScalarType w);
 
 // GemvKernelName(ActiveGemvKernel()): which kernel FastLinear runs.

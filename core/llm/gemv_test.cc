@@ -59,7 +59,7 @@ TEST_P(FastLinearShapes, MatchesFp64Reference) {
       for (at::ScalarType xt : {at::kFloat, at::kBFloat16}) {
         for (bool with_bias : {false, true}) {
           for (int64_t rows : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{5}, int64_t{8}, int64_t{13},
-                               kMaxFastLinearRows}) {
+                               int64_t{16}, int64_t{21}, kMaxFastLinearRows}) {
             const std::string what = absl::StrCat(GemvKernelName(kernel), " ", out, "x", in, " w ", c10::toString(wt),
                                                   " x ", c10::toString(xt), " bias ", with_bias, " rows ", rows);
             const at::Tensor w = at::randn({out, in}).to(wt);

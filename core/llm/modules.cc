@@ -47,7 +47,7 @@ at::Tensor RotateHalf(const at::Tensor& x) {
 
 // Decoding's few rows in one loop instead of seven ops, same arithmetic (each
 // product rounded, then the sum: bit-identical to the ops).
-constexpr int64_t kMaxLoopRows = 16;
+constexpr int64_t kMaxLoopRows = kMaxFastLinearRows;
 
 // The row kernels (gemv_kernels.h) in AVX2 where the decode kernels use it.
 bool RowKernelsAvx2() { return ActiveGemvKernel() != GemvKernel::kPortable && gemv::CpuHasAvx2Fma(); }
@@ -94,7 +94,7 @@ struct RowProduct {
 
   int64_t out() const { return quant != nullptr ? quant->out() : w.size(0); }
   bool Applies(at::ScalarType dtype, int64_t rows, int64_t in_features) const {
-    if (quant != nullptr) return rows <= kMaxFastLinearRows && quant->in() == in_features;
+    if (quant != nullptr) return rows <= QuantLinearMaxRows() && quant->in() == in_features;
     return FastLinearApplies(dtype, rows, w, b) && w.size(1) == in_features;
   }
   void Run(const void* x, at::ScalarType dtype, int64_t rows, void* y) const {
@@ -256,7 +256,7 @@ DenseImpl::DenseImpl(int64_t in, int64_t out, bool has_bias, at::ScalarType dtyp
 at::Tensor DenseImpl::forward(const at::Tensor& x) {
   if (coarse && candidates > 0 && x.device().is_cpu() && !at::GradMode::is_enabled() &&
       (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
-      x.numel() <= kMaxFastLinearRows * x.size(-1)) {
+      x.numel() <= QuantLinearMaxRows() * x.size(-1)) {
     return RescoredLinear(x, *coarse, candidates, quant.get(), weight, bias);
   }
   return ForwardOwn(x);

@@ -313,6 +313,63 @@ TEST_P(PagedForward, FusedDecodeStepIsTheForwardBitForBit) {
   }
 }
 
+// Steps of more sequences than the 4-row blocks' first few groups: 29 and 32
+// (the engine's default --max-num-seqs) decoding together run the fused step
+// (every product through the decode kernels) and give the forward's bits.
+TEST_P(PagedForward, FusedDecodeStepOfUpTo32Sequences) {
+  if (!CpuHasAvx2Fma() || GenericKernels()) GTEST_SKIP() << "the fused decode step runs the project's AVX2 kernels";
+  at::InferenceMode guard;
+  LlmConfig c = Config(GetParam());
+  c.hidden_size = 128;
+  c.intermediate_size = 256;
+  std::vector<std::pair<GemvKernel, QuantKernel>> kernels = {{GemvKernel::kAvx2, QuantKernel::kAvx2}};
+  if (GemvKernelSupported(GemvKernel::kAvx512Bf16) && QuantKernelSupported(QuantKernel::kAvx512Vnni)) {
+    kernels.push_back({GemvKernel::kAvx512Bf16, QuantKernel::kAvx512Vnni});
+  }
+  for (const int64_t n : {int64_t{29}, kMaxFastLinearRows}) {
+    // Each sequence: 3 positions prefilled together, then 2 decode steps of
+    // all n; two blocks of 4 each, interleaved through the pool.
+    std::vector<at::Tensor> xs;
+    std::vector<std::vector<int32_t>> tables;
+    for (int64_t i = 0; i < n; ++i) {
+      xs.push_back(at::randn({5, 128}));
+      tables.push_back({static_cast<int32_t>(2 * i + 1), static_cast<int32_t>(2 * i)});
+    }
+    const std::vector<std::vector<int64_t>> schedule = {std::vector<int64_t>(n, 3), std::vector<int64_t>(n, 1),
+                                                        std::vector<int64_t>(n, 1)};
+    for (at::ScalarType compute : {at::kBFloat16, at::kFloat}) {
+      for (Quantization q : {Quantization::kNone, Quantization::kInt8}) {
+        Precision p{compute, at::kBFloat16};
+        p.quantize = q;
+        auto lm = CausalLM::CreateRandom(c, p, 23, 0.2);
+        ASSERT_TRUE(lm.ok()) << lm.status();
+        auto pool = (*lm)->NewPagedPool(2 * n, 4, at::kBFloat16);
+        ASSERT_TRUE(pool.ok()) << pool.status();
+        for (const auto& [gemv_kernel, quant_kernel] : kernels) {
+          SCOPED_TRACE(std::string(GemvKernelName(gemv_kernel)) + ", " + std::to_string(n) + " sequences, compute " +
+                       c10::toString(compute) + ", quantization " + std::to_string(static_cast<int>(q)));
+          ASSERT_TRUE(ForceGemvKernel(gemv_kernel));
+          ASSERT_TRUE(ForceQuantKernel(quant_kernel));
+          // (bf16 products on the avx2 kernel of a native-bf16 CPU stop at
+          // 4 rows: those steps go through the forward, fused or not.)
+          const bool fusable = q != Quantization::kNone || FastLinearMaxRows(compute, at::kBFloat16) >= n;
+          const int64_t before = FusedDecodeLayers();
+          auto fused = RunPaged(**lm, **pool, xs, schedule, tables);
+          EXPECT_EQ(FusedDecodeLayers() - before, fusable ? 4 : 0);  // 2 steps x 2 layers
+          SetFusedDecodeEnabled(false);
+          auto forward = RunPaged(**lm, **pool, xs, schedule, tables);
+          SetFusedDecodeEnabled(true);
+          ASSERT_EQ(fused.size(), static_cast<size_t>(n));
+          ASSERT_EQ(forward.size(), static_cast<size_t>(n));
+          for (int64_t i = 0; i < n; ++i) EXPECT_TRUE(at::equal(fused[i], forward[i])) << "sequence " << i;
+        }
+        ForceGemvKernel(std::nullopt);
+        ForceQuantKernel(std::nullopt);
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Archs, PagedForward, ::testing::Values(LlmArch::kQwen2, LlmArch::kInternLM2, LlmArch::kLlama));
 
 }  // namespace

@@ -168,6 +168,12 @@ bool ForceQuantKernel(std::optional<QuantKernel> kernel) {
   return true;
 }
 
+// Every kernel: at 32 input rows the products read from memory were 1.5-3.3x
+// (avx512vnni) and 3.1-6.7x (avx2) faster than the dequantized tiles through
+// libtorch's GEMM (bench_gemv --only=crossover, InternVL2-1B's q|k|v, gate|up
+// and down, 2-core Zen 5).
+int64_t QuantLinearMaxRows() { return kMaxFastLinearRows; }
+
 std::shared_ptr<QuantMatrix> QuantMatrix::Int8(const at::Tensor& w) {
   at::NoGradGuard no_grad;
   std::shared_ptr<QuantMatrix> q(new QuantMatrix());
@@ -402,7 +408,7 @@ at::Tensor RescoredLinear(const at::Tensor& x, const QuantMatrix& coarse, int64_
                           const at::Tensor& weight, const at::Tensor& b) {
   const int64_t in = coarse.in(), out = coarse.out();
   const int64_t rows = x.numel() / in, k = std::min(candidates, out);
-  TORCH_CHECK(rows <= kMaxFastLinearRows && !at::GradMode::is_enabled(), "rescored head: decode rows only");
+  TORCH_CHECK(rows <= QuantLinearMaxRows() && !at::GradMode::is_enabled(), "rescored head: decode rows only");
   at::Tensor y = QuantLinear(x, coarse, b);
   if (k <= 0 || rows == 0) return y;
   at::Tensor y2 = y.view({rows, out});
@@ -475,47 +481,54 @@ int64_t QuantPrefillTileRows(int64_t out, int64_t in, int64_t element_bytes) {
   return std::min(rows, max_rows);
 }
 
-at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b) {
+at::Tensor QuantLinearTiled(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b) {
   const int64_t in = w.in(), out = w.out();
   TORCH_CHECK(x.size(-1) == in, "quantized linear: input has ", x.size(-1), " features, the weights ", in);
   const int64_t rows = x.numel() / in;
   c10::SmallVector<int64_t, 5> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out;
-  if (rows > kMaxFastLinearRows || at::GradMode::is_enabled()) {
-    const at::Tensor x2 = x.reshape({rows, in});
-    // Prefill: dequantized tiles of rows through libtorch's GEMM in the
-    // compute dtype (fp32 where bf16 matmuls are not native).
-    const at::ScalarType dtype =
-        x.scalar_type() == at::kBFloat16 && CpuHasNativeBf16Matmul() ? at::kBFloat16 : at::kFloat;
-    // Large tiles: with tiles of 4 MB of fp32 (InternVL2-1B's gate|up in 9,
-    // its down in 5 of 212 rows) a 512-row chunk's gate|up took 1.16-1.21x
-    // the dense bf16 product's time and its down 1.19-1.28x, against
-    // 1.04-1.10x and 1.08-1.12x in one tile (calls alternated, 2-core Zen
-    // 5; a 2500-token 4-bit prefill 1.09-1.35x -> 1.03-1.14x bf16's time).
-    // The buffer is reused: a fresh one of 16-32 MB per product would be
-    // fresh pages each time. Not under autograd, which keeps each tile for
-    // the backward pass.
-    const at::Tensor xc = x2.to(dtype);
-    const int64_t tile = QuantPrefillTileRows(out, in, static_cast<int64_t>(c10::elementSize(dtype)));
-    const bool reuse = !at::GradMode::is_enabled();
-    thread_local at::Tensor t_tile;
-    if (reuse && (!t_tile.defined() || t_tile.scalar_type() != dtype || t_tile.numel() < tile * in)) {
-      t_tile = at::Tensor();  // (the old one freed first)
-      t_tile = at::empty({tile * in}, xc.options());
-    }
-    auto product = [&](int64_t r0, int64_t n) {
-      at::Tensor wt = reuse ? t_tile.narrow(0, 0, n * in).view({n, in}) : at::empty({n, in}, xc.options());
-      w.DequantizeInto(r0, r0 + n, wt);
-      return at::linear(xc, wt, b.defined() ? b.narrow(0, r0, n).to(dtype) : at::Tensor());
-    };
-    if (tile >= out) return product(0, out).to(x.scalar_type()).view(shape);
-    at::Tensor y = at::empty({rows, out}, xc.options());
-    for (int64_t r0 = 0; r0 < out; r0 += tile) {
-      const int64_t n = std::min(tile, out - r0);
-      y.narrow(1, r0, n).copy_(product(r0, n));
-    }
-    return y.to(x.scalar_type()).view(shape);
+  const at::Tensor x2 = x.reshape({rows, in});
+  // Dequantized tiles of rows through libtorch's GEMM in the compute dtype
+  // (fp32 where bf16 matmuls are not native).
+  const at::ScalarType dtype =
+      x.scalar_type() == at::kBFloat16 && CpuHasNativeBf16Matmul() ? at::kBFloat16 : at::kFloat;
+  // Large tiles: with tiles of 4 MB of fp32 (InternVL2-1B's gate|up in 9,
+  // its down in 5 of 212 rows) a 512-row chunk's gate|up took 1.16-1.21x
+  // the dense bf16 product's time and its down 1.19-1.28x, against
+  // 1.04-1.10x and 1.08-1.12x in one tile (calls alternated, 2-core Zen
+  // 5; a 2500-token 4-bit prefill 1.09-1.35x -> 1.03-1.14x bf16's time).
+  // The buffer is reused: a fresh one of 16-32 MB per product would be
+  // fresh pages each time. Not under autograd, which keeps each tile for
+  // the backward pass.
+  const at::Tensor xc = x2.to(dtype);
+  const int64_t tile = QuantPrefillTileRows(out, in, static_cast<int64_t>(c10::elementSize(dtype)));
+  const bool reuse = !at::GradMode::is_enabled();
+  thread_local at::Tensor t_tile;
+  if (reuse && (!t_tile.defined() || t_tile.scalar_type() != dtype || t_tile.numel() < tile * in)) {
+    t_tile = at::Tensor();  // (the old one freed first)
+    t_tile = at::empty({tile * in}, xc.options());
   }
+  auto product = [&](int64_t r0, int64_t n) {
+    at::Tensor wt = reuse ? t_tile.narrow(0, 0, n * in).view({n, in}) : at::empty({n, in}, xc.options());
+    w.DequantizeInto(r0, r0 + n, wt);
+    return at::linear(xc, wt, b.defined() ? b.narrow(0, r0, n).to(dtype) : at::Tensor());
+  };
+  if (tile >= out) return product(0, out).to(x.scalar_type()).view(shape);
+  at::Tensor y = at::empty({rows, out}, xc.options());
+  for (int64_t r0 = 0; r0 < out; r0 += tile) {
+    const int64_t n = std::min(tile, out - r0);
+    y.narrow(1, r0, n).copy_(product(r0, n));
+  }
+  return y.to(x.scalar_type()).view(shape);
+}
+
+at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b) {
+  const int64_t in = w.in(), out = w.out();
+  TORCH_CHECK(x.size(-1) == in, "quantized linear: input has ", x.size(-1), " features, the weights ", in);
+  const int64_t rows = x.numel() / in;
+  if (rows > QuantLinearMaxRows() || at::GradMode::is_enabled()) return QuantLinearTiled(x, w, b);
+  c10::SmallVector<int64_t, 5> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out;
   // Few libtorch ops between two products (see FastLinear): bf16 results
   // stored by the kernels; any other dtype computed in fp32 and cast at the
   // end.

@@ -2,7 +2,7 @@
 // checkpoint (`--quantize int8`), and 4-bit AWQ checkpoints (AutoAWQ / LMDeploy
 // "gemm" layout) read as published.
 //
-// Decoding (up to kMaxFastLinearRows rows) reads the packed weights directly
+// Decoding (up to QuantLinearMaxRows() rows) reads the packed weights directly
 // through the integer kernels of quant_kernels.h, the input rows quantized on
 // the fly to int8 in blocks of 32. Longer inputs (prefill) dequantize the
 // weights in tiles of rows to the compute dtype and multiply with libtorch's
@@ -111,12 +111,18 @@ class QuantMatrix {
 };
 
 // y = x W^T + b for x [..., in] (fp32 or bf16) through quantized W; the
-// result has x's dtype. b may be undefined. Up to kMaxFastLinearRows rows
-// (decode) the kernels read the packed weights; more rows (prefill) multiply
-// W dequantized into the compute dtype through libtorch's GEMM, in row tiles
-// of at most kQuantPrefillTileBytes (InternVL2-1B: every matrix in one tile
-// in bf16), dequantized into a buffer each calling thread keeps.
+// result has x's dtype. b may be undefined. Up to QuantLinearMaxRows() rows
+// (decode) the kernels read the packed weights; more rows (prefill), or grad
+// mode, take QuantLinearTiled.
 at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b);
+// Rows up to which QuantLinear runs the decode kernels on this CPU.
+int64_t QuantLinearMaxRows();
+// QuantLinear's path for many rows: W dequantized into the compute dtype
+// (bf16 where the CPU multiplies it natively and x is bf16, else fp32)
+// through libtorch's GEMM, in row tiles of at most kQuantPrefillTileBytes
+// (InternVL2-1B: every matrix in one tile in bf16), dequantized into a
+// buffer each calling thread keeps (fresh tiles under autograd).
+at::Tensor QuantLinearTiled(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b);
 inline constexpr int64_t kQuantPrefillTileBytes = int64_t{32} << 20;
 // The row tiles' size for a matrix [out, in] dequantized to `element_bytes`
 // per value: as few tiles as kQuantPrefillTileBytes allows, of equal rows
@@ -127,14 +133,14 @@ int64_t QuantPrefillTileRows(int64_t out, int64_t in, int64_t element_bytes);
 // stride) as a new [n, cols] matrix: a copy per row (index_select took ~200
 // us for 64 rows of an int8 vocabulary head). The rows must lie in `from`.
 at::Tensor GatherMatrixRows(const at::Tensor& from, const int64_t* rows, int64_t n);
-// QuantLinear's decode path on raw rows (at most kMaxFastLinearRows): x
-// [rows, in] and y [rows, out], both of dtype x_dtype (fp32, or bf16 as
-// uint16_t bits), contiguous. No libtorch op: the fused decode layer
-// (modules.h) chains these.
+// QuantLinear's decode path on raw rows (any number; QuantLinear takes it up
+// to QuantLinearMaxRows()): x [rows, in] and y [rows, out], both of dtype
+// x_dtype (fp32, or bf16 as uint16_t bits), contiguous. No libtorch op: the
+// fused decode layer (modules.h) chains these.
 void QuantLinearRows(const void* x, at::ScalarType x_dtype, int64_t rows, const QuantMatrix& w, const at::Tensor& b,
                      void* y);
 
-// The vocabulary head's decode product (at most kMaxFastLinearRows rows, no
+// The vocabulary head's decode product (at most QuantLinearMaxRows() rows, no
 // grad) in two passes: every output of every row through `coarse`, a 4-bit
 // copy of the head that reads about half the bytes of int8 and a quarter of
 // bf16, then each row's `candidates` largest outputs recomputed through the

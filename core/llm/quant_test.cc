@@ -125,7 +125,7 @@ TEST_F(QuantTest, KernelsMatchTheDequantizedProduct) {
     const std::shared_ptr<QuantMatrix> q = Quantized(dense, group);
     const at::Tensor w = q->Dequantize(0, out, at::kFloat);
     const at::Tensor b = at::randn({out});
-    for (int64_t rows : {1, 2, 3, 4, 5, 9, 16}) {
+    for (int64_t rows : {1, 2, 3, 4, 5, 9, 16, 23, 32}) {
       const at::Tensor x = at::randn({1, rows, in});
       const at::Tensor expected = at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble));
       at::Tensor first;
