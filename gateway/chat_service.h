@@ -39,7 +39,7 @@ struct ChatServiceOptions {
   // Bearer tokens the calls must carry (none: open). Health and reflection
   // stay open for probes.
   services::BearerAuth auth;
-  int threads = 16;  // concurrent requests in flight through the stages
+  int threads = 40;  // concurrent requests in flight through the stages (the decoder's 32 + 8)
   int max_queued = 64;
   // Used when the client sets no deadline.
   absl::Duration default_deadline = absl::Seconds(600);
