@@ -83,6 +83,16 @@ std::vector<at::Tensor> RunPaged(CausalLM& lm, PagedKVPool& pool, const std::vec
   return result;
 }
 
+// The float and quantized kernel pairs the fused decode step runs on this
+// CPU: avx2, and avx512bf16 with avx512vnni where both are there.
+std::vector<std::pair<GemvKernel, QuantKernel>> FusedStepKernels() {
+  std::vector<std::pair<GemvKernel, QuantKernel>> kernels = {{GemvKernel::kAvx2, QuantKernel::kAvx2}};
+  if (GemvKernelSupported(GemvKernel::kAvx512Bf16) && QuantKernelSupported(QuantKernel::kAvx512Vnni)) {
+    kernels.push_back({GemvKernel::kAvx512Bf16, QuantKernel::kAvx512Vnni});
+  }
+  return kernels;
+}
+
 class PagedForward : public ::testing::TestWithParam<LlmArch> {};
 
 TEST_P(PagedForward, ChunkedBatchedSequencesMatchTheFullForward) {
@@ -254,10 +264,7 @@ TEST_P(PagedForward, FusedDecodeStepIsTheForwardBitForBit) {
   LlmConfig c = Config(GetParam());
   c.hidden_size = 128;
   c.intermediate_size = 2176;
-  std::vector<std::pair<GemvKernel, QuantKernel>> kernels = {{GemvKernel::kAvx2, QuantKernel::kAvx2}};
-  if (GemvKernelSupported(GemvKernel::kAvx512Bf16) && QuantKernelSupported(QuantKernel::kAvx512Vnni)) {
-    kernels.push_back({GemvKernel::kAvx512Bf16, QuantKernel::kAvx512Vnni});
-  }
+  const std::vector<std::pair<GemvKernel, QuantKernel>> kernels = FusedStepKernels();
   // 19, 15 and 24 positions: prefilled in chunks of up to 12, then decoded
   // one token a step while each has tokens left (6 steps, the last of one).
   std::vector<at::Tensor> xs = {at::randn({19, 128}), at::randn({15, 128}), at::randn({24, 128})};
@@ -313,8 +320,8 @@ TEST_P(PagedForward, FusedDecodeStepIsTheForwardBitForBit) {
   }
 }
 
-// Steps of more sequences than the 4-row blocks' first few groups: 29 and 32
-// (the engine's default --max-num-seqs) decoding together run the fused step
+// Steps of 17-32 sequences (the decode kernels' limit was 16): 29 and 32 (the
+// engine's default --max-num-seqs) decoding together run the fused step
 // (every product through the decode kernels) and give the forward's bits.
 TEST_P(PagedForward, FusedDecodeStepOfUpTo32Sequences) {
   if (!CpuHasAvx2Fma() || GenericKernels()) GTEST_SKIP() << "the fused decode step runs the project's AVX2 kernels";
@@ -322,10 +329,7 @@ TEST_P(PagedForward, FusedDecodeStepOfUpTo32Sequences) {
   LlmConfig c = Config(GetParam());
   c.hidden_size = 128;
   c.intermediate_size = 256;
-  std::vector<std::pair<GemvKernel, QuantKernel>> kernels = {{GemvKernel::kAvx2, QuantKernel::kAvx2}};
-  if (GemvKernelSupported(GemvKernel::kAvx512Bf16) && QuantKernelSupported(QuantKernel::kAvx512Vnni)) {
-    kernels.push_back({GemvKernel::kAvx512Bf16, QuantKernel::kAvx512Vnni});
-  }
+  const std::vector<std::pair<GemvKernel, QuantKernel>> kernels = FusedStepKernels();
   for (const int64_t n : {int64_t{29}, kMaxFastLinearRows}) {
     // Each sequence: 3 positions prefilled together, then 2 decode steps of
     // all n; two blocks of 4 each, interleaved through the pool.
