@@ -290,7 +290,7 @@ int Run(int argc, char** argv) {
   std::printf(
       "threads %d, linear layers: %s, quantized layers: %s, fp32 matmuls: %s, bf16 prefill attention: %s, memory read "
       "bandwidth %.1f GB/s (best of 5 probes)\n",
-      TorchThreads(), libtorch ? "libtorch" : FastLinearKernel(), QuantKernelName(ActiveQuantKernel()),
+      TorchThreads(), libtorch ? "libtorch" : FastLinearKernel(), ActiveQuantKernelDescription().c_str(),
       BlasThreading().c_str(), AttentionKernelName(), probe.Best(5));
   if (sampling.do_sample) {
     std::printf("next tokens sampled: temperature %g, top_k %lld, top_p %g (a sampler per sequence)\n",

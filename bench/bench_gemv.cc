@@ -9,9 +9,11 @@
 // and a 512-row prefill chunk's products through int8 and 4-bit matrices
 // (dequantized in row tiles for libtorch's GEMM) against the dense product.
 // And (--only=crossover) products of 8-32 rows through the kernels against
-// libtorch's GEMMs, which take over beyond the kernels' row limits.
+// libtorch's GEMMs, which take over beyond the kernels' row limits; and
+// (--only=wide) batched int8 products with bf16 inputs, VNNI against the
+// weights widened to bf16.
 // Usage: bench_gemv [--threads=N] [--reps=N] [--batch=N]
-//                   [--only=bf16|int8|int4|attention|handoff|prefill|crossover]
+//                   [--only=bf16|int8|int4|attention|handoff|prefill|crossover|wide]
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -128,7 +130,7 @@ int Run(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--threads=N] [--reps=N] [--batch=N (1-%d)] "
-                   "[--only=bf16|int8|int4|attention|handoff|prefill|crossover]\n",
+                   "[--only=bf16|int8|int4|attention|handoff|prefill|crossover|wide]\n",
                    argv[0], static_cast<int>(kMaxFastLinearRows));
       return 2;
     }
@@ -393,6 +395,54 @@ int Run(int argc, char** argv) {
         }
       }
     }
+  }
+  // Batched int8 products of bf16 inputs (decode steps of several
+  // sequences of a bf16 model) through the VNNI kernel and through the
+  // weights widened to bf16 (the avx512bf16 family from QuantWideMinRows()
+  // rows; INTERNVL_QUANT_WIDE_MIN_ROWS=1 widens every row count here), with
+  // the bf16 matrix's own product beside them: the three alternated, a
+  // bandwidth probe before each call (matrices read from memory).
+  if (only == "wide" && QuantKernelSupported(QuantKernel::kAvx512Bf16) &&
+      GemvKernelSupported(GemvKernel::kAvx512Bf16)) {
+    ForceGemvKernel(GemvKernel::kAvx512Bf16);
+    std::printf(
+        "\n[wide] bf16 inputs: avx512vnni / avx512bf16 (widened from %ld rows) / bf16 weights, ms, "
+        "medians of %d alternated calls\n",
+        static_cast<long>(QuantWideMinRows()), reps);
+    {
+      const Quantization qz = Quantization::kInt8;
+      for (const Shape& s : kShapes) {
+        if (std::string(s.name) == "head" || std::string(s.name) == "o") continue;
+        const at::Tensor w = at::randn({s.out, s.in}).mul_(0.02).to(at::kBFloat16);
+        const std::shared_ptr<QuantMatrix> q = QuantMatrix::Quantize(w, qz);
+        MoveToHugePages({q->data(), q->scale(), q->zmin(), w});
+        for (const int64_t rows : {int64_t{4}, int64_t{8}, int64_t{12}, int64_t{16}, int64_t{24}, int64_t{32}}) {
+          const at::Tensor x = at::randn({rows, s.in}).to(at::kBFloat16);
+          at::Tensor y = at::empty({rows, s.out}, x.options());
+          auto call = [&](int k) {
+            if (k == 2) return FastLinearRows(x.data_ptr(), at::kBFloat16, rows, w, {}, y.data_ptr());
+            ForceQuantKernel(k == 0 ? QuantKernel::kAvx512Vnni : QuantKernel::kAvx512Bf16);
+            QuantLinearRows(x.data_ptr(), at::kBFloat16, rows, *q, {}, y.data_ptr());
+          };
+          for (int k = 0; k < 3; ++k) call(k);
+          std::vector<double> t[3];
+          for (int r = 0; r < reps; ++r) {
+            for (int k = 0; k < 3; ++k) {
+              probe.Measure();
+              const double t0 = bench::NowSeconds();
+              call(k);
+              t[k].push_back(bench::NowSeconds() - t0);
+            }
+          }
+          const double a = bench::Median(t[0]), b = bench::Median(t[1]), c = bench::Median(t[2]);
+          std::printf("  %s %-8s %6ldx%-5ld %2ld rows: %6.3f / %6.3f / %6.3f ms (widened %.2fx vnni, %.2fx bf16)\n",
+                      QuantizationName(qz), s.name, static_cast<long>(s.out), static_cast<long>(s.in),
+                      static_cast<long>(rows), a * 1e3, b * 1e3, c * 1e3, a / b, c / b);
+        }
+      }
+    }
+    ForceQuantKernel(std::nullopt);
+    ForceGemvKernel(std::nullopt);
   }
   // The hand-off: one ParallelChunks of one chunk per thread, each chunk a
   // fixed amount of arithmetic on the thread's own data (none, ~0.35 us,

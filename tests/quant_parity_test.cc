@@ -194,7 +194,8 @@ TEST_P(QuantParity, QuantizedLogitsStayCloseAndGreedyMostlyAgrees) {
       const double prefill = Rel(*(*lm)->Forward(Embeds(**lm, f, c)), c.logits);
       EXPECT_LT(prefill, mode.prefill_tol);
       std::string decode_errors;
-      for (QuantKernel kernel : {QuantKernel::kPortable, QuantKernel::kAvx2, QuantKernel::kAvx512Vnni}) {
+      for (QuantKernel kernel :
+           {QuantKernel::kPortable, QuantKernel::kAvx2, QuantKernel::kAvx512Vnni, QuantKernel::kAvx512Bf16}) {
         if (!ForceQuantKernel(kernel)) continue;
         const at::Tensor logits = DecodeStepLogits(**lm, f, c);
         const double decode = Rel(logits, fp32_decode[i]);

@@ -38,58 +38,17 @@ using simd::ReduceAddColumn;
 
 // The 16 sums of Block<4, 4>'s accumulators (adjacent rows r..r+3, input
 // rows m0..m0+3), their biases added, stored: the bits of the scalar ending
-// below (ReduceAddColumn's adds in its order, AddBias, StoreY), in vectors.
-// Per accumulator its 128-bit blocks (0 + 2) + (1 + 3), as ReduceAddRows,
-// then a 4 x 4 transpose within the blocks puts lane j of (row i, input m)
-// in lane 4i + m of q[j], summed (q0 + q2) + (q1 + q3) as ReduceAddRows'
-// lanes. The scalar ending took ~40% of a batched block's time (8 input
-// rows, a matrix in L2).
+// below (ReduceAddColumn's adds in its order, AddBias, StoreY), in vectors
+// (simd_avx512.h).
 inline void Store4x4(const Problem& p, const __m512 (&acc)[4][4], int64_t r, int64_t m0) {
-  auto halves = [](__m512 a, __m512 b) {
-    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-  };
-  __m512 blocks[4];  // per input m: 128-bit block i = row i's 4 lane sums
-#pragma GCC unroll 4
-  for (int m = 0; m < 4; ++m) {
-    const __m512 x = halves(acc[0][m], acc[1][m]), y = halves(acc[2][m], acc[3][m]);
-    blocks[m] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(x, y, 0xDD));
-  }
-  const __m512 t0 = _mm512_unpacklo_ps(blocks[0], blocks[1]), t1 = _mm512_unpackhi_ps(blocks[0], blocks[1]);
-  const __m512 t2 = _mm512_unpacklo_ps(blocks[2], blocks[3]), t3 = _mm512_unpackhi_ps(blocks[2], blocks[3]);
-  auto lo = [](__m512 a, __m512 b) {
-    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
-  };
-  auto hi = [](__m512 a, __m512 b) {
-    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
-  };
-  // Lane 4i + m: the sum of (row r + i, input m0 + m).
-  __m512 sums = _mm512_add_ps(_mm512_add_ps(lo(t0, t2), lo(t1, t3)), _mm512_add_ps(hi(t0, t2), hi(t1, t3)));
-  const __m512i by_row = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  __m512 sums = simd::Sums4x4(acc);
   if (p.bias != nullptr) {
-    sums = _mm512_add_ps(sums, _mm512_permutexvar_ps(by_row, _mm512_castps128_ps512(_mm_loadu_ps(p.bias + r))));
+    sums = _mm512_add_ps(sums, simd::PerRow4x4(_mm_loadu_ps(p.bias + r)));
   } else if (p.bias_bf16 != nullptr) {
     const __m128i b16 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p.bias_bf16 + r));
-    const __m128 b = _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(b16), 16));
-    sums = _mm512_add_ps(sums, _mm512_permutexvar_ps(by_row, _mm512_castps128_ps512(b)));
+    sums = _mm512_add_ps(sums, simd::PerRow4x4(_mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(b16), 16))));
   }
-  // Lane 4m + i: input m's 4 outputs together.
-  const __m512 by_input =
-      _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), sums);
-  if (p.y_bf16 == nullptr) {
-    float* y = p.y + m0 * p.out + r;
-    _mm_storeu_ps(y, _mm512_castps512_ps128(by_input));
-    _mm_storeu_ps(y + p.out, _mm512_extractf32x4_ps(by_input, 1));
-    _mm_storeu_ps(y + 2 * p.out, _mm512_extractf32x4_ps(by_input, 2));
-    _mm_storeu_ps(y + 3 * p.out, _mm512_extractf32x4_ps(by_input, 3));
-  } else {
-    const __m256i h = simd::RoundToBf16x16(by_input);
-    const __m128i a = _mm256_castsi256_si128(h), b = _mm256_extracti128_si256(h, 1);
-    uint16_t* y = p.y_bf16 + m0 * p.out + r;
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(y), a);
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(y + p.out), _mm_unpackhi_epi64(a, a));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(y + 2 * p.out), b);
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(y + 3 * p.out), _mm_unpackhi_epi64(b, b));
-  }
+  simd::Store4x4Lanes(p, r, m0, sums);
 }
 
 // Dot products of kRows weight rows (at rows[i]) with M input rows from m0.

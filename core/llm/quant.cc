@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "core/llm/chunk_pool.h"
 #include "core/llm/gemv.h"
@@ -29,6 +30,7 @@ int64_t RoundUp(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 std::atomic<int> g_forced{-1};
 
 QuantKernel BestKernel() {
+  if (QuantKernelSupported(QuantKernel::kAvx512Bf16)) return QuantKernel::kAvx512Bf16;
   if (quant::CpuHasAvx512Vnni()) return QuantKernel::kAvx512Vnni;
   if (gemv::CpuHasAvx2Fma()) return QuantKernel::kAvx2;
   return QuantKernel::kPortable;
@@ -38,7 +40,8 @@ QuantKernel EnvKernel() {
   static const QuantKernel k = [] {
     const char* env = std::getenv("INTERNVL_QUANT_KERNEL");
     if (env != nullptr) {
-      for (QuantKernel c : {QuantKernel::kPortable, QuantKernel::kAvx2, QuantKernel::kAvx512Vnni}) {
+      for (QuantKernel c :
+           {QuantKernel::kPortable, QuantKernel::kAvx2, QuantKernel::kAvx512Vnni, QuantKernel::kAvx512Bf16}) {
         if (std::string(env) == QuantKernelName(c) && QuantKernelSupported(c)) return c;
       }
       if (*env != 0) std::fprintf(stderr, "INTERNVL_QUANT_KERNEL=%s is unknown or unsupported here: ignored\n", env);
@@ -141,6 +144,8 @@ const char* QuantKernelName(QuantKernel k) {
       return "avx2";
     case QuantKernel::kAvx512Vnni:
       return "avx512vnni";
+    case QuantKernel::kAvx512Bf16:
+      return "avx512bf16";
   }
   return "?";
 }
@@ -153,6 +158,8 @@ bool QuantKernelSupported(QuantKernel k) {
       return gemv::CpuHasAvx2Fma();
     case QuantKernel::kAvx512Vnni:
       return quant::CpuHasAvx512Vnni();
+    case QuantKernel::kAvx512Bf16:
+      return quant::CpuHasAvx512Vnni() && gemv::CpuHasAvx512Bf16();
   }
   return false;
 }
@@ -160,6 +167,13 @@ bool QuantKernelSupported(QuantKernel k) {
 QuantKernel ActiveQuantKernel() {
   const int forced = g_forced.load(std::memory_order_relaxed);
   return forced >= 0 ? static_cast<QuantKernel>(forced) : EnvKernel();
+}
+
+std::string ActiveQuantKernelDescription() {
+  const QuantKernel kernel = ActiveQuantKernel();
+  if (kernel != QuantKernel::kAvx512Bf16) return QuantKernelName(kernel);
+  return absl::StrCat(QuantKernelName(kernel), " (int8 x bf16 from ", QuantWideMinRows(), " rows, else ",
+                      QuantKernelName(QuantKernel::kAvx512Vnni), ")");
 }
 
 bool ForceQuantKernel(std::optional<QuantKernel> kernel) {
@@ -173,6 +187,26 @@ bool ForceQuantKernel(std::optional<QuantKernel> kernel) {
 // libtorch's GEMM (bench_gemv --only=crossover, InternVL2-1B's q|k|v, gate|up
 // and down, 2-core Zen 5).
 int64_t QuantLinearMaxRows() { return kMaxFastLinearRows; }
+
+// From 12 bf16 input rows the avx512bf16 family widens int8 weights to bf16
+// (Int8WideProblem). bench_gemv --only=wide (2-core Zen 5 VM, InternVL2-1B's
+// int8 q|k|v, gate|up and down read from memory, calls alternated, two runs),
+// VNNI time / widened time: 4 rows 0.58-0.89, 8 rows 0.96-1.14, 12 rows
+// 1.02-1.26, 16 1.06-1.49, 32 1.19-1.50 (the bf16 matrix's own product:
+// 0.84-1.16x the widened one from 16 rows). Whole steps, bench_decode
+// --batch=N --prompt=300 alternated 3 times: 32 sequences 96-116 -> 84-102
+// ms (int8 / bf16 step time 1.16-1.27 -> 1.05-1.08), 24 sequences 74-79 ->
+// 71-73 (1.04-1.21 -> 0.99-1.08), 16 alike (0.92-0.93 and 0.91-0.99).
+constexpr int64_t kQuantWideMinRows = 12;
+
+int64_t QuantWideMinRows() {
+  static const int64_t rows = [] {
+    const char* env = std::getenv("INTERNVL_QUANT_WIDE_MIN_ROWS");
+    int64_t v = 0;
+    return env != nullptr && absl::SimpleAtoi(env, &v) && v >= 1 ? v : kQuantWideMinRows;
+  }();
+  return rows;
+}
 
 std::shared_ptr<QuantMatrix> QuantMatrix::Int8(const at::Tensor& w) {
   at::NoGradGuard no_grad;
@@ -333,6 +367,24 @@ at::Tensor QuantMatrix::Dequantize(int64_t r0, int64_t r1, at::ScalarType dtype)
   return w.view({n, inp_}).narrow(1, 0, in_).to(dtype);
 }
 
+quant::Dequant QuantMatrix::Weights() const {
+  quant::Dequant p;
+  if (kind_ == Kind::kInt8) {
+    p.w8 = data_.data_ptr<int8_t>();
+    p.scale = scale_.data_ptr<float>();
+  } else {
+    p.w_stride = data_.stride(0);
+    p.s_stride = scale_.stride(0);
+    p.w4 = data_.data_ptr<uint8_t>();
+    p.scale = scale_.data_ptr<float>();
+    p.zmin = zmin_.data_ptr<float>();
+    p.group = group_;
+  }
+  p.inp = inp_;
+  p.in = in_;
+  return p;
+}
+
 void QuantMatrix::DequantizeInto(int64_t r0, int64_t r1, at::Tensor& out) const {
   const int64_t n = r1 - r0;
   const at::ScalarType dtype = out.scalar_type();
@@ -341,27 +393,23 @@ void QuantMatrix::DequantizeInto(int64_t r0, int64_t r1, at::Tensor& out) const 
                   out.is_contiguous() && out.dim() == 2 && out.size(0) == n && out.size(1) == in_,
               "dequantize: the destination must be a contiguous CPU fp32 or bf16 [", n, ", ", in_, "] tensor");
   if (n == 0) return;
-  quant::Dequant p;
+  quant::Dequant p = Weights();
   if (kind_ == Kind::kInt8) {
-    p.w8 = data_.data_ptr<int8_t>() + r0 * inp_;
-    p.scale = scale_.data_ptr<float>() + r0;
+    p.w8 += r0 * inp_;
+    p.scale += r0;
   } else {
-    p.w_stride = data_.stride(0);
-    p.s_stride = scale_.stride(0);
-    p.w4 = data_.data_ptr<uint8_t>() + r0 * p.w_stride;
-    p.scale = scale_.data_ptr<float>() + r0 * p.s_stride;
-    p.zmin = zmin_.data_ptr<float>() + r0 * p.s_stride;
-    p.group = group_;
+    p.w4 += r0 * p.w_stride;
+    p.scale += r0 * p.s_stride;
+    p.zmin += r0 * p.s_stride;
   }
-  p.inp = inp_;
-  p.in = in_;
   if (dtype == at::kFloat) {
     p.out32 = out.data_ptr<float>();
   } else {
     p.out16 = reinterpret_cast<uint16_t*>(out.data_ptr());
   }
   const QuantKernel kernel = ActiveQuantKernel();
-  auto rows = kernel == QuantKernel::kAvx512Vnni                    ? &quant::DequantRowsAvx512
+  const bool avx512 = kernel == QuantKernel::kAvx512Vnni || kernel == QuantKernel::kAvx512Bf16;
+  auto rows = avx512                                                ? &quant::DequantRowsAvx512
               : kernel == QuantKernel::kAvx2 && dtype == at::kFloat ? &quant::DequantRowsAvx2
                                                                     : &quant::DequantRowsPortable;
   // On libtorch's threads (the GEMM that follows runs on them).
@@ -552,10 +600,30 @@ void QuantLinearRows(const void* x, at::ScalarType x_dtype, int64_t rows, const 
   const QuantKernel kernel = ActiveQuantKernel();
   const bool avx2 = kernel != QuantKernel::kPortable && gemv::CpuHasAvx2Fma();
   thread_local std::vector<float> t_x, t_b;
-  const float* xf = FloatValues(x, x_dtype, rows * in, t_x, avx2);
   const float* bf = b.defined() ? FloatValues(b.contiguous(), t_b, avx2) : nullptr;
   float* y32 = x_dtype == at::kBFloat16 ? nullptr : static_cast<float*>(y);
   uint16_t* y16 = x_dtype == at::kBFloat16 ? static_cast<uint16_t*>(y) : nullptr;
+  const int threads = at::get_num_threads();
+  const RowChunks& chunks = SplitRowsCached(out, in, threads, w.bytes() / std::max<int64_t>(1, out));
+  // Batched steps of a bf16 model: int8 weights widened to bf16 (Int8WideProblem).
+  if (kernel == QuantKernel::kAvx512Bf16 && w.kind() == QuantMatrix::Kind::kInt8 && x_dtype == at::kBFloat16 &&
+      rows >= QuantWideMinRows()) {
+    const quant::Int8WideProblem p{w.data().data_ptr<int8_t>(),
+                                   w.scale().data_ptr<float>(),
+                                   w.padded_in(),
+                                   in,
+                                   static_cast<const uint16_t*>(x),
+                                   rows,
+                                   bf,
+                                   nullptr,
+                                   y16,
+                                   out};
+    ParallelChunks(chunks.count(), threads, [&](int64_t chunk) {
+      quant::Int8WideRowsAvx512Bf16(p, chunks.begin[chunk], chunks.begin[chunk + 1]);
+    });
+    return;
+  }
+  const float* xf = FloatValues(x, x_dtype, rows * in, t_x, avx2);
   // Reused per thread (its vectors keep their capacity between calls).
   thread_local quant::Activations acts;
   acts.Prepare(xf, rows, in, w.padded_in(), w.kind() == QuantMatrix::Kind::kInt4 ? w.group() : 0, avx2);
@@ -580,13 +648,12 @@ void QuantLinearRows(const void* x, at::ScalarType x_dtype, int64_t rows, const 
   // bytes, 128 KB made int4 matrices of ~1000 rows 4-5 chunks, and one
   // thread took 3 of 5. Whether to split beyond one chunk per thread goes
   // by bytes: SplitRows.)
-  const int threads = at::get_num_threads();
-  const RowChunks& chunks = SplitRowsCached(out, in, threads, w.bytes() / std::max<int64_t>(1, out));
   const bool int8 = w.kind() == QuantMatrix::Kind::kInt8;
   ParallelChunks(chunks.count(), threads, [&](int64_t chunk) {
     const int64_t r0 = chunks.begin[chunk], r1 = chunks.begin[chunk + 1];
     switch (kernel) {
       case QuantKernel::kAvx512Vnni:
+      case QuantKernel::kAvx512Bf16:
         return int8 ? quant::Int8RowsAvx512Vnni(p8, r0, r1) : quant::Int4RowsAvx512Vnni(p4, r0, r1);
       case QuantKernel::kAvx2:
         return int8 ? quant::Int8RowsAvx2(p8, r0, r1) : quant::Int4RowsAvx2(p4, r0, r1);

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "core/llm/quant_kernels.h"
 
 namespace internvl::llm {
 
@@ -34,13 +35,20 @@ absl::StatusOr<Quantization> ParseQuantization(absl::string_view name);  // "non
 const char* QuantizationName(Quantization q);
 
 // The kernel families, chosen at run time from the CPU's flags (the best
-// supported), or forced by INTERNVL_QUANT_KERNEL=portable|avx2|avx512vnni or
-// ForceQuantKernel (tests, benchmarks) among those this CPU runs.
-enum class QuantKernel { kPortable, kAvx2, kAvx512Vnni };
+// supported), or forced by INTERNVL_QUANT_KERNEL=portable|avx2|avx512vnni|
+// avx512bf16 or ForceQuantKernel (tests, benchmarks) among those this CPU
+// runs. kAvx512Bf16 (CPUs with AVX-512 VNNI and BF16) is kAvx512Vnni but
+// for products of at least QuantWideMinRows() bf16 input rows (batched
+// decode steps of a bf16 model), whose weights it widens to bf16 a few rows
+// at a time for bf16 dot products (quant_kernels.h, WideProblem).
+enum class QuantKernel { kPortable, kAvx2, kAvx512Vnni, kAvx512Bf16 };
 const char* QuantKernelName(QuantKernel kernel);
 bool QuantKernelSupported(QuantKernel kernel);
 QuantKernel ActiveQuantKernel();
 bool ForceQuantKernel(std::optional<QuantKernel> kernel);
+// The active family's name, with what avx512bf16 runs when ("avx512bf16
+// (int8 x bf16 from 12 rows, else avx512vnni)"): what benchmarks print.
+std::string ActiveQuantKernelDescription();
 
 class QuantMatrix {
  public:
@@ -99,6 +107,9 @@ class QuantMatrix {
   const at::Tensor& data() const { return data_; }
   const at::Tensor& scale() const { return scale_; }
   const at::Tensor& zmin() const { return zmin_; }
+  // The packed weights as the kernels' descriptor (quant_kernels.h; out32 /
+  // out16 unset).
+  quant::Dequant Weights() const;
 
  private:
   QuantMatrix() = default;
@@ -117,6 +128,9 @@ class QuantMatrix {
 at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b);
 // Rows up to which QuantLinear runs the decode kernels on this CPU.
 int64_t QuantLinearMaxRows();
+// Input rows from which the avx512bf16 family widens the weights (bf16
+// inputs; fewer rows run the VNNI kernels).
+int64_t QuantWideMinRows();
 // QuantLinear's path for many rows: W dequantized into the compute dtype
 // (bf16 where the CPU multiplies it natively and x is bf16, else fp32)
 // through libtorch's GEMM, in row tiles of at most kQuantPrefillTileBytes

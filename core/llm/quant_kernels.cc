@@ -109,6 +109,18 @@ void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end) 
   }
 }
 
+void Int8WideRowsPortable(const Int8WideProblem& p, int64_t row_begin, int64_t row_end) {
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    for (int64_t m = 0; m < p.m; ++m) {
+      float acc = 0;
+      for (int64_t k = 0; k < p.in; ++k) acc += Bf16BitsToFloat(p.x[m * p.in + k]) * p.w[r * p.inp + k];
+      float y = acc * p.scale[r];
+      if (p.bias != nullptr) y += p.bias[r];
+      StoreY(p, m * p.out + r, y);
+    }
+  }
+}
+
 void DequantValuesPortable(const Dequant& p, int64_t r, int64_t k0, int64_t k1, int64_t offset) {
   for (int64_t k = k0; k < k1; ++k) {
     float v;
@@ -140,6 +152,9 @@ int32_t QuantizeBlockAvx2(const float*, float, int8_t*, int32_t*, float*) { std:
 float AbsMaxAvx2(const float*, int64_t) { std::abort(); }
 void Int8RowsAvx2(const Int8Problem& p, int64_t b, int64_t e) { Int8RowsPortable(p, b, e); }
 void Int4RowsAvx2(const Int4Problem& p, int64_t b, int64_t e) { Int4RowsPortable(p, b, e); }
+#endif
+#ifndef INTERNVL_HAVE_AVX512BF16_QUANT
+void Int8WideRowsAvx512Bf16(const Int8WideProblem& p, int64_t b, int64_t e) { Int8WideRowsPortable(p, b, e); }
 #endif
 #ifndef INTERNVL_HAVE_AVX512VNNI_QUANT
 void DequantRowsAvx512(const Dequant& p, int64_t b, int64_t e) { DequantRowsPortable(p, b, e); }

@@ -158,6 +158,33 @@ void DequantRowsAvx2(const Dequant& p, int64_t row_begin, int64_t row_end);
 // AVX-512 (F, BW, VL); only when CpuHasAvx512Vnni().
 void DequantRowsAvx512(const Dequant& p, int64_t row_begin, int64_t row_end);
 
+// Batched int8 products of bf16 inputs (decode steps of several sequences
+// of a model computed in bf16): each few weight rows widened to bf16 once
+// (exact: |q| <= 127), then bf16 dot products with every input row, summed
+// in fp32 as a bf16 GEMM sums them:
+//   y[m][r] = scale[r] * sum_k bf16(x[m][k]) * q[r][k]  (+ bias[r])
+// No activation quantization: the inputs keep their bf16 bits. (The VNNI
+// kernel pays a conversion and an FMA per 64 weights and input row besides
+// its vpdpbusd, since each 32-input activation block has its own scale; here
+// an input row costs one vdpbf16ps per 32 weights, the widening 6
+// instructions per 32 weights shared by all input rows.)
+struct Int8WideProblem {
+  const int8_t* w = nullptr;     // [out][inp]
+  const float* scale = nullptr;  // [out]
+  int64_t inp = 0, in = 0;       // padded and actual row length
+  const uint16_t* x = nullptr;   // [m][in] bf16 bits
+  int64_t m = 0;
+  const float* bias = nullptr;  // [out] or null
+  float* y = nullptr;           // [m][out]
+  uint16_t* y_bf16 = nullptr;   // [m][out] bf16 bits, instead of y
+  int64_t out = 0;
+};
+// The same arithmetic one value at a time (tests' reference; any CPU): each
+// output's products summed in order of k, in fp32, then scaled.
+void Int8WideRowsPortable(const Int8WideProblem& p, int64_t row_begin, int64_t row_end);
+// AVX-512-BF16; only when gemv::CpuHasAvx512Bf16().
+void Int8WideRowsAvx512Bf16(const Int8WideProblem& p, int64_t row_begin, int64_t row_end);
+
 // Output rows [row_begin, row_end) for every input row.
 void Int8RowsPortable(const Int8Problem& p, int64_t row_begin, int64_t row_end);
 void Int4RowsPortable(const Int4Problem& p, int64_t row_begin, int64_t row_end);

@@ -20,7 +20,8 @@
 namespace internvl::llm {
 namespace {
 
-const std::vector<QuantKernel> kKernels = {QuantKernel::kPortable, QuantKernel::kAvx2, QuantKernel::kAvx512Vnni};
+const std::vector<QuantKernel> kKernels = {QuantKernel::kPortable, QuantKernel::kAvx2, QuantKernel::kAvx512Vnni,
+                                           QuantKernel::kAvx512Bf16};
 
 // max |a - b| / max |b|.
 double RelErr(const at::Tensor& a, const at::Tensor& b) {
@@ -326,6 +327,71 @@ TEST_F(QuantTest, KernelsCoverOddRowRanges) {
                 ASSERT_NEAR(g, w, 1e-5 * scale) << what;
               }
             }
+        }
+      }
+    }
+  }
+}
+
+// The widened int8 kernel for batched bf16 inputs (Int8WideProblem): the
+// portable arithmetic is the product of the bf16 inputs with the integer
+// weights, scaled per row; the AVX-512-BF16 kernel matches it to fp32
+// rounding over odd row ranges (4-row groups and single rows), input rows
+// not a multiple of 4, inputs not a multiple of 32, with and without a bias,
+// fp32 and bf16 results, and writes nothing outside its rows.
+TEST_F(QuantTest, WidenedInt8KernelIsTheBf16ProductOfTheIntegers) {
+  at::InferenceMode guard;
+  at::manual_seed(9);
+  for (int64_t in : {130, 200, 896}) {
+    const int64_t out = 40;
+    const std::shared_ptr<QuantMatrix> q = QuantMatrix::Int8(at::randn({out, in}));
+    const at::Tensor bias = at::randn({out});
+    const at::Tensor ints = q->data().narrow(1, 0, in).to(at::kDouble);
+    for (int64_t m : {1, 3, 4, 5, 8, 13, 32}) {
+      const at::Tensor x = at::randn({m, in}).to(at::kBFloat16).contiguous();
+      const at::Tensor expected = at::linear(x.to(at::kDouble), ints).mul_(q->scale().to(at::kDouble));
+      for (bool with_bias : {false, true}) {
+        const at::Tensor want_t = (with_bias ? expected + bias.to(at::kDouble) : expected).contiguous();
+        const double scale = want_t.abs().max().item<double>();
+        const std::vector<double> want(want_t.data_ptr<double>(), want_t.data_ptr<double>() + m * out);
+        for (bool bf16_out : {false, true}) {
+          std::vector<float> y32(static_cast<size_t>(m * out));
+          std::vector<uint16_t> y16(static_cast<size_t>(m * out));
+          quant::Int8WideProblem p;
+          p.w = q->data().data_ptr<int8_t>();
+          p.scale = q->scale().data_ptr<float>();
+          p.inp = q->padded_in();
+          p.in = in;
+          p.x = reinterpret_cast<const uint16_t*>(x.data_ptr());
+          p.m = m;
+          p.bias = with_bias ? bias.data_ptr<float>() : nullptr;
+          p.out = out;
+          if (bf16_out) {
+            p.y_bf16 = y16.data();
+          } else {
+            p.y = y32.data();
+          }
+          auto value = [&](int64_t i) { return bf16_out ? Bf16BitsToFloat(y16[i]) : y32[i]; };
+          for (int kernel : {0, 1}) {
+            if (kernel == 1 && !gemv::CpuHasAvx512Bf16()) continue;
+            for (auto [begin, end] : std::vector<std::pair<int64_t, int64_t>>{{1, 40}, {3, 10}, {7, 8}, {0, 40}}) {
+              std::fill(y32.begin(), y32.end(), -1.0f);
+              std::fill(y16.begin(), y16.end(), FloatToBf16Bits(-1.0f));
+              kernel == 0 ? quant::Int8WideRowsPortable(p, begin, end) : quant::Int8WideRowsAvx512Bf16(p, begin, end);
+              const double tol = (bf16_out ? 1.0 / 128 : 1e-5) * scale;
+              for (int64_t i = 0; i < m; ++i)
+                for (int64_t r = 0; r < out; ++r) {
+                  const std::string what = absl::StrCat(kernel == 0 ? "portable" : "avx512bf16", " in ", in, " m ", m,
+                                                        with_bias ? " bias" : "", bf16_out ? " bf16" : " fp32", " [",
+                                                        begin, ", ", end, ") row ", i, " out ", r);
+                  if (r < begin || r >= end) {
+                    ASSERT_EQ(value(i * out + r), -1.0f) << what << " written outside its range";
+                  } else {
+                    ASSERT_NEAR(value(i * out + r), want[i * out + r], tol) << what;
+                  }
+                }
+            }
+          }
         }
       }
     }

@@ -4,6 +4,8 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "core/nn/bf16_avx512.h"
 #include "core/nn/exp_avx512.h"
 #include "core/nn/simd_avx2.h"
@@ -57,6 +59,65 @@ inline void ReduceAddColumn(const __m512 (&acc)[kRows][M], int m, float* out) {
   ReduceAddRows<kRows>(column, out);
 }
 
+using internvl::simd::RoundToBf16x16;
+
+// The lane sums of a 4 x 4 block's accumulators acc[i][m] (weight row i,
+// input row m) in one vector, lane 4i + m, each summed as ReduceAddRows sums
+// a row (the same bits): per accumulator its 128-bit blocks (0 + 2) +
+// (1 + 3), then a 4 x 4 transpose within the blocks puts lane j of (i, m) in
+// lane 4i + m of q[j], summed (q0 + q2) + (q1 + q3). (A scalar ending, per
+// accumulator through the stack, took ~40% of a batched block's time.)
+inline __m512 Sums4x4(const __m512 (&acc)[4][4]) {
+  auto halves = [](__m512 a, __m512 b) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  };
+  __m512 blocks[4];  // per input m: 128-bit block i = row i's 4 lane sums
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    const __m512 x = halves(acc[0][m], acc[1][m]), y = halves(acc[2][m], acc[3][m]);
+    blocks[m] = _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(x, y, 0xDD));
+  }
+  const __m512 t0 = _mm512_unpacklo_ps(blocks[0], blocks[1]), t1 = _mm512_unpackhi_ps(blocks[0], blocks[1]);
+  const __m512 t2 = _mm512_unpacklo_ps(blocks[2], blocks[3]), t3 = _mm512_unpackhi_ps(blocks[2], blocks[3]);
+  auto lo = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  auto hi = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  return _mm512_add_ps(_mm512_add_ps(lo(t0, t2), lo(t1, t3)), _mm512_add_ps(hi(t0, t2), hi(t1, t3)));
+}
+
+// Four per-row values v[0, 4) spread as Sums4x4's lanes: lane 4i + m = v[i].
+inline __m512 PerRow4x4(__m128 v) {
+  return _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                               _mm512_castps128_ps512(v));
+}
+
+// Sums4x4's lanes (lane 4i + m: output row r + i of input row m0 + m) stored
+// into p.y (fp32) or p.y_bf16 (rounded as FloatToBf16Bits), rows of p.out.
+template <typename P>
+inline void Store4x4Lanes(const P& p, int64_t r, int64_t m0, __m512 sums) {
+  // Lane 4m + i: input m's 4 outputs together.
+  const __m512 by_input =
+      _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), sums);
+  if (p.y_bf16 == nullptr) {
+    float* y = p.y + m0 * p.out + r;
+    _mm_storeu_ps(y, _mm512_castps512_ps128(by_input));
+    _mm_storeu_ps(y + p.out, _mm512_extractf32x4_ps(by_input, 1));
+    _mm_storeu_ps(y + 2 * p.out, _mm512_extractf32x4_ps(by_input, 2));
+    _mm_storeu_ps(y + 3 * p.out, _mm512_extractf32x4_ps(by_input, 3));
+  } else {
+    const __m256i h = RoundToBf16x16(by_input);
+    const __m128i a = _mm256_castsi256_si128(h), b = _mm256_extracti128_si256(h, 1);
+    uint16_t* y = p.y_bf16 + m0 * p.out + r;
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(y), a);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(y + p.out), _mm_unpackhi_epi64(a, a));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(y + 2 * p.out), b);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(y + 3 * p.out), _mm_unpackhi_epi64(b, b));
+  }
+}
+
 inline float ReduceAdd(__m512 v) {
   float s;
   ReduceAddRows<1>(&v, &s);
@@ -65,6 +126,5 @@ inline float ReduceAdd(__m512 v) {
 
 using internvl::simd::ExpNonPositiveAvx512;
 using internvl::simd::HorizontalSum8;  // (the 256-bit streaming kernels' lane sums)
-using internvl::simd::RoundToBf16x16;
 
 }  // namespace internvl::llm::simd
