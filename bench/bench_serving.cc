@@ -15,7 +15,7 @@
 // second turn resends the image and the first answer; its time to first
 // token against the first turn's (target: >= 10x lower).
 //
-// Usage: bench_serving [--model=DIR] [--dtype=bf16] [--threads=2]
+// Usage: bench_serving [--model=DIR] [--dtype=bf16] [--quantize=none|int8|int4] [--threads=2]
 //   [--clients=1,2,4,8,16] [--requests=3] [--max-new-tokens=48]
 //   [--image-every=3 (0 = text only)] [--image-max-num=1]
 //   [--paths=all-in-one,services] [--kv-cache-bytes=1073741824]
@@ -55,7 +55,7 @@ namespace {
 namespace st = services::testing;
 
 struct Options {
-  std::string model, dtype = "bf16", tokenizer;
+  std::string model, dtype = "bf16", tokenizer, quantize = "none";
   int threads = 2;
   std::vector<int> clients = {1, 2, 4, 8, 16};
   int requests = 3;
@@ -288,6 +288,8 @@ int Run(int argc, char** argv) {
       o.tokenizer = value("--tokenizer=");
     } else if (absl::StartsWith(a, "--dtype=")) {
       o.dtype = value("--dtype=");
+    } else if (absl::StartsWith(a, "--quantize=")) {
+      o.quantize = value("--quantize=");
     } else if (absl::StartsWith(a, "--threads=")) {
       ok = absl::SimpleAtoi(value("--threads="), &o.threads);
     } else if (absl::StartsWith(a, "--clients=")) {
@@ -347,13 +349,14 @@ int Run(int argc, char** argv) {
     made = true;
   }
   std::printf(
-      "model %s, dtype %s, %d threads per server, KV budget %.0f MiB, step budget %d tokens, %d sequences; "
-      "%d requests per client, %d new tokens, an image every %d requests (max_num %d)\n",
-      o.model.c_str(), o.dtype.c_str(), o.threads, o.kv_cache_bytes / 1048576.0, o.max_batched_tokens, o.max_num_seqs,
-      o.requests, o.max_new_tokens, o.image_every, o.image_max_num);
+      "model %s, dtype %s, quantize %s, %d threads per server, KV budget %.0f MiB, step budget %d tokens, %d "
+      "sequences; %d requests per client, %d new tokens, an image every %d requests (max_num %d)\n",
+      o.model.c_str(), o.dtype.c_str(), o.quantize.c_str(), o.threads, o.kv_cache_bytes / 1048576.0,
+      o.max_batched_tokens, o.max_num_seqs, o.requests, o.max_new_tokens, o.image_every, o.image_max_num);
   const std::vector<std::string> engine = {"--kv-cache-bytes",     std::to_string(o.kv_cache_bytes),
                                            "--max-batched-tokens", std::to_string(o.max_batched_tokens),
-                                           "--max-num-seqs",       std::to_string(o.max_num_seqs)};
+                                           "--max-num-seqs",       std::to_string(o.max_num_seqs),
+                                           "--quantize",           o.quantize};
   std::vector<PathResult> results;
   int image_seed = 1, question_seed = 1;
   for (const std::string& path : o.paths) {
