@@ -367,24 +367,6 @@ at::Tensor QuantMatrix::Dequantize(int64_t r0, int64_t r1, at::ScalarType dtype)
   return w.view({n, inp_}).narrow(1, 0, in_).to(dtype);
 }
 
-quant::Dequant QuantMatrix::Weights() const {
-  quant::Dequant p;
-  if (kind_ == Kind::kInt8) {
-    p.w8 = data_.data_ptr<int8_t>();
-    p.scale = scale_.data_ptr<float>();
-  } else {
-    p.w_stride = data_.stride(0);
-    p.s_stride = scale_.stride(0);
-    p.w4 = data_.data_ptr<uint8_t>();
-    p.scale = scale_.data_ptr<float>();
-    p.zmin = zmin_.data_ptr<float>();
-    p.group = group_;
-  }
-  p.inp = inp_;
-  p.in = in_;
-  return p;
-}
-
 void QuantMatrix::DequantizeInto(int64_t r0, int64_t r1, at::Tensor& out) const {
   const int64_t n = r1 - r0;
   const at::ScalarType dtype = out.scalar_type();
@@ -393,15 +375,20 @@ void QuantMatrix::DequantizeInto(int64_t r0, int64_t r1, at::Tensor& out) const 
                   out.is_contiguous() && out.dim() == 2 && out.size(0) == n && out.size(1) == in_,
               "dequantize: the destination must be a contiguous CPU fp32 or bf16 [", n, ", ", in_, "] tensor");
   if (n == 0) return;
-  quant::Dequant p = Weights();
+  quant::Dequant p;
   if (kind_ == Kind::kInt8) {
-    p.w8 += r0 * inp_;
-    p.scale += r0;
+    p.w8 = data_.data_ptr<int8_t>() + r0 * inp_;
+    p.scale = scale_.data_ptr<float>() + r0;
   } else {
-    p.w4 += r0 * p.w_stride;
-    p.scale += r0 * p.s_stride;
-    p.zmin += r0 * p.s_stride;
+    p.w_stride = data_.stride(0);
+    p.s_stride = scale_.stride(0);
+    p.w4 = data_.data_ptr<uint8_t>() + r0 * p.w_stride;
+    p.scale = scale_.data_ptr<float>() + r0 * p.s_stride;
+    p.zmin = zmin_.data_ptr<float>() + r0 * p.s_stride;
+    p.group = group_;
   }
+  p.inp = inp_;
+  p.in = in_;
   if (dtype == at::kFloat) {
     p.out32 = out.data_ptr<float>();
   } else {

@@ -19,7 +19,6 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "core/llm/quant_kernels.h"
 
 namespace internvl::llm {
 
@@ -38,9 +37,9 @@ const char* QuantizationName(Quantization q);
 // supported), or forced by INTERNVL_QUANT_KERNEL=portable|avx2|avx512vnni|
 // avx512bf16 or ForceQuantKernel (tests, benchmarks) among those this CPU
 // runs. kAvx512Bf16 (CPUs with AVX-512 VNNI and BF16) is kAvx512Vnni but
-// for products of at least QuantWideMinRows() bf16 input rows (batched
+// for int8 products of at least QuantWideMinRows() bf16 input rows (batched
 // decode steps of a bf16 model), whose weights it widens to bf16 a few rows
-// at a time for bf16 dot products (quant_kernels.h, WideProblem).
+// at a time for bf16 dot products (quant_kernels.h, Int8WideProblem).
 enum class QuantKernel { kPortable, kAvx2, kAvx512Vnni, kAvx512Bf16 };
 const char* QuantKernelName(QuantKernel kernel);
 bool QuantKernelSupported(QuantKernel kernel);
@@ -107,9 +106,6 @@ class QuantMatrix {
   const at::Tensor& data() const { return data_; }
   const at::Tensor& scale() const { return scale_; }
   const at::Tensor& zmin() const { return zmin_; }
-  // The packed weights as the kernels' descriptor (quant_kernels.h; out32 /
-  // out16 unset).
-  quant::Dequant Weights() const;
 
  private:
   QuantMatrix() = default;
@@ -128,8 +124,8 @@ class QuantMatrix {
 at::Tensor QuantLinear(const at::Tensor& x, const QuantMatrix& w, const at::Tensor& b);
 // Rows up to which QuantLinear runs the decode kernels on this CPU.
 int64_t QuantLinearMaxRows();
-// Input rows from which the avx512bf16 family widens the weights (bf16
-// inputs; fewer rows run the VNNI kernels).
+// bf16 input rows from which the avx512bf16 family widens int8 weights
+// (fewer rows, and 4-bit weights, run the VNNI kernels).
 int64_t QuantWideMinRows();
 // QuantLinear's path for many rows: W dequantized into the compute dtype
 // (bf16 where the CPU multiplies it natively and x is bf16, else fp32)
