@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -112,6 +113,26 @@ double KernelAloneGbps(const std::string& kernel, const std::optional<Quantizati
     times.push_back((bench::NowSeconds() - t0) / 1000);
   }
   return bytes / bench::Median(times) / 1e9;
+}
+
+// Medians of `reps` timed calls of call(0) .. call(n - 1), alternated (each
+// called once first, untimed), a bandwidth probe before each timed call so
+// that every call reads its matrix from memory.
+std::vector<double> AlternatedMedians(bench::BandwidthProbe& probe, int reps, int n,
+                                      const std::function<void(int)>& call) {
+  for (int k = 0; k < n; ++k) call(k);
+  std::vector<std::vector<double>> t(static_cast<size_t>(n));
+  for (int r = 0; r < reps; ++r) {
+    for (int k = 0; k < n; ++k) {
+      probe.Measure();
+      const double t0 = bench::NowSeconds();
+      call(k);
+      t[k].push_back(bench::NowSeconds() - t0);
+    }
+  }
+  std::vector<double> medians;
+  for (const auto& v : t) medians.push_back(bench::Median(v));
+  return medians;
 }
 
 int Run(int argc, char** argv) {
@@ -377,18 +398,9 @@ int Run(int argc, char** argv) {
             SetFastLinearEnabled(true);
             return out;
           };
-          kernel();
-          gemm();
-          std::vector<double> t[2];
-          for (int r = 0; r < reps; ++r) {
-            for (int k = 0; k < 2; ++k) {
-              probe.Measure();
-              const double t0 = bench::NowSeconds();
-              k == 0 ? kernel() : (void)gemm();
-              t[k].push_back(bench::NowSeconds() - t0);
-            }
-          }
-          const double tk = bench::Median(t[0]), tg = bench::Median(t[1]);
+          const std::vector<double> t =
+              AlternatedMedians(probe, reps, 2, [&](int k) { k == 0 ? kernel() : (void)gemm(); });
+          const double tk = t[0], tg = t[1];
           std::printf("    %-8s %6ldx%-5ld %2ld rows: kernel %6.3f ms, libtorch %6.3f ms (%.2fx)\n", s.name,
                       static_cast<long>(s.out), static_cast<long>(s.in), static_cast<long>(rows), tk * 1e3, tg * 1e3,
                       tg / tk);
@@ -409,36 +421,23 @@ int Run(int argc, char** argv) {
         "\n[wide] bf16 inputs: avx512vnni / avx512bf16 (widened from %ld rows) / bf16 weights, ms, "
         "medians of %d alternated calls\n",
         static_cast<long>(QuantWideMinRows()), reps);
-    {
-      const Quantization qz = Quantization::kInt8;
-      for (const Shape& s : kShapes) {
-        if (std::string(s.name) == "head" || std::string(s.name) == "o") continue;
-        const at::Tensor w = at::randn({s.out, s.in}).mul_(0.02).to(at::kBFloat16);
-        const std::shared_ptr<QuantMatrix> q = QuantMatrix::Quantize(w, qz);
-        MoveToHugePages({q->data(), q->scale(), q->zmin(), w});
-        for (const int64_t rows : {int64_t{4}, int64_t{8}, int64_t{12}, int64_t{16}, int64_t{24}, int64_t{32}}) {
-          const at::Tensor x = at::randn({rows, s.in}).to(at::kBFloat16);
-          at::Tensor y = at::empty({rows, s.out}, x.options());
-          auto call = [&](int k) {
-            if (k == 2) return FastLinearRows(x.data_ptr(), at::kBFloat16, rows, w, {}, y.data_ptr());
-            ForceQuantKernel(k == 0 ? QuantKernel::kAvx512Vnni : QuantKernel::kAvx512Bf16);
-            QuantLinearRows(x.data_ptr(), at::kBFloat16, rows, *q, {}, y.data_ptr());
-          };
-          for (int k = 0; k < 3; ++k) call(k);
-          std::vector<double> t[3];
-          for (int r = 0; r < reps; ++r) {
-            for (int k = 0; k < 3; ++k) {
-              probe.Measure();
-              const double t0 = bench::NowSeconds();
-              call(k);
-              t[k].push_back(bench::NowSeconds() - t0);
-            }
-          }
-          const double a = bench::Median(t[0]), b = bench::Median(t[1]), c = bench::Median(t[2]);
-          std::printf("  %s %-8s %6ldx%-5ld %2ld rows: %6.3f / %6.3f / %6.3f ms (widened %.2fx vnni, %.2fx bf16)\n",
-                      QuantizationName(qz), s.name, static_cast<long>(s.out), static_cast<long>(s.in),
-                      static_cast<long>(rows), a * 1e3, b * 1e3, c * 1e3, a / b, c / b);
-        }
+    for (const Shape& s : kShapes) {
+      if (std::string(s.name) == "head" || std::string(s.name) == "o") continue;
+      const at::Tensor w = at::randn({s.out, s.in}).mul_(0.02).to(at::kBFloat16);
+      const std::shared_ptr<QuantMatrix> q = QuantMatrix::Int8(w);
+      MoveToHugePages({q->data(), q->scale(), w});
+      for (const int64_t rows : {int64_t{4}, int64_t{8}, int64_t{12}, int64_t{16}, int64_t{24}, int64_t{32}}) {
+        const at::Tensor x = at::randn({rows, s.in}).to(at::kBFloat16);
+        at::Tensor y = at::empty({rows, s.out}, x.options());
+        const std::vector<double> t = AlternatedMedians(probe, reps, 3, [&](int k) {
+          if (k == 2) return FastLinearRows(x.data_ptr(), at::kBFloat16, rows, w, {}, y.data_ptr());
+          ForceQuantKernel(k == 0 ? QuantKernel::kAvx512Vnni : QuantKernel::kAvx512Bf16);
+          QuantLinearRows(x.data_ptr(), at::kBFloat16, rows, *q, {}, y.data_ptr());
+        });
+        const double a = t[0], b = t[1], c = t[2];
+        std::printf("  int8 %-8s %6ldx%-5ld %2ld rows: %6.3f / %6.3f / %6.3f ms (widened %.2fx vnni, %.2fx bf16)\n",
+                    s.name, static_cast<long>(s.out), static_cast<long>(s.in), static_cast<long>(rows), a * 1e3,
+                    b * 1e3, c * 1e3, a / b, c / b);
       }
     }
     ForceQuantKernel(std::nullopt);
