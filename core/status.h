@@ -31,4 +31,16 @@ namespace internvl {
 // Prefixes a status message with context ("loading model.safetensors: ...").
 absl::Status Annotate(const absl::Status& status, absl::string_view context);
 
+// RESOURCE_EXHAUSTED has two kinds of cause: a request over a size limit
+// (prompt tokens, image bytes, tiles...), which will never pass as it is, and
+// a server at capacity (its queue full, its calls all open), which a later
+// retry may pass. BusyError makes the second, with a message that starts
+// with kBusyPrefix; IsBusy tells them apart wherever the status went, gRPC
+// included (its message travels unchanged, Annotate only prefixes it). The
+// OpenAI-compatible API answers 429 (which clients retry) for busy and 400
+// for over a limit.
+inline constexpr absl::string_view kBusyPrefix = "server busy: ";
+absl::Status BusyError(absl::string_view why);
+bool IsBusy(const absl::Status& status);
+
 }  // namespace internvl

@@ -286,6 +286,8 @@ json Usage(const v1::ChatFinal& f) {
 
 void SetError(httplib::Response& res, const absl::Status& status) {
   res.status = HttpStatusFor(status);
+  // (A busy server: OpenAI's clients wait this long before their retry.)
+  if (res.status == 429) res.set_header("Retry-After", "1");
   res.set_content(ErrorBody(status), "application/json");
 }
 
@@ -490,7 +492,9 @@ int HttpStatusFor(const absl::Status& status) {
     case absl::StatusCode::kNotFound:
       return 404;
     case absl::StatusCode::kResourceExhausted:
-      return 429;
+      // 429 (retried by OpenAI's clients) only where a retry may pass: a
+      // request over a size limit is a bad request (core/status.h, IsBusy).
+      return IsBusy(status) ? 429 : 400;
     case absl::StatusCode::kUnavailable:
       return 503;
     case absl::StatusCode::kDeadlineExceeded:

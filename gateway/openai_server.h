@@ -76,7 +76,8 @@ absl::StatusOr<ChatCompletionRequest> ParseChatCompletion(const nlohmann::json& 
                                                           const OpenAiServerOptions& options, int64_t max_media_bytes,
                                                           int max_images);
 
-// OpenAI's error body and the HTTP status for `status`.
+// OpenAI's error body and the HTTP status for `status` (the gRPC code's;
+// RESOURCE_EXHAUSTED: 429 for a busy server, IsBusy, else 400).
 int HttpStatusFor(const absl::Status& status);
 std::string ErrorBody(const absl::Status& status);
 

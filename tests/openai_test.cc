@@ -8,7 +8,9 @@
 //     with usage at the end when asked;
 //   - a malformed body, an oversized body, a wrong content type, an unknown
 //     model and a bad bearer token get their HTTP status and an OpenAI-shaped
-//     error, and the server keeps serving.
+//     error, and the server keeps serving;
+//   - a request over a size limit is a 400 (never retried by clients), a busy
+//     server's refusal a 429 with Retry-After.
 #include <httplib.h>
 
 #include <atomic>
@@ -21,8 +23,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "core/files.h"
+#include "core/status.h"
 #include "core/testing/fixtures.h"
 #include "gateway/client.h"
+#include "gateway/openai_server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -316,6 +320,17 @@ TEST_F(OpenAiTest, BadRequestsGetTheirStatusAndAnOpenAiErrorAndTheServerKeepsSer
     wrong.set_bearer_token_auth("not-the-token");
     expect_error(wrong.Post("/v1/chat/completions", ok_body, "application/json"), 401, "authentication_error");
     expect_error(wrong.Get("/v1/models"), 401, "authentication_error");
+    // Over the prompt limit (--max-prompt-tokens, 32768): a bad request,
+    // 400, not the 429 of a busy server (which clients retry).
+    std::string long_text;
+    for (int i = 0; i < 40000; ++i) long_text += "hi ";
+    expect_error(http->Post("/v1/chat/completions",
+                            json{{"model", "tiny-qwen2"},
+                                 {"messages", json::array({{{"role", "user"}, {"content", long_text}}})},
+                                 {"max_tokens", 2}}
+                                .dump(),
+                            "application/json"),
+                 400, "invalid_request_error");
     // Over the body limit (the gateway's --max-message-bytes; 64 MiB in the
     // all-in-one server).
     const size_t limit = s == gateway_ ? size_t{8} << 20 : size_t{64} << 20;
@@ -464,12 +479,90 @@ TEST_F(OpenAiTest, RemoteUrlsAreFetchedOnlyWhenAllowed) {
   ASSERT_EQ(status, 200) << fetched.dump();
   ASSERT_EQ(data_status, 200) << by_data.dump();
   EXPECT_EQ(fetched["choices"][0]["token_ids"], by_data["choices"][0]["token_ids"]);
-  EXPECT_EQ(too_many, 429) << too_many_error.dump();
+  EXPECT_EQ(too_many, 400) << too_many_error.dump();  // over a limit: not a busy server's 429
   EXPECT_EQ(fetches_after_refusal, 0);
   EXPECT_EQ(missing, 400) << missing_error.dump();
   EXPECT_THAT(missing_error["error"]["message"].get<std::string>(), ::testing::HasSubstr("404"));
   EXPECT_EQ(refused, 400) << refused_error.dump();
   EXPECT_THAT(refused_error["error"]["message"].get<std::string>(), ::testing::HasSubstr("--openai-allow-remote-urls"));
+}
+
+// RESOURCE_EXHAUSTED is 429 only where a retry may pass (core/status.h):
+// what the servers' queues and call slots refuse is BusyError, what is over
+// a size limit is not.
+TEST(OpenAiErrors, OnlyABusyServerIs429) {
+  EXPECT_EQ(HttpStatusFor(BusyError("3 requests already queued")), 429);
+  EXPECT_EQ(json::parse(ErrorBody(BusyError("x")))["error"]["type"], "rate_limit_error");
+  // Annotated on its way (a stage's name before it): still busy.
+  EXPECT_EQ(HttpStatusFor(Annotate(BusyError("x"), "llm decoder")), 429);
+  const absl::Status too_large = absl::ResourceExhaustedError("the prompt is 40001 tokens, over the limit of 32768");
+  EXPECT_EQ(HttpStatusFor(too_large), 400);
+  EXPECT_EQ(json::parse(ErrorBody(too_large))["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(json::parse(ErrorBody(too_large))["error"]["code"], "resource_exhausted");
+  EXPECT_EQ(HttpStatusFor(absl::UnavailableError("shutting down")), 503);
+}
+
+// A real busy server: one sequence at a time (--max-num-seqs 1) and one
+// waiting (--max-queued 1), eight requests of 4000 tokens at once (~0.4 s
+// each here): those that find the queue full get 429, Retry-After and a
+// rate_limit_error; the others are answered; the server keeps serving.
+TEST_F(OpenAiTest, ABusyServerAnswers429WithRetryAfter) {
+  const int port = st::PickFreePort().value_or(0);
+  const std::string dir = ::internvl::testing::TempDir();
+  auto spawned = st::SpawnServer(
+      INTERNVL_CLI_BIN,
+      {"serve", "--all-in-one", "--model", *model_, "--dtype", "fp32", "--threads", "1", "--max-num-seqs", "1",
+       "--max-queued", "1", "--openai-port", std::to_string(port), "--openai-host", "127.0.0.1"},
+      dir + "/busy.log");
+  ASSERT_TRUE(spawned.ok()) << spawned.status();
+  Server busy{std::move(*spawned), port};
+  const absl::Status ready =
+      st::WaitForServing(busy.proc.target(), "internvl.v1.InternVL", busy.proc.process.get(), kStartTimeout);
+  ASSERT_TRUE(ready.ok()) << ready << "\n" << busy.proc.process->ReadLog();
+  const std::string body = json{
+      {"model", "tiny-qwen2"},
+      {"messages", json::array({{{"role", "user"}, {"content", "Hello"}}})},
+      {"max_tokens", 4000}}.dump();
+  constexpr int kRequests = 8;
+  std::vector<int> status(kRequests, -1);
+  std::vector<std::string> retry_after(kRequests), error_type(kRequests);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kRequests; ++i) {
+    clients.emplace_back([&, i] {
+      httplib::Client c("127.0.0.1", port);
+      c.set_read_timeout(120, 0);
+      auto res = c.Post("/v1/chat/completions", body, "application/json");
+      if (!res) return;
+      status[i] = res->status;
+      retry_after[i] = res->get_header_value("Retry-After");
+      const json j = json::parse(res->body, nullptr, false);
+      if (j.is_object() && j.contains("error")) error_type[i] = j["error"]["type"].get<std::string>();
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  int answered = 0, refused = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    SCOPED_TRACE(i);
+    if (status[i] == 200) {
+      ++answered;
+      continue;
+    }
+    EXPECT_EQ(status[i], 429);
+    EXPECT_EQ(retry_after[i], "1");
+    EXPECT_EQ(error_type[i], "rate_limit_error");
+    ++refused;
+  }
+  EXPECT_GE(answered, 1);
+  EXPECT_GE(refused, 1);
+  httplib::Client c("127.0.0.1", port);
+  auto again = c.Post("/v1/chat/completions",
+                      json{{"model", "tiny-qwen2"},
+                           {"messages", json::array({{{"role", "user"}, {"content", "Hi"}}})},
+                           {"max_tokens", 2}}
+                          .dump(),
+                      "application/json");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 200) << again->body;
 }
 
 }  // namespace

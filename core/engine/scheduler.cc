@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
 
 namespace internvl::engine {
 
@@ -42,8 +43,7 @@ absl::Status Scheduler::Add(int64_t id, SequenceSpec spec) {
   }
   if (seqs_.contains(id)) return absl::InvalidArgumentError(absl::StrCat("sequence ", id, " already exists"));
   if (static_cast<int64_t>(waiting_.size()) >= config_.max_waiting) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the engine's queue is full (", waiting_.size(), " waiting; --max-waiting)"));
+    return BusyError(absl::StrCat("the engine's queue is full (", waiting_.size(), " waiting; --max-waiting)"));
   }
   auto seq = std::make_unique<Sequence>();
   seq->id_ = id;

@@ -7,6 +7,7 @@
 #include <random>
 #include <set>
 
+#include "core/status.h"
 #include "gtest/gtest.h"
 
 namespace internvl::engine {
@@ -157,10 +158,14 @@ TEST(Scheduler, RefusesWhatCanNeverFitAndAFullQueue) {
   SchedulerConfig c = Config(4);  // 16 positions
   c.max_waiting = 2;
   Scheduler s(c);
-  EXPECT_EQ(s.Add(1, Spec(10, 8)).code(), absl::StatusCode::kResourceExhausted);  // 17 positions
-  EXPECT_TRUE(s.Add(2, Spec(10, 7)).ok());                                         // 16 positions
+  const absl::Status never = s.Add(1, Spec(10, 8));  // 17 positions
+  EXPECT_EQ(never.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(IsBusy(never)) << never;  // no retry can pass
+  EXPECT_TRUE(s.Add(2, Spec(10, 7)).ok());  // 16 positions
   EXPECT_TRUE(s.Add(3, Spec(2, 2)).ok());
-  EXPECT_EQ(s.Add(4, Spec(2, 2)).code(), absl::StatusCode::kResourceExhausted);
+  const absl::Status full = s.Add(4, Spec(2, 2));
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(IsBusy(full)) << full;  // a later one may
   EXPECT_EQ(s.Add(5, Spec(0, 2)).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(s.Add(2, Spec(2, 2)).code(), absl::StatusCode::kInvalidArgument);  // duplicate id
   RunToEnd(s);

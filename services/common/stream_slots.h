@@ -1,8 +1,8 @@
 // A cap on the calls a server holds open at once (each may buffer an upload:
 // embeddings, tiles, a video). A call takes a slot when it starts and gives
 // it back when it ends; past the cap a new call is refused at once with
-// RESOURCE_EXHAUSTED naming the flag, so idle or slow clients cannot pile up
-// memory.
+// RESOURCE_EXHAUSTED naming the flag (BusyError: a retry may pass), so idle
+// or slow clients cannot pile up memory.
 #pragma once
 
 #include <atomic>
@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
 
 namespace internvl::services {
 
@@ -22,9 +23,7 @@ class StreamSlots {
   absl::Status Acquire() {
     int n = open_.load();
     do {
-      if (n >= max_)
-        return absl::ResourceExhaustedError(
-            absl::StrCat("the server has ", n, " calls open, its limit (", flag_, ")"));
+      if (n >= max_) return BusyError(absl::StrCat("the server has ", n, " calls open, its limit (", flag_, ")"));
     } while (!open_.compare_exchange_weak(n, n + 1));
     return absl::OkStatus();
   }

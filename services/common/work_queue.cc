@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
 
 namespace internvl::services {
 
@@ -23,8 +24,7 @@ absl::Status WorkQueue::Submit(std::function<void()> task) {
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("server is shutting down");
   if (static_cast<int>(tasks_.size()) >= max_queued_) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("server busy: ", tasks_.size(), " requests already queued (limit ", max_queued_, ")"));
+    return BusyError(absl::StrCat(tasks_.size(), " requests already queued (limit ", max_queued_, ")"));
   }
   tasks_.push_back(std::move(task));
   if (depth_ != nullptr) depth_->Set(static_cast<double>(tasks_.size()));

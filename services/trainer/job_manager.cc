@@ -277,9 +277,8 @@ absl::StatusOr<std::string> JobManager::Submit(const v1::JobSpec& spec) {
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) return absl::UnavailableError("the trainer service is shutting down");
   if (running_ + static_cast<int>(queue_.size()) >= options_.max_concurrent_jobs + options_.max_queued_jobs) {
-    return absl::ResourceExhaustedError(absl::StrCat(running_, " jobs running and ", queue_.size(),
-                                                     " waiting: the queue is full (--max-queued-jobs ",
-                                                     options_.max_queued_jobs, ")"));
+    return BusyError(absl::StrCat(running_, " jobs running and ", queue_.size(),
+                                  " waiting: the queue is full (--max-queued-jobs ", options_.max_queued_jobs, ")"));
   }
   for (const auto& [id, other] : jobs_) {
     if (IsTerminal(other->info.state())) continue;
