@@ -161,6 +161,46 @@ absl::StatusOr<std::optional<T>> Optional(const json& body, const char* name) {
   return std::optional<T>(v.get<T>());
 }
 
+// OpenAI request fields this server does not implement, refused with a 400
+// naming the field when they ask for something: ignored, the answer would
+// silently be to another request than the one sent. Their neutral values (0,
+// false, empty, "text", "none"/"auto" without tools) pass, since clients
+// often send them by default.
+absl::Status RefuseUnsupported(const json& body) {
+  auto unsupported = [](const char* field, absl::string_view hint) {
+    constexpr absl::string_view kWhat = "is not supported by this server";
+    return Invalid(field, hint.empty() ? std::string(kWhat) : absl::StrCat(kWhat, " (", hint, ")"));
+  };
+  for (const char* field : {"frequency_penalty", "presence_penalty"}) {
+    INTERNVL_ASSIGN_OR_RETURN(auto penalty, Optional<double>(body, field));
+    if (penalty && *penalty != 0) return unsupported(field, "repetition_penalty is, as the official chat()'s");
+  }
+  INTERNVL_ASSIGN_OR_RETURN(auto logprobs, Optional<bool>(body, "logprobs"));
+  if (logprobs.value_or(false)) return unsupported("logprobs", "");
+  INTERNVL_ASSIGN_OR_RETURN(auto top_logprobs, Optional<int64_t>(body, "top_logprobs"));
+  if (top_logprobs.value_or(0) != 0) return unsupported("top_logprobs", "");
+  // Objects or lists that ask for something when not empty.
+  for (const char* field : {"logit_bias", "tools", "functions"}) {
+    if (!body.contains(field) || body[field].is_null()) continue;
+    const json& v = body[field];
+    if (!v.is_object() && !v.is_array()) return Invalid(field, "must be an object or a list");
+    if (!v.empty()) return unsupported(field, std::string(field) == "logit_bias" ? "" : "no tool calls");
+  }
+  for (const char* field : {"tool_choice", "function_call"}) {
+    if (!body.contains(field) || body[field].is_null()) continue;
+    const json& v = body[field];
+    if (!v.is_string() || (v != "none" && v != "auto")) return unsupported(field, "no tool calls");
+  }
+  if (body.contains("response_format") && !body["response_format"].is_null()) {
+    const json& f = body["response_format"];
+    if (!f.is_object() || !f.contains("type") || !f["type"].is_string())
+      return Invalid("response_format", "must be an object with a \"type\"");
+    if (f["type"] != "text")
+      return unsupported("response_format", "only {\"type\": \"text\"}: no constrained decoding");
+  }
+  return absl::OkStatus();
+}
+
 // Streamed text as the final response: leading whitespace dropped, a
 // whitespace run held until more text follows (so it is dropped at the end),
 // as the response's strip.
@@ -414,6 +454,7 @@ absl::StatusOr<ChatCompletionRequest> ParseChatCompletion(const json& body, cons
   if (penalty) g->set_repetition_penalty(static_cast<float>(*penalty));
   INTERNVL_ASSIGN_OR_RETURN(auto seed, Optional<int64_t>(body, "seed"));
   if (seed) g->set_seed(static_cast<uint64_t>(*seed));
+  INTERNVL_RETURN_IF_ERROR(RefuseUnsupported(body));
   if (body.contains("stop") && !body["stop"].is_null()) {
     const json& stop = body["stop"];
     if (stop.is_string()) {

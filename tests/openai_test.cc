@@ -320,6 +320,36 @@ TEST_F(OpenAiTest, BadRequestsGetTheirStatusAndAnOpenAiErrorAndTheServerKeepsSer
     wrong.set_bearer_token_auth("not-the-token");
     expect_error(wrong.Post("/v1/chat/completions", ok_body, "application/json"), 401, "authentication_error");
     expect_error(wrong.Get("/v1/models"), 401, "authentication_error");
+    // OpenAI fields this server does not implement: a 400 naming the field
+    // when they ask for something, accepted at their neutral values.
+    for (const json& extra : {json{{"frequency_penalty", 0.5}}, json{{"presence_penalty", -1}},
+                              json{{"logprobs", true}}, json{{"top_logprobs", 2}}, json{{"logit_bias", {{"42", 5}}}},
+                              json{{"tools", json::array({{{"type", "function"}, {"function", {{"name", "f"}}}}})}},
+                              json{{"tool_choice", "required"}}, json{{"functions", json::array({{{"name", "f"}}})}},
+                              json{{"response_format", {{"type", "json_object"}}}}, json{{"response_format", 3}}}) {
+      SCOPED_TRACE(extra.dump());
+      json body = json::parse(ok_body);
+      body.update(extra);
+      auto res = http->Post("/v1/chat/completions", body.dump(), "application/json");
+      expect_error(res, 400, "invalid_request_error");
+      ASSERT_TRUE(res);
+      EXPECT_THAT(res->body, ::testing::HasSubstr(extra.begin().key()));
+    }
+    {
+      json body = json::parse(ok_body);
+      body.update(json{{"frequency_penalty", 0},
+                       {"presence_penalty", 0.0},
+                       {"logprobs", false},
+                       {"top_logprobs", 0},
+                       {"logit_bias", json::object()},
+                       {"tools", json::array()},
+                       {"tool_choice", "none"},
+                       {"response_format", {{"type", "text"}}},
+                       {"user", "someone"},
+                       {"n", 1}});
+      auto [status, reply] = Post(s, body);
+      EXPECT_EQ(status, 200) << reply.dump();
+    }
     // Over the prompt limit (--max-prompt-tokens, 32768): a bad request,
     // 400, not the 429 of a busy server (which clients retry).
     std::string long_text;
