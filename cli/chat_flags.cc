@@ -22,6 +22,10 @@ std::vector<FlagSpec> ChatRequestFlags() {
       {"top-p", "nucleus sampling mass", true, false, "1.0"},
       {"top-k", "top-k sampling (0 disables)", true, false, "50"},
       {"repetition-penalty", "HF repetition penalty (1 disables)", true, false, "1.0"},
+      {"frequency-penalty", "OpenAI frequency penalty over the generated tokens, in [-2, 2] (0 disables)", true, false,
+       "0"},
+      {"presence-penalty", "OpenAI presence penalty over the generated tokens, in [-2, 2] (0 disables)", true, false,
+       "0"},
       {"seed", "sampling seed", true, false, "0"},
       {"stop", "a stop string (repeat for several): generation ends once the text contains it; it is not printed", true,
        true, ""},
@@ -98,6 +102,8 @@ absl::StatusOr<ChatRequest> ChatRequestFromArgs(const Args& args) {
   INTERNVL_ASSIGN_OR_RETURN(g.top_p, args.GetDouble("top-p", 1.0));
   INTERNVL_ASSIGN_OR_RETURN(g.top_k, args.GetInt("top-k", 50));
   INTERNVL_ASSIGN_OR_RETURN(g.repetition_penalty, args.GetDouble("repetition-penalty", 1.0));
+  INTERNVL_ASSIGN_OR_RETURN(g.frequency_penalty, args.GetDouble("frequency-penalty", 0.0));
+  INTERNVL_ASSIGN_OR_RETURN(g.presence_penalty, args.GetDouble("presence-penalty", 0.0));
   INTERNVL_ASSIGN_OR_RETURN(int seed, args.GetInt("seed", 0));
   g.seed = static_cast<uint64_t>(seed);
   INTERNVL_RETURN_IF_ERROR(MiniMonkeyFromArgs(args, &r));
@@ -106,6 +112,10 @@ absl::StatusOr<ChatRequest> ChatRequestFromArgs(const Args& args) {
   if (g.top_p <= 0 || g.top_p > 1) return absl::InvalidArgumentError("--top-p must be in (0, 1]");
   if (g.top_k < 0) return absl::InvalidArgumentError("--top-k must be >= 0");
   if (g.repetition_penalty <= 0) return absl::InvalidArgumentError("--repetition-penalty must be > 0");
+  if (!(g.frequency_penalty >= -2 && g.frequency_penalty <= 2))
+    return absl::InvalidArgumentError("--frequency-penalty must be in [-2, 2]");
+  if (!(g.presence_penalty >= -2 && g.presence_penalty <= 2))
+    return absl::InvalidArgumentError("--presence-penalty must be in [-2, 2]");
   return r;
 }
 

@@ -171,10 +171,6 @@ absl::Status RefuseUnsupported(const json& body) {
     constexpr absl::string_view kWhat = "is not supported by this server";
     return Invalid(field, hint.empty() ? std::string(kWhat) : absl::StrCat(kWhat, " (", hint, ")"));
   };
-  for (const char* field : {"frequency_penalty", "presence_penalty"}) {
-    INTERNVL_ASSIGN_OR_RETURN(auto penalty, Optional<double>(body, field));
-    if (penalty && *penalty != 0) return unsupported(field, "repetition_penalty is, as the official chat()'s");
-  }
   INTERNVL_ASSIGN_OR_RETURN(auto logprobs, Optional<bool>(body, "logprobs"));
   if (logprobs.value_or(false)) return unsupported("logprobs", "");
   INTERNVL_ASSIGN_OR_RETURN(auto top_logprobs, Optional<int64_t>(body, "top_logprobs"));
@@ -452,6 +448,12 @@ absl::StatusOr<ChatCompletionRequest> ParseChatCompletion(const json& body, cons
   if (top_k) g->set_top_k(static_cast<int32_t>(std::clamp<int64_t>(*top_k, -1, 1 << 30)));
   INTERNVL_ASSIGN_OR_RETURN(auto penalty, Optional<double>(body, "repetition_penalty"));
   if (penalty) g->set_repetition_penalty(static_cast<float>(*penalty));
+  INTERNVL_ASSIGN_OR_RETURN(auto frequency, Optional<double>(body, "frequency_penalty"));
+  INTERNVL_ASSIGN_OR_RETURN(auto presence, Optional<double>(body, "presence_penalty"));
+  if (frequency && !(*frequency >= -2 && *frequency <= 2)) return Invalid("frequency_penalty", "must be in [-2, 2]");
+  if (presence && !(*presence >= -2 && *presence <= 2)) return Invalid("presence_penalty", "must be in [-2, 2]");
+  if (frequency) g->set_frequency_penalty(static_cast<float>(*frequency));
+  if (presence) g->set_presence_penalty(static_cast<float>(*presence));
   INTERNVL_ASSIGN_OR_RETURN(auto seed, Optional<int64_t>(body, "seed"));
   if (seed) g->set_seed(static_cast<uint64_t>(*seed));
   INTERNVL_RETURN_IF_ERROR(RefuseUnsupported(body));

@@ -118,6 +118,27 @@ TEST_F(CliHostile, TemperatureNaNIsRefusedAndAnExtremeOneSamples) {
   EXPECT_EQ(r.out, greedy.out);
 }
 
+// The additive penalties: out of [-2, 2] (or NaN) a usage error naming the
+// flag; in range they change the greedy answer of a model that repeats.
+TEST_F(CliHostile, PenaltiesOutOfRangeAreUsageErrors) {
+  INTERNVL_REQUIRE_FIXTURES(fixtures);
+  const std::string base = absl::StrCat("chat --model ", fixtures,
+                                        "/tiny-qwen2 --dtype fp32 --threads 1 --kv-cache-bytes 16777216 --text hi "
+                                        "--max-new-tokens 48 ");
+  for (const char* flag : {"--frequency-penalty", "--presence-penalty"}) {
+    for (const char* bad : {"2.5", "-3", "nan"}) {
+      auto r = Run(absl::StrCat(base, flag, " ", bad));
+      EXPECT_EQ(r.exit_code, 2) << flag << " " << bad << ": " << r.err;
+      EXPECT_THAT(r.err, HasSubstr(flag));
+    }
+  }
+  auto plain = Run(base);
+  auto penalized = Run(base + "--presence-penalty 2");
+  EXPECT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_EQ(penalized.exit_code, 0) << penalized.err;
+  EXPECT_NE(plain.out, penalized.out);
+}
+
 // A KV cache larger than the process may map: RESOURCE_EXHAUSTED naming the
 // pool, with libtorch's message but none of its stack frames.
 TEST_F(CliHostile, AKvCacheThatCannotBeAllocatedIsAClearError) {

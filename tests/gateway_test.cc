@@ -474,6 +474,16 @@ TEST_F(GatewayTest, BadRequestsAreRefusedClearlyAndServicesStayHealthy) {
     cases.push_back(c);
   }
   {
+    Case c{"presence_penalty below -2", ok, absl::StatusCode::kInvalidArgument, "presence_penalty"};
+    c.request.generation.presence_penalty = -2.5;
+    cases.push_back(c);
+  }
+  {
+    Case c{"frequency_penalty above 2", ok, absl::StatusCode::kInvalidArgument, "frequency_penalty"};
+    c.request.generation.frequency_penalty = 3;
+    cases.push_back(c);
+  }
+  {
     Case c{"max_new_tokens 0", ok, absl::StatusCode::kInvalidArgument, "max_new_tokens"};
     c.request.generation.max_new_tokens = 0;
     cases.push_back(c);

@@ -206,6 +206,17 @@ TEST_F(OpenAiTest, ChatsGiveTheGrpcAnswersOnBothServers) {
     text.question = "Hello, who are you?";
     text.generation.max_new_tokens = 12;
     ExpectSameAsGrpc(s, json::array({{{"role", "user"}, {"content", "Hello, who are you?"}}}), text);
+    // OpenAI's frequency and presence penalties reach the engine (through
+    // the decoder service too): the gRPC answer with the same settings, and
+    // not the unpenalized one (the tiny model repeats its tokens).
+    ChatRequest unpenalized = text;
+    unpenalized.generation.max_new_tokens = 64;
+    ChatRequest penalized = unpenalized;
+    penalized.generation.frequency_penalty = 0.5;
+    penalized.generation.presence_penalty = 1.5;
+    ExpectSameAsGrpc(s, json::array({{{"role", "user"}, {"content", "Hello, who are you?"}}}), penalized,
+                     {{"max_tokens", 64}, {"frequency_penalty", 0.5}, {"presence_penalty", 1.5}});
+    EXPECT_NE(Grpc(s)->Chat(penalized)->token_ids, Grpc(s)->Chat(unpenalized)->token_ids);
 
     // One image: chat()'s "<image>\n" + question.
     ChatRequest image;
@@ -320,13 +331,15 @@ TEST_F(OpenAiTest, BadRequestsGetTheirStatusAndAnOpenAiErrorAndTheServerKeepsSer
     wrong.set_bearer_token_auth("not-the-token");
     expect_error(wrong.Post("/v1/chat/completions", ok_body, "application/json"), 401, "authentication_error");
     expect_error(wrong.Get("/v1/models"), 401, "authentication_error");
-    // OpenAI fields this server does not implement: a 400 naming the field
-    // when they ask for something, accepted at their neutral values.
-    for (const json& extra : {json{{"frequency_penalty", 0.5}}, json{{"presence_penalty", -1}},
-                              json{{"logprobs", true}}, json{{"top_logprobs", 2}}, json{{"logit_bias", {{"42", 5}}}},
-                              json{{"tools", json::array({{{"type", "function"}, {"function", {{"name", "f"}}}}})}},
-                              json{{"tool_choice", "required"}}, json{{"functions", json::array({{{"name", "f"}}})}},
-                              json{{"response_format", {{"type", "json_object"}}}}, json{{"response_format", 3}}}) {
+    // Penalties outside [-2, 2], and OpenAI fields this server does not
+    // implement: a 400 naming the field when they ask for something; their
+    // neutral values are accepted.
+    for (const json& extra :
+         {json{{"frequency_penalty", 2.5}}, json{{"presence_penalty", -3}}, json{{"frequency_penalty", "high"}},
+          json{{"logprobs", true}}, json{{"top_logprobs", 2}}, json{{"logit_bias", {{"42", 5}}}},
+          json{{"tools", json::array({{{"type", "function"}, {"function", {{"name", "f"}}}}})}},
+          json{{"tool_choice", "required"}}, json{{"functions", json::array({{{"name", "f"}}})}},
+          json{{"response_format", {{"type", "json_object"}}}}, json{{"response_format", 3}}}) {
       SCOPED_TRACE(extra.dump());
       json body = json::parse(ok_body);
       body.update(extra);

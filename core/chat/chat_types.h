@@ -40,6 +40,10 @@ struct GenerationSettings {
   double top_p = 1.0;
   int top_k = 50;  // 0 disables
   double repetition_penalty = 1.0;
+  // OpenAI's additive penalties over the generated tokens (not in HF
+  // generate(); core/llm/sampler.h): 0 = off, in [-2, 2].
+  double frequency_penalty = 0.0;
+  double presence_penalty = 0.0;
   uint64_t seed = 0;
   // Stop strings (HF stop_strings; the matched text is not returned): see
   // core/tokenizer/stop_strings.h.

@@ -72,6 +72,7 @@ class Generation : public GenerationHandle {
   llm::RotaryEmbedding rope;
   std::optional<llm::Sampler> sampler;
   std::vector<std::vector<int64_t>> penalty_context;  // {prompt + generated}, when a penalty applies
+  std::vector<std::vector<int64_t>> output_context;   // {generated}, when an additive penalty applies
   std::vector<int> generated;
   ScmOutcome scm;
   std::atomic<bool> cancel_requested{false};
@@ -189,6 +190,10 @@ absl::Status ValidateGenerationSettings(const GenerationSettings& g) {
   if (g.top_k < 0) return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", g.top_k));
   if (!(g.repetition_penalty > 0))
     return absl::InvalidArgumentError(absl::StrCat("repetition_penalty must be > 0, got ", g.repetition_penalty));
+  if (!(g.frequency_penalty >= -2 && g.frequency_penalty <= 2))
+    return absl::InvalidArgumentError(absl::StrCat("frequency_penalty must be in [-2, 2], got ", g.frequency_penalty));
+  if (!(g.presence_penalty >= -2 && g.presence_penalty <= 2))
+    return absl::InvalidArgumentError(absl::StrCat("presence_penalty must be in [-2, 2], got ", g.presence_penalty));
   return absl::OkStatus();
 }
 
@@ -387,10 +392,13 @@ absl::StatusOr<std::shared_ptr<GenerationHandle>> LlmEngine::Submit(EngineReques
                                                       .top_k = request.settings.top_k,
                                                       .top_p = request.settings.top_p,
                                                       .repetition_penalty = request.settings.repetition_penalty,
+                                                      .frequency_penalty = request.settings.frequency_penalty,
+                                                      .presence_penalty = request.settings.presence_penalty,
                                                       .seed = request.settings.seed}));
   g->sampler.emplace(std::move(sampler));
   g->penalty_context.resize(1);
   if (request.settings.repetition_penalty != 1.0) g->penalty_context[0] = request.prompt_ids;
+  g->output_context.resize(1);
   g->request = std::move(request);
   g->on_done = std::move(on_done);
   {
@@ -496,7 +504,8 @@ absl::Status LlmEngine::Impl::RunStep(const engine::StepPlan& plan, std::vector<
   for (size_t i = 0; i < plan.seqs.size(); ++i) {
     if (!plan.seqs[i].sample) continue;
     Generation* g = gens[i];
-    absl::StatusOr<std::vector<int64_t>> next = g->sampler->Next(logits.narrow(0, k++, 1), g->penalty_context);
+    absl::StatusOr<std::vector<int64_t>> next =
+        g->sampler->Next(logits.narrow(0, k++, 1), g->penalty_context, g->output_context);
     if (next.ok()) {
       (*sampled)[i] = static_cast<int32_t>((*next)[0]);
     } else {
@@ -599,6 +608,7 @@ void LlmEngine::Impl::Loop() {
           g->last_token = t1;
           g->generated.push_back(sampled[i]);
           if (g->request.settings.repetition_penalty != 1.0) g->penalty_context[0].push_back(sampled[i]);
+          if (g->sampler->params().AdditivePenalties()) g->output_context[0].push_back(sampled[i]);
           emit.push_back({g, sampled[i]});
         }
         for (int64_t id : scheduler->Commit(plan, sampled)) {

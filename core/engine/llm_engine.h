@@ -79,7 +79,8 @@ struct LlmEngineOptions {
 };
 
 // INVALID_ARGUMENT for settings HF rejects: max_new_tokens < 1, temperature
-// <= 0, top_p outside (0, 1], top_k < 0, repetition_penalty <= 0. The one
+// <= 0, top_p outside (0, 1], top_k < 0, repetition_penalty <= 0; and
+// frequency or presence penalties outside [-2, 2] (OpenAI's range). The one
 // validator of generation settings (CLI, services and engine use it).
 absl::Status ValidateGenerationSettings(const GenerationSettings& settings);
 

@@ -11,6 +11,7 @@
 
 #include "core/engine/llm_engine_torch.h"
 #include "core/llm/causal_lm.h"
+#include "core/llm/sampler.h"
 #include "core/nn/torch_util.h"
 #include "core/testing/test_device.h"
 #include "core/vision/vision_model_torch.h"
@@ -131,6 +132,43 @@ TEST(LlmEngine, ConcurrentGenerationsEqualOneAtATime) {
     }
     EXPECT_EQ(engine->stats().kv_blocks_used, 0);
   }
+}
+
+// OpenAI's frequency and presence penalties count the generated tokens only
+// (not the prompt): the engine's greedy ids equal a full-forward loop that
+// passes the sampler the generated ids, and differ from the unpenalized ones.
+TEST(LlmEngine, AdditivePenaltiesCountTheGeneratedTokens) {
+  auto engine = MakeEngine();
+  auto lm = llm::CausalLM::CreateRandom(Config(LlmArch::kQwen2),
+                                        testing::OnTestDevice(llm::Precision::Uniform(at::kFloat)), 21, 0.3);
+  ASSERT_TRUE(lm.ok()) << lm.status();
+  const std::vector<int64_t> prompt = Prompt(9, 3);
+  EngineRequest r = Request(prompt, 24);
+  r.settings.frequency_penalty = 0.6;
+  r.settings.presence_penalty = 1.1;
+  auto penalized = engine->Generate(r);
+  ASSERT_TRUE(penalized.ok()) << penalized.status();
+  auto plain = engine->Generate(Request(prompt, 24));
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_NE(penalized->token_ids, plain->token_ids);
+  llm::SamplingParams params;
+  params.frequency_penalty = 0.6;
+  params.presence_penalty = 1.1;
+  auto sampler = llm::Sampler::Create(params);
+  ASSERT_TRUE(sampler.ok());
+  std::vector<int64_t> ids = prompt, generated;
+  for (int t = 0; t < 24; ++t) {
+    const at::Tensor input = at::tensor(ids, at::kLong).view({1, -1}).to(testing::TestDevice());
+    auto embeds = (*lm)->Embed(input);
+    ASSERT_TRUE(embeds.ok()) << embeds.status();
+    auto logits = (*lm)->Forward(*embeds);  // [1, 1, V], the last position's
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    auto next = sampler->Next(logits->reshape({1, -1}).to(at::kCPU).contiguous(), {{}}, {generated});
+    ASSERT_TRUE(next.ok()) << next.status();
+    ids.push_back((*next)[0]);
+    generated.push_back((*next)[0]);
+  }
+  EXPECT_EQ(std::vector<int64_t>(penalized->token_ids.begin(), penalized->token_ids.end()), generated);
 }
 
 TEST(LlmEngine, TinyKvBudgetPreemptsAndRecomputesWithTheSameResult) {

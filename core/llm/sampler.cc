@@ -24,25 +24,58 @@ namespace internvl::llm {
 namespace {
 constexpr float kFilterScore = -std::numeric_limits<float>::infinity();
 
-// Whether the repetition penalty can be applied to `context` in our loops:
-// it is off, or every id is in [0, vocab) (else the penalty's gather fails:
-// the libtorch ops report it).
-bool PenaltyApplies(double penalty, const std::vector<int64_t>& context, int64_t vocab) {
-  return penalty == 1.0 ||
-         std::all_of(context.begin(), context.end(), [vocab](int64_t id) { return id >= 0 && id < vocab; });
+// Whether the penalties can be applied to `context` (the repetition
+// penalty's) and `generated` (the additive ones') in our loops: each is off,
+// or every id is in [0, vocab) (else the penalty's gather fails: the libtorch
+// ops report it).
+bool PenaltiesApply(const SamplingParams& p, const std::vector<int64_t>& context, const std::vector<int64_t>& generated,
+                    int64_t vocab) {
+  auto in_vocab = [vocab](const std::vector<int64_t>& ids) {
+    return std::all_of(ids.begin(), ids.end(), [vocab](int64_t id) { return id >= 0 && id < vocab; });
+  };
+  return (p.repetition_penalty == 1.0 || in_vocab(context)) && (!p.AdditivePenalties() || in_vocab(generated));
+}
+
+// The additive penalties of one row: each distinct id of `generated` (in
+// ascending order, into `ids`) with frequency * its count + presence,
+// computed in double and rounded to fp32 once (`deltas`), so that our loops
+// and the libtorch ops subtract the same fp32 value.
+void AdditiveDeltas(const std::vector<int64_t>& generated, double frequency, double presence, std::vector<int64_t>& ids,
+                    std::vector<float>& deltas) {
+  thread_local std::vector<int64_t> sorted;
+  sorted.assign(generated.begin(), generated.end());
+  std::sort(sorted.begin(), sorted.end());
+  ids.clear();
+  deltas.clear();
+  for (size_t i = 0; i < sorted.size();) {
+    size_t j = i;
+    while (j < sorted.size() && sorted[j] == sorted[i]) ++j;
+    ids.push_back(sorted[i]);
+    deltas.push_back(static_cast<float>(frequency * static_cast<double>(j - i) + presence));
+    i = j;
+  }
 }
 
 // Row `row` [vocab] with the repetition penalty applied unless it is 1 (HF's
 // gather, scale, scatter: each id of `context`, all in the vocabulary, once; fp32 products
 // and quotients with the penalty cast to fp32, as libtorch's ops with a
-// scalar), then divided by `temperature` (likewise) unless it is 1, into
-// `out`. Returns whether every score is finite.
-bool Processed(const float* row, int64_t vocab, const std::vector<int64_t>& context, double penalty, double temperature,
+// scalar), then the additive penalties over `generated` (AdditiveDeltas,
+// fp32 differences) unless both are 0, then divided by `temperature`
+// (likewise) unless it is 1, into `out`. Returns whether every score is
+// finite.
+bool Processed(const float* row, int64_t vocab, const std::vector<int64_t>& context,
+               const std::vector<int64_t>& generated, const SamplingParams& params, double temperature,
                std::vector<float>& out) {
   out.assign(row, row + vocab);
-  if (penalty != 1.0) {
-    const float p = static_cast<float>(penalty);
+  if (params.repetition_penalty != 1.0) {
+    const float p = static_cast<float>(params.repetition_penalty);
     for (int64_t id : context) out[id] = row[id] < 0 ? row[id] * p : row[id] / p;
+  }
+  if (params.AdditivePenalties()) {
+    thread_local std::vector<int64_t> ids;
+    thread_local std::vector<float> deltas;
+    AdditiveDeltas(generated, params.frequency_penalty, params.presence_penalty, ids, deltas);
+    for (size_t i = 0; i < ids.size(); ++i) out[ids[i]] -= deltas[i];
   }
   float* x = out.data();
   int64_t i = 0;
@@ -156,6 +189,10 @@ absl::Status SamplingParams::Validate() const {
   if (!(repetition_penalty > 0)) {
     return absl::InvalidArgumentError(absl::StrCat("repetition_penalty must be > 0, got ", repetition_penalty));
   }
+  if (!(frequency_penalty >= -2 && frequency_penalty <= 2))
+    return absl::InvalidArgumentError(absl::StrCat("frequency_penalty must be in [-2, 2], got ", frequency_penalty));
+  if (!(presence_penalty >= -2 && presence_penalty <= 2))
+    return absl::InvalidArgumentError(absl::StrCat("presence_penalty must be in [-2, 2], got ", presence_penalty));
   return absl::OkStatus();
 }
 
@@ -167,7 +204,8 @@ absl::StatusOr<Sampler> Sampler::Create(const SamplingParams& params) {
   return Sampler(params);
 }
 
-at::Tensor Sampler::Process(const at::Tensor& logits, const std::vector<std::vector<int64_t>>& context) const {
+at::Tensor Sampler::Process(const at::Tensor& logits, const std::vector<std::vector<int64_t>>& context,
+                            const std::vector<std::vector<int64_t>>& generated) const {
   at::Tensor scores = logits.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
   if (params_.repetition_penalty != 1.0) {
     // RepetitionPenaltyLogitsProcessor: gather, scale, scatter back.
@@ -179,6 +217,18 @@ at::Tensor Sampler::Process(const at::Tensor& logits, const std::vector<std::vec
       at::Tensor score = row.gather(0, ids);
       score = at::where(score < 0, score * p, score / p);
       row.scatter_(0, ids, score);
+    }
+  }
+  if (params_.AdditivePenalties()) {
+    // OpenAI's frequency and presence penalties: minus AdditiveDeltas.
+    std::vector<int64_t> ids;
+    std::vector<float> deltas;
+    for (int64_t b = 0; b < scores.size(0) && b < static_cast<int64_t>(generated.size()); ++b) {
+      if (generated[b].empty()) continue;
+      AdditiveDeltas(generated[b], params_.frequency_penalty, params_.presence_penalty, ids, deltas);
+      const at::Tensor at_ids = at::tensor(ids, at::TensorOptions().dtype(at::kLong));
+      at::Tensor row = scores.select(0, b);
+      row.scatter_(0, at_ids, row.gather(0, at_ids) - at::tensor(deltas, at::TensorOptions().dtype(at::kFloat)));
     }
   }
   if (!params_.do_sample) return scores;
@@ -214,15 +264,16 @@ at::Tensor Sampler::Process(const at::Tensor& logits, const std::vector<std::vec
   return scores;
 }
 
-bool Sampler::Candidates(const float* row, int64_t vocab, const std::vector<int64_t>& context, Kept& out) const {
+bool Sampler::Candidates(const float* row, int64_t vocab, const std::vector<int64_t>& context, Kept& out,
+                         const std::vector<int64_t>& generated) const {
   if (!params_.do_sample || vocab <= 0 || (params_.top_k == 0 && params_.top_p < 1.0) ||
-      !PenaltyApplies(params_.repetition_penalty, context, vocab)) {
+      !PenaltiesApply(params_, context, generated, vocab)) {
     return false;
   }
   // (Buffers of a vocabulary's size kept between calls: fresh ones are
   // fresh pages.)
   thread_local std::vector<float> scores;
-  if (!Processed(row, vocab, context, params_.repetition_penalty, params_.temperature, scores)) return false;
+  if (!Processed(row, vocab, context, generated, params_, params_.temperature, scores)) return false;
   // Top-k: every score >= the k-th largest stays.
   float kth = -std::numeric_limits<float>::infinity();
   if (params_.top_k > 0 && params_.top_k < vocab) kth = KthLargest(scores.data(), vocab, params_.top_k);
@@ -279,7 +330,8 @@ bool Sampler::Candidates(const float* row, int64_t vocab, const std::vector<int6
 }
 
 absl::StatusOr<std::vector<int64_t>> Sampler::Next(const at::Tensor& logits,
-                                                   const std::vector<std::vector<int64_t>>& context) {
+                                                   const std::vector<std::vector<int64_t>>& context,
+                                                   const std::vector<std::vector<int64_t>>& generated) {
   if (!logits.defined() || logits.dim() != 2) return absl::InvalidArgumentError("Sampler: logits must be [B, V]");
   const bool cpu_rows =
       logits.scalar_type() == at::kFloat && logits.device().is_cpu() && logits.is_contiguous() && logits.size(1) > 0;
@@ -287,10 +339,13 @@ absl::StatusOr<std::vector<int64_t>> Sampler::Next(const at::Tensor& logits,
   auto context_of = [&](int64_t b) -> const std::vector<int64_t>& {
     return b < static_cast<int64_t>(context.size()) ? context[b] : kNoContext;
   };
+  auto generated_of = [&](int64_t b) -> const std::vector<int64_t>& {
+    return b < static_cast<int64_t>(generated.size()) ? generated[b] : kNoContext;
+  };
   const int64_t rows = logits.size(0), vocab = logits.size(1);
   bool penalty_applies = true;
   for (int64_t b = 0; b < rows && !params_.do_sample; ++b) {
-    penalty_applies &= PenaltyApplies(params_.repetition_penalty, context_of(b), vocab);
+    penalty_applies &= PenaltiesApply(params_, context_of(b), generated_of(b), vocab);
   }
   if (cpu_rows && penalty_applies && !params_.do_sample) {
     // Greedy: argmax of each row on this thread, as it is (no copy) or after
@@ -299,8 +354,8 @@ absl::StatusOr<std::vector<int64_t>> Sampler::Next(const at::Tensor& logits,
     thread_local std::vector<float> scores;  // (reused: see Candidates)
     for (int64_t b = 0; b < rows; ++b) {
       const float* row = logits.data_ptr<float>() + b * vocab;
-      if (params_.repetition_penalty != 1.0) {
-        Processed(row, vocab, context_of(b), params_.repetition_penalty, 1.0, scores);
+      if (params_.repetition_penalty != 1.0 || params_.AdditivePenalties()) {
+        Processed(row, vocab, context_of(b), generated_of(b), params_, 1.0, scores);
         row = scores.data();
       }
       ids[b] = ArgMax(row, vocab);
@@ -311,8 +366,8 @@ absl::StatusOr<std::vector<int64_t>> Sampler::Next(const at::Tensor& logits,
     thread_local std::vector<Kept> kept;  // (reused: see Candidates)
     if (static_cast<int64_t>(kept.size()) < rows) kept.resize(rows);
     int64_t ready = 0;
-    while (ready < rows &&
-           Candidates(logits.data_ptr<float>() + ready * vocab, vocab, context_of(ready), kept[ready])) {
+    while (ready < rows && Candidates(logits.data_ptr<float>() + ready * vocab, vocab, context_of(ready), kept[ready],
+                                      generated_of(ready))) {
       ++ready;
     }
     if (ready == rows) {
@@ -338,7 +393,7 @@ absl::StatusOr<std::vector<int64_t>> Sampler::Next(const at::Tensor& logits,
     }
   }
   return TorchGuard("sampling", [&]() -> std::vector<int64_t> {
-    at::Tensor scores = Process(logits, context);
+    at::Tensor scores = Process(logits, context, generated);
     at::Tensor ids;
     if (!params_.do_sample) {
       ids = scores.argmax(-1);

@@ -2,6 +2,9 @@
 // 4.37 generation/logits_process.py), in HF's order:
 //   1. RepetitionPenaltyLogitsProcessor (greedy and sampling): for every token
 //      id already in the row's context, score < 0 ? score * p : score / p.
+//      Then (not HF's: OpenAI's frequency / presence penalties, as vLLM
+//      applies them) each generated id's score minus frequency x its count
+//      + presence.
 //   2. (sampling only) TemperatureLogitsWarper: scores / temperature.
 //   3. TopKLogitsWarper: scores below the k-th largest -> -inf (ties kept).
 //   4. TopPLogitsWarper: sort ascending, cumulative softmax; ids whose
@@ -53,10 +56,18 @@ struct SamplingParams {
   int64_t top_k = 50;  // 0 disables
   double top_p = 1.0;
   double repetition_penalty = 1.0;  // 1 disables
+  // OpenAI's (and vLLM's) additive penalties, after the repetition penalty:
+  // each id generated so far loses frequency_penalty x its count +
+  // presence_penalty. Not in HF generate(); 0 disables; in [-2, 2].
+  double frequency_penalty = 0.0;
+  double presence_penalty = 0.0;
   uint64_t seed = 0;
 
+  bool AdditivePenalties() const { return frequency_penalty != 0 || presence_penalty != 0; }
+
   // INVALID_ARGUMENT for values HF rejects (temperature <= 0 when sampling,
-  // top_p outside (0, 1], negative top_k, penalty <= 0).
+  // top_p outside (0, 1], negative top_k, penalty <= 0) and additive
+  // penalties outside [-2, 2] (OpenAI's range).
   absl::Status Validate() const;
 };
 
@@ -66,8 +77,10 @@ class Sampler {
   static absl::StatusOr<Sampler> Create(const SamplingParams& params);
 
   // Applies the processors/warpers above to fp32 logits [B, V], out of place.
-  // `context[b]` holds row b's ids for the repetition penalty (may be empty).
-  at::Tensor Process(const at::Tensor& logits, const std::vector<std::vector<int64_t>>& context) const;
+  // `context[b]` holds row b's ids for the repetition penalty (may be empty),
+  // `generated[b]` its generated ids for the additive penalties (counted).
+  at::Tensor Process(const at::Tensor& logits, const std::vector<std::vector<int64_t>>& context,
+                     const std::vector<std::vector<int64_t>>& generated = {}) const;
 
   // What a draw from row `row` [V] of fp32 logits chooses among (sampling
   // only), into `out` (its buffers reused): the ids Process leaves finite
@@ -78,11 +91,13 @@ class Sampler {
     std::vector<float> scores;
     std::vector<float> probs;
   };
-  bool Candidates(const float* row, int64_t vocab, const std::vector<int64_t>& context, Kept& out) const;
+  bool Candidates(const float* row, int64_t vocab, const std::vector<int64_t>& context, Kept& out,
+                  const std::vector<int64_t>& generated = {}) const;
 
   // Picks one id per row from logits [B, V]. Deterministic for a given seed
   // and call sequence.
-  absl::StatusOr<std::vector<int64_t>> Next(const at::Tensor& logits, const std::vector<std::vector<int64_t>>& context);
+  absl::StatusOr<std::vector<int64_t>> Next(const at::Tensor& logits, const std::vector<std::vector<int64_t>>& context,
+                                            const std::vector<std::vector<int64_t>>& generated = {});
 
   const SamplingParams& params() const { return params_; }
 

@@ -281,15 +281,18 @@ TEST(Sampler, CandidatesKeepWhatProcessKeeps) {
           p.top_k = k;
           p.top_p = top_p;
           p.repetition_penalty = penalty;
+          // With the repetition penalty, the additive ones too (over the
+          // same ids, counted: the first one twice).
+          if (penalty != 1.0) p.frequency_penalty = 0.37, p.presence_penalty = -0.6;
           auto s = Sampler::Create(p);
           ASSERT_TRUE(s.ok());
           const std::string what = "t " + std::to_string(t) + " k " + std::to_string(k) + " top_p " +
                                    std::to_string(top_p) + " penalty " + std::to_string(penalty);
           const at::Tensor& logits = top_p < 1.0 ? distinct : tied;
           Sampler::Kept k;
-          ASSERT_TRUE(s->Candidates(logits.data_ptr<float>(), vocab, context, k)) << what;
+          ASSERT_TRUE(s->Candidates(logits.data_ptr<float>(), vocab, context, k, context)) << what;
           const Sampler::Kept* kept = &k;
-          const at::Tensor processed = s->Process(logits, {context}).view({-1});
+          const at::Tensor processed = s->Process(logits, {context}, {context}).view({-1});
           const at::Tensor finite = at::nonzero(at::isfinite(processed)).view({-1});
           ASSERT_EQ(static_cast<int64_t>(kept->ids.size()), finite.numel()) << what;
           const at::Tensor probs = processed.softmax(-1);
@@ -371,6 +374,52 @@ TEST(Sampler, GreedyWithPenaltyIsArgmaxOfTheProcessedScores) {
     ASSERT_TRUE(ids.ok());
     const at::Tensor expected = s->Process(logits, context).argmax(-1);
     for (int b = 0; b < 3; ++b) EXPECT_EQ((*ids)[b], expected[b].item<int64_t>()) << "round " << round;
+  }
+}
+
+// OpenAI's additive penalties: each generated id loses frequency x its
+// count + presence (after the repetition penalty), in our loops and in the
+// libtorch ops alike; greedy picks accordingly; out of range is refused.
+TEST(Sampler, AdditivePenaltiesSubtractCountTimesFrequencyPlusPresence) {
+  SamplingParams p;
+  p.frequency_penalty = 0.5;
+  p.presence_penalty = 0.25;
+  auto s = Sampler::Create(p);
+  ASSERT_TRUE(s.ok());
+  const at::Tensor row = Row({3.0f, 4.0f, 2.0f, 3.5f});
+  const std::vector<int64_t> generated = {1, 3, 1};  // id 1 twice: -1.25; id 3 once: -0.75
+  const at::Tensor processed = s->Process(row, {{}}, {generated}).view({-1});
+  EXPECT_FLOAT_EQ(processed[0].item<float>(), 3.0f);
+  EXPECT_FLOAT_EQ(processed[1].item<float>(), 2.75f);
+  EXPECT_FLOAT_EQ(processed[2].item<float>(), 2.0f);
+  EXPECT_FLOAT_EQ(processed[3].item<float>(), 2.75f);
+  auto greedy = s->Next(row, {{}}, {generated});
+  ASSERT_TRUE(greedy.ok()) << greedy.status();
+  EXPECT_EQ((*greedy)[0], 0);       // 3.0 beats 2.75 (without the penalties: id 1)
+  auto plain = s->Next(row, {{}});  // nothing generated yet: nothing to penalize
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ((*plain)[0], 1);
+  // After the repetition penalty: 4 / 2 = 2, then - 1.25.
+  p.repetition_penalty = 2.0;
+  auto both = Sampler::Create(p);
+  ASSERT_TRUE(both.ok());
+  EXPECT_FLOAT_EQ(both->Process(row, {{1}}, {generated}).view({-1})[1].item<float>(), 0.75f);
+  // A negative presence penalty favours what was generated.
+  p.repetition_penalty = 1.0;
+  p.frequency_penalty = 0;
+  p.presence_penalty = -2;
+  auto favour = Sampler::Create(p);
+  ASSERT_TRUE(favour.ok());
+  EXPECT_EQ((*favour->Next(row, {{}}, {{0}}))[0], 0);  // 3 + 2 = 5 beats id 1's 4
+  // Generated ids outside the vocabulary: the ops' error, as the context's.
+  EXPECT_FALSE(favour->Next(row, {{}}, {{7}}).ok());
+  for (double bad : {-2.01, 2.5, std::nan("")}) {
+    SamplingParams q;
+    q.frequency_penalty = bad;
+    EXPECT_EQ(Sampler::Create(q).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    q.frequency_penalty = 0;
+    q.presence_penalty = bad;
+    EXPECT_EQ(Sampler::Create(q).status().code(), absl::StatusCode::kInvalidArgument) << bad;
   }
 }
 

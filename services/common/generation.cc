@@ -16,6 +16,8 @@ absl::StatusOr<GenerationSettings> FromProto(const v1::GenerationSettings& p, in
   if (p.has_top_p()) g.top_p = p.top_p();
   if (p.has_top_k()) g.top_k = p.top_k();
   if (p.has_repetition_penalty()) g.repetition_penalty = p.repetition_penalty();
+  if (p.has_frequency_penalty()) g.frequency_penalty = p.frequency_penalty();
+  if (p.has_presence_penalty()) g.presence_penalty = p.presence_penalty();
   g.stop.assign(p.stop().begin(), p.stop().end());
   if (absl::Status s = tokenizer::ValidateStopStrings(g.stop); !s.ok())
     return absl::InvalidArgumentError(absl::StrCat("generation.stop: ", s.message()));
@@ -37,6 +39,10 @@ absl::StatusOr<GenerationSettings> FromProto(const v1::GenerationSettings& p, in
   if (!std::isfinite(g.repetition_penalty) || g.repetition_penalty <= 0)
     return absl::InvalidArgumentError(
         absl::StrCat("generation.repetition_penalty must be > 0, got ", g.repetition_penalty));
+  for (auto [name, value] :
+       {std::pair{"frequency_penalty", g.frequency_penalty}, {"presence_penalty", g.presence_penalty}})
+    if (!(value >= -2 && value <= 2))
+      return absl::InvalidArgumentError(absl::StrCat("generation.", name, " must be in [-2, 2], got ", value));
   return g;
 }
 
@@ -48,6 +54,8 @@ v1::GenerationSettings ToProto(const GenerationSettings& g) {
   p.set_top_p(static_cast<float>(g.top_p));
   p.set_top_k(g.top_k);
   p.set_repetition_penalty(static_cast<float>(g.repetition_penalty));
+  p.set_frequency_penalty(static_cast<float>(g.frequency_penalty));
+  p.set_presence_penalty(static_cast<float>(g.presence_penalty));
   p.set_seed(g.seed);
   for (const std::string& s : g.stop) p.add_stop(s);
   return p;

@@ -15,7 +15,8 @@ namespace internvl::services {
 // temperature 1, top_p 1, top_k 50, repetition_penalty 1); an unset seed
 // becomes a random one. INVALID_ARGUMENT (naming the field and the value) for
 // max_new_tokens < 1, temperature <= 0, top_p outside (0, 1], top_k < 0,
-// repetition_penalty <= 0, or non-finite values; RESOURCE_EXHAUSTED for
+// repetition_penalty <= 0, frequency or presence penalties outside [-2, 2],
+// or non-finite values; RESOURCE_EXHAUSTED for
 // max_new_tokens above `max_new_tokens_limit`.
 absl::StatusOr<GenerationSettings> FromProto(const v1::GenerationSettings& proto, int max_new_tokens_limit);
 
