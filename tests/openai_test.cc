@@ -216,7 +216,10 @@ TEST_F(OpenAiTest, ChatsGiveTheGrpcAnswersOnBothServers) {
     penalized.generation.presence_penalty = 1.5;
     ExpectSameAsGrpc(s, json::array({{{"role", "user"}, {"content", "Hello, who are you?"}}}), penalized,
                      {{"max_tokens", 64}, {"frequency_penalty", 0.5}, {"presence_penalty", 1.5}});
-    EXPECT_NE(Grpc(s)->Chat(penalized)->token_ids, Grpc(s)->Chat(unpenalized)->token_ids);
+    auto with = Grpc(s)->Chat(penalized), without = Grpc(s)->Chat(unpenalized);
+    ASSERT_TRUE(with.ok()) << with.status();
+    ASSERT_TRUE(without.ok()) << without.status();
+    EXPECT_NE(with->token_ids, without->token_ids);
 
     // One image: chat()'s "<image>\n" + question.
     ChatRequest image;

@@ -85,7 +85,7 @@ std::vector<at::Tensor> RunPaged(CausalLM& lm, PagedKVPool& pool, const std::vec
 
 // The float and quantized kernel pairs the fused decode step runs on this
 // CPU: avx2, and avx512bf16 with avx512vnni and with avx512bf16 (int8
-// weights widened for 8 or more sequences) where they are there.
+// weights widened from QuantWideMinRows() sequences) where they are there.
 std::vector<std::pair<GemvKernel, QuantKernel>> FusedStepKernels() {
   std::vector<std::pair<GemvKernel, QuantKernel>> kernels = {{GemvKernel::kAvx2, QuantKernel::kAvx2}};
   if (GemvKernelSupported(GemvKernel::kAvx512Bf16)) {
